@@ -1,0 +1,53 @@
+package queue
+
+import "time"
+
+// EventType names what happened to a job.
+type EventType string
+
+// Status event types.
+const (
+	EventSent                EventType = "sent"
+	EventDeferred            EventType = "deferred"
+	EventRetrying            EventType = "retrying"
+	EventDeadLettered        EventType = "dead_lettered"
+	EventDuplicateSuppressed EventType = "duplicate_suppressed"
+	EventReplayed            EventType = "replayed"
+)
+
+// Event is one status event, published on mail.status.<profile>.<jobId>.
+type Event struct {
+	JobID   string     `json:"jobId"`
+	Profile string     `json:"profile"`
+	Event   EventType  `json:"event"`
+	Attempt int        `json:"attempt"`
+	At      time.Time  `json:"at"`
+	Graph   *GraphInfo `json:"graph,omitempty"`
+	Error   *ErrorInfo `json:"error,omitempty"`
+	// LatencyMs is the Graph call's duration for sent/retrying, and the time
+	// from publish to outcome for terminal events when known.
+	LatencyMs int64 `json:"latencyMs,omitempty"`
+	// RetryAt is when a deferred or retrying job is due again.
+	RetryAt *time.Time `json:"retryAt,omitempty"`
+	// Ambiguous marks a send whose outcome is unknown: Graph may have accepted it.
+	Ambiguous bool `json:"ambiguous,omitempty"`
+	// PossibleDuplicate marks a send made after an ambiguous attempt: the
+	// recipient may receive the mail twice.
+	PossibleDuplicate bool              `json:"possibleDuplicate,omitempty"`
+	Metadata          map[string]string `json:"metadata,omitempty"`
+}
+
+// GraphInfo is what Graph said about one call.
+type GraphInfo struct {
+	Status          int    `json:"status,omitempty"`
+	Code            string `json:"code,omitempty"`
+	RequestID       string `json:"requestId,omitempty"`
+	ClientRequestID string `json:"clientRequestId,omitempty"`
+}
+
+// ErrorInfo is a failure in the closed reason vocabulary plus a message a
+// support engineer understands. It never carries secrets or tokens.
+type ErrorInfo struct {
+	Reason  Reason `json:"reason"`
+	Message string `json:"message"`
+}

@@ -1,0 +1,42 @@
+package queue
+
+import "time"
+
+// Job is one mail to send, as producers publish it on mail.send.<profile>.
+// Field names are lowerCamel JSON; see schema/job.schema.json.
+type Job struct {
+	// ID is the idempotency key, [A-Za-z0-9_-]{1,128}. Generated when absent.
+	ID      string   `json:"id,omitempty"`
+	From    string   `json:"from"`
+	To      []string `json:"to,omitempty"`
+	Cc      []string `json:"cc,omitempty"`
+	Bcc     []string `json:"bcc,omitempty"`
+	ReplyTo []string `json:"replyTo,omitempty"`
+	Subject string   `json:"subject,omitempty"`
+	Text    string   `json:"text,omitempty"`
+	HTML    string   `json:"html,omitempty"`
+
+	Attachments []Attachment `json:"attachments,omitempty"`
+	// Headers are extra internet message headers; only X- names are allowed.
+	Headers map[string]string `json:"headers,omitempty"`
+	// Importance is low, normal or high.
+	Importance      string `json:"importance,omitempty"`
+	SaveToSentItems *bool  `json:"saveToSentItems,omitempty"`
+	// NotBefore defers the send until this time.
+	NotBefore *time.Time `json:"notBefore,omitempty"`
+	// ExpiresAt: a job not sent by then is dead-lettered as expired.
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+	// Metadata is echoed in every status event of the job.
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// Attachment is a file attached to a job, given inline (ContentBase64) or by
+// reference to an object in the MAIL_ATTACHMENTS object store (ObjectRef).
+type Attachment struct {
+	Name          string `json:"name"`
+	ContentType   string `json:"contentType,omitempty"`
+	ContentBase64 string `json:"contentBase64,omitempty"`
+	ObjectRef     string `json:"objectRef,omitempty"`
+	Inline        bool   `json:"inline,omitempty"`
+	ContentID     string `json:"contentId,omitempty"`
+}

@@ -1,0 +1,33 @@
+package queue
+
+import "time"
+
+// State is where a job is in its life.
+type State string
+
+// Job states kept in the MAIL_JOB_STATE bucket.
+const (
+	StateSending      State = "sending"       // a Graph call was started and its outcome not yet recorded
+	StateRetrying     State = "retrying"      // waiting for the next attempt
+	StateDeferred     State = "deferred"      // waiting without spending an attempt (notBefore, pacing)
+	StateSent         State = "sent"          // Graph answered 202
+	StateDeadLettered State = "dead_lettered" // in MAIL_DLQ
+	StateReplayed     State = "replayed"      // put back on MAIL_JOBS from the DLQ
+)
+
+// JobState is the current state of one job, keyed by job id. Workers use it to
+// suppress duplicates across redeliveries and replicas, to count attempts (so
+// that deferrals do not spend them) and to recognise ambiguous sends.
+type JobState struct {
+	JobID    string `json:"jobId"`
+	Profile  string `json:"profile"`
+	State    State  `json:"state"`
+	Attempts int    `json:"attempts"`
+	// Generation counts replays; dead-letter dedupe ids include it.
+	Generation int       `json:"generation,omitempty"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+	// Ambiguous: an earlier attempt may have delivered the mail.
+	Ambiguous bool       `json:"ambiguous,omitempty"`
+	LastError *ErrorInfo `json:"lastError,omitempty"`
+	Graph     *GraphInfo `json:"graph,omitempty"`
+}

@@ -1,0 +1,50 @@
+package queue
+
+import "strings"
+
+// Names of the JetStream assets mailworker uses. Producers, workers and support
+// tools agree on these; see DESIGN.md.
+const (
+	StreamJobs        = "MAIL_JOBS"
+	StreamStatus      = "MAIL_STATUS"
+	StreamDLQ         = "MAIL_DLQ"
+	ConsumerName      = "mailworker"
+	BucketState       = "MAIL_JOB_STATE"
+	BucketAttachments = "MAIL_ATTACHMENTS"
+
+	jobPrefix    = "mail.send."
+	statusPrefix = "mail.status."
+	dlqPrefix    = "mail.dlq."
+)
+
+// Message headers used on job and dead-letter messages.
+const (
+	HeaderMsgID          = "Nats-Msg-Id"
+	HeaderJobID          = "Mail-Job-Id"
+	HeaderReplay         = "Mail-Replay"
+	HeaderReason         = "Mail-Reason"
+	HeaderError          = "Mail-Error"
+	HeaderAttempts       = "Mail-Attempts"
+	HeaderFailedAt       = "Mail-Failed-At"
+	HeaderGraphRequestID = "Mail-Graph-Request-Id"
+	HeaderProfile        = "Mail-Profile"
+)
+
+// JobSubject is the subject a job for profile is published on.
+func JobSubject(profile string) string { return jobPrefix + profile }
+
+// StatusSubject is the subject of the status events of one job.
+func StatusSubject(profile, jobID string) string { return statusPrefix + profile + "." + jobID }
+
+// DLQSubject is the subject dead-letter records of profile are stored on.
+func DLQSubject(profile string) string { return dlqPrefix + profile }
+
+// ProfileFromSubject returns the profile of a job subject (mail.send.<profile>).
+// It reports false for any other subject, or a profile that is not one token.
+func ProfileFromSubject(subject string) (string, bool) {
+	p, ok := strings.CutPrefix(subject, jobPrefix)
+	if !ok || p == "" || strings.ContainsAny(p, ".*> ") {
+		return "", false
+	}
+	return p, true
+}
