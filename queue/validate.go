@@ -1,7 +1,17 @@
 package queue
 
 import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/mail"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 )
@@ -10,14 +20,30 @@ import (
 const (
 	// MaxRecipients caps to+cc+bcc: Exchange's default per-message recipient limit.
 	MaxRecipients = 500
-	// MaxInlineAttachmentBytes caps the decoded total of inline (contentBase64)
+	// MaxInlineAttachmentBytes caps the decoded total of contentBase64
 	// attachments: Graph caps one request at 4 MB and base64 adds a third.
 	MaxInlineAttachmentBytes = 3 << 20
+	// MaxSubjectBytes caps the subject.
+	MaxSubjectBytes = 2048
+	// MaxHeaderBytes caps the total size of custom headers (names + values).
+	MaxHeaderBytes = 8 << 10
+	// MaxMetadataKeys, MaxMetadataKeyBytes and MaxMetadataValueBytes cap
+	// metadata, which is echoed in every status event.
+	MaxMetadataKeys       = 32
+	MaxMetadataKeyBytes   = 64
+	MaxMetadataValueBytes = 1024
+	// MaxJobIDLen is the longest job id.
+	MaxJobIDLen = 128
 )
 
-// InvalidError says why a job is not valid: which field, which rule. Reason is
-// ReasonInvalidJob, or ReasonMessageTooLarge for size limits. The message never
-// echoes more than about 100 bytes of input.
+// HeaderStampJobID is the internet message header the worker stamps on every
+// mail; jobs may not set it themselves.
+const HeaderStampJobID = "X-Mailworker-Job-Id"
+
+// InvalidError says why a job is not valid: which field (JSON path such as
+// to[2] or attachments[0].name, empty when the body is not JSON at all) and
+// which rule. Reason is ReasonInvalidJob, or ReasonMessageTooLarge for size
+// limits. The message never echoes more than about 100 bytes of input.
 type InvalidError struct {
 	Field  string
 	Rule   string
@@ -26,23 +52,361 @@ type InvalidError struct {
 
 func (e *InvalidError) Error() string {
 	if e.Field == "" {
-		return e.Rule
+		return "job: " + e.Rule
 	}
 	return e.Field + ": " + e.Rule
 }
 
-// DecodeJob decodes and validates one job. It is strict: unknown fields, wrong
-// types and trailing data are rejected. Every error is an *InvalidError.
+func invalid(field, rule string) *InvalidError {
+	return &InvalidError{Field: field, Rule: rule, Reason: ReasonInvalidJob}
+}
+
+// quote renders user input for an error message: quoted, escaped, at most 64
+// bytes of it.
+func quote(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return strconv.Quote(s)
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "…"
+}
+
+// jobWire decodes a Job, taking the timestamps raw so that a bad one can be
+// reported with its field name (encoding/json does not say which field a
+// time.Time parse error belongs to). Outer fields shadow the embedded ones.
+type jobWire struct {
+	Job
+	NotBefore json.RawMessage `json:"notBefore,omitempty"`
+	ExpiresAt json.RawMessage `json:"expiresAt,omitempty"`
+}
+
+// DecodeJob decodes and validates one job. It is strict: unknown fields,
+// wrong types, malformed JSON and trailing data are rejected, naming the field
+// where there is one. Every error is an *InvalidError. (encoding/json matches
+// field names case-insensitively; that leniency is kept.)
 func DecodeJob(data []byte) (*Job, error) {
-	return nil, fmt.Errorf("not implemented")
+	var w jobWire
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return nil, decodeError(err)
+	}
+	if rest := bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+		return nil, invalid("", fmt.Sprintf("trailing data after the job object at byte %d", dec.InputOffset()))
+	}
+	j := &w.Job
+	var err error
+	if j.NotBefore, err = decodeTime("notBefore", w.NotBefore); err != nil {
+		return nil, err
+	}
+	if j.ExpiresAt, err = decodeTime("expiresAt", w.ExpiresAt); err != nil {
+		return nil, err
+	}
+	if err := j.Validate(); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+func decodeTime(field string, raw json.RawMessage) (*time.Time, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var t time.Time
+	if raw[0] != '"' || t.UnmarshalJSON(raw) != nil {
+		return nil, invalid(field, "must be an RFC 3339 timestamp string, e.g. \"2026-01-02T15:04:05Z\"")
+	}
+	return &t, nil
+}
+
+func decodeError(err error) *InvalidError {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return invalid("", fmt.Sprintf("malformed JSON at byte %d: %s", se.Offset, se.Error()))
+	case errors.As(err, &te):
+		if te.Field == "" {
+			return invalid("", "must be a JSON object, got "+te.Value)
+		}
+		return invalid(te.Field, fmt.Sprintf("wrong type: got JSON %s, want %s", te.Value, jsonKind(te.Type.Kind().String())))
+	case errors.Is(err, io.EOF):
+		return invalid("", "empty body: want a JSON object")
+	}
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, `json: unknown field "`); ok {
+		name = strings.TrimSuffix(name, `"`)
+		return invalid(name, "unknown field")
+	}
+	if strings.Contains(msg, "unexpected EOF") {
+		return invalid("", "malformed JSON: unexpected end of input")
+	}
+	if len(msg) > 100 {
+		msg = msg[:100]
+	}
+	return invalid("", "malformed JSON: "+msg)
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "slice", "array":
+		return "array"
+	case "map", "struct":
+		return "object"
+	case "bool":
+		return "boolean"
+	case "string":
+		return "string"
+	}
+	return goKind
 }
 
 // Validate checks j against the wire contract. The error is an *InvalidError.
-func (j *Job) Validate() error { return nil }
+func (j *Job) Validate() error {
+	if j.ID != "" && !ValidJobID(j.ID) {
+		return invalid("id", quote(j.ID)+" is not a valid job id: want 1 to 128 of A-Z a-z 0-9 _ -")
+	}
+	if j.From == "" {
+		return invalid("from", "required: the shared mailbox to send from")
+	}
+	if err := checkMailbox("from", j.From); err != nil {
+		return err
+	}
+	n := len(j.To) + len(j.Cc) + len(j.Bcc)
+	if n == 0 {
+		return invalid("to", "at least one recipient in to, cc or bcc is required")
+	}
+	if n > MaxRecipients {
+		return invalid("to", fmt.Sprintf("%d recipients in to+cc+bcc, over the limit of %d per message", n, MaxRecipients))
+	}
+	for _, l := range [...]struct {
+		name string
+		list []string
+	}{{"to", j.To}, {"cc", j.Cc}, {"bcc", j.Bcc}, {"replyTo", j.ReplyTo}} {
+		for i, a := range l.list {
+			if err := checkMailbox(l.name+"["+strconv.Itoa(i)+"]", a); err != nil {
+				return err
+			}
+		}
+	}
+	if len(j.ReplyTo) > MaxRecipients {
+		return invalid("replyTo", fmt.Sprintf("%d addresses, over the limit of %d", len(j.ReplyTo), MaxRecipients))
+	}
+	if hasCtl(j.Subject) {
+		return invalid("subject", "contains CR, LF or NUL")
+	}
+	if len(j.Subject) > MaxSubjectBytes {
+		return invalid("subject", fmt.Sprintf("%d bytes, over the limit of %d", len(j.Subject), MaxSubjectBytes))
+	}
+	if j.Text == "" && j.HTML == "" {
+		return invalid("text", "a body is required: set text, html or both")
+	}
+	if err := j.validateHeaders(); err != nil {
+		return err
+	}
+	if err := j.validateAttachments(); err != nil {
+		return err
+	}
+	switch j.Importance {
+	case "", "low", "normal", "high":
+	default:
+		return invalid("importance", quote(j.Importance)+" is not one of low, normal, high")
+	}
+	if j.NotBefore != nil && j.ExpiresAt != nil && !j.ExpiresAt.After(*j.NotBefore) {
+		return invalid("expiresAt", "must be after notBefore")
+	}
+	return j.validateMetadata()
+}
+
+func (j *Job) validateHeaders() error {
+	total := 0
+	var bad *InvalidError
+	badKey := ""
+	for k, v := range j.Headers {
+		total += len(k) + len(v)
+		if bad != nil && k > badKey {
+			continue // report the first bad header in name order: stable messages
+		}
+		if err := checkHeader(k, v); err != nil {
+			bad, badKey = err, k
+		}
+	}
+	if bad != nil {
+		return bad
+	}
+	if total > MaxHeaderBytes {
+		return invalid("headers", fmt.Sprintf("%d bytes of names and values, over the limit of %d", total, MaxHeaderBytes))
+	}
+	return nil
+}
+
+func checkHeader(k, v string) *InvalidError {
+	field := "headers[" + quote(k) + "]"
+	if len(k) < 3 || !strings.EqualFold(k[:2], "X-") {
+		return invalid(field, "only X- headers are allowed (Graph rejects others)")
+	}
+	for i := 0; i < len(k); i++ {
+		// RFC 5322 field-name: printable US-ASCII except colon.
+		if c := k[i]; c < 33 || c > 126 || c == ':' {
+			return invalid(field, "header name may contain only printable US-ASCII except colon (no CR, LF, NUL, space)")
+		}
+	}
+	if strings.EqualFold(k, HeaderStampJobID) {
+		return invalid(field, "is reserved: the worker stamps it")
+	}
+	if hasCtl(v) {
+		return invalid(field, "header value contains CR, LF or NUL")
+	}
+	return nil
+}
+
+func (j *Job) validateAttachments() error {
+	total := 0
+	for i := range j.Attachments {
+		a := &j.Attachments[i]
+		p := "attachments[" + strconv.Itoa(i) + "]"
+		switch {
+		case a.Name == "":
+			return invalid(p+".name", "required")
+		case hasCtl(a.Name):
+			return invalid(p+".name", "contains CR, LF or NUL")
+		case hasCtl(a.ContentType):
+			return invalid(p+".contentType", "contains CR, LF or NUL")
+		case hasCtl(a.ContentID):
+			return invalid(p+".contentId", "contains CR, LF or NUL")
+		case a.Inline && a.ContentID == "":
+			return invalid(p+".contentId", "required when inline is true")
+		case (a.ContentBase64 == "") == (a.ObjectRef == ""):
+			return invalid(p+".contentBase64", "exactly one of contentBase64 or objectRef is required")
+		case hasCtl(a.ObjectRef):
+			return invalid(p+".objectRef", "contains CR, LF or NUL")
+		}
+		if a.ContentBase64 == "" {
+			continue
+		}
+		n, ok := base64Size(a.ContentBase64)
+		if !ok {
+			return invalid(p+".contentBase64", "is not valid standard base64 (RFC 4648, padded, no line breaks)")
+		}
+		total += n
+		if total > MaxInlineAttachmentBytes {
+			return &InvalidError{
+				Field:  "attachments",
+				Rule:   fmt.Sprintf("inline attachments total more than %d bytes decoded, over what one Graph request carries; large attachments need an upload session, which is not supported yet", MaxInlineAttachmentBytes),
+				Reason: ReasonMessageTooLarge,
+			}
+		}
+		if !validBase64(a.ContentBase64) {
+			return invalid(p+".contentBase64", "is not valid standard base64 (RFC 4648, padded, no line breaks)")
+		}
+	}
+	return nil
+}
+
+// base64Size returns the decoded size of padded standard base64 s, checking
+// only its length and padding.
+func base64Size(s string) (int, bool) {
+	if len(s)%4 != 0 {
+		return 0, false
+	}
+	n := len(s) / 4 * 3
+	if strings.HasSuffix(s, "==") {
+		n -= 2
+	} else if strings.HasSuffix(s, "=") {
+		n--
+	}
+	return n, true
+}
+
+// validBase64 decodes s in chunks into a stack buffer: no allocation
+// proportional to the attachment. Line breaks, which encoding/base64 would
+// silently skip, are rejected.
+func validBase64(s string) bool {
+	if strings.ContainsAny(s, "\r\n") {
+		return false
+	}
+	var buf [3 * 1024]byte
+	var src [4 * 1024]byte
+	for len(s) > 0 {
+		c := copy(src[:], s)
+		s = s[c:]
+		if _, err := base64.StdEncoding.Decode(buf[:], src[:c]); err != nil {
+			return false
+		}
+		if len(s) > 0 && src[c-1] == '=' {
+			return false // padding before the end
+		}
+	}
+	return true
+}
+
+func (j *Job) validateMetadata() error {
+	if len(j.Metadata) > MaxMetadataKeys {
+		return invalid("metadata", fmt.Sprintf("%d keys, over the limit of %d", len(j.Metadata), MaxMetadataKeys))
+	}
+	var bad *InvalidError
+	badKey := ""
+	for k, v := range j.Metadata {
+		if bad != nil && k > badKey {
+			continue
+		}
+		field := "metadata[" + quote(k) + "]"
+		var err *InvalidError
+		switch {
+		case len(k) > MaxMetadataKeyBytes:
+			err = invalid(field, fmt.Sprintf("key is %d bytes, over the limit of %d", len(k), MaxMetadataKeyBytes))
+		case len(v) > MaxMetadataValueBytes:
+			err = invalid(field, fmt.Sprintf("value is %d bytes, over the limit of %d", len(v), MaxMetadataValueBytes))
+		}
+		if err != nil {
+			bad, badKey = err, k
+		}
+	}
+	if bad != nil {
+		return bad
+	}
+	return nil
+}
+
+func checkMailbox(field, s string) *InvalidError {
+	if _, _, err := ParseAddress(s); err != nil {
+		if hasCtl(s) {
+			return invalid(field, "contains CR, LF or NUL")
+		}
+		return invalid(field, quote(s)+" is not an RFC 5322 mailbox (a@x.com or Name <a@x.com>)")
+	}
+	return nil
+}
+
+// errCtl is returned by ParseAddress for CR, LF or NUL.
+var errCtl = errors.New("queue: address contains CR, LF or NUL")
+
+// ParseAddress parses one RFC 5322 mailbox (a@x.com or Name <a@x.com>) with
+// net/mail and returns its display name (RFC 2047 words decoded) and address.
+// It rejects CR, LF and NUL anywhere, including in a decoded display name.
+func ParseAddress(s string) (name, addr string, err error) {
+	if hasCtl(s) {
+		return "", "", errCtl
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil {
+		return "", "", err
+	}
+	if hasCtl(a.Name) || hasCtl(a.Address) {
+		return "", "", errCtl
+	}
+	return a.Name, a.Address, nil
+}
+
+func hasCtl(s string) bool { return strings.ContainsAny(s, "\r\n\x00") }
 
 // ValidJobID reports whether id matches [A-Za-z0-9_-]{1,128}.
 func ValidJobID(id string) bool {
-	if len(id) == 0 || len(id) > 128 {
+	if len(id) == 0 || len(id) > MaxJobIDLen {
 		return false
 	}
 	for i := 0; i < len(id); i++ {
@@ -69,11 +433,5 @@ func ResolveJobID(j *Job, h nats.Header, streamSeq uint64) string {
 			return id
 		}
 	}
-	return fmt.Sprintf("s%d", streamSeq)
-}
-
-// ParseAddress parses one RFC 5322 mailbox (a@x.com or Name <a@x.com>). It
-// rejects CR, LF and NUL anywhere.
-func ParseAddress(s string) (name, addr string, err error) {
-	return "", "", fmt.Errorf("not implemented")
+	return "s" + strconv.FormatUint(streamSeq, 10)
 }
