@@ -1,0 +1,2 @@
+// Package validate checks the Kubernetes manifests under deploy/kubernetes.
+package validate
