@@ -2,7 +2,11 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -11,11 +15,95 @@ type Events struct {
 	js jetstream.JetStream
 }
 
-// Publish stores ev on StatusSubject(ev.Profile, ev.JobID) and waits for the ack.
-func (e *Events) Publish(ctx context.Context, ev Event) error { return nil }
+func eventMsg(ev *Event, msgID string) (*nats.Msg, error) {
+	if !ValidJobID(ev.JobID) {
+		return nil, fmt.Errorf("queue: event: invalid job id %s", quote(ev.JobID))
+	}
+	if !validProfile(ev.Profile) {
+		return nil, fmt.Errorf("queue: event: invalid profile %s", quote(ev.Profile))
+	}
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("queue: encode event: %w", err)
+	}
+	m := &nats.Msg{Subject: StatusSubject(ev.Profile, ev.JobID), Data: b}
+	if msgID != "" {
+		m.Header = nats.Header{HeaderMsgID: []string{msgID}}
+	}
+	return m, nil
+}
 
-// PublishAsync stores ev without waiting; the caller checks the future.
-func (e *Events) PublishAsync(ev Event) (jetstream.PubAckFuture, error) { return nil, nil }
+// Publish stores ev on StatusSubject(ev.Profile, ev.JobID) and waits for the
+// stream's ack. It fails on an invalid job id or profile.
+func (e *Events) Publish(ctx context.Context, ev Event) error {
+	return e.publish(ctx, ev, "")
+}
 
-// History returns every stored event of jobID, oldest first.
-func (e *Events) History(ctx context.Context, jobID string) ([]Event, error) { return nil, nil }
+func (e *Events) publish(ctx context.Context, ev Event, msgID string) error {
+	m, err := eventMsg(&ev, msgID)
+	if err != nil {
+		return err
+	}
+	if _, err := e.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
+	}
+	return nil
+}
+
+// PublishAsync stores ev without waiting for the ack (the worker's hot path);
+// check the future, or wait on the JetStream context's PublishAsyncComplete.
+func (e *Events) PublishAsync(ev Event) (jetstream.PubAckFuture, error) {
+	m, err := eventMsg(&ev, "")
+	if err != nil {
+		return nil, err
+	}
+	f, err := e.js.PublishMsgAsync(m)
+	if err != nil {
+		return nil, fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
+	}
+	return f, nil
+}
+
+// History returns every stored event of jobID (any profile), oldest first;
+// none is an empty slice and no error. Events older than MAIL_STATUS's max
+// age are gone.
+func (e *Events) History(ctx context.Context, jobID string) ([]Event, error) {
+	if !ValidJobID(jobID) {
+		return nil, fmt.Errorf("queue: history: invalid job id %s", quote(jobID))
+	}
+	s, err := e.js.Stream(ctx, StreamStatus)
+	if err != nil {
+		return nil, fmt.Errorf("queue: stream %s: %w", StreamStatus, err)
+	}
+	var out []Event
+	err = scan(ctx, s, statusPrefix+"*."+jobID, func(m *jetstream.RawStreamMsg) error {
+		var ev Event
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			return nil // not ours to judge: skip what is not an event
+		}
+		out = append(out, ev)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: history of %s: %w", jobID, err)
+	}
+	return out, nil
+}
+
+// scan calls fn with every message of s on subject filter, in stream order.
+// It uses "next message by subject" gets: no consumer to create or clean up.
+func scan(ctx context.Context, s jetstream.Stream, filter string, fn func(*jetstream.RawStreamMsg) error) error {
+	for seq := uint64(1); ; {
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(m); err != nil {
+			return err
+		}
+		seq = m.Sequence + 1
+	}
+}

@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,6 +20,9 @@ type Config struct {
 	AckWait       time.Duration // consumer, default 60s
 	MaxAckPending int           // consumer, default 1000
 }
+
+// DuplicateWindow is the Nats-Msg-Id dedupe window of every stream.
+const DuplicateWindow = 2 * time.Minute
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
@@ -39,13 +44,216 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
+func (c Config) validate() error {
+	switch {
+	case c.Replicas != 1 && c.Replicas != 3:
+		return fmt.Errorf("queue: config replicas: %d, want 1 or 3", c.Replicas)
+	case c.JobsMaxAge < 0, c.StatusMaxAge < 0, c.DLQMaxAge < 0:
+		return errors.New("queue: config stream max ages must not be negative")
+	case c.StateTTL < 0:
+		return errors.New("queue: config stateTTL must not be negative")
+	case c.AckWait < time.Second:
+		return fmt.Errorf("queue: config ackWait: %s, want at least 1s", c.AckWait)
+	case c.MaxAckPending < 1:
+		return fmt.Errorf("queue: config maxAckPending: %d, want at least 1", c.MaxAckPending)
+	}
+	return nil
+}
+
 // ErrIncompatible is returned (wrapped, naming the asset and field) when an
 // existing asset's config cannot be brought in line without recreating it.
 var ErrIncompatible = errors.New("queue: existing asset has an incompatible config")
 
-// Provision creates or updates every JetStream asset mailworker uses.
+func incompatible(asset, field string, have, want any) error {
+	return fmt.Errorf("%w: %s %s is %v, want %v (recreate or migrate it by hand)", ErrIncompatible, asset, field, have, want)
+}
+
+func streamConfigs(c Config) []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
+		{
+			Name: StreamJobs, Subjects: []string{jobPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
+			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.JobsMaxAge, Duplicates: DuplicateWindow,
+			Description: "mailworker: mail jobs, mail.send.<profile>",
+		},
+		{
+			Name: StreamStatus, Subjects: []string{statusPrefix + ">"}, Retention: jetstream.LimitsPolicy,
+			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.StatusMaxAge, Duplicates: DuplicateWindow,
+			Description: "mailworker: status events, mail.status.<profile>.<job id>",
+		},
+		{
+			Name: StreamDLQ, Subjects: []string{dlqPrefix + ">"}, Retention: jetstream.LimitsPolicy,
+			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.DLQMaxAge, Duplicates: DuplicateWindow,
+			Description: "mailworker: dead letters, mail.dlq.<profile>",
+		},
+	}
+}
+
+func consumerConfig(c Config) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "mailworker: shared by all worker replicas",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: c.MaxAckPending,
+		FilterSubject: jobPrefix + ">",
+	}
+}
+
+// Provision creates every JetStream asset mailworker uses, or brings existing
+// ones in line: MAIL_JOBS, MAIL_STATUS, MAIL_DLQ, the durable consumer
+// "mailworker", KV MAIL_JOB_STATE and object store MAIL_ATTACHMENTS. It is
+// idempotent. Updatable settings (max ages, replicas, duplicate window,
+// AckWait, MaxAckPending, MaxDeliver, state TTL) are updated in place; a
+// setting that cannot be (retention, storage, subjects, ack policy, filter)
+// yields an error wrapping ErrIncompatible that names the asset and field.
 func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
-	return errors.New("not implemented")
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	for _, sc := range streamConfigs(cfg) {
+		if err := ensureStream(ctx, js, sc); err != nil {
+			return err
+		}
+	}
+	if err := ensureConsumer(ctx, js, consumerConfig(cfg)); err != nil {
+		return err
+	}
+	if err := ensureKV(ctx, js, cfg); err != nil {
+		return err
+	}
+	return ensureObjectStore(ctx, js, cfg)
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
+	s, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if _, err := js.CreateStream(ctx, want); err != nil {
+			return fmt.Errorf("queue: create stream %s: %w", want.Name, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: look up stream %s: %w", want.Name, err)
+	}
+	have := s.CachedInfo().Config
+	asset := "stream " + want.Name
+	if have.Retention != want.Retention {
+		return incompatible(asset, "retention", have.Retention, want.Retention)
+	}
+	if have.Storage != want.Storage {
+		return incompatible(asset, "storage", have.Storage, want.Storage)
+	}
+	if !slices.Equal(have.Subjects, want.Subjects) {
+		return incompatible(asset, "subjects", have.Subjects, want.Subjects)
+	}
+	upd := have
+	upd.MaxAge, upd.Replicas, upd.Duplicates = want.MaxAge, want.Replicas, want.Duplicates
+	if upd.Duplicates > upd.MaxAge && upd.MaxAge > 0 {
+		upd.Duplicates = upd.MaxAge
+	}
+	if upd.MaxAge == have.MaxAge && upd.Replicas == have.Replicas && upd.Duplicates == have.Duplicates {
+		return nil
+	}
+	if _, err := js.UpdateStream(ctx, upd); err != nil {
+		return fmt.Errorf("queue: update stream %s: %w", want.Name, err)
+	}
+	return nil
+}
+
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.ConsumerConfig) error {
+	c, err := js.Consumer(ctx, StreamJobs, want.Durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if _, err := js.CreateConsumer(ctx, StreamJobs, want); err != nil {
+			return fmt.Errorf("queue: create consumer %s on %s: %w", want.Durable, StreamJobs, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: look up consumer %s on %s: %w", want.Durable, StreamJobs, err)
+	}
+	have := c.CachedInfo().Config
+	asset := "consumer " + StreamJobs + "/" + want.Durable
+	if have.AckPolicy != want.AckPolicy {
+		return incompatible(asset, "ack policy", have.AckPolicy, want.AckPolicy)
+	}
+	if have.FilterSubject != want.FilterSubject || len(have.FilterSubjects) > 0 {
+		return incompatible(asset, "filter subject", filterOf(have), want.FilterSubject)
+	}
+	if have.DeliverSubject != "" {
+		return incompatible(asset, "type", "push", "pull")
+	}
+	if have.AckWait == want.AckWait && have.MaxAckPending == want.MaxAckPending && have.MaxDeliver == want.MaxDeliver {
+		return nil
+	}
+	upd := have
+	upd.AckWait, upd.MaxAckPending, upd.MaxDeliver = want.AckWait, want.MaxAckPending, want.MaxDeliver
+	if _, err := js.UpdateConsumer(ctx, StreamJobs, upd); err != nil {
+		return fmt.Errorf("queue: update consumer %s: %w", asset, err)
+	}
+	return nil
+}
+
+func filterOf(c jetstream.ConsumerConfig) any {
+	if len(c.FilterSubjects) > 0 {
+		return c.FilterSubjects
+	}
+	if c.FilterSubject == "" {
+		return `""`
+	}
+	return c.FilterSubject
+}
+
+func ensureKV(ctx context.Context, js jetstream.JetStream, c Config) error {
+	want := jetstream.KeyValueConfig{
+		Bucket: BucketState, Description: "mailworker: job state by job id",
+		History: 1, TTL: c.StateTTL, Storage: jetstream.FileStorage, Replicas: c.Replicas,
+	}
+	kv, err := js.KeyValue(ctx, BucketState)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if _, err := js.CreateKeyValue(ctx, want); err != nil {
+			return fmt.Errorf("queue: create KV bucket %s: %w", BucketState, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: look up KV bucket %s: %w", BucketState, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: KV bucket %s status: %w", BucketState, err)
+	}
+	si := st.(*jetstream.KeyValueBucketStatus).StreamInfo()
+	if si.Config.Storage != want.Storage {
+		return incompatible("KV bucket "+BucketState, "storage", si.Config.Storage, want.Storage)
+	}
+	if st.TTL() == want.TTL && st.History() == int64(want.History) && si.Config.Replicas == want.Replicas {
+		return nil
+	}
+	if _, err := js.UpdateKeyValue(ctx, want); err != nil {
+		return fmt.Errorf("queue: update KV bucket %s: %w", BucketState, err)
+	}
+	return nil
+}
+
+func ensureObjectStore(ctx context.Context, js jetstream.JetStream, c Config) error {
+	_, err := js.ObjectStore(ctx, BucketAttachments)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		_, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket: BucketAttachments, Description: "mailworker: attachments by reference",
+			Storage: jetstream.FileStorage, Replicas: c.Replicas,
+		})
+		if err != nil {
+			return fmt.Errorf("queue: create object store %s: %w", BucketAttachments, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: look up object store %s: %w", BucketAttachments, err)
+	}
+	return nil
 }
 
 // Queue is a handle on the provisioned assets.
@@ -58,12 +266,38 @@ type Queue struct {
 	js jetstream.JetStream
 }
 
-// Open binds to the existing assets; it creates nothing.
+// Open binds to the existing assets; it creates nothing. A missing asset is
+// an error that says to run `mailworker provision`.
 func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
-	return nil, errors.New("not implemented")
+	missing := func(what string, err error) error {
+		return fmt.Errorf("queue: %s: %w (run `mailworker provision`)", what, err)
+	}
+	for _, name := range []string{StreamJobs, StreamStatus, StreamDLQ} {
+		if _, err := js.Stream(ctx, name); err != nil {
+			return nil, missing("stream "+name, err)
+		}
+	}
+	if _, err := js.Consumer(ctx, StreamJobs, ConsumerName); err != nil {
+		return nil, missing("consumer "+StreamJobs+"/"+ConsumerName, err)
+	}
+	kv, err := js.KeyValue(ctx, BucketState)
+	if err != nil {
+		return nil, missing("KV bucket "+BucketState, err)
+	}
+	obs, err := js.ObjectStore(ctx, BucketAttachments)
+	if err != nil {
+		return nil, missing("object store "+BucketAttachments, err)
+	}
+	q := &Queue{js: js, States: &States{kv: kv}, Events: &Events{js: js}, Attachments: &Attachments{obs: obs}}
+	q.DLQ = &DLQ{js: js, states: q.States, events: q.Events}
+	return q, nil
 }
 
-// Consumer returns the shared durable pull consumer on MAIL_JOBS.
+// Consumer returns the shared durable pull consumer "mailworker" on MAIL_JOBS.
 func (q *Queue) Consumer(ctx context.Context) (jetstream.Consumer, error) {
-	return q.js.Consumer(ctx, StreamJobs, ConsumerName)
+	c, err := q.js.Consumer(ctx, StreamJobs, ConsumerName)
+	if err != nil {
+		return nil, fmt.Errorf("queue: consumer %s/%s: %w", StreamJobs, ConsumerName, err)
+	}
+	return c, nil
 }

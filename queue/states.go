@@ -2,7 +2,10 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -14,23 +17,85 @@ var (
 	ErrStateConflict = errors.New("queue: job state changed concurrently")
 )
 
-// States is the job-state store (KV MAIL_JOB_STATE, key = job id).
+// States is the job-state store (KV MAIL_JOB_STATE, key = job id, value =
+// JSON JobState). Revisions are KV revisions, for compare-and-set.
 type States struct {
 	kv jetstream.KeyValue
 }
 
-// Get returns the state of jobID and its revision, or ErrNoState.
+// Get returns the state of jobID and its revision. It returns ErrNoState when
+// there is none (never written, deleted, or expired by the bucket TTL).
 func (s *States) Get(ctx context.Context, jobID string) (JobState, uint64, error) {
-	return JobState{}, 0, ErrNoState
+	if !ValidJobID(jobID) {
+		return JobState{}, 0, fmt.Errorf("queue: get state: invalid job id %s", quote(jobID))
+	}
+	e, err := s.kv.Get(ctx, jobID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return JobState{}, 0, ErrNoState
+	}
+	if err != nil {
+		return JobState{}, 0, fmt.Errorf("queue: get state of %s: %w", jobID, err)
+	}
+	var st JobState
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		return JobState{}, 0, fmt.Errorf("queue: state of %s is not valid JSON: %w", jobID, err)
+	}
+	return st, e.Revision(), nil
 }
 
-// Create stores st if no state exists for st.JobID, else ErrStateExists.
-func (s *States) Create(ctx context.Context, st JobState) (uint64, error) { return 0, nil }
+func encodeState(st *JobState) ([]byte, error) {
+	if !ValidJobID(st.JobID) {
+		return nil, fmt.Errorf("queue: state: invalid job id %s", quote(st.JobID))
+	}
+	if st.UpdatedAt.IsZero() {
+		st.UpdatedAt = time.Now().UTC()
+	}
+	return json.Marshal(st)
+}
 
-// Update stores st if the current revision is lastRev, else ErrStateConflict.
+// Create stores st if no state exists for st.JobID, else returns
+// ErrStateExists. A zero UpdatedAt is set to now.
+func (s *States) Create(ctx context.Context, st JobState) (uint64, error) {
+	b, err := encodeState(&st)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.kv.Create(ctx, st.JobID, b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, ErrStateExists
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: create state of %s: %w", st.JobID, err)
+	}
+	return rev, nil
+}
+
+// Update stores st if the current revision is lastRev, else returns
+// ErrStateConflict. A zero UpdatedAt is set to now.
 func (s *States) Update(ctx context.Context, st JobState, lastRev uint64) (uint64, error) {
-	return 0, nil
+	b, err := encodeState(&st)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.kv.Update(ctx, st.JobID, b, lastRev)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, ErrStateConflict
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: update state of %s: %w", st.JobID, err)
+	}
+	return rev, nil
 }
 
-// Put stores st unconditionally.
-func (s *States) Put(ctx context.Context, st JobState) (uint64, error) { return 0, nil }
+// Put stores st unconditionally. A zero UpdatedAt is set to now.
+func (s *States) Put(ctx context.Context, st JobState) (uint64, error) {
+	b, err := encodeState(&st)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.kv.Put(ctx, st.JobID, b)
+	if err != nil {
+		return 0, fmt.Errorf("queue: put state of %s: %w", st.JobID, err)
+	}
+	return rev, nil
+}
