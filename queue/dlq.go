@@ -2,16 +2,28 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// HeaderGeneration carries a dead letter's replay generation (MAIL_DLQ).
+const HeaderGeneration = "Mail-Generation"
+
+// maxErrorHeader caps the Mail-Error header.
+const maxErrorHeader = 1024
 
 // ErrNotInDLQ is returned when a job has no dead-letter record.
 var ErrNotInDLQ = errors.New("queue: job is not in the dead-letter queue")
 
-// DeadLetter is one record of MAIL_DLQ.
+// DeadLetter is one record of MAIL_DLQ: the original job bytes (Body) and the
+// facts of the failure (stored as message headers).
 type DeadLetter struct {
 	JobID, Profile string
 	Reason         Reason
@@ -32,35 +44,295 @@ type DLQFilter struct {
 	JobID   string
 }
 
+func (f DLQFilter) subject() (string, error) {
+	if f.Profile == "" {
+		return dlqPrefix + ">", nil
+	}
+	if !validProfile(f.Profile) {
+		return "", fmt.Errorf("queue: dlq filter: invalid profile %s", quote(f.Profile))
+	}
+	return DLQSubject(f.Profile), nil
+}
+
+func (f DLQFilter) match(dl *DeadLetter) bool {
+	return (f.Reason == "" || dl.Reason == f.Reason) && (f.JobID == "" || dl.JobID == f.JobID)
+}
+
 // ReplayOptions tune a replay.
 type ReplayOptions struct {
-	// Body replaces the job body when set (a fixed job); it must DecodeJob cleanly.
+	// Body replaces the job body when set (a fixed job); it must DecodeJob
+	// cleanly and its id, if any, must be the replayed job's id.
 	Body []byte
 }
 
-// DLQ is the dead-letter store.
+// DLQ is the dead-letter store (stream MAIL_DLQ, records on mail.dlq.<profile>).
 type DLQ struct {
 	js     jetstream.JetStream
 	states *States
 	events *Events
 }
 
-// Put stores dl once per (job id, generation).
-func (d *DLQ) Put(ctx context.Context, dl DeadLetter) error { return nil }
-
-// List returns the dead letters matching f, oldest first.
-func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]DeadLetter, error) { return nil, nil }
-
-// Get returns the dead letter of jobID, or ErrNotInDLQ.
-func (d *DLQ) Get(ctx context.Context, jobID string) (DeadLetter, error) {
-	return DeadLetter{}, ErrNotInDLQ
+func oneLine(s string, max int) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == 0 {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > max {
+		s = s[:max]
+	}
+	return s
 }
 
-// Replay puts jobID back on MAIL_JOBS.
-func (d *DLQ) Replay(ctx context.Context, jobID string, opts ReplayOptions) error { return nil }
+// Put stores dl: Body unchanged as the message body, the facts as headers,
+// Nats-Msg-Id "dlq-<jobid>-g<generation>" so that a failure recorded twice
+// (a redelivery) within the duplicate window is stored once. JobID, Profile
+// and a valid Reason are required; a zero FailedAt is set to now.
+func (d *DLQ) Put(ctx context.Context, dl DeadLetter) error {
+	switch {
+	case !ValidJobID(dl.JobID):
+		return fmt.Errorf("queue: dead letter: invalid job id %s", quote(dl.JobID))
+	case !validProfile(dl.Profile):
+		return fmt.Errorf("queue: dead letter %s: invalid profile %s", dl.JobID, quote(dl.Profile))
+	case !dl.Reason.Valid():
+		return fmt.Errorf("queue: dead letter %s: unknown reason %s", dl.JobID, quote(string(dl.Reason)))
+	}
+	if dl.FailedAt.IsZero() {
+		dl.FailedAt = time.Now()
+	}
+	h := nats.Header{}
+	h.Set(HeaderMsgID, "dlq-"+dl.JobID+"-g"+strconv.Itoa(dl.Generation))
+	h.Set(HeaderJobID, dl.JobID)
+	h.Set(HeaderProfile, dl.Profile)
+	h.Set(HeaderReason, string(dl.Reason))
+	h.Set(HeaderError, oneLine(dl.Error, maxErrorHeader))
+	h.Set(HeaderAttempts, strconv.Itoa(dl.Attempts))
+	h.Set(HeaderFailedAt, dl.FailedAt.UTC().Format(time.RFC3339Nano))
+	h.Set(HeaderGeneration, strconv.Itoa(dl.Generation))
+	if dl.GraphRequestID != "" {
+		h.Set(HeaderGraphRequestID, oneLine(dl.GraphRequestID, 128))
+	}
+	m := &nats.Msg{Subject: DLQSubject(dl.Profile), Header: h, Data: dl.Body}
+	if _, err := d.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("queue: store dead letter %s: %w", dl.JobID, err)
+	}
+	return nil
+}
 
-// ReplayAll replays every dead letter matching f and returns how many.
-func (d *DLQ) ReplayAll(ctx context.Context, f DLQFilter) (int, error) { return 0, nil }
+func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
+	h := m.Header
+	dl := DeadLetter{
+		JobID:          h.Get(HeaderJobID),
+		Profile:        h.Get(HeaderProfile),
+		Reason:         Reason(h.Get(HeaderReason)),
+		Error:          h.Get(HeaderError),
+		GraphRequestID: h.Get(HeaderGraphRequestID),
+		Body:           m.Data,
+		Seq:            m.Sequence,
+	}
+	if dl.Profile == "" {
+		dl.Profile = strings.TrimPrefix(m.Subject, dlqPrefix)
+	}
+	dl.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
+	dl.Generation, _ = strconv.Atoi(h.Get(HeaderGeneration))
+	dl.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderFailedAt))
+	var head struct {
+		From    string `json:"from"`
+		Subject string `json:"subject"`
+	}
+	if json.Unmarshal(m.Data, &head) == nil {
+		dl.From, dl.Subject = head.From, head.Subject
+	}
+	return dl
+}
+
+func (d *DLQ) stream(ctx context.Context) (jetstream.Stream, error) {
+	s, err := d.js.Stream(ctx, StreamDLQ)
+	if err != nil {
+		return nil, fmt.Errorf("queue: stream %s: %w", StreamDLQ, err)
+	}
+	return s, nil
+}
+
+func (d *DLQ) each(ctx context.Context, f DLQFilter, fn func(DeadLetter) error) error {
+	subj, err := f.subject()
+	if err != nil {
+		return err
+	}
+	s, err := d.stream(ctx)
+	if err != nil {
+		return err
+	}
+	err = scan(ctx, s, subj, func(m *jetstream.RawStreamMsg) error {
+		dl := deadLetterOf(m)
+		if !f.match(&dl) {
+			return nil
+		}
+		return fn(dl)
+	})
+	if err != nil {
+		return fmt.Errorf("queue: read %s: %w", StreamDLQ, err)
+	}
+	return nil
+}
+
+// List returns the dead letters matching f, oldest first.
+func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]DeadLetter, error) {
+	var out []DeadLetter
+	err := d.each(ctx, f, func(dl DeadLetter) error {
+		out = append(out, dl)
+		return nil
+	})
+	return out, err
+}
+
+// Get returns the newest dead letter of jobID, or ErrNotInDLQ.
+func (d *DLQ) Get(ctx context.Context, jobID string) (DeadLetter, error) {
+	if !ValidJobID(jobID) {
+		return DeadLetter{}, fmt.Errorf("queue: dlq: invalid job id %s", quote(jobID))
+	}
+	all, err := d.List(ctx, DLQFilter{JobID: jobID})
+	if err != nil {
+		return DeadLetter{}, err
+	}
+	if len(all) == 0 {
+		return DeadLetter{}, fmt.Errorf("%w: %s", ErrNotInDLQ, jobID)
+	}
+	return all[len(all)-1], nil
+}
+
+// Replay puts jobID's newest dead letter back on MAIL_JOBS, in this order:
+//  1. reset the job state: state replayed, Attempts 0, Ambiguous false,
+//     Generation = the record's generation + 1;
+//  2. publish the body (opts.Body if set) to JobSubject(profile) with headers
+//     Mail-Job-Id, Mail-Replay=<generation>, Nats-Msg-Id "<id>-r<generation>";
+//  3. publish a replayed event;
+//  4. delete the record (and any older records of the job).
+//
+// Re-running after a crash at any step is safe: the generation comes from the
+// record, so the re-publish carries the same Nats-Msg-Id and JetStream drops
+// it within the duplicate window; if the state shows the worker already took
+// the replayed job (same generation, state no longer replayed), steps 1-3 are
+// skipped. It returns ErrNotInDLQ (wrapped) when there is no record, and an
+// *InvalidError when opts.Body is not a valid job.
+func (d *DLQ) Replay(ctx context.Context, jobID string, opts ReplayOptions) error {
+	dl, err := d.Get(ctx, jobID)
+	if err != nil {
+		return err
+	}
+	return d.replay(ctx, dl, opts)
+}
+
+func (d *DLQ) replay(ctx context.Context, dl DeadLetter, opts ReplayOptions) error {
+	body := dl.Body
+	if opts.Body != nil {
+		j, err := DecodeJob(opts.Body)
+		if err != nil {
+			return err
+		}
+		if j.ID != "" && j.ID != dl.JobID {
+			return &InvalidError{Field: "id", Rule: fmt.Sprintf("the fixed job's id %s is not the replayed job's id %s", quote(j.ID), quote(dl.JobID)), Reason: ReasonInvalidJob}
+		}
+		body = opts.Body
+	}
+	gen := dl.Generation + 1
+	st, _, err := d.states.Get(ctx, dl.JobID)
+	if err != nil && !errors.Is(err, ErrNoState) {
+		return err
+	}
+	taken := err == nil && (st.Generation > gen || st.Generation == gen && st.State != StateReplayed)
+	if !taken {
+		_, err = d.states.Put(ctx, JobState{
+			JobID: dl.JobID, Profile: dl.Profile, State: StateReplayed, Attempts: 0,
+			Generation: gen, UpdatedAt: time.Now().UTC(),
+		})
+		if err != nil {
+			return err
+		}
+		h := nats.Header{}
+		h.Set(HeaderJobID, dl.JobID)
+		h.Set(HeaderReplay, strconv.Itoa(gen))
+		h.Set(HeaderMsgID, dl.JobID+"-r"+strconv.Itoa(gen))
+		m := &nats.Msg{Subject: JobSubject(dl.Profile), Header: h, Data: body}
+		if _, err := d.js.PublishMsg(ctx, m); err != nil {
+			return fmt.Errorf("queue: replay %s: publish job: %w", dl.JobID, err)
+		}
+		ev := Event{JobID: dl.JobID, Profile: dl.Profile, Event: EventReplayed, At: time.Now().UTC()}
+		var meta struct {
+			Metadata map[string]string `json:"metadata"`
+		}
+		if json.Unmarshal(body, &meta) == nil {
+			ev.Metadata = meta.Metadata
+		}
+		if err := d.events.publish(ctx, ev, "replayed-"+dl.JobID+"-g"+strconv.Itoa(gen)); err != nil {
+			return fmt.Errorf("queue: replay %s: %w", dl.JobID, err)
+		}
+	}
+	s, err := d.stream(ctx)
+	if err != nil {
+		return err
+	}
+	// Delete this record and any older record of the same job.
+	var seqs []uint64
+	err = d.each(ctx, DLQFilter{Profile: dl.Profile, JobID: dl.JobID}, func(o DeadLetter) error {
+		if o.Seq <= dl.Seq {
+			seqs = append(seqs, o.Seq)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, seq := range seqs {
+		if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("queue: replay %s: delete dead letter %d: %w", dl.JobID, seq, err)
+		}
+	}
+	return nil
+}
+
+// ReplayAll replays the newest dead letter of every job matching f and
+// returns how many jobs it replayed. It stops at the first error.
+func (d *DLQ) ReplayAll(ctx context.Context, f DLQFilter) (int, error) {
+	all, err := d.List(ctx, f)
+	if err != nil {
+		return 0, err
+	}
+	newest := map[string]int{}
+	var order []string
+	for i, dl := range all {
+		if _, ok := newest[dl.JobID]; !ok {
+			order = append(order, dl.JobID)
+		}
+		newest[dl.JobID] = i
+	}
+	n := 0
+	for _, id := range order {
+		if err := d.replay(ctx, all[newest[id]], ReplayOptions{}); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
 
 // Purge deletes every dead letter matching f and returns how many.
-func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) { return 0, nil }
+func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
+	s, err := d.stream(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	err = d.each(ctx, f, func(dl DeadLetter) error {
+		if err := s.DeleteMsg(ctx, dl.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("delete %d: %w", dl.Seq, err)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("queue: purge dead letters: %w", err)
+	}
+	return n, nil
+}
