@@ -1,0 +1,505 @@
+// Package graphtest is an in-process fake of Microsoft Entra ID (OIDC discovery and the
+// client-credentials token endpoint) and Microsoft Graph (POST /v1.0/users/{id}/sendMail),
+// served over TLS with its own CA, with fault knobs for tests, load tests and the sandbox.
+//
+// The real MSAL Go confidential client talks to it when configured with
+// authority AuthorityURL(), confidential.WithHTTPClient(Client()) and
+// confidential.WithInstanceDiscovery(false).
+//
+// Graph behaviour for sendMail, in the order checks are made:
+//
+//  1. bearer token present, issued by this server and unexpired, else 401 InvalidAuthenticationToken;
+//  2. scripted faults (Script), then persistent faults (SetMailboxFault, SetFault);
+//  3. mailbox exists (Options.Mailboxes), else 404 ErrorInvalidUser;
+//  4. mailbox in the RBAC scope (Options.Scope), else 403 ErrorAccessDenied;
+//  5. body at most 4 MB, else 413 RequestEntityTooLarge;
+//  6. Graph-shaped JSON, else 400 ErrorInvalidRequest / RequestBodyRead; at least one recipient,
+//     else 400 ErrorInvalidRecipients; X- header names only, else 400 InvalidInternetMessageHeader;
+//  7. per-mailbox concurrency and per-minute limits, else 429 ApplicationThrottled with Retry-After;
+//  8. Options.Latency, then the message is recorded and 202 Accepted is answered.
+//
+// Concurrency is counted from the moment an authenticated request for a mailbox arrives until it
+// is answered, so requests held by a Delay fault or by Latency occupy a slot.
+package graphtest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// MaxRequestBytes is the largest sendMail request body Graph accepts (4 MB).
+const MaxRequestBytes = 4 * 1024 * 1024
+
+// Options configures a Server. The zero value is usable.
+type Options struct {
+	Addr                    string                           // listen address; "" = 127.0.0.1:0
+	TenantID                string                           // default "test-tenant"
+	ClientID                string                           // default "test-client"
+	ClientSecret            string                           // accepted secret; "" = secrets not accepted
+	Certificate             *x509.Certificate                // accepted for client_assertion (RS256/PS256 JWT); nil = assertions not accepted
+	TokenLifetime           time.Duration                    // default 1h (expires_in)
+	Mailboxes               []string                         // mailboxes that exist (case-insensitive); nil = every address exists
+	Scope                   []string                         // mailboxes inside the app's RBAC scope; nil = all existing mailboxes
+	Latency                 time.Duration                    // added to every accepted sendMail
+	LatencyJitter           time.Duration                    // uniform extra 0..jitter
+	MaxConcurrentPerMailbox int                              // default 4; negative = unlimited
+	PerMailboxPerMinute     int                              // 0 = off; else a rolling 60 s window per mailbox
+	OutDir                  string                           // if set, write each accepted message as <jobid-or-n>.eml and .json
+	Logf                    func(format string, args ...any) // optional
+
+	// Now is the server's clock (token expiry, rate windows, Retry-After bookkeeping);
+	// default time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.Addr == "" {
+		o.Addr = "127.0.0.1:0"
+	}
+	if o.TenantID == "" {
+		o.TenantID = "test-tenant"
+	}
+	if o.ClientID == "" {
+		o.ClientID = "test-client"
+	}
+	if o.TokenLifetime <= 0 {
+		o.TokenLifetime = time.Hour
+	}
+	if o.MaxConcurrentPerMailbox == 0 {
+		o.MaxConcurrentPerMailbox = 4
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	switch {
+	case strings.ContainsAny(o.TenantID, "/?#% "):
+		return fmt.Errorf("graphtest: Options.TenantID %q must be a single path segment", o.TenantID)
+	case o.Latency < 0:
+		return errors.New("graphtest: Options.Latency must not be negative")
+	case o.LatencyJitter < 0:
+		return errors.New("graphtest: Options.LatencyJitter must not be negative")
+	case o.PerMailboxPerMinute < 0:
+		return errors.New("graphtest: Options.PerMailboxPerMinute must not be negative")
+	}
+	return nil
+}
+
+// Fault is an injected sendMail outcome.
+//
+// A fault with Status 0 and neither Reset nor AcceptThenFail only applies its Delay and then lets
+// the request continue with normal behaviour (a slow mailbox).
+type Fault struct {
+	Status         int           // HTTP status to answer (e.g. 429, 500, 503, 504, 401)
+	Code           string        // Graph error code; "" = a default for Status
+	RetryAfter     string        // Retry-After header value, verbatim ("30" or an HTTP date); "" = none
+	Delay          time.Duration // hold the request this long before answering
+	Reset          bool          // close the connection without answering
+	AcceptThenFail bool          // record the message as accepted, then answer Status (default 504) anyway
+	Probability    float64       // for SetFault/SetMailboxFault: 0 or 1 = always
+}
+
+// Stats is a snapshot of the server's counters (also served at GET /_sandbox/stats).
+type Stats struct {
+	TokenRequests int `json:"tokenRequests"`
+	TokenFailures int `json:"tokenFailures"`
+	SendRequests  int `json:"sendRequests"`
+	Accepted      int `json:"accepted"`
+	Throttled     int `json:"throttled"`
+	InRetryAfter  int `json:"inRetryAfter"`
+	Duplicates    int `json:"duplicates"`
+}
+
+// Server is a running fake. All methods are safe for concurrent use.
+type Server struct {
+	opts      Options
+	url       string
+	tokenURL  string
+	issuer    string
+	caPEM     []byte
+	client    *http.Client
+	transport *http.Transport
+	httpSrv   *http.Server
+	serveDone chan struct{}
+
+	mailboxes map[string]struct{} // nil = all exist
+	scope     map[string]struct{} // nil = all in scope
+
+	// lifecycle: handlers register under lcMu so Close can wait for them.
+	lcMu     sync.Mutex
+	closed   bool
+	handlers sync.WaitGroup
+	done     chan struct{}
+
+	tokenDown atomic.Bool
+	tokMu     sync.Mutex
+	tokens    map[string]time.Time // access token -> expiry
+
+	tokenRequests atomic.Int64
+	tokenFailures atomic.Int64
+	sendRequests  atomic.Int64
+	throttled     atomic.Int64
+	inRetryAfter  atomic.Int64
+	fileSeq       atomic.Int64
+
+	mu            sync.Mutex // guards everything below
+	boxes         map[string]*mailboxState
+	scripts       map[string][]Fault // "" = any mailbox
+	globalFault   *Fault
+	mailboxFaults map[string]*Fault
+	messages      []Message
+	jobIDs        map[string]struct{}
+	duplicates    int
+}
+
+// mailboxState is the per-mailbox throttling bookkeeping, guarded by Server.mu.
+type mailboxState struct {
+	inFlight   int
+	retryUntil time.Time   // Retry-After last given to this mailbox
+	window     []time.Time // ring buffer of admitted sends, len <= PerMailboxPerMinute
+	next       int         // ring index of the oldest entry once full
+}
+
+// New starts a TLS server with a freshly generated CA and a server certificate valid for
+// 127.0.0.1, ::1 and localhost (and the listen host when it is a name or another IP).
+// It returns an error when the options are invalid, or the key generation or listen fails.
+func New(opts Options) (*Server, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("graphtest: listen %s: %w", opts.Addr, err)
+	}
+	host := urlHost(opts.Addr, ln.Addr())
+	pki, err := newPKI(host)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s := &Server{
+		opts:          opts,
+		url:           "https://" + host,
+		caPEM:         pki.caPEM,
+		serveDone:     make(chan struct{}),
+		done:          make(chan struct{}),
+		tokens:        make(map[string]time.Time),
+		boxes:         make(map[string]*mailboxState),
+		scripts:       make(map[string][]Fault),
+		mailboxFaults: make(map[string]*Fault),
+		jobIDs:        make(map[string]struct{}),
+		mailboxes:     lowerSet(opts.Mailboxes),
+		scope:         lowerSet(opts.Scope),
+	}
+	s.tokenURL = s.url + "/" + opts.TenantID + "/oauth2/v2.0/token"
+	s.issuer = s.url + "/" + opts.TenantID + "/v2.0"
+
+	s.transport = &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pki.pool, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        1000,
+		MaxIdleConnsPerHost: 1000,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	s.client = &http.Client{Transport: s.transport}
+
+	s.httpSrv = &http.Server{
+		Handler:           s.routes(),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{pki.serverCert}, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          nil,
+	}
+	go func() {
+		defer close(s.serveDone)
+		err := s.httpSrv.ServeTLS(ln, "", "")
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logf("graphtest: serve: %v", err)
+		}
+	}()
+	s.logf("graphtest: listening on %s (tenant %s, client %s)", s.url, opts.TenantID, opts.ClientID)
+	return s, nil
+}
+
+// urlHost is the host:port clients use: loopback or unspecified listen hosts become 127.0.0.1.
+func urlHost(addr string, got net.Addr) string {
+	_, port, _ := net.SplitHostPort(got.String())
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil || h == "" {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	if ip := net.ParseIP(h); ip != nil && (ip.IsUnspecified() || ip.Equal(net.IPv4(127, 0, 0, 1))) {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return net.JoinHostPort(h, port)
+}
+
+func lowerSet(list []string) map[string]struct{} {
+	if list == nil {
+		return nil
+	}
+	m := make(map[string]struct{}, len(list))
+	for _, v := range list {
+		m[strings.ToLower(strings.TrimSpace(v))] = struct{}{}
+	}
+	return m
+}
+
+// Close stops the server, cancels held (delayed) requests, waits for handlers to return and
+// closes the idle connections of Client(). It is safe to call more than once.
+func (s *Server) Close() {
+	s.lcMu.Lock()
+	if s.closed {
+		s.lcMu.Unlock()
+		return
+	}
+	s.closed = true
+	close(s.done)
+	s.lcMu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.httpSrv.Shutdown(ctx); err != nil {
+		s.httpSrv.Close()
+	}
+	<-s.serveDone
+	s.handlers.Wait()
+	s.transport.CloseIdleConnections()
+}
+
+// enter registers a running handler; it reports false once Close has started.
+func (s *Server) enter() bool {
+	s.lcMu.Lock()
+	defer s.lcMu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.handlers.Add(1)
+	return true
+}
+
+// URL is the server's base URL, https://127.0.0.1:port.
+func (s *Server) URL() string { return s.url }
+
+// AuthorityURL is the MSAL authority: URL()+"/"+TenantID.
+func (s *Server) AuthorityURL() string { return s.url + "/" + s.opts.TenantID }
+
+// TokenEndpoint is the OAuth 2.0 v2 token endpoint (also the audience of client assertions).
+func (s *Server) TokenEndpoint() string { return s.tokenURL }
+
+// GraphURL is the Graph base URL (without /v1.0): URL().
+func (s *Server) GraphURL() string { return s.url }
+
+// TenantID is the tenant the server accepts.
+func (s *Server) TenantID() string { return s.opts.TenantID }
+
+// ClientID is the application (client) id the server accepts.
+func (s *Server) ClientID() string { return s.opts.ClientID }
+
+// Client returns an *http.Client that trusts the server's CA. The same client is returned on
+// every call; Close closes its idle connections.
+func (s *Server) Client() *http.Client { return s.client }
+
+// CACertPEM is the PEM of the CA that signed the server certificate.
+func (s *Server) CACertPEM() []byte { return append([]byte(nil), s.caPEM...) }
+
+// TokenRequests is the count of successful token issuances.
+func (s *Server) TokenRequests() int { return int(s.tokenRequests.Load()) }
+
+// TokenFailures is the count of token requests answered with an error.
+func (s *Server) TokenFailures() int { return int(s.tokenFailures.Load()) }
+
+// SendRequests is the count of sendMail requests received, whatever their outcome.
+func (s *Server) SendRequests() int { return int(s.sendRequests.Load()) }
+
+// Throttled is the count of 429 answers (limits and faults).
+func (s *Server) Throttled() int { return int(s.throttled.Load()) }
+
+// InRetryAfter counts sendMail requests that arrived for a mailbox before the Retry-After it was
+// last given had elapsed.
+func (s *Server) InRetryAfter() int { return int(s.inRetryAfter.Load()) }
+
+// Duplicates counts accepted messages whose job id (client-request-id) had already been accepted.
+func (s *Server) Duplicates() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.duplicates
+}
+
+// Messages returns a copy of the accepted messages, in order of acceptance.
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Message, len(s.messages))
+	copy(out, s.messages)
+	return out
+}
+
+// InFlight is the number of sendMail requests for mailbox currently being handled.
+func (s *Server) InFlight(mailbox string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.boxes[strings.ToLower(mailbox)]; b != nil {
+		return b.inFlight
+	}
+	return 0
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	accepted, dups := len(s.messages), s.duplicates
+	s.mu.Unlock()
+	return Stats{
+		TokenRequests: s.TokenRequests(),
+		TokenFailures: s.TokenFailures(),
+		SendRequests:  s.SendRequests(),
+		Accepted:      accepted,
+		Throttled:     s.Throttled(),
+		InRetryAfter:  s.InRetryAfter(),
+		Duplicates:    dups,
+	}
+}
+
+// Reset clears the accepted messages, the counters, the seen job ids and the per-mailbox
+// rate windows and Retry-After marks. Issued tokens, faults and scripts are kept.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	s.messages = nil
+	s.jobIDs = make(map[string]struct{})
+	s.duplicates = 0
+	for k, b := range s.boxes {
+		if b.inFlight == 0 {
+			delete(s.boxes, k)
+			continue
+		}
+		b.retryUntil, b.window, b.next = time.Time{}, nil, 0
+	}
+	s.tokenRequests.Store(0)
+	s.tokenFailures.Store(0)
+	s.sendRequests.Store(0)
+	s.throttled.Store(0)
+	s.inRetryAfter.Store(0)
+	s.mu.Unlock()
+}
+
+// SetTokenEndpointDown makes the token endpoint answer 503 while down is true.
+func (s *Server) SetTokenEndpointDown(down bool) { s.tokenDown.Store(down) }
+
+// Script queues faults consumed, one per request, by the next sendMail requests for mailbox
+// ("" = any mailbox), before normal behaviour. A mailbox's own queue is used before the "" queue.
+func (s *Server) Script(mailbox string, faults ...Fault) {
+	key := strings.ToLower(mailbox)
+	s.mu.Lock()
+	s.scripts[key] = append(s.scripts[key], faults...)
+	s.mu.Unlock()
+}
+
+// SetFault sets a persistent fault applied to every sendMail with f.Probability (nil clears).
+func (s *Server) SetFault(f *Fault) {
+	s.mu.Lock()
+	s.globalFault = cloneFault(f)
+	s.mu.Unlock()
+}
+
+// SetMailboxFault sets a persistent fault for one mailbox (nil clears). It takes precedence
+// over SetFault.
+func (s *Server) SetMailboxFault(mailbox string, f *Fault) {
+	key := strings.ToLower(mailbox)
+	s.mu.Lock()
+	if f == nil {
+		delete(s.mailboxFaults, key)
+	} else {
+		s.mailboxFaults[key] = cloneFault(f)
+	}
+	s.mu.Unlock()
+}
+
+func cloneFault(f *Fault) *Fault {
+	if f == nil {
+		return nil
+	}
+	c := *f
+	return &c
+}
+
+func (s *Server) logf(format string, args ...any) {
+	if s.opts.Logf != nil {
+		s.opts.Logf(format, args...)
+	}
+}
+
+// wait holds for d, returning false early if the request is cancelled or the server closes.
+func (s *Server) wait(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-s.done:
+		return false
+	}
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", s.handleOIDC)
+	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", s.handleToken)
+	mux.HandleFunc("POST /v1.0/users/{id}/sendMail", s.handleSendMail)
+	mux.HandleFunc("GET /_sandbox/messages", s.handleListMessages)
+	mux.HandleFunc("DELETE /_sandbox/messages", s.handleDeleteMessages)
+	mux.HandleFunc("GET /_sandbox/stats", s.handleStats)
+	mux.HandleFunc("GET /_sandbox/ca.pem", s.handleCA)
+	mux.HandleFunc("/", s.handleNotFound)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.enter() {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "server closing", http.StatusServiceUnavailable)
+			return
+		}
+		defer s.handlers.Done()
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	s.graphError(w, r, "", http.StatusNotFound, "ResourceNotFound",
+		"Resource not found for the segment '"+strings.TrimPrefix(r.URL.Path, "/")+"'.", "")
+}
+
+func (s *Server) handleListMessages(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.Messages())
+}
+
+func (s *Server) handleDeleteMessages(w http.ResponseWriter, r *http.Request) {
+	s.Reset()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleStats(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.Stats())
+}
+
+func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set("Content-Length", strconv.Itoa(len(s.caPEM)))
+	w.Write(s.caPEM)
+}
