@@ -1,0 +1,333 @@
+// Package graphmail sends mail through Microsoft Graph (POST /users/{from}/sendMail)
+// with app-only tokens from Microsoft Entra ID acquired by MSAL, and classifies
+// every failure into one typed *Error (class, reason, status, Graph code,
+// Retry-After, ambiguity) that the worker maps onto one queue action.
+//
+// One Client serves one profile (tenant, client id, cloud, credential). It
+// holds one MSAL confidential client, created once and reused, whose token
+// cache makes about one token request per token lifetime.
+package graphmail
+
+import (
+	"context"
+	"crypto"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/cache"
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
+)
+
+// Credential is the app registration's credential. Set exactly one kind;
+// when several are set, the certificate wins, then the federated token file,
+// then the client secret.
+type Credential struct {
+	// CertificatePEM is the certificate chain and its private key in PEM
+	// (PKCS#1 or PKCS#8, optionally encrypted with CertificatePassword).
+	// Preferred. The key must be RSA: Entra verifies client assertions as
+	// RS256/PS256 and MSAL v1.10.1 rejects other keys.
+	CertificatePEM      []byte
+	CertificatePassword string
+	ClientSecret        string
+	FederatedTokenFile  string // Kubernetes workload identity: file re-read on every assertion request
+}
+
+// Config configures a Client.
+type Config struct {
+	Name     string // profile name (for errors/metrics only)
+	TenantID string
+	ClientID string
+	Cloud    Cloud // default global
+	// AuthorityHost overrides the cloud's authority host, e.g.
+	// "https://127.0.0.1:8443"; the authority is AuthorityHost + "/" + TenantID
+	// and instance discovery is disabled.
+	AuthorityHost string
+	// GraphURL overrides the cloud's Graph base URL; requests go to
+	// GraphURL + "/v1.0/users/{from}/sendMail".
+	GraphURL string
+	// Scope overrides the token scope. Default: the cloud's Graph URL +
+	// "/.default" (even when GraphURL is overridden: the token audience is
+	// still Graph).
+	Scope      string
+	Credential Credential
+	// HTTPClient is used for both MSAL and Graph. Default: a tuned transport
+	// (keep-alives, many idle connections per host, HTTP/2), no redirects,
+	// no retries.
+	HTTPClient *http.Client
+	Timeout    time.Duration // per sendMail request, default 60s
+	// OnTokenRequest, if set, is called after every token request that went
+	// to Entra (ok=true; cache hits are not reported) or that failed (ok=false).
+	OnTokenRequest func(ok bool)
+}
+
+// DefaultTimeout is the default per-request sendMail timeout.
+const DefaultTimeout = 60 * time.Second
+
+// Client sends mail as the shared mailboxes of one profile. It is safe for
+// concurrent use.
+type Client struct {
+	name       string
+	http       *http.Client
+	ownHTTP    bool
+	msal       confidential.Client
+	cache      *tokenCache
+	scopes     []string
+	sendPrefix string // GraphURL + "/v1.0/users/"
+	timeout    time.Duration
+	onToken    func(ok bool)
+	notAfter   time.Time
+	hasCert    bool
+	redact     []string // secrets to scrub from any text we surface
+
+	refreshMu sync.Mutex
+}
+
+// New validates cfg and builds the client with its MSAL confidential client.
+// It returns an error naming the offending field when cfg is invalid or the
+// certificate cannot be parsed; it makes no network calls.
+func New(cfg Config) (*Client, error) {
+	authorityHost, graphURL, err := cfg.Cloud.Endpoints()
+	if err != nil {
+		return nil, fmt.Errorf("graphmail: Cloud: %w", err)
+	}
+	scope := graphURL + "/.default"
+	if cfg.Scope != "" {
+		scope = cfg.Scope
+	}
+	if cfg.TenantID == "" {
+		return nil, errors.New("graphmail: TenantID is required")
+	}
+	if strings.ContainsAny(cfg.TenantID, "/?#% ") {
+		return nil, errors.New("graphmail: TenantID contains invalid characters")
+	}
+	if cfg.ClientID == "" {
+		return nil, errors.New("graphmail: ClientID is required")
+	}
+	instanceDiscovery := true
+	if cfg.AuthorityHost != "" {
+		if err := checkBaseURL(cfg.AuthorityHost); err != nil {
+			return nil, fmt.Errorf("graphmail: AuthorityHost: %w", err)
+		}
+		authorityHost = strings.TrimRight(cfg.AuthorityHost, "/")
+		instanceDiscovery = false
+	}
+	if cfg.GraphURL != "" {
+		if err := checkBaseURL(cfg.GraphURL); err != nil {
+			return nil, fmt.Errorf("graphmail: GraphURL: %w", err)
+		}
+		graphURL = strings.TrimRight(cfg.GraphURL, "/")
+	}
+	if cfg.Timeout < 0 {
+		return nil, errors.New("graphmail: Timeout must not be negative")
+	}
+	c := &Client{
+		name:       cfg.Name,
+		http:       cfg.HTTPClient,
+		scopes:     []string{scope},
+		sendPrefix: graphURL + "/v1.0/users/",
+		timeout:    cfg.Timeout,
+		onToken:    cfg.OnTokenRequest,
+		cache:      &tokenCache{},
+	}
+	if c.timeout == 0 {
+		c.timeout = DefaultTimeout
+	}
+	if c.http == nil {
+		c.http = defaultHTTPClient()
+		c.ownHTTP = true
+	}
+
+	cred, err := c.credential(cfg.Credential)
+	if err != nil {
+		return nil, err
+	}
+	opts := []confidential.Option{
+		confidential.WithHTTPClient(c.http),
+		confidential.WithCache(c.cache),
+	}
+	if !instanceDiscovery {
+		opts = append(opts, confidential.WithInstanceDiscovery(false))
+	}
+	c.msal, err = confidential.New(authorityHost+"/"+cfg.TenantID, cfg.ClientID, cred, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("graphmail: building the MSAL client: %s", c.scrub(err.Error()))
+	}
+	return c, nil
+}
+
+func checkBaseURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return errors.New("not a URL")
+	}
+	if u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("%q: want https://host[:port]", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("%q: want https://host[:port] without query, fragment or user info", s)
+	}
+	return nil
+}
+
+func (c *Client) credential(in Credential) (confidential.Credential, error) {
+	if in.CertificatePassword != "" {
+		c.redact = append(c.redact, in.CertificatePassword)
+	}
+	if in.ClientSecret != "" {
+		c.redact = append(c.redact, in.ClientSecret)
+	}
+	switch {
+	case len(in.CertificatePEM) > 0:
+		certs, key, err := confidential.CertFromPEM(in.CertificatePEM, in.CertificatePassword)
+		if err != nil {
+			// MSAL's message describes the PEM structure, never its content.
+			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: %s", c.scrub(err.Error()))
+		}
+		if _, ok := key.(*rsa.PrivateKey); !ok {
+			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: the private key is %T; Entra client assertions need an RSA key", key)
+		}
+		if len(certs) == 0 {
+			return confidential.Credential{}, errors.New("graphmail: Credential.CertificatePEM: no certificate")
+		}
+		leaf := leafFor(certs, key)
+		c.notAfter, c.hasCert = leaf.NotAfter, true
+		cred, err := confidential.NewCredFromCert(certs, key)
+		if err != nil {
+			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: %s", c.scrub(err.Error()))
+		}
+		return cred, nil
+	case in.FederatedTokenFile != "":
+		path := in.FederatedTokenFile
+		return confidential.NewCredFromAssertionCallback(func(context.Context, confidential.AssertionRequestOptions) (string, error) {
+			// Re-read every time: the kubelet rotates the projected token.
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return "", fmt.Errorf("reading Credential.FederatedTokenFile: %w", err)
+			}
+			a := strings.TrimSpace(string(b))
+			if a == "" {
+				return "", errors.New("Credential.FederatedTokenFile is empty")
+			}
+			return a, nil
+		}), nil
+	case in.ClientSecret != "":
+		cred, err := confidential.NewCredFromSecret(in.ClientSecret)
+		if err != nil {
+			return confidential.Credential{}, errors.New("graphmail: Credential.ClientSecret: invalid")
+		}
+		return cred, nil
+	}
+	return confidential.Credential{}, errors.New("graphmail: Credential: one of CertificatePEM, FederatedTokenFile or ClientSecret is required")
+}
+
+// leafFor returns the certificate whose public key matches key (the one MSAL
+// signs assertions with), else the first.
+func leafFor(certs []*x509.Certificate, key crypto.PrivateKey) *x509.Certificate {
+	type publicKeyer interface{ Public() crypto.PublicKey }
+	if pk, ok := key.(publicKeyer); ok {
+		pub := pk.Public()
+		for _, c := range certs {
+			type equaler interface{ Equal(crypto.PublicKey) bool }
+			if e, ok := c.PublicKey.(equaler); ok && e.Equal(pub) {
+				return c
+			}
+		}
+	}
+	return certs[0]
+}
+
+func defaultHTTPClient() *http.Client {
+	tr := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	return &http.Client{
+		Transport: tr,
+		// A redirected POST would be re-sent: never follow.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// Close releases idle connections of the HTTP client the Client created.
+// It does nothing to a Config.HTTPClient the caller supplied.
+func (c *Client) Close() {
+	if c.ownHTTP {
+		c.http.CloseIdleConnections()
+	}
+}
+
+// CertificateNotAfter returns the expiry of the certificate credential
+// (the certificate matching the private key), and false when the credential
+// is not a certificate.
+func (c *Client) CertificateNotAfter() (time.Time, bool) { return c.notAfter, c.hasCert }
+
+// Token returns an access token for Graph, from MSAL's cache when it holds a
+// valid one, else from Entra. Errors are *Error with Class ClassRetryable and
+// Reason "auth_failed"; their text never contains secrets, assertions or tokens.
+func (c *Client) Token(ctx context.Context) (string, error) {
+	ar, err := c.msal.AcquireTokenByCredential(ctx, c.scopes)
+	if err != nil {
+		if c.onToken != nil {
+			c.onToken(false)
+		}
+		return "", c.tokenError(ctx, err)
+	}
+	if c.onToken != nil && ar.Metadata.TokenSource == confidential.TokenSourceIdentityProvider {
+		c.onToken(true)
+	}
+	return ar.AccessToken, nil
+}
+
+// refreshToken replaces the token bad, which Graph rejected with 401, by a new
+// one from Entra. MSAL Go v1.10.1 has no "force refresh" option for the client
+// credentials flow (WithClaims bypasses the cache but sends a claims challenge
+// to Entra, which we have none of), so the Client owns MSAL's cache accessor:
+// marking it stale makes MSAL load an empty cache on its next read, miss, and
+// go to Entra; the new token is written back as usual. Concurrent 401s on the
+// same token make one refresh: whoever comes second sees a different token.
+func (c *Client) refreshToken(ctx context.Context, bad string) (string, error) {
+	c.refreshMu.Lock()
+	defer c.refreshMu.Unlock()
+	tok, err := c.Token(ctx)
+	if err != nil || tok != bad {
+		return tok, err
+	}
+	c.cache.stale.Store(true)
+	return c.Token(ctx)
+}
+
+// tokenCache is the MSAL cache accessor. MSAL keeps its in-memory cache; the
+// accessor only wipes it when stale is set.
+type tokenCache struct {
+	stale atomic.Bool
+}
+
+var emptyCache = []byte("{}")
+
+func (t *tokenCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
+	if t.stale.CompareAndSwap(true, false) {
+		return u.Unmarshal(emptyCache)
+	}
+	return nil
+}
+
+func (t *tokenCache) Export(context.Context, cache.Marshaler, cache.ExportHints) error { return nil }

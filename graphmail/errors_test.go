@@ -1,0 +1,119 @@
+package graphmail
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestClassify(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		status int
+		code   string
+		class  Class
+		reason string
+	}{
+		{202, "", 0, ""},
+		{0, "", ClassRetryable, ""},
+		{400, "ErrorInvalidRecipients", ClassPermanent, "recipient_invalid"},
+		{400, "InvalidInternetMessageHeader", ClassPermanent, "graph_rejected"},
+		{400, "ErrorInvalidRequest", ClassPermanent, "graph_rejected"},
+		{400, "", ClassPermanent, "graph_rejected"},
+		{401, "InvalidAuthenticationToken", ClassRetryable, "auth_failed"},
+		{403, "ErrorAccessDenied", ClassRetryable, "access_denied"},
+		{403, "Authorization_RequestDenied", ClassPermanent, "access_denied"},
+		{403, "", ClassPermanent, "access_denied"},
+		{404, "ResourceNotFound", ClassPermanent, "mailbox_not_found"},
+		{404, "ErrorInvalidUser", ClassPermanent, "mailbox_not_found"},
+		{404, "MailboxNotEnabledForRESTAPI", ClassPermanent, "mailbox_not_found"},
+		{408, "", ClassRetryable, ""},
+		{413, "ErrorMessageSizeExceeded", ClassPermanent, "message_too_large"},
+		{429, "ApplicationThrottled", ClassThrottled, ""},
+		{500, "", ClassRetryable, ""},
+		{502, "", ClassRetryable, ""},
+		{503, "", ClassRetryable, ""},
+		{504, "", ClassRetryable, ""},
+		{409, "", ClassPermanent, "graph_rejected"},
+		{415, "", ClassPermanent, "graph_rejected"},
+		{302, "", ClassPermanent, "graph_rejected"},
+	}
+	for _, tt := range tests {
+		class, reason := Classify(tt.status, tt.code)
+		if class != tt.class || reason != tt.reason {
+			t.Errorf("Classify(%d, %q) = %v, %q; want %v, %q", tt.status, tt.code, class, reason, tt.class, tt.reason)
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"0", 0},
+		{"7", 7 * time.Second},
+		{" 120 ", 120 * time.Second},
+		{"-3", 0},
+		{"1.5", 0},
+		{"abc", 0},
+		{"99999999999", 24 * time.Hour},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
+		{"Sat, 01 Mar 2025 12:00:30 GMT", 30 * time.Second},
+		{"Saturday, 01-Mar-25 12:00:30 GMT", 30 * time.Second}, // RFC 850
+	}
+	for _, tt := range tests {
+		if got := parseRetryAfter(tt.in, now); got != tt.want {
+			t.Errorf("parseRetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestErrorText(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("boom")
+	e := &Error{Class: ClassPermanent, Reason: "mailbox_not_found", Status: 404, Code: "ErrorInvalidUser",
+		Message: "user not found", RequestID: "r1", ClientRequestID: "job-1", Profile: "billing", Err: cause}
+	got := e.Error()
+	for _, want := range []string{"graphmail[billing]", "404", "ErrorInvalidUser", "user not found", "permanent", "reason=mailbox_not_found", "request-id=r1", "client-request-id=job-1"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Error() = %q, missing %q", got, want)
+		}
+	}
+	if !errors.Is(e, cause) {
+		t.Error("Unwrap does not reach the cause")
+	}
+	net := &Error{Class: ClassRetryable, Ambiguous: true, Err: errors.New("connection reset")}
+	if got := net.Error(); !strings.Contains(got, "connection reset") || !strings.Contains(got, "ambiguous") {
+		t.Errorf("Error() = %q", got)
+	}
+}
+
+func TestCloudEndpoints(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		cloud           Cloud
+		authority, grph string
+	}{
+		{"", "https://login.microsoftonline.com", "https://graph.microsoft.com"},
+		{CloudGlobal, "https://login.microsoftonline.com", "https://graph.microsoft.com"},
+		{CloudUSGov, "https://login.microsoftonline.us", "https://graph.microsoft.us"},
+		{CloudUSGovDoD, "https://login.microsoftonline.us", "https://dod-graph.microsoft.us"},
+		{CloudChina, "https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"},
+	}
+	for _, tt := range tests {
+		a, g, err := tt.cloud.Endpoints()
+		if err != nil || a != tt.authority || g != tt.grph {
+			t.Errorf("%q.Endpoints() = %q, %q, %v", tt.cloud, a, g, err)
+		}
+	}
+	if _, _, err := Cloud("mars").Endpoints(); err == nil {
+		t.Error("unknown cloud: no error")
+	}
+}

@@ -1,0 +1,239 @@
+package graphmail_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailworker/mailworker/graphmail"
+	"github.com/mailworker/mailworker/graphmail/graphtest"
+)
+
+// These tests run the real MSAL client against graphtest, the TLS fake of
+// Entra and Graph.
+
+const (
+	itSecret  = "it-secret-value"
+	itSender  = "billing@contoso.com"
+	itOutside = "ceo@contoso.com"
+)
+
+func newGraphtest(t *testing.T, opts graphtest.Options) *graphtest.Server {
+	t.Helper()
+	s, err := graphtest.New(opts)
+	if err != nil {
+		t.Fatalf("graphtest.New: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func newIntegrationClient(t *testing.T, s *graphtest.Server, cred graphmail.Credential) *graphmail.Client {
+	t.Helper()
+	c, err := graphmail.New(graphmail.Config{
+		Name:          "billing",
+		TenantID:      s.TenantID(),
+		ClientID:      s.ClientID(),
+		AuthorityHost: s.URL(),
+		GraphURL:      s.GraphURL(),
+		Credential:    cred,
+		HTTPClient:    s.Client(),
+		Timeout:       10 * time.Second,
+	})
+	if err != nil {
+		t.Fatalf("graphmail.New: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func rsaCert(t *testing.T) (*x509.Certificate, []byte) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		Subject:      pkix.Name{CommonName: "mailworker-integration"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})...)
+	return cert, out
+}
+
+func TestIntegrationCredentials(t *testing.T) {
+	t.Parallel()
+	cert, pemData := rsaCert(t)
+	for _, tc := range []struct {
+		name string
+		cred graphmail.Credential
+	}{
+		{"secret", graphmail.Credential{ClientSecret: itSecret}},
+		{"certificate", graphmail.Credential{CertificatePEM: pemData}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Certificate: cert})
+			c := newIntegrationClient(t, s, tc.cred)
+			for i := range 5 {
+				msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
+				res, err := c.Send(context.Background(), msg, fmt.Sprintf("job-%d", i))
+				if err != nil {
+					t.Fatalf("Send %d: %v", i, err)
+				}
+				if res.Status != 202 || res.RequestID == "" || res.ClientRequestID != fmt.Sprintf("job-%d", i) {
+					t.Errorf("result = %+v", res)
+				}
+			}
+			if n := s.TokenRequests(); n != 1 {
+				t.Errorf("token requests = %d, want 1", n)
+			}
+			if n := len(s.Messages()); n != 5 {
+				t.Errorf("messages = %d, want 5", n)
+			}
+		})
+	}
+}
+
+func TestIntegrationMapping(t *testing.T) {
+	t.Parallel()
+	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
+	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
+	msg := &graphmail.Message{
+		From:    itSender,
+		To:      []graphmail.Address{{Name: "Ann", Address: "ann@example.com"}, {Address: "bob@example.com"}},
+		Cc:      []graphmail.Address{{Address: "cy@example.com"}},
+		Bcc:     []graphmail.Address{{Address: "dee@example.com"}},
+		ReplyTo: []graphmail.Address{{Address: "support@contoso.com"}},
+		Subject: "Invoice 42",
+		Text:    "plain",
+		HTML:    "<p>Hi</p>",
+		Attachments: []graphmail.Attachment{
+			{Name: "a.pdf", ContentType: "application/pdf", Content: []byte("%PDF-1.4 hello")},
+			{Name: "logo.png", ContentType: "image/png", Content: []byte{1, 2, 3}, Inline: true, ContentID: "logo"},
+		},
+		Headers:         []graphmail.Header{{Name: "X-Mailworker-Job-Id", Value: "job-map"}},
+		Importance:      "high",
+		SaveToSentItems: true,
+	}
+	if _, err := c.Send(context.Background(), msg, "job-map"); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	msgs := s.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("messages = %d", len(msgs))
+	}
+	m := msgs[0]
+	check := func(field string, got, want any) {
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s = %#v, want %#v", field, got, want)
+		}
+	}
+	check("JobID", m.JobID, "job-map")
+	check("From", strings.ToLower(m.From), itSender)
+	check("To", m.To, []string{"ann@example.com", "bob@example.com"})
+	check("Cc", m.Cc, []string{"cy@example.com"})
+	check("Bcc", m.Bcc, []string{"dee@example.com"})
+	check("ReplyTo", m.ReplyTo, []string{"support@contoso.com"})
+	check("Subject", m.Subject, "Invoice 42")
+	check("BodyType", m.BodyType, "HTML")
+	check("Body", m.Body, "<p>Hi</p>")
+	check("Headers", m.Headers, map[string]string{"X-Mailworker-Job-Id": "job-map"})
+	check("Importance", m.Importance, "high")
+	check("SaveToSentItems", m.SaveToSentItems, true)
+	check("Attachments", m.Attachments, []graphtest.AttachmentInfo{
+		{Name: "a.pdf", ContentType: "application/pdf", Size: 14},
+		{Name: "logo.png", ContentType: "image/png", Size: 3, IsInline: true, ContentID: "logo"},
+	})
+}
+
+func TestIntegrationFaults(t *testing.T) {
+	t.Parallel()
+	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Mailboxes: []string{itSender, itOutside}, Scope: []string{itSender}})
+	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
+	send := func(from string) error {
+		_, err := c.Send(context.Background(), &graphmail.Message{From: from, To: []graphmail.Address{{Address: "a@example.com"}}, Text: "t"}, "job-f")
+		return err
+	}
+	class := func(err error) *graphmail.Error {
+		t.Helper()
+		var e *graphmail.Error
+		if !errors.As(err, &e) {
+			t.Fatalf("err = %v, not *Error", err)
+		}
+		return e
+	}
+
+	s.Script(itSender, graphtest.Fault{Status: 429, RetryAfter: "30"})
+	if e := class(send(itSender)); e.Class != graphmail.ClassThrottled || e.RetryAfter != 30*time.Second {
+		t.Errorf("429: %v", e)
+	}
+	s.Script(itSender, graphtest.Fault{Status: 503, RetryAfter: "5"})
+	if e := class(send(itSender)); e.Class != graphmail.ClassRetryable || !e.Ambiguous || e.RetryAfter != 5*time.Second {
+		t.Errorf("503: %v", e)
+	}
+	s.Script(itSender, graphtest.Fault{Reset: true})
+	if e := class(send(itSender)); e.Class != graphmail.ClassRetryable || !e.Ambiguous {
+		t.Errorf("reset: %v", e)
+	}
+	if e := class(send("nobody@contoso.com")); e.Class != graphmail.ClassPermanent || e.Reason != "mailbox_not_found" {
+		t.Errorf("unknown mailbox: %v", e)
+	}
+	if e := class(send(itOutside)); e.Reason != "access_denied" {
+		t.Errorf("outside RBAC scope: %v", e)
+	}
+	before := s.TokenRequests()
+	s.Script(itSender, graphtest.Fault{Status: 401})
+	if err := send(itSender); err != nil {
+		t.Errorf("401 then refresh: %v", err)
+	}
+	if n := s.TokenRequests() - before; n != 1 {
+		t.Errorf("401 made %d token requests, want 1", n)
+	}
+}
+
+func TestIntegrationTokenEndpointDown(t *testing.T) {
+	t.Parallel()
+	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
+	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
+	s.SetTokenEndpointDown(true)
+	_, err := c.Token(context.Background())
+	var e *graphmail.Error
+	if !errors.As(err, &e) || e.Class != graphmail.ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous {
+		t.Fatalf("err = %v", err)
+	}
+	if strings.Contains(err.Error(), itSecret) {
+		t.Errorf("secret in error: %v", err)
+	}
+	s.SetTokenEndpointDown(false)
+	if _, err := c.Token(context.Background()); err != nil {
+		t.Errorf("after recovery: %v", err)
+	}
+	// A wrong secret is reported without echoing it.
+	bad := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: "wrong-secret-sentinel"})
+	_, err = bad.Token(context.Background())
+	if err == nil || strings.Contains(err.Error(), "wrong-secret-sentinel") {
+		t.Errorf("wrong secret: %v", err)
+	}
+}

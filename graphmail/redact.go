@@ -1,0 +1,131 @@
+package graphmail
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+
+	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
+)
+
+// Things that must never reach an error string: JWTs (access tokens, client
+// assertions, federated tokens) and PEM blocks. Known secrets are scrubbed by
+// value as well (raw and form-encoded).
+var (
+	jwtRE = regexp.MustCompile(`eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*`)
+	pemRE = regexp.MustCompile(`(?s)-----BEGIN[^-]*-----.*?(-----END[^-]*-----|$)`)
+)
+
+const redacted = "[REDACTED]"
+
+// scrub removes secrets from s and caps its length.
+func (c *Client) scrub(s string, extra ...string) string {
+	for _, list := range [2][]string{c.redact, extra} {
+		for _, v := range list {
+			if len(v) < 4 {
+				continue
+			}
+			s = strings.ReplaceAll(s, v, redacted)
+			if q := url.QueryEscape(v); q != v {
+				s = strings.ReplaceAll(s, q, redacted)
+			}
+		}
+	}
+	if strings.Contains(s, "eyJ") {
+		s = jwtRE.ReplaceAllString(s, redacted)
+	}
+	if strings.Contains(s, "-----BEGIN") {
+		s = pemRE.ReplaceAllString(s, redacted)
+	}
+	const max = 512
+	if len(s) > max {
+		s = s[:max] + "…"
+	}
+	return s
+}
+
+// authError is the sanitised form of an MSAL failure. MSAL's own errors must
+// not be wrapped: errors.CallErr carries the token request (with the client
+// secret or assertion in its body) and its text echoes the response body.
+type authError struct {
+	status int    // token endpoint HTTP status, 0 when none
+	code   string // OAuth "error", e.g. invalid_client
+	msg    string // scrubbed description
+	cause  error  // context error only
+}
+
+func (e *authError) Error() string {
+	var b strings.Builder
+	b.WriteString("token request failed")
+	if e.status != 0 {
+		b.WriteString(": HTTP ")
+		b.WriteString(strconv.Itoa(e.status))
+	}
+	if e.code != "" {
+		b.WriteString(" ")
+		b.WriteString(e.code)
+	}
+	if e.msg != "" {
+		b.WriteString(": ")
+		b.WriteString(e.msg)
+	}
+	return b.String()
+}
+
+func (e *authError) Unwrap() error { return e.cause }
+
+// tokenError turns an MSAL error into an *Error without leaking anything.
+func (c *Client) tokenError(ctx context.Context, err error) *Error {
+	ae := &authError{}
+	var callErr msalerrors.CallErr
+	switch {
+	case errors.As(err, &callErr) && callErr.Resp != nil:
+		ae.status = callErr.Resp.StatusCode
+		var body struct {
+			Error       string `json:"error"`
+			Description string `json:"error_description"`
+		}
+		if callErr.Resp.Body != nil {
+			// MSAL replaced the body with an in-memory copy.
+			_ = json.NewDecoder(callErr.Resp.Body).Decode(&body)
+		}
+		ae.code = c.scrub(body.Error)
+		if len(ae.code) > 64 {
+			ae.code = ae.code[:64]
+		}
+		ae.msg = c.scrub(firstLine(body.Description))
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		ae.msg = c.scrub(err.Error())
+		if ctx.Err() != nil {
+			ae.cause = ctx.Err()
+		} else if errors.Is(err, context.Canceled) {
+			ae.cause = context.Canceled
+		} else {
+			ae.cause = context.DeadlineExceeded
+		}
+	default:
+		// Network, discovery, assertion-callback or option errors: MSAL
+		// builds these from fmt.Errorf; their text names URLs and paths,
+		// scrubbed anyway.
+		ae.msg = c.scrub(err.Error())
+	}
+	return &Error{
+		Class:   ClassRetryable,
+		Reason:  ReasonAuthFailed,
+		Code:    ae.code,
+		Message: ae.msg,
+		Profile: c.name,
+		Err:     ae,
+	}
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
