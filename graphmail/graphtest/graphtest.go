@@ -28,6 +28,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"strconv"
@@ -221,7 +223,7 @@ func New(opts Options) (*Server, error) {
 		Handler:           s.routes(),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{pki.serverCert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
+		ErrorLog:          log.New(logWriter{s}, "graphtest: http: ", 0),
 	}
 	go func() {
 		defer close(s.serveDone)
@@ -270,7 +272,10 @@ func (s *Server) Close() {
 	close(s.done)
 	s.lcMu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Our own client's idle (HTTP/2) connections would otherwise keep Shutdown polling.
+	s.transport.CloseIdleConnections()
+	// A short grace lets answers being written finish; then connections are cut.
+	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 	defer cancel()
 	if err := s.httpSrv.Shutdown(ctx); err != nil {
 		s.httpSrv.Close()
@@ -435,6 +440,18 @@ func cloneFault(f *Fault) *Fault {
 	c := *f
 	return &c
 }
+
+// logWriter routes net/http's own error log (e.g. TLS handshake errors) to Options.Logf.
+type logWriter struct{ s *Server }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	if w.s.opts.Logf != nil {
+		w.s.opts.Logf("%s", strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = logWriter{}
 
 func (s *Server) logf(format string, args ...any) {
 	if s.opts.Logf != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -782,5 +783,48 @@ func TestConcurrentLoad(t *testing.T) {
 	wg.Wait()
 	if n := len(s.Messages()); n != 200 || s.Duplicates() != 0 {
 		t.Fatalf("messages %d duplicates %d", n, s.Duplicates())
+	}
+}
+
+// Another process trusts the server through CACertPEM alone, under every name the certificate covers.
+func TestCACertPEMTrustedElsewhere(t *testing.T) {
+	var logged atomic.Int64
+	s := newServer(t, graphtest.Options{Logf: func(string, ...any) { logged.Add(1) }})
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(s.CACertPEM()) {
+		t.Fatal("CACertPEM is not PEM")
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	port := strings.TrimPrefix(s.URL(), "https://127.0.0.1:")
+	for _, host := range []string{"127.0.0.1", "localhost"} {
+		resp, err := c.Get("https://" + host + ":" + port + "/" + s.TenantID() + "/v2.0/.well-known/openid-configuration")
+		if err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+		var doc map[string]any
+		err = json.NewDecoder(resp.Body).Decode(&doc)
+		resp.Body.Close()
+		if err != nil || doc["issuer"] != s.AuthorityURL()+"/v2.0" || doc["token_endpoint"] != s.TokenEndpoint() || doc["authorization_endpoint"] == nil {
+			t.Fatalf("%s: %v %v", host, err, doc)
+		}
+	}
+	// An untrusting client fails the handshake; the server logs through Logf, not stderr.
+	if _, err := http.Get(s.URL() + "/_sandbox/stats"); err == nil {
+		t.Fatal("default client trusted the fake CA")
+	}
+	waitFor(t, "handshake error logged", func() bool { return logged.Load() > 0 })
+}
+
+func TestLatency(t *testing.T) {
+	s := newServer(t, graphtest.Options{Latency: 50 * time.Millisecond, LatencyJitter: 10 * time.Millisecond})
+	tok := token(t, s)
+	start := time.Now()
+	if r := send(t, s, tok, mailbox, "", simpleMail("a@example.com")); r.status != 202 {
+		t.Fatalf("got %d", r.status)
+	}
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Fatalf("answered after %v, before the configured latency", d)
 	}
 }
