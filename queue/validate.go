@@ -133,7 +133,8 @@ func decodeError(err error) *InvalidError {
 		if te.Field == "" {
 			return invalid("", "must be a JSON object, got "+te.Value)
 		}
-		return invalid(te.Field, fmt.Sprintf("wrong type: got JSON %s, want %s", te.Value, jsonKind(te.Type.Kind().String())))
+		// The path runs through jobWire's embedded Job: drop that step.
+		return invalid(strings.TrimPrefix(te.Field, "Job."), fmt.Sprintf("wrong type: got JSON %s, want %s", te.Value, jsonKind(te.Type.Kind().String())))
 	case errors.Is(err, io.EOF):
 		return invalid("", "empty body: want a JSON object")
 	}

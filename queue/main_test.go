@@ -1,0 +1,83 @@
+package queue
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// startJS starts an embedded JetStream server on a random port with a temp
+// store and returns a JetStream context on a connection to it; both are
+// closed at cleanup.
+func startJS(t testing.TB) (jetstream.JetStream, *nats.Conn) {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js, nc
+}
+
+type bundle struct {
+	js  jetstream.JetStream
+	nc  *nats.Conn
+	q   *Queue
+	ctx context.Context
+}
+
+// setup starts a server, provisions it and opens the queue.
+func setup(t *testing.T) bundle {
+	t.Helper()
+	js, nc := startJS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := Provision(ctx, js, Config{}); err != nil {
+		t.Fatalf("Provision: %v", err)
+	}
+	q, err := Open(ctx, js)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return bundle{js: js, nc: nc, q: q, ctx: ctx}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
