@@ -333,8 +333,8 @@ func (s *Server) SendRequests() int { return int(s.sendRequests.Load()) }
 // Throttled is the count of 429 answers (limits and faults).
 func (s *Server) Throttled() int { return int(s.throttled.Load()) }
 
-// InRetryAfter counts sendMail requests that arrived for a mailbox before the Retry-After it was
-// last given had elapsed.
+// InRetryAfter counts authenticated sendMail requests that arrived for a mailbox before the
+// Retry-After it was last given (by a limit or a fault) had elapsed.
 func (s *Server) InRetryAfter() int { return int(s.inRetryAfter.Load()) }
 
 // Duplicates counts accepted messages whose job id (client-request-id) had already been accepted.
