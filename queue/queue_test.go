@@ -1,0 +1,301 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestProvisionIdempotent(t *testing.T) {
+	js, _ := startJS(t)
+	ctx := context.Background()
+	if _, err := Open(ctx, js); err == nil || !strings.Contains(err.Error(), "mailworker provision") {
+		t.Fatalf("Open before provision = %v, want a hint to run provision", err)
+	}
+	cfg := Config{AckWait: 30 * time.Second}
+	for i := 0; i < 2; i++ {
+		if err := Provision(ctx, js, cfg); err != nil {
+			t.Fatalf("Provision #%d: %v", i+1, err)
+		}
+	}
+	s, err := js.Stream(ctx, StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := s.CachedInfo().Config
+	if sc.Retention != jetstream.WorkQueuePolicy || sc.Storage != jetstream.FileStorage || sc.Duplicates != 2*time.Minute {
+		t.Errorf("MAIL_JOBS config %+v", sc)
+	}
+	c, err := js.Consumer(ctx, StreamJobs, ConsumerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := c.CachedInfo().Config
+	if cc.AckWait != 30*time.Second || cc.MaxDeliver != -1 || cc.MaxAckPending != 1000 || cc.AckPolicy != jetstream.AckExplicitPolicy {
+		t.Errorf("consumer config %+v", cc)
+	}
+
+	// Updatable fields are updated in place.
+	cfg2 := Config{AckWait: 90 * time.Second, MaxAckPending: 50, StatusMaxAge: time.Hour, StateTTL: 2 * time.Hour}
+	if err := Provision(ctx, js, cfg2); err != nil {
+		t.Fatalf("Provision with new limits: %v", err)
+	}
+	c, _ = js.Consumer(ctx, StreamJobs, ConsumerName)
+	if cc := c.CachedInfo().Config; cc.AckWait != 90*time.Second || cc.MaxAckPending != 50 {
+		t.Errorf("consumer not updated: %+v", cc)
+	}
+	st, _ := js.Stream(ctx, StreamStatus)
+	if got := st.CachedInfo().Config.MaxAge; got != time.Hour {
+		t.Errorf("MAIL_STATUS MaxAge = %v", got)
+	}
+	kv, _ := js.KeyValue(ctx, BucketState)
+	kst, _ := kv.Status(ctx)
+	if kst.TTL() != 2*time.Hour || kst.History() != 1 {
+		t.Errorf("KV TTL %v history %d", kst.TTL(), kst.History())
+	}
+	if _, err := Open(ctx, js); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	if err := Provision(ctx, js, Config{Replicas: 2}); err == nil {
+		t.Error("Provision accepted replicas 2")
+	}
+}
+
+func TestProvisionIncompatible(t *testing.T) {
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name  string
+		setup func(js jetstream.JetStream) error
+		field string
+	}{
+		{"jobs retention", func(js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamJobs, Subjects: []string{"mail.send.>"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage})
+			return err
+		}, "stream MAIL_JOBS retention"},
+		{"jobs storage", func(js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamJobs, Subjects: []string{"mail.send.>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.MemoryStorage})
+			return err
+		}, "stream MAIL_JOBS storage"},
+		{"dlq subjects", func(js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamDLQ, Subjects: []string{"mail.dlq.billing"}, Storage: jetstream.FileStorage})
+			return err
+		}, "stream MAIL_DLQ subjects"},
+		{"consumer filter", func(js jetstream.JetStream) error {
+			if err := Provision(ctx, js, Config{}); err != nil {
+				return err
+			}
+			if err := js.DeleteConsumer(ctx, StreamJobs, ConsumerName); err != nil {
+				return err
+			}
+			_, err := js.CreateConsumer(ctx, StreamJobs, jetstream.ConsumerConfig{Durable: ConsumerName, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "mail.send.billing"})
+			return err
+		}, "consumer MAIL_JOBS/mailworker filter subject"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			js, _ := startJS(t)
+			if err := tt.setup(js); err != nil {
+				t.Fatal(err)
+			}
+			err := Provision(ctx, js, Config{})
+			if !errors.Is(err, ErrIncompatible) {
+				t.Fatalf("Provision = %v, want ErrIncompatible", err)
+			}
+			if !strings.Contains(err.Error(), tt.field) {
+				t.Errorf("error %q does not name %q", err, tt.field)
+			}
+		})
+	}
+}
+
+func TestPublisher(t *testing.T) {
+	b := setup(t)
+	p := NewPublisher(b.js)
+	job := &Job{From: "billing@contoso.com", To: []string{"a@x.com"}, Subject: "hi", Text: "t"}
+	id, err := p.Publish(b.ctx, "billing", job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ValidJobID(id) || job.ID != id {
+		t.Fatalf("id %q, job.ID %q", id, job.ID)
+	}
+	// Same id again: JetStream drops it.
+	if _, err := p.Publish(b.ctx, "billing", job); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.PublishRaw(b.ctx, "billing", []byte(`{"id":"`+id+`"}`), id); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := b.js.Stream(b.ctx, StreamJobs)
+	info, _ := s.Info(b.ctx)
+	if info.State.Msgs != 1 {
+		t.Fatalf("MAIL_JOBS holds %d messages, want 1 (duplicates dropped)", info.State.Msgs)
+	}
+	m, err := s.GetMsg(b.ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "mail.send.billing" || m.Header.Get(HeaderMsgID) != id {
+		t.Errorf("subject %q Nats-Msg-Id %q", m.Subject, m.Header.Get(HeaderMsgID))
+	}
+	got, err := DecodeJob(m.Data)
+	if err != nil || got.ID != id || got.Subject != "hi" {
+		t.Errorf("stored job %+v, %v", got, err)
+	}
+
+	// Async path, and a raw publish without an id.
+	var ids []string
+	for i := 0; i < 10; i++ {
+		_, id, err := p.PublishAsync("billing", &Job{From: "billing@contoso.com", To: []string{"a@x.com"}, Text: "t"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	select {
+	case <-b.js.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		t.Fatal("async publishes not acked")
+	}
+	if err := p.PublishRaw(b.ctx, "billing", []byte(`not even json`), ""); err != nil {
+		t.Fatal(err)
+	}
+	info, _ = s.Info(b.ctx)
+	if info.State.Msgs != 12 {
+		t.Errorf("MAIL_JOBS holds %d messages, want 12", info.State.Msgs)
+	}
+
+	// Rejections.
+	var ie *InvalidError
+	if _, err := p.Publish(b.ctx, "billing", &Job{From: "x"}); !errors.As(err, &ie) {
+		t.Errorf("invalid job: %v", err)
+	}
+	for _, prof := range []string{"", "a.b", "*", ">", "a b"} {
+		if _, err := p.Publish(b.ctx, prof, &Job{From: "a@x.com", To: []string{"b@x.com"}, Text: "t"}); err == nil {
+			t.Errorf("profile %q accepted", prof)
+		}
+	}
+}
+
+func TestStates(t *testing.T) {
+	b := setup(t)
+	s := b.q.States
+	if _, _, err := s.Get(b.ctx, "j1"); !errors.Is(err, ErrNoState) {
+		t.Fatalf("Get missing = %v", err)
+	}
+	rev, err := s.Create(b.ctx, JobState{JobID: "j1", Profile: "billing", State: StateSending, Attempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(b.ctx, JobState{JobID: "j1", State: StateSending}); !errors.Is(err, ErrStateExists) {
+		t.Fatalf("second Create = %v, want ErrStateExists", err)
+	}
+	st, r, err := s.Get(b.ctx, "j1")
+	if err != nil || r != rev || st.State != StateSending || st.Attempts != 1 || st.UpdatedAt.IsZero() {
+		t.Fatalf("Get = %+v rev %d (want %d), %v", st, r, rev, err)
+	}
+	st.State = StateSent
+	rev2, err := s.Update(b.ctx, st, rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A writer holding the old revision loses.
+	st.State = StateRetrying
+	if _, err := s.Update(b.ctx, st, rev); !errors.Is(err, ErrStateConflict) {
+		t.Fatalf("stale Update = %v, want ErrStateConflict", err)
+	}
+	if _, err := s.Update(b.ctx, JobState{JobID: "nope"}, 1); !errors.Is(err, ErrStateConflict) {
+		t.Fatalf("Update of missing = %v, want ErrStateConflict", err)
+	}
+	rev3, err := s.Put(b.ctx, JobState{JobID: "j1", State: StateDeadLettered})
+	if err != nil || rev3 <= rev2 {
+		t.Fatalf("Put = %d, %v", rev3, err)
+	}
+	if st, _, _ := s.Get(b.ctx, "j1"); st.State != StateDeadLettered {
+		t.Errorf("after Put: %+v", st)
+	}
+	if _, err := s.Put(b.ctx, JobState{JobID: "a.b"}); err == nil {
+		t.Error("Put accepted an invalid job id")
+	}
+}
+
+func TestEvents(t *testing.T) {
+	b := setup(t)
+	e := b.q.Events
+	if h, err := e.History(b.ctx, "j1"); err != nil || len(h) != 0 {
+		t.Fatalf("empty History = %v, %v", h, err)
+	}
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	if err := e.Publish(b.ctx, Event{JobID: "j1", Profile: "billing", Event: EventRetrying, Attempt: 1, At: at,
+		Error: &ErrorInfo{Reason: ReasonInternal, Message: "boom"}, Metadata: map[string]string{"k": "v"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Publish(b.ctx, Event{JobID: "j2", Profile: "billing", Event: EventSent, At: at}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Publish(b.ctx, Event{JobID: "j1-x", Profile: "billing", Event: EventSent, At: at}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := e.PublishAsync(Event{JobID: "j1", Profile: "billing", Event: EventSent, Attempt: 2, At: at,
+		Graph: &GraphInfo{Status: 202, RequestID: "r1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.Ok():
+	case err := <-f.Err():
+		t.Fatal(err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ack")
+	}
+	h, err := e.History(b.ctx, "j1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h) != 2 || h[0].Event != EventRetrying || h[1].Event != EventSent || h[1].Graph.RequestID != "r1" ||
+		h[0].Metadata["k"] != "v" || !h[0].At.Equal(at) {
+		t.Fatalf("History = %+v", h)
+	}
+	s, _ := b.js.Stream(b.ctx, StreamStatus)
+	if m, _ := s.GetMsg(b.ctx, 1); m.Subject != "mail.status.billing.j1" {
+		t.Errorf("subject %q", m.Subject)
+	}
+	if err := e.Publish(b.ctx, Event{JobID: "a.*", Profile: "billing"}); err == nil {
+		t.Error("Publish accepted a wildcard job id")
+	}
+	if _, err := e.History(b.ctx, ">"); err == nil {
+		t.Error("History accepted a wildcard")
+	}
+}
+
+func TestAttachments(t *testing.T) {
+	b := setup(t)
+	a := b.q.Attachments
+	data := bytes.Repeat([]byte("pdf!"), 300_000) // bigger than one object-store chunk
+	ref, err := a.Put(b.ctx, "invoice\r\n.pdf", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(ref, "\r\n") {
+		t.Errorf("ref %q carries CR/LF", ref)
+	}
+	// The ref is usable as an objectRef in a valid job.
+	j := Job{From: "a@x.com", To: []string{"b@x.com"}, Text: "t", Attachments: []Attachment{{Name: "invoice.pdf", ObjectRef: ref}}}
+	if err := j.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.Get(b.ctx, ref)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Get: %d bytes, %v", len(got), err)
+	}
+	if err := a.Delete(b.ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Get(b.ctx, ref); !errors.Is(err, ErrNoAttachment) {
+		t.Errorf("Get after delete = %v", err)
+	}
+}
