@@ -498,6 +498,9 @@ func checkConfig(t *testing.T, r rendered) {
 			t.Errorf("profile %s: want exactly one credential file, have %d", name, n)
 		}
 	}
+	if cfg.NATS.Password != "" || cfg.NATS.Token != "" {
+		t.Errorf("NATS password/token inline in a ConfigMap; set MAILWORKER_NATS_PASSWORD from a Secret")
+	}
 	for _, f := range []string{cfg.NATS.CredsFile, cfg.NATS.NkeySeedFile} {
 		if f != "" && !under(f, paths) {
 			t.Errorf("NATS credential %s is not under any volume mount", f)
