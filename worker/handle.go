@@ -1,0 +1,450 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mailworker/mailworker/queue"
+)
+
+// opTimeout bounds one JetStream operation (state, event, dead letter).
+const opTimeout = 10 * time.Second
+
+// infraRetry is the delay before a job is tried again when the broker itself
+// failed (state or dead-letter write); it spends no attempt.
+const infraRetry = 2 * time.Second
+
+// unknownProfile labels metrics of jobs published for a profile this worker
+// does not serve, so that a stray subject cannot grow label cardinality.
+const unknownProfile = "_unknown"
+
+// job is one delivery being handled.
+type job struct {
+	msg       Delivery
+	profile   string
+	prof      *profileState
+	id        string
+	job       *queue.Job
+	from      string // lower-cased sender address
+	state     queue.JobState
+	rev       uint64
+	published time.Time
+}
+
+func (j *job) metricProfile() string {
+	if j.prof == nil {
+		return unknownProfile
+	}
+	return j.profile
+}
+
+// handle takes one delivery to exactly one outcome. stop ends waiting (the
+// job is put back unspent); sendCtx ends a send in flight.
+func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
+	j := &job{msg: msg}
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error().Str("jobId", j.id).Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("panic while handling job")
+			p.deadLetter(sendCtx, j, queue.ReasonInternal, fmt.Sprintf("worker panic while handling the job: %v", r), nil)
+		}
+	}()
+	var seq uint64
+	if meta, err := msg.Metadata(); err == nil {
+		seq, j.published = meta.Sequence.Stream, meta.Timestamp
+	}
+	profile, okSubject := queue.ProfileFromSubject(msg.Subject())
+	if !okSubject {
+		profile = strings.ReplaceAll(strings.TrimPrefix(msg.Subject(), "mail.send."), ".", "_")
+	}
+	j.profile = profile
+	j.prof = p.profiles[profile]
+	parsed, decodeErr := queue.DecodeJob(msg.Data())
+	j.job = parsed
+	j.id = queue.ResolveJobID(parsed, msg.Headers(), seq)
+	if !queue.ValidJobID(j.id) {
+		j.id = fmt.Sprintf("s%d", seq)
+	}
+
+	if j.prof == nil {
+		p.deadLetter(sendCtx, j, queue.ReasonInvalidJob,
+			fmt.Sprintf("no profile %q is configured on this worker (subject %s): publish on mail.send.<profile> for a configured profile", profile, msg.Subject()), nil)
+		return
+	}
+	if decodeErr != nil {
+		reason := queue.ReasonInvalidJob
+		var inv *queue.InvalidError
+		if errors.As(decodeErr, &inv) && inv.Reason != "" {
+			reason = inv.Reason
+		}
+		p.deadLetter(sendCtx, j, reason, "invalid job: "+decodeErr.Error(), nil)
+		return
+	}
+	j.from = senderAddress(parsed.From)
+
+	ctx, cancel := context.WithTimeout(sendCtx, opTimeout)
+	st, rev, err := p.q.States.Get(ctx, j.id)
+	cancel()
+	switch {
+	case errors.Is(err, queue.ErrNoState):
+		st = queue.JobState{JobID: j.id, Profile: profile}
+	case err != nil:
+		p.infraFailure(j, "read job state", err)
+		return
+	}
+	j.state, j.rev = st, rev
+	now := p.clock.Now()
+
+	switch st.State {
+	case queue.StateSent:
+		p.suppressDuplicate(sendCtx, j, "already sent")
+		return
+	case queue.StateDeadLettered:
+		p.suppressDuplicate(sendCtx, j, "already dead-lettered: use `mailworker dlq replay` to send it again")
+		return
+	case queue.StateSending:
+		// Another replica may be sending it right now (a duplicate publish),
+		// or the replica that was sending it died mid-call.
+		if busyUntil := st.UpdatedAt.Add(p.cfg.SendTimeout + 5*time.Second); now.Before(busyUntil) {
+			p.deferJob(sendCtx, j, busyUntil.Sub(now), "another worker is sending this job", nil)
+			return
+		}
+		j.state.Ambiguous = true
+	}
+
+	if exp := parsed.ExpiresAt; exp != nil && !now.Before(*exp) {
+		p.deadLetter(sendCtx, j, queue.ReasonExpired,
+			fmt.Sprintf("job expired at %s before it could be sent (attempts made: %d)", exp.UTC().Format(time.RFC3339), j.state.Attempts), nil)
+		return
+	}
+	if nb := parsed.NotBefore; nb != nil && now.Before(*nb) {
+		p.deferJob(sendCtx, j, nb.Sub(now), "notBefore", nil)
+		return
+	}
+	if !j.prof.allows(j.from) {
+		p.deadLetter(sendCtx, j, queue.ReasonSenderNotAllowed,
+			fmt.Sprintf("sender %s is not an approved mailbox of profile %s (profiles.%s.allowedSenders); nothing was sent", j.from, profile, profile), nil)
+		return
+	}
+	if j.state.Ambiguous && j.prof.OnAmbiguous == OnAmbiguousDeadLetter {
+		p.deadLetter(sendCtx, j, queue.ReasonInternal, ambiguousMessage(j), nil)
+		return
+	}
+	if j.state.Attempts >= p.cfg.MaxAttempts {
+		p.deadLetter(sendCtx, j, queue.ReasonAttemptsExhausted, exhaustedMessage(j, nil), nil)
+		return
+	}
+
+	at, deferFor, paused := p.pacer.admit(j.from)
+	if deferFor > 0 {
+		why := "mailbox paced"
+		if paused {
+			why = "mailbox told to wait (Retry-After)"
+		}
+		p.m.ThrottleDeferrals.WithLabelValues(profile).Inc()
+		p.deferJob(sendCtx, j, deferFor, why, nil)
+		return
+	}
+	hb := p.keepAlive(msg)
+	defer hb.Stop()
+	if err := p.pacer.acquire(stop, j.from, at); err != nil {
+		_ = msg.Nak()
+		return
+	}
+	defer p.pacer.release(j.from)
+	select {
+	case p.sends <- struct{}{}:
+	case <-stop.Done():
+		_ = msg.Nak()
+		return
+	}
+	defer func() { <-p.sends }()
+	if stop.Err() != nil {
+		_ = msg.Nak()
+		return
+	}
+	p.send(sendCtx, j)
+}
+
+// send marks the job as sending, calls the Sender and maps the outcome to one
+// queue action.
+func (p *Pool) send(sendCtx context.Context, j *job) {
+	j.state.State = queue.StateSending
+	j.state.Attempts++
+	j.state.Profile = j.profile
+	j.state.UpdatedAt = p.clock.Now()
+	if !p.writeState(sendCtx, j, true) {
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(sendCtx, p.cfg.SendTimeout)
+	p.m.InflightSends.Inc()
+	start := time.Now()
+	res, err := p.sender.Send(ctx, j.profile, j.id, j.job)
+	elapsed := time.Since(start)
+	p.m.InflightSends.Dec()
+	cancel()
+	p.m.SendDuration.WithLabelValues(j.profile).Observe(elapsed.Seconds())
+
+	if err == nil {
+		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
+		p.sent(sendCtx, j, res, elapsed)
+		return
+	}
+	var se *SendError
+	if !errors.As(err, &se) {
+		se = &SendError{Kind: Retryable, Reason: queue.ReasonInternal, Message: err.Error(), Err: err}
+	}
+	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
+	graph := &queue.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID}
+	if se.Ambiguous {
+		j.state.Ambiguous = true
+		p.m.Ambiguous.WithLabelValues(j.profile).Inc()
+	}
+	if se.RetryAfter > 0 && se.Kind != Permanent {
+		p.pacer.pause(j.from, se.RetryAfter)
+	}
+	j.state.LastError = &queue.ErrorInfo{Reason: se.Reason, Message: se.Error()}
+	j.state.Graph = graph
+
+	switch {
+	case sendCtx.Err() != nil:
+		// Shutdown cut the send short. Nothing was spent unless the request
+		// may have reached Graph.
+		if !se.Ambiguous {
+			j.state.Attempts--
+		}
+		j.state.State = queue.StateRetrying
+		p.writeState(context.WithoutCancel(sendCtx), j, false)
+		_ = j.msg.Nak()
+		p.log.Info().Str("jobId", j.id).Bool("ambiguous", se.Ambiguous).Msg("send cancelled by shutdown; job put back")
+
+	case se.Kind == Permanent:
+		reason := se.Reason
+		if !reason.Valid() || reason == "" {
+			reason = queue.ReasonGraphRejected
+		}
+		p.deadLetter(sendCtx, j, reason, se.Error(), graph)
+
+	case se.Kind == Throttled:
+		p.m.GraphThrottled.WithLabelValues(j.profile).Inc()
+		p.m.ThrottleDeferrals.WithLabelValues(j.profile).Inc()
+		wait := se.RetryAfter
+		if wait <= 0 {
+			wait = retryDelay(1, 0, p.cfg.BackoffInitial, p.cfg.BackoffMax)
+			p.pacer.pause(j.from, wait)
+		}
+		j.state.Attempts-- // a throttled request spends no attempt
+		j.state.State = queue.StateDeferred
+		p.writeState(sendCtx, j, false)
+		p.deferJob(sendCtx, j, wait+jitter(wait), "throttled by Graph (429)", graph)
+
+	case se.Ambiguous && j.prof.OnAmbiguous == OnAmbiguousDeadLetter:
+		p.deadLetter(sendCtx, j, queue.ReasonInternal, ambiguousMessage(j), graph)
+
+	case j.state.Attempts >= p.cfg.MaxAttempts:
+		reason := queue.ReasonAttemptsExhausted
+		if se.Reason == queue.ReasonAccessDenied || se.Reason == queue.ReasonAuthFailed {
+			reason = se.Reason
+		}
+		p.deadLetter(sendCtx, j, reason, exhaustedMessage(j, se), graph)
+
+	default:
+		delay := retryDelay(j.state.Attempts, se.RetryAfter, p.cfg.BackoffInitial, p.cfg.BackoffMax)
+		j.state.State = queue.StateRetrying
+		if !p.writeState(sendCtx, j, false) {
+			return
+		}
+		retryAt := p.clock.Now().Add(delay)
+		p.m.Retries.WithLabelValues(j.profile, string(se.Reason)).Inc()
+		_ = j.msg.NakWithDelay(delay)
+		p.emit(sendCtx, j, queue.Event{Event: queue.EventRetrying, Graph: graph, RetryAt: &retryAt,
+			Error: &queue.ErrorInfo{Reason: se.Reason, Message: se.Error()}, Ambiguous: se.Ambiguous,
+			LatencyMs: elapsed.Milliseconds()})
+		p.outcomeLog(zerolog.WarnLevel, j, "retrying").Err(se).Dur("delay", delay).Bool("ambiguous", se.Ambiguous).Send()
+	}
+}
+
+func (p *Pool) sent(ctx context.Context, j *job, res SendResult, elapsed time.Duration) {
+	j.state.State = queue.StateSent
+	j.state.LastError = nil
+	graph := &queue.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
+	j.state.Graph = graph
+	j.state.UpdatedAt = p.clock.Now()
+	p.writeState(ctx, j, false)
+	_ = j.msg.Ack()
+	p.m.Jobs.WithLabelValues(j.profile, OutcomeSent, "").Inc()
+	p.observeLatency(j)
+	p.emit(ctx, j, queue.Event{Event: queue.EventSent, Graph: graph, LatencyMs: elapsed.Milliseconds(),
+		PossibleDuplicate: j.state.Ambiguous})
+	p.outcomeLog(zerolog.InfoLevel, j, "sent").Str("requestId", res.RequestID).
+		Bool("possibleDuplicate", j.state.Ambiguous).Dur("latency", elapsed).Send()
+}
+
+// deadLetter records the job in MAIL_DLQ with its original bytes, then
+// terminates the delivery. If the record cannot be written the job is put back
+// instead: nothing is dropped.
+func (p *Pool) deadLetter(ctx context.Context, j *job, reason queue.Reason, message string, graph *queue.GraphInfo) {
+	now := p.clock.Now()
+	rec := queue.DeadLetter{JobID: j.id, Profile: j.profile, Reason: reason, Error: message,
+		Attempts: j.state.Attempts, FailedAt: now, Generation: j.state.Generation, Body: j.msg.Data()}
+	if graph != nil {
+		rec.GraphRequestID = graph.RequestID
+	}
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	err := p.q.DLQ.Put(opCtx, rec)
+	cancel()
+	if err != nil {
+		p.infraFailure(j, "write dead letter", err)
+		return
+	}
+	if j.state.JobID == "" {
+		j.state = queue.JobState{JobID: j.id, Profile: j.profile}
+	}
+	j.state.State = queue.StateDeadLettered
+	j.state.LastError = &queue.ErrorInfo{Reason: reason, Message: message}
+	j.state.Graph = graph
+	j.state.UpdatedAt = now
+	p.writeState(ctx, j, false)
+	_ = j.msg.Term()
+	p.m.Jobs.WithLabelValues(j.metricProfile(), OutcomeDeadLettered, string(reason)).Inc()
+	p.observeLatency(j)
+	p.emit(ctx, j, queue.Event{Event: queue.EventDeadLettered, Graph: graph,
+		Error: &queue.ErrorInfo{Reason: reason, Message: message}})
+	p.outcomeLog(zerolog.WarnLevel, j, "dead_lettered").Str("reason", string(reason)).Str("error", message).Send()
+}
+
+func (p *Pool) suppressDuplicate(ctx context.Context, j *job, why string) {
+	_ = j.msg.Ack()
+	p.m.Jobs.WithLabelValues(j.profile, OutcomeDuplicateSuppressed, "").Inc()
+	p.emit(ctx, j, queue.Event{Event: queue.EventDuplicateSuppressed})
+	p.outcomeLog(zerolog.InfoLevel, j, "duplicate_suppressed").Str("why", why).Send()
+}
+
+// deferJob puts the job back for d without spending an attempt.
+func (p *Pool) deferJob(ctx context.Context, j *job, d time.Duration, why string, graph *queue.GraphInfo) {
+	_ = j.msg.NakWithDelay(d)
+	at := p.clock.Now().Add(d)
+	p.emit(ctx, j, queue.Event{Event: queue.EventDeferred, Graph: graph, RetryAt: &at})
+	p.outcomeLog(zerolog.DebugLevel, j, "deferred").Str("why", why).Dur("delay", d).Send()
+}
+
+// infraFailure puts a job back when the broker failed us; no attempt is spent.
+func (p *Pool) infraFailure(j *job, op string, err error) {
+	_ = j.msg.NakWithDelay(infraRetry)
+	p.log.Error().Str("jobId", j.id).Str("profile", j.profile).Err(err).Msgf("%s failed; job put back", op)
+}
+
+// writeState stores j.state. With mark it is the compare-and-set that claims
+// the attempt: on a conflict or error the job is put back and false returned.
+// Otherwise it overwrites, and a failure is only logged: the queue action that
+// follows is still right, and the state is repaired by the next write.
+func (p *Pool) writeState(ctx context.Context, j *job, mark bool) bool {
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	var rev uint64
+	var err error
+	switch {
+	case mark && j.rev == 0:
+		rev, err = p.q.States.Create(opCtx, j.state)
+	case mark:
+		rev, err = p.q.States.Update(opCtx, j.state, j.rev)
+	default:
+		rev, err = p.q.States.Put(opCtx, j.state)
+	}
+	if err != nil {
+		if mark {
+			if errors.Is(err, queue.ErrStateExists) || errors.Is(err, queue.ErrStateConflict) {
+				// Someone else moved this job on: look again shortly.
+				p.deferJob(ctx, j, time.Second, "job state changed concurrently", nil)
+				return false
+			}
+			p.infraFailure(j, "write job state", err)
+			return false
+		}
+		p.log.Error().Str("jobId", j.id).Err(err).Msg("write job state failed")
+		return false
+	}
+	j.rev = rev
+	return true
+}
+
+func (p *Pool) emit(ctx context.Context, j *job, ev queue.Event) {
+	ev.JobID, ev.Profile, ev.Attempt = j.id, j.profile, j.state.Attempts
+	ev.At = p.clock.Now()
+	if j.job != nil {
+		ev.Metadata = j.job.Metadata
+	}
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	if err := p.q.Events.Publish(opCtx, ev); err != nil {
+		p.log.Error().Str("jobId", j.id).Str("event", string(ev.Event)).Err(err).Msg("publish status event failed")
+	}
+}
+
+func (p *Pool) observeLatency(j *job) {
+	if !j.published.IsZero() {
+		p.m.JobLatency.WithLabelValues(j.metricProfile()).Observe(p.clock.Now().Sub(j.published).Seconds())
+	}
+}
+
+func (p *Pool) outcomeLog(level zerolog.Level, j *job, outcome string) *zerolog.Event {
+	e := p.log.WithLevel(level).Str("jobId", j.id).Str("profile", j.profile).Str("outcome", outcome).
+		Int("attempt", j.state.Attempts)
+	if j.from != "" {
+		e = e.Str("from", j.from)
+	}
+	if p.cfg.LogRecipients && j.job != nil {
+		e = e.Strs("to", j.job.To).Strs("cc", j.job.Cc).Strs("bcc", j.job.Bcc)
+	}
+	return e
+}
+
+// keepAlive tells the server the job is being worked on every third of the
+// ack wait until stopped, so that slow waits and sends are not redelivered.
+func (p *Pool) keepAlive(msg Delivery) *time.Timer {
+	every := p.cfg.AckWait / 3
+	var t *time.Timer
+	t = time.AfterFunc(every, func() {
+		_ = msg.InProgress()
+		t.Reset(every)
+	})
+	return t
+}
+
+func ambiguousMessage(j *job) string {
+	return fmt.Sprintf("an earlier attempt's outcome is unknown (timeout, 5xx or a worker stopped during the Graph call) and profile %s has onAmbiguous=deadletter: "+
+		"look for X-Mailworker-Job-Id %s in Exchange message trace before replaying", j.profile, j.id)
+}
+
+func exhaustedMessage(j *job, se *SendError) string {
+	msg := fmt.Sprintf("gave up after %d attempts", j.state.Attempts)
+	last := se
+	if last == nil && j.state.LastError != nil {
+		msg += "; last error: " + j.state.LastError.Message
+	}
+	if last != nil {
+		msg += "; last error: " + last.Error()
+		if last.Reason == queue.ReasonAccessDenied {
+			msg += fmt.Sprintf(" — mailbox %s is outside this app's Exchange RBAC scope; RBAC changes take 30 minutes to 2 hours to apply: fix the scope, then replay", j.from)
+		}
+	}
+	return msg
+}
+
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(rand.Int64N(int64(d)/10 + 1))
+}
+
+func senderAddress(from string) string {
+	if _, addr, err := queue.ParseAddress(from); err == nil {
+		return strings.ToLower(addr)
+	}
+	return strings.ToLower(strings.TrimSpace(from))
+}

@@ -1,0 +1,104 @@
+package worker
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailworker/mailworker/queue"
+)
+
+// Metrics are the worker's Prometheus metrics (namespace mailworker_). Every
+// label value of a closed set is created up front so that dashboards and
+// alerts see zeros rather than absent series.
+type Metrics struct {
+	Jobs              *prometheus.CounterVec   // profile, outcome, reason
+	Retries           *prometheus.CounterVec   // profile, reason
+	ThrottleDeferrals *prometheus.CounterVec   // profile
+	GraphRequests     *prometheus.CounterVec   // profile, status
+	GraphThrottled    *prometheus.CounterVec   // profile
+	SendDuration      *prometheus.HistogramVec // profile
+	JobLatency        *prometheus.HistogramVec // profile
+	TokenRequests     *prometheus.CounterVec   // profile, result
+	Ambiguous         *prometheus.CounterVec   // profile
+	InflightSends     prometheus.Gauge
+	InflightJobs      prometheus.Gauge
+	CredentialExpiry  *prometheus.GaugeVec // profile
+}
+
+// Job outcomes (label outcome of mailworker_jobs_total).
+const (
+	OutcomeSent                = "sent"
+	OutcomeDeadLettered        = "dead_lettered"
+	OutcomeDuplicateSuppressed = "duplicate_suppressed"
+)
+
+// NewMetrics creates the metrics, registers them with reg (nil: not
+// registered) and pre-creates the label values of profiles.
+func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
+	const ns = "mailworker"
+	m := &Metrics{
+		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "jobs_total",
+			Help: "Jobs finished, by profile, outcome (sent, dead_lettered, duplicate_suppressed) and reason."},
+			[]string{"profile", "outcome", "reason"}),
+		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "retries_total",
+			Help: "Retries scheduled after a failed send (each spends an attempt), by reason."},
+			[]string{"profile", "reason"}),
+		ThrottleDeferrals: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "throttle_deferrals_total",
+			Help: "Jobs put back without spending an attempt because their mailbox was paced or told to wait (Retry-After)."},
+			[]string{"profile"}),
+		GraphRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "graph_requests_total",
+			Help: "sendMail requests by HTTP status (\"error\" when there was no response)."},
+			[]string{"profile", "status"}),
+		GraphThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "graph_throttled_total",
+			Help: "sendMail requests answered 429."}, []string{"profile"}),
+		SendDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "send_duration_seconds",
+			Help: "Duration of sendMail calls.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}, []string{"profile"}),
+		JobLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "job_latency_seconds",
+			Help: "Time from a job's publish to its outcome.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 20)}, []string{"profile"}),
+		TokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "token_requests_total",
+			Help: "Token requests that went to Entra ID (cache misses), by result (ok, error)."}, []string{"profile", "result"}),
+		Ambiguous: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "ambiguous_sends_total",
+			Help: "Sends whose outcome is unknown (timeout or 5xx after the request was written): the mail may have been delivered."},
+			[]string{"profile"}),
+		InflightSends: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "inflight_sends",
+			Help: "sendMail requests in flight."}),
+		InflightJobs: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "inflight_jobs",
+			Help: "Jobs held by this replica (fetched, not yet acked)."}),
+		CredentialExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "credential_expiry_timestamp_seconds",
+			Help: "When the profile's certificate credential expires (unix seconds)."}, []string{"profile"}),
+	}
+	for _, p := range profiles {
+		m.Jobs.WithLabelValues(p, OutcomeSent, "")
+		m.Jobs.WithLabelValues(p, OutcomeDuplicateSuppressed, "")
+		for _, r := range queue.Reasons {
+			m.Jobs.WithLabelValues(p, OutcomeDeadLettered, string(r))
+		}
+		for _, r := range []queue.Reason{"", queue.ReasonAccessDenied, queue.ReasonAuthFailed, queue.ReasonInternal} {
+			m.Retries.WithLabelValues(p, string(r))
+		}
+		m.ThrottleDeferrals.WithLabelValues(p)
+		for _, s := range []string{"202", "400", "401", "403", "404", "413", "429", "500", "503", "504", "error"} {
+			m.GraphRequests.WithLabelValues(p, s)
+		}
+		m.GraphThrottled.WithLabelValues(p)
+		m.SendDuration.WithLabelValues(p)
+		m.JobLatency.WithLabelValues(p)
+		m.TokenRequests.WithLabelValues(p, "ok")
+		m.TokenRequests.WithLabelValues(p, "error")
+		m.Ambiguous.WithLabelValues(p)
+	}
+	if reg != nil {
+		reg.MustRegister(m.Jobs, m.Retries, m.ThrottleDeferrals, m.GraphRequests, m.GraphThrottled,
+			m.SendDuration, m.JobLatency, m.TokenRequests, m.Ambiguous, m.InflightSends, m.InflightJobs,
+			m.CredentialExpiry)
+	}
+	return m
+}
+
+func statusLabel(status int) string {
+	if status == 0 {
+		return "error"
+	}
+	return strconv.Itoa(status)
+}

@@ -1,0 +1,151 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// pacer keeps each sending mailbox inside Outlook's and Exchange's limits:
+// at most perBox requests in flight, at most perMinute sends in any rolling
+// minute, and nothing at all while a Retry-After the mailbox was given runs.
+//
+// A job that would wait longer than maxHold is not held: the pacer hands back
+// a delay, and the worker puts the job back on the queue so that it holds no
+// slot and slows no other mailbox. Deferred jobs are spread one pace interval
+// apart so that a backlog returns at the rate the mailbox can take, not all at
+// once.
+type pacer struct {
+	clock     Clock
+	perBox    int
+	perMinute int
+	interval  time.Duration // 1 min / perMinute; 0 when unpaced
+	maxHold   time.Duration
+	maxWait   int // jobs allowed to queue for one mailbox's slots
+
+	mu    sync.Mutex
+	boxes map[string]*mailbox
+}
+
+type mailbox struct {
+	slots       chan struct{}
+	waiting     int
+	pausedUntil time.Time
+	// starts is a ring of the last perMinute send starts (reserved times).
+	starts []time.Time
+	next   int
+	// deferredUntil is the latest time handed to a deferred job.
+	deferredUntil time.Time
+}
+
+func newPacer(clock Clock, perBox, perMinute int, maxHold time.Duration) *pacer {
+	p := &pacer{clock: clock, perBox: perBox, perMinute: perMinute, maxHold: maxHold,
+		maxWait: 8 * perBox, boxes: make(map[string]*mailbox)}
+	if perMinute > 0 {
+		p.interval = time.Minute / time.Duration(perMinute)
+	}
+	return p
+}
+
+func (p *pacer) box(addr string) *mailbox {
+	b := p.boxes[addr]
+	if b == nil {
+		b = &mailbox{slots: make(chan struct{}, p.perBox)}
+		if p.perMinute > 0 {
+			b.starts = make([]time.Time, p.perMinute)
+		}
+		p.boxes[addr] = b
+	}
+	return b
+}
+
+// admit decides when a send from addr may start. It returns (at, 0) with at
+// the time to start (now, or within maxHold); the start is reserved in the
+// rolling window. Or it returns a positive defer: the job should be put back
+// for that long, and paused reports whether a Retry-After caused it.
+func (p *pacer) admit(addr string) (at time.Time, deferFor time.Duration, paused bool) {
+	now := p.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.box(addr)
+	earliest := now
+	if b.pausedUntil.After(earliest) {
+		earliest, paused = b.pausedUntil, true
+	}
+	if b.starts != nil {
+		// The oldest start in the ring bounds the next one: a minute after it.
+		if free := b.starts[b.next].Add(time.Minute); free.After(earliest) {
+			earliest = free
+		}
+	}
+	if !paused && earliest.Sub(now) <= p.maxHold && b.waiting < p.maxWait {
+		if b.starts != nil {
+			b.starts[b.next] = earliest
+			b.next = (b.next + 1) % len(b.starts)
+		}
+		b.waiting++
+		return earliest, 0, false
+	}
+	// Defer: spread deferred jobs one interval apart after the earliest time.
+	if b.deferredUntil.After(earliest) {
+		earliest = b.deferredUntil
+	}
+	spacing := p.interval
+	if spacing == 0 {
+		spacing = 20 * time.Millisecond
+	}
+	b.deferredUntil = earliest.Add(spacing)
+	d := earliest.Sub(now)
+	if d < spacing {
+		d = spacing
+	}
+	return time.Time{}, d, paused
+}
+
+// acquire waits for a send slot of addr after admit; release must follow.
+// It returns ctx's error when ctx ends first (the admission is given back).
+func (p *pacer) acquire(ctx context.Context, addr string, at time.Time) error {
+	p.mu.Lock()
+	b := p.box(addr)
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		b.waiting--
+		p.mu.Unlock()
+	}()
+	if d := at.Sub(p.clock.Now()); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+	select {
+	case b.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *pacer) release(addr string) {
+	p.mu.Lock()
+	b := p.boxes[addr]
+	p.mu.Unlock()
+	<-b.slots
+}
+
+// pause stops sends from addr until now+d (a Retry-After). A shorter pause
+// never cuts a longer one.
+func (p *pacer) pause(addr string, d time.Duration) time.Time {
+	until := p.clock.Now().Add(d)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.box(addr)
+	if until.After(b.pausedUntil) {
+		b.pausedUntil = until
+	}
+	return b.pausedUntil
+}

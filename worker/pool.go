@@ -1,0 +1,164 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/mailworker/mailworker/queue"
+)
+
+// Delivery is one delivery of a job message: the subset of jetstream.Msg the
+// worker uses.
+type Delivery interface {
+	Data() []byte
+	Headers() nats.Header
+	Subject() string
+	Metadata() (*jetstream.MsgMetadata, error)
+	Ack() error
+	Nak() error
+	NakWithDelay(delay time.Duration) error
+	InProgress() error
+	Term() error
+}
+
+// Options are a Pool's collaborators other than its configuration.
+type Options struct {
+	Logger  zerolog.Logger
+	Metrics *Metrics // nil: unregistered metrics
+	Clock   Clock    // nil: the system clock
+}
+
+// Pool consumes jobs from the shared durable consumer and sends them. Any
+// number of pools, in any number of processes, may share one consumer.
+type Pool struct {
+	cfg      Config
+	q        *queue.Queue
+	cons     jetstream.Consumer
+	sender   Sender
+	log      zerolog.Logger
+	m        *Metrics
+	clock    Clock
+	profiles map[string]*profileState
+	pacer    *pacer
+	sends    chan struct{} // global Graph concurrency
+	running  atomic.Bool
+}
+
+// New returns a Pool. It returns an error naming the field when cfg is invalid.
+func New(cfg Config, q *queue.Queue, cons jetstream.Consumer, sender Sender, opts Options) (*Pool, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if q == nil || cons == nil || sender == nil {
+		return nil, errors.New("worker: queue, consumer and sender are required")
+	}
+	p := &Pool{cfg: cfg, q: q, cons: cons, sender: sender, log: opts.Logger, m: opts.Metrics, clock: opts.Clock,
+		profiles: make(map[string]*profileState, len(cfg.Profiles)), sends: make(chan struct{}, cfg.Concurrency)}
+	names := make([]string, 0, len(cfg.Profiles))
+	for name, pr := range cfg.Profiles {
+		pr.Name = name
+		p.profiles[name] = newProfileState(pr)
+		names = append(names, name)
+	}
+	if p.m == nil {
+		p.m = NewMetrics(nil, names)
+	}
+	if p.clock == nil {
+		p.clock = systemClock{}
+	}
+	p.pacer = newPacer(p.clock, cfg.PerMailboxConcurrency, cfg.PerMailboxPerMinute, cfg.MaxHold)
+	return p, nil
+}
+
+// Ready reports whether the pool is consuming.
+func (p *Pool) Ready() bool { return p.running.Load() }
+
+// Run consumes until ctx ends, then shuts down in two phases: it stops
+// fetching and puts back jobs that have not started sending, lets sends in
+// flight finish for up to DrainTimeout, then cancels what is left (those jobs
+// are put back too; a cancelled send is recorded as ambiguous). Run returns
+// nil after a clean shutdown, or an error when consuming cannot start.
+func (p *Pool) Run(ctx context.Context) error {
+	prefetch := min(max(p.cfg.MaxInFlight/4, 1), 256)
+	it, err := p.cons.Messages(jetstream.PullMaxMessages(prefetch))
+	if err != nil {
+		return fmt.Errorf("worker: consume %s/%s: %w", queue.StreamJobs, queue.ConsumerName, err)
+	}
+	// stop ends fetching and waiting; sendCtx ends sends after the grace period.
+	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSends()
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			it.Drain()
+		case <-stopped:
+		}
+	}()
+	p.running.Store(true)
+	p.log.Info().Int("concurrency", p.cfg.Concurrency).Int("maxInFlight", p.cfg.MaxInFlight).Msg("worker consuming")
+
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, p.cfg.MaxInFlight)
+	for {
+		took := false
+		select {
+		case slots <- struct{}{}:
+			took = true
+		case <-ctx.Done():
+		}
+		msg, err := it.Next()
+		if err != nil || ctx.Err() != nil {
+			if took {
+				<-slots
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
+			}
+			if err != nil {
+				// Missed heartbeats and reconnects are reported here; the
+				// iterator carries on by itself.
+				p.log.Warn().Err(err).Msg("consumer")
+				continue
+			}
+			// Fetched but not started: back to the queue at once, no attempt spent.
+			_ = msg.Nak()
+			continue
+		}
+		wg.Add(1)
+		p.m.InflightJobs.Inc()
+		go func() {
+			defer func() {
+				p.m.InflightJobs.Dec()
+				<-slots
+				wg.Done()
+			}()
+			p.handle(ctx, sendCtx, msg)
+		}()
+	}
+	close(stopped)
+	p.running.Store(false)
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	timer := time.NewTimer(p.cfg.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		p.log.Info().Msg("worker drained")
+	case <-timer.C:
+		p.log.Warn().Dur("drainTimeout", p.cfg.DrainTimeout).Msg("drain timeout: cancelling sends still in flight")
+		cancelSends()
+		<-done
+	}
+	return nil
+}

@@ -1,0 +1,338 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mailworker/mailworker/queue"
+)
+
+func TestPool(t *testing.T) {
+	t.Run("sends a job, records sent, acks it", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{}, rec)
+		id := b.publish(demoJob("job-1"))
+		st := b.waitState(id, queue.StateSent)
+		if st.Attempts != 1 || st.Graph == nil || st.Graph.RequestID != "req-job-1" {
+			t.Fatalf("state = %+v", st)
+		}
+		ev := b.waitEvent(id, queue.EventSent)
+		if ev.Attempt != 1 || ev.Graph.RequestID != "req-job-1" || ev.PossibleDuplicate {
+			t.Fatalf("sent event = %+v", ev)
+		}
+		eventually(t, 5*time.Second, "job acked (stream empty)", func() bool { return b.pending() == 0 })
+		if n := rec.callsFor(id); n != 1 {
+			t.Fatalf("sender called %d times", n)
+		}
+	})
+
+	t.Run("malformed JSON is dead-lettered invalid_job without a send", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{}, rec)
+		b.publishRaw("mail.send.demo", []byte(`{"from": "noreply@demo.example", "to": [`))
+		dls := waitDLQ(t, b, 1)
+		if dls[0].Reason != queue.ReasonInvalidJob || !strings.Contains(dls[0].Error, "invalid job") {
+			t.Fatalf("dead letter = %+v", dls[0])
+		}
+		if string(dls[0].Body) != `{"from": "noreply@demo.example", "to": [` {
+			t.Fatalf("dead letter body changed: %q", dls[0].Body)
+		}
+		if len(rec.calls) != 0 {
+			t.Fatal("sender called for an invalid job")
+		}
+		eventually(t, 5*time.Second, "job terminated", func() bool { return b.pending() == 0 })
+	})
+
+	t.Run("unapproved sender is dead-lettered sender_not_allowed without a send", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{}, rec)
+		job := demoJob("job-evil")
+		job.From = "ceo@demo.example"
+		id := b.publish(job)
+		st := b.waitState(id, queue.StateDeadLettered)
+		if st.LastError.Reason != queue.ReasonSenderNotAllowed || !strings.Contains(st.LastError.Message, "ceo@demo.example") {
+			t.Fatalf("state = %+v", st.LastError)
+		}
+		if rec.callsFor(id) != 0 {
+			t.Fatal("sender called for an unapproved mailbox")
+		}
+		ev := b.waitEvent(id, queue.EventDeadLettered)
+		if ev.Error == nil || ev.Error.Reason != queue.ReasonSenderNotAllowed {
+			t.Fatalf("event = %+v", ev)
+		}
+	})
+
+	t.Run("unknown profile is dead-lettered", func(t *testing.T) {
+		b := setup(t, Config{}, &recorder{})
+		b.publishRaw("mail.send.nosuch", mustJSON(t, demoJob("job-np")))
+		dls := waitDLQ(t, b, 1)
+		if dls[0].Reason != queue.ReasonInvalidJob || !strings.Contains(dls[0].Error, `no profile "nosuch"`) {
+			t.Fatalf("dead letter = %+v", dls[0])
+		}
+	})
+
+	t.Run("a job id sent twice is sent once", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{}, rec)
+		id := b.publish(demoJob("job-dup"))
+		b.waitState(id, queue.StateSent)
+		// Past JetStream's publish dedupe: same job id, new message id.
+		b.publishRaw("mail.send.demo", mustJSON(t, demoJob("job-dup")))
+		b.waitEvent(id, queue.EventDuplicateSuppressed)
+		if n := rec.callsFor(id); n != 1 {
+			t.Fatalf("sender called %d times for one job id", n)
+		}
+	})
+
+	t.Run("permanent failure is dead-lettered with its reason", func(t *testing.T) {
+		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
+			return SendResult{}, &SendError{Kind: Permanent, Reason: queue.ReasonRecipientInvalid, Status: 400,
+				Code: "ErrorInvalidRecipients", Message: "bad recipient", RequestID: "r-400"}
+		}}
+		b := setup(t, Config{}, rec)
+		id := b.publish(demoJob("job-perm"))
+		st := b.waitState(id, queue.StateDeadLettered)
+		if st.LastError.Reason != queue.ReasonRecipientInvalid || st.Attempts != 1 {
+			t.Fatalf("state = %+v", st)
+		}
+		dl, err := b.q.DLQ.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dl.GraphRequestID != "r-400" || dl.Attempts != 1 {
+			t.Fatalf("dead letter = %+v", dl)
+		}
+		if rec.callsFor(id) != 1 {
+			t.Fatal("permanent failure was retried")
+		}
+	})
+
+	t.Run("retryable failure is retried and then sent", func(t *testing.T) {
+		rec := &recorder{answer: func(n int, id string, _ *queue.Job) (SendResult, error) {
+			if n < 3 {
+				return SendResult{}, &SendError{Kind: Retryable, Status: 503, Code: "ServiceUnavailable", Ambiguous: true}
+			}
+			return SendResult{Status: 202}, nil
+		}}
+		b := setup(t, Config{}, rec)
+		id := b.publish(demoJob("job-retry"))
+		st := b.waitState(id, queue.StateSent)
+		if st.Attempts != 3 {
+			t.Fatalf("attempts = %d, want 3", st.Attempts)
+		}
+		sent := b.waitEvent(id, queue.EventSent)
+		if !sent.PossibleDuplicate {
+			t.Fatal("a send after an ambiguous 503 must be marked possibleDuplicate")
+		}
+		retries := 0
+		for _, ev := range b.history(id) {
+			if ev.Event == queue.EventRetrying {
+				retries++
+				if !ev.Ambiguous || ev.RetryAt == nil {
+					t.Fatalf("retrying event = %+v", ev)
+				}
+			}
+		}
+		if retries != 2 {
+			t.Fatalf("retrying events = %d, want 2", retries)
+		}
+	})
+
+	t.Run("attempts run out: attempts_exhausted with the last error", func(t *testing.T) {
+		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
+			return SendResult{}, &SendError{Kind: Retryable, Status: 500, Code: "InternalServerError", Message: "boom"}
+		}}
+		b := setup(t, Config{MaxAttempts: 3}, rec)
+		id := b.publish(demoJob("job-exhaust"))
+		st := b.waitState(id, queue.StateDeadLettered)
+		if st.LastError.Reason != queue.ReasonAttemptsExhausted || !strings.Contains(st.LastError.Message, "boom") ||
+			!strings.Contains(st.LastError.Message, "3 attempts") {
+			t.Fatalf("last error = %+v", st.LastError)
+		}
+		if n := rec.callsFor(id); n != 3 {
+			t.Fatalf("sender called %d times, want 3", n)
+		}
+	})
+
+	t.Run("access denied keeps its reason and says RBAC may still be applying", func(t *testing.T) {
+		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
+			return SendResult{}, &SendError{Kind: Retryable, Reason: queue.ReasonAccessDenied, Status: 403, Code: "ErrorAccessDenied"}
+		}}
+		b := setup(t, Config{MaxAttempts: 2}, rec)
+		id := b.publish(demoJob("job-403"))
+		st := b.waitState(id, queue.StateDeadLettered)
+		if st.LastError.Reason != queue.ReasonAccessDenied || !strings.Contains(st.LastError.Message, "30 minutes to 2 hours") {
+			t.Fatalf("last error = %+v", st.LastError)
+		}
+	})
+
+	t.Run("throttling spends no attempt and pauses only its mailbox", func(t *testing.T) {
+		const wait = 1500 * time.Millisecond
+		var throttledAt atomic.Int64
+		var early atomic.Int32
+		rec := &recorder{}
+		rec.answer = func(n int, id string, job *queue.Job) (SendResult, error) {
+			if job.From == "noreply@demo.example" {
+				if t0 := throttledAt.Load(); t0 != 0 && time.Since(time.Unix(0, t0)) < wait {
+					early.Add(1)
+				}
+				if n == 1 && id == "job-429" {
+					throttledAt.Store(time.Now().UnixNano())
+					return SendResult{}, &SendError{Kind: Throttled, Status: 429, Code: "ApplicationThrottled", RetryAfter: wait}
+				}
+			}
+			return SendResult{Status: 202}, nil
+		}
+		b := setup(t, Config{}, rec)
+		b.publish(demoJob("job-429"))
+		eventually(t, 5*time.Second, "the throttled answer", func() bool { return throttledAt.Load() != 0 })
+		// Mail from the same mailbox waits; another mailbox is not slowed.
+		b.publish(demoJob("job-same-box"))
+		other := demoJob("job-other-box")
+		other.From = "other@demo.example"
+		b.publish(other)
+		b.waitState("job-other-box", queue.StateSent)
+		if since := time.Since(time.Unix(0, throttledAt.Load())); since >= wait {
+			t.Logf("other mailbox sent only after %s (machine slow?)", since)
+		}
+		st := b.waitState("job-429", queue.StateSent)
+		if st.Attempts != 1 {
+			t.Fatalf("attempts = %d: a 429 must not spend an attempt", st.Attempts)
+		}
+		b.waitState("job-same-box", queue.StateSent)
+		if early.Load() != 0 {
+			t.Fatalf("%d requests reached the mailbox inside its Retry-After window", early.Load())
+		}
+		if rec.callsFor("job-same-box") != 1 {
+			t.Fatal("job-same-box sent more than once")
+		}
+		b.waitEvent("job-429", queue.EventDeferred)
+	})
+
+	t.Run("a panic dead-letters the job and the worker keeps going", func(t *testing.T) {
+		rec := &recorder{answer: func(_ int, id string, _ *queue.Job) (SendResult, error) {
+			if id == "job-panic" {
+				panic("sender exploded")
+			}
+			return SendResult{Status: 202}, nil
+		}}
+		b := setup(t, Config{}, rec)
+		b.publish(demoJob("job-panic"))
+		st := b.waitState("job-panic", queue.StateDeadLettered)
+		if st.LastError.Reason != queue.ReasonInternal || !strings.Contains(st.LastError.Message, "sender exploded") {
+			t.Fatalf("last error = %+v", st.LastError)
+		}
+		b.publish(demoJob("job-after-panic"))
+		b.waitState("job-after-panic", queue.StateSent)
+	})
+
+	t.Run("expired job is dead-lettered expired", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{}, rec)
+		job := demoJob("job-old")
+		past := time.Now().Add(-time.Minute)
+		job.ExpiresAt = &past
+		b.publishRaw("mail.send.demo", mustJSON(t, job)) // the publisher may refuse an expired job; the worker must still handle it
+		st := b.waitState("job-old", queue.StateDeadLettered)
+		if st.LastError.Reason != queue.ReasonExpired || rec.callsFor("job-old") != 0 {
+			t.Fatalf("state = %+v", st)
+		}
+	})
+
+	t.Run("notBefore defers without spending an attempt", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{}, rec)
+		job := demoJob("job-later")
+		at := time.Now().Add(700 * time.Millisecond)
+		job.NotBefore = &at
+		b.publish(job)
+		st := b.waitState("job-later", queue.StateSent)
+		if time.Now().Before(at) || st.Attempts != 1 {
+			t.Fatalf("sent before notBefore or attempts=%d", st.Attempts)
+		}
+		b.waitEvent("job-later", queue.EventDeferred)
+	})
+
+	t.Run("at most perMailboxConcurrency sends per mailbox", func(t *testing.T) {
+		rec := &recorder{}
+		release := make(chan struct{})
+		rec.answer = func(int, string, *queue.Job) (SendResult, error) {
+			<-release
+			return SendResult{Status: 202}, nil
+		}
+		b := setup(t, Config{PerMailboxConcurrency: 2, Concurrency: 16}, rec)
+		for i := range 6 {
+			b.publish(demoJob(fmt.Sprintf("job-c%d", i)))
+		}
+		eventually(t, 5*time.Second, "two sends in flight", func() bool { return rec.active.Load() == 2 })
+		close(release)
+		for i := range 6 {
+			b.waitState(fmt.Sprintf("job-c%d", i), queue.StateSent)
+		}
+		if p := rec.peak.Load(); p != 2 {
+			t.Fatalf("peak concurrent sends for one mailbox = %d, want 2", p)
+		}
+	})
+
+	t.Run("ambiguous outcome with onAmbiguous=deadletter is dead-lettered, not resent", func(t *testing.T) {
+		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
+			return SendResult{}, &SendError{Kind: Retryable, Status: 504, Ambiguous: true, Err: errors.New("gateway timeout")}
+		}}
+		cfg := Config{Profiles: map[string]Profile{"demo": {AllowedSenders: []string{"noreply@demo.example"}, OnAmbiguous: OnAmbiguousDeadLetter}}}
+		b := setup(t, cfg, rec)
+		id := b.publish(demoJob("job-amb"))
+		st := b.waitState(id, queue.StateDeadLettered)
+		if !st.Ambiguous || !strings.Contains(st.LastError.Message, "X-Mailworker-Job-Id") || rec.callsFor(id) != 1 {
+			t.Fatalf("state = %+v, calls = %d", st, rec.callsFor(id))
+		}
+	})
+
+	t.Run("shutdown lets the send in flight finish and leaves the rest queued", func(t *testing.T) {
+		started := make(chan struct{})
+		finish := make(chan struct{})
+		rec := &recorder{answer: func(n int, id string, _ *queue.Job) (SendResult, error) {
+			if id == "job-slow" {
+				close(started)
+				<-finish
+			}
+			return SendResult{Status: 202}, nil
+		}}
+		b := setup(t, Config{PerMailboxConcurrency: 1}, rec)
+		b.publish(demoJob("job-slow"))
+		<-started
+		for i := range 3 {
+			b.publish(demoJob(fmt.Sprintf("job-queued-%d", i)))
+		}
+		stopped := make(chan struct{})
+		go func() { b.stop(); close(stopped) }()
+		eventually(t, 5*time.Second, "pool to stop consuming", func() bool { return !b.pool.Ready() })
+		close(finish)
+		<-stopped
+		b.waitState("job-slow", queue.StateSent)
+		for i := range 3 {
+			if n := rec.callsFor(fmt.Sprintf("job-queued-%d", i)); n != 0 {
+				t.Fatalf("job-queued-%d was sent after shutdown began", i)
+			}
+		}
+		eventually(t, 5*time.Second, "the queued jobs still on the stream", func() bool { return b.pending() == 3 })
+	})
+}
+
+func waitDLQ(t *testing.T, b *bundle, n int) []queue.DeadLetter {
+	t.Helper()
+	var dls []queue.DeadLetter
+	eventually(t, 15*time.Second, fmt.Sprintf("%d dead letters", n), func() bool {
+		var err error
+		dls, err = b.q.DLQ.List(context.Background(), queue.DLQFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(dls) >= n
+	})
+	return dls
+}
