@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/mailworker/mailworker/graphmail"
+	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/worker"
+)
+
+// App is a running worker process: NATS connection, Graph clients, the pool
+// and the HTTP listener for /metrics, /healthz and /readyz. Tests start it in
+// process with ":0" listeners; `mailworker run` and `dev` wrap it.
+type App struct {
+	cfg      Config
+	log      zerolog.Logger
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	q        *queue.Queue
+	pool     *worker.Pool
+	clients  []*graphmail.Client
+	reg      *prometheus.Registry
+	httpLn   net.Listener
+	httpSrv  *http.Server
+	closeOne sync.Once
+}
+
+// NewApp connects to NATS, provisions (unless disabled) and binds the
+// streams, builds one Graph client per profile and the pool. It makes no Graph
+// or Entra calls. Errors name the setting at fault.
+func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
+	if len(cfg.Profiles) == 0 {
+		return nil, errors.New("profiles: at least one profile is required to run a worker")
+	}
+	a := &App{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	ok := false
+	defer func() {
+		if !ok {
+			a.Close()
+		}
+	}()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "mailworker", Name: "build_info",
+		Help: "Build information; always 1."}, []string{"version"})
+	buildInfo.WithLabelValues(version).Set(1)
+	a.reg.MustRegister(buildInfo)
+
+	names := make([]string, 0, len(cfg.Profiles))
+	for n := range cfg.Profiles {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	metrics := worker.NewMetrics(a.reg, names)
+
+	var err error
+	if a.nc, err = connectNATS(cfg.NATS, "mailworker", log); err != nil {
+		return nil, err
+	}
+	if a.js, err = jetstream.New(a.nc); err != nil {
+		return nil, err
+	}
+	if cfg.Streams.Provision == nil || *cfg.Streams.Provision {
+		if err := queue.Provision(ctx, a.js, cfg.queueConfig()); err != nil {
+			return nil, fmt.Errorf("provision streams: %w", err)
+		}
+	}
+	if a.q, err = queue.Open(ctx, a.js); err != nil {
+		return nil, err
+	}
+	cons, err := a.q.Consumer(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	sender := &graphSender{clients: map[string]*graphmail.Client{}, saveDefault: map[string]bool{}, attachments: a.q.Attachments}
+	for _, name := range names {
+		c, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics)
+		if err != nil {
+			return nil, err
+		}
+		a.clients = append(a.clients, c)
+		sender.clients[name] = c
+		sender.saveDefault[name] = cfg.Profiles[name].SaveToSentItems
+		if na, ok := c.CertificateNotAfter(); ok {
+			metrics.CredentialExpiry.WithLabelValues(name).Set(float64(na.Unix()))
+		}
+	}
+	if a.pool, err = worker.New(cfg.workerConfig(), a.q, cons, sender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
+		return nil, err
+	}
+	if cfg.HTTP.Listen != "" {
+		if a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
+			return nil, fmt.Errorf("http.listen: %w", err)
+		}
+		a.httpSrv = &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+	}
+	ok = true
+	return a, nil
+}
+
+// newGraphClient builds a profile's Graph client from its config.
+func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics) (*graphmail.Client, error) {
+	cred := graphmail.Credential{
+		ClientSecret:        p.Credential.ClientSecret,
+		CertificatePassword: p.Credential.CertificatePassword,
+		FederatedTokenFile:  p.Credential.FederatedTokenFile,
+	}
+	if f := p.Credential.CertificateFile; f != "" {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("profiles.%s.credential.certificateFile: %w", name, err)
+		}
+		cred.CertificatePEM = pem
+	}
+	if f := p.Credential.ClientSecretFile; f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("profiles.%s.credential.clientSecretFile: %w", name, err)
+		}
+		cred.ClientSecret = strings.TrimSpace(string(b))
+	}
+	gc := graphmail.Config{Name: name, TenantID: p.TenantID, ClientID: p.ClientID, Cloud: graphmail.Cloud(p.Cloud),
+		AuthorityHost: p.AuthorityHost, GraphURL: p.GraphURL, Credential: cred, Timeout: timeout,
+		OnTokenRequest: func(ok bool) {
+			result := "ok"
+			if !ok {
+				result = "error"
+			}
+			m.TokenRequests.WithLabelValues(name, result).Inc()
+		}}
+	if p.CAFile != "" {
+		hc, err := httpClientWithCA(p.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("profiles.%s.caFile: %w", name, err)
+		}
+		gc.HTTPClient = hc
+	}
+	c, err := graphmail.New(gc)
+	if err != nil {
+		return nil, fmt.Errorf("profiles.%s: %w", name, err)
+	}
+	return c, nil
+}
+
+// httpClientWithCA is a client that also trusts the CA in file (the sandbox's).
+func httpClientWithCA(file string) (*http.Client, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
+	tr.ForceAttemptHTTP2 = true
+	return &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, nil
+}
+
+func (a *App) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := a.ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// ready reports why the app cannot take work, or nil.
+func (a *App) ready() error {
+	if !a.nc.IsConnected() {
+		return errors.New("NATS not connected")
+	}
+	if !a.pool.Ready() {
+		return errors.New("consumer not bound")
+	}
+	return nil
+}
+
+// HTTPAddr is the address the HTTP listener is bound to ("" when disabled).
+func (a *App) HTTPAddr() string {
+	if a.httpLn == nil {
+		return ""
+	}
+	return a.httpLn.Addr().String()
+}
+
+// Run serves HTTP and consumes until ctx ends, then drains (see worker.Pool.Run).
+func (a *App) Run(ctx context.Context) error {
+	if a.httpSrv != nil {
+		go func() {
+			if err := a.httpSrv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error().Err(err).Msg("http server")
+			}
+		}()
+		a.log.Info().Str("addr", a.HTTPAddr()).Msg("http listening (/metrics /healthz /readyz)")
+	}
+	err := a.pool.Run(ctx)
+	if a.httpSrv != nil {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = a.httpSrv.Shutdown(shutCtx)
+		cancel()
+	}
+	return err
+}
+
+// Close releases the connection and clients. Safe to call more than once.
+func (a *App) Close() {
+	a.closeOne.Do(func() {
+		if a.httpSrv == nil && a.httpLn != nil {
+			_ = a.httpLn.Close()
+		}
+		for _, c := range a.clients {
+			c.Close()
+		}
+		if a.nc != nil {
+			_ = a.nc.Drain()
+			a.nc.Close()
+		}
+	})
+}

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/mailworker/mailworker/queue"
+)
+
+// exitError carries a specific exit code out of a command.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+// cli holds what every subcommand shares: global flags and the process's
+// standard streams and environment (so tests run commands in process).
+type cli struct {
+	configPath string
+	natsURL    string
+	natsCreds  string
+	logLevel   string
+	logFormat  string
+
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	env    []string
+}
+
+// runCLI runs one mailworker command line and returns the exit code.
+func runCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, env []string) int {
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, env: env}
+	root := &cobra.Command{
+		Use:           "mailworker",
+		Short:         "Send outbound mail through Microsoft Graph from NATS JetStream jobs",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&c.configPath, "config", envOr(env, "MAILWORKER_CONFIG", ""), "YAML config file (env MAILWORKER_CONFIG)")
+	pf.StringVar(&c.natsURL, "nats-url", "", "NATS URL (overrides nats.url)")
+	pf.StringVar(&c.natsCreds, "nats-creds", "", "NATS credentials file (overrides nats.credsFile)")
+	pf.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (overrides log.level)")
+	pf.StringVar(&c.logFormat, "log-format", "", "log format: json or console (overrides log.format)")
+	root.AddCommand(c.runCmd(), c.devCmd(), c.sandboxCmd(), c.sendCmd(), c.statusCmd(), c.dlqCmd(),
+		c.provisionCmd(), c.readyzCmd(), c.versionCmd())
+	if err := root.ExecuteContext(ctx); err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			if ee.msg != "" {
+				fmt.Fprintln(stderr, ee.msg)
+			}
+			return ee.code
+		}
+		fmt.Fprintln(stderr, "mailworker:", err)
+		return 1
+	}
+	return 0
+}
+
+func envOr(env []string, key, def string) string {
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v
+		}
+	}
+	return def
+}
+
+// config loads the file and env, then applies the global flags.
+func (c *cli) config() (Config, error) {
+	cfg, err := loadConfig(c.configPath, c.env)
+	if err != nil {
+		return cfg, err
+	}
+	if c.natsURL != "" {
+		cfg.NATS.URL = c.natsURL
+	}
+	if c.natsCreds != "" {
+		cfg.NATS.CredsFile = c.natsCreds
+	}
+	if c.logLevel != "" {
+		cfg.Log.Level = c.logLevel
+	}
+	if c.logFormat != "" {
+		cfg.Log.Format = c.logFormat
+	}
+	return cfg, cfg.validate()
+}
+
+// logger builds the process logger: JSON by default, console for people.
+func (c *cli) logger(lc LogConfig) zerolog.Logger {
+	var w io.Writer = c.stderr
+	if lc.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: c.stderr, TimeFormat: "15:04:05"}
+	}
+	level, err := zerolog.ParseLevel(lc.Level)
+	if err != nil || lc.Level == "" {
+		level = zerolog.InfoLevel
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}
+
+// connect opens NATS and JetStream for a support command.
+func (c *cli) connect(cfg Config) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := connectNATS(cfg.NATS, "mailworker-cli", zerolog.Nop())
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// openQueue connects and binds to the provisioned assets.
+func (c *cli) openQueue(ctx context.Context) (*nats.Conn, jetstream.JetStream, *queue.Queue, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	nc, js, err := c.connect(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	q, err := queue.Open(ctx, js)
+	if err != nil {
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	return nc, js, q, nil
+}
+
+func (c *cli) versionCmd() *cobra.Command {
+	return &cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(c.stdout, "mailworker", version)
+			return nil
+		}}
+}
+
+func (c *cli) runCmd() *cobra.Command {
+	return &cobra.Command{Use: "run", Short: "Run a worker (config file + MAILWORKER_* env)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := c.config()
+			if err != nil {
+				return err
+			}
+			log := c.logger(cfg.Log)
+			app, err := NewApp(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			defer app.Close()
+			return app.Run(cmd.Context())
+		}}
+}
+
+func (c *cli) provisionCmd() *cobra.Command {
+	return &cobra.Command{Use: "provision", Short: "Create or update the streams, consumer and buckets (idempotent)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := c.config()
+			if err != nil {
+				return err
+			}
+			nc, js, err := c.connect(cfg)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			if err := queue.Provision(cmd.Context(), js, cfg.queueConfig()); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "provisioned: streams %s %s %s, consumer %s, KV %s, object store %s (replicas %d)\n",
+				queue.StreamJobs, queue.StreamStatus, queue.StreamDLQ, queue.ConsumerName, queue.BucketState,
+				queue.BucketAttachments, cfg.Streams.Replicas)
+			return nil
+		}}
+}
+
+func (c *cli) readyzCmd() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{Use: "readyz", Short: "Probe the worker's /readyz (exit 0 when ready): for container health checks", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if addr == "" {
+				cfg, err := c.config()
+				if err != nil {
+					return err
+				}
+				addr = cfg.HTTP.Listen
+			}
+			if strings.HasPrefix(addr, ":") {
+				addr = "127.0.0.1" + addr
+			}
+			return probe(cmd.Context(), "http://"+addr+"/readyz")
+		}}
+	cmd.Flags().StringVar(&addr, "addr", "", "host:port of the worker's HTTP listener (default: http.listen)")
+	return cmd
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,363 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/mailworker/mailworker/graphmail"
+	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/worker"
+)
+
+// envPrefix starts every environment variable that overrides the config file.
+const envPrefix = "MAILWORKER_"
+
+// Config is the whole configuration of a mailworker process: a YAML file
+// (README "Configuration") with every key overridable by MAILWORKER_* env.
+type Config struct {
+	NATS     NATSConfig               `yaml:"nats"`
+	Streams  StreamsConfig            `yaml:"streams"`
+	Worker   WorkerConfig             `yaml:"worker"`
+	HTTP     HTTPConfig               `yaml:"http"`
+	Log      LogConfig                `yaml:"log"`
+	Profiles map[string]ProfileConfig `yaml:"profiles"`
+}
+
+// NATSConfig says how to reach and authenticate to NATS.
+type NATSConfig struct {
+	URL            string        `yaml:"url"`
+	CredsFile      string        `yaml:"credsFile"`
+	NkeySeedFile   string        `yaml:"nkeySeedFile"`
+	User           string        `yaml:"user"`
+	Password       string        `yaml:"password"`
+	Token          string        `yaml:"token"`
+	TLS            TLSConfig     `yaml:"tls"`
+	ConnectTimeout time.Duration `yaml:"connectTimeout"`
+}
+
+// TLSConfig is a client TLS setup: a CA to trust and an optional client cert.
+type TLSConfig struct {
+	CAFile   string `yaml:"caFile"`
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+}
+
+// StreamsConfig sizes the JetStream assets that provision creates.
+type StreamsConfig struct {
+	Replicas      int           `yaml:"replicas"`
+	JobsMaxAge    time.Duration `yaml:"jobsMaxAge"`
+	StatusMaxAge  time.Duration `yaml:"statusMaxAge"`
+	DLQMaxAge     time.Duration `yaml:"dlqMaxAge"`
+	StateTTL      time.Duration `yaml:"stateTTL"`
+	MaxAckPending int           `yaml:"maxAckPending"`
+	// Provision creates or updates the streams at worker start; turn it off
+	// when the worker's NATS user may not manage streams.
+	Provision *bool `yaml:"provision"`
+}
+
+// WorkerConfig tunes the engine; see worker.Config.
+type WorkerConfig struct {
+	Concurrency           int           `yaml:"concurrency"`
+	MaxInFlight           int           `yaml:"maxInFlight"`
+	PerMailboxConcurrency int           `yaml:"perMailboxConcurrency"`
+	PerMailboxPerMinute   *int          `yaml:"perMailboxPerMinute"`
+	MaxAttempts           int           `yaml:"maxAttempts"`
+	BackoffInitial        time.Duration `yaml:"backoffInitial"`
+	BackoffMax            time.Duration `yaml:"backoffMax"`
+	AckWait               time.Duration `yaml:"ackWait"`
+	SendTimeout           time.Duration `yaml:"sendTimeout"`
+	DrainTimeout          time.Duration `yaml:"drainTimeout"`
+}
+
+// HTTPConfig is the metrics and health listener.
+type HTTPConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// LogConfig sets logging.
+type LogConfig struct {
+	Level      string `yaml:"level"`
+	Format     string `yaml:"format"`
+	Recipients bool   `yaml:"recipients"`
+}
+
+// ProfileConfig is one integrating application: its Entra app registration
+// and the shared mailboxes it may send from.
+type ProfileConfig struct {
+	TenantID        string           `yaml:"tenantId"`
+	ClientID        string           `yaml:"clientId"`
+	Cloud           string           `yaml:"cloud"`
+	AuthorityHost   string           `yaml:"authorityHost"`
+	GraphURL        string           `yaml:"graphURL"`
+	CAFile          string           `yaml:"caFile"`
+	Credential      CredentialConfig `yaml:"credential"`
+	AllowedSenders  []string         `yaml:"allowedSenders"`
+	OnAmbiguous     string           `yaml:"onAmbiguous"`
+	SaveToSentItems bool             `yaml:"saveToSentItems"`
+}
+
+// CredentialConfig names where a profile's credential comes from.
+type CredentialConfig struct {
+	CertificateFile     string `yaml:"certificateFile"`
+	CertificatePassword string `yaml:"certificatePassword"`
+	ClientSecret        string `yaml:"clientSecret"`
+	ClientSecretFile    string `yaml:"clientSecretFile"`
+	FederatedTokenFile  string `yaml:"federatedTokenFile"`
+}
+
+// defaultConfig is the configuration before the file and env are applied.
+func defaultConfig() Config {
+	return Config{
+		NATS:    NATSConfig{URL: "nats://127.0.0.1:4222", ConnectTimeout: 5 * time.Second},
+		Streams: StreamsConfig{Replicas: 1},
+		HTTP:    HTTPConfig{Listen: ":8080"},
+		Log:     LogConfig{Level: "info", Format: "json"},
+	}
+}
+
+// loadConfig reads path (optional) then applies env. It returns an error that
+// names the file, key or variable at fault.
+func loadConfig(path string, env []string) (Config, error) {
+	cfg := defaultConfig()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(&cfg, env); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.validate()
+}
+
+// applyEnv overrides cfg from MAILWORKER_* variables: the YAML path in upper
+// snake case (nats.url → MAILWORKER_NATS_URL). Profiles named in
+// MAILWORKER_PROFILES (comma-separated) are created if the file lacks them.
+func applyEnv(cfg *Config, env []string) error {
+	vars := map[string]string{}
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok && strings.HasPrefix(k, envPrefix) {
+			vars[k] = v
+		}
+	}
+	if names, ok := vars[envPrefix+"PROFILES"]; ok {
+		for _, n := range strings.Split(names, ",") {
+			if n = strings.TrimSpace(n); n == "" {
+				continue
+			}
+			if cfg.Profiles == nil {
+				cfg.Profiles = map[string]ProfileConfig{}
+			}
+			if _, exists := cfg.Profiles[n]; !exists {
+				cfg.Profiles[n] = ProfileConfig{}
+			}
+		}
+		delete(vars, envPrefix+"PROFILES")
+	}
+	delete(vars, envPrefix+"CONFIG")
+	used := map[string]bool{}
+	if err := envStruct(reflect.ValueOf(cfg).Elem(), envPrefix, vars, used); err != nil {
+		return err
+	}
+	for k := range vars {
+		if !used[k] {
+			return fmt.Errorf("env %s: no such setting (see README, Configuration)", k)
+		}
+	}
+	return nil
+}
+
+func envStruct(v reflect.Value, prefix string, vars map[string]string, used map[string]bool) error {
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + upperSnake(tag)
+		fv := v.Field(i)
+		switch {
+		case fv.Kind() == reflect.Struct && fv.Type() != reflect.TypeOf(time.Duration(0)):
+			if err := envStruct(fv, name+"_", vars, used); err != nil {
+				return err
+			}
+		case fv.Kind() == reflect.Map:
+			for _, key := range fv.MapKeys() {
+				elem := reflect.New(fv.Type().Elem()).Elem()
+				elem.Set(fv.MapIndex(key))
+				if err := envStruct(elem, name+"_"+strings.ToUpper(strings.ReplaceAll(key.String(), "-", "_"))+"_", vars, used); err != nil {
+					return err
+				}
+				fv.SetMapIndex(key, elem)
+			}
+		default:
+			raw, ok := vars[name]
+			if !ok {
+				continue
+			}
+			used[name] = true
+			if err := setFromString(fv, raw); err != nil {
+				return fmt.Errorf("env %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func setFromString(fv reflect.Value, raw string) error {
+	if fv.Kind() == reflect.Pointer {
+		nv := reflect.New(fv.Type().Elem())
+		if err := setFromString(nv.Elem(), raw); err != nil {
+			return err
+		}
+		fv.Set(nv)
+		return nil
+	}
+	switch {
+	case fv.Type() == reflect.TypeOf(time.Duration(0)):
+		d, err := time.ParseDuration(raw)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration like 30s or 5m", raw)
+		}
+		fv.SetInt(int64(d))
+	case fv.Kind() == reflect.String:
+		fv.SetString(raw)
+	case fv.Kind() == reflect.Int:
+		n, err := strconv.Atoi(raw)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", raw)
+		}
+		fv.SetInt(int64(n))
+	case fv.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(raw)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", raw)
+		}
+		fv.SetBool(b)
+	case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.String:
+		var items []string
+		for _, s := range strings.Split(raw, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				items = append(items, s)
+			}
+		}
+		fv.Set(reflect.ValueOf(items))
+	default:
+		return fmt.Errorf("cannot be set from the environment")
+	}
+	return nil
+}
+
+// upperSnake turns a lowerCamel key into UPPER_SNAKE (perMailboxConcurrency →
+// PER_MAILBOX_CONCURRENCY; graphURL → GRAPH_URL; stateTTL → STATE_TTL).
+func upperSnake(s string) string {
+	var b strings.Builder
+	rs := []rune(s)
+	for i, r := range rs {
+		if unicode.IsUpper(r) && i > 0 {
+			prevLower := unicode.IsLower(rs[i-1])
+			nextLower := i+1 < len(rs) && unicode.IsLower(rs[i+1])
+			if prevLower || (nextLower && unicode.IsUpper(rs[i-1])) {
+				b.WriteByte('_')
+			}
+		}
+		b.WriteRune(unicode.ToUpper(r))
+	}
+	return b.String()
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.NATS.URL == "" {
+		errs = append(errs, errors.New("nats.url: required"))
+	}
+	if c.Streams.Replicas != 1 && c.Streams.Replicas != 3 {
+		errs = append(errs, fmt.Errorf("streams.replicas: must be 1 or 3, got %d", c.Streams.Replicas))
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		errs = append(errs, fmt.Errorf("log.format: %q is not json or console", c.Log.Format))
+	}
+	for name, p := range c.Profiles {
+		if !validProfileName(name) {
+			errs = append(errs, fmt.Errorf("profiles.%s: a profile name is letters, digits, - and _ only", name))
+		}
+		if p.TenantID == "" {
+			errs = append(errs, fmt.Errorf("profiles.%s.tenantId: required", name))
+		}
+		if p.ClientID == "" {
+			errs = append(errs, fmt.Errorf("profiles.%s.clientId: required", name))
+		}
+		cr := p.Credential
+		n := 0
+		for _, s := range []string{cr.CertificateFile, cr.ClientSecret, cr.ClientSecretFile, cr.FederatedTokenFile} {
+			if s != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			errs = append(errs, fmt.Errorf("profiles.%s.credential: set exactly one of certificateFile, clientSecret, clientSecretFile, federatedTokenFile (%d set)", name, n))
+		}
+		if _, _, err := graphmail.Cloud(p.Cloud).Endpoints(); err != nil {
+			errs = append(errs, fmt.Errorf("profiles.%s.cloud: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validProfileName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if !(r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+func (c Config) queueConfig() queue.Config {
+	return queue.Config{
+		Replicas: c.Streams.Replicas, JobsMaxAge: c.Streams.JobsMaxAge, StatusMaxAge: c.Streams.StatusMaxAge,
+		DLQMaxAge: c.Streams.DLQMaxAge, StateTTL: c.Streams.StateTTL, AckWait: c.Worker.AckWait,
+		MaxAckPending: c.Streams.MaxAckPending,
+	}.WithDefaults()
+}
+
+func (c Config) workerConfig() worker.Config {
+	w := c.Worker
+	perMinute := 30
+	if w.PerMailboxPerMinute != nil {
+		perMinute = *w.PerMailboxPerMinute
+	}
+	profiles := make(map[string]worker.Profile, len(c.Profiles))
+	for name, p := range c.Profiles {
+		profiles[name] = worker.Profile{Name: name, AllowedSenders: p.AllowedSenders, OnAmbiguous: p.OnAmbiguous}
+	}
+	return worker.Config{
+		Concurrency: w.Concurrency, MaxInFlight: w.MaxInFlight, PerMailboxConcurrency: w.PerMailboxConcurrency,
+		PerMailboxPerMinute: perMinute, MaxAttempts: w.MaxAttempts, BackoffInitial: w.BackoffInitial,
+		BackoffMax: w.BackoffMax, AckWait: w.AckWait, SendTimeout: w.SendTimeout, DrainTimeout: w.DrainTimeout,
+		Profiles: profiles, LogRecipients: c.Log.Recipients,
+	}.WithDefaults()
+}

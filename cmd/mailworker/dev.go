@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/spf13/cobra"
+
+	"github.com/mailworker/mailworker/graphmail/graphtest"
+)
+
+// Demo profile of `mailworker dev`.
+const (
+	demoProfile = "demo"
+	demoSender  = "noreply@demo.example"
+	demoTenant  = "demo-tenant"
+	demoClient  = "demo-client"
+)
+
+func (c *cli) devCmd() *cobra.Command {
+	var natsListen, httpListen, graphListen, dataDir string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run everything on this machine: embedded NATS JetStream, a fake Entra + Graph, and a worker with a demo profile",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg, err := loadConfig(c.configPath, c.env)
+			if err != nil {
+				return err
+			}
+			if c.logLevel != "" {
+				cfg.Log.Level = c.logLevel
+			}
+			cfg.Log.Format = "console"
+			if c.logFormat != "" {
+				cfg.Log.Format = c.logFormat
+			}
+			log := c.logger(cfg.Log)
+			if err := os.MkdirAll(dataDir, 0o755); err != nil {
+				return fmt.Errorf("--data-dir: %w", err)
+			}
+			ns, err := startNATS(natsListen, filepath.Join(dataDir, "jetstream"))
+			if err != nil {
+				return err
+			}
+			defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+			secret := randomSecret()
+			fake, err := graphtest.New(graphtest.Options{Addr: graphListen, TenantID: demoTenant, ClientID: demoClient,
+				ClientSecret: secret, OutDir: filepath.Join(dataDir, "mail")})
+			if err != nil {
+				return fmt.Errorf("--graph-listen: %w", err)
+			}
+			defer fake.Close()
+			caFile := filepath.Join(dataDir, "sandbox-ca.pem")
+			if err := writeFileAtomic(caFile, fake.CACertPEM()); err != nil {
+				return err
+			}
+
+			cfg.NATS = NATSConfig{URL: ns.ClientURL(), ConnectTimeout: 5 * time.Second}
+			cfg.HTTP.Listen = httpListen
+			if cfg.Profiles == nil {
+				cfg.Profiles = map[string]ProfileConfig{}
+			}
+			cfg.Profiles[demoProfile] = ProfileConfig{TenantID: demoTenant, ClientID: demoClient,
+				AuthorityHost: fake.URL(), GraphURL: fake.GraphURL(), CAFile: caFile,
+				Credential:     CredentialConfig{ClientSecret: secret},
+				AllowedSenders: []string{demoSender}}
+			if err := cfg.validate(); err != nil {
+				return err
+			}
+			app, err := NewApp(ctx, cfg, log)
+			if err != nil {
+				return err
+			}
+			defer app.Close()
+			fmt.Fprintf(c.stdout, `mailworker dev is up.
+  NATS:        %s
+  HTTP:        http://%s  (/metrics /healthz /readyz)
+  Fake Graph:  %s  (delivered mail: %s/_sandbox/messages, files in %s)
+Send a mail:
+  go run ./cmd/mailworker send --nats-url %s --profile %s --from %s --to you@example.com --subject hello --text "it works" --wait
+Or publish plain JSON with any NATS client:
+  nats pub --server %s mail.send.%s '{"from":"%s","to":["you@example.com"],"subject":"hello","text":"it works"}'
+Press Ctrl-C to stop.
+`, ns.ClientURL(), app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"),
+				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender)
+			return app.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&natsListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
+	f.StringVar(&httpListen, "http-listen", "127.0.0.1:8025", "address of the worker's /metrics /healthz /readyz")
+	f.StringVar(&graphListen, "graph-listen", "127.0.0.1:0", "address of the fake Entra + Graph (TLS)")
+	f.StringVar(&dataDir, "data-dir", ".mailworker-dev", "where JetStream data, delivered mail and the sandbox CA go")
+	return cmd
+}
+
+// startNATS runs an embedded nats-server with JetStream storing in dir.
+func startNATS(listen, dir string) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--nats-listen: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("--nats-listen: port %q", portStr)
+	}
+	if port == 0 {
+		port = -1
+	}
+	ns, err := server.NewServer(&server.Options{Host: host, Port: port, JetStream: true, StoreDir: dir,
+		NoLog: true, NoSigs: true, ServerName: "mailworker-dev"})
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats-server: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats-server did not start on %s (port in use? try --nats-listen 127.0.0.1:0)", listen)
+	}
+	return ns, nil
+}
+
+func randomSecret() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (c *cli) sandboxCmd() *cobra.Command {
+	var listen, outDir, caFile, secret string
+	cmd := &cobra.Command{
+		Use:   "sandbox",
+		Short: "Run the fake Entra + Graph alone (for testing other services and load tests)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fake, err := graphtest.New(graphtest.Options{Addr: listen, TenantID: demoTenant, ClientID: demoClient,
+				ClientSecret: secret, OutDir: outDir})
+			if err != nil {
+				return err
+			}
+			defer fake.Close()
+			if caFile != "" {
+				if err := writeFileAtomic(caFile, fake.CACertPEM()); err != nil {
+					return fmt.Errorf("--ca-file: %w", err)
+				}
+			}
+			fmt.Fprintf(c.stdout, "sandbox up\n  url:        %s\n  authority:  %s\n  tenant:     %s\n  client id:  %s\n  CA file:    %s\n  messages:   %s/_sandbox/messages\n",
+				fake.URL(), fake.AuthorityURL(), demoTenant, demoClient, caFile, fake.URL())
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:8443", "listen address")
+	f.StringVar(&outDir, "out-dir", "", "write each accepted message as .eml + .json here")
+	f.StringVar(&caFile, "ca-file", "sandbox-ca.pem", "write the sandbox CA certificate here")
+	f.StringVar(&secret, "client-secret", "sandbox-secret", "client secret the fake Entra accepts")
+	return cmd
+}
+
+// probe GETs url and fails unless it answers 200.
+func probe(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return &exitError{code: 1, msg: "not ready: " + err.Error()}
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if resp.StatusCode != http.StatusOK {
+		return &exitError{code: 1, msg: fmt.Sprintf("not ready: %d %s", resp.StatusCode, body)}
+	}
+	return nil
+}
