@@ -120,6 +120,9 @@ func decodeTime(field string, raw json.RawMessage) (*time.Time, error) {
 	if raw[0] != '"' || t.UnmarshalJSON(raw) != nil {
 		return nil, invalid(field, "must be an RFC 3339 timestamp string, e.g. \"2026-01-02T15:04:05Z\"")
 	}
+	if _, off := t.Zone(); off <= -24*3600 || off >= 24*3600 {
+		return nil, invalid(field, "time zone offset must be within ±23:59")
+	}
 	return &t, nil
 }
 
