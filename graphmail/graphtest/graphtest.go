@@ -379,6 +379,18 @@ func (s *Server) Stats() Stats {
 	}
 }
 
+// IssuedTokens returns every access token issued and not yet pruned, so that
+// tests can assert that no token leaks into logs, events or records.
+func (s *Server) IssuedTokens() []string {
+	s.tokMu.Lock()
+	defer s.tokMu.Unlock()
+	out := make([]string, 0, len(s.tokens))
+	for tok := range s.tokens {
+		out = append(out, tok)
+	}
+	return out
+}
+
 // Reset clears the accepted messages, the counters, the seen job ids and the per-mailbox
 // rate windows and Retry-After marks. Issued tokens, faults and scripts are kept.
 func (s *Server) Reset() {
