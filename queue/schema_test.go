@@ -135,14 +135,14 @@ func TestSchemaAgreesWithDecodeJob(t *testing.T) {
 	att := func(a map[string]any) []byte { return with(t, map[string]any{"attachments": []any{a}}) }
 
 	good := map[string][]byte{
-		"minimal":       []byte(goodJob),
-		"html only":     with(t, map[string]any{"text": nil, "html": "<p/>"}),
-		"cc only":       with(t, map[string]any{"to": nil, "cc": []string{"Name <c@x.com>"}}),
-		"full":          []byte(`{"id":"A_b-1","from":"B <b@x.com>","to":["a@x.com"],"replyTo":["r@x.com"],"subject":"s","text":"t","attachments":[{"name":"a","contentType":"text/plain","contentBase64":"QUJD","inline":true,"contentId":"c"},{"name":"b","objectRef":"r/b","inline":false}],"headers":{"X-A":"1","x-b":""},"importance":"normal","saveToSentItems":true,"notBefore":"2026-01-01T00:00:00Z","expiresAt":"2026-01-02T00:00:00+02:00","metadata":{"k":"v"}}`),
+		"minimal":        []byte(goodJob),
+		"html only":      with(t, map[string]any{"text": nil, "html": "<p/>"}),
+		"cc only":        with(t, map[string]any{"to": nil, "cc": []string{"Name <c@x.com>"}}),
+		"full":           []byte(`{"id":"A_b-1","from":"B <b@x.com>","to":["a@x.com"],"replyTo":["r@x.com"],"subject":"s","text":"t","attachments":[{"name":"a","contentType":"text/plain","contentBase64":"QUJD","inline":true,"contentId":"c"},{"name":"b","objectRef":"r/b","inline":false}],"headers":{"X-A":"1","x-b":""},"importance":"normal","saveToSentItems":true,"notBefore":"2026-01-01T00:00:00Z","expiresAt":"2026-01-02T00:00:00+02:00","metadata":{"k":"v"}}`),
 		"500 recipients": with(t, map[string]any{"to": addrs(500)}),
-		"32 metadata":   with(t, map[string]any{"metadata": metadata(32, 64, 1024)}),
-		"base64 1 pad":  att(map[string]any{"name": "a", "contentBase64": "QUI="}),
-		"base64 2 pad":  att(map[string]any{"name": "a", "contentBase64": "QQ=="}),
+		"32 metadata":    with(t, map[string]any{"metadata": metadata(32, 64, 1024)}),
+		"base64 1 pad":   att(map[string]any{"name": "a", "contentBase64": "QUI="}),
+		"base64 2 pad":   att(map[string]any{"name": "a", "contentBase64": "QQ=="}),
 	}
 	for name, b := range good {
 		if _, err := DecodeJob(b); err != nil {
