@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -67,7 +68,13 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	j.prof = p.profiles[profile]
 	parsed, decodeErr := queue.DecodeJob(msg.Data())
 	j.job = parsed
-	j.id = queue.ResolveJobID(parsed, msg.Headers(), seq)
+	idSource := parsed
+	if parsed == nil {
+		// Keep the producer's id for an invalid job when it can be read, so
+		// that support finds the job under the id its producer knows.
+		idSource = &queue.Job{ID: sniffID(msg.Data())}
+	}
+	j.id = queue.ResolveJobID(idSource, msg.Headers(), seq)
 	if !queue.ValidJobID(j.id) {
 		j.id = fmt.Sprintf("s%d", seq)
 	}
@@ -440,6 +447,18 @@ func exhaustedMessage(j *job, se *SendError) string {
 
 func jitter(d time.Duration) time.Duration {
 	return time.Duration(rand.Int64N(int64(d)/10 + 1))
+}
+
+// sniffID reads the id field of a job that failed validation, if it has one.
+func sniffID(data []byte) string {
+	var probe struct {
+		ID json.RawMessage `json:"id"`
+	}
+	var id string
+	if json.Unmarshal(data, &probe) != nil || json.Unmarshal(probe.ID, &id) != nil || !queue.ValidJobID(id) {
+		return ""
+	}
+	return id
 }
 
 func senderAddress(from string) string {

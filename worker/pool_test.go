@@ -48,6 +48,15 @@ func TestPool(t *testing.T) {
 		eventually(t, 5*time.Second, "job terminated", func() bool { return b.pending() == 0 })
 	})
 
+	t.Run("an invalid job keeps the id its producer gave it", func(t *testing.T) {
+		b := setup(t, Config{}, &recorder{})
+		b.publishRaw("mail.send.demo", []byte(`{"id":"job-wrong-type","from":"noreply@demo.example","to":"x@example.com"}`))
+		st := b.waitState("job-wrong-type", queue.StateDeadLettered)
+		if st.LastError.Reason != queue.ReasonInvalidJob || !strings.Contains(st.LastError.Message, "to") {
+			t.Fatalf("state = %+v", st.LastError)
+		}
+	})
+
 	t.Run("unapproved sender is dead-lettered sender_not_allowed without a send", func(t *testing.T) {
 		rec := &recorder{}
 		b := setup(t, Config{}, rec)

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+var (
+	natsURLLine = regexp.MustCompile(`NATS:\s+(nats://\S+)`)
+	httpURLLine = regexp.MustCompile(`HTTP:\s+(http://\S+)`)
+)
+
+// TestDevEndToEnd drives the built binary the way a new user does: `dev`,
+// then `send --wait`, a plain-JSON publish from a NATS client that is not
+// ours, bad jobs that must reach the DLQ with the right reasons, a replay of
+// a fixed job, and /metrics.
+func TestDevEndToEnd(t *testing.T) {
+	dataDir := t.TempDir()
+	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", dataDir)
+	natsURL := dev.waitOutput(natsURLLine, 60*time.Second)
+	httpURL := dev.waitOutput(httpURLLine, 5*time.Second)
+	eventually(t, 20*time.Second, "/readyz", func() bool {
+		code, _ := httpGet(httpURL + "/readyz")
+		return code == 200
+	})
+	cli := func(args ...string) (string, string, int) {
+		return runCmd(t, "", append(args, "--nats-url", natsURL)...)
+	}
+
+	t.Run("send --wait reports sent", func(t *testing.T) {
+		out, errOut, code := cli("send", "--profile", "demo", "--id", "e2e-send", "--from", "noreply@demo.example",
+			"--to", "Someone <someone@example.com>", "--subject", "hello", "--text", "it works", "--wait")
+		if code != 0 || !strings.Contains(out, "e2e-send") || !strings.Contains(out, "sent") {
+			t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+		}
+		// Delivered to the fake as files, stamped with the job id.
+		eml, err := os.ReadFile(filepath.Join(dataDir, "mail", "e2e-send.eml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(eml), "X-Mailworker-Job-Id: e2e-send") {
+			t.Fatalf("delivered mail lacks the job id header:\n%s", eml)
+		}
+	})
+
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	t.Run("plain JSON published by another NATS client is sent", func(t *testing.T) {
+		// Core NATS publish: no JetStream client, no headers, like `nats pub`.
+		job := `{"id":"e2e-plain","from":"noreply@demo.example","to":["you@example.com"],"subject":"plain","text":"from any language"}`
+		if err := nc.Publish("mail.send.demo", []byte(job)); err != nil {
+			t.Fatal(err)
+		}
+		waitStatus(t, cli, "e2e-plain", "sent")
+	})
+
+	t.Run("malformed job and unapproved sender land in the DLQ with their reasons", func(t *testing.T) {
+		if err := nc.Publish("mail.send.demo", []byte(`{"id":"e2e-bad","from":"noreply@demo.example","to":"not-a-list"}`)); err != nil {
+			t.Fatal(err)
+		}
+		out, _, code := cli("send", "--profile", "demo", "--id", "e2e-evil", "--from", "ceo@demo.example",
+			"--to", "you@example.com", "--subject", "s", "--text", "t", "--wait")
+		if code != 1 {
+			t.Fatalf("send --wait for an unapproved sender exited %d, want 1: %s", code, out)
+		}
+		var recs []dlqRecord
+		eventually(t, 20*time.Second, "two dead letters", func() bool {
+			out, _, _ := cli("dlq", "list", "--json")
+			recs = nil
+			_ = json.Unmarshal([]byte(out), &recs)
+			return len(recs) >= 2
+		})
+		reasons := map[string]string{}
+		for _, r := range recs {
+			reasons[r.JobID] = string(r.Reason)
+		}
+		if reasons["e2e-bad"] != "invalid_job" || reasons["e2e-evil"] != "sender_not_allowed" {
+			t.Fatalf("reasons = %v", reasons)
+		}
+		out, _, _ = cli("dlq", "show", "e2e-bad")
+		if !strings.Contains(out, "to") || !strings.Contains(out, `"to":"not-a-list"`) {
+			t.Fatalf("dlq show must name the field and keep the original body:\n%s", out)
+		}
+		out, _, _ = cli("dlq", "list", "--reason", "sender_not_allowed")
+		if !strings.Contains(out, "e2e-evil") || strings.Contains(out, "e2e-bad") {
+			t.Fatalf("reason filter:\n%s", out)
+		}
+	})
+
+	t.Run("replay of a fixed job sends it", func(t *testing.T) {
+		fixed := filepath.Join(t.TempDir(), "fixed.json")
+		if err := os.WriteFile(fixed, []byte(`{"id":"e2e-bad","from":"noreply@demo.example","to":["not-a-list@example.com"],"subject":"fixed","text":"now valid"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, code := cli("dlq", "replay", "e2e-bad", "--file", fixed)
+		if code != 0 {
+			t.Fatalf("replay exit %d: %s %s", code, out, errOut)
+		}
+		waitStatus(t, cli, "e2e-bad", "sent")
+		out, _, _ = cli("status", "e2e-bad")
+		for _, ev := range []string{"dead_lettered", "replayed", "sent"} {
+			if !strings.Contains(out, ev) {
+				t.Fatalf("status history lacks %s:\n%s", ev, out)
+			}
+		}
+		out, _, _ = cli("dlq", "list")
+		if strings.Contains(out, "e2e-bad") {
+			t.Fatalf("replayed job still listed in the DLQ:\n%s", out)
+		}
+	})
+
+	t.Run("metrics count the outcomes", func(t *testing.T) {
+		_, body := httpGet(httpURL + "/metrics")
+		for _, want := range []string{
+			`mailworker_jobs_total{outcome="sent",profile="demo",reason=""} 3`,
+			`mailworker_jobs_total{outcome="dead_lettered",profile="demo",reason="invalid_job"} 1`,
+			`mailworker_jobs_total{outcome="dead_lettered",profile="demo",reason="sender_not_allowed"} 1`,
+			`mailworker_graph_requests_total{profile="demo",status="202"} 3`,
+			`mailworker_token_requests_total{profile="demo",result="ok"} 1`,
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+	})
+
+	if code := dev.stop(30 * time.Second); code != 0 {
+		t.Fatalf("dev exited %d after SIGINT", code)
+	}
+}
+
+// waitStatus polls `status --json` until the job reaches state.
+func waitStatus(t *testing.T, cli func(...string) (string, string, int), id, state string) {
+	t.Helper()
+	eventually(t, 20*time.Second, "job "+id+" "+state, func() bool {
+		out, _, code := cli("status", id, "--json")
+		if code != 0 {
+			return false
+		}
+		var st struct {
+			State *struct {
+				State string `json:"state"`
+			} `json:"state"`
+		}
+		return json.Unmarshal([]byte(out), &st) == nil && st.State != nil && st.State.State == state
+	})
+}
