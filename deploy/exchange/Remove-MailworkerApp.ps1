@@ -66,7 +66,9 @@ $sp = Get-ServicePrincipal -Identity $n.ServicePrincipal -ErrorAction SilentlyCo
 # 1. Role assignments: by name, and any other assignment held by this service principal.
 $assignments = @(Get-ManagementRoleAssignment -Identity $n.Assignment -ErrorAction SilentlyContinue)
 if ($sp) {
-    $assignments += @(Get-ManagementRoleAssignment -RoleAssigneeType ServicePrincipal -ErrorAction SilentlyContinue |
+    # RoleAssigneeName/RoleAssignee formats for apps: match on every id we know (verify in your tenant).
+    $assignments += @(Get-ManagementRoleAssignment -ErrorAction SilentlyContinue |
+        Where-Object { "$($_.RoleAssigneeType)" -eq 'ServicePrincipal' } |
         Where-Object { $_.RoleAssigneeName -in @($sp.Identity, $sp.DisplayName, $sp.ObjectId, $sp.AppId) -or $_.RoleAssignee -in @($sp.Identity, $sp.ObjectId) })
 }
 $assignments = @($assignments | Where-Object { $_ } | Sort-Object Name -Unique)

@@ -295,6 +295,7 @@ func TestManifests(t *testing.T) {
 			checkNetworkPolicy(t, r)
 			checkScaledObject(t, r)
 			checkPDB(t, r)
+			checkMailboxBudget(t, r)
 		})
 	}
 }
@@ -625,5 +626,32 @@ func checkPDB(t *testing.T, r rendered) {
 	}
 	if r.pdb.Spec.MinAvailable != nil {
 		t.Errorf("use maxUnavailable: minAvailable blocks node drains when KEDA runs one replica")
+	}
+}
+
+// checkMailboxBudget: the worker paces each mailbox inside one replica, but Outlook allows 4 concurrent
+// requests per app+mailbox and Exchange 30 messages per minute per mailbox in total, so the per-replica
+// budget times the most replicas KEDA may run must stay inside those limits.
+func checkMailboxBudget(t *testing.T, r rendered) {
+	var cfg workerConfig
+	if err := strict([]byte(r.configMap.Data[filepath.Base(configPath)]), &cfg); err != nil {
+		return // reported by checkConfig
+	}
+	if r.scaled.Spec.MaxReplicaCount == nil {
+		return
+	}
+	maxR := int(*r.scaled.Spec.MaxReplicaCount)
+	conc, rate := cfg.Worker.PerMailboxConcurrency, cfg.Worker.PerMailboxPerMinute
+	if conc == 0 {
+		conc = 4 // SPEC default
+	}
+	if rate == 0 && cfg.Worker.PerMailboxPerMinute == 0 {
+		rate = 30 // SPEC default (0 in the file means the default here; an explicit 0 = unpaced is not allowed)
+	}
+	if maxR*conc > 4 {
+		t.Errorf("maxReplicaCount %d x worker.perMailboxConcurrency %d = %d > 4 concurrent requests per mailbox", maxR, conc, maxR*conc)
+	}
+	if maxR*rate > 30 {
+		t.Errorf("maxReplicaCount %d x worker.perMailboxPerMinute %d = %d > 30 messages/min per mailbox", maxR, rate, maxR*rate)
 	}
 }
