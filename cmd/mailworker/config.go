@@ -361,3 +361,21 @@ func (c Config) workerConfig() worker.Config {
 		Profiles: profiles, LogRecipients: c.Log.Recipients,
 	}.WithDefaults()
 }
+
+// collectKeys lists the YAML paths of every leaf setting of v (profiles as
+// "profiles.<name>."), for the documentation test.
+func collectKeys(out *[]string, prefix string, v any) {
+	t := reflect.TypeOf(v)
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		switch {
+		case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)):
+			collectKeys(out, prefix+tag+".", reflect.Zero(f.Type).Interface())
+		case f.Type.Kind() == reflect.Map:
+			collectKeys(out, prefix+tag+".<name>.", reflect.Zero(f.Type.Elem()).Interface())
+		default:
+			*out = append(*out, prefix+tag)
+		}
+	}
+}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestUpperSnake(t *testing.T) {
+	for in, want := range map[string]string{
+		"url": "URL", "perMailboxConcurrency": "PER_MAILBOX_CONCURRENCY", "graphURL": "GRAPH_URL",
+		"stateTTL": "STATE_TTL", "credsFile": "CREDS_FILE", "tls": "TLS", "caFile": "CA_FILE",
+	} {
+		if got := upperSnake(in); got != want {
+			t.Errorf("upperSnake(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const sampleConfig = `
+nats:
+  url: nats://nats:4222
+worker:
+  concurrency: 32
+profiles:
+  billing:
+    tenantId: t
+    clientId: c
+    credential:
+      clientSecret: s
+    allowedSenders: [billing@contoso.com]
+`
+
+func TestLoadConfig(t *testing.T) {
+	t.Run("file, then env overrides", func(t *testing.T) {
+		cfg, err := loadConfig(writeConfig(t, sampleConfig), []string{
+			"MAILWORKER_NATS_URL=nats://other:4222",
+			"MAILWORKER_WORKER_PER_MAILBOX_CONCURRENCY=2",
+			"MAILWORKER_WORKER_ACK_WAIT=90s",
+			"MAILWORKER_PROFILES_BILLING_CREDENTIAL_CLIENT_SECRET=from-env",
+			"MAILWORKER_PROFILES_BILLING_ALLOWED_SENDERS=a@contoso.com, b@contoso.com",
+			"MAILWORKER_LOG_RECIPIENTS=true",
+			"OTHER=ignored",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := cfg.Profiles["billing"]
+		if cfg.NATS.URL != "nats://other:4222" || cfg.Worker.Concurrency != 32 || cfg.Worker.PerMailboxConcurrency != 2 ||
+			cfg.Worker.AckWait != 90*time.Second || p.Credential.ClientSecret != "from-env" ||
+			strings.Join(p.AllowedSenders, ",") != "a@contoso.com,b@contoso.com" || !cfg.Log.Recipients {
+			t.Fatalf("config = %+v", cfg)
+		}
+		wc := cfg.workerConfig()
+		if wc.PerMailboxPerMinute != 30 || wc.MaxAttempts != 8 {
+			t.Fatalf("worker defaults: %+v", wc)
+		}
+	})
+
+	t.Run("profiles from env alone", func(t *testing.T) {
+		cfg, err := loadConfig("", []string{
+			"MAILWORKER_PROFILES=ops",
+			"MAILWORKER_PROFILES_OPS_TENANT_ID=t", "MAILWORKER_PROFILES_OPS_CLIENT_ID=c",
+			"MAILWORKER_PROFILES_OPS_CREDENTIAL_CERTIFICATE_FILE=/x.pem",
+			"MAILWORKER_PROFILES_OPS_ALLOWED_SENDERS=ops@contoso.com",
+			"MAILWORKER_WORKER_PER_MAILBOX_PER_MINUTE=0",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Profiles["ops"].Credential.CertificateFile != "/x.pem" || cfg.workerConfig().PerMailboxPerMinute != 0 {
+			t.Fatalf("config = %+v", cfg)
+		}
+	})
+
+	for name, tc := range map[string]struct {
+		yaml string
+		env  []string
+		want string
+	}{
+		"unknown key in the file":         {yaml: "nats:\n  ulr: x\n", want: "field ulr not found"},
+		"unknown env variable":            {env: []string{"MAILWORKER_NATS_ULR=x"}, want: "MAILWORKER_NATS_ULR: no such setting"},
+		"bad duration":                    {env: []string{"MAILWORKER_WORKER_ACK_WAIT=soon"}, want: "MAILWORKER_WORKER_ACK_WAIT"},
+		"bad replicas":                    {env: []string{"MAILWORKER_STREAMS_REPLICAS=2"}, want: "streams.replicas"},
+		"two credentials":                 {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_CREDENTIAL_CERTIFICATE_FILE=/x"}, want: "profiles.billing.credential: set exactly one"},
+		"missing tenant":                  {yaml: strings.Replace(sampleConfig, "tenantId: t", "tenantId: \"\"", 1), want: "profiles.billing.tenantId: required"},
+		"unknown cloud":                   {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_CLOUD=mars"}, want: "profiles.billing.cloud"},
+		"bad log format":                  {env: []string{"MAILWORKER_LOG_FORMAT=xml"}, want: "log.format"},
+		"profile name with a subject dot": {yaml: strings.Replace(sampleConfig, "billing:", "bill.ing:", 1), want: "profiles.bill.ing: a profile name"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := ""
+			if tc.yaml != "" {
+				path = writeConfig(t, tc.yaml)
+			}
+			_, err := loadConfig(path, tc.env)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestConfigReferenceDocumentsEveryKey keeps the README's configuration
+// reference complete: every settable key must appear in it.
+func TestConfigReferenceDocumentsEveryKey(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	collectKeys(&keys, "", Config{})
+	for _, k := range keys {
+		if !strings.Contains(string(readme), k) {
+			t.Errorf("README does not document %s", k)
+		}
+	}
+}
