@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/queue"
+)
+
+// selfSignedRSA returns a certificate and the PEM of the certificate plus its key.
+func selfSignedRSA(t *testing.T, notAfter time.Time) (*x509.Certificate, []byte) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mailworker-test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})...)
+	return cert, out
+}
+
+// TestAppInProcess runs the App the way `mailworker run` does, with a
+// certificate credential read from a file, and checks an attachment given
+// by objectRef reaches Graph, the credential-expiry metric, /readyz and a
+// clean shutdown.
+func TestAppInProcess(t *testing.T) {
+	ns := startTestNATS(t, nil)
+	notAfter := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
+	cert, certPEM := selfSignedRSA(t, notAfter)
+	fake, err := graphtest.New(graphtest.Options{TenantID: "t1", ClientID: "c1", Certificate: cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	dir := t.TempDir()
+	certFile, caFile := filepath.Join(dir, "tls.pem"), filepath.Join(dir, "ca.pem")
+	for f, b := range map[string][]byte{certFile: certPEM, caFile: fake.CACertPEM()} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := defaultConfig()
+	cfg.NATS.URL = ns.ClientURL()
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.Profiles = map[string]ProfileConfig{"billing": {TenantID: "t1", ClientID: "c1", AuthorityHost: fake.URL(),
+		GraphURL: fake.GraphURL(), CAFile: caFile, Credential: CredentialConfig{CertificateFile: certFile},
+		AllowedSenders: []string{"billing@contoso.example"}}}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	app, err := NewApp(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx) }()
+	base := "http://" + app.HTTPAddr()
+	eventually(t, 10*time.Second, "/readyz", func() bool { c, _ := httpGet(base + "/readyz"); return c == 200 })
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	q, err := queue.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := make([]byte, 200_000)
+	ref, err := q.Attachments.Put(ctx, "report.pdf", report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &queue.Job{ID: "with-ref", From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "report",
+		Text: "attached", Attachments: []queue.Attachment{{Name: "report.pdf", ContentType: "application/pdf", ObjectRef: ref}}}
+	if _, err := queue.NewPublisher(js).Publish(ctx, "billing", job); err != nil {
+		t.Fatal(err)
+	}
+	var msgs []graphtest.Message
+	eventually(t, 15*time.Second, "the message at the fake Graph", func() bool { msgs = fake.Messages(); return len(msgs) == 1 })
+	m := msgs[0]
+	if m.JobID != "with-ref" || len(m.Attachments) != 1 || m.Attachments[0].Size != len(report) || m.Attachments[0].Name != "report.pdf" {
+		t.Fatalf("message = %+v", m)
+	}
+	if m.Headers["X-Mailworker-Job-Id"] != "with-ref" {
+		t.Fatalf("headers = %v", m.Headers)
+	}
+	_, metrics := httpGet(base + "/metrics")
+	want := fmt.Sprintf(`mailworker_credential_expiry_timestamp_seconds{profile="billing"} %g`, float64(notAfter.Unix()))
+	if !strings.Contains(metrics, want) {
+		t.Errorf("/metrics lacks %s", want)
+	}
+	if fake.TokenRequests() != 1 {
+		t.Errorf("token requests = %d, want 1 (certificate assertion, then cache)", fake.TokenRequests())
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func TestSandboxCommand(t *testing.T) {
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	sb := startProc(t, nil, "sandbox", "--listen", "127.0.0.1:0", "--ca-file", caFile)
+	url := sb.waitOutput(regexp.MustCompile(`url:\s+(https://\S+)`), 60*time.Second)
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		t.Fatal("no CA in --ca-file")
+	}
+	client := newTLSClient(pool)
+	defer client.CloseIdleConnections()
+	resp, err := client.Get(url + "/_sandbox/messages")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /_sandbox/messages: %d", resp.StatusCode)
+	}
+	if code := sb.stop(20 * time.Second); code != 0 {
+		t.Fatalf("sandbox exited %d", code)
+	}
+}
