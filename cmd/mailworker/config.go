@@ -82,6 +82,9 @@ type WorkerConfig struct {
 // HTTPConfig is the metrics and health listener.
 type HTTPConfig struct {
 	Listen string `yaml:"listen"`
+	// Pprof serves net/http/pprof under /debug/pprof/ on the same listener
+	// (profiling, e.g. by loadtest --pprof); off by default.
+	Pprof bool `yaml:"pprof"`
 }
 
 // LogConfig sets logging.
