@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	// The harness re-executes its own binary as the bare baseline worker.
+	if len(os.Args) > 1 && os.Args[1] == bareCommand {
+		if err := bareMain(os.Args[2:]); err != nil {
+			os.Stderr.WriteString("bare-worker: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// jsonKeys are the keys issue 3 fixes for every scenario object.
+var jsonKeys = []string{"scenario", "jobs", "sent", "dead_lettered", "lost", "duplicates",
+	"throughput_per_s", "bare_throughput_per_s", "ratio_vs_bare", "p50_ms", "p95_ms", "p99_ms",
+	"cpu_us_per_job", "peak_rss_mb", "token_requests", "graph_requests", "throttled_responses",
+	"requests_in_retry_after"}
+
+// TestSmokeMax runs the max scenario and its bare baseline with a small N:
+// the harness must account for every job and emit every figure. It asserts
+// no timing.
+func TestSmokeMax(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the mailworker binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"-n", "200", "--concurrency", "16", "--json", "--quiet", "--timeout", "60s", "max"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want 2 JSON objects (max, max-bare), got %d:\n%s", len(lines), stdout.String())
+	}
+	var names []string
+	for _, line := range lines {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Fatalf("not JSON: %q: %v", line, err)
+		}
+		var keys []string
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		want := slices.Clone(jsonKeys)
+		slices.Sort(want)
+		if !slices.Equal(keys, want) {
+			t.Errorf("keys %v, want %v", keys, want)
+		}
+		name := obj["scenario"].(string)
+		names = append(names, name)
+		for _, k := range []string{"lost", "duplicates"} {
+			if obj[k].(float64) != 0 {
+				t.Errorf("%s: %s = %v, want 0", name, k, obj[k])
+			}
+		}
+		if obj["jobs"].(float64) != 200 || obj["sent"].(float64) != 200 {
+			t.Errorf("%s: jobs %v sent %v, want 200 and 200", name, obj["jobs"], obj["sent"])
+		}
+		if obj["graph_requests"].(float64) < 200 {
+			t.Errorf("%s: graph_requests %v, want at least 200", name, obj["graph_requests"])
+		}
+	}
+	if !slices.Equal(names, []string{"max", "max-bare"}) {
+		t.Errorf("scenarios %v, want [max max-bare]", names)
+	}
+}
+
+func TestFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	if _, err := parseFlags([]string{"nope"}, &stderr); err == nil {
+		t.Error("unknown scenario accepted")
+	}
+	o, err := parseFlags([]string{"-n", "5", "--concurrency", "3", "--pprof", "scale"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.N != 5 || o.Concurrency != 3 || !o.Keep || !slices.Equal(o.Scenarios, []string{"scale"}) {
+		t.Errorf("parsed %+v", o)
+	}
+	o, err = parseFlags(nil, &stderr)
+	if err != nil || !slices.Equal(o.Scenarios, allScenarios) {
+		t.Errorf("default scenarios %v, %v", o.Scenarios, err)
+	}
+}

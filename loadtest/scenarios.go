@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// runSpec is one measured run: a worker run (R mailworker processes) or a
+// bare run (one bare-worker process).
+type runSpec struct {
+	Name        string // row name: "max", "scale-r2", …
+	Bare        bool
+	Jobs        int // jobs to healthy mailboxes (waited for)
+	Mailboxes   int // healthy mailboxes, jobs spread round robin
+	BadJobs     int // extra jobs to the mailbox that always answers 429 Retry-After 30 (not waited for)
+	Concurrency int // worker.concurrency per replica, or bare concurrency
+	MaxInFlight int // worker.maxInFlight per replica
+	Replicas    int
+	PerMinute   int // worker.perMailboxPerMinute
+
+	// fake Graph
+	Latency          time.Duration
+	Jitter           time.Duration
+	FakeMaxPerBox    int // graphtest MaxConcurrentPerMailbox (-1 = unlimited)
+	FakePerMinute    int
+	BadRetryAfterSec int
+}
+
+func (h *harness) size(def int) int {
+	if h.opts.N > 0 {
+		return h.opts.N
+	}
+	return def
+}
+
+func (h *harness) conc(def int) int {
+	if h.opts.Concurrency > 0 {
+		return h.opts.Concurrency
+	}
+	return def
+}
+
+func (h *harness) replicas() int {
+	if h.opts.Replicas > 0 {
+		return h.opts.Replicas
+	}
+	return 1
+}
+
+func (h *harness) latency() time.Duration {
+	if h.opts.Latency > 0 {
+		return h.opts.Latency
+	}
+	return 250 * time.Millisecond
+}
+
+// scenario runs one named scenario and returns its rows.
+func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
+	switch name {
+	case "max":
+		c := h.conc(64)
+		spec := runSpec{Name: "max", Jobs: h.size(20000), Mailboxes: max(c, 16), Concurrency: c, MaxInFlight: max(512, 2*c),
+			Replicas: h.replicas(), FakeMaxPerBox: -1}
+		return h.pair(ctx, spec, "bare")
+	case "latency":
+		c := h.conc(512)
+		lat := h.latency()
+		spec := runSpec{Name: "latency", Jobs: h.size(20000), Mailboxes: max(c/2, 16), Concurrency: c, MaxInFlight: 2 * c,
+			Replicas: h.replicas(), FakeMaxPerBox: -1, Latency: lat, Jitter: lat / 5}
+		rs, err := h.pair(ctx, spec, "bare")
+		// Little's law: throughput = in flight / time in system.
+		mean := lat + lat/10
+		for i := range rs {
+			rs[i].bound = float64(c*spec.Replicas) / mean.Seconds()
+			rs[i].boundWhat = fmt.Sprintf("Little's law %d in flight / %v mean latency", c*spec.Replicas, mean)
+		}
+		return rs, err
+	case "throttle":
+		boxes, per := 4, 45
+		if h.opts.N > 0 {
+			per = max(h.opts.N/boxes, 1)
+		}
+		spec := runSpec{Name: "throttle", Jobs: boxes * per, Mailboxes: boxes, Concurrency: h.conc(64), MaxInFlight: 512,
+			Replicas: h.replicas(), PerMinute: 30, FakeMaxPerBox: 4, FakePerMinute: 30}
+		r, err := h.runOne(ctx, spec)
+		if r == nil {
+			return nil, err
+		}
+		pace := float64(boxes) * 30 / 60 // jobs/s the mailboxes allow in steady state
+		r.RefThroughput = pace
+		r.refWhat = fmt.Sprintf("Exchange pace %d mailboxes × 30/min", boxes)
+		r.Ratio = ratio(r.Throughput, pace)
+		r.drainIdeal = time.Duration(float64(spec.Jobs) / pace * float64(time.Second))
+		// A rolling 60 s window lets the first 30 per mailbox go at once.
+		r.drainWindow = time.Duration((per-1)/30) * time.Minute
+		return []Result{*r}, err
+	case "isolation":
+		c := h.conc(64)
+		n := h.size(8000)
+		boxes := max(c/4, 1)
+		base := runSpec{Name: "isolation-clean", Jobs: n, Mailboxes: boxes, Concurrency: c, MaxInFlight: 512,
+			Replicas: h.replicas(), Latency: 50 * time.Millisecond, Jitter: 10 * time.Millisecond, FakeMaxPerBox: 4}
+		clean, err := h.runOne(ctx, base)
+		if clean == nil {
+			return nil, err
+		}
+		bad := base
+		bad.Name = "isolation"
+		bad.BadJobs = max(n/10, 1)
+		bad.BadRetryAfterSec = 30
+		r, err2 := h.runOne(ctx, bad)
+		out := []Result{*clean}
+		if r != nil {
+			r.RefThroughput = clean.Throughput
+			r.refWhat = "healthy mailboxes without the bad one (isolation-clean)"
+			r.Ratio = ratio(r.Throughput, clean.Throughput)
+			out = append(out, *r)
+		}
+		if err == nil {
+			err = err2
+		}
+		return out, err
+	case "scale":
+		c := h.conc(64)
+		lat := h.latency()
+		var out []Result
+		var one float64
+		for _, reps := range []int{1, 2, 4} {
+			spec := runSpec{Name: fmt.Sprintf("scale-r%d", reps), Jobs: h.size(4000) * reps, Mailboxes: max(c*4/2, 16),
+				Concurrency: c, MaxInFlight: 2 * c, Replicas: reps, FakeMaxPerBox: -1, Latency: lat, Jitter: lat / 5}
+			r, err := h.runOne(ctx, spec)
+			if r == nil {
+				return out, err
+			}
+			if reps == 1 {
+				one = r.Throughput
+			}
+			r.RefThroughput = one * float64(reps)
+			r.refWhat = fmt.Sprintf("%d × the 1-replica throughput", reps)
+			r.Ratio = ratio(r.Throughput, r.RefThroughput)
+			mean := lat + lat/10
+			r.bound = float64(c*reps) / mean.Seconds()
+			r.boundWhat = fmt.Sprintf("Little's law %d in flight / %v mean latency", c*reps, mean)
+			out = append(out, *r)
+			if err != nil {
+				return out, err
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unknown scenario %q", name)
+}
+
+// pair runs spec with the worker, then the same with the bare loop, and
+// returns the worker's row with its ratio to bare, then bare's row.
+func (h *harness) pair(ctx context.Context, spec runSpec, bareSuffix string) ([]Result, error) {
+	w, err := h.runOne(ctx, spec)
+	if w == nil {
+		return nil, err
+	}
+	b := spec
+	b.Name = spec.Name + "-" + bareSuffix
+	b.Bare = true
+	b.Concurrency = spec.Concurrency * spec.Replicas
+	b.Replicas = 1
+	br, err2 := h.runOne(ctx, b)
+	out := []Result{*w}
+	if br != nil {
+		out[0].RefThroughput = br.Throughput
+		out[0].refWhat = "bare consume → sendMail → ack loop"
+		out[0].Ratio = ratio(w.Throughput, br.Throughput)
+		br.RefThroughput = br.Throughput
+		br.refWhat = "itself"
+		br.Ratio = 1
+		out = append(out, *br)
+	}
+	if err == nil {
+		err = err2
+	}
+	return out, err
+}
+
+func ratio(a, b float64) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return a / b
+}
