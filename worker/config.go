@@ -37,6 +37,10 @@ type Config struct {
 	// PerMailboxPerMinute paces each mailbox (Exchange allows 30 messages a
 	// minute); 0 leaves mailboxes unpaced.
 	PerMailboxPerMinute int
+	// PerMailboxRecipientsPerDay caps recipients per mailbox in any rolling
+	// 24 hours (Exchange allows 10,000 and bounces mail past it after
+	// accepting it); 0 leaves it unchecked.
+	PerMailboxRecipientsPerDay int
 	// MaxAttempts is how many sends a job gets before it is dead-lettered.
 	MaxAttempts int
 	// BackoffInitial and BackoffMax bound the exponential retry delay used
@@ -95,6 +99,9 @@ func (c Config) Validate() error {
 	positive("maxInFlight", c.MaxInFlight)
 	positive("perMailboxConcurrency", c.PerMailboxConcurrency)
 	positive("maxAttempts", c.MaxAttempts)
+	if c.PerMailboxRecipientsPerDay < 0 {
+		errs = append(errs, fmt.Errorf("worker.perMailboxRecipientsPerDay: must be >= 0, got %d", c.PerMailboxRecipientsPerDay))
+	}
 	if c.PerMailboxPerMinute < 0 {
 		errs = append(errs, fmt.Errorf("worker.perMailboxPerMinute: must be >= 0, got %d", c.PerMailboxPerMinute))
 	}

@@ -148,7 +148,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		return
 	}
 
-	at, deferFor, paused := p.pacer.admit(j.from)
+	at, deferFor, paused := p.pacer.admit(j.from, len(parsed.To)+len(parsed.Cc)+len(parsed.Bcc))
 	if deferFor > 0 {
 		why := "mailbox paced"
 		if paused {

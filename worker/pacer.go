@@ -8,7 +8,9 @@ import (
 
 // pacer keeps each sending mailbox inside Outlook's and Exchange's limits:
 // at most perBox requests in flight, at most perMinute sends in any rolling
-// minute, and nothing at all while a Retry-After the mailbox was given runs.
+// minute, at most perDay recipients in any rolling 24 hours (past it Exchange
+// accepts the request and bounces the mail later), and nothing at all while a
+// Retry-After the mailbox was given runs.
 //
 // A job that would wait longer than maxHold is not held: the pacer hands back
 // a delay, and the worker puts the job back on the queue so that it holds no
@@ -19,6 +21,7 @@ type pacer struct {
 	clock     Clock
 	perBox    int
 	perMinute int
+	perDay    int           // recipients per rolling 24 h; 0 = unlimited
 	interval  time.Duration // 1 min / perMinute; 0 when unpaced
 	maxHold   time.Duration
 	maxWait   int // jobs allowed to queue for one mailbox's slots
@@ -36,10 +39,44 @@ type mailbox struct {
 	next   int
 	// deferredUntil is the latest time handed to a deferred job.
 	deferredUntil time.Time
+	// rcpt are the recipient counts sent in the last 24 hours, oldest first;
+	// rcptSum is their total.
+	rcpt    []rcptCount
+	rcptSum int
 }
 
-func newPacer(clock Clock, perBox, perMinute int, maxHold time.Duration) *pacer {
-	p := &pacer{clock: clock, perBox: perBox, perMinute: perMinute, maxHold: maxHold,
+type rcptCount struct {
+	at time.Time
+	n  int
+}
+
+// recipientWindow is Exchange's rolling window for recipients per mailbox.
+const recipientWindow = 24 * time.Hour
+
+// recipientsFree returns when n more recipients fit in b's rolling 24 hours
+// (now, or when enough old sends have aged out), after dropping aged entries.
+func (b *mailbox) recipientsFree(now time.Time, n, perDay int) time.Time {
+	drop := 0
+	for drop < len(b.rcpt) && !b.rcpt[drop].at.Add(recipientWindow).After(now) {
+		b.rcptSum -= b.rcpt[drop].n
+		drop++
+	}
+	b.rcpt = b.rcpt[drop:]
+	if b.rcptSum+n <= perDay || len(b.rcpt) == 0 {
+		return now
+	}
+	sum := b.rcptSum
+	for _, e := range b.rcpt {
+		sum -= e.n
+		if sum+n <= perDay {
+			return e.at.Add(recipientWindow)
+		}
+	}
+	return now // unreachable: an empty window always fits
+}
+
+func newPacer(clock Clock, perBox, perMinute, perDay int, maxHold time.Duration) *pacer {
+	p := &pacer{clock: clock, perBox: perBox, perMinute: perMinute, perDay: perDay, maxHold: maxHold,
 		maxWait: 8 * perBox, boxes: make(map[string]*mailbox)}
 	if perMinute > 0 {
 		p.interval = time.Minute / time.Duration(perMinute)
@@ -59,11 +96,12 @@ func (p *pacer) box(addr string) *mailbox {
 	return b
 }
 
-// admit decides when a send from addr may start. It returns (at, 0) with at
-// the time to start (now, or within maxHold); the start is reserved in the
-// rolling window. Or it returns a positive defer: the job should be put back
-// for that long, and paused reports whether a Retry-After caused it.
-func (p *pacer) admit(addr string) (at time.Time, deferFor time.Duration, paused bool) {
+// admit decides when a send of recipients recipients from addr may start. It
+// returns (at, 0) with at the time to start (now, or within maxHold); the
+// start and the recipients are reserved in the rolling windows. Or it returns
+// a positive defer: the job should be put back for that long, and paused
+// reports whether a Retry-After caused it.
+func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.Duration, paused bool) {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -78,10 +116,19 @@ func (p *pacer) admit(addr string) (at time.Time, deferFor time.Duration, paused
 			earliest = free
 		}
 	}
+	if p.perDay > 0 {
+		if free := b.recipientsFree(now, recipients, p.perDay); free.After(earliest) {
+			earliest = free
+		}
+	}
 	if !paused && earliest.Sub(now) <= p.maxHold && b.waiting < p.maxWait {
 		if b.starts != nil {
 			b.starts[b.next] = earliest
 			b.next = (b.next + 1) % len(b.starts)
+		}
+		if p.perDay > 0 {
+			b.rcpt = append(b.rcpt, rcptCount{at: earliest, n: recipients})
+			b.rcptSum += recipients
 		}
 		b.waiting++
 		return earliest, 0, false

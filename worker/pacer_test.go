@@ -22,77 +22,101 @@ func (c *fakeClock) Add(d time.Duration) {
 func TestPacer(t *testing.T) {
 	t.Run("rolling minute: the 31st send waits for the first to age out", func(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
-		p := newPacer(clk, 4, 30, 5*time.Second)
+		p := newPacer(clk, 4, 30, 0, 5*time.Second)
 		for i := range 30 {
-			at, d, _ := p.admit("a@x")
+			at, d, _ := p.admit("a@x", 1)
 			if d != 0 || !at.Equal(clk.Now()) {
 				t.Fatalf("send %d: at=%v defer=%v, want now", i, at, d)
 			}
 			p.box("a@x").waiting--
 		}
-		_, d, paused := p.admit("a@x")
+		_, d, paused := p.admit("a@x", 1)
 		if paused || d < 55*time.Second || d > 61*time.Second {
 			t.Fatalf("31st send deferred %v (paused %v), want ~60s", d, paused)
 		}
 		// Deferred jobs are spread one interval (2s) apart, not returned at once.
-		_, d2, _ := p.admit("a@x")
+		_, d2, _ := p.admit("a@x", 1)
 		if d2-d != 2*time.Second {
 			t.Fatalf("second deferral %v after first %v, want 2s apart", d2, d)
 		}
 		// Another mailbox is unaffected.
-		if _, d, _ := p.admit("b@x"); d != 0 {
+		if _, d, _ := p.admit("b@x", 1); d != 0 {
 			t.Fatalf("other mailbox deferred %v", d)
 		}
 	})
 
 	t.Run("a Retry-After pause defers the mailbox until it ends", func(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
-		p := newPacer(clk, 4, 0, 5*time.Second)
+		p := newPacer(clk, 4, 0, 0, 5*time.Second)
 		p.pause("a@x", 30*time.Second)
-		_, d, paused := p.admit("a@x")
+		_, d, paused := p.admit("a@x", 1)
 		if !paused || d != 30*time.Second {
 			t.Fatalf("defer %v paused %v, want 30s paused", d, paused)
 		}
 		p.pause("a@x", time.Second) // shorter pause never cuts a longer one
 		clk.Add(29 * time.Second)
-		if _, d, _ := p.admit("a@x"); d <= 0 {
+		if _, d, _ := p.admit("a@x", 1); d <= 0 {
 			t.Fatal("pause was cut short")
 		}
 		clk.Add(2 * time.Second)
-		if _, d, _ := p.admit("a@x"); d != 0 {
+		if _, d, _ := p.admit("a@x", 1); d != 0 {
 			t.Fatalf("still deferred %v after the pause", d)
 		}
 	})
 
 	t.Run("a short wait is held, not deferred", func(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
-		p := newPacer(clk, 4, 60, 5*time.Second) // 1 per second
+		p := newPacer(clk, 4, 60, 0, 5*time.Second) // 1 per second
 		for range 60 {
-			p.admit("a@x")
+			p.admit("a@x", 1)
 			p.box("a@x").waiting--
 		}
 		clk.Add(57 * time.Second)
-		at, d, _ := p.admit("a@x")
+		at, d, _ := p.admit("a@x", 1)
 		if d != 0 || at.Sub(clk.Now()) != 3*time.Second {
 			t.Fatalf("at %v defer %v, want held 3s", at.Sub(clk.Now()), d)
 		}
 	})
 
+	t.Run("recipients per rolling 24 hours: the send that would pass the cap waits for old ones to age out", func(t *testing.T) {
+		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
+		p := newPacer(clk, 4, 0, 1000, 5*time.Second)
+		t0 := clk.Now()
+		for i := range 2 {
+			if _, d, _ := p.admit("a@x", 500); d != 0 {
+				t.Fatalf("send %d of 500 recipients deferred %v", i, d)
+			}
+			p.box("a@x").waiting--
+			clk.Add(time.Hour)
+		}
+		_, d, _ := p.admit("a@x", 1)
+		if want := t0.Add(24 * time.Hour).Sub(clk.Now()); d < want || d > want+time.Second {
+			t.Fatalf("1001st recipient deferred %v, want %v (until the first send ages out)", d, want)
+		}
+		if _, d, _ := p.admit("b@x", 500); d != 0 {
+			t.Fatalf("another mailbox deferred %v", d)
+		}
+		clk.Add(22*time.Hour + time.Second) // the first 500 have aged out
+		if _, d, _ := p.admit("a@x", 500); d != 0 {
+			t.Fatalf("deferred %v after the window moved", d)
+		}
+	})
+
 	t.Run("acquire bounds concurrency and gives up with the context", func(t *testing.T) {
-		p := newPacer(systemClock{}, 1, 0, time.Second)
+		p := newPacer(systemClock{}, 1, 0, 0, time.Second)
 		now := time.Now()
-		p.admit("a@x")
+		p.admit("a@x", 1)
 		if err := p.acquire(context.Background(), "a@x", now); err != nil {
 			t.Fatal(err)
 		}
-		p.admit("a@x")
+		p.admit("a@x", 1)
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
 		if err := p.acquire(ctx, "a@x", now); err == nil {
 			t.Fatal("second acquire succeeded with one slot")
 		}
 		p.release("a@x")
-		p.admit("a@x")
+		p.admit("a@x", 1)
 		if err := p.acquire(context.Background(), "a@x", now); err != nil {
 			t.Fatal(err)
 		}

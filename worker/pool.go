@@ -75,7 +75,7 @@ func New(cfg Config, q *queue.Queue, cons jetstream.Consumer, sender Sender, opt
 	if p.clock == nil {
 		p.clock = systemClock{}
 	}
-	p.pacer = newPacer(p.clock, cfg.PerMailboxConcurrency, cfg.PerMailboxPerMinute, cfg.MaxHold)
+	p.pacer = newPacer(p.clock, cfg.PerMailboxConcurrency, cfg.PerMailboxPerMinute, cfg.PerMailboxRecipientsPerDay, cfg.MaxHold)
 	return p, nil
 }
 

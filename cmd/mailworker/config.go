@@ -67,16 +67,18 @@ type StreamsConfig struct {
 
 // WorkerConfig tunes the engine; see worker.Config.
 type WorkerConfig struct {
-	Concurrency           int           `yaml:"concurrency"`
-	MaxInFlight           int           `yaml:"maxInFlight"`
-	PerMailboxConcurrency int           `yaml:"perMailboxConcurrency"`
-	PerMailboxPerMinute   *int          `yaml:"perMailboxPerMinute"`
-	MaxAttempts           int           `yaml:"maxAttempts"`
-	BackoffInitial        time.Duration `yaml:"backoffInitial"`
-	BackoffMax            time.Duration `yaml:"backoffMax"`
-	AckWait               time.Duration `yaml:"ackWait"`
-	SendTimeout           time.Duration `yaml:"sendTimeout"`
-	DrainTimeout          time.Duration `yaml:"drainTimeout"`
+	Concurrency           int  `yaml:"concurrency"`
+	MaxInFlight           int  `yaml:"maxInFlight"`
+	PerMailboxConcurrency int  `yaml:"perMailboxConcurrency"`
+	PerMailboxPerMinute   *int `yaml:"perMailboxPerMinute"`
+	// PerMailboxRecipientsPerDay: nil = 10,000 (Exchange's limit), 0 = unchecked.
+	PerMailboxRecipientsPerDay *int          `yaml:"perMailboxRecipientsPerDay"`
+	MaxAttempts                int           `yaml:"maxAttempts"`
+	BackoffInitial             time.Duration `yaml:"backoffInitial"`
+	BackoffMax                 time.Duration `yaml:"backoffMax"`
+	AckWait                    time.Duration `yaml:"ackWait"`
+	SendTimeout                time.Duration `yaml:"sendTimeout"`
+	DrainTimeout               time.Duration `yaml:"drainTimeout"`
 }
 
 // HTTPConfig is the metrics and health listener.
@@ -349,9 +351,12 @@ func (c Config) queueConfig() queue.Config {
 
 func (c Config) workerConfig() worker.Config {
 	w := c.Worker
-	perMinute := 30
+	perMinute, perDay := 30, 10_000
 	if w.PerMailboxPerMinute != nil {
 		perMinute = *w.PerMailboxPerMinute
+	}
+	if w.PerMailboxRecipientsPerDay != nil {
+		perDay = *w.PerMailboxRecipientsPerDay
 	}
 	profiles := make(map[string]worker.Profile, len(c.Profiles))
 	for name, p := range c.Profiles {
@@ -359,7 +364,7 @@ func (c Config) workerConfig() worker.Config {
 	}
 	return worker.Config{
 		Concurrency: w.Concurrency, MaxInFlight: w.MaxInFlight, PerMailboxConcurrency: w.PerMailboxConcurrency,
-		PerMailboxPerMinute: perMinute, MaxAttempts: w.MaxAttempts, BackoffInitial: w.BackoffInitial,
+		PerMailboxPerMinute: perMinute, PerMailboxRecipientsPerDay: perDay, MaxAttempts: w.MaxAttempts, BackoffInitial: w.BackoffInitial,
 		BackoffMax: w.BackoffMax, AckWait: w.AckWait, SendTimeout: w.SendTimeout, DrainTimeout: w.DrainTimeout,
 		Profiles: profiles, LogRecipients: c.Log.Recipients,
 	}.WithDefaults()
