@@ -148,6 +148,7 @@ type workerConfig struct {
 		MaxInFlight           int    `json:"maxInFlight"`
 		PerMailboxConcurrency int    `json:"perMailboxConcurrency"`
 		PerMailboxPerMinute   int    `json:"perMailboxPerMinute"`
+		PerMailboxRcptPerDay  *int   `json:"perMailboxRecipientsPerDay"`
 		MaxAttempts           int    `json:"maxAttempts"`
 		BackoffInitial        string `json:"backoffInitial"`
 		BackoffMax            string `json:"backoffMax"`
@@ -650,6 +651,13 @@ func checkMailboxBudget(t *testing.T, r rendered) {
 	}
 	if maxR*conc > 4 {
 		t.Errorf("maxReplicaCount %d x worker.perMailboxConcurrency %d = %d > 4 concurrent requests per mailbox", maxR, conc, maxR*conc)
+	}
+	rcpt := 10000 // default; an explicit 0 turns the check off in the worker, which the budget forbids
+	if cfg.Worker.PerMailboxRcptPerDay != nil {
+		rcpt = *cfg.Worker.PerMailboxRcptPerDay
+	}
+	if rcpt == 0 || maxR*rcpt > 10000 {
+		t.Errorf("maxReplicaCount %d x worker.perMailboxRecipientsPerDay %d exceeds (or disables) 10,000 recipients/24h per mailbox", maxR, rcpt)
 	}
 	if maxR*rate > 30 {
 		t.Errorf("maxReplicaCount %d x worker.perMailboxPerMinute %d = %d > 30 messages/min per mailbox", maxR, rate, maxR*rate)
