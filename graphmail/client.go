@@ -90,7 +90,22 @@ type Client struct {
 	redact     []string // secrets to scrub from any text we surface
 
 	refreshMu sync.Mutex
+	// tok is the last token MSAL gave us, served without calling MSAL until
+	// tokenMargin before it expires; tokMu lets one caller at a time go to
+	// MSAL, so a cold start makes one token request, not one per sender.
+	tok   atomic.Pointer[cachedToken]
+	tokMu sync.Mutex
 }
+
+// cachedToken is an access token and when to stop using it.
+type cachedToken struct {
+	value    string
+	useUntil time.Time
+}
+
+// tokenMargin is how long before expiry a token stops being served from the
+// fast path (MSAL itself treats tokens as expired 5 minutes early).
+const tokenMargin = 5 * time.Minute
 
 // New validates cfg and builds the client with its MSAL confidential client.
 // It returns an error naming the offending field when cfg is invalid or the
@@ -280,10 +295,19 @@ func (c *Client) Close() {
 // is not a certificate.
 func (c *Client) CertificateNotAfter() (time.Time, bool) { return c.notAfter, c.hasCert }
 
-// Token returns an access token for Graph, from MSAL's cache when it holds a
-// valid one, else from Entra. Errors are *Error with Class ClassRetryable and
+// Token returns an access token for Graph: the last one MSAL returned while
+// it is more than 5 minutes from expiry (no MSAL call, no lock), else from
+// MSAL's cache or Entra, one caller at a time. Errors are *Error with Class ClassRetryable and
 // Reason "auth_failed"; their text never contains secrets, assertions or tokens.
 func (c *Client) Token(ctx context.Context) (string, error) {
+	if t := c.tok.Load(); t != nil && time.Now().Before(t.useUntil) {
+		return t.value, nil
+	}
+	c.tokMu.Lock()
+	defer c.tokMu.Unlock()
+	if t := c.tok.Load(); t != nil && time.Now().Before(t.useUntil) {
+		return t.value, nil // another caller just fetched it
+	}
 	ar, err := c.msal.AcquireTokenByCredential(ctx, c.scopes)
 	if err != nil {
 		if c.onToken != nil {
@@ -294,6 +318,7 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 	if c.onToken != nil && ar.Metadata.TokenSource == confidential.TokenSourceIdentityProvider {
 		c.onToken(true)
 	}
+	c.tok.Store(&cachedToken{value: ar.AccessToken, useUntil: ar.ExpiresOn.Add(-tokenMargin)})
 	return ar.AccessToken, nil
 }
 
@@ -311,6 +336,7 @@ func (c *Client) refreshToken(ctx context.Context, bad string) (string, error) {
 	if err != nil || tok != bad {
 		return tok, err
 	}
+	c.tok.Store(nil)
 	c.cache.stale.Store(true)
 	return c.Token(ctx)
 }
