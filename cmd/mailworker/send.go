@@ -45,7 +45,13 @@ func (c *cli) sendCmd() *cobra.Command {
 			} else {
 				job = &queue.Job{ID: id, From: from, To: to, Cc: cc, Bcc: bcc, Subject: subject, Text: text, HTML: html}
 			}
-			nc, js, q, err := c.openQueue(ctx)
+			cfg, err := c.config()
+			if err != nil {
+				return err
+			}
+			// A producer's NATS user may publish jobs and nothing else: bind
+			// to the streams only to wait for the outcome.
+			nc, js, err := c.connect(cfg)
 			if err != nil {
 				return err
 			}
@@ -84,6 +90,10 @@ func (c *cli) sendCmd() *cobra.Command {
 			}
 			if id == "" {
 				return errors.New("--wait needs a job id: give --id or an id in the job")
+			}
+			q, err := queue.Open(ctx, js)
+			if err != nil {
+				return fmt.Errorf("--wait reads the job state: %w", err)
 			}
 			return c.waitOutcome(ctx, q, id, timeout)
 		},

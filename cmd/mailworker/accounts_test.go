@@ -1,0 +1,130 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/mailworker/mailworker/graphmail/graphtest"
+)
+
+// TestNATSAccountsWithTheRealCommands loads deploy/nats/accounts.conf into an
+// embedded server and runs the binary's own commands as each user: the worker
+// provisions and sends, a producer can publish jobs but not read status or
+// dead letters, a per-profile producer cannot publish for another profile,
+// and support can list, show and replay dead letters and read status.
+func TestNATSAccountsWithTheRealCommands(t *testing.T) {
+	var last string
+	defer func() {
+		if t.Failed() {
+			t.Logf("last output: %s", last)
+		}
+	}()
+	pw := map[string]string{}
+	for _, u := range []string{"producer", "producer_billing", "worker", "support"} {
+		pw[u] = "pw-" + u + "-" + randomSecret()[:8]
+		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", pw[u])
+	}
+	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := startTestNATS(t, func(o *server.Options) {
+		o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys
+	})
+	url := func(user string) string {
+		return strings.Replace(ns.ClientURL(), "nats://", "nats://"+user+":"+pw[user]+"@", 1)
+	}
+
+	fake, err := graphtest.New(graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: "s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, fake.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "worker.yaml")
+	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`nats: {url: "%s", user: worker, password: %s}
+http: {listen: "127.0.0.1:0"}
+profiles:
+  billing: {tenantId: t1, clientId: c1, authorityHost: "%s", graphURL: "%s", caFile: "%s",
+            credential: {clientSecret: s1}, allowedSenders: [billing@contoso.example]}
+`, ns.ClientURL(), pw["worker"], fake.URL(), fake.GraphURL(), caFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	as := func(user string, args ...string) (string, int) {
+		out, errOut, code := runCmd(t, "", append(args, "--nats-url", url(user))...)
+		return out + errOut, code
+	}
+	mustOK := func(what string, out string, code int) string {
+		t.Helper()
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s", what, code, out)
+		}
+		return out
+	}
+	mustFail := func(what string, out string, code int) {
+		t.Helper()
+		if code == 0 {
+			t.Fatalf("%s succeeded, want it denied: %s", what, out)
+		}
+	}
+
+	out, code := as("worker", "provision")
+	mustOK("worker provision", out, code)
+	startProc(t, nil, "run", "--config", cfgFile)
+
+	send := func(user, profile, id, from string, extra ...string) (string, int) {
+		return as(user, append([]string{"send", "--profile", profile, "--id", id, "--from", from,
+			"--to", "a@example.com", "--subject", "s", "--text", "t"}, extra...)...)
+	}
+	out, code = send("producer", "billing", "acct-ok", "billing@contoso.example")
+	mustOK("producer send", out, code)
+	out, code = send("producer_billing", "billing", "acct-bad-from", "ceo@contoso.example")
+	mustOK("producer_billing send", out, code)
+	out, code = send("producer_billing", "other", "acct-other", "billing@contoso.example")
+	mustFail("producer_billing send for another profile", out, code)
+
+	eventually(t, 30*time.Second, "acct-ok sent", func() bool {
+		out, code := as("support", "status", "acct-ok")
+		last = out
+		return code == 0 && strings.Contains(out, "state sent")
+	})
+	_ = last
+	eventually(t, 30*time.Second, "acct-bad-from dead-lettered", func() bool {
+		out, code := as("support", "dlq", "list")
+		return code == 0 && strings.Contains(out, "acct-bad-from")
+	})
+	out, code = as("support", "dlq", "show", "acct-bad-from")
+	mustOK("support dlq show", out, code)
+	out, code = as("producer", "dlq", "list")
+	mustFail("producer dlq list", out, code)
+	out, code = as("producer", "status", "acct-ok")
+	mustFail("producer status", out, code)
+
+	// Support fixes the job and replays it; the worker sends it.
+	fixed := filepath.Join(dir, "fixed.json")
+	if err := os.WriteFile(fixed, []byte(`{"id":"acct-bad-from","from":"billing@contoso.example","to":["a@example.com"],"subject":"s","text":"t"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code = as("support", "dlq", "replay", "acct-bad-from", "--file", fixed)
+	mustOK("support replay", out, code)
+	eventually(t, 30*time.Second, "the replayed job sent", func() bool {
+		out, code := as("support", "status", "acct-bad-from")
+		return code == 0 && strings.Contains(out, "state sent")
+	})
+	out, code = as("support", "send", "--profile", "billing", "--id", "acct-smoke", "--from", "billing@contoso.example",
+		"--to", "a@example.com", "--subject", "smoke", "--text", "t", "--wait")
+	mustOK("support smoke test send --wait", out, code)
+	out, code = as("support", "dlq", "purge", "--yes")
+	mustOK("support dlq purge", out, code)
+}
