@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/queue"
@@ -388,10 +389,44 @@ func (p *Pool) emit(ctx context.Context, j *job, ev queue.Event) {
 	if j.job != nil {
 		ev.Metadata = j.job.Metadata
 	}
+	// Asynchronous: the job's queue action is already taken, and the ack is
+	// checked by watchEvents, so the handler does not wait a round trip.
+	f, err := p.q.Events.PublishAsync(ev)
+	if err == nil {
+		p.events <- pendingEvent{f: f, jobID: j.id, event: ev.Event}
+		return
+	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	defer cancel()
 	if err := p.q.Events.Publish(opCtx, ev); err != nil {
 		p.log.Error().Str("jobId", j.id).Str("event", string(ev.Event)).Err(err).Msg("publish status event failed")
+	}
+}
+
+// pendingEvent is a status event published without waiting for its ack.
+type pendingEvent struct {
+	f     jetstream.PubAckFuture
+	jobID string
+	event queue.EventType
+}
+
+// watchEvents logs status events the server did not store, until events is
+// closed and every pending ack has been seen (or timed out).
+func (p *Pool) watchEvents() {
+	timer := time.NewTimer(opTimeout)
+	defer timer.Stop()
+	for pe := range p.events {
+		timer.Reset(opTimeout)
+		var err error
+		select {
+		case <-pe.f.Ok():
+		case err = <-pe.f.Err():
+		case <-timer.C:
+			err = errors.New("no ack from the server")
+		}
+		if err != nil {
+			p.log.Error().Str("jobId", pe.jobID).Str("event", string(pe.event)).Err(err).Msg("publish status event failed")
+		}
 	}
 }
 

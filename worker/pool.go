@@ -48,7 +48,8 @@ type Pool struct {
 	clock    Clock
 	profiles map[string]*profileState
 	pacer    *pacer
-	sends    chan struct{} // global Graph concurrency
+	sends    chan struct{}     // global Graph concurrency
+	events   chan pendingEvent // status events awaiting their ack; made by Run
 	running  atomic.Bool
 }
 
@@ -106,6 +107,11 @@ func (p *Pool) Run(ctx context.Context) error {
 	}()
 	p.running.Store(true)
 	p.log.Info().Int("concurrency", p.cfg.Concurrency).Int("maxInFlight", p.cfg.MaxInFlight).Msg("worker consuming")
+
+	p.events = make(chan pendingEvent, p.cfg.MaxInFlight)
+	eventsDone := make(chan struct{})
+	go func() { p.watchEvents(); close(eventsDone) }()
+	defer func() { close(p.events); <-eventsDone }()
 
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, p.cfg.MaxInFlight)
