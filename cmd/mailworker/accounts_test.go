@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 )
@@ -52,7 +53,7 @@ func TestNATSAccountsWithTheRealCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfgFile := filepath.Join(dir, "worker.yaml")
-	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`nats: {url: "%s", user: worker, password: %s}
+	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`nats: {url: "%s", user: worker, password: %s, inboxPrefix: _INBOX_worker}
 http: {listen: "127.0.0.1:0"}
 profiles:
   billing: {tenantId: t1, clientId: c1, authorityHost: "%s", graphURL: "%s", caFile: "%s",
@@ -62,7 +63,8 @@ profiles:
 	}
 
 	as := func(user string, args ...string) (string, int) {
-		out, errOut, code := runCmd(t, "", append(args, "--nats-url", url(user))...)
+		out, errOut, code := runCmdEnv(t, []string{"MAILWORKER_NATS_INBOX_PREFIX=_INBOX_" + user}, "",
+			append(args, "--nats-url", url(user))...)
 		return out + errOut, code
 	}
 	mustOK := func(what string, out string, code int) string {
@@ -108,6 +110,31 @@ profiles:
 	mustOK("support dlq show", out, code)
 	out, code = as("producer", "dlq", "list")
 	mustFail("producer dlq list", out, code)
+	// Nor can a producer read the replies of another user: the jobs the
+	// worker pulls arrive on the worker's inbox.
+	snoopErr := make(chan error, 1)
+	nc, err := nats.Connect(url("producer"), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case snoopErr <- err:
+		default:
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.SubscribeSync("_INBOX_worker.>"); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	select {
+	case err := <-snoopErr:
+		if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+			t.Fatalf("snooping subscription: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a producer could subscribe to the worker's inbox")
+	}
 	out, code = as("producer", "status", "acct-ok")
 	mustFail("producer status", out, code)
 

@@ -43,6 +43,10 @@ type NATSConfig struct {
 	Token          string        `yaml:"token"`
 	TLS            TLSConfig     `yaml:"tls"`
 	ConnectTimeout time.Duration `yaml:"connectTimeout"`
+	// InboxPrefix replaces "_INBOX" for replies (API answers, acks, pulled
+	// messages), so each NATS user can be limited to its own inboxes and
+	// cannot read another user's replies (deploy/nats/accounts.conf).
+	InboxPrefix string `yaml:"inboxPrefix"`
 }
 
 // TLSConfig is a client TLS setup: a CA to trust and an optional client cert.

@@ -142,8 +142,14 @@ func (p *proc) waitOutput(re *regexp.Regexp, timeout time.Duration) string {
 // runCmd runs the binary to completion and returns stdout, stderr and the exit code.
 func runCmd(t *testing.T, stdin string, args ...string) (string, string, int) {
 	t.Helper()
+	return runCmdEnv(t, nil, stdin, args...)
+}
+
+// runCmdEnv is runCmd with extra environment variables.
+func runCmdEnv(t *testing.T, env []string, stdin string, args ...string) (string, string, int) {
+	t.Helper()
 	cmd := exec.Command(mailworkerBinary(t), args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

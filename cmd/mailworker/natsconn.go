@@ -12,7 +12,8 @@ import (
 
 // connectNATS dials NATS with the configured authentication: a credentials
 // file (JWT + nkey), an nkey seed file, user/password or a token, and TLS with
-// a custom CA and optional client certificate. It reconnects for ever.
+// a custom CA and optional client certificate, and an optional custom inbox
+// prefix. It reconnects for ever.
 func connectNATS(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
@@ -25,6 +26,9 @@ func connectNATS(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, err
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
 		}),
+	}
+	if c.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
 	}
 	switch {
 	case c.CredsFile != "":

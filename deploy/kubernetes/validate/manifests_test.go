@@ -130,6 +130,7 @@ type workerConfig struct {
 		Password       string `json:"password"`
 		Token          string `json:"token"`
 		ConnectTimeout string `json:"connectTimeout"`
+		InboxPrefix    string `json:"inboxPrefix"`
 		TLS            struct {
 			CAFile   string `json:"caFile"`
 			CertFile string `json:"certFile"`

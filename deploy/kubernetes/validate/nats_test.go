@@ -81,7 +81,8 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	}
 
 	connect := func(user string) jetstream.JetStream {
-		nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, "pw-"+user), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+		nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, "pw-"+user), nats.CustomInboxPrefix("_INBOX_"+user),
+			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 		if err != nil {
 			t.Fatalf("connect %s: %v", user, err)
 		}
