@@ -58,8 +58,10 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		}
 	}()
 	var seq uint64
+	firstDelivery := false
 	if meta, err := msg.Metadata(); err == nil {
 		seq, j.published = meta.Sequence.Stream, meta.Timestamp
+		firstDelivery = meta.NumDelivered == 1
 	}
 	profile, okSubject := queue.ProfileFromSubject(msg.Subject())
 	if !okSubject {
@@ -96,9 +98,21 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	}
 	j.from = senderAddress(parsed.From)
 
-	ctx, cancel := context.WithTimeout(sendCtx, opTimeout)
-	st, rev, err := p.q.States.Get(ctx, j.id)
-	cancel()
+	// A job's first delivery that will go straight to sending skips the state
+	// read: the compare-and-set create in send claims it, and fails if a
+	// state exists after all (a re-publish after the dedupe window); the job
+	// then comes back in a second and takes the read path. Replays, later
+	// deliveries and every job a state could change the decision for read.
+	var st queue.JobState
+	var rev uint64
+	var err error
+	if firstDelivery && msg.Headers().Get(queue.HeaderReplay) == "" && p.plainlySendable(parsed, j.from, j.prof) {
+		err = queue.ErrNoState
+	} else {
+		ctx, cancel := context.WithTimeout(sendCtx, opTimeout)
+		st, rev, err = p.q.States.Get(ctx, j.id)
+		cancel()
+	}
 	switch {
 	case errors.Is(err, queue.ErrNoState):
 		st = queue.JobState{JobID: j.id, Profile: profile}
@@ -149,14 +163,10 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		return
 	}
 
-	at, deferFor, paused := p.pacer.admit(j.from, len(parsed.To)+len(parsed.Cc)+len(parsed.Bcc))
+	at, deferFor, cause := p.pacer.admit(j.from, len(parsed.To)+len(parsed.Cc)+len(parsed.Bcc))
 	if deferFor > 0 {
-		why := "mailbox paced"
-		if paused {
-			why = "mailbox told to wait (Retry-After)"
-		}
-		p.m.ThrottleDeferrals.WithLabelValues(profile).Inc()
-		p.deferJob(sendCtx, j, deferFor, why, nil)
+		p.m.ThrottleDeferrals.WithLabelValues(profile, cause).Inc()
+		p.deferJob(sendCtx, j, deferFor, "mailbox limit: "+cause, nil)
 		return
 	}
 	hb := p.keepAlive(msg)
@@ -178,6 +188,14 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		return
 	}
 	p.send(sendCtx, j)
+}
+
+// plainlySendable reports whether a job without state would go straight to
+// pacing and sending: not expired, not held by notBefore, sender allowed.
+func (p *Pool) plainlySendable(job *queue.Job, from string, prof *profileState) bool {
+	now := p.clock.Now()
+	return (job.ExpiresAt == nil || now.Before(*job.ExpiresAt)) &&
+		(job.NotBefore == nil || !now.Before(*job.NotBefore)) && prof.allows(from)
 }
 
 // send marks the job as sending, calls the Sender and maps the outcome to one
@@ -242,7 +260,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 
 	case se.Kind == Throttled:
 		p.m.GraphThrottled.WithLabelValues(j.profile).Inc()
-		p.m.ThrottleDeferrals.WithLabelValues(j.profile).Inc()
+		p.m.ThrottleDeferrals.WithLabelValues(j.profile, CauseRetryAfter).Inc()
 		wait := se.RetryAfter
 		if wait <= 0 {
 			wait = retryDelay(1, 0, p.cfg.BackoffInitial, p.cfg.BackoffMax)

@@ -14,7 +14,7 @@ import (
 type Metrics struct {
 	Jobs              *prometheus.CounterVec   // profile, outcome, reason
 	Retries           *prometheus.CounterVec   // profile, reason
-	ThrottleDeferrals *prometheus.CounterVec   // profile
+	ThrottleDeferrals *prometheus.CounterVec   // profile, cause
 	GraphRequests     *prometheus.CounterVec   // profile, status
 	GraphThrottled    *prometheus.CounterVec   // profile
 	SendDuration      *prometheus.HistogramVec // profile
@@ -45,8 +45,8 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 			Help: "Retries scheduled after a failed send (each spends an attempt), by reason."},
 			[]string{"profile", "reason"}),
 		ThrottleDeferrals: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "throttle_deferrals_total",
-			Help: "Jobs put back without spending an attempt because their mailbox was paced or told to wait (Retry-After)."},
-			[]string{"profile"}),
+			Help: "Jobs put back without spending an attempt because of a mailbox limit, by cause (retry_after, pace, recipients, concurrency)."},
+			[]string{"profile", "cause"}),
 		GraphRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "graph_requests_total",
 			Help: "sendMail requests by HTTP status (\"error\" when there was no response)."},
 			[]string{"profile", "status"}),
@@ -77,7 +77,9 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		for _, r := range []queue.Reason{"", queue.ReasonAccessDenied, queue.ReasonAuthFailed, queue.ReasonInternal} {
 			m.Retries.WithLabelValues(p, string(r))
 		}
-		m.ThrottleDeferrals.WithLabelValues(p)
+		for _, c := range []string{CauseRetryAfter, CausePace, CauseRecipients, CauseConcurrency} {
+			m.ThrottleDeferrals.WithLabelValues(p, c)
+		}
 		for _, s := range []string{"202", "400", "401", "403", "404", "413", "429", "500", "503", "504", "error"} {
 			m.GraphRequests.WithLabelValues(p, s)
 		}

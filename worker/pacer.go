@@ -50,6 +50,14 @@ type rcptCount struct {
 	n  int
 }
 
+// Deferral causes: the label cause of mailworker_throttle_deferrals_total.
+const (
+	CauseRetryAfter  = "retry_after" // Graph said to wait (429, or 503 with Retry-After)
+	CausePace        = "pace"        // the per-minute pace
+	CauseRecipients  = "recipients"  // the 24-hour recipient budget
+	CauseConcurrency = "concurrency" // too many jobs already waiting for the mailbox's slots
+)
+
 // recipientWindow is Exchange's rolling window for recipients per mailbox.
 const recipientWindow = 24 * time.Hour
 
@@ -99,27 +107,31 @@ func (p *pacer) box(addr string) *mailbox {
 // admit decides when a send of recipients recipients from addr may start. It
 // returns (at, 0) with at the time to start (now, or within maxHold); the
 // start and the recipients are reserved in the rolling windows. Or it returns
-// a positive defer: the job should be put back for that long, and paused
-// reports whether a Retry-After caused it.
-func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.Duration, paused bool) {
+// a positive defer: the job should be put back for that long, and cause says
+// which limit is the binding one.
+func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.Duration, cause string) {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.box(addr)
 	earliest := now
+	paused := false
 	if b.pausedUntil.After(earliest) {
-		earliest, paused = b.pausedUntil, true
+		earliest, paused, cause = b.pausedUntil, true, CauseRetryAfter
 	}
 	if b.starts != nil {
 		// The oldest start in the ring bounds the next one: a minute after it.
 		if free := b.starts[b.next].Add(time.Minute); free.After(earliest) {
-			earliest = free
+			earliest, cause = free, CausePace
 		}
 	}
 	if p.perDay > 0 {
 		if free := b.recipientsFree(now, recipients, p.perDay); free.After(earliest) {
-			earliest = free
+			earliest, cause = free, CauseRecipients
 		}
+	}
+	if b.waiting >= p.maxWait && cause == "" {
+		cause = CauseConcurrency
 	}
 	if !paused && earliest.Sub(now) <= p.maxHold && b.waiting < p.maxWait {
 		if b.starts != nil {
@@ -131,7 +143,7 @@ func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.
 			b.rcptSum += recipients
 		}
 		b.waiting++
-		return earliest, 0, false
+		return earliest, 0, ""
 	}
 	// Defer: spread deferred jobs one interval apart after the earliest time.
 	if b.deferredUntil.After(earliest) {
@@ -146,7 +158,7 @@ func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.
 	if d < spacing {
 		d = spacing
 	}
-	return time.Time{}, d, paused
+	return time.Time{}, d, cause
 }
 
 // acquire waits for a send slot of addr after admit; release must follow.

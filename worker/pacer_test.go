@@ -30,9 +30,9 @@ func TestPacer(t *testing.T) {
 			}
 			p.box("a@x").waiting--
 		}
-		_, d, paused := p.admit("a@x", 1)
-		if paused || d < 55*time.Second || d > 61*time.Second {
-			t.Fatalf("31st send deferred %v (paused %v), want ~60s", d, paused)
+		_, d, cause := p.admit("a@x", 1)
+		if cause != CausePace || d < 55*time.Second || d > 61*time.Second {
+			t.Fatalf("31st send deferred %v (cause %q), want ~60s for the pace", d, cause)
 		}
 		// Deferred jobs are spread one interval (2s) apart, not returned at once.
 		_, d2, _ := p.admit("a@x", 1)
@@ -49,9 +49,9 @@ func TestPacer(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
 		p := newPacer(clk, 4, 0, 0, 5*time.Second)
 		p.pause("a@x", 30*time.Second)
-		_, d, paused := p.admit("a@x", 1)
-		if !paused || d != 30*time.Second {
-			t.Fatalf("defer %v paused %v, want 30s paused", d, paused)
+		_, d, cause := p.admit("a@x", 1)
+		if cause != CauseRetryAfter || d != 30*time.Second {
+			t.Fatalf("defer %v cause %q, want 30s for Retry-After", d, cause)
 		}
 		p.pause("a@x", time.Second) // shorter pause never cuts a longer one
 		clk.Add(29 * time.Second)
@@ -89,7 +89,10 @@ func TestPacer(t *testing.T) {
 			p.box("a@x").waiting--
 			clk.Add(time.Hour)
 		}
-		_, d, _ := p.admit("a@x", 1)
+		_, d, cause := p.admit("a@x", 1)
+		if cause != CauseRecipients {
+			t.Fatalf("cause %q, want recipients", cause)
+		}
 		if want := t0.Add(24 * time.Hour).Sub(clk.Now()); d < want || d > want+time.Second {
 			t.Fatalf("1001st recipient deferred %v, want %v (until the first send ages out)", d, want)
 		}
