@@ -303,7 +303,7 @@ func (p *Pool) sent(ctx context.Context, j *job, res SendResult, elapsed time.Du
 	graph := &queue.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
 	j.state.Graph = graph
 	j.state.UpdatedAt = p.clock.Now()
-	p.writeState(ctx, j, false)
+	p.writeTerminalState(ctx, j)
 	_ = j.msg.Ack()
 	p.m.Jobs.WithLabelValues(j.profile, OutcomeSent, "").Inc()
 	p.observeLatency(j)
@@ -337,7 +337,7 @@ func (p *Pool) deadLetter(ctx context.Context, j *job, reason queue.Reason, mess
 	j.state.LastError = &queue.ErrorInfo{Reason: reason, Message: message}
 	j.state.Graph = graph
 	j.state.UpdatedAt = now
-	p.writeState(ctx, j, false)
+	p.writeTerminalState(ctx, j)
 	_ = j.msg.Term()
 	p.m.Jobs.WithLabelValues(j.metricProfile(), OutcomeDeadLettered, string(reason)).Inc()
 	p.observeLatency(j)
@@ -399,6 +399,34 @@ func (p *Pool) writeState(ctx context.Context, j *job, mark bool) bool {
 	}
 	j.rev = rev
 	return true
+}
+
+// terminalStateTimeout bounds how long a terminal state (sent, dead_lettered)
+// is retried before the job is acked anyway.
+const terminalStateTimeout = 2 * time.Minute
+
+// writeTerminalState stores a terminal state, retrying while the broker is
+// unavailable (a reconnect, a JetStream leader election), before the caller
+// acks: a job acked with its state left at `sending` would show as sending
+// for ever and be sent again, as ambiguous, if it were published again. The
+// delivery is kept alive meanwhile by the caller's keepAlive. After
+// terminalStateTimeout, or when shutdown cancels ctx, it gives up and logs:
+// the mail's fate is already decided, and redelivering it would send it twice.
+func (p *Pool) writeTerminalState(ctx context.Context, j *job) {
+	deadline := time.Now().Add(terminalStateTimeout)
+	wait := 100 * time.Millisecond
+	for !p.writeState(ctx, j, false) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			p.log.Error().Str("jobId", j.id).Str("state", string(j.state.State)).
+				Msg("giving up recording the job's final state; the job state store shows an earlier state")
+			return
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 func (p *Pool) emit(ctx context.Context, j *job, ev queue.Event) {
