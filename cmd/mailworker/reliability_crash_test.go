@@ -19,6 +19,7 @@ func TestReliabilityWorkerCrashes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
 	}
+	t.Parallel()
 	jobs := pick(300, 3000)
 	replicas := pick(2, 3)
 	kills := pick(5, 25)
@@ -46,6 +47,7 @@ func TestReliabilityWorkerCrashes(t *testing.T) {
 	h.waitTerminal(ids, pick(90*time.Second, 5*time.Minute))
 	h.stopAll(live)
 	r := h.check(ids)
+	h.checkNoSecrets()
 	if r.Lost != 0 {
 		t.Errorf("lost %d jobs", r.Lost)
 	}
