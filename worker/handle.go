@@ -187,6 +187,14 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		_ = msg.Nak()
 		return
 	}
+	// Graph may have answered another job of this mailbox with Retry-After
+	// while this one waited for its slots: sending now would land inside
+	// that window.
+	if d := p.pacer.pausedFor(j.from); d > 0 {
+		p.m.ThrottleDeferrals.WithLabelValues(profile, CauseRetryAfter).Inc()
+		p.deferJob(sendCtx, j, d, "mailbox limit: "+CauseRetryAfter, nil)
+		return
+	}
 	p.send(sendCtx, j)
 }
 

@@ -161,6 +161,29 @@ func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.
 	return time.Time{}, d, cause
 }
 
+// pausedFor returns how long a job of addr that holds its slots must still be
+// put back because a Retry-After arrived while it waited (0: send now). The
+// returned delays are spread one interval apart, as admit's are.
+func (p *pacer) pausedFor(addr string) time.Duration {
+	now := p.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.boxes[addr]
+	if b == nil || !b.pausedUntil.After(now) {
+		return 0
+	}
+	earliest := b.pausedUntil
+	if b.deferredUntil.After(earliest) {
+		earliest = b.deferredUntil
+	}
+	spacing := p.interval
+	if spacing == 0 {
+		spacing = 20 * time.Millisecond
+	}
+	b.deferredUntil = earliest.Add(spacing)
+	return earliest.Sub(now)
+}
+
 // acquire waits for a send slot of addr after admit; release must follow.
 // It returns ctx's error when ctx ends first (the admission is given back).
 func (p *pacer) acquire(ctx context.Context, addr string, at time.Time) error {
