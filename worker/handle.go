@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -504,14 +505,38 @@ func (p *Pool) outcomeLog(level zerolog.Level, j *job, outcome string) *zerolog.
 
 // keepAlive tells the server the job is being worked on every third of the
 // ack wait until stopped, so that slow waits and sends are not redelivered.
-func (p *Pool) keepAlive(msg Delivery) *time.Timer {
+func (p *Pool) keepAlive(msg Delivery) *heartbeat {
 	every := p.cfg.AckWait / 3
-	var t *time.Timer
-	t = time.AfterFunc(every, func() {
+	hb := &heartbeat{}
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	hb.t = time.AfterFunc(every, func() {
 		_ = msg.InProgress()
-		t.Reset(every)
+		hb.mu.Lock()
+		defer hb.mu.Unlock()
+		if !hb.stopped {
+			hb.t.Reset(every)
+		}
 	})
-	return t
+	return hb
+}
+
+// heartbeat is a running keepAlive. The mutex orders the timer's creation
+// before its first firing, and a Stop during a firing before the re-arm, which
+// would otherwise keep a finished job's heartbeat going for ever.
+type heartbeat struct {
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+}
+
+// Stop ends the heartbeat; no InProgress is sent after it returns but one
+// already under way.
+func (hb *heartbeat) Stop() {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	hb.stopped = true
+	hb.t.Stop()
 }
 
 func ambiguousMessage(j *job) string {

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,5 +40,49 @@ func TestSentStateSurvivesStateStoreOutage(t *testing.T) {
 	st := b.waitState(id, queue.StateSent)
 	if st.Attempts != 1 {
 		t.Errorf("attempts %d, want 1", st.Attempts)
+	}
+}
+
+// blockingDelivery counts InProgress calls; the first one blocks until released.
+type blockingDelivery struct {
+	Delivery
+	mu      sync.Mutex
+	calls   int
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (d *blockingDelivery) InProgress() error {
+	d.mu.Lock()
+	d.calls++
+	first := d.calls == 1
+	d.mu.Unlock()
+	if first {
+		close(d.entered)
+		<-d.release
+	}
+	return nil
+}
+
+func (d *blockingDelivery) n() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.calls
+}
+
+// TestKeepAliveStopDuringBeat: a Stop that lands while a heartbeat is being
+// sent must not be undone by the beat re-arming its timer (the job would be
+// kept alive for ever). Found by the broker-restart run under -race, which
+// also flagged the timer being read by its first firing before it was stored.
+func TestKeepAliveStopDuringBeat(t *testing.T) {
+	p := &Pool{cfg: Config{AckWait: 6 * time.Millisecond}}
+	d := &blockingDelivery{entered: make(chan struct{}), release: make(chan struct{})}
+	hb := p.keepAlive(d)
+	<-d.entered
+	hb.Stop()
+	close(d.release)
+	time.Sleep(50 * time.Millisecond) // 25 beat periods
+	if n := d.n(); n != 1 {
+		t.Fatalf("%d InProgress calls after Stop, want 1", n)
 	}
 }
