@@ -39,6 +39,9 @@ type job struct {
 	state     queue.JobState
 	rev       uint64
 	published time.Time
+	// releaseSlots gives back the mailbox and Graph concurrency slots once
+	// the Graph call is over (nil when none are held; safe to call twice).
+	releaseSlots func()
 }
 
 func (j *job) metricProfile() string {
@@ -176,14 +179,20 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		_ = msg.Nak()
 		return
 	}
-	defer p.pacer.release(j.from)
 	select {
 	case p.sends <- struct{}{}:
 	case <-stop.Done():
+		p.pacer.release(j.from)
 		_ = msg.Nak()
 		return
 	}
-	defer func() { <-p.sends }()
+	// The slots bound Graph requests: they are given back as soon as the
+	// call returns, not after the state write, ack and event that follow.
+	j.releaseSlots = sync.OnceFunc(func() {
+		<-p.sends
+		p.pacer.release(j.from)
+	})
+	defer j.releaseSlots()
 	if stop.Err() != nil {
 		_ = msg.Nak()
 		return
@@ -223,6 +232,11 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	start := time.Now()
 	res, err := p.sender.Send(ctx, j.profile, j.id, j.job)
 	elapsed := time.Since(start)
+	if err == nil && j.releaseSlots != nil {
+		// On failure the slots are held until handle returns, so that a
+		// Retry-After pause is recorded before another job takes them.
+		j.releaseSlots()
+	}
 	p.m.InflightSends.Dec()
 	cancel()
 	p.m.SendDuration.WithLabelValues(j.profile).Observe(elapsed.Seconds())
