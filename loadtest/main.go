@@ -85,7 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		writeTable(stdout, results, opts.Markdown)
 	}
 	if opts.JSON {
-		writeTable(stderr, results, false) // the readable table, for a person watching
+		writeTable(stderr, results, opts.Markdown) // the readable table, for a person watching
 	}
 	for _, r := range results {
 		if r.Lost > 0 || r.Duplicates > 0 {

@@ -110,6 +110,7 @@ func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
 		bad.BadJobs = max(n/10, 1)
 		bad.BadRetryAfterSec = 30
 		r, err2 := h.runOne(ctx, bad)
+		clean.RefThroughput, clean.Ratio, clean.refWhat = clean.Throughput, 1, "itself"
 		out := []Result{*clean}
 		if r != nil {
 			r.RefThroughput = clean.Throughput
