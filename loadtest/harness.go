@@ -493,6 +493,7 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 		}()
 	}
 
+	hostStart := selfCPU()
 	pubErrs, perr := h.publish(ctx, e, spec, oc)
 	var waitErr error
 	if perr == nil {
@@ -506,6 +507,7 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 		}
 		deadline.Stop()
 	}
+	hostCPU := selfCPU() - hostStart
 	close(stopProgress)
 	progressDone.Wait()
 	if profDone != nil {
@@ -550,6 +552,9 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 		r.CPUusPerJob = float64(cpu.Microseconds()) / float64(jobsDone)
 	}
 	r.PeakRSSMB = float64(rss) / 1024
+	if jobsDone := oc.sent + oc.dl; jobsDone > 0 {
+		r.hostCPUusPerJob = float64(hostCPU.Microseconds()) / float64(jobsDone)
+	}
 	st := e.fake.Stats()
 	r.TokenRequests, r.GraphRequests, r.Throttled, r.InRetryAfter = st.TokenRequests, st.SendRequests, st.Throttled, st.InRetryAfter
 	r.Duplicates = max(st.Duplicates, r.dupSentEvents)
@@ -692,4 +697,14 @@ func fetchTo(url, path string) error {
 	defer f.Close()
 	_, err = io.Copy(f, resp.Body)
 	return err
+}
+
+// selfCPU is this process's CPU time so far: the embedded nats-server, the
+// fake Graph, the publisher and the outcome watcher.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -13,36 +13,37 @@ import (
 // Result is one run's figures. The JSON keys are the ones issue 3 fixes;
 // the unexported fields only feed the table notes.
 type Result struct {
-	Scenario      string        `json:"scenario"`
-	Jobs          int           `json:"jobs"`
-	Sent          int           `json:"sent"`
-	DeadLettered  int           `json:"dead_lettered"`
-	Lost          int           `json:"lost"`
-	Duplicates    int           `json:"duplicates"`
-	Throughput    float64       `json:"throughput_per_s"`
-	RefThroughput float64       `json:"bare_throughput_per_s"`
-	Ratio         float64       `json:"ratio_vs_bare"`
-	P50ms         float64       `json:"p50_ms"`
-	P95ms         float64       `json:"p95_ms"`
-	P99ms         float64       `json:"p99_ms"`
-	CPUusPerJob   float64       `json:"cpu_us_per_job"`
-	PeakRSSMB     float64       `json:"peak_rss_mb"`
-	TokenRequests int           `json:"token_requests"`
-	GraphRequests int           `json:"graph_requests"`
-	Throttled     int           `json:"throttled_responses"`
-	InRetryAfter  int           `json:"requests_in_retry_after"`
-	pending       int           // jobs to the bad mailbox still deferred at the end (isolation)
-	badSent       int           // jobs to the bad mailbox that finished anyway
-	elapsed       time.Duration // first publish → last outcome of a waited-for job
-	replicas      int
-	concurrency   int
-	refWhat       string
-	bound         float64 // Little's-law bound, jobs/s (latency, scale)
-	boundWhat     string
-	drainIdeal    time.Duration // throttle: jobs ÷ (mailboxes × 30/min)
-	drainWindow   time.Duration // throttle: the rolling-window bound
-	publishErrors int
-	dupSentEvents int
+	Scenario        string        `json:"scenario"`
+	Jobs            int           `json:"jobs"`
+	Sent            int           `json:"sent"`
+	DeadLettered    int           `json:"dead_lettered"`
+	Lost            int           `json:"lost"`
+	Duplicates      int           `json:"duplicates"`
+	Throughput      float64       `json:"throughput_per_s"`
+	RefThroughput   float64       `json:"bare_throughput_per_s"`
+	Ratio           float64       `json:"ratio_vs_bare"`
+	P50ms           float64       `json:"p50_ms"`
+	P95ms           float64       `json:"p95_ms"`
+	P99ms           float64       `json:"p99_ms"`
+	CPUusPerJob     float64       `json:"cpu_us_per_job"`
+	PeakRSSMB       float64       `json:"peak_rss_mb"`
+	TokenRequests   int           `json:"token_requests"`
+	GraphRequests   int           `json:"graph_requests"`
+	Throttled       int           `json:"throttled_responses"`
+	InRetryAfter    int           `json:"requests_in_retry_after"`
+	pending         int           // jobs to the bad mailbox still deferred at the end (isolation)
+	badSent         int           // jobs to the bad mailbox that finished anyway
+	elapsed         time.Duration // first publish → last outcome of a waited-for job
+	replicas        int
+	concurrency     int
+	refWhat         string
+	bound           float64 // Little's-law bound, jobs/s (latency, scale)
+	boundWhat       string
+	drainIdeal      time.Duration // throttle: jobs ÷ (mailboxes × 30/min)
+	drainWindow     time.Duration // throttle: the rolling-window bound
+	publishErrors   int
+	hostCPUusPerJob float64 // loadtest process (nats-server, fake, publisher, watcher) from first publish to last outcome
+	dupSentEvents   int
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
@@ -108,7 +109,7 @@ func writeTable(w io.Writer, rs []Result, markdown bool) {
 		if r.dupSentEvents > 0 {
 			notes = append(notes, fmt.Sprintf("%d jobs had more than one terminal event", r.dupSentEvents))
 		}
-		notes = append(notes, fmt.Sprintf("elapsed %.2fs", r.elapsed.Seconds()))
+		notes = append(notes, fmt.Sprintf("elapsed %.2fs; host process (nats-server + fake + publisher) %.0f µs CPU/job", r.elapsed.Seconds(), r.hostCPUusPerJob))
 		prefix := "- "
 		if markdown {
 			prefix = "- **" + r.Scenario + "**: "
