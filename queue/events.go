@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,11 +27,20 @@ func eventMsg(ev *Event, msgID string) (*nats.Msg, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: encode event: %w", err)
 	}
-	m := &nats.Msg{Subject: StatusSubject(ev.Profile, ev.JobID), Data: b}
-	if msgID != "" {
-		m.Header = nats.Header{HeaderMsgID: []string{msgID}}
+	if msgID == "" {
+		msgID = EventMsgID(ev)
 	}
+	m := &nats.Msg{Subject: StatusSubject(ev.Profile, ev.JobID), Data: b,
+		Header: nats.Header{HeaderMsgID: []string{msgID}}}
 	return m, nil
+}
+
+// EventMsgID is the publish dedupe id of an event: the same event value
+// published twice (a retry after a lost ack, or a worker re-publishing a
+// final event from the job state) is stored once inside the stream's
+// duplicate window.
+func EventMsgID(ev *Event) string {
+	return ev.JobID + "-" + string(ev.Event) + "-" + strconv.Itoa(ev.Attempt) + "-" + strconv.FormatInt(ev.At.UnixNano(), 36)
 }
 
 // Publish stores ev on StatusSubject(ev.Profile, ev.JobID) and waits for the

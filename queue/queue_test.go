@@ -272,6 +272,28 @@ func TestEvents(t *testing.T) {
 	}
 }
 
+func TestEventsPublishedTwiceAreStoredOnce(t *testing.T) {
+	b := setup(t)
+	at := time.Now()
+	ev := Event{JobID: "j1", Profile: "billing", Event: EventSent, Attempt: 1, At: at}
+	for range 2 { // a retry after a lost ack, or a final event re-published on redelivery
+		if err := b.q.Events.Publish(b.ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev.At = at.Add(time.Millisecond) // a different event of the same kind is its own
+	if err := b.q.Events.Publish(b.ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	h, err := b.q.Events.History(b.ctx, "j1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h) != 2 {
+		t.Fatalf("History has %d events, want 2: %+v", len(h), h)
+	}
+}
+
 func TestAttachments(t *testing.T) {
 	b := setup(t)
 	a := b.q.Attachments

@@ -30,4 +30,8 @@ type JobState struct {
 	Ambiguous bool       `json:"ambiguous,omitempty"`
 	LastError *ErrorInfo `json:"lastError,omitempty"`
 	Graph     *GraphInfo `json:"graph,omitempty"`
+	// Seq is the MAIL_JOBS stream sequence of the delivery that reached a
+	// final state, so a redelivery of that same message (its ack was lost)
+	// can be told from a later re-publish of the job id.
+	Seq uint64 `json:"seq,omitempty"`
 }

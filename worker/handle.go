@@ -38,6 +38,7 @@ type job struct {
 	from      string // lower-cased sender address
 	state     queue.JobState
 	rev       uint64
+	seq       uint64 // MAIL_JOBS stream sequence of this delivery
 	published time.Time
 	// releaseSlots gives back the mailbox and Graph concurrency slots once
 	// the Graph call is over (nil when none are held; safe to call twice).
@@ -65,6 +66,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	firstDelivery := false
 	if meta, err := msg.Metadata(); err == nil {
 		seq, j.published = meta.Sequence.Stream, meta.Timestamp
+		j.seq = seq
 		firstDelivery = meta.NumDelivered == 1
 	}
 	profile, okSubject := queue.ProfileFromSubject(msg.Subject())
@@ -128,11 +130,18 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	now := p.clock.Now()
 
 	switch st.State {
-	case queue.StateSent:
-		p.suppressDuplicate(sendCtx, j, "already sent")
-		return
-	case queue.StateDeadLettered:
-		p.suppressDuplicate(sendCtx, j, "already dead-lettered: use `mailworker dlq replay` to send it again")
+	case queue.StateSent, queue.StateDeadLettered:
+		if st.Seq != 0 && st.Seq == j.seq {
+			// This very message reached its outcome but its ack was lost
+			// (a worker died, or the broker moved): finish it again.
+			p.finishAgain(sendCtx, j)
+			return
+		}
+		why := "already sent"
+		if st.State == queue.StateDeadLettered {
+			why = "already dead-lettered: use `mailworker dlq replay` to send it again"
+		}
+		p.suppressDuplicate(sendCtx, j, why)
 		return
 	case queue.StateSending:
 		// Another replica may be sending it right now (a duplicate publish),
@@ -326,12 +335,13 @@ func (p *Pool) sent(ctx context.Context, j *job, res SendResult, elapsed time.Du
 	graph := &queue.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
 	j.state.Graph = graph
 	j.state.UpdatedAt = p.clock.Now()
+	j.state.Seq = j.seq
 	p.writeTerminalState(ctx, j)
+	p.emitFinal(ctx, j, queue.Event{Event: queue.EventSent, Graph: graph, LatencyMs: elapsed.Milliseconds(),
+		PossibleDuplicate: j.state.Ambiguous})
 	_ = j.msg.Ack()
 	p.m.Jobs.WithLabelValues(j.profile, OutcomeSent, "").Inc()
 	p.observeLatency(j)
-	p.emit(ctx, j, queue.Event{Event: queue.EventSent, Graph: graph, LatencyMs: elapsed.Milliseconds(),
-		PossibleDuplicate: j.state.Ambiguous})
 	p.outcomeLog(zerolog.InfoLevel, j, "sent").Str("requestId", res.RequestID).
 		Bool("possibleDuplicate", j.state.Ambiguous).Dur("latency", elapsed).Send()
 }
@@ -360,13 +370,32 @@ func (p *Pool) deadLetter(ctx context.Context, j *job, reason queue.Reason, mess
 	j.state.LastError = &queue.ErrorInfo{Reason: reason, Message: message}
 	j.state.Graph = graph
 	j.state.UpdatedAt = now
+	j.state.Seq = j.seq
 	p.writeTerminalState(ctx, j)
+	p.emitFinal(ctx, j, queue.Event{Event: queue.EventDeadLettered, Graph: graph,
+		Error: &queue.ErrorInfo{Reason: reason, Message: message}})
 	_ = j.msg.Term()
 	p.m.Jobs.WithLabelValues(j.metricProfile(), OutcomeDeadLettered, string(reason)).Inc()
 	p.observeLatency(j)
-	p.emit(ctx, j, queue.Event{Event: queue.EventDeadLettered, Graph: graph,
-		Error: &queue.ErrorInfo{Reason: reason, Message: message}})
 	p.outcomeLog(zerolog.WarnLevel, j, "dead_lettered").Str("reason", string(reason)).Str("error", message).Send()
+}
+
+// finishAgain completes a redelivery of a message whose outcome is already
+// recorded: it publishes the final event again from the job state (stored
+// once: the event's dedupe id is the same) and acks or terminates.
+func (p *Pool) finishAgain(ctx context.Context, j *job) {
+	st := j.state
+	ev := queue.Event{Event: queue.EventSent, Graph: st.Graph, PossibleDuplicate: st.Ambiguous}
+	if st.State == queue.StateDeadLettered {
+		ev = queue.Event{Event: queue.EventDeadLettered, Graph: st.Graph, Error: st.LastError}
+	}
+	p.emitFinal(ctx, j, ev)
+	if st.State == queue.StateSent {
+		_ = j.msg.Ack()
+	} else {
+		_ = j.msg.Term()
+	}
+	p.outcomeLog(zerolog.InfoLevel, j, string(ev.Event)).Str("why", "redelivered after its outcome was recorded").Send()
 }
 
 func (p *Pool) suppressDuplicate(ctx context.Context, j *job, why string) {
@@ -436,12 +465,31 @@ const terminalStateTimeout = 2 * time.Minute
 // terminalStateTimeout, or when shutdown cancels ctx, it gives up and logs:
 // the mail's fate is already decided, and redelivering it would send it twice.
 func (p *Pool) writeTerminalState(ctx context.Context, j *job) {
+	p.retryFinal(ctx, j, "record the final job state", func(opCtx context.Context) error {
+		rev, err := p.q.States.Put(opCtx, j.state)
+		if err == nil {
+			j.rev = rev
+		}
+		return err
+	})
+}
+
+// retryFinal runs op, which records a job's outcome, until it succeeds, for
+// up to terminalStateTimeout (a broker restart or a leader move), backing off.
+// Past that it logs and gives up: the queue action still follows.
+func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(context.Context) error) {
 	deadline := time.Now().Add(terminalStateTimeout)
 	wait := 100 * time.Millisecond
-	for !p.writeState(ctx, j, false) {
+	for {
+		opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+		err := op(opCtx)
+		cancel()
+		if err == nil {
+			return
+		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			p.log.Error().Str("jobId", j.id).Str("state", string(j.state.State)).
-				Msg("giving up recording the job's final state; the job state store shows an earlier state")
+			p.log.Error().Str("jobId", j.id).Str("state", string(j.state.State)).Err(err).
+				Msgf("giving up: could not %s", what)
 			return
 		}
 		select {
@@ -450,6 +498,21 @@ func (p *Pool) writeTerminalState(ctx context.Context, j *job) {
 		}
 		wait = min(2*wait, 2*time.Second)
 	}
+}
+
+// emitFinal publishes a job's final event before its queue action, waiting
+// for the stream's ack and retrying for as long as the final state is
+// retried: a worker that dies after acking leaves no outcome unreported, and
+// one that dies before re-publishes it on redelivery (finishAgain). The
+// event's time is the final state's, so its dedupe id is stable.
+func (p *Pool) emitFinal(ctx context.Context, j *job, ev queue.Event) {
+	ev.JobID, ev.Profile, ev.Attempt, ev.At = j.id, j.profile, j.state.Attempts, j.state.UpdatedAt
+	if j.job != nil {
+		ev.Metadata = j.job.Metadata
+	}
+	p.retryFinal(ctx, j, "publish the final status event", func(opCtx context.Context) error {
+		return p.q.Events.Publish(opCtx, ev)
+	})
 }
 
 func (p *Pool) emit(ctx context.Context, j *job, ev queue.Event) {

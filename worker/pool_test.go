@@ -98,6 +98,36 @@ func TestPool(t *testing.T) {
 		}
 	})
 
+	t.Run("a redelivery after the outcome was recorded re-publishes the final event, sends nothing", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{}, rec)
+		// The state a worker leaves when it dies after recording "sent" and
+		// before its event and ack: the job's message is stream sequence 1.
+		at := time.Now().Add(-time.Minute).UTC()
+		if _, err := b.q.States.Put(context.Background(), queue.JobState{JobID: "job-acklost", Profile: "demo",
+			State: queue.StateSent, Attempts: 1, UpdatedAt: at, Seq: 1,
+			Graph: &queue.GraphInfo{Status: 202, RequestID: "req-first"}}); err != nil {
+			t.Fatal(err)
+		}
+		b.publishRaw("mail.send.demo", mustJSON(t, demoJob("job-acklost")))
+		ev := b.waitEvent("job-acklost", queue.EventSent)
+		if !ev.At.Equal(at) || ev.Graph == nil || ev.Graph.RequestID != "req-first" || ev.Attempt != 1 {
+			t.Fatalf("re-published sent event = %+v", ev)
+		}
+		eventually(t, 5*time.Second, "the message acked", func() bool { return b.pending() == 0 })
+		if rec.callsFor("job-acklost") != 0 {
+			t.Fatal("a job whose outcome was recorded was sent again")
+		}
+		for _, e := range b.history("job-acklost") {
+			if e.Event == queue.EventDuplicateSuppressed {
+				t.Fatal("a redelivery of the same message is not a duplicate")
+			}
+		}
+		// A later re-publish of the id (another message) is a duplicate.
+		b.publishRaw("mail.send.demo", mustJSON(t, demoJob("job-acklost")))
+		b.waitEvent("job-acklost", queue.EventDuplicateSuppressed)
+	})
+
 	t.Run("permanent failure is dead-lettered with its reason", func(t *testing.T) {
 		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
 			return SendResult{}, &SendError{Kind: Permanent, Reason: queue.ReasonRecipientInvalid, Status: 400,
