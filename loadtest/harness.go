@@ -210,9 +210,29 @@ type proc struct {
 	logFile  *os.File
 	done     chan struct{}
 	err      error
+	// peakRSSKiB is VmHWM read just before SIGTERM. rusage's Maxrss is not
+	// used: on Linux a child started with vfork+exec also reports the
+	// parent's RSS at spawn time, which grows run after run here.
+	peakRSSKiB int64
+}
+
+// vmHWM is the peak resident set size of pid in KiB (0 if unknown).
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 func (p *proc) stop(grace time.Duration) {
+	p.peakRSSKiB = vmHWM(p.cmd.Process.Pid)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -232,6 +252,9 @@ func (p *proc) rusage() (cpu time.Duration, maxRSSKiB int64) {
 		return 0, 0
 	}
 	cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	if p.peakRSSKiB > 0 {
+		return cpu, p.peakRSSKiB
+	}
 	return cpu, ru.Maxrss
 }
 
