@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 )
@@ -154,4 +155,39 @@ profiles:
 	mustOK("support smoke test send --wait", out, code)
 	out, code = as("support", "dlq", "purge", "--yes")
 	mustOK("support dlq purge", out, code)
+}
+
+// TestNkeyAuthentication: a worker config with nats.nkeySeedFile provisions
+// and reads the queue against a server that knows only the nkey's public key.
+func TestNkeyAuthentication(t *testing.T) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := kp.Seed()
+	pub, _ := kp.PublicKey()
+	ns := startTestNATS(t, func(o *server.Options) { o.Nkeys = []*server.NkeyUser{{Nkey: pub}} })
+	dir := t.TempDir()
+	seedFile := filepath.Join(dir, "worker.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("nats: {url: %q, nkeySeedFile: %q}\n", ns.ClientURL(), seedFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := runCmd(t, "", "provision", "--config", cfg); code != 0 {
+		t.Fatalf("provision with an nkey: exit %d: %s %s", code, out, errOut)
+	}
+	if out, errOut, code := runCmd(t, "", "dlq", "list", "--config", cfg); code != 0 || !strings.Contains(out, "0 dead-lettered") {
+		t.Fatalf("dlq list with an nkey: exit %d: %s %s", code, out, errOut)
+	}
+	// Without the seed the server refuses the connection.
+	if _, _, code := runCmd(t, "", "dlq", "list", "--nats-url", ns.ClientURL()); code == 0 {
+		t.Fatal("an unauthenticated client was let in")
+	}
+	out, errOut, _ := runCmd(t, "", "dlq", "list", "--config", cfg, "--nats-url", "nats://127.0.0.1:1")
+	if strings.Contains(out+errOut, string(seed)) {
+		t.Fatal("the nkey seed appears in error output")
+	}
 }
