@@ -95,7 +95,21 @@ type Client struct {
 	// MSAL, so a cold start makes one token request, not one per sender.
 	tok   atomic.Pointer[cachedToken]
 	tokMu sync.Mutex
+	// After a failed token request, callers get the same failure without a
+	// new request until failUntil (1 s, doubling to 30 s while it keeps
+	// failing): during an Entra outage a busy worker asks a few times a
+	// minute, not once per job, and stays clear of Entra's request-loop
+	// protection. Guarded by tokMu.
+	failUntil time.Time
+	failErr   *Error
+	failures  int
 }
+
+// Token failure back-off bounds.
+const (
+	tokenFailFirst = time.Second
+	tokenFailMax   = 30 * time.Second
+)
 
 // cachedToken is an access token and when to stop using it.
 type cachedToken struct {
@@ -308,13 +322,24 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 	if t := c.tok.Load(); t != nil && time.Now().Before(t.useUntil) {
 		return t.value, nil // another caller just fetched it
 	}
+	if c.failErr != nil && time.Now().Before(c.failUntil) {
+		e := *c.failErr
+		return "", &e
+	}
 	ar, err := c.msal.AcquireTokenByCredential(ctx, c.scopes)
 	if err != nil {
 		if c.onToken != nil {
 			c.onToken(false)
 		}
-		return "", c.tokenError(ctx, err)
+		e := c.tokenError(ctx, err)
+		if ctx.Err() == nil { // the caller's own deadline says nothing about Entra
+			c.failures++
+			c.failUntil = time.Now().Add(min(tokenFailFirst<<min(c.failures-1, 5), tokenFailMax))
+			c.failErr = e
+		}
+		return "", e
 	}
+	c.failures, c.failErr = 0, nil
 	if c.onToken != nil && ar.Metadata.TokenSource == confidential.TokenSourceIdentityProvider {
 		c.onToken(true)
 	}

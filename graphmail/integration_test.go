@@ -226,9 +226,26 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 	if strings.Contains(err.Error(), itSecret) {
 		t.Errorf("secret in error: %v", err)
 	}
+	// While Entra is failing, callers share the failure instead of each
+	// asking again: a hundred sends make one more request at most.
+	failures := s.TokenFailures()
+	for range 100 {
+		if _, err := c.Token(context.Background()); err == nil {
+			t.Fatal("token while the endpoint is down")
+		}
+	}
+	if n := s.TokenFailures() - failures; n > 1 {
+		t.Errorf("100 calls during an outage made %d token requests, want at most 1", n)
+	}
 	s.SetTokenEndpointDown(false)
-	if _, err := c.Token(context.Background()); err != nil {
-		t.Errorf("after recovery: %v", err)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := c.Token(context.Background()); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no token within 10s of recovery: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	// A wrong secret is reported without echoing it.
 	bad := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: "wrong-secret-sentinel"})
