@@ -335,7 +335,8 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 		if ctx.Err() == nil { // the caller's own deadline says nothing about Entra
 			c.failures++
 			c.failUntil = time.Now().Add(min(tokenFailFirst<<min(c.failures-1, 5), tokenFailMax))
-			c.failErr = e
+			cp := *e // callers annotate the error they get: keep our own copy
+			c.failErr = &cp
 		}
 		return "", e
 	}

@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -237,6 +238,23 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 	if n := s.TokenFailures() - failures; n > 1 {
 		t.Errorf("100 calls during an outage made %d token requests, want at most 1", n)
 	}
+	// Concurrent sends share the failure; each gets its own error to annotate
+	// (a fresh client, so that one of them makes the failing request).
+	c = newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
+			_, err := c.Send(context.Background(), msg, fmt.Sprintf("job-%d", i))
+			var e *graphmail.Error
+			if !errors.As(err, &e) || e.ClientRequestID != fmt.Sprintf("job-%d", i) {
+				t.Errorf("send %d during the outage: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
 	s.SetTokenEndpointDown(false)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
