@@ -116,6 +116,10 @@ func (s *Server) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		}
 		switch {
 		case fault.Reset:
+			// Read the whole request first: the connection drops after
+			// Graph has the mail, the ambiguous case a client must handle
+			// (a reset before the body arrived would depend on timing).
+			_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, MaxRequestBytes+1))
 			s.logf("graphtest: sendMail %s: fault: connection reset", mailbox)
 			resetConn(w)
 			return
