@@ -59,10 +59,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		}
 	}()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "mailworker", Name: "build_info",
-		Help: "Build information; always 1."}, []string{"version"})
-	buildInfo.WithLabelValues(version).Set(1)
-	a.reg.MustRegister(buildInfo)
+	registerBuildInfo(a.reg)
 
 	names := make([]string, 0, len(cfg.Profiles))
 	for n := range cfg.Profiles {
@@ -115,6 +112,14 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 	}
 	ok = true
 	return a, nil
+}
+
+// registerBuildInfo registers mailworker_build_info{version}.
+func registerBuildInfo(reg prometheus.Registerer) {
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "mailworker", Name: "build_info",
+		Help: "Build information; always 1."}, []string{"version"})
+	buildInfo.WithLabelValues(version).Set(1)
+	reg.MustRegister(buildInfo)
 }
 
 // newGraphClient builds a profile's Graph client from its config.

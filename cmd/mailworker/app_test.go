@@ -18,10 +18,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/worker"
 )
 
 // selfSignedRSA returns a certificate and the PEM of the certificate plus its key.
@@ -156,5 +158,39 @@ func TestSandboxCommand(t *testing.T) {
 	}
 	if code := sb.stop(20 * time.Second); code != 0 {
 		t.Fatalf("sandbox exited %d", code)
+	}
+}
+
+// TestReadmeListsEveryMetric keeps the README's metrics table equal to what
+// the worker registers; deploy/check.sh checks alerts and dashboards against
+// that table.
+func TestReadmeListsEveryMetric(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("`(mailworker_[a-z_]+)`").FindAllStringSubmatch(string(readme), -1) {
+		documented[m[1]] = true
+	}
+	reg := prometheus.NewRegistry()
+	m := worker.NewMetrics(reg, []string{"p"})
+	m.CredentialExpiry.WithLabelValues("p").Set(1) // only certificate profiles have one
+	registerBuildInfo(reg)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	registered := map[string]bool{}
+	for _, f := range families {
+		registered[f.GetName()] = true
+		if !documented[f.GetName()] {
+			t.Errorf("%s is exported but not in the README's metrics table", f.GetName())
+		}
+	}
+	for name := range documented {
+		if !registered[name] {
+			t.Errorf("the README documents %s, which the worker does not export", name)
+		}
 	}
 }

@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// The names below are fixed by plan/SPEC.md; the manifests must agree with them.
+// The names below are fixed by the README (Configuration); the manifests must agree with them.
 const (
 	jobsStream     = "MAIL_JOBS"
 	consumerName   = "mailworker"
@@ -119,7 +119,7 @@ type serviceMonitor struct {
 	} `json:"spec"`
 }
 
-// workerConfig mirrors the config file keys of plan/SPEC.md, decoded strictly so that a misspelt
+// workerConfig mirrors the config file keys of the README (Configuration), decoded strictly so that a misspelt
 // key in a ConfigMap fails here rather than being silently ignored at run time.
 type workerConfig struct {
 	NATS struct {
