@@ -645,10 +645,10 @@ func checkMailboxBudget(t *testing.T, r rendered) {
 	maxR := int(*r.scaled.Spec.MaxReplicaCount)
 	conc, rate := cfg.Worker.PerMailboxConcurrency, cfg.Worker.PerMailboxPerMinute
 	if conc == 0 {
-		conc = 4 // SPEC default
+		conc = 4 // README default
 	}
 	if rate == 0 && cfg.Worker.PerMailboxPerMinute == 0 {
-		rate = 30 // SPEC default (0 in the file means the default here; an explicit 0 = unpaced is not allowed)
+		rate = 30 // README default (0 in the file means the default here; an explicit 0 = unpaced is not allowed)
 	}
 	if maxR*conc > 4 {
 		t.Errorf("maxReplicaCount %d x worker.perMailboxConcurrency %d = %d > 4 concurrent requests per mailbox", maxR, conc, maxR*conc)
