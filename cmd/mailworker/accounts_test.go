@@ -43,16 +43,8 @@ func TestNATSAccountsWithTheRealCommands(t *testing.T) {
 		return strings.Replace(ns.ClientURL(), "nats://", "nats://"+user+":"+pw[user]+"@", 1)
 	}
 
-	fake, err := graphtest.New(graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: "s1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
+	fake, caFile := startFake(t, graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: "s1"})
 	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, fake.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	cfgFile := filepath.Join(dir, "worker.yaml")
 	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`nats: {url: "%s", user: worker, password: %s, inboxPrefix: _INBOX_worker}
 http: {listen: "127.0.0.1:0"}

@@ -53,17 +53,10 @@ func TestAppInProcess(t *testing.T) {
 	ns := startTestNATS(t, nil)
 	notAfter := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
 	cert, certPEM := selfSignedRSA(t, notAfter)
-	fake, err := graphtest.New(graphtest.Options{TenantID: "t1", ClientID: "c1", Certificate: cert})
-	if err != nil {
+	fake, caFile := startFake(t, graphtest.Options{TenantID: "t1", ClientID: "c1", Certificate: cert})
+	certFile := filepath.Join(t.TempDir(), "tls.pem")
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
 		t.Fatal(err)
-	}
-	defer fake.Close()
-	dir := t.TempDir()
-	certFile, caFile := filepath.Join(dir, "tls.pem"), filepath.Join(dir, "ca.pem")
-	for f, b := range map[string][]byte{certFile: certPEM, caFile: fake.CACertPEM()} {
-		if err := os.WriteFile(f, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 	cfg := defaultConfig()
 	cfg.NATS.URL = ns.ClientURL()

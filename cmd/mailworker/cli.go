@@ -117,8 +117,13 @@ func (c *cli) logger(lc LogConfig) zerolog.Logger {
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
 }
 
-// connect opens NATS and JetStream for a support command.
-func (c *cli) connect(cfg Config) (*nats.Conn, jetstream.JetStream, error) {
+// dial loads the configuration and opens NATS and JetStream for a support
+// command.
+func (c *cli) dial() (*nats.Conn, jetstream.JetStream, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, nil, err
+	}
 	nc, err := connectNATS(cfg.NATS, "mailworker-cli", zerolog.Nop())
 	if err != nil {
 		return nil, nil, err
@@ -131,22 +136,18 @@ func (c *cli) connect(cfg Config) (*nats.Conn, jetstream.JetStream, error) {
 	return nc, js, nil
 }
 
-// openQueue connects and binds to the provisioned assets.
-func (c *cli) openQueue(ctx context.Context) (*nats.Conn, jetstream.JetStream, *queue.Queue, error) {
-	cfg, err := c.config()
+// openQueue dials and binds to the provisioned assets.
+func (c *cli) openQueue(ctx context.Context) (*nats.Conn, *queue.Queue, error) {
+	nc, js, err := c.dial()
 	if err != nil {
-		return nil, nil, nil, err
-	}
-	nc, js, err := c.connect(cfg)
-	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	q, err := queue.Open(ctx, js)
 	if err != nil {
 		nc.Close()
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	return nc, js, q, nil
+	return nc, q, nil
 }
 
 func (c *cli) versionCmd() *cobra.Command {
@@ -181,7 +182,7 @@ func (c *cli) provisionCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			nc, js, err := c.connect(cfg)
+			nc, js, err := c.dial()
 			if err != nil {
 				return err
 			}

@@ -72,7 +72,7 @@ func (c *cli) dlqListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			nc, _, q, err := c.openQueue(cmd.Context())
+			nc, q, err := c.openQueue(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -109,7 +109,7 @@ func (c *cli) dlqShowCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{Use: "show <job-id>", Short: "Show one dead-lettered job with its original body", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, _, q, err := c.openQueue(cmd.Context())
+			nc, q, err := c.openQueue(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -146,7 +146,7 @@ func (c *cli) dlqReplayCmd() *cobra.Command {
 			if all == (len(args) == 1) {
 				return errors.New("give one job id, or --all (optionally with --profile / --reason)")
 			}
-			nc, _, q, err := c.openQueue(cmd.Context())
+			nc, q, err := c.openQueue(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -203,7 +203,7 @@ func (c *cli) dlqPurgeCmd() *cobra.Command {
 				return err
 			}
 			filter.JobID = jobID
-			nc, _, q, err := c.openQueue(cmd.Context())
+			nc, q, err := c.openQueue(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/mailworker/mailworker/graphmail/graphtest"
 )
 
 // binDir holds the mailworker binary built once for the end-to-end tests.
@@ -220,4 +222,20 @@ func lines(s string) []string {
 
 func newTLSClient(pool *x509.CertPool) *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+// startFake starts the TLS fake of Entra and Graph for one test and writes its
+// CA certificate to a file, for a profile's caFile.
+func startFake(t *testing.T, o graphtest.Options) (*graphtest.Server, string) {
+	t.Helper()
+	fake, err := graphtest.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fake.Close)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, fake.CACertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fake, caFile
 }

@@ -49,16 +49,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 		wrongSecret  = "WRONG-SECRET-SENTINEL-55d2"
 	)
 	ns := startTestNATS(t, func(o *server.Options) { o.Username, o.Password = "mw", natsPassword })
-	fake, err := graphtest.New(graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: clientSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
+	fake, caFile := startFake(t, graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: clientSecret})
 	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, fake.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	cfgFile := filepath.Join(dir, "config.yaml")
 	profile := func(secret string) string {
 		return fmt.Sprintf(`

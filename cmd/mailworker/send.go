@@ -45,13 +45,9 @@ func (c *cli) sendCmd() *cobra.Command {
 			} else {
 				job = &queue.Job{ID: id, From: from, To: to, Cc: cc, Bcc: bcc, Subject: subject, Text: text, HTML: html}
 			}
-			cfg, err := c.config()
-			if err != nil {
-				return err
-			}
 			// A producer's NATS user may publish jobs and nothing else: bind
 			// to the streams only to wait for the outcome.
-			nc, js, err := c.connect(cfg)
+			nc, js, err := c.dial()
 			if err != nil {
 				return err
 			}

@@ -21,7 +21,7 @@ func (c *cli) statusCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			id := args[0]
-			nc, _, q, err := c.openQueue(ctx)
+			nc, q, err := c.openQueue(ctx)
 			if err != nil {
 				return err
 			}
