@@ -316,9 +316,9 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	default:
 		delay := retryDelay(j.state.Attempts, se.RetryAfter, p.cfg.BackoffInitial, p.cfg.BackoffMax)
 		j.state.State = queue.StateRetrying
-		if !p.writeState(sendCtx, j, false) {
-			return
-		}
+		// A failed write is logged; the retry is scheduled all the same (the
+		// next delivery then sees `sending` and treats the attempt as ambiguous).
+		p.writeState(sendCtx, j, false)
 		retryAt := p.clock.Now().Add(delay)
 		p.m.Retries.WithLabelValues(j.profile, string(se.Reason)).Inc()
 		_ = j.msg.NakWithDelay(delay)

@@ -86,3 +86,42 @@ func TestKeepAliveStopDuringBeat(t *testing.T) {
 		t.Fatalf("%d InProgress calls after Stop, want 1", n)
 	}
 }
+
+// TestRetryScheduledWhenStateWriteFails: a retryable failure whose job-state
+// write fails is still put back with its retry delay, not left to the ack wait.
+func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
+	var b *bundle
+	var mu sync.Mutex
+	var calls []time.Time
+	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error) {
+		mu.Lock()
+		calls = append(calls, time.Now())
+		n := len(calls)
+		mu.Unlock()
+		if n > 1 {
+			return SendResult{Status: 202}, nil
+		}
+		// The state store is gone when the worker records the retry.
+		if err := b.js.DeleteKeyValue(ctx, queue.BucketState); err != nil {
+			t.Errorf("delete bucket: %v", err)
+		}
+		return SendResult{}, &SendError{Kind: Retryable, Status: 503, Ambiguous: true}
+	})
+	b = setup(t, Config{}, sender) // the consumer's ack wait is 5 s
+	b.publish(demoJob("state-write-fails"))
+	eventually(t, 5*time.Second, "the first send", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) == 1 })
+	// While the store is gone the job keeps coming back (and is put back as
+	// an infrastructure failure): it was naked, not left to the ack wait.
+	cons, err := b.js.Consumer(context.Background(), queue.StreamJobs, queue.ConsumerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "a redelivery well before the 5 s ack wait", func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumRedelivered > 0
+	})
+	if _, err := b.js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: queue.BucketState, History: 1, TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the retry", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) == 2 })
+}
