@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -181,5 +182,79 @@ func TestNkeyAuthentication(t *testing.T) {
 	out, errOut, _ := runCmd(t, "", "dlq", "list", "--config", cfg, "--nats-url", "nats://127.0.0.1:1")
 	if strings.Contains(out+errOut, string(seed)) {
 		t.Fatal("the nkey seed appears in error output")
+	}
+}
+
+// TestCredsFileAuthentication: a worker config with nats.credsFile (JWT +
+// nkey, decentralised auth) provisions and reads the queue against an
+// operator-mode server.
+func TestCredsFileAuthentication(t *testing.T) {
+	okp, _ := nkeys.CreateOperator()
+	opub, _ := okp.PublicKey()
+	oc := jwt.NewOperatorClaims(opub)
+	ojwt, err := oc.Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	akp, _ := nkeys.CreateAccount()
+	apub, _ := akp.PublicKey()
+	ac := jwt.NewAccountClaims(apub)
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	ajwt, err := ac.Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ukp, _ := nkeys.CreateUser()
+	upub, _ := ukp.PublicKey()
+	useed, _ := ukp.Seed()
+	uc := jwt.NewUserClaims(upub)
+	uc.IssuerAccount = apub
+	ujwt, err := uc.Encode(akp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := jwt.FormatUserConfig(ujwt, useed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opClaims, err := jwt.DecodeOperatorClaims(ojwt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// JetStream in operator mode needs a system account.
+	skp, _ := nkeys.CreateAccount()
+	spub, _ := skp.PublicKey()
+	sjwt, err := jwt.NewAccountClaims(spub).Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver := &server.MemAccResolver{}
+	for pub, j := range map[string]string{apub: ajwt, spub: sjwt} {
+		if err := resolver.Store(pub, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns := startTestNATS(t, func(o *server.Options) {
+		o.TrustedOperators = []*jwt.OperatorClaims{opClaims}
+		o.AccountResolver = resolver
+		o.SystemAccount = spub
+	})
+	dir := t.TempDir()
+	credsFile := filepath.Join(dir, "worker.creds")
+	if err := os.WriteFile(credsFile, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("nats: {url: %q, credsFile: %q}\n", ns.ClientURL(), credsFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := runCmd(t, "", "provision", "--config", cfg); code != 0 {
+		t.Fatalf("provision with a creds file: exit %d: %s %s", code, out, errOut)
+	}
+	if out, errOut, code := runCmd(t, "", "dlq", "list", "--config", cfg); code != 0 || !strings.Contains(out, "0 dead-lettered") {
+		t.Fatalf("dlq list with a creds file: exit %d: %s %s", code, out, errOut)
+	}
+	if _, _, code := runCmd(t, "", "dlq", "list", "--nats-url", ns.ClientURL()); code == 0 {
+		t.Fatal("a client without credentials was let in")
 	}
 }
