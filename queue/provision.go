@@ -19,6 +19,9 @@ type Config struct {
 	StateTTL      time.Duration // default 7*24h
 	AckWait       time.Duration // consumer, default 60s
 	MaxAckPending int           // consumer, default 1000
+	// WorkersTTL is how long a replica counts as live after its last
+	// heartbeat (KV MAIL_WORKERS), default 15s; workers beat every third of it.
+	WorkersTTL time.Duration
 }
 
 // DuplicateWindow is the Nats-Msg-Id dedupe window of every stream.
@@ -41,6 +44,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxAckPending == 0 {
 		c.MaxAckPending = 1000
 	}
+	if c.WorkersTTL == 0 {
+		c.WorkersTTL = 15 * time.Second
+	}
 	return c
 }
 
@@ -52,6 +58,8 @@ func (c Config) validate() error {
 		return errors.New("queue: config stream max ages must not be negative")
 	case c.StateTTL < 0:
 		return errors.New("queue: config stateTTL must not be negative")
+	case c.WorkersTTL < time.Second:
+		return fmt.Errorf("queue: config workersTTL: %s, want at least 1s", c.WorkersTTL)
 	case c.AckWait < time.Second:
 		return fmt.Errorf("queue: config ackWait: %s, want at least 1s", c.AckWait)
 	case c.MaxAckPending < 1:
@@ -103,9 +111,10 @@ func consumerConfig(c Config) jetstream.ConsumerConfig {
 
 // Provision creates every JetStream asset mailworker uses, or brings existing
 // ones in line: MAIL_JOBS, MAIL_STATUS, MAIL_DLQ, the durable consumer
-// "mailworker", KV MAIL_JOB_STATE and object store MAIL_ATTACHMENTS. It is
-// idempotent. Updatable settings (max ages, replicas, duplicate window,
-// AckWait, MaxAckPending, MaxDeliver, state TTL) are updated in place; a
+// "mailworker", KV buckets MAIL_JOB_STATE, MAIL_WORKERS and MAIL_PACING, and
+// object store MAIL_ATTACHMENTS. It is idempotent. Updatable settings (max
+// ages, replicas, duplicate window, AckWait, MaxAckPending, MaxDeliver, bucket
+// TTLs) are updated in place; a
 // setting that cannot be (retention, storage, subjects, ack policy, filter)
 // yields an error wrapping ErrIncompatible that names the asset and field.
 func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
@@ -121,8 +130,10 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if err := ensureConsumer(ctx, js, consumerConfig(cfg)); err != nil {
 		return err
 	}
-	if err := ensureKV(ctx, js, cfg); err != nil {
-		return err
+	for _, kc := range kvConfigs(cfg) {
+		if err := ensureKV(ctx, js, kc); err != nil {
+			return err
+		}
 	}
 	return ensureObjectStore(ctx, js, cfg)
 }
@@ -206,34 +217,47 @@ func filterOf(c jetstream.ConsumerConfig) any {
 	return c.FilterSubject
 }
 
-func ensureKV(ctx context.Context, js jetstream.JetStream, c Config) error {
-	want := jetstream.KeyValueConfig{
-		Bucket: BucketState, Description: "mailworker: job state by job id",
-		History: 1, TTL: c.StateTTL, Storage: jetstream.FileStorage, Replicas: c.Replicas,
+func kvConfigs(c Config) []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
+		{
+			Bucket: BucketState, Description: "mailworker: job state by job id",
+			History: 1, TTL: c.StateTTL, Storage: jetstream.FileStorage, Replicas: c.Replicas,
+		},
+		{
+			Bucket: BucketWorkers, Description: "mailworker: live worker replicas (heartbeats)",
+			History: 1, TTL: c.WorkersTTL, Storage: jetstream.FileStorage, Replicas: c.Replicas,
+		},
+		{
+			Bucket: BucketPacing, Description: "mailworker: recipients leased per sending mailbox and hour",
+			History: 1, TTL: LedgerSpan, Storage: jetstream.FileStorage, Replicas: c.Replicas,
+		},
 	}
-	kv, err := js.KeyValue(ctx, BucketState)
+}
+
+func ensureKV(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig) error {
+	kv, err := js.KeyValue(ctx, want.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		if _, err := js.CreateKeyValue(ctx, want); err != nil {
-			return fmt.Errorf("queue: create KV bucket %s: %w", BucketState, err)
+			return fmt.Errorf("queue: create KV bucket %s: %w", want.Bucket, err)
 		}
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("queue: look up KV bucket %s: %w", BucketState, err)
+		return fmt.Errorf("queue: look up KV bucket %s: %w", want.Bucket, err)
 	}
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("queue: KV bucket %s status: %w", BucketState, err)
+		return fmt.Errorf("queue: KV bucket %s status: %w", want.Bucket, err)
 	}
 	si := st.(*jetstream.KeyValueBucketStatus).StreamInfo()
 	if si.Config.Storage != want.Storage {
-		return incompatible("KV bucket "+BucketState, "storage", si.Config.Storage, want.Storage)
+		return incompatible("KV bucket "+want.Bucket, "storage", si.Config.Storage, want.Storage)
 	}
 	if st.TTL() == want.TTL && st.History() == int64(want.History) && si.Config.Replicas == want.Replicas {
 		return nil
 	}
 	if _, err := js.UpdateKeyValue(ctx, want); err != nil {
-		return fmt.Errorf("queue: update KV bucket %s: %w", BucketState, err)
+		return fmt.Errorf("queue: update KV bucket %s: %w", want.Bucket, err)
 	}
 	return nil
 }
@@ -258,8 +282,11 @@ func ensureObjectStore(ctx context.Context, js jetstream.JetStream, c Config) er
 
 // Queue is a handle on the provisioned assets.
 type Queue struct {
-	States      *States
-	Events      *Events
+	States *States
+	Events *Events
+	// Workers counts live replicas; Pacing is the shared recipient ledger.
+	Workers     *Workers
+	Pacing      *Pacing
 	DLQ         *DLQ
 	Attachments *Attachments
 
@@ -284,11 +311,24 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 	if err != nil {
 		return nil, missing("KV bucket "+BucketState, err)
 	}
+	workersKV, err := js.KeyValue(ctx, BucketWorkers)
+	if err != nil {
+		return nil, missing("KV bucket "+BucketWorkers, err)
+	}
+	workersStream, err := js.Stream(ctx, "KV_"+BucketWorkers)
+	if err != nil {
+		return nil, missing("KV bucket "+BucketWorkers, err)
+	}
+	pacingKV, err := js.KeyValue(ctx, BucketPacing)
+	if err != nil {
+		return nil, missing("KV bucket "+BucketPacing, err)
+	}
 	obs, err := js.ObjectStore(ctx, BucketAttachments)
 	if err != nil {
 		return nil, missing("object store "+BucketAttachments, err)
 	}
-	q := &Queue{js: js, States: &States{kv: kv}, Events: &Events{js: js}, Attachments: &Attachments{obs: obs}}
+	q := &Queue{js: js, States: &States{kv: kv}, Events: &Events{js: js}, Attachments: &Attachments{obs: obs},
+		Workers: &Workers{kv: workersKV, stream: workersStream}, Pacing: &Pacing{kv: pacingKV}}
 	q.DLQ = &DLQ{js: js, states: q.States, events: q.Events}
 	return q, nil
 }

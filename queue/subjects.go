@@ -11,6 +11,11 @@ const (
 	ConsumerName      = "mailworker"
 	BucketState       = "MAIL_JOB_STATE"
 	BucketAttachments = "MAIL_ATTACHMENTS"
+	// BucketWorkers holds one key per running worker replica (heartbeats).
+	BucketWorkers = "MAIL_WORKERS"
+	// BucketPacing holds one key per sending mailbox: the recipients leased
+	// per hour, shared by all replicas.
+	BucketPacing = "MAIL_PACING"
 
 	jobPrefix    = "mail.send."
 	statusPrefix = "mail.status."
