@@ -176,7 +176,12 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		return
 	}
 
-	at, deferFor, cause := p.pacer.admit(j.from, len(parsed.To)+len(parsed.Cc)+len(parsed.Bcc))
+	at, deferFor, cause, err := p.admitJob(sendCtx, j.from, len(parsed.To)+len(parsed.Cc)+len(parsed.Bcc))
+	if err != nil {
+		// The recipient ledger is out of reach: never send blind.
+		p.infraFailure(j, "lease recipients from the shared ledger", err)
+		return
+	}
 	if deferFor > 0 {
 		p.m.ThrottleDeferrals.WithLabelValues(profile, cause).Inc()
 		p.deferJob(sendCtx, j, deferFor, "mailbox limit: "+cause, nil)

@@ -23,6 +23,7 @@ type Metrics struct {
 	Ambiguous         *prometheus.CounterVec   // profile
 	InflightSends     prometheus.Gauge
 	InflightJobs      prometheus.Gauge
+	ReplicasLive      prometheus.Gauge
 	CredentialExpiry  *prometheus.GaugeVec // profile
 }
 
@@ -65,6 +66,8 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 			Help: "sendMail requests in flight."}),
 		InflightJobs: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "inflight_jobs",
 			Help: "Jobs held by this replica (fetched, not yet acked)."}),
+		ReplicasLive: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "replicas_live",
+			Help: "Live worker replicas this replica shares the per-mailbox concurrency and pace with (itself included)."}),
 		CredentialExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "credential_expiry_timestamp_seconds",
 			Help: "When the profile's certificate credential expires (unix seconds)."}, []string{"profile"}),
 	}
@@ -93,7 +96,7 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.Jobs, m.Retries, m.ThrottleDeferrals, m.GraphRequests, m.GraphThrottled,
 			m.SendDuration, m.JobLatency, m.TokenRequests, m.Ambiguous, m.InflightSends, m.InflightJobs,
-			m.CredentialExpiry)
+			m.ReplicasLive, m.CredentialExpiry)
 	}
 	return m
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/mailworker/mailworker/queue"
 )
 
 // pacer keeps each sending mailbox inside Outlook's and Exchange's limits:
@@ -12,6 +14,14 @@ import (
 // accepts the request and bounces the mail later), and nothing at all while a
 // Retry-After the mailbox was given runs.
 //
+// The limits are the mailbox's, shared by every replica. The concurrency and
+// the per-minute pace are split: this replica takes its share,
+// max(1, floor(limit / live replicas)), and setLive changes it at run time
+// without forgetting the rolling windows (a smaller share admits less until
+// the old starts age out). The recipients are not split but leased from a
+// ledger all replicas share (Ledger): the pacer spends a local allowance and
+// says when it needs more (admit's short), and the Pool leases it.
+//
 // A job that would wait longer than maxHold is not held: the pacer hands back
 // a delay, and the worker puts the job back on the queue so that it holds no
 // slot and slows no other mailbox. Deferred jobs are spread one pace interval
@@ -19,35 +29,49 @@ import (
 // once.
 type pacer struct {
 	clock     Clock
-	perBox    int
-	perMinute int
-	perDay    int           // recipients per rolling 24 h; 0 = unlimited
-	interval  time.Duration // 1 min / perMinute; 0 when unpaced
+	limBox    int // the mailbox's concurrency limit, all replicas together
+	limMinute int // the mailbox's sends per minute, all replicas together; 0 = unpaced
+	perDay    int // recipients per rolling 24 h; 0 = unlimited
 	maxHold   time.Duration
-	maxWait   int // jobs allowed to queue for one mailbox's slots
 
-	mu    sync.Mutex
-	boxes map[string]*mailbox
+	mu        sync.Mutex
+	live      int           // live replicas the limits are shared by (≥ 1)
+	perBox    int           // this replica's share of limBox
+	perMinute int           // this replica's share of limMinute; 0 when unpaced
+	interval  time.Duration // 1 min / perMinute; 0 when unpaced
+	maxWait   int           // jobs allowed to queue for one mailbox's slots
+	boxes     map[string]*mailbox
 }
 
 type mailbox struct {
-	slots       chan struct{}
+	inUse int           // slots taken
+	wake  chan struct{} // closed when a slot may have come free; nil when nobody waits
+	// waiting counts admitted jobs that have not yet taken a slot.
 	waiting     int
 	pausedUntil time.Time
-	// starts is a ring of the last perMinute send starts (reserved times).
+	// starts is a ring of the last limMinute send starts (reserved times),
+	// next the index of the oldest.
 	starts []time.Time
 	next   int
 	// deferredUntil is the latest time handed to a deferred job.
 	deferredUntil time.Time
-	// rcpt are the recipient counts sent in the last 24 hours, oldest first;
-	// rcptSum is their total.
-	rcpt    []rcptCount
-	rcptSum int
+	// rcpt is the recipient allowance leased from the ledger.
+	rcpt allowance
+	// lease serialises this replica's ledger leases for the mailbox.
+	lease sync.Mutex
 }
 
-type rcptCount struct {
-	at time.Time
-	n  int
+// allowance is recipients leased from the ledger and not yet spent. They are
+// counted in the ledger's hour starting at hour and may be spent until until,
+// a margin before that hour ends. Once the ledger was refused, blockedUntil
+// says when blockedNeed more recipients will fit: requests for at least that
+// many wait without asking the ledger again.
+type allowance struct {
+	n            int
+	hour         time.Time
+	until        time.Time
+	blockedUntil time.Time
+	blockedNeed  int
 }
 
 // Deferral causes: the label cause of mailworker_throttle_deferrals_total.
@@ -65,46 +89,58 @@ const (
 // in about 2 % of requests; the margin costs under 1 % of the pace.
 const paceWindow = time.Minute + 500*time.Millisecond
 
-// recipientWindow is Exchange's rolling window for recipients per mailbox.
-const recipientWindow = 24 * time.Hour
+// leaseChunk is how many recipients a replica leases at once when a job
+// needs fewer: about one ledger update per leaseChunk recipients per mailbox.
+const leaseChunk = 100
 
-// recipientsFree returns when n more recipients fit in b's rolling 24 hours
-// (now, or when enough old sends have aged out), after dropping aged entries.
-func (b *mailbox) recipientsFree(now time.Time, n, perDay int) time.Time {
-	drop := 0
-	for drop < len(b.rcpt) && !b.rcpt[drop].at.Add(recipientWindow).After(now) {
-		b.rcptSum -= b.rcpt[drop].n
-		drop++
-	}
-	b.rcpt = b.rcpt[drop:]
-	if b.rcptSum+n <= perDay || len(b.rcpt) == 0 {
-		return now
-	}
-	sum := b.rcptSum
-	for _, e := range b.rcpt {
-		sum -= e.n
-		if sum+n <= perDay {
-			return e.at.Add(recipientWindow)
-		}
-	}
-	return now // unreachable: an empty window always fits
-}
+// spendMargin ends an allowance this long before the hour it is counted in
+// ends. The ledger counts that hour for 24 h after the hour's end, so a
+// recipient admitted before it stays counted for 24 h after Exchange saw it,
+// as long as admission → arrival at Exchange plus the clock skew between
+// replicas stays below the margin. Within the margin, leases are counted in
+// the next hour.
+const spendMargin = 5 * time.Minute
 
 func newPacer(clock Clock, perBox, perMinute, perDay int, maxHold time.Duration) *pacer {
-	p := &pacer{clock: clock, perBox: perBox, perMinute: perMinute, perDay: perDay, maxHold: maxHold,
-		maxWait: 8 * perBox, boxes: make(map[string]*mailbox)}
-	if perMinute > 0 {
-		p.interval = time.Minute / time.Duration(perMinute)
-	}
+	p := &pacer{clock: clock, limBox: perBox, limMinute: perMinute, perDay: perDay, maxHold: maxHold,
+		boxes: make(map[string]*mailbox)}
+	p.setLiveLocked(1)
 	return p
+}
+
+// setLive shares the limits among n live replicas (n < 1 counts as 1) and
+// reports whether the share changed. Windows and slots already taken are
+// kept: a smaller share admits less until they age out or are released.
+func (p *pacer) setLive(n int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if max(n, 1) == p.live {
+		return false
+	}
+	p.setLiveLocked(n)
+	for _, b := range p.boxes {
+		b.wakeAll() // a larger share may let waiters in
+	}
+	return true
+}
+
+func (p *pacer) setLiveLocked(n int) {
+	p.live = max(n, 1)
+	p.perBox = max(1, p.limBox/p.live)
+	p.perMinute, p.interval = 0, 0
+	if p.limMinute > 0 {
+		p.perMinute = max(1, p.limMinute/p.live)
+		p.interval = time.Minute / time.Duration(p.perMinute)
+	}
+	p.maxWait = 8 * p.perBox
 }
 
 func (p *pacer) box(addr string) *mailbox {
 	b := p.boxes[addr]
 	if b == nil {
-		b = &mailbox{slots: make(chan struct{}, p.perBox)}
-		if p.perMinute > 0 {
-			b.starts = make([]time.Time, p.perMinute)
+		b = &mailbox{}
+		if p.limMinute > 0 {
+			b.starts = make([]time.Time, p.limMinute)
 		}
 		p.boxes[addr] = b
 	}
@@ -112,45 +148,58 @@ func (p *pacer) box(addr string) *mailbox {
 }
 
 // admit decides when a send of recipients recipients from addr may start. It
-// returns (at, 0) with at the time to start (now, or within maxHold); the
-// start and the recipients are reserved in the rolling windows. Or it returns
-// a positive defer: the job should be put back for that long, and cause says
-// which limit is the binding one.
-func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.Duration, cause string) {
+// returns (at, 0, "", 0) with at the time to start (now, or within maxHold);
+// the start is reserved in the rolling minute and the recipients are taken
+// from the allowance. Or it returns a positive defer: the job should be put
+// back for that long, and cause says which limit is the binding one. Or,
+// when only the allowance stands in the way, short > 0: that many more
+// recipients must be leased (grant) before admit is asked again; nothing is
+// reserved.
+func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.Duration, cause string, short int) {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.box(addr)
 	earliest := now
-	paused := false
+	hold := true // false: defer even a short wait
 	if b.pausedUntil.After(earliest) {
-		earliest, paused, cause = b.pausedUntil, true, CauseRetryAfter
+		earliest, hold, cause = b.pausedUntil, false, CauseRetryAfter
 	}
 	if b.starts != nil {
-		// The oldest start in the ring bounds the next one: a minute after it.
-		if free := b.starts[b.next].Add(paceWindow); free.After(earliest) {
+		// The perMinute-th latest start bounds the next one: a window after it.
+		k := (b.next - p.perMinute + len(b.starts)) % len(b.starts)
+		if free := b.starts[k].Add(paceWindow); free.After(earliest) {
 			earliest, cause = free, CausePace
 		}
 	}
-	if p.perDay > 0 {
-		if free := b.recipientsFree(now, recipients, p.perDay); free.After(earliest) {
-			earliest, cause = free, CauseRecipients
+	if p.perDay > 0 && recipients > 0 {
+		have := b.rcpt.available(now)
+		if have < recipients {
+			short = recipients - have
+			if b.rcpt.blockedUntil.After(now) && short >= b.rcpt.blockedNeed {
+				short, hold = 0, false
+				if b.rcpt.blockedUntil.After(earliest) {
+					earliest, cause = b.rcpt.blockedUntil, CauseRecipients
+				}
+			}
 		}
 	}
 	if b.waiting >= p.maxWait && cause == "" {
 		cause = CauseConcurrency
 	}
-	if !paused && earliest.Sub(now) <= p.maxHold && b.waiting < p.maxWait {
+	if hold && earliest.Sub(now) <= p.maxHold && b.waiting < p.maxWait {
+		if short > 0 {
+			return time.Time{}, 0, "", short
+		}
 		if b.starts != nil {
 			b.starts[b.next] = earliest
 			b.next = (b.next + 1) % len(b.starts)
 		}
 		if p.perDay > 0 {
-			b.rcpt = append(b.rcpt, rcptCount{at: earliest, n: recipients})
-			b.rcptSum += recipients
+			b.rcpt.n -= recipients
 		}
 		b.waiting++
-		return earliest, 0, ""
+		return earliest, 0, "", 0
 	}
 	// Defer: spread deferred jobs one interval apart after the earliest time.
 	if b.deferredUntil.After(earliest) {
@@ -165,7 +214,50 @@ func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.
 	if d < spacing {
 		d = spacing
 	}
-	return time.Time{}, d, cause
+	return time.Time{}, d, cause, 0
+}
+
+// available is the allowance that may still be spent at now.
+func (a *allowance) available(now time.Time) int {
+	if now.Before(a.until) {
+		return max(a.n, 0)
+	}
+	return 0
+}
+
+// leaseRequest builds the ledger request for short more recipients of addr
+// at now: counted in the hour they will be spent in, asking for a chunk, and
+// giving back an expired allowance's remainder (once: it is forgotten here,
+// whatever the ledger answers, so that it cannot be given back twice).
+func (p *pacer) leaseRequest(addr string, short int) queue.Lease {
+	now := p.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.box(addr)
+	l := queue.Lease{Mailbox: addr, Limit: p.perDay, Need: short, Want: max(short, leaseChunk),
+		Hour: now.Add(spendMargin).Truncate(time.Hour), Now: now}
+	if !now.Before(b.rcpt.until) && b.rcpt.n > 0 {
+		l.GiveBack, l.GiveBackHour = b.rcpt.n, b.rcpt.hour
+		b.rcpt.n = 0
+	}
+	return l
+}
+
+// grant records the ledger's answer to l: granted recipients join the
+// allowance; none means that l.Need more will not fit before freeAt.
+func (p *pacer) grant(l queue.Lease, granted int, freeAt time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a := &p.box(l.Mailbox).rcpt
+	if granted <= 0 {
+		a.blockedUntil, a.blockedNeed = freeAt, l.Need
+		return
+	}
+	a.blockedUntil, a.blockedNeed = time.Time{}, 0
+	if !a.hour.Equal(l.Hour) || !l.Now.Before(a.until) {
+		a.n, a.hour, a.until = 0, l.Hour, l.Hour.Add(time.Hour-spendMargin)
+	}
+	a.n += granted
 }
 
 // pausedFor returns how long a job of addr that holds its slots must still be
@@ -211,19 +303,40 @@ func (p *pacer) acquire(ctx context.Context, addr string, at time.Time) error {
 			return ctx.Err()
 		}
 	}
-	select {
-	case b.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	for {
+		p.mu.Lock()
+		if b.inUse < p.perBox {
+			b.inUse++
+			p.mu.Unlock()
+			return nil
+		}
+		if b.wake == nil {
+			b.wake = make(chan struct{})
+		}
+		wake := b.wake
+		p.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
 func (p *pacer) release(addr string) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	b := p.boxes[addr]
-	p.mu.Unlock()
-	<-b.slots
+	b.inUse--
+	b.wakeAll()
+}
+
+// wakeAll wakes the jobs waiting for b's slots; p.mu is held.
+func (b *mailbox) wakeAll() {
+	if b.wake != nil {
+		close(b.wake)
+		b.wake = nil
+	}
 }
 
 // pause stops sends from addr until now+d (a Retry-After). A shorter pause

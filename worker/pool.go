@@ -34,6 +34,13 @@ type Options struct {
 	Logger  zerolog.Logger
 	Metrics *Metrics // nil: unregistered metrics
 	Clock   Clock    // nil: the system clock
+	// Ledger shares the recipient budgets between replicas; nil: q.Pacing.
+	Ledger Ledger
+	// Membership counts the live replicas; nil: q.Workers.
+	Membership Membership
+	// MembershipEvery is how often the pool beats and counts replicas
+	// (0: 5s, a third of the MAIL_WORKERS TTL).
+	MembershipEvery time.Duration
 }
 
 // Pool consumes jobs from the shared durable consumer and sends them. Any
@@ -48,9 +55,13 @@ type Pool struct {
 	clock    Clock
 	profiles map[string]*profileState
 	pacer    *pacer
-	sends    chan struct{}     // global Graph concurrency
-	events   chan pendingEvent // status events awaiting their ack; made by Run
-	running  atomic.Bool
+	ledger   Ledger
+	members  Membership
+	// membershipEvery is the heartbeat and count interval.
+	membershipEvery time.Duration
+	sends           chan struct{}     // global Graph concurrency
+	events          chan pendingEvent // status events awaiting their ack; made by Run
+	running         atomic.Bool
 }
 
 // New returns a Pool. It returns an error naming the field when cfg is invalid.
@@ -63,7 +74,17 @@ func New(cfg Config, q *queue.Queue, cons jetstream.Consumer, sender Sender, opt
 		return nil, errors.New("worker: queue, consumer and sender are required")
 	}
 	p := &Pool{cfg: cfg, q: q, cons: cons, sender: sender, log: opts.Logger, m: opts.Metrics, clock: opts.Clock,
+		ledger: opts.Ledger, members: opts.Membership, membershipEvery: opts.MembershipEvery,
 		profiles: make(map[string]*profileState, len(cfg.Profiles)), sends: make(chan struct{}, cfg.Concurrency)}
+	if p.ledger == nil {
+		p.ledger = q.Pacing
+	}
+	if p.members == nil {
+		p.members = q.Workers
+	}
+	if p.membershipEvery <= 0 {
+		p.membershipEvery = membershipEvery
+	}
 	names := make([]string, 0, len(cfg.Profiles))
 	for name, pr := range cfg.Profiles {
 		pr.Name = name
@@ -77,6 +98,7 @@ func New(cfg Config, q *queue.Queue, cons jetstream.Consumer, sender Sender, opt
 		p.clock = systemClock{}
 	}
 	p.pacer = newPacer(p.clock, cfg.PerMailboxConcurrency, cfg.PerMailboxPerMinute, cfg.PerMailboxRecipientsPerDay, cfg.MaxHold)
+	p.m.ReplicasLive.Set(1)
 	return p, nil
 }
 
@@ -94,6 +116,14 @@ func (p *Pool) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker: consume %s/%s: %w", queue.StreamJobs, queue.ConsumerName, err)
 	}
+	// This replica counts in the live replicas that share the mailbox limits
+	// from before it takes a job until it has finished the last one.
+	id := p.startMembership()
+	stopMembers := make(chan struct{})
+	membersDone := make(chan struct{})
+	go func() { p.runMembership(stopMembers, id); close(membersDone) }()
+	defer func() { close(stopMembers); <-membersDone }()
+
 	// stop ends fetching and waiting; sendCtx ends sends after the grace period.
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSends()
