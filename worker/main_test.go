@@ -37,6 +37,14 @@ type bundle struct {
 // pool with sender. cfg's zero fields take test-friendly values.
 func setup(t *testing.T, cfg Config, sender Sender) *bundle {
 	t.Helper()
+	js := startServer(t)
+	return startPool(t, js, cfg, sender, Options{})
+}
+
+// startServer starts an embedded nats-server with the streams provisioned
+// and returns a JetStream context on it; both end at cleanup.
+func startServer(t *testing.T) jetstream.JetStream {
+	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
 		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
@@ -50,14 +58,25 @@ func setup(t *testing.T, cfg Config, sender Sender) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		nc.Close()
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	if err := queue.Provision(ctx, js, queue.Config{AckWait: 5 * time.Second}); err != nil {
+	if err := queue.Provision(context.Background(), js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// startPool runs a pool on js (one more replica when called again).
+func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, opts Options) *bundle {
+	t.Helper()
+	ctx := context.Background()
 	q, err := queue.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
@@ -78,19 +97,18 @@ func setup(t *testing.T, cfg Config, sender Sender) *bundle {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}
-	pool, err := New(cfg, q, cons, sender, Options{Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)})
+	opts.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	if opts.MembershipEvery == 0 {
+		opts.MembershipEvery = time.Second
+	}
+	pool, err := New(cfg, q, cons, sender, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	b := &bundle{t: t, js: js, q: q, pub: queue.NewPublisher(js), pool: pool, cancel: cancel, done: make(chan error, 1)}
 	go func() { b.done <- pool.Run(runCtx) }()
-	t.Cleanup(func() {
-		b.stop()
-		nc.Close()
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	})
+	t.Cleanup(b.stop)
 	return b
 }
 

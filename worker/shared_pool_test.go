@@ -1,0 +1,168 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/mailworker/mailworker/queue"
+)
+
+// startLog is a Sender that records when each send started.
+type startLog struct {
+	mu     sync.Mutex
+	starts []time.Time
+}
+
+func (s *startLog) Send(_ context.Context, _, jobID string, _ *queue.Job) (SendResult, error) {
+	s.mu.Lock()
+	s.starts = append(s.starts, time.Now())
+	s.mu.Unlock()
+	return SendResult{Status: 202, RequestID: "req-" + jobID}, nil
+}
+
+func (s *startLog) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.starts) }
+
+// busiestWindow is the most sends that started within any window.
+func (s *startLog) busiestWindow(window time.Duration) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := append([]time.Time(nil), s.starts...)
+	sort.Slice(st, func(i, j int) bool { return st[i].Before(st[j]) })
+	most := 0
+	for i := range st {
+		n := sort.Search(len(st), func(k int) bool { return !st[k].Before(st[i].Add(window)) }) - i
+		most = max(most, n)
+	}
+	return most
+}
+
+func deferrals(bs []*bundle, cause string) int {
+	n := 0
+	for _, b := range bs {
+		n += int(testutil.ToFloat64(b.pool.m.ThrottleDeferrals.WithLabelValues("demo", cause)))
+	}
+	return n
+}
+
+func waitLive(t *testing.T, n int, bs ...*bundle) {
+	t.Helper()
+	eventually(t, 15*time.Second, fmt.Sprintf("every pool to count %d live replicas", n), func() bool {
+		for _, b := range bs {
+			if int(testutil.ToFloat64(b.pool.m.ReplicasLive)) != n {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// Two replicas on one server share one mailbox's limits.
+func TestPoolsShareMailboxLimits(t *testing.T) {
+	t.Run("recipients per 24 h: two pools with a budget of 100 send 3 jobs of 30, defer the rest", func(t *testing.T) {
+		js := startServer(t)
+		sent := &startLog{}
+		cfg := Config{PerMailboxRecipientsPerDay: 100}
+		a := startPool(t, js, cfg, sent, Options{})
+		b := startPool(t, js, cfg, sent, Options{})
+		rcpts := make([]string, 30)
+		for i := range rcpts {
+			rcpts[i] = fmt.Sprintf("r%d@example.com", i)
+		}
+		for i := range 8 {
+			job := demoJob(fmt.Sprintf("job-r%d", i))
+			job.To = rcpts
+			a.publish(job)
+		}
+		eventually(t, 15*time.Second, "3 sent and 5 deferred for recipients", func() bool {
+			return sent.count() == 3 && deferrals([]*bundle{a, b}, CauseRecipients) >= 5
+		})
+		time.Sleep(500 * time.Millisecond) // nothing more may go out
+		if n := sent.count(); n != 3 {
+			t.Fatalf("%d jobs of 30 recipients sent with a shared budget of 100, want 3", n)
+		}
+		used, err := a.q.Pacing.Used(context.Background(), "noreply@demo.example", time.Now())
+		if err != nil || used != 90 {
+			t.Fatalf("ledger counts %d (%v), want 90", used, err)
+		}
+		if n := deferrals([]*bundle{a, b}, CauseRetryAfter) + deferrals([]*bundle{a, b}, CausePace); n != 0 {
+			t.Fatalf("%d deferrals for other causes", n)
+		}
+	})
+
+	t.Run("per minute: two pools with a pace of 10 start at most 10 in any rolling minute", func(t *testing.T) {
+		js := startServer(t)
+		sent := &startLog{}
+		cfg := Config{PerMailboxPerMinute: 10}
+		a := startPool(t, js, cfg, sent, Options{})
+		b := startPool(t, js, cfg, sent, Options{})
+		waitLive(t, 2, a, b)
+		for i := range 25 {
+			a.publish(demoJob(fmt.Sprintf("job-m%d", i)))
+		}
+		eventually(t, 15*time.Second, "every job sent or deferred", func() bool {
+			return sent.count()+deferrals([]*bundle{a, b}, CausePace) >= 25
+		})
+		time.Sleep(500 * time.Millisecond)
+		t.Logf("busiest rolling minute: %d sends", sent.busiestWindow(paceWindow))
+		if n := sent.busiestWindow(paceWindow); n > 10 || n < 5 {
+			t.Fatalf("%d sends in one rolling minute, want 5 to 10 (5 per replica)", n)
+		}
+	})
+
+	t.Run("a replica joining mid-minute adds at most its own share to that minute", func(t *testing.T) {
+		js := startServer(t)
+		sent := &startLog{}
+		cfg := Config{PerMailboxPerMinute: 10}
+		a := startPool(t, js, cfg, sent, Options{})
+		waitLive(t, 1, a)
+		for i := range 12 {
+			a.publish(demoJob(fmt.Sprintf("job-j%d", i)))
+		}
+		eventually(t, 15*time.Second, "10 sent alone", func() bool { return sent.count() == 10 })
+		b := startPool(t, js, cfg, sent, Options{})
+		waitLive(t, 2, a, b)
+		for i := range 12 {
+			a.publish(demoJob(fmt.Sprintf("job-k%d", i)))
+		}
+		eventually(t, 15*time.Second, "every job sent or deferred", func() bool {
+			return sent.count()+deferrals([]*bundle{a, b}, CausePace) >= 24
+		})
+		time.Sleep(500 * time.Millisecond)
+		// The first replica's 10 starts stay in its window and hold it at 0
+		// (share 5); the newcomer cannot know them and takes its share, 5.
+		t.Logf("busiest rolling minute: %d sends (%d in all)", sent.busiestWindow(paceWindow), sent.count())
+		if n := sent.busiestWindow(paceWindow); n > 15 {
+			t.Fatalf("%d sends in one rolling minute, want at most 10 + 5", n)
+		}
+	})
+}
+
+// With the ledger out of reach nothing is sent blind: the job waits (no
+// attempt spent) and goes out once the ledger is back.
+func TestLedgerOutageSendsNothingBlind(t *testing.T) {
+	js := startServer(t)
+	ctx := context.Background()
+	sent := &startLog{}
+	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 100}, sent, Options{})
+	if err := js.DeleteKeyValue(ctx, queue.BucketPacing); err != nil {
+		t.Fatal(err)
+	}
+	id := b.publish(demoJob("job-blind"))
+	time.Sleep(time.Second)
+	if sent.count() != 0 {
+		t.Fatal("sent while the recipient ledger was unreachable")
+	}
+	if err := queue.Provision(ctx, js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	st := b.waitState(id, queue.StateSent)
+	if st.Attempts != 1 {
+		t.Fatalf("attempts %d, want 1: an unreachable ledger spends none", st.Attempts)
+	}
+}
