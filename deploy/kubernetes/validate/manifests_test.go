@@ -631,36 +631,42 @@ func checkPDB(t *testing.T, r rendered) {
 	}
 }
 
-// checkMailboxBudget: the worker paces each mailbox inside one replica, but Outlook allows 4 concurrent
-// requests per app+mailbox and Exchange 30 messages per minute per mailbox in total, so the per-replica
-// budget times the most replicas KEDA may run must stay inside those limits.
+// checkMailboxBudget: Outlook allows 4 concurrent requests per app+mailbox and Exchange 30 messages per minute
+// and 10,000 recipients per rolling 24 h per mailbox, all replicas together. The worker shares the settings
+// among the live replicas (max(1, floor(setting / live)) each; recipients through a shared ledger), so each
+// setting must stay within its limit, and the most replicas KEDA may run must not exceed the concurrency and
+// per-minute settings, or the floor of 1 per replica would add up past them.
 func checkMailboxBudget(t *testing.T, r rendered) {
 	var cfg workerConfig
 	if err := strict([]byte(r.configMap.Data[filepath.Base(configPath)]), &cfg); err != nil {
 		return // reported by checkConfig
 	}
-	if r.scaled.Spec.MaxReplicaCount == nil {
-		return
-	}
-	maxR := int(*r.scaled.Spec.MaxReplicaCount)
 	conc, rate := cfg.Worker.PerMailboxConcurrency, cfg.Worker.PerMailboxPerMinute
 	if conc == 0 {
 		conc = 4 // README default
 	}
-	if rate == 0 && cfg.Worker.PerMailboxPerMinute == 0 {
+	if rate == 0 {
 		rate = 30 // README default (0 in the file means the default here; an explicit 0 = unpaced is not allowed)
 	}
-	if maxR*conc > 4 {
-		t.Errorf("maxReplicaCount %d x worker.perMailboxConcurrency %d = %d > 4 concurrent requests per mailbox", maxR, conc, maxR*conc)
+	if conc > 4 {
+		t.Errorf("worker.perMailboxConcurrency %d > 4 concurrent requests per mailbox", conc)
+	}
+	if rate > 30 {
+		t.Errorf("worker.perMailboxPerMinute %d > 30 messages/min per mailbox", rate)
 	}
 	rcpt := 10000 // default; an explicit 0 turns the check off in the worker, which the budget forbids
 	if cfg.Worker.PerMailboxRcptPerDay != nil {
 		rcpt = *cfg.Worker.PerMailboxRcptPerDay
 	}
-	if rcpt == 0 || maxR*rcpt > 10000 {
-		t.Errorf("maxReplicaCount %d x worker.perMailboxRecipientsPerDay %d exceeds (or disables) 10,000 recipients/24h per mailbox", maxR, rcpt)
+	if rcpt == 0 || rcpt > 10000 {
+		t.Errorf("worker.perMailboxRecipientsPerDay %d exceeds (or disables) 10,000 recipients/24h per mailbox", rcpt)
 	}
-	if maxR*rate > 30 {
-		t.Errorf("maxReplicaCount %d x worker.perMailboxPerMinute %d = %d > 30 messages/min per mailbox", maxR, rate, maxR*rate)
+	if r.scaled.Spec.MaxReplicaCount == nil {
+		return
+	}
+	maxR := int(*r.scaled.Spec.MaxReplicaCount)
+	if maxR > conc || maxR > rate {
+		t.Errorf("maxReplicaCount %d > worker.perMailboxConcurrency %d or perMailboxPerMinute %d: each replica takes at least 1, past the limit",
+			maxR, conc, rate)
 	}
 }
