@@ -243,6 +243,22 @@ func (p *pacer) leaseRequest(addr string, short int) queue.Lease {
 	return l
 }
 
+// unspent returns give-back requests for every allowance not yet spent, and
+// forgets them (a shutdown: nothing more will be sent).
+func (p *pacer) unspent() []queue.Lease {
+	now := p.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var ls []queue.Lease
+	for addr, b := range p.boxes {
+		if b.rcpt.n > 0 {
+			ls = append(ls, queue.Lease{Mailbox: addr, Limit: p.perDay, Now: now, GiveBack: b.rcpt.n, GiveBackHour: b.rcpt.hour})
+			b.rcpt.n = 0
+		}
+	}
+	return ls
+}
+
 // grant records the ledger's answer to l: granted recipients join the
 // allowance; none means that l.Need more will not fit before freeAt.
 func (p *pacer) grant(l queue.Lease, granted int, freeAt time.Time) {

@@ -207,5 +207,6 @@ func (p *Pool) Run(ctx context.Context) error {
 		cancelSends()
 		<-done
 	}
+	p.giveBack()
 	return nil
 }

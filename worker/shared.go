@@ -139,3 +139,22 @@ func (p *Pool) beatAndCount(id string) bool {
 	}
 	return true
 }
+
+// giveBack returns the recipients leased and not spent to the ledger when the
+// pool stops, so that a restart (a rolling deploy) wastes none. Best effort:
+// what cannot be given back within a few seconds stays counted until it ages
+// out.
+func (p *Pool) giveBack() {
+	ls := p.pacer.unspent()
+	if len(ls) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	for _, l := range ls {
+		if _, _, err := p.ledger.Lease(ctx, l); err != nil {
+			p.log.Warn().Err(err).Int("recipients", l.GiveBack).Msg("could not give unspent recipients back to the ledger; they age out")
+			return
+		}
+	}
+}

@@ -166,3 +166,24 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 		t.Fatalf("attempts %d, want 1: an unreachable ledger spends none", st.Attempts)
 	}
 }
+
+// A pool that stops gives its unspent recipients back to the ledger.
+func TestStopGivesUnspentRecipientsBack(t *testing.T) {
+	js := startServer(t)
+	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 1000}, &startLog{}, Options{})
+	b.waitState(b.publish(demoJob("job-one")), queue.StateSent)
+	used := func() int {
+		n, err := b.q.Pacing.Used(context.Background(), "noreply@demo.example", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := used(); n != leaseChunk {
+		t.Fatalf("ledger counts %d after one job, want a chunk of %d", n, leaseChunk)
+	}
+	b.stop()
+	if n := used(); n != 1 {
+		t.Fatalf("ledger counts %d after the pool stopped, want the 1 recipient sent", n)
+	}
+}
