@@ -108,8 +108,11 @@ func (p *Pool) Ready() bool { return p.running.Load() }
 // Run consumes until ctx ends, then shuts down in two phases: it stops
 // fetching and puts back jobs that have not started sending, lets sends in
 // flight finish for up to DrainTimeout, then cancels what is left (those jobs
-// are put back too; a cancelled send is recorded as ambiguous). Run returns
-// nil after a clean shutdown, or an error when consuming cannot start.
+// are put back too; a cancelled send is recorded as ambiguous). While it runs
+// the pool counts as a live replica (Membership) and shares each mailbox's
+// concurrency and pace with the others; on the way out it leaves and gives
+// unspent recipients back to the ledger. Run returns nil after a clean
+// shutdown, or an error when consuming cannot start.
 func (p *Pool) Run(ctx context.Context) error {
 	prefetch := min(max(p.cfg.MaxInFlight/4, 1), 256)
 	it, err := p.cons.Messages(jetstream.PullMaxMessages(prefetch))
