@@ -341,10 +341,8 @@ func (p *Pool) sent(ctx context.Context, j *job, res SendResult, elapsed time.Du
 	j.state.Graph = graph
 	j.state.UpdatedAt = p.clock.Now()
 	j.state.Seq = j.seq
-	p.writeTerminalState(ctx, j)
-	p.emitFinal(ctx, j, queue.Event{Event: queue.EventSent, Graph: graph, LatencyMs: elapsed.Milliseconds(),
-		PossibleDuplicate: j.state.Ambiguous})
-	_ = j.msg.Ack()
+	p.finish(ctx, j, queue.Event{Event: queue.EventSent, Graph: graph, LatencyMs: elapsed.Milliseconds(),
+		PossibleDuplicate: j.state.Ambiguous}, j.msg.Ack)
 	p.m.Jobs.WithLabelValues(j.profile, OutcomeSent, "").Inc()
 	p.observeLatency(j)
 	p.outcomeLog(zerolog.InfoLevel, j, "sent").Str("requestId", res.RequestID).
@@ -376,13 +374,29 @@ func (p *Pool) deadLetter(ctx context.Context, j *job, reason queue.Reason, mess
 	j.state.Graph = graph
 	j.state.UpdatedAt = now
 	j.state.Seq = j.seq
-	p.writeTerminalState(ctx, j)
-	p.emitFinal(ctx, j, queue.Event{Event: queue.EventDeadLettered, Graph: graph,
-		Error: &queue.ErrorInfo{Reason: reason, Message: message}})
-	_ = j.msg.Term()
+	p.finish(ctx, j, queue.Event{Event: queue.EventDeadLettered, Graph: graph,
+		Error: &queue.ErrorInfo{Reason: reason, Message: message}}, j.msg.Term)
 	p.m.Jobs.WithLabelValues(j.metricProfile(), OutcomeDeadLettered, string(reason)).Inc()
 	p.observeLatency(j)
 	p.outcomeLog(zerolog.WarnLevel, j, "dead_lettered").Str("reason", string(reason)).Str("error", message).Send()
+}
+
+// finish records a job's outcome (final state, then final event) and takes
+// the queue action. When the state is stored but the event is not (shutdown
+// or a long outage cut the retries short), the job is put back instead: its
+// next delivery finds the final state and publishes the event (finishAgain),
+// so no outcome goes unreported. When the state itself cannot be stored the
+// action is taken anyway: redelivering would send the mail again.
+func (p *Pool) finish(ctx context.Context, j *job, ev queue.Event, action func() error) {
+	if p.writeTerminalState(ctx, j) {
+		if !p.emitFinal(ctx, j, ev) {
+			_ = j.msg.NakWithDelay(infraRetry)
+			return
+		}
+	} else {
+		p.emitFinal(ctx, j, ev)
+	}
+	_ = action()
 }
 
 // finishAgain completes a redelivery of a message whose outcome is already
@@ -394,7 +408,10 @@ func (p *Pool) finishAgain(ctx context.Context, j *job) {
 	if st.State == queue.StateDeadLettered {
 		ev = queue.Event{Event: queue.EventDeadLettered, Graph: st.Graph, Error: st.LastError}
 	}
-	p.emitFinal(ctx, j, ev)
+	if !p.emitFinal(ctx, j, ev) {
+		_ = j.msg.NakWithDelay(infraRetry) // try again on the next delivery
+		return
+	}
 	if st.State == queue.StateSent {
 		_ = j.msg.Ack()
 	} else {
@@ -469,8 +486,8 @@ const terminalStateTimeout = 2 * time.Minute
 // delivery is kept alive meanwhile by the caller's keepAlive. After
 // terminalStateTimeout, or when shutdown cancels ctx, it gives up and logs:
 // the mail's fate is already decided, and redelivering it would send it twice.
-func (p *Pool) writeTerminalState(ctx context.Context, j *job) {
-	p.retryFinal(ctx, j, "record the final job state", func(opCtx context.Context) error {
+func (p *Pool) writeTerminalState(ctx context.Context, j *job) bool {
+	return p.retryFinal(ctx, j, "record the final job state", func(opCtx context.Context) error {
 		rev, err := p.q.States.Put(opCtx, j.state)
 		if err == nil {
 			j.rev = rev
@@ -481,8 +498,8 @@ func (p *Pool) writeTerminalState(ctx context.Context, j *job) {
 
 // retryFinal runs op, which records a job's outcome, until it succeeds, for
 // up to terminalStateTimeout (a broker restart or a leader move), backing off.
-// Past that it logs and gives up: the queue action still follows.
-func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(context.Context) error) {
+// Past that, or when shutdown cancels ctx, it logs and reports false.
+func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(context.Context) error) bool {
 	deadline := time.Now().Add(terminalStateTimeout)
 	wait := 100 * time.Millisecond
 	for {
@@ -490,12 +507,12 @@ func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(cont
 		err := op(opCtx)
 		cancel()
 		if err == nil {
-			return
+			return true
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			p.log.Error().Str("jobId", j.id).Str("state", string(j.state.State)).Err(err).
 				Msgf("giving up: could not %s", what)
-			return
+			return false
 		}
 		select {
 		case <-time.After(wait):
@@ -510,12 +527,12 @@ func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(cont
 // retried: a worker that dies after acking leaves no outcome unreported, and
 // one that dies before re-publishes it on redelivery (finishAgain). The
 // event's time is the final state's, so its dedupe id is stable.
-func (p *Pool) emitFinal(ctx context.Context, j *job, ev queue.Event) {
+func (p *Pool) emitFinal(ctx context.Context, j *job, ev queue.Event) bool {
 	ev.JobID, ev.Profile, ev.Attempt, ev.At = j.id, j.profile, j.state.Attempts, j.state.UpdatedAt
 	if j.job != nil {
 		ev.Metadata = j.job.Metadata
 	}
-	p.retryFinal(ctx, j, "publish the final status event", func(opCtx context.Context) error {
+	return p.retryFinal(ctx, j, "publish the final status event", func(opCtx context.Context) error {
 		return p.q.Events.Publish(opCtx, ev)
 	})
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,4 +125,38 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "the retry", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) == 2 })
+}
+
+// TestFinalEventNotLostAtShutdown: a replica that recorded "sent" but could
+// not publish the final event before its drain timeout puts the job back
+// rather than acking it, and the next replica publishes the event — the mail
+// is not sent again.
+func TestFinalEventNotLostAtShutdown(t *testing.T) {
+	js := startServer(t)
+	var calls atomic.Int32
+	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error) {
+		calls.Add(1)
+		// The status stream is unavailable from now until it is provisioned again.
+		if err := js.DeleteStream(ctx, queue.StreamStatus); err != nil {
+			t.Errorf("delete stream: %v", err)
+		}
+		return SendResult{Status: 202, RequestID: "r1"}, nil
+	})
+	first := startPool(t, js, Config{DrainTimeout: 300 * time.Millisecond}, sender, Options{})
+	first.publish(demoJob("event-at-shutdown"))
+	first.waitState("event-at-shutdown", queue.StateSent)
+	first.stop() // the drain timeout cuts the event's retries short
+
+	if err := queue.Provision(context.Background(), js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	second := startPool(t, js, Config{}, sender, Options{})
+	ev := second.waitEvent("event-at-shutdown", queue.EventSent)
+	if ev.Graph == nil || ev.Graph.RequestID != "r1" {
+		t.Fatalf("sent event = %+v", ev)
+	}
+	eventually(t, 5*time.Second, "the job acked", func() bool { return second.pending() == 0 })
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("sender called %d times, want 1", n)
+	}
 }
