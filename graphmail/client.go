@@ -311,8 +311,11 @@ func (c *Client) CertificateNotAfter() (time.Time, bool) { return c.notAfter, c.
 
 // Token returns an access token for Graph: the last one MSAL returned while
 // it is more than 5 minutes from expiry (no MSAL call, no lock), else from
-// MSAL's cache or Entra, one caller at a time. Errors are *Error with Class ClassRetryable and
-// Reason "auth_failed"; their text never contains secrets, assertions or tokens.
+// MSAL's cache or Entra, one caller at a time. Errors are *Error with Reason
+// "auth_failed" and Class ClassUnavailable (Entra unreachable or failing;
+// RetryAfter says when the next request will be made) or ClassRetryable (the
+// credential was refused); their text never contains secrets, assertions or
+// tokens. A failure is shared with every caller until its back-off ends.
 func (c *Client) Token(ctx context.Context) (string, error) {
 	if t := c.tok.Load(); t != nil && time.Now().Before(t.useUntil) {
 		return t.value, nil
@@ -324,6 +327,7 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 	}
 	if c.failErr != nil && time.Now().Before(c.failUntil) {
 		e := *c.failErr
+		e.RetryAfter = time.Until(c.failUntil)
 		return "", &e
 	}
 	ar, err := c.msal.AcquireTokenByCredential(ctx, c.scopes)
@@ -334,7 +338,9 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 		e := c.tokenError(ctx, err)
 		if ctx.Err() == nil { // the caller's own deadline says nothing about Entra
 			c.failures++
-			c.failUntil = time.Now().Add(min(tokenFailFirst<<min(c.failures-1, 5), tokenFailMax))
+			backoff := min(tokenFailFirst<<min(c.failures-1, 5), tokenFailMax)
+			c.failUntil = time.Now().Add(backoff)
+			e.RetryAfter = backoff
 			cp := *e // callers annotate the error they get: keep our own copy
 			c.failErr = &cp
 		}

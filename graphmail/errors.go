@@ -15,6 +15,10 @@ const (
 	ClassPermanent Class = iota + 1 // dead-letter now
 	ClassRetryable                  // retry later, spends an attempt
 	ClassThrottled                  // 429: wait Retry-After, does not spend an attempt
+	// ClassUnavailable: a service the send depends on could not be reached
+	// (Entra's token endpoint down or failing) and nothing was sent: wait
+	// RetryAfter, does not spend an attempt.
+	ClassUnavailable
 )
 
 func (c Class) String() string {
@@ -25,6 +29,8 @@ func (c Class) String() string {
 		return "retryable"
 	case ClassThrottled:
 		return "throttled"
+	case ClassUnavailable:
+		return "unavailable"
 	}
 	return "class(" + strconv.Itoa(int(c)) + ")"
 }

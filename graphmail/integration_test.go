@@ -221,7 +221,9 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 	s.SetTokenEndpointDown(true)
 	_, err := c.Token(context.Background())
 	var e *graphmail.Error
-	if !errors.As(err, &e) || e.Class != graphmail.ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous {
+	// Entra failing says nothing about the credential: wait, spend no attempt.
+	if !errors.As(err, &e) || e.Class != graphmail.ClassUnavailable || e.Reason != "auth_failed" || e.Ambiguous ||
+		e.RetryAfter <= 0 || e.RetryAfter > 30*time.Second {
 		t.Fatalf("err = %v", err)
 	}
 	if strings.Contains(err.Error(), itSecret) {
@@ -268,6 +270,10 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 	// A wrong secret is reported without echoing it.
 	bad := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: "wrong-secret-sentinel"})
 	_, err = bad.Token(context.Background())
+	// A refused credential is the app's problem: retries spend attempts.
+	if !errors.As(err, &e) || e.Class != graphmail.ClassRetryable || e.Reason != "auth_failed" {
+		t.Errorf("wrong secret: class %v, want retryable auth_failed: %v", e.Class, err)
+	}
 	if err == nil || strings.Contains(err.Error(), "wrong-secret-sentinel") {
 		t.Errorf("wrong secret: %v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -113,8 +114,16 @@ func (c *Client) tokenError(ctx context.Context, err error) *Error {
 		// scrubbed anyway.
 		ae.msg = c.scrub(err.Error())
 	}
+	// Entra unreachable, timing out, throttling or failing (5xx) says nothing
+	// about the credential: the job waits without spending attempts. A 4xx
+	// (invalid_client, unauthorized_client, AADSTS…) is the credential or the
+	// app registration: retries spend attempts and end in auth_failed.
+	class := ClassRetryable
+	if ae.status == 0 || ae.status == http.StatusTooManyRequests || ae.status >= 500 {
+		class = ClassUnavailable
+	}
 	return &Error{
-		Class:   ClassRetryable,
+		Class:   class,
 		Reason:  ReasonAuthFailed,
 		Code:    ae.code,
 		Message: ae.msg,

@@ -270,8 +270,8 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		j.state.Ambiguous = true
 		p.m.Ambiguous.WithLabelValues(j.profile).Inc()
 	}
-	if se.RetryAfter > 0 && se.Kind != Permanent {
-		p.pacer.pause(j.from, se.RetryAfter)
+	if se.RetryAfter > 0 && (se.Kind == Retryable || se.Kind == Throttled) {
+		p.pacer.pause(j.from, se.RetryAfter) // the mailbox was told to wait
 	}
 	j.state.LastError = &queue.ErrorInfo{Reason: se.Reason, Message: se.Error()}
 	j.state.Graph = graph
@@ -294,6 +294,17 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 			reason = queue.ReasonGraphRejected
 		}
 		p.deadLetter(sendCtx, j, reason, se.Error(), graph)
+
+	case se.Kind == Unavailable:
+		// Nothing reached Graph (Entra is down or failing): the job waits,
+		// without spending an attempt, for as long as the outage lasts; the
+		// token-failure alert tells people. expiresAt still bounds it.
+		j.state.Attempts--
+		j.state.State = queue.StateDeferred
+		p.writeState(sendCtx, j, false)
+		wait := max(se.RetryAfter, time.Second)
+		p.m.ThrottleDeferrals.WithLabelValues(j.profile, CauseUnavailable).Inc()
+		p.deferJob(sendCtx, j, wait+jitter(wait), "unavailable: "+se.Error(), nil)
 
 	case se.Kind == Throttled:
 		p.m.GraphThrottled.WithLabelValues(j.profile).Inc()

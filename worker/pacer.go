@@ -80,6 +80,7 @@ const (
 	CausePace        = "pace"        // the per-minute pace
 	CauseRecipients  = "recipients"  // the 24-hour recipient budget
 	CauseConcurrency = "concurrency" // too many jobs already waiting for the mailbox's slots
+	CauseUnavailable = "unavailable" // a service the send needs (Entra) could not be reached
 )
 
 // paceWindow is the per-minute pace's window: a minute plus a margin, because

@@ -182,6 +182,23 @@ func TestPool(t *testing.T) {
 		}
 	})
 
+	t.Run("an unavailable dependency spends no attempt, however long it lasts", func(t *testing.T) {
+		rec := &recorder{answer: func(n int, _ string, _ *queue.Job) (SendResult, error) {
+			if n <= 4 { // Entra down for four tries: more than maxAttempts
+				return SendResult{}, &SendError{Kind: Unavailable, Reason: queue.ReasonAuthFailed, RetryAfter: 50 * time.Millisecond,
+					Message: "token endpoint unavailable"}
+			}
+			return SendResult{Status: 202}, nil
+		}}
+		b := setup(t, Config{MaxAttempts: 2}, rec)
+		id := b.publish(demoJob("job-entra-down"))
+		st := b.waitState(id, queue.StateSent)
+		if st.Attempts != 1 || rec.callsFor(id) != 5 {
+			t.Fatalf("attempts %d after %d calls: the outage must not spend attempts", st.Attempts, rec.callsFor(id))
+		}
+		b.waitEvent(id, queue.EventDeferred)
+	})
+
 	t.Run("attempts run out: attempts_exhausted with the last error", func(t *testing.T) {
 		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
 			return SendResult{}, &SendError{Kind: Retryable, Status: 500, Code: "InternalServerError", Message: "boom"}

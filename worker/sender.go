@@ -41,6 +41,10 @@ const (
 	Permanent
 	// Throttled failures wait out Retry-After without spending an attempt.
 	Throttled
+	// Unavailable: a service the send depends on could not be reached
+	// (Entra's token endpoint) and nothing was sent: wait RetryAfter without
+	// spending an attempt, for as long as it lasts.
+	Unavailable
 )
 
 func (k Kind) String() string {
@@ -49,6 +53,8 @@ func (k Kind) String() string {
 		return "permanent"
 	case Throttled:
 		return "throttled"
+	case Unavailable:
+		return "unavailable"
 	default:
 		return "retryable"
 	}

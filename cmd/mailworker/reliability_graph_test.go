@@ -22,12 +22,13 @@ func TestReliabilityGraphFaults(t *testing.T) {
 		t.Skip("-short")
 	}
 	t.Parallel()
-	const maxAttempts = 5
 	jobs := pick(40, 400)
 	storm := pick(2500*time.Millisecond, 8*time.Second)
+	// Attempts must span more than the storm: the smallest delays (backoff
+	// 400ms..2s, -50% jitter) add up to 0.2+0.4+0.8+1+1+… seconds.
+	maxAttempts := pick(5, 12)
 	ns := startRelNATS(t)
 	fake := newFake(t, graphtest.Options{Latency: 20 * time.Millisecond})
-	// backoff 400ms..2s: 5 attempts span more than the storm.
 	h := newHarness(t, ns.url(), fake, relWorker{maxAttempts: maxAttempts, backoffInitial: 400 * time.Millisecond, backoffMax: 2 * time.Second,
 		ackWait: 3 * time.Second, sendTimeout: 2 * time.Second},
 		relProfile{name: "rel", senders: []string{"box1@rel.example", "box2@rel.example", "box3@rel.example", "broken@rel.example"}})

@@ -129,6 +129,8 @@ func translate(err error) error {
 		kind = worker.Permanent
 	case graphmail.ClassThrottled:
 		kind = worker.Throttled
+	case graphmail.ClassUnavailable:
+		kind = worker.Unavailable
 	}
 	return &worker.SendError{Kind: kind, Reason: queue.Reason(ge.Reason), Status: ge.Status, Code: ge.Code,
 		Message: ge.Message, RetryAfter: ge.RetryAfter, Ambiguous: ge.Ambiguous, RequestID: ge.RequestID,

@@ -58,6 +58,7 @@ func TestTranslate(t *testing.T) {
 		{&graphmail.Error{Class: graphmail.ClassPermanent, Reason: "recipient_invalid", Status: 400, Code: "ErrorInvalidRecipients"}, worker.Permanent},
 		{&graphmail.Error{Class: graphmail.ClassThrottled, Status: 429, RetryAfter: 7 * time.Second}, worker.Throttled},
 		{&graphmail.Error{Class: graphmail.ClassRetryable, Reason: "access_denied", Status: 403}, worker.Retryable},
+		{&graphmail.Error{Class: graphmail.ClassUnavailable, Reason: "auth_failed", RetryAfter: 2 * time.Second}, worker.Unavailable},
 		{&graphmail.Error{Class: graphmail.ClassRetryable, Status: 504, Ambiguous: true, RequestID: "r", Err: cause}, worker.Retryable},
 	} {
 		var se *worker.SendError
