@@ -202,19 +202,7 @@ func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.
 		b.waiting++
 		return earliest, 0, "", 0
 	}
-	// Defer: spread deferred jobs one interval apart after the earliest time.
-	if b.deferredUntil.After(earliest) {
-		earliest = b.deferredUntil
-	}
-	spacing := p.interval
-	if spacing == 0 {
-		spacing = 20 * time.Millisecond
-	}
-	b.deferredUntil = earliest.Add(spacing)
-	d := earliest.Sub(now)
-	if d < spacing {
-		d = spacing
-	}
+	d := max(p.spreadLocked(b, earliest).Sub(now), p.spacing())
 	return time.Time{}, d, cause, 0
 }
 
@@ -288,16 +276,26 @@ func (p *pacer) pausedFor(addr string) time.Duration {
 	if b == nil || !b.pausedUntil.After(now) {
 		return 0
 	}
-	earliest := b.pausedUntil
+	return p.spreadLocked(b, b.pausedUntil).Sub(now)
+}
+
+// spreadLocked returns when a job deferred until earliest should come back:
+// deferred jobs of a mailbox are spread one pace interval apart, so that a
+// backlog returns at the rate the mailbox can take. p.mu must be held.
+func (p *pacer) spreadLocked(b *mailbox, earliest time.Time) time.Time {
 	if b.deferredUntil.After(earliest) {
 		earliest = b.deferredUntil
 	}
-	spacing := p.interval
-	if spacing == 0 {
-		spacing = 20 * time.Millisecond
+	b.deferredUntil = earliest.Add(p.spacing())
+	return earliest
+}
+
+// spacing is the gap between deferred jobs of one mailbox.
+func (p *pacer) spacing() time.Duration {
+	if p.interval == 0 {
+		return 20 * time.Millisecond
 	}
-	b.deferredUntil = earliest.Add(spacing)
-	return earliest.Sub(now)
+	return p.interval
 }
 
 // acquire waits for a send slot of addr after admit; release must follow.
