@@ -12,13 +12,18 @@ import (
 
 // Config sizes the JetStream assets. The zero value plus WithDefaults is usable.
 type Config struct {
-	Replicas      int           // 1 or 3 (default 1)
-	JobsMaxAge    time.Duration // 0 = unlimited
-	StatusMaxAge  time.Duration // default 7*24h
-	DLQMaxAge     time.Duration // 0 = unlimited
-	StateTTL      time.Duration // default 7*24h
-	AckWait       time.Duration // consumer, default 60s
-	MaxAckPending int           // consumer, default 1000
+	Replicas     int           // 1 or 3 (default 1)
+	JobsMaxAge   time.Duration // 0 = unlimited
+	StatusMaxAge time.Duration // default 7*24h
+	DLQMaxAge    time.Duration // 0 = unlimited
+	StateTTL     time.Duration // default 7*24h
+	// AttachmentsMaxAge is how long objectRef attachments are kept in
+	// MAIL_ATTACHMENTS, default 30 days: long enough for retries, deferrals
+	// and a replay from the DLQ, short enough that the store does not grow
+	// for ever (nothing else deletes them).
+	AttachmentsMaxAge time.Duration
+	AckWait           time.Duration // consumer, default 60s
+	MaxAckPending     int           // consumer, default 1000
 	// WorkersTTL is how long a replica counts as live after its last
 	// heartbeat (KV MAIL_WORKERS), default 15s; workers beat every third of it.
 	WorkersTTL time.Duration
@@ -37,6 +42,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.StateTTL == 0 {
 		c.StateTTL = 7 * 24 * time.Hour
+	}
+	if c.AttachmentsMaxAge == 0 {
+		c.AttachmentsMaxAge = 30 * 24 * time.Hour
 	}
 	if c.AckWait == 0 {
 		c.AckWait = 60 * time.Second
@@ -58,6 +66,8 @@ func (c Config) validate() error {
 		return errors.New("queue: config stream max ages must not be negative")
 	case c.StateTTL < 0:
 		return errors.New("queue: config stateTTL must not be negative")
+	case c.AttachmentsMaxAge < 0:
+		return errors.New("queue: config attachmentsMaxAge must not be negative")
 	case c.WorkersTTL < time.Second:
 		return fmt.Errorf("queue: config workersTTL: %s, want at least 1s", c.WorkersTTL)
 	case c.AckWait < time.Second:
@@ -263,19 +273,29 @@ func ensureKV(ctx context.Context, js jetstream.JetStream, want jetstream.KeyVal
 }
 
 func ensureObjectStore(ctx context.Context, js jetstream.JetStream, c Config) error {
-	_, err := js.ObjectStore(ctx, BucketAttachments)
+	want := jetstream.ObjectStoreConfig{
+		Bucket: BucketAttachments, Description: "mailworker: attachments by reference",
+		Storage: jetstream.FileStorage, Replicas: c.Replicas, TTL: c.AttachmentsMaxAge,
+	}
+	obs, err := js.ObjectStore(ctx, BucketAttachments)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		_, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket: BucketAttachments, Description: "mailworker: attachments by reference",
-			Storage: jetstream.FileStorage, Replicas: c.Replicas,
-		})
-		if err != nil {
+		if _, err = js.CreateObjectStore(ctx, want); err != nil {
 			return fmt.Errorf("queue: create object store %s: %w", BucketAttachments, err)
 		}
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("queue: look up object store %s: %w", BucketAttachments, err)
+	}
+	st, err := obs.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: object store %s status: %w", BucketAttachments, err)
+	}
+	if st.TTL() == want.TTL && st.Replicas() == want.Replicas {
+		return nil
+	}
+	if _, err := js.UpdateObjectStore(ctx, want); err != nil {
+		return fmt.Errorf("queue: update object store %s: %w", BucketAttachments, err)
 	}
 	return nil
 }

@@ -39,9 +39,25 @@ func TestProvisionIdempotent(t *testing.T) {
 	if cc.AckWait != 30*time.Second || cc.MaxDeliver != -1 || cc.MaxAckPending != 1000 || cc.AckPolicy != jetstream.AckExplicitPolicy {
 		t.Errorf("consumer config %+v", cc)
 	}
+	attachmentsTTL := func() time.Duration {
+		t.Helper()
+		obs, err := js.ObjectStore(ctx, BucketAttachments)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ost, err := obs.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ost.TTL()
+	}
+	if got := attachmentsTTL(); got != 30*24*time.Hour {
+		t.Errorf("attachments kept for %v, want 30 days by default (nothing else deletes them)", got)
+	}
 
 	// Updatable fields are updated in place.
-	cfg2 := Config{AckWait: 90 * time.Second, MaxAckPending: 50, StatusMaxAge: time.Hour, StateTTL: 2 * time.Hour}
+	cfg2 := Config{AckWait: 90 * time.Second, MaxAckPending: 50, StatusMaxAge: time.Hour, StateTTL: 2 * time.Hour,
+		AttachmentsMaxAge: 3 * time.Hour}
 	if err := Provision(ctx, js, cfg2); err != nil {
 		t.Fatalf("Provision with new limits: %v", err)
 	}
@@ -57,6 +73,9 @@ func TestProvisionIdempotent(t *testing.T) {
 	kst, _ := kv.Status(ctx)
 	if kst.TTL() != 2*time.Hour || kst.History() != 1 {
 		t.Errorf("KV TTL %v history %d", kst.TTL(), kst.History())
+	}
+	if got := attachmentsTTL(); got != 3*time.Hour {
+		t.Errorf("attachments TTL not updated: %v", got)
 	}
 	if _, err := Open(ctx, js); err != nil {
 		t.Fatalf("Open: %v", err)

@@ -58,12 +58,14 @@ type TLSConfig struct {
 
 // StreamsConfig sizes the JetStream assets that provision creates.
 type StreamsConfig struct {
-	Replicas      int           `yaml:"replicas"`
-	JobsMaxAge    time.Duration `yaml:"jobsMaxAge"`
-	StatusMaxAge  time.Duration `yaml:"statusMaxAge"`
-	DLQMaxAge     time.Duration `yaml:"dlqMaxAge"`
-	StateTTL      time.Duration `yaml:"stateTTL"`
-	MaxAckPending int           `yaml:"maxAckPending"`
+	Replicas     int           `yaml:"replicas"`
+	JobsMaxAge   time.Duration `yaml:"jobsMaxAge"`
+	StatusMaxAge time.Duration `yaml:"statusMaxAge"`
+	DLQMaxAge    time.Duration `yaml:"dlqMaxAge"`
+	StateTTL     time.Duration `yaml:"stateTTL"`
+	// AttachmentsMaxAge: how long objectRef attachments are kept.
+	AttachmentsMaxAge time.Duration `yaml:"attachmentsMaxAge"`
+	MaxAckPending     int           `yaml:"maxAckPending"`
 	// Provision creates or updates the streams at worker start; turn it off
 	// when the worker's NATS user may not manage streams.
 	Provision *bool `yaml:"provision"`
@@ -348,7 +350,8 @@ func validProfileName(s string) bool {
 func (c Config) queueConfig() queue.Config {
 	return queue.Config{
 		Replicas: c.Streams.Replicas, JobsMaxAge: c.Streams.JobsMaxAge, StatusMaxAge: c.Streams.StatusMaxAge,
-		DLQMaxAge: c.Streams.DLQMaxAge, StateTTL: c.Streams.StateTTL, AckWait: c.Worker.AckWait,
+		DLQMaxAge: c.Streams.DLQMaxAge, StateTTL: c.Streams.StateTTL, AttachmentsMaxAge: c.Streams.AttachmentsMaxAge,
+		AckWait:       c.Worker.AckWait,
 		MaxAckPending: c.Streams.MaxAckPending,
 	}.WithDefaults()
 }
