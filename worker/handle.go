@@ -20,6 +20,12 @@ import (
 // opTimeout bounds one JetStream operation (state, event, dead letter).
 const opTimeout = 10 * time.Second
 
+// finalAttemptTimeout bounds one attempt of retryFinal. Those writes are
+// idempotent (a KV put of the same state, an event with a stable dedupe id),
+// so an attempt whose reply is lost (the stream leader died with the write in
+// flight) is cut short and tried again rather than waited out for opTimeout.
+const finalAttemptTimeout = 3 * time.Second
+
 // infraRetry is the delay before a job is tried again when the broker itself
 // failed (state or dead-letter write); it spends no attempt.
 const infraRetry = 2 * time.Second
@@ -514,7 +520,7 @@ func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(cont
 	deadline := time.Now().Add(terminalStateTimeout)
 	wait := 100 * time.Millisecond
 	for {
-		opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+		opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalAttemptTimeout)
 		err := op(opCtx)
 		cancel()
 		if err == nil {

@@ -371,7 +371,12 @@ func (h *harness) publish(profile, prefix string, n int) []string {
 // terminal reports whether st is a final state.
 func terminal(s queue.State) bool { return s == queue.StateSent || s == queue.StateDeadLettered }
 
-// waitTerminal polls the job states until every id is sent or dead-lettered.
+// waitTerminal polls until every id is sent or dead-lettered and the
+// MAIL_JOBS consumer has nothing outstanding. A terminal state alone is not
+// the end of a job: the worker stores it before the final status event, and
+// a job whose event could not be published yet (a stream leader that died
+// with the publish in flight) is put back for another delivery to report it.
+// Only an ack or a term ends a job, so only then may the replicas be stopped.
 func (h *harness) waitTerminal(ids []string, timeout time.Duration) {
 	h.t.Helper()
 	left := append([]string(nil), ids...)
@@ -388,10 +393,32 @@ func (h *harness) waitTerminal(ids []string, timeout time.Duration) {
 		}
 		left = still
 		if len(left) == 0 {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			h.t.Fatalf("after %s, %d of %d jobs are not in a terminal state, e.g. %v", timeout, len(left), len(ids), left[:min(5, len(left))])
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var outstanding string
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := h.q.Consumer(ctx)
+		var info *jetstream.ConsumerInfo
+		if err == nil {
+			info, err = c.Info(ctx)
+		}
+		cancel()
+		if err == nil {
+			if info.NumPending == 0 && info.NumAckPending == 0 {
+				return
+			}
+			outstanding = fmt.Sprintf("%d not delivered, %d awaiting ack", info.NumPending, info.NumAckPending)
+		} else {
+			outstanding = err.Error()
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("after %s, every job is terminal but the %s consumer still has work: %s", timeout, queue.ConsumerName, outstanding)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
