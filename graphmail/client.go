@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,15 +80,17 @@ type Client struct {
 	name       string
 	http       *http.Client
 	ownHTTP    bool
-	msal       confidential.Client
-	cache      *tokenCache
+	authority  string // authority host + "/" + tenant
+	clientID   string
+	msalOpts   []confidential.Option // without the cache, which is per credential
 	scopes     []string
 	sendPrefix string // GraphURL + "/v1.0/users/"
 	timeout    time.Duration
 	onToken    func(ok bool)
-	notAfter   time.Time
-	hasCert    bool
-	redact     []string // secrets to scrub from any text we surface
+
+	// cred is the credential in use and the MSAL client built on it;
+	// SetCredential swaps it (rotation without restart).
+	cred atomic.Pointer[credState]
 
 	refreshMu sync.Mutex
 	// tok is the last token MSAL gave us, served without calling MSAL until
@@ -103,6 +106,16 @@ type Client struct {
 	failUntil time.Time
 	failErr   *Error
 	failures  int
+}
+
+// credState is one credential and the MSAL client that presents it. It is
+// never changed once stored.
+type credState struct {
+	msal     confidential.Client
+	cache    *tokenCache
+	notAfter time.Time
+	hasCert  bool
+	redact   []string // secrets to scrub from any text we surface (old ones too)
 }
 
 // Token failure back-off bounds.
@@ -162,11 +175,12 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{
 		name:       cfg.Name,
 		http:       cfg.HTTPClient,
+		authority:  authorityHost + "/" + cfg.TenantID,
+		clientID:   cfg.ClientID,
 		scopes:     []string{scope},
 		sendPrefix: graphURL + "/v1.0/users/",
 		timeout:    cfg.Timeout,
 		onToken:    cfg.OnTokenRequest,
-		cache:      &tokenCache{},
 	}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout
@@ -176,22 +190,51 @@ func New(cfg Config) (*Client, error) {
 		c.ownHTTP = true
 	}
 
-	cred, err := c.credential(cfg.Credential)
+	c.msalOpts = []confidential.Option{confidential.WithHTTPClient(c.http)}
+	if !instanceDiscovery {
+		c.msalOpts = append(c.msalOpts, confidential.WithInstanceDiscovery(false))
+	}
+	cs, err := c.newCredState(cfg.Credential, nil)
 	if err != nil {
 		return nil, err
 	}
-	opts := []confidential.Option{
-		confidential.WithHTTPClient(c.http),
-		confidential.WithCache(c.cache),
-	}
-	if !instanceDiscovery {
-		opts = append(opts, confidential.WithInstanceDiscovery(false))
-	}
-	c.msal, err = confidential.New(authorityHost+"/"+cfg.TenantID, cfg.ClientID, cred, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("graphmail: building the MSAL client: %s", c.scrub(err.Error()))
-	}
+	c.cred.Store(cs)
 	return c, nil
+}
+
+// SetCredential replaces the client's credential, for a rotation without
+// restart: the certificate or secret file changed. On error (a PEM that does
+// not parse, a key that is not RSA) the credential in use is kept. On success
+// the cached token is dropped and any token failure back-off cleared, so the
+// next send fetches a token with the new credential at once: a credential
+// Entra refuses shows up while the operator is rotating, not an hour later.
+// Sends in flight keep the token they have.
+func (c *Client) SetCredential(in Credential) error {
+	cs, err := c.newCredState(in, c.cred.Load().redact)
+	if err != nil {
+		return err
+	}
+	c.tokMu.Lock()
+	c.cred.Store(cs)
+	c.tok.Store(nil)
+	c.failures, c.failErr = 0, nil
+	c.tokMu.Unlock()
+	return nil
+}
+
+// newCredState builds the MSAL client for in; redact is kept and extended.
+func (c *Client) newCredState(in Credential, redact []string) (*credState, error) {
+	cs := &credState{cache: &tokenCache{}, redact: slices.Clip(redact)}
+	cred, err := c.credential(in, cs)
+	if err != nil {
+		return nil, err
+	}
+	opts := append(slices.Clip(c.msalOpts), confidential.WithCache(cs.cache))
+	cs.msal, err = confidential.New(c.authority, c.clientID, cred, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("graphmail: building the MSAL client: %s", c.scrubWith(cs.redact, err.Error()))
+	}
+	return cs, nil
 }
 
 func checkBaseURL(s string) error {
@@ -208,19 +251,21 @@ func checkBaseURL(s string) error {
 	return nil
 }
 
-func (c *Client) credential(in Credential) (confidential.Credential, error) {
+// credential builds MSAL's credential from in, recording in cs the secrets to
+// redact and the certificate's expiry.
+func (c *Client) credential(in Credential, cs *credState) (confidential.Credential, error) {
 	if in.CertificatePassword != "" {
-		c.redact = append(c.redact, in.CertificatePassword)
+		cs.redact = append(cs.redact, in.CertificatePassword)
 	}
 	if in.ClientSecret != "" {
-		c.redact = append(c.redact, in.ClientSecret)
+		cs.redact = append(cs.redact, in.ClientSecret)
 	}
 	switch {
 	case len(in.CertificatePEM) > 0:
 		certs, key, err := confidential.CertFromPEM(in.CertificatePEM, in.CertificatePassword)
 		if err != nil {
 			// MSAL's message describes the PEM structure, never its content.
-			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: %s", c.scrub(err.Error()))
+			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: %s", c.scrubWith(cs.redact, err.Error()))
 		}
 		if _, ok := key.(*rsa.PrivateKey); !ok {
 			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: the private key is %T; Entra client assertions need an RSA key", key)
@@ -229,10 +274,10 @@ func (c *Client) credential(in Credential) (confidential.Credential, error) {
 			return confidential.Credential{}, errors.New("graphmail: Credential.CertificatePEM: no certificate")
 		}
 		leaf := leafFor(certs, key)
-		c.notAfter, c.hasCert = leaf.NotAfter, true
+		cs.notAfter, cs.hasCert = leaf.NotAfter, true
 		cred, err := confidential.NewCredFromCert(certs, key)
 		if err != nil {
-			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: %s", c.scrub(err.Error()))
+			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: %s", c.scrubWith(cs.redact, err.Error()))
 		}
 		return cred, nil
 	case in.FederatedTokenFile != "":
@@ -307,7 +352,10 @@ func (c *Client) Close() {
 // CertificateNotAfter returns the expiry of the certificate credential
 // (the certificate matching the private key), and false when the credential
 // is not a certificate.
-func (c *Client) CertificateNotAfter() (time.Time, bool) { return c.notAfter, c.hasCert }
+func (c *Client) CertificateNotAfter() (time.Time, bool) {
+	cs := c.cred.Load()
+	return cs.notAfter, cs.hasCert
+}
 
 // Token returns an access token for Graph: the last one MSAL returned while
 // it is more than 5 minutes from expiry (no MSAL call, no lock), else from
@@ -330,7 +378,7 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 		e.RetryAfter = time.Until(c.failUntil)
 		return "", &e
 	}
-	ar, err := c.msal.AcquireTokenByCredential(ctx, c.scopes)
+	ar, err := c.cred.Load().msal.AcquireTokenByCredential(ctx, c.scopes)
 	if err != nil {
 		if c.onToken != nil {
 			c.onToken(false)
@@ -368,8 +416,10 @@ func (c *Client) refreshToken(ctx context.Context, bad string) (string, error) {
 	if err != nil || tok != bad {
 		return tok, err
 	}
+	c.tokMu.Lock()
 	c.tok.Store(nil)
-	c.cache.stale.Store(true)
+	c.cred.Load().cache.stale.Store(true)
+	c.tokMu.Unlock()
 	return c.Token(ctx)
 }
 

@@ -278,3 +278,95 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 		t.Errorf("wrong secret: %v", err)
 	}
 }
+
+// TestIntegrationRotateCertificate rotates a certificate the way the runbook
+// does, without a restart: the app registration gets the new certificate
+// next to the old one, the client switches to it (the mounted file changed),
+// and the old one is removed from the app registration. Mail keeps flowing
+// throughout, the next token is fetched with the new certificate at once,
+// and the expiry reported is the new certificate's.
+func TestIntegrationRotateCertificate(t *testing.T) {
+	t.Parallel()
+	oldCert, oldPEM := rsaCert(t)
+	newCert, newPEM := rsaCert(t)
+	s := newGraphtest(t, graphtest.Options{Certificate: oldCert})
+	c := newIntegrationClient(t, s, graphmail.Credential{CertificatePEM: oldPEM})
+	send := func(id string) {
+		t.Helper()
+		msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
+		if _, err := c.Send(context.Background(), msg, id); err != nil {
+			t.Fatalf("Send %s: %v", id, err)
+		}
+	}
+	send("before")
+
+	// A file that does not parse (a half-written mount, a wrong key) is
+	// refused and the credential in use is kept: no new token request.
+	if err := c.SetCredential(graphmail.Credential{CertificatePEM: []byte("-----BEGIN CERTIFICATE-----\nnot base64\n")}); err == nil {
+		t.Fatal("SetCredential accepted a PEM that does not parse")
+	}
+	send("after-bad-file")
+	if got := s.IssuedWith(); len(got) != 1 {
+		t.Fatalf("tokens issued %v: a refused credential must not drop the token", got)
+	}
+
+	s.SetCredentials(nil, []*x509.Certificate{oldCert, newCert}) // step 1: both valid
+	if err := c.SetCredential(graphmail.Credential{CertificatePEM: newPEM}); err != nil {
+		t.Fatalf("SetCredential: %v", err)
+	}
+	send("rotated")
+	s.SetCredentials(nil, []*x509.Certificate{newCert}) // step 4: old one removed
+	send("old-removed")
+
+	want := []string{graphtest.CertificateThumbprint(oldCert), graphtest.CertificateThumbprint(newCert)}
+	if got := s.IssuedWith(); !reflect.DeepEqual(got, want) {
+		t.Errorf("tokens issued with %v, want %v (one per certificate, the new one right after the switch)", got, want)
+	}
+	if na, ok := c.CertificateNotAfter(); !ok || !na.Equal(newCert.NotAfter) {
+		t.Errorf("CertificateNotAfter = %v %v, want the new certificate's %v", na, ok, newCert.NotAfter)
+	}
+	if n := len(s.Messages()); n != 4 {
+		t.Errorf("messages = %d, want 4", n)
+	}
+}
+
+// TestIntegrationRotateSecret switches a client secret and checks that both
+// the old and the new value stay out of error text afterwards.
+func TestIntegrationRotateSecret(t *testing.T) {
+	t.Parallel()
+	const oldSecret, newSecret = "old-secret-value-1", "new-secret-value-2"
+	s := newGraphtest(t, graphtest.Options{ClientSecret: oldSecret})
+	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: oldSecret})
+	msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
+	if _, err := c.Send(context.Background(), msg, "before"); err != nil {
+		t.Fatal(err)
+	}
+	// The new secret is not registered yet: the switch is visible at once as
+	// a refused credential, with neither secret in the error.
+	if err := c.SetCredential(graphmail.Credential{ClientSecret: newSecret}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Send(context.Background(), msg, "unregistered")
+	var ge *graphmail.Error
+	if !errors.As(err, &ge) || ge.Reason != "auth_failed" {
+		t.Fatalf("send with an unregistered secret: %v, want auth_failed", err)
+	}
+	for _, sec := range []string{oldSecret, newSecret} {
+		if strings.Contains(err.Error(), sec) {
+			t.Errorf("error text holds a secret: %v", err)
+		}
+	}
+	// That failure started the token back-off; registering the secret and
+	// switching to it again clears it, so mail resumes at once.
+	s.SetCredentials([]string{oldSecret, newSecret}, nil)
+	if err := c.SetCredential(graphmail.Credential{ClientSecret: newSecret}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Send(context.Background(), msg, "registered"); err != nil {
+		t.Fatalf("send after the secret was registered: %v", err)
+	}
+	want := []string{"secret:old", "secret:new"}
+	if got := s.IssuedWith(); !reflect.DeepEqual(got, want) {
+		t.Errorf("tokens issued with %v, want %v", got, want)
+	}
+}

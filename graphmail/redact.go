@@ -25,7 +25,12 @@ const redacted = "[REDACTED]"
 
 // scrub removes secrets from s and caps its length.
 func (c *Client) scrub(s string, extra ...string) string {
-	for _, list := range [2][]string{c.redact, extra} {
+	return c.scrubWith(c.cred.Load().redact, s, extra...)
+}
+
+// scrubWith is scrub with the known secrets given.
+func (c *Client) scrubWith(redact []string, s string, extra ...string) string {
+	for _, list := range [2][]string{redact, extra} {
 		for _, v := range list {
 			if len(v) < 4 {
 				continue

@@ -7,6 +7,7 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -82,28 +83,32 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secret, assertion := f.Get("client_secret"), f.Get("client_assertion")
+	var used string // the credential, as Entra's sign-in log shows it
 	switch {
 	case secret != "" && assertion != "":
 		s.tokenError(w, http.StatusBadRequest, "invalid_request", 50027,
 			"Only one client credential may be presented: client_secret or client_assertion.")
 		return
 	case secret != "":
-		if s.opts.ClientSecret == "" || subtle.ConstantTimeCompare([]byte(secret), []byte(s.opts.ClientSecret)) != 1 {
+		if !s.secretRegistered(secret) {
 			s.tokenError(w, http.StatusUnauthorized, "invalid_client", 7000215,
 				fmt.Sprintf("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '%s'.", s.opts.ClientID))
 			return
 		}
+		used = "secret:" + secret[:min(3, len(secret))]
 	case assertion != "":
 		if at := f.Get("client_assertion_type"); at != assertionType {
 			s.tokenError(w, http.StatusBadRequest, "invalid_request", 50027,
 				fmt.Sprintf("client_assertion_type must be '%s'.", assertionType))
 			return
 		}
-		if err := s.verifyAssertion(assertion); err != nil {
+		cert, err := s.verifyAssertion(assertion)
+		if err != nil {
 			s.tokenError(w, http.StatusUnauthorized, "invalid_client", 700027,
 				"Client assertion failed signature validation or claims validation: "+err.Error())
 			return
 		}
+		used = CertificateThumbprint(cert)
 	default:
 		s.tokenError(w, http.StatusUnauthorized, "invalid_client", 7000218,
 			"The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
@@ -123,6 +128,9 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.tokens[tok] = now.Add(lifetime)
 	s.tokMu.Unlock()
+	s.credMu.Lock()
+	s.issuedWith = append(s.issuedWith, used)
+	s.credMu.Unlock()
 	s.tokenRequests.Add(1)
 	s.logf("graphtest: token issued to %s (expires_in %ds)", s.opts.ClientID, int(lifetime.Seconds()))
 
@@ -174,21 +182,32 @@ func (s *Server) tokenError(w http.ResponseWriter, status int, code string, aads
 	})
 }
 
-// verifyAssertion checks a client assertion JWT: an RS256 or PS256 signature by
-// Options.Certificate's key, a matching x5t/x5t#S256 thumbprint when present,
-// aud = the token endpoint, iss = sub = ClientID, and exp/nbf within clockSkew.
-func (s *Server) verifyAssertion(jwt string) error {
-	cert := s.opts.Certificate
-	if cert == nil {
-		return errors.New("no certificate credential is registered for the application")
+// secretRegistered reports whether secret is one of the app's client secrets.
+func (s *Server) secretRegistered(secret string) bool {
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	for _, want := range s.secrets {
+		if subtle.ConstantTimeCompare([]byte(secret), []byte(want)) == 1 {
+			return true
+		}
 	}
-	pub, ok := cert.PublicKey.(*rsa.PublicKey)
-	if !ok {
-		return errors.New("registered certificate does not hold an RSA key")
+	return false
+}
+
+// verifyAssertion checks a client assertion JWT: an RS256 or PS256 signature by
+// the key of one of the app's certificates (the one its x5t/x5t#S256 names,
+// when present), aud = the token endpoint, iss = sub = ClientID, and exp/nbf
+// within clockSkew. It returns the certificate that verified it.
+func (s *Server) verifyAssertion(jwt string) (*x509.Certificate, error) {
+	s.credMu.Lock()
+	certs := s.certs
+	s.credMu.Unlock()
+	if len(certs) == 0 {
+		return nil, errors.New("no certificate credential is registered for the application")
 	}
 	parts := strings.Split(jwt, ".")
 	if len(parts) != 3 {
-		return errors.New("malformed JWT")
+		return nil, errors.New("malformed JWT")
 	}
 	var hdr struct {
 		Alg     string `json:"alg"`
@@ -196,35 +215,49 @@ func (s *Server) verifyAssertion(jwt string) error {
 		X5tS256 string `json:"x5t#S256"`
 	}
 	if err := decodeSegment(parts[0], &hdr); err != nil {
-		return fmt.Errorf("header: %w", err)
+		return nil, fmt.Errorf("header: %w", err)
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {
-		return errors.New("signature is not base64url")
+		return nil, errors.New("signature is not base64url")
 	}
 	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	switch hdr.Alg {
-	case "RS256":
-		err = rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig)
-	case "PS256":
-		err = rsa.VerifyPSS(pub, crypto.SHA256, digest[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto})
-	default:
-		return fmt.Errorf("unsupported alg %q", hdr.Alg)
+	if hdr.Alg != "RS256" && hdr.Alg != "PS256" {
+		return nil, fmt.Errorf("unsupported alg %q", hdr.Alg)
 	}
-	if err != nil {
-		return errors.New("signature does not verify with the registered certificate")
-	}
-	if hdr.X5tS256 != "" {
-		h := sha256.Sum256(cert.Raw)
-		if !thumbprintMatches(hdr.X5tS256, h[:]) {
-			return errors.New("x5t#S256 does not match the registered certificate")
+	var cert *x509.Certificate
+	for _, c := range certs {
+		if hdr.X5tS256 != "" {
+			h := sha256.Sum256(c.Raw)
+			if !thumbprintMatches(hdr.X5tS256, h[:]) {
+				continue
+			}
+		}
+		if hdr.X5t != "" {
+			h := sha1.Sum(c.Raw) // #nosec G401 -- x5t is defined as SHA-1
+			if !thumbprintMatches(hdr.X5t, h[:]) {
+				continue
+			}
+		}
+		pub, ok := c.PublicKey.(*rsa.PublicKey)
+		if !ok {
+			continue
+		}
+		if hdr.Alg == "RS256" {
+			err = rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig)
+		} else {
+			err = rsa.VerifyPSS(pub, crypto.SHA256, digest[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto})
+		}
+		if err == nil {
+			cert = c
+			break
 		}
 	}
-	if hdr.X5t != "" {
-		h := sha1.Sum(cert.Raw) // #nosec G401 -- x5t is defined as SHA-1
-		if !thumbprintMatches(hdr.X5t, h[:]) {
-			return errors.New("x5t does not match the registered certificate")
+	if cert == nil {
+		if hdr.X5t != "" || hdr.X5tS256 != "" {
+			return nil, errors.New("no registered certificate matches the assertion's thumbprint and signature")
 		}
+		return nil, errors.New("signature does not verify with a registered certificate")
 	}
 
 	var claims struct {
@@ -235,35 +268,35 @@ func (s *Server) verifyAssertion(jwt string) error {
 		Nbf *json.Number    `json:"nbf"`
 	}
 	if err := decodeSegment(parts[1], &claims); err != nil {
-		return fmt.Errorf("claims: %w", err)
+		return nil, fmt.Errorf("claims: %w", err)
 	}
 	if claims.Iss != s.opts.ClientID || claims.Sub != s.opts.ClientID {
-		return errors.New("iss and sub must be the client id")
+		return nil, errors.New("iss and sub must be the client id")
 	}
 	if !s.audienceOK(claims.Aud) {
-		return errors.New("aud must be the token endpoint")
+		return nil, errors.New("aud must be the token endpoint")
 	}
 	now := s.opts.Now()
 	if claims.Exp == nil {
-		return errors.New("exp is required")
+		return nil, errors.New("exp is required")
 	}
 	exp, err := claims.Exp.Float64()
 	if err != nil {
-		return errors.New("exp is not a number")
+		return nil, errors.New("exp is not a number")
 	}
 	if now.Add(-clockSkew).After(time.Unix(int64(exp), 0)) {
-		return errors.New("assertion has expired")
+		return nil, errors.New("assertion has expired")
 	}
 	if claims.Nbf != nil {
 		nbf, err := claims.Nbf.Float64()
 		if err != nil {
-			return errors.New("nbf is not a number")
+			return nil, errors.New("nbf is not a number")
 		}
 		if now.Add(clockSkew).Before(time.Unix(int64(nbf), 0)) {
-			return errors.New("assertion is not yet valid")
+			return nil, errors.New("assertion is not yet valid")
 		}
 	}
-	return nil
+	return cert, nil
 }
 
 // audienceOK accepts the token endpoint (v2 or v1 path, any host name the client used to reach

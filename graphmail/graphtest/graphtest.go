@@ -24,14 +24,17 @@ package graphtest
 
 import (
 	"context"
+	"crypto/sha1"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -150,6 +153,13 @@ type Server struct {
 	tokMu     sync.Mutex
 	tokens    map[string]time.Time // access token -> expiry
 
+	// The app registration's credentials (SetCredentials) and, per token
+	// issued, the credential that obtained it (IssuedWith).
+	credMu     sync.Mutex
+	secrets    []string
+	certs      []*x509.Certificate
+	issuedWith []string
+
 	tokenRequests atomic.Int64
 	tokenFailures atomic.Int64
 	sendRequests  atomic.Int64
@@ -200,6 +210,8 @@ func New(opts Options) (*Server, error) {
 		serveDone:     make(chan struct{}),
 		done:          make(chan struct{}),
 		tokens:        make(map[string]time.Time),
+		secrets:       nonEmpty(opts.ClientSecret),
+		certs:         nonNil(opts.Certificate),
 		boxes:         make(map[string]*mailboxState),
 		scripts:       make(map[string][]Fault),
 		mailboxFaults: make(map[string]*Fault),
@@ -411,6 +423,47 @@ func (s *Server) Reset() {
 	s.throttled.Store(0)
 	s.inRetryAfter.Store(0)
 	s.mu.Unlock()
+}
+
+// SetCredentials replaces the credentials registered for the application, as
+// an admin does in Entra while rotating: add the new certificate or secret,
+// then remove the old one. Tokens already issued stay valid.
+func (s *Server) SetCredentials(secrets []string, certs []*x509.Certificate) {
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	s.secrets = slices.Clone(secrets)
+	s.certs = slices.Clone(certs)
+}
+
+// IssuedWith returns, for every token issued, in order, the credential that
+// obtained it as Entra's sign-in log identifies it: "cert:" and the
+// certificate's SHA-1 thumbprint (CertificateThumbprint), or "secret:" and
+// the secret's first three characters (the hint the Entra portal shows).
+func (s *Server) IssuedWith() []string {
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	return slices.Clone(s.issuedWith)
+}
+
+// CertificateThumbprint is how IssuedWith names a certificate: "cert:" and
+// its SHA-1 thumbprint in upper-case hex, as Entra and PowerShell show it.
+func CertificateThumbprint(c *x509.Certificate) string {
+	h := sha1.Sum(c.Raw) // #nosec G401 -- the thumbprint is defined as SHA-1
+	return "cert:" + strings.ToUpper(hex.EncodeToString(h[:]))
+}
+
+func nonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return []string{s}
+}
+
+func nonNil(c *x509.Certificate) []*x509.Certificate {
+	if c == nil {
+		return nil
+	}
+	return []*x509.Certificate{c}
 }
 
 // SetTokenEndpointDown makes the token endpoint answer 503 while down is true.
