@@ -12,7 +12,9 @@ import (
 	"context"
 	"crypto"
 	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -111,11 +113,12 @@ type Client struct {
 // credState is one credential and the MSAL client that presents it. It is
 // never changed once stored.
 type credState struct {
-	msal     confidential.Client
-	cache    *tokenCache
-	notAfter time.Time
-	hasCert  bool
-	redact   []string // secrets to scrub from any text we surface (old ones too)
+	msal       confidential.Client
+	cache      *tokenCache
+	notAfter   time.Time
+	thumbprint string // SHA-1 of the certificate, upper-case hex
+	hasCert    bool
+	redact     []string // secrets to scrub from any text we surface (old ones too)
 }
 
 // Token failure back-off bounds.
@@ -274,7 +277,8 @@ func (c *Client) credential(in Credential, cs *credState) (confidential.Credenti
 			return confidential.Credential{}, errors.New("graphmail: Credential.CertificatePEM: no certificate")
 		}
 		leaf := leafFor(certs, key)
-		cs.notAfter, cs.hasCert = leaf.NotAfter, true
+		sum := sha1.Sum(leaf.Raw) // #nosec G401 -- the thumbprint Entra shows is SHA-1
+		cs.notAfter, cs.thumbprint, cs.hasCert = leaf.NotAfter, strings.ToUpper(hex.EncodeToString(sum[:])), true
 		cred, err := confidential.NewCredFromCert(certs, key)
 		if err != nil {
 			return confidential.Credential{}, fmt.Errorf("graphmail: Credential.CertificatePEM: %s", c.scrubWith(cs.redact, err.Error()))
@@ -356,6 +360,11 @@ func (c *Client) CertificateNotAfter() (time.Time, bool) {
 	cs := c.cred.Load()
 	return cs.notAfter, cs.hasCert
 }
+
+// CertificateThumbprint returns the SHA-1 thumbprint (upper-case hex, as the
+// Entra portal, its sign-in logs and PowerShell show it) of the certificate
+// credential, or "" when the credential is not a certificate.
+func (c *Client) CertificateThumbprint() string { return c.cred.Load().thumbprint }
 
 // Token returns an access token for Graph: the last one MSAL returned while
 // it is more than 5 minutes from expiry (no MSAL call, no lock), else from

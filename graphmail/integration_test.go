@@ -325,6 +325,9 @@ func TestIntegrationRotateCertificate(t *testing.T) {
 	if na, ok := c.CertificateNotAfter(); !ok || !na.Equal(newCert.NotAfter) {
 		t.Errorf("CertificateNotAfter = %v %v, want the new certificate's %v", na, ok, newCert.NotAfter)
 	}
+	if got := "cert:" + c.CertificateThumbprint(); got != graphtest.CertificateThumbprint(newCert) {
+		t.Errorf("CertificateThumbprint = %s, want the new certificate's %s", got, graphtest.CertificateThumbprint(newCert))
+	}
 	if n := len(s.Messages()); n != 4 {
 		t.Errorf("messages = %d, want 4", n)
 	}

@@ -24,7 +24,9 @@ type Metrics struct {
 	InflightSends     prometheus.Gauge
 	InflightJobs      prometheus.Gauge
 	ReplicasLive      prometheus.Gauge
-	CredentialExpiry  *prometheus.GaugeVec // profile
+	CredentialExpiry  *prometheus.GaugeVec   // profile
+	CredentialReloads *prometheus.CounterVec // profile, result
+	CredentialStale   *prometheus.GaugeVec   // profile
 }
 
 // Job outcomes (label outcome of mailworker_jobs_total).
@@ -70,6 +72,12 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 			Help: "Live worker replicas this replica shares the per-mailbox concurrency and pace with (itself included)."}),
 		CredentialExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "credential_expiry_timestamp_seconds",
 			Help: "When the profile's certificate credential expires (unix seconds)."}, []string{"profile"}),
+		CredentialReloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "credential_reloads_total",
+			Help: "Changes of the profile's certificate or secret file taken up without a restart (ok), or refused with the old credential kept (error)."},
+			[]string{"profile", "result"}),
+		CredentialStale: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "credential_reload_failing",
+			Help: "1 while the profile's certificate or secret file has changed but cannot be used, so the previous credential is still in use."},
+			[]string{"profile"}),
 	}
 	for _, p := range profiles {
 		m.Jobs.WithLabelValues(p, OutcomeSent, "")
@@ -92,11 +100,14 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		m.TokenRequests.WithLabelValues(p, "ok")
 		m.TokenRequests.WithLabelValues(p, "error")
 		m.Ambiguous.WithLabelValues(p)
+		m.CredentialReloads.WithLabelValues(p, "ok")
+		m.CredentialReloads.WithLabelValues(p, "error")
+		m.CredentialStale.WithLabelValues(p)
 	}
 	if reg != nil {
 		reg.MustRegister(m.Jobs, m.Retries, m.ThrottleDeferrals, m.GraphRequests, m.GraphThrottled,
 			m.SendDuration, m.JobLatency, m.TokenRequests, m.Ambiguous, m.InflightSends, m.InflightJobs,
-			m.ReplicasLive, m.CredentialExpiry)
+			m.ReplicasLive, m.CredentialExpiry, m.CredentialReloads, m.CredentialStale)
 	}
 	return m
 }

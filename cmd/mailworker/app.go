@@ -38,6 +38,7 @@ type App struct {
 	q        *queue.Queue
 	pool     *worker.Pool
 	clients  []*graphmail.Client
+	watches  []*credWatch // profiles with a credential file to re-read
 	reg      *prometheus.Registry
 	httpLn   net.Listener
 	httpSrv  *http.Server
@@ -90,15 +91,18 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 
 	sender := &graphSender{clients: map[string]*graphmail.Client{}, saveDefault: map[string]bool{}, attachments: a.q.Attachments}
 	for _, name := range names {
-		c, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics)
+		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics)
 		if err != nil {
 			return nil, err
 		}
 		a.clients = append(a.clients, c)
 		sender.clients[name] = c
 		sender.saveDefault[name] = cfg.Profiles[name].SaveToSentItems
-		if na, ok := c.CertificateNotAfter(); ok {
-			metrics.CredentialExpiry.WithLabelValues(name).Set(float64(na.Unix()))
+		w := &credWatch{profile: name, cfg: cfg.Profiles[name].Credential, client: c, metrics: metrics, log: log}
+		w.loaded(file)
+		w.logCredential("graph client ready")
+		if file != nil {
+			a.watches = append(a.watches, w)
 		}
 	}
 	if a.pool, err = worker.New(cfg.workerConfig(), a.q, cons, sender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
@@ -122,26 +126,39 @@ func registerBuildInfo(reg prometheus.Registerer) {
 	reg.MustRegister(buildInfo)
 }
 
-// newGraphClient builds a profile's Graph client from its config.
-func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics) (*graphmail.Client, error) {
+// readCredential reads a profile's credential, with the content of its
+// certificate or secret file (nil when it has none) for change detection.
+func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []byte, error) {
 	cred := graphmail.Credential{
-		ClientSecret:        p.Credential.ClientSecret,
-		CertificatePassword: p.Credential.CertificatePassword,
-		FederatedTokenFile:  p.Credential.FederatedTokenFile,
+		ClientSecret:        cc.ClientSecret,
+		CertificatePassword: cc.CertificatePassword,
+		FederatedTokenFile:  cc.FederatedTokenFile,
 	}
-	if f := p.Credential.CertificateFile; f != "" {
+	if f := cc.CertificateFile; f != "" {
 		pem, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("profiles.%s.credential.certificateFile: %w", name, err)
+			return cred, nil, fmt.Errorf("profiles.%s.credential.certificateFile: %w", name, err)
 		}
 		cred.CertificatePEM = pem
+		return cred, pem, nil
 	}
-	if f := p.Credential.ClientSecretFile; f != "" {
+	if f := cc.ClientSecretFile; f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("profiles.%s.credential.clientSecretFile: %w", name, err)
+			return cred, nil, fmt.Errorf("profiles.%s.credential.clientSecretFile: %w", name, err)
 		}
 		cred.ClientSecret = strings.TrimSpace(string(b))
+		return cred, b, nil
+	}
+	return cred, nil, nil
+}
+
+// newGraphClient builds a profile's Graph client from its config; file is
+// the content of its credential file, if any.
+func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics) (c *graphmail.Client, file []byte, err error) {
+	cred, file, err := readCredential(name, p.Credential)
+	if err != nil {
+		return nil, nil, err
 	}
 	gc := graphmail.Config{Name: name, TenantID: p.TenantID, ClientID: p.ClientID, Cloud: graphmail.Cloud(p.Cloud),
 		AuthorityHost: p.AuthorityHost, GraphURL: p.GraphURL, Credential: cred, Timeout: timeout,
@@ -155,15 +172,14 @@ func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *work
 	if p.CAFile != "" {
 		hc, err := httpClientWithCA(p.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("profiles.%s.caFile: %w", name, err)
+			return nil, nil, fmt.Errorf("profiles.%s.caFile: %w", name, err)
 		}
 		gc.HTTPClient = hc
 	}
-	c, err := graphmail.New(gc)
-	if err != nil {
-		return nil, fmt.Errorf("profiles.%s: %w", name, err)
+	if c, err = graphmail.New(gc); err != nil {
+		return nil, nil, fmt.Errorf("profiles.%s: %w", name, err)
 	}
-	return c, nil
+	return c, file, nil
 }
 
 // httpClientWithCA is a client that also trusts the CA in file (the sandbox's).
@@ -238,7 +254,14 @@ func (a *App) Run(ctx context.Context) error {
 		}()
 		a.log.Info().Str("addr", a.HTTPAddr()).Msg("http listening (/metrics /healthz /readyz)")
 	}
+	watchCtx, stopWatches := context.WithCancel(ctx)
+	var watching sync.WaitGroup
+	for _, w := range a.watches {
+		watching.Go(func() { w.run(watchCtx) })
+	}
 	err := a.pool.Run(ctx)
+	stopWatches()
+	watching.Wait()
 	if a.httpSrv != nil {
 		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = a.httpSrv.Shutdown(shutCtx)

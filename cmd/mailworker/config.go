@@ -124,7 +124,13 @@ type CredentialConfig struct {
 	ClientSecret        string `yaml:"clientSecret"`
 	ClientSecretFile    string `yaml:"clientSecretFile"`
 	FederatedTokenFile  string `yaml:"federatedTokenFile"`
+	// ReloadInterval: how often certificateFile / clientSecretFile are
+	// re-read; a changed file is taken up without a restart (rotation).
+	ReloadInterval time.Duration `yaml:"reloadInterval"`
 }
+
+// defaultCredentialReload is the default of credential.reloadInterval.
+const defaultCredentialReload = 30 * time.Second
 
 // defaultConfig is the configuration before the file and env are applied.
 func defaultConfig() Config {
@@ -327,6 +333,9 @@ func (c Config) validate() error {
 		}
 		if n != 1 {
 			errs = append(errs, fmt.Errorf("profiles.%s.credential: set exactly one of certificateFile, clientSecret, clientSecretFile, federatedTokenFile (%d set)", name, n))
+		}
+		if cr.ReloadInterval < 0 {
+			errs = append(errs, fmt.Errorf("profiles.%s.credential.reloadInterval: must not be negative", name))
 		}
 		if _, _, err := graphmail.Cloud(p.Cloud).Endpoints(); err != nil {
 			errs = append(errs, fmt.Errorf("profiles.%s.cloud: %w", name, err))

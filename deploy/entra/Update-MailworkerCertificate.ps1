@@ -9,11 +9,14 @@
     Zero-downtime rotation, three steps, run days apart if you like:
       1. -Add     upload (-CertificatePath) or create (-CreateCertificate) the new certificate. Both old and
                   new are now valid credentials for the app.
-      2. Roll out: replace key "<profile>.pem" of Secret mailworker-credentials with the new .pem and restart
-                  the workers (kubectl -n mail rollout restart deployment/mailworker). Check that
+      2. Roll out: replace key "<profile>.pem" of Secret mailworker-credentials with the new .pem. The
+                  workers re-read it (credential.reloadInterval, 30 s, after the kubelet's refresh of
+                  about a minute) and switch without a restart; each logs "credential reloaded" with
+                  the new thumbprint. Check that
                   mailworker_credential_expiry_timestamp_seconds{profile="<profile>"} now shows the new
                   NotAfter on every replica and that mail still goes out (sign-in logs show the new
-                  certificate thumbprint under the service principal sign-ins).
+                  certificate thumbprint under the service principal sign-ins). With a subPath mount,
+                  or an inline secret, restart instead: kubectl -n mail rollout restart deployment/mailworker.
       3. -Remove -Thumbprint <old>   removes the old certificate. Refuses to remove the last valid one
                   unless -Force.
     Entra ID changes to credentials apply within minutes; cached access tokens (about 1 hour) stay valid
@@ -122,7 +125,7 @@ switch -Wildcard ($PSCmdlet.ParameterSetName) {
             Write-Host "  kubectl -n mail create secret generic mailworker-credentials --from-file=$AppName.pem=$($created.PemPath) ... --dry-run=client -o yaml | kubectl apply -f -"
             Write-Host '    (include the .pem of every other profile in the same Secret)'
         }
-        Write-Host '  kubectl -n mail rollout restart deployment/mailworker'
+        Write-Host '  wait until every replica logs "credential reloaded" with the new thumbprint (about 2 minutes; no restart needed)'
         Write-Host "  then: ./Update-MailworkerCertificate.ps1 -AppName $AppName -Remove -Thumbprint <old thumbprint>"
         Get-CertificateList
     }

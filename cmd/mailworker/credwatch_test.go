@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/queue"
+)
+
+// secretVolume lays out a directory the way the kubelet mounts a Secret:
+// billing.pem -> ..data/billing.pem, ..data -> a timestamped directory, and an
+// update swaps ..data atomically to a new directory.
+type secretVolume struct {
+	t   *testing.T
+	dir string
+	n   int
+}
+
+func (v *secretVolume) write(content []byte) {
+	v.t.Helper()
+	v.n++
+	gen := fmt.Sprintf("..2026_11_26_00_00_%02d.%d", v.n, v.n)
+	if err := os.Mkdir(filepath.Join(v.dir, gen), 0o755); err != nil {
+		v.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v.dir, gen, "billing.pem"), content, 0o600); err != nil {
+		v.t.Fatal(err)
+	}
+	tmp := filepath.Join(v.dir, "..data_tmp")
+	if err := os.Symlink(gen, tmp); err != nil {
+		v.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(v.dir, "..data")); err != nil {
+		v.t.Fatal(err)
+	}
+	if v.n == 1 {
+		if err := os.Symlink(filepath.Join("..data", "billing.pem"), filepath.Join(v.dir, "billing.pem")); err != nil {
+			v.t.Fatal(err)
+		}
+	}
+}
+
+// TestCredentialRotationWithoutRestart runs the binary with a certificate
+// mounted like a Kubernetes Secret and rotates it the runbook's way while
+// mail flows: a broken update is refused with the old certificate kept; the
+// new certificate is registered next to the old one, the Secret updated, and
+// the old one removed. Mail is sent throughout, the next token comes from
+// the new certificate without a restart, the expiry metric follows, and no
+// key material reaches the log.
+func TestCredentialRotationWithoutRestart(t *testing.T) {
+	t.Parallel()
+	ns := startTestNATS(t, nil)
+	oldCert, oldPEM := selfSignedRSA(t, time.Now().Add(10*24*time.Hour).Truncate(time.Second))
+	newCert, newPEM := selfSignedRSA(t, time.Now().Add(400*24*time.Hour).Truncate(time.Second))
+	fake, caFile := startFake(t, graphtest.Options{TenantID: "t1", ClientID: "c1", Certificate: oldCert})
+	vol := &secretVolume{t: t, dir: t.TempDir()}
+	vol.write(oldPEM)
+
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
+	cfg := fmt.Sprintf(`nats: {url: "%s"}
+http: {listen: "%s"}
+worker: {perMailboxPerMinute: 0}
+profiles:
+  billing:
+    tenantId: t1
+    clientId: c1
+    authorityHost: %s
+    graphURL: %s
+    caFile: %s
+    credential: {certificateFile: %s, reloadInterval: 100ms}
+    allowedSenders: [billing@contoso.example]
+`, ns.ClientURL(), httpAddr, fake.URL(), fake.GraphURL(), caFile, filepath.Join(vol.dir, "billing.pem"))
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := startProc(t, nil, "run", "--config", cfgFile)
+	metricsURL := "http://" + httpAddr + "/metrics"
+	metric := func(line string) bool { _, body := httpGet(metricsURL); return strings.Contains(body, line+"\n") }
+	eventually(t, 60*time.Second, "/readyz", func() bool { c, _ := httpGet("http://" + httpAddr + "/readyz"); return c == 200 })
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	q, err := queue.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := queue.NewPublisher(js)
+	send := func(id string) {
+		t.Helper()
+		job := &queue.Job{ID: id, From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"}
+		if _, err := pub.Publish(ctx, "billing", job); err != nil {
+			t.Fatal(err)
+		}
+		var st queue.JobState
+		eventually(t, 30*time.Second, "job "+id+" to finish", func() bool {
+			st, _, _ = q.States.Get(ctx, id)
+			return terminal(st.State)
+		})
+		if st.State != queue.StateSent {
+			t.Fatalf("job %s: %s %+v", id, st.State, st.LastError)
+		}
+	}
+	expiry := func(c *x509.Certificate) string {
+		return fmt.Sprintf(`mailworker_credential_expiry_timestamp_seconds{profile="billing"} %g`, float64(c.NotAfter.Unix()))
+	}
+
+	send("before")
+	if !metric(expiry(oldCert)) {
+		t.Fatalf("/metrics lacks %s", expiry(oldCert))
+	}
+
+	// A broken update (a key pasted without its certificate) is refused once,
+	// the old certificate stays in use.
+	vol.write([]byte(strings.SplitAfter(string(oldPEM), "-----END CERTIFICATE-----\n")[1]))
+	eventually(t, 10*time.Second, "the refused reload in /metrics", func() bool {
+		return metric(`mailworker_credential_reloads_total{profile="billing",result="error"} 1`) &&
+			metric(`mailworker_credential_reload_failing{profile="billing"} 1`)
+	})
+	send("after-broken-update")
+
+	// Rotation: register the new certificate, update the Secret, remove the old.
+	fake.SetCredentials(nil, []*x509.Certificate{oldCert, newCert})
+	vol.write(newPEM)
+	eventually(t, 10*time.Second, "the reload in /metrics", func() bool {
+		return metric(`mailworker_credential_reloads_total{profile="billing",result="ok"} 1`) && metric(expiry(newCert)) &&
+			metric(`mailworker_credential_reload_failing{profile="billing"} 0`)
+	})
+	send("rotated")
+	fake.SetCredentials(nil, []*x509.Certificate{newCert})
+	send("old-removed")
+
+	want := []string{graphtest.CertificateThumbprint(oldCert), graphtest.CertificateThumbprint(newCert)}
+	if got := fake.IssuedWith(); !reflect.DeepEqual(got, want) {
+		t.Errorf("tokens issued with %v, want %v", got, want)
+	}
+	if code := w.stop(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	logs := w.stderr.String()
+	thumb := strings.TrimPrefix(graphtest.CertificateThumbprint(newCert), "cert:")
+	if !strings.Contains(logs, `"thumbprint":"`+thumb+`"`) || !strings.Contains(logs, "credential reloaded") {
+		t.Errorf("no reload log line naming the new thumbprint %s:\n%s", thumb, logs)
+	}
+	if n := strings.Count(logs, "cannot be used; keeping the credential in use"); n != 1 {
+		t.Errorf("%d log lines about the broken update, want 1 (not one per reload interval):\n%s", n, logs)
+	}
+	for _, secret := range []string{"PRIVATE KEY", "BEGIN CERTIFICATE", "MII"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("key material (%q) in the log:\n%s", secret, logs)
+		}
+	}
+}
