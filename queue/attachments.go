@@ -56,3 +56,16 @@ func (a *Attachments) Delete(ctx context.Context, ref string) error {
 	}
 	return nil
 }
+
+// Size returns the size in bytes of ref's content, or an error wrapping
+// ErrNoAttachment for an unknown ref. It reads the object's metadata only.
+func (a *Attachments) Size(ctx context.Context, ref string) (int, error) {
+	info, err := a.obs.GetInfo(ctx, ref)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return 0, fmt.Errorf("%w: %s", ErrNoAttachment, quote(ref))
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: attachment %s: %w", quote(ref), err)
+	}
+	return int(info.Size), nil
+}

@@ -333,10 +333,16 @@ func TestAttachments(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("Get: %d bytes, %v", len(got), err)
 	}
+	if n, err := a.Size(b.ctx, ref); err != nil || n != len(data) {
+		t.Fatalf("Size = %d, %v; want %d", n, err, len(data))
+	}
 	if err := a.Delete(b.ctx, ref); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.Get(b.ctx, ref); !errors.Is(err, ErrNoAttachment) {
 		t.Errorf("Get after delete = %v", err)
+	}
+	if _, err := a.Size(b.ctx, ref); !errors.Is(err, ErrNoAttachment) {
+		t.Errorf("Size after delete = %v", err)
 	}
 }

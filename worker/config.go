@@ -41,6 +41,10 @@ type Config struct {
 	// 24 hours (Exchange allows 10,000 and bounces mail past it after
 	// accepting it); 0 leaves it unchecked.
 	PerMailboxRecipientsPerDay int
+	// PerMailboxUploadBytes caps the request bytes (the message with its
+	// attachments, base64-encoded) per mailbox in any rolling 5 minutes
+	// (Outlook allows 150 MB and answers 429 past it); 0 leaves it unchecked.
+	PerMailboxUploadBytes int64
 	// MaxAttempts is how many sends a job gets before it is dead-lettered.
 	MaxAttempts int
 	// BackoffInitial and BackoffMax bound the exponential retry delay used
@@ -101,6 +105,9 @@ func (c Config) Validate() error {
 	positive("maxAttempts", c.MaxAttempts)
 	if c.PerMailboxRecipientsPerDay < 0 {
 		errs = append(errs, fmt.Errorf("worker.perMailboxRecipientsPerDay: must be >= 0, got %d", c.PerMailboxRecipientsPerDay))
+	}
+	if c.PerMailboxUploadBytes < 0 {
+		errs = append(errs, fmt.Errorf("worker.perMailboxUploadMBPer5Min: must be >= 0, got %d bytes", c.PerMailboxUploadBytes))
 	}
 	if c.PerMailboxPerMinute < 0 {
 		errs = append(errs, fmt.Errorf("worker.perMailboxPerMinute: must be >= 0, got %d", c.PerMailboxPerMinute))

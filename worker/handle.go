@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -182,7 +183,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		return
 	}
 
-	at, deferFor, cause, err := p.admitJob(sendCtx, j.from, len(parsed.To)+len(parsed.Cc)+len(parsed.Bcc))
+	at, deferFor, cause, err := p.admitJob(sendCtx, j.from, len(parsed.To)+len(parsed.Cc)+len(parsed.Bcc), p.uploadBytes(sendCtx, msg.Data(), parsed))
 	if err != nil {
 		// The recipient ledger is out of reach: never send blind.
 		p.infraFailure(j, "lease recipients from the shared ledger", err)
@@ -226,6 +227,34 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		return
 	}
 	p.send(sendCtx, j)
+}
+
+// uploadBytes estimates the size of the job's sendMail request for the
+// mailbox's upload volume: the job itself (inline attachments are base64 in
+// both), plus its objectRef attachments as they will be sent, base64-encoded.
+// An attachment whose size cannot be read counts as the most one request can
+// carry; a missing one counts nothing (the send will fail without uploading).
+func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *queue.Job) int64 {
+	if p.cfg.PerMailboxUploadBytes == 0 {
+		return 0
+	}
+	n := int64(len(data))
+	for _, a := range job.Attachments {
+		if a.ObjectRef == "" {
+			continue
+		}
+		opCtx, cancel := context.WithTimeout(ctx, opTimeout)
+		size, err := p.q.Attachments.Size(opCtx, a.ObjectRef)
+		cancel()
+		switch {
+		case errors.Is(err, queue.ErrNoAttachment):
+			size = 0
+		case err != nil:
+			size = queue.MaxInlineAttachmentBytes
+		}
+		n += int64(base64.StdEncoding.EncodedLen(size))
+	}
+	return n
 }
 
 // plainlySendable reports whether a job without state would go straight to

@@ -48,7 +48,7 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 			Help: "Retries scheduled after a failed send (each spends an attempt), by reason."},
 			[]string{"profile", "reason"}),
 		ThrottleDeferrals: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "throttle_deferrals_total",
-			Help: "Jobs put back without spending an attempt because of a mailbox limit, by cause (retry_after, pace, recipients, concurrency, unavailable)."},
+			Help: "Jobs put back without spending an attempt because of a mailbox limit, by cause (retry_after, pace, upload, recipients, concurrency, unavailable)."},
 			[]string{"profile", "cause"}),
 		GraphRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "graph_requests_total",
 			Help: "sendMail requests by HTTP status (\"error\" when there was no response)."},
@@ -88,7 +88,7 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		for _, r := range []queue.Reason{"", queue.ReasonAccessDenied, queue.ReasonAuthFailed, queue.ReasonInternal} {
 			m.Retries.WithLabelValues(p, string(r))
 		}
-		for _, c := range []string{CauseRetryAfter, CausePace, CauseRecipients, CauseConcurrency, CauseUnavailable} {
+		for _, c := range []string{CauseRetryAfter, CausePace, CauseUpload, CauseRecipients, CauseConcurrency, CauseUnavailable} {
 			m.ThrottleDeferrals.WithLabelValues(p, c)
 		}
 		for _, s := range []string{"202", "400", "401", "403", "404", "413", "429", "500", "503", "504", "error"} {

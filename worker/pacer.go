@@ -10,12 +10,13 @@ import (
 
 // pacer keeps each sending mailbox inside Outlook's and Exchange's limits:
 // at most perBox requests in flight, at most perMinute sends in any rolling
-// minute, at most perDay recipients in any rolling 24 hours (past it Exchange
-// accepts the request and bounces the mail later), and nothing at all while a
-// Retry-After the mailbox was given runs.
+// minute, at most limUpload bytes of requests in any rolling 5 minutes (150
+// MB: Outlook answers 429 past it), at most perDay recipients in any rolling
+// 24 hours (past it Exchange accepts the request and bounces the mail later),
+// and nothing at all while a Retry-After the mailbox was given runs.
 //
-// The limits are the mailbox's, shared by every replica. The concurrency and
-// the per-minute pace are split: this replica takes its share,
+// The limits are the mailbox's, shared by every replica. The concurrency, the
+// per-minute pace and the upload volume are split: this replica takes its share,
 // max(1, floor(limit / live replicas)), and setLive changes it at run time
 // without forgetting the rolling windows (a smaller share admits less until
 // the old starts age out). The recipients are not split but leased from a
@@ -29,9 +30,10 @@ import (
 // once.
 type pacer struct {
 	clock     Clock
-	limBox    int // the mailbox's concurrency limit, all replicas together
-	limMinute int // the mailbox's sends per minute, all replicas together; 0 = unpaced
-	perDay    int // recipients per rolling 24 h; 0 = unlimited
+	limBox    int   // the mailbox's concurrency limit, all replicas together
+	limMinute int   // the mailbox's sends per minute, all replicas together; 0 = unpaced
+	perDay    int   // recipients per rolling 24 h; 0 = unlimited
+	limUpload int64 // request bytes per uploadWindow, all replicas together; 0 = unchecked
 	maxHold   time.Duration
 
 	mu        sync.Mutex
@@ -39,6 +41,7 @@ type pacer struct {
 	perBox    int           // this replica's share of limBox
 	perMinute int           // this replica's share of limMinute; 0 when unpaced
 	interval  time.Duration // 1 min / perMinute; 0 when unpaced
+	perUpload int64         // this replica's share of limUpload; 0 when unchecked
 	maxWait   int           // jobs allowed to queue for one mailbox's slots
 	boxes     map[string]*mailbox
 }
@@ -53,12 +56,22 @@ type mailbox struct {
 	// next the index of the oldest.
 	starts []time.Time
 	next   int
+	// uploads are the request bodies admitted in the last uploadWindow
+	// (reserved start times), uploaded their sum.
+	uploads  []upload
+	uploaded int64
 	// deferredUntil is the latest time handed to a deferred job.
 	deferredUntil time.Time
 	// rcpt is the recipient allowance leased from the ledger.
 	rcpt allowance
 	// lease serialises this replica's ledger leases for the mailbox.
 	lease sync.Mutex
+}
+
+// upload is one admitted request body: its start and size.
+type upload struct {
+	at time.Time
+	n  int64
 }
 
 // allowance is recipients leased from the ledger and not yet spent. They are
@@ -79,6 +92,7 @@ const (
 	CauseRetryAfter  = "retry_after" // Graph said to wait (429, or 503 with Retry-After)
 	CausePace        = "pace"        // the per-minute pace
 	CauseRecipients  = "recipients"  // the 24-hour recipient budget
+	CauseUpload      = "upload"      // the 5-minute upload volume
 	CauseConcurrency = "concurrency" // too many jobs already waiting for the mailbox's slots
 	CauseUnavailable = "unavailable" // a service the send needs (Entra) could not be reached
 )
@@ -89,6 +103,10 @@ const (
 // fresh connection). Without it the 31st send of a busy mailbox drew a 429
 // in about 2 % of requests; the margin costs under 1 % of the pace.
 const paceWindow = time.Minute + 500*time.Millisecond
+
+// uploadWindow is the upload volume's window: Outlook's 5 minutes plus the
+// margin the pace has, for the same reason (start vs arrival).
+const uploadWindow = 5*time.Minute + 500*time.Millisecond
 
 // leaseChunk is how many recipients a replica leases at once when a job
 // needs fewer: about one ledger update per leaseChunk recipients per mailbox.
@@ -106,6 +124,16 @@ func newPacer(clock Clock, perBox, perMinute, perDay int, maxHold time.Duration)
 	p := &pacer{clock: clock, limBox: perBox, limMinute: perMinute, perDay: perDay, maxHold: maxHold,
 		boxes: make(map[string]*mailbox)}
 	p.setLiveLocked(1)
+	return p
+}
+
+// withUpload sets the upload volume limit (bytes per 5 minutes, all replicas
+// together; 0 = unchecked) before the pacer is used.
+func (p *pacer) withUpload(limit int64) *pacer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.limUpload = limit
+	p.setLiveLocked(p.live)
 	return p
 }
 
@@ -133,6 +161,7 @@ func (p *pacer) setLiveLocked(n int) {
 		p.perMinute = max(1, p.limMinute/p.live)
 		p.interval = time.Minute / time.Duration(p.perMinute)
 	}
+	p.perUpload = p.limUpload / int64(p.live)
 	p.maxWait = 8 * p.perBox
 }
 
@@ -148,15 +177,16 @@ func (p *pacer) box(addr string) *mailbox {
 	return b
 }
 
-// admit decides when a send of recipients recipients from addr may start. It
-// returns (at, 0, "", 0) with at the time to start (now, or within maxHold);
-// the start is reserved in the rolling minute and the recipients are taken
-// from the allowance. Or it returns a positive defer: the job should be put
+// admit decides when a send of recipients recipients and a request of bytes
+// bytes from addr may start. It returns (at, 0, "", 0) with at the time to
+// start (now, or within maxHold); the start is reserved in the rolling minute
+// and the 5-minute upload window, and the recipients are taken from the
+// allowance. Or it returns a positive defer: the job should be put
 // back for that long, and cause says which limit is the binding one. Or,
 // when only the allowance stands in the way, short > 0: that many more
 // recipients must be leased (grant) before admit is asked again; nothing is
 // reserved.
-func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.Duration, cause string, short int) {
+func (p *pacer) admit(addr string, recipients int, bytes int64) (at time.Time, deferFor time.Duration, cause string, short int) {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -171,6 +201,11 @@ func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.
 		k := (b.next - p.perMinute + len(b.starts)) % len(b.starts)
 		if free := b.starts[k].Add(paceWindow); free.After(earliest) {
 			earliest, cause = free, CausePace
+		}
+	}
+	if p.perUpload > 0 && bytes > 0 {
+		if free := b.uploadFree(now, p.perUpload, bytes); free.After(earliest) {
+			earliest, cause = free, CauseUpload
 		}
 	}
 	if p.perDay > 0 && recipients > 0 {
@@ -199,11 +234,47 @@ func (p *pacer) admit(addr string, recipients int) (at time.Time, deferFor time.
 		if p.perDay > 0 {
 			b.rcpt.n -= recipients
 		}
+		if p.perUpload > 0 {
+			b.uploads = append(b.uploads, upload{at: earliest, n: bytes})
+			b.uploaded += bytes
+		}
 		b.waiting++
 		return earliest, 0, "", 0
 	}
 	d := max(p.spreadLocked(b, earliest).Sub(now), p.spacing())
 	return time.Time{}, d, cause, 0
+}
+
+// uploadFree forgets the uploads that left the window at now and returns
+// when a request of n bytes fits in limit: now, or when enough of the older
+// ones leave. A request larger than limit on its own fits in an empty window.
+// Uploads are kept in admission order, which is start order but for starts
+// held up to maxHold: an old one behind a held one is forgotten a little
+// late, which only counts more, never less.
+func (b *mailbox) uploadFree(now time.Time, limit, n int64) time.Time {
+	drop := 0
+	for drop < len(b.uploads) && !now.Before(b.uploads[drop].at.Add(uploadWindow)) {
+		b.uploaded -= b.uploads[drop].n
+		drop++
+	}
+	// Reslicing from the front is amortised O(1): append moves the live
+	// part to a new array when it reaches the end of the old one.
+	b.uploads = b.uploads[drop:]
+	if b.uploaded+n <= limit || len(b.uploads) == 0 {
+		return now
+	}
+	left := b.uploaded
+	free := now
+	for _, u := range b.uploads {
+		left -= u.n
+		if end := u.at.Add(uploadWindow); end.After(free) {
+			free = end
+		}
+		if left+n <= limit {
+			break
+		}
+	}
+	return free
 }
 
 // available is the allowance that may still be spent at now.

@@ -10,7 +10,7 @@ import (
 func TestPausedAfterAdmit(t *testing.T) {
 	clk := &fakeClock{now: time.Unix(1_000_000, 0)}
 	p := newPacer(clk, 4, 0, 0, 5*time.Second)
-	at, d, _, _ := p.admit("a@x", 1)
+	at, d, _, _ := p.admit("a@x", 1, 0)
 	if d != 0 {
 		t.Fatalf("admit deferred %v", d)
 	}

@@ -24,23 +24,23 @@ func TestPacer(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
 		p := newPacer(clk, 4, 30, 0, 5*time.Second)
 		for i := range 30 {
-			at, d, _, _ := p.admit("a@x", 1)
+			at, d, _, _ := p.admit("a@x", 1, 0)
 			if d != 0 || !at.Equal(clk.Now()) {
 				t.Fatalf("send %d: at=%v defer=%v, want now", i, at, d)
 			}
 			p.box("a@x").waiting--
 		}
-		_, d, cause, _ := p.admit("a@x", 1)
+		_, d, cause, _ := p.admit("a@x", 1, 0)
 		if cause != CausePace || d != paceWindow {
 			t.Fatalf("31st send deferred %v (cause %q), want %v for the pace", d, cause, paceWindow)
 		}
 		// Deferred jobs are spread one interval (2s) apart, not returned at once.
-		_, d2, _, _ := p.admit("a@x", 1)
+		_, d2, _, _ := p.admit("a@x", 1, 0)
 		if d2-d != 2*time.Second {
 			t.Fatalf("second deferral %v after first %v, want 2s apart", d2, d)
 		}
 		// Another mailbox is unaffected.
-		if _, d, _, _ := p.admit("b@x", 1); d != 0 {
+		if _, d, _, _ := p.admit("b@x", 1, 0); d != 0 {
 			t.Fatalf("other mailbox deferred %v", d)
 		}
 	})
@@ -49,17 +49,17 @@ func TestPacer(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
 		p := newPacer(clk, 4, 0, 0, 5*time.Second)
 		p.pause("a@x", 30*time.Second)
-		_, d, cause, _ := p.admit("a@x", 1)
+		_, d, cause, _ := p.admit("a@x", 1, 0)
 		if cause != CauseRetryAfter || d != 30*time.Second {
 			t.Fatalf("defer %v cause %q, want 30s for Retry-After", d, cause)
 		}
 		p.pause("a@x", time.Second) // shorter pause never cuts a longer one
 		clk.Add(29 * time.Second)
-		if _, d, _, _ := p.admit("a@x", 1); d <= 0 {
+		if _, d, _, _ := p.admit("a@x", 1, 0); d <= 0 {
 			t.Fatal("pause was cut short")
 		}
 		clk.Add(2 * time.Second)
-		if _, d, _, _ := p.admit("a@x", 1); d != 0 {
+		if _, d, _, _ := p.admit("a@x", 1, 0); d != 0 {
 			t.Fatalf("still deferred %v after the pause", d)
 		}
 	})
@@ -68,11 +68,11 @@ func TestPacer(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
 		p := newPacer(clk, 4, 60, 0, 5*time.Second) // 1 per second
 		for range 60 {
-			p.admit("a@x", 1)
+			p.admit("a@x", 1, 0)
 			p.box("a@x").waiting--
 		}
 		clk.Add(57 * time.Second)
-		at, d, _, _ := p.admit("a@x", 1)
+		at, d, _, _ := p.admit("a@x", 1, 0)
 		if want := paceWindow - 57*time.Second; d != 0 || at.Sub(clk.Now()) != want {
 			t.Fatalf("at %v defer %v, want held %v", at.Sub(clk.Now()), d, want)
 		}
@@ -81,22 +81,78 @@ func TestPacer(t *testing.T) {
 	t.Run("acquire bounds concurrency and gives up with the context", func(t *testing.T) {
 		p := newPacer(systemClock{}, 1, 0, 0, time.Second)
 		now := time.Now()
-		p.admit("a@x", 1)
+		p.admit("a@x", 1, 0)
 		if err := p.acquire(context.Background(), "a@x", now); err != nil {
 			t.Fatal(err)
 		}
-		p.admit("a@x", 1)
+		p.admit("a@x", 1, 0)
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
 		if err := p.acquire(ctx, "a@x", now); err == nil {
 			t.Fatal("second acquire succeeded with one slot")
 		}
 		p.release("a@x")
-		p.admit("a@x", 1)
+		p.admit("a@x", 1, 0)
 		if err := p.acquire(context.Background(), "a@x", now); err != nil {
 			t.Fatal(err)
 		}
 		p.release("a@x")
+	})
+
+	t.Run("upload volume: a request that would pass the 5-minute volume waits for old ones to leave", func(t *testing.T) {
+		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
+		const mb = 1_000_000
+		p := newPacer(clk, 4, 0, 0, 5*time.Second).withUpload(10 * mb)
+		admitted := func(addr string, n int64) (time.Duration, string) {
+			t.Helper()
+			at, d, cause, _ := p.admit(addr, 1, n)
+			if d == 0 {
+				p.box(addr).waiting--
+				if !at.Equal(clk.Now()) {
+					t.Fatalf("held until %v, want now or a deferral", at)
+				}
+			}
+			return d, cause
+		}
+		for i := range 3 {
+			if d, _ := admitted("a@x", 3*mb); d != 0 {
+				t.Fatalf("upload %d of 3 MB deferred %v under a 10 MB volume", i, d)
+			}
+			clk.Add(10 * time.Second)
+		}
+		// 9 MB in the window: 3 MB more must wait until the first leaves.
+		d, cause := admitted("a@x", 3*mb)
+		if want := uploadWindow - 30*time.Second; cause != CauseUpload || d != want {
+			t.Fatalf("4th upload deferred %v (cause %q), want %v for the upload volume", d, cause, want)
+		}
+		if d, _ := admitted("a@x", mb); d != 0 { // a small one still fits
+			t.Fatalf("1 MB deferred %v with 9 of 10 MB used", d)
+		}
+		if d, _ := admitted("b@x", 3*mb); d != 0 { // another mailbox has its own volume
+			t.Fatalf("other mailbox deferred %v", d)
+		}
+		clk.Add(uploadWindow - 30*time.Second)
+		if d, _ := admitted("a@x", 3*mb); d != 0 {
+			t.Fatalf("deferred %v after the first upload left the window", d)
+		}
+
+		// Two live replicas take half each; a request larger than the share
+		// alone is sent once the window is empty, not deferred for ever.
+		p = newPacer(clk, 4, 0, 0, 5*time.Second).withUpload(10 * mb)
+		p.setLive(2)
+		if d, _ := admitted("c@x", 4*mb); d != 0 {
+			t.Fatalf("4 MB deferred %v under a 5 MB share", d)
+		}
+		if d, cause := admitted("c@x", 2*mb); cause != CauseUpload || d == 0 {
+			t.Fatalf("2 MB more admitted (defer %v) past a 5 MB share", d)
+		}
+		clk.Add(uploadWindow)
+		if d, _ := admitted("c@x", 6*mb); d != 0 {
+			t.Fatalf("6 MB deferred %v in an empty window", d)
+		}
+		if d, _ := admitted("c@x", 1); d == 0 {
+			t.Fatal("admitted past the share right after an oversized request")
+		}
 	})
 }
 

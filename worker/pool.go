@@ -97,7 +97,8 @@ func New(cfg Config, q *queue.Queue, cons jetstream.Consumer, sender Sender, opt
 	if p.clock == nil {
 		p.clock = systemClock{}
 	}
-	p.pacer = newPacer(p.clock, cfg.PerMailboxConcurrency, cfg.PerMailboxPerMinute, cfg.PerMailboxRecipientsPerDay, cfg.MaxHold)
+	p.pacer = newPacer(p.clock, cfg.PerMailboxConcurrency, cfg.PerMailboxPerMinute, cfg.PerMailboxRecipientsPerDay, cfg.MaxHold).
+		withUpload(cfg.PerMailboxUploadBytes)
 	p.m.ReplicasLive.Set(1)
 	return p, nil
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/mailworker/mailworker/queue"
 )
 
@@ -332,6 +334,48 @@ func TestPool(t *testing.T) {
 		}
 		if p := rec.peak.Load(); p != 2 {
 			t.Fatalf("peak concurrent sends for one mailbox = %d, want 2", p)
+		}
+	})
+
+	t.Run("the 5-minute upload volume counts objectRef attachments and defers what does not fit", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{PerMailboxUploadBytes: 2_000_000}, rec)
+		// 600 KB stored by reference: 800 KB once base64-encoded in the request.
+		ref, err := b.q.Attachments.Put(context.Background(), "report.pdf", make([]byte, 600_000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		withRef := func(id, from string) *queue.Job {
+			j := demoJob(id)
+			j.From = from
+			j.Attachments = []queue.Attachment{{Name: "report.pdf", ContentType: "application/pdf", ObjectRef: ref}}
+			return j
+		}
+		for i := range 4 {
+			b.publish(withRef(fmt.Sprintf("job-u%d", i), "noreply@demo.example"))
+		}
+		// Two fit in 2 MB (1.6 MB); the other two wait for the window, no attempt spent.
+		eventually(t, 10*time.Second, "two upload deferrals", func() bool {
+			return testutil.ToFloat64(b.pool.m.ThrottleDeferrals.WithLabelValues("demo", CauseUpload)) >= 2
+		})
+		b.publish(withRef("job-u-other", "other@demo.example")) // another mailbox has its own volume
+		b.waitState("job-u-other", queue.StateSent)
+		sent := 0
+		for i := range 4 {
+			id := fmt.Sprintf("job-u%d", i)
+			switch n := rec.callsFor(id); n {
+			case 0:
+				if st, _, err := b.q.States.Get(context.Background(), id); err == nil && st.Attempts != 0 {
+					t.Errorf("deferred job %s spent %d attempts", id, st.Attempts)
+				}
+			case 1:
+				sent++
+			default:
+				t.Errorf("job %s sent %d times", id, n)
+			}
+		}
+		if sent != 2 {
+			t.Fatalf("%d of 4 jobs of 800 KB sent under a 2 MB volume, want 2", sent)
 		}
 	})
 

@@ -36,11 +36,12 @@ type Membership interface {
 // default: a third of the MAIL_WORKERS TTL (15 s), so two beats may be lost.
 const membershipEvery = 5 * time.Second
 
-// admitJob runs the pacer for a job of n recipients from addr, leasing
+// admitJob runs the pacer for a job of n recipients and a request of bytes
+// bytes from addr, leasing
 // recipients from the ledger when the local allowance is short. It returns
 // an error only when the ledger cannot be reached.
-func (p *Pool) admitJob(ctx context.Context, addr string, n int) (at time.Time, deferFor time.Duration, cause string, err error) {
-	at, deferFor, cause, short := p.pacer.admit(addr, n)
+func (p *Pool) admitJob(ctx context.Context, addr string, n int, bytes int64) (at time.Time, deferFor time.Duration, cause string, err error) {
+	at, deferFor, cause, short := p.pacer.admit(addr, n, bytes)
 	if short == 0 {
 		return at, deferFor, cause, nil
 	}
@@ -49,7 +50,7 @@ func (p *Pool) admitJob(ctx context.Context, addr string, n int) (at time.Time, 
 	b := p.pacer.lockLease(addr)
 	defer b.lease.Unlock()
 	for range 3 {
-		if at, deferFor, cause, short = p.pacer.admit(addr, n); short == 0 {
+		if at, deferFor, cause, short = p.pacer.admit(addr, n, bytes); short == 0 {
 			return at, deferFor, cause, nil
 		}
 		l := p.pacer.leaseRequest(addr, short)

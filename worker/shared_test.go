@@ -50,35 +50,35 @@ func TestPacerShares(t *testing.T) {
 		p := newPacer(clk, 4, 30, 0, 5*time.Second)
 		p.setLive(2) // 15 a minute each
 		for i := range 15 {
-			if _, d, _, _ := p.admit("a@x", 1); d != 0 {
+			if _, d, _, _ := p.admit("a@x", 1, 0); d != 0 {
 				t.Fatalf("send %d deferred %v with a share of 15", i, d)
 			}
 			p.box("a@x").waiting--
 			clk.Add(time.Second)
 		}
-		_, d, cause, _ := p.admit("a@x", 1)
+		_, d, cause, _ := p.admit("a@x", 1, 0)
 		if want := paceWindow - 15*time.Second; cause != CausePace || d != want {
 			t.Fatalf("16th send deferred %v (%q), want %v: the first start ages out", d, cause, want)
 		}
 		// Deferrals are spread by the share's interval (4 s), not the limit's.
-		if _, d2, _, _ := p.admit("a@x", 1); d2-d != 4*time.Second {
+		if _, d2, _, _ := p.admit("a@x", 1, 0); d2-d != 4*time.Second {
 			t.Fatalf("second deferral %v after %v, want 4s apart", d2, d)
 		}
 		// Alone again: the full 30, with the 15 starts already in the window.
 		p.setLive(1)
 		for i := range 15 {
-			if _, d, _, _ := p.admit("a@x", 1); d != 0 {
+			if _, d, _, _ := p.admit("a@x", 1, 0); d != 0 {
 				t.Fatalf("send %d of the second 15 deferred %v", i, d)
 			}
 			p.box("a@x").waiting--
 		}
-		if _, d, _, _ := p.admit("a@x", 1); d == 0 {
+		if _, d, _, _ := p.admit("a@x", 1, 0); d == 0 {
 			t.Fatal("31st send in a minute admitted")
 		}
 		// Shrinking to a third keeps the 30 starts: nothing until 20 age out.
 		p.setLive(3)
 		clk.Add(paceWindow - 15*time.Second) // the first 15 started 15..1 s before the 30s of the rest
-		if _, d, _, _ := p.admit("a@x", 1); d == 0 {
+		if _, d, _, _ := p.admit("a@x", 1, 0); d == 0 {
 			t.Fatal("admitted with 15 starts in the window and a share of 10")
 		}
 	})
@@ -91,12 +91,12 @@ func TestPacerShares(t *testing.T) {
 		}
 		now := time.Now()
 		for range 2 {
-			p.admit("a@x", 1)
+			p.admit("a@x", 1, 0)
 			if err := p.acquire(context.Background(), "a@x", now); err != nil {
 				t.Fatal(err)
 			}
 		}
-		p.admit("a@x", 1)
+		p.admit("a@x", 1, 0)
 		got := make(chan error, 1)
 		go func() { got <- p.acquire(context.Background(), "a@x", now) }()
 		select {
@@ -155,7 +155,7 @@ func TestRecipientLedger(t *testing.T) {
 		l := &fakeLedger{lease: func(l queue.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }}
 		p := unitPool(clk, 4, 0, 10000, l, nil)
 		for i := range 4 { // 4 × 30 recipients: 100 leased, then 100 more
-			if _, d, _, err := p.admitJob(ctx, "a@x", 30); err != nil || d != 0 {
+			if _, d, _, err := p.admitJob(ctx, "a@x", 30, 0); err != nil || d != 0 {
 				t.Fatalf("job %d: defer %v err %v", i, d, err)
 			}
 		}
@@ -173,11 +173,11 @@ func TestRecipientLedger(t *testing.T) {
 		freeAt := t0.Add(20 * time.Hour)
 		l := &fakeLedger{lease: func(queue.Lease) (int, time.Time, error) { return 0, freeAt, nil }}
 		p := unitPool(clk, 4, 0, 10000, l, nil)
-		_, d, cause, err := p.admitJob(ctx, "a@x", 30)
+		_, d, cause, err := p.admitJob(ctx, "a@x", 30, 0)
 		if err != nil || cause != CauseRecipients || d != 20*time.Hour {
 			t.Fatalf("defer %v cause %q err %v, want 20h for recipients", d, cause, err)
 		}
-		if _, d, _, _ := p.admitJob(ctx, "a@x", 40); d < 20*time.Hour {
+		if _, d, _, _ := p.admitJob(ctx, "a@x", 40, 0); d < 20*time.Hour {
 			t.Fatalf("a larger job deferred only %v", d)
 		}
 		if len(l.reqs) != 1 {
@@ -185,11 +185,11 @@ func TestRecipientLedger(t *testing.T) {
 		}
 		// Another mailbox has its own budget.
 		l.lease = func(l queue.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }
-		if _, d, _, _ := p.admitJob(ctx, "b@x", 30); d != 0 {
+		if _, d, _, _ := p.admitJob(ctx, "b@x", 30, 0); d != 0 {
 			t.Fatalf("other mailbox deferred %v", d)
 		}
 		clk.Add(20 * time.Hour)
-		if _, d, _, _ := p.admitJob(ctx, "a@x", 30); d != 0 {
+		if _, d, _, _ := p.admitJob(ctx, "a@x", 30, 0); d != 0 {
 			t.Fatalf("deferred %v once the budget is free", d)
 		}
 	})
@@ -204,10 +204,10 @@ func TestRecipientLedger(t *testing.T) {
 			return l.Want, time.Time{}, nil
 		}}
 		p := unitPool(clk, 4, 0, 10000, l, nil)
-		p.admitJob(ctx, "a@x", 10) // 100 leased in hour 10:00, 90 left
-		clk.Add(35 * time.Minute)  // 10:55: the allowance has ended
+		p.admitJob(ctx, "a@x", 10, 0) // 100 leased in hour 10:00, 90 left
+		clk.Add(35 * time.Minute)     // 10:55: the allowance has ended
 		fail = true
-		if _, _, _, err := p.admitJob(ctx, "a@x", 10); err == nil {
+		if _, _, _, err := p.admitJob(ctx, "a@x", 10, 0); err == nil {
 			t.Fatal("ledger error not returned: a job would be sent blind")
 		}
 		r := l.reqs[1]
@@ -215,7 +215,7 @@ func TestRecipientLedger(t *testing.T) {
 			t.Fatalf("request %+v: want the 90 given back to 10:00 and the lease counted at 11:00", r)
 		}
 		fail = false
-		if _, d, _, err := p.admitJob(ctx, "a@x", 10); err != nil || d != 0 {
+		if _, d, _, err := p.admitJob(ctx, "a@x", 10, 0); err != nil || d != 0 {
 			t.Fatalf("defer %v err %v", d, err)
 		}
 		if r := l.reqs[2]; r.GiveBack != 0 {
@@ -225,7 +225,7 @@ func TestRecipientLedger(t *testing.T) {
 
 	t.Run("perMailboxRecipientsPerDay 0: no ledger at all", func(t *testing.T) {
 		p := unitPool(&fakeClock{now: t0}, 4, 0, 0, nil, nil) // a nil ledger would panic if used
-		if _, d, _, err := p.admitJob(ctx, "a@x", 500); err != nil || d != 0 {
+		if _, d, _, err := p.admitJob(ctx, "a@x", 500, 0); err != nil || d != 0 {
 			t.Fatalf("defer %v err %v", d, err)
 		}
 	})

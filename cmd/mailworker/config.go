@@ -78,13 +78,15 @@ type WorkerConfig struct {
 	PerMailboxConcurrency int  `yaml:"perMailboxConcurrency"`
 	PerMailboxPerMinute   *int `yaml:"perMailboxPerMinute"`
 	// PerMailboxRecipientsPerDay: nil = 10,000 (Exchange's limit), 0 = unchecked.
-	PerMailboxRecipientsPerDay *int          `yaml:"perMailboxRecipientsPerDay"`
-	MaxAttempts                int           `yaml:"maxAttempts"`
-	BackoffInitial             time.Duration `yaml:"backoffInitial"`
-	BackoffMax                 time.Duration `yaml:"backoffMax"`
-	AckWait                    time.Duration `yaml:"ackWait"`
-	SendTimeout                time.Duration `yaml:"sendTimeout"`
-	DrainTimeout               time.Duration `yaml:"drainTimeout"`
+	PerMailboxRecipientsPerDay *int `yaml:"perMailboxRecipientsPerDay"`
+	// PerMailboxUploadMBPer5Min: nil = 150 (Outlook's limit), 0 = unchecked.
+	PerMailboxUploadMBPer5Min *int          `yaml:"perMailboxUploadMBPer5Min"`
+	MaxAttempts               int           `yaml:"maxAttempts"`
+	BackoffInitial            time.Duration `yaml:"backoffInitial"`
+	BackoffMax                time.Duration `yaml:"backoffMax"`
+	AckWait                   time.Duration `yaml:"ackWait"`
+	SendTimeout               time.Duration `yaml:"sendTimeout"`
+	DrainTimeout              time.Duration `yaml:"drainTimeout"`
 }
 
 // HTTPConfig is the metrics and health listener.
@@ -374,13 +376,18 @@ func (c Config) workerConfig() worker.Config {
 	if w.PerMailboxRecipientsPerDay != nil {
 		perDay = *w.PerMailboxRecipientsPerDay
 	}
+	uploadMB := 150
+	if w.PerMailboxUploadMBPer5Min != nil {
+		uploadMB = *w.PerMailboxUploadMBPer5Min
+	}
 	profiles := make(map[string]worker.Profile, len(c.Profiles))
 	for name, p := range c.Profiles {
 		profiles[name] = worker.Profile{Name: name, AllowedSenders: p.AllowedSenders, OnAmbiguous: p.OnAmbiguous}
 	}
 	return worker.Config{
 		Concurrency: w.Concurrency, MaxInFlight: w.MaxInFlight, PerMailboxConcurrency: w.PerMailboxConcurrency,
-		PerMailboxPerMinute: perMinute, PerMailboxRecipientsPerDay: perDay, MaxAttempts: w.MaxAttempts, BackoffInitial: w.BackoffInitial,
+		PerMailboxPerMinute: perMinute, PerMailboxRecipientsPerDay: perDay,
+		PerMailboxUploadBytes: int64(uploadMB) * 1_000_000, MaxAttempts: w.MaxAttempts, BackoffInitial: w.BackoffInitial,
 		BackoffMax: w.BackoffMax, AckWait: w.AckWait, SendTimeout: w.SendTimeout, DrainTimeout: w.DrainTimeout,
 		Profiles: profiles, LogRecipients: c.Log.Recipients,
 	}.WithDefaults()
