@@ -373,3 +373,51 @@ func TestIntegrationRotateSecret(t *testing.T) {
 		t.Errorf("tokens issued with %v, want %v", got, want)
 	}
 }
+
+// TestIntegrationRotateWhileSending switches credentials while sends run
+// (run with -race): every send succeeds, each credential gets tokens.
+func TestIntegrationRotateWhileSending(t *testing.T) {
+	t.Parallel()
+	certA, pemA := rsaCert(t)
+	certB, pemB := rsaCert(t)
+	s := newGraphtest(t, graphtest.Options{})
+	s.SetCredentials(nil, []*x509.Certificate{certA, certB})
+	c := newIntegrationClient(t, s, graphmail.Credential{CertificatePEM: pemA})
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 25 {
+				msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
+				if _, err := c.Send(context.Background(), msg, fmt.Sprintf("w%d-%d", w, i)); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	for i := range 10 {
+		pem := pemA
+		if i%2 == 0 {
+			pem = pemB
+		}
+		if err := c.SetCredential(graphmail.Credential{CertificatePEM: pem}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("send during rotation: %v", err)
+	}
+	if n := len(s.Messages()); n != 100 {
+		t.Errorf("messages = %d, want 100", n)
+	}
+	// The last switch was to A: whatever happened before, the next token is A's.
+	msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
+	if _, err := c.Send(context.Background(), msg, "after"); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.IssuedWith(); got[len(got)-1] != graphtest.CertificateThumbprint(certA) {
+		t.Errorf("last token issued with %s, want certificate A %s", got[len(got)-1], graphtest.CertificateThumbprint(certA))
+	}
+}
