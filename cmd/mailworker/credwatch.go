@@ -1,8 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"time"
 
@@ -25,13 +25,13 @@ type credWatch struct {
 	metrics *worker.Metrics
 	log     zerolog.Logger
 
-	file    []byte // the content in use
+	sum     [sha256.Size]byte // digest of the file content in use (not the secret itself)
 	lastErr string // the last failure reported, so a broken file is logged once
 }
 
 // loaded records file as the content in use and publishes its expiry.
 func (w *credWatch) loaded(file []byte) {
-	w.file, w.lastErr = file, ""
+	w.sum, w.lastErr = sha256.Sum256(file), ""
 	w.metrics.CredentialStale.WithLabelValues(w.profile).Set(0)
 	if na, ok := w.client.CertificateNotAfter(); ok {
 		w.metrics.CredentialExpiry.WithLabelValues(w.profile).Set(float64(na.Unix()))
@@ -58,7 +58,7 @@ func (w *credWatch) run(ctx context.Context) {
 // check reloads the credential if its file changed.
 func (w *credWatch) check() {
 	cred, file, err := readCredential(w.profile, w.cfg)
-	if err == nil && bytes.Equal(file, w.file) {
+	if err == nil && sha256.Sum256(file) == w.sum {
 		if w.lastErr != "" { // back to the content in use
 			w.lastErr = ""
 			w.metrics.CredentialStale.WithLabelValues(w.profile).Set(0)
