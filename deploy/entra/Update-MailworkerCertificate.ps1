@@ -3,7 +3,7 @@
 <#
 .SYNOPSIS
     Rotates the certificate of a mailworker app registration without downtime: list, add the new
-    certificate (old one stays valid), and after the rollout remove the old one.
+    certificate (old one stays valid), and once every worker has switched to it remove the old one.
 
 .DESCRIPTION
     Zero-downtime rotation, three steps, run days apart if you like:
