@@ -26,7 +26,7 @@ type credWatch struct {
 	log     zerolog.Logger
 
 	sum     [sha256.Size]byte // digest of the file content in use (not the secret itself)
-	lastErr string // the last failure reported, so a broken file is logged once
+	lastErr string            // the last failure reported, so a broken file is logged once
 }
 
 // loaded records file as the content in use and publishes its expiry.
