@@ -14,7 +14,9 @@ import (
 	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -71,6 +73,57 @@ type Config struct {
 	// OnTokenRequest, if set, is called after every token request that went
 	// to Entra (ok=true; cache hits are not reported) or that failed (ok=false).
 	OnTokenRequest func(ok bool)
+	// OnToken, if set, is called with what each access token fetched from
+	// Entra grants (cache hits are not reported). See TokenInfo.
+	OnToken func(TokenInfo)
+}
+
+// TokenInfo is what an app-only access token says about the app's rights.
+type TokenInfo struct {
+	// Roles is the token's roles claim: the application permissions an
+	// admin consented to in Entra, tenant-wide. With Exchange RBAC for
+	// Applications alone there are no mail roles: a Mail.* role here means
+	// the app can reach every mailbox in the tenant, whatever the RBAC
+	// scope says (see TenantWideMailRoles).
+	Roles []string
+	// Readable is false when the token is not a JWT whose claims could be
+	// read (Roles then says nothing).
+	Readable  bool
+	ExpiresOn time.Time
+}
+
+// TenantWideMailRoles returns the roles that grant mailbox access across
+// the tenant (Mail.Send, Mail.ReadWrite, Mail.Read, ...): any "Mail."
+// application permission.
+func TenantWideMailRoles(roles []string) []string {
+	var out []string
+	for _, r := range roles {
+		if len(r) > 5 && strings.EqualFold(r[:5], "mail.") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// tokenRoles reads the roles claim of a JWT access token without verifying
+// it (it is our own, just received from Entra over TLS); ok is false when the
+// token's claims cannot be read.
+func tokenRoles(tok string) (roles []string, ok bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return nil, false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return nil, false
+	}
+	var claims struct {
+		Roles []string `json:"roles"`
+	}
+	if json.Unmarshal(raw, &claims) != nil {
+		return nil, false
+	}
+	return claims.Roles, true
 }
 
 // DefaultTimeout is the default per-request sendMail timeout.
@@ -89,6 +142,7 @@ type Client struct {
 	sendPrefix string // GraphURL + "/v1.0/users/"
 	timeout    time.Duration
 	onToken    func(ok bool)
+	onTokenInf func(TokenInfo)
 
 	// cred is the credential in use and the MSAL client built on it;
 	// SetCredential swaps it (rotation without restart).
@@ -184,6 +238,7 @@ func New(cfg Config) (*Client, error) {
 		sendPrefix: graphURL + "/v1.0/users/",
 		timeout:    cfg.Timeout,
 		onToken:    cfg.OnTokenRequest,
+		onTokenInf: cfg.OnToken,
 	}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout
@@ -404,8 +459,14 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 		return "", e
 	}
 	c.failures, c.failErr = 0, nil
-	if c.onToken != nil && ar.Metadata.TokenSource == confidential.TokenSourceIdentityProvider {
-		c.onToken(true)
+	if ar.Metadata.TokenSource == confidential.TokenSourceIdentityProvider {
+		if c.onToken != nil {
+			c.onToken(true)
+		}
+		if c.onTokenInf != nil {
+			roles, ok := tokenRoles(ar.AccessToken)
+			c.onTokenInf(TokenInfo{Roles: roles, Readable: ok, ExpiresOn: ar.ExpiresOn})
+		}
 	}
 	c.tok.Store(&cachedToken{value: ar.AccessToken, useUntil: ar.ExpiresOn.Add(-tokenMargin)})
 	return ar.AccessToken, nil

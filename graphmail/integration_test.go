@@ -421,3 +421,47 @@ func TestIntegrationRotateWhileSending(t *testing.T) {
 		t.Errorf("last token issued with %s, want certificate A %s", got[len(got)-1], graphtest.CertificateThumbprint(certA))
 	}
 }
+
+// TestIntegrationTokenRoles reads the application permissions of each token
+// fetched from Entra: none with Exchange RBAC alone; Mail.Send once an admin
+// grants tenant-wide consent, which TenantWideMailRoles flags.
+func TestIntegrationTokenRoles(t *testing.T) {
+	t.Parallel()
+	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
+	var mu sync.Mutex
+	var infos []graphmail.TokenInfo
+	c, err := graphmail.New(graphmail.Config{
+		Name: "billing", TenantID: s.TenantID(), ClientID: s.ClientID(), AuthorityHost: s.URL(), GraphURL: s.GraphURL(),
+		Credential: graphmail.Credential{ClientSecret: itSecret}, HTTPClient: s.Client(),
+		OnToken: func(ti graphmail.TokenInfo) { mu.Lock(); infos = append(infos, ti); mu.Unlock() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Token(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.SetRoles("User.Read.All", "Mail.Send")
+	// A credential switch drops the cached token: the next one is fresh.
+	if err := c.SetCredential(graphmail.Credential{ClientSecret: itSecret}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(context.Background()); err != nil { // cached: not reported
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(infos) != 2 {
+		t.Fatalf("OnToken called %d times, want 2 (once per token from Entra)", len(infos))
+	}
+	if !infos[0].Readable || len(infos[0].Roles) != 0 || len(graphmail.TenantWideMailRoles(infos[0].Roles)) != 0 {
+		t.Errorf("first token: %+v, want readable with no roles", infos[0])
+	}
+	if got := graphmail.TenantWideMailRoles(infos[1].Roles); !reflect.DeepEqual(got, []string{"Mail.Send"}) {
+		t.Errorf("second token roles %v: tenant-wide mail roles %v, want [Mail.Send]", infos[1].Roles, got)
+	}
+}

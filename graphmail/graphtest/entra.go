@@ -115,9 +115,12 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	tok := randomToken()
 	now := s.opts.Now()
 	lifetime := s.opts.TokenLifetime
+	s.credMu.Lock()
+	roles := s.roles
+	s.credMu.Unlock()
+	tok := s.accessToken(now, lifetime, roles)
 	s.tokMu.Lock()
 	if len(s.tokens) >= 1024 {
 		for k, exp := range s.tokens {
@@ -347,10 +350,28 @@ func decodeSegment(seg string, v any) error {
 	return nil
 }
 
-func randomToken() string {
-	b := make([]byte, 32)
-	rand.Read(b)
-	return "gt." + base64.RawURLEncoding.EncodeToString(b)
+// accessToken returns a JWT-shaped app-only access token, as Entra issues
+// them: the claims a reader of the token can see (aud, iss, tid, appid,
+// roles, iat, nbf, exp) and a random signature, which nobody checks but this
+// server (by value, tokenValid). roles are the application permissions
+// granted to the app by admin consent; none when only Exchange RBAC grants
+// access.
+func (s *Server) accessToken(now time.Time, lifetime time.Duration, roles []string) string {
+	enc := func(v any) string {
+		b, _ := json.Marshal(v)
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	claims := map[string]any{
+		"aud": "https://graph.microsoft.com", "iss": s.issuer, "tid": s.opts.TenantID,
+		"appid": s.opts.ClientID, "idtyp": "app",
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(lifetime).Unix(),
+	}
+	if len(roles) > 0 {
+		claims["roles"] = roles
+	}
+	sig := make([]byte, 32)
+	rand.Read(sig)
+	return enc(map[string]string{"typ": "JWT", "alg": "RS256"}) + "." + enc(claims) + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
 // newGUID returns a random (version 4) GUID.

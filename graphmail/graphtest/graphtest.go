@@ -52,6 +52,7 @@ type Options struct {
 	ClientID                string                           // default "test-client"
 	ClientSecret            string                           // accepted secret; "" = secrets not accepted
 	Certificate             *x509.Certificate                // accepted for client_assertion (RS256/PS256 JWT); nil = assertions not accepted
+	Roles                   []string                         // application permissions in the tokens' roles claim (admin consent, e.g. "Mail.Send"); nil = none, as with Exchange RBAC only
 	TokenLifetime           time.Duration                    // default 1h (expires_in)
 	Mailboxes               []string                         // mailboxes that exist (case-insensitive); nil = every address exists
 	Scope                   []string                         // mailboxes inside the app's RBAC scope; nil = all existing mailboxes
@@ -158,6 +159,7 @@ type Server struct {
 	credMu     sync.Mutex
 	secrets    []string
 	certs      []*x509.Certificate
+	roles      []string
 	issuedWith []string
 
 	tokenRequests atomic.Int64
@@ -212,6 +214,7 @@ func New(opts Options) (*Server, error) {
 		tokens:        make(map[string]time.Time),
 		secrets:       nonEmpty(opts.ClientSecret),
 		certs:         nonNil(opts.Certificate),
+		roles:         slices.Clone(opts.Roles),
 		boxes:         make(map[string]*mailboxState),
 		scripts:       make(map[string][]Fault),
 		mailboxFaults: make(map[string]*Fault),
@@ -433,6 +436,14 @@ func (s *Server) SetCredentials(secrets []string, certs []*x509.Certificate) {
 	defer s.credMu.Unlock()
 	s.secrets = slices.Clone(secrets)
 	s.certs = slices.Clone(certs)
+}
+
+// SetRoles changes the application permissions put in tokens issued from now
+// on, as an admin granting (or revoking) consent does.
+func (s *Server) SetRoles(roles ...string) {
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	s.roles = slices.Clone(roles)
 }
 
 // IssuedWith returns, for every token issued, in order, the credential that
