@@ -27,6 +27,8 @@ type Metrics struct {
 	CredentialExpiry  *prometheus.GaugeVec   // profile
 	CredentialReloads *prometheus.CounterVec // profile, result
 	CredentialStale   *prometheus.GaugeVec   // profile
+	// TenantWideMailRoles is set by the binary from each token's roles claim.
+	TenantWideMailRoles *prometheus.GaugeVec // profile
 }
 
 // Job outcomes (label outcome of mailworker_jobs_total).
@@ -78,6 +80,9 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		CredentialStale: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "credential_reload_failing",
 			Help: "1 while the profile's certificate or secret file has changed but cannot be used, so the previous credential is still in use."},
 			[]string{"profile"}),
+		TenantWideMailRoles: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "tenant_wide_mail_roles",
+			Help: "Tenant-wide mail application permissions (Mail.*) in the profile's last access token: admin consent in Entra, which the Exchange RBAC scope does not restrict. Should be 0."},
+			[]string{"profile"}),
 	}
 	for _, p := range profiles {
 		m.Jobs.WithLabelValues(p, OutcomeSent, "")
@@ -103,11 +108,12 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		m.CredentialReloads.WithLabelValues(p, "ok")
 		m.CredentialReloads.WithLabelValues(p, "error")
 		m.CredentialStale.WithLabelValues(p)
+		m.TenantWideMailRoles.WithLabelValues(p)
 	}
 	if reg != nil {
 		reg.MustRegister(m.Jobs, m.Retries, m.ThrottleDeferrals, m.GraphRequests, m.GraphThrottled,
 			m.SendDuration, m.JobLatency, m.TokenRequests, m.Ambiguous, m.InflightSends, m.InflightJobs,
-			m.ReplicasLive, m.CredentialExpiry, m.CredentialReloads, m.CredentialStale)
+			m.ReplicasLive, m.CredentialExpiry, m.CredentialReloads, m.CredentialStale, m.TenantWideMailRoles)
 	}
 	return m
 }

@@ -91,7 +91,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 
 	sender := &graphSender{clients: map[string]*graphmail.Client{}, saveDefault: map[string]bool{}, attachments: a.q.Attachments}
 	for _, name := range names {
-		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics)
+		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics, log)
 		if err != nil {
 			return nil, err
 		}
@@ -155,7 +155,7 @@ func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []b
 
 // newGraphClient builds a profile's Graph client from its config; file is
 // the content of its credential file, if any.
-func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics) (c *graphmail.Client, file []byte, err error) {
+func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics, log zerolog.Logger) (c *graphmail.Client, file []byte, err error) {
 	cred, file, err := readCredential(name, p.Credential)
 	if err != nil {
 		return nil, nil, err
@@ -168,7 +168,8 @@ func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *work
 				result = "error"
 			}
 			m.TokenRequests.WithLabelValues(name, result).Inc()
-		}}
+		},
+		OnToken: (&consentWatch{profile: name, metrics: m, log: log}).token}
 	if p.CAFile != "" {
 		hc, err := httpClientWithCA(p.CAFile)
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -98,4 +100,41 @@ func (w *credWatch) logCredential(msg string) {
 		ev = ev.Str("thumbprint", w.client.CertificateThumbprint()).Time("notAfter", na)
 	}
 	ev.Msg(msg)
+}
+
+// consentWatch reads the application permissions of every token a profile
+// fetches. Exchange RBAC for Applications puts none in the token; a Mail.*
+// role means an admin granted the app tenant-wide consent in Entra, so it can
+// reach every mailbox in the tenant whatever its RBAC scope says (the grants
+// add up). The worker still sends only from allowedSenders, but the
+// credential it holds is no longer confined: that is reported on every
+// change (log, mailworker_tenant_wide_mail_roles, alert), not hidden.
+type consentWatch struct {
+	profile string
+	metrics *worker.Metrics
+	log     zerolog.Logger
+
+	mu   sync.Mutex
+	last string // the tenant-wide roles last reported, comma-separated
+}
+
+func (w *consentWatch) token(ti graphmail.TokenInfo) {
+	if !ti.Readable {
+		return // an opaque token says nothing either way
+	}
+	roles := graphmail.TenantWideMailRoles(ti.Roles)
+	w.metrics.TenantWideMailRoles.WithLabelValues(w.profile).Set(float64(len(roles)))
+	now := strings.Join(roles, ",")
+	w.mu.Lock()
+	changed := now != w.last
+	w.last = now
+	w.mu.Unlock()
+	switch {
+	case !changed:
+	case len(roles) > 0:
+		w.log.Error().Str("profile", w.profile).Strs("roles", roles).
+			Msg("the app registration holds tenant-wide mail permissions granted in Entra: its credential can reach every mailbox in the tenant, whatever the Exchange RBAC scope says. Remove the admin consent (deploy/entra/Test-TenantWideMailSend.ps1 -Remove)")
+	default:
+		w.log.Info().Str("profile", w.profile).Msg("the app's token holds no tenant-wide mail permission: mailbox access comes from the Exchange RBAC scope alone")
+	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
@@ -165,5 +166,57 @@ profiles:
 		if strings.Contains(logs, secret) {
 			t.Errorf("key material (%q) in the log:\n%s", secret, logs)
 		}
+	}
+}
+
+// TestTenantWideConsentIsReported runs the App against an app registration
+// that an admin also gave tenant-wide Mail.Send consent in Entra: mail still
+// goes out from the approved mailbox, and the grant shows in the log and in
+// mailworker_tenant_wide_mail_roles (which drives a critical alert).
+func TestTenantWideConsentIsReported(t *testing.T) {
+	t.Parallel()
+	ns := startTestNATS(t, nil)
+	fake, caFile := startFake(t, graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: "s3cret-value",
+		Roles: []string{"User.Read.All", "Mail.Send"}})
+	cfg := defaultConfig()
+	cfg.NATS.URL = ns.ClientURL()
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.Profiles = map[string]ProfileConfig{"billing": {TenantID: "t1", ClientID: "c1", AuthorityHost: fake.URL(),
+		GraphURL: fake.GraphURL(), CAFile: caFile, Credential: CredentialConfig{ClientSecret: "s3cret-value"},
+		AllowedSenders: []string{"billing@contoso.example"}}}
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	app, err := NewApp(ctx, cfg, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx) }()
+	base := "http://" + app.HTTPAddr()
+	eventually(t, 10*time.Second, "/readyz", func() bool { c, _ := httpGet(base + "/readyz"); return c == 200 })
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	job := &queue.Job{ID: "consented", From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"}
+	if _, err := queue.NewPublisher(js).Publish(ctx, "billing", job); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the mail at the fake Graph", func() bool { return len(fake.Messages()) == 1 })
+	eventually(t, 5*time.Second, "the roles in /metrics", func() bool {
+		_, body := httpGet(base + "/metrics")
+		return strings.Contains(body, `mailworker_tenant_wide_mail_roles{profile="billing"} 1`+"\n")
+	})
+	if l := logs.String(); !strings.Contains(l, `"roles":["Mail.Send"]`) || !strings.Contains(l, "tenant-wide mail permissions") {
+		t.Errorf("no error log naming the tenant-wide role:\n%s", l)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
