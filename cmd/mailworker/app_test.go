@@ -67,24 +67,8 @@ func TestAppInProcess(t *testing.T) {
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	app, err := NewApp(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx) }()
-	base := "http://" + app.HTTPAddr()
-	eventually(t, 10*time.Second, "/readyz", func() bool { c, _ := httpGet(base + "/readyz"); return c == 200 })
-
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	base, js, stop := startApp(t, cfg, zerolog.New(zerolog.NewTestWriter(t)))
 	q, err := queue.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
@@ -116,15 +100,48 @@ func TestAppInProcess(t *testing.T) {
 	if fake.TokenRequests() != 1 {
 		t.Errorf("token requests = %d, want 1 (certificate assertion, then cache)", fake.TokenRequests())
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after cancel")
+	stop()
+}
+
+// startApp runs the App with cfg in process until /readyz answers, and
+// returns its HTTP base URL, a JetStream context on its NATS server, and
+// stop, which shuts it down and fails the test if Run does not return
+// cleanly.
+func startApp(t *testing.T, cfg Config, log zerolog.Logger) (string, jetstream.JetStream, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	app, err := NewApp(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(app.Close)
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx) }()
+	base := "http://" + app.HTTPAddr()
+	eventually(t, 10*time.Second, "/readyz", func() bool { c, _ := httpGet(base + "/readyz"); return c == 200 })
+	nc, err := nats.Connect(cfg.NATS.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := func() {
+		t.Helper()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Run did not return after cancel")
+		}
+	}
+	return base, js, stop
 }
 
 func TestSandboxCommand(t *testing.T) {

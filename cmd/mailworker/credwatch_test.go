@@ -185,26 +185,9 @@ func TestTenantWideConsentIsReported(t *testing.T) {
 		GraphURL: fake.GraphURL(), CAFile: caFile, Credential: CredentialConfig{ClientSecret: "s3cret-value"},
 		AllowedSenders: []string{"billing@contoso.example"}}}
 	var logs syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	app, err := NewApp(ctx, cfg, zerolog.New(&logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx) }()
-	base := "http://" + app.HTTPAddr()
-	eventually(t, 10*time.Second, "/readyz", func() bool { c, _ := httpGet(base + "/readyz"); return c == 200 })
-
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	base, js, stop := startApp(t, cfg, zerolog.New(&logs))
 	job := &queue.Job{ID: "consented", From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"}
-	if _, err := queue.NewPublisher(js).Publish(ctx, "billing", job); err != nil {
+	if _, err := queue.NewPublisher(js).Publish(context.Background(), "billing", job); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 15*time.Second, "the mail at the fake Graph", func() bool { return len(fake.Messages()) == 1 })
@@ -215,8 +198,5 @@ func TestTenantWideConsentIsReported(t *testing.T) {
 	if l := logs.String(); !strings.Contains(l, `"roles":["Mail.Send"]`) || !strings.Contains(l, "tenant-wide mail permissions") {
 		t.Errorf("no error log naming the tenant-wide role:\n%s", l)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 }
