@@ -91,7 +91,8 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 
 	sender := &graphSender{clients: map[string]*graphmail.Client{}, saveDefault: map[string]bool{}, attachments: a.q.Attachments}
 	for _, name := range names {
-		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics, log)
+		consent := &consentWatch{profile: name, metrics: metrics, log: log}
+		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics, consent.token)
 		if err != nil {
 			return nil, err
 		}
@@ -154,8 +155,9 @@ func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []b
 }
 
 // newGraphClient builds a profile's Graph client from its config; file is
-// the content of its credential file, if any.
-func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics, log zerolog.Logger) (c *graphmail.Client, file []byte, err error) {
+// the content of its credential file, if any. onToken gets what each token
+// fetched from Entra grants.
+func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics, onToken func(graphmail.TokenInfo)) (c *graphmail.Client, file []byte, err error) {
 	cred, file, err := readCredential(name, p.Credential)
 	if err != nil {
 		return nil, nil, err
@@ -169,7 +171,7 @@ func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *work
 			}
 			m.TokenRequests.WithLabelValues(name, result).Inc()
 		},
-		OnToken: (&consentWatch{profile: name, metrics: m, log: log}).token}
+		OnToken: onToken}
 	if p.CAFile != "" {
 		hc, err := httpClientWithCA(p.CAFile)
 		if err != nil {

@@ -59,7 +59,7 @@ func runCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	pf.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (overrides log.level)")
 	pf.StringVar(&c.logFormat, "log-format", "", "log format: json or console (overrides log.format)")
 	root.AddCommand(c.runCmd(), c.devCmd(), c.sandboxCmd(), c.sendCmd(), c.statusCmd(), c.dlqCmd(),
-		c.provisionCmd(), c.readyzCmd(), c.versionCmd())
+		c.provisionCmd(), c.checkCmd(), c.readyzCmd(), c.versionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/mailworker/mailworker/graphmail"
+	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/worker"
+)
+
+// checkResult is what `mailworker check` found; Problems empty means ready.
+type checkResult struct {
+	NATS     string         `json:"nats"`
+	Profiles []profileCheck `json:"profiles"`
+	Problems []string       `json:"problems"`
+	Warnings []string       `json:"warnings"`
+}
+
+type profileCheck struct {
+	Profile          string     `json:"profile"`
+	Credential       string     `json:"credential"` // certificate, client secret, workload identity
+	Thumbprint       string     `json:"thumbprint,omitempty"`
+	NotAfter         *time.Time `json:"notAfter,omitempty"`
+	Token            string     `json:"token"` // "ok" or the error
+	TenantWideRoles  []string   `json:"tenantWideMailRoles"`
+	AllowedSenders   []string   `json:"allowedSenders"`
+	tokenOK, checked bool
+}
+
+// certWarnDays is when check warns about an expiring certificate (the
+// MailworkerCredentialExpiringSoon alert's threshold).
+const certWarnDays = 14
+
+func (c *cli) checkCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Preflight: config, NATS and streams, and one Entra token per profile (sends no mail)",
+		Long: `check validates the configuration, connects to NATS and opens the provisioned streams,
+then fetches one access token per profile from Entra ID. For each profile it reports the
+credential (certificate thumbprint and expiry), whether Entra issued a token, and any
+tenant-wide Mail.* application permission in that token (admin consent in Entra, which
+the Exchange RBAC scope does not restrict). It sends no mail and calls no Graph API.
+Exit code 0 when ready, 1 when something must be fixed (listed under "problems").`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := c.config()
+			if err != nil {
+				return err
+			}
+			res := c.check(cmd.Context(), cfg)
+			if asJSON {
+				if err := json.NewEncoder(c.stdout).Encode(res); err != nil {
+					return err
+				}
+			} else {
+				c.printCheck(res)
+			}
+			if len(res.Problems) > 0 {
+				return &exitError{code: 1}
+			}
+			return nil
+		}}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (c *cli) check(ctx context.Context, cfg Config) checkResult {
+	res := checkResult{Profiles: []profileCheck{}, Problems: []string{}, Warnings: []string{}}
+	res.NATS = c.checkNATS(ctx, cfg)
+	if res.NATS != "ok" {
+		res.Problems = append(res.Problems, "nats: "+res.NATS)
+	}
+	if len(cfg.Profiles) == 0 {
+		res.Problems = append(res.Problems, "profiles: none configured; a worker needs at least one")
+	}
+	names := make([]string, 0, len(cfg.Profiles))
+	for n := range cfg.Profiles {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	m := worker.NewMetrics(nil, names)
+	for _, name := range names {
+		pc := checkProfile(ctx, name, cfg.Profiles[name], cfg.Worker.SendTimeout, m)
+		res.Profiles = append(res.Profiles, pc)
+		switch {
+		case !pc.checked:
+			res.Problems = append(res.Problems, fmt.Sprintf("profile %s: %s", name, pc.Token))
+			continue
+		case !pc.tokenOK:
+			res.Problems = append(res.Problems, fmt.Sprintf("profile %s: Entra issued no token: %s", name, pc.Token))
+		}
+		if len(pc.TenantWideRoles) > 0 {
+			res.Problems = append(res.Problems, fmt.Sprintf("profile %s: the app holds tenant-wide mail permissions %s granted in Entra; the Exchange RBAC scope does not restrict them (docs/runbook.md#mailworkertenantwidemailpermission)",
+				name, strings.Join(pc.TenantWideRoles, ", ")))
+		}
+		if pc.NotAfter != nil {
+			switch left := time.Until(*pc.NotAfter); {
+			case left <= 0:
+				res.Problems = append(res.Problems, fmt.Sprintf("profile %s: certificate %s expired on %s", name, pc.Thumbprint, pc.NotAfter.Format(time.DateOnly)))
+			case left < certWarnDays*24*time.Hour:
+				res.Warnings = append(res.Warnings, fmt.Sprintf("profile %s: certificate %s expires in %d days: rotate it (docs/runbook.md#maintenance)",
+					name, pc.Thumbprint, int(math.Ceil(left.Hours()/24))))
+			}
+		}
+	}
+	return res
+}
+
+// checkNATS connects and opens the provisioned assets; "ok" or the problem.
+func (c *cli) checkNATS(ctx context.Context, cfg Config) string {
+	nc, err := connectNATS(cfg.NATS, "mailworker-check", zerolog.Nop())
+	if err != nil {
+		return err.Error()
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err.Error()
+	}
+	opCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := queue.Open(opCtx, js); err != nil {
+		return err.Error() + " (run `mailworker provision`, or let a worker with streams.provision on start once)"
+	}
+	return "ok"
+}
+
+// checkProfile builds the profile's client as the worker does and fetches one token.
+func checkProfile(ctx context.Context, name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics) profileCheck {
+	pc := profileCheck{Profile: name, AllowedSenders: p.AllowedSenders, TenantWideRoles: []string{}}
+	switch {
+	case p.Credential.CertificateFile != "":
+		pc.Credential = "certificate " + p.Credential.CertificateFile
+	case p.Credential.FederatedTokenFile != "":
+		pc.Credential = "workload identity " + p.Credential.FederatedTokenFile
+	case p.Credential.ClientSecretFile != "":
+		pc.Credential = "client secret " + p.Credential.ClientSecretFile
+	default:
+		pc.Credential = "client secret (inline)"
+	}
+	var mu sync.Mutex
+	var info graphmail.TokenInfo
+	client, _, err := newGraphClient(name, p, timeout, m, func(ti graphmail.TokenInfo) { mu.Lock(); info = ti; mu.Unlock() })
+	if err != nil {
+		pc.Token = err.Error()
+		return pc
+	}
+	defer client.Close()
+	pc.checked = true
+	if na, ok := client.CertificateNotAfter(); ok {
+		pc.Thumbprint, pc.NotAfter = client.CertificateThumbprint(), &na
+	}
+	opCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := client.Token(opCtx); err != nil {
+		pc.Token = err.Error() // graphmail's errors carry no secret, assertion or token
+		return pc
+	}
+	pc.Token, pc.tokenOK = "ok", true
+	mu.Lock()
+	if tw := graphmail.TenantWideMailRoles(info.Roles); len(tw) > 0 {
+		pc.TenantWideRoles = tw
+	}
+	mu.Unlock()
+	return pc
+}
+
+func (c *cli) printCheck(res checkResult) {
+	fmt.Fprintf(c.stdout, "nats: %s\n", res.NATS)
+	for _, p := range res.Profiles {
+		fmt.Fprintf(c.stdout, "profile %s\n", p.Profile)
+		fmt.Fprintf(c.stdout, "  credential:  %s\n", p.Credential)
+		if p.NotAfter != nil {
+			fmt.Fprintf(c.stdout, "  certificate: thumbprint %s, expires %s\n", p.Thumbprint, p.NotAfter.UTC().Format(time.DateOnly))
+		}
+		fmt.Fprintf(c.stdout, "  token:       %s\n", p.Token)
+		if p.tokenOK {
+			roles := "none (mailbox access comes from the Exchange RBAC scope alone)"
+			if len(p.TenantWideRoles) > 0 {
+				roles = strings.Join(p.TenantWideRoles, ", ") + " (tenant-wide: the RBAC scope does not restrict it)"
+			}
+			fmt.Fprintf(c.stdout, "  tenant-wide mail permissions: %s\n", roles)
+		}
+		fmt.Fprintf(c.stdout, "  allowed senders: %s\n", strings.Join(p.AllowedSenders, ", "))
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintln(c.stdout, "warning:", w)
+	}
+	for _, p := range res.Problems {
+		fmt.Fprintln(c.stdout, "problem:", p)
+	}
+	if len(res.Problems) == 0 {
+		fmt.Fprintln(c.stdout, "ready: every check passed. RBAC scope is Exchange's to enforce: validate it with Test-MailworkerMailboxScope.ps1, then `mailworker send --wait`.")
+	}
+}
