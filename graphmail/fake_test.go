@@ -3,7 +3,6 @@ package graphmail
 import (
 	"crypto"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
@@ -17,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mailworker/mailworker/graphmail/graphtest"
 )
 
 const testTenant = "tenant-1"
@@ -138,18 +139,18 @@ func graphError(w http.ResponseWriter, status int, code, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
 }
 
-var rsaKey = sync.OnceValues(func() (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, 2048) })
-
 // selfSignedPEM returns a certificate + PKCS#8 RSA key in PEM, valid until notAfter.
 func selfSignedPEM(t testing.TB, notAfter time.Time) []byte {
 	t.Helper()
-	key, err := rsaKey()
+	_, pemData, err := graphtest.NewAppCertificate(notAfter)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return certPEM(t, key, &key.PublicKey, notAfter)
+	return pemData
 }
 
+// certPEM is a certificate for pub signed by key, in PEM with the key:
+// for credentials graphtest does not make (an EC key).
 func certPEM(t testing.TB, key crypto.Signer, pub crypto.PublicKey, notAfter time.Time) []byte {
 	t.Helper()
 	tmpl := &x509.Certificate{

@@ -3,16 +3,14 @@ package graphtest_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net/http"
 	"net/url"
 	"os"
@@ -271,26 +269,17 @@ func TestMSALWrongSecret(t *testing.T) {
 
 func newCert(t *testing.T) (*x509.Certificate, *rsa.PrivateKey) {
 	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	cert, pemData, err := graphtest.NewAppCertificate(time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "mailworker test app"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	_, rest := pem.Decode(pemData) // the certificate, then the key
+	block, _ := pem.Decode(rest)
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
+	return cert, key.(*rsa.PrivateKey)
 }
 
 func TestMSALCertificate(t *testing.T) {
