@@ -135,6 +135,15 @@ profiles:
 			metric(`mailworker_credential_reload_failing{profile="billing"} 1`)
 	})
 	send("after-broken-update")
+	// Put back as it was (the broken update rolled back): nothing to reload,
+	// and the failure clears.
+	vol.write(oldPEM)
+	eventually(t, 10*time.Second, "the failure to clear", func() bool {
+		return metric(`mailworker_credential_reload_failing{profile="billing"} 0`)
+	})
+	if !metric(`mailworker_credential_reloads_total{profile="billing",result="ok"} 0`) {
+		t.Error("the credential in use, written back, counted as a reload")
+	}
 
 	// Rotation: register the new certificate, update the Secret, remove the old.
 	fake.SetCredentials(nil, []*x509.Certificate{oldCert, newCert})
