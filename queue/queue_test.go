@@ -180,6 +180,13 @@ func TestPublisher(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("async publishes not acked")
 	}
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if !ValidJobID(id) || seen[id] {
+			t.Errorf("async publish returned id %q: want a fresh valid job id each time (all: %v)", id, ids)
+		}
+		seen[id] = true
+	}
 	if err := p.PublishRaw(b.ctx, "billing", []byte(`not even json`), ""); err != nil {
 		t.Fatal(err)
 	}
