@@ -19,10 +19,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/mailworker/mailworker/queue"
 )
 
 // bareCommand is the hidden subcommand that runs the bare baseline loop.
@@ -103,7 +102,7 @@ func bareMain(args []string) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			var job queue.Job
+			var job contract.Job
 			if json.Unmarshal(msg.Data(), &job) != nil {
 				_ = msg.Term()
 				return
@@ -170,8 +169,8 @@ type (
 	}
 )
 
-func bareSend(hc *http.Client, prefix, tok string, job *queue.Job) bool {
-	_, from, err := queue.ParseAddress(job.From)
+func bareSend(hc *http.Client, prefix, tok string, job *contract.Job) bool {
+	_, from, err := contract.ParseAddress(job.From)
 	if err != nil {
 		from = job.From
 	}
@@ -179,7 +178,7 @@ func bareSend(hc *http.Client, prefix, tok string, job *queue.Job) bool {
 		Headers: []bareHeader{{Name: "X-Mailworker-Job-Id", Value: job.ID}}}}
 	for _, to := range job.To {
 		var r bareRcpt
-		name, addr, err := queue.ParseAddress(to)
+		name, addr, err := contract.ParseAddress(to)
 		if err != nil {
 			addr = to
 		}

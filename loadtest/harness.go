@@ -26,6 +26,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 const (
@@ -163,7 +164,7 @@ func (h *harness) newEnv(ctx context.Context, spec runSpec, dir string) (*env, e
 		return nil, err
 	}
 	if h.opts.NATSURL != "" {
-		for _, s := range []string{queue.StreamJobs, queue.StreamStatus, bareStream} {
+		for _, s := range []string{contract.StreamJobs, contract.StreamStatus, bareStream} {
 			if st, err := e.js.Stream(ctx, s); err == nil {
 				if err := st.Purge(ctx); err != nil {
 					return nil, fmt.Errorf("purge %s: %w", s, err)
@@ -408,7 +409,7 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 		_ = sub.SetPendingLimits(-1, -1)
 		defer func() { _ = sub.Unsubscribe() }()
 	} else {
-		oc2, err := e.js.OrderedConsumer(ctx, queue.StreamStatus, jetstream.OrderedConsumerConfig{
+		oc2, err := e.js.OrderedConsumer(ctx, contract.StreamStatus, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{"mail.status." + profile + ".>"}, DeliverPolicy: jetstream.DeliverNewPolicy})
 		if err != nil {
 			return nil, fmt.Errorf("status consumer: %w", err)
@@ -421,7 +422,7 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 			if json.Unmarshal(m.Data(), &ev) != nil {
 				return
 			}
-			if ev.Event == string(queue.EventSent) || ev.Event == string(queue.EventDeadLettered) {
+			if ev.Event == string(contract.EventSent) || ev.Event == string(contract.EventDeadLettered) {
 				oc.outcome(ev.JobID, ev.Event, time.Now())
 			}
 		})
@@ -637,7 +638,7 @@ func (h *harness) publish(ctx context.Context, e *env, spec runSpec, oc *outcome
 			from = mailbox(healthy % spec.Mailboxes)
 			healthy++
 		}
-		job := &queue.Job{ID: fmt.Sprintf("r%d-%07d", h.seq, i), From: from,
+		job := &contract.Job{ID: fmt.Sprintf("r%d-%07d", h.seq, i), From: from,
 			To:      []string{fmt.Sprintf("Recipient %d <rcpt%d@example.com>", i, i%1000)},
 			Subject: fmt.Sprintf("loadtest %s job %d", spec.Name, i),
 			Text:    "Hello,\n\nthis is a load test message of a realistic small size: a few lines of text, one recipient, no attachments.\n\n-- \nmailworker loadtest\n"}
@@ -649,7 +650,7 @@ func (h *harness) publish(ctx context.Context, e *env, spec runSpec, oc *outcome
 				var data []byte
 				if data, err = json.Marshal(job); err == nil {
 					f, err = e.js.PublishMsgAsync(&nats.Msg{Subject: bareSubject + profile, Data: data,
-						Header: nats.Header{queue.HeaderMsgID: []string{job.ID}}})
+						Header: nats.Header{contract.HeaderMsgID: []string{job.ID}}})
 				}
 			} else {
 				f, _, err = pub.PublishAsync(profile, job)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -30,9 +31,9 @@ func (a *Attachments) Put(ctx context.Context, name string, data []byte) (string
 	if len(clean) > 128 {
 		clean = clean[:128]
 	}
-	ref := NewJobID() + "/" + clean
+	ref := contract.NewJobID() + "/" + clean
 	if _, err := a.obs.PutBytes(ctx, ref, data); err != nil {
-		return "", fmt.Errorf("queue: store attachment %s: %w", quote(name), err)
+		return "", fmt.Errorf("queue: store attachment %s: %w", contract.Quote(name), err)
 	}
 	return ref, nil
 }
@@ -41,10 +42,10 @@ func (a *Attachments) Put(ctx context.Context, name string, data []byte) (string
 func (a *Attachments) Get(ctx context.Context, ref string) ([]byte, error) {
 	b, err := a.obs.GetBytes(ctx, ref)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, fmt.Errorf("%w: %s", ErrNoAttachment, quote(ref))
+		return nil, fmt.Errorf("%w: %s", ErrNoAttachment, contract.Quote(ref))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("queue: get attachment %s: %w", quote(ref), err)
+		return nil, fmt.Errorf("queue: get attachment %s: %w", contract.Quote(ref), err)
 	}
 	return b, nil
 }
@@ -52,7 +53,7 @@ func (a *Attachments) Get(ctx context.Context, ref string) ([]byte, error) {
 // Delete removes ref; deleting a missing ref is not an error.
 func (a *Attachments) Delete(ctx context.Context, ref string) error {
 	if err := a.obs.Delete(ctx, ref); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-		return fmt.Errorf("queue: delete attachment %s: %w", quote(ref), err)
+		return fmt.Errorf("queue: delete attachment %s: %w", contract.Quote(ref), err)
 	}
 	return nil
 }
@@ -62,10 +63,10 @@ func (a *Attachments) Delete(ctx context.Context, ref string) error {
 func (a *Attachments) Size(ctx context.Context, ref string) (int, error) {
 	info, err := a.obs.GetInfo(ctx, ref)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return 0, fmt.Errorf("%w: %s", ErrNoAttachment, quote(ref))
+		return 0, fmt.Errorf("%w: %s", ErrNoAttachment, contract.Quote(ref))
 	}
 	if err != nil {
-		return 0, fmt.Errorf("queue: attachment %s: %w", quote(ref), err)
+		return 0, fmt.Errorf("queue: attachment %s: %w", contract.Quote(ref), err)
 	}
 	return int(info.Size), nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -26,7 +27,7 @@ var ErrNotInDLQ = errors.New("queue: job is not in the dead-letter queue")
 // facts of the failure (stored as message headers).
 type DeadLetter struct {
 	JobID, Profile string
-	Reason         Reason
+	Reason         contract.Reason
 	Error          string
 	Attempts       int
 	FailedAt       time.Time
@@ -40,18 +41,18 @@ type DeadLetter struct {
 // DLQFilter selects dead letters; empty fields match everything.
 type DLQFilter struct {
 	Profile string
-	Reason  Reason
+	Reason  contract.Reason
 	JobID   string
 }
 
 func (f DLQFilter) subject() (string, error) {
 	if f.Profile == "" {
-		return dlqPrefix + ">", nil
+		return contract.DLQSubjectPrefix + ">", nil
 	}
 	if !validProfile(f.Profile) {
-		return "", fmt.Errorf("queue: dlq filter: invalid profile %s", quote(f.Profile))
+		return "", fmt.Errorf("queue: dlq filter: invalid profile %s", contract.Quote(f.Profile))
 	}
-	return DLQSubject(f.Profile), nil
+	return contract.DLQSubject(f.Profile), nil
 }
 
 func (f DLQFilter) match(dl *DeadLetter) bool {
@@ -91,29 +92,29 @@ func oneLine(s string, max int) string {
 // and a valid Reason are required; a zero FailedAt is set to now.
 func (d *DLQ) Put(ctx context.Context, dl DeadLetter) error {
 	switch {
-	case !ValidJobID(dl.JobID):
-		return fmt.Errorf("queue: dead letter: invalid job id %s", quote(dl.JobID))
+	case !contract.ValidJobID(dl.JobID):
+		return fmt.Errorf("queue: dead letter: invalid job id %s", contract.Quote(dl.JobID))
 	case !validProfile(dl.Profile):
-		return fmt.Errorf("queue: dead letter %s: invalid profile %s", dl.JobID, quote(dl.Profile))
+		return fmt.Errorf("queue: dead letter %s: invalid profile %s", dl.JobID, contract.Quote(dl.Profile))
 	case !dl.Reason.Valid():
-		return fmt.Errorf("queue: dead letter %s: unknown reason %s", dl.JobID, quote(string(dl.Reason)))
+		return fmt.Errorf("queue: dead letter %s: unknown reason %s", dl.JobID, contract.Quote(string(dl.Reason)))
 	}
 	if dl.FailedAt.IsZero() {
 		dl.FailedAt = time.Now()
 	}
 	h := nats.Header{}
-	h.Set(HeaderMsgID, "dlq-"+dl.JobID+"-g"+strconv.Itoa(dl.Generation))
-	h.Set(HeaderJobID, dl.JobID)
-	h.Set(HeaderProfile, dl.Profile)
-	h.Set(HeaderReason, string(dl.Reason))
-	h.Set(HeaderError, oneLine(dl.Error, maxErrorHeader))
-	h.Set(HeaderAttempts, strconv.Itoa(dl.Attempts))
-	h.Set(HeaderFailedAt, dl.FailedAt.UTC().Format(time.RFC3339Nano))
+	h.Set(contract.HeaderMsgID, "dlq-"+dl.JobID+"-g"+strconv.Itoa(dl.Generation))
+	h.Set(contract.HeaderJobID, dl.JobID)
+	h.Set(contract.HeaderProfile, dl.Profile)
+	h.Set(contract.HeaderReason, string(dl.Reason))
+	h.Set(contract.HeaderError, oneLine(dl.Error, maxErrorHeader))
+	h.Set(contract.HeaderAttempts, strconv.Itoa(dl.Attempts))
+	h.Set(contract.HeaderFailedAt, dl.FailedAt.UTC().Format(time.RFC3339Nano))
 	h.Set(HeaderGeneration, strconv.Itoa(dl.Generation))
 	if dl.GraphRequestID != "" {
-		h.Set(HeaderGraphRequestID, oneLine(dl.GraphRequestID, 128))
+		h.Set(contract.HeaderGraphRequestID, oneLine(dl.GraphRequestID, 128))
 	}
-	m := &nats.Msg{Subject: DLQSubject(dl.Profile), Header: h, Data: dl.Body}
+	m := &nats.Msg{Subject: contract.DLQSubject(dl.Profile), Header: h, Data: dl.Body}
 	if _, err := d.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("queue: store dead letter %s: %w", dl.JobID, err)
 	}
@@ -123,20 +124,20 @@ func (d *DLQ) Put(ctx context.Context, dl DeadLetter) error {
 func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
 	h := m.Header
 	dl := DeadLetter{
-		JobID:          h.Get(HeaderJobID),
-		Profile:        h.Get(HeaderProfile),
-		Reason:         Reason(h.Get(HeaderReason)),
-		Error:          h.Get(HeaderError),
-		GraphRequestID: h.Get(HeaderGraphRequestID),
+		JobID:          h.Get(contract.HeaderJobID),
+		Profile:        h.Get(contract.HeaderProfile),
+		Reason:         contract.Reason(h.Get(contract.HeaderReason)),
+		Error:          h.Get(contract.HeaderError),
+		GraphRequestID: h.Get(contract.HeaderGraphRequestID),
 		Body:           m.Data,
 		Seq:            m.Sequence,
 	}
 	if dl.Profile == "" {
-		dl.Profile = strings.TrimPrefix(m.Subject, dlqPrefix)
+		dl.Profile = strings.TrimPrefix(m.Subject, contract.DLQSubjectPrefix)
 	}
-	dl.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
+	dl.Attempts, _ = strconv.Atoi(h.Get(contract.HeaderAttempts))
 	dl.Generation, _ = strconv.Atoi(h.Get(HeaderGeneration))
-	dl.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderFailedAt))
+	dl.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(contract.HeaderFailedAt))
 	var head struct {
 		From    string `json:"from"`
 		Subject string `json:"subject"`
@@ -148,9 +149,9 @@ func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
 }
 
 func (d *DLQ) stream(ctx context.Context) (jetstream.Stream, error) {
-	s, err := d.js.Stream(ctx, StreamDLQ)
+	s, err := d.js.Stream(ctx, contract.StreamDLQ)
 	if err != nil {
-		return nil, fmt.Errorf("queue: stream %s: %w", StreamDLQ, err)
+		return nil, fmt.Errorf("queue: stream %s: %w", contract.StreamDLQ, err)
 	}
 	return s, nil
 }
@@ -172,7 +173,7 @@ func (d *DLQ) each(ctx context.Context, f DLQFilter, fn func(DeadLetter) error) 
 		return fn(dl)
 	})
 	if err != nil {
-		return fmt.Errorf("queue: read %s: %w", StreamDLQ, err)
+		return fmt.Errorf("queue: read %s: %w", contract.StreamDLQ, err)
 	}
 	return nil
 }
@@ -189,8 +190,8 @@ func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]DeadLetter, error) {
 
 // Get returns the newest dead letter of jobID, or ErrNotInDLQ.
 func (d *DLQ) Get(ctx context.Context, jobID string) (DeadLetter, error) {
-	if !ValidJobID(jobID) {
-		return DeadLetter{}, fmt.Errorf("queue: dlq: invalid job id %s", quote(jobID))
+	if !contract.ValidJobID(jobID) {
+		return DeadLetter{}, fmt.Errorf("queue: dlq: invalid job id %s", contract.Quote(jobID))
 	}
 	all, err := d.List(ctx, DLQFilter{JobID: jobID})
 	if err != nil {
@@ -227,12 +228,12 @@ func (d *DLQ) Replay(ctx context.Context, jobID string, opts ReplayOptions) erro
 func (d *DLQ) replay(ctx context.Context, dl DeadLetter, opts ReplayOptions) error {
 	body := dl.Body
 	if opts.Body != nil {
-		j, err := DecodeJob(opts.Body)
+		j, err := contract.DecodeJob(opts.Body)
 		if err != nil {
 			return err
 		}
 		if j.ID != "" && j.ID != dl.JobID {
-			return &InvalidError{Field: "id", Rule: fmt.Sprintf("the fixed job's id %s is not the replayed job's id %s", quote(j.ID), quote(dl.JobID)), Reason: ReasonInvalidJob}
+			return &contract.InvalidError{Field: "id", Rule: fmt.Sprintf("the fixed job's id %s is not the replayed job's id %s", contract.Quote(j.ID), contract.Quote(dl.JobID)), Reason: contract.ReasonInvalidJob}
 		}
 		body = opts.Body
 	}
@@ -241,24 +242,24 @@ func (d *DLQ) replay(ctx context.Context, dl DeadLetter, opts ReplayOptions) err
 	if err != nil && !errors.Is(err, ErrNoState) {
 		return err
 	}
-	taken := err == nil && (st.Generation > gen || st.Generation == gen && st.State != StateReplayed)
+	taken := err == nil && (st.Generation > gen || st.Generation == gen && st.State != contract.StateReplayed)
 	if !taken {
-		_, err = d.states.Put(ctx, JobState{
-			JobID: dl.JobID, Profile: dl.Profile, State: StateReplayed, Attempts: 0,
+		_, err = d.states.Put(ctx, contract.JobState{
+			JobID: dl.JobID, Profile: dl.Profile, State: contract.StateReplayed, Attempts: 0,
 			Generation: gen, UpdatedAt: time.Now().UTC(),
 		})
 		if err != nil {
 			return err
 		}
 		h := nats.Header{}
-		h.Set(HeaderJobID, dl.JobID)
-		h.Set(HeaderReplay, strconv.Itoa(gen))
-		h.Set(HeaderMsgID, dl.JobID+"-r"+strconv.Itoa(gen))
-		m := &nats.Msg{Subject: JobSubject(dl.Profile), Header: h, Data: body}
+		h.Set(contract.HeaderJobID, dl.JobID)
+		h.Set(contract.HeaderReplay, strconv.Itoa(gen))
+		h.Set(contract.HeaderMsgID, dl.JobID+"-r"+strconv.Itoa(gen))
+		m := &nats.Msg{Subject: contract.JobSubject(dl.Profile), Header: h, Data: body}
 		if _, err := d.js.PublishMsg(ctx, m); err != nil {
 			return fmt.Errorf("queue: replay %s: publish job: %w", dl.JobID, err)
 		}
-		ev := Event{JobID: dl.JobID, Profile: dl.Profile, Event: EventReplayed, At: time.Now().UTC()}
+		ev := contract.Event{JobID: dl.JobID, Profile: dl.Profile, Event: contract.EventReplayed, At: time.Now().UTC()}
 		var meta struct {
 			Metadata map[string]string `json:"metadata"`
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go"
 )
 
@@ -17,7 +18,7 @@ func TestDLQ(t *testing.T) {
 	b := setup(t)
 	d := b.q.DLQ
 	failedAt := time.Date(2026, 3, 1, 10, 0, 0, 123, time.UTC)
-	put := func(id, profile string, reason Reason, gen int) {
+	put := func(id, profile string, reason contract.Reason, gen int) {
 		t.Helper()
 		err := d.Put(b.ctx, DeadLetter{JobID: id, Profile: profile, Reason: reason, Error: "Graph said no\r\nreally",
 			Attempts: 3, FailedAt: failedAt, GraphRequestID: "req-" + id, Generation: gen, Body: deadJob(id)})
@@ -25,10 +26,10 @@ func TestDLQ(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	put("j1", "billing", ReasonMailboxNotFound, 0)
-	put("j1", "billing", ReasonMailboxNotFound, 0) // a redelivered failure: stored once
-	put("j2", "billing", ReasonAccessDenied, 0)
-	put("j3", "hr", ReasonMailboxNotFound, 0)
+	put("j1", "billing", contract.ReasonMailboxNotFound, 0)
+	put("j1", "billing", contract.ReasonMailboxNotFound, 0) // a redelivered failure: stored once
+	put("j2", "billing", contract.ReasonAccessDenied, 0)
+	put("j3", "hr", contract.ReasonMailboxNotFound, 0)
 
 	all, err := d.List(b.ctx, DLQFilter{})
 	if err != nil {
@@ -38,7 +39,7 @@ func TestDLQ(t *testing.T) {
 		t.Fatalf("List = %d records, want 3", len(all))
 	}
 	j1 := all[0]
-	if j1.JobID != "j1" || j1.Profile != "billing" || j1.Reason != ReasonMailboxNotFound || j1.Attempts != 3 ||
+	if j1.JobID != "j1" || j1.Profile != "billing" || j1.Reason != contract.ReasonMailboxNotFound || j1.Attempts != 3 ||
 		!j1.FailedAt.Equal(failedAt) || j1.GraphRequestID != "req-j1" || j1.Error != "Graph said no  really" ||
 		string(j1.Body) != string(deadJob("j1")) || j1.From != "billing@contoso.com" || j1.Subject != "Invoice j1" || j1.Seq == 0 {
 		t.Errorf("record %+v", j1)
@@ -49,8 +50,8 @@ func TestDLQ(t *testing.T) {
 	}{
 		{DLQFilter{Profile: "billing"}, 2},
 		{DLQFilter{Profile: "hr"}, 1},
-		{DLQFilter{Reason: ReasonMailboxNotFound}, 2},
-		{DLQFilter{Profile: "billing", Reason: ReasonAccessDenied}, 1},
+		{DLQFilter{Reason: contract.ReasonMailboxNotFound}, 2},
+		{DLQFilter{Profile: "billing", Reason: contract.ReasonAccessDenied}, 1},
 		{DLQFilter{JobID: "j3"}, 1},
 		{DLQFilter{Profile: "nobody"}, 0},
 	} {
@@ -62,7 +63,7 @@ func TestDLQ(t *testing.T) {
 	if _, err := d.List(b.ctx, DLQFilter{Profile: "a.>"}); err == nil {
 		t.Error("List accepted a wildcard profile")
 	}
-	if dl, err := d.Get(b.ctx, "j2"); err != nil || dl.Reason != ReasonAccessDenied {
+	if dl, err := d.Get(b.ctx, "j2"); err != nil || dl.Reason != contract.ReasonAccessDenied {
 		t.Errorf("Get j2 = %+v, %v", dl, err)
 	}
 	if _, err := d.Get(b.ctx, "nope"); !errors.Is(err, ErrNotInDLQ) {
@@ -73,26 +74,26 @@ func TestDLQ(t *testing.T) {
 	}
 
 	// Replay j1: state reset, body re-published with headers, replayed event, record gone.
-	if _, err := b.q.States.Put(b.ctx, JobState{JobID: "j1", Profile: "billing", State: StateDeadLettered, Attempts: 3, Ambiguous: true}); err != nil {
+	if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateDeadLettered, Attempts: 3, Ambiguous: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Replay(b.ctx, "j1", ReplayOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	st, _, err := b.q.States.Get(b.ctx, "j1")
-	if err != nil || st.State != StateReplayed || st.Attempts != 0 || st.Ambiguous || st.Generation != 1 {
+	if err != nil || st.State != contract.StateReplayed || st.Attempts != 0 || st.Ambiguous || st.Generation != 1 {
 		t.Errorf("state after replay %+v, %v", st, err)
 	}
-	jobs, _ := b.js.Stream(b.ctx, StreamJobs)
-	m, err := jobs.GetLastMsgForSubject(b.ctx, JobSubject("billing"))
+	jobs, _ := b.js.Stream(b.ctx, contract.StreamJobs)
+	m, err := jobs.GetLastMsgForSubject(b.ctx, contract.JobSubject("billing"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(m.Data) != string(deadJob("j1")) || m.Header.Get(HeaderJobID) != "j1" || m.Header.Get(HeaderReplay) != "1" || m.Header.Get(HeaderMsgID) != "j1-r1" {
+	if string(m.Data) != string(deadJob("j1")) || m.Header.Get(contract.HeaderJobID) != "j1" || m.Header.Get(contract.HeaderReplay) != "1" || m.Header.Get(contract.HeaderMsgID) != "j1-r1" {
 		t.Errorf("replayed message %q headers %v", m.Data, m.Header)
 	}
 	h, _ := b.q.Events.History(b.ctx, "j1")
-	if len(h) != 1 || h[0].Event != EventReplayed || h[0].Profile != "billing" || h[0].Metadata["order"] != "j1" {
+	if len(h) != 1 || h[0].Event != contract.EventReplayed || h[0].Profile != "billing" || h[0].Metadata["order"] != "j1" {
 		t.Errorf("events %+v", h)
 	}
 	if _, err := d.Get(b.ctx, "j1"); !errors.Is(err, ErrNotInDLQ) {
@@ -100,7 +101,7 @@ func TestDLQ(t *testing.T) {
 	}
 
 	// A failure recorded again within the duplicate window is not stored twice.
-	put("j1", "billing", ReasonMailboxNotFound, 0)
+	put("j1", "billing", contract.ReasonMailboxNotFound, 0)
 	if _, err := d.Get(b.ctx, "j1"); !errors.Is(err, ErrNotInDLQ) {
 		t.Errorf("re-put of generation 0 stored a record: %v", err)
 	}
@@ -115,27 +116,27 @@ func TestDLQ(t *testing.T) {
 	if err := d.Replay(b.ctx, "j2", ReplayOptions{Body: fixed}); err != nil {
 		t.Fatal(err)
 	}
-	m, _ = jobs.GetLastMsgForSubject(b.ctx, JobSubject("billing"))
-	if string(m.Data) != string(fixed) || m.Header.Get(HeaderJobID) != "j2" {
+	m, _ = jobs.GetLastMsgForSubject(b.ctx, contract.JobSubject("billing"))
+	if string(m.Data) != string(fixed) || m.Header.Get(contract.HeaderJobID) != "j2" {
 		t.Errorf("fixed replay %q %v", m.Data, m.Header)
 	}
-	if id := ResolveJobID(mustDecode(t, m.Data), m.Header, m.Sequence); id != "j2" {
+	if id := contract.ResolveJobID(mustDecode(t, m.Data), m.Header.Get, m.Sequence); id != "j2" {
 		t.Errorf("replayed job resolves to id %q", id)
 	}
 
 	// ReplayAll and Purge.
 	for i := 0; i < 3; i++ {
-		put("r"+strconv.Itoa(i), "ops", ReasonAttemptsExhausted, 0)
+		put("r"+strconv.Itoa(i), "ops", contract.ReasonAttemptsExhausted, 0)
 	}
-	put("p1", "ops", ReasonExpired, 0)
-	n, err := d.ReplayAll(b.ctx, DLQFilter{Profile: "ops", Reason: ReasonAttemptsExhausted})
+	put("p1", "ops", contract.ReasonExpired, 0)
+	n, err := d.ReplayAll(b.ctx, DLQFilter{Profile: "ops", Reason: contract.ReasonAttemptsExhausted})
 	if err != nil || n != 3 {
 		t.Fatalf("ReplayAll = %d, %v", n, err)
 	}
 	if left, _ := d.List(b.ctx, DLQFilter{Profile: "ops"}); len(left) != 1 || left[0].JobID != "p1" {
 		t.Errorf("after ReplayAll: %+v", left)
 	}
-	n, err = d.Purge(b.ctx, DLQFilter{Reason: ReasonExpired})
+	n, err = d.Purge(b.ctx, DLQFilter{Reason: contract.ReasonExpired})
 	if err != nil || n != 1 {
 		t.Fatalf("Purge = %d, %v", n, err)
 	}
@@ -148,9 +149,9 @@ func TestDLQ(t *testing.T) {
 	}
 }
 
-func mustDecode(t *testing.T, b []byte) *Job {
+func mustDecode(t *testing.T, b []byte) *contract.Job {
 	t.Helper()
-	j, err := DecodeJob(b)
+	j, err := contract.DecodeJob(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func mustDecode(t *testing.T, b []byte) *Job {
 func TestDLQReplayCrashSafe(t *testing.T) {
 	b := setup(t)
 	d := b.q.DLQ
-	jobs, _ := b.js.Stream(b.ctx, StreamJobs)
+	jobs, _ := b.js.Stream(b.ctx, contract.StreamJobs)
 	msgs := func() uint64 {
 		info, err := jobs.Info(b.ctx)
 		if err != nil {
@@ -171,20 +172,20 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 	}
 	deadLetter := func(id string) {
 		t.Helper()
-		if err := d.Put(b.ctx, DeadLetter{JobID: id, Profile: "billing", Reason: ReasonInternal, Body: deadJob(id)}); err != nil {
+		if err := d.Put(b.ctx, DeadLetter{JobID: id, Profile: "billing", Reason: contract.ReasonInternal, Body: deadJob(id)}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.q.States.Put(b.ctx, JobState{JobID: id, Profile: "billing", State: StateDeadLettered, Attempts: 8}); err != nil {
+		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: id, Profile: "billing", State: contract.StateDeadLettered, Attempts: 8}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	republish := func(id string) {
 		t.Helper()
-		m := nats.NewMsg(JobSubject("billing"))
+		m := nats.NewMsg(contract.JobSubject("billing"))
 		m.Data = deadJob(id)
-		m.Header.Set(HeaderJobID, id)
-		m.Header.Set(HeaderReplay, "1")
-		m.Header.Set(HeaderMsgID, id+"-r1")
+		m.Header.Set(contract.HeaderJobID, id)
+		m.Header.Set(contract.HeaderReplay, "1")
+		m.Header.Set(contract.HeaderMsgID, id+"-r1")
 		if _, err := b.js.PublishMsg(b.ctx, m); err != nil {
 			t.Fatal(err)
 		}
@@ -192,7 +193,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 
 	t.Run("after state reset", func(t *testing.T) {
 		deadLetter("c1")
-		if _, err := b.q.States.Put(b.ctx, JobState{JobID: "c1", Profile: "billing", State: StateReplayed, Generation: 1}); err != nil {
+		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "c1", Profile: "billing", State: contract.StateReplayed, Generation: 1}); err != nil {
 			t.Fatal(err)
 		}
 		n := msgs()
@@ -205,7 +206,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 	})
 	t.Run("after publish", func(t *testing.T) {
 		deadLetter("c2")
-		if _, err := b.q.States.Put(b.ctx, JobState{JobID: "c2", Profile: "billing", State: StateReplayed, Generation: 1}); err != nil {
+		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "c2", Profile: "billing", State: contract.StateReplayed, Generation: 1}); err != nil {
 			t.Fatal(err)
 		}
 		republish("c2")
@@ -226,7 +227,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 	t.Run("after the worker took the replayed job", func(t *testing.T) {
 		deadLetter("c3")
 		republish("c3")
-		if _, err := b.q.States.Put(b.ctx, JobState{JobID: "c3", Profile: "billing", State: StateSending, Attempts: 1, Generation: 1}); err != nil {
+		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "c3", Profile: "billing", State: contract.StateSending, Attempts: 1, Generation: 1}); err != nil {
 			t.Fatal(err)
 		}
 		n := msgs()
@@ -236,7 +237,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 		if got := msgs(); got != n {
 			t.Errorf("jobs %d -> %d, want no publish", n, got)
 		}
-		if st, _, _ := b.q.States.Get(b.ctx, "c3"); st.State != StateSending || st.Attempts != 1 {
+		if st, _, _ := b.q.States.Get(b.ctx, "c3"); st.State != contract.StateSending || st.Attempts != 1 {
 			t.Errorf("state overwritten: %+v", st)
 		}
 		if _, err := d.Get(b.ctx, "c3"); !errors.Is(err, ErrNotInDLQ) {
@@ -249,19 +250,19 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The worker fails it again at generation 1.
-		if err := d.Put(b.ctx, DeadLetter{JobID: "c4", Profile: "billing", Reason: ReasonInternal, Generation: 1, Body: deadJob("c4")}); err != nil {
+		if err := d.Put(b.ctx, DeadLetter{JobID: "c4", Profile: "billing", Reason: contract.ReasonInternal, Generation: 1, Body: deadJob("c4")}); err != nil {
 			t.Fatal(err)
 		}
 		if err := d.Replay(b.ctx, "c4", ReplayOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		st, _, _ := b.q.States.Get(b.ctx, "c4")
-		if st.Generation != 2 || st.State != StateReplayed {
+		if st.Generation != 2 || st.State != contract.StateReplayed {
 			t.Errorf("state %+v, want generation 2", st)
 		}
-		m, _ := jobs.GetLastMsgForSubject(b.ctx, JobSubject("billing"))
-		if m.Header.Get(HeaderMsgID) != "c4-r2" {
-			t.Errorf("Nats-Msg-Id %q", m.Header.Get(HeaderMsgID))
+		m, _ := jobs.GetLastMsgForSubject(b.ctx, contract.JobSubject("billing"))
+		if m.Header.Get(contract.HeaderMsgID) != "c4-r2" {
+			t.Errorf("Nats-Msg-Id %q", m.Header.Get(contract.HeaderMsgID))
 		}
 	})
 }

@@ -1,8 +1,7 @@
-// Package queue is mailworker's wire contract and its JetStream plumbing.
-//
-// It owns the job schema and its validation, the subjects, streams, consumer and
-// buckets (and their idempotent provisioning), the publisher that producers use,
-// status events, the job-state store, and dead-letter records with their replay.
-// Producers in any language depend on the JSON shapes defined here: change them
-// only with a version bump.
+// Package queue is the JetStream plumbing of mailworker's wire contract
+// (package queue/contract): idempotent provisioning of the streams, consumer
+// and buckets, the publisher that Go producers use, status events, the
+// job-state store, the recipient ledger and replica membership, objectRef
+// attachments, and dead-letter records with their replay. Its types implement
+// the small interfaces the worker consumes.
 package queue

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -16,12 +17,12 @@ type Events struct {
 	js jetstream.JetStream
 }
 
-func eventMsg(ev *Event, msgID string) (*nats.Msg, error) {
-	if !ValidJobID(ev.JobID) {
-		return nil, fmt.Errorf("queue: event: invalid job id %s", quote(ev.JobID))
+func eventMsg(ev *contract.Event, msgID string) (*nats.Msg, error) {
+	if !contract.ValidJobID(ev.JobID) {
+		return nil, fmt.Errorf("queue: event: invalid job id %s", contract.Quote(ev.JobID))
 	}
 	if !validProfile(ev.Profile) {
-		return nil, fmt.Errorf("queue: event: invalid profile %s", quote(ev.Profile))
+		return nil, fmt.Errorf("queue: event: invalid profile %s", contract.Quote(ev.Profile))
 	}
 	b, err := json.Marshal(ev)
 	if err != nil {
@@ -30,8 +31,8 @@ func eventMsg(ev *Event, msgID string) (*nats.Msg, error) {
 	if msgID == "" {
 		msgID = EventMsgID(ev)
 	}
-	m := &nats.Msg{Subject: StatusSubject(ev.Profile, ev.JobID), Data: b,
-		Header: nats.Header{HeaderMsgID: []string{msgID}}}
+	m := &nats.Msg{Subject: contract.StatusSubject(ev.Profile, ev.JobID), Data: b,
+		Header: nats.Header{contract.HeaderMsgID: []string{msgID}}}
 	return m, nil
 }
 
@@ -39,17 +40,17 @@ func eventMsg(ev *Event, msgID string) (*nats.Msg, error) {
 // published twice (a retry after a lost ack, or a worker re-publishing a
 // final event from the job state) is stored once inside the stream's
 // duplicate window.
-func EventMsgID(ev *Event) string {
+func EventMsgID(ev *contract.Event) string {
 	return ev.JobID + "-" + string(ev.Event) + "-" + strconv.Itoa(ev.Attempt) + "-" + strconv.FormatInt(ev.At.UnixNano(), 36)
 }
 
 // Publish stores ev on StatusSubject(ev.Profile, ev.JobID) and waits for the
 // stream's ack. It fails on an invalid job id or profile.
-func (e *Events) Publish(ctx context.Context, ev Event) error {
+func (e *Events) Publish(ctx context.Context, ev contract.Event) error {
 	return e.publish(ctx, ev, "")
 }
 
-func (e *Events) publish(ctx context.Context, ev Event, msgID string) error {
+func (e *Events) publish(ctx context.Context, ev contract.Event, msgID string) error {
 	m, err := eventMsg(&ev, msgID)
 	if err != nil {
 		return err
@@ -62,7 +63,7 @@ func (e *Events) publish(ctx context.Context, ev Event, msgID string) error {
 
 // PublishAsync stores ev without waiting for the ack (the worker's hot path);
 // check the future, or wait on the JetStream context's PublishAsyncComplete.
-func (e *Events) PublishAsync(ev Event) (jetstream.PubAckFuture, error) {
+func (e *Events) PublishAsync(ev contract.Event) (jetstream.PubAckFuture, error) {
 	m, err := eventMsg(&ev, "")
 	if err != nil {
 		return nil, err
@@ -77,17 +78,17 @@ func (e *Events) PublishAsync(ev Event) (jetstream.PubAckFuture, error) {
 // History returns every stored event of jobID (any profile), oldest first;
 // none is an empty slice and no error. Events older than MAIL_STATUS's max
 // age are gone.
-func (e *Events) History(ctx context.Context, jobID string) ([]Event, error) {
-	if !ValidJobID(jobID) {
-		return nil, fmt.Errorf("queue: history: invalid job id %s", quote(jobID))
+func (e *Events) History(ctx context.Context, jobID string) ([]contract.Event, error) {
+	if !contract.ValidJobID(jobID) {
+		return nil, fmt.Errorf("queue: history: invalid job id %s", contract.Quote(jobID))
 	}
-	s, err := e.js.Stream(ctx, StreamStatus)
+	s, err := e.js.Stream(ctx, contract.StreamStatus)
 	if err != nil {
-		return nil, fmt.Errorf("queue: stream %s: %w", StreamStatus, err)
+		return nil, fmt.Errorf("queue: stream %s: %w", contract.StreamStatus, err)
 	}
-	var out []Event
-	err = scan(ctx, s, statusPrefix+"*."+jobID, func(m *jetstream.RawStreamMsg) error {
-		var ev Event
+	var out []contract.Event
+	err = scan(ctx, s, contract.StatusSubjectPrefix+"*."+jobID, func(m *jetstream.RawStreamMsg) error {
+		var ev contract.Event
 		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			return nil // not ours to judge: skip what is not an event
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -235,7 +236,7 @@ func (w *Workers) Live(ctx context.Context) (int, error) {
 // TTL. It purges the key's messages so that it leaves no delete marker to be
 // counted.
 func (w *Workers) Leave(ctx context.Context, id string) error {
-	if err := w.stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+BucketWorkers+"."+id)); err != nil {
+	if err := w.stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+contract.BucketWorkers+"."+id)); err != nil {
 		return fmt.Errorf("queue: replica leave: %w", err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -89,17 +90,17 @@ func incompatible(asset, field string, have, want any) error {
 func streamConfigs(c Config) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
-			Name: StreamJobs, Subjects: []string{jobPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
+			Name: contract.StreamJobs, Subjects: []string{contract.JobSubjectPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
 			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.JobsMaxAge, Duplicates: DuplicateWindow,
 			Description: "mailworker: mail jobs, mail.send.<profile>",
 		},
 		{
-			Name: StreamStatus, Subjects: []string{statusPrefix + ">"}, Retention: jetstream.LimitsPolicy,
+			Name: contract.StreamStatus, Subjects: []string{contract.StatusSubjectPrefix + ">"}, Retention: jetstream.LimitsPolicy,
 			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.StatusMaxAge, Duplicates: DuplicateWindow,
 			Description: "mailworker: status events, mail.status.<profile>.<job id>",
 		},
 		{
-			Name: StreamDLQ, Subjects: []string{dlqPrefix + ">"}, Retention: jetstream.LimitsPolicy,
+			Name: contract.StreamDLQ, Subjects: []string{contract.DLQSubjectPrefix + ">"}, Retention: jetstream.LimitsPolicy,
 			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.DLQMaxAge, Duplicates: DuplicateWindow,
 			Description: "mailworker: dead letters, mail.dlq.<profile>",
 		},
@@ -108,14 +109,14 @@ func streamConfigs(c Config) []jetstream.StreamConfig {
 
 func consumerConfig(c Config) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       ConsumerName,
+		Durable:       contract.ConsumerName,
 		Description:   "mailworker: shared by all worker replicas",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: c.MaxAckPending,
-		FilterSubject: jobPrefix + ">",
+		FilterSubject: contract.JobSubjectPrefix + ">",
 	}
 }
 
@@ -185,18 +186,18 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 }
 
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.ConsumerConfig) error {
-	c, err := js.Consumer(ctx, StreamJobs, want.Durable)
+	c, err := js.Consumer(ctx, contract.StreamJobs, want.Durable)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		if _, err := js.CreateConsumer(ctx, StreamJobs, want); err != nil {
-			return fmt.Errorf("queue: create consumer %s on %s: %w", want.Durable, StreamJobs, err)
+		if _, err := js.CreateConsumer(ctx, contract.StreamJobs, want); err != nil {
+			return fmt.Errorf("queue: create consumer %s on %s: %w", want.Durable, contract.StreamJobs, err)
 		}
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("queue: look up consumer %s on %s: %w", want.Durable, StreamJobs, err)
+		return fmt.Errorf("queue: look up consumer %s on %s: %w", want.Durable, contract.StreamJobs, err)
 	}
 	have := c.CachedInfo().Config
-	asset := "consumer " + StreamJobs + "/" + want.Durable
+	asset := "consumer " + contract.StreamJobs + "/" + want.Durable
 	if have.AckPolicy != want.AckPolicy {
 		return incompatible(asset, "ack policy", have.AckPolicy, want.AckPolicy)
 	}
@@ -211,7 +212,7 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.
 	}
 	upd := have
 	upd.AckWait, upd.MaxAckPending, upd.MaxDeliver = want.AckWait, want.MaxAckPending, want.MaxDeliver
-	if _, err := js.UpdateConsumer(ctx, StreamJobs, upd); err != nil {
+	if _, err := js.UpdateConsumer(ctx, contract.StreamJobs, upd); err != nil {
 		return fmt.Errorf("queue: update consumer %s: %w", asset, err)
 	}
 	return nil
@@ -230,15 +231,15 @@ func filterOf(c jetstream.ConsumerConfig) any {
 func kvConfigs(c Config) []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
 		{
-			Bucket: BucketState, Description: "mailworker: job state by job id",
+			Bucket: contract.BucketState, Description: "mailworker: job state by job id",
 			History: 1, TTL: c.StateTTL, Storage: jetstream.FileStorage, Replicas: c.Replicas,
 		},
 		{
-			Bucket: BucketWorkers, Description: "mailworker: live worker replicas (heartbeats)",
+			Bucket: contract.BucketWorkers, Description: "mailworker: live worker replicas (heartbeats)",
 			History: 1, TTL: c.WorkersTTL, Storage: jetstream.FileStorage, Replicas: c.Replicas,
 		},
 		{
-			Bucket: BucketPacing, Description: "mailworker: recipients leased per sending mailbox and hour",
+			Bucket: contract.BucketPacing, Description: "mailworker: recipients leased per sending mailbox and hour",
 			History: 1, TTL: LedgerSpan, Storage: jetstream.FileStorage, Replicas: c.Replicas,
 		},
 	}
@@ -274,28 +275,28 @@ func ensureKV(ctx context.Context, js jetstream.JetStream, want jetstream.KeyVal
 
 func ensureObjectStore(ctx context.Context, js jetstream.JetStream, c Config) error {
 	want := jetstream.ObjectStoreConfig{
-		Bucket: BucketAttachments, Description: "mailworker: attachments by reference",
+		Bucket: contract.BucketAttachments, Description: "mailworker: attachments by reference",
 		Storage: jetstream.FileStorage, Replicas: c.Replicas, TTL: c.AttachmentsMaxAge,
 	}
-	obs, err := js.ObjectStore(ctx, BucketAttachments)
+	obs, err := js.ObjectStore(ctx, contract.BucketAttachments)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		if _, err = js.CreateObjectStore(ctx, want); err != nil {
-			return fmt.Errorf("queue: create object store %s: %w", BucketAttachments, err)
+			return fmt.Errorf("queue: create object store %s: %w", contract.BucketAttachments, err)
 		}
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("queue: look up object store %s: %w", BucketAttachments, err)
+		return fmt.Errorf("queue: look up object store %s: %w", contract.BucketAttachments, err)
 	}
 	st, err := obs.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("queue: object store %s status: %w", BucketAttachments, err)
+		return fmt.Errorf("queue: object store %s status: %w", contract.BucketAttachments, err)
 	}
 	if st.TTL() == want.TTL && st.Replicas() == want.Replicas {
 		return nil
 	}
 	if _, err := js.UpdateObjectStore(ctx, want); err != nil {
-		return fmt.Errorf("queue: update object store %s: %w", BucketAttachments, err)
+		return fmt.Errorf("queue: update object store %s: %w", contract.BucketAttachments, err)
 	}
 	return nil
 }
@@ -319,33 +320,33 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 	missing := func(what string, err error) error {
 		return fmt.Errorf("queue: %s: %w (run `mailworker provision`)", what, err)
 	}
-	for _, name := range []string{StreamJobs, StreamStatus, StreamDLQ} {
+	for _, name := range []string{contract.StreamJobs, contract.StreamStatus, contract.StreamDLQ} {
 		if _, err := js.Stream(ctx, name); err != nil {
 			return nil, missing("stream "+name, err)
 		}
 	}
-	if _, err := js.Consumer(ctx, StreamJobs, ConsumerName); err != nil {
-		return nil, missing("consumer "+StreamJobs+"/"+ConsumerName, err)
+	if _, err := js.Consumer(ctx, contract.StreamJobs, contract.ConsumerName); err != nil {
+		return nil, missing("consumer "+contract.StreamJobs+"/"+contract.ConsumerName, err)
 	}
-	kv, err := js.KeyValue(ctx, BucketState)
+	kv, err := js.KeyValue(ctx, contract.BucketState)
 	if err != nil {
-		return nil, missing("KV bucket "+BucketState, err)
+		return nil, missing("KV bucket "+contract.BucketState, err)
 	}
-	workersKV, err := js.KeyValue(ctx, BucketWorkers)
+	workersKV, err := js.KeyValue(ctx, contract.BucketWorkers)
 	if err != nil {
-		return nil, missing("KV bucket "+BucketWorkers, err)
+		return nil, missing("KV bucket "+contract.BucketWorkers, err)
 	}
-	workersStream, err := js.Stream(ctx, "KV_"+BucketWorkers)
+	workersStream, err := js.Stream(ctx, "KV_"+contract.BucketWorkers)
 	if err != nil {
-		return nil, missing("KV bucket "+BucketWorkers, err)
+		return nil, missing("KV bucket "+contract.BucketWorkers, err)
 	}
-	pacingKV, err := js.KeyValue(ctx, BucketPacing)
+	pacingKV, err := js.KeyValue(ctx, contract.BucketPacing)
 	if err != nil {
-		return nil, missing("KV bucket "+BucketPacing, err)
+		return nil, missing("KV bucket "+contract.BucketPacing, err)
 	}
-	obs, err := js.ObjectStore(ctx, BucketAttachments)
+	obs, err := js.ObjectStore(ctx, contract.BucketAttachments)
 	if err != nil {
-		return nil, missing("object store "+BucketAttachments, err)
+		return nil, missing("object store "+contract.BucketAttachments, err)
 	}
 	q := &Queue{js: js, States: &States{kv: kv}, Events: &Events{js: js}, Attachments: &Attachments{obs: obs},
 		Workers: &Workers{kv: workersKV, stream: workersStream}, Pacing: &Pacing{kv: pacingKV}}
@@ -355,9 +356,9 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 
 // Consumer returns the shared durable pull consumer "mailworker" on MAIL_JOBS.
 func (q *Queue) Consumer(ctx context.Context) (jetstream.Consumer, error) {
-	c, err := q.js.Consumer(ctx, StreamJobs, ConsumerName)
+	c, err := q.js.Consumer(ctx, contract.StreamJobs, contract.ConsumerName)
 	if err != nil {
-		return nil, fmt.Errorf("queue: consumer %s/%s: %w", StreamJobs, ConsumerName, err)
+		return nil, fmt.Errorf("queue: consumer %s/%s: %w", contract.StreamJobs, contract.ConsumerName, err)
 	}
 	return c, nil
 }

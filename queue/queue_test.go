@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -23,7 +24,7 @@ func TestProvisionIdempotent(t *testing.T) {
 			t.Fatalf("Provision #%d: %v", i+1, err)
 		}
 	}
-	s, err := js.Stream(ctx, StreamJobs)
+	s, err := js.Stream(ctx, contract.StreamJobs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +32,7 @@ func TestProvisionIdempotent(t *testing.T) {
 	if sc.Retention != jetstream.WorkQueuePolicy || sc.Storage != jetstream.FileStorage || sc.Duplicates != 2*time.Minute {
 		t.Errorf("MAIL_JOBS config %+v", sc)
 	}
-	c, err := js.Consumer(ctx, StreamJobs, ConsumerName)
+	c, err := js.Consumer(ctx, contract.StreamJobs, contract.ConsumerName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +42,7 @@ func TestProvisionIdempotent(t *testing.T) {
 	}
 	attachmentsTTL := func() time.Duration {
 		t.Helper()
-		obs, err := js.ObjectStore(ctx, BucketAttachments)
+		obs, err := js.ObjectStore(ctx, contract.BucketAttachments)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,15 +62,15 @@ func TestProvisionIdempotent(t *testing.T) {
 	if err := Provision(ctx, js, cfg2); err != nil {
 		t.Fatalf("Provision with new limits: %v", err)
 	}
-	c, _ = js.Consumer(ctx, StreamJobs, ConsumerName)
+	c, _ = js.Consumer(ctx, contract.StreamJobs, contract.ConsumerName)
 	if cc := c.CachedInfo().Config; cc.AckWait != 90*time.Second || cc.MaxAckPending != 50 {
 		t.Errorf("consumer not updated: %+v", cc)
 	}
-	st, _ := js.Stream(ctx, StreamStatus)
+	st, _ := js.Stream(ctx, contract.StreamStatus)
 	if got := st.CachedInfo().Config.MaxAge; got != time.Hour {
 		t.Errorf("MAIL_STATUS MaxAge = %v", got)
 	}
-	kv, _ := js.KeyValue(ctx, BucketState)
+	kv, _ := js.KeyValue(ctx, contract.BucketState)
 	kst, _ := kv.Status(ctx)
 	if kst.TTL() != 2*time.Hour || kst.History() != 1 {
 		t.Errorf("KV TTL %v history %d", kst.TTL(), kst.History())
@@ -93,25 +94,25 @@ func TestProvisionIncompatible(t *testing.T) {
 		field string
 	}{
 		{"jobs retention", func(js jetstream.JetStream) error {
-			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamJobs, Subjects: []string{"mail.send.>"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage})
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.StreamJobs, Subjects: []string{"mail.send.>"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage})
 			return err
 		}, "stream MAIL_JOBS retention"},
 		{"jobs storage", func(js jetstream.JetStream) error {
-			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamJobs, Subjects: []string{"mail.send.>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.MemoryStorage})
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.StreamJobs, Subjects: []string{"mail.send.>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.MemoryStorage})
 			return err
 		}, "stream MAIL_JOBS storage"},
 		{"dlq subjects", func(js jetstream.JetStream) error {
-			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamDLQ, Subjects: []string{"mail.dlq.billing"}, Storage: jetstream.FileStorage})
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.StreamDLQ, Subjects: []string{"mail.dlq.billing"}, Storage: jetstream.FileStorage})
 			return err
 		}, "stream MAIL_DLQ subjects"},
 		{"consumer filter", func(js jetstream.JetStream) error {
 			if err := Provision(ctx, js, Config{}); err != nil {
 				return err
 			}
-			if err := js.DeleteConsumer(ctx, StreamJobs, ConsumerName); err != nil {
+			if err := js.DeleteConsumer(ctx, contract.StreamJobs, contract.ConsumerName); err != nil {
 				return err
 			}
-			_, err := js.CreateConsumer(ctx, StreamJobs, jetstream.ConsumerConfig{Durable: ConsumerName, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "mail.send.billing"})
+			_, err := js.CreateConsumer(ctx, contract.StreamJobs, jetstream.ConsumerConfig{Durable: contract.ConsumerName, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "mail.send.billing"})
 			return err
 		}, "consumer MAIL_JOBS/mailworker filter subject"},
 	} {
@@ -134,12 +135,12 @@ func TestProvisionIncompatible(t *testing.T) {
 func TestPublisher(t *testing.T) {
 	b := setup(t)
 	p := NewPublisher(b.js)
-	job := &Job{From: "billing@contoso.com", To: []string{"a@x.com"}, Subject: "hi", Text: "t"}
+	job := &contract.Job{From: "billing@contoso.com", To: []string{"a@x.com"}, Subject: "hi", Text: "t"}
 	id, err := p.Publish(b.ctx, "billing", job)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !ValidJobID(id) || job.ID != id {
+	if !contract.ValidJobID(id) || job.ID != id {
 		t.Fatalf("id %q, job.ID %q", id, job.ID)
 	}
 	// Same id again: JetStream drops it.
@@ -149,7 +150,7 @@ func TestPublisher(t *testing.T) {
 	if err := p.PublishRaw(b.ctx, "billing", []byte(`{"id":"`+id+`"}`), id); err != nil {
 		t.Fatal(err)
 	}
-	s, _ := b.js.Stream(b.ctx, StreamJobs)
+	s, _ := b.js.Stream(b.ctx, contract.StreamJobs)
 	info, _ := s.Info(b.ctx)
 	if info.State.Msgs != 1 {
 		t.Fatalf("MAIL_JOBS holds %d messages, want 1 (duplicates dropped)", info.State.Msgs)
@@ -158,10 +159,10 @@ func TestPublisher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Subject != "mail.send.billing" || m.Header.Get(HeaderMsgID) != id {
-		t.Errorf("subject %q Nats-Msg-Id %q", m.Subject, m.Header.Get(HeaderMsgID))
+	if m.Subject != "mail.send.billing" || m.Header.Get(contract.HeaderMsgID) != id {
+		t.Errorf("subject %q Nats-Msg-Id %q", m.Subject, m.Header.Get(contract.HeaderMsgID))
 	}
-	got, err := DecodeJob(m.Data)
+	got, err := contract.DecodeJob(m.Data)
 	if err != nil || got.ID != id || got.Subject != "hi" {
 		t.Errorf("stored job %+v, %v", got, err)
 	}
@@ -169,7 +170,7 @@ func TestPublisher(t *testing.T) {
 	// Async path, and a raw publish without an id.
 	var ids []string
 	for i := 0; i < 10; i++ {
-		_, id, err := p.PublishAsync("billing", &Job{From: "billing@contoso.com", To: []string{"a@x.com"}, Text: "t"})
+		_, id, err := p.PublishAsync("billing", &contract.Job{From: "billing@contoso.com", To: []string{"a@x.com"}, Text: "t"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -182,7 +183,7 @@ func TestPublisher(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for _, id := range ids {
-		if !ValidJobID(id) || seen[id] {
+		if !contract.ValidJobID(id) || seen[id] {
 			t.Errorf("async publish returned id %q: want a fresh valid job id each time (all: %v)", id, ids)
 		}
 		seen[id] = true
@@ -196,12 +197,12 @@ func TestPublisher(t *testing.T) {
 	}
 
 	// Rejections.
-	var ie *InvalidError
-	if _, err := p.Publish(b.ctx, "billing", &Job{From: "x"}); !errors.As(err, &ie) {
+	var ie *contract.InvalidError
+	if _, err := p.Publish(b.ctx, "billing", &contract.Job{From: "x"}); !errors.As(err, &ie) {
 		t.Errorf("invalid job: %v", err)
 	}
 	for _, prof := range []string{"", "a.b", "*", ">", "a b"} {
-		if _, err := p.Publish(b.ctx, prof, &Job{From: "a@x.com", To: []string{"b@x.com"}, Text: "t"}); err == nil {
+		if _, err := p.Publish(b.ctx, prof, &contract.Job{From: "a@x.com", To: []string{"b@x.com"}, Text: "t"}); err == nil {
 			t.Errorf("profile %q accepted", prof)
 		}
 	}
@@ -213,38 +214,38 @@ func TestStates(t *testing.T) {
 	if _, _, err := s.Get(b.ctx, "j1"); !errors.Is(err, ErrNoState) {
 		t.Fatalf("Get missing = %v", err)
 	}
-	rev, err := s.Create(b.ctx, JobState{JobID: "j1", Profile: "billing", State: StateSending, Attempts: 1})
+	rev, err := s.Create(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateSending, Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Create(b.ctx, JobState{JobID: "j1", State: StateSending}); !errors.Is(err, ErrStateExists) {
+	if _, err := s.Create(b.ctx, contract.JobState{JobID: "j1", State: contract.StateSending}); !errors.Is(err, ErrStateExists) {
 		t.Fatalf("second Create = %v, want ErrStateExists", err)
 	}
 	st, r, err := s.Get(b.ctx, "j1")
-	if err != nil || r != rev || st.State != StateSending || st.Attempts != 1 || st.UpdatedAt.IsZero() {
+	if err != nil || r != rev || st.State != contract.StateSending || st.Attempts != 1 || st.UpdatedAt.IsZero() {
 		t.Fatalf("Get = %+v rev %d (want %d), %v", st, r, rev, err)
 	}
-	st.State = StateSent
+	st.State = contract.StateSent
 	rev2, err := s.Update(b.ctx, st, rev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A writer holding the old revision loses.
-	st.State = StateRetrying
+	st.State = contract.StateRetrying
 	if _, err := s.Update(b.ctx, st, rev); !errors.Is(err, ErrStateConflict) {
 		t.Fatalf("stale Update = %v, want ErrStateConflict", err)
 	}
-	if _, err := s.Update(b.ctx, JobState{JobID: "nope"}, 1); !errors.Is(err, ErrStateConflict) {
+	if _, err := s.Update(b.ctx, contract.JobState{JobID: "nope"}, 1); !errors.Is(err, ErrStateConflict) {
 		t.Fatalf("Update of missing = %v, want ErrStateConflict", err)
 	}
-	rev3, err := s.Put(b.ctx, JobState{JobID: "j1", State: StateDeadLettered})
+	rev3, err := s.Put(b.ctx, contract.JobState{JobID: "j1", State: contract.StateDeadLettered})
 	if err != nil || rev3 <= rev2 {
 		t.Fatalf("Put = %d, %v", rev3, err)
 	}
-	if st, _, _ := s.Get(b.ctx, "j1"); st.State != StateDeadLettered {
+	if st, _, _ := s.Get(b.ctx, "j1"); st.State != contract.StateDeadLettered {
 		t.Errorf("after Put: %+v", st)
 	}
-	if _, err := s.Put(b.ctx, JobState{JobID: "a.b"}); err == nil {
+	if _, err := s.Put(b.ctx, contract.JobState{JobID: "a.b"}); err == nil {
 		t.Error("Put accepted an invalid job id")
 	}
 }
@@ -256,18 +257,18 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("empty History = %v, %v", h, err)
 	}
 	at := time.Now().UTC().Truncate(time.Millisecond)
-	if err := e.Publish(b.ctx, Event{JobID: "j1", Profile: "billing", Event: EventRetrying, Attempt: 1, At: at,
-		Error: &ErrorInfo{Reason: ReasonInternal, Message: "boom"}, Metadata: map[string]string{"k": "v"}}); err != nil {
+	if err := e.Publish(b.ctx, contract.Event{JobID: "j1", Profile: "billing", Event: contract.EventRetrying, Attempt: 1, At: at,
+		Error: &contract.ErrorInfo{Reason: contract.ReasonInternal, Message: "boom"}, Metadata: map[string]string{"k": "v"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Publish(b.ctx, Event{JobID: "j2", Profile: "billing", Event: EventSent, At: at}); err != nil {
+	if err := e.Publish(b.ctx, contract.Event{JobID: "j2", Profile: "billing", Event: contract.EventSent, At: at}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Publish(b.ctx, Event{JobID: "j1-x", Profile: "billing", Event: EventSent, At: at}); err != nil {
+	if err := e.Publish(b.ctx, contract.Event{JobID: "j1-x", Profile: "billing", Event: contract.EventSent, At: at}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := e.PublishAsync(Event{JobID: "j1", Profile: "billing", Event: EventSent, Attempt: 2, At: at,
-		Graph: &GraphInfo{Status: 202, RequestID: "r1"}})
+	f, err := e.PublishAsync(contract.Event{JobID: "j1", Profile: "billing", Event: contract.EventSent, Attempt: 2, At: at,
+		Graph: &contract.GraphInfo{Status: 202, RequestID: "r1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,15 +283,15 @@ func TestEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(h) != 2 || h[0].Event != EventRetrying || h[1].Event != EventSent || h[1].Graph.RequestID != "r1" ||
+	if len(h) != 2 || h[0].Event != contract.EventRetrying || h[1].Event != contract.EventSent || h[1].Graph.RequestID != "r1" ||
 		h[0].Metadata["k"] != "v" || !h[0].At.Equal(at) {
 		t.Fatalf("History = %+v", h)
 	}
-	s, _ := b.js.Stream(b.ctx, StreamStatus)
+	s, _ := b.js.Stream(b.ctx, contract.StreamStatus)
 	if m, _ := s.GetMsg(b.ctx, 1); m.Subject != "mail.status.billing.j1" {
 		t.Errorf("subject %q", m.Subject)
 	}
-	if err := e.Publish(b.ctx, Event{JobID: "a.*", Profile: "billing"}); err == nil {
+	if err := e.Publish(b.ctx, contract.Event{JobID: "a.*", Profile: "billing"}); err == nil {
 		t.Error("Publish accepted a wildcard job id")
 	}
 	if _, err := e.History(b.ctx, ">"); err == nil {
@@ -301,7 +302,7 @@ func TestEvents(t *testing.T) {
 func TestEventsPublishedTwiceAreStoredOnce(t *testing.T) {
 	b := setup(t)
 	at := time.Now()
-	ev := Event{JobID: "j1", Profile: "billing", Event: EventSent, Attempt: 1, At: at}
+	ev := contract.Event{JobID: "j1", Profile: "billing", Event: contract.EventSent, Attempt: 1, At: at}
 	for range 2 { // a retry after a lost ack, or a final event re-published on redelivery
 		if err := b.q.Events.Publish(b.ctx, ev); err != nil {
 			t.Fatal(err)
@@ -332,7 +333,7 @@ func TestAttachments(t *testing.T) {
 		t.Errorf("ref %q carries CR/LF", ref)
 	}
 	// The ref is usable as an objectRef in a valid job.
-	j := Job{From: "a@x.com", To: []string{"b@x.com"}, Text: "t", Attachments: []Attachment{{Name: "invoice.pdf", ObjectRef: ref}}}
+	j := contract.Job{From: "a@x.com", To: []string{"b@x.com"}, Text: "t", Attachments: []contract.Attachment{{Name: "invoice.pdf", ObjectRef: ref}}}
 	if err := j.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -25,27 +26,27 @@ type States struct {
 
 // Get returns the state of jobID and its revision. It returns ErrNoState when
 // there is none (never written, deleted, or expired by the bucket TTL).
-func (s *States) Get(ctx context.Context, jobID string) (JobState, uint64, error) {
-	if !ValidJobID(jobID) {
-		return JobState{}, 0, fmt.Errorf("queue: get state: invalid job id %s", quote(jobID))
+func (s *States) Get(ctx context.Context, jobID string) (contract.JobState, uint64, error) {
+	if !contract.ValidJobID(jobID) {
+		return contract.JobState{}, 0, fmt.Errorf("queue: get state: invalid job id %s", contract.Quote(jobID))
 	}
 	e, err := s.kv.Get(ctx, jobID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return JobState{}, 0, ErrNoState
+		return contract.JobState{}, 0, ErrNoState
 	}
 	if err != nil {
-		return JobState{}, 0, fmt.Errorf("queue: get state of %s: %w", jobID, err)
+		return contract.JobState{}, 0, fmt.Errorf("queue: get state of %s: %w", jobID, err)
 	}
-	var st JobState
+	var st contract.JobState
 	if err := json.Unmarshal(e.Value(), &st); err != nil {
-		return JobState{}, 0, fmt.Errorf("queue: state of %s is not valid JSON: %w", jobID, err)
+		return contract.JobState{}, 0, fmt.Errorf("queue: state of %s is not valid JSON: %w", jobID, err)
 	}
 	return st, e.Revision(), nil
 }
 
-func encodeState(st *JobState) ([]byte, error) {
-	if !ValidJobID(st.JobID) {
-		return nil, fmt.Errorf("queue: state: invalid job id %s", quote(st.JobID))
+func encodeState(st *contract.JobState) ([]byte, error) {
+	if !contract.ValidJobID(st.JobID) {
+		return nil, fmt.Errorf("queue: state: invalid job id %s", contract.Quote(st.JobID))
 	}
 	if st.UpdatedAt.IsZero() {
 		st.UpdatedAt = time.Now().UTC()
@@ -55,7 +56,7 @@ func encodeState(st *JobState) ([]byte, error) {
 
 // Create stores st if no state exists for st.JobID, else returns
 // ErrStateExists. A zero UpdatedAt is set to now.
-func (s *States) Create(ctx context.Context, st JobState) (uint64, error) {
+func (s *States) Create(ctx context.Context, st contract.JobState) (uint64, error) {
 	b, err := encodeState(&st)
 	if err != nil {
 		return 0, err
@@ -72,7 +73,7 @@ func (s *States) Create(ctx context.Context, st JobState) (uint64, error) {
 
 // Update stores st if the current revision is lastRev, else returns
 // ErrStateConflict. A zero UpdatedAt is set to now.
-func (s *States) Update(ctx context.Context, st JobState, lastRev uint64) (uint64, error) {
+func (s *States) Update(ctx context.Context, st contract.JobState, lastRev uint64) (uint64, error) {
 	b, err := encodeState(&st)
 	if err != nil {
 		return 0, err
@@ -88,7 +89,7 @@ func (s *States) Update(ctx context.Context, st JobState, lastRev uint64) (uint6
 }
 
 // Put stores st unconditionally. A zero UpdatedAt is set to now.
-func (s *States) Put(ctx context.Context, st JobState) (uint64, error) {
+func (s *States) Put(ctx context.Context, st contract.JobState) (uint64, error) {
 	b, err := encodeState(&st)
 	if err != nil {
 		return 0, err

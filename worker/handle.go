@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // opTimeout bounds one JetStream operation (state, event, dead letter).
@@ -41,9 +42,9 @@ type job struct {
 	profile   string
 	prof      *profileState
 	id        string
-	job       *queue.Job
+	job       *contract.Job
 	from      string // lower-cased sender address
-	state     queue.JobState
+	state     contract.JobState
 	rev       uint64
 	seq       uint64 // MAIL_JOBS stream sequence of this delivery
 	published time.Time
@@ -66,7 +67,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	defer func() {
 		if r := recover(); r != nil {
 			p.log.Error().Str("jobId", j.id).Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("panic while handling job")
-			p.deadLetter(sendCtx, j, queue.ReasonInternal, fmt.Sprintf("worker panic while handling the job: %v", r), nil)
+			p.deadLetter(sendCtx, j, contract.ReasonInternal, fmt.Sprintf("worker panic while handling the job: %v", r), nil)
 		}
 	}()
 	var seq uint64
@@ -76,33 +77,33 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		j.seq = seq
 		firstDelivery = meta.NumDelivered == 1
 	}
-	profile, okSubject := queue.ProfileFromSubject(msg.Subject())
+	profile, okSubject := contract.ProfileFromSubject(msg.Subject())
 	if !okSubject {
 		profile = strings.ReplaceAll(strings.TrimPrefix(msg.Subject(), "mail.send."), ".", "_")
 	}
 	j.profile = profile
 	j.prof = p.profiles[profile]
-	parsed, decodeErr := queue.DecodeJob(msg.Data())
+	parsed, decodeErr := contract.DecodeJob(msg.Data())
 	j.job = parsed
 	idSource := parsed
 	if parsed == nil {
 		// Keep the producer's id for an invalid job when it can be read, so
 		// that support finds the job under the id its producer knows.
-		idSource = &queue.Job{ID: sniffID(msg.Data())}
+		idSource = &contract.Job{ID: sniffID(msg.Data())}
 	}
-	j.id = queue.ResolveJobID(idSource, msg.Headers(), seq)
-	if !queue.ValidJobID(j.id) {
+	j.id = contract.ResolveJobID(idSource, msg.Headers().Get, seq)
+	if !contract.ValidJobID(j.id) {
 		j.id = fmt.Sprintf("s%d", seq)
 	}
 
 	if j.prof == nil {
-		p.deadLetter(sendCtx, j, queue.ReasonInvalidJob,
+		p.deadLetter(sendCtx, j, contract.ReasonInvalidJob,
 			fmt.Sprintf("no profile %q is configured on this worker (subject %s): publish on mail.send.<profile> for a configured profile", profile, msg.Subject()), nil)
 		return
 	}
 	if decodeErr != nil {
-		reason := queue.ReasonInvalidJob
-		var inv *queue.InvalidError
+		reason := contract.ReasonInvalidJob
+		var inv *contract.InvalidError
 		if errors.As(decodeErr, &inv) && inv.Reason != "" {
 			reason = inv.Reason
 		}
@@ -116,10 +117,10 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	// state exists after all (a re-publish after the dedupe window); the job
 	// then comes back in a second and takes the read path. Replays, later
 	// deliveries and every job a state could change the decision for read.
-	var st queue.JobState
+	var st contract.JobState
 	var rev uint64
 	var err error
-	if firstDelivery && msg.Headers().Get(queue.HeaderReplay) == "" && p.plainlySendable(parsed, j.from, j.prof) {
+	if firstDelivery && msg.Headers().Get(contract.HeaderReplay) == "" && p.plainlySendable(parsed, j.from, j.prof) {
 		err = queue.ErrNoState
 	} else {
 		ctx, cancel := context.WithTimeout(sendCtx, opTimeout)
@@ -128,7 +129,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	}
 	switch {
 	case errors.Is(err, queue.ErrNoState):
-		st = queue.JobState{JobID: j.id, Profile: profile}
+		st = contract.JobState{JobID: j.id, Profile: profile}
 	case err != nil:
 		p.infraFailure(j, "read job state", err)
 		return
@@ -137,7 +138,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	now := p.clock.Now()
 
 	switch st.State {
-	case queue.StateSent, queue.StateDeadLettered:
+	case contract.StateSent, contract.StateDeadLettered:
 		if st.Seq != 0 && st.Seq == j.seq {
 			// This very message reached its outcome but its ack was lost
 			// (a worker died, or the broker moved): finish it again.
@@ -145,12 +146,12 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 			return
 		}
 		why := "already sent"
-		if st.State == queue.StateDeadLettered {
+		if st.State == contract.StateDeadLettered {
 			why = "already dead-lettered: use `mailworker dlq replay` to send it again"
 		}
 		p.suppressDuplicate(sendCtx, j, why)
 		return
-	case queue.StateSending:
+	case contract.StateSending:
 		// Another replica may be sending it right now (a duplicate publish),
 		// or the replica that was sending it died mid-call.
 		if busyUntil := st.UpdatedAt.Add(p.cfg.SendTimeout + 5*time.Second); now.Before(busyUntil) {
@@ -161,7 +162,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	}
 
 	if exp := parsed.ExpiresAt; exp != nil && !now.Before(*exp) {
-		p.deadLetter(sendCtx, j, queue.ReasonExpired,
+		p.deadLetter(sendCtx, j, contract.ReasonExpired,
 			fmt.Sprintf("job expired at %s before it could be sent (attempts made: %d)", exp.UTC().Format(time.RFC3339), j.state.Attempts), nil)
 		return
 	}
@@ -170,16 +171,16 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		return
 	}
 	if !j.prof.allows(j.from) {
-		p.deadLetter(sendCtx, j, queue.ReasonSenderNotAllowed,
+		p.deadLetter(sendCtx, j, contract.ReasonSenderNotAllowed,
 			fmt.Sprintf("sender %s is not an approved mailbox of profile %s (profiles.%s.allowedSenders); nothing was sent", j.from, profile, profile), nil)
 		return
 	}
 	if j.state.Ambiguous && j.prof.OnAmbiguous == OnAmbiguousDeadLetter {
-		p.deadLetter(sendCtx, j, queue.ReasonInternal, ambiguousMessage(j), nil)
+		p.deadLetter(sendCtx, j, contract.ReasonInternal, ambiguousMessage(j), nil)
 		return
 	}
 	if j.state.Attempts >= p.cfg.MaxAttempts {
-		p.deadLetter(sendCtx, j, queue.ReasonAttemptsExhausted, exhaustedMessage(j, nil), nil)
+		p.deadLetter(sendCtx, j, contract.ReasonAttemptsExhausted, exhaustedMessage(j, nil), nil)
 		return
 	}
 
@@ -234,7 +235,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 // both), plus its objectRef attachments as they will be sent, base64-encoded.
 // An attachment whose size cannot be read counts as the most one request can
 // carry; a missing one counts nothing (the send will fail without uploading).
-func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *queue.Job) int64 {
+func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *contract.Job) int64 {
 	if p.cfg.PerMailboxUploadBytes == 0 {
 		return 0
 	}
@@ -250,7 +251,7 @@ func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *queue.Job) int
 		case errors.Is(err, queue.ErrNoAttachment):
 			size = 0
 		case err != nil:
-			size = queue.MaxInlineAttachmentBytes
+			size = contract.MaxInlineAttachmentBytes
 		}
 		n += int64(base64.StdEncoding.EncodedLen(size))
 	}
@@ -259,7 +260,7 @@ func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *queue.Job) int
 
 // plainlySendable reports whether a job without state would go straight to
 // pacing and sending: not expired, not held by notBefore, sender allowed.
-func (p *Pool) plainlySendable(job *queue.Job, from string, prof *profileState) bool {
+func (p *Pool) plainlySendable(job *contract.Job, from string, prof *profileState) bool {
 	now := p.clock.Now()
 	return (job.ExpiresAt == nil || now.Before(*job.ExpiresAt)) &&
 		(job.NotBefore == nil || !now.Before(*job.NotBefore)) && prof.allows(from)
@@ -268,7 +269,7 @@ func (p *Pool) plainlySendable(job *queue.Job, from string, prof *profileState) 
 // send marks the job as sending, calls the Sender and maps the outcome to one
 // queue action.
 func (p *Pool) send(sendCtx context.Context, j *job) {
-	j.state.State = queue.StateSending
+	j.state.State = contract.StateSending
 	j.state.Attempts++
 	j.state.Profile = j.profile
 	j.state.UpdatedAt = p.clock.Now()
@@ -297,10 +298,10 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	}
 	var se *SendError
 	if !errors.As(err, &se) {
-		se = &SendError{Kind: Retryable, Reason: queue.ReasonInternal, Message: err.Error(), Err: err}
+		se = &SendError{Kind: Retryable, Reason: contract.ReasonInternal, Message: err.Error(), Err: err}
 	}
 	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
-	graph := &queue.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID}
+	graph := &contract.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID}
 	if se.Ambiguous {
 		j.state.Ambiguous = true
 		p.m.Ambiguous.WithLabelValues(j.profile).Inc()
@@ -308,7 +309,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	if se.RetryAfter > 0 && (se.Kind == Retryable || se.Kind == Throttled) {
 		p.pacer.pause(j.from, se.RetryAfter) // the mailbox was told to wait
 	}
-	j.state.LastError = &queue.ErrorInfo{Reason: se.Reason, Message: se.Error()}
+	j.state.LastError = &contract.ErrorInfo{Reason: se.Reason, Message: se.Error()}
 	j.state.Graph = graph
 
 	switch {
@@ -318,7 +319,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		if !se.Ambiguous {
 			j.state.Attempts--
 		}
-		j.state.State = queue.StateRetrying
+		j.state.State = contract.StateRetrying
 		p.writeState(context.WithoutCancel(sendCtx), j, false)
 		_ = j.msg.Nak()
 		p.log.Info().Str("jobId", j.id).Bool("ambiguous", se.Ambiguous).Msg("send cancelled by shutdown; job put back")
@@ -326,7 +327,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	case se.Kind == Permanent:
 		reason := se.Reason
 		if !reason.Valid() || reason == "" {
-			reason = queue.ReasonGraphRejected
+			reason = contract.ReasonGraphRejected
 		}
 		p.deadLetter(sendCtx, j, reason, se.Error(), graph)
 
@@ -335,7 +336,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		// without spending an attempt, for as long as the outage lasts; the
 		// token-failure alert tells people. expiresAt still bounds it.
 		j.state.Attempts--
-		j.state.State = queue.StateDeferred
+		j.state.State = contract.StateDeferred
 		p.writeState(sendCtx, j, false)
 		wait := max(se.RetryAfter, time.Second)
 		p.m.ThrottleDeferrals.WithLabelValues(j.profile, CauseUnavailable).Inc()
@@ -350,44 +351,44 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 			p.pacer.pause(j.from, wait)
 		}
 		j.state.Attempts-- // a throttled request spends no attempt
-		j.state.State = queue.StateDeferred
+		j.state.State = contract.StateDeferred
 		p.writeState(sendCtx, j, false)
 		p.deferJob(sendCtx, j, wait+jitter(wait), "throttled by Graph (429)", graph)
 
 	case se.Ambiguous && j.prof.OnAmbiguous == OnAmbiguousDeadLetter:
-		p.deadLetter(sendCtx, j, queue.ReasonInternal, ambiguousMessage(j), graph)
+		p.deadLetter(sendCtx, j, contract.ReasonInternal, ambiguousMessage(j), graph)
 
 	case j.state.Attempts >= p.cfg.MaxAttempts:
-		reason := queue.ReasonAttemptsExhausted
-		if se.Reason == queue.ReasonAccessDenied || se.Reason == queue.ReasonAuthFailed {
+		reason := contract.ReasonAttemptsExhausted
+		if se.Reason == contract.ReasonAccessDenied || se.Reason == contract.ReasonAuthFailed {
 			reason = se.Reason
 		}
 		p.deadLetter(sendCtx, j, reason, exhaustedMessage(j, se), graph)
 
 	default:
 		delay := retryDelay(j.state.Attempts, se.RetryAfter, p.cfg.BackoffInitial, p.cfg.BackoffMax)
-		j.state.State = queue.StateRetrying
+		j.state.State = contract.StateRetrying
 		// A failed write is logged; the retry is scheduled all the same (the
 		// next delivery then sees `sending` and treats the attempt as ambiguous).
 		p.writeState(sendCtx, j, false)
 		retryAt := p.clock.Now().Add(delay)
 		p.m.Retries.WithLabelValues(j.profile, string(se.Reason)).Inc()
 		_ = j.msg.NakWithDelay(delay)
-		p.emit(sendCtx, j, queue.Event{Event: queue.EventRetrying, Graph: graph, RetryAt: &retryAt,
-			Error: &queue.ErrorInfo{Reason: se.Reason, Message: se.Error()}, Ambiguous: se.Ambiguous,
+		p.emit(sendCtx, j, contract.Event{Event: contract.EventRetrying, Graph: graph, RetryAt: &retryAt,
+			Error: &contract.ErrorInfo{Reason: se.Reason, Message: se.Error()}, Ambiguous: se.Ambiguous,
 			LatencyMs: elapsed.Milliseconds()})
 		p.outcomeLog(zerolog.WarnLevel, j, "retrying").Err(se).Dur("delay", delay).Bool("ambiguous", se.Ambiguous).Send()
 	}
 }
 
 func (p *Pool) sent(ctx context.Context, j *job, res SendResult, elapsed time.Duration) {
-	j.state.State = queue.StateSent
+	j.state.State = contract.StateSent
 	j.state.LastError = nil
-	graph := &queue.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
+	graph := &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
 	j.state.Graph = graph
 	j.state.UpdatedAt = p.clock.Now()
 	j.state.Seq = j.seq
-	p.finish(ctx, j, queue.Event{Event: queue.EventSent, Graph: graph, LatencyMs: elapsed.Milliseconds(),
+	p.finish(ctx, j, contract.Event{Event: contract.EventSent, Graph: graph, LatencyMs: elapsed.Milliseconds(),
 		PossibleDuplicate: j.state.Ambiguous}, j.msg.Ack)
 	p.m.Jobs.WithLabelValues(j.profile, OutcomeSent, "").Inc()
 	p.observeLatency(j)
@@ -398,7 +399,7 @@ func (p *Pool) sent(ctx context.Context, j *job, res SendResult, elapsed time.Du
 // deadLetter records the job in MAIL_DLQ with its original bytes, then
 // terminates the delivery. If the record cannot be written the job is put back
 // instead: nothing is dropped.
-func (p *Pool) deadLetter(ctx context.Context, j *job, reason queue.Reason, message string, graph *queue.GraphInfo) {
+func (p *Pool) deadLetter(ctx context.Context, j *job, reason contract.Reason, message string, graph *contract.GraphInfo) {
 	now := p.clock.Now()
 	rec := queue.DeadLetter{JobID: j.id, Profile: j.profile, Reason: reason, Error: message,
 		Attempts: j.state.Attempts, FailedAt: now, Generation: j.state.Generation, Body: j.msg.Data()}
@@ -413,15 +414,15 @@ func (p *Pool) deadLetter(ctx context.Context, j *job, reason queue.Reason, mess
 		return
 	}
 	if j.state.JobID == "" {
-		j.state = queue.JobState{JobID: j.id, Profile: j.profile}
+		j.state = contract.JobState{JobID: j.id, Profile: j.profile}
 	}
-	j.state.State = queue.StateDeadLettered
-	j.state.LastError = &queue.ErrorInfo{Reason: reason, Message: message}
+	j.state.State = contract.StateDeadLettered
+	j.state.LastError = &contract.ErrorInfo{Reason: reason, Message: message}
 	j.state.Graph = graph
 	j.state.UpdatedAt = now
 	j.state.Seq = j.seq
-	p.finish(ctx, j, queue.Event{Event: queue.EventDeadLettered, Graph: graph,
-		Error: &queue.ErrorInfo{Reason: reason, Message: message}}, j.msg.Term)
+	p.finish(ctx, j, contract.Event{Event: contract.EventDeadLettered, Graph: graph,
+		Error: &contract.ErrorInfo{Reason: reason, Message: message}}, j.msg.Term)
 	p.m.Jobs.WithLabelValues(j.metricProfile(), OutcomeDeadLettered, string(reason)).Inc()
 	p.observeLatency(j)
 	p.outcomeLog(zerolog.WarnLevel, j, "dead_lettered").Str("reason", string(reason)).Str("error", message).Send()
@@ -433,7 +434,7 @@ func (p *Pool) deadLetter(ctx context.Context, j *job, reason queue.Reason, mess
 // next delivery finds the final state and publishes the event (finishAgain),
 // so no outcome goes unreported. When the state itself cannot be stored the
 // action is taken anyway: redelivering would send the mail again.
-func (p *Pool) finish(ctx context.Context, j *job, ev queue.Event, action func() error) {
+func (p *Pool) finish(ctx context.Context, j *job, ev contract.Event, action func() error) {
 	if p.writeTerminalState(ctx, j) {
 		if !p.emitFinal(ctx, j, ev) {
 			_ = j.msg.NakWithDelay(infraRetry)
@@ -450,15 +451,15 @@ func (p *Pool) finish(ctx context.Context, j *job, ev queue.Event, action func()
 // once: the event's dedupe id is the same) and acks or terminates.
 func (p *Pool) finishAgain(ctx context.Context, j *job) {
 	st := j.state
-	ev := queue.Event{Event: queue.EventSent, Graph: st.Graph, PossibleDuplicate: st.Ambiguous}
-	if st.State == queue.StateDeadLettered {
-		ev = queue.Event{Event: queue.EventDeadLettered, Graph: st.Graph, Error: st.LastError}
+	ev := contract.Event{Event: contract.EventSent, Graph: st.Graph, PossibleDuplicate: st.Ambiguous}
+	if st.State == contract.StateDeadLettered {
+		ev = contract.Event{Event: contract.EventDeadLettered, Graph: st.Graph, Error: st.LastError}
 	}
 	if !p.emitFinal(ctx, j, ev) {
 		_ = j.msg.NakWithDelay(infraRetry) // try again on the next delivery
 		return
 	}
-	if st.State == queue.StateSent {
+	if st.State == contract.StateSent {
 		_ = j.msg.Ack()
 	} else {
 		_ = j.msg.Term()
@@ -469,15 +470,15 @@ func (p *Pool) finishAgain(ctx context.Context, j *job) {
 func (p *Pool) suppressDuplicate(ctx context.Context, j *job, why string) {
 	_ = j.msg.Ack()
 	p.m.Jobs.WithLabelValues(j.profile, OutcomeDuplicateSuppressed, "").Inc()
-	p.emit(ctx, j, queue.Event{Event: queue.EventDuplicateSuppressed})
+	p.emit(ctx, j, contract.Event{Event: contract.EventDuplicateSuppressed})
 	p.outcomeLog(zerolog.InfoLevel, j, "duplicate_suppressed").Str("why", why).Send()
 }
 
 // deferJob puts the job back for d without spending an attempt.
-func (p *Pool) deferJob(ctx context.Context, j *job, d time.Duration, why string, graph *queue.GraphInfo) {
+func (p *Pool) deferJob(ctx context.Context, j *job, d time.Duration, why string, graph *contract.GraphInfo) {
 	_ = j.msg.NakWithDelay(d)
 	at := p.clock.Now().Add(d)
-	p.emit(ctx, j, queue.Event{Event: queue.EventDeferred, Graph: graph, RetryAt: &at})
+	p.emit(ctx, j, contract.Event{Event: contract.EventDeferred, Graph: graph, RetryAt: &at})
 	p.outcomeLog(zerolog.DebugLevel, j, "deferred").Str("why", why).Dur("delay", d).Send()
 }
 
@@ -573,7 +574,7 @@ func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(cont
 // retried: a worker that dies after acking leaves no outcome unreported, and
 // one that dies before re-publishes it on redelivery (finishAgain). The
 // event's time is the final state's, so its dedupe id is stable.
-func (p *Pool) emitFinal(ctx context.Context, j *job, ev queue.Event) bool {
+func (p *Pool) emitFinal(ctx context.Context, j *job, ev contract.Event) bool {
 	ev.JobID, ev.Profile, ev.Attempt, ev.At = j.id, j.profile, j.state.Attempts, j.state.UpdatedAt
 	if j.job != nil {
 		ev.Metadata = j.job.Metadata
@@ -583,7 +584,7 @@ func (p *Pool) emitFinal(ctx context.Context, j *job, ev queue.Event) bool {
 	})
 }
 
-func (p *Pool) emit(ctx context.Context, j *job, ev queue.Event) {
+func (p *Pool) emit(ctx context.Context, j *job, ev contract.Event) {
 	ev.JobID, ev.Profile, ev.Attempt = j.id, j.profile, j.state.Attempts
 	ev.At = p.clock.Now()
 	if j.job != nil {
@@ -607,7 +608,7 @@ func (p *Pool) emit(ctx context.Context, j *job, ev queue.Event) {
 type pendingEvent struct {
 	f     jetstream.PubAckFuture
 	jobID string
-	event queue.EventType
+	event contract.EventType
 }
 
 // watchEvents logs status events the server did not store, until events is
@@ -697,7 +698,7 @@ func exhaustedMessage(j *job, se *SendError) string {
 	}
 	if last != nil {
 		msg += "; last error: " + last.Error()
-		if last.Reason == queue.ReasonAccessDenied {
+		if last.Reason == contract.ReasonAccessDenied {
 			msg += fmt.Sprintf(" — mailbox %s is outside this app's Exchange RBAC scope; RBAC changes take 30 minutes to 2 hours to apply: fix the scope, then replay", j.from)
 		}
 	}
@@ -714,14 +715,14 @@ func sniffID(data []byte) string {
 		ID json.RawMessage `json:"id"`
 	}
 	var id string
-	if json.Unmarshal(data, &probe) != nil || json.Unmarshal(probe.ID, &id) != nil || !queue.ValidJobID(id) {
+	if json.Unmarshal(data, &probe) != nil || json.Unmarshal(probe.ID, &id) != nil || !contract.ValidJobID(id) {
 		return ""
 	}
 	return id
 }
 
 func senderAddress(from string) string {
-	if _, addr, err := queue.ParseAddress(from); err == nil {
+	if _, addr, err := contract.ParseAddress(from); err == nil {
 		return strings.ToLower(addr)
 	}
 	return strings.ToLower(strings.TrimSpace(from))

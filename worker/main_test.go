@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 func TestMain(m *testing.M) {
@@ -129,7 +130,7 @@ func (b *bundle) stop() {
 	}
 }
 
-func (b *bundle) publish(job *queue.Job) string {
+func (b *bundle) publish(job *contract.Job) string {
 	b.t.Helper()
 	id, err := b.pub.Publish(context.Background(), "demo", job)
 	if err != nil {
@@ -158,9 +159,9 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 }
 
 // waitState polls the job state until it is terminal and returns it.
-func (b *bundle) waitState(id string, want queue.State) queue.JobState {
+func (b *bundle) waitState(id string, want contract.State) contract.JobState {
 	b.t.Helper()
-	var st queue.JobState
+	var st contract.JobState
 	eventually(b.t, 15*time.Second, "job "+id+" to reach "+string(want), func() bool {
 		s, _, err := b.q.States.Get(context.Background(), id)
 		if err != nil && !errors.Is(err, queue.ErrNoState) {
@@ -172,7 +173,7 @@ func (b *bundle) waitState(id string, want queue.State) queue.JobState {
 	return st
 }
 
-func (b *bundle) history(id string) []queue.Event {
+func (b *bundle) history(id string) []contract.Event {
 	b.t.Helper()
 	evs, err := b.q.Events.History(context.Background(), id)
 	if err != nil {
@@ -182,9 +183,9 @@ func (b *bundle) history(id string) []queue.Event {
 }
 
 // waitEvent polls the job's status events until one of type want appears.
-func (b *bundle) waitEvent(id string, want queue.EventType) queue.Event {
+func (b *bundle) waitEvent(id string, want contract.EventType) contract.Event {
 	b.t.Helper()
-	var found queue.Event
+	var found contract.Event
 	eventually(b.t, 15*time.Second, "event "+string(want)+" of job "+id, func() bool {
 		for _, ev := range b.history(id) {
 			if ev.Event == want {
@@ -199,7 +200,7 @@ func (b *bundle) waitEvent(id string, want queue.EventType) queue.Event {
 
 func (b *bundle) pending() uint64 {
 	b.t.Helper()
-	s, err := b.js.Stream(context.Background(), queue.StreamJobs)
+	s, err := b.js.Stream(context.Background(), contract.StreamJobs)
 	if err != nil {
 		b.t.Fatal(err)
 	}
@@ -210,20 +211,20 @@ func (b *bundle) pending() uint64 {
 	return info.State.Msgs
 }
 
-func demoJob(id string) *queue.Job {
-	return &queue.Job{ID: id, From: "noreply@demo.example", To: []string{"someone@example.com"}, Subject: "hi", Text: "hello"}
+func demoJob(id string) *contract.Job {
+	return &contract.Job{ID: id, From: "noreply@demo.example", To: []string{"someone@example.com"}, Subject: "hi", Text: "hello"}
 }
 
 // recorder is a Sender that records calls and answers from a script.
 type recorder struct {
 	mu     sync.Mutex
 	calls  []string // job ids, in call order
-	answer func(n int, jobID string, job *queue.Job) (SendResult, error)
+	answer func(n int, jobID string, job *contract.Job) (SendResult, error)
 	active atomic.Int32
 	peak   atomic.Int32
 }
 
-func (r *recorder) Send(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error) {
+func (r *recorder) Send(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
 	n := r.active.Add(1)
 	defer r.active.Add(-1)
 	for {

@@ -3,9 +3,8 @@ package worker
 import (
 	"strconv"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/mailworker/mailworker/queue"
 )
 
 // Metrics are the worker's Prometheus metrics (namespace mailworker_). Every
@@ -87,10 +86,10 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 	for _, p := range profiles {
 		m.Jobs.WithLabelValues(p, OutcomeSent, "")
 		m.Jobs.WithLabelValues(p, OutcomeDuplicateSuppressed, "")
-		for _, r := range queue.Reasons {
+		for _, r := range contract.Reasons {
 			m.Jobs.WithLabelValues(p, OutcomeDeadLettered, string(r))
 		}
-		for _, r := range []queue.Reason{"", queue.ReasonAccessDenied, queue.ReasonAuthFailed, queue.ReasonInternal} {
+		for _, r := range []contract.Reason{"", contract.ReasonAccessDenied, contract.ReasonAuthFailed, contract.ReasonInternal} {
 			m.Retries.WithLabelValues(p, string(r))
 		}
 		for _, c := range []string{CauseRetryAfter, CausePace, CauseUpload, CauseRecipients, CauseConcurrency, CauseUnavailable} {

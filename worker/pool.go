@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Delivery is one delivery of a job message: the subset of jetstream.Msg the
@@ -118,7 +119,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	prefetch := min(max(p.cfg.MaxInFlight/4, 1), 256)
 	it, err := p.cons.Messages(jetstream.PullMaxMessages(prefetch))
 	if err != nil {
-		return fmt.Errorf("worker: consume %s/%s: %w", queue.StreamJobs, queue.ConsumerName, err)
+		return fmt.Errorf("worker: consume %s/%s: %w", contract.StreamJobs, contract.ConsumerName, err)
 	}
 	// This replica counts in the live replicas that share the mailbox limits
 	// from before it takes a job until it has finished the last one.

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 func TestPool(t *testing.T) {
@@ -19,11 +20,11 @@ func TestPool(t *testing.T) {
 		rec := &recorder{}
 		b := setup(t, Config{}, rec)
 		id := b.publish(demoJob("job-1"))
-		st := b.waitState(id, queue.StateSent)
+		st := b.waitState(id, contract.StateSent)
 		if st.Attempts != 1 || st.Graph == nil || st.Graph.RequestID != "req-job-1" {
 			t.Fatalf("state = %+v", st)
 		}
-		ev := b.waitEvent(id, queue.EventSent)
+		ev := b.waitEvent(id, contract.EventSent)
 		if ev.Attempt != 1 || ev.Graph.RequestID != "req-job-1" || ev.PossibleDuplicate {
 			t.Fatalf("sent event = %+v", ev)
 		}
@@ -38,7 +39,7 @@ func TestPool(t *testing.T) {
 		b := setup(t, Config{}, rec)
 		b.publishRaw("mail.send.demo", []byte(`{"from": "noreply@demo.example", "to": [`))
 		dls := waitDLQ(t, b, 1)
-		if dls[0].Reason != queue.ReasonInvalidJob || !strings.Contains(dls[0].Error, "invalid job") {
+		if dls[0].Reason != contract.ReasonInvalidJob || !strings.Contains(dls[0].Error, "invalid job") {
 			t.Fatalf("dead letter = %+v", dls[0])
 		}
 		if string(dls[0].Body) != `{"from": "noreply@demo.example", "to": [` {
@@ -53,8 +54,8 @@ func TestPool(t *testing.T) {
 	t.Run("an invalid job keeps the id its producer gave it", func(t *testing.T) {
 		b := setup(t, Config{}, &recorder{})
 		b.publishRaw("mail.send.demo", []byte(`{"id":"job-wrong-type","from":"noreply@demo.example","to":"x@example.com"}`))
-		st := b.waitState("job-wrong-type", queue.StateDeadLettered)
-		if st.LastError.Reason != queue.ReasonInvalidJob || !strings.Contains(st.LastError.Message, "to") {
+		st := b.waitState("job-wrong-type", contract.StateDeadLettered)
+		if st.LastError.Reason != contract.ReasonInvalidJob || !strings.Contains(st.LastError.Message, "to") {
 			t.Fatalf("state = %+v", st.LastError)
 		}
 	})
@@ -65,15 +66,15 @@ func TestPool(t *testing.T) {
 		job := demoJob("job-evil")
 		job.From = "ceo@demo.example"
 		id := b.publish(job)
-		st := b.waitState(id, queue.StateDeadLettered)
-		if st.LastError.Reason != queue.ReasonSenderNotAllowed || !strings.Contains(st.LastError.Message, "ceo@demo.example") {
+		st := b.waitState(id, contract.StateDeadLettered)
+		if st.LastError.Reason != contract.ReasonSenderNotAllowed || !strings.Contains(st.LastError.Message, "ceo@demo.example") {
 			t.Fatalf("state = %+v", st.LastError)
 		}
 		if rec.callsFor(id) != 0 {
 			t.Fatal("sender called for an unapproved mailbox")
 		}
-		ev := b.waitEvent(id, queue.EventDeadLettered)
-		if ev.Error == nil || ev.Error.Reason != queue.ReasonSenderNotAllowed {
+		ev := b.waitEvent(id, contract.EventDeadLettered)
+		if ev.Error == nil || ev.Error.Reason != contract.ReasonSenderNotAllowed {
 			t.Fatalf("event = %+v", ev)
 		}
 	})
@@ -82,7 +83,7 @@ func TestPool(t *testing.T) {
 		b := setup(t, Config{}, &recorder{})
 		b.publishRaw("mail.send.nosuch", mustJSON(t, demoJob("job-np")))
 		dls := waitDLQ(t, b, 1)
-		if dls[0].Reason != queue.ReasonInvalidJob || !strings.Contains(dls[0].Error, `no profile "nosuch"`) {
+		if dls[0].Reason != contract.ReasonInvalidJob || !strings.Contains(dls[0].Error, `no profile "nosuch"`) {
 			t.Fatalf("dead letter = %+v", dls[0])
 		}
 	})
@@ -91,10 +92,10 @@ func TestPool(t *testing.T) {
 		rec := &recorder{}
 		b := setup(t, Config{}, rec)
 		id := b.publish(demoJob("job-dup"))
-		b.waitState(id, queue.StateSent)
+		b.waitState(id, contract.StateSent)
 		// Past JetStream's publish dedupe: same job id, new message id.
 		b.publishRaw("mail.send.demo", mustJSON(t, demoJob("job-dup")))
-		b.waitEvent(id, queue.EventDuplicateSuppressed)
+		b.waitEvent(id, contract.EventDuplicateSuppressed)
 		if n := rec.callsFor(id); n != 1 {
 			t.Fatalf("sender called %d times for one job id", n)
 		}
@@ -106,13 +107,13 @@ func TestPool(t *testing.T) {
 		// The state a worker leaves when it dies after recording "sent" and
 		// before its event and ack: the job's message is stream sequence 1.
 		at := time.Now().Add(-time.Minute).UTC()
-		if _, err := b.q.States.Put(context.Background(), queue.JobState{JobID: "job-acklost", Profile: "demo",
-			State: queue.StateSent, Attempts: 1, UpdatedAt: at, Seq: 1,
-			Graph: &queue.GraphInfo{Status: 202, RequestID: "req-first"}}); err != nil {
+		if _, err := b.q.States.Put(context.Background(), contract.JobState{JobID: "job-acklost", Profile: "demo",
+			State: contract.StateSent, Attempts: 1, UpdatedAt: at, Seq: 1,
+			Graph: &contract.GraphInfo{Status: 202, RequestID: "req-first"}}); err != nil {
 			t.Fatal(err)
 		}
 		b.publishRaw("mail.send.demo", mustJSON(t, demoJob("job-acklost")))
-		ev := b.waitEvent("job-acklost", queue.EventSent)
+		ev := b.waitEvent("job-acklost", contract.EventSent)
 		if !ev.At.Equal(at) || ev.Graph == nil || ev.Graph.RequestID != "req-first" || ev.Attempt != 1 {
 			t.Fatalf("re-published sent event = %+v", ev)
 		}
@@ -121,24 +122,24 @@ func TestPool(t *testing.T) {
 			t.Fatal("a job whose outcome was recorded was sent again")
 		}
 		for _, e := range b.history("job-acklost") {
-			if e.Event == queue.EventDuplicateSuppressed {
+			if e.Event == contract.EventDuplicateSuppressed {
 				t.Fatal("a redelivery of the same message is not a duplicate")
 			}
 		}
 		// A later re-publish of the id (another message) is a duplicate.
 		b.publishRaw("mail.send.demo", mustJSON(t, demoJob("job-acklost")))
-		b.waitEvent("job-acklost", queue.EventDuplicateSuppressed)
+		b.waitEvent("job-acklost", contract.EventDuplicateSuppressed)
 	})
 
 	t.Run("permanent failure is dead-lettered with its reason", func(t *testing.T) {
-		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
-			return SendResult{}, &SendError{Kind: Permanent, Reason: queue.ReasonRecipientInvalid, Status: 400,
+		rec := &recorder{answer: func(int, string, *contract.Job) (SendResult, error) {
+			return SendResult{}, &SendError{Kind: Permanent, Reason: contract.ReasonRecipientInvalid, Status: 400,
 				Code: "ErrorInvalidRecipients", Message: "bad recipient", RequestID: "r-400"}
 		}}
 		b := setup(t, Config{}, rec)
 		id := b.publish(demoJob("job-perm"))
-		st := b.waitState(id, queue.StateDeadLettered)
-		if st.LastError.Reason != queue.ReasonRecipientInvalid || st.Attempts != 1 {
+		st := b.waitState(id, contract.StateDeadLettered)
+		if st.LastError.Reason != contract.ReasonRecipientInvalid || st.Attempts != 1 {
 			t.Fatalf("state = %+v", st)
 		}
 		dl, err := b.q.DLQ.Get(context.Background(), id)
@@ -154,7 +155,7 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("retryable failure is retried and then sent", func(t *testing.T) {
-		rec := &recorder{answer: func(n int, id string, _ *queue.Job) (SendResult, error) {
+		rec := &recorder{answer: func(n int, id string, _ *contract.Job) (SendResult, error) {
 			if n < 3 {
 				return SendResult{}, &SendError{Kind: Retryable, Status: 503, Code: "ServiceUnavailable", Ambiguous: true}
 			}
@@ -162,17 +163,17 @@ func TestPool(t *testing.T) {
 		}}
 		b := setup(t, Config{}, rec)
 		id := b.publish(demoJob("job-retry"))
-		st := b.waitState(id, queue.StateSent)
+		st := b.waitState(id, contract.StateSent)
 		if st.Attempts != 3 {
 			t.Fatalf("attempts = %d, want 3", st.Attempts)
 		}
-		sent := b.waitEvent(id, queue.EventSent)
+		sent := b.waitEvent(id, contract.EventSent)
 		if !sent.PossibleDuplicate {
 			t.Fatal("a send after an ambiguous 503 must be marked possibleDuplicate")
 		}
 		retries := 0
 		for _, ev := range b.history(id) {
-			if ev.Event == queue.EventRetrying {
+			if ev.Event == contract.EventRetrying {
 				retries++
 				if !ev.Ambiguous || ev.RetryAt == nil {
 					t.Fatalf("retrying event = %+v", ev)
@@ -185,30 +186,30 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("an unavailable dependency spends no attempt, however long it lasts", func(t *testing.T) {
-		rec := &recorder{answer: func(n int, _ string, _ *queue.Job) (SendResult, error) {
+		rec := &recorder{answer: func(n int, _ string, _ *contract.Job) (SendResult, error) {
 			if n <= 4 { // Entra down for four tries: more than maxAttempts
-				return SendResult{}, &SendError{Kind: Unavailable, Reason: queue.ReasonAuthFailed, RetryAfter: 50 * time.Millisecond,
+				return SendResult{}, &SendError{Kind: Unavailable, Reason: contract.ReasonAuthFailed, RetryAfter: 50 * time.Millisecond,
 					Message: "token endpoint unavailable"}
 			}
 			return SendResult{Status: 202}, nil
 		}}
 		b := setup(t, Config{MaxAttempts: 2}, rec)
 		id := b.publish(demoJob("job-entra-down"))
-		st := b.waitState(id, queue.StateSent)
+		st := b.waitState(id, contract.StateSent)
 		if st.Attempts != 1 || rec.callsFor(id) != 5 {
 			t.Fatalf("attempts %d after %d calls: the outage must not spend attempts", st.Attempts, rec.callsFor(id))
 		}
-		b.waitEvent(id, queue.EventDeferred)
+		b.waitEvent(id, contract.EventDeferred)
 	})
 
 	t.Run("attempts run out: attempts_exhausted with the last error", func(t *testing.T) {
-		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
+		rec := &recorder{answer: func(int, string, *contract.Job) (SendResult, error) {
 			return SendResult{}, &SendError{Kind: Retryable, Status: 500, Code: "InternalServerError", Message: "boom"}
 		}}
 		b := setup(t, Config{MaxAttempts: 3}, rec)
 		id := b.publish(demoJob("job-exhaust"))
-		st := b.waitState(id, queue.StateDeadLettered)
-		if st.LastError.Reason != queue.ReasonAttemptsExhausted || !strings.Contains(st.LastError.Message, "boom") ||
+		st := b.waitState(id, contract.StateDeadLettered)
+		if st.LastError.Reason != contract.ReasonAttemptsExhausted || !strings.Contains(st.LastError.Message, "boom") ||
 			!strings.Contains(st.LastError.Message, "3 attempts") {
 			t.Fatalf("last error = %+v", st.LastError)
 		}
@@ -218,13 +219,13 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("access denied keeps its reason and says RBAC may still be applying", func(t *testing.T) {
-		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
-			return SendResult{}, &SendError{Kind: Retryable, Reason: queue.ReasonAccessDenied, Status: 403, Code: "ErrorAccessDenied"}
+		rec := &recorder{answer: func(int, string, *contract.Job) (SendResult, error) {
+			return SendResult{}, &SendError{Kind: Retryable, Reason: contract.ReasonAccessDenied, Status: 403, Code: "ErrorAccessDenied"}
 		}}
 		b := setup(t, Config{MaxAttempts: 2}, rec)
 		id := b.publish(demoJob("job-403"))
-		st := b.waitState(id, queue.StateDeadLettered)
-		if st.LastError.Reason != queue.ReasonAccessDenied || !strings.Contains(st.LastError.Message, "30 minutes to 2 hours") {
+		st := b.waitState(id, contract.StateDeadLettered)
+		if st.LastError.Reason != contract.ReasonAccessDenied || !strings.Contains(st.LastError.Message, "30 minutes to 2 hours") {
 			t.Fatalf("last error = %+v", st.LastError)
 		}
 	})
@@ -234,7 +235,7 @@ func TestPool(t *testing.T) {
 		var throttledAt atomic.Int64
 		var early atomic.Int32
 		rec := &recorder{}
-		rec.answer = func(n int, id string, job *queue.Job) (SendResult, error) {
+		rec.answer = func(n int, id string, job *contract.Job) (SendResult, error) {
 			if job.From == "noreply@demo.example" {
 				if t0 := throttledAt.Load(); t0 != 0 && time.Since(time.Unix(0, t0)) < wait {
 					early.Add(1)
@@ -254,26 +255,26 @@ func TestPool(t *testing.T) {
 		other := demoJob("job-other-box")
 		other.From = "other@demo.example"
 		b.publish(other)
-		b.waitState("job-other-box", queue.StateSent)
+		b.waitState("job-other-box", contract.StateSent)
 		if since := time.Since(time.Unix(0, throttledAt.Load())); since >= wait {
 			t.Logf("other mailbox sent only after %s (machine slow?)", since)
 		}
-		st := b.waitState("job-429", queue.StateSent)
+		st := b.waitState("job-429", contract.StateSent)
 		if st.Attempts != 1 {
 			t.Fatalf("attempts = %d: a 429 must not spend an attempt", st.Attempts)
 		}
-		b.waitState("job-same-box", queue.StateSent)
+		b.waitState("job-same-box", contract.StateSent)
 		if early.Load() != 0 {
 			t.Fatalf("%d requests reached the mailbox inside its Retry-After window", early.Load())
 		}
 		if rec.callsFor("job-same-box") != 1 {
 			t.Fatal("job-same-box sent more than once")
 		}
-		b.waitEvent("job-429", queue.EventDeferred)
+		b.waitEvent("job-429", contract.EventDeferred)
 	})
 
 	t.Run("a panic dead-letters the job and the worker keeps going", func(t *testing.T) {
-		rec := &recorder{answer: func(_ int, id string, _ *queue.Job) (SendResult, error) {
+		rec := &recorder{answer: func(_ int, id string, _ *contract.Job) (SendResult, error) {
 			if id == "job-panic" {
 				panic("sender exploded")
 			}
@@ -281,12 +282,12 @@ func TestPool(t *testing.T) {
 		}}
 		b := setup(t, Config{}, rec)
 		b.publish(demoJob("job-panic"))
-		st := b.waitState("job-panic", queue.StateDeadLettered)
-		if st.LastError.Reason != queue.ReasonInternal || !strings.Contains(st.LastError.Message, "sender exploded") {
+		st := b.waitState("job-panic", contract.StateDeadLettered)
+		if st.LastError.Reason != contract.ReasonInternal || !strings.Contains(st.LastError.Message, "sender exploded") {
 			t.Fatalf("last error = %+v", st.LastError)
 		}
 		b.publish(demoJob("job-after-panic"))
-		b.waitState("job-after-panic", queue.StateSent)
+		b.waitState("job-after-panic", contract.StateSent)
 	})
 
 	t.Run("expired job is dead-lettered expired", func(t *testing.T) {
@@ -296,8 +297,8 @@ func TestPool(t *testing.T) {
 		past := time.Now().Add(-time.Minute)
 		job.ExpiresAt = &past
 		b.publishRaw("mail.send.demo", mustJSON(t, job)) // the publisher may refuse an expired job; the worker must still handle it
-		st := b.waitState("job-old", queue.StateDeadLettered)
-		if st.LastError.Reason != queue.ReasonExpired || rec.callsFor("job-old") != 0 {
+		st := b.waitState("job-old", contract.StateDeadLettered)
+		if st.LastError.Reason != contract.ReasonExpired || rec.callsFor("job-old") != 0 {
 			t.Fatalf("state = %+v", st)
 		}
 	})
@@ -309,17 +310,17 @@ func TestPool(t *testing.T) {
 		at := time.Now().Add(700 * time.Millisecond)
 		job.NotBefore = &at
 		b.publish(job)
-		st := b.waitState("job-later", queue.StateSent)
+		st := b.waitState("job-later", contract.StateSent)
 		if time.Now().Before(at) || st.Attempts != 1 {
 			t.Fatalf("sent before notBefore or attempts=%d", st.Attempts)
 		}
-		b.waitEvent("job-later", queue.EventDeferred)
+		b.waitEvent("job-later", contract.EventDeferred)
 	})
 
 	t.Run("at most perMailboxConcurrency sends per mailbox", func(t *testing.T) {
 		rec := &recorder{}
 		release := make(chan struct{})
-		rec.answer = func(int, string, *queue.Job) (SendResult, error) {
+		rec.answer = func(int, string, *contract.Job) (SendResult, error) {
 			<-release
 			return SendResult{Status: 202}, nil
 		}
@@ -330,7 +331,7 @@ func TestPool(t *testing.T) {
 		eventually(t, 5*time.Second, "two sends in flight", func() bool { return rec.active.Load() == 2 })
 		close(release)
 		for i := range 6 {
-			b.waitState(fmt.Sprintf("job-c%d", i), queue.StateSent)
+			b.waitState(fmt.Sprintf("job-c%d", i), contract.StateSent)
 		}
 		if p := rec.peak.Load(); p != 2 {
 			t.Fatalf("peak concurrent sends for one mailbox = %d, want 2", p)
@@ -345,10 +346,10 @@ func TestPool(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		withRef := func(id, from string) *queue.Job {
+		withRef := func(id, from string) *contract.Job {
 			j := demoJob(id)
 			j.From = from
-			j.Attachments = []queue.Attachment{{Name: "report.pdf", ContentType: "application/pdf", ObjectRef: ref}}
+			j.Attachments = []contract.Attachment{{Name: "report.pdf", ContentType: "application/pdf", ObjectRef: ref}}
 			return j
 		}
 		for i := range 4 {
@@ -359,7 +360,7 @@ func TestPool(t *testing.T) {
 			return testutil.ToFloat64(b.pool.m.ThrottleDeferrals.WithLabelValues("demo", CauseUpload)) >= 2
 		})
 		b.publish(withRef("job-u-other", "other@demo.example")) // another mailbox has its own volume
-		b.waitState("job-u-other", queue.StateSent)
+		b.waitState("job-u-other", contract.StateSent)
 		sent := 0
 		for i := range 4 {
 			id := fmt.Sprintf("job-u%d", i)
@@ -380,13 +381,13 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("ambiguous outcome with onAmbiguous=deadletter is dead-lettered, not resent", func(t *testing.T) {
-		rec := &recorder{answer: func(int, string, *queue.Job) (SendResult, error) {
+		rec := &recorder{answer: func(int, string, *contract.Job) (SendResult, error) {
 			return SendResult{}, &SendError{Kind: Retryable, Status: 504, Ambiguous: true, Err: errors.New("gateway timeout")}
 		}}
 		cfg := Config{Profiles: map[string]Profile{"demo": {AllowedSenders: []string{"noreply@demo.example"}, OnAmbiguous: OnAmbiguousDeadLetter}}}
 		b := setup(t, cfg, rec)
 		id := b.publish(demoJob("job-amb"))
-		st := b.waitState(id, queue.StateDeadLettered)
+		st := b.waitState(id, contract.StateDeadLettered)
 		if !st.Ambiguous || !strings.Contains(st.LastError.Message, "X-Mailworker-Job-Id") || rec.callsFor(id) != 1 {
 			t.Fatalf("state = %+v, calls = %d", st, rec.callsFor(id))
 		}
@@ -395,7 +396,7 @@ func TestPool(t *testing.T) {
 	t.Run("shutdown lets the send in flight finish and leaves the rest queued", func(t *testing.T) {
 		started := make(chan struct{})
 		finish := make(chan struct{})
-		rec := &recorder{answer: func(n int, id string, _ *queue.Job) (SendResult, error) {
+		rec := &recorder{answer: func(n int, id string, _ *contract.Job) (SendResult, error) {
 			if id == "job-slow" {
 				close(started)
 				<-finish
@@ -413,7 +414,7 @@ func TestPool(t *testing.T) {
 		eventually(t, 5*time.Second, "pool to stop consuming", func() bool { return !b.pool.Ready() })
 		close(finish)
 		<-stopped
-		b.waitState("job-slow", queue.StateSent)
+		b.waitState("job-slow", contract.StateSent)
 		for i := range 3 {
 			if n := rec.callsFor(fmt.Sprintf("job-queued-%d", i)); n != 0 {
 				t.Fatalf("job-queued-%d was sent after shutdown began", i)

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // TestSentStateSurvivesStateStoreOutage: Graph accepted the mail, then the
@@ -21,15 +22,15 @@ import (
 func TestSentStateSurvivesStateStoreOutage(t *testing.T) {
 	var b *bundle
 	restored := make(chan struct{})
-	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error) {
+	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
 		// The bucket goes away after the sending mark and comes back 1.5s later.
-		if err := b.js.DeleteKeyValue(ctx, queue.BucketState); err != nil {
+		if err := b.js.DeleteKeyValue(ctx, contract.BucketState); err != nil {
 			t.Errorf("delete bucket: %v", err)
 		}
 		go func() {
 			defer close(restored)
 			time.Sleep(1500 * time.Millisecond)
-			if _, err := b.js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: queue.BucketState, History: 1, TTL: time.Hour}); err != nil {
+			if _, err := b.js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: contract.BucketState, History: 1, TTL: time.Hour}); err != nil {
 				t.Errorf("recreate bucket: %v", err)
 			}
 		}()
@@ -38,7 +39,7 @@ func TestSentStateSurvivesStateStoreOutage(t *testing.T) {
 	b = setup(t, Config{}, sender)
 	id := b.publish(demoJob("outage-1"))
 	<-restored
-	st := b.waitState(id, queue.StateSent)
+	st := b.waitState(id, contract.StateSent)
 	if st.Attempts != 1 {
 		t.Errorf("attempts %d, want 1", st.Attempts)
 	}
@@ -94,7 +95,7 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 	var b *bundle
 	var mu sync.Mutex
 	var calls []time.Time
-	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error) {
+	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
 		mu.Lock()
 		calls = append(calls, time.Now())
 		n := len(calls)
@@ -103,7 +104,7 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 			return SendResult{Status: 202}, nil
 		}
 		// The state store is gone when the worker records the retry.
-		if err := b.js.DeleteKeyValue(ctx, queue.BucketState); err != nil {
+		if err := b.js.DeleteKeyValue(ctx, contract.BucketState); err != nil {
 			t.Errorf("delete bucket: %v", err)
 		}
 		return SendResult{}, &SendError{Kind: Retryable, Status: 503, Ambiguous: true}
@@ -113,7 +114,7 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 	eventually(t, 5*time.Second, "the first send", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) == 1 })
 	// While the store is gone the job keeps coming back (and is put back as
 	// an infrastructure failure): it was naked, not left to the ack wait.
-	cons, err := b.js.Consumer(context.Background(), queue.StreamJobs, queue.ConsumerName)
+	cons, err := b.js.Consumer(context.Background(), contract.StreamJobs, contract.ConsumerName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +122,7 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 		info, err := cons.Info(context.Background())
 		return err == nil && info.NumRedelivered > 0
 	})
-	if _, err := b.js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: queue.BucketState, History: 1, TTL: time.Hour}); err != nil {
+	if _, err := b.js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: contract.BucketState, History: 1, TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "the retry", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) == 2 })
@@ -134,24 +135,24 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 func TestFinalEventNotLostAtShutdown(t *testing.T) {
 	js := startServer(t)
 	var calls atomic.Int32
-	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error) {
+	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
 		calls.Add(1)
 		// The status stream is unavailable from now until it is provisioned again.
-		if err := js.DeleteStream(ctx, queue.StreamStatus); err != nil {
+		if err := js.DeleteStream(ctx, contract.StreamStatus); err != nil {
 			t.Errorf("delete stream: %v", err)
 		}
 		return SendResult{Status: 202, RequestID: "r1"}, nil
 	})
 	first := startPool(t, js, Config{DrainTimeout: 300 * time.Millisecond}, sender, Options{})
 	first.publish(demoJob("event-at-shutdown"))
-	first.waitState("event-at-shutdown", queue.StateSent)
+	first.waitState("event-at-shutdown", contract.StateSent)
 	first.stop() // the drain timeout cuts the event's retries short
 
 	if err := queue.Provision(context.Background(), js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	second := startPool(t, js, Config{}, sender, Options{})
-	ev := second.waitEvent("event-at-shutdown", queue.EventSent)
+	ev := second.waitEvent("event-at-shutdown", contract.EventSent)
 	if ev.Graph == nil || ev.Graph.RequestID != "r1" {
 		t.Fatalf("sent event = %+v", ev)
 	}

@@ -5,20 +5,20 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Sender sends one job's mail. Implementations translate their failures into
 // *SendError; any other error is treated as a retryable internal failure.
 type Sender interface {
-	Send(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error)
+	Send(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error)
 }
 
 // SenderFunc adapts a function to Sender.
-type SenderFunc func(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error)
+type SenderFunc func(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error)
 
 // Send calls f.
-func (f SenderFunc) Send(ctx context.Context, profile, jobID string, job *queue.Job) (SendResult, error) {
+func (f SenderFunc) Send(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
 	return f(ctx, profile, jobID, job)
 }
 
@@ -63,7 +63,7 @@ func (k Kind) String() string {
 // SendError is a failed send in the worker's vocabulary.
 type SendError struct {
 	Kind   Kind
-	Reason queue.Reason // "" when the class alone says enough (plain retryable)
+	Reason contract.Reason // "" when the class alone says enough (plain retryable)
 	// Status is the HTTP status, 0 when there was no response.
 	Status  int
 	Code    string

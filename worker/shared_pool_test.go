@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // startLog is a Sender that records when each send started.
@@ -19,7 +20,7 @@ type startLog struct {
 	starts []time.Time
 }
 
-func (s *startLog) Send(_ context.Context, _, jobID string, _ *queue.Job) (SendResult, error) {
+func (s *startLog) Send(_ context.Context, _, jobID string, _ *contract.Job) (SendResult, error) {
 	s.mu.Lock()
 	s.starts = append(s.starts, time.Now())
 	s.mu.Unlock()
@@ -150,7 +151,7 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 	ctx := context.Background()
 	sent := &startLog{}
 	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 100}, sent, Options{})
-	if err := js.DeleteKeyValue(ctx, queue.BucketPacing); err != nil {
+	if err := js.DeleteKeyValue(ctx, contract.BucketPacing); err != nil {
 		t.Fatal(err)
 	}
 	id := b.publish(demoJob("job-blind"))
@@ -161,7 +162,7 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 	if err := queue.Provision(ctx, js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	st := b.waitState(id, queue.StateSent)
+	st := b.waitState(id, contract.StateSent)
 	if st.Attempts != 1 {
 		t.Fatalf("attempts %d, want 1: an unreachable ledger spends none", st.Attempts)
 	}
@@ -171,7 +172,7 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 func TestStopGivesUnspentRecipientsBack(t *testing.T) {
 	js := startServer(t)
 	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 1000}, &startLog{}, Options{})
-	b.waitState(b.publish(demoJob("job-one")), queue.StateSent)
+	b.waitState(b.publish(demoJob("job-one")), contract.StateSent)
 	used := func() int {
 		n, err := b.q.Pacing.Used(context.Background(), "noreply@demo.example", time.Now())
 		if err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/mailworker/mailworker/worker"
 )
 
@@ -64,8 +65,8 @@ func TestAppInProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	job := &queue.Job{ID: "with-ref", From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "report",
-		Text: "attached", Attachments: []queue.Attachment{{Name: "report.pdf", ContentType: "application/pdf", ObjectRef: ref}}}
+	job := &contract.Job{ID: "with-ref", From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "report",
+		Text: "attached", Attachments: []contract.Attachment{{Name: "report.pdf", ContentType: "application/pdf", ObjectRef: ref}}}
 	if _, err := queue.NewPublisher(js).Publish(ctx, "billing", job); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // exitError carries a specific exit code out of a command.
@@ -191,8 +192,8 @@ func (c *cli) provisionCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(c.stdout, "provisioned: streams %s %s %s, consumer %s, KV %s, object store %s (replicas %d)\n",
-				queue.StreamJobs, queue.StreamStatus, queue.StreamDLQ, queue.ConsumerName, queue.BucketState,
-				queue.BucketAttachments, cfg.Streams.Replicas)
+				contract.StreamJobs, contract.StreamStatus, contract.StreamDLQ, contract.ConsumerName, contract.BucketState,
+				contract.BucketAttachments, cfg.Streams.Replicas)
 			return nil
 		}}
 }

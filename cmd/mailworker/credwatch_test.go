@@ -17,6 +17,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // secretVolume lays out a directory the way the kubelet mounts a Secret:
@@ -105,16 +106,16 @@ profiles:
 	pub := queue.NewPublisher(js)
 	send := func(id string) {
 		t.Helper()
-		job := &queue.Job{ID: id, From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"}
+		job := &contract.Job{ID: id, From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"}
 		if _, err := pub.Publish(ctx, "billing", job); err != nil {
 			t.Fatal(err)
 		}
-		var st queue.JobState
+		var st contract.JobState
 		eventually(t, 30*time.Second, "job "+id+" to finish", func() bool {
 			st, _, _ = q.States.Get(ctx, id)
 			return terminal(st.State)
 		})
-		if st.State != queue.StateSent {
+		if st.State != contract.StateSent {
 			t.Fatalf("job %s: %s %+v", id, st.State, st.LastError)
 		}
 	}
@@ -195,7 +196,7 @@ func TestTenantWideConsentIsReported(t *testing.T) {
 		AllowedSenders: []string{"billing@contoso.example"}}}
 	var logs syncBuffer
 	base, js, stop := startApp(t, cfg, zerolog.New(&logs))
-	job := &queue.Job{ID: "consented", From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"}
+	job := &contract.Job{ID: "consented", From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"}
 	if _, err := queue.NewPublisher(js).Publish(context.Background(), "billing", job); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 func (c *cli) dlqCmd() *cobra.Command {
@@ -27,9 +28,9 @@ func (f *dlqFlags) add(cmd *cobra.Command) {
 }
 
 func (f *dlqFlags) filter() (queue.DLQFilter, error) {
-	r := queue.Reason(f.reason)
+	r := contract.Reason(f.reason)
 	if r != "" && !r.Valid() {
-		return queue.DLQFilter{}, fmt.Errorf("--reason: %q is not one of %v", f.reason, queue.Reasons)
+		return queue.DLQFilter{}, fmt.Errorf("--reason: %q is not one of %v", f.reason, contract.Reasons)
 	}
 	return queue.DLQFilter{Profile: f.profile, Reason: r}, nil
 }
@@ -38,7 +39,7 @@ func (f *dlqFlags) filter() (queue.DLQFilter, error) {
 type dlqRecord struct {
 	JobID          string          `json:"jobId"`
 	Profile        string          `json:"profile"`
-	Reason         queue.Reason    `json:"reason"`
+	Reason         contract.Reason `json:"reason"`
 	Error          string          `json:"error"`
 	Attempts       int             `json:"attempts"`
 	FailedAt       time.Time       `json:"failedAt"`

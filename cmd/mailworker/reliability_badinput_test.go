@@ -15,12 +15,12 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
-const badJobsDir = "../../queue/testdata/badjobs"
+const badJobsDir = "../../queue/contract/testdata/badjobs"
 
-// TestReliabilityBadInput publishes the bad-input corpus (queue/testdata/badjobs
+// TestReliabilityBadInput publishes the bad-input corpus (queue/contract/testdata/badjobs
 // plus generated cases) to a running replica of the binary: each job lands in
 // MAIL_DLQ with its specific reason and a message that names the problem, the
 // fake Graph receives none of them, and the worker still sends a good job
@@ -46,14 +46,14 @@ func TestReliabilityBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	type want struct {
-		Profile string       `json:"profile"`
-		Reason  queue.Reason `json:"reason"`
-		Message string       `json:"message"`
+		Profile string          `json:"profile"`
+		Reason  contract.Reason `json:"reason"`
+		Message string          `json:"message"`
 	}
 	wants := map[string]want{}
 	publish := func(id, profile string, body []byte) {
 		t.Helper()
-		m := &nats.Msg{Subject: queue.JobSubject(profile), Data: body, Header: nats.Header{queue.HeaderMsgID: []string{id}}}
+		m := &nats.Msg{Subject: contract.JobSubject(profile), Data: body, Header: nats.Header{contract.HeaderMsgID: []string{id}}}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if _, err := h.js.PublishMsg(ctx, m); err != nil {
@@ -93,12 +93,12 @@ func TestReliabilityBadInput(t *testing.T) {
 		fmt.Fprintf(&b, `"r%d@example.com"`, i)
 	}
 	b.WriteString("]}")
-	wants["bad-ten_thousand_recipients"] = want{Profile: "rel", Reason: queue.ReasonInvalidJob, Message: "10000 recipients in to+cc+bcc, over the limit of 500"}
+	wants["bad-ten_thousand_recipients"] = want{Profile: "rel", Reason: contract.ReasonInvalidJob, Message: "10000 recipients in to+cc+bcc, over the limit of 500"}
 	publish("bad-ten_thousand_recipients", "rel", []byte(b.String()))
 
 	// Above max_payload (1 MB by default): the producer gets the error.
 	big := filepath.Join(t.TempDir(), "big.json")
-	bigJob, _ := json.Marshal(queue.Job{ID: "bad-too-big", From: "noreply@rel.example", To: []string{"a@example.com"}, Subject: "big",
+	bigJob, _ := json.Marshal(contract.Job{ID: "bad-too-big", From: "noreply@rel.example", To: []string{"a@example.com"}, Subject: "big",
 		Text: strings.Repeat("x", 1<<20+1)})
 	if err := os.WriteFile(big, bigJob, 0o600); err != nil {
 		t.Fatal(err)
@@ -112,7 +112,7 @@ func TestReliabilityBadInput(t *testing.T) {
 	t.Logf("producer error for a %d-byte job: %s", len(bigJob), strings.TrimSpace(errOut.String()))
 
 	// A good job after all that.
-	good := &queue.Job{ID: "good-after-bad", From: "noreply@rel.example", To: []string{"a@example.com"}, Subject: "ok", Text: "ok"}
+	good := &contract.Job{ID: "good-after-bad", From: "noreply@rel.example", To: []string{"a@example.com"}, Subject: "ok", Text: "ok"}
 	if _, err := h.pub.Publish(context.Background(), "rel", good); err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // TestReliabilityBrokerRestart stops the nats-server mid-run and starts it
@@ -72,13 +72,13 @@ func TestReliabilityClusterNodeLoss(t *testing.T) {
 	eventually(t, 60*time.Second, "progress before the node loss", func() bool { return len(fake.Messages()) >= jobs/4 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	leader := streamLeader(t, ctx, h.js, queue.StreamJobs)
+	leader := streamLeader(t, ctx, h.js, contract.StreamJobs)
 	cl.node(leader).stop()
-	t.Logf("stopped %s, leader of %s", leader, queue.StreamJobs)
-	eventually(t, 30*time.Second, "a new "+queue.StreamJobs+" leader", func() bool {
+	t.Logf("stopped %s, leader of %s", leader, contract.StreamJobs)
+	eventually(t, 30*time.Second, "a new "+contract.StreamJobs+" leader", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		s, err := h.js.Stream(ctx, queue.StreamJobs)
+		s, err := h.js.Stream(ctx, contract.StreamJobs)
 		if err != nil {
 			return false
 		}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // TestReliabilityGraphFaults injects Graph and Entra faults into the fake
@@ -87,7 +87,7 @@ func TestReliabilityGraphFaults(t *testing.T) {
 		events, _ := h.statusEvents()
 		for _, id := range ids {
 			for _, ev := range events[id] {
-				if ev.Event == queue.EventSent && ev.Attempt != 1 {
+				if ev.Event == contract.EventSent && ev.Attempt != 1 {
 					t.Errorf("job %s sent at attempt %d: a 429 must not spend an attempt", id, ev.Attempt)
 				}
 			}
@@ -143,7 +143,7 @@ func TestReliabilityGraphFaults(t *testing.T) {
 		defer fake.SetMailboxFault("broken@rel.example", nil)
 		var ids []string
 		for i := range 3 {
-			job := &queue.Job{ID: fmt.Sprintf("exhaust-%d", i), From: "broken@rel.example", To: []string{"c@example.com"}, Subject: "x", Text: "x"}
+			job := &contract.Job{ID: fmt.Sprintf("exhaust-%d", i), From: "broken@rel.example", To: []string{"c@example.com"}, Subject: "x", Text: "x"}
 			id, err := h.pub.Publish(context.Background(), "rel", job)
 			if err != nil {
 				t.Fatal(err)
@@ -153,7 +153,7 @@ func TestReliabilityGraphFaults(t *testing.T) {
 		all = append(all, ids...)
 		h.waitTerminal(ids, time.Minute)
 		r := h.check(ids)
-		if r.Reasons[queue.ReasonAttemptsExhausted] != len(ids) {
+		if r.Reasons[contract.ReasonAttemptsExhausted] != len(ids) {
 			t.Errorf("reasons %v, want %d attempts_exhausted", r.Reasons, len(ids))
 		}
 		for _, id := range ids {
@@ -214,7 +214,7 @@ func TestReliabilityAmbiguousPolicies(t *testing.T) {
 	if s.Duplicated != 0 {
 		t.Errorf("deadletter policy: %d jobs sent twice", s.Duplicated)
 	}
-	if s.DeadLettered == 0 || s.Reasons[queue.ReasonInternal] != s.DeadLettered {
+	if s.DeadLettered == 0 || s.Reasons[contract.ReasonInternal] != s.DeadLettered {
 		t.Errorf("deadletter policy: dead-lettered %d, reasons %v: want the ambiguous ones as internal", s.DeadLettered, s.Reasons)
 	}
 	logFigures(t, "graph-slow-ambiguous-deadletter", s, "latency=500ms+0..700ms sendTimeout=1s")

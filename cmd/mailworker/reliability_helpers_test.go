@@ -31,6 +31,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Sentinel secrets: they must never show up in anything the worker writes.
@@ -347,7 +348,7 @@ func (h *harness) publish(profile, prefix string, n int) []string {
 	var futures []jetstream.PubAckFuture
 	for i := range n {
 		id := fmt.Sprintf("%s-%05d", prefix, i)
-		job := &queue.Job{ID: id, From: senders[i%len(senders)], To: []string{fmt.Sprintf("Customer %d <c%d@example.com>", i, i)},
+		job := &contract.Job{ID: id, From: senders[i%len(senders)], To: []string{fmt.Sprintf("Customer %d <c%d@example.com>", i, i)},
 			Subject: "reliability " + id, Text: "hello", Metadata: map[string]string{"run": prefix}}
 		f, _, err := h.pub.PublishAsync(profile, job)
 		if err != nil {
@@ -369,7 +370,9 @@ func (h *harness) publish(profile, prefix string, n int) []string {
 }
 
 // terminal reports whether st is a final state.
-func terminal(s queue.State) bool { return s == queue.StateSent || s == queue.StateDeadLettered }
+func terminal(s contract.State) bool {
+	return s == contract.StateSent || s == contract.StateDeadLettered
+}
 
 // waitTerminal polls until every id is sent or dead-lettered and the
 // MAIL_JOBS consumer has nothing outstanding. A terminal state alone is not
@@ -418,7 +421,7 @@ func (h *harness) waitTerminal(ids []string, timeout time.Duration) {
 			outstanding = err.Error()
 		}
 		if time.Now().After(deadline) {
-			h.t.Fatalf("after %s, every job is terminal but the %s consumer still has work: %s", timeout, queue.ConsumerName, outstanding)
+			h.t.Fatalf("after %s, every job is terminal but the %s consumer still has work: %s", timeout, contract.ConsumerName, outstanding)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -432,7 +435,7 @@ type report struct {
 	PossibleDuplicate              int // jobs whose sent event says possibleDuplicate
 	Ambiguous                      int // jobs with an ambiguous attempt (event flag or ambiguous dead letter)
 	MissingTerminalEvent           int // KV terminal, but no sent/dead_lettered event (must stay 0)
-	Reasons                        map[queue.Reason]int
+	Reasons                        map[contract.Reason]int
 	GraphRequests                  int
 }
 
@@ -448,11 +451,11 @@ func (r report) String() string {
 }
 
 // statusEvents reads the whole MAIL_STATUS stream, grouped by job id.
-func (h *harness) statusEvents() (map[string][]queue.Event, [][]byte) {
+func (h *harness) statusEvents() (map[string][]contract.Event, [][]byte) {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := h.js.Stream(ctx, queue.StreamStatus)
+	s, err := h.js.Stream(ctx, contract.StreamStatus)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -460,7 +463,7 @@ func (h *harness) statusEvents() (map[string][]queue.Event, [][]byte) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	out := map[string][]queue.Event{}
+	out := map[string][]contract.Event{}
 	var raw [][]byte
 	if info.State.Msgs == 0 {
 		return out, raw
@@ -479,7 +482,7 @@ func (h *harness) statusEvents() (map[string][]queue.Event, [][]byte) {
 			got++
 			n++
 			raw = append(raw, m.Data())
-			var ev queue.Event
+			var ev contract.Event
 			if err := json.Unmarshal(m.Data(), &ev); err != nil {
 				h.t.Errorf("status event %q: %v", m.Data(), err)
 				continue
@@ -516,7 +519,7 @@ func (h *harness) check(ids []string) report {
 	for _, m := range h.fake.Messages() {
 		copies[m.JobID]++
 	}
-	r := report{Jobs: len(ids), Reasons: map[queue.Reason]int{}, GraphRequests: h.fake.SendRequests()}
+	r := report{Jobs: len(ids), Reasons: map[contract.Reason]int{}, GraphRequests: h.fake.SendRequests()}
 	for _, id := range ids {
 		st, _, err := h.q.States.Get(ctx, id)
 		if err != nil {
@@ -524,10 +527,10 @@ func (h *harness) check(ids []string) report {
 			r.Lost++
 			continue
 		}
-		var term []queue.Event
+		var term []contract.Event
 		ambiguous := false
 		for _, ev := range events[id] {
-			if ev.Event == queue.EventSent || ev.Event == queue.EventDeadLettered {
+			if ev.Event == contract.EventSent || ev.Event == contract.EventDeadLettered {
 				term = append(term, ev)
 			}
 			if ev.Ambiguous || ev.PossibleDuplicate {
@@ -549,13 +552,13 @@ func (h *harness) check(ids []string) report {
 			r.ExtraCopies += n - 1
 		}
 		switch st.State {
-		case queue.StateSent:
+		case contract.StateSent:
 			r.Sent++
 			if n == 0 {
 				t.Errorf("job %s: state sent but the fake never accepted it", id)
 				r.Lost++
 			}
-			if len(term) > 0 && term[len(term)-1].Event != queue.EventSent {
+			if len(term) > 0 && term[len(term)-1].Event != contract.EventSent {
 				t.Errorf("job %s: state sent but the terminal event is %s", id, term[len(term)-1].Event)
 			}
 			pd := len(term) > 0 && term[len(term)-1].PossibleDuplicate
@@ -565,7 +568,7 @@ func (h *harness) check(ids []string) report {
 			if n > 1 && !pd {
 				t.Errorf("job %s: the fake accepted it %d times but its sent event does not say possibleDuplicate (events %v)", id, n, eventNames(events[id]))
 			}
-		case queue.StateDeadLettered:
+		case contract.StateDeadLettered:
 			r.DeadLettered++
 			dl, ok := dlByID[id]
 			if !ok {
@@ -591,7 +594,7 @@ func (h *harness) check(ids []string) report {
 	return r
 }
 
-func eventNames(evs []queue.Event) []string {
+func eventNames(evs []contract.Event) []string {
 	var out []string
 	for _, ev := range evs {
 		s := string(ev.Event)
@@ -642,7 +645,7 @@ func (h *harness) checkNoSecrets(extra ...string) {
 	for _, dl := range dls {
 		look("a dead letter", fmt.Sprintf("%+v %s", dl, dl.Body))
 	}
-	kv, err := h.js.KeyValue(ctx, queue.BucketState)
+	kv, err := h.js.KeyValue(ctx, contract.BucketState)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // startTestNATS runs an embedded JetStream server for one test.
@@ -88,19 +89,19 @@ profiles:
 	})
 	q, _ := queue.Open(ctx, js)
 	pub := queue.NewPublisher(js)
-	job := func(id string) *queue.Job {
-		return &queue.Job{ID: id, From: "app@contoso.example", To: []string{"x@example.com"}, Subject: "s", Text: "t"}
+	job := func(id string) *contract.Job {
+		return &contract.Job{ID: id, From: "app@contoso.example", To: []string{"x@example.com"}, Subject: "s", Text: "t"}
 	}
 	publish := func(profile, id string) {
 		if _, err := pub.Publish(ctx, profile, job(id)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitTerminal := func(id string) queue.JobState {
-		var st queue.JobState
+	waitTerminal := func(id string) contract.JobState {
+		var st contract.JobState
 		eventually(t, 30*time.Second, "job "+id+" to finish", func() bool {
 			st, _, _ = q.States.Get(ctx, id)
-			return st.State == queue.StateSent || st.State == queue.StateDeadLettered
+			return st.State == contract.StateSent || st.State == contract.StateDeadLettered
 		})
 		return st
 	}
@@ -109,14 +110,14 @@ profiles:
 	waitTerminal("ok-1")
 	fake.Script("", graphtest.Fault{Status: 401, Code: "InvalidAuthenticationToken"}) // forces a token refresh
 	publish("good", "after-401")
-	if st := waitTerminal("after-401"); st.State != queue.StateSent {
+	if st := waitTerminal("after-401"); st.State != contract.StateSent {
 		t.Fatalf("after-401: %+v", st)
 	}
 	fake.Script("", graphtest.Fault{Status: 500}, graphtest.Fault{Status: 500})
 	publish("good", "five-hundreds")
 	waitTerminal("five-hundreds")
 	publish("wrong", "wrong-secret")
-	if st := waitTerminal("wrong-secret"); st.State != queue.StateDeadLettered || st.LastError.Reason != queue.ReasonAuthFailed {
+	if st := waitTerminal("wrong-secret"); st.State != contract.StateDeadLettered || st.LastError.Reason != contract.ReasonAuthFailed {
 		t.Fatalf("wrong-secret: %+v", st.LastError)
 	}
 	// Entra down while a 401 forces a refresh: the job waits (no attempt
@@ -127,7 +128,7 @@ profiles:
 	publish("good", "token-down")
 	eventually(t, 30*time.Second, "a failed token request", func() bool { return fake.TokenFailures() > failures })
 	fake.SetTokenEndpointDown(false)
-	if st := waitTerminal("token-down"); st.State != queue.StateSent {
+	if st := waitTerminal("token-down"); st.State != contract.StateSent {
 		t.Fatalf("token-down: %+v", st)
 	}
 

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 func (c *cli) sendCmd() *cobra.Command {
@@ -31,7 +32,7 @@ func (c *cli) sendCmd() *cobra.Command {
 				return errors.New("--profile: required")
 			}
 			var data []byte
-			var job *queue.Job
+			var job *contract.Job
 			if file != "" {
 				var err error
 				if file == "-" {
@@ -43,7 +44,7 @@ func (c *cli) sendCmd() *cobra.Command {
 					return fmt.Errorf("--file: %w", err)
 				}
 			} else {
-				job = &queue.Job{ID: id, From: from, To: to, Cc: cc, Bcc: bcc, Subject: subject, Text: text, HTML: html}
+				job = &contract.Job{ID: id, From: from, To: to, Cc: cc, Bcc: bcc, Subject: subject, Text: text, HTML: html}
 			}
 			// A producer's NATS user may publish jobs and nothing else: bind
 			// to the streams only to wait for the outcome.
@@ -60,7 +61,7 @@ func (c *cli) sendCmd() *cobra.Command {
 					var probe struct {
 						ID string `json:"id"`
 					}
-					if json.Unmarshal(data, &probe) == nil && queue.ValidJobID(probe.ID) {
+					if json.Unmarshal(data, &probe) == nil && contract.ValidJobID(probe.ID) {
 						id = probe.ID
 					}
 				}
@@ -69,7 +70,7 @@ func (c *cli) sendCmd() *cobra.Command {
 				}
 			default:
 				if job == nil {
-					if job, err = queue.DecodeJob(data); err != nil {
+					if job, err = contract.DecodeJob(data); err != nil {
 						return fmt.Errorf("--file: %w", err)
 					}
 					if id != "" {
@@ -121,10 +122,10 @@ func (c *cli) waitOutcome(ctx context.Context, q *queue.Queue, id string, timeou
 		st, _, err := q.States.Get(ctx, id)
 		if err == nil {
 			switch st.State {
-			case queue.StateSent:
+			case contract.StateSent:
 				fmt.Fprintf(c.stdout, "sent (attempts %d)\n", st.Attempts)
 				return nil
-			case queue.StateDeadLettered:
+			case contract.StateDeadLettered:
 				msg := "dead-lettered"
 				if st.LastError != nil {
 					msg = fmt.Sprintf("dead-lettered: %s: %s", st.LastError.Reason, st.LastError.Message)

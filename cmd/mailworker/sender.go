@@ -10,6 +10,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/mailworker/mailworker/worker"
 )
 
@@ -26,10 +27,10 @@ type graphSender struct {
 	attachments *queue.Attachments
 }
 
-func (s *graphSender) Send(ctx context.Context, profile, jobID string, job *queue.Job) (worker.SendResult, error) {
+func (s *graphSender) Send(ctx context.Context, profile, jobID string, job *contract.Job) (worker.SendResult, error) {
 	c := s.clients[profile]
 	if c == nil {
-		return worker.SendResult{}, &worker.SendError{Kind: worker.Permanent, Reason: queue.ReasonInternal,
+		return worker.SendResult{}, &worker.SendError{Kind: worker.Permanent, Reason: contract.ReasonInternal,
 			Message: fmt.Sprintf("no Graph client for profile %s", profile)}
 	}
 	msg, err := s.message(ctx, profile, jobID, job)
@@ -46,8 +47,8 @@ func (s *graphSender) Send(ctx context.Context, profile, jobID string, job *queu
 
 // message maps a validated job onto Graph's message. Attachments given by
 // objectRef are fetched from the object store here.
-func (s *graphSender) message(ctx context.Context, profile, jobID string, job *queue.Job) (*graphmail.Message, error) {
-	_, from, _ := queue.ParseAddress(job.From)
+func (s *graphSender) message(ctx context.Context, profile, jobID string, job *contract.Job) (*graphmail.Message, error) {
+	_, from, _ := contract.ParseAddress(job.From)
 	m := &graphmail.Message{
 		From: from, Subject: job.Subject, Text: job.Text, HTML: job.HTML,
 		To: addresses(job.To), Cc: addresses(job.Cc), Bcc: addresses(job.Bcc), ReplyTo: addresses(job.ReplyTo),
@@ -74,27 +75,27 @@ func (s *graphSender) message(ctx context.Context, profile, jobID string, job *q
 		var err error
 		if a.ObjectRef != "" {
 			if s.attachments == nil {
-				return nil, &worker.SendError{Kind: worker.Permanent, Reason: queue.ReasonInvalidJob,
+				return nil, &worker.SendError{Kind: worker.Permanent, Reason: contract.ReasonInvalidJob,
 					Message: fmt.Sprintf("attachments[%d].objectRef: no attachment store", i)}
 			}
 			content, err = s.attachments.Get(ctx, a.ObjectRef)
 			if errors.Is(err, queue.ErrNoAttachment) {
-				return nil, &worker.SendError{Kind: worker.Permanent, Reason: queue.ReasonInvalidJob,
-					Message: fmt.Sprintf("attachments[%d].objectRef: %q is not in the %s object store", i, a.ObjectRef, queue.BucketAttachments), Err: err}
+				return nil, &worker.SendError{Kind: worker.Permanent, Reason: contract.ReasonInvalidJob,
+					Message: fmt.Sprintf("attachments[%d].objectRef: %q is not in the %s object store", i, a.ObjectRef, contract.BucketAttachments), Err: err}
 			}
 			if err != nil {
-				return nil, &worker.SendError{Kind: worker.Retryable, Reason: queue.ReasonInternal,
+				return nil, &worker.SendError{Kind: worker.Retryable, Reason: contract.ReasonInternal,
 					Message: fmt.Sprintf("attachments[%d].objectRef: %v", i, err), Err: err}
 			}
 		} else if content, err = base64.StdEncoding.DecodeString(a.ContentBase64); err != nil {
 			// Validation has already checked it; this is belt and braces.
-			return nil, &worker.SendError{Kind: worker.Permanent, Reason: queue.ReasonInvalidJob,
+			return nil, &worker.SendError{Kind: worker.Permanent, Reason: contract.ReasonInvalidJob,
 				Message: fmt.Sprintf("attachments[%d].contentBase64: not valid base64", i)}
 		}
 		total += len(content)
-		if total > queue.MaxInlineAttachmentBytes {
-			return nil, &worker.SendError{Kind: worker.Permanent, Reason: queue.ReasonMessageTooLarge,
-				Message: fmt.Sprintf("attachments total more than %d bytes: Graph caps one sendMail request at 4 MB (upload sessions are not supported yet)", queue.MaxInlineAttachmentBytes)}
+		if total > contract.MaxInlineAttachmentBytes {
+			return nil, &worker.SendError{Kind: worker.Permanent, Reason: contract.ReasonMessageTooLarge,
+				Message: fmt.Sprintf("attachments total more than %d bytes: Graph caps one sendMail request at 4 MB (upload sessions are not supported yet)", contract.MaxInlineAttachmentBytes)}
 		}
 		m.Attachments = append(m.Attachments, graphmail.Attachment{Name: a.Name, ContentType: a.ContentType,
 			Content: content, Inline: a.Inline, ContentID: a.ContentID})
@@ -108,7 +109,7 @@ func addresses(list []string) []graphmail.Address {
 	}
 	out := make([]graphmail.Address, 0, len(list))
 	for _, s := range list {
-		name, addr, err := queue.ParseAddress(s)
+		name, addr, err := contract.ParseAddress(s)
 		if err != nil {
 			addr = strings.TrimSpace(s) // validated already; keep what we were given
 		}
@@ -121,7 +122,7 @@ func addresses(list []string) []graphmail.Address {
 func translate(err error) error {
 	var ge *graphmail.Error
 	if !errors.As(err, &ge) {
-		return &worker.SendError{Kind: worker.Retryable, Reason: queue.ReasonInternal, Message: err.Error(), Err: err}
+		return &worker.SendError{Kind: worker.Retryable, Reason: contract.ReasonInternal, Message: err.Error(), Err: err}
 	}
 	kind := worker.Retryable
 	switch ge.Class {
@@ -132,7 +133,7 @@ func translate(err error) error {
 	case graphmail.ClassUnavailable:
 		kind = worker.Unavailable
 	}
-	return &worker.SendError{Kind: kind, Reason: queue.Reason(ge.Reason), Status: ge.Status, Code: ge.Code,
+	return &worker.SendError{Kind: kind, Reason: contract.Reason(ge.Reason), Status: ge.Status, Code: ge.Code,
 		Message: ge.Message, RetryAfter: ge.RetryAfter, Ambiguous: ge.Ambiguous, RequestID: ge.RequestID,
 		ClientRequestID: ge.ClientRequestID, Err: err}
 }

@@ -7,17 +7,17 @@ import (
 	"time"
 
 	"github.com/mailworker/mailworker/graphmail"
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/mailworker/mailworker/worker"
 )
 
 func TestGraphSenderMapsTheJob(t *testing.T) {
 	no := false
-	job := &queue.Job{ID: "j1", From: "Billing <Billing@Contoso.com>", To: []string{"Ann <ann@example.com>", "bob@example.com"},
+	job := &contract.Job{ID: "j1", From: "Billing <Billing@Contoso.com>", To: []string{"Ann <ann@example.com>", "bob@example.com"},
 		Cc: []string{"cc@example.com"}, Bcc: []string{"bcc@example.com"}, ReplyTo: []string{"reply@contoso.com"},
 		Subject: "Invoice", Text: "plain", HTML: "<p>html</p>", Importance: "high", SaveToSentItems: &no,
 		Headers:     map[string]string{"X-Tenant": "42", "X-A": "first"},
-		Attachments: []queue.Attachment{{Name: "a.txt", ContentType: "text/plain", ContentBase64: "aGk=", Inline: true, ContentID: "cid1"}}}
+		Attachments: []contract.Attachment{{Name: "a.txt", ContentType: "text/plain", ContentBase64: "aGk=", Inline: true, ContentID: "cid1"}}}
 	s := &graphSender{saveDefault: map[string]bool{"p": true}}
 	m, err := s.message(context.Background(), "p", "j1", job)
 	if err != nil {
@@ -74,7 +74,7 @@ func TestTranslate(t *testing.T) {
 		}
 	}
 	var se *worker.SendError
-	if !errors.As(translate(cause), &se) || se.Kind != worker.Retryable || se.Reason != queue.ReasonInternal {
+	if !errors.As(translate(cause), &se) || se.Kind != worker.Retryable || se.Reason != contract.ReasonInternal {
 		t.Fatalf("untyped error: %+v", se)
 	}
 }

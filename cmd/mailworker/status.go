@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 func (c *cli) statusCmd() *cobra.Command {
@@ -39,8 +40,8 @@ func (c *cli) statusCmd() *cobra.Command {
 			}
 			if asJSON {
 				return json.NewEncoder(c.stdout).Encode(struct {
-					State  *queue.JobState `json:"state,omitempty"`
-					Events []queue.Event   `json:"events"`
+					State  *contract.JobState `json:"state,omitempty"`
+					Events []contract.Event   `json:"events"`
 				}{stateOrNil(st), events})
 			}
 			if st.JobID != "" {
@@ -81,7 +82,7 @@ func (c *cli) statusCmd() *cobra.Command {
 	return cmd
 }
 
-func stateOrNil(st queue.JobState) *queue.JobState {
+func stateOrNil(st contract.JobState) *contract.JobState {
 	if st.JobID == "" {
 		return nil
 	}

@@ -1,7 +1,8 @@
-package queue
+package contract
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -12,8 +13,6 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-
-	"github.com/nats-io/nats.go"
 )
 
 // Limits enforced by Validate.
@@ -61,9 +60,9 @@ func invalid(field, rule string) *InvalidError {
 	return &InvalidError{Field: field, Rule: rule, Reason: ReasonInvalidJob}
 }
 
-// quote renders user input for an error message: quoted, escaped, at most 64
+// Quote renders user input for an error message: quoted, escaped, at most 64
 // bytes of it.
-func quote(s string) string {
+func Quote(s string) string {
 	const max = 64
 	if len(s) <= max {
 		return strconv.Quote(s)
@@ -172,7 +171,7 @@ func jsonKind(goKind string) string {
 // Validate checks j against the wire contract. The error is an *InvalidError.
 func (j *Job) Validate() error {
 	if j.ID != "" && !ValidJobID(j.ID) {
-		return invalid("id", quote(j.ID)+" is not a valid job id: want 1 to 128 of A-Z a-z 0-9 _ -")
+		return invalid("id", Quote(j.ID)+" is not a valid job id: want 1 to 128 of A-Z a-z 0-9 _ -")
 	}
 	if j.From == "" {
 		return invalid("from", "required: the shared mailbox to send from")
@@ -218,7 +217,7 @@ func (j *Job) Validate() error {
 	switch j.Importance {
 	case "", "low", "normal", "high":
 	default:
-		return invalid("importance", quote(j.Importance)+" is not one of low, normal, high")
+		return invalid("importance", Quote(j.Importance)+" is not one of low, normal, high")
 	}
 	if j.NotBefore != nil && j.ExpiresAt != nil && !j.ExpiresAt.After(*j.NotBefore) {
 		return invalid("expiresAt", "must be after notBefore")
@@ -249,7 +248,7 @@ func (j *Job) validateHeaders() error {
 }
 
 func checkHeader(k, v string) *InvalidError {
-	field := "headers[" + quote(k) + "]"
+	field := "headers[" + Quote(k) + "]"
 	if len(k) < 3 || !strings.EqualFold(k[:2], "X-") {
 		return invalid(field, "only X- headers are allowed (Graph rejects others)")
 	}
@@ -358,7 +357,7 @@ func (j *Job) validateMetadata() error {
 		if bad != nil && k > badKey {
 			continue
 		}
-		field := "metadata[" + quote(k) + "]"
+		field := "metadata[" + Quote(k) + "]"
 		var err *InvalidError
 		switch {
 		case len(k) > MaxMetadataKeyBytes:
@@ -381,7 +380,7 @@ func checkMailbox(field, s string) *InvalidError {
 		if hasCtl(s) {
 			return invalid(field, "contains CR, LF or NUL")
 		}
-		return invalid(field, quote(s)+" is not an RFC 5322 mailbox (a@x.com or Name <a@x.com>)")
+		return invalid(field, Quote(s)+" is not an RFC 5322 mailbox (a@x.com or Name <a@x.com>)")
 	}
 	return nil
 }
@@ -497,18 +496,27 @@ func ValidJobID(id string) bool {
 
 // ResolveJobID returns the id of a job message: the body id; else the
 // Mail-Job-Id header; else Nats-Msg-Id if it is a valid job id; else
-// "s"+streamSeq. j and h may be nil.
-func ResolveJobID(j *Job, h nats.Header, streamSeq uint64) string {
+// "s"+streamSeq. j and header may be nil; header returns a message header's
+// value (nats.Header.Get).
+func ResolveJobID(j *Job, header func(string) string, streamSeq uint64) string {
 	if j != nil && j.ID != "" {
 		return j.ID
 	}
-	if h != nil {
-		if id := h.Get(HeaderJobID); ValidJobID(id) {
+	if header != nil {
+		if id := header(HeaderJobID); ValidJobID(id) {
 			return id
 		}
-		if id := h.Get(HeaderMsgID); ValidJobID(id) {
+		if id := header(HeaderMsgID); ValidJobID(id) {
 			return id
 		}
 	}
 	return "s" + strconv.FormatUint(streamSeq, 10)
+}
+
+// NewJobID returns a random job id (22 URL-safe base64 characters, 128 bits),
+// valid for ValidJobID.
+func NewJobID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }

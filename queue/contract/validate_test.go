@@ -1,4 +1,4 @@
-package queue
+package contract
 
 import (
 	"encoding/base64"
@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 )
 
 const goodJob = `{"from":"billing@contoso.com","to":["a@x.com"],"subject":"hi","text":"body"}`
@@ -282,17 +280,17 @@ func TestValidJobID(t *testing.T) {
 }
 
 func TestResolveJobID(t *testing.T) {
-	h := func(kv ...string) nats.Header {
-		out := nats.Header{}
+	h := func(kv ...string) func(string) string {
+		out := map[string]string{}
 		for i := 0; i < len(kv); i += 2 {
-			out.Set(kv[i], kv[i+1])
+			out[kv[i]] = kv[i+1]
 		}
-		return out
+		return func(k string) string { return out[k] }
 	}
 	for _, tt := range []struct {
 		name string
 		job  *Job
-		h    nats.Header
+		h    func(string) string
 		want string
 	}{
 		{"body id wins", &Job{ID: "body"}, h(HeaderJobID, "hdr", HeaderMsgID, "msg"), "body"},

@@ -1,4 +1,4 @@
-package queue
+package contract
 
 import "strings"
 
@@ -17,9 +17,9 @@ const (
 	// per hour, shared by all replicas.
 	BucketPacing = "MAIL_PACING"
 
-	jobPrefix    = "mail.send."
-	statusPrefix = "mail.status."
-	dlqPrefix    = "mail.dlq."
+	JobSubjectPrefix    = "mail.send."
+	StatusSubjectPrefix = "mail.status."
+	DLQSubjectPrefix    = "mail.dlq."
 )
 
 // Message headers used on job and dead-letter messages.
@@ -36,18 +36,18 @@ const (
 )
 
 // JobSubject is the subject a job for profile is published on.
-func JobSubject(profile string) string { return jobPrefix + profile }
+func JobSubject(profile string) string { return JobSubjectPrefix + profile }
 
 // StatusSubject is the subject of the status events of one job.
-func StatusSubject(profile, jobID string) string { return statusPrefix + profile + "." + jobID }
+func StatusSubject(profile, jobID string) string { return StatusSubjectPrefix + profile + "." + jobID }
 
 // DLQSubject is the subject dead-letter records of profile are stored on.
-func DLQSubject(profile string) string { return dlqPrefix + profile }
+func DLQSubject(profile string) string { return DLQSubjectPrefix + profile }
 
 // ProfileFromSubject returns the profile of a job subject (mail.send.<profile>).
 // It reports false for any other subject, or a profile that is not one token.
 func ProfileFromSubject(subject string) (string, bool) {
-	p, ok := strings.CutPrefix(subject, jobPrefix)
+	p, ok := strings.CutPrefix(subject, JobSubjectPrefix)
 	if !ok || p == "" || strings.ContainsAny(p, ".*> ") {
 		return "", false
 	}

@@ -1,4 +1,4 @@
-package queue
+package contract
 
 // Reason says why a job was dead-lettered or retried. The set is closed: it is
 // part of the wire contract and a metric label.

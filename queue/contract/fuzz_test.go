@@ -1,4 +1,4 @@
-package queue
+package contract
 
 import (
 	"encoding/json"
