@@ -1,6 +1,6 @@
 // Package graphmail sends mail through Microsoft Graph (POST /users/{from}/sendMail)
 // with app-only tokens from Microsoft Entra ID acquired by MSAL, and classifies
-// every failure into one typed *Error (class, reason, status, Graph code,
+// every failure into one typed *contract.SendError (class, reason, status, Graph code,
 // Retry-After, ambiguity) that the worker maps onto one queue action.
 //
 // One Client serves one profile (tenant, client id, cloud, credential). It
@@ -31,6 +31,7 @@ import (
 
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/cache"
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Credential is the app registration's credential. Set exactly one kind;
@@ -160,7 +161,7 @@ type Client struct {
 	// minute, not once per job, and stays clear of Entra's request-loop
 	// protection. Guarded by tokMu.
 	failUntil time.Time
-	failErr   *Error
+	failErr   *contract.SendError
 	failures  int
 }
 
@@ -423,9 +424,9 @@ func (c *Client) CertificateThumbprint() string { return c.cred.Load().thumbprin
 
 // Token returns an access token for Graph: the last one MSAL returned while
 // it is more than 5 minutes from expiry (no MSAL call, no lock), else from
-// MSAL's cache or Entra, one caller at a time. Errors are *Error with Reason
-// "auth_failed" and Class ClassUnavailable (Entra unreachable or failing;
-// RetryAfter says when the next request will be made) or ClassRetryable (the
+// MSAL's cache or Entra, one caller at a time. Errors are *contract.SendError with Reason
+// "auth_failed" and Class contract.ClassUnavailable (Entra unreachable or failing;
+// RetryAfter says when the next request will be made) or contract.ClassRetryable (the
 // credential was refused); their text never contains secrets, assertions or
 // tokens. A failure is shared with every caller until its back-off ends.
 func (c *Client) Token(ctx context.Context) (string, error) {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 func TestClassify(t *testing.T) {
@@ -13,32 +15,32 @@ func TestClassify(t *testing.T) {
 	tests := []struct {
 		status int
 		code   string
-		class  Class
-		reason string
+		class  contract.Class
+		reason contract.Reason
 	}{
 		{202, "", 0, ""},
-		{0, "", ClassRetryable, ""},
-		{400, "ErrorInvalidRecipients", ClassPermanent, "recipient_invalid"},
-		{400, "InvalidInternetMessageHeader", ClassPermanent, "graph_rejected"},
-		{400, "ErrorInvalidRequest", ClassPermanent, "graph_rejected"},
-		{400, "", ClassPermanent, "graph_rejected"},
-		{401, "InvalidAuthenticationToken", ClassRetryable, "auth_failed"},
-		{403, "ErrorAccessDenied", ClassRetryable, "access_denied"},
-		{403, "Authorization_RequestDenied", ClassPermanent, "access_denied"},
-		{403, "", ClassPermanent, "access_denied"},
-		{404, "ResourceNotFound", ClassPermanent, "mailbox_not_found"},
-		{404, "ErrorInvalidUser", ClassPermanent, "mailbox_not_found"},
-		{404, "MailboxNotEnabledForRESTAPI", ClassPermanent, "mailbox_not_found"},
-		{408, "", ClassRetryable, ""},
-		{413, "ErrorMessageSizeExceeded", ClassPermanent, "message_too_large"},
-		{429, "ApplicationThrottled", ClassThrottled, ""},
-		{500, "", ClassRetryable, ""},
-		{502, "", ClassRetryable, ""},
-		{503, "", ClassRetryable, ""},
-		{504, "", ClassRetryable, ""},
-		{409, "", ClassPermanent, "graph_rejected"},
-		{415, "", ClassPermanent, "graph_rejected"},
-		{302, "", ClassPermanent, "graph_rejected"},
+		{0, "", contract.ClassRetryable, ""},
+		{400, "ErrorInvalidRecipients", contract.ClassPermanent, "recipient_invalid"},
+		{400, "InvalidInternetMessageHeader", contract.ClassPermanent, "graph_rejected"},
+		{400, "ErrorInvalidRequest", contract.ClassPermanent, "graph_rejected"},
+		{400, "", contract.ClassPermanent, "graph_rejected"},
+		{401, "InvalidAuthenticationToken", contract.ClassRetryable, "auth_failed"},
+		{403, "ErrorAccessDenied", contract.ClassRetryable, "access_denied"},
+		{403, "Authorization_RequestDenied", contract.ClassPermanent, "access_denied"},
+		{403, "", contract.ClassPermanent, "access_denied"},
+		{404, "ResourceNotFound", contract.ClassPermanent, "mailbox_not_found"},
+		{404, "ErrorInvalidUser", contract.ClassPermanent, "mailbox_not_found"},
+		{404, "MailboxNotEnabledForRESTAPI", contract.ClassPermanent, "mailbox_not_found"},
+		{408, "", contract.ClassRetryable, ""},
+		{413, "ErrorMessageSizeExceeded", contract.ClassPermanent, "message_too_large"},
+		{429, "ApplicationThrottled", contract.ClassThrottled, ""},
+		{500, "", contract.ClassRetryable, ""},
+		{502, "", contract.ClassRetryable, ""},
+		{503, "", contract.ClassRetryable, ""},
+		{504, "", contract.ClassRetryable, ""},
+		{409, "", contract.ClassPermanent, "graph_rejected"},
+		{415, "", contract.ClassPermanent, "graph_rejected"},
+		{302, "", contract.ClassPermanent, "graph_rejected"},
 	}
 	for _, tt := range tests {
 		class, reason := Classify(tt.status, tt.code)
@@ -78,7 +80,7 @@ func TestParseRetryAfter(t *testing.T) {
 func TestErrorText(t *testing.T) {
 	t.Parallel()
 	cause := errors.New("boom")
-	e := &Error{Class: ClassPermanent, Reason: "mailbox_not_found", Status: 404, Code: "ErrorInvalidUser",
+	e := &contract.SendError{Class: contract.ClassPermanent, Reason: "mailbox_not_found", Status: 404, Code: "ErrorInvalidUser",
 		Message: "user not found", RequestID: "r1", ClientRequestID: "job-1", Profile: "billing", Err: cause}
 	got := e.Error()
 	for _, want := range []string{"graphmail[billing]", "404", "ErrorInvalidUser", "user not found", "permanent", "reason=mailbox_not_found", "request-id=r1", "client-request-id=job-1"} {
@@ -89,7 +91,7 @@ func TestErrorText(t *testing.T) {
 	if !errors.Is(e, cause) {
 		t.Error("Unwrap does not reach the cause")
 	}
-	net := &Error{Class: ClassRetryable, Ambiguous: true, Err: errors.New("connection reset")}
+	net := &contract.SendError{Class: contract.ClassRetryable, Ambiguous: true, Err: errors.New("connection reset")}
 	if got := net.Error(); !strings.Contains(got, "connection reset") || !strings.Contains(got, "ambiguous") {
 		t.Errorf("Error() = %q", got)
 	}

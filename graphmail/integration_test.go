@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // These tests run the real MSAL client against graphtest, the TLS fake of
@@ -156,28 +157,28 @@ func TestIntegrationFaults(t *testing.T) {
 		_, err := c.Send(context.Background(), &graphmail.Message{From: from, To: []graphmail.Address{{Address: "a@example.com"}}, Text: "t"}, "job-f")
 		return err
 	}
-	class := func(err error) *graphmail.Error {
+	class := func(err error) *contract.SendError {
 		t.Helper()
-		var e *graphmail.Error
+		var e *contract.SendError
 		if !errors.As(err, &e) {
-			t.Fatalf("err = %v, not *Error", err)
+			t.Fatalf("err = %v, not *contract.SendError", err)
 		}
 		return e
 	}
 
 	s.Script(itSender, graphtest.Fault{Status: 429, RetryAfter: "30"})
-	if e := class(send(itSender)); e.Class != graphmail.ClassThrottled || e.RetryAfter != 30*time.Second {
+	if e := class(send(itSender)); e.Class != contract.ClassThrottled || e.RetryAfter != 30*time.Second {
 		t.Errorf("429: %v", e)
 	}
 	s.Script(itSender, graphtest.Fault{Status: 503, RetryAfter: "5"})
-	if e := class(send(itSender)); e.Class != graphmail.ClassRetryable || !e.Ambiguous || e.RetryAfter != 5*time.Second {
+	if e := class(send(itSender)); e.Class != contract.ClassRetryable || !e.Ambiguous || e.RetryAfter != 5*time.Second {
 		t.Errorf("503: %v", e)
 	}
 	s.Script(itSender, graphtest.Fault{Reset: true})
-	if e := class(send(itSender)); e.Class != graphmail.ClassRetryable || !e.Ambiguous {
+	if e := class(send(itSender)); e.Class != contract.ClassRetryable || !e.Ambiguous {
 		t.Errorf("reset: %v", e)
 	}
-	if e := class(send("nobody@contoso.com")); e.Class != graphmail.ClassPermanent || e.Reason != "mailbox_not_found" {
+	if e := class(send("nobody@contoso.com")); e.Class != contract.ClassPermanent || e.Reason != "mailbox_not_found" {
 		t.Errorf("unknown mailbox: %v", e)
 	}
 	if e := class(send(itOutside)); e.Reason != "access_denied" {
@@ -199,9 +200,9 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
 	s.SetTokenEndpointDown(true)
 	_, err := c.Token(context.Background())
-	var e *graphmail.Error
+	var e *contract.SendError
 	// Entra failing says nothing about the credential: wait, spend no attempt.
-	if !errors.As(err, &e) || e.Class != graphmail.ClassUnavailable || e.Reason != "auth_failed" || e.Ambiguous ||
+	if !errors.As(err, &e) || e.Class != contract.ClassUnavailable || e.Reason != "auth_failed" || e.Ambiguous ||
 		e.RetryAfter <= 0 || e.RetryAfter > 30*time.Second {
 		t.Fatalf("err = %v", err)
 	}
@@ -229,7 +230,7 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 			defer wg.Done()
 			msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
 			_, err := c.Send(context.Background(), msg, fmt.Sprintf("job-%d", i))
-			var e *graphmail.Error
+			var e *contract.SendError
 			if !errors.As(err, &e) || e.ClientRequestID != fmt.Sprintf("job-%d", i) {
 				t.Errorf("send %d during the outage: %v", i, err)
 			}
@@ -250,7 +251,7 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 	bad := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: "wrong-secret-sentinel"})
 	_, err = bad.Token(context.Background())
 	// A refused credential is the app's problem: retries spend attempts.
-	if !errors.As(err, &e) || e.Class != graphmail.ClassRetryable || e.Reason != "auth_failed" {
+	if !errors.As(err, &e) || e.Class != contract.ClassRetryable || e.Reason != "auth_failed" {
 		t.Errorf("wrong secret: class %v, want retryable auth_failed: %v", e.Class, err)
 	}
 	if err == nil || strings.Contains(err.Error(), "wrong-secret-sentinel") {
@@ -329,7 +330,7 @@ func TestIntegrationRotateSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := c.Send(context.Background(), msg, "unregistered")
-	var ge *graphmail.Error
+	var ge *contract.SendError
 	if !errors.As(err, &ge) || ge.Reason != "auth_failed" {
 		t.Fatalf("send with an unregistered secret: %v, want auth_failed", err)
 	}

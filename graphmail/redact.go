@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Things that must never reach an error string: JWTs (access tokens, client
@@ -84,8 +85,8 @@ func (e *authError) Error() string {
 
 func (e *authError) Unwrap() error { return e.cause }
 
-// tokenError turns an MSAL error into an *Error without leaking anything.
-func (c *Client) tokenError(ctx context.Context, err error) *Error {
+// tokenError turns an MSAL error into an *contract.SendError without leaking anything.
+func (c *Client) tokenError(ctx context.Context, err error) *contract.SendError {
 	ae := &authError{}
 	var callErr msalerrors.CallErr
 	switch {
@@ -123,13 +124,13 @@ func (c *Client) tokenError(ctx context.Context, err error) *Error {
 	// about the credential: the job waits without spending attempts. A 4xx
 	// (invalid_client, unauthorized_client, AADSTS…) is the credential or the
 	// app registration: retries spend attempts and end in auth_failed.
-	class := ClassRetryable
+	class := contract.ClassRetryable
 	if ae.status == 0 || ae.status == http.StatusTooManyRequests || ae.status >= 500 {
-		class = ClassUnavailable
+		class = contract.ClassUnavailable
 	}
-	return &Error{
+	return &contract.SendError{
 		Class:   class,
-		Reason:  ReasonAuthFailed,
+		Reason:  contract.ReasonAuthFailed,
 		Code:    ae.code,
 		Message: ae.msg,
 		Profile: c.name,

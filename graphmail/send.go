@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 const maxErrorBody = 64 << 10
@@ -23,27 +25,28 @@ const maxErrorBody = 64 << 10
 // A token comes from Token (a cache hit nearly always). When Graph answers
 // 401, Send gets a fresh token from Entra once and retries once.
 //
-// Every error is an *Error: Class and Reason per Classify, Ambiguous when the
-// mail may have been sent anyway (5xx, or a network error or timeout after the
-// request was written), RetryAfter from the Retry-After header, and the
-// request-id/client-request-id of the response. Token failures are
-// ClassRetryable "auth_failed" and never ambiguous. The Result is filled in
+// Every error is a *contract.SendError: Class and Reason per Classify,
+// Ambiguous when the mail may have been sent anyway (5xx, or a network error
+// or timeout after the request was written), RetryAfter from the Retry-After
+// header, and the request-id/client-request-id of the response. Token
+// failures are as Token returns them (reason auth_failed, class unavailable
+// or retryable) and never ambiguous. The Result is filled in
 // on failure as well (Status 0 when there was no response).
 func (c *Client) Send(ctx context.Context, msg *Message, clientRequestID string) (Result, error) {
 	if msg == nil || msg.From == "" {
-		return Result{}, &Error{Class: ClassPermanent, Reason: ReasonInternal, Profile: c.name,
+		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
 			Message: "message without From", ClientRequestID: clientRequestID}
 	}
 	body, err := graphJSON(msg)
 	if err != nil {
-		return Result{}, &Error{Class: ClassPermanent, Reason: ReasonInternal, Profile: c.name,
+		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
 			Message: "encoding the message", ClientRequestID: clientRequestID, Err: err}
 	}
 	u := c.sendPrefix + url.PathEscape(msg.From) + "/sendMail"
 
 	tok, err := c.Token(ctx)
 	if err != nil {
-		e := err.(*Error)
+		e := err.(*contract.SendError)
 		e.ClientRequestID = clientRequestID
 		return Result{}, e
 	}
@@ -57,7 +60,7 @@ func (c *Client) Send(ctx context.Context, msg *Message, clientRequestID string)
 	fresh, terr := c.refreshToken(ctx, tok)
 	if terr != nil {
 		res.Duration = time.Since(start)
-		e := terr.(*Error)
+		e := terr.(*contract.SendError)
 		e.ClientRequestID = clientRequestID
 		return res, e
 	}
@@ -66,8 +69,8 @@ func (c *Client) Send(ctx context.Context, msg *Message, clientRequestID string)
 	return res, nilIfNone(perr)
 }
 
-// nilIfNone avoids returning a typed nil *Error as a non-nil error.
-func nilIfNone(e *Error) error {
+// nilIfNone avoids returning a typed nil *contract.SendError as a non-nil error.
+func nilIfNone(e *contract.SendError) error {
 	if e == nil {
 		return nil
 	}
@@ -80,7 +83,7 @@ type wroteTrace struct {
 	trace httptrace.ClientTrace
 }
 
-func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid string) (Result, *Error) {
+func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid string) (Result, *contract.SendError) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	wt := &wroteTrace{}
@@ -91,7 +94,7 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid stri
 	}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, &wt.trace), http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
-		return Result{}, &Error{Class: ClassPermanent, Reason: ReasonInternal, Profile: c.name,
+		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
 			Message: "building the request", ClientRequestID: crid, Err: err}
 	}
 	h := req.Header
@@ -105,8 +108,8 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid stri
 	resp, err := c.http.Do(req)
 	if err != nil {
 		// url.Error names the URL (the sender mailbox), never headers.
-		return Result{ClientRequestID: crid}, &Error{
-			Class:           ClassRetryable,
+		return Result{ClientRequestID: crid}, &contract.SendError{
+			Class:           contract.ClassRetryable,
 			Ambiguous:       wt.wrote.Load(),
 			Profile:         c.name,
 			ClientRequestID: crid,
@@ -143,7 +146,7 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid stri
 	if len(code) > 128 {
 		code = code[:128]
 	}
-	e := &Error{
+	e := &contract.SendError{
 		Class:           class,
 		Reason:          reason,
 		Status:          resp.StatusCode,
@@ -158,8 +161,8 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid stri
 	return res, e
 }
 
-// IsAmbiguous reports whether err is an *Error whose send may have reached Graph.
+// IsAmbiguous reports whether err is an *contract.SendError whose send may have reached Graph.
 func IsAmbiguous(err error) bool {
-	var e *Error
+	var e *contract.SendError
 	return errors.As(err, &e) && e.Ambiguous
 }

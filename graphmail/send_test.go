@@ -20,17 +20,19 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 func testMsg() *Message {
 	return &Message{From: "billing@contoso.com", To: []Address{{Address: "a@example.com"}}, Subject: "hi", Text: "hello"}
 }
 
-func asError(t *testing.T, err error) *Error {
+func asError(t *testing.T, err error) *contract.SendError {
 	t.Helper()
-	var e *Error
+	var e *contract.SendError
 	if !errors.As(err, &e) {
-		t.Fatalf("error %T %v is not *Error", err, err)
+		t.Fatalf("error %T %v is not *contract.SendError", err, err)
 	}
 	return e
 }
@@ -41,28 +43,28 @@ func TestSendStatusTable(t *testing.T) {
 		status     int
 		code       string
 		retryAfter string
-		class      Class
-		reason     string
+		class      contract.Class
+		reason     contract.Reason
 		ambiguous  bool
 		wantAfter  time.Duration
 	}{
-		{400, "ErrorInvalidRecipients", "", ClassPermanent, "recipient_invalid", false, 0},
-		{400, "InvalidInternetMessageHeader", "", ClassPermanent, "graph_rejected", false, 0},
-		{400, "ErrorInvalidRequest", "", ClassPermanent, "graph_rejected", false, 0},
-		{403, "ErrorAccessDenied", "", ClassRetryable, "access_denied", false, 0},
-		{403, "Forbidden", "", ClassPermanent, "access_denied", false, 0},
-		{404, "ResourceNotFound", "", ClassPermanent, "mailbox_not_found", false, 0},
-		{404, "ErrorInvalidUser", "", ClassPermanent, "mailbox_not_found", false, 0},
-		{404, "MailboxNotEnabledForRESTAPI", "", ClassPermanent, "mailbox_not_found", false, 0},
-		{408, "", "", ClassRetryable, "", false, 0},
-		{413, "ErrorMessageSizeExceeded", "", ClassPermanent, "message_too_large", false, 0},
-		{415, "", "", ClassPermanent, "graph_rejected", false, 0},
-		{429, "ApplicationThrottled", "17", ClassThrottled, "", false, 17 * time.Second},
-		{429, "ApplicationThrottled", "", ClassThrottled, "", false, 0},
-		{500, "InternalServerError", "", ClassRetryable, "", true, 0},
-		{502, "", "", ClassRetryable, "", true, 0},
-		{503, "ServiceUnavailable", "5", ClassRetryable, "", true, 5 * time.Second},
-		{504, "", "", ClassRetryable, "", true, 0},
+		{400, "ErrorInvalidRecipients", "", contract.ClassPermanent, "recipient_invalid", false, 0},
+		{400, "InvalidInternetMessageHeader", "", contract.ClassPermanent, "graph_rejected", false, 0},
+		{400, "ErrorInvalidRequest", "", contract.ClassPermanent, "graph_rejected", false, 0},
+		{403, "ErrorAccessDenied", "", contract.ClassRetryable, "access_denied", false, 0},
+		{403, "Forbidden", "", contract.ClassPermanent, "access_denied", false, 0},
+		{404, "ResourceNotFound", "", contract.ClassPermanent, "mailbox_not_found", false, 0},
+		{404, "ErrorInvalidUser", "", contract.ClassPermanent, "mailbox_not_found", false, 0},
+		{404, "MailboxNotEnabledForRESTAPI", "", contract.ClassPermanent, "mailbox_not_found", false, 0},
+		{408, "", "", contract.ClassRetryable, "", false, 0},
+		{413, "ErrorMessageSizeExceeded", "", contract.ClassPermanent, "message_too_large", false, 0},
+		{415, "", "", contract.ClassPermanent, "graph_rejected", false, 0},
+		{429, "ApplicationThrottled", "17", contract.ClassThrottled, "", false, 17 * time.Second},
+		{429, "ApplicationThrottled", "", contract.ClassThrottled, "", false, 0},
+		{500, "InternalServerError", "", contract.ClassRetryable, "", true, 0},
+		{502, "", "", contract.ClassRetryable, "", true, 0},
+		{503, "ServiceUnavailable", "5", contract.ClassRetryable, "", true, 5 * time.Second},
+		{504, "", "", contract.ClassRetryable, "", true, 0},
 	}
 	f := newFake(t)
 	c := f.client(t)
@@ -187,7 +189,7 @@ func TestSend401Twice(t *testing.T) {
 	c := f.client(t)
 	_, err := c.Send(context.Background(), testMsg(), "job-1")
 	e := asError(t, err)
-	if e.Class != ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous || e.Status != 401 {
+	if e.Class != contract.ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous || e.Status != 401 {
 		t.Errorf("err = %v", e)
 	}
 	if s, tk := f.sends.Load(), f.tokens.Load(); s != 2 || tk != 2 {
@@ -243,7 +245,7 @@ func TestSendTimeoutAfterWriteIsAmbiguous(t *testing.T) {
 		t.Fatalf("Send succeeded: %+v", res)
 	}
 	e := asError(t, err)
-	if e.Class != ClassRetryable || !e.Ambiguous || e.Status != 0 || !errors.Is(err, context.DeadlineExceeded) {
+	if e.Class != contract.ClassRetryable || !e.Ambiguous || e.Status != 0 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v (class %v ambiguous %v), want retryable ambiguous deadline", e, e.Class, e.Ambiguous)
 	}
 	if !IsAmbiguous(err) {
@@ -271,7 +273,7 @@ func TestSendResetAfterWriteIsAmbiguous(t *testing.T) {
 	c := f.client(t)
 	_, err := c.Send(context.Background(), testMsg(), "job-1")
 	e := asError(t, err)
-	if e.Class != ClassRetryable || !e.Ambiguous || e.Status != 0 {
+	if e.Class != contract.ClassRetryable || !e.Ambiguous || e.Status != 0 {
 		t.Errorf("err = %v, want retryable ambiguous", e)
 	}
 }
@@ -288,7 +290,7 @@ func TestSendConnectionRefusedIsNotAmbiguous(t *testing.T) {
 	c := f.client(t, func(cfg *Config) { cfg.GraphURL = "https://" + addr })
 	_, err = c.Send(context.Background(), testMsg(), "job-1")
 	e := asError(t, err)
-	if e.Class != ClassRetryable || e.Ambiguous || e.Status != 0 || e.Reason != "" {
+	if e.Class != contract.ClassRetryable || e.Ambiguous || e.Status != 0 || e.Reason != "" {
 		t.Errorf("err = %v, want retryable, not ambiguous", e)
 	}
 }
@@ -301,7 +303,7 @@ func TestSendTLSFailureIsNotAmbiguous(t *testing.T) {
 	c := f.client(t, func(cfg *Config) { cfg.GraphURL = strings.Replace(plain.URL, "http://", "https://", 1) })
 	_, err := c.Send(context.Background(), testMsg(), "job-1")
 	e := asError(t, err)
-	if e.Class != ClassRetryable || e.Ambiguous || e.Status != 0 {
+	if e.Class != contract.ClassRetryable || e.Ambiguous || e.Status != 0 {
 		t.Errorf("err = %v, want retryable, not ambiguous", e)
 	}
 }
@@ -318,7 +320,7 @@ func TestSendTokenFailure(t *testing.T) {
 	c := f.client(t, func(cfg *Config) { cfg.OnTokenRequest = func(ok bool) { calls = append(calls, ok) } })
 	_, err := c.Send(context.Background(), testMsg(), "job-1")
 	e := asError(t, err)
-	if e.Class != ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous || e.Status != 0 || e.Code != "invalid_client" {
+	if e.Class != contract.ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous || e.Status != 0 || e.Code != "invalid_client" {
 		t.Errorf("err = %#v", e)
 	}
 	if !strings.Contains(e.Error(), "AADSTS7000215") || e.ClientRequestID != "job-1" {
@@ -427,7 +429,7 @@ func TestSendRejectsMessageWithoutFrom(t *testing.T) {
 	f := newFake(t)
 	c := f.client(t)
 	_, err := c.Send(context.Background(), &Message{}, "job-1")
-	if e := asError(t, err); e.Class != ClassPermanent || e.Reason != "internal" {
+	if e := asError(t, err); e.Class != contract.ClassPermanent || e.Reason != "internal" {
 		t.Errorf("err = %v", e)
 	}
 }

@@ -10,9 +10,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ErrNoAttachment is returned by Attachments.Get for an unknown ref.
-var ErrNoAttachment = errors.New("queue: attachment not found")
-
 // Attachments stores attachment content by reference (object store
 // MAIL_ATTACHMENTS): a job's attachment objectRef is an object name there.
 type Attachments struct {
@@ -38,11 +35,11 @@ func (a *Attachments) Put(ctx context.Context, name string, data []byte) (string
 	return ref, nil
 }
 
-// Get returns the content of ref, or an error wrapping ErrNoAttachment.
+// Get returns the content of ref, or an error wrapping contract.ErrNoAttachment.
 func (a *Attachments) Get(ctx context.Context, ref string) ([]byte, error) {
 	b, err := a.obs.GetBytes(ctx, ref)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, fmt.Errorf("%w: %s", ErrNoAttachment, contract.Quote(ref))
+		return nil, fmt.Errorf("%w: %s", contract.ErrNoAttachment, contract.Quote(ref))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: get attachment %s: %w", contract.Quote(ref), err)
@@ -59,11 +56,11 @@ func (a *Attachments) Delete(ctx context.Context, ref string) error {
 }
 
 // Size returns the size in bytes of ref's content, or an error wrapping
-// ErrNoAttachment for an unknown ref. It reads the object's metadata only.
+// contract.ErrNoAttachment for an unknown ref. It reads the object's metadata only.
 func (a *Attachments) Size(ctx context.Context, ref string) (int, error) {
 	info, err := a.obs.GetInfo(ctx, ref)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return 0, fmt.Errorf("%w: %s", ErrNoAttachment, contract.Quote(ref))
+		return 0, fmt.Errorf("%w: %s", contract.ErrNoAttachment, contract.Quote(ref))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("queue: attachment %s: %w", contract.Quote(ref), err)

@@ -23,21 +23,6 @@ const maxErrorHeader = 1024
 // ErrNotInDLQ is returned when a job has no dead-letter record.
 var ErrNotInDLQ = errors.New("queue: job is not in the dead-letter queue")
 
-// DeadLetter is one record of MAIL_DLQ: the original job bytes (Body) and the
-// facts of the failure (stored as message headers).
-type DeadLetter struct {
-	JobID, Profile string
-	Reason         contract.Reason
-	Error          string
-	Attempts       int
-	FailedAt       time.Time
-	GraphRequestID string
-	Generation     int
-	Body           []byte
-	Seq            uint64 // stream sequence (when read)
-	From, Subject  string // best-effort parse of Body when read
-}
-
 // DLQFilter selects dead letters; empty fields match everything.
 type DLQFilter struct {
 	Profile string
@@ -55,7 +40,7 @@ func (f DLQFilter) subject() (string, error) {
 	return contract.DLQSubject(f.Profile), nil
 }
 
-func (f DLQFilter) match(dl *DeadLetter) bool {
+func (f DLQFilter) match(dl *contract.DeadLetter) bool {
 	return (f.Reason == "" || dl.Reason == f.Reason) && (f.JobID == "" || dl.JobID == f.JobID)
 }
 
@@ -90,7 +75,7 @@ func oneLine(s string, max int) string {
 // Nats-Msg-Id "dlq-<jobid>-g<generation>" so that a failure recorded twice
 // (a redelivery) within the duplicate window is stored once. JobID, Profile
 // and a valid Reason are required; a zero FailedAt is set to now.
-func (d *DLQ) Put(ctx context.Context, dl DeadLetter) error {
+func (d *DLQ) Put(ctx context.Context, dl contract.DeadLetter) error {
 	switch {
 	case !contract.ValidJobID(dl.JobID):
 		return fmt.Errorf("queue: dead letter: invalid job id %s", contract.Quote(dl.JobID))
@@ -114,6 +99,9 @@ func (d *DLQ) Put(ctx context.Context, dl DeadLetter) error {
 	if dl.GraphRequestID != "" {
 		h.Set(contract.HeaderGraphRequestID, oneLine(dl.GraphRequestID, 128))
 	}
+	if dl.Ambiguous {
+		h.Set(contract.HeaderAmbiguous, "true")
+	}
 	m := &nats.Msg{Subject: contract.DLQSubject(dl.Profile), Header: h, Data: dl.Body}
 	if _, err := d.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("queue: store dead letter %s: %w", dl.JobID, err)
@@ -121,14 +109,15 @@ func (d *DLQ) Put(ctx context.Context, dl DeadLetter) error {
 	return nil
 }
 
-func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
+func deadLetterOf(m *jetstream.RawStreamMsg) contract.DeadLetter {
 	h := m.Header
-	dl := DeadLetter{
+	dl := contract.DeadLetter{
 		JobID:          h.Get(contract.HeaderJobID),
 		Profile:        h.Get(contract.HeaderProfile),
 		Reason:         contract.Reason(h.Get(contract.HeaderReason)),
 		Error:          h.Get(contract.HeaderError),
 		GraphRequestID: h.Get(contract.HeaderGraphRequestID),
+		Ambiguous:      h.Get(contract.HeaderAmbiguous) == "true",
 		Body:           m.Data,
 		Seq:            m.Sequence,
 	}
@@ -156,7 +145,7 @@ func (d *DLQ) stream(ctx context.Context) (jetstream.Stream, error) {
 	return s, nil
 }
 
-func (d *DLQ) each(ctx context.Context, f DLQFilter, fn func(DeadLetter) error) error {
+func (d *DLQ) each(ctx context.Context, f DLQFilter, fn func(contract.DeadLetter) error) error {
 	subj, err := f.subject()
 	if err != nil {
 		return err
@@ -179,9 +168,9 @@ func (d *DLQ) each(ctx context.Context, f DLQFilter, fn func(DeadLetter) error) 
 }
 
 // List returns the dead letters matching f, oldest first.
-func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]DeadLetter, error) {
-	var out []DeadLetter
-	err := d.each(ctx, f, func(dl DeadLetter) error {
+func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]contract.DeadLetter, error) {
+	var out []contract.DeadLetter
+	err := d.each(ctx, f, func(dl contract.DeadLetter) error {
 		out = append(out, dl)
 		return nil
 	})
@@ -189,23 +178,24 @@ func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]DeadLetter, error) {
 }
 
 // Get returns the newest dead letter of jobID, or ErrNotInDLQ.
-func (d *DLQ) Get(ctx context.Context, jobID string) (DeadLetter, error) {
+func (d *DLQ) Get(ctx context.Context, jobID string) (contract.DeadLetter, error) {
 	if !contract.ValidJobID(jobID) {
-		return DeadLetter{}, fmt.Errorf("queue: dlq: invalid job id %s", contract.Quote(jobID))
+		return contract.DeadLetter{}, fmt.Errorf("queue: dlq: invalid job id %s", contract.Quote(jobID))
 	}
 	all, err := d.List(ctx, DLQFilter{JobID: jobID})
 	if err != nil {
-		return DeadLetter{}, err
+		return contract.DeadLetter{}, err
 	}
 	if len(all) == 0 {
-		return DeadLetter{}, fmt.Errorf("%w: %s", ErrNotInDLQ, jobID)
+		return contract.DeadLetter{}, fmt.Errorf("%w: %s", ErrNotInDLQ, jobID)
 	}
 	return all[len(all)-1], nil
 }
 
 // Replay puts jobID's newest dead letter back on MAIL_JOBS, in this order:
 //  1. reset the job state: state replayed, Attempts 0, Ambiguous false,
-//     Generation = the record's generation + 1;
+//     AmbiguousBefore when the record (or the state) says a send may have
+//     delivered, Generation = the record's generation + 1;
 //  2. publish the body (opts.Body if set) to JobSubject(profile) with headers
 //     Mail-Job-Id, Mail-Replay=<generation>, Nats-Msg-Id "<id>-r<generation>";
 //  3. publish a replayed event;
@@ -225,7 +215,7 @@ func (d *DLQ) Replay(ctx context.Context, jobID string, opts ReplayOptions) erro
 	return d.replay(ctx, dl, opts)
 }
 
-func (d *DLQ) replay(ctx context.Context, dl DeadLetter, opts ReplayOptions) error {
+func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOptions) error {
 	body := dl.Body
 	if opts.Body != nil {
 		j, err := contract.DecodeJob(opts.Body)
@@ -239,14 +229,17 @@ func (d *DLQ) replay(ctx context.Context, dl DeadLetter, opts ReplayOptions) err
 	}
 	gen := dl.Generation + 1
 	st, _, err := d.states.Get(ctx, dl.JobID)
-	if err != nil && !errors.Is(err, ErrNoState) {
+	if err != nil && !errors.Is(err, contract.ErrNoState) {
 		return err
 	}
 	taken := err == nil && (st.Generation > gen || st.Generation == gen && st.State != contract.StateReplayed)
 	if !taken {
+		// A send that may have delivered stays on record: the replay's
+		// `sent` says possibleDuplicate.
+		before := dl.Ambiguous || st.PossibleDuplicate()
 		_, err = d.states.Put(ctx, contract.JobState{
 			JobID: dl.JobID, Profile: dl.Profile, State: contract.StateReplayed, Attempts: 0,
-			Generation: gen, UpdatedAt: time.Now().UTC(),
+			Generation: gen, UpdatedAt: time.Now().UTC(), AmbiguousBefore: before,
 		})
 		if err != nil {
 			return err
@@ -276,7 +269,7 @@ func (d *DLQ) replay(ctx context.Context, dl DeadLetter, opts ReplayOptions) err
 	}
 	// Delete this record and any older record of the same job.
 	var seqs []uint64
-	err = d.each(ctx, DLQFilter{Profile: dl.Profile, JobID: dl.JobID}, func(o DeadLetter) error {
+	err = d.each(ctx, DLQFilter{Profile: dl.Profile, JobID: dl.JobID}, func(o contract.DeadLetter) error {
 		if o.Seq <= dl.Seq {
 			seqs = append(seqs, o.Seq)
 		}
@@ -325,7 +318,7 @@ func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
 		return 0, err
 	}
 	n := 0
-	err = d.each(ctx, f, func(dl DeadLetter) error {
+	err = d.each(ctx, f, func(dl contract.DeadLetter) error {
 		if err := s.DeleteMsg(ctx, dl.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return fmt.Errorf("delete %d: %w", dl.Seq, err)
 		}

@@ -20,7 +20,7 @@ func TestDLQ(t *testing.T) {
 	failedAt := time.Date(2026, 3, 1, 10, 0, 0, 123, time.UTC)
 	put := func(id, profile string, reason contract.Reason, gen int) {
 		t.Helper()
-		err := d.Put(b.ctx, DeadLetter{JobID: id, Profile: profile, Reason: reason, Error: "Graph said no\r\nreally",
+		err := d.Put(b.ctx, contract.DeadLetter{JobID: id, Profile: profile, Reason: reason, Error: "Graph said no\r\nreally",
 			Attempts: 3, FailedAt: failedAt, GraphRequestID: "req-" + id, Generation: gen, Body: deadJob(id)})
 		if err != nil {
 			t.Fatal(err)
@@ -69,7 +69,7 @@ func TestDLQ(t *testing.T) {
 	if _, err := d.Get(b.ctx, "nope"); !errors.Is(err, ErrNotInDLQ) {
 		t.Errorf("Get missing = %v", err)
 	}
-	if err := d.Put(b.ctx, DeadLetter{JobID: "j9", Profile: "billing", Reason: "nonsense"}); err == nil {
+	if err := d.Put(b.ctx, contract.DeadLetter{JobID: "j9", Profile: "billing", Reason: "nonsense"}); err == nil {
 		t.Error("Put accepted an unknown reason")
 	}
 
@@ -172,7 +172,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 	}
 	deadLetter := func(id string) {
 		t.Helper()
-		if err := d.Put(b.ctx, DeadLetter{JobID: id, Profile: "billing", Reason: contract.ReasonInternal, Body: deadJob(id)}); err != nil {
+		if err := d.Put(b.ctx, contract.DeadLetter{JobID: id, Profile: "billing", Reason: contract.ReasonInternal, Body: deadJob(id)}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: id, Profile: "billing", State: contract.StateDeadLettered, Attempts: 8}); err != nil {
@@ -250,7 +250,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The worker fails it again at generation 1.
-		if err := d.Put(b.ctx, DeadLetter{JobID: "c4", Profile: "billing", Reason: contract.ReasonInternal, Generation: 1, Body: deadJob("c4")}); err != nil {
+		if err := d.Put(b.ctx, contract.DeadLetter{JobID: "c4", Profile: "billing", Reason: contract.ReasonInternal, Generation: 1, Body: deadJob("c4")}); err != nil {
 			t.Fatal(err)
 		}
 		if err := d.Replay(b.ctx, "c4", ReplayOptions{}); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go"
@@ -61,9 +62,10 @@ func (e *Events) publish(ctx context.Context, ev contract.Event, msgID string) e
 	return nil
 }
 
-// PublishAsync stores ev without waiting for the ack (the worker's hot path);
-// check the future, or wait on the JetStream context's PublishAsyncComplete.
-func (e *Events) PublishAsync(ev contract.Event) (jetstream.PubAckFuture, error) {
+// PublishAsync stores ev without waiting for the ack (the worker's hot path).
+// wait blocks until the server answers, or timeout passes, and returns nil
+// when the event was stored.
+func (e *Events) PublishAsync(ev contract.Event) (wait func(timeout time.Duration) error, err error) {
 	m, err := eventMsg(&ev, "")
 	if err != nil {
 		return nil, err
@@ -72,7 +74,18 @@ func (e *Events) PublishAsync(ev contract.Event) (jetstream.PubAckFuture, error)
 	if err != nil {
 		return nil, fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
 	}
-	return f, nil
+	return func(timeout time.Duration) error {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		select {
+		case <-f.Ok():
+			return nil
+		case err := <-f.Err():
+			return err
+		case <-t.C:
+			return errors.New("no ack from the server")
+		}
+	}, nil
 }
 
 // History returns every stored event of jobID (any profile), oldest first;

@@ -27,28 +27,6 @@ const (
 // maxLeaseTries bounds the compare-and-set retries of one Lease.
 const maxLeaseTries = 16
 
-// Lease is a request to the recipient ledger (see Pacing.Lease).
-type Lease struct {
-	// Mailbox is the sending address (case does not matter).
-	Mailbox string
-	// Limit is the mailbox's budget: recipients per RecipientWindow.
-	Limit int
-	// Need is the least that is of any use to the caller; Want is what it
-	// would like (Want >= Need). 0 and 0 only give back.
-	Need, Want int
-	// Hour is the start of the UTC hour the lease is counted in: the hour the
-	// caller will spend it in (it may be the next hour when this one is about
-	// to end).
-	Hour time.Time
-	// Now is the caller's time, which decides which hours have aged out.
-	Now time.Time
-	// GiveBack recipients of an earlier lease, counted in the hour starting at
-	// GiveBackHour, were not spent and never will be: they are taken off that
-	// hour first. A caller gives a remainder back once, whatever the outcome.
-	GiveBack     int
-	GiveBackHour time.Time
-}
-
 // pacingRecord is the value of a MAIL_PACING key: recipients leased per hour.
 type pacingRecord struct {
 	Hours []hourCount `json:"hours"`
@@ -68,7 +46,7 @@ type hourCount struct {
 // (leases shrink near the limit, so that replicas share the tail instead of
 // one holding it). An empty window always grants Need, even past Limit: a
 // job with more recipients than the whole budget could not be sent at all.
-func (rec pacingRecord) lease(l Lease) (next pacingRecord, granted int, freeAt time.Time) {
+func (rec pacingRecord) lease(l contract.Lease) (next pacingRecord, granted int, freeAt time.Time) {
 	now := l.Now.Unix()
 	span := int64(LedgerSpan / time.Second)
 	for _, h := range rec.Hours {
@@ -139,7 +117,7 @@ func PacingKey(mailbox string) string {
 // and returns when l.Need will fit. It returns an error when the bucket cannot
 // be read or written (a lease whose write may have landed is then lost: the
 // budget is under-used, never over-spent).
-func (p *Pacing) Lease(ctx context.Context, l Lease) (granted int, freeAt time.Time, err error) {
+func (p *Pacing) Lease(ctx context.Context, l contract.Lease) (granted int, freeAt time.Time, err error) {
 	key := PacingKey(l.Mailbox)
 	for range maxLeaseTries {
 		var rec pacingRecord
@@ -197,7 +175,7 @@ func (p *Pacing) Used(ctx context.Context, mailbox string, now time.Time) (int, 
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return 0, fmt.Errorf("queue: recipient ledger of %s is not valid JSON: %w", mailbox, err)
 	}
-	next, _, _ := rec.lease(Lease{Now: now})
+	next, _, _ := rec.lease(contract.Lease{Now: now})
 	n := 0
 	for _, h := range next.Hours {
 		n += h.N

@@ -211,14 +211,14 @@ func TestPublisher(t *testing.T) {
 func TestStates(t *testing.T) {
 	b := setup(t)
 	s := b.q.States
-	if _, _, err := s.Get(b.ctx, "j1"); !errors.Is(err, ErrNoState) {
+	if _, _, err := s.Get(b.ctx, "j1"); !errors.Is(err, contract.ErrNoState) {
 		t.Fatalf("Get missing = %v", err)
 	}
 	rev, err := s.Create(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateSending, Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Create(b.ctx, contract.JobState{JobID: "j1", State: contract.StateSending}); !errors.Is(err, ErrStateExists) {
+	if _, err := s.Create(b.ctx, contract.JobState{JobID: "j1", State: contract.StateSending}); !errors.Is(err, contract.ErrStateExists) {
 		t.Fatalf("second Create = %v, want ErrStateExists", err)
 	}
 	st, r, err := s.Get(b.ctx, "j1")
@@ -232,10 +232,10 @@ func TestStates(t *testing.T) {
 	}
 	// A writer holding the old revision loses.
 	st.State = contract.StateRetrying
-	if _, err := s.Update(b.ctx, st, rev); !errors.Is(err, ErrStateConflict) {
+	if _, err := s.Update(b.ctx, st, rev); !errors.Is(err, contract.ErrStateConflict) {
 		t.Fatalf("stale Update = %v, want ErrStateConflict", err)
 	}
-	if _, err := s.Update(b.ctx, contract.JobState{JobID: "nope"}, 1); !errors.Is(err, ErrStateConflict) {
+	if _, err := s.Update(b.ctx, contract.JobState{JobID: "nope"}, 1); !errors.Is(err, contract.ErrStateConflict) {
 		t.Fatalf("Update of missing = %v, want ErrStateConflict", err)
 	}
 	rev3, err := s.Put(b.ctx, contract.JobState{JobID: "j1", State: contract.StateDeadLettered})
@@ -267,17 +267,13 @@ func TestEvents(t *testing.T) {
 	if err := e.Publish(b.ctx, contract.Event{JobID: "j1-x", Profile: "billing", Event: contract.EventSent, At: at}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := e.PublishAsync(contract.Event{JobID: "j1", Profile: "billing", Event: contract.EventSent, Attempt: 2, At: at,
+	wait, err := e.PublishAsync(contract.Event{JobID: "j1", Profile: "billing", Event: contract.EventSent, Attempt: 2, At: at,
 		Graph: &contract.GraphInfo{Status: 202, RequestID: "r1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-f.Ok():
-	case err := <-f.Err():
+	if err := wait(10 * time.Second); err != nil {
 		t.Fatal(err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("no ack")
 	}
 	h, err := e.History(b.ctx, "j1")
 	if err != nil {
@@ -347,10 +343,10 @@ func TestAttachments(t *testing.T) {
 	if err := a.Delete(b.ctx, ref); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Get(b.ctx, ref); !errors.Is(err, ErrNoAttachment) {
+	if _, err := a.Get(b.ctx, ref); !errors.Is(err, contract.ErrNoAttachment) {
 		t.Errorf("Get after delete = %v", err)
 	}
-	if _, err := a.Size(b.ctx, ref); !errors.Is(err, ErrNoAttachment) {
+	if _, err := a.Size(b.ctx, ref); !errors.Is(err, contract.ErrNoAttachment) {
 		t.Errorf("Size after delete = %v", err)
 	}
 }

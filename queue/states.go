@@ -11,13 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Errors of States.
-var (
-	ErrNoState       = errors.New("queue: no state for job")
-	ErrStateExists   = errors.New("queue: job state already exists")
-	ErrStateConflict = errors.New("queue: job state changed concurrently")
-)
-
 // States is the job-state store (KV MAIL_JOB_STATE, key = job id, value =
 // JSON JobState). Revisions are KV revisions, for compare-and-set.
 type States struct {
@@ -32,7 +25,7 @@ func (s *States) Get(ctx context.Context, jobID string) (contract.JobState, uint
 	}
 	e, err := s.kv.Get(ctx, jobID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return contract.JobState{}, 0, ErrNoState
+		return contract.JobState{}, 0, contract.ErrNoState
 	}
 	if err != nil {
 		return contract.JobState{}, 0, fmt.Errorf("queue: get state of %s: %w", jobID, err)
@@ -63,7 +56,7 @@ func (s *States) Create(ctx context.Context, st contract.JobState) (uint64, erro
 	}
 	rev, err := s.kv.Create(ctx, st.JobID, b)
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		return 0, ErrStateExists
+		return 0, contract.ErrStateExists
 	}
 	if err != nil {
 		return 0, fmt.Errorf("queue: create state of %s: %w", st.JobID, err)
@@ -80,7 +73,7 @@ func (s *States) Update(ctx context.Context, st contract.JobState, lastRev uint6
 	}
 	rev, err := s.kv.Update(ctx, st.JobID, b, lastRev)
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-		return 0, ErrStateConflict
+		return 0, contract.ErrStateConflict
 	}
 	if err != nil {
 		return 0, fmt.Errorf("queue: update state of %s: %w", st.JobID, err)

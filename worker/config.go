@@ -17,6 +17,20 @@ const (
 	OnAmbiguousDeadLetter = "deadletter"
 )
 
+// Unlimited switches a per-mailbox limit of Config off.
+const Unlimited = -1
+
+// limit maps a configured limit to the pacer's: Unlimited (any negative) is
+// 0, unchecked.
+func limit(v int) int { return max(v, 0) }
+
+// Production limits of Exchange Online and Outlook, the defaults of Config.
+const (
+	DefaultPerMailboxPerMinute              = 30
+	DefaultPerMailboxRecipientsPerDay       = 10_000
+	DefaultPerMailboxUploadBytes      int64 = 150_000_000
+)
+
 // Profile is what the worker needs to know about one sending profile.
 type Profile struct {
 	Name string
@@ -34,16 +48,21 @@ type Config struct {
 	MaxInFlight int
 	// PerMailboxConcurrency bounds requests in flight per sending mailbox.
 	PerMailboxConcurrency int
-	// PerMailboxPerMinute paces each mailbox (Exchange allows 30 messages a
-	// minute); 0 leaves mailboxes unpaced.
+	// PerMailboxPerMinute paces each mailbox: default 30 (Exchange Online's
+	// message rate limit, 30 messages a minute: "Exchange Online limits",
+	// https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits#sending-limits-1);
+	// Unlimited leaves mailboxes unpaced.
 	PerMailboxPerMinute int
 	// PerMailboxRecipientsPerDay caps recipients per mailbox in any rolling
-	// 24 hours (Exchange allows 10,000 and bounces mail past it after
-	// accepting it); 0 leaves it unchecked.
+	// 24 hours: default 10,000 (Exchange Online's recipient rate limit, same
+	// page; past it Exchange accepts the request and bounces the mail);
+	// Unlimited leaves it unchecked.
 	PerMailboxRecipientsPerDay int
 	// PerMailboxUploadBytes caps the request bytes (the message with its
-	// attachments, base64-encoded) per mailbox in any rolling 5 minutes
-	// (Outlook allows 150 MB and answers 429 past it); 0 leaves it unchecked.
+	// attachments, base64-encoded) per mailbox in any rolling 5 minutes:
+	// default 150 MB (Outlook service limits, "Microsoft Graph throttling
+	// limits", https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits);
+	// Unlimited leaves it unchecked.
 	PerMailboxUploadBytes int64
 	// MaxAttempts is how many sends a job gets before it is dead-lettered.
 	MaxAttempts int
@@ -81,6 +100,11 @@ func (c Config) WithDefaults() Config {
 	def(&c.Concurrency, 64)
 	def(&c.MaxInFlight, 512)
 	def(&c.PerMailboxConcurrency, 4)
+	def(&c.PerMailboxPerMinute, DefaultPerMailboxPerMinute)
+	def(&c.PerMailboxRecipientsPerDay, DefaultPerMailboxRecipientsPerDay)
+	if c.PerMailboxUploadBytes == 0 {
+		c.PerMailboxUploadBytes = DefaultPerMailboxUploadBytes
+	}
 	def(&c.MaxAttempts, 8)
 	defDur(&c.BackoffInitial, 5*time.Second)
 	defDur(&c.BackoffMax, 10*time.Minute)
@@ -91,44 +115,41 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// Validate reports the first invalid field, by name.
+// Validate reports every invalid field, by its Go name.
 func (c Config) Validate() error {
 	var errs []error
 	positive := func(name string, v int) {
 		if v <= 0 {
-			errs = append(errs, fmt.Errorf("worker.%s: must be > 0, got %d", name, v))
+			errs = append(errs, fmt.Errorf("worker: Config.%s must be > 0, got %d", name, v))
 		}
 	}
-	positive("concurrency", c.Concurrency)
-	positive("maxInFlight", c.MaxInFlight)
-	positive("perMailboxConcurrency", c.PerMailboxConcurrency)
-	positive("maxAttempts", c.MaxAttempts)
-	if c.PerMailboxRecipientsPerDay < 0 {
-		errs = append(errs, fmt.Errorf("worker.perMailboxRecipientsPerDay: must be >= 0, got %d", c.PerMailboxRecipientsPerDay))
-	}
-	if c.PerMailboxUploadBytes < 0 {
-		errs = append(errs, fmt.Errorf("worker.perMailboxUploadMBPer5Min: must be >= 0, got %d bytes", c.PerMailboxUploadBytes))
-	}
-	if c.PerMailboxPerMinute < 0 {
-		errs = append(errs, fmt.Errorf("worker.perMailboxPerMinute: must be >= 0, got %d", c.PerMailboxPerMinute))
+	positive("Concurrency", c.Concurrency)
+	positive("MaxInFlight", c.MaxInFlight)
+	positive("PerMailboxConcurrency", c.PerMailboxConcurrency)
+	positive("MaxAttempts", c.MaxAttempts)
+	for name, v := range map[string]int64{"PerMailboxPerMinute": int64(c.PerMailboxPerMinute),
+		"PerMailboxRecipientsPerDay": int64(c.PerMailboxRecipientsPerDay), "PerMailboxUploadBytes": c.PerMailboxUploadBytes} {
+		if v < Unlimited {
+			errs = append(errs, fmt.Errorf("worker: Config.%s must be > 0 or Unlimited, got %d", name, v))
+		}
 	}
 	if c.BackoffMax < c.BackoffInitial {
-		errs = append(errs, fmt.Errorf("worker.backoffMax: %s is below backoffInitial %s", c.BackoffMax, c.BackoffInitial))
+		errs = append(errs, fmt.Errorf("worker: Config.BackoffMax %s is below BackoffInitial %s", c.BackoffMax, c.BackoffInitial))
 	}
 	if c.AckWait < time.Second {
-		errs = append(errs, fmt.Errorf("worker.ackWait: %s is below 1s", c.AckWait))
+		errs = append(errs, fmt.Errorf("worker: Config.AckWait %s is below 1s", c.AckWait))
 	}
 	if len(c.Profiles) == 0 {
-		errs = append(errs, errors.New("profiles: at least one profile is required"))
+		errs = append(errs, errors.New("worker: Config.Profiles: at least one profile is required"))
 	}
 	for name, p := range c.Profiles {
 		if len(p.AllowedSenders) == 0 {
-			errs = append(errs, fmt.Errorf("profiles.%s.allowedSenders: at least one approved mailbox is required", name))
+			errs = append(errs, fmt.Errorf("worker: profile %s: AllowedSenders: at least one approved mailbox is required", name))
 		}
 		switch p.OnAmbiguous {
 		case "", OnAmbiguousRetry, OnAmbiguousDeadLetter:
 		default:
-			errs = append(errs, fmt.Errorf("profiles.%s.onAmbiguous: %q is not retry or deadletter", name, p.OnAmbiguous))
+			errs = append(errs, fmt.Errorf("worker: profile %s: OnAmbiguous %q is not %q or %q", name, p.OnAmbiguous, OnAmbiguousRetry, OnAmbiguousDeadLetter))
 		}
 	}
 	return errors.Join(errs...)

@@ -6,31 +6,28 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
-// opTimeout bounds one JetStream operation (state, event, dead letter).
+// opTimeout bounds one broker operation (state, event, dead letter).
 const opTimeout = 10 * time.Second
 
-// finalAttemptTimeout bounds one attempt of retryFinal. Those writes are
+// finalAttemptTimeout bounds one try of a final write. Those writes are
 // idempotent (a KV put of the same state, an event with a stable dedupe id),
-// so an attempt whose reply is lost (the stream leader died with the write in
-// flight) is cut short and tried again rather than waited out for opTimeout.
+// so a try whose reply is lost (the stream leader died with the write in
+// flight) is cut short and made again rather than waited out for opTimeout.
 const finalAttemptTimeout = 3 * time.Second
 
-// infraRetry is the delay before a job is tried again when the broker itself
-// failed (state or dead-letter write); it spends no attempt.
-const infraRetry = 2 * time.Second
+// terminalStateTimeout bounds how long a final write (terminal state, final
+// event) is retried before the worker gives up on it.
+const terminalStateTimeout = 2 * time.Minute
 
 // unknownProfile labels metrics of jobs published for a profile this worker
 // does not serve, so that a stray subject cannot grow label cardinality.
@@ -45,9 +42,13 @@ type job struct {
 	job       *contract.Job
 	from      string // lower-cased sender address
 	state     contract.JobState
-	rev       uint64
+	rev       uint64 // revision of state in the store; 0 when none was read or written
+	stateRead bool   // state was read from the store (not assumed absent)
+	marked    bool   // this delivery stored state `sending`
 	seq       uint64 // MAIL_JOBS stream sequence of this delivery
 	published time.Time
+	graph     *contract.GraphInfo // of the last Graph call, if any
+	elapsed   time.Duration       // of the last Graph call
 	// releaseSlots gives back the mailbox and Graph concurrency slots once
 	// the Graph call is over (nil when none are held; safe to call twice).
 	releaseSlots func()
@@ -60,152 +61,148 @@ func (j *job) metricProfile() string {
 	return j.profile
 }
 
-// handle takes one delivery to exactly one outcome. stop ends waiting (the
+// policy is what decide needs to know of this pool and j's profile.
+func (p *Pool) policy(j *job) Policy {
+	pol := Policy{MaxAttempts: p.cfg.MaxAttempts, Busy: p.cfg.SendTimeout + 5*time.Second, Retry: p.retry,
+		Profile: j.profile, Mailbox: j.from}
+	if j.prof != nil {
+		pol.OnAmbiguous = j.prof.OnAmbiguous
+	}
+	return pol
+}
+
+// decide asks the one decision function about j and o.
+func (p *Pool) decide(j *job, o Outcome) Action {
+	return decide(j.state, o, p.policy(j), p.clock.Now())
+}
+
+// handle takes one delivery to exactly one outcome: it gathers the facts,
+// asks decide, and carries the action out (carry). stop ends waiting (the
 // job is put back unspent); sendCtx ends a send in flight.
 func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	j := &job{msg: msg}
 	defer func() {
 		if r := recover(); r != nil {
 			p.log.Error().Str("jobId", j.id).Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("panic while handling job")
-			p.deadLetter(sendCtx, j, contract.ReasonInternal, fmt.Sprintf("worker panic while handling the job: %v", r), nil)
+			p.carry(sendCtx, j, Action{Kind: DeadLetter, Reason: contract.ReasonInternal,
+				Message: fmt.Sprintf("worker panic while handling the job: %v", r)})
 		}
 	}()
-	var seq uint64
-	firstDelivery := false
-	if meta, err := msg.Metadata(); err == nil {
-		seq, j.published = meta.Sequence.Stream, meta.Timestamp
-		j.seq = seq
-		firstDelivery = meta.NumDelivered == 1
-	}
-	profile, okSubject := contract.ProfileFromSubject(msg.Subject())
-	if !okSubject {
-		profile = strings.ReplaceAll(strings.TrimPrefix(msg.Subject(), "mail.send."), ".", "_")
-	}
-	j.profile = profile
-	j.prof = p.profiles[profile]
-	parsed, decodeErr := contract.DecodeJob(msg.Data())
-	j.job = parsed
-	idSource := parsed
-	if parsed == nil {
-		// Keep the producer's id for an invalid job when it can be read, so
-		// that support finds the job under the id its producer knows.
-		idSource = &contract.Job{ID: sniffID(msg.Data())}
-	}
-	j.id = contract.ResolveJobID(idSource, msg.Headers().Get, seq)
-	if !contract.ValidJobID(j.id) {
-		j.id = fmt.Sprintf("s%d", seq)
-	}
-
+	firstDelivery := p.open(j)
 	if j.prof == nil {
-		p.deadLetter(sendCtx, j, contract.ReasonInvalidJob,
-			fmt.Sprintf("no profile %q is configured on this worker (subject %s): publish on mail.send.<profile> for a configured profile", profile, msg.Subject()), nil)
+		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Invalid, Reason: contract.ReasonInvalidJob,
+			Message: fmt.Sprintf("no profile %q is configured on this worker (subject %s): publish on mail.send.<profile> for a configured profile", j.profile, msg.Subject())}))
 		return
 	}
+	parsed, decodeErr := contract.DecodeJob(msg.Data())
 	if decodeErr != nil {
 		reason := contract.ReasonInvalidJob
 		var inv *contract.InvalidError
 		if errors.As(decodeErr, &inv) && inv.Reason != "" {
 			reason = inv.Reason
 		}
-		p.deadLetter(sendCtx, j, reason, "invalid job: "+decodeErr.Error(), nil)
+		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Invalid, Reason: reason, Message: "invalid job: " + decodeErr.Error()}))
 		return
 	}
+	j.job = parsed
 	j.from = senderAddress(parsed.From)
 
 	// A job's first delivery that will go straight to sending skips the state
 	// read: the compare-and-set create in send claims it, and fails if a
-	// state exists after all (a re-publish after the dedupe window); the job
-	// then comes back in a second and takes the read path. Replays, later
+	// state exists after all (a re-publish after the dedupe window), and so
+	// does a deferral by the pacer, which reads first. Replays, later
 	// deliveries and every job a state could change the decision for read.
-	var st contract.JobState
-	var rev uint64
-	var err error
-	if firstDelivery && msg.Headers().Get(contract.HeaderReplay) == "" && p.plainlySendable(parsed, j.from, j.prof) {
-		err = queue.ErrNoState
-	} else {
-		ctx, cancel := context.WithTimeout(sendCtx, opTimeout)
-		st, rev, err = p.q.States.Get(ctx, j.id)
-		cancel()
+	if !(firstDelivery && msg.Header(contract.HeaderReplay) == "" && p.plainlySendable(j)) {
+		if !p.readState(sendCtx, j) {
+			return
+		}
 	}
+	a := p.decide(j, p.arrived(j))
+	if a.Kind != Send {
+		p.carry(sendCtx, j, a)
+		return
+	}
+	p.paceAndSend(stop, sendCtx, j)
+}
+
+// open reads the delivery's metadata, profile and id into j; it reports
+// whether this is the message's first delivery.
+func (p *Pool) open(j *job) (first bool) {
+	msg := j.msg
+	seq, delivered, published, ok := msg.Meta()
+	if ok {
+		j.seq, j.published = seq, published
+		first = delivered == 1
+	}
+	profile, okSubject := contract.ProfileFromSubject(msg.Subject())
+	if !okSubject {
+		profile = strings.ReplaceAll(strings.TrimPrefix(msg.Subject(), contract.JobSubjectPrefix), ".", "_")
+	}
+	j.profile = profile
+	j.prof = p.profiles[profile]
+	// Keep the producer's id for an invalid job when it can be read, so that
+	// support finds the job under the id its producer knows.
+	j.id = contract.ResolveJobID(&contract.Job{ID: sniffID(msg.Data())}, msg.Header, seq)
+	if !contract.ValidJobID(j.id) {
+		j.id = fmt.Sprintf("s%d", seq)
+	}
+	j.state = contract.JobState{JobID: j.id, Profile: profile}
+	return first
+}
+
+// arrived is the Arrived outcome of j.
+func (p *Pool) arrived(j *job) Outcome {
+	return Outcome{Kind: Arrived, Job: j.job, SenderAllowed: j.prof.allows(j.from),
+		Redelivered: j.state.Seq != 0 && j.state.Seq == j.seq}
+}
+
+// readState loads j's state; false when the broker failed (the job is put back).
+func (p *Pool) readState(ctx context.Context, j *job) bool {
+	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
+	st, rev, err := p.broker.States.Get(opCtx, j.id)
+	cancel()
 	switch {
-	case errors.Is(err, queue.ErrNoState):
-		st = contract.JobState{JobID: j.id, Profile: profile}
+	case errors.Is(err, contract.ErrNoState):
+		j.state, j.rev = contract.JobState{JobID: j.id, Profile: j.profile}, 0
 	case err != nil:
-		p.infraFailure(j, "read job state", err)
-		return
+		p.unreachable(ctx, j, "read job state", err)
+		return false
+	default:
+		j.state, j.rev = st, rev
 	}
-	j.state, j.rev = st, rev
-	now := p.clock.Now()
+	j.stateRead = true
+	return true
+}
 
-	switch st.State {
-	case contract.StateSent, contract.StateDeadLettered:
-		if st.Seq != 0 && st.Seq == j.seq {
-			// This very message reached its outcome but its ack was lost
-			// (a worker died, or the broker moved): finish it again.
-			p.finishAgain(sendCtx, j)
-			return
-		}
-		why := "already sent"
-		if st.State == contract.StateDeadLettered {
-			why = "already dead-lettered: use `mailworker dlq replay` to send it again"
-		}
-		p.suppressDuplicate(sendCtx, j, why)
-		return
-	case contract.StateSending:
-		// Another replica may be sending it right now (a duplicate publish),
-		// or the replica that was sending it died mid-call.
-		if busyUntil := st.UpdatedAt.Add(p.cfg.SendTimeout + 5*time.Second); now.Before(busyUntil) {
-			p.deferJob(sendCtx, j, busyUntil.Sub(now), "another worker is sending this job", nil)
-			return
-		}
-		j.state.Ambiguous = true
-	}
+// plainlySendable reports whether a job without state would go straight to
+// pacing and sending: not expired, not held by notBefore, sender allowed.
+func (p *Pool) plainlySendable(j *job) bool {
+	return p.decide(j, p.arrived(j)).Kind == Send
+}
 
-	if exp := parsed.ExpiresAt; exp != nil && !now.Before(*exp) {
-		p.deadLetter(sendCtx, j, contract.ReasonExpired,
-			fmt.Sprintf("job expired at %s before it could be sent (attempts made: %d)", exp.UTC().Format(time.RFC3339), j.state.Attempts), nil)
-		return
-	}
-	if nb := parsed.NotBefore; nb != nil && now.Before(*nb) {
-		p.deferJob(sendCtx, j, nb.Sub(now), "notBefore", nil)
-		return
-	}
-	if !j.prof.allows(j.from) {
-		p.deadLetter(sendCtx, j, contract.ReasonSenderNotAllowed,
-			fmt.Sprintf("sender %s is not an approved mailbox of profile %s (profiles.%s.allowedSenders); nothing was sent", j.from, profile, profile), nil)
-		return
-	}
-	if j.state.Ambiguous && j.prof.OnAmbiguous == OnAmbiguousDeadLetter {
-		p.deadLetter(sendCtx, j, contract.ReasonInternal, ambiguousMessage(j), nil)
-		return
-	}
-	if j.state.Attempts >= p.cfg.MaxAttempts {
-		p.deadLetter(sendCtx, j, contract.ReasonAttemptsExhausted, exhaustedMessage(j, nil), nil)
-		return
-	}
-
-	at, deferFor, cause, err := p.admitJob(sendCtx, j.from, len(parsed.To)+len(parsed.Cc)+len(parsed.Bcc), p.uploadBytes(sendCtx, msg.Data(), parsed))
+// paceAndSend waits for the mailbox's pace and slots, then sends.
+func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
+	adm, err := p.admit(sendCtx, j.from, len(j.job.To)+len(j.job.Cc)+len(j.job.Bcc), p.uploadBytes(sendCtx, j.msg.Data(), j.job))
 	if err != nil {
 		// The recipient ledger is out of reach: never send blind.
-		p.infraFailure(j, "lease recipients from the shared ledger", err)
+		p.unreachable(sendCtx, j, "lease recipients from the shared ledger", err)
 		return
 	}
-	if deferFor > 0 {
-		p.m.ThrottleDeferrals.WithLabelValues(profile, cause).Inc()
-		p.deferJob(sendCtx, j, deferFor, "mailbox limit: "+cause, nil)
+	if adm.Defer > 0 {
+		p.paced(sendCtx, j, adm.Defer, adm.Cause)
 		return
 	}
-	hb := p.keepAlive(msg)
+	hb := p.keepAlive(j.msg)
 	defer hb.Stop()
-	if err := p.pacer.acquire(stop, j.from, at); err != nil {
-		_ = msg.Nak()
+	if err := p.pacer.acquire(stop, j.from, adm.At); err != nil {
+		_ = j.msg.Nak()
 		return
 	}
 	select {
 	case p.sends <- struct{}{}:
 	case <-stop.Done():
 		p.pacer.release(j.from)
-		_ = msg.Nak()
+		_ = j.msg.Nak()
 		return
 	}
 	// The slots bound Graph requests: they are given back as soon as the
@@ -216,18 +213,32 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	})
 	defer j.releaseSlots()
 	if stop.Err() != nil {
-		_ = msg.Nak()
+		_ = j.msg.Nak()
 		return
 	}
 	// Graph may have answered another job of this mailbox with Retry-After
 	// while this one waited for its slots: sending now would land inside
 	// that window.
 	if d := p.pacer.pausedFor(j.from); d > 0 {
-		p.m.ThrottleDeferrals.WithLabelValues(profile, CauseRetryAfter).Inc()
-		p.deferJob(sendCtx, j, d, "mailbox limit: "+CauseRetryAfter, nil)
+		p.paced(sendCtx, j, d, CauseRetryAfter)
 		return
 	}
 	p.send(sendCtx, j)
+}
+
+// paced defers j for the mailbox. A job whose state was not read reads it
+// first: a duplicate is suppressed at once, not after waiting for the pace.
+func (p *Pool) paced(ctx context.Context, j *job, d time.Duration, cause Cause) {
+	if !j.stateRead {
+		if !p.readState(ctx, j) {
+			return
+		}
+		if a := p.decide(j, p.arrived(j)); a.Kind != Send {
+			p.carry(ctx, j, a)
+			return
+		}
+	}
+	p.carry(ctx, j, p.decide(j, Outcome{Kind: Paced, Delay: d, Cause: cause}))
 }
 
 // uploadBytes estimates the size of the job's sendMail request for the
@@ -236,7 +247,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 // An attachment whose size cannot be read counts as the most one request can
 // carry; a missing one counts nothing (the send will fail without uploading).
 func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *contract.Job) int64 {
-	if p.cfg.PerMailboxUploadBytes == 0 {
+	if p.cfg.PerMailboxUploadBytes <= 0 {
 		return 0
 	}
 	n := int64(len(data))
@@ -244,44 +255,34 @@ func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *contract.Job) 
 		if a.ObjectRef == "" {
 			continue
 		}
-		opCtx, cancel := context.WithTimeout(ctx, opTimeout)
-		size, err := p.q.Attachments.Size(opCtx, a.ObjectRef)
-		cancel()
-		switch {
-		case errors.Is(err, queue.ErrNoAttachment):
-			size = 0
-		case err != nil:
-			size = contract.MaxInlineAttachmentBytes
+		size := contract.MaxInlineAttachmentBytes
+		if p.broker.Attachments != nil {
+			opCtx, cancel := context.WithTimeout(ctx, opTimeout)
+			s, err := p.broker.Attachments.Size(opCtx, a.ObjectRef)
+			cancel()
+			switch {
+			case errors.Is(err, contract.ErrNoAttachment):
+				size = 0
+			case err == nil:
+				size = s
+			}
 		}
 		n += int64(base64.StdEncoding.EncodedLen(size))
 	}
 	return n
 }
 
-// plainlySendable reports whether a job without state would go straight to
-// pacing and sending: not expired, not held by notBefore, sender allowed.
-func (p *Pool) plainlySendable(job *contract.Job, from string, prof *profileState) bool {
-	now := p.clock.Now()
-	return (job.ExpiresAt == nil || now.Before(*job.ExpiresAt)) &&
-		(job.NotBefore == nil || !now.Before(*job.NotBefore)) && prof.allows(from)
-}
-
-// send marks the job as sending, calls the Sender and maps the outcome to one
-// queue action.
+// send claims the job (state `sending`, compare-and-set), calls the Sender
+// and carries out what decide makes of the result.
 func (p *Pool) send(sendCtx context.Context, j *job) {
-	j.state.State = contract.StateSending
-	j.state.Attempts++
-	j.state.Profile = j.profile
-	j.state.UpdatedAt = p.clock.Now()
-	if !p.writeState(sendCtx, j, true) {
+	if !p.mark(sendCtx, j) {
 		return
 	}
-
 	ctx, cancel := context.WithTimeout(sendCtx, p.cfg.SendTimeout)
 	p.m.InflightSends.Inc()
 	start := time.Now()
 	res, err := p.sender.Send(ctx, j.profile, j.id, j.job)
-	elapsed := time.Since(start)
+	j.elapsed = time.Since(start)
 	if err == nil && j.releaseSlots != nil {
 		// On failure the slots are held until handle returns, so that a
 		// Retry-After pause is recorded before another job takes them.
@@ -289,141 +290,193 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	}
 	p.m.InflightSends.Dec()
 	cancel()
-	p.m.SendDuration.WithLabelValues(j.profile).Observe(elapsed.Seconds())
+	p.m.SendDuration.WithLabelValues(j.profile).Observe(j.elapsed.Seconds())
 
 	if err == nil {
 		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
-		p.sent(sendCtx, j, res, elapsed)
+		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
+		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent}))
 		return
 	}
-	var se *SendError
-	if !errors.As(err, &se) {
-		se = &SendError{Kind: Retryable, Reason: contract.ReasonInternal, Message: err.Error(), Err: err}
-	}
+	se := contract.AsSendError(err)
 	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
-	graph := &contract.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID}
-	if se.Ambiguous {
-		j.state.Ambiguous = true
-		p.m.Ambiguous.WithLabelValues(j.profile).Inc()
-	}
-	if se.RetryAfter > 0 && (se.Kind == Retryable || se.Kind == Throttled) {
-		p.pacer.pause(j.from, se.RetryAfter) // the mailbox was told to wait
-	}
+	j.graph = &contract.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID}
 	j.state.LastError = &contract.ErrorInfo{Reason: se.Reason, Message: se.Error()}
-	j.state.Graph = graph
-
-	switch {
-	case sendCtx.Err() != nil:
-		// Shutdown cut the send short. Nothing was spent unless the request
-		// may have reached Graph.
-		if !se.Ambiguous {
-			j.state.Attempts--
-		}
-		j.state.State = contract.StateRetrying
-		p.writeState(context.WithoutCancel(sendCtx), j, false)
-		_ = j.msg.Nak()
-		p.log.Info().Str("jobId", j.id).Bool("ambiguous", se.Ambiguous).Msg("send cancelled by shutdown; job put back")
-
-	case se.Kind == Permanent:
-		reason := se.Reason
-		if !reason.Valid() || reason == "" {
-			reason = contract.ReasonGraphRejected
-		}
-		p.deadLetter(sendCtx, j, reason, se.Error(), graph)
-
-	case se.Kind == Unavailable:
-		// Nothing reached Graph (Entra is down or failing): the job waits,
-		// without spending an attempt, for as long as the outage lasts; the
-		// token-failure alert tells people. expiresAt still bounds it.
-		j.state.Attempts--
-		j.state.State = contract.StateDeferred
-		p.writeState(sendCtx, j, false)
-		wait := max(se.RetryAfter, time.Second)
-		p.m.ThrottleDeferrals.WithLabelValues(j.profile, CauseUnavailable).Inc()
-		p.deferJob(sendCtx, j, wait+jitter(wait), "unavailable: "+se.Error(), nil)
-
-	case se.Kind == Throttled:
+	kind := Failed
+	if sendCtx.Err() != nil {
+		kind = Interrupted
+	}
+	if se.Class == contract.ClassThrottled {
 		p.m.GraphThrottled.WithLabelValues(j.profile).Inc()
-		p.m.ThrottleDeferrals.WithLabelValues(j.profile, CauseRetryAfter).Inc()
-		wait := se.RetryAfter
-		if wait <= 0 {
-			wait = retryDelay(1, 0, p.cfg.BackoffInitial, p.cfg.BackoffMax)
-			p.pacer.pause(j.from, wait)
+	}
+	p.carry(sendCtx, j, p.decide(j, Outcome{Kind: kind, Err: se}))
+}
+
+// mark stores state `sending` with a compare-and-set, claiming the job for
+// this delivery. When another delivery moved the job on first, the state is
+// read again and decided on at once (a duplicate is suppressed without a
+// detour); false when the job is not to be sent now.
+func (p *Pool) mark(ctx context.Context, j *job) bool {
+	for try := 0; ; try++ {
+		st := j.state
+		st.State = contract.StateSending
+		st.Profile = j.profile
+		st.UpdatedAt = p.clock.Now()
+		opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+		var rev uint64
+		var err error
+		if j.rev == 0 {
+			rev, err = p.broker.States.Create(opCtx, st)
+		} else {
+			rev, err = p.broker.States.Update(opCtx, st, j.rev)
 		}
-		j.state.Attempts-- // a throttled request spends no attempt
-		j.state.State = contract.StateDeferred
-		p.writeState(sendCtx, j, false)
-		p.deferJob(sendCtx, j, wait+jitter(wait), "throttled by Graph (429)", graph)
-
-	case se.Ambiguous && j.prof.OnAmbiguous == OnAmbiguousDeadLetter:
-		p.deadLetter(sendCtx, j, contract.ReasonInternal, ambiguousMessage(j), graph)
-
-	case j.state.Attempts >= p.cfg.MaxAttempts:
-		reason := contract.ReasonAttemptsExhausted
-		if se.Reason == contract.ReasonAccessDenied || se.Reason == contract.ReasonAuthFailed {
-			reason = se.Reason
+		cancel()
+		switch {
+		case err == nil:
+			j.state, j.rev, j.marked = st, rev, true
+			return true
+		case (errors.Is(err, contract.ErrStateExists) || errors.Is(err, contract.ErrStateConflict)) && try == 0:
+			if !p.readState(ctx, j) {
+				return false
+			}
+			if a := p.decide(j, p.arrived(j)); a.Kind != Send {
+				p.carry(ctx, j, a)
+				return false
+			}
+		case errors.Is(err, contract.ErrStateExists) || errors.Is(err, contract.ErrStateConflict):
+			// Moved on twice under us: look again shortly.
+			p.carry(ctx, j, Action{Kind: Defer, Delay: time.Second, Cause: CauseBusy, Message: "job state changed concurrently"})
+			return false
+		default:
+			p.unreachable(ctx, j, "write job state", err)
+			return false
 		}
-		p.deadLetter(sendCtx, j, reason, exhaustedMessage(j, se), graph)
-
-	default:
-		delay := retryDelay(j.state.Attempts, se.RetryAfter, p.cfg.BackoffInitial, p.cfg.BackoffMax)
-		j.state.State = contract.StateRetrying
-		// A failed write is logged; the retry is scheduled all the same (the
-		// next delivery then sees `sending` and treats the attempt as ambiguous).
-		p.writeState(sendCtx, j, false)
-		retryAt := p.clock.Now().Add(delay)
-		p.m.Retries.WithLabelValues(j.profile, string(se.Reason)).Inc()
-		_ = j.msg.NakWithDelay(delay)
-		p.emit(sendCtx, j, contract.Event{Event: contract.EventRetrying, Graph: graph, RetryAt: &retryAt,
-			Error: &contract.ErrorInfo{Reason: se.Reason, Message: se.Error()}, Ambiguous: se.Ambiguous,
-			LatencyMs: elapsed.Milliseconds()})
-		p.outcomeLog(zerolog.WarnLevel, j, "retrying").Err(se).Dur("delay", delay).Bool("ambiguous", se.Ambiguous).Send()
 	}
 }
 
-func (p *Pool) sent(ctx context.Context, j *job, res SendResult, elapsed time.Duration) {
+// unreachable carries out the Unreachable outcome: the broker failed us.
+func (p *Pool) unreachable(ctx context.Context, j *job, op string, err error) {
+	p.log.Error().Str("jobId", j.id).Str("profile", j.profile).Err(err).Msgf("%s failed; job put back", op)
+	p.carry(ctx, j, p.decide(j, Outcome{Kind: Unreachable}))
+}
+
+// carry carries out one action: the only place that spends an attempt, and
+// the only place that acks, naks or terminates after a decision.
+func (p *Pool) carry(ctx context.Context, j *job, a Action) {
+	if a.SpendsAttempt {
+		j.state.Attempts++
+	}
+	if a.Ambiguous {
+		j.state.Ambiguous = true
+		p.m.Ambiguous.WithLabelValues(j.metricProfile()).Inc()
+	}
+	if a.Pause > 0 && j.from != "" {
+		p.pacer.pause(j.from, a.Pause) // the mailbox was told to wait
+	}
+	switch a.Kind {
+	case AckSent:
+		p.sent(ctx, j)
+	case DeadLetter:
+		p.deadLetter(ctx, j, a.Reason, a.Message)
+	case Retry:
+		j.state.State = contract.StateRetrying
+		j.state.LastError = &contract.ErrorInfo{Reason: a.Reason, Message: a.Message}
+		// A failed write is logged; the retry is scheduled all the same (the
+		// next delivery then sees `sending` and treats the attempt as lost).
+		p.putState(ctx, j)
+		retryAt := p.clock.Now().Add(a.Delay)
+		reason := a.Reason
+		p.m.Retries.WithLabelValues(j.profile, string(reason)).Inc()
+		_ = j.msg.NakWithDelay(a.Delay)
+		p.emit(ctx, j, contract.Event{Event: contract.EventRetrying, Graph: j.graph, RetryAt: &retryAt,
+			Error: &contract.ErrorInfo{Reason: reason, Message: a.Message}, Ambiguous: a.Ambiguous,
+			LatencyMs: j.elapsed.Milliseconds()})
+		p.outcomeLog(zerolog.WarnLevel, j, "retrying").Str("error", a.Message).Dur("delay", a.Delay).Bool("ambiguous", a.Ambiguous).Send()
+	case Defer:
+		if j.marked {
+			// The state says `sending`: say what it is now.
+			j.state.State = contract.StateDeferred
+			p.putState(ctx, j)
+		}
+		if a.Cause.throttle() {
+			p.m.ThrottleDeferrals.WithLabelValues(j.metricProfile(), string(a.Cause)).Inc()
+		}
+		_ = j.msg.NakWithDelay(a.Delay)
+		at := p.clock.Now().Add(a.Delay)
+		var graph *contract.GraphInfo
+		if a.Cause == CauseRetryAfter && j.marked {
+			graph = j.graph
+		}
+		p.emit(ctx, j, contract.Event{Event: contract.EventDeferred, Graph: graph, RetryAt: &at, Cause: string(a.Cause)})
+		p.outcomeLog(zerolog.DebugLevel, j, "deferred").Str("why", a.Message).Str("cause", string(a.Cause)).Dur("delay", a.Delay).Send()
+	case SuppressDuplicate:
+		_ = j.msg.Ack()
+		p.m.Jobs.WithLabelValues(j.profile, string(contract.EventDuplicateSuppressed), "").Inc()
+		p.emit(ctx, j, contract.Event{Event: contract.EventDuplicateSuppressed})
+		p.outcomeLog(zerolog.InfoLevel, j, "duplicate_suppressed").Str("why", a.Message).Send()
+	case FinishAgain:
+		p.finishAgain(ctx, j)
+	case PutBack:
+		if j.marked {
+			j.state.State = contract.StateRetrying
+			p.putState(context.WithoutCancel(ctx), j)
+		}
+		if a.Delay > 0 {
+			_ = j.msg.NakWithDelay(a.Delay)
+		} else {
+			_ = j.msg.Nak()
+			p.log.Info().Str("jobId", j.id).Bool("ambiguous", a.Ambiguous).Msg("send cancelled by shutdown; job put back")
+		}
+	default:
+		p.log.Error().Str("jobId", j.id).Str("action", a.Kind.String()).Msg("no way to carry out this action; job put back")
+		_ = j.msg.NakWithDelay(p.retry.Broker())
+	}
+}
+
+func (p *Pool) sent(ctx context.Context, j *job) {
 	j.state.State = contract.StateSent
 	j.state.LastError = nil
-	graph := &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
-	j.state.Graph = graph
+	j.state.Graph = j.graph
 	j.state.UpdatedAt = p.clock.Now()
 	j.state.Seq = j.seq
-	p.finish(ctx, j, contract.Event{Event: contract.EventSent, Graph: graph, LatencyMs: elapsed.Milliseconds(),
-		PossibleDuplicate: j.state.Ambiguous}, j.msg.Ack)
-	p.m.Jobs.WithLabelValues(j.profile, OutcomeSent, "").Inc()
+	p.finish(ctx, j, contract.Event{Event: contract.EventSent, Graph: j.graph, LatencyMs: j.elapsed.Milliseconds(),
+		PossibleDuplicate: j.state.PossibleDuplicate()}, j.msg.Ack)
+	p.m.Jobs.WithLabelValues(j.profile, string(contract.EventSent), "").Inc()
 	p.observeLatency(j)
-	p.outcomeLog(zerolog.InfoLevel, j, "sent").Str("requestId", res.RequestID).
-		Bool("possibleDuplicate", j.state.Ambiguous).Dur("latency", elapsed).Send()
+	requestID := ""
+	if j.graph != nil {
+		requestID = j.graph.RequestID
+	}
+	p.outcomeLog(zerolog.InfoLevel, j, "sent").Str("requestId", requestID).
+		Bool("possibleDuplicate", j.state.PossibleDuplicate()).Dur("latency", j.elapsed).Send()
 }
 
 // deadLetter records the job in MAIL_DLQ with its original bytes, then
 // terminates the delivery. If the record cannot be written the job is put back
 // instead: nothing is dropped.
-func (p *Pool) deadLetter(ctx context.Context, j *job, reason contract.Reason, message string, graph *contract.GraphInfo) {
+func (p *Pool) deadLetter(ctx context.Context, j *job, reason contract.Reason, message string) {
 	now := p.clock.Now()
-	rec := queue.DeadLetter{JobID: j.id, Profile: j.profile, Reason: reason, Error: message,
-		Attempts: j.state.Attempts, FailedAt: now, Generation: j.state.Generation, Body: j.msg.Data()}
-	if graph != nil {
-		rec.GraphRequestID = graph.RequestID
+	rec := contract.DeadLetter{JobID: j.id, Profile: j.profile, Reason: reason, Error: message,
+		Attempts: j.state.Attempts, FailedAt: now, Generation: j.state.Generation, Body: j.msg.Data(),
+		Ambiguous: j.state.PossibleDuplicate()}
+	if j.graph != nil {
+		rec.GraphRequestID = j.graph.RequestID
 	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	err := p.q.DLQ.Put(opCtx, rec)
+	err := p.broker.DeadLetters.Put(opCtx, rec)
 	cancel()
 	if err != nil {
-		p.infraFailure(j, "write dead letter", err)
+		p.unreachable(ctx, j, "write dead letter", err)
 		return
-	}
-	if j.state.JobID == "" {
-		j.state = contract.JobState{JobID: j.id, Profile: j.profile}
 	}
 	j.state.State = contract.StateDeadLettered
 	j.state.LastError = &contract.ErrorInfo{Reason: reason, Message: message}
-	j.state.Graph = graph
+	j.state.Graph = j.graph
 	j.state.UpdatedAt = now
 	j.state.Seq = j.seq
-	p.finish(ctx, j, contract.Event{Event: contract.EventDeadLettered, Graph: graph,
-		Error: &contract.ErrorInfo{Reason: reason, Message: message}}, j.msg.Term)
-	p.m.Jobs.WithLabelValues(j.metricProfile(), OutcomeDeadLettered, string(reason)).Inc()
+	p.finish(ctx, j, contract.Event{Event: contract.EventDeadLettered, Graph: j.graph,
+		Error: &contract.ErrorInfo{Reason: reason, Message: message}, Ambiguous: j.state.Ambiguous}, j.msg.Term)
+	p.m.Jobs.WithLabelValues(j.metricProfile(), string(contract.EventDeadLettered), string(reason)).Inc()
 	p.observeLatency(j)
 	p.outcomeLog(zerolog.WarnLevel, j, "dead_lettered").Str("reason", string(reason)).Str("error", message).Send()
 }
@@ -437,7 +490,7 @@ func (p *Pool) deadLetter(ctx context.Context, j *job, reason contract.Reason, m
 func (p *Pool) finish(ctx context.Context, j *job, ev contract.Event, action func() error) {
 	if p.writeTerminalState(ctx, j) {
 		if !p.emitFinal(ctx, j, ev) {
-			_ = j.msg.NakWithDelay(infraRetry)
+			_ = j.msg.NakWithDelay(p.retry.Broker())
 			return
 		}
 	} else {
@@ -451,12 +504,12 @@ func (p *Pool) finish(ctx context.Context, j *job, ev contract.Event, action fun
 // once: the event's dedupe id is the same) and acks or terminates.
 func (p *Pool) finishAgain(ctx context.Context, j *job) {
 	st := j.state
-	ev := contract.Event{Event: contract.EventSent, Graph: st.Graph, PossibleDuplicate: st.Ambiguous}
+	ev := contract.Event{Event: contract.EventSent, Graph: st.Graph, PossibleDuplicate: st.PossibleDuplicate()}
 	if st.State == contract.StateDeadLettered {
-		ev = contract.Event{Event: contract.EventDeadLettered, Graph: st.Graph, Error: st.LastError}
+		ev = contract.Event{Event: contract.EventDeadLettered, Graph: st.Graph, Error: st.LastError, Ambiguous: st.Ambiguous}
 	}
 	if !p.emitFinal(ctx, j, ev) {
-		_ = j.msg.NakWithDelay(infraRetry) // try again on the next delivery
+		_ = j.msg.NakWithDelay(p.retry.Broker()) // try again on the next delivery
 		return
 	}
 	if st.State == contract.StateSent {
@@ -467,64 +520,19 @@ func (p *Pool) finishAgain(ctx context.Context, j *job) {
 	p.outcomeLog(zerolog.InfoLevel, j, string(ev.Event)).Str("why", "redelivered after its outcome was recorded").Send()
 }
 
-func (p *Pool) suppressDuplicate(ctx context.Context, j *job, why string) {
-	_ = j.msg.Ack()
-	p.m.Jobs.WithLabelValues(j.profile, OutcomeDuplicateSuppressed, "").Inc()
-	p.emit(ctx, j, contract.Event{Event: contract.EventDuplicateSuppressed})
-	p.outcomeLog(zerolog.InfoLevel, j, "duplicate_suppressed").Str("why", why).Send()
-}
-
-// deferJob puts the job back for d without spending an attempt.
-func (p *Pool) deferJob(ctx context.Context, j *job, d time.Duration, why string, graph *contract.GraphInfo) {
-	_ = j.msg.NakWithDelay(d)
-	at := p.clock.Now().Add(d)
-	p.emit(ctx, j, contract.Event{Event: contract.EventDeferred, Graph: graph, RetryAt: &at})
-	p.outcomeLog(zerolog.DebugLevel, j, "deferred").Str("why", why).Dur("delay", d).Send()
-}
-
-// infraFailure puts a job back when the broker failed us; no attempt is spent.
-func (p *Pool) infraFailure(j *job, op string, err error) {
-	_ = j.msg.NakWithDelay(infraRetry)
-	p.log.Error().Str("jobId", j.id).Str("profile", j.profile).Err(err).Msgf("%s failed; job put back", op)
-}
-
-// writeState stores j.state. With mark it is the compare-and-set that claims
-// the attempt: on a conflict or error the job is put back and false returned.
-// Otherwise it overwrites, and a failure is only logged: the queue action that
-// follows is still right, and the state is repaired by the next write.
-func (p *Pool) writeState(ctx context.Context, j *job, mark bool) bool {
+// putState overwrites j's state; a failure is only logged: the queue action
+// that follows is still right, and the state is repaired by the next write.
+func (p *Pool) putState(ctx context.Context, j *job) {
+	j.state.UpdatedAt = p.clock.Now()
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	defer cancel()
-	var rev uint64
-	var err error
-	switch {
-	case mark && j.rev == 0:
-		rev, err = p.q.States.Create(opCtx, j.state)
-	case mark:
-		rev, err = p.q.States.Update(opCtx, j.state, j.rev)
-	default:
-		rev, err = p.q.States.Put(opCtx, j.state)
-	}
+	rev, err := p.broker.States.Put(opCtx, j.state)
 	if err != nil {
-		if mark {
-			if errors.Is(err, queue.ErrStateExists) || errors.Is(err, queue.ErrStateConflict) {
-				// Someone else moved this job on: look again shortly.
-				p.deferJob(ctx, j, time.Second, "job state changed concurrently", nil)
-				return false
-			}
-			p.infraFailure(j, "write job state", err)
-			return false
-		}
 		p.log.Error().Str("jobId", j.id).Err(err).Msg("write job state failed")
-		return false
+		return
 	}
 	j.rev = rev
-	return true
 }
-
-// terminalStateTimeout bounds how long a terminal state (sent, dead_lettered)
-// is retried before the job is acked anyway.
-const terminalStateTimeout = 2 * time.Minute
 
 // writeTerminalState stores a terminal state, retrying while the broker is
 // unavailable (a reconnect, a JetStream leader election), before the caller
@@ -535,7 +543,7 @@ const terminalStateTimeout = 2 * time.Minute
 // the mail's fate is already decided, and redelivering it would send it twice.
 func (p *Pool) writeTerminalState(ctx context.Context, j *job) bool {
 	return p.retryFinal(ctx, j, "record the final job state", func(opCtx context.Context) error {
-		rev, err := p.q.States.Put(opCtx, j.state)
+		rev, err := p.broker.States.Put(opCtx, j.state)
 		if err == nil {
 			j.rev = rev
 		}
@@ -544,11 +552,12 @@ func (p *Pool) writeTerminalState(ctx context.Context, j *job) bool {
 }
 
 // retryFinal runs op, which records a job's outcome, until it succeeds, for
-// up to terminalStateTimeout (a broker restart or a leader move), backing off.
-// Past that, or when shutdown cancels ctx, it logs and reports false.
+// up to terminalStateTimeout (a broker restart or a leader move), waiting as
+// the RetryPolicy says. Past that, or when shutdown cancels ctx, it logs and
+// reports false.
 func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(context.Context) error) bool {
 	deadline := time.Now().Add(terminalStateTimeout)
-	wait := 100 * time.Millisecond
+	var wait time.Duration
 	for {
 		opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalAttemptTimeout)
 		err := op(opCtx)
@@ -561,11 +570,13 @@ func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(cont
 				Msgf("giving up: could not %s", what)
 			return false
 		}
+		wait = p.retry.FinalNext(wait)
+		t := time.NewTimer(wait)
 		select {
-		case <-time.After(wait):
+		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
 		}
-		wait = min(2*wait, 2*time.Second)
 	}
 }
 
@@ -580,7 +591,7 @@ func (p *Pool) emitFinal(ctx context.Context, j *job, ev contract.Event) bool {
 		ev.Metadata = j.job.Metadata
 	}
 	return p.retryFinal(ctx, j, "publish the final status event", func(opCtx context.Context) error {
-		return p.q.Events.Publish(opCtx, ev)
+		return p.broker.Events.Publish(opCtx, ev)
 	})
 }
 
@@ -592,21 +603,21 @@ func (p *Pool) emit(ctx context.Context, j *job, ev contract.Event) {
 	}
 	// Asynchronous: the job's queue action is already taken, and the ack is
 	// checked by watchEvents, so the handler does not wait a round trip.
-	f, err := p.q.Events.PublishAsync(ev)
+	wait, err := p.broker.Events.PublishAsync(ev)
 	if err == nil {
-		p.events <- pendingEvent{f: f, jobID: j.id, event: ev.Event}
+		p.events <- pendingEvent{wait: wait, jobID: j.id, event: ev.Event}
 		return
 	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	defer cancel()
-	if err := p.q.Events.Publish(opCtx, ev); err != nil {
+	if err := p.broker.Events.Publish(opCtx, ev); err != nil {
 		p.log.Error().Str("jobId", j.id).Str("event", string(ev.Event)).Err(err).Msg("publish status event failed")
 	}
 }
 
 // pendingEvent is a status event published without waiting for its ack.
 type pendingEvent struct {
-	f     jetstream.PubAckFuture
+	wait  func(time.Duration) error
 	jobID string
 	event contract.EventType
 }
@@ -614,18 +625,8 @@ type pendingEvent struct {
 // watchEvents logs status events the server did not store, until events is
 // closed and every pending ack has been seen (or timed out).
 func (p *Pool) watchEvents() {
-	timer := time.NewTimer(opTimeout)
-	defer timer.Stop()
 	for pe := range p.events {
-		timer.Reset(opTimeout)
-		var err error
-		select {
-		case <-pe.f.Ok():
-		case err = <-pe.f.Err():
-		case <-timer.C:
-			err = errors.New("no ack from the server")
-		}
-		if err != nil {
+		if err := pe.wait(opTimeout); err != nil {
 			p.log.Error().Str("jobId", pe.jobID).Str("event", string(pe.event)).Err(err).Msg("publish status event failed")
 		}
 	}
@@ -685,31 +686,7 @@ func (hb *heartbeat) Stop() {
 	hb.t.Stop()
 }
 
-func ambiguousMessage(j *job) string {
-	return fmt.Sprintf("an earlier attempt's outcome is unknown (timeout, 5xx or a worker stopped during the Graph call) and profile %s has onAmbiguous=deadletter: "+
-		"look for X-Mailworker-Job-Id %s in Exchange message trace before replaying", j.profile, j.id)
-}
-
-func exhaustedMessage(j *job, se *SendError) string {
-	msg := fmt.Sprintf("gave up after %d attempts", j.state.Attempts)
-	last := se
-	if last == nil && j.state.LastError != nil {
-		msg += "; last error: " + j.state.LastError.Message
-	}
-	if last != nil {
-		msg += "; last error: " + last.Error()
-		if last.Reason == contract.ReasonAccessDenied {
-			msg += fmt.Sprintf(" — mailbox %s is outside this app's Exchange RBAC scope; RBAC changes take 30 minutes to 2 hours to apply: fix the scope, then replay", j.from)
-		}
-	}
-	return msg
-}
-
-func jitter(d time.Duration) time.Duration {
-	return time.Duration(rand.Int64N(int64(d)/10 + 1))
-}
-
-// sniffID reads the id field of a job that failed validation, if it has one.
+// sniffID reads the id field of a job body, valid or not, if it has one.
 func sniffID(data []byte) string {
 	var probe struct {
 		ID json.RawMessage `json:"id"`

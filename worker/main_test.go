@@ -39,7 +39,7 @@ type bundle struct {
 func setup(t *testing.T, cfg Config, sender Sender) *bundle {
 	t.Helper()
 	js := startServer(t)
-	return startPool(t, js, cfg, sender, Options{})
+	return startPool(t, js, cfg, sender, testOptions{})
 }
 
 // startServer starts an embedded nats-server with the streams provisioned
@@ -75,7 +75,7 @@ func startServer(t *testing.T) jetstream.JetStream {
 }
 
 // startPool runs a pool on js (one more replica when called again).
-func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, opts Options) *bundle {
+func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, opts testOptions) *bundle {
 	t.Helper()
 	ctx := context.Background()
 	q, err := queue.Open(ctx, js)
@@ -102,7 +102,24 @@ func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, 
 	if opts.MembershipEvery == 0 {
 		opts.MembershipEvery = time.Second
 	}
-	pool, err := New(cfg, q, cons, sender, opts)
+	if cfg.PerMailboxPerMinute == 0 {
+		cfg.PerMailboxPerMinute = Unlimited
+	}
+	if cfg.PerMailboxRecipientsPerDay == 0 {
+		cfg.PerMailboxRecipientsPerDay = Unlimited
+	}
+	if cfg.PerMailboxUploadBytes == 0 {
+		cfg.PerMailboxUploadBytes = Unlimited
+	}
+	br := Broker{Consumer: jobsConsumer{queue.NewJobs(cons)}, States: q.States, DeadLetters: q.DLQ, Events: q.Events,
+		Attachments: q.Attachments, Ledger: q.Pacing, Membership: q.Workers}
+	if opts.ledger != nil {
+		br.Ledger = opts.ledger
+	}
+	if opts.membership != nil {
+		br.Membership = opts.membership
+	}
+	pool, err := New(cfg, br, sender, opts.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,6 +128,37 @@ func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, 
 	go func() { b.done <- pool.Run(runCtx) }()
 	t.Cleanup(b.stop)
 	return b
+}
+
+// jobsConsumer adapts queue.Jobs to Consumer, as cmd/mailworker does.
+type jobsConsumer struct{ *queue.Jobs }
+
+func (c jobsConsumer) Messages(prefetch int) (Messages, error) {
+	m, err := c.Jobs.Messages(prefetch)
+	if err != nil {
+		return nil, err
+	}
+	return jobsMessages{m}, nil
+}
+
+type jobsMessages struct{ *queue.Messages }
+
+func (m jobsMessages) Next() (Delivery, error) {
+	d, err := m.Messages.Next()
+	if queue.IsClosed(err) {
+		return nil, ErrClosed
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// testOptions are Options plus the broker parts a test replaces.
+type testOptions struct {
+	Options
+	ledger     Ledger
+	membership Membership
 }
 
 // stop shuts the pool down and waits for Run to return.
@@ -164,7 +212,7 @@ func (b *bundle) waitState(id string, want contract.State) contract.JobState {
 	var st contract.JobState
 	eventually(b.t, 15*time.Second, "job "+id+" to reach "+string(want), func() bool {
 		s, _, err := b.q.States.Get(context.Background(), id)
-		if err != nil && !errors.Is(err, queue.ErrNoState) {
+		if err != nil && !errors.Is(err, contract.ErrNoState) {
 			b.t.Fatal(err)
 		}
 		st = s
@@ -219,12 +267,12 @@ func demoJob(id string) *contract.Job {
 type recorder struct {
 	mu     sync.Mutex
 	calls  []string // job ids, in call order
-	answer func(n int, jobID string, job *contract.Job) (SendResult, error)
+	answer func(n int, jobID string, job *contract.Job) (contract.SendResult, error)
 	active atomic.Int32
 	peak   atomic.Int32
 }
 
-func (r *recorder) Send(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
+func (r *recorder) Send(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 	n := r.active.Add(1)
 	defer r.active.Add(-1)
 	for {
@@ -245,7 +293,7 @@ func (r *recorder) Send(ctx context.Context, profile, jobID string, job *contrac
 	if r.answer != nil {
 		return r.answer(count, jobID, job)
 	}
-	return SendResult{Status: 202, RequestID: "req-" + jobID, ClientRequestID: jobID}, nil
+	return contract.SendResult{Status: 202, RequestID: "req-" + jobID, ClientRequestID: jobID}, nil
 }
 
 func (r *recorder) callsFor(id string) int {

@@ -30,13 +30,6 @@ type Metrics struct {
 	TenantWideMailRoles *prometheus.GaugeVec // profile
 }
 
-// Job outcomes (label outcome of mailworker_jobs_total).
-const (
-	OutcomeSent                = "sent"
-	OutcomeDeadLettered        = "dead_lettered"
-	OutcomeDuplicateSuppressed = "duplicate_suppressed"
-)
-
 // NewMetrics creates the metrics, registers them with reg (nil: not
 // registered) and pre-creates the label values of profiles.
 func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
@@ -84,16 +77,16 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 			[]string{"profile"}),
 	}
 	for _, p := range profiles {
-		m.Jobs.WithLabelValues(p, OutcomeSent, "")
-		m.Jobs.WithLabelValues(p, OutcomeDuplicateSuppressed, "")
+		m.Jobs.WithLabelValues(p, string(contract.EventSent), "")
+		m.Jobs.WithLabelValues(p, string(contract.EventDuplicateSuppressed), "")
 		for _, r := range contract.Reasons {
-			m.Jobs.WithLabelValues(p, OutcomeDeadLettered, string(r))
+			m.Jobs.WithLabelValues(p, string(contract.EventDeadLettered), string(r))
 		}
 		for _, r := range []contract.Reason{"", contract.ReasonAccessDenied, contract.ReasonAuthFailed, contract.ReasonInternal} {
 			m.Retries.WithLabelValues(p, string(r))
 		}
-		for _, c := range []string{CauseRetryAfter, CausePace, CauseUpload, CauseRecipients, CauseConcurrency, CauseUnavailable} {
-			m.ThrottleDeferrals.WithLabelValues(p, c)
+		for _, c := range ThrottleCauses {
+			m.ThrottleDeferrals.WithLabelValues(p, string(c))
 		}
 		for _, s := range []string{"202", "400", "401", "403", "404", "413", "429", "500", "503", "504", "error"} {
 			m.GraphRequests.WithLabelValues(p, s)

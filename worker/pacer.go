@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // pacer keeps each sending mailbox inside Outlook's and Exchange's limits:
@@ -43,7 +43,10 @@ type pacer struct {
 	interval  time.Duration // 1 min / perMinute; 0 when unpaced
 	perUpload int64         // this replica's share of limUpload; 0 when unchecked
 	maxWait   int           // jobs allowed to queue for one mailbox's slots
-	boxes     map[string]*mailbox
+	// epoch counts share changes: a start planned in an older epoch is
+	// planned again.
+	epoch int
+	boxes map[string]*mailbox
 }
 
 type mailbox struct {
@@ -87,15 +90,35 @@ type allowance struct {
 	blockedNeed  int
 }
 
-// Deferral causes: the label cause of mailworker_throttle_deferrals_total.
+// Cause says why a job was deferred; the closed set is the label cause of
+// mailworker_throttle_deferrals_total (the mailbox causes) and the cause of a
+// `deferred` status event.
+type Cause string
+
+// Deferral causes.
 const (
-	CauseRetryAfter  = "retry_after" // Graph said to wait (429, or 503 with Retry-After)
-	CausePace        = "pace"        // the per-minute pace
-	CauseRecipients  = "recipients"  // the 24-hour recipient budget
-	CauseUpload      = "upload"      // the 5-minute upload volume
-	CauseConcurrency = "concurrency" // too many jobs already waiting for the mailbox's slots
-	CauseUnavailable = "unavailable" // a service the send needs (Entra) could not be reached
+	CauseRetryAfter  Cause = "retry_after" // Graph said to wait (429, or 503 with Retry-After)
+	CausePace        Cause = "pace"        // the per-minute pace
+	CauseRecipients  Cause = "recipients"  // the 24-hour recipient budget
+	CauseUpload      Cause = "upload"      // the 5-minute upload volume
+	CauseConcurrency Cause = "concurrency" // too many jobs already waiting for the mailbox's slots
+	CauseUnavailable Cause = "unavailable" // a service the send needs (Entra) could not be reached
+	CauseNotBefore   Cause = "not_before"  // the job's notBefore
+	CauseBusy        Cause = "busy"        // another replica is sending the job
 )
+
+// ThrottleCauses are the causes that count as throttling (a mailbox or
+// service limit), in a stable order: the metric's label values.
+var ThrottleCauses = []Cause{CauseRetryAfter, CausePace, CauseUpload, CauseRecipients, CauseConcurrency, CauseUnavailable}
+
+// throttle reports whether c is one of ThrottleCauses.
+func (c Cause) throttle() bool {
+	switch c {
+	case CauseNotBefore, CauseBusy, "":
+		return false
+	}
+	return true
+}
 
 // paceWindow is the per-minute pace's window: a minute plus a margin, because
 // Exchange counts a minute from when requests arrive and the pacer from when
@@ -120,37 +143,55 @@ const leaseChunk = 100
 // the next hour.
 const spendMargin = 5 * time.Minute
 
-func newPacer(clock Clock, perBox, perMinute, perDay int, maxHold time.Duration) *pacer {
-	p := &pacer{clock: clock, limBox: perBox, limMinute: perMinute, perDay: perDay, maxHold: maxHold,
-		boxes: make(map[string]*mailbox)}
+// pacerConfig is a mailbox's limits, all replicas together; 0 leaves a
+// limit unchecked (PerBox must be positive).
+type pacerConfig struct {
+	PerBox    int   // requests in flight
+	PerMinute int   // sends per rolling minute
+	PerDay    int   // recipients per rolling 24 hours
+	Upload    int64 // request bytes per rolling 5 minutes
+	// MaxHold is the longest a job is held in memory for its start.
+	MaxHold time.Duration
+}
+
+func newPacer(clock Clock, cfg pacerConfig) *pacer {
+	p := &pacer{clock: clock, limBox: cfg.PerBox, limMinute: cfg.PerMinute, perDay: cfg.PerDay,
+		limUpload: cfg.Upload, maxHold: cfg.MaxHold, boxes: make(map[string]*mailbox)}
 	p.setLiveLocked(1)
 	return p
 }
 
-// withUpload sets the upload volume limit (bytes per 5 minutes, all replicas
-// together; 0 = unchecked) before the pacer is used.
-func (p *pacer) withUpload(limit int64) *pacer {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.limUpload = limit
-	p.setLiveLocked(p.live)
-	return p
+// share is this replica's part of a mailbox's limits.
+type share struct {
+	Live, PerBox, PerMinute int
 }
 
 // setLive shares the limits among n live replicas (n < 1 counts as 1) and
-// reports whether the share changed. Windows and slots already taken are
-// kept: a smaller share admits less until they age out or are released.
-func (p *pacer) setLive(n int) bool {
+// reports the new share and whether it changed. Windows and slots already
+// taken are kept: a smaller share admits less until they age out or are
+// released. When the share changes, what was planned under the old one is
+// planned again: jobs held for their start wake and ask again, and the
+// spreading of deferred jobs starts afresh at the new interval.
+func (p *pacer) setLive(n int) (share, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if max(n, 1) == p.live {
-		return false
+		return p.shareLocked(), false
 	}
 	p.setLiveLocked(n)
+	p.epoch++
+	now := p.clock.Now()
 	for _, b := range p.boxes {
-		b.wakeAll() // a larger share may let waiters in
+		if b.deferredUntil.After(now) {
+			b.deferredUntil = now
+		}
+		b.wakeAll() // a larger share may let waiters in, and held starts are re-planned
 	}
-	return true
+	return p.shareLocked(), true
+}
+
+func (p *pacer) shareLocked() share {
+	return share{Live: p.live, PerBox: p.perBox, PerMinute: p.perMinute}
 }
 
 func (p *pacer) setLiveLocked(n int) {
@@ -177,22 +218,32 @@ func (p *pacer) box(addr string) *mailbox {
 	return b
 }
 
+// Admission is the pacer's answer for one job.
+type Admission struct {
+	// At is when the send may start (now, or within maxHold): the start is
+	// reserved in the rolling minute and the upload window, and the
+	// recipients are taken from the allowance.
+	At time.Time
+	// Defer > 0: put the job back for that long; nothing is reserved.
+	Defer time.Duration
+	// Cause is the binding limit of a deferral.
+	Cause Cause
+	// Short > 0: only the recipient allowance stands in the way: lease that
+	// many more (grant) and ask again; nothing is reserved.
+	Short int
+}
+
 // admit decides when a send of recipients recipients and a request of bytes
-// bytes from addr may start. It returns (at, 0, "", 0) with at the time to
-// start (now, or within maxHold); the start is reserved in the rolling minute
-// and the 5-minute upload window, and the recipients are taken from the
-// allowance. Or it returns a positive defer: the job should be put
-// back for that long, and cause says which limit is the binding one. Or,
-// when only the allowance stands in the way, short > 0: that many more
-// recipients must be leased (grant) before admit is asked again; nothing is
-// reserved.
-func (p *pacer) admit(addr string, recipients int, bytes int64) (at time.Time, deferFor time.Duration, cause string, short int) {
+// bytes from addr may start.
+func (p *pacer) admit(addr string, recipients int, bytes int64) Admission {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.box(addr)
 	earliest := now
 	hold := true // false: defer even a short wait
+	var cause Cause
+	short := 0
 	if b.pausedUntil.After(earliest) {
 		earliest, hold, cause = b.pausedUntil, false, CauseRetryAfter
 	}
@@ -225,7 +276,7 @@ func (p *pacer) admit(addr string, recipients int, bytes int64) (at time.Time, d
 	}
 	if hold && earliest.Sub(now) <= p.maxHold && b.waiting < p.maxWait {
 		if short > 0 {
-			return time.Time{}, 0, "", short
+			return Admission{Short: short}
 		}
 		if b.starts != nil {
 			b.starts[b.next] = earliest
@@ -239,10 +290,10 @@ func (p *pacer) admit(addr string, recipients int, bytes int64) (at time.Time, d
 			b.uploaded += bytes
 		}
 		b.waiting++
-		return earliest, 0, "", 0
+		return Admission{At: earliest}
 	}
 	d := max(p.spreadLocked(b, earliest).Sub(now), p.spacing())
-	return time.Time{}, d, cause, 0
+	return Admission{Defer: d, Cause: cause}
 }
 
 // uploadFree forgets the uploads that left the window at now and returns
@@ -289,12 +340,12 @@ func (a *allowance) available(now time.Time) int {
 // at now: counted in the hour they will be spent in, asking for a chunk, and
 // giving back an expired allowance's remainder (once: it is forgotten here,
 // whatever the ledger answers, so that it cannot be given back twice).
-func (p *pacer) leaseRequest(addr string, short int) queue.Lease {
+func (p *pacer) leaseRequest(addr string, short int) contract.Lease {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.box(addr)
-	l := queue.Lease{Mailbox: addr, Limit: p.perDay, Need: short, Want: max(short, leaseChunk),
+	l := contract.Lease{Mailbox: addr, Limit: p.perDay, Need: short, Want: max(short, leaseChunk),
 		Hour: now.Add(spendMargin).Truncate(time.Hour), Now: now}
 	if !now.Before(b.rcpt.until) && b.rcpt.n > 0 {
 		l.GiveBack, l.GiveBackHour = b.rcpt.n, b.rcpt.hour
@@ -305,14 +356,14 @@ func (p *pacer) leaseRequest(addr string, short int) queue.Lease {
 
 // unspent returns give-back requests for every allowance not yet spent, and
 // forgets them (a shutdown: nothing more will be sent).
-func (p *pacer) unspent() []queue.Lease {
+func (p *pacer) unspent() []contract.Lease {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var ls []queue.Lease
+	var ls []contract.Lease
 	for addr, b := range p.boxes {
 		if b.rcpt.n > 0 {
-			ls = append(ls, queue.Lease{Mailbox: addr, Limit: p.perDay, Now: now, GiveBack: b.rcpt.n, GiveBackHour: b.rcpt.hour})
+			ls = append(ls, contract.Lease{Mailbox: addr, Limit: p.perDay, Now: now, GiveBack: b.rcpt.n, GiveBackHour: b.rcpt.hour})
 			b.rcpt.n = 0
 		}
 	}
@@ -321,7 +372,7 @@ func (p *pacer) unspent() []queue.Lease {
 
 // grant records the ledger's answer to l: granted recipients join the
 // allowance; none means that l.Need more will not fit before freeAt.
-func (p *pacer) grant(l queue.Lease, granted int, freeAt time.Time) {
+func (p *pacer) grant(l contract.Lease, granted int, freeAt time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	a := &p.box(l.Mailbox).rcpt

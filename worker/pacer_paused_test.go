@@ -9,8 +9,8 @@ import (
 // A job admitted before a Retry-After arrived must not be sent inside it.
 func TestPausedAfterAdmit(t *testing.T) {
 	clk := &fakeClock{now: time.Unix(1_000_000, 0)}
-	p := newPacer(clk, 4, 0, 0, 5*time.Second)
-	at, d, _, _ := p.admit("a@x", 1, 0)
+	p := newPacer(clk, pacerConfig{PerBox: 4, MaxHold: 5 * time.Second})
+	at, d, _, _ := p.admitParts("a@x", 1, 0)
 	if d != 0 {
 		t.Fatalf("admit deferred %v", d)
 	}

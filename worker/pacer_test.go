@@ -22,64 +22,64 @@ func (c *fakeClock) Add(d time.Duration) {
 func TestPacer(t *testing.T) {
 	t.Run("rolling minute: the 31st send waits for the first to age out", func(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
-		p := newPacer(clk, 4, 30, 0, 5*time.Second)
+		p := newPacer(clk, pacerConfig{PerBox: 4, PerMinute: 30, MaxHold: 5 * time.Second})
 		for i := range 30 {
-			at, d, _, _ := p.admit("a@x", 1, 0)
+			at, d, _, _ := p.admitParts("a@x", 1, 0)
 			if d != 0 || !at.Equal(clk.Now()) {
 				t.Fatalf("send %d: at=%v defer=%v, want now", i, at, d)
 			}
 			p.box("a@x").waiting--
 		}
-		_, d, cause, _ := p.admit("a@x", 1, 0)
+		_, d, cause, _ := p.admitParts("a@x", 1, 0)
 		if cause != CausePace || d != paceWindow {
 			t.Fatalf("31st send deferred %v (cause %q), want %v for the pace", d, cause, paceWindow)
 		}
 		// Deferred jobs are spread one interval (2s) apart, not returned at once.
-		_, d2, _, _ := p.admit("a@x", 1, 0)
+		_, d2, _, _ := p.admitParts("a@x", 1, 0)
 		if d2-d != 2*time.Second {
 			t.Fatalf("second deferral %v after first %v, want 2s apart", d2, d)
 		}
 		// Another mailbox is unaffected.
-		if _, d, _, _ := p.admit("b@x", 1, 0); d != 0 {
+		if _, d, _, _ := p.admitParts("b@x", 1, 0); d != 0 {
 			t.Fatalf("other mailbox deferred %v", d)
 		}
 	})
 
 	t.Run("a Retry-After pause defers the mailbox until it ends", func(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
-		p := newPacer(clk, 4, 0, 0, 5*time.Second)
+		p := newPacer(clk, pacerConfig{PerBox: 4, MaxHold: 5 * time.Second})
 		p.pause("a@x", 30*time.Second)
-		_, d, cause, _ := p.admit("a@x", 1, 0)
+		_, d, cause, _ := p.admitParts("a@x", 1, 0)
 		if cause != CauseRetryAfter || d != 30*time.Second {
 			t.Fatalf("defer %v cause %q, want 30s for Retry-After", d, cause)
 		}
 		p.pause("a@x", time.Second) // shorter pause never cuts a longer one
 		clk.Add(29 * time.Second)
-		if _, d, _, _ := p.admit("a@x", 1, 0); d <= 0 {
+		if _, d, _, _ := p.admitParts("a@x", 1, 0); d <= 0 {
 			t.Fatal("pause was cut short")
 		}
 		clk.Add(2 * time.Second)
-		if _, d, _, _ := p.admit("a@x", 1, 0); d != 0 {
+		if _, d, _, _ := p.admitParts("a@x", 1, 0); d != 0 {
 			t.Fatalf("still deferred %v after the pause", d)
 		}
 	})
 
 	t.Run("a short wait is held, not deferred", func(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
-		p := newPacer(clk, 4, 60, 0, 5*time.Second) // 1 per second
+		p := newPacer(clk, pacerConfig{PerBox: 4, PerMinute: 60, MaxHold: 5 * time.Second}) // 1 per second
 		for range 60 {
 			p.admit("a@x", 1, 0)
 			p.box("a@x").waiting--
 		}
 		clk.Add(57 * time.Second)
-		at, d, _, _ := p.admit("a@x", 1, 0)
+		at, d, _, _ := p.admitParts("a@x", 1, 0)
 		if want := paceWindow - 57*time.Second; d != 0 || at.Sub(clk.Now()) != want {
 			t.Fatalf("at %v defer %v, want held %v", at.Sub(clk.Now()), d, want)
 		}
 	})
 
 	t.Run("acquire bounds concurrency and gives up with the context", func(t *testing.T) {
-		p := newPacer(systemClock{}, 1, 0, 0, time.Second)
+		p := newPacer(systemClock{}, pacerConfig{PerBox: 1, MaxHold: time.Second})
 		now := time.Now()
 		p.admit("a@x", 1, 0)
 		if err := p.acquire(context.Background(), "a@x", now); err != nil {
@@ -102,10 +102,10 @@ func TestPacer(t *testing.T) {
 	t.Run("upload volume: a request that would pass the 5-minute volume waits for old ones to leave", func(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
 		const mb = 1_000_000
-		p := newPacer(clk, 4, 0, 0, 5*time.Second).withUpload(10 * mb)
-		admitted := func(addr string, n int64) (time.Duration, string) {
+		p := newPacer(clk, pacerConfig{PerBox: 4, MaxHold: 5 * time.Second, Upload: 10 * mb})
+		admitted := func(addr string, n int64) (time.Duration, Cause) {
 			t.Helper()
-			at, d, cause, _ := p.admit(addr, 1, n)
+			at, d, cause, _ := p.admitParts(addr, 1, n)
 			if d == 0 {
 				p.box(addr).waiting--
 				if !at.Equal(clk.Now()) {
@@ -138,7 +138,7 @@ func TestPacer(t *testing.T) {
 
 		// Two live replicas take half each; a request larger than the share
 		// alone is sent once the window is empty, not deferred for ever.
-		p = newPacer(clk, 4, 0, 0, 5*time.Second).withUpload(10 * mb)
+		p = newPacer(clk, pacerConfig{PerBox: 4, MaxHold: 5 * time.Second, Upload: 10 * mb})
 		p.setLive(2)
 		if d, _ := admitted("c@x", 4*mb); d != 0 {
 			t.Fatalf("4 MB deferred %v under a 5 MB share", d)
@@ -156,21 +156,8 @@ func TestPacer(t *testing.T) {
 	})
 }
 
-func TestRetryDelay(t *testing.T) {
-	for attempt := 1; attempt <= 10; attempt++ {
-		d := retryDelay(attempt, 0, time.Second, time.Minute)
-		base := time.Second << (attempt - 1)
-		lo, hi := base/2, base*3/2
-		if base > time.Minute {
-			lo, hi = time.Minute/2, time.Minute
-		}
-		if d < lo || d > min(hi, time.Minute) {
-			t.Errorf("attempt %d: delay %v outside [%v, %v]", attempt, d, lo, hi)
-		}
-	}
-	for range 100 {
-		if d := retryDelay(3, 30*time.Second, time.Second, time.Minute); d < 30*time.Second || d > 33*time.Second {
-			t.Fatalf("Retry-After 30s gave delay %v: never shorter, at most 10%% longer", d)
-		}
-	}
+// admitParts is admit's answer as the values tests compare.
+func (p *pacer) admitParts(addr string, recipients int, bytes int64) (time.Time, time.Duration, Cause, int) {
+	a := p.admit(addr, recipients, bytes)
+	return a.At, a.Defer, a.Cause, a.Short
 }

@@ -8,37 +8,18 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
-
-// Delivery is one delivery of a job message: the subset of jetstream.Msg the
-// worker uses.
-type Delivery interface {
-	Data() []byte
-	Headers() nats.Header
-	Subject() string
-	Metadata() (*jetstream.MsgMetadata, error)
-	Ack() error
-	Nak() error
-	NakWithDelay(delay time.Duration) error
-	InProgress() error
-	Term() error
-}
 
 // Options are a Pool's collaborators other than its configuration.
 type Options struct {
 	Logger  zerolog.Logger
 	Metrics *Metrics // nil: unregistered metrics
 	Clock   Clock    // nil: the system clock
-	// Ledger shares the recipient budgets between replicas; nil: q.Pacing.
-	Ledger Ledger
-	// Membership counts the live replicas; nil: q.Workers.
-	Membership Membership
+	// Rand returns a number in [0, n) for the retry jitter; nil: math/rand/v2.
+	Rand func(n int64) int64
 	// MembershipEvery is how often the pool beats and counts replicas
 	// (0: 5s, a third of the MAIL_WORKERS TTL).
 	MembershipEvery time.Duration
@@ -48,16 +29,14 @@ type Options struct {
 // number of pools, in any number of processes, may share one consumer.
 type Pool struct {
 	cfg      Config
-	q        *queue.Queue
-	cons     jetstream.Consumer
+	broker   Broker
 	sender   Sender
 	log      zerolog.Logger
 	m        *Metrics
 	clock    Clock
+	retry    RetryPolicy
 	profiles map[string]*profileState
 	pacer    *pacer
-	ledger   Ledger
-	members  Membership
 	// membershipEvery is the heartbeat and count interval.
 	membershipEvery time.Duration
 	sends           chan struct{}     // global Graph concurrency
@@ -65,24 +44,23 @@ type Pool struct {
 	running         atomic.Bool
 }
 
-// New returns a Pool. It returns an error naming the field when cfg is invalid.
-func New(cfg Config, q *queue.Queue, cons jetstream.Consumer, sender Sender, opts Options) (*Pool, error) {
+// New returns a Pool. It returns an error naming the field when cfg is
+// invalid, or the collaborator that is missing.
+func New(cfg Config, broker Broker, sender Sender, opts Options) (*Pool, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if q == nil || cons == nil || sender == nil {
-		return nil, errors.New("worker: queue, consumer and sender are required")
+	if m := broker.missing(); m != "" {
+		return nil, fmt.Errorf("worker: broker.%s is required", m)
 	}
-	p := &Pool{cfg: cfg, q: q, cons: cons, sender: sender, log: opts.Logger, m: opts.Metrics, clock: opts.Clock,
-		ledger: opts.Ledger, members: opts.Membership, membershipEvery: opts.MembershipEvery,
-		profiles: make(map[string]*profileState, len(cfg.Profiles)), sends: make(chan struct{}, cfg.Concurrency)}
-	if p.ledger == nil {
-		p.ledger = q.Pacing
+	if sender == nil {
+		return nil, errors.New("worker: a sender is required")
 	}
-	if p.members == nil {
-		p.members = q.Workers
-	}
+	p := &Pool{cfg: cfg, broker: broker, sender: sender, log: opts.Logger, m: opts.Metrics, clock: opts.Clock,
+		retry:           RetryPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax, Rand: opts.Rand},
+		membershipEvery: opts.MembershipEvery,
+		profiles:        make(map[string]*profileState, len(cfg.Profiles)), sends: make(chan struct{}, cfg.Concurrency)}
 	if p.membershipEvery <= 0 {
 		p.membershipEvery = membershipEvery
 	}
@@ -98,8 +76,8 @@ func New(cfg Config, q *queue.Queue, cons jetstream.Consumer, sender Sender, opt
 	if p.clock == nil {
 		p.clock = systemClock{}
 	}
-	p.pacer = newPacer(p.clock, cfg.PerMailboxConcurrency, cfg.PerMailboxPerMinute, cfg.PerMailboxRecipientsPerDay, cfg.MaxHold).
-		withUpload(cfg.PerMailboxUploadBytes)
+	p.pacer = newPacer(p.clock, pacerConfig{PerBox: cfg.PerMailboxConcurrency, PerMinute: limit(cfg.PerMailboxPerMinute),
+		PerDay: limit(cfg.PerMailboxRecipientsPerDay), Upload: int64(limit(int(cfg.PerMailboxUploadBytes))), MaxHold: cfg.MaxHold})
 	p.m.ReplicasLive.Set(1)
 	return p, nil
 }
@@ -117,7 +95,7 @@ func (p *Pool) Ready() bool { return p.running.Load() }
 // shutdown, or an error when consuming cannot start.
 func (p *Pool) Run(ctx context.Context) error {
 	prefetch := min(max(p.cfg.MaxInFlight/4, 1), 256)
-	it, err := p.cons.Messages(jetstream.PullMaxMessages(prefetch))
+	it, err := p.broker.Consumer.Messages(prefetch)
 	if err != nil {
 		return fmt.Errorf("worker: consume %s/%s: %w", contract.StreamJobs, contract.ConsumerName, err)
 	}
@@ -154,8 +132,8 @@ func (p *Pool) Run(ctx context.Context) error {
 	// goroutine per job: a fresh goroutine grows its stack through the HTTP/2,
 	// TLS and JSON calls of every job (8% of CPU in the max profile). A new
 	// one starts only when none is idle, so there are about MaxInFlight.
-	work := make(chan jetstream.Msg)
-	handler := func(msg jetstream.Msg) {
+	work := make(chan Delivery)
+	handler := func(msg Delivery) {
 		for ok := true; ok; msg, ok = <-work {
 			p.handle(ctx, sendCtx, msg)
 			p.m.InflightJobs.Dec()
@@ -175,7 +153,7 @@ func (p *Pool) Run(ctx context.Context) error {
 			if took {
 				<-slots
 			}
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if errors.Is(err, ErrClosed) {
 				break
 			}
 			if err != nil {

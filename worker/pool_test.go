@@ -132,8 +132,8 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("permanent failure is dead-lettered with its reason", func(t *testing.T) {
-		rec := &recorder{answer: func(int, string, *contract.Job) (SendResult, error) {
-			return SendResult{}, &SendError{Kind: Permanent, Reason: contract.ReasonRecipientInvalid, Status: 400,
+		rec := &recorder{answer: func(int, string, *contract.Job) (contract.SendResult, error) {
+			return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonRecipientInvalid, Status: 400,
 				Code: "ErrorInvalidRecipients", Message: "bad recipient", RequestID: "r-400"}
 		}}
 		b := setup(t, Config{}, rec)
@@ -155,11 +155,11 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("retryable failure is retried and then sent", func(t *testing.T) {
-		rec := &recorder{answer: func(n int, id string, _ *contract.Job) (SendResult, error) {
+		rec := &recorder{answer: func(n int, id string, _ *contract.Job) (contract.SendResult, error) {
 			if n < 3 {
-				return SendResult{}, &SendError{Kind: Retryable, Status: 503, Code: "ServiceUnavailable", Ambiguous: true}
+				return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 503, Code: "ServiceUnavailable", Ambiguous: true}
 			}
-			return SendResult{Status: 202}, nil
+			return contract.SendResult{Status: 202}, nil
 		}}
 		b := setup(t, Config{}, rec)
 		id := b.publish(demoJob("job-retry"))
@@ -186,12 +186,12 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("an unavailable dependency spends no attempt, however long it lasts", func(t *testing.T) {
-		rec := &recorder{answer: func(n int, _ string, _ *contract.Job) (SendResult, error) {
+		rec := &recorder{answer: func(n int, _ string, _ *contract.Job) (contract.SendResult, error) {
 			if n <= 4 { // Entra down for four tries: more than maxAttempts
-				return SendResult{}, &SendError{Kind: Unavailable, Reason: contract.ReasonAuthFailed, RetryAfter: 50 * time.Millisecond,
+				return contract.SendResult{}, &contract.SendError{Class: contract.ClassUnavailable, Reason: contract.ReasonAuthFailed, RetryAfter: 50 * time.Millisecond,
 					Message: "token endpoint unavailable"}
 			}
-			return SendResult{Status: 202}, nil
+			return contract.SendResult{Status: 202}, nil
 		}}
 		b := setup(t, Config{MaxAttempts: 2}, rec)
 		id := b.publish(demoJob("job-entra-down"))
@@ -203,8 +203,8 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("attempts run out: attempts_exhausted with the last error", func(t *testing.T) {
-		rec := &recorder{answer: func(int, string, *contract.Job) (SendResult, error) {
-			return SendResult{}, &SendError{Kind: Retryable, Status: 500, Code: "InternalServerError", Message: "boom"}
+		rec := &recorder{answer: func(int, string, *contract.Job) (contract.SendResult, error) {
+			return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 500, Code: "InternalServerError", Message: "boom"}
 		}}
 		b := setup(t, Config{MaxAttempts: 3}, rec)
 		id := b.publish(demoJob("job-exhaust"))
@@ -219,8 +219,8 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("access denied keeps its reason and says RBAC may still be applying", func(t *testing.T) {
-		rec := &recorder{answer: func(int, string, *contract.Job) (SendResult, error) {
-			return SendResult{}, &SendError{Kind: Retryable, Reason: contract.ReasonAccessDenied, Status: 403, Code: "ErrorAccessDenied"}
+		rec := &recorder{answer: func(int, string, *contract.Job) (contract.SendResult, error) {
+			return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonAccessDenied, Status: 403, Code: "ErrorAccessDenied"}
 		}}
 		b := setup(t, Config{MaxAttempts: 2}, rec)
 		id := b.publish(demoJob("job-403"))
@@ -235,17 +235,17 @@ func TestPool(t *testing.T) {
 		var throttledAt atomic.Int64
 		var early atomic.Int32
 		rec := &recorder{}
-		rec.answer = func(n int, id string, job *contract.Job) (SendResult, error) {
+		rec.answer = func(n int, id string, job *contract.Job) (contract.SendResult, error) {
 			if job.From == "noreply@demo.example" {
 				if t0 := throttledAt.Load(); t0 != 0 && time.Since(time.Unix(0, t0)) < wait {
 					early.Add(1)
 				}
 				if n == 1 && id == "job-429" {
 					throttledAt.Store(time.Now().UnixNano())
-					return SendResult{}, &SendError{Kind: Throttled, Status: 429, Code: "ApplicationThrottled", RetryAfter: wait}
+					return contract.SendResult{}, &contract.SendError{Class: contract.ClassThrottled, Status: 429, Code: "ApplicationThrottled", RetryAfter: wait}
 				}
 			}
-			return SendResult{Status: 202}, nil
+			return contract.SendResult{Status: 202}, nil
 		}
 		b := setup(t, Config{}, rec)
 		b.publish(demoJob("job-429"))
@@ -274,11 +274,11 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("a panic dead-letters the job and the worker keeps going", func(t *testing.T) {
-		rec := &recorder{answer: func(_ int, id string, _ *contract.Job) (SendResult, error) {
+		rec := &recorder{answer: func(_ int, id string, _ *contract.Job) (contract.SendResult, error) {
 			if id == "job-panic" {
 				panic("sender exploded")
 			}
-			return SendResult{Status: 202}, nil
+			return contract.SendResult{Status: 202}, nil
 		}}
 		b := setup(t, Config{}, rec)
 		b.publish(demoJob("job-panic"))
@@ -320,9 +320,9 @@ func TestPool(t *testing.T) {
 	t.Run("at most perMailboxConcurrency sends per mailbox", func(t *testing.T) {
 		rec := &recorder{}
 		release := make(chan struct{})
-		rec.answer = func(int, string, *contract.Job) (SendResult, error) {
+		rec.answer = func(int, string, *contract.Job) (contract.SendResult, error) {
 			<-release
-			return SendResult{Status: 202}, nil
+			return contract.SendResult{Status: 202}, nil
 		}
 		b := setup(t, Config{PerMailboxConcurrency: 2, Concurrency: 16}, rec)
 		for i := range 6 {
@@ -357,7 +357,7 @@ func TestPool(t *testing.T) {
 		}
 		// Two fit in 2 MB (1.6 MB); the other two wait for the window, no attempt spent.
 		eventually(t, 10*time.Second, "two upload deferrals", func() bool {
-			return testutil.ToFloat64(b.pool.m.ThrottleDeferrals.WithLabelValues("demo", CauseUpload)) >= 2
+			return testutil.ToFloat64(b.pool.m.ThrottleDeferrals.WithLabelValues("demo", string(CauseUpload))) >= 2
 		})
 		b.publish(withRef("job-u-other", "other@demo.example")) // another mailbox has its own volume
 		b.waitState("job-u-other", contract.StateSent)
@@ -381,8 +381,8 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("ambiguous outcome with onAmbiguous=deadletter is dead-lettered, not resent", func(t *testing.T) {
-		rec := &recorder{answer: func(int, string, *contract.Job) (SendResult, error) {
-			return SendResult{}, &SendError{Kind: Retryable, Status: 504, Ambiguous: true, Err: errors.New("gateway timeout")}
+		rec := &recorder{answer: func(int, string, *contract.Job) (contract.SendResult, error) {
+			return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true, Err: errors.New("gateway timeout")}
 		}}
 		cfg := Config{Profiles: map[string]Profile{"demo": {AllowedSenders: []string{"noreply@demo.example"}, OnAmbiguous: OnAmbiguousDeadLetter}}}
 		b := setup(t, cfg, rec)
@@ -396,12 +396,12 @@ func TestPool(t *testing.T) {
 	t.Run("shutdown lets the send in flight finish and leaves the rest queued", func(t *testing.T) {
 		started := make(chan struct{})
 		finish := make(chan struct{})
-		rec := &recorder{answer: func(n int, id string, _ *contract.Job) (SendResult, error) {
+		rec := &recorder{answer: func(n int, id string, _ *contract.Job) (contract.SendResult, error) {
 			if id == "job-slow" {
 				close(started)
 				<-finish
 			}
-			return SendResult{Status: 202}, nil
+			return contract.SendResult{Status: 202}, nil
 		}}
 		b := setup(t, Config{PerMailboxConcurrency: 1}, rec)
 		b.publish(demoJob("job-slow"))
@@ -424,9 +424,9 @@ func TestPool(t *testing.T) {
 	})
 }
 
-func waitDLQ(t *testing.T, b *bundle, n int) []queue.DeadLetter {
+func waitDLQ(t *testing.T, b *bundle, n int) []contract.DeadLetter {
 	t.Helper()
-	var dls []queue.DeadLetter
+	var dls []contract.DeadLetter
 	eventually(t, 15*time.Second, fmt.Sprintf("%d dead letters", n), func() bool {
 		var err error
 		dls, err = b.q.DLQ.List(context.Background(), queue.DLQFilter{})

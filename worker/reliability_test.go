@@ -22,7 +22,7 @@ import (
 func TestSentStateSurvivesStateStoreOutage(t *testing.T) {
 	var b *bundle
 	restored := make(chan struct{})
-	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
+	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 		// The bucket goes away after the sending mark and comes back 1.5s later.
 		if err := b.js.DeleteKeyValue(ctx, contract.BucketState); err != nil {
 			t.Errorf("delete bucket: %v", err)
@@ -34,7 +34,7 @@ func TestSentStateSurvivesStateStoreOutage(t *testing.T) {
 				t.Errorf("recreate bucket: %v", err)
 			}
 		}()
-		return SendResult{Status: 202, RequestID: "r1", ClientRequestID: jobID}, nil
+		return contract.SendResult{Status: 202, RequestID: "r1", ClientRequestID: jobID}, nil
 	})
 	b = setup(t, Config{}, sender)
 	id := b.publish(demoJob("outage-1"))
@@ -95,19 +95,19 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 	var b *bundle
 	var mu sync.Mutex
 	var calls []time.Time
-	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
+	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 		mu.Lock()
 		calls = append(calls, time.Now())
 		n := len(calls)
 		mu.Unlock()
 		if n > 1 {
-			return SendResult{Status: 202}, nil
+			return contract.SendResult{Status: 202}, nil
 		}
 		// The state store is gone when the worker records the retry.
 		if err := b.js.DeleteKeyValue(ctx, contract.BucketState); err != nil {
 			t.Errorf("delete bucket: %v", err)
 		}
-		return SendResult{}, &SendError{Kind: Retryable, Status: 503, Ambiguous: true}
+		return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 503, Ambiguous: true}
 	})
 	b = setup(t, Config{}, sender) // the consumer's ack wait is 5 s
 	b.publish(demoJob("state-write-fails"))
@@ -135,15 +135,15 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 func TestFinalEventNotLostAtShutdown(t *testing.T) {
 	js := startServer(t)
 	var calls atomic.Int32
-	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (SendResult, error) {
+	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 		calls.Add(1)
 		// The status stream is unavailable from now until it is provisioned again.
 		if err := js.DeleteStream(ctx, contract.StreamStatus); err != nil {
 			t.Errorf("delete stream: %v", err)
 		}
-		return SendResult{Status: 202, RequestID: "r1"}, nil
+		return contract.SendResult{Status: 202, RequestID: "r1"}, nil
 	})
-	first := startPool(t, js, Config{DrainTimeout: 300 * time.Millisecond}, sender, Options{})
+	first := startPool(t, js, Config{DrainTimeout: 300 * time.Millisecond}, sender, testOptions{})
 	first.publish(demoJob("event-at-shutdown"))
 	first.waitState("event-at-shutdown", contract.StateSent)
 	first.stop() // the drain timeout cuts the event's retries short
@@ -151,7 +151,7 @@ func TestFinalEventNotLostAtShutdown(t *testing.T) {
 	if err := queue.Provision(context.Background(), js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	second := startPool(t, js, Config{}, sender, Options{})
+	second := startPool(t, js, Config{}, sender, testOptions{})
 	ev := second.waitEvent("event-at-shutdown", contract.EventSent)
 	if ev.Graph == nil || ev.Graph.RequestID != "r1" {
 		t.Fatalf("sent event = %+v", ev)

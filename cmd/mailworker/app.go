@@ -89,7 +89,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		return nil, err
 	}
 
-	sender := &graphSender{clients: map[string]*graphmail.Client{}, saveDefault: map[string]bool{}, attachments: a.q.Attachments}
+	sender := graphmail.NewJobs(a.q.Attachments)
 	for _, name := range names {
 		consent := &consentWatch{profile: name, metrics: metrics, log: log}
 		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics, consent.token)
@@ -97,8 +97,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 			return nil, err
 		}
 		a.clients = append(a.clients, c)
-		sender.clients[name] = c
-		sender.saveDefault[name] = cfg.Profiles[name].SaveToSentItems
+		sender.Add(name, c, cfg.Profiles[name].SaveToSentItems)
 		w := &credWatch{profile: name, cfg: cfg.Profiles[name].Credential, client: c, metrics: metrics, log: log}
 		w.loaded(file)
 		w.logCredential("graph client ready")
@@ -106,7 +105,9 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 			a.watches = append(a.watches, w)
 		}
 	}
-	if a.pool, err = worker.New(cfg.workerConfig(), a.q, cons, sender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
+	broker := worker.Broker{Consumer: jobsConsumer{queue.NewJobs(cons)}, States: a.q.States, DeadLetters: a.q.DLQ,
+		Events: a.q.Events, Attachments: a.q.Attachments, Ledger: a.q.Pacing, Membership: a.q.Workers}
+	if a.pool, err = worker.New(cfg.workerConfig(), broker, sender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
 		return nil, err
 	}
 	if cfg.HTTP.Listen != "" {

@@ -369,17 +369,20 @@ func (c Config) queueConfig() queue.Config {
 
 func (c Config) workerConfig() worker.Config {
 	w := c.Worker
-	perMinute, perDay := 30, 10_000
-	if w.PerMailboxPerMinute != nil {
-		perMinute = *w.PerMailboxPerMinute
+	// Unset takes the worker's defaults (Exchange's and Outlook's limits);
+	// 0 switches the limit off.
+	orOff := func(v *int, scale int64) int64 {
+		switch {
+		case v == nil:
+			return 0
+		case *v == 0:
+			return worker.Unlimited
+		}
+		return int64(*v) * scale
 	}
-	if w.PerMailboxRecipientsPerDay != nil {
-		perDay = *w.PerMailboxRecipientsPerDay
-	}
-	uploadMB := 150
-	if w.PerMailboxUploadMBPer5Min != nil {
-		uploadMB = *w.PerMailboxUploadMBPer5Min
-	}
+	perMinute := int(orOff(w.PerMailboxPerMinute, 1))
+	perDay := int(orOff(w.PerMailboxRecipientsPerDay, 1))
+	upload := orOff(w.PerMailboxUploadMBPer5Min, 1_000_000)
 	profiles := make(map[string]worker.Profile, len(c.Profiles))
 	for name, p := range c.Profiles {
 		profiles[name] = worker.Profile{Name: name, AllowedSenders: p.AllowedSenders, OnAmbiguous: p.OnAmbiguous}
@@ -387,7 +390,7 @@ func (c Config) workerConfig() worker.Config {
 	return worker.Config{
 		Concurrency: w.Concurrency, MaxInFlight: w.MaxInFlight, PerMailboxConcurrency: w.PerMailboxConcurrency,
 		PerMailboxPerMinute: perMinute, PerMailboxRecipientsPerDay: perDay,
-		PerMailboxUploadBytes: int64(uploadMB) * 1_000_000, MaxAttempts: w.MaxAttempts, BackoffInitial: w.BackoffInitial,
+		PerMailboxUploadBytes: upload, MaxAttempts: w.MaxAttempts, BackoffInitial: w.BackoffInitial,
 		BackoffMax: w.BackoffMax, AckWait: w.AckWait, SendTimeout: w.SendTimeout, DrainTimeout: w.DrainTimeout,
 		Profiles: profiles, LogRecipients: c.Log.Recipients,
 	}.WithDefaults()

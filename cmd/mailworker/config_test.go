@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailworker/mailworker/worker"
 )
 
 func TestUpperSnake(t *testing.T) {
@@ -79,7 +81,7 @@ func TestLoadConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.Profiles["ops"].Credential.CertificateFile != "/x.pem" || cfg.workerConfig().PerMailboxPerMinute != 0 {
+		if cfg.Profiles["ops"].Credential.CertificateFile != "/x.pem" || cfg.workerConfig().PerMailboxPerMinute != worker.Unlimited {
 			t.Fatalf("config = %+v", cfg)
 		}
 	})

@@ -51,7 +51,7 @@ type dlqRecord struct {
 	Body           string          `json:"body,omitempty"` // the original bytes when they are not JSON
 }
 
-func toRecord(dl queue.DeadLetter, withBody bool) dlqRecord {
+func toRecord(dl contract.DeadLetter, withBody bool) dlqRecord {
 	r := dlqRecord{JobID: dl.JobID, Profile: dl.Profile, Reason: dl.Reason, Error: dl.Error, Attempts: dl.Attempts,
 		FailedAt: dl.FailedAt, GraphRequestID: dl.GraphRequestID, From: dl.From, Subject: dl.Subject, Seq: dl.Seq}
 	if withBody {

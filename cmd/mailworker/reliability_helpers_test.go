@@ -508,7 +508,7 @@ func (h *harness) check(ids []string) report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dlByID := map[string]queue.DeadLetter{}
+	dlByID := map[string]contract.DeadLetter{}
 	for _, dl := range dls {
 		if _, dup := dlByID[dl.JobID]; dup {
 			t.Errorf("job %s has two dead-letter records", dl.JobID)

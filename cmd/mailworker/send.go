@@ -132,7 +132,7 @@ func (c *cli) waitOutcome(ctx context.Context, q *queue.Queue, id string, timeou
 				}
 				return &exitError{code: 1, msg: msg}
 			}
-		} else if !errors.Is(err, queue.ErrNoState) && ctx.Err() == nil {
+		} else if !errors.Is(err, contract.ErrNoState) && ctx.Err() == nil {
 			return err
 		}
 		select {

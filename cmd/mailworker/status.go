@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
@@ -28,14 +27,14 @@ func (c *cli) statusCmd() *cobra.Command {
 			}
 			defer nc.Close()
 			st, _, err := q.States.Get(ctx, id)
-			if err != nil && !errors.Is(err, queue.ErrNoState) {
+			if err != nil && !errors.Is(err, contract.ErrNoState) {
 				return err
 			}
 			events, err := q.Events.History(ctx, id)
 			if err != nil {
 				return err
 			}
-			if errors.Is(err, queue.ErrNoState) && len(events) == 0 {
+			if errors.Is(err, contract.ErrNoState) && len(events) == 0 {
 				return &exitError{code: 1, msg: fmt.Sprintf("job %s: no state and no events (unknown id, or older than the retention)", id)}
 			}
 			if asJSON {

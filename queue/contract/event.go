@@ -29,6 +29,9 @@ type Event struct {
 	LatencyMs int64 `json:"latencyMs,omitempty"`
 	// RetryAt is when a deferred or retrying job is due again.
 	RetryAt *time.Time `json:"retryAt,omitempty"`
+	// Cause says why a `deferred` job waits: retry_after, pace, recipients,
+	// upload, concurrency, unavailable, not_before or busy.
+	Cause string `json:"cause,omitempty"`
 	// Ambiguous marks a send whose outcome is unknown: Graph may have accepted it.
 	Ambiguous bool `json:"ambiguous,omitempty"`
 	// PossibleDuplicate marks a send made after an ambiguous attempt: the

@@ -1,6 +1,9 @@
 package contract
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // State is where a job is in its life.
 type State string
@@ -26,12 +29,30 @@ type JobState struct {
 	// Generation counts replays; dead-letter dedupe ids include it.
 	Generation int       `json:"generation,omitempty"`
 	UpdatedAt  time.Time `json:"updatedAt"`
-	// Ambiguous: an earlier attempt may have delivered the mail.
-	Ambiguous bool       `json:"ambiguous,omitempty"`
-	LastError *ErrorInfo `json:"lastError,omitempty"`
-	Graph     *GraphInfo `json:"graph,omitempty"`
+	// Ambiguous: an earlier attempt of this generation may have delivered
+	// the mail (a timeout, a 5xx, a worker that stopped mid-call).
+	Ambiguous bool `json:"ambiguous,omitempty"`
+	// AmbiguousBefore: an attempt of an earlier generation (before a replay)
+	// may have delivered the mail. It survives replays, so the job's `sent`
+	// event still says possibleDuplicate; unlike Ambiguous it does not stop
+	// a profile with onAmbiguous=deadletter from sending the replay support
+	// chose to make.
+	AmbiguousBefore bool       `json:"ambiguousBefore,omitempty"`
+	LastError       *ErrorInfo `json:"lastError,omitempty"`
+	Graph           *GraphInfo `json:"graph,omitempty"`
 	// Seq is the MAIL_JOBS stream sequence of the delivery that reached a
 	// final state, so a redelivery of that same message (its ack was lost)
 	// can be told from a later re-publish of the job id.
 	Seq uint64 `json:"seq,omitempty"`
 }
+
+// PossibleDuplicate reports whether a `sent` of this job may be a second
+// delivery: an attempt of this or an earlier generation may have delivered.
+func (s JobState) PossibleDuplicate() bool { return s.Ambiguous || s.AmbiguousBefore }
+
+// Errors of the job-state store (queue.States).
+var (
+	ErrNoState       = errors.New("no state for job")
+	ErrStateExists   = errors.New("job state already exists")
+	ErrStateConflict = errors.New("job state changed concurrently")
+)

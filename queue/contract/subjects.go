@@ -3,7 +3,7 @@ package contract
 import "strings"
 
 // Names of the JetStream assets mailworker uses. Producers, workers and support
-// tools agree on these; see DESIGN.md.
+// tools agree on these; README.md ("Subjects, streams, buckets") describes them.
 const (
 	StreamJobs        = "MAIL_JOBS"
 	StreamStatus      = "MAIL_STATUS"
@@ -33,6 +33,9 @@ const (
 	HeaderFailedAt       = "Mail-Failed-At"
 	HeaderGraphRequestID = "Mail-Graph-Request-Id"
 	HeaderProfile        = "Mail-Profile"
+	// HeaderAmbiguous ("true") on a dead letter: a send may have delivered
+	// the mail although Graph never said so.
+	HeaderAmbiguous = "Mail-Ambiguous"
 )
 
 // JobSubject is the subject a job for profile is published on.

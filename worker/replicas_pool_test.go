@@ -20,11 +20,11 @@ type startLog struct {
 	starts []time.Time
 }
 
-func (s *startLog) Send(_ context.Context, _, jobID string, _ *contract.Job) (SendResult, error) {
+func (s *startLog) Send(_ context.Context, _, jobID string, _ *contract.Job) (contract.SendResult, error) {
 	s.mu.Lock()
 	s.starts = append(s.starts, time.Now())
 	s.mu.Unlock()
-	return SendResult{Status: 202, RequestID: "req-" + jobID}, nil
+	return contract.SendResult{Status: 202, RequestID: "req-" + jobID}, nil
 }
 
 func (s *startLog) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.starts) }
@@ -43,10 +43,10 @@ func (s *startLog) busiestWindow(window time.Duration) int {
 	return most
 }
 
-func deferrals(bs []*bundle, cause string) int {
+func deferrals(bs []*bundle, cause Cause) int {
 	n := 0
 	for _, b := range bs {
-		n += int(testutil.ToFloat64(b.pool.m.ThrottleDeferrals.WithLabelValues("demo", cause)))
+		n += int(testutil.ToFloat64(b.pool.m.ThrottleDeferrals.WithLabelValues("demo", string(cause))))
 	}
 	return n
 }
@@ -69,8 +69,8 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 		js := startServer(t)
 		sent := &startLog{}
 		cfg := Config{PerMailboxRecipientsPerDay: 100}
-		a := startPool(t, js, cfg, sent, Options{})
-		b := startPool(t, js, cfg, sent, Options{})
+		a := startPool(t, js, cfg, sent, testOptions{})
+		b := startPool(t, js, cfg, sent, testOptions{})
 		rcpts := make([]string, 30)
 		for i := range rcpts {
 			rcpts[i] = fmt.Sprintf("r%d@example.com", i)
@@ -100,8 +100,8 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 		js := startServer(t)
 		sent := &startLog{}
 		cfg := Config{PerMailboxPerMinute: 10}
-		a := startPool(t, js, cfg, sent, Options{})
-		b := startPool(t, js, cfg, sent, Options{})
+		a := startPool(t, js, cfg, sent, testOptions{})
+		b := startPool(t, js, cfg, sent, testOptions{})
 		waitLive(t, 2, a, b)
 		for i := range 25 {
 			a.publish(demoJob(fmt.Sprintf("job-m%d", i)))
@@ -120,13 +120,13 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 		js := startServer(t)
 		sent := &startLog{}
 		cfg := Config{PerMailboxPerMinute: 10}
-		a := startPool(t, js, cfg, sent, Options{})
+		a := startPool(t, js, cfg, sent, testOptions{})
 		waitLive(t, 1, a)
 		for i := range 12 {
 			a.publish(demoJob(fmt.Sprintf("job-j%d", i)))
 		}
 		eventually(t, 15*time.Second, "10 sent alone", func() bool { return sent.count() == 10 })
-		b := startPool(t, js, cfg, sent, Options{})
+		b := startPool(t, js, cfg, sent, testOptions{})
 		waitLive(t, 2, a, b)
 		for i := range 12 {
 			a.publish(demoJob(fmt.Sprintf("job-k%d", i)))
@@ -150,7 +150,7 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 	js := startServer(t)
 	ctx := context.Background()
 	sent := &startLog{}
-	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 100}, sent, Options{})
+	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 100}, sent, testOptions{})
 	if err := js.DeleteKeyValue(ctx, contract.BucketPacing); err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 // A pool that stops gives its unspent recipients back to the ledger.
 func TestStopGivesUnspentRecipientsBack(t *testing.T) {
 	js := startServer(t)
-	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 1000}, &startLog{}, Options{})
+	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 1000}, &startLog{}, testOptions{})
 	b.waitState(b.publish(demoJob("job-one")), contract.StateSent)
 	used := func() int {
 		n, err := b.q.Pacing.Used(context.Background(), "noreply@demo.example", time.Now())

@@ -6,64 +6,40 @@ import (
 	"encoding/hex"
 	"fmt"
 	"time"
-
-	"github.com/mailworker/mailworker/queue"
 )
-
-// Ledger shares each sending mailbox's recipient budget between all replicas
-// (queue.Pacing is the JetStream implementation).
-type Ledger interface {
-	// Lease takes up to l.Want recipients of l.Mailbox's budget, counted in
-	// the hour l.Hour, after giving back l.GiveBack. It grants at least
-	// l.Need or nothing; when nothing, freeAt is when l.Need will fit. An
-	// error means the ledger could not be reached: nothing may be sent
-	// blind.
-	Lease(ctx context.Context, l queue.Lease) (granted int, freeAt time.Time, err error)
-}
-
-// Membership counts the live replicas that share the mailbox limits
-// (queue.Workers is the JetStream implementation).
-type Membership interface {
-	// Beat records that replica id is alive for a while (a TTL).
-	Beat(ctx context.Context, id string) error
-	// Live returns how many replicas are alive.
-	Live(ctx context.Context) (int, error)
-	// Leave removes id at once.
-	Leave(ctx context.Context, id string) error
-}
 
 // membershipEvery is how often a Pool beats and counts the live replicas by
 // default: a third of the MAIL_WORKERS TTL (15 s), so two beats may be lost.
 const membershipEvery = 5 * time.Second
 
-// admitJob runs the pacer for a job of n recipients and a request of bytes
-// bytes from addr, leasing
-// recipients from the ledger when the local allowance is short. It returns
-// an error only when the ledger cannot be reached.
-func (p *Pool) admitJob(ctx context.Context, addr string, n int, bytes int64) (at time.Time, deferFor time.Duration, cause string, err error) {
-	at, deferFor, cause, short := p.pacer.admit(addr, n, bytes)
-	if short == 0 {
-		return at, deferFor, cause, nil
+// admit runs the pacer for a job of n recipients and a request of bytes
+// bytes from addr, leasing recipients from the ledger when the local
+// allowance is short. It returns an error only when the ledger cannot be
+// reached.
+func (p *Pool) admit(ctx context.Context, addr string, n int, bytes int64) (Admission, error) {
+	a := p.pacer.admit(addr, n, bytes)
+	if a.Short == 0 {
+		return a, nil
 	}
 	// One lease at a time per mailbox in this replica: the jobs that waited
 	// for it usually find the allowance refilled.
 	b := p.pacer.lockLease(addr)
 	defer b.lease.Unlock()
 	for range 3 {
-		if at, deferFor, cause, short = p.pacer.admit(addr, n, bytes); short == 0 {
-			return at, deferFor, cause, nil
+		if a = p.pacer.admit(addr, n, bytes); a.Short == 0 {
+			return a, nil
 		}
-		l := p.pacer.leaseRequest(addr, short)
+		l := p.pacer.leaseRequest(addr, a.Short)
 		opCtx, cancel := context.WithTimeout(ctx, opTimeout)
-		granted, freeAt, err := p.ledger.Lease(opCtx, l)
+		granted, freeAt, err := p.broker.Ledger.Lease(opCtx, l)
 		cancel()
 		if err != nil {
-			return time.Time{}, 0, "", err
+			return Admission{}, err
 		}
 		p.pacer.grant(l, granted, freeAt)
 	}
 	// Other jobs of this replica spent each grant first: try again shortly.
-	return time.Time{}, infraRetry, CauseRecipients, nil
+	return Admission{Defer: p.retry.Broker(), Cause: CauseRecipients}, nil
 }
 
 // lockLease locks and returns addr's mailbox for a lease.
@@ -89,7 +65,7 @@ func (p *Pool) runMembership(stop <-chan struct{}, id string) {
 		select {
 		case <-stop:
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			if err := p.members.Leave(ctx, id); err != nil {
+			if err := p.broker.Membership.Leave(ctx, id); err != nil {
 				p.log.Warn().Err(err).Msg("could not remove this replica from the live count; it expires with the TTL")
 			}
 			cancel()
@@ -120,22 +96,19 @@ func (p *Pool) startMembership() string {
 func (p *Pool) beatAndCount(id string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), min(p.membershipEvery, opTimeout))
 	defer cancel()
-	if err := p.members.Beat(ctx, id); err != nil {
+	if err := p.broker.Membership.Beat(ctx, id); err != nil {
 		p.log.Warn().Err(err).Msg("replica heartbeat failed; keeping the last live count")
 		return false
 	}
-	n, err := p.members.Live(ctx)
+	n, err := p.broker.Membership.Live(ctx)
 	if err != nil {
 		p.log.Warn().Err(err).Msg("counting live replicas failed; keeping the last count")
 		return false
 	}
 	n = max(n, 1) // this replica has just beaten
 	p.m.ReplicasLive.Set(float64(n))
-	if p.pacer.setLive(n) {
-		p.pacer.mu.Lock()
-		perBox, perMinute := p.pacer.perBox, p.pacer.perMinute
-		p.pacer.mu.Unlock()
-		p.log.Info().Int("replicasLive", n).Int("perMailboxConcurrency", perBox).Int("perMailboxPerMinute", perMinute).
+	if sh, changed := p.pacer.setLive(n); changed {
+		p.log.Info().Int("replicasLive", sh.Live).Int("perMailboxConcurrency", sh.PerBox).Int("perMailboxPerMinute", sh.PerMinute).
 			Msg(fmt.Sprintf("sharing the mailbox limits among %d replicas", n))
 	}
 	return true
@@ -153,7 +126,7 @@ func (p *Pool) giveBack() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	for _, l := range ls {
-		if _, _, err := p.ledger.Lease(ctx, l); err != nil {
+		if _, _, err := p.broker.Ledger.Lease(ctx, l); err != nil {
 			p.log.Warn().Err(err).Int("recipients", l.GiveBack).Msg("could not give unspent recipients back to the ledger; they age out")
 			return
 		}

@@ -6,18 +6,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/rs/zerolog"
-
-	"github.com/mailworker/mailworker/queue"
 )
 
 // fakeLedger is a Ledger made of a function; it records the requests.
 type fakeLedger struct {
-	lease func(l queue.Lease) (int, time.Time, error)
-	reqs  []queue.Lease
+	lease func(l contract.Lease) (int, time.Time, error)
+	reqs  []contract.Lease
 }
 
-func (f *fakeLedger) Lease(_ context.Context, l queue.Lease) (int, time.Time, error) {
+func (f *fakeLedger) Lease(_ context.Context, l contract.Lease) (int, time.Time, error) {
 	f.reqs = append(f.reqs, l)
 	return f.lease(l)
 }
@@ -38,53 +37,53 @@ func (f *fakeMembership) Leave(_ context.Context, id string) error {
 	return f.leave(id)
 }
 
-// unitPool is a Pool with only what admitJob and beatAndCount use.
+// unitPool is a Pool with only what admit and beatAndCount use.
 func unitPool(clk Clock, perBox, perMinute, perDay int, l Ledger, m Membership) *Pool {
-	return &Pool{pacer: newPacer(clk, perBox, perMinute, perDay, 5*time.Second), ledger: l, members: m,
+	return &Pool{pacer: newPacer(clk, pacerConfig{PerBox: perBox, PerMinute: perMinute, PerDay: perDay, MaxHold: 5 * time.Second}), broker: Broker{Ledger: l, Membership: m},
 		membershipEvery: time.Second, clock: clk, log: zerolog.Nop(), m: NewMetrics(nil, nil)}
 }
 
 func TestPacerShares(t *testing.T) {
 	t.Run("the per-minute share follows the live count and keeps its window", func(t *testing.T) {
 		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
-		p := newPacer(clk, 4, 30, 0, 5*time.Second)
+		p := newPacer(clk, pacerConfig{PerBox: 4, PerMinute: 30, MaxHold: 5 * time.Second})
 		p.setLive(2) // 15 a minute each
 		for i := range 15 {
-			if _, d, _, _ := p.admit("a@x", 1, 0); d != 0 {
+			if _, d, _, _ := p.admitParts("a@x", 1, 0); d != 0 {
 				t.Fatalf("send %d deferred %v with a share of 15", i, d)
 			}
 			p.box("a@x").waiting--
 			clk.Add(time.Second)
 		}
-		_, d, cause, _ := p.admit("a@x", 1, 0)
+		_, d, cause, _ := p.admitParts("a@x", 1, 0)
 		if want := paceWindow - 15*time.Second; cause != CausePace || d != want {
 			t.Fatalf("16th send deferred %v (%q), want %v: the first start ages out", d, cause, want)
 		}
 		// Deferrals are spread by the share's interval (4 s), not the limit's.
-		if _, d2, _, _ := p.admit("a@x", 1, 0); d2-d != 4*time.Second {
+		if _, d2, _, _ := p.admitParts("a@x", 1, 0); d2-d != 4*time.Second {
 			t.Fatalf("second deferral %v after %v, want 4s apart", d2, d)
 		}
 		// Alone again: the full 30, with the 15 starts already in the window.
 		p.setLive(1)
 		for i := range 15 {
-			if _, d, _, _ := p.admit("a@x", 1, 0); d != 0 {
+			if _, d, _, _ := p.admitParts("a@x", 1, 0); d != 0 {
 				t.Fatalf("send %d of the second 15 deferred %v", i, d)
 			}
 			p.box("a@x").waiting--
 		}
-		if _, d, _, _ := p.admit("a@x", 1, 0); d == 0 {
+		if _, d, _, _ := p.admitParts("a@x", 1, 0); d == 0 {
 			t.Fatal("31st send in a minute admitted")
 		}
 		// Shrinking to a third keeps the 30 starts: nothing until 20 age out.
 		p.setLive(3)
 		clk.Add(paceWindow - 15*time.Second) // the first 15 started 15..1 s before the 30s of the rest
-		if _, d, _, _ := p.admit("a@x", 1, 0); d == 0 {
+		if _, d, _, _ := p.admitParts("a@x", 1, 0); d == 0 {
 			t.Fatal("admitted with 15 starts in the window and a share of 10")
 		}
 	})
 
 	t.Run("the concurrency share follows the live count, at least 1", func(t *testing.T) {
-		p := newPacer(systemClock{}, 4, 0, 0, time.Second)
+		p := newPacer(systemClock{}, pacerConfig{PerBox: 4, MaxHold: time.Second})
 		p.setLive(2)
 		if p.perBox != 2 {
 			t.Fatalf("share %d of 4 with 2 live", p.perBox)
@@ -152,11 +151,11 @@ func TestRecipientLedger(t *testing.T) {
 
 	t.Run("leases a chunk, spends it locally, leases again when it runs out", func(t *testing.T) {
 		clk := &fakeClock{now: t0}
-		l := &fakeLedger{lease: func(l queue.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }}
+		l := &fakeLedger{lease: func(l contract.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }}
 		p := unitPool(clk, 4, 0, 10000, l, nil)
 		for i := range 4 { // 4 × 30 recipients: 100 leased, then 100 more
-			if _, d, _, err := p.admitJob(ctx, "a@x", 30, 0); err != nil || d != 0 {
-				t.Fatalf("job %d: defer %v err %v", i, d, err)
+			if a, err := p.admit(ctx, "a@x", 30, 0); err != nil || a.Defer != 0 {
+				t.Fatalf("job %d: defer %v err %v", i, a.Defer, err)
 			}
 		}
 		if len(l.reqs) != 2 {
@@ -171,43 +170,44 @@ func TestRecipientLedger(t *testing.T) {
 	t.Run("a job that does not fit waits until the ledger says, without asking again", func(t *testing.T) {
 		clk := &fakeClock{now: t0}
 		freeAt := t0.Add(20 * time.Hour)
-		l := &fakeLedger{lease: func(queue.Lease) (int, time.Time, error) { return 0, freeAt, nil }}
+		l := &fakeLedger{lease: func(contract.Lease) (int, time.Time, error) { return 0, freeAt, nil }}
 		p := unitPool(clk, 4, 0, 10000, l, nil)
-		_, d, cause, err := p.admitJob(ctx, "a@x", 30, 0)
+		a, err := p.admit(ctx, "a@x", 30, 0)
+		d, cause := a.Defer, a.Cause
 		if err != nil || cause != CauseRecipients || d != 20*time.Hour {
 			t.Fatalf("defer %v cause %q err %v, want 20h for recipients", d, cause, err)
 		}
-		if _, d, _, _ := p.admitJob(ctx, "a@x", 40, 0); d < 20*time.Hour {
-			t.Fatalf("a larger job deferred only %v", d)
+		if a, _ := p.admit(ctx, "a@x", 40, 0); a.Defer < 20*time.Hour {
+			t.Fatalf("a larger job deferred only %v", a.Defer)
 		}
 		if len(l.reqs) != 1 {
 			t.Fatalf("%d ledger requests, want 1: the refusal is remembered", len(l.reqs))
 		}
 		// Another mailbox has its own budget.
-		l.lease = func(l queue.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }
-		if _, d, _, _ := p.admitJob(ctx, "b@x", 30, 0); d != 0 {
-			t.Fatalf("other mailbox deferred %v", d)
+		l.lease = func(l contract.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }
+		if a, _ := p.admit(ctx, "b@x", 30, 0); a.Defer != 0 {
+			t.Fatalf("other mailbox deferred %v", a.Defer)
 		}
 		clk.Add(20 * time.Hour)
-		if _, d, _, _ := p.admitJob(ctx, "a@x", 30, 0); d != 0 {
-			t.Fatalf("deferred %v once the budget is free", d)
+		if a, _ := p.admit(ctx, "a@x", 30, 0); a.Defer != 0 {
+			t.Fatalf("deferred %v once the budget is free", a.Defer)
 		}
 	})
 
 	t.Run("an allowance ends before its hour does; its rest is given back once", func(t *testing.T) {
 		clk := &fakeClock{now: t0}
 		fail := false
-		l := &fakeLedger{lease: func(l queue.Lease) (int, time.Time, error) {
+		l := &fakeLedger{lease: func(l contract.Lease) (int, time.Time, error) {
 			if fail {
 				return 0, time.Time{}, errors.New("no responders")
 			}
 			return l.Want, time.Time{}, nil
 		}}
 		p := unitPool(clk, 4, 0, 10000, l, nil)
-		p.admitJob(ctx, "a@x", 10, 0) // 100 leased in hour 10:00, 90 left
-		clk.Add(35 * time.Minute)     // 10:55: the allowance has ended
+		_, _ = p.admit(ctx, "a@x", 10, 0) // 100 leased in hour 10:00, 90 left
+		clk.Add(35 * time.Minute)         // 10:55: the allowance has ended
 		fail = true
-		if _, _, _, err := p.admitJob(ctx, "a@x", 10, 0); err == nil {
+		if _, err := p.admit(ctx, "a@x", 10, 0); err == nil {
 			t.Fatal("ledger error not returned: a job would be sent blind")
 		}
 		r := l.reqs[1]
@@ -215,8 +215,8 @@ func TestRecipientLedger(t *testing.T) {
 			t.Fatalf("request %+v: want the 90 given back to 10:00 and the lease counted at 11:00", r)
 		}
 		fail = false
-		if _, d, _, err := p.admitJob(ctx, "a@x", 10, 0); err != nil || d != 0 {
-			t.Fatalf("defer %v err %v", d, err)
+		if a, err := p.admit(ctx, "a@x", 10, 0); err != nil || a.Defer != 0 {
+			t.Fatalf("defer %v err %v", a.Defer, err)
 		}
 		if r := l.reqs[2]; r.GiveBack != 0 {
 			t.Fatalf("the remainder was given back twice: %+v", r)
@@ -225,8 +225,8 @@ func TestRecipientLedger(t *testing.T) {
 
 	t.Run("perMailboxRecipientsPerDay 0: no ledger at all", func(t *testing.T) {
 		p := unitPool(&fakeClock{now: t0}, 4, 0, 0, nil, nil) // a nil ledger would panic if used
-		if _, d, _, err := p.admitJob(ctx, "a@x", 500, 0); err != nil || d != 0 {
-			t.Fatalf("defer %v err %v", d, err)
+		if a, err := p.admit(ctx, "a@x", 500, 0); err != nil || a.Defer != 0 {
+			t.Fatalf("defer %v err %v", a.Defer, err)
 		}
 	})
 }

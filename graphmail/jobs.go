@@ -1,0 +1,138 @@
+package graphmail
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// AttachmentStore reads the attachments that jobs name by objectRef
+// (queue.Attachments is the JetStream object store implementation). Get
+// returns contract.ErrNoAttachment for a ref that is not there.
+type AttachmentStore interface {
+	Get(ctx context.Context, ref string) ([]byte, error)
+}
+
+// Jobs sends mail jobs: it maps a validated contract.Job onto Graph's
+// message (the X-Mailworker-Job-Id stamp, objectRef attachments fetched from
+// the store) and sends it with the profile's Client. It is the worker's
+// Sender; every error it returns is a *contract.SendError.
+type Jobs struct {
+	clients     map[string]*Client
+	saveDefault map[string]bool
+	attachments AttachmentStore
+}
+
+// NewJobs returns a Jobs over store (nil: jobs with objectRef attachments
+// are dead-lettered invalid_job); Add registers each profile's client.
+func NewJobs(store AttachmentStore) *Jobs {
+	return &Jobs{clients: map[string]*Client{}, saveDefault: map[string]bool{}, attachments: store}
+}
+
+// Add sends profile's jobs with c; saveToSentItems is the profile's default
+// for jobs that do not say.
+func (s *Jobs) Add(profile string, c *Client, saveToSentItems bool) {
+	s.clients[profile] = c
+	s.saveDefault[profile] = saveToSentItems
+}
+
+// Send sends job for profile, stamped with jobID.
+func (s *Jobs) Send(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
+	c := s.clients[profile]
+	if c == nil {
+		return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal,
+			Profile: profile, Message: fmt.Sprintf("no Graph client for profile %s", profile)}
+	}
+	msg, err := s.Message(ctx, profile, jobID, job)
+	if err != nil {
+		return contract.SendResult{}, err
+	}
+	res, err := c.Send(ctx, msg, jobID)
+	if err != nil {
+		return contract.SendResult{}, err
+	}
+	return contract.SendResult{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
+		Duration: res.Duration}, nil
+}
+
+// Message maps a validated job onto Graph's message. Attachments given by
+// objectRef are fetched from the store. The errors are *contract.SendError:
+// permanent invalid_job for an objectRef that is not there, message_too_large
+// past the inline limit, retryable internal when the store fails.
+func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract.Job) (*Message, error) {
+	_, from, _ := contract.ParseAddress(job.From)
+	m := &Message{
+		From: from, Subject: job.Subject, Text: job.Text, HTML: job.HTML,
+		To: addresses(job.To), Cc: addresses(job.Cc), Bcc: addresses(job.Bcc), ReplyTo: addresses(job.ReplyTo),
+		Importance: job.Importance, SaveToSentItems: s.saveDefault[profile],
+	}
+	if job.SaveToSentItems != nil {
+		m.SaveToSentItems = *job.SaveToSentItems
+	}
+	m.Headers = make([]Header, 0, len(job.Headers)+1)
+	m.Headers = append(m.Headers, Header{Name: contract.HeaderStampJobID, Value: jobID})
+	if len(job.Headers) > 0 {
+		names := make([]string, 0, len(job.Headers))
+		for k := range job.Headers {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			m.Headers = append(m.Headers, Header{Name: k, Value: job.Headers[k]})
+		}
+	}
+	fail := func(class contract.Class, reason contract.Reason, msg string, err error) error {
+		return &contract.SendError{Class: class, Reason: reason, Profile: profile, Message: msg, Err: err}
+	}
+	var total int
+	for i, a := range job.Attachments {
+		var content []byte
+		var err error
+		if a.ObjectRef != "" {
+			if s.attachments == nil {
+				return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
+					fmt.Sprintf("attachments[%d].objectRef: no attachment store", i), nil)
+			}
+			content, err = s.attachments.Get(ctx, a.ObjectRef)
+			if errors.Is(err, contract.ErrNoAttachment) {
+				return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
+					fmt.Sprintf("attachments[%d].objectRef: %q is not in the %s object store", i, a.ObjectRef, contract.BucketAttachments), err)
+			}
+			if err != nil {
+				return nil, fail(contract.ClassRetryable, contract.ReasonInternal, fmt.Sprintf("attachments[%d].objectRef: %v", i, err), err)
+			}
+		} else if content, err = base64.StdEncoding.DecodeString(a.ContentBase64); err != nil {
+			// Validation has already checked it; this is belt and braces.
+			return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
+				fmt.Sprintf("attachments[%d].contentBase64: not valid base64", i), nil)
+		}
+		total += len(content)
+		if total > contract.MaxInlineAttachmentBytes {
+			return nil, fail(contract.ClassPermanent, contract.ReasonMessageTooLarge,
+				fmt.Sprintf("attachments total more than %d bytes: Graph caps one sendMail request at 4 MB (upload sessions are not supported yet)", contract.MaxInlineAttachmentBytes), nil)
+		}
+		m.Attachments = append(m.Attachments, Attachment{Name: a.Name, ContentType: a.ContentType,
+			Content: content, Inline: a.Inline, ContentID: a.ContentID})
+	}
+	return m, nil
+}
+
+func addresses(list []string) []Address {
+	if len(list) == 0 {
+		return nil
+	}
+	out := make([]Address, 0, len(list))
+	for _, s := range list {
+		name, addr, err := contract.ParseAddress(s)
+		if err != nil {
+			addr = strings.TrimSpace(s) // validated already; keep what we were given
+		}
+		out = append(out, Address{Name: name, Address: addr})
+	}
+	return out
+}

@@ -1,0 +1,146 @@
+package contract
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Class says what kind of failure a send met. graphmail classifies every
+// failure into one (graphmail.Classify), the worker's decide turns it into an
+// action; the set is closed and is the same on both sides.
+type Class int
+
+// The closed set of failure classes.
+const (
+	// ClassPermanent: retrying cannot help (a bad recipient, a mailbox that
+	// does not exist, a message Graph refuses): dead-letter now.
+	ClassPermanent Class = iota + 1
+	// ClassRetryable: it may work later (5xx, network, a 401 after the
+	// refresh, RBAC that has not applied yet): retry after a backoff,
+	// spending an attempt.
+	ClassRetryable
+	// ClassThrottled: Graph said to wait (429): wait Retry-After, spending
+	// no attempt.
+	ClassThrottled
+	// ClassUnavailable: a service the send depends on could not be reached
+	// (Entra's token endpoint down or failing) and nothing was sent: wait,
+	// spending no attempt, for as long as it lasts.
+	ClassUnavailable
+)
+
+// Classes lists every class in a stable order (metric labels, docs).
+var Classes = []Class{ClassPermanent, ClassRetryable, ClassThrottled, ClassUnavailable}
+
+func (c Class) String() string {
+	switch c {
+	case ClassPermanent:
+		return "permanent"
+	case ClassRetryable:
+		return "retryable"
+	case ClassThrottled:
+		return "throttled"
+	case ClassUnavailable:
+		return "unavailable"
+	}
+	return "class(" + strconv.Itoa(int(c)) + ")"
+}
+
+// SendError is a failed send: the one failure type graphmail returns and the
+// worker decides on. Its text never contains a token, a secret, an assertion,
+// a private key, a recipient or a body.
+type SendError struct {
+	Class  Class
+	Reason Reason // closed set; "" when the class alone says enough and the worker decides
+	// Status is the HTTP status, 0 when there was no response.
+	Status  int
+	Code    string // Graph (or Entra) error code
+	Message string // Graph's error message (redacted)
+	// RetryAfter is the server's requested wait (Retry-After: delta-seconds
+	// or HTTP-date); 0 when absent.
+	RetryAfter time.Duration
+	// Ambiguous is set when the request body may have reached Graph and the
+	// mail may have been sent (5xx, timeouts and connection errors after the
+	// request was written).
+	Ambiguous       bool
+	RequestID       string
+	ClientRequestID string
+	Profile         string // the sending profile, when known
+	Err             error  // wrapped cause (never an MSAL error carrying the token request)
+}
+
+func (e *SendError) Error() string {
+	var b strings.Builder
+	b.WriteString("graphmail")
+	if e.Profile != "" {
+		b.WriteString("[")
+		b.WriteString(e.Profile)
+		b.WriteString("]")
+	}
+	b.WriteString(": ")
+	if e.Status != 0 {
+		b.WriteString("sendMail ")
+		b.WriteString(strconv.Itoa(e.Status))
+		if e.Code != "" {
+			b.WriteString(" ")
+			b.WriteString(e.Code)
+		}
+		if e.Message != "" {
+			b.WriteString(": ")
+			b.WriteString(e.Message)
+		}
+	} else if e.Err != nil {
+		b.WriteString(e.Err.Error())
+	} else {
+		b.WriteString(e.Message)
+	}
+	b.WriteString(" (")
+	b.WriteString(e.Class.String())
+	if e.Reason != "" {
+		b.WriteString(", reason=")
+		b.WriteString(string(e.Reason))
+	}
+	if e.Ambiguous {
+		b.WriteString(", ambiguous")
+	}
+	if e.RetryAfter > 0 {
+		b.WriteString(", retry-after=")
+		b.WriteString(e.RetryAfter.String())
+	}
+	if e.RequestID != "" {
+		b.WriteString(", request-id=")
+		b.WriteString(e.RequestID)
+	}
+	if e.ClientRequestID != "" {
+		b.WriteString(", client-request-id=")
+		b.WriteString(e.ClientRequestID)
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// Unwrap returns the cause.
+func (e *SendError) Unwrap() error { return e.Err }
+
+// AsSendError returns err as a *SendError. An error of any other type is a
+// retryable internal failure: something the sender did not classify.
+func AsSendError(err error) *SendError {
+	var se *SendError
+	if errors.As(err, &se) {
+		return se
+	}
+	return &SendError{Class: ClassRetryable, Reason: ReasonInternal, Message: err.Error(), Err: err}
+}
+
+// SendResult describes a send Graph accepted.
+type SendResult struct {
+	Status          int
+	RequestID       string
+	ClientRequestID string
+	Duration        time.Duration
+}
+
+// ErrNoAttachment is returned for an objectRef that is not in the
+// attachment store.
+var ErrNoAttachment = errors.New("attachment not found")

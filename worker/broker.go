@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// The interfaces the worker consumes. Package queue implements them over
+// JetStream (cmd/mailworker wires it); tests may use hand-written fakes. None
+// of them names a NATS type, so the engine's rules can be exercised without a
+// broker.
+
+// Delivery is one delivery of a job message.
+type Delivery interface {
+	Data() []byte
+	Subject() string
+	// Header returns the value of a message header ("" when absent).
+	Header(name string) string
+	// Meta returns the message's stream sequence, how many times it has been
+	// delivered (1 the first time) and when it was published; ok is false
+	// when the delivery carries no such metadata.
+	Meta() (seq, delivered uint64, published time.Time, ok bool)
+	Ack() error
+	Nak() error
+	NakWithDelay(delay time.Duration) error
+	InProgress() error
+	Term() error
+}
+
+// Consumer hands out job deliveries; every pool of every replica may share
+// one.
+type Consumer interface {
+	// Messages starts fetching, up to prefetch deliveries ahead.
+	Messages(prefetch int) (Messages, error)
+}
+
+// Messages is a running fetch.
+type Messages interface {
+	// Next blocks for the next delivery. It returns ErrClosed after Drain
+	// (or Stop) once the deliveries already fetched are handed out; any
+	// other error is transient (a missed heartbeat, a reconnect).
+	Next() (Delivery, error)
+	// Drain stops fetching.
+	Drain()
+}
+
+// ErrClosed is returned by Messages.Next when the fetch has ended.
+var ErrClosed = errClosed{}
+
+type errClosed struct{}
+
+func (errClosed) Error() string { return "worker: messages closed" }
+
+// States stores each job's state (queue.States).
+type States interface {
+	// Get returns the state and its revision; contract.ErrNoState when none.
+	Get(ctx context.Context, jobID string) (contract.JobState, uint64, error)
+	// Create stores a state where none is; contract.ErrStateExists otherwise.
+	Create(ctx context.Context, st contract.JobState) (uint64, error)
+	// Update stores st if the revision is still lastRev;
+	// contract.ErrStateConflict otherwise.
+	Update(ctx context.Context, st contract.JobState, lastRev uint64) (uint64, error)
+	// Put stores st whatever was there.
+	Put(ctx context.Context, st contract.JobState) (uint64, error)
+}
+
+// DeadLetters records jobs that cannot be sent (queue.DLQ).
+type DeadLetters interface {
+	Put(ctx context.Context, dl contract.DeadLetter) error
+}
+
+// Events publishes status events (queue.Events).
+type Events interface {
+	// Publish stores ev and waits for the broker's ack.
+	Publish(ctx context.Context, ev contract.Event) error
+	// PublishAsync stores ev without waiting; wait returns the broker's
+	// answer within timeout.
+	PublishAsync(ev contract.Event) (wait func(timeout time.Duration) error, err error)
+}
+
+// AttachmentSizes tells the size of an objectRef attachment
+// (queue.Attachments); contract.ErrNoAttachment when it is not there.
+type AttachmentSizes interface {
+	Size(ctx context.Context, ref string) (int, error)
+}
+
+// Ledger shares each sending mailbox's recipient budget between all replicas
+// (queue.Pacing).
+type Ledger interface {
+	// Lease takes up to l.Want recipients of l.Mailbox's budget, counted in
+	// the hour l.Hour, after giving back l.GiveBack. It grants at least
+	// l.Need or nothing; when nothing, freeAt is when l.Need will fit. An
+	// error means the ledger could not be reached: nothing may be sent
+	// blind.
+	Lease(ctx context.Context, l contract.Lease) (granted int, freeAt time.Time, err error)
+}
+
+// Membership counts the live replicas that share the mailbox limits
+// (queue.Workers).
+type Membership interface {
+	// Beat records that replica id is alive for a while (a TTL).
+	Beat(ctx context.Context, id string) error
+	// Live returns how many replicas are alive.
+	Live(ctx context.Context) (int, error)
+	// Leave removes id at once.
+	Leave(ctx context.Context, id string) error
+}
+
+// Broker is everything the worker needs of the queue.
+type Broker struct {
+	Consumer    Consumer
+	States      States
+	DeadLetters DeadLetters
+	Events      Events
+	Attachments AttachmentSizes // nil: objectRef sizes count as the inline maximum
+	Ledger      Ledger
+	Membership  Membership
+}
+
+func (b Broker) missing() string {
+	switch {
+	case b.Consumer == nil:
+		return "Consumer"
+	case b.States == nil:
+		return "States"
+	case b.DeadLetters == nil:
+		return "DeadLetters"
+	case b.Events == nil:
+		return "Events"
+	case b.Ledger == nil:
+		return "Ledger"
+	case b.Membership == nil:
+		return "Membership"
+	}
+	return ""
+}

@@ -1,0 +1,264 @@
+package worker
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// OutcomeKind names what happened to a delivery, the input of decide.
+type OutcomeKind int
+
+// The kinds of outcome.
+const (
+	// Arrived: a valid job of a served profile arrived and its state was
+	// read; decide runs the checks that come before pacing.
+	Arrived OutcomeKind = iota + 1
+	// Invalid: the delivery is not a job this worker can send (its shape,
+	// an unknown profile): Reason and Message say why.
+	Invalid
+	// Paced: the mailbox cannot take the job now: Delay and Cause.
+	Paced
+	// Sent: Graph accepted the request.
+	Sent
+	// Failed: the send failed: Err.
+	Failed
+	// Interrupted: shutdown cut the send short: Err.
+	Interrupted
+	// Unreachable: the broker failed us (a state, ledger or dead-letter
+	// write); nothing is known about the job that was not known before.
+	Unreachable
+)
+
+// Outcome is what happened to one delivery.
+type Outcome struct {
+	Kind OutcomeKind
+	// Arrived.
+	Job           *contract.Job
+	SenderAllowed bool
+	// Redelivered: this very message's outcome is already recorded (the
+	// state's Seq is its stream sequence); its ack was lost.
+	Redelivered bool
+	// Invalid.
+	Reason  contract.Reason
+	Message string
+	// Paced.
+	Delay time.Duration
+	Cause Cause
+	// Failed, Interrupted.
+	Err *contract.SendError
+}
+
+// ActionKind names what the worker does with a delivery.
+type ActionKind int
+
+// The kinds of action.
+const (
+	// Send: go on to pacing and the Graph call.
+	Send ActionKind = iota + 1
+	// AckSent: record `sent`, publish the event, ack.
+	AckSent
+	// DeadLetter: write the dead letter, record it, terminate the delivery.
+	DeadLetter
+	// Retry: put the job back after Delay, publish `retrying`.
+	Retry
+	// Defer: put the job back after Delay without spending an attempt,
+	// publish `deferred` with its Cause.
+	Defer
+	// SuppressDuplicate: the job already reached its outcome: ack, publish
+	// `duplicate_suppressed`.
+	SuppressDuplicate
+	// FinishAgain: this message's outcome is recorded but its ack was lost:
+	// publish the final event again and ack or terminate.
+	FinishAgain
+	// PutBack: give the delivery back after Delay, with no event: shutdown,
+	// or the broker failed.
+	PutBack
+)
+
+func (k ActionKind) String() string {
+	switch k {
+	case Send:
+		return "send"
+	case AckSent:
+		return "ack_sent"
+	case DeadLetter:
+		return "dead_letter"
+	case Retry:
+		return "retry"
+	case Defer:
+		return "defer"
+	case SuppressDuplicate:
+		return "suppress_duplicate"
+	case FinishAgain:
+		return "finish_again"
+	case PutBack:
+		return "put_back"
+	}
+	return fmt.Sprintf("action(%d)", int(k))
+}
+
+// Action is decide's answer. The attempt counter moves only through
+// SpendsAttempt, in Pool.carry.
+type Action struct {
+	Kind    ActionKind
+	Reason  contract.Reason // DeadLetter; the failure's, for Retry
+	Message string          // DeadLetter, Retry; why, for Defer and SuppressDuplicate
+	Delay   time.Duration   // Retry, Defer, PutBack
+	Cause   Cause           // Defer
+	// SpendsAttempt: the send that just ended counts as an attempt.
+	SpendsAttempt bool
+	// Ambiguous: that send may have delivered the mail.
+	Ambiguous bool
+	// Pause stops every send from the job's mailbox this long (Retry-After).
+	Pause time.Duration
+}
+
+// Policy is what decide needs besides the state and the outcome: the
+// worker's limits and the job's profile's choices.
+type Policy struct {
+	MaxAttempts int
+	// OnAmbiguous is the profile's OnAmbiguousRetry or OnAmbiguousDeadLetter.
+	OnAmbiguous string
+	// Busy is how long another replica's `sending` is waited for before the
+	// send is taken as lost (the send timeout plus a margin).
+	Busy  time.Duration
+	Retry RetryPolicy
+	// Profile and Mailbox name the job's profile and sender in messages.
+	Profile, Mailbox string
+}
+
+// decide maps a job's state and what just happened to the one action the
+// worker takes. It is pure: no I/O, the time is given. Every rule about
+// duplicates, expiry, deferral, ambiguity, attempts and failure classes is
+// a case here; Pool.carry carries the action out.
+func decide(st contract.JobState, o Outcome, pol Policy, now time.Time) Action {
+	switch o.Kind {
+	case Invalid:
+		return Action{Kind: DeadLetter, Reason: o.Reason, Message: o.Message}
+	case Paced:
+		return Action{Kind: Defer, Delay: o.Delay, Cause: o.Cause, Message: "mailbox limit: " + string(o.Cause)}
+	case Unreachable:
+		return Action{Kind: PutBack, Delay: pol.Retry.Broker()}
+	case Sent:
+		return Action{Kind: AckSent, SpendsAttempt: true}
+	case Interrupted:
+		// Nothing was spent unless the request may have reached Graph.
+		amb := o.Err != nil && o.Err.Ambiguous
+		return Action{Kind: PutBack, SpendsAttempt: amb, Ambiguous: amb}
+	case Failed:
+		return decideFailure(st, o.Err, pol)
+	case Arrived:
+		return decideArrival(st, o, pol, now)
+	}
+	return Action{Kind: DeadLetter, Reason: contract.ReasonInternal, Message: fmt.Sprintf("worker: no rule for outcome %d", o.Kind)}
+}
+
+func decideArrival(st contract.JobState, o Outcome, pol Policy, now time.Time) Action {
+	switch st.State {
+	case contract.StateSent, contract.StateDeadLettered:
+		if o.Redelivered {
+			return Action{Kind: FinishAgain}
+		}
+		why := "already sent"
+		if st.State == contract.StateDeadLettered {
+			why = "already dead-lettered: use `mailworker dlq replay` to send it again"
+		}
+		return Action{Kind: SuppressDuplicate, Message: why}
+	case contract.StateSending:
+		// Another replica may be sending it right now (a duplicate publish),
+		// or the replica that was sending it died mid-call: then that send's
+		// outcome is unknown, and counts as an ambiguous failed attempt.
+		if busyUntil := st.UpdatedAt.Add(pol.Busy); now.Before(busyUntil) {
+			return Action{Kind: Defer, Delay: busyUntil.Sub(now), Cause: CauseBusy, Message: "another worker is sending this job"}
+		}
+		a := decideFailure(st, &contract.SendError{Class: contract.ClassRetryable, Ambiguous: true,
+			Message: "the worker sending this job stopped during the Graph call: the outcome is unknown"}, pol)
+		if a.Kind == Retry {
+			a.Delay = 0 // nothing to wait for: the attempt is already over
+		}
+		return a
+	}
+	job := o.Job
+	if exp := job.ExpiresAt; exp != nil && !now.Before(*exp) {
+		return Action{Kind: DeadLetter, Reason: contract.ReasonExpired,
+			Message: fmt.Sprintf("job expired at %s before it could be sent (attempts made: %d)", exp.UTC().Format(time.RFC3339), st.Attempts)}
+	}
+	if nb := job.NotBefore; nb != nil && now.Before(*nb) {
+		return Action{Kind: Defer, Delay: nb.Sub(now), Cause: CauseNotBefore, Message: "notBefore"}
+	}
+	if !o.SenderAllowed {
+		return Action{Kind: DeadLetter, Reason: contract.ReasonSenderNotAllowed,
+			Message: fmt.Sprintf("sender %s is not an approved mailbox of profile %s (profiles.%s.allowedSenders); nothing was sent", pol.Mailbox, pol.Profile, pol.Profile)}
+	}
+	if st.Ambiguous && pol.OnAmbiguous == OnAmbiguousDeadLetter {
+		return Action{Kind: DeadLetter, Reason: contract.ReasonInternal, Message: ambiguousMessage(pol)}
+	}
+	if st.Attempts >= pol.MaxAttempts {
+		return Action{Kind: DeadLetter, Reason: contract.ReasonAttemptsExhausted, Message: exhaustedMessage(st.Attempts, st.LastError, nil, pol)}
+	}
+	return Action{Kind: Send}
+}
+
+// decideFailure decides on a failed send by its class.
+func decideFailure(st contract.JobState, se *contract.SendError, pol Policy) Action {
+	switch se.Class {
+	case contract.ClassPermanent:
+		reason := se.Reason
+		if reason == "" || !reason.Valid() {
+			reason = contract.ReasonGraphRejected
+		}
+		return Action{Kind: DeadLetter, Reason: reason, Message: se.Error(), SpendsAttempt: true, Ambiguous: se.Ambiguous}
+	case contract.ClassUnavailable:
+		// Nothing reached Graph (Entra is down or failing): the job waits,
+		// spending no attempt, for as long as the outage lasts; the
+		// token-failure alert tells people. expiresAt still bounds it.
+		return Action{Kind: Defer, Delay: pol.Retry.Unavailable(se.RetryAfter), Cause: CauseUnavailable,
+			Message: "unavailable: " + se.Error()}
+	case contract.ClassThrottled:
+		// A throttled request spends no attempt; the mailbox waits too.
+		wait, pause := pol.Retry.Throttled(se.RetryAfter)
+		return Action{Kind: Defer, Delay: wait, Cause: CauseRetryAfter, Pause: pause, Ambiguous: se.Ambiguous,
+			Message: "throttled by Graph (429)"}
+	}
+	// Retryable: spends an attempt.
+	attempts := st.Attempts + 1
+	var pause time.Duration
+	if se.RetryAfter > 0 {
+		pause = se.RetryAfter // the mailbox was told to wait
+	}
+	switch {
+	case se.Ambiguous && pol.OnAmbiguous == OnAmbiguousDeadLetter:
+		return Action{Kind: DeadLetter, Reason: contract.ReasonInternal, Message: ambiguousMessage(pol),
+			SpendsAttempt: true, Ambiguous: true, Pause: pause}
+	case attempts >= pol.MaxAttempts:
+		reason := contract.ReasonAttemptsExhausted
+		if se.Reason == contract.ReasonAccessDenied || se.Reason == contract.ReasonAuthFailed {
+			reason = se.Reason
+		}
+		return Action{Kind: DeadLetter, Reason: reason, Message: exhaustedMessage(attempts, nil, se, pol),
+			SpendsAttempt: true, Ambiguous: se.Ambiguous, Pause: pause}
+	}
+	return Action{Kind: Retry, Delay: pol.Retry.Backoff(attempts, se.RetryAfter), SpendsAttempt: true,
+		Ambiguous: se.Ambiguous, Pause: pause, Reason: se.Reason, Message: se.Error()}
+}
+
+func ambiguousMessage(pol Policy) string {
+	return fmt.Sprintf("an earlier attempt's outcome is unknown (timeout, 5xx or a worker stopped during the Graph call) and profile %s has onAmbiguous=deadletter: "+
+		"look for its X-Mailworker-Job-Id in Exchange message trace before replaying", pol.Profile)
+}
+
+func exhaustedMessage(attempts int, last *contract.ErrorInfo, se *contract.SendError, pol Policy) string {
+	msg := fmt.Sprintf("gave up after %d attempts", attempts)
+	switch {
+	case se != nil:
+		msg += "; last error: " + se.Error()
+		if se.Reason == contract.ReasonAccessDenied {
+			msg += fmt.Sprintf(" — mailbox %s is outside this app's Exchange RBAC scope; RBAC changes take 30 minutes to 2 hours to apply: fix the scope, then replay", pol.Mailbox)
+		}
+	case last != nil:
+		msg += "; last error: " + last.Message
+	}
+	return msg
+}
