@@ -101,6 +101,61 @@ func TestPool(t *testing.T) {
 		}
 	})
 
+	t.Run("a re-published sent job is suppressed at once, not deferred behind the mailbox's pace", func(t *testing.T) {
+		rec := &recorder{}
+		// One send a minute: the re-publish would wait for the pace if the
+		// state were checked after pacing.
+		b := setup(t, Config{PerMailboxPerMinute: 1}, rec)
+		id := b.publish(demoJob("job-dup-paced"))
+		b.waitState(id, contract.StateSent)
+		b.publishRaw("mail.send.demo", mustJSON(t, demoJob("job-dup-paced")))
+		b.waitEvent(id, contract.EventDuplicateSuppressed)
+		for _, ev := range b.history(id) {
+			if ev.Event == contract.EventDeferred {
+				t.Fatalf("the duplicate was deferred (%+v) before it was suppressed", ev)
+			}
+		}
+		if n := rec.callsFor(id); n != 1 {
+			t.Fatalf("sender called %d times for one job id", n)
+		}
+	})
+
+	t.Run("ambiguity survives the dead letter and the replay: the replay's sent says possibleDuplicate", func(t *testing.T) {
+		var fail atomic.Bool
+		fail.Store(true)
+		rec := &recorder{answer: func(int, string, *contract.Job) (contract.SendResult, error) {
+			if fail.Load() {
+				return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true}
+			}
+			return contract.SendResult{Status: 202}, nil
+		}}
+		b := setup(t, Config{MaxAttempts: 2}, rec)
+		id := b.publish(demoJob("job-amb-replay"))
+		b.waitState(id, contract.StateDeadLettered)
+		dl, err := b.q.DLQ.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dl.Reason != contract.ReasonAttemptsExhausted || !dl.Ambiguous {
+			t.Fatalf("dead letter = %+v: want attempts_exhausted, ambiguous", dl)
+		}
+		fail.Store(false)
+		if err := b.q.DLQ.Replay(context.Background(), id, queue.ReplayOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 15*time.Second, "the replay sent", func() bool {
+			for _, ev := range b.history(id) {
+				if ev.Event == contract.EventSent {
+					if !ev.PossibleDuplicate {
+						t.Fatalf("replay's sent event = %+v: Graph may already have delivered two copies", ev)
+					}
+					return true
+				}
+			}
+			return false
+		})
+	})
+
 	t.Run("a redelivery after the outcome was recorded re-publishes the final event, sends nothing", func(t *testing.T) {
 		rec := &recorder{}
 		b := setup(t, Config{}, rec)

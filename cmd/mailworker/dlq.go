@@ -44,6 +44,7 @@ type dlqRecord struct {
 	Attempts       int             `json:"attempts"`
 	FailedAt       time.Time       `json:"failedAt"`
 	GraphRequestID string          `json:"graphRequestId,omitempty"`
+	Ambiguous      bool            `json:"ambiguous,omitempty"`
 	From           string          `json:"from,omitempty"`
 	Subject        string          `json:"subject,omitempty"`
 	Seq            uint64          `json:"seq"`
@@ -53,7 +54,7 @@ type dlqRecord struct {
 
 func toRecord(dl contract.DeadLetter, withBody bool) dlqRecord {
 	r := dlqRecord{JobID: dl.JobID, Profile: dl.Profile, Reason: dl.Reason, Error: dl.Error, Attempts: dl.Attempts,
-		FailedAt: dl.FailedAt, GraphRequestID: dl.GraphRequestID, From: dl.From, Subject: dl.Subject, Seq: dl.Seq}
+		FailedAt: dl.FailedAt, GraphRequestID: dl.GraphRequestID, Ambiguous: dl.Ambiguous, From: dl.From, Subject: dl.Subject, Seq: dl.Seq}
 	if withBody {
 		if json.Valid(dl.Body) {
 			r.Job = dl.Body
@@ -127,6 +128,9 @@ func (c *cli) dlqShowCmd() *cobra.Command {
 			}
 			fmt.Fprintf(c.stdout, "job:        %s\nprofile:    %s\nreason:     %s\nerror:      %s\nattempts:   %d\nfailed at:  %s\n",
 				dl.JobID, dl.Profile, dl.Reason, dl.Error, dl.Attempts, dl.FailedAt.UTC().Format(time.RFC3339))
+			if dl.Ambiguous {
+				fmt.Fprintf(c.stdout, "ambiguous:  yes — a send may have delivered this mail although Graph never said so: search Exchange message trace for X-Mailworker-Job-Id %s before replaying (a replay's sent event says possibleDuplicate)\n", dl.JobID)
+			}
 			if dl.GraphRequestID != "" {
 				fmt.Fprintf(c.stdout, "graph request-id: %s\n", dl.GraphRequestID)
 			}
