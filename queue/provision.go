@@ -90,9 +90,10 @@ func incompatible(asset, field string, have, want any) error {
 func streamConfigs(c Config) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
-			Name: contract.StreamJobs, Subjects: []string{contract.JobSubjectPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
-			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.JobsMaxAge, Duplicates: DuplicateWindow,
-			Description: "mailworker: mail jobs, mail.send.<profile>",
+			Name: contract.StreamJobs, Subjects: []string{contract.JobSubjectPrefix + ">", contract.ScheduleSubjectPrefix + ">"},
+			Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.JobsMaxAge,
+			Duplicates: DuplicateWindow, AllowMsgSchedules: true,
+			Description: "mailworker: mail jobs, mail.send.<profile>; deferred jobs wait as message schedules on mail.schedule.<profile>.<job-id>",
 		},
 		{
 			Name: contract.StreamStatus, Subjects: []string{contract.StatusSubjectPrefix + ">"}, Retention: jetstream.LimitsPolicy,
@@ -168,21 +169,36 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	if have.Storage != want.Storage {
 		return incompatible(asset, "storage", have.Storage, want.Storage)
 	}
-	if !slices.Equal(have.Subjects, want.Subjects) {
+	// A stream from an older release lacks subjects this one adds (the
+	// schedules): add them; any other difference is someone else's stream.
+	if !slices.Equal(have.Subjects, want.Subjects) && !subset(have.Subjects, want.Subjects) {
 		return incompatible(asset, "subjects", have.Subjects, want.Subjects)
 	}
 	upd := have
 	upd.MaxAge, upd.Replicas, upd.Duplicates = want.MaxAge, want.Replicas, want.Duplicates
+	upd.Subjects = want.Subjects
+	upd.AllowMsgSchedules = have.AllowMsgSchedules || want.AllowMsgSchedules
 	if upd.Duplicates > upd.MaxAge && upd.MaxAge > 0 {
 		upd.Duplicates = upd.MaxAge
 	}
-	if upd.MaxAge == have.MaxAge && upd.Replicas == have.Replicas && upd.Duplicates == have.Duplicates {
+	if upd.MaxAge == have.MaxAge && upd.Replicas == have.Replicas && upd.Duplicates == have.Duplicates &&
+		slices.Equal(upd.Subjects, have.Subjects) && upd.AllowMsgSchedules == have.AllowMsgSchedules {
 		return nil
 	}
 	if _, err := js.UpdateStream(ctx, upd); err != nil {
 		return fmt.Errorf("queue: update stream %s: %w", want.Name, err)
 	}
 	return nil
+}
+
+// subset reports whether every subject of a is in b.
+func subset(a, b []string) bool {
+	for _, s := range a {
+		if !slices.Contains(b, s) {
+			return false
+		}
+	}
+	return true
 }
 
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, want jetstream.ConsumerConfig) error {
@@ -310,6 +326,8 @@ type Queue struct {
 	Pacing      *Pacing
 	DLQ         *DLQ
 	Attachments *Attachments
+	// Schedules puts deferred jobs back on MAIL_JOBS later.
+	Schedules *Schedules
 
 	js jetstream.JetStream
 }
@@ -351,6 +369,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 	q := &Queue{js: js, States: &States{kv: kv}, Events: &Events{js: js}, Attachments: &Attachments{obs: obs},
 		Workers: &Workers{kv: workersKV, stream: workersStream}, Pacing: &Pacing{kv: pacingKV}}
 	q.DLQ = &DLQ{js: js, states: q.States, events: q.Events}
+	q.Schedules = &Schedules{js: js}
 	return q, nil
 }
 

@@ -86,6 +86,15 @@ type AttachmentSizes interface {
 	Size(ctx context.Context, ref string) (int, error)
 }
 
+// Scheduler puts a job back on the queue at a later time without holding a
+// delivery (queue.Schedules: a JetStream message schedule).
+type Scheduler interface {
+	// Schedule stores data, the job's original bytes, for a new delivery of
+	// jobID on profile's subject at at; replay is the Mail-Replay header's
+	// value ("" for none). After nil the delivery that asked can be acked.
+	Schedule(ctx context.Context, profile, jobID string, data []byte, replay string, at time.Time) error
+}
+
 // Ledger shares each sending mailbox's recipient budget between all replicas
 // (queue.Pacing).
 type Ledger interface {
@@ -115,6 +124,9 @@ type Broker struct {
 	DeadLetters DeadLetters
 	Events      Events
 	Attachments AttachmentSizes // nil: objectRef sizes count as the inline maximum
+	// Scheduler holds deferred and retried jobs outside the consumer; nil:
+	// they are naked with a delay, holding their ack-pending slot meanwhile.
+	Scheduler Scheduler
 	Ledger      Ledger
 	Membership  Membership
 }

@@ -387,7 +387,7 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 		retryAt := p.clock.Now().Add(a.Delay)
 		reason := a.Reason
 		p.m.Retries.WithLabelValues(j.profile, string(reason)).Inc()
-		_ = j.msg.NakWithDelay(a.Delay)
+		p.later(ctx, j, a.Delay)
 		p.emit(ctx, j, contract.Event{Event: contract.EventRetrying, Graph: j.graph, RetryAt: &retryAt,
 			Error: &contract.ErrorInfo{Reason: reason, Message: a.Message}, Ambiguous: a.Ambiguous,
 			LatencyMs: j.elapsed.Milliseconds()})
@@ -401,7 +401,7 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 		if a.Cause.throttle() {
 			p.m.ThrottleDeferrals.WithLabelValues(j.metricProfile(), string(a.Cause)).Inc()
 		}
-		_ = j.msg.NakWithDelay(a.Delay)
+		p.later(ctx, j, a.Delay)
 		at := p.clock.Now().Add(a.Delay)
 		var graph *contract.GraphInfo
 		if a.Cause == CauseRetryAfter && j.marked {
@@ -431,6 +431,31 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 		p.log.Error().Str("jobId", j.id).Str("action", a.Kind.String()).Msg("no way to carry out this action; job put back")
 		_ = j.msg.NakWithDelay(p.retry.Broker())
 	}
+}
+
+// scheduleMin is the shortest wait that becomes a message schedule: the
+// schedule's resolution is a second.
+const scheduleMin = time.Second
+
+// later gives j back to the queue for d. A wait of a second or more becomes a
+// message schedule and the delivery is acked, so that a deferral or a retry,
+// however long and however many, holds no ack-pending slot of the consumer
+// that every profile shares. Shorter waits, and any wait when the schedule
+// cannot be stored, are naks with a delay.
+func (p *Pool) later(ctx context.Context, j *job, d time.Duration) {
+	if d < scheduleMin || p.broker.Scheduler == nil {
+		_ = j.msg.NakWithDelay(d)
+		return
+	}
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	err := p.broker.Scheduler.Schedule(opCtx, j.profile, j.id, j.msg.Data(), j.msg.Header(contract.HeaderReplay), p.clock.Now().Add(d))
+	cancel()
+	if err != nil {
+		p.log.Warn().Str("jobId", j.id).Err(err).Msg("could not schedule the job; it waits holding its delivery instead")
+		_ = j.msg.NakWithDelay(d)
+		return
+	}
+	_ = j.msg.Ack()
 }
 
 func (p *Pool) sent(ctx context.Context, j *job) {

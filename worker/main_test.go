@@ -112,7 +112,7 @@ func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, 
 		cfg.PerMailboxUploadBytes = Unlimited
 	}
 	br := Broker{Consumer: jobsConsumer{queue.NewJobs(cons)}, States: q.States, DeadLetters: q.DLQ, Events: q.Events,
-		Attachments: q.Attachments, Ledger: q.Pacing, Membership: q.Workers}
+		Attachments: q.Attachments, Scheduler: q.Schedules, Ledger: q.Pacing, Membership: q.Workers}
 	if opts.ledger != nil {
 		br.Ledger = opts.ledger
 	}

@@ -372,6 +372,29 @@ func TestPool(t *testing.T) {
 		b.waitEvent("job-later", contract.EventDeferred)
 	})
 
+	t.Run("a wait of seconds becomes a message schedule: the delivery is acked, the job comes back on time", func(t *testing.T) {
+		rec := &recorder{}
+		b := setup(t, Config{}, rec)
+		job := demoJob("job-scheduled")
+		at := time.Now().Add(2 * time.Second)
+		job.NotBefore = &at
+		b.publish(job)
+		b.waitEvent("job-scheduled", contract.EventDeferred)
+		// Waiting, it holds no delivery: the consumer has nothing pending.
+		eventually(t, 5*time.Second, "the delivery acked while the job waits", func() bool {
+			c, err := b.js.Consumer(context.Background(), contract.StreamJobs, contract.ConsumerName)
+			if err != nil {
+				return false
+			}
+			info, err := c.Info(context.Background())
+			return err == nil && info.NumAckPending == 0 && info.NumPending == 0 && rec.callsFor("job-scheduled") == 0
+		})
+		st := b.waitState("job-scheduled", contract.StateSent)
+		if time.Now().Before(at) || st.Attempts != 1 {
+			t.Fatalf("sent before notBefore or attempts=%d", st.Attempts)
+		}
+	})
+
 	t.Run("at most perMailboxConcurrency sends per mailbox", func(t *testing.T) {
 		rec := &recorder{}
 		release := make(chan struct{})

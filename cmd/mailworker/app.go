@@ -106,7 +106,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		}
 	}
 	broker := worker.Broker{Consumer: jobsConsumer{queue.NewJobs(cons)}, States: a.q.States, DeadLetters: a.q.DLQ,
-		Events: a.q.Events, Attachments: a.q.Attachments, Ledger: a.q.Pacing, Membership: a.q.Workers}
+		Events: a.q.Events, Attachments: a.q.Attachments, Scheduler: a.q.Schedules, Ledger: a.q.Pacing, Membership: a.q.Workers}
 	if a.pool, err = worker.New(cfg.workerConfig(), broker, sender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
 		return nil, err
 	}

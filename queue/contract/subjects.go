@@ -18,6 +18,10 @@ const (
 	BucketPacing = "MAIL_PACING"
 
 	JobSubjectPrefix    = "mail.send."
+	// ScheduleSubjectPrefix: the worker's message schedules, one subject per
+	// job (mail.schedule.<profile>.<job-id>), in MAIL_JOBS. Only the worker
+	// may publish there: a schedule fires into a job subject.
+	ScheduleSubjectPrefix = "mail.schedule."
 	StatusSubjectPrefix = "mail.status."
 	DLQSubjectPrefix    = "mail.dlq."
 )
@@ -40,6 +44,12 @@ const (
 
 // JobSubject is the subject a job for profile is published on.
 func JobSubject(profile string) string { return JobSubjectPrefix + profile }
+
+// ScheduleSubject is the subject of the message schedule that puts a
+// deferred job of profile back on JobSubject(profile).
+func ScheduleSubject(profile, jobID string) string {
+	return ScheduleSubjectPrefix + profile + "." + jobID
+}
 
 // StatusSubject is the subject of the status events of one job.
 func StatusSubject(profile, jobID string) string { return StatusSubjectPrefix + profile + "." + jobID }
