@@ -126,9 +126,9 @@ type Broker struct {
 	Attachments AttachmentSizes // nil: objectRef sizes count as the inline maximum
 	// Scheduler holds deferred and retried jobs outside the consumer; nil:
 	// they are naked with a delay, holding their ack-pending slot meanwhile.
-	Scheduler Scheduler
-	Ledger      Ledger
-	Membership  Membership
+	Scheduler  Scheduler
+	Ledger     Ledger
+	Membership Membership
 }
 
 func (b Broker) missing() string {

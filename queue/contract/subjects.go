@@ -17,13 +17,13 @@ const (
 	// per hour, shared by all replicas.
 	BucketPacing = "MAIL_PACING"
 
-	JobSubjectPrefix    = "mail.send."
+	JobSubjectPrefix = "mail.send."
 	// ScheduleSubjectPrefix: the worker's message schedules, one subject per
 	// job (mail.schedule.<profile>.<job-id>), in MAIL_JOBS. Only the worker
 	// may publish there: a schedule fires into a job subject.
 	ScheduleSubjectPrefix = "mail.schedule."
-	StatusSubjectPrefix = "mail.status."
-	DLQSubjectPrefix    = "mail.dlq."
+	StatusSubjectPrefix   = "mail.status."
+	DLQSubjectPrefix      = "mail.dlq."
 )
 
 // Message headers used on job and dead-letter messages.
