@@ -34,6 +34,9 @@ const (
 	tenantID   = "loadtest-tenant"
 	clientID   = "loadtest-client"
 	badMailbox = "bad@loadtest.example"
+	// floodProfile and floodMailbox send the deferral scenario's flood.
+	floodProfile = "flood"
+	floodMailbox = "flood@loadtest.example"
 
 	// The bare loop's own stream, so that it never shares a consumer or
 	// leftovers with the worker's MAIL_JOBS.
@@ -296,6 +299,11 @@ func workerConfig(spec runSpec, e *env, httpAddr string, pprof bool) string {
 	}
 	if spec.BadJobs > 0 {
 		fmt.Fprintf(&b, "      - %s\n", badMailbox)
+	}
+	if spec.FloodJobs > 0 {
+		fmt.Fprintf(&b, "  %s:\n    tenantId: %s\n    clientId: %s\n    authorityHost: %q\n    graphURL: %q\n    caFile: %q\n",
+			floodProfile, tenantID, clientID, e.fake.URL(), e.fake.GraphURL(), e.caFile)
+		fmt.Fprintf(&b, "    credential:\n      clientSecret: %q\n    allowedSenders:\n      - %s\n", e.secret, floodMailbox)
 	}
 	return b.String()
 }
@@ -601,6 +609,25 @@ func (h *harness) publish(ctx context.Context, e *env, spec runSpec, oc *outcome
 	}
 	healthy, bad := 0, 0
 	futures := make([]jetstream.PubAckFuture, 0, 4096)
+	// The flood goes first, so that it is ahead of every measured job.
+	farFuture := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+	many := make([]string, contract.MaxRecipients)
+	for i := range many {
+		many[i] = fmt.Sprintf("r%d@example.com", i)
+	}
+	for i := range spec.FloodJobs {
+		job := &contract.Job{ID: fmt.Sprintf("r%d-flood-%06d", h.seq, i), From: floodMailbox, Subject: "flood", Text: "wait"}
+		if i%2 == 0 {
+			job.To, job.NotBefore = []string{"later@example.com"}, &farFuture
+		} else {
+			job.To = many
+		}
+		f, _, err := pub.PublishAsync(floodProfile, job)
+		if err != nil {
+			return int(errCount.Load()), fmt.Errorf("publish %s: %w", job.ID, err)
+		}
+		futures = append(futures, f)
+	}
 	check := func(all bool) {
 		keep := futures[:0]
 		for _, f := range futures {

@@ -14,6 +14,10 @@ type runSpec struct {
 	Jobs        int // jobs to healthy mailboxes (waited for)
 	Mailboxes   int // healthy mailboxes, jobs spread round robin
 	BadJobs     int // extra jobs to the mailbox that always answers 429 Retry-After 30 (not waited for)
+	// FloodJobs are published first by a second profile, "flood": half with
+	// notBefore in 2099, half with 500 recipients each to one mailbox, whose
+	// 24-hour budget (10,000) they exhaust after 20. Not waited for.
+	FloodJobs int
 	Concurrency int // worker.concurrency per replica, or bare concurrency
 	MaxInFlight int // worker.maxInFlight per replica
 	Replicas    int
@@ -115,6 +119,34 @@ func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
 		if r != nil {
 			r.RefThroughput = clean.Throughput
 			r.refWhat = "healthy mailboxes without the bad one (isolation-clean)"
+			r.Ratio = ratio(r.Throughput, clean.Throughput)
+			out = append(out, *r)
+		}
+		if err == nil {
+			err = err2
+		}
+		return out, err
+	case "deferral":
+		// One profile floods the queue with jobs that must wait (far-future
+		// notBefore, an exhausted recipient budget); another profile's
+		// throughput is compared with its throughput alone.
+		c := h.conc(64)
+		n := h.size(4000)
+		base := runSpec{Name: "deferral-clean", Jobs: n, Mailboxes: max(c/4, 1), Concurrency: c, MaxInFlight: 512,
+			Replicas: h.replicas(), Latency: 50 * time.Millisecond, Jitter: 10 * time.Millisecond, FakeMaxPerBox: 4}
+		clean, err := h.runOne(ctx, base)
+		if clean == nil {
+			return nil, err
+		}
+		flood := base
+		flood.Name = "deferral"
+		flood.FloodJobs = 2000 // twice the consumer's ack-pending slots
+		r, err2 := h.runOne(ctx, flood)
+		clean.RefThroughput, clean.Ratio, clean.refWhat = clean.Throughput, 1, "itself"
+		out := []Result{*clean}
+		if r != nil {
+			r.RefThroughput = clean.Throughput
+			r.refWhat = "the same profile's jobs without the other profile's flood (deferral-clean)"
 			r.Ratio = ratio(r.Throughput, clean.Throughput)
 			out = append(out, *r)
 		}

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -52,6 +53,26 @@ func (s *Schedules) Schedule(ctx context.Context, profile, jobID string, data []
 		return fmt.Errorf("queue: schedule job %s: %w", jobID, err)
 	}
 	return nil
+}
+
+// Reschedule moves jobID's schedule to at: it reads the waiting schedule
+// message and stores it again with the new time (the newer replaces the
+// older). A schedule that has already fired is not there: nil. Should it fire
+// between the read and the write, the job comes twice, and its job state
+// suppresses the second.
+func (s *Schedules) Reschedule(ctx context.Context, profile, jobID string, at time.Time) error {
+	st, err := s.js.Stream(ctx, contract.StreamJobs)
+	if err != nil {
+		return fmt.Errorf("queue: reschedule job %s: %w", jobID, err)
+	}
+	m, err := st.GetLastMsgForSubject(ctx, contract.ScheduleSubject(profile, jobID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: reschedule job %s: %w", jobID, err)
+	}
+	return s.Schedule(ctx, profile, jobID, m.Data, m.Header.Get(contract.HeaderReplay), at)
 }
 
 // jobsMaxAge reads MAIL_JOBS' max age once; an error counts as unlimited

@@ -93,6 +93,9 @@ type Scheduler interface {
 	// jobID on profile's subject at at; replay is the Mail-Replay header's
 	// value ("" for none). After nil the delivery that asked can be acked.
 	Schedule(ctx context.Context, profile, jobID string, data []byte, replay string, at time.Time) error
+	// Reschedule moves jobID's waiting schedule to at; nil also when there is
+	// none any more (it fired).
+	Reschedule(ctx context.Context, profile, jobID string, at time.Time) error
 }
 
 // Ledger shares each sending mailbox's recipient budget between all replicas

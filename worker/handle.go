@@ -401,8 +401,10 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 		if a.Cause.throttle() {
 			p.m.ThrottleDeferrals.WithLabelValues(j.metricProfile(), string(a.Cause)).Inc()
 		}
-		p.later(ctx, j, a.Delay)
 		at := p.clock.Now().Add(a.Delay)
+		if p.later(ctx, j, a.Delay) && a.Cause == CausePace {
+			p.plans.add(j.from, j.profile, j.id, at)
+		}
 		var graph *contract.GraphInfo
 		if a.Cause == CauseRetryAfter && j.marked {
 			graph = j.graph
@@ -441,11 +443,12 @@ const scheduleMin = time.Second
 // message schedule and the delivery is acked, so that a deferral or a retry,
 // however long and however many, holds no ack-pending slot of the consumer
 // that every profile shares. Shorter waits, and any wait when the schedule
-// cannot be stored, are naks with a delay.
-func (p *Pool) later(ctx context.Context, j *job, d time.Duration) {
+// cannot be stored, are naks with a delay. It reports whether the job was
+// scheduled.
+func (p *Pool) later(ctx context.Context, j *job, d time.Duration) bool {
 	if d < scheduleMin || p.broker.Scheduler == nil {
 		_ = j.msg.NakWithDelay(d)
-		return
+		return false
 	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	err := p.broker.Scheduler.Schedule(opCtx, j.profile, j.id, j.msg.Data(), j.msg.Header(contract.HeaderReplay), p.clock.Now().Add(d))
@@ -453,9 +456,10 @@ func (p *Pool) later(ctx context.Context, j *job, d time.Duration) {
 	if err != nil {
 		p.log.Warn().Str("jobId", j.id).Err(err).Msg("could not schedule the job; it waits holding its delivery instead")
 		_ = j.msg.NakWithDelay(d)
-		return
+		return false
 	}
 	_ = j.msg.Ack()
+	return true
 }
 
 func (p *Pool) sent(ctx context.Context, j *job) {

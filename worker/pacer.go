@@ -190,6 +190,13 @@ func (p *pacer) setLive(n int) (share, bool) {
 	return p.shareLocked(), true
 }
 
+// currentShare returns this replica's share of the limits.
+func (p *pacer) currentShare() share {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.shareLocked()
+}
+
 func (p *pacer) shareLocked() share {
 	return share{Live: p.live, PerBox: p.perBox, PerMinute: p.perMinute}
 }
@@ -410,6 +417,22 @@ func (p *pacer) spreadLocked(b *mailbox, earliest time.Time) time.Time {
 	}
 	b.deferredUntil = earliest.Add(p.spacing())
 	return earliest
+}
+
+// spacingNow is spacing, taking the lock.
+func (p *pacer) spacingNow() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.spacing()
+}
+
+// deferAfter makes the next deferral of addr come back no earlier than t.
+func (p *pacer) deferAfter(addr string, t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b := p.box(addr); t.After(b.deferredUntil) {
+		b.deferredUntil = t
+	}
 }
 
 // spacing is the gap between deferred jobs of one mailbox.

@@ -37,6 +37,7 @@ type Pool struct {
 	retry    RetryPolicy
 	profiles map[string]*profileState
 	pacer    *pacer
+	plans    plans // pace deferrals, planned again when the share grows
 	// membershipEvery is the heartbeat and count interval.
 	membershipEvery time.Duration
 	sends           chan struct{}     // global Graph concurrency

@@ -107,9 +107,13 @@ func (p *Pool) beatAndCount(id string) bool {
 	}
 	n = max(n, 1) // this replica has just beaten
 	p.m.ReplicasLive.Set(float64(n))
+	before := p.pacer.currentShare()
 	if sh, changed := p.pacer.setLive(n); changed {
 		p.log.Info().Int("replicasLive", sh.Live).Int("perMailboxConcurrency", sh.PerBox).Int("perMailboxPerMinute", sh.PerMinute).
 			Msg(fmt.Sprintf("sharing the mailbox limits among %d replicas", n))
+		if sh.PerMinute > before.PerMinute {
+			p.replan(context.Background())
+		}
 	}
 	return true
 }
