@@ -9,15 +9,15 @@ import (
 // runSpec is one measured run: a worker run (R mailworker processes) or a
 // bare run (one bare-worker process).
 type runSpec struct {
-	Name        string // row name: "max", "scale-r2", …
-	Bare        bool
-	Jobs        int // jobs to healthy mailboxes (waited for)
-	Mailboxes   int // healthy mailboxes, jobs spread round robin
-	BadJobs     int // extra jobs to the mailbox that always answers 429 Retry-After 30 (not waited for)
+	Name      string // row name: "max", "scale-r2", …
+	Bare      bool
+	Jobs      int // jobs to healthy mailboxes (waited for)
+	Mailboxes int // healthy mailboxes, jobs spread round robin
+	BadJobs   int // extra jobs to the mailbox that always answers 429 Retry-After 30 (not waited for)
 	// FloodJobs are published first by a second profile, "flood": half with
 	// notBefore in 2099, half with 500 recipients each to one mailbox, whose
 	// 24-hour budget (10,000) they exhaust after 20. Not waited for.
-	FloodJobs int
+	FloodJobs   int
 	Concurrency int // worker.concurrency per replica, or bare concurrency
 	MaxInFlight int // worker.maxInFlight per replica
 	Replicas    int
