@@ -526,6 +526,22 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 	}
 
 	hostStart := selfCPU()
+	var killedAt time.Time
+	killed := make(chan struct{})
+	if spec.KillAfter > 0 && len(procs) > 1 {
+		victim := procs[len(procs)-1]
+		go func() {
+			defer close(killed)
+			select {
+			case <-time.After(spec.KillAfter):
+				killedAt = time.Now()
+				_ = victim.cmd.Process.Kill()
+			case <-ctx.Done():
+			}
+		}()
+	} else {
+		close(killed)
+	}
 	pubErrs, perr := h.publish(ctx, e, spec, oc)
 	var waitErr error
 	if perr == nil {
@@ -540,6 +556,7 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 		deadline.Stop()
 	}
 	hostCPU := selfCPU() - hostStart
+	<-killed
 	close(stopProgress)
 	progressDone.Wait()
 	if profDone != nil {
@@ -579,6 +596,23 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 	if !oc.lastDone.IsZero() {
 		r.elapsed = oc.lastDone.Sub(oc.firstPub)
 		r.Throughput = float64(healthyDone) / r.elapsed.Seconds()
+	}
+	if !killedAt.IsZero() {
+		// The survivor stops counting the dead replica after the
+		// MAIL_WORKERS TTL (15 s) and its next beat (5 s): the window is
+		// the pacing minute after that.
+		from := killedAt.Add(20 * time.Second)
+		to := from.Add(time.Minute)
+		n := 0
+		for _, at := range oc.done {
+			if !at.Before(from) && at.Before(to) {
+				n++
+			}
+		}
+		r.Throughput = float64(n) / time.Minute.Seconds()
+		if oc.lastDone.Before(to) {
+			err = errors.Join(err, fmt.Errorf("the backlog ran out before the window after the replica loss ended: publish more jobs"))
+		}
 	}
 	if jobsDone := oc.sent + oc.dl; jobsDone > 0 {
 		r.CPUusPerJob = float64(cpu.Microseconds()) / float64(jobsDone)

@@ -7,7 +7,7 @@
 // a separate process on the same server, fake and concurrency, is the
 // baseline the worker is compared with.
 //
-//	go run ./loadtest [flags] [max latency throttle isolation deferral scale]
+//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale]
 //
 // It exits 1 when a job was lost or sent twice, 2 on a usage or setup error.
 // Timings are figures, never assertions: see docs/benchmarks.md.
@@ -29,7 +29,7 @@ import (
 )
 
 // allScenarios in the order they run by default.
-var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral", "scale"}
+var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral", "failover", "scale"}
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == bareCommand {

@@ -17,7 +17,11 @@ type runSpec struct {
 	// FloodJobs are published first by a second profile, "flood": half with
 	// notBefore in 2099, half with 500 recipients each to one mailbox, whose
 	// 24-hour budget (10,000) they exhaust after 20. Not waited for.
-	FloodJobs   int
+	FloodJobs int
+	// KillAfter > 0: SIGKILL the last replica this long after the publish
+	// starts; the row's throughput is then the rate in the pacing window
+	// after the survivors take its share (see "failover").
+	KillAfter   time.Duration
 	Concurrency int // worker.concurrency per replica, or bare concurrency
 	MaxInFlight int // worker.maxInFlight per replica
 	Replicas    int
@@ -154,6 +158,25 @@ func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
 			err = err2
 		}
 		return out, err
+	case "failover":
+		// Two replicas share 4 mailboxes' 30/min; one is killed. Once the
+		// survivor counts itself alone (the MAIL_WORKERS TTL, 15 s, and a
+		// beat), it should send at the whole pace within one pacing window.
+		boxes, per := 4, 110
+		if h.opts.N > 0 {
+			per = max(h.opts.N/boxes, 1)
+		}
+		spec := runSpec{Name: "failover", Jobs: boxes * per, Mailboxes: boxes, Concurrency: h.conc(64), MaxInFlight: 512,
+			Replicas: 2, PerMinute: 30, FakeMaxPerBox: 4, FakePerMinute: 30, KillAfter: 70 * time.Second}
+		r, err := h.runOne(ctx, spec)
+		if r == nil {
+			return nil, err
+		}
+		pace := float64(boxes) * 30 / 60
+		r.RefThroughput = pace
+		r.refWhat = fmt.Sprintf("Exchange pace %d mailboxes × 30/min; jobs/s is the rate in the minute after the survivor took the share", boxes)
+		r.Ratio = ratio(r.Throughput, pace)
+		return []Result{*r}, err
 	case "scale":
 		c := h.conc(64)
 		lat := h.latency()
