@@ -7,14 +7,17 @@ import (
 	"time"
 )
 
-// Ambiguous-outcome policies: what a worker does with a job whose earlier
-// attempt may have delivered the mail.
+// AmbiguousPolicy is what a worker does with a job whose earlier attempt may
+// have delivered the mail (profiles.<name>.onAmbiguous).
+type AmbiguousPolicy string
+
+// The ambiguous-outcome policies.
 const (
 	// OnAmbiguousRetry sends again and marks the job possible_duplicate.
-	OnAmbiguousRetry = "retry"
+	OnAmbiguousRetry AmbiguousPolicy = "retry"
 	// OnAmbiguousDeadLetter dead-letters the job for a person to check
 	// message trace before replaying it.
-	OnAmbiguousDeadLetter = "deadletter"
+	OnAmbiguousDeadLetter AmbiguousPolicy = "deadletter"
 )
 
 // Unlimited switches a per-mailbox limit of Config off.
@@ -37,7 +40,7 @@ type Profile struct {
 	// AllowedSenders are the approved shared mailboxes (case-insensitive).
 	AllowedSenders []string
 	// OnAmbiguous is OnAmbiguousRetry (default) or OnAmbiguousDeadLetter.
-	OnAmbiguous string
+	OnAmbiguous AmbiguousPolicy
 }
 
 // Config tunes a Pool. Zero values take the defaults of WithDefaults.

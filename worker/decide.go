@@ -120,7 +120,7 @@ type Action struct {
 type Policy struct {
 	MaxAttempts int
 	// OnAmbiguous is the profile's OnAmbiguousRetry or OnAmbiguousDeadLetter.
-	OnAmbiguous string
+	OnAmbiguous AmbiguousPolicy
 	// Busy is how long another replica's `sending` is waited for before the
 	// send is taken as lost (the send timeout plus a margin).
 	Busy  time.Duration

@@ -385,7 +385,7 @@ func (c Config) workerConfig() worker.Config {
 	upload := orOff(w.PerMailboxUploadMBPer5Min, 1_000_000)
 	profiles := make(map[string]worker.Profile, len(c.Profiles))
 	for name, p := range c.Profiles {
-		profiles[name] = worker.Profile{Name: name, AllowedSenders: p.AllowedSenders, OnAmbiguous: p.OnAmbiguous}
+		profiles[name] = worker.Profile{Name: name, AllowedSenders: p.AllowedSenders, OnAmbiguous: worker.AmbiguousPolicy(p.OnAmbiguous)}
 	}
 	return worker.Config{
 		Concurrency: w.Concurrency, MaxInFlight: w.MaxInFlight, PerMailboxConcurrency: w.PerMailboxConcurrency,
