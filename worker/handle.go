@@ -89,12 +89,13 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		}
 	}()
 	firstDelivery := p.open(j)
+	parsed, decodeErr := contract.DecodeJob(msg.Data())
+	p.resolveID(j, parsed)
 	if j.prof == nil {
 		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Invalid, Reason: contract.ReasonInvalidJob,
 			Message: fmt.Sprintf("no profile %q is configured on this worker (subject %s): publish on mail.send.<profile> for a configured profile", j.profile, msg.Subject())}))
 		return
 	}
-	parsed, decodeErr := contract.DecodeJob(msg.Data())
 	if decodeErr != nil {
 		reason := contract.ReasonInvalidJob
 		var inv *contract.InvalidError
@@ -125,8 +126,8 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	p.paceAndSend(stop, sendCtx, j)
 }
 
-// open reads the delivery's metadata, profile and id into j; it reports
-// whether this is the message's first delivery.
+// open reads the delivery's metadata and profile into j; it reports whether
+// this is the message's first delivery.
 func (p *Pool) open(j *job) (first bool) {
 	msg := j.msg
 	seq, delivered, published, ok := msg.Meta()
@@ -140,14 +141,22 @@ func (p *Pool) open(j *job) (first bool) {
 	}
 	j.profile = profile
 	j.prof = p.profiles[profile]
-	// Keep the producer's id for an invalid job when it can be read, so that
-	// support finds the job under the id its producer knows.
-	j.id = contract.ResolveJobID(&contract.Job{ID: sniffID(msg.Data())}, msg.Header, seq)
-	if !contract.ValidJobID(j.id) {
-		j.id = fmt.Sprintf("s%d", seq)
-	}
-	j.state = contract.JobState{JobID: j.id, Profile: profile}
 	return first
+}
+
+// resolveID gives j its id: the job's own, the message's headers, or one
+// from the stream sequence. An invalid job keeps the id its producer gave it
+// when that can be read, so that support finds it under the id the producer
+// knows.
+func (p *Pool) resolveID(j *job, parsed *contract.Job) {
+	if parsed == nil {
+		parsed = &contract.Job{ID: sniffID(j.msg.Data())}
+	}
+	j.id = contract.ResolveJobID(parsed, j.msg.Header, j.seq)
+	if !contract.ValidJobID(j.id) {
+		j.id = fmt.Sprintf("s%d", j.seq)
+	}
+	j.state = contract.JobState{JobID: j.id, Profile: j.profile}
 }
 
 // arrived is the Arrived outcome of j.
