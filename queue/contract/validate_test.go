@@ -71,15 +71,15 @@ func TestDecodeJobValid(t *testing.T) {
 	}
 	// Exactly at the limits.
 	for name, b := range map[string][]byte{
-		"500 recipients":      with(t, map[string]any{"to": addrs(300), "cc": addrs(100), "bcc": addrs(100)}),
-		"3 MiB inline":        with(t, map[string]any{"attachments": []any{map[string]any{"name": "a", "contentBase64": b64(MaxInlineAttachmentBytes)}}}),
-		"2048-character subject":   with(t, map[string]any{"subject": strings.Repeat("s", 2048)}),
-		"html only":           with(t, map[string]any{"text": nil, "html": "<p>x</p>"}),
-		"bcc only":            with(t, map[string]any{"to": nil, "bcc": []string{"a@x.com"}}),
-		"128-char id":         with(t, map[string]any{"id": strings.Repeat("a", 128)}),
-		"32 metadata keys":    with(t, map[string]any{"metadata": metadata(32, 64, 1024)}),
-		"8 KiB headers":       with(t, map[string]any{"headers": map[string]string{"X-A": strings.Repeat("v", 8192-3)}}),
-		"null optional field": []byte(`{"from":"a@x.com","to":["b@x.com"],"text":"t","cc":null,"notBefore":null}`),
+		"500 recipients":         with(t, map[string]any{"to": addrs(300), "cc": addrs(100), "bcc": addrs(100)}),
+		"3 MiB inline":           with(t, map[string]any{"attachments": []any{map[string]any{"name": "a", "contentBase64": b64(MaxInlineAttachmentBytes)}}}),
+		"2048-character subject": with(t, map[string]any{"subject": strings.Repeat("s", 2048)}),
+		"html only":              with(t, map[string]any{"text": nil, "html": "<p>x</p>"}),
+		"bcc only":               with(t, map[string]any{"to": nil, "bcc": []string{"a@x.com"}}),
+		"128-char id":            with(t, map[string]any{"id": strings.Repeat("a", 128)}),
+		"32 metadata keys":       with(t, map[string]any{"metadata": metadata(32, 64, 1024)}),
+		"8 KiB headers":          with(t, map[string]any{"headers": map[string]string{"X-A": strings.Repeat("v", 8192-3)}}),
+		"null optional field":    []byte(`{"from":"a@x.com","to":["b@x.com"],"text":"t","cc":null,"notBefore":null}`),
 	} {
 		if _, err := DecodeJob(b); err != nil {
 			t.Errorf("%s: %v", name, err)
