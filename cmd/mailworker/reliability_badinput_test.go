@@ -105,19 +105,19 @@ func TestReliabilityBadInput(t *testing.T) {
 		w    want
 	}{
 		"bad-pii-to": {`{"from":"noreply@rel.example","subject":"x","text":"x","to":["a@example.com","` + piiName + ` <` + piiAddr + `>>"]}`,
-			want{Reason: queue.ReasonInvalidJob, Message: "to[1]: not an RFC 5322 mailbox"}},
+			want{Reason: contract.ReasonInvalidJob, Message: "to[1]: not an RFC 5322 mailbox"}},
 		"bad-pii-esc": {`{"from":"noreply@rel.example","subject":"x","text":"x","cc":["` + piiName + `\u001b[2J <` + piiAddr + `>"]}`,
-			want{Reason: queue.ReasonInvalidJob, Message: "cc[0]: contains a control character"}},
+			want{Reason: contract.ReasonInvalidJob, Message: "cc[0]: contains a control character"}},
 		"bad-five-headers": {`{"from":"noreply@rel.example","subject":"x","text":"x","to":["a@example.com"],"headers":{"X-A":"1","X-B":"2","X-C":"3","X-D":"4","X-E":"5"}}`,
-			want{Reason: queue.ReasonInvalidJob, Message: "headers: 5 headers, over the limit of 4"}},
+			want{Reason: contract.ReasonInvalidJob, Message: "headers: 5 headers, over the limit of 4"}},
 		"bad-ms-exchange": {`{"from":"noreply@rel.example","subject":"x","text":"x","to":["a@example.com"],"headers":{"X-MS-Exchange-Organization-SCL":"-1"}}`,
-			want{Reason: queue.ReasonInvalidJob, Message: "is reserved"}},
+			want{Reason: contract.ReasonInvalidJob, Message: "is reserved"}},
 	} {
 		c.w.Profile = "rel"
 		wants[id] = c.w
 		publish(id, "rel", []byte(c.body))
 	}
-	fourHeaders := &queue.Job{ID: "good-four-headers", From: "noreply@rel.example", To: []string{"a@example.com"}, Subject: "ok", Text: "ok",
+	fourHeaders := &contract.Job{ID: "good-four-headers", From: "noreply@rel.example", To: []string{"a@example.com"}, Subject: "ok", Text: "ok",
 		Headers: map[string]string{"X-A": "1", "X-B": "2", "X-C": "3", "X-D": "4"}}
 	if _, err := h.pub.Publish(context.Background(), "rel", fourHeaders); err != nil {
 		t.Fatal(err)
