@@ -265,11 +265,27 @@ func (c *cli) provisionCmd() *cobra.Command {
 			if err := queue.Provision(cmd.Context(), js, cfg.queueConfig()); err != nil {
 				return err
 			}
-			fmt.Fprintf(c.stdout, "provisioned: streams %s %s %s, consumer %s, KV %s, object store %s (replicas %d)\n",
-				contract.StreamJobs, contract.StreamStatus, contract.StreamDLQ, contract.ConsumerName, contract.BucketState,
-				contract.BucketAttachments, cfg.Streams.Replicas)
+			fmt.Fprintf(c.stdout, "provisioned (created or updated, replicas %d):\n", cfg.Streams.Replicas)
+			for _, a := range provisionedAssets() {
+				fmt.Fprintf(c.stdout, "  %-13s %s\n", a[0], a[1])
+			}
 			return nil
 		}}
+}
+
+// provisionedAssets lists what queue.Provision creates, kind and name: every
+// stream, consumer and bucket (README, "Subjects, streams, buckets").
+func provisionedAssets() [][2]string {
+	return [][2]string{
+		{"stream", contract.StreamJobs},
+		{"stream", contract.StreamStatus},
+		{"stream", contract.StreamDLQ},
+		{"consumer", contract.StreamJobs + " > " + contract.ConsumerName},
+		{"KV bucket", contract.BucketState},
+		{"KV bucket", contract.BucketWorkers},
+		{"KV bucket", contract.BucketPacing},
+		{"object store", contract.BucketAttachments},
+	}
 }
 
 func (c *cli) readyzCmd() *cobra.Command {
