@@ -250,6 +250,9 @@ func TestSchemaAgreesWithDecodeJob(t *testing.T) {
 		if (derr == nil) != cs.Valid {
 			t.Errorf("%s: DecodeJob error %v, want valid=%v", cs.Name, derr, cs.Valid)
 		}
+		if len(cs.body) > 1<<20 {
+			continue // the 3 MiB cases: Go's regexp takes seconds on them under -race; TestSchemaAjv covers them
+		}
 		serr := validate(cs.body)
 		if (serr == nil) != cs.schemaWant() {
 			t.Errorf("%s: schema error %v, want valid=%v", cs.Name, serr, cs.schemaWant())
