@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // TestNewcomerCLI drives the built binary as a new user and a support
@@ -85,8 +85,8 @@ func TestNewcomerCLI(t *testing.T) {
 		}
 		out, _, code = cli("status", "no-such-id", "--json")
 		var res struct {
-			Error  string        `json:"error"`
-			Events []queue.Event `json:"events"`
+			Error  string           `json:"error"`
+			Events []contract.Event `json:"events"`
 		}
 		if code != 1 || json.Unmarshal([]byte(out), &res) != nil || !strings.Contains(res.Error, "unknown") || res.Events == nil {
 			t.Errorf("status --json of an unknown id: exit %d, %q", code, out)
@@ -206,7 +206,7 @@ func TestNewcomerCLI(t *testing.T) {
 		}
 		d := sum.Profiles[0]
 		// e2e-big sent, e2e-hostile dead-lettered, e2e-later deferred (open).
-		if d.Jobs != 3 || d.Sent != 1 || d.DeadLettered != 1 || d.Open != 1 || d.Events[queue.EventDeferred] < 1 {
+		if d.Jobs != 3 || d.Sent != 1 || d.DeadLettered != 1 || d.Open != 1 || d.Events[contract.EventDeferred] < 1 {
 			t.Errorf("demo summary %+v", d)
 		}
 		out, _, _ = cli("status")
