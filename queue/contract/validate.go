@@ -215,34 +215,85 @@ func fieldNames(v any) map[string]bool {
 }
 
 // checkFieldCase rejects field names that encoding/json took in another
-// case ("From", "contentbase64"). data has decoded already, so it is a JSON
-// object whose attachments, if any, are an array of objects.
+// case ("From", "contentbase64", "ſubject"): JSON Schema matches names
+// exactly. data has decoded already, so it is valid JSON: a one-pass scan of
+// its bytes finds the keys of the top-level object and of each attachments
+// element without decoding any value (it showed in the worker's profile as a
+// second Unmarshal).
 func checkFieldCase(data []byte) *InvalidError {
-	var top map[string]json.RawMessage
-	if json.Unmarshal(data, &top) != nil {
-		return nil // DecodeJob already accepted it; cannot happen
-	}
-	for k := range top {
-		if !jobFields[k] {
-			return invalid(k, "unknown field (field names are case-sensitive"+didYouMean(k, jobFields)+")")
-		}
-	}
-	raw, ok := top["attachments"]
-	if !ok {
-		return nil
-	}
-	var atts []map[string]json.RawMessage
-	if json.Unmarshal(raw, &atts) != nil {
-		return nil
-	}
-	for i, a := range atts {
-		for k := range a {
-			if !attachmentFields[k] {
-				return invalid("attachments["+strconv.Itoa(i)+"]."+k, "unknown field (field names are case-sensitive"+didYouMean(k, attachmentFields)+")")
+	stack := make([]byte, 0, 16) // open containers: '{' or '['
+	topKey := ""                 // the current key of the top-level object
+	att := -1                    // index of the current attachments element
+	for i := 0; i < len(data); {
+		switch c := data[i]; c {
+		case '"':
+			end, escaped := stringEnd(data, i)
+			j := end
+			for j < len(data) && (data[j] == ' ' || data[j] == '\t' || data[j] == '\r' || data[j] == '\n') {
+				j++
 			}
+			if j < len(data) && data[j] == ':' && len(stack) > 0 && stack[len(stack)-1] == '{' {
+				raw := data[i+1 : end-1]
+				var key string
+				if escaped {
+					_ = json.Unmarshal(data[i:end], &key)
+				}
+				switch {
+				case len(stack) == 1:
+					if (escaped && !jobFields[key]) || (!escaped && !jobFields[string(raw)]) {
+						return caseError("", keyOf(key, raw, escaped), jobFields)
+					}
+					topKey, att = keyOf(key, raw, escaped), -1
+				case len(stack) == 3 && stack[1] == '[' && topKey == "attachments":
+					if (escaped && !attachmentFields[key]) || (!escaped && !attachmentFields[string(raw)]) {
+						return caseError("attachments["+strconv.Itoa(att)+"].", keyOf(key, raw, escaped), attachmentFields)
+					}
+				}
+			}
+			i = end
+			continue
+		case '{', '[':
+			stack = append(stack, c)
+			if c == '{' && len(stack) == 3 && stack[1] == '[' && topKey == "attachments" {
+				att++
+			}
+		case '}', ']':
+			stack = stack[:len(stack)-1]
 		}
+		i++
 	}
 	return nil
+}
+
+// stringEnd returns the index after the JSON string starting at data[i]
+// (a quote), and whether it holds an escape.
+func stringEnd(data []byte, i int) (int, bool) {
+	escaped := false
+	for j := i + 1; j < len(data); j++ {
+		switch data[j] {
+		case '\\':
+			escaped = true
+			j++
+		case '"':
+			return j + 1, escaped
+		}
+	}
+	return len(data), escaped
+}
+
+func keyOf(key string, raw []byte, escaped bool) string {
+	if escaped {
+		return key
+	}
+	return string(raw)
+}
+
+func caseError(prefix, k string, names map[string]bool) *InvalidError {
+	field := prefix + k
+	if hasCtl(k) {
+		field = prefix + Quote(k)
+	}
+	return invalid(field, "unknown field (field names are case-sensitive"+didYouMean(k, names)+")")
 }
 
 func didYouMean(k string, names map[string]bool) string {
