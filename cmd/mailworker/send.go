@@ -130,7 +130,7 @@ func (c *cli) waitOutcome(ctx context.Context, q *queue.Queue, id string, timeou
 				if st.LastError != nil {
 					msg = fmt.Sprintf("dead-lettered: %s: %s", st.LastError.Reason, st.LastError.Message)
 				}
-				return &exitError{code: 1, msg: msg}
+				return &exitError{code: 1, msg: cell(msg) + "; see `mailworker dlq show " + id + "`"}
 			}
 		} else if !errors.Is(err, contract.ErrNoState) && ctx.Err() == nil {
 			return err

@@ -103,7 +103,9 @@ func (c *cli) statusJob(ctx context.Context, id string, asJSON bool) error {
 		case errors.Is(err, queue.ErrNotInDLQ):
 			out.DeadLetter = "gone"
 		default:
-			return err
+			// A producer's NATS user may read status but not MAIL_DLQ:
+			// the rest of the answer stands.
+			fmt.Fprintf(c.stderr, "mailworker: could not look the job up in %s: %s\n", contract.StreamDLQ, cell(err.Error()))
 		}
 	}
 	if asJSON {
