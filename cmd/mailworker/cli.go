@@ -222,7 +222,11 @@ func versionLine() string {
 	for _, s := range bi.Settings {
 		settings[s.Key] = s.Value
 	}
-	if rev := settings["vcs.revision"]; rev != "" {
+	rev := settings["vcs.revision"]
+	if rev == "" {
+		rev = commit // a build without .git (the container image) passes it in
+	}
+	if rev != "" {
 		line += ", commit " + rev
 		if settings["vcs.modified"] == "true" {
 			line += " (modified)"
@@ -231,7 +235,7 @@ func versionLine() string {
 			line += " of " + t
 		}
 	} else {
-		line += ", commit unknown (built without VCS information)"
+		line += ", commit unknown (built without VCS information or -X main.commit)"
 	}
 	return line + ", " + bi.GoVersion + ")"
 }
