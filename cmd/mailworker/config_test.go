@@ -137,3 +137,21 @@ func TestConfigReferenceDocumentsEveryKey(t *testing.T) {
 		}
 	}
 }
+
+// TestEndpointsOfOneCloudPass: every cloud's own pair, and a sandbox's one
+// host with a path on Graph, are accepted.
+func TestEndpointsOfOneCloudPass(t *testing.T) {
+	for _, env := range [][]string{
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=global"},
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=usgov"},
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=usgovdod"},
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=china"},
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=usgov", "MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://dod-graph.microsoft.us"},
+		{"MAILWORKER_PROFILES_BILLING_AUTHORITY_HOST=https://127.0.0.1:8443/", "MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://127.0.0.1:8443"},
+		{"MAILWORKER_PROFILES_BILLING_AUTHORITY_HOST=https://login.microsoftonline.com", "MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://graph.microsoft.com"},
+	} {
+		if _, err := loadConfig(writeConfig(t, sampleConfig), env); err != nil {
+			t.Errorf("%v: %v", env, err)
+		}
+	}
+}

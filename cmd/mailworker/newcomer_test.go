@@ -280,3 +280,28 @@ func TestLogDurationsCarryUnits(t *testing.T) {
 		t.Errorf("logs: %q", out)
 	}
 }
+
+// TestSandboxProfileBlock: the profile block `mailworker sandbox` prints works
+// as pasted: `check` gets a token with it, and `provision` then makes the
+// setup ready.
+func TestSandboxProfileBlock(t *testing.T) {
+	t.Parallel()
+	ns := startTestNATS(t, nil)
+	dir := t.TempDir()
+	sb := startProc(t, nil, "sandbox", "--listen", "127.0.0.1:0", "--ca-file", filepath.Join(dir, "ca.pem"))
+	block := sb.waitOutput(regexp.MustCompile(`(?s)paste under "profiles:".*?\n(  sandbox:\n.*allowedSenders: \[[^\]]*\]\n)`), 30*time.Second)
+	if strings.Contains(block, "/demo-tenant") {
+		t.Errorf("the block's authorityHost carries the tenant:\n%s", block)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("nats: {url: "+ns.ClientURL()+"}\nprofiles:\n"+block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := runCmd(t, "", "provision", "--config", cfg); code != 0 {
+		t.Fatalf("provision: exit %d: %s", code, errOut)
+	}
+	out, errOut, code := runCmd(t, "", "check", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "token:       ok") {
+		t.Fatalf("check with the sandbox's profile block: exit %d\n%s%s\nblock:\n%s", code, out, errOut, block)
+	}
+}
