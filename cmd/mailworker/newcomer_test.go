@@ -191,7 +191,7 @@ func TestNewcomerCLI(t *testing.T) {
 		}
 		_, errOut, code := cli("send", "--profile", "demo", "--file", file, "--wait", "--timeout", "3s")
 		if code != 2 || !strings.Contains(errOut, "no outcome for job e2e-later within 3s; last event deferred at") ||
-			!strings.Contains(errOut, "(due ") || !strings.Contains(errOut, "mailworker status e2e-later") {
+			!strings.Contains(errOut, "cause not_before (due ") || !strings.Contains(errOut, "mailworker status e2e-later") {
 			t.Errorf("send --wait timeout: exit %d, %q", code, errOut)
 		}
 	})

@@ -174,6 +174,9 @@ func eventDetail(ev contract.Event) string {
 	if ev.Error != nil {
 		detail = string(ev.Error.Reason) + ": " + ev.Error.Message
 	}
+	if ev.Cause != "" {
+		detail += " cause " + ev.Cause
+	}
 	if ev.RetryAt != nil {
 		detail += " (due " + ev.RetryAt.UTC().Format(time.RFC3339) + ")"
 	}
