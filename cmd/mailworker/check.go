@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -16,6 +20,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/mailworker/mailworker/worker"
 )
 
@@ -132,7 +137,8 @@ func (c *cli) checkNATS(ctx context.Context, cfg Config) string {
 	opCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := queue.Open(opCtx, js); err != nil {
-		return err.Error() + " (run `mailworker provision`, or let a worker with streams.provision on start once)"
+		// queue's error already says to run `mailworker provision`: one hint.
+		return err.Error() + "; or let a worker with streams.provision on start once"
 	}
 	return "ok"
 }
@@ -154,7 +160,7 @@ func checkProfile(ctx context.Context, name string, p ProfileConfig, timeout tim
 	var info graphmail.TokenInfo
 	client, _, err := newGraphClient(name, p, timeout, m, func(ti graphmail.TokenInfo) { mu.Lock(); info = ti; mu.Unlock() })
 	if err != nil {
-		pc.Token = err.Error()
+		pc.Token = cell(err.Error())
 		return pc
 	}
 	defer client.Close()
@@ -165,7 +171,7 @@ func checkProfile(ctx context.Context, name string, p ProfileConfig, timeout tim
 	opCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if _, err := client.Token(opCtx); err != nil {
-		pc.Token = err.Error() // graphmail's errors carry no secret, assertion or token
+		pc.Token = describeTokenError(name, p, err) // graphmail's errors carry no secret, assertion or token
 		return pc
 	}
 	pc.Token, pc.tokenOK = "ok", true
@@ -204,4 +210,74 @@ func (c *cli) printCheck(res checkResult) {
 	if len(res.Problems) == 0 {
 		fmt.Fprintln(c.stdout, "ready: every check passed. RBAC scope is Exchange's to enforce: validate it with Test-MailworkerMailboxScope.ps1, then `mailworker send --wait`.")
 	}
+}
+
+var aadstsRE = regexp.MustCompile(`AADSTS([0-9]+)`)
+
+// entraConfigErrors are Entra's answers that no retry can change: the
+// profile's configuration (or the app registration) is wrong. Codes from
+// https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+var entraConfigErrors = map[string]string{
+	"7000215": "invalid client secret: set the secret's value, not its ID, in profiles.%s.credential",
+	"7000222": "the client secret has expired: add a new one in Entra and set it in profiles.%s.credential",
+	"700016":  "no application with profiles.%s.clientId in this tenant: check clientId and tenantId",
+	"90002":   "no tenant profiles.%s.tenantId: check tenantId",
+	"900023":  "profiles.%s.tenantId is not a valid tenant id or domain",
+	"700027":  "the certificate's signature was refused: upload the certificate of profiles.%s.credential.certificateFile to the app registration",
+	"700024":  "the client assertion is outside its valid time: check this machine's clock (profile %s)",
+	"7000112": "the application of profile %s is disabled in Entra",
+	"700023":  "profile %s: invalid authority: check authorityHost and cloud",
+	"7000218": "profile %s sent no credential Entra accepts: check profiles.%[1]s.credential",
+	"70011":   "invalid scope for profile %s",
+	"500011":  "profile %s: the resource (Graph) is not in this tenant: check cloud or graphURL",
+}
+
+// describeTokenError turns a failed token request into one line that says
+// what kind of failure it is: TLS (with what to trust), a configuration error
+// Entra reported (with the setting to fix), or the failure as graphmail gave it.
+func describeTokenError(name string, p ProfileConfig, err error) string {
+	msg := err.Error()
+	detail := entraText(err)
+	if i := strings.Index(detail, `Get "`); i >= 0 {
+		detail = detail[i:] // MSAL's "unable to resolve an endpoint: server response error:" says nothing more
+	}
+	var uae x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var cie x509.CertificateInvalidError
+	var rhe tls.RecordHeaderError
+	authority := p.AuthorityHost
+	if authority == "" {
+		authority, _, _ = graphmail.Cloud(p.Cloud).Endpoints()
+	}
+	switch {
+	case errors.As(err, &uae) || strings.Contains(msg, "x509: certificate signed by unknown authority"):
+		return cell(fmt.Sprintf("TLS failure: the certificate of %s is signed by an authority this machine does not trust; set profiles.%s.caFile to that CA (`mailworker sandbox` writes its own with --ca-file). %s", authority, name, detail))
+	case errors.As(err, &he) || strings.Contains(msg, "x509: certificate is valid for"):
+		return cell(fmt.Sprintf("TLS failure: the certificate of %s does not name that host; check profiles.%s.authorityHost. %s", authority, name, detail))
+	case errors.As(err, &cie) || strings.Contains(msg, "x509: certificate has expired"):
+		return cell(fmt.Sprintf("TLS failure: the certificate of %s is not valid (expired or not yet valid?). %s", authority, detail))
+	case errors.As(err, &rhe) || strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		return cell(fmt.Sprintf("TLS failure: %s does not speak TLS on that port; check the scheme and port of profiles.%s.authorityHost. %s", authority, name, detail))
+	case strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:"):
+		return cell(fmt.Sprintf("TLS failure talking to %s. %s", authority, detail))
+	}
+	if m := aadstsRE.FindStringSubmatch(msg); m != nil {
+		if hint, ok := entraConfigErrors[m[1]]; ok {
+			return cell(fmt.Sprintf("configuration error (AADSTS%s), a retry will not help: %s. Entra said: %s", m[1], fmt.Sprintf(hint, name), entraText(err)))
+		}
+	}
+	return cell(msg)
+}
+
+// entraText is the failure without graphmail's retry classification, which
+// describes the worker's handling, not the configuration.
+func entraText(err error) string {
+	var ge *contract.SendError
+	if errors.As(err, &ge) {
+		if ge.Err != nil {
+			return ge.Err.Error()
+		}
+		return ge.Message
+	}
+	return err.Error()
 }

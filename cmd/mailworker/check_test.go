@@ -53,6 +53,11 @@ func TestCheckCommand(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "problem: nats:") || !strings.Contains(out, "mailworker provision") {
 		t.Fatalf("check before provisioning: exit %d, want 1 naming the missing streams\n%s%s", code, out, errOut)
 	}
+	for _, line := range strings.Split(out, "\n") {
+		if n := strings.Count(line, "mailworker provision"); n > 1 {
+			t.Errorf("the provision hint appears %d times in one line: %s", n, line)
+		}
+	}
 	if _, errOut, code := runCmd(t, "", "provision", "--config", good); code != 0 {
 		t.Fatalf("provision: exit %d: %s", code, errOut)
 	}
@@ -89,8 +94,9 @@ func TestCheckCommand(t *testing.T) {
 	if got := res.Profiles[0].TenantWideRoles; len(got) != 1 || got[0] != "Mail.Send" {
 		t.Errorf("consented: tenant-wide roles %v, want [Mail.Send]", got)
 	}
-	if tok := res.Profiles[1].Token; !strings.Contains(tok, "7000215") {
-		t.Errorf("wrong secret: token %q, want the AADSTS7000215 refusal", tok)
+	if tok := res.Profiles[1].Token; !strings.Contains(tok, "7000215") || !strings.Contains(tok, "configuration error") ||
+		strings.Contains(tok, "retryable") || !strings.Contains(tok, "profiles.wrong.credential") {
+		t.Errorf("wrong secret: token %q, want the AADSTS7000215 refusal as a configuration error naming the setting", tok)
 	}
 	problems := strings.Join(res.Problems, "\n")
 	if !strings.Contains(problems, "profile consented: the app holds tenant-wide mail permissions Mail.Send") ||
@@ -101,5 +107,23 @@ func TestCheckCommand(t *testing.T) {
 		if strings.Contains(out+errOut, s) {
 			t.Errorf("a client secret appears in check's output:\n%s%s", out, errOut)
 		}
+	}
+
+	// A profile without the sandbox's CA: a TLS failure, named as one.
+	noCA := strings.Replace(profile("billing", scoped, scopedCA, "t1", "c1", "clientSecret: "+secret), "caFile: "+scopedCA, "", 1)
+	out, errOut, _ = runCmd(t, "", "check", "--config", writeCfg("noca.yaml", noCA))
+	if !strings.Contains(out, "token:       TLS failure: the certificate of "+scoped.URL()) || !strings.Contains(out, "profiles.billing.caFile") ||
+		strings.Contains(out, "unable to resolve an endpoint") {
+		t.Errorf("check without the CA: want a TLS failure naming caFile:\n%s%s", out, errOut)
+	}
+	// The sandbox's authority with the default Graph URL: refused before any token is fetched.
+	tokensBefore = scoped.TokenRequests()
+	noGraph := strings.Replace(profile("billing", scoped, scopedCA, "t1", "c1", "clientSecret: "+secret), "graphURL: "+scoped.GraphURL(), "", 1)
+	out, errOut, code = runCmd(t, "", "check", "--config", writeCfg("nograph.yaml", noGraph))
+	if code == 0 || !strings.Contains(errOut, "mailworker: ") || !strings.Contains(errOut, "are not both Microsoft's") {
+		t.Errorf("check with a sandbox authority and Graph's default URL: exit %d, want a refusal\n%s%s", code, out, errOut)
+	}
+	if n := scoped.TokenRequests() - tokensBefore; n != 0 {
+		t.Errorf("check fetched %d tokens for a profile whose token would go to another host", n)
 	}
 }

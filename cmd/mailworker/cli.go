@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 
+	"github.com/mattn/go-isatty"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -16,6 +18,13 @@ import (
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
+
+func init() {
+	// Durations in logs carry their unit ("1.5s", "250ms"), not a bare
+	// number of milliseconds. zerolog only offers a package setting; this
+	// binary is its only user in the process.
+	zerolog.DurationFieldFormat = zerolog.DurationFormatString
+}
 
 // exitError carries a specific exit code out of a command.
 type exitError struct {
@@ -61,11 +70,16 @@ func runCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	pf.StringVar(&c.logFormat, "log-format", "", "log format: json or console (overrides log.format)")
 	root.AddCommand(c.runCmd(), c.devCmd(), c.sandboxCmd(), c.sendCmd(), c.statusCmd(), c.dlqCmd(),
 		c.provisionCmd(), c.checkCmd(), c.readyzCmd(), c.versionCmd())
+	root.Args = unknownSubcommand
+	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%w (see `%s --help`)", err, cmd.CommandPath())
+	})
 	if err := root.ExecuteContext(ctx); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {
 			if ee.msg != "" {
-				fmt.Fprintln(stderr, ee.msg)
+				fmt.Fprintln(stderr, "mailworker:", ee.msg)
 			}
 			return ee.code
 		}
@@ -73,6 +87,29 @@ func runCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		return 1
 	}
 	return 0
+}
+
+// unknownSubcommand is the Args of a command that only groups subcommands:
+// without arguments it prints its help, and an argument is a subcommand
+// that does not exist (cobra would print the help and exit 0).
+func unknownSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's default, set only on its own path
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+	}
+	var names []string
+	for _, sub := range cmd.Commands() {
+		if sub.IsAvailableCommand() {
+			names = append(names, sub.Name())
+		}
+	}
+	return fmt.Errorf("%s; its commands are %s (see `%s --help`)", msg, strings.Join(names, ", "), cmd.CommandPath())
 }
 
 func envOr(env []string, key, def string) string {
@@ -105,11 +142,12 @@ func (c *cli) config() (Config, error) {
 	return cfg, cfg.validate()
 }
 
-// logger builds the process logger: JSON by default, console for people.
+// logger builds the process logger: JSON by default, console for people
+// (colours only when stderr is a terminal and NO_COLOR is unset).
 func (c *cli) logger(lc LogConfig) zerolog.Logger {
 	var w io.Writer = c.stderr
 	if lc.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: c.stderr, TimeFormat: "15:04:05"}
+		w = zerolog.ConsoleWriter{Out: c.stderr, TimeFormat: "15:04:05", NoColor: !c.colour()}
 	}
 	level, err := zerolog.ParseLevel(lc.Level)
 	if err != nil || lc.Level == "" {
@@ -151,12 +189,55 @@ func (c *cli) openQueue(ctx context.Context) (*nats.Conn, *queue.Queue, error) {
 	return nc, q, nil
 }
 
+// colour reports whether console output may carry ANSI colours: stderr is
+// a terminal and NO_COLOR (https://no-color.org) is not set.
+func (c *cli) colour() bool {
+	if envOr(c.env, "NO_COLOR", "") != "" {
+		return false
+	}
+	f, ok := c.stderr.(*os.File)
+	return ok && isatty.IsTerminal(f.Fd())
+}
+
 func (c *cli) versionCmd() *cobra.Command {
-	return &cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs,
+	return &cobra.Command{Use: "version", Short: "Print the version, module version and commit", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintln(c.stdout, "mailworker", version)
+			fmt.Fprintln(c.stdout, versionLine())
 			return nil
 		}}
+}
+
+// versionLine is `mailworker version`'s output: the -X main.version stamp,
+// then what the Go toolchain recorded in the binary (debug.ReadBuildInfo):
+// the module version, the VCS commit and time, and whether the tree had
+// local changes.
+func versionLine() string {
+	line := "mailworker " + version
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return line
+	}
+	line += " (module " + bi.Main.Path + " " + bi.Main.Version
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	rev := settings["vcs.revision"]
+	if rev == "" {
+		rev = commit // a build without .git (the container image) passes it in
+	}
+	if rev != "" {
+		line += ", commit " + rev
+		if settings["vcs.modified"] == "true" {
+			line += " (modified)"
+		}
+		if t := settings["vcs.time"]; t != "" {
+			line += " of " + t
+		}
+	} else {
+		line += ", commit unknown (built without VCS information or -X main.commit)"
+	}
+	return line + ", " + bi.GoVersion + ")"
 }
 
 func (c *cli) runCmd() *cobra.Command {
@@ -191,11 +272,27 @@ func (c *cli) provisionCmd() *cobra.Command {
 			if err := queue.Provision(cmd.Context(), js, cfg.queueConfig()); err != nil {
 				return err
 			}
-			fmt.Fprintf(c.stdout, "provisioned: streams %s %s %s, consumer %s, KV %s, object store %s (replicas %d)\n",
-				contract.StreamJobs, contract.StreamStatus, contract.StreamDLQ, contract.ConsumerName, contract.BucketState,
-				contract.BucketAttachments, cfg.Streams.Replicas)
+			fmt.Fprintf(c.stdout, "provisioned (created or updated, replicas %d):\n", cfg.Streams.Replicas)
+			for _, a := range provisionedAssets() {
+				fmt.Fprintf(c.stdout, "  %-13s %s\n", a[0], a[1])
+			}
 			return nil
 		}}
+}
+
+// provisionedAssets lists what queue.Provision creates, kind and name: every
+// stream, consumer and bucket (README, "Subjects, streams, buckets").
+func provisionedAssets() [][2]string {
+	return [][2]string{
+		{"stream", contract.StreamJobs},
+		{"stream", contract.StreamStatus},
+		{"stream", contract.StreamDLQ},
+		{"consumer", contract.StreamJobs + " > " + contract.ConsumerName},
+		{"KV bucket", contract.BucketState},
+		{"KV bucket", contract.BucketWorkers},
+		{"KV bucket", contract.BucketPacing},
+		{"object store", contract.BucketAttachments},
+	}
 }
 
 func (c *cli) readyzCmd() *cobra.Command {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"reflect"
 	"strconv"
@@ -153,6 +154,15 @@ func loadConfig(path string, env []string) (Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("config: %w", err)
 		}
+		var doc yaml.Node
+		if err := yaml.Unmarshal(data, &doc); err != nil {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+		if len(doc.Content) > 0 {
+			if err := checkKeys(doc.Content[0], reflect.TypeOf(cfg), ""); err != nil {
+				return cfg, fmt.Errorf("config %s: %w", path, err)
+			}
+		}
 		dec := yaml.NewDecoder(bytes.NewReader(data))
 		dec.KnownFields(true)
 		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
@@ -163,6 +173,108 @@ func loadConfig(path string, env []string) (Config, error) {
 		return cfg, err
 	}
 	return cfg, cfg.validate()
+}
+
+// checkKeys walks a YAML mapping against the struct type t and reports the
+// first key that is no setting, with its path and the nearest setting's name
+// ("unknown key `tenantld` in profiles.billing (did you mean tenantId?)"),
+// where yaml.v3 would name a Go type.
+func checkKeys(n *yaml.Node, t reflect.Type, path string) error {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil // a type error: the decoder reports it with its line
+	}
+	switch {
+	case t.Kind() == reflect.Map:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if err := checkKeys(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case t.Kind() != reflect.Struct || t == reflect.TypeOf(time.Duration(0)):
+		return nil
+	}
+	fields := map[string]reflect.Type{}
+	var names []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		fields[tag] = f.Type
+		names = append(names, tag)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		ft, ok := fields[k.Value]
+		if !ok {
+			where := path
+			if where == "" {
+				where = "the top level"
+			}
+			msg := fmt.Sprintf("line %d: unknown key `%s` in %s", k.Line, k.Value, where)
+			if s := nearest(k.Value, names); s != "" {
+				msg += " (did you mean " + s + "?)"
+			} else {
+				msg += " (its keys are " + strings.Join(names, ", ") + ")"
+			}
+			return errors.New(msg)
+		}
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if err := checkKeys(n.Content[i+1], ft, join(path, k.Value)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// nearest returns the name closest to s (case-insensitive edit distance at
+// most 2, or a case-only difference), or "".
+func nearest(s string, names []string) string {
+	best, bestD := "", 3
+	for _, n := range names {
+		if strings.EqualFold(n, s) {
+			return n
+		}
+		if d := editDistance(strings.ToLower(s), strings.ToLower(n)); d < bestD {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // applyEnv overrides cfg from MAILWORKER_* variables: the YAML path in upper
@@ -341,6 +453,8 @@ func (c Config) validate() error {
 		}
 		if _, _, err := graphmail.Cloud(p.Cloud).Endpoints(); err != nil {
 			errs = append(errs, fmt.Errorf("profiles.%s.cloud: %w", name, err))
+		} else if err := checkEndpoints(name, p); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -412,4 +526,69 @@ func collectKeys(out *[]string, prefix string, v any) {
 			*out = append(*out, prefix+tag)
 		}
 	}
+}
+
+// cloudFamily maps the hosts of Microsoft's Entra authorities and Graph
+// endpoints to their cloud (graphmail.Cloud.Endpoints; login.microsoft.com
+// and login.windows.net are other names of the global authority). US Gov L4
+// and DoD L5 share one authority host.
+var cloudFamily = map[string]string{
+	"login.microsoftonline.com":       "global",
+	"login.microsoft.com":             "global",
+	"login.windows.net":               "global",
+	"graph.microsoft.com":             "global",
+	"login.microsoftonline.us":        "US Government",
+	"graph.microsoft.us":              "US Government",
+	"dod-graph.microsoft.us":          "US Government",
+	"login.chinacloudapi.cn":          "China",
+	"microsoftgraph.chinacloudapi.cn": "China",
+}
+
+// checkEndpoints refuses a profile whose token would go to another place
+// than the one that issued it: an authority and a Graph URL of different
+// Microsoft clouds, one of Microsoft's and one not (a sandbox authority with
+// the default Graph URL would post the sandbox token to graph.microsoft.com),
+// or two non-Microsoft hosts. An authorityHost is a bare host: the tenant
+// comes from tenantId.
+func checkEndpoints(name string, p ProfileConfig) error {
+	authority, graph, _ := graphmail.Cloud(p.Cloud).Endpoints()
+	authFrom, graphFrom := "cloud "+cloudName(p.Cloud), "cloud "+cloudName(p.Cloud)
+	if p.AuthorityHost != "" {
+		authority, authFrom = p.AuthorityHost, "authorityHost"
+	}
+	if p.GraphURL != "" {
+		graph, graphFrom = p.GraphURL, "graphURL"
+	}
+	au, err := url.Parse(authority)
+	if err != nil || au.Host == "" || (au.Scheme != "https" && au.Scheme != "http") {
+		return fmt.Errorf("profiles.%s.authorityHost: %q is not a URL such as https://login.microsoftonline.com", name, authority)
+	}
+	if strings.Trim(au.Path, "/") != "" || au.RawQuery != "" {
+		return fmt.Errorf("profiles.%s.authorityHost: %s has a path: give the bare host, %s://%s (the tenant comes from tenantId)", name, authority, au.Scheme, au.Host)
+	}
+	gu, err := url.Parse(graph)
+	if err != nil || gu.Host == "" || (gu.Scheme != "https" && gu.Scheme != "http") {
+		return fmt.Errorf("profiles.%s.graphURL: %q is not a URL such as https://graph.microsoft.com", name, graph)
+	}
+	fa, okA := cloudFamily[strings.ToLower(au.Hostname())]
+	fg, okG := cloudFamily[strings.ToLower(gu.Hostname())]
+	switch {
+	case okA && okG && fa != fg:
+		return fmt.Errorf("profiles.%s: the authority %s (%s, the %s cloud) and Graph %s (%s, the %s cloud) are different clouds: a token of one is refused by the other; set cloud alone, or both authorityHost and graphURL of one cloud",
+			name, authority, authFrom, fa, graph, graphFrom, fg)
+	case okA != okG:
+		return fmt.Errorf("profiles.%s: the authority %s (%s) and Graph %s (%s) are not both Microsoft's: the profile's tokens would go to a host that did not issue them; set both authorityHost and graphURL (for `mailworker sandbox`, the profile block it prints)",
+			name, authority, authFrom, graph, graphFrom)
+	case !okA && !okG && !strings.EqualFold(au.Host, gu.Host):
+		return fmt.Errorf("profiles.%s: the authority %s and Graph %s are on different hosts: the profile's tokens would go to a host that did not issue them; serve both from one host (as the sandbox does)",
+			name, authority, graph)
+	}
+	return nil
+}
+
+func cloudName(c string) string {
+	if c == "" {
+		return "global (default)"
+	}
+	return c
 }

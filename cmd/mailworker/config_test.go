@@ -91,15 +91,23 @@ func TestLoadConfig(t *testing.T) {
 		env  []string
 		want string
 	}{
-		"unknown key in the file":         {yaml: "nats:\n  ulr: x\n", want: "field ulr not found"},
-		"unknown env variable":            {env: []string{"MAILWORKER_NATS_ULR=x"}, want: "MAILWORKER_NATS_ULR: no such setting"},
-		"bad duration":                    {env: []string{"MAILWORKER_WORKER_ACK_WAIT=soon"}, want: "MAILWORKER_WORKER_ACK_WAIT"},
-		"bad replicas":                    {env: []string{"MAILWORKER_STREAMS_REPLICAS=2"}, want: "streams.replicas"},
-		"two credentials":                 {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_CREDENTIAL_CERTIFICATE_FILE=/x"}, want: "profiles.billing.credential: set exactly one"},
-		"missing tenant":                  {yaml: strings.Replace(sampleConfig, "tenantId: t", "tenantId: \"\"", 1), want: "profiles.billing.tenantId: required"},
-		"unknown cloud":                   {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_CLOUD=mars"}, want: "profiles.billing.cloud"},
-		"bad log format":                  {env: []string{"MAILWORKER_LOG_FORMAT=xml"}, want: "log.format"},
-		"profile name with a subject dot": {yaml: strings.Replace(sampleConfig, "billing:", "bill.ing:", 1), want: "profiles.bill.ing: a profile name"},
+		"unknown key in the file":           {yaml: "nats:\n  ulr: x\n", want: "line 2: unknown key `ulr` in nats (did you mean url?)"},
+		"typo in a profile":                 {yaml: strings.Replace(sampleConfig, "tenantId:", "tenantld:", 1), want: "unknown key `tenantld` in profiles.billing (did you mean tenantId?)"},
+		"key in another case":               {yaml: strings.Replace(sampleConfig, "clientId:", "clientID:", 1), want: "unknown key `clientID` in profiles.billing (did you mean clientId?)"},
+		"unknown top-level key":             {yaml: "workers: {}\n", want: "unknown key `workers` in the top level (did you mean worker?)"},
+		"no near key":                       {yaml: "log: {colour: true}\n", want: "unknown key `colour` in log (its keys are level, format, recipients)"},
+		"authority with the tenant":         {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_AUTHORITY_HOST=https://127.0.0.1:8443/demo-tenant", "MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://127.0.0.1:8443/v1.0"}, want: "has a path: give the bare host, https://127.0.0.1:8443"},
+		"sandbox authority, no graphURL":    {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_AUTHORITY_HOST=https://127.0.0.1:8443"}, want: "are not both Microsoft's"},
+		"authority and Graph of two clouds": {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://graph.microsoft.us"}, want: "are different clouds"},
+		"authority and Graph on two hosts":  {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_AUTHORITY_HOST=https://127.0.0.1:8443", "MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://127.0.0.2:8443/v1.0"}, want: "different hosts"},
+		"unknown env variable":              {env: []string{"MAILWORKER_NATS_ULR=x"}, want: "MAILWORKER_NATS_ULR: no such setting"},
+		"bad duration":                      {env: []string{"MAILWORKER_WORKER_ACK_WAIT=soon"}, want: "MAILWORKER_WORKER_ACK_WAIT"},
+		"bad replicas":                      {env: []string{"MAILWORKER_STREAMS_REPLICAS=2"}, want: "streams.replicas"},
+		"two credentials":                   {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_CREDENTIAL_CERTIFICATE_FILE=/x"}, want: "profiles.billing.credential: set exactly one"},
+		"missing tenant":                    {yaml: strings.Replace(sampleConfig, "tenantId: t", "tenantId: \"\"", 1), want: "profiles.billing.tenantId: required"},
+		"unknown cloud":                     {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_CLOUD=mars"}, want: "profiles.billing.cloud"},
+		"bad log format":                    {env: []string{"MAILWORKER_LOG_FORMAT=xml"}, want: "log.format"},
+		"profile name with a subject dot":   {yaml: strings.Replace(sampleConfig, "billing:", "bill.ing:", 1), want: "profiles.bill.ing: a profile name"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := ""
@@ -126,6 +134,24 @@ func TestConfigReferenceDocumentsEveryKey(t *testing.T) {
 	for _, k := range keys {
 		if !strings.Contains(string(readme), k) {
 			t.Errorf("README does not document %s", k)
+		}
+	}
+}
+
+// TestEndpointsOfOneCloudPass: every cloud's own pair, and a sandbox's one
+// host with a path on Graph, are accepted.
+func TestEndpointsOfOneCloudPass(t *testing.T) {
+	for _, env := range [][]string{
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=global"},
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=usgov"},
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=usgovdod"},
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=china"},
+		{"MAILWORKER_PROFILES_BILLING_CLOUD=usgov", "MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://dod-graph.microsoft.us"},
+		{"MAILWORKER_PROFILES_BILLING_AUTHORITY_HOST=https://127.0.0.1:8443/", "MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://127.0.0.1:8443"},
+		{"MAILWORKER_PROFILES_BILLING_AUTHORITY_HOST=https://login.microsoftonline.com", "MAILWORKER_PROFILES_BILLING_GRAPH_URL=https://graph.microsoft.com"},
+	} {
+		if _, err := loadConfig(writeConfig(t, sampleConfig), env); err != nil {
+			t.Errorf("%v: %v", env, err)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -27,8 +28,14 @@ const (
 	demoClient  = "demo-client"
 )
 
+// devMaxPayload is the embedded NATS server's max_payload: the deploy kit's
+// (deploy/nats/nats-cluster.conf), so a job production accepts is accepted
+// in dev too.
+const devMaxPayload = 8 << 20
+
 func (c *cli) devCmd() *cobra.Command {
 	var natsListen, httpListen, graphListen, dataDir string
+	var unpaced bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run everything on this machine: embedded NATS JetStream, a fake Entra + Graph, and a worker with a demo profile",
@@ -68,6 +75,10 @@ func (c *cli) devCmd() *cobra.Command {
 				return err
 			}
 
+			if unpaced {
+				zero := 0
+				cfg.Worker.PerMailboxPerMinute = &zero
+			}
 			cfg.NATS = NATSConfig{URL: ns.ClientURL(), ConnectTimeout: 5 * time.Second}
 			cfg.HTTP.Listen = httpListen
 			if cfg.Profiles == nil {
@@ -82,19 +93,29 @@ func (c *cli) devCmd() *cobra.Command {
 			}
 			app, err := NewApp(ctx, cfg, log)
 			if err != nil {
+				if rest, ok := strings.CutPrefix(err.Error(), "http.listen: "); ok {
+					return fmt.Errorf("--http-listen %s: %s", httpListen, rest)
+				}
 				return err
 			}
 			defer app.Close()
+			wc := cfg.workerConfig()
+			pacing := fmt.Sprintf("like production: at most %d sends per minute and %d requests in flight per mailbox (200 mails to one mailbox take about %.1f minutes); --unpaced or MAILWORKER_WORKER_PER_MAILBOX_PER_MINUTE=0 lifts the per-minute pace",
+				wc.PerMailboxPerMinute, wc.PerMailboxConcurrency, 200/float64(max(wc.PerMailboxPerMinute, 1)))
+			if wc.PerMailboxPerMinute == 0 {
+				pacing = fmt.Sprintf("unpaced (--unpaced or worker.perMailboxPerMinute 0): no per-minute limit, %d requests in flight per mailbox; production paces at 30 per minute", wc.PerMailboxConcurrency)
+			}
 			fmt.Fprintf(c.stdout, `mailworker dev is up.
-  NATS:        %s
+  NATS:        %s  (max_payload %d MB, as deploy/nats sets it)
   HTTP:        http://%s  (/metrics /healthz /readyz)
   Fake Graph:  %s  (delivered mail: %s/_sandbox/messages, files in %s)
+  Pacing:      %s
 Send a mail:
   go run ./cmd/mailworker send --nats-url %s --profile %s --from %s --to you@example.com --subject hello --text "it works" --wait
 Or publish plain JSON with any NATS client:
   nats pub --server %s mail.send.%s '{"from":"%s","to":["you@example.com"],"subject":"hello","text":"it works"}'
 Press Ctrl-C to stop.
-`, ns.ClientURL(), app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"),
+`, ns.ClientURL(), devMaxPayload>>20, app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"), pacing,
 				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender)
 			return app.Run(ctx)
 		},
@@ -104,6 +125,7 @@ Press Ctrl-C to stop.
 	f.StringVar(&httpListen, "http-listen", "127.0.0.1:8025", "address of the worker's /metrics /healthz /readyz")
 	f.StringVar(&graphListen, "graph-listen", "127.0.0.1:0", "address of the fake Entra + Graph (TLS)")
 	f.StringVar(&dataDir, "data-dir", ".mailworker-dev", "where JetStream data, delivered mail and the sandbox CA go")
+	f.BoolVar(&unpaced, "unpaced", false, "no per-minute pace per mailbox (production paces at worker.perMailboxPerMinute, 30)")
 	return cmd
 }
 
@@ -121,7 +143,7 @@ func startNATS(listen, dir string) (*server.Server, error) {
 		port = -1
 	}
 	ns, err := server.NewServer(&server.Options{Host: host, Port: port, JetStream: true, StoreDir: dir,
-		NoLog: true, NoSigs: true, ServerName: "mailworker-dev"})
+		MaxPayload: devMaxPayload, NoLog: true, NoSigs: true, ServerName: "mailworker-dev"})
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats-server: %w", err)
 	}
@@ -157,8 +179,7 @@ func (c *cli) sandboxCmd() *cobra.Command {
 					return fmt.Errorf("--ca-file: %w", err)
 				}
 			}
-			fmt.Fprintf(c.stdout, "sandbox up\n  url:        %s\n  authority:  %s\n  tenant:     %s\n  client id:  %s\n  CA file:    %s\n  messages:   %s/_sandbox/messages\n",
-				fake.URL(), fake.AuthorityURL(), demoTenant, demoClient, caFile, fake.URL())
+			c.printSandbox(fake, caFile, secret)
 			<-cmd.Context().Done()
 			return nil
 		},
@@ -169,6 +190,47 @@ func (c *cli) sandboxCmd() *cobra.Command {
 	f.StringVar(&caFile, "ca-file", "sandbox-ca.pem", "write the sandbox CA certificate here")
 	f.StringVar(&secret, "client-secret", "sandbox-secret", "client secret the fake Entra accepts")
 	return cmd
+}
+
+// printSandbox prints what a worker needs to use the sandbox: a profile block
+// to paste under `profiles:` (authorityHost is the bare host; the tenant comes
+// from tenantId), and the facts behind it.
+func (c *cli) printSandbox(fake *graphtest.Server, caFile, secret string) {
+	ca := "(none written: give --ca-file)"
+	if caFile != "" {
+		if abs, err := filepath.Abs(caFile); err == nil {
+			caFile = abs
+		}
+		ca = caFile
+	}
+	fmt.Fprintf(c.stdout, `sandbox up: a fake Entra ID and Microsoft Graph over TLS
+  url:        %s  (authority and Graph on one host)
+  tenant:     %s
+  client id:  %s
+  secret:     %s
+  CA file:    %s
+  messages:   %s/_sandbox/messages
+A profile for `+"`mailworker run`"+` (paste under "profiles:" in its config; any mailbox exists here):
+  sandbox:
+    tenantId: %s
+    clientId: %s
+    authorityHost: %s
+    graphURL: %s
+    caFile: %s
+    credential:
+      clientSecret: %s
+    allowedSenders: [noreply@sandbox.example]
+`, fake.URL(), demoTenant, demoClient, secret, ca, fake.URL(), demoTenant, demoClient, fake.URL(), fake.GraphURL(), yamlString(caFile), yamlString(secret))
+}
+
+// yamlString quotes s for YAML when it is not a plain scalar.
+func yamlString(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-", r))
+	}) < 0 {
+		return s
+	}
+	return strconv.Quote(s)
 }
 
 // probe GETs url and fails unless it answers 200.

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -15,7 +18,8 @@ import (
 )
 
 func (c *cli) dlqCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "dlq", Short: "Inspect, replay and purge dead-lettered jobs"}
+	cmd := &cobra.Command{Use: "dlq", Short: "Inspect, replay and purge dead-lettered jobs", Args: unknownSubcommand,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
 	cmd.AddCommand(c.dlqListCmd(), c.dlqShowCmd(), c.dlqReplayCmd(), c.dlqPurgeCmd())
 	return cmd
 }
@@ -28,9 +32,12 @@ func (f *dlqFlags) add(cmd *cobra.Command) {
 }
 
 func (f *dlqFlags) filter() (queue.DLQFilter, error) {
+	if f.profile != "" && strings.ContainsAny(f.profile, ".*> \t\r\n\x00") {
+		return queue.DLQFilter{}, fmt.Errorf("--profile: %s is not a profile name (one NATS subject token: no dots, wildcards or spaces)", cell(truncate(f.profile, 64)))
+	}
 	r := contract.Reason(f.reason)
 	if r != "" && !r.Valid() {
-		return queue.DLQFilter{}, fmt.Errorf("--reason: %q is not one of %v", f.reason, contract.Reasons)
+		return queue.DLQFilter{}, fmt.Errorf("--reason: %s is not one of %v", strconv.Quote(truncate(f.reason, 64)), contract.Reasons)
 	}
 	return queue.DLQFilter{Profile: f.profile, Reason: r}, nil
 }
@@ -90,11 +97,14 @@ func (c *cli) dlqListCmd() *cobra.Command {
 				}
 				return json.NewEncoder(c.stdout).Encode(out)
 			}
+			// Every field but the numbers came from a producer or from
+			// Graph: cell() escapes what would break the table or steer
+			// the terminal.
 			tw := tabwriter.NewWriter(c.stdout, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "JOB ID\tPROFILE\tREASON\tATTEMPTS\tFAILED AT\tFROM\tSUBJECT")
+			fmt.Fprintln(tw, "JOB ID\tPROFILE\tREASON\tATTEMPTS\tFAILED AT\tERROR\tFROM\tSUBJECT")
 			for _, dl := range dls {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", dl.JobID, dl.Profile, dl.Reason, dl.Attempts,
-					dl.FailedAt.UTC().Format(time.RFC3339), dl.From, truncate(dl.Subject, 60))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", cell(dl.JobID), cell(dl.Profile), cell(string(dl.Reason)), dl.Attempts,
+					dl.FailedAt.UTC().Format(time.RFC3339), cell(truncate(dl.Error, 60)), cell(dl.From), cell(truncate(dl.Subject, 60)))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -117,59 +127,74 @@ func (c *cli) dlqShowCmd() *cobra.Command {
 			}
 			defer nc.Close()
 			dl, err := q.DLQ.Get(cmd.Context(), args[0])
-			if errors.Is(err, queue.ErrNotInDLQ) {
-				return &exitError{code: 1, msg: fmt.Sprintf("job %s is not in the dead-letter queue", args[0])}
-			}
 			if err != nil {
-				return err
+				return notInDLQ(args[0], err)
 			}
 			if asJSON {
 				return json.NewEncoder(c.stdout).Encode(toRecord(dl, true))
 			}
 			fmt.Fprintf(c.stdout, "job:        %s\nprofile:    %s\nreason:     %s\nerror:      %s\nattempts:   %d\nfailed at:  %s\n",
-				dl.JobID, dl.Profile, dl.Reason, dl.Error, dl.Attempts, dl.FailedAt.UTC().Format(time.RFC3339))
+				cell(dl.JobID), cell(dl.Profile), cell(string(dl.Reason)), cell(dl.Error), dl.Attempts, dl.FailedAt.UTC().Format(time.RFC3339))
 			if dl.Ambiguous {
-				fmt.Fprintf(c.stdout, "ambiguous:  yes — a send may have delivered this mail although Graph never said so: search Exchange message trace for X-Mailworker-Job-Id %s before replaying (a replay's sent event says possibleDuplicate)\n", dl.JobID)
+				fmt.Fprintf(c.stdout, "ambiguous:  yes — a send may have delivered this mail although Graph never said so: search Exchange message trace for X-Mailworker-Job-Id %s before replaying (a replay's sent event says possibleDuplicate)\n", cell(dl.JobID))
 			}
 			if dl.GraphRequestID != "" {
-				fmt.Fprintf(c.stdout, "graph request-id: %s\n", dl.GraphRequestID)
+				fmt.Fprintf(c.stdout, "graph request-id: %s\n", cell(dl.GraphRequestID))
 			}
-			fmt.Fprintf(c.stdout, "body (%d bytes):\n%s\n", len(dl.Body), dl.Body)
+			fmt.Fprintf(c.stdout, "body (%d bytes):\n%s\n", len(dl.Body), termSafe(string(dl.Body)))
 			return nil
 		}}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 
+// notInDLQ turns a failed dead-letter lookup into an exit 1 that says what
+// to try next.
+func notInDLQ(id string, err error) error {
+	if errors.Is(err, queue.ErrNotInDLQ) {
+		return &exitError{code: 1, msg: fmt.Sprintf("job %s is not in the dead-letter queue (replayed, purged, never dead-lettered, or a wrong id); try `mailworker status %s` for its history, or `mailworker dlq list`", cell(id), cell(id))}
+	}
+	return err
+}
+
+// newestPerJob keeps the newest dead letter of each job, in first-seen order:
+// what a bulk replay replays.
+func newestPerJob(dls []contract.DeadLetter) []contract.DeadLetter {
+	idx := map[string]int{}
+	var out []contract.DeadLetter
+	for _, dl := range dls {
+		if i, ok := idx[dl.JobID]; ok {
+			out[i] = dl
+			continue
+		}
+		idx[dl.JobID] = len(out)
+		out = append(out, dl)
+	}
+	return out
+}
+
+// printMatches lists dead letters, one line each: id, profile, reason.
+func (c *cli) printMatches(dls []contract.DeadLetter) {
+	tw := tabwriter.NewWriter(c.stdout, 2, 4, 2, ' ', 0)
+	for _, dl := range dls {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", cell(dl.JobID), cell(dl.Profile), cell(string(dl.Reason)))
+	}
+	_ = tw.Flush()
+}
+
 func (c *cli) dlqReplayCmd() *cobra.Command {
 	var f dlqFlags
-	var all bool
+	var all, dryRun bool
 	var file string
 	cmd := &cobra.Command{Use: "replay <job-id> | --all", Short: "Put dead-lettered jobs back on the queue (same job id; state reset; `replayed` event)",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
 			if all == (len(args) == 1) {
 				return errors.New("give one job id, or --all (optionally with --profile / --reason)")
 			}
-			nc, q, err := c.openQueue(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			if all {
-				if file != "" {
-					return errors.New("--file replaces one job's body: use it with a job id, not --all")
-				}
-				filter, err := f.filter()
-				if err != nil {
-					return err
-				}
-				n, err := q.DLQ.ReplayAll(cmd.Context(), filter)
-				if err != nil {
-					return fmt.Errorf("replayed %d before: %w", n, err)
-				}
-				fmt.Fprintf(c.stdout, "replayed %d job(s)\n", n)
-				return nil
+			if all && file != "" {
+				return errors.New("--file replaces one job's body: use it with a job id, not --all")
 			}
 			var opts queue.ReplayOptions
 			if file != "" {
@@ -179,17 +204,65 @@ func (c *cli) dlqReplayCmd() *cobra.Command {
 				}
 				opts.Body = body
 			}
-			if err := q.DLQ.Replay(cmd.Context(), args[0], opts); err != nil {
-				if errors.Is(err, queue.ErrNotInDLQ) {
-					return &exitError{code: 1, msg: fmt.Sprintf("job %s is not in the dead-letter queue", args[0])}
-				}
+			filter, err := f.filter()
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.stdout, "replayed %s\n", args[0])
+			nc, q, err := c.openQueue(ctx)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			if !all {
+				id := args[0]
+				if dryRun {
+					dl, err := q.DLQ.Get(ctx, id)
+					if err != nil {
+						return notInDLQ(id, err)
+					}
+					fmt.Fprintf(c.stdout, "would replay 1 job (--dry-run: nothing replayed):\n")
+					c.printMatches([]contract.DeadLetter{dl})
+					return nil
+				}
+				if err := q.DLQ.Replay(ctx, id, opts); err != nil {
+					var ie *contract.InvalidError
+					if errors.As(err, &ie) && file != "" {
+						return fmt.Errorf("--file %s: %w (nothing replayed)", file, err)
+					}
+					return notInDLQ(id, err)
+				}
+				fmt.Fprintf(c.stdout, "replayed %s; follow it with `mailworker status %s`\n", cell(id), cell(id))
+				return nil
+			}
+			dls, err := q.DLQ.List(ctx, filter)
+			if err != nil {
+				return err
+			}
+			jobs := newestPerJob(dls)
+			invalid := 0
+			for _, dl := range jobs {
+				if dl.Reason == contract.ReasonInvalidJob {
+					invalid++
+				}
+			}
+			if invalid > 0 {
+				fmt.Fprintf(c.stderr, "mailworker: warning: %d of these job(s) were dead-lettered invalid_job: a replay sends the same body, which fails again. Fix each with `mailworker dlq replay <job-id> --file fixed.json`.\n", invalid)
+			}
+			if dryRun {
+				fmt.Fprintf(c.stdout, "would replay %d job(s) (--dry-run: nothing replayed):\n", len(jobs))
+				c.printMatches(jobs)
+				return nil
+			}
+			n, err := q.DLQ.ReplayAll(ctx, filter)
+			if err != nil {
+				return fmt.Errorf("replayed %d before: %w", n, err)
+			}
+			fmt.Fprintf(c.stdout, "replayed %d job(s)\n", n)
 			return nil
 		}}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&all, "all", false, "replay every dead letter matching --profile/--reason")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only print how many jobs and which ids would be replayed")
 	cmd.Flags().StringVar(&file, "file", "", "replace the job body with this fixed job (same id)")
 	return cmd
 }
@@ -197,23 +270,44 @@ func (c *cli) dlqReplayCmd() *cobra.Command {
 func (c *cli) dlqPurgeCmd() *cobra.Command {
 	var f dlqFlags
 	var jobID string
-	var yes bool
-	cmd := &cobra.Command{Use: "purge", Short: "Delete dead letters (all, or by --profile / --reason / --job-id)", Args: cobra.NoArgs,
+	var yes, dryRun bool
+	cmd := &cobra.Command{Use: "purge", Short: "Delete dead letters (all, or by --profile / --reason / --job-id): shows them, deletes with --yes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !yes {
-				return errors.New("purge deletes dead letters for good: add --yes")
-			}
+			ctx := cmd.Context()
 			filter, err := f.filter()
 			if err != nil {
 				return err
 			}
+			if jobID != "" && !contract.ValidJobID(jobID) {
+				return fmt.Errorf("--job-id: %s is not a job id (1 to 128 of A-Z a-z 0-9 _ -)", cell(truncate(jobID, 64)))
+			}
 			filter.JobID = jobID
-			nc, q, err := c.openQueue(cmd.Context())
+			nc, q, err := c.openQueue(ctx)
 			if err != nil {
 				return err
 			}
 			defer nc.Close()
-			n, err := q.DLQ.Purge(cmd.Context(), filter)
+			dls, err := q.DLQ.List(ctx, filter)
+			if err != nil {
+				return err
+			}
+			if len(dls) == 0 {
+				fmt.Fprintln(c.stdout, "no dead letters match: nothing to purge")
+				return nil
+			}
+			switch {
+			case dryRun:
+				fmt.Fprintf(c.stdout, "would purge %d dead letter(s) (--dry-run: nothing deleted):\n", len(dls))
+				c.printMatches(dls)
+				return nil
+			case !yes:
+				fmt.Fprintf(c.stdout, "%d dead letter(s) match:\n", len(dls))
+				c.printMatches(dls)
+				return &exitError{code: 1, msg: fmt.Sprintf("purge deletes these %d dead letter(s) for good: run it again with --yes", len(dls))}
+			}
+			fmt.Fprintf(c.stdout, "purging %d dead letter(s):\n", len(dls))
+			c.printMatches(dls)
+			n, err := q.DLQ.Purge(ctx, filter)
 			if err != nil {
 				return err
 			}
@@ -222,13 +316,19 @@ func (c *cli) dlqPurgeCmd() *cobra.Command {
 		}}
 	f.add(cmd)
 	cmd.Flags().StringVar(&jobID, "job-id", "", "only this job")
-	cmd.Flags().BoolVar(&yes, "yes", false, "confirm")
+	cmd.Flags().BoolVar(&yes, "yes", false, "delete (without it, purge only lists what it would delete and exits 1)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only print how many dead letters and which ids would be deleted")
 	return cmd
 }
 
+// truncate shortens s to at most n bytes, on a rune boundary, marking the cut.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n-1] + "…"
+	cut := n - 1
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

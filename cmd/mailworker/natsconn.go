@@ -20,7 +20,12 @@ func connectNATS(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, err
 		nats.MaxReconnects(-1),
 		nats.Timeout(c.ConnectTimeout),
 		nats.RetryOnFailedConnect(false),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if err == nil || nc.IsClosed() || nc.IsDraining() {
+				// Our own Close or Drain at shutdown: not a warning.
+				log.Debug().Msg("nats connection closed")
+				return
+			}
 			log.Warn().Err(err).Msg("nats disconnected")
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

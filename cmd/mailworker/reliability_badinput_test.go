@@ -96,6 +96,33 @@ func TestReliabilityBadInput(t *testing.T) {
 	wants["bad-ten_thousand_recipients"] = want{Profile: "rel", Reason: contract.ReasonInvalidJob, Message: "10000 recipients in to+cc+bcc, over the limit of 500"}
 	publish("bad-ten_thousand_recipients", "rel", []byte(b.String()))
 
+	// Personal data in bad fields, and the header rules (issues 9 and 10):
+	// the dead letter, the status events and the worker's log name the field,
+	// never the address or the name.
+	const piiName, piiAddr = "Ann Piiname", "ann.pii@private.example"
+	for id, c := range map[string]struct {
+		body string
+		w    want
+	}{
+		"bad-pii-to": {`{"from":"noreply@rel.example","subject":"x","text":"x","to":["a@example.com","` + piiName + ` <` + piiAddr + `>>"]}`,
+			want{Reason: contract.ReasonInvalidJob, Message: "to[1]: not an RFC 5322 mailbox"}},
+		"bad-pii-esc": {`{"from":"noreply@rel.example","subject":"x","text":"x","cc":["` + piiName + `\u001b[2J <` + piiAddr + `>"]}`,
+			want{Reason: contract.ReasonInvalidJob, Message: "cc[0]: contains a control character"}},
+		"bad-five-headers": {`{"from":"noreply@rel.example","subject":"x","text":"x","to":["a@example.com"],"headers":{"X-A":"1","X-B":"2","X-C":"3","X-D":"4","X-E":"5"}}`,
+			want{Reason: contract.ReasonInvalidJob, Message: "headers: 5 headers, over the limit of 4"}},
+		"bad-ms-exchange": {`{"from":"noreply@rel.example","subject":"x","text":"x","to":["a@example.com"],"headers":{"X-MS-Exchange-Organization-SCL":"-1"}}`,
+			want{Reason: contract.ReasonInvalidJob, Message: "is reserved"}},
+	} {
+		c.w.Profile = "rel"
+		wants[id] = c.w
+		publish(id, "rel", []byte(c.body))
+	}
+	fourHeaders := &contract.Job{ID: "good-four-headers", From: "noreply@rel.example", To: []string{"a@example.com"}, Subject: "ok", Text: "ok",
+		Headers: map[string]string{"X-A": "1", "X-B": "2", "X-C": "3", "X-D": "4"}}
+	if _, err := h.pub.Publish(context.Background(), "rel", fourHeaders); err != nil {
+		t.Fatal(err)
+	}
+
 	// Above max_payload (1 MB by default): the producer gets the error.
 	big := filepath.Join(t.TempDir(), "big.json")
 	bigJob, _ := json.Marshal(contract.Job{ID: "bad-too-big", From: "noreply@rel.example", To: []string{"a@example.com"}, Subject: "big",
@@ -116,14 +143,14 @@ func TestReliabilityBadInput(t *testing.T) {
 	if _, err := h.pub.Publish(context.Background(), "rel", good); err != nil {
 		t.Fatal(err)
 	}
-	ids := []string{"good-after-bad"}
+	ids := []string{"good-after-bad", "good-four-headers"}
 	for id := range wants {
 		ids = append(ids, id)
 	}
 	h.waitTerminal(ids, time.Minute)
 	r := h.check(ids)
-	if r.Sent != 1 || r.DeadLettered != len(wants) {
-		t.Errorf("sent %d (want the good job only), dead-lettered %d of %d", r.Sent, r.DeadLettered, len(wants))
+	if r.Sent != 2 || r.DeadLettered != len(wants) {
+		t.Errorf("sent %d (want the 2 good jobs only), dead-lettered %d of %d", r.Sent, r.DeadLettered, len(wants))
 	}
 	for id, w := range wants {
 		dl, err := h.q.DLQ.Get(context.Background(), id)
@@ -136,7 +163,13 @@ func TestReliabilityBadInput(t *testing.T) {
 		}
 	}
 	for _, m := range fake.Messages() {
-		if m.JobID != "good-after-bad" {
+		switch m.JobID {
+		case "good-after-bad":
+		case "good-four-headers":
+			if len(m.Headers) != 5 {
+				t.Errorf("the job with 4 headers reached Graph with %d internet message headers, want 4 + the job-id stamp", len(m.Headers))
+			}
+		default:
 			t.Errorf("the fake Graph received bad job %s", m.JobID)
 		}
 	}
@@ -149,6 +182,21 @@ func TestReliabilityBadInput(t *testing.T) {
 	default:
 	}
 	h.stopAll([]*proc{replica})
+	_, rawEvents := h.statusEvents()
+	var dlqErrors strings.Builder
+	for id := range wants {
+		if dl, err := h.q.DLQ.Get(context.Background(), id); err == nil {
+			dlqErrors.WriteString(dl.Error + "\n")
+		}
+	}
+	for where, text := range map[string]string{"worker log": replica.stderr.String(), "status events": string(bytes.Join(rawEvents, nil)),
+		"dead-letter errors": dlqErrors.String()} {
+		for _, pii := range []string{"Piiname", "ann.pii", "private.example"} {
+			if strings.Contains(text, pii) {
+				t.Errorf("%s carry %q from a rejected job", where, pii)
+			}
+		}
+	}
 	h.checkNoSecrets(errOut.String(), out.String())
 	logFigures(t, "bad-input", r, fmt.Sprintf("cases=%d oversized_rejected_at_producer=1", len(wants)+1))
 }

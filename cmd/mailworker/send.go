@@ -130,15 +130,37 @@ func (c *cli) waitOutcome(ctx context.Context, q *queue.Queue, id string, timeou
 				if st.LastError != nil {
 					msg = fmt.Sprintf("dead-lettered: %s: %s", st.LastError.Reason, st.LastError.Message)
 				}
-				return &exitError{code: 1, msg: msg}
+				return &exitError{code: 1, msg: cell(msg) + "; see `mailworker dlq show " + id + "`"}
 			}
 		} else if !errors.Is(err, contract.ErrNoState) && ctx.Err() == nil {
 			return err
 		}
 		select {
 		case <-ctx.Done():
-			return &exitError{code: 2, msg: fmt.Sprintf("no outcome for job %s within %s (is a worker running?)", id, timeout)}
+			return &exitError{code: 2, msg: c.lastEventNote(q, id, timeout)}
 		case <-tick.C:
 		}
 	}
+}
+
+// lastEventNote says, after --wait timed out, where the job is: its last
+// status event (a retry, a deferral for a mailbox limit, …), or that no worker
+// has reported on it.
+func (c *cli) lastEventNote(q *queue.Queue, id string, timeout time.Duration) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	head := fmt.Sprintf("no outcome for job %s within %s", id, timeout)
+	events, err := q.Events.History(ctx, id)
+	if err != nil || len(events) == 0 {
+		return head + "; no worker has reported on it yet: is a worker running for this profile (`mailworker check`), or is the queue long (`mailworker status`)?"
+	}
+	ev := events[len(events)-1]
+	note := fmt.Sprintf("%s; last event %s at %s (attempt %d)", head, ev.Event, ev.At.UTC().Format(time.RFC3339), ev.Attempt)
+	if ev.Graph != nil && ev.Graph.Status != 0 {
+		note += fmt.Sprintf(", Graph %d", ev.Graph.Status)
+	}
+	if d := eventDetail(ev); d != "" {
+		note += ": " + d
+	}
+	return cell(note) + "; follow it with `mailworker status " + id + "`"
 }

@@ -345,6 +345,13 @@ func readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
 		return nil, nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRecipients",
 			"At least one recipient is required, but none were found."}
 	}
+	// At most 5 internetMessageHeaders per message:
+	// https://learn.microsoft.com/en-us/graph/api/resources/internetmessageheader
+	// and Microsoft Q&A (400 InvalidInternetMessageHeaderCollection past it).
+	if len(m.InternetMessageHeaders) > 5 {
+		return nil, nil, &graphErr{http.StatusBadRequest, "InvalidInternetMessageHeaderCollection",
+			"Maximum number of headers in one message should be less than or equal to 5."}
+	}
 	for _, hd := range m.InternetMessageHeaders {
 		if !(strings.HasPrefix(hd.Name, "X-") || strings.HasPrefix(hd.Name, "x-")) {
 			return nil, nil, &graphErr{http.StatusBadRequest, "InvalidInternetMessageHeader",

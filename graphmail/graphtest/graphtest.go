@@ -14,7 +14,8 @@
 //  4. mailbox in the RBAC scope (Options.Scope), else 403 ErrorAccessDenied;
 //  5. body at most 4 MB, else 413 RequestEntityTooLarge;
 //  6. Graph-shaped JSON, else 400 ErrorInvalidRequest / RequestBodyRead; at least one recipient,
-//     else 400 ErrorInvalidRecipients; X- header names only, else 400 InvalidInternetMessageHeader;
+//     else 400 ErrorInvalidRecipients; at most 5 internet message headers, else 400
+//     InvalidInternetMessageHeaderCollection; X- header names only, else 400 InvalidInternetMessageHeader;
 //  7. per-mailbox concurrency and per-minute limits, else 429 ApplicationThrottled with Retry-After;
 //  8. Options.Latency, then the message is recorded and 202 Accepted is answered.
 //

@@ -3,6 +3,10 @@ package contract
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -21,6 +25,28 @@ type schemaNode struct {
 	AdditionalProperties any                    `json:"additionalProperties"`
 	Items                *schemaNode            `json:"items"`
 	Defs                 map[string]*schemaNode `json:"$defs"`
+	AnyOf                []*schemaNode          `json:"anyOf"`
+}
+
+// typeAndNull returns n's type without "null", and whether null is allowed.
+func (n *schemaNode) typeAndNull() (any, bool) {
+	ts, ok := n.Type.([]any)
+	if !ok {
+		return n.Type, n.Type == "null" || slices.Contains(n.Enum, any(nil))
+	}
+	var rest []any
+	null := false
+	for _, t := range ts {
+		if t == "null" {
+			null = true
+		} else {
+			rest = append(rest, t)
+		}
+	}
+	if len(rest) == 1 {
+		return rest[0], null
+	}
+	return rest, null
 }
 
 // TestSchemaMatchesJob keeps schema/job.schema.json equal to the Go types:
@@ -31,12 +57,24 @@ func TestSchemaMatchesJob(t *testing.T) {
 	if err := json.Unmarshal(JobSchema, &root); err != nil {
 		t.Fatalf("schema is not JSON: %v", err)
 	}
-	resolve := func(n *schemaNode) *schemaNode {
+	// resolve follows $ref, and an anyOf of null and one schema (a nullable
+	// $ref), reporting whether null was allowed on the way.
+	var resolveNull func(n *schemaNode) (*schemaNode, bool)
+	resolveNull = func(n *schemaNode) (*schemaNode, bool) {
 		for n != nil && n.Ref != "" {
 			n = root.Defs[strings.TrimPrefix(n.Ref, "#/$defs/")]
 		}
-		return n
+		if n != nil && len(n.AnyOf) == 2 && n.AnyOf[0].Type == "null" {
+			m, _ := resolveNull(n.AnyOf[1])
+			return m, true
+		}
+		if n == nil {
+			return nil, false
+		}
+		_, null := n.typeAndNull()
+		return n, null
 	}
+	resolve := func(n *schemaNode) *schemaNode { m, _ := resolveNull(n); return m }
 	var check func(path string, typ reflect.Type, node *schemaNode)
 	check = func(path string, typ reflect.Type, node *schemaNode) {
 		if node.AdditionalProperties != false {
@@ -54,13 +92,18 @@ func TestSchemaMatchesJob(t *testing.T) {
 			if !strings.Contains(opts, "omitempty") {
 				required = append(required, name)
 			}
-			p := resolve(node.Properties[name])
+			p, null := resolveNull(node.Properties[name])
 			if p == nil {
 				t.Errorf("%s.%s: in the Go type, not in the schema", path, name)
 				continue
 			}
+			// encoding/json takes null for an absent field: the schema
+			// allows it wherever the field is optional.
+			if optional := strings.Contains(opts, "omitempty"); null != optional {
+				t.Errorf("%s.%s: schema allows null %v, want %v (optional: %v)", path, name, null, optional, optional)
+			}
 			want := schemaType(f.Type)
-			got := p.Type
+			got, _ := p.typeAndNull()
 			if got == nil && p.Enum != nil {
 				got = "string"
 			}
@@ -109,8 +152,71 @@ func schemaType(t reflect.Type) string {
 	return t.Kind().String()
 }
 
-// TestSchemaAgreesWithDecodeJob validates a corpus with both the schema and
-// DecodeJob. Good jobs pass both; bad jobs that a schema can express fail both.
+// corpusCase is one job body of testdata/schema/corpus.json, or generated.
+type corpusCase struct {
+	Name       string          `json:"name"`
+	Valid      bool            `json:"valid"`
+	WorkerOnly string          `json:"workerOnly"`
+	Job        json.RawMessage `json:"job"`
+	Raw        *string         `json:"raw"`
+	body       []byte
+}
+
+// schemaCorpus loads the shared corpus and adds the cases too large to keep
+// in a file.
+func schemaCorpus(t *testing.T) []corpusCase {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "schema", "corpus.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Cases []corpusCase `json:"cases"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("corpus.json: %v", err)
+	}
+	names := map[string]bool{}
+	for i := range doc.Cases {
+		c := &doc.Cases[i]
+		if names[c.Name] {
+			t.Fatalf("corpus.json: case %q twice", c.Name)
+		}
+		names[c.Name] = true
+		switch {
+		case c.Raw != nil:
+			c.body = []byte(*c.Raw)
+		case c.Job != nil:
+			c.body = c.Job
+		default:
+			t.Fatalf("corpus.json: case %q has neither job nor raw", c.Name)
+		}
+	}
+	att := func(a ...map[string]any) []byte { return with(t, map[string]any{"attachments": a}) }
+	gen := []corpusCase{
+		{Name: "500 recipients in to", Valid: true, body: with(t, map[string]any{"to": addrs(500)})},
+		{Name: "500 recipients across to, cc, bcc", Valid: true, body: with(t, map[string]any{"to": addrs(300), "cc": addrs(100), "bcc": addrs(100)})},
+		{Name: "500 replyTo", Valid: true, body: with(t, map[string]any{"replyTo": addrs(500)})},
+		{Name: "32 metadata keys", Valid: true, body: with(t, map[string]any{"metadata": metadata(32, 64, 1024)})},
+		{Name: "3 MiB inline", Valid: true, body: att(map[string]any{"name": "a", "contentBase64": b64(MaxInlineAttachmentBytes)})},
+		{Name: "501 recipients in to", body: with(t, map[string]any{"to": addrs(501)})},
+		{Name: "501 replyTo", body: with(t, map[string]any{"replyTo": addrs(501)})},
+		{Name: "33 metadata keys", body: with(t, map[string]any{"metadata": metadata(33, 4, 1)})},
+		{Name: "501 recipients across to, cc, bcc", WorkerOnly: "500 recipients across to+cc+bcc", body: with(t, map[string]any{"to": addrs(300), "cc": addrs(200), "bcc": addrs(1)})},
+		{Name: "over 3 MiB inline", WorkerOnly: "3 MiB of decoded inline attachments",
+			body: att(map[string]any{"name": "a", "contentBase64": b64(2 << 20)}, map[string]any{"name": "b", "contentBase64": b64(1<<20 + 1)})},
+	}
+	return append(doc.Cases, gen...)
+}
+
+// schemaWant is what a JSON Schema validator must say of c: valid, or
+// valid because the rule that fails it is one only the worker checks.
+func (c corpusCase) schemaWant() bool { return c.Valid || c.WorkerOnly != "" }
+
+// TestSchemaAgreesWithDecodeJob runs the shared corpus through DecodeJob and
+// through santhosh-tekuri/jsonschema with formats asserted: every job the
+// schema accepts the worker accepts, and the reverse, but for the rules the
+// schema's description names (workerOnly cases).
 func TestSchemaAgreesWithDecodeJob(t *testing.T) {
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(JobSchema))
 	if err != nil {
@@ -130,67 +236,113 @@ func TestSchemaAgreesWithDecodeJob(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		// UnmarshalJSON stops after the first value: trailing data is a
+		// parse error for every other validator.
+		dec := json.NewDecoder(bytes.NewReader(b))
+		var skip json.RawMessage
+		if dec.Decode(&skip) == nil && dec.More() {
+			return errors.New("trailing data")
+		}
 		return sch.Validate(v)
 	}
-	att := func(a map[string]any) []byte { return with(t, map[string]any{"attachments": []any{a}}) }
+	for _, cs := range schemaCorpus(t) {
+		_, derr := DecodeJob(cs.body)
+		if (derr == nil) != cs.Valid {
+			t.Errorf("%s: DecodeJob error %v, want valid=%v", cs.Name, derr, cs.Valid)
+		}
+		if len(cs.body) > 1<<20 {
+			continue // the 3 MiB cases: Go's regexp takes seconds on them under -race; TestSchemaAjv covers them
+		}
+		serr := validate(cs.body)
+		if (serr == nil) != cs.schemaWant() {
+			t.Errorf("%s: schema error %v, want valid=%v", cs.Name, serr, cs.schemaWant())
+		}
+	}
+}
 
-	good := map[string][]byte{
-		"minimal":        []byte(goodJob),
-		"html only":      with(t, map[string]any{"text": nil, "html": "<p/>"}),
-		"cc only":        with(t, map[string]any{"to": nil, "cc": []string{"Name <c@x.com>"}}),
-		"full":           []byte(`{"id":"A_b-1","from":"B <b@x.com>","to":["a@x.com"],"replyTo":["r@x.com"],"subject":"s","text":"t","attachments":[{"name":"a","contentType":"text/plain","contentBase64":"QUJD","inline":true,"contentId":"c"},{"name":"b","objectRef":"r/b","inline":false}],"headers":{"X-A":"1","x-b":""},"importance":"normal","saveToSentItems":true,"notBefore":"2026-01-01T00:00:00Z","expiresAt":"2026-01-02T00:00:00+02:00","metadata":{"k":"v"}}`),
-		"500 recipients": with(t, map[string]any{"to": addrs(500)}),
-		"32 metadata":    with(t, map[string]any{"metadata": metadata(32, 64, 1024)}),
-		"base64 1 pad":   att(map[string]any{"name": "a", "contentBase64": "QUI="}),
-		"base64 2 pad":   att(map[string]any{"name": "a", "contentBase64": "QQ=="}),
+// TestSchemaAjv runs the shared corpus through Ajv (JSON Schema draft
+// 2020-12) with ajv-formats in node, strict mode, formats asserted, as a
+// Node.js producer validates: the schema must compile without a strict-mode
+// warning, and Ajv must agree with DecodeJob on every case. CI (CI=true)
+// installs node and the locked packages (.ci/run: npm ci --prefix
+// queue/contract/testdata/ajv); there the test fails when they are missing.
+func TestSchemaAjv(t *testing.T) {
+	dir := filepath.Join("testdata", "ajv")
+	missing := func(what string) {
+		msg := what + ": install node and run `npm ci --prefix queue/contract/testdata/ajv` (as .ci/run does)"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip("not in CI: " + msg)
 	}
-	for name, b := range good {
-		if _, err := DecodeJob(b); err != nil {
-			t.Errorf("good %q: DecodeJob: %v", name, err)
-		}
-		if err := validate(b); err != nil {
-			t.Errorf("good %q: schema: %v", name, err)
+	node, err := exec.LookPath("node")
+	if err != nil {
+		missing("node is not on PATH")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "ajv-formats", "package.json")); err != nil {
+		missing("Ajv is not installed in " + dir)
+	}
+	cases := schemaCorpus(t)
+	type in struct {
+		Name string `json:"name"`
+		Body string `json:"body"`
+	}
+	ins := make([]in, len(cases))
+	for i, c := range cases {
+		ins[i] = in{c.Name, string(c.body)}
+	}
+	b, err := json.Marshal(ins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	casesFile := filepath.Join(t.TempDir(), "cases.json")
+	if err := os.WriteFile(casesFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	schemaFile, err := filepath.Abs(filepath.Join("schema", "job.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(node, "validate.mjs", schemaFile, casesFile)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node validate.mjs: %v\n%s", err, stderr.String())
+	}
+	var res []struct {
+		Name   string `json:"name"`
+		Valid  bool   `json:"valid"`
+		Errors string `json:"errors"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("node output: %v: %.200s", err, out)
+	}
+	if len(res) != len(cases) {
+		t.Fatalf("Ajv judged %d cases, want %d", len(res), len(cases))
+	}
+	for i, r := range res {
+		if c := cases[i]; r.Valid != c.schemaWant() {
+			t.Errorf("%s: Ajv valid=%v (%s), want %v", c.Name, r.Valid, r.Errors, c.schemaWant())
 		}
 	}
-	bad := map[string][]byte{
-		"unknown field":          with(t, map[string]any{"fromm": "x"}),
-		"unknown attachment key": att(map[string]any{"name": "a", "objectRef": "r", "size": 1}),
-		"from missing":           with(t, map[string]any{"from": nil}),
-		"from wrong type":        with(t, map[string]any{"from": 1}),
-		"no recipients":          with(t, map[string]any{"to": nil}),
-		"empty to":               with(t, map[string]any{"to": []string{}}),
-		"no body":                with(t, map[string]any{"text": nil}),
-		"id chars":               with(t, map[string]any{"id": "a.b"}),
-		"id length":              with(t, map[string]any{"id": strings.Repeat("a", 129)}),
-		"CRLF subject":           with(t, map[string]any{"subject": "a\r\nb"}),
-		"NUL subject":            with(t, map[string]any{"subject": "a\x00b"}),
-		"long subject":           with(t, map[string]any{"subject": strings.Repeat("s", 2049)}),
-		"CRLF address":           with(t, map[string]any{"to": []string{"a@x.com\r\nBcc: b@x.com"}}),
-		"non-X header":           with(t, map[string]any{"headers": map[string]string{"Bcc": "x"}}),
-		"header name colon":      with(t, map[string]any{"headers": map[string]string{"X-A:": "x"}}),
-		"reserved header":        with(t, map[string]any{"headers": map[string]string{"X-MailWorker-Job-ID": "x"}}),
-		"CRLF header value":      with(t, map[string]any{"headers": map[string]string{"X-A": "a\nb"}}),
-		"importance":             with(t, map[string]any{"importance": "urgent"}),
-		"bad date":               with(t, map[string]any{"notBefore": "tomorrow"}),
-		"501 to":                 with(t, map[string]any{"to": addrs(501)}),
-		"33 metadata":            with(t, map[string]any{"metadata": metadata(33, 4, 1)}),
-		"long metadata value":    with(t, map[string]any{"metadata": metadata(1, 4, 1025)}),
-		"long metadata key":      with(t, map[string]any{"metadata": metadata(1, 65, 1)}),
-		"attachment no name":     att(map[string]any{"objectRef": "r"}),
-		"attachment no content":  att(map[string]any{"name": "a"}),
-		"attachment both":        att(map[string]any{"name": "a", "objectRef": "r", "contentBase64": "QQ=="}),
-		"attachment bad base64":  att(map[string]any{"name": "a", "contentBase64": "QQ$="}),
-		"attachment unpadded":    att(map[string]any{"name": "a", "contentBase64": "QQ"}),
-		"attachment line breaks": att(map[string]any{"name": "a", "contentBase64": "QUFB\nQUFB"}),
-		"inline no contentId":    att(map[string]any{"name": "a", "objectRef": "r", "inline": true}),
-		"CRLF attachment name":   att(map[string]any{"name": "a\r\n", "objectRef": "r"}),
+}
+
+// TestSchemaTimestampPattern keeps the schema's timestamp pattern the one
+// DecodeJob applies.
+func TestSchemaTimestampPattern(t *testing.T) {
+	var s struct {
+		Defs map[string]struct {
+			Pattern string `json:"pattern"`
+			Format  string `json:"format"`
+		} `json:"$defs"`
 	}
-	for name, b := range bad {
-		if _, err := DecodeJob(b); err == nil {
-			t.Errorf("bad %q: DecodeJob accepted it", name)
-		}
-		if err := validate(b); err == nil {
-			t.Errorf("bad %q: schema accepted it", name)
-		}
+	if err := json.Unmarshal(JobSchema, &s); err != nil {
+		t.Fatal(err)
+	}
+	ts := s.Defs["timestamp"]
+	if ts.Pattern != TimestampPattern || ts.Format != "date-time" {
+		t.Errorf("$defs.timestamp = %+v, want format date-time and pattern %s", ts, TimestampPattern)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net/mail"
+	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -22,15 +24,23 @@ const (
 	// MaxInlineAttachmentBytes caps the decoded total of contentBase64
 	// attachments: Graph caps one request at 4 MB and base64 adds a third.
 	MaxInlineAttachmentBytes = 3 << 20
-	// MaxSubjectBytes caps the subject.
-	MaxSubjectBytes = 2048
+	// MaxSubjectChars caps the subject, in Unicode code points (as JSON
+	// Schema's maxLength counts).
+	MaxSubjectChars = 2048
 	// MaxHeaderBytes caps the total size of custom headers (names + values).
 	MaxHeaderBytes = 8 << 10
-	// MaxMetadataKeys, MaxMetadataKeyBytes and MaxMetadataValueBytes cap
-	// metadata, which is echoed in every status event.
+	// MaxHeaders caps the custom headers of a job. Graph takes at most 5
+	// internetMessageHeaders per message (400
+	// InvalidInternetMessageHeaderCollection past that:
+	// https://learn.microsoft.com/en-us/graph/api/resources/internetmessageheader,
+	// and Microsoft Q&A), and the worker always adds its own
+	// X-Mailworker-Job-Id: 4 are left for the job.
+	MaxHeaders = 4
+	// MaxMetadataKeys, MaxMetadataKeyChars and MaxMetadataValueChars cap
+	// metadata, which is echoed in every status event (lengths in code points).
 	MaxMetadataKeys       = 32
-	MaxMetadataKeyBytes   = 64
-	MaxMetadataValueBytes = 1024
+	MaxMetadataKeyChars   = 64
+	MaxMetadataValueChars = 1024
 	// MaxJobIDLen is the longest job id.
 	MaxJobIDLen = 128
 )
@@ -38,6 +48,23 @@ const (
 // HeaderStampJobID is the internet message header the worker stamps on every
 // mail; jobs may not set it themselves.
 const HeaderStampJobID = "X-Mailworker-Job-Id"
+
+// reservedHeaderPrefix names headers Exchange Online reserves for itself
+// (X-MS-Exchange-Organization-*, X-MS-Exchange-Transport-*, …): a job may not
+// set them, whatever their case.
+const reservedHeaderPrefix = "X-MS-Exchange-"
+
+// TimestampPattern is the RFC 3339 profile the worker accepts for notBefore
+// and expiresAt, and the "pattern" beside "format": "date-time" in
+// schema/job.schema.json (a test keeps them equal): an upper-case T between
+// date and time, seconds 00-59 (no leap second), an optional fraction with a
+// dot, and Z or a numeric offset with a colon. RFC 3339 also allows a lower
+// case t and z, and JSON Schema validators such as ajv-formats a space, a
+// leap second or an offset without a colon; Go's time package and many
+// consumers do not, so the contract leaves them out.
+const TimestampPattern = `^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$`
+
+var timestampRE = regexp.MustCompile(TimestampPattern)
 
 // InvalidError says why a job is not valid: which field (JSON path such as
 // to[2] or attachments[0].name, empty when the body is not JSON at all) and
@@ -76,17 +103,25 @@ func Quote(s string) string {
 
 // jobWire decodes a Job, taking the timestamps raw so that a bad one can be
 // reported with its field name (encoding/json does not say which field a
-// time.Time parse error belongs to). Outer fields shadow the embedded ones.
+// time.Time parse error belongs to), the id as a pointer (an empty id is not
+// an absent one) and map values as pointers (null is not a string). Outer
+// fields shadow the embedded ones.
 type jobWire struct {
 	Job
-	NotBefore json.RawMessage `json:"notBefore,omitempty"`
-	ExpiresAt json.RawMessage `json:"expiresAt,omitempty"`
+	ID        *string            `json:"id,omitempty"`
+	Headers   map[string]*string `json:"headers,omitempty"`
+	Metadata  map[string]*string `json:"metadata,omitempty"`
+	NotBefore json.RawMessage    `json:"notBefore,omitempty"`
+	ExpiresAt json.RawMessage    `json:"expiresAt,omitempty"`
 }
 
 // DecodeJob decodes and validates one job. It is strict: unknown fields,
-// wrong types, malformed JSON and trailing data are rejected, naming the field
-// where there is one. Every error is an *InvalidError. (encoding/json matches
-// field names case-insensitively; that leniency is kept.)
+// field names in another case, wrong types, malformed JSON and trailing data
+// are rejected, naming the field where there is one. A null stands for an
+// absent optional field; it is not a value inside headers or metadata. Every
+// error is an *InvalidError. DecodeJob accepts exactly what
+// schema/job.schema.json accepts, except for the rules listed in the schema's
+// description that a schema cannot express.
 func DecodeJob(data []byte) (*Job, error) {
 	var w jobWire
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -97,8 +132,23 @@ func DecodeJob(data []byte) (*Job, error) {
 	if rest := bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
 		return nil, invalid("", fmt.Sprintf("trailing data after the job object at byte %d", dec.InputOffset()))
 	}
+	if err := checkFieldCase(data); err != nil {
+		return nil, err
+	}
 	j := &w.Job
+	if w.ID != nil {
+		if *w.ID == "" {
+			return nil, invalid("id", "is empty: leave it out (or null) to have one generated, or give 1 to 128 of A-Z a-z 0-9 _ -")
+		}
+		j.ID = *w.ID
+	}
 	var err error
+	if j.Headers, err = derefMap("headers", w.Headers); err != nil {
+		return nil, err
+	}
+	if j.Metadata, err = derefMap("metadata", w.Metadata); err != nil {
+		return nil, err
+	}
 	if j.NotBefore, err = decodeTime("notBefore", w.NotBefore); err != nil {
 		return nil, err
 	}
@@ -115,14 +165,144 @@ func decodeTime(field string, raw json.RawMessage) (*time.Time, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
+	var s string
 	var t time.Time
-	if raw[0] != '"' || t.UnmarshalJSON(raw) != nil {
-		return nil, invalid(field, "must be an RFC 3339 timestamp string, e.g. \"2026-01-02T15:04:05Z\"")
-	}
-	if _, off := t.Zone(); off <= -24*3600 || off >= 24*3600 {
-		return nil, invalid(field, "time zone offset must be within ±23:59")
+	if raw[0] != '"' || json.Unmarshal(raw, &s) != nil || !timestampRE.MatchString(s) || t.UnmarshalText([]byte(s)) != nil {
+		return nil, invalid(field, "must be an RFC 3339 timestamp string such as \"2026-01-02T15:04:05Z\" or \"2026-01-02T16:04:05.5+01:00\" (upper-case T and Z, no leap second)")
 	}
 	return &t, nil
+}
+
+// derefMap turns a decoded map of pointers into the Job's map, refusing null
+// values.
+func derefMap(field string, m map[string]*string) (map[string]string, error) {
+	if m == nil {
+		return nil, nil
+	}
+	out := make(map[string]string, len(m))
+	bad := ""
+	for k, v := range m {
+		if v == nil {
+			if bad == "" || k < bad {
+				bad = k
+			}
+			continue
+		}
+		out[k] = *v
+	}
+	if bad != "" {
+		return nil, invalid(field+"["+Quote(bad)+"]", "is null: want a string")
+	}
+	return out, nil
+}
+
+// Field names of the wire contract, exactly as spelt: encoding/json matches
+// names case-insensitively, JSON Schema does not.
+var (
+	jobFields        = fieldNames(Job{})
+	attachmentFields = fieldNames(Attachment{})
+)
+
+func fieldNames(v any) map[string]bool {
+	out := map[string]bool{}
+	t := reflect.TypeOf(v)
+	for i := 0; i < t.NumField(); i++ {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// checkFieldCase rejects field names that encoding/json took in another
+// case ("From", "contentbase64", "ſubject"): JSON Schema matches names
+// exactly. data has decoded already, so it is valid JSON: a one-pass scan of
+// its bytes finds the keys of the top-level object and of each attachments
+// element without decoding any value (it showed in the worker's profile as a
+// second Unmarshal).
+func checkFieldCase(data []byte) *InvalidError {
+	stack := make([]byte, 0, 16) // open containers: '{' or '['
+	topKey := ""                 // the current key of the top-level object
+	att := -1                    // index of the current attachments element
+	for i := 0; i < len(data); {
+		switch c := data[i]; c {
+		case '"':
+			end, escaped := stringEnd(data, i)
+			j := end
+			for j < len(data) && (data[j] == ' ' || data[j] == '\t' || data[j] == '\r' || data[j] == '\n') {
+				j++
+			}
+			if j < len(data) && data[j] == ':' && len(stack) > 0 && stack[len(stack)-1] == '{' {
+				raw := data[i+1 : end-1]
+				var key string
+				if escaped {
+					_ = json.Unmarshal(data[i:end], &key)
+				}
+				switch {
+				case len(stack) == 1:
+					if (escaped && !jobFields[key]) || (!escaped && !jobFields[string(raw)]) {
+						return caseError("", keyOf(key, raw, escaped), jobFields)
+					}
+					topKey, att = keyOf(key, raw, escaped), -1
+				case len(stack) == 3 && stack[1] == '[' && topKey == "attachments":
+					if (escaped && !attachmentFields[key]) || (!escaped && !attachmentFields[string(raw)]) {
+						return caseError("attachments["+strconv.Itoa(att)+"].", keyOf(key, raw, escaped), attachmentFields)
+					}
+				}
+			}
+			i = end
+			continue
+		case '{', '[':
+			stack = append(stack, c)
+			if c == '{' && len(stack) == 3 && stack[1] == '[' && topKey == "attachments" {
+				att++
+			}
+		case '}', ']':
+			stack = stack[:len(stack)-1]
+		}
+		i++
+	}
+	return nil
+}
+
+// stringEnd returns the index after the JSON string starting at data[i]
+// (a quote), and whether it holds an escape.
+func stringEnd(data []byte, i int) (int, bool) {
+	escaped := false
+	for j := i + 1; j < len(data); j++ {
+		switch data[j] {
+		case '\\':
+			escaped = true
+			j++
+		case '"':
+			return j + 1, escaped
+		}
+	}
+	return len(data), escaped
+}
+
+func keyOf(key string, raw []byte, escaped bool) string {
+	if escaped {
+		return key
+	}
+	return string(raw)
+}
+
+func caseError(prefix, k string, names map[string]bool) *InvalidError {
+	field := prefix + k
+	if hasCtl(k) {
+		field = prefix + Quote(k)
+	}
+	return invalid(field, "unknown field (field names are case-sensitive"+didYouMean(k, names)+")")
+}
+
+func didYouMean(k string, names map[string]bool) string {
+	for n := range names {
+		if strings.EqualFold(n, k) {
+			return ": did you mean " + n + "?"
+		}
+	}
+	return ""
 }
 
 func decodeError(err error) *InvalidError {
@@ -171,7 +351,7 @@ func jsonKind(goKind string) string {
 // Validate checks j against the wire contract. The error is an *InvalidError.
 func (j *Job) Validate() error {
 	if j.ID != "" && !ValidJobID(j.ID) {
-		return invalid("id", Quote(j.ID)+" is not a valid job id: want 1 to 128 of A-Z a-z 0-9 _ -")
+		return invalid("id", "not a valid job id: want 1 to 128 of A-Z a-z 0-9 _ -")
 	}
 	if j.From == "" {
 		return invalid("from", "required: the shared mailbox to send from")
@@ -200,10 +380,10 @@ func (j *Job) Validate() error {
 		return invalid("replyTo", fmt.Sprintf("%d addresses, over the limit of %d", len(j.ReplyTo), MaxRecipients))
 	}
 	if hasCtl(j.Subject) {
-		return invalid("subject", "contains CR, LF or NUL")
+		return invalid("subject", ctlRule)
 	}
-	if len(j.Subject) > MaxSubjectBytes {
-		return invalid("subject", fmt.Sprintf("%d bytes, over the limit of %d", len(j.Subject), MaxSubjectBytes))
+	if n := utf8.RuneCountInString(j.Subject); n > MaxSubjectChars {
+		return invalid("subject", fmt.Sprintf("%d characters, over the limit of %d", n, MaxSubjectChars))
 	}
 	if j.Text == "" && j.HTML == "" {
 		return invalid("text", "a body is required: set text, html or both")
@@ -217,7 +397,7 @@ func (j *Job) Validate() error {
 	switch j.Importance {
 	case "", "low", "normal", "high":
 	default:
-		return invalid("importance", Quote(j.Importance)+" is not one of low, normal, high")
+		return invalid("importance", "not one of low, normal, high")
 	}
 	if j.NotBefore != nil && j.ExpiresAt != nil && !j.ExpiresAt.After(*j.NotBefore) {
 		return invalid("expiresAt", "must be after notBefore")
@@ -241,6 +421,9 @@ func (j *Job) validateHeaders() error {
 	if bad != nil {
 		return bad
 	}
+	if len(j.Headers) > MaxHeaders {
+		return invalid("headers", fmt.Sprintf("%d headers, over the limit of %d: Graph takes at most 5 internet message headers per message and the worker adds %s", len(j.Headers), MaxHeaders, HeaderStampJobID))
+	}
 	if total > MaxHeaderBytes {
 		return invalid("headers", fmt.Sprintf("%d bytes of names and values, over the limit of %d", total, MaxHeaderBytes))
 	}
@@ -261,8 +444,11 @@ func checkHeader(k, v string) *InvalidError {
 	if strings.EqualFold(k, HeaderStampJobID) {
 		return invalid(field, "is reserved: the worker stamps it")
 	}
+	if len(k) >= len(reservedHeaderPrefix) && strings.EqualFold(k[:len(reservedHeaderPrefix)], reservedHeaderPrefix) {
+		return invalid(field, "is reserved: Exchange Online owns the X-MS-Exchange- headers")
+	}
 	if hasCtl(v) {
-		return invalid(field, "header value contains CR, LF or NUL")
+		return invalid(field, "header value "+ctlRule)
 	}
 	return nil
 }
@@ -276,17 +462,17 @@ func (j *Job) validateAttachments() error {
 		case a.Name == "":
 			return invalid(p+".name", "required")
 		case hasCtl(a.Name):
-			return invalid(p+".name", "contains CR, LF or NUL")
+			return invalid(p+".name", ctlRule)
 		case hasCtl(a.ContentType):
-			return invalid(p+".contentType", "contains CR, LF or NUL")
+			return invalid(p+".contentType", ctlRule)
 		case hasCtl(a.ContentID):
-			return invalid(p+".contentId", "contains CR, LF or NUL")
+			return invalid(p+".contentId", ctlRule)
 		case a.Inline && a.ContentID == "":
 			return invalid(p+".contentId", "required when inline is true")
 		case (a.ContentBase64 == "") == (a.ObjectRef == ""):
 			return invalid(p+".contentBase64", "exactly one of contentBase64 or objectRef is required")
 		case hasCtl(a.ObjectRef):
-			return invalid(p+".objectRef", "contains CR, LF or NUL")
+			return invalid(p+".objectRef", ctlRule)
 		}
 		if a.ContentBase64 == "" {
 			continue
@@ -360,10 +546,10 @@ func (j *Job) validateMetadata() error {
 		field := "metadata[" + Quote(k) + "]"
 		var err *InvalidError
 		switch {
-		case len(k) > MaxMetadataKeyBytes:
-			err = invalid(field, fmt.Sprintf("key is %d bytes, over the limit of %d", len(k), MaxMetadataKeyBytes))
-		case len(v) > MaxMetadataValueBytes:
-			err = invalid(field, fmt.Sprintf("value is %d bytes, over the limit of %d", len(v), MaxMetadataValueBytes))
+		case utf8.RuneCountInString(k) > MaxMetadataKeyChars:
+			err = invalid(field, fmt.Sprintf("key is %d characters, over the limit of %d", utf8.RuneCountInString(k), MaxMetadataKeyChars))
+		case utf8.RuneCountInString(v) > MaxMetadataValueChars:
+			err = invalid(field, fmt.Sprintf("value is %d characters, over the limit of %d", utf8.RuneCountInString(v), MaxMetadataValueChars))
 		}
 		if err != nil {
 			bad, badKey = err, k
@@ -375,22 +561,32 @@ func (j *Job) validateMetadata() error {
 	return nil
 }
 
+// checkMailbox validates one mailbox. Its messages never carry the address
+// or the display name (personal data: they reach logs, events and dead
+// letters): the field path says which one failed.
 func checkMailbox(field, s string) *InvalidError {
 	if _, _, err := ParseAddress(s); err != nil {
 		if hasCtl(s) {
-			return invalid(field, "contains CR, LF or NUL")
+			return invalid(field, ctlRule)
 		}
-		return invalid(field, Quote(s)+" is not an RFC 5322 mailbox (a@x.com or Name <a@x.com>)")
+		if errors.Is(err, errCtl) {
+			return invalid(field, "display name "+ctlRule+" once decoded")
+		}
+		return invalid(field, "not an RFC 5322 mailbox (a@x.com or Name <a@x.com>)")
 	}
 	return nil
 }
 
-// errCtl is returned by ParseAddress for CR, LF or NUL.
-var errCtl = errors.New("queue: address contains CR, LF or NUL")
+// ctlRule is the message for a control character where none is allowed.
+const ctlRule = "contains a control character (CR, LF, NUL, ESC or another C0/C1 control; only tab is allowed)"
+
+// errCtl is returned by ParseAddress for a control character.
+var errCtl = errors.New("queue: address contains a control character")
 
 // ParseAddress parses one RFC 5322 mailbox (a@x.com or Name <a@x.com>) with
 // net/mail and returns its display name (RFC 2047 words decoded) and address.
-// It rejects CR, LF and NUL anywhere, including in a decoded display name.
+// It rejects C0 and C1 control characters other than tab anywhere, including
+// in a decoded display name.
 func ParseAddress(s string) (name, addr string, err error) {
 	if name, addr, ok := parseSimpleAddress(s); ok {
 		return name, addr, nil
@@ -478,7 +674,22 @@ func isAtext(c byte) bool { return isAlnum(c) || strings.IndexByte("!#$%&'*+-/=?
 
 func isDomainChar(c byte) bool { return isAlnum(c) || c == '-' }
 
-func hasCtl(s string) bool { return strings.ContainsAny(s, "\r\n\x00") }
+// hasCtl reports whether s holds a C0 control other than tab, DEL, or a C1
+// control (U+0080 to U+009F): the characters that break a header line or
+// steer a terminal. The schema's "line" pattern is the same set.
+func hasCtl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return true
+		}
+		// C1 controls are U+0080-U+009F, encoded C2 80 to C2 9F.
+		if c == 0xc2 && i+1 < len(s) && s[i+1] >= 0x80 && s[i+1] <= 0x9f {
+			return true
+		}
+	}
+	return false
+}
 
 // ValidJobID reports whether id matches [A-Za-z0-9_-]{1,128}.
 func ValidJobID(id string) bool {

@@ -71,15 +71,15 @@ func TestDecodeJobValid(t *testing.T) {
 	}
 	// Exactly at the limits.
 	for name, b := range map[string][]byte{
-		"500 recipients":      with(t, map[string]any{"to": addrs(300), "cc": addrs(100), "bcc": addrs(100)}),
-		"3 MiB inline":        with(t, map[string]any{"attachments": []any{map[string]any{"name": "a", "contentBase64": b64(MaxInlineAttachmentBytes)}}}),
-		"2048-byte subject":   with(t, map[string]any{"subject": strings.Repeat("s", 2048)}),
-		"html only":           with(t, map[string]any{"text": nil, "html": "<p>x</p>"}),
-		"bcc only":            with(t, map[string]any{"to": nil, "bcc": []string{"a@x.com"}}),
-		"128-char id":         with(t, map[string]any{"id": strings.Repeat("a", 128)}),
-		"32 metadata keys":    with(t, map[string]any{"metadata": metadata(32, 64, 1024)}),
-		"8 KiB headers":       with(t, map[string]any{"headers": map[string]string{"X-A": strings.Repeat("v", 8192-3)}}),
-		"null optional field": []byte(`{"from":"a@x.com","to":["b@x.com"],"text":"t","cc":null,"notBefore":null}`),
+		"500 recipients":         with(t, map[string]any{"to": addrs(300), "cc": addrs(100), "bcc": addrs(100)}),
+		"3 MiB inline":           with(t, map[string]any{"attachments": []any{map[string]any{"name": "a", "contentBase64": b64(MaxInlineAttachmentBytes)}}}),
+		"2048-character subject": with(t, map[string]any{"subject": strings.Repeat("s", 2048)}),
+		"html only":              with(t, map[string]any{"text": nil, "html": "<p>x</p>"}),
+		"bcc only":               with(t, map[string]any{"to": nil, "bcc": []string{"a@x.com"}}),
+		"128-char id":            with(t, map[string]any{"id": strings.Repeat("a", 128)}),
+		"32 metadata keys":       with(t, map[string]any{"metadata": metadata(32, 64, 1024)}),
+		"8 KiB headers":          with(t, map[string]any{"headers": map[string]string{"X-A": strings.Repeat("v", 8192-3)}}),
+		"null optional field":    []byte(`{"from":"a@x.com","to":["b@x.com"],"text":"t","cc":null,"notBefore":null}`),
 	} {
 		if _, err := DecodeJob(b); err != nil {
 			t.Errorf("%s: %v", name, err)
@@ -126,7 +126,7 @@ func TestDecodeJobInvalid(t *testing.T) {
 		{"two from mailboxes", with(t, map[string]any{"from": "a@x.com, b@x.com"}), "from", "", "RFC 5322"},
 		{"no recipients", with(t, map[string]any{"to": nil}), "to", "", "at least one recipient"},
 		{"empty recipients", with(t, map[string]any{"to": []string{}}), "to", "", "at least one recipient"},
-		{"bad to", with(t, map[string]any{"to": []string{"a@x.com", "b@x.com", "bob@@x"}}), "to[2]", "", `"bob@@x" is not an RFC 5322 mailbox`},
+		{"bad to", with(t, map[string]any{"to": []string{"a@x.com", "b@x.com", "bob@@x"}}), "to[2]", "", "to[2]: not an RFC 5322 mailbox"},
 		{"bad cc", with(t, map[string]any{"cc": []string{"nope"}}), "cc[0]", "", "RFC 5322"},
 		{"bad bcc", with(t, map[string]any{"bcc": []string{"<>"}}), "bcc[0]", "", "RFC 5322"},
 		{"bad replyTo", with(t, map[string]any{"replyTo": []string{"x"}}), "replyTo[0]", "", "RFC 5322"},
@@ -134,8 +134,8 @@ func TestDecodeJobInvalid(t *testing.T) {
 		{"10000 recipients", with(t, map[string]any{"to": addrs(10000)}), "to", "", "10000 recipients"},
 		{"CRLF in subject", with(t, map[string]any{"subject": "hi\r\nBcc: evil@x.com"}), "subject", "", "CR, LF"},
 		{"LF in subject", with(t, map[string]any{"subject": "hi\nthere"}), "subject", "", "CR, LF"},
-		{"NUL in subject", with(t, map[string]any{"subject": "hi\x00"}), "subject", "", "CR, LF or NUL"},
-		{"subject too long", with(t, map[string]any{"subject": strings.Repeat("s", 2049)}), "subject", "", "2049 bytes"},
+		{"NUL in subject", with(t, map[string]any{"subject": "hi\x00"}), "subject", "", "control character"},
+		{"subject too long", with(t, map[string]any{"subject": strings.Repeat("s", 2049)}), "subject", "", "2049 characters"},
 		{"CRLF in display name", with(t, map[string]any{"to": []string{"Eve\r\nBcc: x@y.com <eve@x.com>"}}), "to[0]", "", "CR, LF"},
 		{"CRLF in quoted display name", with(t, map[string]any{"to": []string{"\"Eve\r\nBcc: x@y.com\" <eve@x.com>"}}), "to[0]", "", "CR, LF"},
 		{"encoded CRLF in display name", with(t, map[string]any{"to": []string{"=?utf-8?q?Eve=0D=0ABcc:_x@y.com?= <eve@x.com>"}}), "to[0]", "", "RFC 5322"},
@@ -147,7 +147,7 @@ func TestDecodeJobInvalid(t *testing.T) {
 		{"CRLF in header name", with(t, map[string]any{"headers": map[string]string{"X-A\r\nBcc": "v"}}), `headers["X-A\r\nBcc"]`, "", "header name"},
 		{"colon in header name", with(t, map[string]any{"headers": map[string]string{"X-A:b": "v"}}), `headers["X-A:b"]`, "", "header name"},
 		{"space in header name", with(t, map[string]any{"headers": map[string]string{"X-A b": "v"}}), `headers["X-A b"]`, "", "header name"},
-		{"CRLF in header value", with(t, map[string]any{"headers": map[string]string{"X-A": "v\r\nBcc: evil@x.com"}}), `headers["X-A"]`, "", "value contains CR, LF"},
+		{"CRLF in header value", with(t, map[string]any{"headers": map[string]string{"X-A": "v\r\nBcc: evil@x.com"}}), `headers["X-A"]`, "", "value contains a control character"},
 		{"reserved header", with(t, map[string]any{"headers": map[string]string{"x-mailworker-job-id": "v"}}), `headers["x-mailworker-job-id"]`, "", "reserved"},
 		{"headers too big", with(t, map[string]any{"headers": map[string]string{"X-A": strings.Repeat("v", 8190)}}), "headers", "", "8193 bytes"},
 		{"attachment name missing", att(map[string]any{"objectRef": "r"}).bytes(t), "attachments[0].name", "", "required"},
@@ -168,13 +168,28 @@ func TestDecodeJobInvalid(t *testing.T) {
 			map[string]any{"name": "a", "contentBase64": b64(2 << 20)},
 			map[string]any{"name": "b", "contentBase64": b64(1<<20 + 1)},
 		}}), "attachments", ReasonMessageTooLarge, "not supported yet"},
-		{"importance", with(t, map[string]any{"importance": "urgent"}), "importance", "", `"urgent" is not one of`},
+		{"importance", with(t, map[string]any{"importance": "urgent"}), "importance", "", "not one of"},
 		{"importance case", with(t, map[string]any{"importance": "High"}), "importance", "", "not one of"},
 		{"expiresAt before notBefore", with(t, map[string]any{"notBefore": "2026-01-02T00:00:00Z", "expiresAt": "2026-01-01T00:00:00Z"}), "expiresAt", "", "after notBefore"},
 		{"expiresAt equals notBefore", with(t, map[string]any{"notBefore": "2026-01-02T00:00:00Z", "expiresAt": "2026-01-02T00:00:00Z"}), "expiresAt", "", "after notBefore"},
+		{"ESC in subject", with(t, map[string]any{"subject": "\x1b]0;pwned\x07"}), "subject", "", "control character"},
+		{"C1 in subject", with(t, map[string]any{"subject": "a\u009b2J"}), "subject", "", "control character"},
+		{"DEL in header value", with(t, map[string]any{"headers": map[string]string{"X-A": "a\x7f"}}), `headers["X-A"]`, "", "control character"},
+		{"ESC in display name", with(t, map[string]any{"to": []string{"a@x.com", "Eve\x1b[2J <eve@x.com>"}}), "to[1]", "", "to[1]: contains a control character"},
+		{"C1 in display name", with(t, map[string]any{"cc": []string{"Eve\u0085 <eve@x.com>"}}), "cc[0]", "", "control character"},
+		{"five headers", with(t, map[string]any{"headers": map[string]string{"X-A": "1", "X-B": "2", "X-C": "3", "X-D": "4", "X-E": "5"}}), "headers", "", "5 headers, over the limit of 4"},
+		{"X-MS-Exchange header", with(t, map[string]any{"headers": map[string]string{"X-MS-Exchange-Organization-SCL": "-1"}}), `headers["X-MS-Exchange-Organization-SCL"]`, "", "reserved"},
+		{"x-ms-exchange header", with(t, map[string]any{"headers": map[string]string{"x-ms-exchange-foo": "1"}}), `headers["x-ms-exchange-foo"]`, "", "reserved"},
+		{"null header value", []byte(`{"from":"a@x.com","to":["b@x.com"],"text":"t","headers":{"X-A":null}}`), `headers["X-A"]`, "", "null"},
+		{"null metadata value", []byte(`{"from":"a@x.com","to":["b@x.com"],"text":"t","metadata":{"k":null}}`), `metadata["k"]`, "", "null"},
+		{"empty id", with(t, map[string]any{"id": ""}), "id", "", "is empty"},
+		{"field name case", with(t, map[string]any{"Subject": "s"}), "Subject", "", "did you mean subject?"},
+		{"attachment field name case", att(map[string]any{"name": "a", "objectref": "r"}).bytes(t), "attachments[0].objectref", "", "did you mean objectRef?"},
+		{"lower-case timestamp", with(t, map[string]any{"notBefore": "2026-11-30t04:00:00z"}), "notBefore", "", "RFC 3339"},
+		{"space in timestamp", with(t, map[string]any{"expiresAt": "2026-11-30 04:00:00Z"}), "expiresAt", "", "RFC 3339"},
 		{"too many metadata keys", with(t, map[string]any{"metadata": metadata(33, 4, 1)}), "metadata", "", "33 keys"},
-		{"metadata key too long", with(t, map[string]any{"metadata": metadata(1, 65, 1)}), "metadata[", "", "key is 65 bytes"},
-		{"metadata value too long", with(t, map[string]any{"metadata": metadata(1, 4, 1025)}), `metadata["000k"]`, "", "value is 1025 bytes"},
+		{"metadata key too long", with(t, map[string]any{"metadata": metadata(1, 65, 1)}), "metadata[", "", "key is 65 characters"},
+		{"metadata value too long", with(t, map[string]any{"metadata": metadata(1, 4, 1025)}), `metadata["000k"]`, "", "value is 1025 characters"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -232,6 +247,36 @@ func TestErrorMessagesDoNotEchoLongInput(t *testing.T) {
 		}
 		if n := strings.Count(err.Error(), "x"); n > 100+len("x") && !strings.HasPrefix(err.Error(), long) {
 			t.Errorf("message echoes %d bytes of input: %.120s", n, err.Error())
+		}
+	}
+}
+
+// TestErrorMessagesCarryNoPersonalData: a validation error names the field
+// that failed, never the address, display name or other value in it. These
+// messages reach logs, status events and dead-letter records.
+func TestErrorMessagesCarryNoPersonalData(t *testing.T) {
+	const secret = "Ann Secretname"
+	const addr = "ann.secret@private.example"
+	for name, b := range map[string][]byte{
+		"bad to":           with(t, map[string]any{"to": []string{"x@y.com", "x@y.com", secret + " <" + addr + ">>"}}),
+		"bad cc":           with(t, map[string]any{"cc": []string{addr + "@"}}),
+		"CRLF bcc":         with(t, map[string]any{"bcc": []string{secret + "\r\n <" + addr + ">"}}),
+		"ESC from":         with(t, map[string]any{"from": secret + "\x1b <" + addr + ">"}),
+		"encoded CRLF":     with(t, map[string]any{"to": []string{"=?utf-8?q?" + strings.ReplaceAll(secret, " ", "_") + "=0D=0A?= <" + addr + ">"}}),
+		"bad replyTo":      with(t, map[string]any{"replyTo": []string{secret}}),
+		"id is an address": with(t, map[string]any{"id": addr}),
+		"importance":       with(t, map[string]any{"importance": secret}),
+		"subject":          with(t, map[string]any{"subject": secret + "\n" + addr}),
+		"header value":     with(t, map[string]any{"headers": map[string]string{"X-A": addr + "\r\n"}}),
+	} {
+		_, err := DecodeJob(b)
+		if err == nil {
+			t.Fatalf("%s: accepted", name)
+		}
+		for _, pii := range []string{"Secretname", "ann.secret", "private.example"} {
+			if strings.Contains(err.Error(), pii) {
+				t.Errorf("%s: message %q carries %q", name, err, pii)
+			}
 		}
 	}
 }
