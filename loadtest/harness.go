@@ -191,7 +191,7 @@ func (h *harness) newEnv(ctx context.Context, spec runSpec, dir string) (*env, e
 
 	e.fake, err = graphtest.New(graphtest.Options{TenantID: tenantID, ClientID: clientID, ClientSecret: e.secret,
 		Latency: spec.Latency, LatencyJitter: spec.Jitter, MaxConcurrentPerMailbox: spec.FakeMaxPerBox,
-		PerMailboxPerMinute: spec.FakePerMinute})
+		SimulatedPerMinuteThrottle: spec.FakePerMinute})
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ type runSpec struct {
 	Latency          time.Duration
 	Jitter           time.Duration
 	FakeMaxPerBox    int // graphtest MaxConcurrentPerMailbox (-1 = unlimited)
-	FakePerMinute    int
+	FakePerMinute    int // graphtest SimulatedPerMinuteThrottle: a simulated 429 past N a minute (not documented Graph behaviour)
 	BadRetryAfterSec int
 }
 

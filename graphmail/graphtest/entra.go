@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -77,9 +79,15 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("Application with identifier '%s' was not found in the directory '%s'.", cid, s.opts.TenantID))
 		return
 	}
-	if scope := strings.TrimSpace(f.Get("scope")); !hasDefaultScope(scope) {
+	scope := strings.TrimSpace(f.Get("scope"))
+	if !hasDefaultScope(scope) {
 		s.tokenError(w, http.StatusBadRequest, "invalid_scope", 1002012,
 			fmt.Sprintf("The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", scope))
+		return
+	}
+	if res := strings.TrimSuffix(strings.Fields(scope)[0], "/.default"); strings.TrimRight(res, "/") != s.opts.GraphAudience && res != graphAppID {
+		s.tokenError(w, http.StatusBadRequest, "invalid_resource", 500011,
+			fmt.Sprintf("The resource principal named %s was not found in the tenant named %s. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.", res, s.opts.TenantID))
 		return
 	}
 	secret, assertion := f.Get("client_secret"), f.Get("client_assertion")
@@ -102,13 +110,12 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 				fmt.Sprintf("client_assertion_type must be '%s'.", assertionType))
 			return
 		}
-		cert, err := s.verifyAssertion(assertion)
+		u, aadsts, err := s.verifyAssertion(assertion)
 		if err != nil {
-			s.tokenError(w, http.StatusUnauthorized, "invalid_client", 700027,
-				"Client assertion failed signature validation or claims validation: "+err.Error())
+			s.tokenError(w, http.StatusUnauthorized, "invalid_client", aadsts, err.Error())
 			return
 		}
-		used = CertificateThumbprint(cert)
+		used = u
 	default:
 		s.tokenError(w, http.StatusUnauthorized, "invalid_client", 7000218,
 			"The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
@@ -138,13 +145,34 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	s.logf("graphtest: token issued to %s (expires_in %ds)", s.opts.ClientID, int(lifetime.Seconds()))
 
 	secs := int64(lifetime / time.Second)
-	w.Header().Set("Cache-Control", "no-store, no-cache")
-	writeJSON(w, http.StatusOK, map[string]any{
+	resp := map[string]any{
 		"token_type":     "Bearer",
 		"expires_in":     secs,
 		"ext_expires_in": secs,
 		"access_token":   tok,
-	})
+	}
+	if ri := s.refreshIn(lifetime); ri > 0 {
+		resp["refresh_in"] = int64(ri / time.Second)
+	}
+	w.Header().Set("Cache-Control", "no-store, no-cache")
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// graphAppID is Microsoft Graph's well-known application id, which a scope may name instead
+// of the resource URI.
+const graphAppID = "00000003-0000-0000-c000-000000000000"
+
+// refreshIn is the refresh_in of a token of this lifetime (Options.RefreshIn).
+func (s *Server) refreshIn(lifetime time.Duration) time.Duration {
+	switch ri := s.opts.RefreshIn; {
+	case ri > 0:
+		return min(ri, lifetime)
+	case ri < 0:
+		return 0
+	case lifetime >= 2*time.Hour:
+		return lifetime / 2
+	}
+	return 0
 }
 
 func hasDefaultScope(scope string) bool {
@@ -172,16 +200,18 @@ func (s *Server) tokenError(w http.ResponseWriter, status int, code string, aads
 	s.tokenFailures.Add(1)
 	s.logf("graphtest: token request failed: %d %s AADSTS%d", status, code, aadsts)
 	traceID, corrID := newGUID(), newGUID()
-	ts := time.Now().UTC().Format("2006-01-02 15:04:05Z")
+	ts := s.opts.Now().UTC().Format("2006-01-02 15:04:05Z")
+	// Entra's error_description is multi-line: the AADSTS code and text, then the ids that find
+	// the failure in the sign-in logs, separated by CR LF.
 	writeJSON(w, status, map[string]any{
 		"error": code,
-		"error_description": fmt.Sprintf("AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s",
+		"error_description": fmt.Sprintf("AADSTS%d: %s\r\nTrace ID: %s\r\nCorrelation ID: %s\r\nTimestamp: %s",
 			aadsts, desc, traceID, corrID, ts),
 		"error_codes":    []int{aadsts},
 		"timestamp":      ts,
 		"trace_id":       traceID,
 		"correlation_id": corrID,
-		"error_uri":      s.url + "/error?code=" + fmt.Sprint(aadsts),
+		"error_uri":      s.url + "/error?code=" + strconv.Itoa(aadsts),
 	})
 }
 
@@ -197,38 +227,128 @@ func (s *Server) secretRegistered(secret string) bool {
 	return false
 }
 
-// verifyAssertion checks a client assertion JWT: an RS256 or PS256 signature by
-// the key of one of the app's certificates (the one its x5t/x5t#S256 names,
-// when present), aud = the token endpoint, iss = sub = ClientID, and exp/nbf
-// within clockSkew. It returns the certificate that verified it.
-func (s *Server) verifyAssertion(jwt string) (*x509.Certificate, error) {
+// FederatedCredential is a federated identity credential of the app registration (workload
+// identity federation): Entra accepts a client assertion issued by Issuer for Subject with one
+// of Audiences, signed by the issuer's key. Entra fetches that key from the issuer's OIDC
+// discovery document (JWKS); the fake is given it.
+type FederatedCredential struct {
+	Issuer    string
+	Subject   string
+	Audiences []string         // default ["api://AzureADTokenExchange"]
+	Key       crypto.PublicKey // the issuer's signing key (*rsa.PublicKey)
+}
+
+// DefaultFederatedAudience is the audience Entra recommends for federated identity credentials.
+const DefaultFederatedAudience = "api://AzureADTokenExchange"
+
+// assertionHeader and assertionClaims are what the fake reads of a client assertion JWT.
+type assertionHeader struct {
+	Alg     string `json:"alg"`
+	X5t     string `json:"x5t"`
+	X5tS256 string `json:"x5t#S256"`
+}
+
+type assertionClaims struct {
+	Aud json.RawMessage `json:"aud"`
+	Iss string          `json:"iss"`
+	Sub string          `json:"sub"`
+	Exp *json.Number    `json:"exp"`
+	Nbf *json.Number    `json:"nbf"`
+}
+
+// verifyAssertion checks a client assertion JWT and returns the credential that verified it as
+// IssuedWith names it, or the AADSTS code and text Entra answers:
+//
+//   - iss = sub = ClientID: a certificate assertion. RS256 or PS256 signature by one of the app's
+//     certificates (the one its x5t/x5t#S256 names, when present), aud = the token endpoint;
+//     a bad signature is AADSTS700027.
+//   - any other iss: a federated assertion (workload identity), checked against Options.Federated:
+//     no credential with that issuer is AADSTS700211; issuer known but subject or audience not
+//     matching is AADSTS70021; a bad signature AADSTS700027.
+//   - either: exp required, exp/nbf within clockSkew, else AADSTS700024.
+func (s *Server) verifyAssertion(jwt string) (used string, aadsts int, err error) {
+	const invalid = 700027
+	parts := strings.Split(jwt, ".")
+	if len(parts) != 3 {
+		return "", invalid, errors.New("Client assertion failed signature validation: malformed JWT.")
+	}
+	var hdr assertionHeader
+	if err := decodeSegment(parts[0], &hdr); err != nil {
+		return "", invalid, fmt.Errorf("Client assertion failed signature validation: header: %w.", err)
+	}
+	var claims assertionClaims
+	if err := decodeSegment(parts[1], &claims); err != nil {
+		return "", invalid, fmt.Errorf("Client assertion contains invalid claims: %w.", err)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil {
+		return "", invalid, errors.New("Client assertion failed signature validation: signature is not base64url.")
+	}
+	if hdr.Alg != "RS256" && hdr.Alg != "PS256" {
+		return "", invalid, fmt.Errorf("Client assertion failed signature validation: unsupported alg %q.", hdr.Alg)
+	}
+	signed := []byte(parts[0] + "." + parts[1])
+
+	if claims.Iss == s.opts.ClientID {
+		cert, err := s.verifyCertSignature(hdr, signed, sig)
+		if err != nil {
+			return "", invalid, err
+		}
+		if claims.Sub != s.opts.ClientID {
+			return "", invalid, errors.New("Client assertion contains invalid claims: iss and sub must both be the client id.")
+		}
+		if !s.audienceOK(claims.Aud) {
+			return "", invalid, errors.New("Client assertion audience claim does not match the token endpoint.")
+		}
+		if code, err := s.checkAssertionTime(claims); err != nil {
+			return "", code, err
+		}
+		return CertificateThumbprint(cert), 0, nil
+	}
+
+	var byIssuer []FederatedCredential
+	for _, fc := range s.opts.Federated {
+		if fc.Issuer == claims.Iss {
+			byIssuer = append(byIssuer, fc)
+		}
+	}
+	if len(byIssuer) == 0 {
+		return "", 700211, fmt.Errorf("No matching federated identity record found for presented assertion issuer '%s'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion.", claims.Iss)
+	}
+	auds := audiences(claims.Aud)
+	var match *FederatedCredential
+	for i, fc := range byIssuer {
+		want := fc.Audiences
+		if len(want) == 0 {
+			want = []string{DefaultFederatedAudience}
+		}
+		if fc.Subject == claims.Sub && slices.ContainsFunc(auds, func(a string) bool { return slices.Contains(want, a) }) {
+			match = &byIssuer[i]
+			break
+		}
+	}
+	if match == nil {
+		return "", 70021, fmt.Errorf("No matching federated identity record found for presented assertion. Assertion Issuer: '%s'. Assertion Subject: '%s'. Assertion Audience: '%s'.",
+			claims.Iss, claims.Sub, strings.Join(auds, ","))
+	}
+	pub, ok := match.Key.(*rsa.PublicKey)
+	if !ok || verifyRSA(pub, hdr.Alg, signed, sig) != nil {
+		return "", invalid, errors.New("Client assertion failed signature validation with the key of the federated issuer.")
+	}
+	if code, err := s.checkAssertionTime(claims); err != nil {
+		return "", code, err
+	}
+	return "federated:" + claims.Iss + "|" + claims.Sub, 0, nil
+}
+
+// verifyCertSignature finds the registered certificate that signed the assertion.
+func (s *Server) verifyCertSignature(hdr assertionHeader, signed, sig []byte) (*x509.Certificate, error) {
 	s.credMu.Lock()
 	certs := s.certs
 	s.credMu.Unlock()
 	if len(certs) == 0 {
-		return nil, errors.New("no certificate credential is registered for the application")
+		return nil, errors.New("Client assertion failed signature validation: no certificate credential is registered for the application.")
 	}
-	parts := strings.Split(jwt, ".")
-	if len(parts) != 3 {
-		return nil, errors.New("malformed JWT")
-	}
-	var hdr struct {
-		Alg     string `json:"alg"`
-		X5t     string `json:"x5t"`
-		X5tS256 string `json:"x5t#S256"`
-	}
-	if err := decodeSegment(parts[0], &hdr); err != nil {
-		return nil, fmt.Errorf("header: %w", err)
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil {
-		return nil, errors.New("signature is not base64url")
-	}
-	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	if hdr.Alg != "RS256" && hdr.Alg != "PS256" {
-		return nil, fmt.Errorf("unsupported alg %q", hdr.Alg)
-	}
-	var cert *x509.Certificate
 	for _, c := range certs {
 		if hdr.X5tS256 != "" {
 			h := sha256.Sum256(c.Raw)
@@ -242,77 +362,65 @@ func (s *Server) verifyAssertion(jwt string) (*x509.Certificate, error) {
 				continue
 			}
 		}
-		pub, ok := c.PublicKey.(*rsa.PublicKey)
-		if !ok {
-			continue
-		}
-		if hdr.Alg == "RS256" {
-			err = rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig)
-		} else {
-			err = rsa.VerifyPSS(pub, crypto.SHA256, digest[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto})
-		}
-		if err == nil {
-			cert = c
-			break
+		if pub, ok := c.PublicKey.(*rsa.PublicKey); ok && verifyRSA(pub, hdr.Alg, signed, sig) == nil {
+			return c, nil
 		}
 	}
-	if cert == nil {
-		if hdr.X5t != "" || hdr.X5tS256 != "" {
-			return nil, errors.New("no registered certificate matches the assertion's thumbprint and signature")
-		}
-		return nil, errors.New("signature does not verify with a registered certificate")
+	if hdr.X5t != "" || hdr.X5tS256 != "" {
+		return nil, errors.New("Client assertion failed signature validation: no registered certificate matches the assertion's thumbprint and signature.")
 	}
+	return nil, errors.New("Client assertion failed signature validation: the signature does not verify with a registered certificate.")
+}
 
-	var claims struct {
-		Aud json.RawMessage `json:"aud"`
-		Iss string          `json:"iss"`
-		Sub string          `json:"sub"`
-		Exp *json.Number    `json:"exp"`
-		Nbf *json.Number    `json:"nbf"`
+func verifyRSA(pub *rsa.PublicKey, alg string, signed, sig []byte) error {
+	digest := sha256.Sum256(signed)
+	if alg == "RS256" {
+		return rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig)
 	}
-	if err := decodeSegment(parts[1], &claims); err != nil {
-		return nil, fmt.Errorf("claims: %w", err)
-	}
-	if claims.Iss != s.opts.ClientID || claims.Sub != s.opts.ClientID {
-		return nil, errors.New("iss and sub must be the client id")
-	}
-	if !s.audienceOK(claims.Aud) {
-		return nil, errors.New("aud must be the token endpoint")
-	}
+	return rsa.VerifyPSS(pub, crypto.SHA256, digest[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto})
+}
+
+// checkAssertionTime applies exp and nbf with clockSkew: AADSTS700024 when out of range.
+func (s *Server) checkAssertionTime(c assertionClaims) (int, error) {
+	const code = 700024
 	now := s.opts.Now()
-	if claims.Exp == nil {
-		return nil, errors.New("exp is required")
+	if c.Exp == nil {
+		return 700023, errors.New("Client assertion contains invalid claims: exp is required.")
 	}
-	exp, err := claims.Exp.Float64()
+	exp, err := c.Exp.Float64()
 	if err != nil {
-		return nil, errors.New("exp is not a number")
+		return 700023, errors.New("Client assertion contains invalid claims: exp is not a number.")
 	}
-	if now.Add(-clockSkew).After(time.Unix(int64(exp), 0)) {
-		return nil, errors.New("assertion has expired")
-	}
-	if claims.Nbf != nil {
-		nbf, err := claims.Nbf.Float64()
-		if err != nil {
-			return nil, errors.New("nbf is not a number")
-		}
-		if now.Add(clockSkew).Before(time.Unix(int64(nbf), 0)) {
-			return nil, errors.New("assertion is not yet valid")
+	var nbf float64
+	if c.Nbf != nil {
+		if nbf, err = c.Nbf.Float64(); err != nil {
+			return 700023, errors.New("Client assertion contains invalid claims: nbf is not a number.")
 		}
 	}
-	return cert, nil
+	expT, nbfT := time.Unix(int64(exp), 0).UTC(), time.Unix(int64(nbf), 0).UTC()
+	if now.Add(-clockSkew).After(expT) || (c.Nbf != nil && now.Add(clockSkew).Before(nbfT)) {
+		const f = "2006-01-02T15:04:05Z"
+		return code, fmt.Errorf("Client assertion is not within its valid time range. Current time: %s, assertion valid from %s, expiry time of assertion %s.",
+			now.UTC().Format(f), nbfT.Format(f), expT.Format(f))
+	}
+	return 0, nil
+}
+
+// audiences reads an aud claim: a string or an array of strings.
+func audiences(raw json.RawMessage) []string {
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		return []string{one}
+	}
+	var list []string
+	_ = json.Unmarshal(raw, &list)
+	return list
 }
 
 // audienceOK accepts the token endpoint (v2 or v1 path, any host name the client used to reach
 // this server) or the issuer, as a string or in an array.
 func (s *Server) audienceOK(raw json.RawMessage) bool {
-	var list []string
-	var one string
-	if err := json.Unmarshal(raw, &one); err == nil {
-		list = []string{one}
-	} else if err := json.Unmarshal(raw, &list); err != nil {
-		return false
-	}
-	for _, aud := range list {
+	for _, aud := range audiences(raw) {
 		if aud == s.tokenURL || aud == s.issuer {
 			return true
 		}
@@ -362,7 +470,7 @@ func (s *Server) accessToken(now time.Time, lifetime time.Duration, roles []stri
 		return base64.RawURLEncoding.EncodeToString(b)
 	}
 	claims := map[string]any{
-		"aud": "https://graph.microsoft.com", "iss": s.issuer, "tid": s.opts.TenantID,
+		"aud": s.opts.GraphAudience, "iss": s.issuer, "tid": s.opts.TenantID,
 		"appid": s.opts.ClientID, "idtyp": "app",
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(lifetime).Unix(),
 	}

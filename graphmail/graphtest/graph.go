@@ -146,7 +146,7 @@ func (s *Server) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	req, attachments, gerr := readSendMail(r)
+	req, attachments, gerr := s.readSendMail(r)
 	if gerr != nil {
 		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
 		return
@@ -160,7 +160,7 @@ func (s *Server) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		}
 		if wait := s.admitRate(st, now); wait > 0 {
 			s.graphError(w, r, key, http.StatusTooManyRequests, "ApplicationThrottled",
-				"Application is over its MessageRate limit.", strconv.Itoa(wait))
+				"graphtest: simulated per-minute throttle (Options.SimulatedPerMinuteThrottle); not a documented Graph response.", strconv.Itoa(wait))
 			return
 		}
 		d := s.opts.Latency
@@ -230,10 +230,10 @@ func (s *Server) nextFaultLocked(key string) *Fault {
 	return &c
 }
 
-// admitRate applies PerMailboxPerMinute: it records an admitted send and returns 0, or returns
+// admitRate applies SimulatedPerMinuteThrottle: it records an admitted send and returns 0, or returns
 // the whole seconds (>= 1) until a slot in the rolling window frees.
 func (s *Server) admitRate(st *mailboxState, now time.Time) int {
-	limit := s.opts.PerMailboxPerMinute
+	limit := s.opts.SimulatedPerMinuteThrottle
 	if limit <= 0 {
 		return 0
 	}
@@ -292,10 +292,10 @@ func resetConn(w http.ResponseWriter) {
 }
 
 // readSendMail reads and validates the request body; it returns the request, the decoded
-// attachment contents (parallel to req.Message.Attachments) or a Graph error.
-func readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
-	tooLarge := &graphErr{http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
-		fmt.Sprintf("The maximum request length supported is %d bytes.", MaxRequestBytes)}
+// attachment contents (parallel to req.Message.Attachments) or a Graph error. The checks, in
+// order, and the Microsoft source each follows are listed in README.md.
+func (s *Server) readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
+	tooLarge := s.tooLarge()
 	if r.ContentLength > MaxRequestBytes {
 		return nil, nil, tooLarge
 	}
@@ -306,6 +306,9 @@ func readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
 	if len(body) > MaxRequestBytes {
 		return nil, nil, tooLarge
 	}
+	if gerr := schema.checkSendMail(body); gerr != nil {
+		return nil, nil, gerr
+	}
 	var req sendMailRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, nil, &graphErr{http.StatusBadRequest, "RequestBodyRead", "Invalid JSON in the request body: " + err.Error()}
@@ -313,20 +316,6 @@ func readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
 	m := req.Message
 	if m == nil {
 		return nil, nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRequest", "Empty Payload. JSON content expected: the 'message' property is required."}
-	}
-	if m.Body != nil {
-		switch strings.ToLower(m.Body.ContentType) {
-		case "", "text", "html":
-		default:
-			return nil, nil, &graphErr{http.StatusBadRequest, "RequestBodyRead",
-				"Requested value '" + m.Body.ContentType + "' was not found for property 'contentType'."}
-		}
-	}
-	switch strings.ToLower(m.Importance) {
-	case "", "low", "normal", "high":
-	default:
-		return nil, nil, &graphErr{http.StatusBadRequest, "RequestBodyRead",
-			"Requested value '" + m.Importance + "' was not found for property 'importance'."}
 	}
 	lists := [][]graphRecipient{m.ToRecipients, m.CcRecipients, m.BccRecipients, m.ReplyTo}
 	n := 0
@@ -345,10 +334,8 @@ func readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
 		return nil, nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRecipients",
 			"At least one recipient is required, but none were found."}
 	}
-	// At most 5 internetMessageHeaders per message:
-	// https://learn.microsoft.com/en-us/graph/api/resources/internetmessageheader
-	// and Microsoft Q&A (400 InvalidInternetMessageHeaderCollection past it).
-	if len(m.InternetMessageHeaders) > 5 {
+	// 1 to 5 internetMessageHeaders when present (README.md: Microsoft Q&A 762243, msgraph-sdk-dotnet#2208).
+	if m.InternetMessageHeaders != nil && (len(m.InternetMessageHeaders) == 0 || len(m.InternetMessageHeaders) > MaxInternetMessageHeaders) {
 		return nil, nil, &graphErr{http.StatusBadRequest, "InvalidInternetMessageHeaderCollection",
 			"Maximum number of headers in one message should be less than or equal to 5."}
 	}
@@ -362,7 +349,7 @@ func readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
 	for i, a := range m.Attachments {
 		if a.ODataType != fileAttachmentType {
 			return nil, nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRequest",
-				"Attachment '" + a.Name + "' must have @odata.type '" + fileAttachmentType + "'."}
+				"graphtest: only '" + fileAttachmentType + "' attachments are supported by the fake."}
 		}
 		if a.Name == "" {
 			return nil, nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRequest", "Attachment name is required."}
@@ -375,6 +362,15 @@ func readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
 		contents[i] = b
 	}
 	return &req, contents, nil
+}
+
+// tooLarge is the answer to a request over MaxRequestBytes, in the form Options.TooLargeAs400 picks.
+func (s *Server) tooLarge() *graphErr {
+	if s.opts.TooLargeAs400 {
+		return &graphErr{http.StatusBadRequest, "BadRequest", "Maximum request length exceeded."}
+	}
+	return &graphErr{http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
+		fmt.Sprintf("The maximum request length supported is %d bytes.", MaxRequestBytes)}
 }
 
 func plausibleAddress(a string) bool {
@@ -413,7 +409,7 @@ func (s *Server) graphError(w http.ResponseWriter, r *http.Request, key string, 
 	}
 	inner := map[string]string{
 		"request-id": reqID,
-		"date":       time.Now().UTC().Format("2006-01-02T15:04:05"),
+		"date":       s.opts.Now().UTC().Format("2006-01-02T15:04:05"),
 	}
 	if crid != "" {
 		inner["client-request-id"] = crid

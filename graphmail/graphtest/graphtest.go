@@ -43,26 +43,49 @@ import (
 	"time"
 )
 
-// MaxRequestBytes is the largest sendMail request body Graph accepts (4 MB).
+// MaxRequestBytes is the largest sendMail request body Graph accepts: 4 MB, the whole JSON
+// request (base64 attachments included), 4,194,304 bytes (README.md, "Sources").
 const MaxRequestBytes = 4 * 1024 * 1024
+
+// MaxInternetMessageHeaders is the most internetMessageHeaders Graph accepts on one message.
+const MaxInternetMessageHeaders = 5
 
 // Options configures a Server. The zero value is usable.
 type Options struct {
-	Addr                    string                           // listen address; "" = 127.0.0.1:0
-	TenantID                string                           // default "test-tenant"
-	ClientID                string                           // default "test-client"
-	ClientSecret            string                           // accepted secret; "" = secrets not accepted
-	Certificate             *x509.Certificate                // accepted for client_assertion (RS256/PS256 JWT); nil = assertions not accepted
-	Roles                   []string                         // application permissions in the tokens' roles claim (admin consent, e.g. "Mail.Send"); nil = none, as with Exchange RBAC only
-	TokenLifetime           time.Duration                    // default 1h (expires_in)
-	Mailboxes               []string                         // mailboxes that exist (case-insensitive); nil = every address exists
-	Scope                   []string                         // mailboxes inside the app's RBAC scope; nil = all existing mailboxes
-	Latency                 time.Duration                    // added to every accepted sendMail
-	LatencyJitter           time.Duration                    // uniform extra 0..jitter
-	MaxConcurrentPerMailbox int                              // default 4; negative = unlimited
-	PerMailboxPerMinute     int                              // 0 = off; else a rolling 60 s window per mailbox
-	OutDir                  string                           // if set, write each accepted message as <jobid-or-n>.eml and .json
-	Logf                    func(format string, args ...any) // optional
+	Addr                    string            // listen address; "" = 127.0.0.1:0
+	TenantID                string            // default "test-tenant"
+	ClientID                string            // default "test-client"
+	ClientSecret            string            // accepted secret; "" = secrets not accepted
+	Certificate             *x509.Certificate // accepted for client_assertion (RS256/PS256 JWT); nil = assertions not accepted
+	Roles                   []string          // application permissions in the tokens' roles claim (admin consent, e.g. "Mail.Send"); nil = none, as with Exchange RBAC only
+	TokenLifetime           time.Duration     // default 1h (expires_in)
+	Mailboxes               []string          // mailboxes that exist (case-insensitive); nil = every address exists
+	Scope                   []string          // mailboxes inside the app's RBAC scope; nil = all existing mailboxes
+	Latency                 time.Duration     // added to every accepted sendMail
+	LatencyJitter           time.Duration     // uniform extra 0..jitter
+	MaxConcurrentPerMailbox int               // default 4; negative = unlimited
+	// SimulatedPerMinuteThrottle is a fault knob, a simulation and not Graph's behaviour: when
+	// > 0, a mailbox's sends past this many in a rolling 60 s window are answered 429
+	// ApplicationThrottled with Retry-After. Exchange Online limits a mailbox to 30 messages a
+	// minute, but Microsoft documents no 429 for it (past it Exchange queues or rejects the
+	// mail); load tests use the knob to exercise the worker's Retry-After path. 0 (default) = off.
+	SimulatedPerMinuteThrottle int
+	// TooLargeAs400 picks how a request over MaxRequestBytes is refused: 413 (default) or
+	// 400 BadRequest "Maximum request length exceeded." — Graph has answered both (README.md).
+	TooLargeAs400 bool
+	// RefreshIn is the refresh_in (seconds) put in token responses, telling MSAL when to refresh
+	// proactively. 0 = Entra's observed behaviour: half the lifetime for tokens of 2 hours or
+	// more, none below; negative = never send it.
+	RefreshIn time.Duration
+	// GraphAudience is the resource this cloud's Graph answers to, the aud of the tokens issued
+	// (default "https://graph.microsoft.com"; e.g. "https://graph.microsoft.us" for US Gov). A
+	// token request for another resource is refused with AADSTS500011, as Entra does.
+	GraphAudience string
+	// Federated lists the app's federated identity credentials (workload identity): a client
+	// assertion whose iss is not the client id is checked against them. nil = none.
+	Federated []FederatedCredential
+	OutDir    string                           // if set, write each accepted message as <jobid-or-n>.eml and .json
+	Logf      func(format string, args ...any) // optional
 
 	// Now is the server's clock (token expiry, rate windows, Retry-After bookkeeping);
 	// default time.Now.
@@ -88,6 +111,10 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.GraphAudience == "" {
+		o.GraphAudience = "https://graph.microsoft.com"
+	}
+	o.GraphAudience = strings.TrimRight(o.GraphAudience, "/")
 	return o
 }
 
@@ -99,8 +126,8 @@ func (o Options) validate() error {
 		return errors.New("graphtest: Options.Latency must not be negative")
 	case o.LatencyJitter < 0:
 		return errors.New("graphtest: Options.LatencyJitter must not be negative")
-	case o.PerMailboxPerMinute < 0:
-		return errors.New("graphtest: Options.PerMailboxPerMinute must not be negative")
+	case o.SimulatedPerMinuteThrottle < 0:
+		return errors.New("graphtest: Options.SimulatedPerMinuteThrottle must not be negative")
 	}
 	return nil
 }
@@ -184,7 +211,7 @@ type Server struct {
 type mailboxState struct {
 	inFlight   int
 	retryUntil time.Time   // Retry-After last given to this mailbox
-	window     []time.Time // ring buffer of admitted sends, len <= PerMailboxPerMinute
+	window     []time.Time // ring buffer of admitted sends, len <= SimulatedPerMinuteThrottle
 	next       int         // ring index of the oldest entry once full
 }
 
@@ -353,7 +380,7 @@ func (s *Server) Throttled() int { return int(s.throttled.Load()) }
 // Retry-After it was last given (by a limit or a fault) had elapsed.
 func (s *Server) InRetryAfter() int { return int(s.inRetryAfter.Load()) }
 
-// Duplicates counts accepted messages whose job id (client-request-id) had already been accepted.
+// Duplicates counts accepted messages whose job id (Message.JobID) had already been accepted.
 func (s *Server) Duplicates() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -3,6 +3,7 @@ package graphtest_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -211,6 +213,20 @@ func fullMail() map[string]any {
 		},
 		"saveToSentItems": true,
 	}
+}
+
+// withJobID sets the message's only internet message header to X-Mailworker-Job-Id: id.
+func withJobID(body map[string]any, id string) map[string]any {
+	body["message"].(map[string]any)["internetMessageHeaders"] = []map[string]string{{"name": "X-Mailworker-Job-Id", "value": id}}
+	return body
+}
+
+// newGUID returns a random version 4 GUID, as a client-request-id should be.
+func newGUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -465,7 +481,7 @@ func TestSendMailErrors(t *testing.T) {
 		{"no recipients", tok, mailbox, noRcpt, 400, "ErrorInvalidRecipients"},
 		{"invalid recipient", tok, mailbox, badAddr, 400, "ErrorInvalidRecipients"},
 		{"non X- header", tok, mailbox, badHeader, 400, "InvalidInternetMessageHeader"},
-		{"attachment without odata type", tok, mailbox, badAttach, 400, "ErrorInvalidRequest"},
+		{"attachment without odata type", tok, mailbox, badAttach, 400, "RequestBodyRead"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -559,8 +575,8 @@ func TestConcurrencyLimitAndInRetryAfter(t *testing.T) {
 	})
 }
 
-func TestPerMailboxPerMinute(t *testing.T) {
-	s := newServer(t, graphtest.Options{PerMailboxPerMinute: 2})
+func TestSimulatedPerMinuteThrottle(t *testing.T) {
+	s := newServer(t, graphtest.Options{SimulatedPerMinuteThrottle: 2})
 	tok := token(t, s)
 	for i := range 2 {
 		if r := send(t, s, tok, mailbox, "", simpleMail("a@example.com")); r.status != 202 {
@@ -710,8 +726,9 @@ func TestOutDir(t *testing.T) {
 	dir := t.TempDir()
 	s := newServer(t, graphtest.Options{OutDir: dir})
 	tok := token(t, s)
-	send(t, s, tok, mailbox, "job-42", fullMail())
-	send(t, s, tok, mailbox, "job-42", simpleMail("a@example.com"))
+	// The job id is the X-Mailworker-Job-Id header (client-request-id is a fresh GUID per request).
+	send(t, s, tok, mailbox, newGUID(), withJobID(fullMail(), "job-42"))
+	send(t, s, tok, mailbox, newGUID(), withJobID(simpleMail("a@example.com"), "job-42"))
 	send(t, s, tok, mailbox, "../evil", simpleMail("a@example.com"))
 
 	var m graphtest.Message
@@ -727,7 +744,7 @@ func TestOutDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"From: <" + mailbox + ">", "To: \"N a@example.com\" <a@example.com>", "Cc: ", "Subject: =?utf-8?q?",
-		"Message-ID: <", "Date: ", "X-Mailworker-Job-Id: job-1", "multipart/mixed; boundary=", "filename=report.pdf", "Content-ID: <logo>"} {
+		"Message-ID: <", "Date: ", "X-Mailworker-Job-Id: job-42", "multipart/mixed; boundary=", "filename=report.pdf", "Content-ID: <logo>"} {
 		if !bytes.Contains(eml, []byte(want)) {
 			t.Errorf("eml lacks %q:\n%s", want, eml)
 		}

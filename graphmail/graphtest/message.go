@@ -19,8 +19,9 @@ import (
 
 // Message is a sendMail request the fake accepted.
 type Message struct {
-	JobID           string            `json:"jobId"` // client-request-id header
-	From            string            `json:"from"`  // the {id} of the request URL
+	JobID           string            `json:"jobId"`           // the X-Mailworker-Job-Id internet message header, else the client-request-id
+	ClientRequestID string            `json:"clientRequestId"` // the client-request-id request header
+	From            string            `json:"from"`            // the {id} of the request URL
 	To              []string          `json:"to"`
 	Cc              []string          `json:"cc"`
 	Bcc             []string          `json:"bcc"`
@@ -56,10 +57,20 @@ func addresses(list []graphRecipient) []string {
 	return out
 }
 
-func buildMessage(jobID, from, reqID string, req *sendMailRequest, contents [][]byte, now time.Time) Message {
+// JobIDHeader is the internet message header in which mailworker stamps the job id.
+const JobIDHeader = "X-Mailworker-Job-Id"
+
+func buildMessage(crid, from, reqID string, req *sendMailRequest, contents [][]byte, now time.Time) Message {
 	m := req.Message
+	jobID := crid
+	for _, h := range m.InternetMessageHeaders {
+		if strings.EqualFold(h.Name, JobIDHeader) && h.Value != "" {
+			jobID = h.Value
+		}
+	}
 	msg := Message{
 		JobID:           jobID,
+		ClientRequestID: crid,
 		From:            from,
 		To:              addresses(m.ToRecipients),
 		Cc:              addresses(m.CcRecipients),
