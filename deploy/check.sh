@@ -73,6 +73,9 @@ run "grafana dashboard JSON parses (jq)" dashboard_json
 run "grafana dashboard PromQL parses (promtool)" dashboard_promql
 run "metric names in alerts + dashboard exist (README table)" check_metric_names monitoring/alerts.yaml monitoring/grafana-dashboard.json
 run "alert runbook_url anchors exist in docs/runbook.md" runbook_anchors
+# Static only (no PowerShell here): brackets/quoting balance, no "$($x:fmt)", no space after a
+# continuation backtick, #Requires, SupportsShouldProcess. It does not prove the scripts parse or run.
+run "PowerShell static checks (go test ./deploy)" bash -c 'cd .. && go test -count=1 -run PowerShell ./deploy/'
 run "kubernetes manifests + NATS accounts (go test, kubernetes/validate)" bash -c 'cd kubernetes/validate && go vet ./... && go test -count=1 ./...'
 
 if ((failed)); then echo "deploy/check.sh: FAILED"; exit 1; fi

@@ -4,8 +4,9 @@
     Shared helpers for the mailworker Entra ID scripts (Microsoft Graph PowerShell SDK).
 .NOTES
     Imported by New-MailworkerApp.ps1, Update-MailworkerCertificate.ps1 and Test-TenantWideMailSend.ps1.
-    Needs the Microsoft.Graph.Authentication and Microsoft.Graph.Applications modules:
-        Install-Module Microsoft.Graph.Authentication, Microsoft.Graph.Applications -Scope CurrentUser
+    Needs the Microsoft.Graph.Authentication and Microsoft.Graph.Applications modules (and
+    Microsoft.Graph.Users for New-MailworkerApp.ps1 -Owner):
+        Install-Module Microsoft.Graph.Authentication, Microsoft.Graph.Applications, Microsoft.Graph.Users -Scope CurrentUser
 #>
 Set-StrictMode -Version Latest
 
@@ -115,9 +116,12 @@ function Read-MailworkerCertificate {
     [CmdletBinding()]
     param([Parameter(Mandatory)][string] $Path)
     $text = Get-Content -Raw -Path $Path -ErrorAction Stop
-    if ($text -match '-----BEGIN CERTIFICATE-----') {
-        return [System.Security.Cryptography.X509Certificates.X509Certificate2]::CreateFromPem(
-            ($text | Select-String -Pattern '(?s)-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----').Matches[0].Value)
+    if ($text -match '(?s)-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----') {
+        # The first certificate of the file. (X509Certificate2.CreateFromPem takes a ReadOnlySpan<char>,
+        # which PowerShell's method binder cannot be relied on to convert from a string: decode the
+        # base64 body and use the byte[] constructor instead.)
+        $der = [System.Convert]::FromBase64String(($Matches[1] -replace '\s', ''))
+        return [System.Security.Cryptography.X509Certificates.X509Certificate2]::new($der)
     }
     return [System.Security.Cryptography.X509Certificates.X509Certificate2]::new((Resolve-Path $Path).Path)
 }
@@ -167,19 +171,22 @@ function Add-MailworkerKeyCredential {
         return
     }
     if ($Certificate.NotAfter -lt (Get-Date).AddDays(30)) {
-        Write-Warning "Certificate $($Certificate.Thumbprint) expires on $($Certificate.NotAfter:u), in less than 30 days."
+        Write-Warning "Certificate $($Certificate.Thumbprint) expires on $($Certificate.NotAfter.ToUniversalTime().ToString('u')), in less than 30 days."
     }
-    $keep = foreach ($k in $existing) {
+    # @(foreach ...) is an empty array when there is nothing to keep ($keep = foreach ... would be
+    # $null, and @($null) a one-element array that sends a null credential to Graph).
+    $keep = @(foreach ($k in $existing) {
         @{ KeyId = $k.KeyId; Type = $k.Type; Usage = $k.Usage; DisplayName = $k.DisplayName
            CustomKeyIdentifier = $k.CustomKeyIdentifier; StartDateTime = $k.StartDateTime; EndDateTime = $k.EndDateTime }
-    }
-    $all = @($keep) + @(ConvertTo-KeyCredential -Certificate $Certificate)
+    })
+    $all = $keep + @(ConvertTo-KeyCredential -Certificate $Certificate)
     if ($PSCmdlet.ShouldProcess($Application.DisplayName, "Add certificate $($Certificate.Thumbprint) (keeping $($existing.Count) existing)")) {
         Update-MgApplication -ApplicationId $Application.Id -KeyCredentials $all
-        $after = @((Get-MgApplication -ApplicationId $Application.Id -Property 'id,keyCredentials').KeyCredentials)
-        $lost = $existing | Where-Object { $_.KeyId -notin $after.KeyId }
-        if ($lost) { throw "Existing certificate(s) $($lost.KeyId -join ', ') disappeared after the update: re-add them now (verify in your tenant)." }
-        Write-Host "Added certificate $($Certificate.Thumbprint) (valid until $($Certificate.NotAfter:u)) to $($Application.DisplayName)."
+        $afterIds = @((Get-MgApplication -ApplicationId $Application.Id -Property 'id,keyCredentials').KeyCredentials |
+            Where-Object { $_ } | ForEach-Object { $_.KeyId })
+        $lost = @($existing | Where-Object { $_.KeyId -notin $afterIds })
+        if ($lost) { throw "Existing certificate(s) $(($lost | ForEach-Object { $_.KeyId }) -join ', ') disappeared after the update: re-add them now (verify in your tenant)." }
+        Write-Host "Added certificate $($Certificate.Thumbprint) (valid until $($Certificate.NotAfter.ToUniversalTime().ToString('u'))) to $($Application.DisplayName)."
     }
 }
 

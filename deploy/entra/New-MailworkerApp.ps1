@@ -116,14 +116,18 @@ elseif ($PSCmdlet.ShouldProcess($displayName, 'Create app registration')) {
 }
 
 # 2. Owners.
-if ($app) {
-    $owners = @(Get-MgApplicationOwner -ApplicationId $app.Id -All -ErrorAction SilentlyContinue)
+if ($app -and $Owner) {
+    Import-Module Microsoft.Graph.Users -ErrorAction Stop # Get-MgUser
+    $ownerIds = @(Get-MgApplicationOwner -ApplicationId $app.Id -All -ErrorAction SilentlyContinue | ForEach-Object { $_.Id })
+    # directoryObjects URL of this cloud's Graph (graph.microsoft.us for US Gov, ...).
+    $graphEndpoint = (Get-MgEnvironment | Where-Object { $_.Name -eq $ctx.Environment } | Select-Object -First 1).GraphEndpoint
+    if (-not $graphEndpoint) { $graphEndpoint = 'https://graph.microsoft.com' }
     foreach ($upn in $Owner) {
         $user = Get-MgUser -UserId $upn -ErrorAction SilentlyContinue
         if (-not $user) { Write-Warning "Owner $upn not found; skipped."; continue }
-        if ($owners.Id -contains $user.Id) { continue }
+        if ($ownerIds -contains $user.Id) { continue }
         if ($PSCmdlet.ShouldProcess($displayName, "Add owner $upn")) {
-            New-MgApplicationOwnerByRef -ApplicationId $app.Id -OdataId "https://graph.microsoft.com/v1.0/directoryObjects/$($user.Id)"
+            New-MgApplicationOwnerByRef -ApplicationId $app.Id -OdataId "$graphEndpoint/v1.0/directoryObjects/$($user.Id)"
             Write-Host "Added owner $upn."
         }
     }
@@ -175,8 +179,8 @@ if ($sp) {
 $result = [pscustomobject]@{
     DisplayName              = $displayName
     TenantId                 = $ctx.TenantId
-    AppId                    = $app.AppId
-    ApplicationObjectId      = $app.Id
+    AppId                    = if ($app) { $app.AppId } else { $null }
+    ApplicationObjectId      = if ($app) { $app.Id } else { $null }
     ServicePrincipalObjectId = if ($sp) { $sp.Id } else { $null }
     CertificateThumbprint    = if ($cert) { $cert.Thumbprint } else { $null }
     CertificateNotAfter      = if ($cert) { $cert.NotAfter.ToUniversalTime() } else { $null }

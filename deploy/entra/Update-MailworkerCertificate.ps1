@@ -131,7 +131,7 @@ switch -Wildcard ($PSCmdlet.ParameterSetName) {
     }
     'Remove' {
         $certs = @(Get-CertificateList)
-        $target = $certs | Where-Object { $_.Thumbprint -eq $Thumbprint.ToUpperInvariant() }
+        $target = $certs | Where-Object { $_.Thumbprint -eq $Thumbprint.ToUpperInvariant() } | Select-Object -First 1
         if (-not $target) {
             Write-Host "Certificate $Thumbprint is not on $displayName (already removed?): nothing to do."
             return
@@ -140,12 +140,14 @@ switch -Wildcard ($PSCmdlet.ParameterSetName) {
         if (-not $othersValid -and -not $Force) {
             throw "Certificate $Thumbprint is the last valid certificate of $displayName; removing it stops all mail of this profile. Use -Force if that is intended (offboarding)."
         }
-        $keep = @((Get-MgApplication -ApplicationId $app.Id -Property 'id,keyCredentials').KeyCredentials) |
+        # @(...) around the whole pipeline: an empty array when nothing is kept (-Force on the last
+        # certificate), not $null, which @($keep) would turn into a one-element array holding $null.
+        $keep = @(@((Get-MgApplication -ApplicationId $app.Id -Property 'id,keyCredentials').KeyCredentials) |
             Where-Object { $_ -and $_.KeyId -ne $target.KeyId } |
             ForEach-Object { @{ KeyId = $_.KeyId; Type = $_.Type; Usage = $_.Usage; DisplayName = $_.DisplayName
-                                CustomKeyIdentifier = $_.CustomKeyIdentifier; StartDateTime = $_.StartDateTime; EndDateTime = $_.EndDateTime } }
+                                CustomKeyIdentifier = $_.CustomKeyIdentifier; StartDateTime = $_.StartDateTime; EndDateTime = $_.EndDateTime } })
         if ($PSCmdlet.ShouldProcess($displayName, "Remove certificate $Thumbprint (expires $($target.NotAfter))")) {
-            Update-MgApplication -ApplicationId $app.Id -KeyCredentials @($keep)
+            Update-MgApplication -ApplicationId $app.Id -KeyCredentials $keep
             Write-Host "Removed certificate $Thumbprint from $displayName."
         }
         Get-CertificateList

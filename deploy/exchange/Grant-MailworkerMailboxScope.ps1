@@ -117,14 +117,14 @@ else {
 }
 
 # 2. Mark the approved mailboxes.
-$mailboxes = foreach ($m in $Mailbox) {
+$mailboxes = @(foreach ($m in $Mailbox) {
     $mbx = Get-Mailbox -Identity $m -ErrorAction SilentlyContinue
     if (-not $mbx) { throw "Mailbox '$m' not found (Graph would answer 404 ErrorInvalidUser / MailboxNotEnabledForRESTAPI)." }
     if ($mbx.RecipientTypeDetails -ne 'SharedMailbox') {
         Write-Warning "$m is a $($mbx.RecipientTypeDetails), not a shared mailbox. The standard approves shared mailboxes only."
     }
     $mbx
-}
+})
 if ($PSCmdlet.ParameterSetName -eq 'Attribute') {
     foreach ($mbx in $mailboxes) {
         $current = $mbx.$AttributeName
@@ -145,9 +145,12 @@ if ($PSCmdlet.ParameterSetName -eq 'Attribute') {
 else {
     $group = Get-Group -Identity $ScopeGroup -ErrorAction SilentlyContinue
     if (-not $group) { throw "Group '$ScopeGroup' not found." }
-    $members = @(Get-DistributionGroupMember -Identity $group.Identity -ResultSize Unlimited -ErrorAction SilentlyContinue)
+    # Addresses as strings, collected with ForEach-Object: member access on an empty array is not
+    # relied on under Set-StrictMode -Version Latest.
+    $memberAddresses = @(Get-DistributionGroupMember -Identity $group.Identity -ResultSize Unlimited -ErrorAction SilentlyContinue |
+        ForEach-Object { "$($_.PrimarySmtpAddress)" })
     foreach ($mbx in $mailboxes) {
-        if ($members.PrimarySmtpAddress -contains $mbx.PrimarySmtpAddress) { continue }
+        if ($memberAddresses -contains "$($mbx.PrimarySmtpAddress)") { continue }
         if ($PSCmdlet.ShouldProcess($ScopeGroup, "Add member $($mbx.PrimarySmtpAddress)")) {
             Add-DistributionGroupMember -Identity $group.Identity -Member $mbx.Identity -BypassSecurityGroupManagerCheck
             Write-Host "Added $($mbx.PrimarySmtpAddress) to $ScopeGroup."

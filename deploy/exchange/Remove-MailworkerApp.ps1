@@ -31,6 +31,8 @@
     The custom attribute used by Grant-MailworkerMailboxScope.ps1 (default CustomAttribute15).
 .PARAMETER RemoveEntraApp
     Also delete the Entra app registration 'mailworker-<AppName>'.
+.PARAMETER Environment
+    Microsoft cloud of the Entra tenant for -RemoveEntraApp: Global, USGov, USGovDoD, China.
 
 .EXAMPLE
     ./Remove-MailworkerApp.ps1 -AppName billing -ClearMailboxAttribute -WhatIf
@@ -51,6 +53,9 @@ param(
     [string] $AttributeName = 'CustomAttribute15',
 
     [switch] $RemoveEntraApp,
+
+    [ValidateSet('Global', 'USGov', 'USGovDoD', 'China')]
+    [string] $Environment = 'Global',
 
     [string] $Organization
 )
@@ -84,8 +89,9 @@ foreach ($a in $assignments) {
 $scope = Get-ManagementScope -Identity $n.Scope -ErrorAction SilentlyContinue
 if (-not $scope) { Write-Host "Management scope '$($n.Scope)' does not exist (already removed)." }
 else {
-    $users = @(Get-ManagementRoleAssignment -ErrorAction SilentlyContinue | Where-Object { $_.CustomResourceScope -eq $n.Scope -and $_.Name -notin $assignments.Name })
-    if ($users) { Write-Warning "Scope '$($n.Scope)' is still used by: $($users.Name -join ', '). Not removed." }
+    $removed = @($assignments | ForEach-Object { $_.Name }) # not $assignments.Name: it may be empty (strict mode)
+    $users = @(Get-ManagementRoleAssignment -ErrorAction SilentlyContinue | Where-Object { $_.CustomResourceScope -eq $n.Scope -and $_.Name -notin $removed })
+    if ($users) { Write-Warning "Scope '$($n.Scope)' is still used by: $(($users | ForEach-Object { $_.Name }) -join ', '). Not removed." }
     elseif ($PSCmdlet.ShouldProcess($n.Scope, 'Remove-ManagementScope')) {
         Remove-ManagementScope -Identity $n.Scope -Confirm:$false
         Write-Host "Removed management scope '$($n.Scope)'."
@@ -116,7 +122,7 @@ if ($ClearMailboxAttribute) {
 if ($RemoveEntraApp) {
     Import-Module Microsoft.Graph.Applications -ErrorAction Stop
     Import-Module (Join-Path $PSScriptRoot '..' 'entra' 'MailworkerEntra.psm1') -Force
-    Connect-MailworkerGraph -Scopes 'Application.ReadWrite.All' | Out-Null
+    Connect-MailworkerGraph -Scopes 'Application.ReadWrite.All' -Environment $Environment | Out-Null
     $app = Get-MailworkerApplication -DisplayName $n.ServicePrincipal
     if (-not $app) { Write-Host "App registration '$($n.ServicePrincipal)' does not exist (already removed)." }
     elseif ($PSCmdlet.ShouldProcess("$($n.ServicePrincipal) ($($app.AppId))", 'Delete Entra app registration (restorable for 30 days)')) {
