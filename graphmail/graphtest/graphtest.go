@@ -6,18 +6,24 @@
 // authority AuthorityURL(), confidential.WithHTTPClient(Client()) and
 // confidential.WithInstanceDiscovery(false).
 //
+// Each behaviour follows a Microsoft source, listed per behaviour in README.md next to this file;
+// what Microsoft does not document (Options.SimulatedPerMinuteThrottle) is a knob, off by default.
 // Graph behaviour for sendMail, in the order checks are made:
 //
 //  1. bearer token present, issued by this server and unexpired, else 401 InvalidAuthenticationToken;
 //  2. scripted faults (Script), then persistent faults (SetMailboxFault, SetFault);
 //  3. mailbox exists (Options.Mailboxes), else 404 ErrorInvalidUser;
 //  4. mailbox in the RBAC scope (Options.Scope), else 403 ErrorAccessDenied;
-//  5. body at most 4 MB, else 413 RequestEntityTooLarge;
-//  6. Graph-shaped JSON, else 400 ErrorInvalidRequest / RequestBodyRead; at least one recipient,
-//     else 400 ErrorInvalidRecipients; at most 5 internet message headers, else 400
-//     InvalidInternetMessageHeaderCollection; X- header names only, else 400 InvalidInternetMessageHeader;
-//  7. per-mailbox concurrency and per-minute limits, else 429 ApplicationThrottled with Retry-After;
-//  8. Options.Latency, then the message is recorded and 202 Accepted is answered.
+//  5. whole request at most 4 MB, else 413 RequestEntityTooLarge (or 400 BadRequest with
+//     Options.TooLargeAs400);
+//  6. the body conforms to Graph's v1.0 CSDL for sendMail (testdata/graph-v1.0-sendmail.csdl.xml),
+//     else 400 RequestBodyRead;
+//  7. at least one valid recipient, else 400 ErrorInvalidRecipients; 1 to 5 internetMessageHeaders
+//     when present, else 400 InvalidInternetMessageHeaderCollection; X- names only, else 400
+//     InvalidInternetMessageHeader;
+//  8. per-mailbox concurrency (Outlook: 4), and the simulated per-minute throttle when enabled,
+//     else 429 ApplicationThrottled with Retry-After;
+//  9. Options.Latency, then the message is recorded and 202 Accepted is answered.
 //
 // Concurrency is counted from the moment an authenticated request for a mailbox arrives until it
 // is answered, so requests held by a Delay fault or by Latency occupy a slot.
