@@ -18,7 +18,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // PowerShell runs on our machines. What it proves, and only that:
 //
 //   - brackets ( ) { } [ ] balance outside strings and comments, with PowerShell's quoting:
-//     '...' ('' escapes), "..." (` escapes, $( ) subexpressions nested inside), here-strings
+//     single-quoted strings (a doubled quote escapes one), "..." (backtick escapes, $( ) subexpressions nested inside), here-strings
 //     @'/@" that open at the end of a line and close with '@/"@ at the start of one, # and <# #>
 //     comments;
 //   - no C#-style format specifier in a subexpression ("$($x.NotAfter:u)" does not parse; use
