@@ -77,7 +77,18 @@ type Config struct {
 	// OnToken, if set, is called with what each access token fetched from
 	// Entra grants (cache hits are not reported). See TokenInfo.
 	OnToken func(TokenInfo)
+	// MaxRecipientsPerMessage caps to+cc+bcc of one message: the tenant's
+	// Exchange recipient limit, 500 by default, which an Exchange admin can set
+	// from 1 to 1,000 (Exchange Online limits, sending limits). 0 = 500.
+	MaxRecipientsPerMessage int
+	// AllowedHeaders, when not nil, lists the internet message header names
+	// (case-insensitive) a message may carry besides X-Mailworker-Job-Id: each
+	// distinct X- name uses a named property of the mailbox, a finite quota.
+	AllowedHeaders []string
 }
+
+// DefaultMaxRecipientsPerMessage is Exchange Online's default recipient limit.
+const DefaultMaxRecipientsPerMessage = 500
 
 // TokenInfo is what an app-only access token says about the app's rights.
 type TokenInfo struct {
@@ -145,6 +156,9 @@ type Client struct {
 	onToken    func(ok bool)
 	onTokenInf func(TokenInfo)
 
+	maxRecipients  int
+	allowedHeaders map[string]struct{} // lower-case names; nil = any
+
 	// cred is the credential in use and the MSAL client built on it;
 	// SetCredential swaps it (rotation without restart).
 	cred atomic.Pointer[credState]
@@ -163,6 +177,20 @@ type Client struct {
 	failUntil time.Time
 	failErr   *contract.SendError
 	failures  int
+
+	// localFault is the last token failure when it was a local credential fault
+	// (Error.Local), cleared by the next token obtained; see CredentialFault.
+	localFault atomic.Pointer[contract.SendError]
+}
+
+// CredentialFault returns the local credential fault (a missing or empty
+// federated token file) that made the last token request fail, or nil: a
+// configuration error for readiness and alerts, not an Entra outage.
+func (c *Client) CredentialFault() error {
+	if e := c.localFault.Load(); e != nil {
+		return e
+	}
+	return nil
 }
 
 // credState is one credential and the MSAL client that presents it. It is
@@ -186,6 +214,29 @@ const (
 type cachedToken struct {
 	value    string
 	useUntil time.Time
+}
+
+// refreshRetry is how long a token past its refresh_in is served without asking MSAL again
+// when MSAL's proactive refresh failed (MSAL then keeps serving the token it has).
+const refreshRetry = 30 * time.Second
+
+// useUntil is when the fast path stops serving a token MSAL returned: tokenMargin before it
+// expires, or its refresh_in (RefreshOn) when that comes first, so that MSAL refreshes it
+// proactively as it intends (MSAL Go: apps/internal/base/base.go, AcquireTokenSilent). A token
+// already past its refresh_in (MSAL's refresh failed and it served the cached one) is asked
+// about again after refreshRetry, not on every send.
+func useUntil(expiresOn, refreshOn, now time.Time) time.Time {
+	until := expiresOn.Add(-tokenMargin)
+	if !refreshOn.IsZero() && refreshOn.Before(until) {
+		until = refreshOn
+	}
+	if !until.After(now) {
+		until = now.Add(refreshRetry)
+		if end := expiresOn.Add(-tokenMargin); end.Before(until) {
+			until = end
+		}
+	}
+	return until
 }
 
 // tokenMargin is how long before expiry a token stops being served from the
@@ -230,6 +281,19 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout < 0 {
 		return nil, errors.New("graphmail: Timeout must not be negative")
 	}
+	if cfg.MaxRecipientsPerMessage < 0 || cfg.MaxRecipientsPerMessage > 1000 {
+		return nil, fmt.Errorf("graphmail: MaxRecipientsPerMessage %d: Exchange allows 1 to 1000", cfg.MaxRecipientsPerMessage)
+	}
+	var allowed map[string]struct{}
+	if cfg.AllowedHeaders != nil {
+		allowed = make(map[string]struct{}, len(cfg.AllowedHeaders))
+		for _, h := range cfg.AllowedHeaders {
+			if len(h) < 3 || !strings.EqualFold(h[:2], "x-") {
+				return nil, fmt.Errorf("graphmail: AllowedHeaders: %q does not start with X- (Graph accepts only X- names)", h)
+			}
+			allowed[strings.ToLower(h)] = struct{}{}
+		}
+	}
 	c := &Client{
 		name:       cfg.Name,
 		http:       cfg.HTTPClient,
@@ -240,6 +304,12 @@ func New(cfg Config) (*Client, error) {
 		timeout:    cfg.Timeout,
 		onToken:    cfg.OnTokenRequest,
 		onTokenInf: cfg.OnToken,
+
+		maxRecipients:  cfg.MaxRecipientsPerMessage,
+		allowedHeaders: allowed,
+	}
+	if c.maxRecipients == 0 {
+		c.maxRecipients = DefaultMaxRecipientsPerMessage
 	}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout
@@ -344,13 +414,14 @@ func (c *Client) credential(in Credential, cs *credState) (confidential.Credenti
 		path := in.FederatedTokenFile
 		return confidential.NewCredFromAssertionCallback(func(context.Context, confidential.AssertionRequestOptions) (string, error) {
 			// Re-read every time: the kubelet rotates the projected token.
+			// A fault here is local: nothing has gone to Entra (CredentialFaultError).
 			b, err := os.ReadFile(path)
 			if err != nil {
-				return "", fmt.Errorf("reading Credential.FederatedTokenFile: %w", err)
+				return "", &CredentialFaultError{msg: "reading Credential.FederatedTokenFile: " + err.Error()}
 			}
 			a := strings.TrimSpace(string(b))
 			if a == "" {
-				return "", errors.New("Credential.FederatedTokenFile is empty")
+				return "", &CredentialFaultError{msg: "Credential.FederatedTokenFile " + path + " is empty"}
 			}
 			return a, nil
 		}), nil
@@ -423,12 +494,15 @@ func (c *Client) CertificateNotAfter() (time.Time, bool) {
 func (c *Client) CertificateThumbprint() string { return c.cred.Load().thumbprint }
 
 // Token returns an access token for Graph: the last one MSAL returned while
-// it is more than 5 minutes from expiry (no MSAL call, no lock), else from
-// MSAL's cache or Entra, one caller at a time. Errors are *contract.SendError with Reason
-// "auth_failed" and Class contract.ClassUnavailable (Entra unreachable or failing;
-// RetryAfter says when the next request will be made) or contract.ClassRetryable (the
-// credential was refused); their text never contains secrets, assertions or
-// tokens. A failure is shared with every caller until its back-off ends.
+// it is more than 5 minutes from expiry and before its refresh_in (no MSAL
+// call, no lock), else from MSAL's cache or Entra, one caller at a time.
+// Errors are *contract.SendError with Reason "auth_failed" and Class
+// contract.ClassUnavailable (Entra unreachable or failing; RetryAfter says
+// when the next request will be made) or contract.ClassRetryable (the
+// credential was refused, with Entra's codes and ids in EntraDetails and the
+// message, or a local credential fault, IsCredentialFault); their text never
+// contains secrets, assertions or tokens. A failure is shared with every
+// caller until its back-off ends.
 func (c *Client) Token(ctx context.Context) (string, error) {
 	if t := c.tok.Load(); t != nil && time.Now().Before(t.useUntil) {
 		return t.value, nil
@@ -449,6 +523,10 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 			c.onToken(false)
 		}
 		e := c.tokenError(ctx, err)
+		if IsCredentialFault(e) {
+			cp := *e
+			c.localFault.Store(&cp)
+		}
 		if ctx.Err() == nil { // the caller's own deadline says nothing about Entra
 			c.failures++
 			backoff := min(tokenFailFirst<<min(c.failures-1, 5), tokenFailMax)
@@ -460,6 +538,7 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 		return "", e
 	}
 	c.failures, c.failErr = 0, nil
+	c.localFault.Store(nil)
 	if ar.Metadata.TokenSource == confidential.TokenSourceIdentityProvider {
 		if c.onToken != nil {
 			c.onToken(true)
@@ -469,7 +548,7 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 			c.onTokenInf(TokenInfo{Roles: roles, Readable: ok, ExpiresOn: ar.ExpiresOn})
 		}
 	}
-	c.tok.Store(&cachedToken{value: ar.AccessToken, useUntil: ar.ExpiresOn.Add(-tokenMargin)})
+	c.tok.Store(&cachedToken{value: ar.AccessToken, useUntil: useUntil(ar.ExpiresOn, ar.Metadata.RefreshOn, time.Now())})
 	return ar.AccessToken, nil
 }
 

@@ -1,6 +1,7 @@
 package graphmail
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -9,15 +10,33 @@ import (
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
-// Classify maps a Graph sendMail HTTP status and Graph error code to a class
-// and a reason. Status 0 means no response (network error). It returns (0, "")
-// for 2xx.
-func Classify(status int, code string) (contract.Class, contract.Reason) {
+// Classify maps a Graph sendMail HTTP status, Graph error code and message to
+// a class and a reason. Status 0 means no response (network error). It returns
+// (0, "") for 2xx. The rows and their sources are in docs/microsoft.md and the
+// runbook's troubleshooting table.
+func Classify(status int, code, message string) (contract.Class, contract.Reason) {
 	switch {
 	case status >= 200 && status < 300:
 		return 0, ""
 	case status == 0:
 		return contract.ClassRetryable, ""
+	// By code first: these mean the same whatever status carries them.
+	case strings.EqualFold(code, "ErrorMessageSizeExceeded"):
+		return contract.ClassPermanent, contract.ReasonMessageTooLarge
+	case strings.EqualFold(code, "MailboxNotEnabledForRESTAPI"):
+		// The mailbox is on-premises, inactive or not provisioned for REST.
+		return contract.ClassPermanent, contract.ReasonMailboxNotFound
+	case strings.EqualFold(code, "ErrorQuotaExceeded"):
+		// The sending mailbox is over its storage quota (sendMail saves the message in it):
+		// it heals when space is freed, so bounded retries; the worker decides the end.
+		return contract.ClassRetryable, ""
+	case strings.EqualFold(code, "ErrorAccessDenied") && strings.Contains(strings.ToLower(message), "access to odata is disabled"):
+		// REST/OData access is turned off for the mailbox or organisation (an Exchange
+		// setting, not the RBAC scope): waiting for RBAC propagation will not heal it.
+		return contract.ClassPermanent, contract.ReasonAccessDenied
+	case status == http.StatusBadRequest && strings.Contains(strings.ToLower(message), "maximum request length"):
+		// Graph's 400 form of the 4 MB request cap ("Maximum request length exceeded.").
+		return contract.ClassPermanent, contract.ReasonMessageTooLarge
 	case status == http.StatusBadRequest:
 		if strings.EqualFold(code, "ErrorInvalidRecipients") {
 			return contract.ClassPermanent, contract.ReasonRecipientInvalid
@@ -77,4 +96,72 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return d
 	}
 	return 0
+}
+
+// EntraError is the part of an Entra token error response that finds the request in the
+// sign-in logs (Microsoft Entra error codes reference: error_codes, timestamp, trace_id,
+// correlation_id). It never holds the request, a secret or an assertion. EntraDetails reads
+// it from a token failure.
+type EntraError struct {
+	Codes         []int  // AADSTS codes, e.g. 7000215
+	TraceID       string // GUID
+	CorrelationID string // GUID
+	Timestamp     string // as Entra wrote it, e.g. "2026-11-30 05:33:10Z"
+}
+
+// ids renders the ids alone: "trace-id=… correlation-id=… timestamp=…"; "" for a nil e.
+func (e *EntraError) ids() string {
+	if e == nil {
+		return ""
+	}
+	c := *e
+	c.Codes = nil
+	return c.String()
+}
+
+// String renders the codes and ids: "AADSTS7000215 trace-id=… correlation-id=… timestamp=…".
+func (e *EntraError) String() string {
+	var b strings.Builder
+	for i, c := range e.Codes {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString("AADSTS")
+		b.WriteString(strconv.Itoa(c))
+	}
+	for _, kv := range [3][2]string{{"trace-id", e.TraceID}, {"correlation-id", e.CorrelationID}, {"timestamp", e.Timestamp}} {
+		if kv[1] != "" {
+			if b.Len() > 0 {
+				b.WriteString(" ")
+			}
+			b.WriteString(kv[0])
+			b.WriteString("=")
+			b.WriteString(kv[1])
+		}
+	}
+	return b.String()
+}
+
+// EntraDetails returns the Entra codes and ids of a token failure returned by Token or
+// Send, or nil when err did not come from Entra's token endpoint.
+func EntraDetails(err error) *EntraError {
+	var ae *authError
+	if errors.As(err, &ae) {
+		return ae.entra
+	}
+	return nil
+}
+
+// CredentialFaultError is a credential fault on this machine (the federated token file
+// missing, unreadable or empty), raised before any request to Entra: a configuration
+// error, not an Entra outage. Token and Send wrap it in the *contract.SendError they return
+// (class retryable, reason auth_failed); find it with IsCredentialFault.
+type CredentialFaultError struct{ msg string }
+
+func (e *CredentialFaultError) Error() string { return e.msg }
+
+// IsCredentialFault reports whether err is, or wraps, a local credential fault.
+func IsCredentialFault(err error) bool {
+	var cf *CredentialFaultError
+	return errors.As(err, &cf)
 }

@@ -13,39 +13,48 @@ import (
 func TestClassify(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		status int
-		code   string
-		class  contract.Class
-		reason contract.Reason
+		status  int
+		code    string
+		class   contract.Class
+		reason  contract.Reason
+		message string
 	}{
-		{202, "", 0, ""},
-		{0, "", contract.ClassRetryable, ""},
-		{400, "ErrorInvalidRecipients", contract.ClassPermanent, "recipient_invalid"},
-		{400, "InvalidInternetMessageHeader", contract.ClassPermanent, "graph_rejected"},
-		{400, "ErrorInvalidRequest", contract.ClassPermanent, "graph_rejected"},
-		{400, "", contract.ClassPermanent, "graph_rejected"},
-		{401, "InvalidAuthenticationToken", contract.ClassRetryable, "auth_failed"},
-		{403, "ErrorAccessDenied", contract.ClassRetryable, "access_denied"},
-		{403, "Authorization_RequestDenied", contract.ClassPermanent, "access_denied"},
-		{403, "", contract.ClassPermanent, "access_denied"},
-		{404, "ResourceNotFound", contract.ClassPermanent, "mailbox_not_found"},
-		{404, "ErrorInvalidUser", contract.ClassPermanent, "mailbox_not_found"},
-		{404, "MailboxNotEnabledForRESTAPI", contract.ClassPermanent, "mailbox_not_found"},
-		{408, "", contract.ClassRetryable, ""},
-		{413, "ErrorMessageSizeExceeded", contract.ClassPermanent, "message_too_large"},
-		{429, "ApplicationThrottled", contract.ClassThrottled, ""},
-		{500, "", contract.ClassRetryable, ""},
-		{502, "", contract.ClassRetryable, ""},
-		{503, "", contract.ClassRetryable, ""},
-		{504, "", contract.ClassRetryable, ""},
-		{409, "", contract.ClassPermanent, "graph_rejected"},
-		{415, "", contract.ClassPermanent, "graph_rejected"},
-		{302, "", contract.ClassPermanent, "graph_rejected"},
+		{202, "", 0, "", ""},
+		// Documented sendMail errors classified by code and message (docs/microsoft.md).
+		{400, "BadRequest", contract.ClassPermanent, "message_too_large", "Maximum request length exceeded."},
+		{400, "ErrorMessageSizeExceeded", contract.ClassPermanent, "message_too_large", ""},
+		{500, "ErrorMessageSizeExceeded", contract.ClassPermanent, "message_too_large", ""},
+		{400, "MailboxNotEnabledForRESTAPI", contract.ClassPermanent, "mailbox_not_found", "REST API is not yet supported for this mailbox."},
+		{403, "ErrorQuotaExceeded", contract.ClassRetryable, "", "The mailbox quota has been exceeded."},
+		{500, "ErrorQuotaExceeded", contract.ClassRetryable, "", ""},
+		{403, "ErrorAccessDenied", contract.ClassPermanent, "access_denied", "Access to OData is disabled."},
+		{0, "", contract.ClassRetryable, "", ""},
+		{400, "ErrorInvalidRecipients", contract.ClassPermanent, "recipient_invalid", ""},
+		{400, "InvalidInternetMessageHeader", contract.ClassPermanent, "graph_rejected", ""},
+		{400, "ErrorInvalidRequest", contract.ClassPermanent, "graph_rejected", ""},
+		{400, "", contract.ClassPermanent, "graph_rejected", ""},
+		{401, "InvalidAuthenticationToken", contract.ClassRetryable, "auth_failed", ""},
+		{403, "ErrorAccessDenied", contract.ClassRetryable, "access_denied", ""},
+		{403, "Authorization_RequestDenied", contract.ClassPermanent, "access_denied", ""},
+		{403, "", contract.ClassPermanent, "access_denied", ""},
+		{404, "ResourceNotFound", contract.ClassPermanent, "mailbox_not_found", ""},
+		{404, "ErrorInvalidUser", contract.ClassPermanent, "mailbox_not_found", ""},
+		{404, "MailboxNotEnabledForRESTAPI", contract.ClassPermanent, "mailbox_not_found", ""},
+		{408, "", contract.ClassRetryable, "", ""},
+		{413, "ErrorMessageSizeExceeded", contract.ClassPermanent, "message_too_large", ""},
+		{429, "ApplicationThrottled", contract.ClassThrottled, "", ""},
+		{500, "", contract.ClassRetryable, "", ""},
+		{502, "", contract.ClassRetryable, "", ""},
+		{503, "", contract.ClassRetryable, "", ""},
+		{504, "", contract.ClassRetryable, "", ""},
+		{409, "", contract.ClassPermanent, "graph_rejected", ""},
+		{415, "", contract.ClassPermanent, "graph_rejected", ""},
+		{302, "", contract.ClassPermanent, "graph_rejected", ""},
 	}
 	for _, tt := range tests {
-		class, reason := Classify(tt.status, tt.code)
+		class, reason := Classify(tt.status, tt.code, tt.message)
 		if class != tt.class || reason != tt.reason {
-			t.Errorf("Classify(%d, %q) = %v, %q; want %v, %q", tt.status, tt.code, class, reason, tt.class, tt.reason)
+			t.Errorf("Classify(%d, %q, %q) = %v, %q; want %v, %q", tt.status, tt.code, tt.message, class, reason, tt.class, tt.reason)
 		}
 	}
 }

@@ -83,8 +83,10 @@ func TestIntegrationCredentials(t *testing.T) {
 				if err != nil {
 					t.Fatalf("Send %d: %v", i, err)
 				}
-				if res.Status != 202 || res.RequestID == "" || res.ClientRequestID != fmt.Sprintf("job-%d", i) {
-					t.Errorf("result = %+v", res)
+				msgs := s.Messages()
+				if res.Status != 202 || res.RequestID == "" || len(res.ClientRequestID) != 36 ||
+					len(msgs) != i+1 || msgs[i].ClientRequestID != res.ClientRequestID || msgs[i].RequestID != res.RequestID {
+					t.Errorf("result = %+v (the fake saw %+v)", res, msgs)
 				}
 			}
 			if n := s.TokenRequests(); n != 1 {
@@ -231,7 +233,7 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 			msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
 			_, err := c.Send(context.Background(), msg, fmt.Sprintf("job-%d", i))
 			var e *contract.SendError
-			if !errors.As(err, &e) || e.ClientRequestID != fmt.Sprintf("job-%d", i) {
+			if d := graphmail.EntraDetails(err); !errors.As(err, &e) || d == nil || d.TraceID == "" {
 				t.Errorf("send %d during the outage: %v", i, err)
 			}
 		}()

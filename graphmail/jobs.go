@@ -57,7 +57,7 @@ func (s *Jobs) Send(ctx context.Context, profile, jobID string, job *contract.Jo
 		return contract.SendResult{}, err
 	}
 	return contract.SendResult{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
-		Duration: res.Duration}, nil
+		Date: res.Date, RetryAfter: res.RetryAfter, Duration: res.Duration}, nil
 }
 
 // Message maps a validated job onto Graph's message. Attachments given by

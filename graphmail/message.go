@@ -33,12 +33,30 @@ type Message struct {
 	SaveToSentItems      bool
 }
 
-// Result describes a sendMail call, successful or not.
+// Result describes a sendMail call, successful or not: the last HTTP call in
+// Status, RequestID, ClientRequestID and Date, every call in Calls.
 type Result struct {
 	Status          int // HTTP status of the last response, 0 when none
 	RequestID       string
+	ClientRequestID string    // the GUID sent as client-request-id
+	Date            time.Time // the response's Date header; zero when none
+	// RetryAfter is a Retry-After on a 2xx answer: the mail was accepted, and the
+	// mailbox should pause that long (it must not be sent again).
+	RetryAfter time.Duration
+	Calls      []Call        // every sendMail HTTP call made (two after a 401 refresh)
+	Duration   time.Duration // time spent in sendMail requests (both, after a 401 retry)
+}
+
+// Call identifies one sendMail HTTP call as Microsoft support and message trace know it.
+type Call struct {
+	Status          int
+	RequestID       string
 	ClientRequestID string
-	Duration        time.Duration // time spent in sendMail requests (both, after a 401 retry)
+	Date            time.Time
+}
+
+func (r Result) call() Call {
+	return Call{Status: r.Status, RequestID: r.RequestID, ClientRequestID: r.ClientRequestID, Date: r.Date}
 }
 
 // Graph JSON (https://learn.microsoft.com/graph/api/user-sendmail).

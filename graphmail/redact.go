@@ -59,10 +59,11 @@ func (c *Client) scrubWith(redact []string, s string, extra ...string) string {
 // not be wrapped: errors.CallErr carries the token request (with the client
 // secret or assertion in its body) and its text echoes the response body.
 type authError struct {
-	status int    // token endpoint HTTP status, 0 when none
-	code   string // OAuth "error", e.g. invalid_client
-	msg    string // scrubbed description
-	cause  error  // context error only
+	status int         // token endpoint HTTP status, 0 when none
+	code   string      // OAuth "error", e.g. invalid_client
+	msg    string      // scrubbed description
+	entra  *EntraError // codes and ids for the sign-in logs; nil when none
+	cause  error       // context error, or the *CredentialFaultError
 }
 
 func (e *authError) Error() string {
@@ -80,6 +81,11 @@ func (e *authError) Error() string {
 		b.WriteString(": ")
 		b.WriteString(e.msg)
 	}
+	if ids := e.entra.ids(); ids != "" {
+		b.WriteString(" (")
+		b.WriteString(ids)
+		b.WriteString(")")
+	}
 	return b.String()
 }
 
@@ -88,14 +94,14 @@ func (e *authError) Unwrap() error { return e.cause }
 // tokenError turns an MSAL error into an *contract.SendError without leaking anything.
 func (c *Client) tokenError(ctx context.Context, err error) *contract.SendError {
 	ae := &authError{}
-	var callErr msalerrors.CallErr
+	var (
+		callErr msalerrors.CallErr
+		local   *CredentialFaultError
+	)
 	switch {
 	case errors.As(err, &callErr) && callErr.Resp != nil:
 		ae.status = callErr.Resp.StatusCode
-		var body struct {
-			Error       string `json:"error"`
-			Description string `json:"error_description"`
-		}
+		var body entraErrorBody
 		if callErr.Resp.Body != nil {
 			// MSAL replaced the body with an in-memory copy.
 			_ = json.NewDecoder(callErr.Resp.Body).Decode(&body)
@@ -104,7 +110,12 @@ func (c *Client) tokenError(ctx context.Context, err error) *contract.SendError 
 		if len(ae.code) > 64 {
 			ae.code = ae.code[:64]
 		}
+		// The first line is the AADSTS code and text; the rest repeats the ids kept in entra.
 		ae.msg = c.scrub(firstLine(body.Description))
+		ae.entra = body.entra()
+	case errors.As(err, &local):
+		ae.msg = c.scrub(local.msg)
+		ae.cause = local
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		ae.msg = c.scrub(err.Error())
 		if ctx.Err() != nil {
@@ -124,15 +135,23 @@ func (c *Client) tokenError(ctx context.Context, err error) *contract.SendError 
 	// about the credential: the job waits without spending attempts. A 4xx
 	// (invalid_client, unauthorized_client, AADSTS…) is the credential or the
 	// app registration: retries spend attempts and end in auth_failed.
+	// A local credential fault (local != nil) is a configuration error: retries spend
+	// attempts as for a refused credential, and IsCredentialFault finds it.
 	class := contract.ClassRetryable
-	if ae.status == 0 || ae.status == http.StatusTooManyRequests || ae.status >= 500 {
+	if local == nil && (ae.status == 0 || ae.status == http.StatusTooManyRequests || ae.status >= 500) {
 		class = contract.ClassUnavailable
+	}
+	// The Entra ids travel in Message, so that status events, dead-letter records, logs and
+	// `mailworker check` carry what finds the request in the Entra sign-in logs.
+	msg := ae.msg
+	if ids := ae.entra.ids(); ids != "" {
+		msg += " (" + ids + ")"
 	}
 	return &contract.SendError{
 		Class:   class,
 		Reason:  contract.ReasonAuthFailed,
 		Code:    ae.code,
-		Message: ae.msg,
+		Message: msg,
 		Profile: c.name,
 		Err:     ae,
 	}
@@ -143,4 +162,61 @@ func firstLine(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+// entraErrorBody is Entra's token error response (Microsoft Entra error codes reference).
+type entraErrorBody struct {
+	Error         string `json:"error"`
+	Description   string `json:"error_description"`
+	Codes         []int  `json:"error_codes"`
+	Timestamp     string `json:"timestamp"`
+	TraceID       string `json:"trace_id"`
+	CorrelationID string `json:"correlation_id"`
+}
+
+var (
+	guidRE      = regexp.MustCompile(`^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$`)
+	timestampRE = regexp.MustCompile(`^[0-9][0-9:. TZ+-]{9,39}$`)
+	aadstsRE    = regexp.MustCompile(`^AADSTS([0-9]{1,9}):`)
+)
+
+// entra keeps the codes and ids that find the request in Entra's sign-in logs. Ids are
+// kept only when they have their documented form (GUIDs, a timestamp), so nothing else in
+// the response can travel with them. The description's "Trace ID:" lines are the fallback.
+func (b *entraErrorBody) entra() *EntraError {
+	e := &EntraError{}
+	for _, c := range b.Codes {
+		if c > 0 && len(e.Codes) < 8 {
+			e.Codes = append(e.Codes, c)
+		}
+	}
+	lines := strings.Split(strings.ReplaceAll(b.Description, "\r\n", "\n"), "\n")
+	if len(e.Codes) == 0 && len(lines) > 0 {
+		if m := aadstsRE.FindStringSubmatch(strings.TrimSpace(lines[0])); m != nil {
+			if n, err := strconv.Atoi(m[1]); err == nil {
+				e.Codes = []int{n}
+			}
+		}
+	}
+	field := func(v, label string, re *regexp.Regexp) string {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			for _, l := range lines {
+				if rest, ok := strings.CutPrefix(strings.TrimSpace(l), label+":"); ok {
+					v = strings.TrimSpace(rest)
+				}
+			}
+		}
+		if re.MatchString(v) {
+			return v
+		}
+		return ""
+	}
+	e.TraceID = field(b.TraceID, "Trace ID", guidRE)
+	e.CorrelationID = field(b.CorrelationID, "Correlation ID", guidRE)
+	e.Timestamp = field(b.Timestamp, "Timestamp", timestampRE)
+	if len(e.Codes) == 0 && e.TraceID == "" && e.CorrelationID == "" && e.Timestamp == "" {
+		return nil
+	}
+	return e
 }

@@ -3,8 +3,10 @@ package graphmail
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -18,55 +20,94 @@ import (
 
 const maxErrorBody = 64 << 10
 
+// MaxRequestBytes is Graph's cap on one sendMail request: 4 MB of JSON, base64
+// attachments included (docs/microsoft.md). Send refuses a larger request
+// without calling Graph.
+const MaxRequestBytes = 4 * 1024 * 1024
+
 // Send posts msg to Graph as msg.From (POST /v1.0/users/{From}/sendMail).
-// clientRequestID (the job id) is sent as client-request-id, with
-// return-client-request-id: true, so the call can be found in Microsoft's logs.
+// Every HTTP request carries a fresh GUID as client-request-id (Microsoft's
+// best practices), with return-client-request-id: true; the job id travels in
+// the message's X-Mailworker-Job-Id header (jobID is kept for the signature).
+// The request-id, client-request-id and Date of every call are in Result.Calls,
+// and of the last one in Result and *Error, so that a Microsoft support case or
+// a message trace can name the exact call.
+//
+// Before any call, Send refuses (contract.ClassPermanent) a message whose request would
+// exceed MaxRequestBytes (message_too_large), with more recipients than
+// Config.MaxRecipientsPerMessage, or with a header name outside
+// Config.AllowedHeaders (invalid_job).
 //
 // A token comes from Token (a cache hit nearly always). When Graph answers
 // 401, Send gets a fresh token from Entra once and retries once.
 //
-// Every error is a *contract.SendError: Class and Reason per Classify,
-// Ambiguous when the mail may have been sent anyway (5xx, or a network error
-// or timeout after the request was written), RetryAfter from the Retry-After
-// header, and the request-id/client-request-id of the response. Token
-// failures are as Token returns them (reason auth_failed, class unavailable
-// or retryable) and never ambiguous. The Result is filled in
+// Every error is a *contract.SendError: Class and Reason per Classify, Ambiguous when the
+// mail may have been sent anyway (5xx, or a network error or timeout after the
+// request was written), RetryAfter from the Retry-After header, and the
+// request-id/client-request-id of the response. Token failures are
+// contract.ClassRetryable "auth_failed" and never ambiguous. The Result is filled in
 // on failure as well (Status 0 when there was no response).
-func (c *Client) Send(ctx context.Context, msg *Message, clientRequestID string) (Result, error) {
+func (c *Client) Send(ctx context.Context, msg *Message, jobID string) (Result, error) {
 	if msg == nil || msg.From == "" {
 		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Message: "message without From", ClientRequestID: clientRequestID}
+			Message: "message without From"}
+	}
+	if e := c.checkLimits(msg); e != nil {
+		return Result{}, e
 	}
 	body, err := graphJSON(msg)
 	if err != nil {
 		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Message: "encoding the message", ClientRequestID: clientRequestID, Err: err}
+			Message: "encoding the message", Err: err}
+	}
+	if len(body) > MaxRequestBytes {
+		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: c.name,
+			Message: fmt.Sprintf("the sendMail request would be %d bytes of JSON (attachments count base64-encoded), over Graph's 4 MB (%d bytes) per request", len(body), MaxRequestBytes)}
 	}
 	u := c.sendPrefix + url.PathEscape(msg.From) + "/sendMail"
 
 	tok, err := c.Token(ctx)
 	if err != nil {
-		e := err.(*contract.SendError)
-		e.ClientRequestID = clientRequestID
-		return Result{}, e
+		return Result{}, err
 	}
 	start := time.Now()
-	res, perr := c.post(ctx, u, body, tok, clientRequestID)
+	res, perr := c.post(ctx, u, body, tok)
+	calls := []Call{res.call()}
 	if perr == nil || perr.Status != http.StatusUnauthorized {
-		res.Duration = time.Since(start)
+		res.Duration, res.Calls = time.Since(start), calls
 		return res, nilIfNone(perr)
 	}
 	// 401: the token may have been revoked or issued before a change.
 	fresh, terr := c.refreshToken(ctx, tok)
 	if terr != nil {
-		res.Duration = time.Since(start)
-		e := terr.(*contract.SendError)
-		e.ClientRequestID = clientRequestID
-		return res, e
+		res.Duration, res.Calls = time.Since(start), calls
+		return res, terr
 	}
-	res, perr = c.post(ctx, u, body, fresh, clientRequestID)
-	res.Duration = time.Since(start)
+	res, perr = c.post(ctx, u, body, fresh)
+	res.Duration, res.Calls = time.Since(start), append(calls, res.call())
 	return res, nilIfNone(perr)
+}
+
+// checkLimits applies the profile's limits to msg before anything is sent.
+func (c *Client) checkLimits(msg *Message) *contract.SendError {
+	if n := len(msg.To) + len(msg.Cc) + len(msg.Bcc); n > c.maxRecipients {
+		return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob, Profile: c.name,
+			Message: fmt.Sprintf("%d recipients in to+cc+bcc, over this profile's maxRecipientsPerMessage of %d (the tenant's Exchange recipient limit)", n, c.maxRecipients)}
+	}
+	if c.allowedHeaders == nil {
+		return nil
+	}
+	for _, h := range msg.Headers {
+		if strings.EqualFold(h.Name, contract.HeaderStampJobID) {
+			continue
+		}
+		if _, ok := c.allowedHeaders[strings.ToLower(h.Name)]; !ok {
+			// Header names come from the job: quote them, never print them raw.
+			return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob, Profile: c.name,
+				Message: fmt.Sprintf("headers: %q is not in this profile's allowedHeaders (each distinct X- header name uses a named property of the mailbox, a finite quota)", h.Name)}
+		}
+	}
+	return nil
 }
 
 // nilIfNone avoids returning a typed nil *contract.SendError as a non-nil error.
@@ -83,7 +124,8 @@ type wroteTrace struct {
 	trace httptrace.ClientTrace
 }
 
-func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid string) (Result, *contract.SendError) {
+func (c *Client) post(ctx context.Context, u string, body []byte, tok string) (Result, *contract.SendError) {
+	crid := newGUID()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	wt := &wroteTrace{}
@@ -100,10 +142,8 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid stri
 	h := req.Header
 	h["Authorization"] = []string{"Bearer " + tok}
 	h["Content-Type"] = []string{"application/json"}
-	if crid != "" {
-		h["Client-Request-Id"] = []string{crid}
-		h["Return-Client-Request-Id"] = []string{"true"}
-	}
+	h["Client-Request-Id"] = []string{crid}
+	h["Return-Client-Request-Id"] = []string{"true"}
 
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -118,16 +158,19 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid stri
 	}
 	res := Result{
 		Status:          resp.StatusCode,
-		RequestID:       resp.Header.Get("request-id"),
-		ClientRequestID: resp.Header.Get("client-request-id"),
+		RequestID:       safeID(resp.Header.Get("request-id")),
+		ClientRequestID: crid,
 	}
-	if res.ClientRequestID == "" {
-		res.ClientRequestID = crid
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		res.Date = d
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		// 202 has no body; drain whatever there is so the connection is reused.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 		_ = resp.Body.Close()
+		// A 202 may carry Retry-After (Microsoft Q&A 5629476): the mail is sent, and the
+		// mailbox should pause; never send it again.
+		res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		return res, nil
 	}
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
@@ -141,7 +184,7 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid stri
 		} `json:"error"`
 	}
 	_ = json.Unmarshal(data, &ge)
-	class, reason := Classify(resp.StatusCode, ge.Error.Code)
+	class, reason := Classify(resp.StatusCode, ge.Error.Code, ge.Error.Message)
 	code := ge.Error.Code
 	if len(code) > 128 {
 		code = code[:128]
@@ -156,9 +199,34 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok, crid stri
 		Ambiguous:       ambiguousStatus(resp.StatusCode),
 		RequestID:       res.RequestID,
 		ClientRequestID: res.ClientRequestID,
+		Date:            res.Date,
 		Profile:         c.name,
 	}
 	return res, e
+}
+
+// newGUID returns a random version 4 GUID for client-request-id.
+func newGUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// safeID keeps an id from a response header only when it looks like one (letters, digits,
+// dashes, at most 64): it goes into logs, events and DLQ headers.
+func safeID(s string) string {
+	if len(s) > 64 {
+		return ""
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-') {
+			return ""
+		}
+	}
+	return s
 }
 
 // IsAmbiguous reports whether err is an *contract.SendError whose send may have reached Graph.

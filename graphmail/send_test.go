@@ -73,8 +73,10 @@ func TestSendStatusTable(t *testing.T) {
 		t.Run(fmt.Sprintf("%d_%s", tt.status, tt.code), func(t *testing.T) {
 			mu.Lock()
 			defer mu.Unlock()
+			var sentCRID string
 			f.setGraph(func(w http.ResponseWriter, r *http.Request, n int) {
 				_, _ = io.Copy(io.Discard, r.Body)
+				sentCRID = r.Header.Get("client-request-id")
 				if tt.retryAfter != "" {
 					w.Header().Set("Retry-After", tt.retryAfter)
 				}
@@ -89,10 +91,11 @@ func TestSendStatusTable(t *testing.T) {
 			if e.Status != tt.status || e.Code != tt.code || e.Message != "graph says no" {
 				t.Errorf("got status=%d code=%q message=%q", e.Status, e.Code, e.Message)
 			}
-			if !strings.HasPrefix(e.RequestID, "req-") || e.ClientRequestID != "job-42" {
-				t.Errorf("ids: request-id=%q client-request-id=%q", e.RequestID, e.ClientRequestID)
+			// client-request-id is the GUID this request carried; the job id labels the error.
+			if !strings.HasPrefix(e.RequestID, "req-") || !isGUID(e.ClientRequestID) || e.ClientRequestID != sentCRID || e.Date.IsZero() {
+				t.Errorf("ids: request-id=%q client-request-id=%q (sent %q) date=%v", e.RequestID, e.ClientRequestID, sentCRID, e.Date)
 			}
-			if res.Status != tt.status || res.RequestID != e.RequestID || res.ClientRequestID != "job-42" {
+			if res.Status != tt.status || res.RequestID != e.RequestID || res.ClientRequestID != sentCRID || len(res.Calls) != 1 {
 				t.Errorf("result = %+v", res)
 			}
 		})
@@ -119,7 +122,7 @@ func TestSendOK(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Send: %v", err)
 		}
-		if res.Status != 202 || res.RequestID == "" || res.ClientRequestID != fmt.Sprintf("job-%d", i) || res.Duration <= 0 {
+		if res.Status != 202 || res.RequestID == "" || !isGUID(res.ClientRequestID) || res.ClientRequestID != got.Get("client-request-id") || res.Duration <= 0 {
 			t.Errorf("result = %+v", res)
 		}
 	}
@@ -135,7 +138,7 @@ func TestSendOK(t *testing.T) {
 		t.Errorf("path = %q", path)
 	}
 	if got.Get("Authorization") != "Bearer tok-1" || got.Get("Content-Type") != "application/json" ||
-		got.Get("client-request-id") != "job-4" || got.Get("return-client-request-id") != "true" {
+		!isGUID(got.Get("client-request-id")) || got.Get("return-client-request-id") != "true" {
 		t.Errorf("headers = %v", got)
 	}
 	form := f.lastForm()
@@ -323,7 +326,7 @@ func TestSendTokenFailure(t *testing.T) {
 	if e.Class != contract.ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous || e.Status != 0 || e.Code != "invalid_client" {
 		t.Errorf("err = %#v", e)
 	}
-	if !strings.Contains(e.Error(), "AADSTS7000215") || e.ClientRequestID != "job-1" {
+	if !strings.Contains(e.Error(), "AADSTS7000215") || e.ClientRequestID != "" {
 		t.Errorf("err text = %q", e.Error())
 	}
 	if f.sends.Load() != 0 {
@@ -609,4 +612,24 @@ func ecCertPEM(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return certPEM(t, key, &key.PublicKey, time.Now().Add(time.Hour))
+}
+
+// A 202 may carry Retry-After (Microsoft Q&A 5629476): the mail is sent (no error) and
+// Result.RetryAfter tells the caller to pause the mailbox.
+func TestSend202WithRetryAfter(t *testing.T) {
+	t.Parallel()
+	f := newFake(t)
+	f.setGraph(func(w http.ResponseWriter, r *http.Request, n int) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Retry-After", "12")
+		w.WriteHeader(http.StatusAccepted)
+	})
+	c := f.client(t)
+	res, err := c.Send(context.Background(), testMsg(), "job-1")
+	if err != nil || res.Status != 202 || res.RetryAfter != 12*time.Second {
+		t.Fatalf("res %+v err %v: want 202 with RetryAfter 12s", res, err)
+	}
+	if n := f.sends.Load(); n != 1 {
+		t.Fatalf("sendMail requests = %d, want 1", n)
+	}
 }

@@ -46,6 +46,9 @@ type Outcome struct {
 	// Paced.
 	Delay time.Duration
 	Cause Cause
+	// Sent: a Retry-After on the 202 (Microsoft Q&A 5629476): the mail is
+	// sent, and the mailbox waits that long.
+	RetryAfter time.Duration
 	// Failed, Interrupted.
 	Err *contract.SendError
 }
@@ -142,7 +145,8 @@ func decide(st contract.JobState, o Outcome, pol Policy, now time.Time) Action {
 	case Unreachable:
 		return Action{Kind: PutBack, Delay: pol.Retry.Broker()}
 	case Sent:
-		return Action{Kind: AckSent, SpendsAttempt: true}
+		// Never sent again; a Retry-After on the 202 pauses the mailbox.
+		return Action{Kind: AckSent, SpendsAttempt: true, Pause: o.RetryAfter}
 	case Interrupted:
 		// Nothing was spent unless the request may have reached Graph.
 		amb := o.Err != nil && o.Err.Ambiguous

@@ -85,6 +85,8 @@ func TestDecide(t *testing.T) {
 
 		// After the Graph call.
 		{"202", st(contract.StateSending, 0), Outcome{Kind: Sent}, pol, Action{Kind: AckSent, SpendsAttempt: true}},
+		{"202 with Retry-After: sent, the mailbox pauses", st(contract.StateSending, 0), Outcome{Kind: Sent, RetryAfter: 12 * time.Second}, pol,
+			Action{Kind: AckSent, SpendsAttempt: true, Pause: 12 * time.Second}},
 		{"400 ErrorInvalidRecipients: dead-letter now", st(contract.StateSending, 0),
 			failed(contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonRecipientInvalid, Status: 400, Code: "ErrorInvalidRecipients"}), pol,
 			Action{Kind: DeadLetter, Reason: contract.ReasonRecipientInvalid, SpendsAttempt: true,

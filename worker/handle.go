@@ -304,7 +304,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	if err == nil {
 		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
 		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
-		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent}))
+		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent, RetryAfter: res.RetryAfter}))
 		return
 	}
 	se := contract.AsSendError(err)

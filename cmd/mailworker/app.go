@@ -165,6 +165,7 @@ func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *work
 	}
 	gc := graphmail.Config{Name: name, TenantID: p.TenantID, ClientID: p.ClientID, Cloud: graphmail.Cloud(p.Cloud),
 		AuthorityHost: p.AuthorityHost, GraphURL: p.GraphURL, Credential: cred, Timeout: timeout,
+		MaxRecipientsPerMessage: p.MaxRecipientsPerMessage, AllowedHeaders: p.AllowedHeaders,
 		OnTokenRequest: func(ok bool) {
 			result := "ok"
 			if !ok {
@@ -236,6 +237,13 @@ func (a *App) ready() error {
 	}
 	if !a.pool.Ready() {
 		return errors.New("consumer not bound")
+	}
+	// A local credential fault (e.g. an empty federated token file) is a configuration
+	// error: say so here rather than let it pass for an Entra outage.
+	for _, c := range a.clients {
+		if err := c.CredentialFault(); err != nil {
+			return fmt.Errorf("credential: %w", err)
+		}
 	}
 	return nil
 }

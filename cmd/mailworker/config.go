@@ -118,6 +118,12 @@ type ProfileConfig struct {
 	AllowedSenders  []string         `yaml:"allowedSenders"`
 	OnAmbiguous     string           `yaml:"onAmbiguous"`
 	SaveToSentItems bool             `yaml:"saveToSentItems"`
+	// MaxRecipientsPerMessage is the tenant's Exchange recipient limit (to+cc+bcc
+	// of one message): 500 by default, 1 to 1000 as an Exchange admin sets it.
+	MaxRecipientsPerMessage int `yaml:"maxRecipientsPerMessage"`
+	// AllowedHeaders, when set, are the only job header names the profile may use
+	// (each distinct X- name uses a named property of the mailbox).
+	AllowedHeaders []string `yaml:"allowedHeaders"`
 }
 
 // CredentialConfig names where a profile's credential comes from.
@@ -455,6 +461,14 @@ func (c Config) validate() error {
 			errs = append(errs, fmt.Errorf("profiles.%s.cloud: %w", name, err))
 		} else if err := checkEndpoints(name, p); err != nil {
 			errs = append(errs, err)
+		}
+		if p.MaxRecipientsPerMessage < 0 || p.MaxRecipientsPerMessage > 1000 {
+			errs = append(errs, fmt.Errorf("profiles.%s.maxRecipientsPerMessage: %d; Exchange allows 1 to 1000 (0 = the default 500)", name, p.MaxRecipientsPerMessage))
+		}
+		for _, h := range p.AllowedHeaders {
+			if len(h) < 3 || !strings.EqualFold(h[:2], "x-") || strings.ContainsAny(h, " :\t\r\n") {
+				errs = append(errs, fmt.Errorf("profiles.%s.allowedHeaders: %q is not an X- header name", name, h))
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -108,6 +108,8 @@ func TestLoadConfig(t *testing.T) {
 		"unknown cloud":                     {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_CLOUD=mars"}, want: "profiles.billing.cloud"},
 		"bad log format":                    {env: []string{"MAILWORKER_LOG_FORMAT=xml"}, want: "log.format"},
 		"profile name with a subject dot":   {yaml: strings.Replace(sampleConfig, "billing:", "bill.ing:", 1), want: "profiles.bill.ing: a profile name"},
+		"recipients over Exchange's 1000":   {yaml: sampleConfig, env: []string{"MAILWORKER_PROFILES_BILLING_MAX_RECIPIENTS_PER_MESSAGE=1001"}, want: "profiles.billing.maxRecipientsPerMessage"},
+		"allowed header without X-":         {yaml: strings.Replace(sampleConfig, "tenantId: t", "allowedHeaders: [Reply-By]\n    tenantId: t", 1), want: "profiles.billing.allowedHeaders"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := ""

@@ -126,7 +126,11 @@ func (s *Server) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		case fault.AcceptThenFail:
 			failAfter = fault
 		case fault.Status != 0:
-			s.graphError(w, r, key, fault.Status, faultCode(fault), "Injected fault.", fault.RetryAfter)
+			msg := fault.Message
+			if msg == "" {
+				msg = "Injected fault."
+			}
+			s.graphError(w, r, key, fault.Status, faultCode(fault), msg, fault.RetryAfter)
 			return
 		}
 	}

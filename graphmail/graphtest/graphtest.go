@@ -145,6 +145,7 @@ func (o Options) validate() error {
 type Fault struct {
 	Status         int           // HTTP status to answer (e.g. 429, 500, 503, 504, 401)
 	Code           string        // Graph error code; "" = a default for Status
+	Message        string        // Graph error message; "" = "Injected fault."
 	RetryAfter     string        // Retry-After header value, verbatim ("30" or an HTTP date); "" = none
 	Delay          time.Duration // hold the request this long before answering
 	Reset          bool          // close the connection without answering

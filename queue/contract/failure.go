@@ -63,9 +63,14 @@ type SendError struct {
 	// Ambiguous is set when the request body may have reached Graph and the
 	// mail may have been sent (5xx, timeouts and connection errors after the
 	// request was written).
-	Ambiguous       bool
+	Ambiguous bool
+	// RequestID, ClientRequestID and Date identify the failed Graph call as
+	// Microsoft support and message trace know it: Graph's request-id, the GUID
+	// sent as client-request-id (fresh for every request) and the response's
+	// Date header (zero when there was no response).
 	RequestID       string
 	ClientRequestID string
+	Date            time.Time
 	Profile         string // the sending profile, when known
 	Err             error  // wrapped cause (never an MSAL error carrying the token request)
 }
@@ -116,6 +121,10 @@ func (e *SendError) Error() string {
 		b.WriteString(", client-request-id=")
 		b.WriteString(e.ClientRequestID)
 	}
+	if !e.Date.IsZero() {
+		b.WriteString(", date=")
+		b.WriteString(e.Date.UTC().Format(time.RFC3339))
+	}
 	b.WriteString(")")
 	return b.String()
 }
@@ -138,7 +147,11 @@ type SendResult struct {
 	Status          int
 	RequestID       string
 	ClientRequestID string
-	Duration        time.Duration
+	Date            time.Time // the response's Date header; zero when none
+	// RetryAfter is a Retry-After on the 2xx: the mail was accepted (never send
+	// it again) and the mailbox should wait that long.
+	RetryAfter time.Duration
+	Duration   time.Duration
 }
 
 // ErrNoAttachment is returned for an objectRef that is not in the
