@@ -303,13 +303,15 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 
 	if err == nil {
 		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
-		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID}
+		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
+			Date: contract.GraphDate(res.Date)}
 		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent, RetryAfter: res.RetryAfter}))
 		return
 	}
 	se := contract.AsSendError(err)
 	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
-	j.graph = &contract.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID}
+	j.graph = &contract.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID,
+		Date: contract.GraphDate(se.Date)}
 	j.state.LastError = &contract.ErrorInfo{Reason: se.Reason, Message: se.Error()}
 	kind := Failed
 	if sendCtx.Err() != nil {

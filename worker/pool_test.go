@@ -25,8 +25,8 @@ func TestPool(t *testing.T) {
 			t.Fatalf("state = %+v", st)
 		}
 		ev := b.waitEvent(id, contract.EventSent)
-		if ev.Attempt != 1 || ev.Graph.RequestID != "req-job-1" || ev.PossibleDuplicate {
-			t.Fatalf("sent event = %+v", ev)
+		if ev.Attempt != 1 || ev.Graph.RequestID != "req-job-1" || ev.Graph.Date != "2026-11-30T06:00:00Z" || ev.PossibleDuplicate {
+			t.Fatalf("sent event = %+v (graph %+v)", ev, ev.Graph)
 		}
 		eventually(t, 5*time.Second, "job acked (stream empty)", func() bool { return b.pending() == 0 })
 		if n := rec.callsFor(id); n != 1 {

@@ -46,6 +46,17 @@ type GraphInfo struct {
 	Code            string `json:"code,omitempty"`
 	RequestID       string `json:"requestId,omitempty"`
 	ClientRequestID string `json:"clientRequestId,omitempty"`
+	// Date is the Graph response's Date header (RFC 3339, UTC): with the two ids,
+	// what a Microsoft support case or a message trace needs to find the call.
+	Date string `json:"date,omitempty"`
+}
+
+// GraphDate formats a Graph response's Date for GraphInfo.Date; "" when zero.
+func GraphDate(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 // ErrorInfo is a failure in the closed reason vocabulary plus a message a
