@@ -545,11 +545,15 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 	pubErrs, perr := h.publish(ctx, e, spec, oc)
 	var waitErr error
 	if perr == nil {
-		deadline := time.NewTimer(h.opts.Timeout)
+		timeout := h.opts.Timeout
+		if spec.Timeout > 0 {
+			timeout = spec.Timeout
+		}
+		deadline := time.NewTimer(timeout)
 		select {
 		case <-oc.finished:
 		case <-deadline.C:
-			waitErr = fmt.Errorf("deadline %v: not every job had an outcome", h.opts.Timeout)
+			waitErr = fmt.Errorf("deadline %v: not every job had an outcome", timeout)
 		case <-ctx.Done():
 			waitErr = ctx.Err()
 		}
