@@ -12,10 +12,11 @@ import (
 )
 
 // AttachmentStore reads the attachments that jobs name by objectRef
-// (queue.Attachments is the JetStream object store implementation). Get
+// (queue.Attachments is the JetStream object store implementation). Objects
+// belong to a profile: Get looks ref up in profile's objects only, and
 // returns contract.ErrNoAttachment for a ref that is not there.
 type AttachmentStore interface {
-	Get(ctx context.Context, ref string) ([]byte, error)
+	Get(ctx context.Context, profile, ref string) ([]byte, error)
 }
 
 // Jobs sends mail jobs: it maps a validated contract.Job onto Graph's
@@ -98,10 +99,11 @@ func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract
 				return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
 					fmt.Sprintf("attachments[%d].objectRef: no attachment store", i), nil)
 			}
-			content, err = s.attachments.Get(ctx, a.ObjectRef)
+			content, err = s.attachments.Get(ctx, profile, a.ObjectRef)
 			if errors.Is(err, contract.ErrNoAttachment) {
 				return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
-					fmt.Sprintf("attachments[%d].objectRef: %q is not in the %s object store", i, a.ObjectRef, contract.BucketAttachments), err)
+					fmt.Sprintf("attachments[%d].objectRef: %q is not in profile %s's object store %s_%s (a job can attach only its own profile's objects)",
+						i, a.ObjectRef, profile, contract.BucketAttachments, profile), err)
 			}
 			if err != nil {
 				return nil, fail(contract.ClassRetryable, contract.ReasonInternal, fmt.Sprintf("attachments[%d].objectRef: %v", i, err), err)

@@ -71,4 +71,4 @@ func TestJobsObjectRefFailures(t *testing.T) {
 
 type storeFunc func(ctx context.Context, ref string) ([]byte, error)
 
-func (f storeFunc) Get(ctx context.Context, ref string) ([]byte, error) { return f(ctx, ref) }
+func (f storeFunc) Get(ctx context.Context, _, ref string) ([]byte, error) { return f(ctx, ref) }

@@ -185,7 +185,7 @@ func (h *harness) newEnv(ctx context.Context, spec runSpec, dir string) (*env, e
 			AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: maxAck, FilterSubject: bareSubject + profile}); err != nil {
 			return nil, fmt.Errorf("bare consumer: %w", err)
 		}
-	} else if err := queue.Provision(ctx, e.js, queue.Config{MaxAckPending: maxAck}); err != nil {
+	} else if err := queue.Provision(ctx, e.js, queue.Config{MaxAckPending: maxAck, Profiles: []string{profile}}); err != nil {
 		return nil, err
 	}
 

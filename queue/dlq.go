@@ -2,9 +2,12 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +22,20 @@ const HeaderGeneration = "Mail-Generation"
 
 // maxErrorHeader caps the Mail-Error header.
 const maxErrorHeader = 1024
+
+// HeaderTruncated is set on a dead letter whose job was too large to be
+// stored whole next to the failure headers (the server's max_payload): its
+// value is the original size in bytes, and Body holds only the first bytes.
+// Such a record cannot be replayed as is (replay it with a fixed body).
+const HeaderTruncated = "Mail-Body-Truncated"
+
+// ErrAmbiguousJob is returned when a job id without a profile matches jobs
+// of more than one profile: give the profile.
+var ErrAmbiguousJob = errors.New("queue: the job id exists in more than one profile")
+
+// ErrTruncated is returned when replaying a truncated dead letter without a
+// replacement body.
+var ErrTruncated = errors.New("queue: the dead letter holds only part of the job")
 
 // ErrNotInDLQ is returned when a job has no dead-letter record.
 var ErrNotInDLQ = errors.New("queue: job is not in the dead-letter queue")
@@ -72,9 +89,15 @@ func oneLine(s string, max int) string {
 }
 
 // Put stores dl: Body unchanged as the message body, the facts as headers,
-// Nats-Msg-Id "dlq-<jobid>-g<generation>" so that a failure recorded twice
-// (a redelivery) within the duplicate window is stored once. JobID, Profile
-// and a valid Reason are required; a zero FailedAt is set to now.
+// Nats-Msg-Id "dlq.<profile>.<jobid>.g<generation>" so that a failure
+// recorded twice (a redelivery) within the duplicate window is stored once.
+// JobID, Profile and a valid Reason are required; a zero FailedAt is set to
+// now.
+//
+// A record whose body and headers would exceed the connection's max payload
+// (a job published just under the limit) is stored with the body cut to fit
+// and HeaderTruncated set: a job must always reach its outcome, and a record
+// that cannot be written would leave it looping for ever.
 func (d *DLQ) Put(ctx context.Context, dl contract.DeadLetter) error {
 	switch {
 	case !contract.ValidJobID(dl.JobID):
@@ -88,7 +111,7 @@ func (d *DLQ) Put(ctx context.Context, dl contract.DeadLetter) error {
 		dl.FailedAt = time.Now()
 	}
 	h := nats.Header{}
-	h.Set(contract.HeaderMsgID, "dlq-"+dl.JobID+"-g"+strconv.Itoa(dl.Generation))
+	h.Set(contract.HeaderMsgID, "dlq."+dl.Profile+"."+dl.JobID+".g"+strconv.Itoa(dl.Generation))
 	h.Set(contract.HeaderJobID, dl.JobID)
 	h.Set(contract.HeaderProfile, dl.Profile)
 	h.Set(contract.HeaderReason, string(dl.Reason))
@@ -102,11 +125,40 @@ func (d *DLQ) Put(ctx context.Context, dl contract.DeadLetter) error {
 	if dl.Ambiguous {
 		h.Set(contract.HeaderAmbiguous, "true")
 	}
-	m := &nats.Msg{Subject: contract.DLQSubject(dl.Profile), Header: h, Data: dl.Body}
+	body := dl.Body
+	if limit := d.maxPayload(); limit > 0 {
+		room := limit - headerSize(h) - len(HeaderTruncated) - 32
+		if len(body) > room {
+			h.Set(HeaderTruncated, strconv.Itoa(len(body)))
+			body = body[:max(room, 0)]
+		}
+	}
+	m := &nats.Msg{Subject: contract.DLQSubject(dl.Profile), Header: h, Data: body}
 	if _, err := d.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("queue: store dead letter %s: %w", dl.JobID, err)
 	}
 	return nil
+}
+
+// maxPayload is the server's max_payload as the connection learnt it (0 when
+// unknown).
+func (d *DLQ) maxPayload() int {
+	if nc := d.js.Conn(); nc != nil {
+		return int(nc.MaxPayload())
+	}
+	return 0
+}
+
+// headerSize is the encoded size of h on the wire ("NATS/1.0\r\n", one
+// "Key: value\r\n" per value, "\r\n").
+func headerSize(h nats.Header) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(": \r\n") + len(v)
+		}
+	}
+	return n
 }
 
 func deadLetterOf(m *jetstream.RawStreamMsg) contract.DeadLetter {
@@ -126,6 +178,7 @@ func deadLetterOf(m *jetstream.RawStreamMsg) contract.DeadLetter {
 	}
 	dl.Attempts, _ = strconv.Atoi(h.Get(contract.HeaderAttempts))
 	dl.Generation, _ = strconv.Atoi(h.Get(HeaderGeneration))
+	dl.Truncated, _ = strconv.Atoi(h.Get(HeaderTruncated))
 	dl.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(contract.HeaderFailedAt))
 	var head struct {
 		From    string `json:"from"`
@@ -177,27 +230,40 @@ func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]contract.DeadLetter, err
 	return out, err
 }
 
-// Get returns the newest dead letter of jobID, or ErrNotInDLQ.
-func (d *DLQ) Get(ctx context.Context, jobID string) (contract.DeadLetter, error) {
+// Get returns the newest dead letter of profile's job jobID, or ErrNotInDLQ.
+// An empty profile looks in every profile and returns ErrAmbiguousJob
+// (wrapped, naming the profiles) when more than one has the id.
+func (d *DLQ) Get(ctx context.Context, profile, jobID string) (contract.DeadLetter, error) {
 	if !contract.ValidJobID(jobID) {
 		return contract.DeadLetter{}, fmt.Errorf("queue: dlq: invalid job id %s", contract.Quote(jobID))
 	}
-	all, err := d.List(ctx, DLQFilter{JobID: jobID})
+	all, err := d.List(ctx, DLQFilter{Profile: profile, JobID: jobID})
 	if err != nil {
 		return contract.DeadLetter{}, err
 	}
 	if len(all) == 0 {
 		return contract.DeadLetter{}, fmt.Errorf("%w: %s", ErrNotInDLQ, jobID)
 	}
+	var profiles []string
+	for _, dl := range all {
+		if !slices.Contains(profiles, dl.Profile) {
+			profiles = append(profiles, dl.Profile)
+		}
+	}
+	if len(profiles) > 1 {
+		return contract.DeadLetter{}, fmt.Errorf("%w: job %s is dead-lettered in profiles %s: give the profile", ErrAmbiguousJob, jobID, strings.Join(profiles, ", "))
+	}
 	return all[len(all)-1], nil
 }
 
-// Replay puts jobID's newest dead letter back on MAIL_JOBS, in this order:
+// Replay puts the newest dead letter of profile's job jobID (profile "" as in
+// Get) back on MAIL_JOBS, in this order:
 //  1. reset the job state: state replayed, Attempts 0, Ambiguous false,
 //     AmbiguousBefore when the record (or the state) says a send may have
 //     delivered, Generation = the record's generation + 1;
 //  2. publish the body (opts.Body if set) to JobSubject(profile) with headers
-//     Mail-Job-Id, Mail-Replay=<generation>, Nats-Msg-Id "<id>-r<generation>";
+//     Mail-Job-Id, Mail-Replay=<generation>, and a Nats-Msg-Id derived from
+//     the record (replayMsgID: stable, but not guessable by a producer);
 //  3. publish a replayed event;
 //  4. delete the record (and any older records of the job).
 //
@@ -207,16 +273,30 @@ func (d *DLQ) Get(ctx context.Context, jobID string) (contract.DeadLetter, error
 // the replayed job (same generation, state no longer replayed), steps 1-3 are
 // skipped. It returns ErrNotInDLQ (wrapped) when there is no record, and an
 // *InvalidError when opts.Body is not a valid job.
-func (d *DLQ) Replay(ctx context.Context, jobID string, opts ReplayOptions) error {
-	dl, err := d.Get(ctx, jobID)
+func (d *DLQ) Replay(ctx context.Context, profile, jobID string, opts ReplayOptions) (contract.DeadLetter, error) {
+	dl, err := d.Get(ctx, profile, jobID)
 	if err != nil {
-		return err
+		return dl, err
 	}
-	return d.replay(ctx, dl, opts)
+	return dl, d.replay(ctx, dl, opts)
+}
+
+// replayMsgID is the Nats-Msg-Id of a replay's publish: the same for a re-run
+// of the same replay (so JetStream drops the second publish), but derived
+// from facts only the worker and support can read (the record's stream
+// sequence and failure time), so that no producer can publish it first and
+// have the replay dropped as a duplicate.
+func replayMsgID(dl contract.DeadLetter, gen int) string {
+	sum := sha256.Sum256([]byte(dl.Profile + "\x00" + dl.JobID + "\x00" + strconv.Itoa(gen) + "\x00" +
+		strconv.FormatUint(dl.Seq, 10) + "\x00" + strconv.FormatInt(dl.FailedAt.UnixNano(), 10)))
+	return "replay." + dl.Profile + "." + dl.JobID + "." + hex.EncodeToString(sum[:16])
 }
 
 func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOptions) error {
 	body := dl.Body
+	if dl.Truncated > 0 && opts.Body == nil {
+		return fmt.Errorf("%w: job %s: %d of %d bytes kept (it was near the server's max_payload): replay it with a fixed body (--file)", ErrTruncated, dl.JobID, len(dl.Body), dl.Truncated)
+	}
 	if opts.Body != nil {
 		j, err := contract.DecodeJob(opts.Body)
 		if err != nil {
@@ -228,7 +308,7 @@ func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOpt
 		body = opts.Body
 	}
 	gen := dl.Generation + 1
-	st, _, err := d.states.Get(ctx, dl.JobID)
+	st, _, err := d.states.Get(ctx, dl.Profile, dl.JobID)
 	if err != nil && !errors.Is(err, contract.ErrNoState) {
 		return err
 	}
@@ -247,7 +327,7 @@ func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOpt
 		h := nats.Header{}
 		h.Set(contract.HeaderJobID, dl.JobID)
 		h.Set(contract.HeaderReplay, strconv.Itoa(gen))
-		h.Set(contract.HeaderMsgID, dl.JobID+"-r"+strconv.Itoa(gen))
+		h.Set(contract.HeaderMsgID, replayMsgID(dl, gen))
 		m := &nats.Msg{Subject: contract.JobSubject(dl.Profile), Header: h, Data: body}
 		if _, err := d.js.PublishMsg(ctx, m); err != nil {
 			return fmt.Errorf("queue: replay %s: publish job: %w", dl.JobID, err)
@@ -259,7 +339,7 @@ func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOpt
 		if json.Unmarshal(body, &meta) == nil {
 			ev.Metadata = meta.Metadata
 		}
-		if err := d.events.publish(ctx, ev, "replayed-"+dl.JobID+"-g"+strconv.Itoa(gen)); err != nil {
+		if err := d.events.publish(ctx, ev, "replayed."+dl.Profile+"."+dl.JobID+".g"+strconv.Itoa(gen)); err != nil {
 			return fmt.Errorf("queue: replay %s: %w", dl.JobID, err)
 		}
 	}
@@ -293,13 +373,14 @@ func (d *DLQ) ReplayAll(ctx context.Context, f DLQFilter) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	newest := map[string]int{}
+	newest := map[string]int{} // by StateKey(profile, job id)
 	var order []string
 	for i, dl := range all {
-		if _, ok := newest[dl.JobID]; !ok {
-			order = append(order, dl.JobID)
+		k := StateKey(dl.Profile, dl.JobID)
+		if _, ok := newest[k]; !ok {
+			order = append(order, k)
 		}
-		newest[dl.JobID] = i
+		newest[k] = i
 	}
 	n := 0
 	for _, id := range order {
@@ -311,7 +392,10 @@ func (d *DLQ) ReplayAll(ctx context.Context, f DLQFilter) (int, error) {
 	return n, nil
 }
 
-// Purge deletes every dead letter matching f and returns how many.
+// Purge deletes every dead letter matching f and returns how many. The job
+// state of a purged job that is still dead_lettered is deleted too, so that
+// the producer may publish the job id again at once (it would otherwise be
+// suppressed as "already dead-lettered" until the state expires).
 func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
 	s, err := d.stream(ctx)
 	if err != nil {
@@ -323,6 +407,13 @@ func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
 			return fmt.Errorf("delete %d: %w", dl.Seq, err)
 		}
 		n++
+		st, _, err := d.states.Get(ctx, dl.Profile, dl.JobID)
+		if err == nil && st.State == contract.StateDeadLettered && st.Generation == dl.Generation {
+			return d.states.Delete(ctx, dl.Profile, dl.JobID)
+		}
+		if err != nil && !errors.Is(err, contract.ErrNoState) {
+			return err
+		}
 		return nil
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,10 +64,10 @@ func TestDLQ(t *testing.T) {
 	if _, err := d.List(b.ctx, DLQFilter{Profile: "a.>"}); err == nil {
 		t.Error("List accepted a wildcard profile")
 	}
-	if dl, err := d.Get(b.ctx, "j2"); err != nil || dl.Reason != contract.ReasonAccessDenied {
+	if dl, err := d.Get(b.ctx, "", "j2"); err != nil || dl.Reason != contract.ReasonAccessDenied {
 		t.Errorf("Get j2 = %+v, %v", dl, err)
 	}
-	if _, err := d.Get(b.ctx, "nope"); !errors.Is(err, ErrNotInDLQ) {
+	if _, err := d.Get(b.ctx, "", "nope"); !errors.Is(err, ErrNotInDLQ) {
 		t.Errorf("Get missing = %v", err)
 	}
 	if err := d.Put(b.ctx, contract.DeadLetter{JobID: "j9", Profile: "billing", Reason: "nonsense"}); err == nil {
@@ -77,10 +78,10 @@ func TestDLQ(t *testing.T) {
 	if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateDeadLettered, Attempts: 3, Ambiguous: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Replay(b.ctx, "j1", ReplayOptions{}); err != nil {
+	if _, err := d.Replay(b.ctx, "", "j1", ReplayOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	st, _, err := b.q.States.Get(b.ctx, "j1")
+	st, _, err := b.q.States.Get(b.ctx, "billing", "j1")
 	if err != nil || st.State != contract.StateReplayed || st.Attempts != 0 || st.Ambiguous || st.Generation != 1 {
 		t.Errorf("state after replay %+v, %v", st, err)
 	}
@@ -89,31 +90,31 @@ func TestDLQ(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(m.Data) != string(deadJob("j1")) || m.Header.Get(contract.HeaderJobID) != "j1" || m.Header.Get(contract.HeaderReplay) != "1" || m.Header.Get(contract.HeaderMsgID) != "j1-r1" {
+	if string(m.Data) != string(deadJob("j1")) || m.Header.Get(contract.HeaderJobID) != "j1" || m.Header.Get(contract.HeaderReplay) != "1" || !strings.HasPrefix(m.Header.Get(contract.HeaderMsgID), "replay.billing.j1.") {
 		t.Errorf("replayed message %q headers %v", m.Data, m.Header)
 	}
-	h, _ := b.q.Events.History(b.ctx, "j1")
+	h, _ := b.q.Events.History(b.ctx, "billing", "j1")
 	if len(h) != 1 || h[0].Event != contract.EventReplayed || h[0].Profile != "billing" || h[0].Metadata["order"] != "j1" {
 		t.Errorf("events %+v", h)
 	}
-	if _, err := d.Get(b.ctx, "j1"); !errors.Is(err, ErrNotInDLQ) {
+	if _, err := d.Get(b.ctx, "", "j1"); !errors.Is(err, ErrNotInDLQ) {
 		t.Errorf("j1 still in the DLQ: %v", err)
 	}
 
 	// A failure recorded again within the duplicate window is not stored twice.
 	put("j1", "billing", contract.ReasonMailboxNotFound, 0)
-	if _, err := d.Get(b.ctx, "j1"); !errors.Is(err, ErrNotInDLQ) {
+	if _, err := d.Get(b.ctx, "", "j1"); !errors.Is(err, ErrNotInDLQ) {
 		t.Errorf("re-put of generation 0 stored a record: %v", err)
 	}
 	// Replay with a fixed body.
 	fixed := []byte(`{"from":"billing@contoso.com","to":["fixed@x.com"],"text":"t"}`)
-	if err := d.Replay(b.ctx, "j2", ReplayOptions{Body: []byte(`{"from":"x"}`)}); err == nil {
+	if _, err := d.Replay(b.ctx, "", "j2", ReplayOptions{Body: []byte(`{"from":"x"}`)}); err == nil {
 		t.Error("replay accepted an invalid fixed body")
 	}
-	if err := d.Replay(b.ctx, "j2", ReplayOptions{Body: []byte(`{"id":"other","from":"a@x.com","to":["b@x.com"],"text":"t"}`)}); err == nil {
+	if _, err := d.Replay(b.ctx, "", "j2", ReplayOptions{Body: []byte(`{"id":"other","from":"a@x.com","to":["b@x.com"],"text":"t"}`)}); err == nil {
 		t.Error("replay accepted a fixed body with another id")
 	}
-	if err := d.Replay(b.ctx, "j2", ReplayOptions{Body: fixed}); err != nil {
+	if _, err := d.Replay(b.ctx, "", "j2", ReplayOptions{Body: fixed}); err != nil {
 		t.Fatal(err)
 	}
 	m, _ = jobs.GetLastMsgForSubject(b.ctx, contract.JobSubject("billing"))
@@ -185,7 +186,11 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 		m.Data = deadJob(id)
 		m.Header.Set(contract.HeaderJobID, id)
 		m.Header.Set(contract.HeaderReplay, "1")
-		m.Header.Set(contract.HeaderMsgID, id+"-r1")
+		dl, err := d.Get(b.ctx, "billing", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Header.Set(contract.HeaderMsgID, replayMsgID(dl, 1))
 		if _, err := b.js.PublishMsg(b.ctx, m); err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +202,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := msgs()
-		if err := d.Replay(b.ctx, "c1", ReplayOptions{}); err != nil {
+		if _, err := d.Replay(b.ctx, "", "c1", ReplayOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if got := msgs(); got != n+1 {
@@ -211,16 +216,16 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 		}
 		republish("c2")
 		n := msgs()
-		if err := d.Replay(b.ctx, "c2", ReplayOptions{}); err != nil {
+		if _, err := d.Replay(b.ctx, "", "c2", ReplayOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if got := msgs(); got != n {
 			t.Errorf("jobs %d -> %d, want the re-publish dropped as a duplicate", n, got)
 		}
-		if _, err := d.Get(b.ctx, "c2"); !errors.Is(err, ErrNotInDLQ) {
+		if _, err := d.Get(b.ctx, "", "c2"); !errors.Is(err, ErrNotInDLQ) {
 			t.Errorf("record left: %v", err)
 		}
-		if h, _ := b.q.Events.History(b.ctx, "c2"); len(h) != 1 {
+		if h, _ := b.q.Events.History(b.ctx, "billing", "c2"); len(h) != 1 {
 			t.Errorf("%d replayed events, want 1", len(h))
 		}
 	})
@@ -231,37 +236,37 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := msgs()
-		if err := d.Replay(b.ctx, "c3", ReplayOptions{}); err != nil {
+		if _, err := d.Replay(b.ctx, "", "c3", ReplayOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if got := msgs(); got != n {
 			t.Errorf("jobs %d -> %d, want no publish", n, got)
 		}
-		if st, _, _ := b.q.States.Get(b.ctx, "c3"); st.State != contract.StateSending || st.Attempts != 1 {
+		if st, _, _ := b.q.States.Get(b.ctx, "billing", "c3"); st.State != contract.StateSending || st.Attempts != 1 {
 			t.Errorf("state overwritten: %+v", st)
 		}
-		if _, err := d.Get(b.ctx, "c3"); !errors.Is(err, ErrNotInDLQ) {
+		if _, err := d.Get(b.ctx, "", "c3"); !errors.Is(err, ErrNotInDLQ) {
 			t.Errorf("record left: %v", err)
 		}
 	})
 	t.Run("dead-lettered again after a replay", func(t *testing.T) {
 		deadLetter("c4")
-		if err := d.Replay(b.ctx, "c4", ReplayOptions{}); err != nil {
+		if _, err := d.Replay(b.ctx, "", "c4", ReplayOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		// The worker fails it again at generation 1.
 		if err := d.Put(b.ctx, contract.DeadLetter{JobID: "c4", Profile: "billing", Reason: contract.ReasonInternal, Generation: 1, Body: deadJob("c4")}); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.Replay(b.ctx, "c4", ReplayOptions{}); err != nil {
+		if _, err := d.Replay(b.ctx, "", "c4", ReplayOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		st, _, _ := b.q.States.Get(b.ctx, "c4")
+		st, _, _ := b.q.States.Get(b.ctx, "billing", "c4")
 		if st.Generation != 2 || st.State != contract.StateReplayed {
 			t.Errorf("state %+v, want generation 2", st)
 		}
 		m, _ := jobs.GetLastMsgForSubject(b.ctx, contract.JobSubject("billing"))
-		if m.Header.Get(contract.HeaderMsgID) != "c4-r2" {
+		if !strings.HasPrefix(m.Header.Get(contract.HeaderMsgID), "replay.billing.c4.") {
 			t.Errorf("Nats-Msg-Id %q", m.Header.Get(contract.HeaderMsgID))
 		}
 	})

@@ -60,7 +60,7 @@ func setup(t *testing.T) bundle {
 	js, nc := startJS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	if err := Provision(ctx, js, Config{}); err != nil {
+	if err := Provision(ctx, js, Config{Profiles: []string{"billing", "ops"}}); err != nil {
 		t.Fatalf("Provision: %v", err)
 	}
 	q, err := Open(ctx, js)

@@ -23,8 +23,14 @@ type Config struct {
 	// and a replay from the DLQ, short enough that the store does not grow
 	// for ever (nothing else deletes them).
 	AttachmentsMaxAge time.Duration
-	AckWait           time.Duration // consumer, default 60s
-	MaxAckPending     int           // consumer, default 1000
+	// AuditMaxAge is how long MAIL_AUDIT keeps support's recorded actions,
+	// 0 = for ever (default).
+	AuditMaxAge time.Duration
+	// Profiles are the profiles served: each gets its own attachment object
+	// store, AttachmentsBucket(profile).
+	Profiles      []string
+	AckWait       time.Duration // consumer, default 60s
+	MaxAckPending int           // consumer, default 1000
 	// WorkersTTL is how long a replica counts as live after its last
 	// heartbeat (KV MAIL_WORKERS), default 15s; workers beat every third of it.
 	WorkersTTL time.Duration
@@ -63,12 +69,14 @@ func (c Config) validate() error {
 	switch {
 	case c.Replicas != 1 && c.Replicas != 3:
 		return fmt.Errorf("queue: config replicas: %d, want 1 or 3", c.Replicas)
-	case c.JobsMaxAge < 0, c.StatusMaxAge < 0, c.DLQMaxAge < 0:
+	case c.JobsMaxAge < 0, c.StatusMaxAge < 0, c.DLQMaxAge < 0, c.AuditMaxAge < 0:
 		return errors.New("queue: config stream max ages must not be negative")
 	case c.StateTTL < 0:
 		return errors.New("queue: config stateTTL must not be negative")
 	case c.AttachmentsMaxAge < 0:
 		return errors.New("queue: config attachmentsMaxAge must not be negative")
+	case slices.ContainsFunc(c.Profiles, func(p string) bool { return !validBucketProfile(p) }):
+		return errors.New("queue: config profiles: a profile name is letters, digits, - and _ only")
 	case c.WorkersTTL < time.Second:
 		return fmt.Errorf("queue: config workersTTL: %s, want at least 1s", c.WorkersTTL)
 	case c.AckWait < time.Second:
@@ -105,6 +113,11 @@ func streamConfigs(c Config) []jetstream.StreamConfig {
 			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.DLQMaxAge, Duplicates: DuplicateWindow,
 			Description: "mailworker: dead letters, mail.dlq.<profile>",
 		},
+		{
+			Name: contract.StreamAudit, Subjects: []string{contract.AuditSubjectPrefix + ">"}, Retention: jetstream.LimitsPolicy,
+			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.AuditMaxAge, Duplicates: DuplicateWindow,
+			Description: "mailworker: support actions (who, what, when), mail.audit.<profile>",
+		},
 	}
 }
 
@@ -123,8 +136,9 @@ func consumerConfig(c Config) jetstream.ConsumerConfig {
 
 // Provision creates every JetStream asset mailworker uses, or brings existing
 // ones in line: MAIL_JOBS, MAIL_STATUS, MAIL_DLQ, the durable consumer
-// "mailworker", KV buckets MAIL_JOB_STATE, MAIL_WORKERS and MAIL_PACING, and
-// object store MAIL_ATTACHMENTS. It is idempotent. Updatable settings (max
+// "mailworker", KV buckets MAIL_JOB_STATE, MAIL_WORKERS and MAIL_PACING,
+// stream MAIL_AUDIT, and one object store per profile of cfg.Profiles
+// (AttachmentsBucket). It is idempotent. Updatable settings (max
 // ages, replicas, duplicate window, AckWait, MaxAckPending, MaxDeliver, bucket
 // TTLs) are updated in place; a
 // setting that cannot be (retention, storage, subjects, ack policy, filter)
@@ -147,7 +161,25 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 			return err
 		}
 	}
-	return ensureObjectStore(ctx, js, cfg)
+	for _, p := range cfg.Profiles {
+		if err := ensureObjectStore(ctx, js, cfg, AttachmentsBucket(p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validBucketProfile: a profile name fits an object store bucket name.
+func validBucketProfile(p string) bool {
+	if p == "" {
+		return false
+	}
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
@@ -289,30 +321,30 @@ func ensureKV(ctx context.Context, js jetstream.JetStream, want jetstream.KeyVal
 	return nil
 }
 
-func ensureObjectStore(ctx context.Context, js jetstream.JetStream, c Config) error {
+func ensureObjectStore(ctx context.Context, js jetstream.JetStream, c Config, bucket string) error {
 	want := jetstream.ObjectStoreConfig{
-		Bucket: contract.BucketAttachments, Description: "mailworker: attachments by reference",
+		Bucket: bucket, Description: "mailworker: attachments by reference of one profile",
 		Storage: jetstream.FileStorage, Replicas: c.Replicas, TTL: c.AttachmentsMaxAge,
 	}
-	obs, err := js.ObjectStore(ctx, contract.BucketAttachments)
+	obs, err := js.ObjectStore(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		if _, err = js.CreateObjectStore(ctx, want); err != nil {
-			return fmt.Errorf("queue: create object store %s: %w", contract.BucketAttachments, err)
+			return fmt.Errorf("queue: create object store %s: %w", bucket, err)
 		}
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("queue: look up object store %s: %w", contract.BucketAttachments, err)
+		return fmt.Errorf("queue: look up object store %s: %w", bucket, err)
 	}
 	st, err := obs.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("queue: object store %s status: %w", contract.BucketAttachments, err)
+		return fmt.Errorf("queue: object store %s status: %w", bucket, err)
 	}
 	if st.TTL() == want.TTL && st.Replicas() == want.Replicas {
 		return nil
 	}
 	if _, err := js.UpdateObjectStore(ctx, want); err != nil {
-		return fmt.Errorf("queue: update object store %s: %w", contract.BucketAttachments, err)
+		return fmt.Errorf("queue: update object store %s: %w", bucket, err)
 	}
 	return nil
 }
@@ -326,6 +358,7 @@ type Queue struct {
 	Pacing      *Pacing
 	DLQ         *DLQ
 	Attachments *Attachments
+	Audit       *Audit
 	// Schedules puts deferred jobs back on MAIL_JOBS later.
 	Schedules *Schedules
 
@@ -338,7 +371,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 	missing := func(what string, err error) error {
 		return fmt.Errorf("queue: %s: %w (run `mailworker provision`)", what, err)
 	}
-	for _, name := range []string{contract.StreamJobs, contract.StreamStatus, contract.StreamDLQ} {
+	for _, name := range []string{contract.StreamJobs, contract.StreamStatus, contract.StreamDLQ, contract.StreamAudit} {
 		if _, err := js.Stream(ctx, name); err != nil {
 			return nil, missing("stream "+name, err)
 		}
@@ -347,6 +380,10 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 		return nil, missing("consumer "+contract.StreamJobs+"/"+contract.ConsumerName, err)
 	}
 	kv, err := js.KeyValue(ctx, contract.BucketState)
+	if err != nil {
+		return nil, missing("KV bucket "+contract.BucketState, err)
+	}
+	stateStream, err := js.Stream(ctx, "KV_"+contract.BucketState)
 	if err != nil {
 		return nil, missing("KV bucket "+contract.BucketState, err)
 	}
@@ -362,15 +399,22 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 	if err != nil {
 		return nil, missing("KV bucket "+contract.BucketPacing, err)
 	}
-	obs, err := js.ObjectStore(ctx, contract.BucketAttachments)
-	if err != nil {
-		return nil, missing("object store "+contract.BucketAttachments, err)
-	}
-	q := &Queue{js: js, States: &States{kv: kv}, Events: &Events{js: js}, Attachments: &Attachments{obs: obs},
+	q := &Queue{js: js, States: &States{kv: kv, stream: stateStream, js: js}, Events: &Events{js: js}, Attachments: &Attachments{js: js},
+		Audit:   &Audit{js: js},
 		Workers: &Workers{kv: workersKV, stream: workersStream}, Pacing: &Pacing{kv: pacingKV}}
 	q.DLQ = &DLQ{js: js, states: q.States, events: q.Events}
 	q.Schedules = &Schedules{js: js}
 	return q, nil
+}
+
+// OpenStates binds to the job-state bucket only: what a producer waiting for
+// its own job's outcome may read (`mailworker send --wait`).
+func OpenStates(ctx context.Context, js jetstream.JetStream) (*States, error) {
+	kv, err := js.KeyValue(ctx, contract.BucketState)
+	if err != nil {
+		return nil, fmt.Errorf("queue: KV bucket %s: %w (run `mailworker provision`)", contract.BucketState, err)
+	}
+	return &States{kv: kv, js: js}, nil
 }
 
 // Consumer returns the shared durable pull consumer "mailworker" on MAIL_JOBS.

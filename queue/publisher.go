@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -38,22 +39,58 @@ func (p *Publisher) jobMsg(profile string, job *contract.Job) (*nats.Msg, error)
 	if err != nil {
 		return nil, fmt.Errorf("queue: encode job: %w", err)
 	}
-	return &nats.Msg{Subject: contract.JobSubject(profile), Data: b, Header: nats.Header{contract.HeaderMsgID: []string{job.ID}}}, nil
+	return &nats.Msg{Subject: contract.JobSubject(profile), Data: b, Header: nats.Header{contract.HeaderMsgID: []string{PublishMsgID(profile, job.ID)}}}, nil
+}
+
+// PublishMsgID returns a Nats-Msg-Id for one publish of job id of profile:
+// "<profile>.<id>.<128 random bits>". JetStream's duplicate window is
+// stream-wide, across profiles, and any producer can set any Nats-Msg-Id: a
+// guessable one (the job id) would let another profile's producer publish it
+// first and have this publish silently dropped. A random one is used only to
+// make retries of the same publish (the same message) idempotent; a job id
+// published twice is recognised by the worker, per profile, from the job
+// state (see README, "Job identity").
+func PublishMsgID(profile, id string) string {
+	return profile + "." + id + "." + contract.NewJobID()
+}
+
+// ErrDuplicatePublish is returned when JetStream reports a publish as a
+// duplicate of a message already in its window: the job was not stored.
+var ErrDuplicatePublish = errors.New("queue: the stream dropped this publish as a duplicate")
+
+// Published is the outcome of one publish: the job id and the MAIL_JOBS
+// stream sequence that holds the job (the job state's Seq once the worker has
+// finished this very message).
+type Published struct {
+	ID  string
+	Seq uint64
 }
 
 // Publish validates job, sets job.ID to a random id if it is empty, and
-// publishes it on JobSubject(profile) with Nats-Msg-Id = id, so that
-// JetStream drops a duplicate publish within its window (a duplicate is not
-// an error). It returns the id. A validation failure is an *InvalidError.
+// publishes it on JobSubject(profile) with a fresh PublishMsgID. It returns
+// the id. A validation failure is an *InvalidError; a publish the stream
+// drops as a duplicate is ErrDuplicatePublish (wrapped).
 func (p *Publisher) Publish(ctx context.Context, profile string, job *contract.Job) (string, error) {
+	pub, err := p.PublishJob(ctx, profile, job)
+	return pub.ID, err
+}
+
+// PublishJob is Publish that also returns the stream sequence of the stored
+// job, so that a caller waiting for the outcome can tell its own job from
+// another publish of the same id.
+func (p *Publisher) PublishJob(ctx context.Context, profile string, job *contract.Job) (Published, error) {
 	m, err := p.jobMsg(profile, job)
 	if err != nil {
-		return "", err
+		return Published{}, err
 	}
-	if _, err := p.js.PublishMsg(ctx, m); err != nil {
-		return "", fmt.Errorf("queue: publish job %s: %w", job.ID, err)
+	ack, err := p.js.PublishMsg(ctx, m)
+	if err != nil {
+		return Published{}, fmt.Errorf("queue: publish job %s: %w", job.ID, err)
 	}
-	return job.ID, nil
+	if ack.Duplicate {
+		return Published{}, fmt.Errorf("%w: job %s (stream sequence %d holds the message with Nats-Msg-Id %s)", ErrDuplicatePublish, job.ID, ack.Sequence, m.Header.Get(contract.HeaderMsgID))
+	}
+	return Published{ID: job.ID, Seq: ack.Sequence}, nil
 }
 
 // PublishAsync is Publish without waiting for the ack (bulk path): the
@@ -70,22 +107,32 @@ func (p *Publisher) PublishAsync(profile string, job *contract.Job) (jetstream.P
 	return f, job.ID, nil
 }
 
-// PublishRaw publishes pre-encoded job bytes unchanged on JobSubject(profile);
-// a non-empty id (which must be a valid job id) becomes Nats-Msg-Id. It does
-// not validate data: the worker does (call DecodeJob first to fail early).
-func (p *Publisher) PublishRaw(ctx context.Context, profile string, data []byte, id string) error {
+// PublishRaw publishes pre-encoded job bytes unchanged on JobSubject(profile)
+// with a fresh PublishMsgID; id (the job id, when known) only names it. It
+// does not validate data: the worker does (call DecodeJob first to fail
+// early). A non-empty id is also sent as Mail-Job-Id, the job's id when the
+// body has none. It returns the stream sequence of the stored job.
+func (p *Publisher) PublishRaw(ctx context.Context, profile string, data []byte, id string) (uint64, error) {
 	if !validProfile(profile) {
-		return fmt.Errorf("queue: publish: invalid profile %s: want one subject token", contract.Quote(profile))
+		return 0, fmt.Errorf("queue: publish: invalid profile %s: want one subject token", contract.Quote(profile))
 	}
-	m := &nats.Msg{Subject: contract.JobSubject(profile), Data: data}
+	if id != "" && !contract.ValidJobID(id) {
+		return 0, fmt.Errorf("queue: publish: invalid job id %s", contract.Quote(id))
+	}
+	h := nats.Header{}
 	if id != "" {
-		if !contract.ValidJobID(id) {
-			return fmt.Errorf("queue: publish: invalid job id %s", contract.Quote(id))
-		}
-		m.Header = nats.Header{contract.HeaderMsgID: []string{id}}
+		h.Set(contract.HeaderJobID, id)
+	} else {
+		id = "raw"
 	}
-	if _, err := p.js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("queue: publish raw job: %w", err)
+	h.Set(contract.HeaderMsgID, PublishMsgID(profile, id))
+	m := &nats.Msg{Subject: contract.JobSubject(profile), Data: data, Header: h}
+	ack, err := p.js.PublishMsg(ctx, m)
+	if err != nil {
+		return 0, fmt.Errorf("queue: publish raw job: %w", err)
 	}
-	return nil
+	if ack.Duplicate {
+		return 0, fmt.Errorf("%w: stream sequence %d", ErrDuplicatePublish, ack.Sequence)
+	}
+	return ack.Sequence, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -18,7 +19,7 @@ func TestProvisionIdempotent(t *testing.T) {
 	if _, err := Open(ctx, js); err == nil || !strings.Contains(err.Error(), "mailworker provision") {
 		t.Fatalf("Open before provision = %v, want a hint to run provision", err)
 	}
-	cfg := Config{AckWait: 30 * time.Second}
+	cfg := Config{AckWait: 30 * time.Second, Profiles: []string{"billing"}}
 	for i := 0; i < 2; i++ {
 		if err := Provision(ctx, js, cfg); err != nil {
 			t.Fatalf("Provision #%d: %v", i+1, err)
@@ -42,7 +43,7 @@ func TestProvisionIdempotent(t *testing.T) {
 	}
 	attachmentsTTL := func() time.Duration {
 		t.Helper()
-		obs, err := js.ObjectStore(ctx, contract.BucketAttachments)
+		obs, err := js.ObjectStore(ctx, AttachmentsBucket("billing"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +59,7 @@ func TestProvisionIdempotent(t *testing.T) {
 
 	// Updatable fields are updated in place.
 	cfg2 := Config{AckWait: 90 * time.Second, MaxAckPending: 50, StatusMaxAge: time.Hour, StateTTL: 2 * time.Hour,
-		AttachmentsMaxAge: 3 * time.Hour}
+		AttachmentsMaxAge: 3 * time.Hour, Profiles: []string{"billing"}}
 	if err := Provision(ctx, js, cfg2); err != nil {
 		t.Fatalf("Provision with new limits: %v", err)
 	}
@@ -143,24 +144,36 @@ func TestPublisher(t *testing.T) {
 	if !contract.ValidJobID(id) || job.ID != id {
 		t.Fatalf("id %q, job.ID %q", id, job.ID)
 	}
-	// Same id again: JetStream drops it.
+	// Same id again: stored again (the worker, not the stream, recognises
+	// a job id published twice, per profile), each publish with its own
+	// unguessable Nats-Msg-Id.
 	if _, err := p.Publish(b.ctx, "billing", job); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.PublishRaw(b.ctx, "billing", []byte(`{"id":"`+id+`"}`), id); err != nil {
+	if _, err := p.PublishRaw(b.ctx, "billing", []byte(`{"id":"`+id+`"}`), id); err != nil {
 		t.Fatal(err)
 	}
 	s, _ := b.js.Stream(b.ctx, contract.StreamJobs)
 	info, _ := s.Info(b.ctx)
-	if info.State.Msgs != 1 {
-		t.Fatalf("MAIL_JOBS holds %d messages, want 1 (duplicates dropped)", info.State.Msgs)
+	if info.State.Msgs != 3 {
+		t.Fatalf("MAIL_JOBS holds %d messages, want 3", info.State.Msgs)
 	}
 	m, err := s.GetMsg(b.ctx, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Subject != "mail.send.billing" || m.Header.Get(contract.HeaderMsgID) != id {
-		t.Errorf("subject %q Nats-Msg-Id %q", m.Subject, m.Header.Get(contract.HeaderMsgID))
+	m2, err := s.GetMsg(b.ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgID := m.Header.Get(contract.HeaderMsgID)
+	if m.Subject != "mail.send.billing" || !strings.HasPrefix(msgID, "billing."+id+".") || len(msgID) < len("billing."+id+".")+22 ||
+		msgID == m2.Header.Get(contract.HeaderMsgID) {
+		t.Errorf("subject %q Nats-Msg-Id %q then %q: want billing.<id>.<random>, fresh per publish", m.Subject, msgID, m2.Header.Get(contract.HeaderMsgID))
+	}
+	// Retrying the very same message is dropped by the stream.
+	if ack, err := b.js.PublishMsg(b.ctx, &nats.Msg{Subject: "mail.send.billing", Data: m.Data, Header: nats.Header{contract.HeaderMsgID: []string{msgID}}}); err != nil || !ack.Duplicate {
+		t.Fatalf("re-publish of the same Nats-Msg-Id: %+v, %v; want a duplicate", ack, err)
 	}
 	got, err := contract.DecodeJob(m.Data)
 	if err != nil || got.ID != id || got.Subject != "hi" {
@@ -188,12 +201,12 @@ func TestPublisher(t *testing.T) {
 		}
 		seen[id] = true
 	}
-	if err := p.PublishRaw(b.ctx, "billing", []byte(`not even json`), ""); err != nil {
+	if _, err := p.PublishRaw(b.ctx, "billing", []byte(`not even json`), ""); err != nil {
 		t.Fatal(err)
 	}
 	info, _ = s.Info(b.ctx)
-	if info.State.Msgs != 12 {
-		t.Errorf("MAIL_JOBS holds %d messages, want 12", info.State.Msgs)
+	if info.State.Msgs != 14 {
+		t.Errorf("MAIL_JOBS holds %d messages, want 14", info.State.Msgs)
 	}
 
 	// Rejections.
@@ -211,17 +224,27 @@ func TestPublisher(t *testing.T) {
 func TestStates(t *testing.T) {
 	b := setup(t)
 	s := b.q.States
-	if _, _, err := s.Get(b.ctx, "j1"); !errors.Is(err, contract.ErrNoState) {
+	if _, _, err := s.Get(b.ctx, "billing", "j1"); !errors.Is(err, contract.ErrNoState) {
 		t.Fatalf("Get missing = %v", err)
 	}
 	rev, err := s.Create(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateSending, Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Create(b.ctx, contract.JobState{JobID: "j1", State: contract.StateSending}); !errors.Is(err, contract.ErrStateExists) {
+	if _, err := s.Create(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateSending}); !errors.Is(err, contract.ErrStateExists) {
 		t.Fatalf("second Create = %v, want ErrStateExists", err)
 	}
-	st, r, err := s.Get(b.ctx, "j1")
+	// Job identity is per profile: ops may use the same id.
+	if _, err := s.Create(b.ctx, contract.JobState{JobID: "j1", Profile: "ops", State: contract.StateSent}); err != nil {
+		t.Fatalf("Create of the same id for another profile = %v", err)
+	}
+	if ps, err := s.Profiles(b.ctx, "j1"); err != nil || len(ps) != 2 || ps[0] != "billing" || ps[1] != "ops" {
+		t.Fatalf("Profiles = %v, %v", ps, err)
+	}
+	if _, err := s.Create(b.ctx, contract.JobState{JobID: "j1", State: contract.StateSending}); err == nil {
+		t.Fatalf("second Create = %v, want ErrStateExists", err)
+	}
+	st, r, err := s.Get(b.ctx, "billing", "j1")
 	if err != nil || r != rev || st.State != contract.StateSending || st.Attempts != 1 || st.UpdatedAt.IsZero() {
 		t.Fatalf("Get = %+v rev %d (want %d), %v", st, r, rev, err)
 	}
@@ -235,17 +258,17 @@ func TestStates(t *testing.T) {
 	if _, err := s.Update(b.ctx, st, rev); !errors.Is(err, contract.ErrStateConflict) {
 		t.Fatalf("stale Update = %v, want ErrStateConflict", err)
 	}
-	if _, err := s.Update(b.ctx, contract.JobState{JobID: "nope"}, 1); !errors.Is(err, contract.ErrStateConflict) {
+	if _, err := s.Update(b.ctx, contract.JobState{JobID: "nope", Profile: "billing"}, 1); !errors.Is(err, contract.ErrStateConflict) {
 		t.Fatalf("Update of missing = %v, want ErrStateConflict", err)
 	}
-	rev3, err := s.Put(b.ctx, contract.JobState{JobID: "j1", State: contract.StateDeadLettered})
+	rev3, err := s.Put(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateDeadLettered})
 	if err != nil || rev3 <= rev2 {
 		t.Fatalf("Put = %d, %v", rev3, err)
 	}
-	if st, _, _ := s.Get(b.ctx, "j1"); st.State != contract.StateDeadLettered {
+	if st, _, _ := s.Get(b.ctx, "billing", "j1"); st.State != contract.StateDeadLettered {
 		t.Errorf("after Put: %+v", st)
 	}
-	if _, err := s.Put(b.ctx, contract.JobState{JobID: "a.b"}); err == nil {
+	if _, err := s.Put(b.ctx, contract.JobState{JobID: "a.b", Profile: "billing"}); err == nil {
 		t.Error("Put accepted an invalid job id")
 	}
 }
@@ -253,7 +276,7 @@ func TestStates(t *testing.T) {
 func TestEvents(t *testing.T) {
 	b := setup(t)
 	e := b.q.Events
-	if h, err := e.History(b.ctx, "j1"); err != nil || len(h) != 0 {
+	if h, err := e.History(b.ctx, "billing", "j1"); err != nil || len(h) != 0 {
 		t.Fatalf("empty History = %v, %v", h, err)
 	}
 	at := time.Now().UTC().Truncate(time.Millisecond)
@@ -275,7 +298,7 @@ func TestEvents(t *testing.T) {
 	if err := wait(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	h, err := e.History(b.ctx, "j1")
+	h, err := e.History(b.ctx, "billing", "j1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +313,7 @@ func TestEvents(t *testing.T) {
 	if err := e.Publish(b.ctx, contract.Event{JobID: "a.*", Profile: "billing"}); err == nil {
 		t.Error("Publish accepted a wildcard job id")
 	}
-	if _, err := e.History(b.ctx, ">"); err == nil {
+	if _, err := e.History(b.ctx, "billing", ">"); err == nil {
 		t.Error("History accepted a wildcard")
 	}
 }
@@ -308,7 +331,7 @@ func TestEventsPublishedTwiceAreStoredOnce(t *testing.T) {
 	if err := b.q.Events.Publish(b.ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	h, err := b.q.Events.History(b.ctx, "j1")
+	h, err := b.q.Events.History(b.ctx, "billing", "j1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +344,7 @@ func TestAttachments(t *testing.T) {
 	b := setup(t)
 	a := b.q.Attachments
 	data := bytes.Repeat([]byte("pdf!"), 300_000) // bigger than one object-store chunk
-	ref, err := a.Put(b.ctx, "invoice\r\n.pdf", data)
+	ref, err := a.Put(b.ctx, "billing", "invoice\r\n.pdf", data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,20 +356,20 @@ func TestAttachments(t *testing.T) {
 	if err := j.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	got, err := a.Get(b.ctx, ref)
+	got, err := a.Get(b.ctx, "billing", ref)
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("Get: %d bytes, %v", len(got), err)
 	}
-	if n, err := a.Size(b.ctx, ref); err != nil || n != len(data) {
+	if n, err := a.Size(b.ctx, "billing", ref); err != nil || n != len(data) {
 		t.Fatalf("Size = %d, %v; want %d", n, err, len(data))
 	}
-	if err := a.Delete(b.ctx, ref); err != nil {
+	if err := a.Delete(b.ctx, "billing", ref); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Get(b.ctx, ref); !errors.Is(err, contract.ErrNoAttachment) {
+	if _, err := a.Get(b.ctx, "billing", ref); !errors.Is(err, contract.ErrNoAttachment) {
 		t.Errorf("Get after delete = %v", err)
 	}
-	if _, err := a.Size(b.ctx, ref); !errors.Is(err, contract.ErrNoAttachment) {
+	if _, err := a.Size(b.ctx, "billing", ref); !errors.Is(err, contract.ErrNoAttachment) {
 		t.Errorf("Size after delete = %v", err)
 	}
 }

@@ -5,25 +5,54 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// States is the job-state store (KV MAIL_JOB_STATE, key = job id, value =
-// JSON JobState). Revisions are KV revisions, for compare-and-set.
+// States is the job-state store (KV MAIL_JOB_STATE, key = StateKey(profile,
+// job id), value = JSON JobState). Revisions are KV revisions, for
+// compare-and-set.
+//
+// A job's identity is its profile and its id: two profiles may use the same
+// job id without seeing each other's state (issue 9).
 type States struct {
-	kv jetstream.KeyValue
+	kv     jetstream.KeyValue
+	stream jetstream.Stream // KV_MAIL_JOB_STATE, to find a job id's profiles
+	js     jetstream.JetStream
 }
 
-// Get returns the state of jobID and its revision. It returns ErrNoState when
-// there is none (never written, deleted, or expired by the bucket TTL).
-func (s *States) Get(ctx context.Context, jobID string) (contract.JobState, uint64, error) {
-	if !contract.ValidJobID(jobID) {
-		return contract.JobState{}, 0, fmt.Errorf("queue: get state: invalid job id %s", contract.Quote(jobID))
+// JetStream returns the JetStream context the store uses.
+func (s *States) JetStream() jetstream.JetStream { return s.js }
+
+// StateKey is the MAIL_JOB_STATE key of a job: "<profile>.<job id>". Profiles
+// and job ids cannot contain dots, so the key is unambiguous, and the profile
+// is a subject token of its own (NATS permissions can grant one profile's
+// keys: $KV.MAIL_JOB_STATE.<profile>.>).
+func StateKey(profile, jobID string) string { return profile + "." + jobID }
+
+func stateKey(profile, jobID string) (string, error) {
+	if !validProfile(profile) {
+		return "", fmt.Errorf("queue: state: invalid profile %s", contract.Quote(profile))
 	}
-	e, err := s.kv.Get(ctx, jobID)
+	if !contract.ValidJobID(jobID) {
+		return "", fmt.Errorf("queue: state: invalid job id %s", contract.Quote(jobID))
+	}
+	return StateKey(profile, jobID), nil
+}
+
+// Get returns the state of profile's job jobID and its revision. It returns
+// ErrNoState when there is none (never written, deleted, or expired by the
+// bucket TTL).
+func (s *States) Get(ctx context.Context, profile, jobID string) (contract.JobState, uint64, error) {
+	key, err := stateKey(profile, jobID)
+	if err != nil {
+		return contract.JobState{}, 0, err
+	}
+	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return contract.JobState{}, 0, contract.ErrNoState
 	}
@@ -37,24 +66,26 @@ func (s *States) Get(ctx context.Context, jobID string) (contract.JobState, uint
 	return st, e.Revision(), nil
 }
 
-func encodeState(st *contract.JobState) ([]byte, error) {
-	if !contract.ValidJobID(st.JobID) {
-		return nil, fmt.Errorf("queue: state: invalid job id %s", contract.Quote(st.JobID))
+func encodeState(st *contract.JobState) (string, []byte, error) {
+	key, err := stateKey(st.Profile, st.JobID)
+	if err != nil {
+		return "", nil, err
 	}
 	if st.UpdatedAt.IsZero() {
 		st.UpdatedAt = time.Now().UTC()
 	}
-	return json.Marshal(st)
+	b, err := json.Marshal(st)
+	return key, b, err
 }
 
 // Create stores st if no state exists for st.JobID, else returns
 // ErrStateExists. A zero UpdatedAt is set to now.
 func (s *States) Create(ctx context.Context, st contract.JobState) (uint64, error) {
-	b, err := encodeState(&st)
+	key, b, err := encodeState(&st)
 	if err != nil {
 		return 0, err
 	}
-	rev, err := s.kv.Create(ctx, st.JobID, b)
+	rev, err := s.kv.Create(ctx, key, b)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return 0, contract.ErrStateExists
 	}
@@ -67,11 +98,11 @@ func (s *States) Create(ctx context.Context, st contract.JobState) (uint64, erro
 // Update stores st if the current revision is lastRev, else returns
 // ErrStateConflict. A zero UpdatedAt is set to now.
 func (s *States) Update(ctx context.Context, st contract.JobState, lastRev uint64) (uint64, error) {
-	b, err := encodeState(&st)
+	key, b, err := encodeState(&st)
 	if err != nil {
 		return 0, err
 	}
-	rev, err := s.kv.Update(ctx, st.JobID, b, lastRev)
+	rev, err := s.kv.Update(ctx, key, b, lastRev)
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 		return 0, contract.ErrStateConflict
 	}
@@ -83,13 +114,48 @@ func (s *States) Update(ctx context.Context, st contract.JobState, lastRev uint6
 
 // Put stores st unconditionally. A zero UpdatedAt is set to now.
 func (s *States) Put(ctx context.Context, st contract.JobState) (uint64, error) {
-	b, err := encodeState(&st)
+	key, b, err := encodeState(&st)
 	if err != nil {
 		return 0, err
 	}
-	rev, err := s.kv.Put(ctx, st.JobID, b)
+	rev, err := s.kv.Put(ctx, key, b)
 	if err != nil {
 		return 0, fmt.Errorf("queue: put state of %s: %w", st.JobID, err)
 	}
 	return rev, nil
+}
+
+// Delete removes the state of profile's job jobID (a purged dead letter: the
+// id may be published again at once). Deleting a missing state is not an
+// error.
+func (s *States) Delete(ctx context.Context, profile, jobID string) error {
+	key, err := stateKey(profile, jobID)
+	if err != nil {
+		return err
+	}
+	if err := s.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("queue: delete state of %s: %w", key, err)
+	}
+	return nil
+}
+
+// Profiles returns the profiles that hold a state (or a deletion marker) for
+// jobID, sorted. It reads the bucket stream's subject counts (one stream info
+// request), so it needs no consumer.
+func (s *States) Profiles(ctx context.Context, jobID string) ([]string, error) {
+	if !contract.ValidJobID(jobID) {
+		return nil, fmt.Errorf("queue: state: invalid job id %s", contract.Quote(jobID))
+	}
+	prefix := "$KV." + contract.BucketState + "."
+	info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(prefix+"*."+jobID))
+	if err != nil {
+		return nil, fmt.Errorf("queue: find the profiles of job %s: %w", jobID, err)
+	}
+	var out []string
+	for subj := range info.State.Subjects {
+		p, _, _ := strings.Cut(strings.TrimPrefix(subj, prefix), ".")
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out, nil
 }

@@ -42,8 +42,12 @@ func eventMsg(ev *contract.Event, msgID string) (*nats.Msg, error) {
 // final event from the job state) is stored once inside the stream's
 // duplicate window.
 func EventMsgID(ev *contract.Event) string {
-	return ev.JobID + "-" + string(ev.Event) + "-" + strconv.Itoa(ev.Attempt) + "-" + strconv.FormatInt(ev.At.UnixNano(), 36)
+	return ev.Profile + "." + ev.JobID + "-" + string(ev.Event) + "-" + strconv.Itoa(ev.Attempt) + "-" + strconv.FormatInt(ev.At.UnixNano(), 36)
 }
+
+// NewEvents returns the status stream on js, for a client that reads a
+// job's events without binding the whole queue.
+func NewEvents(js jetstream.JetStream) *Events { return &Events{js: js} }
 
 // Publish stores ev on StatusSubject(ev.Profile, ev.JobID) and waits for the
 // stream's ack. It fails on an invalid job id or profile.
@@ -88,19 +92,27 @@ func (e *Events) PublishAsync(ev contract.Event) (wait func(timeout time.Duratio
 	}, nil
 }
 
-// History returns every stored event of jobID (any profile), oldest first;
-// none is an empty slice and no error. Events older than MAIL_STATUS's max
-// age are gone.
-func (e *Events) History(ctx context.Context, jobID string) ([]contract.Event, error) {
+// History returns every stored event of profile's job jobID, oldest first;
+// none is an empty slice and no error. An empty profile means any profile
+// (support looking a job id up). Events older than MAIL_STATUS's max age are
+// gone.
+func (e *Events) History(ctx context.Context, profile, jobID string) ([]contract.Event, error) {
 	if !contract.ValidJobID(jobID) {
 		return nil, fmt.Errorf("queue: history: invalid job id %s", contract.Quote(jobID))
+	}
+	tok := "*"
+	if profile != "" {
+		if !validProfile(profile) {
+			return nil, fmt.Errorf("queue: history: invalid profile %s", contract.Quote(profile))
+		}
+		tok = profile
 	}
 	s, err := e.js.Stream(ctx, contract.StreamStatus)
 	if err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", contract.StreamStatus, err)
 	}
 	var out []contract.Event
-	err = scan(ctx, s, contract.StatusSubjectPrefix+"*."+jobID, func(m *jetstream.RawStreamMsg) error {
+	err = scan(ctx, s, contract.StatusSubjectPrefix+tok+"."+jobID, func(m *jetstream.RawStreamMsg) error {
 		var ev contract.Event
 		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			return nil // not ours to judge: skip what is not an event

@@ -55,8 +55,10 @@ func (errClosed) Error() string { return "worker: messages closed" }
 
 // States stores each job's state (queue.States).
 type States interface {
-	// Get returns the state and its revision; contract.ErrNoState when none.
-	Get(ctx context.Context, jobID string) (contract.JobState, uint64, error)
+	// Get returns the state of profile's job jobID and its revision;
+	// contract.ErrNoState when none. A job is identified by its profile and
+	// id: another profile's job of the same id is another job.
+	Get(ctx context.Context, profile, jobID string) (contract.JobState, uint64, error)
 	// Create stores a state where none is; contract.ErrStateExists otherwise.
 	Create(ctx context.Context, st contract.JobState) (uint64, error)
 	// Update stores st if the revision is still lastRev;
@@ -80,10 +82,11 @@ type Events interface {
 	PublishAsync(ev contract.Event) (wait func(timeout time.Duration) error, err error)
 }
 
-// AttachmentSizes tells the size of an objectRef attachment
-// (queue.Attachments); contract.ErrNoAttachment when it is not there.
+// AttachmentSizes tells the size of an objectRef attachment of profile
+// (queue.Attachments: objects belong to a profile); contract.ErrNoAttachment
+// when it is not there.
 type AttachmentSizes interface {
-	Size(ctx context.Context, ref string) (int, error)
+	Size(ctx context.Context, profile, ref string) (int, error)
 }
 
 // Scheduler puts a job back on the queue at a later time without holding a

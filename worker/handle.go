@@ -168,7 +168,7 @@ func (p *Pool) arrived(j *job) Outcome {
 // readState loads j's state; false when the broker failed (the job is put back).
 func (p *Pool) readState(ctx context.Context, j *job) bool {
 	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
-	st, rev, err := p.broker.States.Get(opCtx, j.id)
+	st, rev, err := p.broker.States.Get(opCtx, j.profile, j.id)
 	cancel()
 	switch {
 	case errors.Is(err, contract.ErrNoState):
@@ -191,7 +191,7 @@ func (p *Pool) plainlySendable(j *job) bool {
 
 // paceAndSend waits for the mailbox's pace and slots, then sends.
 func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
-	adm, err := p.admit(sendCtx, j.from, len(j.job.To)+len(j.job.Cc)+len(j.job.Bcc), p.uploadBytes(sendCtx, j.msg.Data(), j.job))
+	adm, err := p.admit(sendCtx, j.from, len(j.job.To)+len(j.job.Cc)+len(j.job.Bcc), p.uploadBytes(sendCtx, j.profile, j.msg.Data(), j.job))
 	if err != nil {
 		// The recipient ledger is out of reach: never send blind.
 		p.unreachable(sendCtx, j, "lease recipients from the shared ledger", err)
@@ -255,7 +255,7 @@ func (p *Pool) paced(ctx context.Context, j *job, d time.Duration, cause Cause) 
 // both), plus its objectRef attachments as they will be sent, base64-encoded.
 // An attachment whose size cannot be read counts as the most one request can
 // carry; a missing one counts nothing (the send will fail without uploading).
-func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *contract.Job) int64 {
+func (p *Pool) uploadBytes(ctx context.Context, profile string, data []byte, job *contract.Job) int64 {
 	if p.cfg.PerMailboxUploadBytes <= 0 {
 		return 0
 	}
@@ -267,7 +267,7 @@ func (p *Pool) uploadBytes(ctx context.Context, data []byte, job *contract.Job) 
 		size := contract.MaxInlineAttachmentBytes
 		if p.broker.Attachments != nil {
 			opCtx, cancel := context.WithTimeout(ctx, opTimeout)
-			s, err := p.broker.Attachments.Size(opCtx, a.ObjectRef)
+			s, err := p.broker.Attachments.Size(opCtx, profile, a.ObjectRef)
 			cancel()
 			switch {
 			case errors.Is(err, contract.ErrNoAttachment):

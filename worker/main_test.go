@@ -68,7 +68,7 @@ func startServer(t *testing.T) jetstream.JetStream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := queue.Provision(context.Background(), js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
+	if err := queue.Provision(context.Background(), js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second, Profiles: []string{"demo"}}); err != nil {
 		t.Fatal(err)
 	}
 	return js
@@ -211,7 +211,7 @@ func (b *bundle) waitState(id string, want contract.State) contract.JobState {
 	b.t.Helper()
 	var st contract.JobState
 	eventually(b.t, 15*time.Second, "job "+id+" to reach "+string(want), func() bool {
-		s, _, err := b.q.States.Get(context.Background(), id)
+		s, _, err := b.q.States.Get(context.Background(), "demo", id)
 		if err != nil && !errors.Is(err, contract.ErrNoState) {
 			b.t.Fatal(err)
 		}
@@ -223,7 +223,7 @@ func (b *bundle) waitState(id string, want contract.State) contract.JobState {
 
 func (b *bundle) history(id string) []contract.Event {
 	b.t.Helper()
-	evs, err := b.q.Events.History(context.Background(), id)
+	evs, err := b.q.Events.History(context.Background(), "demo", id)
 	if err != nil {
 		b.t.Fatal(err)
 	}

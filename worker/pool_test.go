@@ -132,7 +132,7 @@ func TestPool(t *testing.T) {
 		b := setup(t, Config{MaxAttempts: 2}, rec)
 		id := b.publish(demoJob("job-amb-replay"))
 		b.waitState(id, contract.StateDeadLettered)
-		dl, err := b.q.DLQ.Get(context.Background(), id)
+		dl, err := b.q.DLQ.Get(context.Background(), "demo", id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +140,7 @@ func TestPool(t *testing.T) {
 			t.Fatalf("dead letter = %+v: want attempts_exhausted, ambiguous", dl)
 		}
 		fail.Store(false)
-		if err := b.q.DLQ.Replay(context.Background(), id, queue.ReplayOptions{}); err != nil {
+		if _, err := b.q.DLQ.Replay(context.Background(), "demo", id, queue.ReplayOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 15*time.Second, "the replay sent", func() bool {
@@ -197,7 +197,7 @@ func TestPool(t *testing.T) {
 		if st.LastError.Reason != contract.ReasonRecipientInvalid || st.Attempts != 1 {
 			t.Fatalf("state = %+v", st)
 		}
-		dl, err := b.q.DLQ.Get(context.Background(), id)
+		dl, err := b.q.DLQ.Get(context.Background(), "demo", id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -420,7 +420,7 @@ func TestPool(t *testing.T) {
 		rec := &recorder{}
 		b := setup(t, Config{PerMailboxUploadBytes: 2_000_000}, rec)
 		// 600 KB stored by reference: 800 KB once base64-encoded in the request.
-		ref, err := b.q.Attachments.Put(context.Background(), "report.pdf", make([]byte, 600_000))
+		ref, err := b.q.Attachments.Put(context.Background(), "demo", "report.pdf", make([]byte, 600_000))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -444,7 +444,7 @@ func TestPool(t *testing.T) {
 			id := fmt.Sprintf("job-u%d", i)
 			switch n := rec.callsFor(id); n {
 			case 0:
-				if st, _, err := b.q.States.Get(context.Background(), id); err == nil && st.Attempts != 0 {
+				if st, _, err := b.q.States.Get(context.Background(), "demo", id); err == nil && st.Attempts != 0 {
 					t.Errorf("deferred job %s spent %d attempts", id, st.Attempts)
 				}
 			case 1:

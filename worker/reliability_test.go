@@ -148,7 +148,7 @@ func TestFinalEventNotLostAtShutdown(t *testing.T) {
 	first.waitState("event-at-shutdown", contract.StateSent)
 	first.stop() // the drain timeout cuts the event's retries short
 
-	if err := queue.Provision(context.Background(), js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
+	if err := queue.Provision(context.Background(), js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second, Profiles: []string{"demo"}}); err != nil {
 		t.Fatal(err)
 	}
 	second := startPool(t, js, Config{}, sender, testOptions{})

@@ -159,7 +159,7 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 	if sent.count() != 0 {
 		t.Fatal("sent while the recipient ledger was unreachable")
 	}
-	if err := queue.Provision(ctx, js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second}); err != nil {
+	if err := queue.Provision(ctx, js, queue.Config{AckWait: 5 * time.Second, WorkersTTL: 3 * time.Second, Profiles: []string{"demo"}}); err != nil {
 		t.Fatal(err)
 	}
 	st := b.waitState(id, contract.StateSent)

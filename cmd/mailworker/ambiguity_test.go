@@ -34,7 +34,7 @@ func TestAmbiguitySurvivesReplay(t *testing.T) {
 		!strings.Contains(out, "message trace") {
 		t.Fatalf("dlq show (exit %d) does not say the sends were ambiguous:\n%s%s", code, out, errOut)
 	}
-	dl, err := h.q.DLQ.Get(context.Background(), id)
+	dl, err := h.q.DLQ.Get(context.Background(), "", id)
 	if err != nil || !dl.Ambiguous {
 		t.Fatalf("dead letter %+v (%v): want Ambiguous", dl, err)
 	}
@@ -44,10 +44,10 @@ func TestAmbiguitySurvivesReplay(t *testing.T) {
 		t.Fatalf("replay exit %d: %s%s", code, out, errOut)
 	}
 	eventually(t, 30*time.Second, "the replay sent", func() bool {
-		st, _, err := h.q.States.Get(context.Background(), id)
+		st, _, err := h.stateOf(context.Background(), id)
 		return err == nil && st.State == contract.StateSent
 	})
-	evs, err := h.q.Events.History(context.Background(), id)
+	evs, err := h.q.Events.History(context.Background(), "", id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,6 +110,10 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 	if a.pool, err = worker.New(cfg.workerConfig(), broker, sender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
 		return nil, err
 	}
+	// Support's replay and purge requests, recorded in MAIL_AUDIT (admin.go).
+	if _, err := serveAdmin(a.nc, a.q, log); err != nil {
+		return nil, err
+	}
 	if cfg.HTTP.Listen != "" {
 		if a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 			return nil, fmt.Errorf("http.listen: %w", err)

@@ -61,7 +61,7 @@ func TestAppInProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	report := make([]byte, 200_000)
-	ref, err := q.Attachments.Put(ctx, "report.pdf", report)
+	ref, err := q.Attachments.Put(ctx, "billing", "report.pdf", report)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -487,7 +488,13 @@ func validProfileName(s string) bool {
 }
 
 func (c Config) queueConfig() queue.Config {
+	profiles := make([]string, 0, len(c.Profiles))
+	for name := range c.Profiles {
+		profiles = append(profiles, name)
+	}
+	sort.Strings(profiles)
 	return queue.Config{
+		Profiles: profiles,
 		Replicas: c.Streams.Replicas, JobsMaxAge: c.Streams.JobsMaxAge, StatusMaxAge: c.Streams.StatusMaxAge,
 		DLQMaxAge: c.Streams.DLQMaxAge, StateTTL: c.Streams.StateTTL, AttachmentsMaxAge: c.Streams.AttachmentsMaxAge,
 		AckWait:       c.Worker.AckWait,

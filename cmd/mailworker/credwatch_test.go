@@ -112,7 +112,7 @@ profiles:
 		}
 		var st contract.JobState
 		eventually(t, 30*time.Second, "job "+id+" to finish", func() bool {
-			st, _, _ = q.States.Get(ctx, id)
+			st, _, _ = q.States.Get(ctx, "billing", id)
 			return terminal(st.State)
 		})
 		if st.State != contract.StateSent {

@@ -60,7 +60,7 @@ func TestDeferralsHoldNoCapacity(t *testing.T) {
 	})
 	ids := h.publish("ops", "ops", 1)
 	h.waitTerminal(ids, 30*time.Second)
-	if st, _, err := h.q.States.Get(context.Background(), ids[0]); err != nil || st.State != contract.StateSent {
+	if st, _, err := h.stateOf(context.Background(), ids[0]); err != nil || st.State != contract.StateSent {
 		t.Fatalf("ops job: %+v %v", st, err)
 	}
 	// The flood waits in MAIL_JOBS as schedules, not lost.

@@ -119,6 +119,7 @@ func (c *cli) dlqListCmd() *cobra.Command {
 
 func (c *cli) dlqShowCmd() *cobra.Command {
 	var asJSON bool
+	var profile string
 	cmd := &cobra.Command{Use: "show <job-id>", Short: "Show one dead-lettered job with its original body", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			nc, q, err := c.openQueue(cmd.Context())
@@ -126,7 +127,7 @@ func (c *cli) dlqShowCmd() *cobra.Command {
 				return err
 			}
 			defer nc.Close()
-			dl, err := q.DLQ.Get(cmd.Context(), args[0])
+			dl, err := q.DLQ.Get(cmd.Context(), profile, args[0])
 			if err != nil {
 				return notInDLQ(args[0], err)
 			}
@@ -141,10 +142,14 @@ func (c *cli) dlqShowCmd() *cobra.Command {
 			if dl.GraphRequestID != "" {
 				fmt.Fprintf(c.stdout, "graph request-id: %s\n", cell(dl.GraphRequestID))
 			}
+			if dl.Truncated > 0 {
+				fmt.Fprintf(c.stdout, "body TRUNCATED: the job was %d bytes, too large to store whole with the failure; the first %d are kept (replay it with --file)\n", dl.Truncated, len(dl.Body))
+			}
 			fmt.Fprintf(c.stdout, "body (%d bytes):\n%s\n", len(dl.Body), termSafe(string(dl.Body)))
 			return nil
 		}}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&profile, "profile", "", "the job's profile (needed when two profiles used the same id)")
 	return cmd
 }
 
@@ -163,11 +168,12 @@ func newestPerJob(dls []contract.DeadLetter) []contract.DeadLetter {
 	idx := map[string]int{}
 	var out []contract.DeadLetter
 	for _, dl := range dls {
-		if i, ok := idx[dl.JobID]; ok {
+		k := queue.StateKey(dl.Profile, dl.JobID) // a job is its profile and id
+		if i, ok := idx[k]; ok {
 			out[i] = dl
 			continue
 		}
-		idx[dl.JobID] = len(out)
+		idx[k] = len(out)
 		out = append(out, dl)
 	}
 	return out
@@ -196,27 +202,31 @@ func (c *cli) dlqReplayCmd() *cobra.Command {
 			if all && file != "" {
 				return errors.New("--file replaces one job's body: use it with a job id, not --all")
 			}
-			var opts queue.ReplayOptions
+			var body []byte
 			if file != "" {
-				body, err := os.ReadFile(file)
-				if err != nil {
+				var err error
+				if body, err = os.ReadFile(file); err != nil {
 					return fmt.Errorf("--file: %w", err)
 				}
-				opts.Body = body
+				if _, err := contract.DecodeJob(body); err != nil {
+					return fmt.Errorf("--file %s: %w (nothing replayed)", file, err)
+				}
 			}
 			filter, err := f.filter()
 			if err != nil {
 				return err
 			}
-			nc, q, err := c.openQueue(ctx)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
+			// Reads are support's own; the replay itself goes through the
+			// worker, which records it in MAIL_AUDIT (admin.go).
 			if !all {
 				id := args[0]
 				if dryRun {
-					dl, err := q.DLQ.Get(ctx, id)
+					nc, q, err := c.openQueue(ctx)
+					if err != nil {
+						return err
+					}
+					defer nc.Close()
+					dl, err := q.DLQ.Get(ctx, filter.Profile, id)
 					if err != nil {
 						return notInDLQ(id, err)
 					}
@@ -224,16 +234,27 @@ func (c *cli) dlqReplayCmd() *cobra.Command {
 					c.printMatches([]contract.DeadLetter{dl})
 					return nil
 				}
-				if err := q.DLQ.Replay(ctx, id, opts); err != nil {
-					var ie *contract.InvalidError
-					if errors.As(err, &ie) && file != "" {
-						return fmt.Errorf("--file %s: %w (nothing replayed)", file, err)
+				reply, err := c.admin(ctx, "replay", adminRequest{Profile: filter.Profile, JobID: id, Body: body})
+				if err != nil {
+					return err
+				}
+				if reply.NotFound {
+					return notInDLQ(id, queue.ErrNotInDLQ)
+				}
+				if reply.Error != "" {
+					if file != "" {
+						return fmt.Errorf("--file %s: %s (nothing replayed)", file, cell(reply.Error))
 					}
-					return notInDLQ(id, err)
+					return errors.New(cell(reply.Error))
 				}
 				fmt.Fprintf(c.stdout, "replayed %s; follow it with `mailworker status %s`\n", cell(id), cell(id))
 				return nil
 			}
+			nc, q, err := c.openQueue(ctx)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
 			dls, err := q.DLQ.List(ctx, filter)
 			if err != nil {
 				return err
@@ -253,11 +274,14 @@ func (c *cli) dlqReplayCmd() *cobra.Command {
 				c.printMatches(jobs)
 				return nil
 			}
-			n, err := q.DLQ.ReplayAll(ctx, filter)
+			reply, err := c.admin(ctx, "replay", adminRequest{Profile: filter.Profile, Reason: filter.Reason, All: true})
 			if err != nil {
-				return fmt.Errorf("replayed %d before: %w", n, err)
+				return err
 			}
-			fmt.Fprintf(c.stdout, "replayed %d job(s)\n", n)
+			if reply.Error != "" {
+				return fmt.Errorf("replayed %d before: %s", reply.Count, cell(reply.Error))
+			}
+			fmt.Fprintf(c.stdout, "replayed %d job(s)\n", reply.Count)
 			return nil
 		}}
 	f.add(cmd)
@@ -307,11 +331,15 @@ func (c *cli) dlqPurgeCmd() *cobra.Command {
 			}
 			fmt.Fprintf(c.stdout, "purging %d dead letter(s):\n", len(dls))
 			c.printMatches(dls)
-			n, err := q.DLQ.Purge(ctx, filter)
+			// Through the worker, recorded in MAIL_AUDIT (admin.go).
+			reply, err := c.admin(ctx, "purge", adminRequest{Profile: filter.Profile, Reason: filter.Reason, JobID: jobID})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.stdout, "purged %d dead letter(s)\n", n)
+			if reply.Error != "" {
+				return fmt.Errorf("purged %d before: %s", reply.Count, cell(reply.Error))
+			}
+			fmt.Fprintf(c.stdout, "purged %d dead letter(s)\n", reply.Count)
 			return nil
 		}}
 	f.add(cmd)

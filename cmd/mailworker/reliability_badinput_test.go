@@ -153,7 +153,7 @@ func TestReliabilityBadInput(t *testing.T) {
 		t.Errorf("sent %d (want the 2 good jobs only), dead-lettered %d of %d", r.Sent, r.DeadLettered, len(wants))
 	}
 	for id, w := range wants {
-		dl, err := h.q.DLQ.Get(context.Background(), id)
+		dl, err := h.q.DLQ.Get(context.Background(), "", id)
 		if err != nil {
 			t.Errorf("%s: %v", id, err)
 			continue
@@ -173,7 +173,7 @@ func TestReliabilityBadInput(t *testing.T) {
 			t.Errorf("the fake Graph received bad job %s", m.JobID)
 		}
 	}
-	if _, err := h.q.DLQ.Get(context.Background(), "bad-too-big"); err == nil {
+	if _, err := h.q.DLQ.Get(context.Background(), "", "bad-too-big"); err == nil {
 		t.Errorf("the oversized job reached the worker")
 	}
 	select {
@@ -185,7 +185,7 @@ func TestReliabilityBadInput(t *testing.T) {
 	_, rawEvents := h.statusEvents()
 	var dlqErrors strings.Builder
 	for id := range wants {
-		if dl, err := h.q.DLQ.Get(context.Background(), id); err == nil {
+		if dl, err := h.q.DLQ.Get(context.Background(), "", id); err == nil {
 			dlqErrors.WriteString(dl.Error + "\n")
 		}
 	}

@@ -157,7 +157,7 @@ func TestReliabilityGraphFaults(t *testing.T) {
 			t.Errorf("reasons %v, want %d attempts_exhausted", r.Reasons, len(ids))
 		}
 		for _, id := range ids {
-			dl, err := h.q.DLQ.Get(context.Background(), id)
+			dl, err := h.q.DLQ.Get(context.Background(), "", id)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,6 +14,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -388,7 +389,7 @@ func (h *harness) waitTerminal(ids []string, timeout time.Duration) {
 		var still []string
 		for _, id := range left {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			st, _, err := h.q.States.Get(ctx, id)
+			st, _, err := h.stateOf(ctx, id)
 			cancel()
 			if err != nil || !terminal(st.State) {
 				still = append(still, id)
@@ -521,7 +522,7 @@ func (h *harness) check(ids []string) report {
 	}
 	r := report{Jobs: len(ids), Reasons: map[contract.Reason]int{}, GraphRequests: h.fake.SendRequests()}
 	for _, id := range ids {
-		st, _, err := h.q.States.Get(ctx, id)
+		st, _, err := h.stateOf(ctx, id)
 		if err != nil {
 			t.Errorf("job %s: no state: %v", id, err)
 			r.Lost++
@@ -683,4 +684,32 @@ func tail(s string, n int) string {
 func logFigures(t *testing.T, fault string, r report, extra string) {
 	t.Helper()
 	t.Logf("RELIABILITY fault=%s %s %s", fault, r, extra)
+}
+
+// stateOf returns the job state of id in whichever of the harness's profiles
+// holds it (job ids are per profile; the harness's ids are unique).
+func (h *harness) stateOf(ctx context.Context, id string) (contract.JobState, uint64, error) {
+	for _, p := range h.profiles {
+		st, rev, err := h.q.States.Get(ctx, p.name, id)
+		if !errors.Is(err, contract.ErrNoState) {
+			return st, rev, err
+		}
+	}
+	return contract.JobState{}, 0, contract.ErrNoState
+}
+
+// stateAny returns the job state of id in whichever profile holds one (the
+// test's ids are unique across its profiles).
+func stateAny(ctx context.Context, q *queue.Queue, id string) (contract.JobState, uint64, error) {
+	ps, err := q.States.Profiles(ctx, id)
+	if err != nil {
+		return contract.JobState{}, 0, err
+	}
+	for _, p := range ps {
+		st, rev, err := q.States.Get(ctx, p, id)
+		if !errors.Is(err, contract.ErrNoState) {
+			return st, rev, err
+		}
+	}
+	return contract.JobState{}, 0, contract.ErrNoState
 }

@@ -100,7 +100,7 @@ profiles:
 	waitTerminal := func(id string) contract.JobState {
 		var st contract.JobState
 		eventually(t, 30*time.Second, "job "+id+" to finish", func() bool {
-			st, _, _ = q.States.Get(ctx, id)
+			st, _, _ = stateAny(ctx, q, id)
 			return st.State == contract.StateSent || st.State == contract.StateDeadLettered
 		})
 		return st
@@ -137,13 +137,13 @@ profiles:
 	w.stop(30 * time.Second)
 	seen.WriteString(w.stderr.String())
 	for _, id := range []string{"ok-1", "after-401", "five-hundreds", "wrong-secret", "token-down"} {
-		evs, err := q.Events.History(ctx, id)
+		evs, err := q.Events.History(ctx, "", id)
 		if err != nil {
 			t.Fatal(err)
 		}
 		b, _ := json.Marshal(evs)
 		seen.Write(b)
-		st, _, _ := q.States.Get(ctx, id)
+		st, _, _ := stateAny(ctx, q, id)
 		b, _ = json.Marshal(st)
 		seen.Write(b)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -54,6 +55,7 @@ func (c *cli) sendCmd() *cobra.Command {
 			}
 			defer nc.Close()
 			pub := queue.NewPublisher(js)
+			var seq uint64
 			switch {
 			case raw && data != nil:
 				// As given, unchecked: lets support reproduce what a producer sent.
@@ -65,8 +67,11 @@ func (c *cli) sendCmd() *cobra.Command {
 						id = probe.ID
 					}
 				}
-				if err := pub.PublishRaw(ctx, profile, data, id); err != nil {
+				if seq, err = pub.PublishRaw(ctx, profile, data, id); err != nil {
 					return err
+				}
+				if id == "" {
+					id = "s" + strconv.FormatUint(seq, 10) // the worker's id for an id-less job
 				}
 			default:
 				if job == nil {
@@ -77,22 +82,23 @@ func (c *cli) sendCmd() *cobra.Command {
 						job.ID = id
 					}
 				}
-				if id, err = pub.Publish(ctx, profile, job); err != nil {
+				p, err := pub.PublishJob(ctx, profile, job)
+				if err != nil {
 					return err
 				}
+				id, seq = p.ID, p.Seq
 			}
 			fmt.Fprintln(c.stdout, id)
 			if !wait {
 				return nil
 			}
-			if id == "" {
-				return errors.New("--wait needs a job id: give --id or an id in the job")
-			}
-			q, err := queue.Open(ctx, js)
+			// A producer's user may read its own profile's job states
+			// (deploy/nats/accounts.conf) and nothing else.
+			states, err := queue.OpenStates(ctx, js)
 			if err != nil {
 				return fmt.Errorf("--wait reads the job state: %w", err)
 			}
-			return c.waitOutcome(ctx, q, id, timeout)
+			return c.waitOutcome(ctx, states, profile, id, seq, timeout)
 		},
 	}
 	f := cmd.Flags()
@@ -112,15 +118,24 @@ func (c *cli) sendCmd() *cobra.Command {
 	return cmd
 }
 
-// waitOutcome polls the job state until it is sent or dead-lettered.
-func (c *cli) waitOutcome(ctx context.Context, q *queue.Queue, id string, timeout time.Duration) error {
+// waitOutcome polls the state of profile's job id until the message it
+// published (stream sequence seq) is sent or dead-lettered, or another
+// message of the same job id has reached an outcome first, in which case the
+// worker suppresses this one as a duplicate: it reports only the outcome of
+// the job it published.
+func (c *cli) waitOutcome(ctx context.Context, states *queue.States, profile, id string, seq uint64, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		st, _, err := q.States.Get(ctx, id)
-		if err == nil {
+		st, _, err := states.Get(ctx, profile, id)
+		if err == nil && st.Seq != 0 && st.Seq != seq && (st.State == contract.StateSent || st.State == contract.StateDeadLettered) {
+			return &exitError{code: 1, msg: fmt.Sprintf("not sent: job %s of profile %s was already %s by an earlier message (stream sequence %d, at %s); "+
+				"this one (stream sequence %d) is suppressed as a duplicate: publish with a new id to send again",
+				id, profile, st.State, st.Seq, st.UpdatedAt.UTC().Format(time.RFC3339), seq)}
+		}
+		if err == nil && (st.Seq == seq || st.Seq == 0) {
 			switch st.State {
 			case contract.StateSent:
 				fmt.Fprintf(c.stdout, "sent (attempts %d)\n", st.Attempts)
@@ -132,12 +147,13 @@ func (c *cli) waitOutcome(ctx context.Context, q *queue.Queue, id string, timeou
 				}
 				return &exitError{code: 1, msg: cell(msg) + "; see `mailworker dlq show " + id + "`"}
 			}
-		} else if !errors.Is(err, contract.ErrNoState) && ctx.Err() == nil {
+		}
+		if err != nil && !errors.Is(err, contract.ErrNoState) && ctx.Err() == nil {
 			return err
 		}
 		select {
 		case <-ctx.Done():
-			return &exitError{code: 2, msg: c.lastEventNote(q, id, timeout)}
+			return &exitError{code: 2, msg: c.lastEventNote(queue.NewEvents(states.JetStream()), profile, id, timeout)}
 		case <-tick.C:
 		}
 	}
@@ -146,15 +162,15 @@ func (c *cli) waitOutcome(ctx context.Context, q *queue.Queue, id string, timeou
 // lastEventNote says, after --wait timed out, where the job is: its last
 // status event (a retry, a deferral for a mailbox limit, …), or that no worker
 // has reported on it.
-func (c *cli) lastEventNote(q *queue.Queue, id string, timeout time.Duration) string {
+func (c *cli) lastEventNote(events *queue.Events, profile, id string, timeout time.Duration) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	head := fmt.Sprintf("no outcome for job %s within %s", id, timeout)
-	events, err := q.Events.History(ctx, id)
-	if err != nil || len(events) == 0 {
+	evs, err := events.History(ctx, profile, id)
+	if err != nil || len(evs) == 0 {
 		return head + "; no worker has reported on it yet: is a worker running for this profile (`mailworker check`), or is the queue long (`mailworker status`)?"
 	}
-	ev := events[len(events)-1]
+	ev := evs[len(evs)-1]
 	note := fmt.Sprintf("%s; last event %s at %s (attempt %d)", head, ev.Event, ev.At.UTC().Format(time.RFC3339), ev.Attempt)
 	if ev.Graph != nil && ev.Graph.Status != 0 {
 		note += fmt.Sprintf(", Graph %d", ev.Graph.Status)

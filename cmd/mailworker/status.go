@@ -40,15 +40,15 @@ Once producers are quiet, "open 0" and "waiting 0" mean nothing was lost.`,
 				}
 				return c.statusSummary(cmd.Context(), since, profile, asJSON)
 			}
-			if cmd.Flags().Changed("since") || profile != "" {
-				return errors.New("--since and --profile go with the summary: give no job id")
+			if cmd.Flags().Changed("since") {
+				return errors.New("--since goes with the summary: give no job id")
 			}
-			return c.statusJob(cmd.Context(), args[0], asJSON)
+			return c.statusJob(cmd.Context(), args[0], profile, asJSON)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().DurationVar(&since, "since", 24*time.Hour, "summary: events of this last period (at most streams.statusMaxAge are kept)")
-	cmd.Flags().StringVar(&profile, "profile", "", "summary: only this profile")
+	cmd.Flags().StringVar(&profile, "profile", "", "summary: only this profile; with a job id: the job's profile (needed when two profiles used the same id)")
 	return cmd
 }
 
@@ -61,7 +61,7 @@ type jobStatus struct {
 	DeadLetter string `json:"deadLetter,omitempty"`
 }
 
-func (c *cli) statusJob(ctx context.Context, id string, asJSON bool) error {
+func (c *cli) statusJob(ctx context.Context, id, profile string, asJSON bool) error {
 	if !contract.ValidJobID(id) {
 		return fmt.Errorf("%s is not a job id (1 to 128 of A-Z a-z 0-9 _ -); `mailworker dlq list` shows the ids of dead letters", cell(truncate(id, 64)))
 	}
@@ -70,12 +70,30 @@ func (c *cli) statusJob(ctx context.Context, id string, asJSON bool) error {
 		return err
 	}
 	defer nc.Close()
-	st, _, err := q.States.Get(ctx, id)
+	if profile == "" {
+		// A job is identified by its profile and id: find the profiles that
+		// used this id.
+		ps, err := q.States.Profiles(ctx, id)
+		if err != nil {
+			return err
+		}
+		if len(ps) > 1 {
+			return &exitError{code: 1, msg: fmt.Sprintf("job id %s is used by profiles %s: give --profile", id, cell(strings.Join(ps, ", ")))}
+		}
+		if len(ps) == 1 {
+			profile = ps[0]
+		}
+	}
+	var st contract.JobState
+	err = contract.ErrNoState
+	if profile != "" {
+		st, _, err = q.States.Get(ctx, profile, id)
+	}
 	noState := errors.Is(err, contract.ErrNoState)
 	if err != nil && !noState {
 		return err
 	}
-	events, err := q.Events.History(ctx, id)
+	events, err := q.Events.History(ctx, profile, id)
 	if err != nil {
 		return err
 	}
@@ -96,7 +114,7 @@ func (c *cli) statusJob(ctx context.Context, id string, asJSON bool) error {
 		out.Events = []contract.Event{}
 	}
 	if deadLettered(st, noState, events) {
-		_, err := q.DLQ.Get(ctx, id)
+		_, err := q.DLQ.Get(ctx, profile, id)
 		switch {
 		case err == nil:
 			out.DeadLetter = "present"

@@ -14,9 +14,13 @@ type DeadLetter struct {
 	// Ambiguous: a send of this job may have delivered the mail although no
 	// 202 was seen (a timeout, a 5xx, a worker that stopped mid-call). A
 	// replay keeps it: the next `sent` event says possibleDuplicate.
-	Ambiguous     bool
-	Generation    int
-	Body          []byte
+	Ambiguous  bool
+	Generation int
+	Body       []byte
+	// Truncated is the job's original size when Body holds only its first
+	// bytes (the job was too large to be stored whole next to the failure
+	// headers, near the server's max_payload); 0 when Body is the whole job.
+	Truncated     int
 	Seq           uint64 // stream sequence (when read)
 	From, Subject string // best-effort parse of Body when read
 }

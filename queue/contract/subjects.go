@@ -5,11 +5,16 @@ import "strings"
 // Names of the JetStream assets mailworker uses. Producers, workers and support
 // tools agree on these; README.md ("Subjects, streams, buckets") describes them.
 const (
-	StreamJobs        = "MAIL_JOBS"
-	StreamStatus      = "MAIL_STATUS"
-	StreamDLQ         = "MAIL_DLQ"
-	ConsumerName      = "mailworker"
-	BucketState       = "MAIL_JOB_STATE"
+	StreamJobs   = "MAIL_JOBS"
+	StreamStatus = "MAIL_STATUS"
+	StreamDLQ    = "MAIL_DLQ"
+	// StreamAudit records support's actions (replay, purge, …): who, what,
+	// when; subjects mail.audit.<profile>.
+	StreamAudit  = "MAIL_AUDIT"
+	ConsumerName = "mailworker"
+	BucketState  = "MAIL_JOB_STATE"
+	// BucketAttachments is the prefix of the per-profile attachment object
+	// stores: see AttachmentsBucket.
 	BucketAttachments = "MAIL_ATTACHMENTS"
 	// BucketWorkers holds one key per running worker replica (heartbeats).
 	BucketWorkers = "MAIL_WORKERS"
@@ -24,6 +29,7 @@ const (
 	ScheduleSubjectPrefix = "mail.schedule."
 	StatusSubjectPrefix   = "mail.status."
 	DLQSubjectPrefix      = "mail.dlq."
+	AuditSubjectPrefix    = "mail.audit."
 )
 
 // Message headers used on job and dead-letter messages.
