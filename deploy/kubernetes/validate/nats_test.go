@@ -18,8 +18,9 @@ const (
 )
 
 var passwords = map[string]string{
-	"producer":         "MAIL_PRODUCER_PASSWORD",
 	"producer_billing": "MAIL_PRODUCER_BILLING_PASSWORD",
+	"producer_ops":     "MAIL_PRODUCER_OPS_PASSWORD",
+	"provisioner":      "MAIL_PROVISIONER_PASSWORD",
 	"worker":           "MAIL_WORKER_PASSWORD",
 	"support":          "MAIL_SUPPORT_PASSWORD",
 }
@@ -113,64 +114,122 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 		}
 	}
 
-	// worker provisions everything.
-	worker := connect("worker")
-	_, err = worker.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>"},
+	// provisioner creates everything; the worker cannot.
+	prov := connect("provisioner")
+	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage})
-	must("worker create MAIL_JOBS", err)
-	_, err = worker.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_STATUS", Subjects: []string{"mail.status.>"}, AllowDirect: true})
-	must("worker create MAIL_STATUS", err)
-	_, err = worker.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_DLQ", Subjects: []string{"mail.dlq.>"}, AllowDirect: true})
-	must("worker create MAIL_DLQ", err)
-	_, err = worker.UpdateStream(ctx, jetstream.StreamConfig{Name: "MAIL_DLQ", Subjects: []string{"mail.dlq.>"}, AllowDirect: true, MaxAge: 0})
-	must("worker update MAIL_DLQ", err)
-	kv, err := worker.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "MAIL_JOB_STATE", TTL: time.Hour})
-	must("worker create KV", err)
-	workersKV, err := worker.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "MAIL_WORKERS", TTL: 15 * time.Second})
-	must("worker create KV MAIL_WORKERS", err)
-	_, err = worker.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "MAIL_WORKERS", TTL: 20 * time.Second})
-	must("worker update KV MAIL_WORKERS", err)
-	pacingKV, err := worker.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "MAIL_PACING", TTL: 25 * time.Hour})
-	must("worker create KV MAIL_PACING", err)
-	wobs, err := worker.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: "MAIL_ATTACHMENTS"})
-	must("worker create object store", err)
-	cons, err := worker.CreateOrUpdateConsumer(ctx, "MAIL_JOBS", jetstream.ConsumerConfig{Durable: "mailworker", AckPolicy: jetstream.AckExplicitPolicy})
-	must("worker create consumer", err)
-	_, err = worker.Consumer(ctx, "MAIL_JOBS", "mailworker")
+	must("provisioner create MAIL_JOBS", err)
+	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_STATUS", Subjects: []string{"mail.status.>"}, AllowDirect: true})
+	must("provisioner create MAIL_STATUS", err)
+	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_DLQ", Subjects: []string{"mail.dlq.>"}, AllowDirect: true})
+	must("provisioner create MAIL_DLQ", err)
+	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_AUDIT", Subjects: []string{"mail.audit.>"}})
+	must("provisioner create MAIL_AUDIT", err)
+	_, err = prov.UpdateStream(ctx, jetstream.StreamConfig{Name: "MAIL_DLQ", Subjects: []string{"mail.dlq.>"}, AllowDirect: true, MaxAge: 0})
+	must("provisioner update MAIL_DLQ", err)
+	_, err = prov.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "MAIL_JOB_STATE", TTL: time.Hour})
+	must("provisioner create KV", err)
+	_, err = prov.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "MAIL_WORKERS", TTL: 15 * time.Second})
+	must("provisioner create KV MAIL_WORKERS", err)
+	_, err = prov.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "MAIL_WORKERS", TTL: 20 * time.Second})
+	must("provisioner update KV MAIL_WORKERS", err)
+	_, err = prov.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "MAIL_PACING", TTL: 25 * time.Hour})
+	must("provisioner create KV MAIL_PACING", err)
+	for _, p := range []string{"billing", "ops"} {
+		_, err = prov.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: "MAIL_ATTACHMENTS_" + p})
+		must("provisioner create object store of "+p, err)
+	}
+	_, err = prov.CreateOrUpdateConsumer(ctx, "MAIL_JOBS", jetstream.ConsumerConfig{Durable: "mailworker", AckPolicy: jetstream.AckExplicitPolicy})
+	must("provisioner create consumer", err)
+	c, cc := short()
+	_, err = prov.Publish(c, "mail.send.billing", []byte(`{}`))
+	cc()
+	mustDeny("provisioner publish a job", err)
+	c, cc = short()
+	err = prov.DeleteStream(c, "MAIL_AUDIT")
+	cc()
+	mustDeny("provisioner delete stream", err)
+
+	worker := connect("worker")
+	kv, err := worker.KeyValue(ctx, "MAIL_JOB_STATE")
+	must("worker bind KV", err)
+	workersKV, err := worker.KeyValue(ctx, "MAIL_WORKERS")
+	must("worker bind KV MAIL_WORKERS", err)
+	pacingKV, err := worker.KeyValue(ctx, "MAIL_PACING")
+	must("worker bind KV MAIL_PACING", err)
+	cons, err := worker.Consumer(ctx, "MAIL_JOBS", "mailworker")
 	must("worker consumer info", err)
 	_, err = worker.AccountInfo(ctx)
 	must("worker account info", err)
+	for what, f := range map[string]func(context.Context) error{
+		"update a stream": func(c context.Context) error {
+			_, err := worker.UpdateStream(c, jetstream.StreamConfig{Name: "MAIL_DLQ", Subjects: []string{"mail.dlq.>"}, MaxAge: time.Second})
+			return err
+		},
+		"create a stream": func(c context.Context) error {
+			_, err := worker.CreateStream(c, jetstream.StreamConfig{Name: "EVIL", Subjects: []string{"evil.>"}})
+			return err
+		},
+		"update the consumer": func(c context.Context) error {
+			_, err := worker.CreateOrUpdateConsumer(c, "MAIL_JOBS", jetstream.ConsumerConfig{Durable: "mailworker", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1})
+			return err
+		},
+		"purge the audit stream": func(c context.Context) error {
+			s, err := worker.Stream(c, "MAIL_AUDIT")
+			if err != nil {
+				return err
+			}
+			return s.Purge(c)
+		},
+		"delete a stream": func(c context.Context) error { return worker.DeleteStream(c, "MAIL_DLQ") },
+	} {
+		c, cc := short()
+		mustDeny("worker "+what, f(c))
+		cc()
+	}
 
-	// producer submits a job and uploads an attachment.
-	producer := connect("producer")
-	_, err = producer.Publish(ctx, "mail.send.billing", []byte(`{"id":"j1"}`), jetstream.WithMsgID("j1"))
-	must("producer publish", err)
-	pobs, err := producer.ObjectStore(ctx, "MAIL_ATTACHMENTS")
-	must("producer object store", err)
-	_, err = pobs.PutBytes(ctx, "j1/invoice.pdf", bytes.Repeat([]byte("x"), 300_000))
-	must("producer put object", err)
-	_, err = pobs.PutBytes(ctx, "j1/invoice.pdf", []byte("replaced"))
-	must("producer replace object", err)
-	c, cc := short()
-	_, err = producer.Publish(c, "mail.status.billing.j1", []byte(`{}`))
-	cc()
-	mustDeny("producer publish status", err)
-	c, cc = short()
-	_, err = producer.CreateStream(c, jetstream.StreamConfig{Name: "EVIL", Subjects: []string{"evil.>"}})
-	cc()
-	mustDeny("producer create stream", err)
-	c, cc = short()
-	_, err = producer.Consumer(c, "MAIL_JOBS", "mailworker")
-	cc()
-	mustDeny("producer consumer info", err)
-
+	// Producers submit jobs and upload attachments into their own profile only.
 	billing := connect("producer_billing")
-	_, err = billing.Publish(ctx, "mail.send.billing", []byte(`{"id":"j2"}`))
+	ops := connect("producer_ops")
+	_, err = billing.Publish(ctx, "mail.send.billing", []byte(`{"id":"j1"}`))
 	must("producer_billing publish own profile", err)
+	_, err = ops.Publish(ctx, "mail.send.ops", []byte(`{"id":"j2"}`))
+	must("producer_ops publish own profile", err)
 	c, cc = short()
-	_, err = billing.Publish(c, "mail.send.hr", []byte(`{"id":"j3"}`))
+	_, err = billing.Publish(c, "mail.send.ops", []byte(`{"id":"j3"}`))
 	cc()
-	mustDeny("producer_billing publish other profile", err)
+	mustDeny("producer_billing publish for ops", err)
+	bobs, err := billing.ObjectStore(ctx, "MAIL_ATTACHMENTS_billing")
+	must("producer_billing own object store", err)
+	_, err = bobs.PutBytes(ctx, "j1/invoice.pdf", bytes.Repeat([]byte("x"), 300_000))
+	must("producer_billing put object", err)
+	_, err = bobs.PutBytes(ctx, "j1/invoice.pdf", []byte("replaced"))
+	must("producer_billing replace own object", err)
+	oobs, err := ops.ObjectStore(ctx, "MAIL_ATTACHMENTS_ops")
+	must("producer_ops own object store", err)
+	_, err = oobs.PutBytes(ctx, "payroll.xlsx", []byte("salaries"))
+	must("producer_ops put object", err)
+	// billing cannot bind, read, replace or purge ops' objects, by any path.
+	c, cc = short()
+	_, err = billing.ObjectStore(c, "MAIL_ATTACHMENTS_ops")
+	cc()
+	mustDeny("producer_billing bind ops' object store", err)
+	bnc := billingConn(t, s.ClientURL())
+	for what, subj := range map[string]string{
+		"write ops' chunks":   "$O.MAIL_ATTACHMENTS_ops.C.evil",
+		"write ops' metadata": "$O.MAIL_ATTACHMENTS_ops.M.cGF5cm9sbC54bHN4",
+		"purge ops' store":    "$JS.API.STREAM.PURGE.OBJ_MAIL_ATTACHMENTS_ops",
+		"read ops' metadata":  "$JS.API.DIRECT.GET.OBJ_MAIL_ATTACHMENTS_ops.$O.MAIL_ATTACHMENTS_ops.M.cGF5cm9sbC54bHN4",
+		"get ops' message":    "$JS.API.STREAM.MSG.GET.OBJ_MAIL_ATTACHMENTS_ops",
+		"read ops' job state": "$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE.$KV.MAIL_JOB_STATE.ops.j2",
+		"write job state":     "$KV.MAIL_JOB_STATE.billing.j1",
+		"publish a status":    "mail.status.billing.j1",
+		"ask the worker":      "mail.admin.support.purge",
+	} {
+		if _, err := bnc.Request(subj, []byte(`{"seq":1}`), 500*time.Millisecond); err == nil {
+			t.Errorf("producer_billing %s (%s): answered, want denied", what, subj)
+		}
+	}
 
 	// worker consumes, acks, writes state, reads the attachment, records outcomes.
 	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
@@ -184,10 +243,15 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	if n != 2 {
 		t.Fatalf("worker fetched %d jobs, want 2 (err %v)", n, batch.Error())
 	}
-	_, err = kv.Put(ctx, "j1", []byte(`{"state":"sent"}`))
+	_, err = kv.Put(ctx, "billing.j1", []byte(`{"state":"sent"}`))
 	must("worker kv put", err)
-	_, err = kv.Get(ctx, "j1")
+	_, err = kv.Get(ctx, "billing.j1")
 	must("worker kv get", err)
+	_, err = billing.KeyValue(ctx, "MAIL_JOB_STATE")
+	must("producer_billing binds the state bucket (send --wait)", err)
+	bkv, _ := billing.KeyValue(ctx, "MAIL_JOB_STATE")
+	_, err = bkv.Get(ctx, "billing.j1")
+	must("producer_billing reads its own job's state", err)
 	// Live replicas: heartbeat (put), count (stream info), leave (purge of the own key).
 	_, err = workersKV.Put(ctx, "r1", []byte("now"))
 	must("worker heartbeat", err)
@@ -201,23 +265,31 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	must("worker ledger get", err)
 	_, err = pacingKV.Update(ctx, "MJUWY3DJNZTUAY3PNZ2G643PFZRW63I", []byte(`{"hours":[{"start":0,"n":1}]}`), rev)
 	must("worker ledger update", err)
-	_, err = wobs.GetBytes(ctx, "j1/invoice.pdf")
-	must("worker object get", err)
-	must("worker object delete", wobs.Delete(ctx, "j1/invoice.pdf"))
+	for _, p := range []string{"billing", "ops"} {
+		wobs, err := worker.ObjectStore(ctx, "MAIL_ATTACHMENTS_"+p)
+		must("worker binds the object store of "+p, err)
+		names := map[string]string{"billing": "j1/invoice.pdf", "ops": "payroll.xlsx"}
+		_, err = wobs.GetBytes(ctx, names[p])
+		must("worker object get of "+p, err)
+	}
 	_, err = worker.Publish(ctx, "mail.status.billing.j1", []byte(`{"event":"sent"}`))
 	must("worker publish status", err)
+	_, err = worker.Publish(ctx, "mail.audit.billing", []byte(`{"action":"purge"}`))
+	must("worker publish audit", err)
 	dl := nats.NewMsg("mail.dlq.billing")
 	dl.Header.Set("Mail-Job-Id", "j2")
 	dl.Header.Set("Mail-Reason", "recipient_invalid")
 	dl.Data = []byte(`{"id":"j2"}`)
 	_, err = worker.PublishMsg(ctx, dl)
 	must("worker publish dlq", err)
-	c, cc = short()
-	err = worker.DeleteStream(c, "MAIL_DLQ")
-	cc()
-	mustDeny("worker delete stream", err)
+	wdlq, err := worker.Stream(ctx, "MAIL_DLQ")
+	must("worker dlq info", err)
+	wm, err := wdlq.GetMsg(ctx, 1)
+	must("worker dlq get (replay)", err)
+	_, err = worker.PublishMsg(ctx, &nats.Msg{Subject: "mail.send.billing", Data: wm.Data})
+	must("worker replay publish", err)
 
-	// support inspects, replays and deletes the dead letter.
+	// support reads the DLQ, status and state; it changes nothing itself.
 	support := connect("support")
 	dlq, err := support.Stream(ctx, "MAIL_DLQ")
 	must("support dlq info", err)
@@ -238,35 +310,64 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	must("support status info", err)
 	_, err = st.GetLastMsgForSubject(ctx, "mail.status.billing.j1")
 	must("support status get", err)
+	_, err = support.Stream(ctx, "MAIL_AUDIT")
+	must("support audit info", err)
 	for _, b := range []string{"MAIL_WORKERS", "MAIL_PACING"} {
 		_, err = support.KeyValue(ctx, b)
 		must("support binds KV "+b+" (queue.Open)", err)
 	}
 	skv, err := support.KeyValue(ctx, "MAIL_JOB_STATE")
 	must("support kv", err)
-	_, err = skv.Get(ctx, "j1")
+	_, err = skv.Get(ctx, "billing.j1")
 	must("support kv get", err)
-	_, err = support.Publish(ctx, "mail.send.billing", msg.Data(), jetstream.WithMsgID("j2-replay-1"))
-	must("support replay", err)
-	must("support delete dlq msg", dlq.DeleteMsg(ctx, meta.Sequence.Stream))
-	must("support purge dlq by subject", dlq.Purge(ctx, jetstream.WithPurgeSubject("mail.dlq.billing")))
-	// A replay resets the job state (attempts, generation) before re-publishing.
-	_, err = skv.Put(ctx, "j1", []byte("x"))
-	must("support kv put (replay resets the job state)", err)
 	c, cc = short()
 	_, err = support.Consumer(c, "MAIL_JOBS", "mailworker")
 	cc()
 	if err != nil {
 		t.Errorf("support consumer info (backlog): %v", err)
 	}
-	c, cc = short()
-	err = support.DeleteStream(c, "MAIL_JOBS")
-	cc()
-	mustDeny("support delete stream", err)
+	// Everything a replay or purge changes is the worker's to do (recorded in MAIL_AUDIT).
+	for what, f := range map[string]func(context.Context) error{
+		"send mail": func(c context.Context) error {
+			_, err := support.Publish(c, "mail.send.billing", msg.Data())
+			return err
+		},
+		"publish a status event": func(c context.Context) error {
+			_, err := support.Publish(c, "mail.status.billing.j9", []byte(`{"event":"sent"}`))
+			return err
+		},
+		"write job state": func(c context.Context) error {
+			_, err := skv.Put(c, "billing.future-job", []byte(`{"state":"sent"}`))
+			return err
+		},
+		"purge the DLQ by raw API": func(c context.Context) error { return dlq.Purge(c) },
+		"delete a dead letter":     func(c context.Context) error { return dlq.DeleteMsg(c, meta.Sequence.Stream) },
+		"forge an audit record": func(c context.Context) error {
+			_, err := support.Publish(c, "mail.audit.billing", []byte(`{}`))
+			return err
+		},
+		"delete a stream": func(c context.Context) error { return support.DeleteStream(c, "MAIL_JOBS") },
+	} {
+		c, cc := short()
+		mustDeny("support "+what, f(c))
+		cc()
+	}
 
 	// No anonymous access.
 	if nc, err := nats.Connect(s.ClientURL()); err == nil {
 		nc.Close()
 		t.Errorf("anonymous connection accepted")
 	}
+}
+
+// billingConn is a plain connection of producer_billing, for raw requests
+// that the JetStream client would not make.
+func billingConn(t *testing.T, url string) *nats.Conn {
+	nc, err := nats.Connect(url, nats.UserInfo("producer_billing", "pw-producer_billing"),
+		nats.CustomInboxPrefix("_INBOX_producer_billing"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
 }
