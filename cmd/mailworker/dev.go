@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -84,11 +85,16 @@ func (c *cli) devCmd() *cobra.Command {
 			if cfg.Profiles == nil {
 				cfg.Profiles = map[string]ProfileConfig{}
 			}
-			cfg.Profiles[demoProfile] = ProfileConfig{TenantID: demoTenant, ClientID: demoClient,
-				AuthorityHost: fake.URL(), GraphURL: fake.GraphURL(), CAFile: caFile,
-				Credential:     CredentialConfig{ClientSecret: secret},
-				AllowedSenders: []string{demoSender}}
+			cfg.Profiles[demoProfile] = ProfileConfig{AllowedSenders: []string{demoSender}}
+			// dev only ever talks to the fake: every profile of the config
+			// file or MAILWORKER_* env, whatever its tenant, cloud, endpoints
+			// and credential, is pointed at the fake Entra + Graph (its
+			// allowed senders and options are kept).
+			redirected := sandboxProfiles(&cfg, fake.URL(), fake.GraphURL(), caFile, secret)
 			if err := cfg.validate(); err != nil {
+				return err
+			}
+			if err := onlyTheFake(cfg, fake.URL(), fake.GraphURL()); err != nil {
 				return err
 			}
 			app, err := NewApp(ctx, cfg, log)
@@ -114,9 +120,10 @@ Send a mail:
   go run ./cmd/mailworker send --nats-url %s --profile %s --from %s --to you@example.com --subject hello --text "it works" --wait
 Or publish plain JSON with any NATS client:
   nats pub --server %s mail.send.%s '{"from":"%s","to":["you@example.com"],"subject":"hello","text":"it works"}'
+Profiles (all sent to the fake Graph, never to Microsoft): %s
 Press Ctrl-C to stop.
 `, ns.ClientURL(), devMaxPayload>>20, app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"), pacing,
-				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender)
+				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender, strings.Join(redirected, ", "))
 			return app.Run(ctx)
 		},
 	}
@@ -127,6 +134,33 @@ Press Ctrl-C to stop.
 	f.StringVar(&dataDir, "data-dir", ".mailworker-dev", "where JetStream data, delivered mail and the sandbox CA go")
 	f.BoolVar(&unpaced, "unpaced", false, "no per-minute pace per mailbox (production paces at worker.perMailboxPerMinute, 30)")
 	return cmd
+}
+
+// sandboxProfiles points every profile of cfg at the fake Entra + Graph:
+// tenant, client id, cloud, endpoints, CA and credential are replaced; the
+// allowed senders and sending options are kept. It returns the profile names.
+func sandboxProfiles(cfg *Config, authority, graphURL, caFile, secret string) []string {
+	names := make([]string, 0, len(cfg.Profiles))
+	for name, p := range cfg.Profiles {
+		p.TenantID, p.ClientID, p.Cloud = demoTenant, demoClient, ""
+		p.AuthorityHost, p.GraphURL, p.CAFile = authority, graphURL, caFile
+		p.Credential = CredentialConfig{ClientSecret: secret}
+		cfg.Profiles[name] = p
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// onlyTheFake refuses a configuration in which any profile could reach
+// another Entra or Graph than the fake's.
+func onlyTheFake(cfg Config, authority, graphURL string) error {
+	for name, p := range cfg.Profiles {
+		if p.AuthorityHost != authority || p.GraphURL != graphURL || p.Cloud != "" {
+			return fmt.Errorf("profiles.%s: dev sends only to its fake Graph, and this profile points elsewhere: refusing to start", name)
+		}
+	}
+	return nil
 }
 
 // startNATS runs an embedded nats-server with JetStream storing in dir.
