@@ -143,6 +143,7 @@ type workerConfig struct {
 		StatusMaxAge string `json:"statusMaxAge"`
 		DLQMaxAge    string `json:"dlqMaxAge"`
 		StateTTL     string `json:"stateTTL"`
+		Provision    *bool  `json:"provision"`
 	} `json:"streams"`
 	Worker struct {
 		Concurrency           int    `json:"concurrency"`
@@ -501,6 +502,12 @@ func checkConfig(t *testing.T, r rendered) {
 			t.Errorf("profile %s: want exactly one credential file, have %d", name, n)
 		}
 	}
+	if !strings.HasPrefix(cfg.NATS.URL, "tls://") || cfg.NATS.TLS.CAFile == "" || !under(cfg.NATS.TLS.CAFile, paths) {
+		t.Errorf("nats.url %q / nats.tls.caFile %q: want tls:// and a CA file under a volume mount", cfg.NATS.URL, cfg.NATS.TLS.CAFile)
+	}
+	if cfg.Streams.Provision == nil || *cfg.Streams.Provision {
+		t.Errorf("streams.provision must be false: the worker's NATS user cannot create or update streams")
+	}
 	if cfg.NATS.Password != "" || cfg.NATS.Token != "" {
 		t.Errorf("NATS password/token inline in a ConfigMap; set MAILWORKER_NATS_PASSWORD from a Secret")
 	}
@@ -587,6 +594,53 @@ func checkNetworkPolicy(t *testing.T, r rendered) {
 	for p := range allowed {
 		if !seen[p] {
 			t.Errorf("egress to port %d missing", p)
+		}
+	}
+	// NATS only to the nats pods; 443 never to private or link-local addresses.
+	for _, rule := range np.Spec.Egress {
+		for _, p := range rule.Ports {
+			switch p.Port.IntValue() {
+			case 4222:
+				if len(rule.To) == 0 {
+					t.Errorf("egress to 4222 open to any address, want the nats pods only")
+				}
+				for _, peer := range rule.To {
+					if peer.PodSelector == nil || peer.NamespaceSelector == nil || len(peer.NamespaceSelector.MatchLabels) == 0 {
+						t.Errorf("egress to 4222 must select the nats pods of one namespace, got %+v", peer)
+					}
+				}
+			case 443:
+				if len(rule.To) == 0 {
+					t.Errorf("egress to 443 open to any address, want public addresses only")
+				}
+				for _, peer := range rule.To {
+					ex := map[string]bool{}
+					if peer.IPBlock != nil {
+						for _, e := range peer.IPBlock.Except {
+							ex[e] = true
+						}
+					}
+					for _, want := range []string{"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} {
+						if !ex[want] {
+							t.Errorf("egress to 443 does not exclude %s", want)
+						}
+					}
+				}
+			}
+		}
+	}
+	// Metrics only from the monitoring namespace.
+	if len(np.Spec.Ingress) == 0 {
+		t.Errorf("no ingress rule for the metrics scrape")
+	}
+	for _, rule := range np.Spec.Ingress {
+		if len(rule.From) == 0 {
+			t.Errorf("ingress open to every pod, want the monitoring namespace only")
+		}
+		for _, peer := range rule.From {
+			if peer.NamespaceSelector == nil || peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "monitoring" {
+				t.Errorf("ingress peer %+v, want namespace monitoring", peer)
+			}
 		}
 	}
 }

@@ -3,7 +3,17 @@ package validate
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -32,12 +42,29 @@ func setPasswords(t *testing.T) {
 }
 
 // TestClusterConfigParses loads the clustered server config (which includes accounts.conf) the way
-// the StatefulSet runs it.
+// the StatefulSet runs it, with test certificates where cert-manager puts the real ones: TLS for
+// clients, routes and the monitoring port, no plaintext listener.
 func TestClusterConfigParses(t *testing.T) {
 	setPasswords(t)
 	t.Setenv("SERVER_NAME", "nats-0")
 	t.Setenv("CLUSTER_ROUTE_PASSWORD", "route-pw")
-	opts, err := server.ProcessConfigFile(clusterConf)
+	dir := t.TempDir()
+	writeTestCerts(t, dir)
+	conf, err := os.ReadFile(clusterConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts, err := os.ReadFile(accountsConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf = bytes.ReplaceAll(conf, []byte("/etc/nats/tls"), []byte(dir))
+	for name, b := range map[string][]byte{"nats-cluster.conf": conf, "accounts.conf": accounts} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts, err := server.ProcessConfigFile(filepath.Join(dir, "nats-cluster.conf"))
 	if err != nil {
 		t.Fatalf("%s: %v", clusterConf, err)
 	}
@@ -45,11 +72,50 @@ func TestClusterConfigParses(t *testing.T) {
 		t.Errorf("want JetStream, a named cluster and 3 routes; got js=%v cluster=%q routes=%d",
 			opts.JetStream, opts.Cluster.Name, len(opts.Routes))
 	}
-	if opts.HTTPPort != 8222 {
-		t.Errorf("monitoring port %d, want 8222 (KEDA nats-jetstream trigger, exporter)", opts.HTTPPort)
+	if opts.TLSConfig == nil || opts.Cluster.TLSConfig == nil {
+		t.Errorf("want TLS for clients (%v) and routes (%v)", opts.TLSConfig != nil, opts.Cluster.TLSConfig != nil)
+	}
+	if opts.Cluster.TLSConfig != nil && opts.Cluster.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+		t.Errorf("routes do not verify the peer's certificate")
+	}
+	if opts.HTTPPort != 0 || opts.HTTPSPort != 8222 {
+		t.Errorf("monitoring: http %d, https %d; want HTTPS only on 8222 (KEDA nats-jetstream trigger, exporter)", opts.HTTPPort, opts.HTTPSPort)
 	}
 	if opts.SyncInterval != 0 && !opts.SyncAlways && opts.SyncInterval > 2*time.Minute {
 		t.Errorf("sync_interval %v longer than the default", opts.SyncInterval)
+	}
+}
+
+// writeTestCerts writes ca.crt, tls.crt and tls.key (a self-signed CA and a server+client
+// certificate it issued), as cert-manager lays them out.
+func writeTestCerts(t *testing.T, dir string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "nats"},
+		DNSNames:  []string{"*.nats.nats.svc.cluster.local", "nats.nats.svc.cluster.local"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caTmpl, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	for name, blk := range map[string]*pem.Block{
+		"ca.crt":  {Type: "CERTIFICATE", Bytes: caDER},
+		"tls.crt": {Type: "CERTIFICATE", Bytes: der},
+		"tls.key": {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(blk), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
