@@ -7,7 +7,7 @@
 // a separate process on the same server, fake and concurrency, is the
 // baseline the worker is compared with.
 //
-//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale]
+//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale] [retention]
 //
 // It exits 1 when a job was lost or sent twice, 2 on a usage or setup error.
 // Timings are figures, never assertions: see docs/benchmarks.md.
@@ -31,7 +31,18 @@ import (
 // allScenarios in the order they run by default.
 var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral", "failover", "scale"}
 
+// extraScenarios run only when named: retention measures the broker alone
+// (retention.go).
+var extraScenarios = []string{"retention"}
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == brokerCommand {
+		if err := brokerMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "broker-process:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == bareCommand {
 		if err := bareMain(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "bare-worker:", err)
@@ -55,6 +66,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, "loadtest:", err)
 		return 2
+	}
+	if slices.Contains(opts.Scenarios, "retention") {
+		if err := runRetention(ctx, opts, stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "loadtest: scenario retention:", err)
+			return 1
+		}
+		opts.Scenarios = slices.DeleteFunc(opts.Scenarios, func(s string) bool { return s == "retention" })
+		if len(opts.Scenarios) == 0 {
+			return 0
+		}
 	}
 	h, err := newHarness(ctx, opts, stderr)
 	if err != nil {
@@ -150,8 +171,8 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 		o.Scenarios = allScenarios
 	}
 	for _, s := range o.Scenarios {
-		if !slices.Contains(allScenarios, s) {
-			return o, fmt.Errorf("unknown scenario %q (want %s)", s, strings.Join(allScenarios, ", "))
+		if !slices.Contains(allScenarios, s) && !slices.Contains(extraScenarios, s) {
+			return o, fmt.Errorf("unknown scenario %q (want %s)", s, strings.Join(append(allScenarios, extraScenarios...), ", "))
 		}
 	}
 	if o.N < 0 || o.Concurrency < 0 || o.Replicas < 0 || o.Latency < 0 {
