@@ -224,6 +224,14 @@ func runRetention(ctx context.Context, opts Options, stdout, stderr io.Writer) e
 			}
 			start := time.Now()
 			for i := h * half; i < (h+1)*half; i++ {
+				if i%2000 == 0 { // bound the acks in flight
+					select {
+					case <-js.PublishAsyncComplete():
+					case <-time.After(time.Minute):
+						nc.Close()
+						return errors.New("publish acks timed out")
+					}
+				}
 				if err := k.write(js, i); err != nil {
 					nc.Close()
 					return fmt.Errorf("%s #%d: %w", k.what, i, err)
