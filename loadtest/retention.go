@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // The retention scenario measures what retained jobs cost the broker: the
@@ -288,21 +289,21 @@ func jobID(i int) string { return fmt.Sprintf("order-%012d-confirmation", i) }
 
 func writeState(js jetstream.JetStream, i int) error {
 	now := time.Now().UTC()
-	st := queue.JobState{JobID: jobID(i), Profile: "lt", State: queue.StateSent, Attempts: 1, UpdatedAt: now,
-		Graph: &queue.GraphInfo{Status: 202, RequestID: "6b3f1c2e-8a4d-4f0e-9c1b-2d7e5a9f0c31", ClientRequestID: "0f9e8d7c-6b5a-4f3e-2d1c-0b9a8f7e6d5c"},
+	st := contract.JobState{JobID: jobID(i), Profile: "lt", State: contract.StateSent, Attempts: 1, UpdatedAt: now,
+		Graph: &contract.GraphInfo{Status: 202, RequestID: "6b3f1c2e-8a4d-4f0e-9c1b-2d7e5a9f0c31", ClientRequestID: "0f9e8d7c-6b5a-4f3e-2d1c-0b9a8f7e6d5c"},
 		Seq:   uint64(i + 1)}
 	b, _ := json.Marshal(st)
-	_, err := js.PublishAsync("$KV."+queue.BucketState+"."+queue.StateKey("lt", st.JobID), b)
+	_, err := js.PublishAsync("$KV."+contract.BucketState+"."+queue.StateKey("lt", st.JobID), b)
 	return err
 }
 
 func writeEvent(js jetstream.JetStream, i int) error {
-	ev := queue.Event{JobID: jobID(i), Profile: "lt", Event: queue.EventSent, Attempt: 1, At: time.Now().UTC(),
-		Graph:     &queue.GraphInfo{Status: 202, RequestID: "6b3f1c2e-8a4d-4f0e-9c1b-2d7e5a9f0c31", ClientRequestID: "0f9e8d7c-6b5a-4f3e-2d1c-0b9a8f7e6d5c"},
+	ev := contract.Event{JobID: jobID(i), Profile: "lt", Event: contract.EventSent, Attempt: 1, At: time.Now().UTC(),
+		Graph:     &contract.GraphInfo{Status: 202, RequestID: "6b3f1c2e-8a4d-4f0e-9c1b-2d7e5a9f0c31", ClientRequestID: "0f9e8d7c-6b5a-4f3e-2d1c-0b9a8f7e6d5c"},
 		LatencyMs: 180, Metadata: map[string]string{"tenant": "acme", "order": strconv.Itoa(i)}}
 	b, _ := json.Marshal(ev)
-	m := &nats.Msg{Subject: queue.StatusSubject("lt", ev.JobID), Data: b, Header: nats.Header{}}
-	m.Header.Set(queue.HeaderMsgID, queue.EventMsgID(&ev))
+	m := &nats.Msg{Subject: contract.StatusSubject("lt", ev.JobID), Data: b, Header: nats.Header{}}
+	m.Header.Set(contract.HeaderMsgID, queue.EventMsgID(&ev))
 	_, err := js.PublishMsgAsync(m)
 	return err
 }
@@ -311,16 +312,16 @@ var dlqBody = []byte(`{"from":"billing@contoso.example","to":["someone@example.c
 	strings.Repeat("Dear customer, please find your invoice. ", 48) + `"}`)
 
 func writeDeadLetter(js jetstream.JetStream, i int) error {
-	m := &nats.Msg{Subject: queue.DLQSubject("lt"), Data: dlqBody, Header: nats.Header{}}
-	m.Header.Set(queue.HeaderMsgID, "dlq.lt."+jobID(i)+".g0")
-	m.Header.Set(queue.HeaderJobID, jobID(i))
-	m.Header.Set(queue.HeaderProfile, "lt")
-	m.Header.Set(queue.HeaderReason, string(queue.ReasonRecipientInvalid))
-	m.Header.Set(queue.HeaderError, "graph 400 ErrorInvalidRecipients: At least one recipient is not valid.")
-	m.Header.Set(queue.HeaderAttempts, "1")
-	m.Header.Set(queue.HeaderFailedAt, time.Now().UTC().Format(time.RFC3339Nano))
+	m := &nats.Msg{Subject: contract.DLQSubject("lt"), Data: dlqBody, Header: nats.Header{}}
+	m.Header.Set(contract.HeaderMsgID, "dlq.lt."+jobID(i)+".g0")
+	m.Header.Set(contract.HeaderJobID, jobID(i))
+	m.Header.Set(contract.HeaderProfile, "lt")
+	m.Header.Set(contract.HeaderReason, string(contract.ReasonRecipientInvalid))
+	m.Header.Set(contract.HeaderError, "graph 400 ErrorInvalidRecipients: At least one recipient is not valid.")
+	m.Header.Set(contract.HeaderAttempts, "1")
+	m.Header.Set(contract.HeaderFailedAt, time.Now().UTC().Format(time.RFC3339Nano))
 	m.Header.Set(queue.HeaderGeneration, "0")
-	m.Header.Set(queue.HeaderGraphRequestID, "6b3f1c2e-8a4d-4f0e-9c1b-2d7e5a9f0c31")
+	m.Header.Set(contract.HeaderGraphRequestID, "6b3f1c2e-8a4d-4f0e-9c1b-2d7e5a9f0c31")
 	_, err := js.PublishMsgAsync(m)
 	return err
 }

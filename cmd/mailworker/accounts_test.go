@@ -200,7 +200,7 @@ profiles:
 		t.Fatal(err)
 	}
 	r = as("producer_billing", nil, "send", "--profile", "billing", "--file", steal, "--wait")
-	if r.code == 0 || sentFrom("steal-1", "billing@contoso.example") != 0 || !strings.Contains(r.out, "objectRef") {
+	if r.code == 0 || sentFrom("steal-1", "billing@contoso.example") != 0 || !strings.Contains(r.out, "invalid_job") || !strings.Contains(r.out, "attachment not found") {
 		t.Fatalf("billing's job naming ops' object: exit %d %q", r.code, r.out)
 	}
 

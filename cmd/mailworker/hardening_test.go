@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // TestDevNeverReachesConfiguredEndpoints: `mailworker dev --config prod.yaml`
@@ -70,10 +70,13 @@ profiles:
 `, ns.ClientURL(), fake.URL(), fake.GraphURL(), caFile)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if out, errOut, code := runCmd(t, "", "provision", "--config", cfgFile); code != 0 {
+		t.Fatalf("provision: exit %d %s %s", code, out, errOut)
+	}
 	w := startProc(t, nil, "run", "--config", cfgFile)
 	// From an unapproved sender: dead-lettered at once. Sized so that the job
 	// fits max_payload but the job plus the dead-letter headers do not.
-	job := queue.Job{ID: "near-max", From: "ceo@contoso.example", To: []string{"a@example.com"}, Subject: "big"}
+	job := contract.Job{ID: "near-max", From: "ceo@contoso.example", To: []string{"a@example.com"}, Subject: "big"}
 	b, _ := json.Marshal(job)
 	job.Text = strings.Repeat("x", maxPayload-len(b)-300)
 	data, _ := json.Marshal(job)
