@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -34,7 +35,7 @@ type Schedules struct {
 // the second (the schedule's resolution). When MAIL_JOBS has a max age, a
 // schedule further out than half of it is made for that half instead: the job
 // comes back early and is deferred again, rather than aged out of the stream.
-func (s *Schedules) Schedule(ctx context.Context, profile, jobID string, data []byte, replay string, at time.Time) error {
+func (s *Schedules) Schedule(ctx context.Context, profile, jobID string, data []byte, replay string, origin uint64, at time.Time) error {
 	if r := at.Truncate(time.Second); r.Before(at) {
 		at = r.Add(time.Second)
 	}
@@ -47,6 +48,9 @@ func (s *Schedules) Schedule(ctx context.Context, profile, jobID string, data []
 	h.Set(contract.HeaderJobID, jobID)
 	if replay != "" {
 		h.Set(contract.HeaderReplay, replay)
+	}
+	if origin != 0 {
+		h.Set(contract.HeaderOriginSeq, strconv.FormatUint(origin, 10))
 	}
 	m := &nats.Msg{Subject: contract.ScheduleSubject(profile, jobID), Header: h, Data: data}
 	if _, err := s.js.PublishMsg(ctx, m, jetstream.WithScheduleAt(at), jetstream.WithScheduleTarget(contract.JobSubject(profile))); err != nil {
@@ -72,7 +76,8 @@ func (s *Schedules) Reschedule(ctx context.Context, profile, jobID string, at ti
 	if err != nil {
 		return fmt.Errorf("queue: reschedule job %s: %w", jobID, err)
 	}
-	return s.Schedule(ctx, profile, jobID, m.Data, m.Header.Get(contract.HeaderReplay), at)
+	origin, _ := strconv.ParseUint(m.Header.Get(contract.HeaderOriginSeq), 10, 64)
+	return s.Schedule(ctx, profile, jobID, m.Data, m.Header.Get(contract.HeaderReplay), origin, at)
 }
 
 // jobsMaxAge reads MAIL_JOBS' max age once; an error counts as unlimited

@@ -17,11 +17,11 @@ func TestSchedules(t *testing.T) {
 	b := setup(t)
 	body := []byte(`{"from":"billing@contoso.com","to":["a@x.com"],"subject":"later","text":"t"}`)
 	far := time.Now().Add(time.Hour)
-	if err := b.q.Schedules.Schedule(b.ctx, "billing", "s1", body, "2", far); err != nil {
+	if err := b.q.Schedules.Schedule(b.ctx, "billing", "s1", body, "2", 7, far); err != nil {
 		t.Fatal(err)
 	}
 	// A second schedule of the same job replaces the first.
-	if err := b.q.Schedules.Schedule(b.ctx, "billing", "s1", body, "2", far.Add(time.Minute)); err != nil {
+	if err := b.q.Schedules.Schedule(b.ctx, "billing", "s1", body, "2", 7, far.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	s, err := b.js.Stream(b.ctx, contract.StreamJobs)
@@ -47,7 +47,8 @@ func TestSchedules(t *testing.T) {
 		t.Fatalf("the rescheduled job did not come: %v", err)
 	}
 	if msg.Subject() != contract.JobSubject("billing") || string(msg.Data()) != string(body) ||
-		msg.Headers().Get(contract.HeaderJobID) != "s1" || msg.Headers().Get(contract.HeaderReplay) != "2" {
+		msg.Headers().Get(contract.HeaderJobID) != "s1" || msg.Headers().Get(contract.HeaderReplay) != "2" ||
+		msg.Headers().Get(contract.HeaderOriginSeq) != "7" {
 		t.Fatalf("delivered %s %q %v", msg.Subject(), msg.Data(), msg.Headers())
 	}
 	_ = msg.Ack()

@@ -94,8 +94,10 @@ type AttachmentSizes interface {
 type Scheduler interface {
 	// Schedule stores data, the job's original bytes, for a new delivery of
 	// jobID on profile's subject at at; replay is the Mail-Replay header's
-	// value ("" for none). After nil the delivery that asked can be acked.
-	Schedule(ctx context.Context, profile, jobID string, data []byte, replay string, at time.Time) error
+	// value ("" for none), origin the stream sequence of the producer's
+	// publish (contract.HeaderOriginSeq). After nil the delivery that asked
+	// can be acked.
+	Schedule(ctx context.Context, profile, jobID string, data []byte, replay string, origin uint64, at time.Time) error
 	// Reschedule moves jobID's waiting schedule to at; nil also when there is
 	// none any more (it fired).
 	Reschedule(ctx context.Context, profile, jobID string, at time.Time) error

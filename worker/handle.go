@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,7 @@ type job struct {
 	stateRead bool   // state was read from the store (not assumed absent)
 	marked    bool   // this delivery stored state `sending`
 	seq       uint64 // MAIL_JOBS stream sequence of this delivery
+	origin    uint64 // stream sequence of the producer's publish (HeaderOriginSeq, else seq)
 	published time.Time
 	graph     *contract.GraphInfo // of the last Graph call, if any
 	elapsed   time.Duration       // of the last Graph call
@@ -135,6 +137,12 @@ func (p *Pool) open(j *job) (first bool) {
 		j.seq, j.published = seq, published
 		first = delivered == 1
 	}
+	// The producer's publish this delivery comes from: itself, or the one a
+	// message schedule carries forward.
+	j.origin = j.seq
+	if o, err := strconv.ParseUint(msg.Header(contract.HeaderOriginSeq), 10, 64); err == nil && o != 0 {
+		j.origin = o
+	}
 	profile, okSubject := contract.ProfileFromSubject(msg.Subject())
 	if !okSubject {
 		profile = strings.ReplaceAll(strings.TrimPrefix(msg.Subject(), contract.JobSubjectPrefix), ".", "_")
@@ -156,7 +164,7 @@ func (p *Pool) resolveID(j *job, parsed *contract.Job) {
 	if !contract.ValidJobID(j.id) {
 		j.id = fmt.Sprintf("s%d", j.seq)
 	}
-	j.state = contract.JobState{JobID: j.id, Profile: j.profile}
+	j.state = contract.JobState{JobID: j.id, Profile: j.profile, Origin: j.origin}
 }
 
 // arrived is the Arrived outcome of j.
@@ -172,12 +180,15 @@ func (p *Pool) readState(ctx context.Context, j *job) bool {
 	cancel()
 	switch {
 	case errors.Is(err, contract.ErrNoState):
-		j.state, j.rev = contract.JobState{JobID: j.id, Profile: j.profile}, 0
+		j.state, j.rev = contract.JobState{JobID: j.id, Profile: j.profile, Origin: j.origin}, 0
 	case err != nil:
 		p.unreachable(ctx, j, "read job state", err)
 		return false
 	default:
 		j.state, j.rev = st, rev
+		if j.state.Origin == 0 { // a replay's fresh state: this publish is its origin
+			j.state.Origin = j.origin
+		}
 	}
 	j.stateRead = true
 	return true
@@ -462,7 +473,7 @@ func (p *Pool) later(ctx context.Context, j *job, d time.Duration) bool {
 		return false
 	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	err := p.broker.Scheduler.Schedule(opCtx, j.profile, j.id, j.msg.Data(), j.msg.Header(contract.HeaderReplay), p.clock.Now().Add(d))
+	err := p.broker.Scheduler.Schedule(opCtx, j.profile, j.id, j.msg.Data(), j.msg.Header(contract.HeaderReplay), j.origin, p.clock.Now().Add(d))
 	cancel()
 	if err != nil {
 		p.log.Warn().Str("jobId", j.id).Err(err).Msg("could not schedule the job; it waits holding its delivery instead")

@@ -14,7 +14,7 @@ type fakeScheduler struct {
 	moved map[string]time.Time
 }
 
-func (f *fakeScheduler) Schedule(context.Context, string, string, []byte, string, time.Time) error {
+func (f *fakeScheduler) Schedule(context.Context, string, string, []byte, string, uint64, time.Time) error {
 	return nil
 }
 

@@ -204,6 +204,16 @@ profiles:
 		t.Fatalf("billing's job naming ops' object: exit %d %q", r.code, r.out)
 	}
 
+	// A deferred job waits as the worker's message schedule (the worker's
+	// user may publish it; a producer may not schedule into any profile).
+	later := filepath.Join(dir, "later.json")
+	if err := os.WriteFile(later, []byte(`{"id":"later-1","from":"ops@contoso.example","to":["a@example.com"],"subject":"s","text":"t","notBefore":"`+
+		time.Now().Add(2*time.Second).UTC().Format(time.RFC3339)+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustOK("ops deferred job sent", as("producer_ops", nil, "send", "--profile", "ops", "--file", later, "--wait"))
+	denied(bnc, "billing schedules a job into ops", "mail.schedule.ops.evil", []byte(`{}`))
+
 	// 7. support: reads, and replays and purges through the worker only.
 	out = mustOK("support dlq list", as("support", nil, "dlq", "list"))
 	if !strings.Contains(out, "steal-1") {

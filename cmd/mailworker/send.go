@@ -122,7 +122,8 @@ func (c *cli) sendCmd() *cobra.Command {
 // published (stream sequence seq) is sent or dead-lettered, or another
 // message of the same job id has reached an outcome first, in which case the
 // worker suppresses this one as a duplicate: it reports only the outcome of
-// the job it published.
+// the job it published. The state names the publish it is the outcome of
+// (Origin: kept when the job waited in a message schedule).
 func (c *cli) waitOutcome(ctx context.Context, states *queue.States, profile, id string, seq uint64, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -130,12 +131,16 @@ func (c *cli) waitOutcome(ctx context.Context, states *queue.States, profile, id
 	defer tick.Stop()
 	for {
 		st, _, err := states.Get(ctx, profile, id)
-		if err == nil && st.Seq != 0 && st.Seq != seq && (st.State == contract.StateSent || st.State == contract.StateDeadLettered) {
-			return &exitError{code: 1, msg: fmt.Sprintf("not sent: job %s of profile %s was already %s by an earlier message (stream sequence %d, at %s); "+
-				"this one (stream sequence %d) is suppressed as a duplicate: publish with a new id to send again",
-				id, profile, st.State, st.Seq, st.UpdatedAt.UTC().Format(time.RFC3339), seq)}
+		origin := st.Origin
+		if origin == 0 {
+			origin = st.Seq
 		}
-		if err == nil && (st.Seq == seq || st.Seq == 0) {
+		if err == nil && origin != 0 && origin != seq && (st.State == contract.StateSent || st.State == contract.StateDeadLettered) {
+			return &exitError{code: 1, msg: fmt.Sprintf("not sent: job %s of profile %s was already %s by another publish (stream sequence %d, at %s); "+
+				"this one (stream sequence %d) is suppressed as a duplicate: publish with a new id to send again",
+				id, profile, st.State, origin, st.UpdatedAt.UTC().Format(time.RFC3339), seq)}
+		}
+		if err == nil && (origin == seq || origin == 0) {
 			switch st.State {
 			case contract.StateSent:
 				fmt.Fprintf(c.stdout, "sent (attempts %d)\n", st.Attempts)

@@ -44,6 +44,12 @@ type JobState struct {
 	// final state, so a redelivery of that same message (its ack was lost)
 	// can be told from a later re-publish of the job id.
 	Seq uint64 `json:"seq,omitempty"`
+	// Origin is the MAIL_JOBS stream sequence of the producer's publish
+	// this state is the outcome of: the publish's own sequence, also when
+	// the job came back through a message schedule (HeaderOriginSeq), so a
+	// producer that knows its publish ack can tell its job's outcome from
+	// another publish of the same id. 0 when unknown.
+	Origin uint64 `json:"origin,omitempty"`
 }
 
 // PossibleDuplicate reports whether a `sent` of this job may be a second

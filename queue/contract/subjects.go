@@ -46,6 +46,11 @@ const (
 	// HeaderAmbiguous ("true") on a dead letter: a send may have delivered
 	// the mail although Graph never said so.
 	HeaderAmbiguous = "Mail-Ambiguous"
+	// HeaderOriginSeq on a job the worker put back by a message schedule:
+	// the MAIL_JOBS stream sequence of the producer's publish it comes from,
+	// so that the job state can name the publish it is the outcome of
+	// (JobState.Origin, what `send --wait` compares).
+	HeaderOriginSeq = "Mail-Origin-Seq"
 )
 
 // JobSubject is the subject a job for profile is published on.
