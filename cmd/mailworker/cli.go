@@ -273,7 +273,7 @@ func (c *cli) provisionCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(c.stdout, "provisioned (created or updated, replicas %d):\n", cfg.Streams.Replicas)
-			for _, a := range provisionedAssets() {
+			for _, a := range provisionedAssets(cfg.queueConfig().Profiles) {
 				fmt.Fprintf(c.stdout, "  %-13s %s\n", a[0], a[1])
 			}
 			return nil
@@ -282,17 +282,22 @@ func (c *cli) provisionCmd() *cobra.Command {
 
 // provisionedAssets lists what queue.Provision creates, kind and name: every
 // stream, consumer and bucket (README, "Subjects, streams, buckets").
-func provisionedAssets() [][2]string {
-	return [][2]string{
+func provisionedAssets(profiles []string) [][2]string {
+	out := [][2]string{
 		{"stream", contract.StreamJobs},
 		{"stream", contract.StreamStatus},
 		{"stream", contract.StreamDLQ},
+		{"stream", contract.StreamAudit},
 		{"consumer", contract.StreamJobs + " > " + contract.ConsumerName},
 		{"KV bucket", contract.BucketState},
 		{"KV bucket", contract.BucketWorkers},
 		{"KV bucket", contract.BucketPacing},
-		{"object store", contract.BucketAttachments},
 	}
+	// One object store per profile: objects belong to a profile.
+	for _, p := range profiles {
+		out = append(out, [2]string{"object store", queue.AttachmentsBucket(p)})
+	}
+	return out
 }
 
 func (c *cli) readyzCmd() *cobra.Command {

@@ -695,7 +695,9 @@ func (h *harness) stateOf(ctx context.Context, id string) (contract.JobState, ui
 			return st, rev, err
 		}
 	}
-	return contract.JobState{}, 0, contract.ErrNoState
+	// A job for a profile the worker does not serve is recorded under the
+	// profile of its subject.
+	return stateAny(ctx, h.q, id)
 }
 
 // stateAny returns the job state of id in whichever profile holds one (the
