@@ -66,6 +66,35 @@ func TestFidelityClientRequestIDPerRequest(t *testing.T) {
 	}
 }
 
+// The call before a token refresh reaches the contract: in the result of a
+// send that then succeeded, and in the error of one that then failed, so
+// status events and dead letters name both calls.
+func TestFidelityEarlierCallsReachTheContract(t *testing.T) {
+	t.Parallel()
+	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
+	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
+	jobs := graphmail.NewJobs(nil)
+	jobs.Add("p", c, false)
+	job := &contract.Job{From: itSender, To: []string{"a@example.com"}, Subject: "s", Text: "t"}
+
+	s.Script(itSender, graphtest.Fault{Status: 401})
+	res, err := jobs.Send(context.Background(), "p", "job-8", job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.EarlierCalls) != 1 || res.EarlierCalls[0].Status != 401 || res.EarlierCalls[0].RequestID == "" ||
+		!guidRE.MatchString(res.EarlierCalls[0].ClientRequestID) || res.EarlierCalls[0].Date == "" {
+		t.Fatalf("earlier calls %+v, want the 401", res.EarlierCalls)
+	}
+
+	s.Script(itSender, graphtest.Fault{Status: 401}, graphtest.Fault{Status: 503})
+	_, err = jobs.Send(context.Background(), "p", "job-9", job)
+	e := asErr(t, err)
+	if e.Status != 503 || len(e.EarlierCalls) != 1 || e.EarlierCalls[0].Status != 401 || e.EarlierCalls[0].RequestID == "" {
+		t.Fatalf("error %v with earlier calls %+v, want a 503 after a 401", e, e.EarlierCalls)
+	}
+}
+
 // Entra's error keeps the AADSTS code, trace id, correlation id and timestamp, never the secret.
 func TestFidelityEntraErrorKeepsIDs(t *testing.T) {
 	t.Parallel()

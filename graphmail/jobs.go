@@ -58,7 +58,7 @@ func (s *Jobs) Send(ctx context.Context, profile, jobID string, job *contract.Jo
 		return contract.SendResult{}, err
 	}
 	return contract.SendResult{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
-		Date: res.Date, RetryAfter: res.RetryAfter, Duration: res.Duration}, nil
+		Date: res.Date, RetryAfter: res.RetryAfter, Duration: res.Duration, EarlierCalls: earlier(res.Calls)}, nil
 }
 
 // Message maps a validated job onto Graph's message. Attachments given by
@@ -137,4 +137,13 @@ func addresses(list []string) []Address {
 		out = append(out, Address{Name: name, Address: addr})
 	}
 	return out
+}
+
+// earlier is every call of a send but the last, in the contract's terms; nil
+// for one call.
+func earlier(calls []Call) []contract.GraphCall {
+	if len(calls) < 2 {
+		return nil
+	}
+	return graphCalls(calls[:len(calls)-1])
 }

@@ -81,10 +81,17 @@ func (c *Client) Send(ctx context.Context, msg *Message, jobID string) (Result, 
 	fresh, terr := c.refreshToken(ctx, tok)
 	if terr != nil {
 		res.Duration, res.Calls = time.Since(start), calls
+		var se *contract.SendError
+		if errors.As(terr, &se) {
+			se.EarlierCalls = graphCalls(calls)
+		}
 		return res, terr
 	}
 	res, perr = c.post(ctx, u, body, fresh)
 	res.Duration, res.Calls = time.Since(start), append(calls, res.call())
+	if perr != nil {
+		perr.EarlierCalls = graphCalls(calls)
+	}
 	return res, nilIfNone(perr)
 }
 
@@ -233,4 +240,14 @@ func safeID(s string) string {
 func IsAmbiguous(err error) bool {
 	var e *contract.SendError
 	return errors.As(err, &e) && e.Ambiguous
+}
+
+// graphCalls renders calls in the contract's terms.
+func graphCalls(calls []Call) []contract.GraphCall {
+	out := make([]contract.GraphCall, 0, len(calls))
+	for _, c := range calls {
+		out = append(out, contract.GraphCall{Status: c.Status, RequestID: c.RequestID, ClientRequestID: c.ClientRequestID,
+			Date: contract.GraphDate(c.Date)})
+	}
+	return out
 }

@@ -122,6 +122,9 @@ func (d *DLQ) Put(ctx context.Context, dl contract.DeadLetter) error {
 	if dl.GraphRequestID != "" {
 		h.Set(contract.HeaderGraphRequestID, oneLine(dl.GraphRequestID, 128))
 	}
+	if calls := formatCalls(dl.GraphCalls); calls != "" {
+		h.Set(contract.HeaderGraphCalls, oneLine(calls, 1024))
+	}
 	if dl.Ambiguous {
 		h.Set(contract.HeaderAmbiguous, "true")
 	}
@@ -169,6 +172,7 @@ func deadLetterOf(m *jetstream.RawStreamMsg) contract.DeadLetter {
 		Reason:         contract.Reason(h.Get(contract.HeaderReason)),
 		Error:          h.Get(contract.HeaderError),
 		GraphRequestID: h.Get(contract.HeaderGraphRequestID),
+		GraphCalls:     parseCalls(h.Get(contract.HeaderGraphCalls)),
 		Ambiguous:      h.Get(contract.HeaderAmbiguous) == "true",
 		Body:           m.Data,
 		Seq:            m.Sequence,
@@ -420,4 +424,41 @@ func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
 		return n, fmt.Errorf("queue: purge dead letters: %w", err)
 	}
 	return n, nil
+}
+
+// formatCalls renders calls for the Mail-Graph-Calls header.
+func formatCalls(calls []contract.GraphCall) string {
+	parts := make([]string, 0, len(calls))
+	for _, c := range calls {
+		parts = append(parts, fmt.Sprintf("%d %s %s %s", c.Status, dash(c.RequestID), dash(c.ClientRequestID), dash(c.Date)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// parseCalls reads the Mail-Graph-Calls header.
+func parseCalls(v string) []contract.GraphCall {
+	var out []contract.GraphCall
+	for _, part := range strings.Split(v, "; ") {
+		f := strings.Fields(part)
+		if len(f) != 4 {
+			continue
+		}
+		status, _ := strconv.Atoi(f[0])
+		out = append(out, contract.GraphCall{Status: status, RequestID: undash(f[1]), ClientRequestID: undash(f[2]), Date: undash(f[3])})
+	}
+	return out
+}
+
+func dash(s string) string {
+	if s = strings.Join(strings.Fields(s), ""); s == "" {
+		return "-"
+	}
+	return s
+}
+
+func undash(s string) string {
+	if s == "-" {
+		return ""
+	}
+	return s
 }

@@ -22,7 +22,9 @@ func TestDLQ(t *testing.T) {
 	put := func(id, profile string, reason contract.Reason, gen int) {
 		t.Helper()
 		err := d.Put(b.ctx, contract.DeadLetter{JobID: id, Profile: profile, Reason: reason, Error: "Graph said no\r\nreally",
-			Attempts: 3, FailedAt: failedAt, GraphRequestID: "req-" + id, Generation: gen, Body: deadJob(id)})
+			Attempts: 3, FailedAt: failedAt, GraphRequestID: "req-" + id, Generation: gen, Body: deadJob(id),
+			GraphCalls: []contract.GraphCall{{Status: 401, RequestID: "req0-" + id, ClientRequestID: "c0", Date: "2026-03-01T10:00:00Z"},
+				{Status: 404, RequestID: "req-" + id, ClientRequestID: "c1"}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -44,6 +46,10 @@ func TestDLQ(t *testing.T) {
 		!j1.FailedAt.Equal(failedAt) || j1.GraphRequestID != "req-j1" || j1.Error != "Graph said no  really" ||
 		string(j1.Body) != string(deadJob("j1")) || j1.From != "billing@contoso.com" || j1.Subject != "Invoice j1" || j1.Seq == 0 {
 		t.Errorf("record %+v", j1)
+	}
+	if c := j1.GraphCalls; len(c) != 2 || c[0] != (contract.GraphCall{Status: 401, RequestID: "req0-j1", ClientRequestID: "c0", Date: "2026-03-01T10:00:00Z"}) ||
+		c[1] != (contract.GraphCall{Status: 404, RequestID: "req-j1", ClientRequestID: "c1"}) {
+		t.Errorf("graph calls %+v: want both calls of the last attempt back", c)
 	}
 	for _, tt := range []struct {
 		f    DLQFilter

@@ -315,14 +315,14 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	if err == nil {
 		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
 		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
-			Date: contract.GraphDate(res.Date)}
+			Date: contract.GraphDate(res.Date), EarlierCalls: res.EarlierCalls}
 		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent, RetryAfter: res.RetryAfter}))
 		return
 	}
 	se := contract.AsSendError(err)
 	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
 	j.graph = &contract.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID,
-		Date: contract.GraphDate(se.Date)}
+		Date: contract.GraphDate(se.Date), EarlierCalls: se.EarlierCalls}
 	j.state.LastError = &contract.ErrorInfo{Reason: se.Reason, Message: se.Error()}
 	kind := Failed
 	if sendCtx.Err() != nil {
@@ -494,11 +494,7 @@ func (p *Pool) sent(ctx context.Context, j *job) {
 		PossibleDuplicate: j.state.PossibleDuplicate()}, j.msg.Ack)
 	p.m.Jobs.WithLabelValues(j.profile, string(contract.EventSent), "").Inc()
 	p.observeLatency(j)
-	requestID := ""
-	if j.graph != nil {
-		requestID = j.graph.RequestID
-	}
-	p.outcomeLog(zerolog.InfoLevel, j, "sent").Str("requestId", requestID).
+	p.outcomeLog(zerolog.InfoLevel, j, "sent").
 		Bool("possibleDuplicate", j.state.PossibleDuplicate()).Dur("latency", j.elapsed).Send()
 }
 
@@ -512,6 +508,8 @@ func (p *Pool) deadLetter(ctx context.Context, j *job, reason contract.Reason, m
 		Ambiguous: j.state.PossibleDuplicate()}
 	if j.graph != nil {
 		rec.GraphRequestID = j.graph.RequestID
+		rec.GraphCalls = append(append([]contract.GraphCall(nil), j.graph.EarlierCalls...), contract.GraphCall{
+			Status: j.graph.Status, RequestID: j.graph.RequestID, ClientRequestID: j.graph.ClientRequestID, Date: j.graph.Date})
 	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	err := p.broker.DeadLetters.Put(opCtx, rec)
@@ -694,6 +692,12 @@ func (p *Pool) outcomeLog(level zerolog.Level, j *job, outcome string) *zerolog.
 		Int("attempt", j.state.Attempts)
 	if j.from != "" {
 		e = e.Str("from", j.from)
+	}
+	if g := j.graph; g != nil {
+		e = e.Int("graphStatus", g.Status).Str("requestId", g.RequestID).Str("clientRequestId", g.ClientRequestID).Str("graphDate", g.Date)
+		if len(g.EarlierCalls) > 0 {
+			e = e.Interface("earlierCalls", g.EarlierCalls)
+		}
 	}
 	if p.cfg.LogRecipients && j.job != nil {
 		e = e.Strs("to", j.job.To).Strs("cc", j.job.Cc).Strs("bcc", j.job.Bcc)

@@ -44,24 +44,25 @@ func (f *dlqFlags) filter() (queue.DLQFilter, error) {
 
 // dlqRecord is the JSON shape of a dead letter for --json.
 type dlqRecord struct {
-	JobID          string          `json:"jobId"`
-	Profile        string          `json:"profile"`
-	Reason         contract.Reason `json:"reason"`
-	Error          string          `json:"error"`
-	Attempts       int             `json:"attempts"`
-	FailedAt       time.Time       `json:"failedAt"`
-	GraphRequestID string          `json:"graphRequestId,omitempty"`
-	Ambiguous      bool            `json:"ambiguous,omitempty"`
-	From           string          `json:"from,omitempty"`
-	Subject        string          `json:"subject,omitempty"`
-	Seq            uint64          `json:"seq"`
-	Job            json.RawMessage `json:"job,omitempty"`
-	Body           string          `json:"body,omitempty"` // the original bytes when they are not JSON
+	JobID          string               `json:"jobId"`
+	Profile        string               `json:"profile"`
+	Reason         contract.Reason      `json:"reason"`
+	Error          string               `json:"error"`
+	Attempts       int                  `json:"attempts"`
+	FailedAt       time.Time            `json:"failedAt"`
+	GraphRequestID string               `json:"graphRequestId,omitempty"`
+	GraphCalls     []contract.GraphCall `json:"graphCalls,omitempty"`
+	Ambiguous      bool                 `json:"ambiguous,omitempty"`
+	From           string               `json:"from,omitempty"`
+	Subject        string               `json:"subject,omitempty"`
+	Seq            uint64               `json:"seq"`
+	Job            json.RawMessage      `json:"job,omitempty"`
+	Body           string               `json:"body,omitempty"` // the original bytes when they are not JSON
 }
 
 func toRecord(dl contract.DeadLetter, withBody bool) dlqRecord {
 	r := dlqRecord{JobID: dl.JobID, Profile: dl.Profile, Reason: dl.Reason, Error: dl.Error, Attempts: dl.Attempts,
-		FailedAt: dl.FailedAt, GraphRequestID: dl.GraphRequestID, Ambiguous: dl.Ambiguous, From: dl.From, Subject: dl.Subject, Seq: dl.Seq}
+		FailedAt: dl.FailedAt, GraphRequestID: dl.GraphRequestID, GraphCalls: dl.GraphCalls, Ambiguous: dl.Ambiguous, From: dl.From, Subject: dl.Subject, Seq: dl.Seq}
 	if withBody {
 		if json.Valid(dl.Body) {
 			r.Job = dl.Body
@@ -139,7 +140,11 @@ func (c *cli) dlqShowCmd() *cobra.Command {
 			if dl.Ambiguous {
 				fmt.Fprintf(c.stdout, "ambiguous:  yes — a send may have delivered this mail although Graph never said so: search Exchange message trace for X-Mailworker-Job-Id %s before replaying (a replay's sent event says possibleDuplicate)\n", cell(dl.JobID))
 			}
-			if dl.GraphRequestID != "" {
+			for _, call := range dl.GraphCalls {
+				fmt.Fprintf(c.stdout, "graph call:  %d request-id %s client-request-id %s date %s\n", call.Status,
+					cell(call.RequestID), cell(call.ClientRequestID), cell(call.Date))
+			}
+			if dl.GraphRequestID != "" && len(dl.GraphCalls) == 0 {
 				fmt.Fprintf(c.stdout, "graph request-id: %s\n", cell(dl.GraphRequestID))
 			}
 			if dl.Truncated > 0 {

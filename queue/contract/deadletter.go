@@ -11,6 +11,9 @@ type DeadLetter struct {
 	Attempts       int
 	FailedAt       time.Time
 	GraphRequestID string
+	// GraphCalls are the Graph calls of the last attempt, oldest first: what
+	// a Microsoft support case or a message trace needs to find them.
+	GraphCalls []GraphCall
 	// Ambiguous: a send of this job may have delivered the mail although no
 	// 202 was seen (a timeout, a 5xx, a worker that stopped mid-call). A
 	// replay keeps it: the next `sent` event says possibleDuplicate.

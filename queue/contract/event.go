@@ -49,6 +49,19 @@ type GraphInfo struct {
 	// Date is the Graph response's Date header (RFC 3339, UTC): with the two ids,
 	// what a Microsoft support case or a message trace needs to find the call.
 	Date string `json:"date,omitempty"`
+	// EarlierCalls are the calls of the same attempt before this one: the
+	// sendMail answered 401 before the token was refreshed and the call made
+	// again. Each is as findable in Microsoft's logs as the last.
+	EarlierCalls []GraphCall `json:"earlierCalls,omitempty"`
+}
+
+// GraphCall identifies one Graph HTTP call as Microsoft support and message
+// trace know it.
+type GraphCall struct {
+	Status          int    `json:"status,omitempty"`
+	RequestID       string `json:"requestId,omitempty"`
+	ClientRequestID string `json:"clientRequestId,omitempty"`
+	Date            string `json:"date,omitempty"`
 }
 
 // GraphDate formats a Graph response's Date for GraphInfo.Date; "" when zero.

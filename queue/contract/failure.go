@@ -71,8 +71,11 @@ type SendError struct {
 	RequestID       string
 	ClientRequestID string
 	Date            time.Time
-	Profile         string // the sending profile, when known
-	Err             error  // wrapped cause (never an MSAL error carrying the token request)
+	// EarlierCalls are the calls of this attempt before the failed one (a
+	// 401 before the token was refreshed).
+	EarlierCalls []GraphCall
+	Profile      string // the sending profile, when known
+	Err          error  // wrapped cause (never an MSAL error carrying the token request)
 }
 
 func (e *SendError) Error() string {
@@ -152,6 +155,9 @@ type SendResult struct {
 	// it again) and the mailbox should wait that long.
 	RetryAfter time.Duration
 	Duration   time.Duration
+	// EarlierCalls are the calls made before the last (a 401, then the
+	// call again with a fresh token).
+	EarlierCalls []GraphCall
 }
 
 // ErrNoAttachment is returned for an objectRef that is not in the

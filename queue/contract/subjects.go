@@ -42,7 +42,11 @@ const (
 	HeaderAttempts       = "Mail-Attempts"
 	HeaderFailedAt       = "Mail-Failed-At"
 	HeaderGraphRequestID = "Mail-Graph-Request-Id"
-	HeaderProfile        = "Mail-Profile"
+	// HeaderGraphCalls on a dead letter: every Graph call of the last
+	// attempt, "<status> <request-id> <client-request-id> <date>" separated
+	// by "; " (a 401, then the call again after a token refresh).
+	HeaderGraphCalls = "Mail-Graph-Calls"
+	HeaderProfile    = "Mail-Profile"
 	// HeaderAmbiguous ("true") on a dead letter: a send may have delivered
 	// the mail although Graph never said so.
 	HeaderAmbiguous = "Mail-Ambiguous"
