@@ -93,7 +93,7 @@ func TestReliabilityBadInput(t *testing.T) {
 		fmt.Fprintf(&b, `"r%d@example.com"`, i)
 	}
 	b.WriteString("]}")
-	wants["bad-ten_thousand_recipients"] = want{Profile: "rel", Reason: contract.ReasonInvalidJob, Message: "10000 recipients in to+cc+bcc, over the limit of 500"}
+	wants["bad-ten_thousand_recipients"] = want{Profile: "rel", Reason: contract.ReasonInvalidJob, Message: "10000 recipients in to+cc+bcc, over the limit of 1000"}
 	publish("bad-ten_thousand_recipients", "rel", []byte(b.String()))
 
 	// Personal data in bad fields, and the header rules (issues 9 and 10):

@@ -73,7 +73,7 @@ func TestBadJobsCorpus(t *testing.T) {
 func TestTenThousandRecipients(t *testing.T) {
 	_, err := DecodeJob(TenThousandRecipientsJob("noreply@rel.example"))
 	var inv *InvalidError
-	if !errors.As(err, &inv) || inv.Field != "to" || !strings.Contains(err.Error(), "10000 recipients in to+cc+bcc, over the limit of 500") {
+	if !errors.As(err, &inv) || inv.Field != "to" || !strings.Contains(err.Error(), "10000 recipients in to+cc+bcc, over the limit of 1000") {
 		t.Fatalf("DecodeJob: %v", err)
 	}
 }

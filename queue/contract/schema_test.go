@@ -194,15 +194,15 @@ func schemaCorpus(t *testing.T) []corpusCase {
 	}
 	att := func(a ...map[string]any) []byte { return with(t, map[string]any{"attachments": a}) }
 	gen := []corpusCase{
-		{Name: "500 recipients in to", Valid: true, body: with(t, map[string]any{"to": addrs(500)})},
-		{Name: "500 recipients across to, cc, bcc", Valid: true, body: with(t, map[string]any{"to": addrs(300), "cc": addrs(100), "bcc": addrs(100)})},
-		{Name: "500 replyTo", Valid: true, body: with(t, map[string]any{"replyTo": addrs(500)})},
+		{Name: "1000 recipients in to", Valid: true, body: with(t, map[string]any{"to": addrs(1000)})},
+		{Name: "1000 recipients across to, cc, bcc", Valid: true, body: with(t, map[string]any{"to": addrs(600), "cc": addrs(200), "bcc": addrs(200)})},
+		{Name: "1000 replyTo", Valid: true, body: with(t, map[string]any{"replyTo": addrs(1000)})},
 		{Name: "32 metadata keys", Valid: true, body: with(t, map[string]any{"metadata": metadata(32, 64, 1024)})},
 		{Name: "3 MiB inline", Valid: true, body: att(map[string]any{"name": "a", "contentBase64": b64(MaxInlineAttachmentBytes)})},
-		{Name: "501 recipients in to", body: with(t, map[string]any{"to": addrs(501)})},
-		{Name: "501 replyTo", body: with(t, map[string]any{"replyTo": addrs(501)})},
+		{Name: "1001 recipients in to", body: with(t, map[string]any{"to": addrs(1001)})},
+		{Name: "1001 replyTo", body: with(t, map[string]any{"replyTo": addrs(1001)})},
 		{Name: "33 metadata keys", body: with(t, map[string]any{"metadata": metadata(33, 4, 1)})},
-		{Name: "501 recipients across to, cc, bcc", WorkerOnly: "500 recipients across to+cc+bcc", body: with(t, map[string]any{"to": addrs(300), "cc": addrs(200), "bcc": addrs(1)})},
+		{Name: "1001 recipients across to, cc, bcc", WorkerOnly: "1000 recipients across to+cc+bcc", body: with(t, map[string]any{"to": addrs(600), "cc": addrs(400), "bcc": addrs(1)})},
 		{Name: "over 3 MiB inline", WorkerOnly: "3 MiB of decoded inline attachments",
 			body: att(map[string]any{"name": "a", "contentBase64": b64(2 << 20)}, map[string]any{"name": "b", "contentBase64": b64(1<<20 + 1)})},
 	}

@@ -19,8 +19,12 @@ import (
 
 // Limits enforced by Validate.
 const (
-	// MaxRecipients caps to+cc+bcc: Exchange's default per-message recipient limit.
-	MaxRecipients = 500
+	// MaxRecipients caps to+cc+bcc at intake: the highest recipient limit an
+	// Exchange Online admin can set (1,000; 500 by default: "Exchange Online
+	// limits", recipient limits). The profile's own limit
+	// (profiles.<name>.maxRecipientsPerMessage, default 500) applies before
+	// the Graph call.
+	MaxRecipients = 1000
 	// MaxInlineAttachmentBytes caps the decoded total of contentBase64
 	// attachments: Graph caps one request at 4 MB and base64 adds a third.
 	MaxInlineAttachmentBytes = 3 << 20

@@ -71,7 +71,7 @@ func TestDecodeJobValid(t *testing.T) {
 	}
 	// Exactly at the limits.
 	for name, b := range map[string][]byte{
-		"500 recipients":         with(t, map[string]any{"to": addrs(300), "cc": addrs(100), "bcc": addrs(100)}),
+		"1000 recipients":        with(t, map[string]any{"to": addrs(600), "cc": addrs(200), "bcc": addrs(200)}),
 		"3 MiB inline":           with(t, map[string]any{"attachments": []any{map[string]any{"name": "a", "contentBase64": b64(MaxInlineAttachmentBytes)}}}),
 		"2048-character subject": with(t, map[string]any{"subject": strings.Repeat("s", 2048)}),
 		"html only":              with(t, map[string]any{"text": nil, "html": "<p>x</p>"}),
@@ -130,7 +130,7 @@ func TestDecodeJobInvalid(t *testing.T) {
 		{"bad cc", with(t, map[string]any{"cc": []string{"nope"}}), "cc[0]", "", "RFC 5322"},
 		{"bad bcc", with(t, map[string]any{"bcc": []string{"<>"}}), "bcc[0]", "", "RFC 5322"},
 		{"bad replyTo", with(t, map[string]any{"replyTo": []string{"x"}}), "replyTo[0]", "", "RFC 5322"},
-		{"501 recipients", with(t, map[string]any{"to": addrs(300), "cc": addrs(200), "bcc": addrs(1)}), "to", "", "501 recipients"},
+		{"1001 recipients", with(t, map[string]any{"to": addrs(600), "cc": addrs(400), "bcc": addrs(1)}), "to", "", "1001 recipients"},
 		{"10000 recipients", with(t, map[string]any{"to": addrs(10000)}), "to", "", "10000 recipients"},
 		{"CRLF in subject", with(t, map[string]any{"subject": "hi\r\nBcc: evil@x.com"}), "subject", "", "CR, LF"},
 		{"LF in subject", with(t, map[string]any{"subject": "hi\nthere"}), "subject", "", "CR, LF"},
