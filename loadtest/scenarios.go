@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -111,27 +112,11 @@ func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
 		boxes := max(c/4, 1)
 		base := runSpec{Name: "isolation-clean", Jobs: n, Mailboxes: boxes, Concurrency: c, MaxInFlight: 512,
 			Replicas: h.replicas(), Latency: 50 * time.Millisecond, Jitter: 10 * time.Millisecond, FakeMaxPerBox: 4}
-		clean, err := h.runOne(ctx, base)
-		if clean == nil {
-			return nil, err
-		}
 		bad := base
 		bad.Name = "isolation"
 		bad.BadJobs = max(n/10, 1)
 		bad.BadRetryAfterSec = 30
-		r, err2 := h.runOne(ctx, bad)
-		clean.RefThroughput, clean.Ratio, clean.refWhat = clean.Throughput, 1, "itself"
-		out := []Result{*clean}
-		if r != nil {
-			r.RefThroughput = clean.Throughput
-			r.refWhat = "healthy mailboxes without the bad one (isolation-clean)"
-			r.Ratio = ratio(r.Throughput, clean.Throughput)
-			out = append(out, *r)
-		}
-		if err == nil {
-			err = err2
-		}
-		return out, err
+		return h.againstAlone(ctx, base, bad, "healthy mailboxes without the bad one (isolation-clean)")
 	case "deferral":
 		// One profile floods the queue with jobs that must wait (far-future
 		// notBefore, an exhausted recipient budget); another profile's
@@ -142,26 +127,10 @@ func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
 		// ratio measures capacity held, not the two cores' CPU.
 		base := runSpec{Name: "deferral-clean", Jobs: n, Mailboxes: max(c/4, 1), Concurrency: c, MaxInFlight: 512,
 			Replicas: h.replicas(), Latency: 250 * time.Millisecond, Jitter: 50 * time.Millisecond, FakeMaxPerBox: 4}
-		clean, err := h.runOne(ctx, base)
-		if clean == nil {
-			return nil, err
-		}
 		flood := base
 		flood.Name = "deferral"
 		flood.FloodJobs = 1500 // more than the consumer's 1,000 ack-pending slots
-		r, err2 := h.runOne(ctx, flood)
-		clean.RefThroughput, clean.Ratio, clean.refWhat = clean.Throughput, 1, "itself"
-		out := []Result{*clean}
-		if r != nil {
-			r.RefThroughput = clean.Throughput
-			r.refWhat = "the same profile's jobs without the other profile's flood (deferral-clean)"
-			r.Ratio = ratio(r.Throughput, clean.Throughput)
-			out = append(out, *r)
-		}
-		if err == nil {
-			err = err2
-		}
-		return out, err
+		return h.againstAlone(ctx, base, flood, "the same profile's jobs without the other profile's flood (deferral-clean)")
 	case "failover":
 		// Two replicas share 4 mailboxes' 30/min; one is killed. Once the
 		// survivor counts itself alone (the MAIL_WORKERS TTL, 15 s, and a
@@ -213,6 +182,25 @@ func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("unknown scenario %q", name)
+}
+
+// againstAlone runs alone, then with, and returns both rows: alone as its own
+// reference, with's throughput as a ratio of alone's (refWhat names it).
+func (h *harness) againstAlone(ctx context.Context, alone, with runSpec, refWhat string) ([]Result, error) {
+	clean, err := h.runOne(ctx, alone)
+	if clean == nil {
+		return nil, err
+	}
+	r, err2 := h.runOne(ctx, with)
+	clean.RefThroughput, clean.Ratio, clean.refWhat = clean.Throughput, 1, "itself"
+	out := []Result{*clean}
+	if r != nil {
+		r.RefThroughput = clean.Throughput
+		r.refWhat = refWhat
+		r.Ratio = ratio(r.Throughput, clean.Throughput)
+		out = append(out, *r)
+	}
+	return out, errors.Join(err, err2)
 }
 
 // pair runs spec with the worker, then the same with the bare loop, and

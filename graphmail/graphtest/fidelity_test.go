@@ -1,10 +1,8 @@
 package graphtest_test
 
 import (
-	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -308,15 +306,9 @@ func TestFederatedAssertion(t *testing.T) {
 
 func signJWT(t *testing.T, key *rsa.PrivateKey, claims map[string]any) string {
 	t.Helper()
-	enc := func(v any) string {
-		b, _ := json.Marshal(v)
-		return base64.RawURLEncoding.EncodeToString(b)
-	}
-	signed := enc(map[string]string{"alg": "RS256", "typ": "JWT"}) + "." + enc(claims)
-	sum := sha256.Sum256([]byte(signed))
-	sig, err := rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, sum[:])
+	tok, err := graphtest.SignRS256JWT(key, claims)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return signed + "." + base64.RawURLEncoding.EncodeToString(sig)
+	return tok
 }

@@ -1,13 +1,17 @@
 package graphtest
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -118,4 +122,28 @@ func NewAppCertificate(notAfter time.Time) (*x509.Certificate, []byte, error) {
 	}
 	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	return cert, append(out, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})...), nil
+}
+
+// SignRS256JWT returns a compact JWT of claims signed with key (RS256), as a
+// workload identity token or a client assertion is shaped.
+func SignRS256JWT(key *rsa.PrivateKey, claims map[string]any) (string, error) {
+	enc := func(v any) (string, error) {
+		b, err := json.Marshal(v)
+		return base64.RawURLEncoding.EncodeToString(b), err
+	}
+	h, err := enc(map[string]string{"alg": "RS256", "typ": "JWT"})
+	if err != nil {
+		return "", err
+	}
+	c, err := enc(claims)
+	if err != nil {
+		return "", err
+	}
+	signed := h + "." + c
+	sum := sha256.Sum256([]byte(signed))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, sum[:])
+	if err != nil {
+		return "", err
+	}
+	return signed + "." + base64.RawURLEncoding.EncodeToString(sig), nil
 }
