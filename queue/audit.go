@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -23,6 +24,14 @@ type AuditRecord struct {
 	Count   int       `json:"count,omitempty"`
 	Detail  string    `json:"detail,omitempty"`
 }
+
+// Audit actions.
+const (
+	AuditReplay       = "replay"
+	AuditReplayEdited = "replay_edited"
+	AuditPurge        = "purge"
+	AuditReveal       = "reveal"
+)
 
 // AuditSubject is the subject audit records of profile are stored on.
 func AuditSubject(profile string) string { return contract.AuditSubjectPrefix + profile }
@@ -46,11 +55,17 @@ func (a *Audit) Append(ctx context.Context, r AuditRecord) error {
 	if r.At.IsZero() {
 		r.At = time.Now().UTC()
 	}
+	r.Detail = oneLine(r.Detail, 512)
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("queue: encode audit record: %w", err)
 	}
-	if _, err := a.js.PublishMsg(ctx, &nats.Msg{Subject: AuditSubject(r.Profile), Data: b}); err != nil {
+	m := &nats.Msg{Subject: AuditSubject(r.Profile), Data: b, Header: nats.Header{}}
+	if r.JobID != "" {
+		// ForJobSince finds a job's records by this header, reading no body.
+		m.Header.Set(contract.HeaderJobID, r.JobID)
+	}
+	if _, err := a.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("queue: store audit record (%s %s): %w", r.Action, r.JobID, err)
 	}
 	return nil
@@ -75,6 +90,48 @@ func (a *Audit) ForJob(ctx context.Context, profile, jobID string) ([]AuditRecor
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: read %s: %w", contract.StreamAudit, err)
+	}
+	return out, nil
+}
+
+// ForJobSince returns the audit records of jobID in any profile stored since
+// since (all when zero; a job's records are never older than the job),
+// oldest first. It reads headers to find the job's records (their
+// Mail-Job-Id), then only those: a job page costs the audit stream's
+// headers since the job's first moment, not its bodies.
+func (a *Audit) ForJobSince(ctx context.Context, jobID string, since time.Time) ([]AuditRecord, error) {
+	if !contract.ValidJobID(jobID) {
+		return nil, fmt.Errorf("queue: audit: invalid job id %s", contract.Quote(jobID))
+	}
+	s, err := a.js.Stream(ctx, contract.StreamAudit)
+	if err != nil {
+		return nil, fmt.Errorf("queue: stream %s: %w", contract.StreamAudit, err)
+	}
+	var seqs []uint64
+	err = Browse(ctx, s, BrowseOptions{Filter: contract.AuditSubjectPrefix + ">", Since: since, HeadersOnly: true}, func(m jetstream.Msg) (bool, error) {
+		if m.Headers().Get(contract.HeaderJobID) == jobID {
+			if md, err := m.Metadata(); err == nil {
+				seqs = append(seqs, md.Sequence.Stream)
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: read %s: %w", contract.StreamAudit, err)
+	}
+	out := make([]AuditRecord, 0, len(seqs))
+	for _, seq := range seqs {
+		raw, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // aged out meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("queue: read %s record %d: %w", contract.StreamAudit, seq, err)
+		}
+		var r AuditRecord
+		if json.Unmarshal(raw.Data, &r) == nil && r.JobID == jobID {
+			out = append(out, r)
+		}
 	}
 	return out, nil
 }

@@ -202,7 +202,10 @@ func (d *DLQ) stream(ctx context.Context) (jetstream.Stream, error) {
 	return s, nil
 }
 
-func (d *DLQ) each(ctx context.Context, f DLQFilter, fn func(contract.DeadLetter) error) error {
+// each calls fn with every dead letter matching f, oldest first, read
+// through Browse (a batch per request, not a request per record); with
+// headersOnly their Body (and the fields parsed from it) are empty.
+func (d *DLQ) each(ctx context.Context, f DLQFilter, headersOnly bool, fn func(contract.DeadLetter) error) error {
 	subj, err := f.subject()
 	if err != nil {
 		return err
@@ -211,12 +214,12 @@ func (d *DLQ) each(ctx context.Context, f DLQFilter, fn func(contract.DeadLetter
 	if err != nil {
 		return err
 	}
-	err = scan(ctx, s, subj, func(m *jetstream.RawStreamMsg) error {
-		dl := deadLetterOf(m)
+	err = Browse(ctx, s, BrowseOptions{Filter: subj, HeadersOnly: headersOnly}, func(m jetstream.Msg) (bool, error) {
+		dl := deadLetterOfMsg(m, headersOnly)
 		if !f.match(&dl) {
-			return nil
+			return true, nil
 		}
-		return fn(dl)
+		return true, fn(dl)
 	})
 	if err != nil {
 		return fmt.Errorf("queue: read %s: %w", contract.StreamDLQ, err)
@@ -227,7 +230,7 @@ func (d *DLQ) each(ctx context.Context, f DLQFilter, fn func(contract.DeadLetter
 // List returns the dead letters matching f, oldest first.
 func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]contract.DeadLetter, error) {
 	var out []contract.DeadLetter
-	err := d.each(ctx, f, func(dl contract.DeadLetter) error {
+	err := d.each(ctx, f, false, func(dl contract.DeadLetter) error {
 		out = append(out, dl)
 		return nil
 	})
@@ -297,6 +300,34 @@ func replayMsgID(dl contract.DeadLetter, gen int) string {
 }
 
 func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOptions) error {
+	if err := d.replayOnly(ctx, dl, opts); err != nil {
+		return err
+	}
+	s, err := d.stream(ctx)
+	if err != nil {
+		return err
+	}
+	// Delete this record and any older record of the same job.
+	var seqs []uint64
+	err = d.each(ctx, DLQFilter{Profile: dl.Profile, JobID: dl.JobID}, true, func(o contract.DeadLetter) error {
+		if o.Seq <= dl.Seq {
+			seqs = append(seqs, o.Seq)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, seq := range seqs {
+		if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("queue: replay %s: delete dead letter %d: %w", dl.JobID, seq, err)
+		}
+	}
+	return nil
+}
+
+// replayOnly is steps 1-3 of Replay: state, job, event; no record deleted.
+func (d *DLQ) replayOnly(ctx context.Context, dl contract.DeadLetter, opts ReplayOptions) error {
 	body := dl.Body
 	if dl.Truncated > 0 && opts.Body == nil {
 		return fmt.Errorf("%w: job %s: %d of %d bytes kept (it was near the server's max_payload): replay it with a fixed body (--file)", ErrTruncated, dl.JobID, len(dl.Body), dl.Truncated)
@@ -333,10 +364,13 @@ func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOpt
 		h.Set(contract.HeaderReplay, strconv.Itoa(gen))
 		h.Set(contract.HeaderMsgID, replayMsgID(dl, gen))
 		m := &nats.Msg{Subject: contract.JobSubject(dl.Profile), Header: h, Data: body}
+		// The event's time is taken before the job is out: a worker may
+		// send it and record `sent` before the event below is stored, and
+		// `replayed` must still come first in the job's history.
+		ev := contract.Event{JobID: dl.JobID, Profile: dl.Profile, Event: contract.EventReplayed, At: time.Now().UTC()}
 		if _, err := d.js.PublishMsg(ctx, m); err != nil {
 			return fmt.Errorf("queue: replay %s: publish job: %w", dl.JobID, err)
 		}
-		ev := contract.Event{JobID: dl.JobID, Profile: dl.Profile, Event: contract.EventReplayed, At: time.Now().UTC()}
 		var meta struct {
 			Metadata map[string]string `json:"metadata"`
 		}
@@ -345,26 +379,6 @@ func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOpt
 		}
 		if err := d.events.publish(ctx, ev, "replayed."+dl.Profile+"."+dl.JobID+".g"+strconv.Itoa(gen)); err != nil {
 			return fmt.Errorf("queue: replay %s: %w", dl.JobID, err)
-		}
-	}
-	s, err := d.stream(ctx)
-	if err != nil {
-		return err
-	}
-	// Delete this record and any older record of the same job.
-	var seqs []uint64
-	err = d.each(ctx, DLQFilter{Profile: dl.Profile, JobID: dl.JobID}, func(o contract.DeadLetter) error {
-		if o.Seq <= dl.Seq {
-			seqs = append(seqs, o.Seq)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, seq := range seqs {
-		if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return fmt.Errorf("queue: replay %s: delete dead letter %d: %w", dl.JobID, seq, err)
 		}
 	}
 	return nil
@@ -406,7 +420,7 @@ func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
 		return 0, err
 	}
 	n := 0
-	err = d.each(ctx, f, func(dl contract.DeadLetter) error {
+	err = d.each(ctx, f, true, func(dl contract.DeadLetter) error {
 		if err := s.DeleteMsg(ctx, dl.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return fmt.Errorf("delete %d: %w", dl.Seq, err)
 		}
