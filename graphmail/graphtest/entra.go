@@ -69,6 +69,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := r.PostForm
+	if f.Get("grant_type") == "authorization_code" {
+		s.redeemCode(w, f) // oidc.go
+		return
+	}
 	if gt := f.Get("grant_type"); gt != "client_credentials" {
 		s.tokenError(w, http.StatusBadRequest, "unsupported_grant_type", 70003,
 			fmt.Sprintf("The app requested an unsupported grant type '%s'.", gt))

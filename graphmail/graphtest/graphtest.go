@@ -212,6 +212,8 @@ type Server struct {
 	messages      []Message
 	jobIDs        map[string]struct{}
 	duplicates    int
+
+	oidc oidcState // sign-in for web apps (oidc.go)
 }
 
 // mailboxState is the per-mailbox throttling bookkeeping, guarded by Server.mu.
@@ -592,6 +594,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", s.handleOIDC)
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", s.handleToken)
 	mux.HandleFunc("POST /v1.0/users/{id}/sendMail", s.handleSendMail)
+	s.oidcRoutes(mux)
 	mux.HandleFunc("GET /_sandbox/messages", s.handleListMessages)
 	mux.HandleFunc("DELETE /_sandbox/messages", s.handleDeleteMessages)
 	mux.HandleFunc("GET /_sandbox/stats", s.handleStats)
