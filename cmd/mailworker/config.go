@@ -33,6 +33,7 @@ type Config struct {
 	HTTP     HTTPConfig               `yaml:"http"`
 	Log      LogConfig                `yaml:"log"`
 	Profiles map[string]ProfileConfig `yaml:"profiles"`
+	Console  ConsoleConfig            `yaml:"console"` // console.go
 }
 
 // NATSConfig says how to reach and authenticate to NATS.
@@ -65,6 +66,8 @@ type StreamsConfig struct {
 	StatusMaxAge time.Duration `yaml:"statusMaxAge"`
 	DLQMaxAge    time.Duration `yaml:"dlqMaxAge"`
 	StateTTL     time.Duration `yaml:"stateTTL"`
+	// AuditMaxAge: how long MAIL_AUDIT keeps support actions (default 365 days).
+	AuditMaxAge time.Duration `yaml:"auditMaxAge"`
 	// AttachmentsMaxAge: how long objectRef attachments are kept.
 	AttachmentsMaxAge time.Duration `yaml:"attachmentsMaxAge"`
 	MaxAckPending     int           `yaml:"maxAckPending"`
@@ -496,7 +499,7 @@ func (c Config) queueConfig() queue.Config {
 	return queue.Config{
 		Profiles: profiles,
 		Replicas: c.Streams.Replicas, JobsMaxAge: c.Streams.JobsMaxAge, StatusMaxAge: c.Streams.StatusMaxAge,
-		DLQMaxAge: c.Streams.DLQMaxAge, StateTTL: c.Streams.StateTTL, AttachmentsMaxAge: c.Streams.AttachmentsMaxAge,
+		DLQMaxAge: c.Streams.DLQMaxAge, AuditMaxAge: c.Streams.AuditMaxAge, StateTTL: c.Streams.StateTTL, AttachmentsMaxAge: c.Streams.AttachmentsMaxAge,
 		AckWait:       c.Worker.AckWait,
 		MaxAckPending: c.Streams.MaxAckPending,
 	}.WithDefaults()

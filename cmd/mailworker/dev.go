@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
@@ -35,7 +36,7 @@ const (
 const devMaxPayload = 8 << 20
 
 func (c *cli) devCmd() *cobra.Command {
-	var natsListen, httpListen, graphListen, dataDir string
+	var natsListen, httpListen, graphListen, dataDir, consoleListen string
 	var unpaced bool
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -111,11 +112,18 @@ func (c *cli) devCmd() *cobra.Command {
 			if wc.PerMailboxPerMinute == 0 {
 				pacing = fmt.Sprintf("unpaced (--unpaced or worker.perMailboxPerMinute 0): no per-minute limit, %d requests in flight per mailbox; production paces at 30 per minute", wc.PerMailboxConcurrency)
 			}
+			cs, err := startDevConsole(ctx, cfg, fake, caFile, consoleListen, log)
+			if err != nil {
+				return err
+			}
+			defer cs.Close()
 			fmt.Fprintf(c.stdout, `mailworker dev is up.
   NATS:        %s  (max_payload %d MB, as deploy/nats sets it)
   HTTP:        http://%s  (/metrics /healthz /readyz)
   Fake Graph:  %s  (delivered mail: %s/_sandbox/messages, files in %s)
   Pacing:      %s
+  Console:     %s  (sign in as %s (Support) or %s (Reader); the fake Entra's TLS certificate is
+               signed by %s: trust it or accept the browser's warning once)
 Send a mail:
   go run ./cmd/mailworker send --nats-url %s --profile %s --from %s --to you@example.com --subject hello --text "it works" --wait
 Or publish plain JSON with any NATS client:
@@ -123,6 +131,7 @@ Or publish plain JSON with any NATS client:
 Profiles (all sent to the fake Graph, never to Microsoft): %s
 Press Ctrl-C to stop.
 `, ns.ClientURL(), devMaxPayload>>20, app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"), pacing,
+				cs.URL(), demoSupportUser, demoReaderUser, caFile,
 				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender, strings.Join(redirected, ", "))
 			return app.Run(ctx)
 		},
@@ -131,6 +140,7 @@ Press Ctrl-C to stop.
 	f.StringVar(&natsListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
 	f.StringVar(&httpListen, "http-listen", "127.0.0.1:8025", "address of the worker's /metrics /healthz /readyz")
 	f.StringVar(&graphListen, "graph-listen", "127.0.0.1:0", "address of the fake Entra + Graph (TLS)")
+	f.StringVar(&consoleListen, "console-listen", defaultConsoleListen, "address of the support console")
 	f.StringVar(&dataDir, "data-dir", ".mailworker-dev", "where JetStream data, delivered mail and the sandbox CA go")
 	f.BoolVar(&unpaced, "unpaced", false, "no per-minute pace per mailbox (production paces at worker.perMailboxPerMinute, 30)")
 	return cmd
@@ -161,6 +171,33 @@ func onlyTheFake(cfg Config, authority, graphURL string) error {
 		}
 	}
 	return nil
+}
+
+// Demo people of the console in `mailworker dev`.
+const (
+	demoConsoleClient = "mailworker-console"
+	demoSupportUser   = "support@demo.example"
+	demoReaderUser    = "reader@demo.example"
+)
+
+// startDevConsole registers the console's app registration and two demo
+// people with the fake Entra, and starts the console on listen.
+func startDevConsole(ctx context.Context, cfg Config, fake *graphtest.Server, caFile, listen string, log zerolog.Logger) (*consoleServer, error) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("--console-listen: %w", err)
+	}
+	public := "http://" + ln.Addr().String()
+	secret := randomSecret()
+	fake.RegisterOIDCApp(graphtest.OIDCApp{ClientID: demoConsoleClient, ClientSecret: secret,
+		RedirectURIs: []string{public + "/auth/callback"},
+		Users: []graphtest.OIDCUser{
+			{Name: "Sam Support", Username: demoSupportUser, Roles: []string{"Mailworker.Support"}},
+			{Name: "Rita Reader", Username: demoReaderUser, Roles: []string{"Mailworker.Reader"}},
+		}})
+	cfg.Console = ConsoleConfig{PublicURL: public, TenantID: demoTenant, ClientID: demoConsoleClient, ClientSecret: secret,
+		AuthorityHost: fake.URL(), CAFile: caFile, Secret: randomSecret() + randomSecret()}
+	return startConsole(ctx, cfg, ln, log)
 }
 
 // startNATS runs an embedded nats-server with JetStream storing in dir.

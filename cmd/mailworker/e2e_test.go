@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,8 +14,9 @@ import (
 )
 
 var (
-	natsURLLine = regexp.MustCompile(`NATS:\s+(nats://\S+)`)
-	httpURLLine = regexp.MustCompile(`HTTP:\s+(http://\S+)`)
+	natsURLLine    = regexp.MustCompile(`NATS:\s+(nats://\S+)`)
+	httpURLLine    = regexp.MustCompile(`HTTP:\s+(http://\S+)`)
+	consoleURLLine = regexp.MustCompile(`Console:\s+(http://\S+)`)
 )
 
 // TestDevEndToEnd drives the built binary the way a new user does: `dev`,
@@ -23,9 +25,14 @@ var (
 // a fixed job, and /metrics.
 func TestDevEndToEnd(t *testing.T) {
 	dataDir := t.TempDir()
-	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", dataDir)
+	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+		"--console-listen", "127.0.0.1:0", "--data-dir", dataDir)
 	natsURL := dev.waitOutput(natsURLLine, 60*time.Second)
 	httpURL := dev.waitOutput(httpURLLine, 5*time.Second)
+	consoleURL := dev.waitOutput(consoleURLLine, 5*time.Second)
+	if code, _ := httpGet(consoleURL + "/healthz"); code != 200 {
+		t.Fatalf("console %s/healthz: %d", consoleURL, code)
+	}
 	eventually(t, 20*time.Second, "/readyz", func() bool {
 		code, _ := httpGet(httpURL + "/readyz")
 		return code == 200
@@ -33,6 +40,30 @@ func TestDevEndToEnd(t *testing.T) {
 	cli := func(args ...string) (string, string, int) {
 		return runCmd(t, "", append(args, "--nats-url", natsURL)...)
 	}
+
+	t.Run("mailworker console serves from env config and sends people to Entra", func(t *testing.T) {
+		fakeURL := dev.waitOutput(regexp.MustCompile(`Fake Graph:\s+(https://\S+)`), 5*time.Second)
+		con := startProc(t, []string{"MAILWORKER_NATS_URL=" + natsURL, "MAILWORKER_CONSOLE_LISTEN=127.0.0.1:0",
+			"MAILWORKER_CONSOLE_TENANT_ID=demo-tenant", "MAILWORKER_CONSOLE_CLIENT_ID=e2e-console",
+			"MAILWORKER_CONSOLE_CLIENT_SECRET=e2e-secret", "MAILWORKER_CONSOLE_SECRET=" + strings.Repeat("e", 40),
+			"MAILWORKER_CONSOLE_AUTHORITY_HOST=" + fakeURL, "MAILWORKER_CONSOLE_CA_FILE=" + filepath.Join(dataDir, "sandbox-ca.pem")},
+			"console")
+		url := con.waitOutput(regexp.MustCompile(`console: (http://\S+)`), 30*time.Second)
+		client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		resp, err := client.Get(url + "/login")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc := resp.Header.Get("Location")
+		if resp.StatusCode != http.StatusFound || !strings.HasPrefix(loc, fakeURL+"/demo-tenant/oauth2/v2.0/authorize?") ||
+			!strings.Contains(loc, "client_id=e2e-console") || !strings.Contains(loc, "code_challenge_method=S256") {
+			t.Fatalf("GET /login: %d %s", resp.StatusCode, loc)
+		}
+		if code := con.stop(20 * time.Second); code != 0 {
+			t.Fatalf("console exited %d", code)
+		}
+	})
 
 	t.Run("send --wait reports sent", func(t *testing.T) {
 		out, errOut, code := cli("send", "--profile", "demo", "--id", "e2e-send", "--from", "noreply@demo.example",

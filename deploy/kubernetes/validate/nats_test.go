@@ -33,6 +33,7 @@ var passwords = map[string]string{
 	"provisioner":      "MAIL_PROVISIONER_PASSWORD",
 	"worker":           "MAIL_WORKER_PASSWORD",
 	"support":          "MAIL_SUPPORT_PASSWORD",
+	"console":          "MAIL_CONSOLE_PASSWORD",
 }
 
 func setPasswords(t *testing.T) {

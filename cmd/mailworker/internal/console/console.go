@@ -1,0 +1,337 @@
+// Package console is the support web console (`mailworker console`): dead
+// letters with filters, counts and paging, a job's timeline, search,
+// an overview with charts, and audited actions (replay, edit and replay,
+// purge, reveal), behind Entra ID sign-in with app roles. Pages are
+// rendered on the server with html/template; templates, the style sheet
+// and one small script are embedded. Every job field is hostile: it is
+// only ever written through the template's contextual escaping, and the
+// HTML body of a mail is shown as text or in a sandboxed frame under its
+// own Content-Security-Policy.
+package console
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mailworker/mailworker/queue"
+)
+
+//go:embed templates/*.html static/*
+var assets embed.FS
+
+// Config configures the console.
+type Config struct {
+	// PublicURL is where people reach the console (scheme, host, optional
+	// path prefix is not supported); the redirect URI registered in Entra is
+	// PublicURL + "/auth/callback".
+	PublicURL string
+	// Authority is the Entra authority, https://login.microsoftonline.com/<tenant>
+	// (the OpenID configuration is read from Authority + "/v2.0/.well-known/openid-configuration").
+	Authority    string
+	ClientID     string
+	ClientSecret string
+	// HTTPClient reaches the authority (a custom CA in tests and dev).
+	HTTPClient *http.Client
+	// Secret (at least 32 bytes) keys the session cookies and the keyed
+	// hashes of recipients searched for.
+	Secret []byte
+	// SessionTTL is how long a sign-in lasts (default 8h).
+	SessionTTL time.Duration
+	// RunbookURL is the runbook's DLQ triage section ("" = the repository's).
+	RunbookURL string
+	// AllowedSenders per profile, as the worker has them: an edited job whose
+	// from is not one of its profile's is refused next to the field.
+	AllowedSenders map[string][]string
+	// RecipientsPerDay is the per-mailbox budget the overview compares the
+	// recipient ledger with (default 10,000).
+	RecipientsPerDay int
+	Logger           zerolog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+const defaultRunbook = "https://github.com/mailworker/mailworker/blob/main/docs/runbook.md#operations"
+
+// Server is the console's HTTP handler and the state behind it.
+type Server struct {
+	cfg   Config
+	q     *queue.Queue
+	idp   *provider
+	seal  *sealer
+	rcpt  []byte // HMAC key for recipient search
+	pages map[string]*template.Template
+	mux   *http.ServeMux
+
+	countsMu   sync.Mutex
+	counts     *queue.DLQCounts
+	countsAt   time.Time
+	refreshing bool
+	wg         sync.WaitGroup
+	ctx        context.Context
+	cancel     context.CancelFunc
+}
+
+// New builds the console over q. It makes no network call: the OpenID
+// configuration is read on the first sign-in. It returns an error naming the
+// setting at fault.
+func New(cfg Config, q *queue.Queue) (*Server, error) {
+	switch {
+	case cfg.PublicURL == "":
+		return nil, errors.New("console.publicURL is required")
+	case cfg.Authority == "":
+		return nil, errors.New("console.authority is required")
+	case cfg.ClientID == "":
+		return nil, errors.New("console.clientId is required")
+	case cfg.ClientSecret == "":
+		return nil, errors.New("console.clientSecret (or clientSecretFile) is required")
+	case len(cfg.Secret) < 32:
+		return nil, errors.New("console.secret must be at least 32 bytes")
+	}
+	u, err := url.Parse(cfg.PublicURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || strings.Trim(u.Path, "/") != "" {
+		return nil, fmt.Errorf("console.publicURL %q: want scheme://host[:port] without a path", cfg.PublicURL)
+	}
+	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = 8 * time.Hour
+	}
+	if cfg.RunbookURL == "" {
+		cfg.RunbookURL = defaultRunbook
+	}
+	if cfg.RecipientsPerDay <= 0 {
+		cfg.RecipientsPerDay = 10000
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 15 * time.Second}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	seal, err := newSealer(deriveKey(cfg.Secret, "cookies"))
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, q: q, seal: seal, rcpt: deriveKey(cfg.Secret, "recipients"),
+		idp: &provider{authority: cfg.Authority, clientID: cfg.ClientID, clientSecret: cfg.ClientSecret, client: cfg.HTTPClient}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.parseTemplates(); err != nil {
+		return nil, err
+	}
+	s.routes()
+	return s, nil
+}
+
+// Close stops background work (a counts refresh) and waits for it.
+func (s *Server) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// ServeHTTP serves the console with its security headers.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "same-origin") // no Referer leaves the console; Origin stays on our own POSTs
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Cache-Control", "no-store")
+	if strings.HasPrefix(s.cfg.PublicURL, "https://") {
+		h.Set("Strict-Transport-Security", "max-age=31536000")
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) routes() {
+	m := http.NewServeMux()
+	static, _ := fs.Sub(assets, "static")
+	m.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	m.HandleFunc("GET /login", s.handleLogin)
+	m.HandleFunc("GET /auth/callback", s.handleCallback)
+	m.HandleFunc("POST /logout", s.handleLogout)
+
+	read := func(h func(http.ResponseWriter, *http.Request, *session)) http.Handler {
+		return s.guard(RoleReader, false, h)
+	}
+	write := func(h func(http.ResponseWriter, *http.Request, *session)) http.Handler {
+		return s.guard(RoleSupport, true, h)
+	}
+	m.Handle("GET /{$}", read(func(w http.ResponseWriter, r *http.Request, _ *session) {
+		http.Redirect(w, r, "/dlq", http.StatusSeeOther)
+	}))
+	m.Handle("GET /dlq", read(s.handleList))
+	m.Handle("GET /jobs/{id}", read(s.handleJob))
+	m.Handle("GET /search", read(s.handleSearch))
+	m.Handle("POST /search", s.guard(RoleReader, true, s.handleSearchRecipient))
+	m.Handle("GET /overview", read(s.handleOverview))
+	m.Handle("GET /dlq/bulk", s.guard(RoleSupport, false, s.handleBulkConfirm))
+	m.Handle("POST /dlq/bulk", write(s.handleBulk))
+	m.Handle("POST /dlq/replay", write(s.handleReplaySelected))
+	m.Handle("POST /jobs/{id}/replay", write(s.handleReplay))
+	m.Handle("POST /jobs/{id}/reveal", write(s.handleReveal))
+	m.Handle("GET /jobs/{id}/body.html", s.guard(RoleSupport, false, s.handleBodyHTML))
+	m.Handle("POST /jobs/{id}/edit", write(s.handleEdit))
+	m.Handle("GET /jobs/{id}/purge", s.guard(RoleSupport, false, s.handlePurgeConfirm))
+	m.Handle("POST /jobs/{id}/purge", write(s.handlePurge))
+	s.mux = m
+}
+
+// guard checks the session on every request: signed in (else to /login for
+// a GET, 401 otherwise), holding role (else 403), and for writes a CSRF
+// token equal to the session's (else 403).
+func (s *Server) guard(role string, write bool, h func(http.ResponseWriter, *http.Request, *session)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sess := s.session(r)
+		if sess == nil {
+			if r.Method == http.MethodGet {
+				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+				return
+			}
+			http.Error(w, "sign in first", http.StatusUnauthorized)
+			return
+		}
+		if !sess.can(role) {
+			s.log(r, sess).Warn().Str("need", role).Msg("console: forbidden")
+			s.renderStatus(w, r, sess, http.StatusForbidden, "You do not have the role "+role+" for this.")
+			return
+		}
+		if write {
+			r.Body = http.MaxBytesReader(w, r.Body, 4<<20)
+			if err := r.ParseForm(); err != nil {
+				http.Error(w, "bad form", http.StatusBadRequest)
+				return
+			}
+			if !sameOrigin(r, s.cfg.PublicURL) || !constantEq(r.PostForm.Get("csrf"), sess.CSRF) {
+				s.log(r, sess).Warn().Msg("console: CSRF check failed")
+				s.renderStatus(w, r, sess, http.StatusForbidden, "This form has expired or did not come from the console. Reload the page and try again.")
+				return
+			}
+		}
+		h(w, r, sess)
+	})
+}
+
+// sameOrigin: a POST carrying an Origin header must come from the console.
+func sameOrigin(r *http.Request, public string) bool {
+	o := r.Header.Get("Origin")
+	return o == "" || o == public || o == "http://"+r.Host || o == "https://"+r.Host
+}
+
+func (s *Server) log(r *http.Request, sess *session) *zerolog.Logger {
+	l := s.cfg.Logger.With().Str("path", r.URL.Path).Str("method", r.Method)
+	if sess != nil {
+		l = l.Str("actor", sess.actor())
+	}
+	lg := l.Logger()
+	return &lg
+}
+
+func (s *Server) session(r *http.Request) *session {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return nil
+	}
+	var sess session
+	if s.seal.open("session", c.Value, &sess) != nil || s.cfg.Now().Unix() > sess.Exp {
+		return nil
+	}
+	return &sess
+}
+
+func (s *Server) setCookie(w http.ResponseWriter, name, value string, maxAge time.Duration) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: int(maxAge.Seconds()),
+		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+}
+
+func (s *Server) redirectURI() string { return s.cfg.PublicURL + "/auth/callback" }
+
+func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
+	next := r.URL.Query().Get("next")
+	if !localPath(next) {
+		next = "/dlq"
+	}
+	ls := loginState{State: randomString(24), Nonce: randomString(24), Verifier: randomString(48), Next: next,
+		Exp: s.cfg.Now().Add(10 * time.Minute).Unix()}
+	u, err := s.idp.authorizeURL(r.Context(), s.redirectURI(), ls)
+	if err != nil {
+		s.cfg.Logger.Error().Err(err).Msg("console: sign-in unavailable")
+		s.renderStatus(w, r, nil, http.StatusBadGateway, "Sign-in is unavailable: Entra ID could not be reached.")
+		return
+	}
+	v, err := s.seal.seal("login", ls)
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	s.setCookie(w, loginCookie, v, 10*time.Minute)
+	http.Redirect(w, r, u, http.StatusFound)
+}
+
+// localPath reports whether next is a path on this site: it starts with one
+// "/" and holds no backslash or control character (browsers drop tabs and
+// newlines, so "/\t/evil.example" would become "//evil.example").
+func localPath(next string) bool {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+		return false
+	}
+	for _, c := range next {
+		if c == '\\' || c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	c, err := r.Cookie(loginCookie)
+	var ls loginState
+	if err != nil || s.seal.open("login", c.Value, &ls) != nil || s.cfg.Now().Unix() > ls.Exp {
+		s.renderStatus(w, r, nil, http.StatusBadRequest, "The sign-in took too long or was not started here. Sign in again.")
+		return
+	}
+	s.setCookie(w, loginCookie, "", -time.Second)
+	if !constantEq(q.Get("state"), ls.State) {
+		s.renderStatus(w, r, nil, http.StatusBadRequest, "The sign-in answer does not match the request. Sign in again.")
+		return
+	}
+	if e := q.Get("error"); e != "" {
+		first, _, _ := strings.Cut(q.Get("error_description"), "\n")
+		s.renderStatus(w, r, nil, http.StatusForbidden, "Entra ID refused the sign-in: "+e+": "+first)
+		return
+	}
+	claims, err := s.idp.redeem(r.Context(), q.Get("code"), s.redirectURI(), ls)
+	if err != nil {
+		s.cfg.Logger.Warn().Err(err).Msg("console: sign-in failed")
+		s.renderStatus(w, r, nil, http.StatusForbidden, "Sign-in failed: "+err.Error())
+		return
+	}
+	sess := session{Sub: claims.Subject, Name: claims.Name, User: claims.PreferredUsername, Roles: claims.Roles,
+		Exp: s.cfg.Now().Add(s.cfg.SessionTTL).Unix(), CSRF: randomString(24)}
+	v, err := s.seal.seal("session", sess)
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	s.setCookie(w, sessionCookie, v, s.cfg.SessionTTL)
+	s.cfg.Logger.Info().Str("actor", sess.actor()).Strs("roles", sess.Roles).Msg("console: signed in")
+	http.Redirect(w, r, ls.Next, http.StatusSeeOther)
+}
+
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
+	// Signing out needs no CSRF token: the worst a forged one does is sign
+	// someone out.
+	s.setCookie(w, sessionCookie, "", -time.Second)
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}

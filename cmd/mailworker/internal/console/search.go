@@ -1,0 +1,174 @@
+package console
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// maxResults caps a search's result list.
+const maxResults = 200
+
+type hit struct {
+	JobID, Profile, Where string
+	At                    time.Time
+	Reason                contract.Reason
+	Subject               string
+	Seq                   uint64
+}
+
+type searchData struct {
+	Kind, Q string
+	Hours   int
+	Ran     bool
+	Hits    []hit
+	More    bool
+	Err     string
+	CSRF    string
+}
+
+var reHash = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// handleSearch searches by job id (straight to the job), by metadata value
+// (status events of the last hours, then dead-letter bodies), or by the
+// keyed hash of a recipient (dead-letter bodies; see handleSearchRecipient).
+func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, sess *session) {
+	q := r.URL.Query()
+	d := searchData{Kind: q.Get("kind"), Q: strings.TrimSpace(q.Get("q")), Hours: 24, CSRF: sess.CSRF}
+	if h, err := strconv.Atoi(q.Get("hours")); err == nil && h > 0 && h <= 24*31 {
+		d.Hours = h
+	}
+	rh := q.Get("rh")
+	switch {
+	case d.Kind == "id" && d.Q != "":
+		if !contract.ValidJobID(d.Q) {
+			d.Err = "A job id is 1 to 128 letters, digits, _ or -."
+			break
+		}
+		http.Redirect(w, r, "/jobs/"+url.PathEscape(d.Q), http.StatusSeeOther)
+		return
+	case d.Kind == "meta" && d.Q != "":
+		d.Ran = true
+		if err := s.searchMetadata(r, &d); err != nil {
+			s.fail(w, r, sess, err)
+			return
+		}
+	case rh != "":
+		d.Kind, d.Ran = "rcpt", true
+		if !reHash.MatchString(rh) {
+			d.Err = "Search again from the form."
+			break
+		}
+		if err := s.searchRecipient(r, &d, rh); err != nil {
+			s.fail(w, r, sess, err)
+			return
+		}
+	}
+	s.render(w, http.StatusOK, "search", s.view(sess, "Search", "search", d))
+}
+
+// handleSearchRecipient takes a recipient by POST (so the address never
+// appears in a URL, a proxy log or the browser history), and redirects to
+// the search by its keyed hash.
+func (s *Server) handleSearchRecipient(w http.ResponseWriter, r *http.Request, sess *session) {
+	a := strings.TrimSpace(r.PostForm.Get("rcpt"))
+	if a == "" {
+		http.Redirect(w, r, "/search", http.StatusSeeOther)
+		return
+	}
+	http.Redirect(w, r, "/search?rh="+s.rcptHash(a), http.StatusSeeOther)
+}
+
+func (s *Server) searchMetadata(r *http.Request, d *searchData) error {
+	seen := map[string]bool{}
+	want := strings.ToLower(d.Q)
+	since := s.cfg.Now().Add(-time.Duration(d.Hours) * time.Hour)
+	err := s.q.Events.EventsSince(r.Context(), since, func(ev contract.Event) bool {
+		for _, v := range ev.Metadata {
+			if strings.ToLower(v) == want && !seen[ev.JobID] {
+				seen[ev.JobID] = true
+				if len(d.Hits) == maxResults {
+					d.More = true
+					return false
+				}
+				d.Hits = append(d.Hits, hit{JobID: ev.JobID, Profile: ev.Profile, Where: "status " + string(ev.Event), At: ev.At})
+			}
+		}
+		return true
+	})
+	if err != nil || d.More {
+		return err
+	}
+	return s.scanDLQ(r, d, func(j *jobHead) bool {
+		for _, v := range j.Metadata {
+			if strings.ToLower(v) == want {
+				return true
+			}
+		}
+		return false
+	}, seen)
+}
+
+// jobHead is the part of a job body a search reads.
+type jobHead struct {
+	Subject  string            `json:"subject"`
+	To       []string          `json:"to"`
+	Cc       []string          `json:"cc"`
+	Bcc      []string          `json:"bcc"`
+	Metadata map[string]string `json:"metadata"`
+}
+
+// searchRecipient compares the keyed hash of every recipient of every dead
+// letter with rh: the address looked for is never held in clear, and no
+// index of recipients is written anywhere.
+func (s *Server) searchRecipient(r *http.Request, d *searchData, rh string) error {
+	return s.scanDLQ(r, d, func(j *jobHead) bool {
+		for _, l := range [][]string{j.To, j.Cc, j.Bcc} {
+			for _, a := range l {
+				if constantEq(s.rcptHash(a), rh) {
+					return true
+				}
+			}
+		}
+		return false
+	}, map[string]bool{})
+}
+
+func (s *Server) scanDLQ(r *http.Request, d *searchData, match func(*jobHead) bool, seen map[string]bool) error {
+	st, err := s.q.DLQStream(r.Context())
+	if err != nil {
+		return err
+	}
+	return queue.Browse(r.Context(), st, queue.BrowseOptions{Filter: "mail.dlq.>"}, func(m jetstream.Msg) (bool, error) {
+		var j jobHead
+		if json.Unmarshal(m.Data(), &j) != nil || !match(&j) {
+			return true, nil
+		}
+		id := m.Headers().Get(contract.HeaderJobID)
+		if seen[id] {
+			return true, nil
+		}
+		seen[id] = true
+		if len(d.Hits) == maxResults {
+			d.More = true
+			return false, nil
+		}
+		md, _ := m.Metadata()
+		h := hit{JobID: id, Profile: strings.TrimPrefix(m.Subject(), "mail.dlq."), Where: "dead letter",
+			Reason: contract.Reason(m.Headers().Get(contract.HeaderReason)), Subject: j.Subject}
+		if md != nil {
+			h.At, h.Seq = md.Timestamp, md.Sequence.Stream
+		}
+		d.Hits = append(d.Hits, h)
+		return true, nil
+	})
+}
