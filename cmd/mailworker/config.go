@@ -66,7 +66,7 @@ type StreamsConfig struct {
 	StatusMaxAge time.Duration `yaml:"statusMaxAge"`
 	DLQMaxAge    time.Duration `yaml:"dlqMaxAge"`
 	StateTTL     time.Duration `yaml:"stateTTL"`
-	// AuditMaxAge: how long MAIL_AUDIT keeps support actions (default 365 days).
+	// AuditMaxAge: how long MAIL_AUDIT keeps support actions (0 = forever).
 	AuditMaxAge time.Duration `yaml:"auditMaxAge"`
 	// AttachmentsMaxAge: how long objectRef attachments are kept.
 	AttachmentsMaxAge time.Duration `yaml:"attachmentsMaxAge"`
