@@ -109,6 +109,18 @@ func startConsoleRig(t *testing.T) *consoleRig {
 		t.Fatal(err)
 	}
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	// The provisioner creates the assets; the worker may not.
+	pnc, err := connectNATS(natsAs("provisioner"), "test-provisioner", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pjs, _ := jetstream.New(pnc)
+	if err := queue.Provision(context.Background(), pjs, cfg.queueConfig()); err != nil {
+		t.Fatal(err)
+	}
+	pnc.Close()
+	noProvision := false
+	cfg.Streams.Provision = &noProvision
 	appCtx, stopApp := context.WithCancel(context.Background())
 	app, err := NewApp(appCtx, cfg, log)
 	if err != nil {
@@ -279,7 +291,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	// A job with a bad recipient (invalid_job), one whose fields carry
 	// script and markup (sent from a mailbox the profile may not use), and
 	// a few mails that go out.
-	if err := pub.PublishRaw(ctx, "billing", []byte(`{"id":"fix-me","from":"billing@contoso.example","to":["not an address"],"subject":"Your invoice 1042","text":"Dear customer, your invoice is attached.","metadata":{"invoice":"1042"}}`), "fix-me"); err != nil {
+	if _, err := pub.PublishRaw(ctx, "billing", []byte(`{"id":"fix-me","from":"billing@contoso.example","to":["not an address"],"subject":"Your invoice 1042","text":"Dear customer, your invoice is attached.","metadata":{"invoice":"1042"}}`), "fix-me"); err != nil {
 		t.Fatal(err)
 	}
 	xss := &contract.Job{ID: "xss-job", From: "intruder@contoso.example", To: []string{"victim@example.com"}, Subject: xssSubject,
@@ -344,9 +356,9 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatalf("rows with reason invalid_job = %d, want 1", rows)
 		}
 		r.do(sup, "open the job",
-			chromedp.Click(chromedp.CSS(`a[href="/jobs/fix-me"]`)),
+			chromedp.Click(chromedp.CSS(`a[href="/jobs/billing/fix-me"]`)),
 			chromedp.WaitVisible(chromedp.ID("dead-letter")))
-		r.waitURL(sup, "/jobs/fix-me")
+		r.waitURL(sup, "/jobs/billing/fix-me")
 		if to := run(r, sup, "masked to", chromedp.Text(chromedp.ID("to"))); strings.Contains(to, "not an address") {
 			t.Fatalf("recipient shown before reveal: %q", to)
 		}
@@ -354,13 +366,13 @@ func TestConsoleInBrowser(t *testing.T) {
 		r.do(sup, "open the editor",
 			chromedp.Click(chromedp.ID("edit")),
 			chromedp.WaitVisible(chromedp.ID("editor")))
-		r.waitURL(sup, "/jobs/fix-me/edit")
+		r.waitURL(sup, "/jobs/billing/fix-me/edit")
 		// A still invalid address: the error is shown next to the field.
 		r.do(sup, "submit a still invalid job",
 			chromedp.SetValue(chromedp.ID("e-to"), "still@@wrong"),
 			chromedp.Click(chromedp.ID("save-replay")),
 			chromedp.WaitVisible(chromedp.ID("err-to")))
-		r.waitURL(sup, "/jobs/fix-me/edit")
+		r.waitURL(sup, "/jobs/billing/fix-me/edit")
 		r.shot(sup, "edit")
 		r.do(sup, "fix the recipient and replay",
 			chromedp.SetValue(chromedp.ID("e-to"), "customer@example.com"),
@@ -396,7 +408,7 @@ func TestConsoleInBrowser(t *testing.T) {
 
 		// The hostile job, revealed: its HTML body only in a sandboxed frame.
 		r.do(sup, "open the hostile job",
-			chromedp.Navigate(r.url+"/jobs/xss-job"),
+			chromedp.Navigate(r.url+"/jobs/billing/xss-job"),
 			chromedp.WaitVisible(chromedp.ID("reveal")),
 			chromedp.Click(chromedp.ID("reveal")),
 			chromedp.WaitVisible(chromedp.ID("html-frame")))
@@ -433,7 +445,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		if strings.Contains(strings.ToLower(loc), "victim") || !strings.Contains(loc, "rh=") {
 			t.Fatalf("recipient search URL = %s: the address must not be in it", loc)
 		}
-		if n := run(r, sup, "hits", chromedp.Evaluate[int](`document.querySelectorAll('#results a[href="/jobs/xss-job"]').length`)); n != 1 {
+		if n := run(r, sup, "hits", chromedp.Evaluate[int](`document.querySelectorAll('#results a[href="/jobs/billing/xss-job"]').length`)); n != 1 {
 			t.Fatalf("recipient search did not find xss-job")
 		}
 		r.shot(sup, "search")
@@ -463,10 +475,10 @@ func TestConsoleInBrowser(t *testing.T) {
 			}
 		}
 		r.do(sup, "purge one",
-			chromedp.Navigate(r.url+"/jobs/more-2"),
+			chromedp.Navigate(r.url+"/jobs/billing/more-2"),
 			chromedp.Click(chromedp.ID("purge")),
 			chromedp.WaitVisible(chromedp.ID("confirm")))
-		r.waitURL(sup, "/jobs/more-2/purge")
+		r.waitURL(sup, "/jobs/billing/more-2/purge")
 		r.do(sup, "confirm the purge",
 			chromedp.Click(chromedp.ID("confirm")),
 			chromedp.WaitVisible(chromedp.ID("flash")))
@@ -489,7 +501,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		if msg := run(r, sup, "result", chromedp.Text(chromedp.ID("message"))); msg != "Replayed 2 job(s)." {
 			t.Fatalf("replay selected: %q", msg)
 		}
-		recs, err := r.q.Audit.ForJob(ctx, "more-0")
+		recs, err := r.q.Audit.ForJob(ctx, "billing", "more-0")
 		if err != nil || len(recs) != 1 || recs[0].Action != queue.AuditReplay || recs[0].Actor != "support@contoso.example" || recs[0].Via != "console" {
 			t.Fatalf("audit of more-0 = %+v, %v", recs, err)
 		}
@@ -498,7 +510,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	t.Run("hostile fields render inert", func(t *testing.T) {
 		r := r.with(t)
 		rd := r.person("reader@contoso.example")
-		r.do(rd, "hostile job", chromedp.Navigate(r.url+"/jobs/xss-job"), chromedp.WaitVisible(chromedp.ID("metadata")))
+		r.do(rd, "hostile job", chromedp.Navigate(r.url+"/jobs/billing/xss-job"), chromedp.WaitVisible(chromedp.ID("metadata")))
 		r.notPwned(rd, "job page")
 		subj := run(r, rd, "subject", chromedp.Text(chromedp.ID("subject")))
 		if subj != xssSubject {
@@ -511,7 +523,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		if n := run(r, rd, "injected", chromedp.Evaluate[int](`document.querySelectorAll("main script, main svg[onload], main img[onerror], #metadata b").length`)); n != 0 {
 			t.Fatalf("%d injected elements in the page", n)
 		}
-		r.do(rd, "list", chromedp.Navigate(r.url+"/dlq?reason=sender_not_allowed"), chromedp.WaitVisible(chromedp.CSS(`a[href="/jobs/xss-job"]`)))
+		r.do(rd, "list", chromedp.Navigate(r.url+"/dlq?reason=sender_not_allowed"), chromedp.WaitVisible(chromedp.CSS(`a[href="/jobs/billing/xss-job"]`)))
 		r.notPwned(rd, "list page")
 	})
 
@@ -521,7 +533,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		if role := run(r, rd, "role", chromedp.Text(chromedp.ID("role"))); role != "Reader" {
 			t.Fatalf("role shown = %q", role)
 		}
-		r.do(rd, "hostile job", chromedp.Navigate(r.url+"/jobs/xss-job"), chromedp.WaitVisible(chromedp.ID("dead-letter")))
+		r.do(rd, "hostile job", chromedp.Navigate(r.url+"/jobs/billing/xss-job"), chromedp.WaitVisible(chromedp.ID("dead-letter")))
 		if n := run(r, rd, "buttons", chromedp.Evaluate[int](`document.querySelectorAll("#actions, #replay, #edit, #reveal, #purge, input.sel, #bulk-replay").length`)); n != 0 {
 			t.Fatalf("a reader sees %d action controls", n)
 		}
@@ -533,7 +545,7 @@ func TestConsoleInBrowser(t *testing.T) {
 			`new URLSearchParams({csrf: document.querySelector('#search-rcpt input[name=csrf]').value})`,
 			`new URLSearchParams({})`,
 		} {
-			code := run(r, rd, "forged POST", chromedp.Evaluate[int](`fetch("/jobs/xss-job/replay", {method: "POST", body: `+body+`}).then(r => r.status)`, chromedp.EvalAwaitPromise))
+			code := run(r, rd, "forged POST", chromedp.Evaluate[int](`fetch("/jobs/billing/xss-job/replay", {method: "POST", body: `+body+`}).then(r => r.status)`, chromedp.EvalAwaitPromise))
 			if code != 403 {
 				t.Fatalf("forged replay POST answered %d, want 403", code)
 			}

@@ -86,8 +86,8 @@ func BenchmarkConsole100k(b *testing.B) {
 		{"list filtered by profile", "/dlq?profile=hr&after=" + mid},
 		{"list filtered by a 1% reason", "/dlq?reason=auth_failed"},
 		{"list filtered by sender (reads bodies)", "/dlq?from=sender3@contoso.example&after=" + mid},
-		{"job page, dead letter found from its state's time", "/jobs/with-state"},
-		{"job page without a state (record 50000, full scan)", fmt.Sprintf("/jobs/job-%06d", n/2)},
+		{"job page, dead letter found from its state's time", "/jobs/billing/with-state"},
+		{"job page without a state (record 50000, full scan)", fmt.Sprintf("/jobs/billing/job-%06d", n/2)},
 		{"bulk replay confirmation (fresh count)", "/dlq/bulk?action=replay&reason=auth_failed"},
 		{"search by metadata (all bodies)", "/search?kind=meta&q=99999&hours=1"},
 	} {

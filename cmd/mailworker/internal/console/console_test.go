@@ -145,7 +145,7 @@ func TestGuard(t *testing.T) {
 	tampered.Value = tampered.Value[:len(tampered.Value)-2] + "AA"
 
 	post := func(c *http.Cookie, form url.Values, origin string) *http.Request {
-		r := httptest.NewRequest(http.MethodPost, "/jobs/j1/replay", strings.NewReader(form.Encode()))
+		r := httptest.NewRequest(http.MethodPost, "/jobs/billing/j1/replay", strings.NewReader(form.Encode()))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		if origin != "" {
 			r.Header.Set("Origin", origin)
@@ -156,7 +156,7 @@ func TestGuard(t *testing.T) {
 		return r
 	}
 	get := func(c *http.Cookie) *http.Request {
-		r := httptest.NewRequest(http.MethodGet, "/jobs/j1/purge", nil)
+		r := httptest.NewRequest(http.MethodGet, "/jobs/billing/j1/purge", nil)
 		if c != nil {
 			r.AddCookie(c)
 		}

@@ -49,7 +49,7 @@ func openQueue(tb testing.TB) (*queue.Queue, jetstream.JetStream) {
 	return q, js
 }
 
-var reJobLink = regexp.MustCompile(`class="job" href="/jobs/([^"]+)"`)
+var reJobLink = regexp.MustCompile(`class="job" href="/jobs/billing/([^"]+)"`)
 var reNext = regexp.MustCompile(`id="next" href="([^"]+)"`)
 
 // TestListPagesThroughEveryRecord follows the list's "Next page" links over

@@ -356,6 +356,7 @@ type entry struct {
 
 type jobData struct {
 	ID         string
+	Profile    string
 	State      *contract.JobState
 	DL         *contract.DeadLetter
 	Job        *contract.Job // parsed body (lenient); nil when not a job object
@@ -383,10 +384,10 @@ var (
 	reCorr   = regexp.MustCompile(`(?i)correlation id:?\s*([0-9a-f-]{36})`)
 )
 
-func (s *Server) loadJob(r *http.Request, id string) (*jobData, error) {
+func (s *Server) loadJob(r *http.Request, profile, id string) (*jobData, error) {
 	ctx := r.Context()
-	d := &jobData{ID: id}
-	st, _, err := s.q.States.Get(ctx, id)
+	d := &jobData{ID: id, Profile: profile}
+	st, _, err := s.q.States.Get(ctx, profile, id)
 	switch {
 	case err == nil:
 		d.State = &st
@@ -394,7 +395,7 @@ func (s *Server) loadJob(r *http.Request, id string) (*jobData, error) {
 		return nil, err
 	}
 	if d.State == nil || d.State.State == contract.StateDeadLettered {
-		dl, err := s.findDL(r, id, d.State)
+		dl, err := s.findDL(r, profile, id, d.State)
 		switch {
 		case err == nil:
 			d.DL = &dl
@@ -402,7 +403,7 @@ func (s *Server) loadJob(r *http.Request, id string) (*jobData, error) {
 			return nil, err
 		}
 	}
-	evs, err := s.q.Events.History(ctx, id)
+	evs, err := s.q.Events.History(ctx, profile, id)
 	if err != nil {
 		return nil, err
 	}
@@ -440,6 +441,9 @@ func (s *Server) loadJob(r *http.Request, id string) (*jobData, error) {
 		return nil, err
 	}
 	for _, a := range recs {
+		if a.Profile != profile {
+			continue // the same id in another profile is another job
+		}
 		d.Timeline = append(d.Timeline, entry{At: a.At, Kind: "audit", Event: a.Action, Actor: a.Actor, Via: a.Via, Detail: a.Detail, Count: a.Count})
 	}
 	sort.SliceStable(d.Timeline, func(i, j int) bool { return d.Timeline[i].At.Before(d.Timeline[j].At) })
@@ -462,16 +466,16 @@ func (s *Server) loadJob(r *http.Request, id string) (*jobData, error) {
 
 // findDL finds the dead letter of job id, starting near the time its state
 // says it was dead-lettered (st may be nil: then it is looked up).
-func (s *Server) findDL(r *http.Request, id string, st *contract.JobState) (contract.DeadLetter, error) {
+func (s *Server) findDL(r *http.Request, profile, id string, st *contract.JobState) (contract.DeadLetter, error) {
 	if st == nil {
-		if got, _, err := s.q.States.Get(r.Context(), id); err == nil {
+		if got, _, err := s.q.States.Get(r.Context(), profile, id); err == nil {
 			st = &got
 		}
 	}
 	if st != nil && st.State == contract.StateDeadLettered {
 		return s.q.DLQ.FindNear(r.Context(), st.Profile, id, st.UpdatedAt)
 	}
-	return s.q.DLQ.Find(r.Context(), "", id)
+	return s.q.DLQ.Find(r.Context(), profile, id)
 }
 
 // mask hides recipients quoted in the job's error texts (until revealed).
@@ -491,12 +495,12 @@ func (d *jobData) mask() {
 }
 
 func (s *Server) handleJob(w http.ResponseWriter, r *http.Request, sess *session) {
-	id := r.PathValue("id")
-	if !contract.ValidJobID(id) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job id.")
+	profile, id, ok := jobRef(r)
+	if !ok {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
 		return
 	}
-	d, err := s.loadJob(r, id)
+	d, err := s.loadJob(r, profile, id)
 	if err != nil {
 		s.fail(w, r, sess, err)
 		return
@@ -506,6 +510,20 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request, sess *session
 	v := s.view(sess, "Job "+id, "", d)
 	v.Flash = r.URL.Query().Get("done")
 	s.render(w, http.StatusOK, "job", v)
+}
+
+var reProfile = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// jobRef reads the profile and job id of a /jobs/{profile}/{id} path; a job
+// id is unique within its profile.
+func jobRef(r *http.Request) (profile, id string, ok bool) {
+	profile, id = r.PathValue("profile"), r.PathValue("id")
+	return profile, id, reProfile.MatchString(profile) && contract.ValidJobID(id)
+}
+
+// jobURL is the page of profile's job id.
+func jobURL(profile, id string) string {
+	return "/jobs/" + url.PathEscape(profile) + "/" + url.PathEscape(id)
 }
 
 type revealToken struct {
@@ -524,12 +542,12 @@ func (s *Server) audit(r *http.Request, sess *session, rec queue.AuditRecord) er
 }
 
 func (s *Server) handleReveal(w http.ResponseWriter, r *http.Request, sess *session) {
-	id := r.PathValue("id")
-	if !contract.ValidJobID(id) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job id.")
+	profile, id, ok := jobRef(r)
+	if !ok {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
 		return
 	}
-	d, err := s.loadJob(r, id)
+	d, err := s.loadJob(r, profile, id)
 	if err != nil {
 		s.fail(w, r, sess, err)
 		return
@@ -543,7 +561,7 @@ func (s *Server) handleReveal(w http.ResponseWriter, r *http.Request, sess *sess
 		s.fail(w, r, sess, err)
 		return
 	}
-	d, err = s.loadJob(r, id) // the timeline now shows the reveal
+	d, err = s.loadJob(r, profile, id) // the timeline now shows the reveal
 	if err != nil {
 		s.fail(w, r, sess, err)
 		return
@@ -552,7 +570,7 @@ func (s *Server) handleReveal(w http.ResponseWriter, r *http.Request, sess *sess
 	if d.Job == nil {
 		d.Raw = string(d.DL.Body)
 	} else if d.Job.HTML != "" {
-		d.BodyToken, _ = s.seal.seal("reveal", revealToken{Job: id, Sub: sess.Sub, Exp: s.cfg.Now().Add(5 * time.Minute).Unix()})
+		d.BodyToken, _ = s.seal.seal("reveal", revealToken{Job: profile + "/" + id, Sub: sess.Sub, Exp: s.cfg.Now().Add(5 * time.Minute).Unix()})
 	}
 	s.render(w, http.StatusOK, "job", s.view(sess, "Job "+id, "", d))
 }
@@ -561,13 +579,13 @@ func (s *Server) handleReveal(w http.ResponseWriter, r *http.Request, sess *sess
 // with a fresh reveal token of this person and job, under a CSP that allows
 // no script, no network and no form, and a sandbox without allow-scripts.
 func (s *Server) handleBodyHTML(w http.ResponseWriter, r *http.Request, sess *session) {
-	id := r.PathValue("id")
+	profile, id, _ := jobRef(r)
 	var tok revealToken
-	if s.seal.open("reveal", r.URL.Query().Get("t"), &tok) != nil || tok.Job != id || tok.Sub != sess.Sub || s.cfg.Now().Unix() > tok.Exp {
+	if s.seal.open("reveal", r.URL.Query().Get("t"), &tok) != nil || tok.Job != profile+"/"+id || tok.Sub != sess.Sub || s.cfg.Now().Unix() > tok.Exp {
 		http.Error(w, "reveal the job first", http.StatusForbidden)
 		return
 	}
-	dl, err := s.findDL(r, id, nil)
+	dl, err := s.findDL(r, profile, id, nil)
 	if err != nil {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
@@ -585,12 +603,12 @@ func (s *Server) handleBodyHTML(w http.ResponseWriter, r *http.Request, sess *se
 }
 
 func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request, sess *session) {
-	id := r.PathValue("id")
-	if !contract.ValidJobID(id) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job id.")
+	profile, id, ok := jobRef(r)
+	if !ok {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
 		return
 	}
-	dl, err := s.findDL(r, id, nil)
+	dl, err := s.findDL(r, profile, id, nil)
 	if errors.Is(err, queue.ErrNotInDLQ) {
 		s.renderStatus(w, r, sess, http.StatusNotFound, "This job is not in the dead-letter queue (already replayed or purged?).")
 		return
@@ -603,7 +621,7 @@ func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request, sess *sess
 		s.fail(w, r, sess, err)
 		return
 	}
-	http.Redirect(w, r, "/jobs/"+url.PathEscape(id)+"?done=replayed", http.StatusSeeOther)
+	http.Redirect(w, r, jobURL(profile, id)+"?done=replayed", http.StatusSeeOther)
 }
 
 // replayOne audits, then replays one record (with a fixed body when set).
@@ -728,21 +746,21 @@ func (s *Server) handleBulk(w http.ResponseWriter, r *http.Request, sess *sessio
 }
 
 func (s *Server) handlePurgeConfirm(w http.ResponseWriter, r *http.Request, sess *session) {
-	id := r.PathValue("id")
-	if !contract.ValidJobID(id) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job id.")
+	profile, id, ok := jobRef(r)
+	if !ok {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
 		return
 	}
-	s.render(w, http.StatusOK, "confirm", s.view(sess, "Confirm", "dlq", confirmData{Action: "purge", JobID: id, Count: 1, CSRF: sess.CSRF}))
+	s.render(w, http.StatusOK, "confirm", s.view(sess, "Confirm", "dlq", confirmData{Action: "purge", Profile: profile, JobID: id, Count: 1, CSRF: sess.CSRF}))
 }
 
 func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request, sess *session) {
-	id := r.PathValue("id")
-	if !contract.ValidJobID(id) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job id.")
+	profile, id, ok := jobRef(r)
+	if !ok {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
 		return
 	}
-	dl, err := s.findDL(r, id, nil)
+	dl, err := s.findDL(r, profile, id, nil)
 	if errors.Is(err, queue.ErrNotInDLQ) {
 		s.renderStatus(w, r, sess, http.StatusNotFound, "This job is not in the dead-letter queue.")
 		return
@@ -760,7 +778,7 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request, sess *sessi
 		return
 	}
 	s.countsChanged()
-	http.Redirect(w, r, "/jobs/"+url.PathEscape(id)+"?done=purged", http.StatusSeeOther)
+	http.Redirect(w, r, jobURL(profile, id)+"?done=purged", http.StatusSeeOther)
 }
 
 // ---- edit and replay
@@ -779,12 +797,12 @@ type editData struct {
 }
 
 func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *session) {
-	id := r.PathValue("id")
-	if !contract.ValidJobID(id) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job id.")
+	profile, id, ok := jobRef(r)
+	if !ok {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
 		return
 	}
-	dl, err := s.findDL(r, id, nil)
+	dl, err := s.findDL(r, profile, id, nil)
 	if errors.Is(err, queue.ErrNotInDLQ) {
 		s.renderStatus(w, r, sess, http.StatusNotFound, "This job is not in the dead-letter queue.")
 		return
@@ -824,7 +842,7 @@ func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *sessio
 		s.fail(w, r, sess, err)
 		return
 	}
-	http.Redirect(w, r, "/jobs/"+url.PathEscape(id)+"?done=replayed", http.StatusSeeOther)
+	http.Redirect(w, r, jobURL(profile, id)+"?done=replayed", http.StatusSeeOther)
 }
 
 // fillForm splits a job body into the editor's inputs.

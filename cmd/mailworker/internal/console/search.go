@@ -3,8 +3,8 @@ package console
 import (
 	"encoding/json"
 	"net/http"
-	"net/url"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -54,8 +54,18 @@ func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, sess *sess
 			d.Err = "A job id is 1 to 128 letters, digits, _ or -."
 			break
 		}
-		http.Redirect(w, r, "/jobs/"+url.PathEscape(d.Q), http.StatusSeeOther)
-		return
+		// A job id is unique within its profile: find the profiles that
+		// know it (job state, dead letters), and go straight to the job when
+		// there is one.
+		d.Ran = true
+		if err := s.searchID(r, &d); err != nil {
+			s.fail(w, r, sess, err)
+			return
+		}
+		if len(d.Hits) == 1 {
+			http.Redirect(w, r, jobURL(d.Hits[0].Profile, d.Hits[0].JobID), http.StatusSeeOther)
+			return
+		}
 	case d.Kind == "meta" && d.Q != "":
 		d.Ran = true
 		if err := s.searchMetadata(r, &d); err != nil {
@@ -76,6 +86,25 @@ func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, sess *sess
 	s.render(w, http.StatusOK, "search", s.view(sess, "Search", "search", d))
 }
 
+func (s *Server) searchID(r *http.Request, d *searchData) error {
+	seen := map[string]bool{}
+	profiles := make([]string, 0, len(s.cfg.AllowedSenders))
+	for p := range s.cfg.AllowedSenders {
+		profiles = append(profiles, p)
+	}
+	sort.Strings(profiles)
+	for _, p := range profiles {
+		st, _, err := s.q.States.Get(r.Context(), p, d.Q)
+		if err == nil {
+			seen[p] = true
+			d.Hits = append(d.Hits, hit{JobID: d.Q, Profile: p, Where: "job state " + string(st.State), At: st.UpdatedAt})
+		}
+	}
+	return s.scanDLQ(r, d, func(*jobHead) bool { return true }, map[string]bool{}, func(profile, id string) bool {
+		return id == d.Q && !seen[profile]
+	})
+}
+
 // handleSearchRecipient takes a recipient by POST (so the address never
 // appears in a URL, a proxy log or the browser history), and redirects to
 // the search by its keyed hash.
@@ -94,8 +123,8 @@ func (s *Server) searchMetadata(r *http.Request, d *searchData) error {
 	since := s.cfg.Now().Add(-time.Duration(d.Hours) * time.Hour)
 	err := s.q.Events.EventsSince(r.Context(), since, func(ev contract.Event) bool {
 		for _, v := range ev.Metadata {
-			if strings.ToLower(v) == want && !seen[ev.JobID] {
-				seen[ev.JobID] = true
+			if strings.ToLower(v) == want && !seen[ev.Profile+"/"+ev.JobID] {
+				seen[ev.Profile+"/"+ev.JobID] = true
 				if len(d.Hits) == maxResults {
 					d.More = true
 					return false
@@ -143,27 +172,33 @@ func (s *Server) searchRecipient(r *http.Request, d *searchData, rh string) erro
 	}, map[string]bool{})
 }
 
-func (s *Server) scanDLQ(r *http.Request, d *searchData, match func(*jobHead) bool, seen map[string]bool) error {
+func (s *Server) scanDLQ(r *http.Request, d *searchData, match func(*jobHead) bool, seen map[string]bool, pre ...func(profile, id string) bool) error {
 	st, err := s.q.DLQStream(r.Context())
 	if err != nil {
 		return err
 	}
 	return queue.Browse(r.Context(), st, queue.BrowseOptions{Filter: "mail.dlq.>"}, func(m jetstream.Msg) (bool, error) {
+		id := m.Headers().Get(contract.HeaderJobID)
+		profile := strings.TrimPrefix(m.Subject(), "mail.dlq.")
+		for _, f := range pre {
+			if !f(profile, id) {
+				return true, nil
+			}
+		}
 		var j jobHead
 		if json.Unmarshal(m.Data(), &j) != nil || !match(&j) {
 			return true, nil
 		}
-		id := m.Headers().Get(contract.HeaderJobID)
-		if seen[id] {
+		if seen[profile+"/"+id] {
 			return true, nil
 		}
-		seen[id] = true
+		seen[profile+"/"+id] = true
 		if len(d.Hits) == maxResults {
 			d.More = true
 			return false, nil
 		}
 		md, _ := m.Metadata()
-		h := hit{JobID: id, Profile: strings.TrimPrefix(m.Subject(), "mail.dlq."), Where: "dead letter",
+		h := hit{JobID: id, Profile: profile, Where: "dead letter",
 			Reason: contract.Reason(m.Headers().Get(contract.HeaderReason)), Subject: j.Subject}
 		if md != nil {
 			h.At, h.Seq = md.Timestamp, md.Sequence.Stream
