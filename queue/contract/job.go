@@ -28,6 +28,22 @@ type Job struct {
 	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
 	// Metadata is echoed in every status event of the job.
 	Metadata map[string]string `json:"metadata,omitempty"`
+
+	// MIME, when set, is the whole message as the client wrote it (RFC 5322
+	// + MIME) and is sent as MIME: subject, text, html, attachments,
+	// replyTo, headers and importance must then be absent (they are in the
+	// message), and to/cc/bcc list every recipient (the MIME headers are what
+	// Graph sends to; bcc recipients are in a Bcc header, which Exchange
+	// strips from what the other recipients see).
+	MIME *MIME `json:"mime,omitempty"`
+}
+
+// MIME is a message in MIME form, inline (ContentBase64) or by reference to
+// an object in the MAIL_ATTACHMENTS object store (ObjectRef, for large mail:
+// a NATS message is 1 MB by default).
+type MIME struct {
+	ContentBase64 string `json:"contentBase64,omitempty"`
+	ObjectRef     string `json:"objectRef,omitempty"`
 }
 
 // Attachment is a file attached to a job, given inline (ContentBase64) or by

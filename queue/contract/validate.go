@@ -47,6 +47,11 @@ const (
 	MaxMetadataValueChars = 1024
 	// MaxJobIDLen is the longest job id.
 	MaxJobIDLen = 128
+	// MaxMIMEBytes caps a MIME message (mime.contentBase64 decoded, or the
+	// object of mime.objectRef): Graph caps one sendMail request at 4 MB and
+	// a MIME request body is the message in base64 (4/3 of it), so 3 MiB
+	// encodes to exactly 4 MiB. The worker's job id header counts too.
+	MaxMIMEBytes = 3 << 20
 )
 
 // HeaderStampJobID is the internet message header the worker stamps on every
@@ -205,6 +210,7 @@ func derefMap(field string, m map[string]*string) (map[string]string, error) {
 var (
 	jobFields        = fieldNames(Job{})
 	attachmentFields = fieldNames(Attachment{})
+	mimeFields       = fieldNames(MIME{})
 )
 
 func fieldNames(v any) map[string]bool {
@@ -248,6 +254,10 @@ func checkFieldCase(data []byte) *InvalidError {
 						return caseError("", keyOf(key, raw, escaped), jobFields)
 					}
 					topKey, att = keyOf(key, raw, escaped), -1
+				case len(stack) == 2 && stack[1] == '{' && topKey == "mime":
+					if (escaped && !mimeFields[key]) || (!escaped && !mimeFields[string(raw)]) {
+						return caseError("mime.", keyOf(key, raw, escaped), mimeFields)
+					}
 				case len(stack) == 3 && stack[1] == '[' && topKey == "attachments":
 					if (escaped && !attachmentFields[key]) || (!escaped && !attachmentFields[string(raw)]) {
 						return caseError("attachments["+strconv.Itoa(att)+"].", keyOf(key, raw, escaped), attachmentFields)
@@ -389,7 +399,11 @@ func (j *Job) Validate() error {
 	if n := utf8.RuneCountInString(j.Subject); n > MaxSubjectChars {
 		return invalid("subject", fmt.Sprintf("%d characters, over the limit of %d", n, MaxSubjectChars))
 	}
-	if j.Text == "" && j.HTML == "" {
+	if j.MIME != nil {
+		if err := j.validateMIME(); err != nil {
+			return err
+		}
+	} else if j.Text == "" && j.HTML == "" {
 		return invalid("text", "a body is required: set text, html or both")
 	}
 	if err := j.validateHeaders(); err != nil {
@@ -407,6 +421,40 @@ func (j *Job) Validate() error {
 		return invalid("expiresAt", "must be after notBefore")
 	}
 	return j.validateMetadata()
+}
+
+// validateMIME checks a MIME job: exactly one of contentBase64 or
+// objectRef, and none of the fields the message itself carries.
+func (j *Job) validateMIME() error {
+	m := j.MIME
+	for _, f := range [...]struct {
+		name string
+		set  bool
+	}{{"subject", j.Subject != ""}, {"text", j.Text != ""}, {"html", j.HTML != ""},
+		{"attachments", len(j.Attachments) > 0}, {"replyTo", len(j.ReplyTo) > 0},
+		{"headers", len(j.Headers) > 0}, {"importance", j.Importance != ""}} {
+		if f.set {
+			return invalid(f.name, "must be absent when mime is set: the MIME message carries it")
+		}
+	}
+	switch {
+	case (m.ContentBase64 == "") == (m.ObjectRef == ""):
+		return invalid("mime.contentBase64", "exactly one of contentBase64 or objectRef is required")
+	case hasCtl(m.ObjectRef):
+		return invalid("mime.objectRef", ctlRule)
+	case m.ObjectRef != "":
+		return nil
+	}
+	n, ok := base64Size(m.ContentBase64)
+	if !ok || !validBase64(m.ContentBase64) {
+		return invalid("mime.contentBase64", "is not valid standard base64 (RFC 4648, padded, no line breaks)")
+	}
+	if n > MaxMIMEBytes {
+		return &InvalidError{Field: "mime.contentBase64",
+			Rule:   fmt.Sprintf("%d bytes decoded, over the %d that one Graph sendMail request carries in MIME form", n, MaxMIMEBytes),
+			Reason: ReasonMessageTooLarge}
+	}
+	return nil
 }
 
 func (j *Job) validateHeaders() error {

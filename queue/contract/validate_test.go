@@ -361,3 +361,18 @@ func BenchmarkDecodeJob(b *testing.B) {
 		}
 	}
 }
+
+// TestMIMEJobTooLarge: an inline MIME message over what one Graph request
+// carries (3 MiB decoded, 4 MiB in base64) is message_too_large, naming the field.
+func TestMIMEJobTooLarge(t *testing.T) {
+	big := base64.StdEncoding.EncodeToString(make([]byte, MaxMIMEBytes+1))
+	_, err := DecodeJob(with(t, map[string]any{"text": nil, "subject": nil, "mime": map[string]any{"contentBase64": big}}))
+	var ie *InvalidError
+	if !errors.As(err, &ie) || ie.Reason != ReasonMessageTooLarge || ie.Field != "mime.contentBase64" {
+		t.Fatalf("err = %v, want message_too_large on mime.contentBase64", err)
+	}
+	ok := base64.StdEncoding.EncodeToString(make([]byte, MaxMIMEBytes))
+	if _, err := DecodeJob(with(t, map[string]any{"text": nil, "subject": nil, "mime": map[string]any{"contentBase64": ok}})); err != nil {
+		t.Fatalf("MaxMIMEBytes exactly: %v", err)
+	}
+}
