@@ -67,6 +67,9 @@ func (s *Jobs) Send(ctx context.Context, profile, jobID string, job *contract.Jo
 // past the inline limit, retryable internal when the store fails.
 func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract.Job) (*Message, error) {
 	_, from, _ := contract.ParseAddress(job.From)
+	if job.MIME != nil {
+		return s.mimeMessage(ctx, profile, from, jobID, job)
+	}
 	m := &Message{
 		From: from, Subject: job.Subject, Text: job.Text, HTML: job.HTML,
 		To: addresses(job.To), Cc: addresses(job.Cc), Bcc: addresses(job.Bcc), ReplyTo: addresses(job.ReplyTo),
@@ -122,6 +125,41 @@ func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract
 			Content: content, Inline: a.Inline, ContentID: a.ContentID})
 	}
 	return m, nil
+}
+
+// mimeMessage maps a MIME job: the message as the client wrote it, fetched
+// from the store for an objectRef, stamped with the job id (first in the
+// header; any X-Mailworker-Job-Id of the client's is replaced).
+func (s *Jobs) mimeMessage(ctx context.Context, profile, from, jobID string, job *contract.Job) (*Message, error) {
+	m := job.MIME
+	fail := func(class contract.Class, reason contract.Reason, msg string, err error) error {
+		return &contract.SendError{Class: class, Reason: reason, Profile: profile, Message: msg, Err: err}
+	}
+	var content []byte
+	var err error
+	if m.ObjectRef != "" {
+		if s.attachments == nil {
+			return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob, "mime.objectRef: no attachment store", nil)
+		}
+		content, err = s.attachments.Get(ctx, m.ObjectRef)
+		if errors.Is(err, contract.ErrNoAttachment) {
+			return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
+				fmt.Sprintf("mime.objectRef: %q is not in the %s object store", m.ObjectRef, contract.BucketAttachments), err)
+		}
+		if err != nil {
+			return nil, fail(contract.ClassRetryable, contract.ReasonInternal, "mime.objectRef: "+err.Error(), err)
+		}
+	} else if content, err = base64.StdEncoding.DecodeString(m.ContentBase64); err != nil {
+		return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob, "mime.contentBase64: not valid base64", nil)
+	}
+	content = StampMIME(content, contract.HeaderStampJobID, jobID)
+	if len(content) > contract.MaxMIMEBytes {
+		return nil, fail(contract.ClassPermanent, contract.ReasonMessageTooLarge,
+			fmt.Sprintf("MIME message of %d bytes with the job id stamp, over the %d that one Graph sendMail request carries (4 MB in base64; the draft path is not supported yet)", len(content), contract.MaxMIMEBytes), nil)
+	}
+	// The recipients are the message's own (its headers); the job's lists
+	// are kept for the profile's recipient limit, not sent.
+	return &Message{From: from, MIME: content, To: addresses(job.To), Cc: addresses(job.Cc), Bcc: addresses(job.Bcc)}, nil
 }
 
 func addresses(list []string) []Address {

@@ -2,6 +2,7 @@ package graphmail
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"time"
 )
@@ -31,6 +32,15 @@ type Message struct {
 	Headers              []Header // internetMessageHeaders
 	Importance           string   // "", low, normal, high
 	SaveToSentItems      bool
+
+	// MIME, when set, is the whole message (RFC 5322 + MIME) and is sent as
+	// MIME: POST sendMail with Content-Type: text/plain and the message in
+	// base64 as the body ("Send Outlook messages in MIME format",
+	// https://learn.microsoft.com/en-us/graph/outlook-send-mime-message).
+	// Recipients, subject, attachments and headers then come from the MIME
+	// headers and body only, and every other field but From is ignored (Graph
+	// saves a MIME send to Sent Items; it takes no saveToSentItems).
+	MIME []byte
 }
 
 // Result describes a sendMail call, successful or not: the last HTTP call in
@@ -102,6 +112,14 @@ type (
 )
 
 const fileAttachment = "#microsoft.graph.fileAttachment"
+
+// graphMIME encodes msg.MIME as a MIME sendMail request body: the message
+// in standard base64, no line breaks.
+func graphMIME(msg *Message) []byte {
+	out := make([]byte, base64.StdEncoding.EncodedLen(len(msg.MIME)))
+	base64.StdEncoding.Encode(out, msg.MIME)
+	return out
+}
 
 // graphJSON encodes msg as a sendMail request body into one buffer sized
 // up front. The buffer is not pooled: the transport may still read a request

@@ -55,14 +55,19 @@ func (c *Client) Send(ctx context.Context, msg *Message, jobID string) (Result, 
 	if e := c.checkLimits(msg); e != nil {
 		return Result{}, e
 	}
-	body, err := graphJSON(msg)
+	body, ctype, err := []byte(nil), "application/json", error(nil)
+	if msg.MIME != nil {
+		body, ctype = graphMIME(msg), "text/plain" // MIME form: the message in base64
+	} else {
+		body, err = graphJSON(msg)
+	}
 	if err != nil {
 		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
 			Message: "encoding the message", Err: err}
 	}
 	if len(body) > MaxRequestBytes {
 		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: c.name,
-			Message: fmt.Sprintf("the sendMail request would be %d bytes of JSON (attachments count base64-encoded), over Graph's 4 MB (%d bytes) per request", len(body), MaxRequestBytes)}
+			Message: fmt.Sprintf("the sendMail request would be %d bytes (JSON with attachments base64-encoded, or a MIME message in base64), over Graph's 4 MB (%d bytes) per request", len(body), MaxRequestBytes)}
 	}
 	u := c.sendPrefix + url.PathEscape(msg.From) + "/sendMail"
 
@@ -71,7 +76,7 @@ func (c *Client) Send(ctx context.Context, msg *Message, jobID string) (Result, 
 		return Result{}, err
 	}
 	start := time.Now()
-	res, perr := c.post(ctx, u, body, tok)
+	res, perr := c.post(ctx, u, ctype, body, tok)
 	calls := []Call{res.call()}
 	if perr == nil || perr.Status != http.StatusUnauthorized {
 		res.Duration, res.Calls = time.Since(start), calls
@@ -87,7 +92,7 @@ func (c *Client) Send(ctx context.Context, msg *Message, jobID string) (Result, 
 		}
 		return res, terr
 	}
-	res, perr = c.post(ctx, u, body, fresh)
+	res, perr = c.post(ctx, u, ctype, body, fresh)
 	res.Duration, res.Calls = time.Since(start), append(calls, res.call())
 	if perr != nil {
 		perr.EarlierCalls = graphCalls(calls)
@@ -131,7 +136,7 @@ type wroteTrace struct {
 	trace httptrace.ClientTrace
 }
 
-func (c *Client) post(ctx context.Context, u string, body []byte, tok string) (Result, *contract.SendError) {
+func (c *Client) post(ctx context.Context, u, ctype string, body []byte, tok string) (Result, *contract.SendError) {
 	crid := newGUID()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -148,7 +153,7 @@ func (c *Client) post(ctx context.Context, u string, body []byte, tok string) (R
 	}
 	h := req.Header
 	h["Authorization"] = []string{"Bearer " + tok}
-	h["Content-Type"] = []string{"application/json"}
+	h["Content-Type"] = []string{ctype}
 	h["Client-Request-Id"] = []string{crid}
 	h["Return-Client-Request-Id"] = []string{"true"}
 

@@ -150,7 +150,17 @@ func (s *Server) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	req, attachments, gerr := s.readSendMail(r)
+	var (
+		req         *sendMailRequest
+		attachments [][]byte
+		mimeReq     *mimeSend
+		gerr        *graphErr
+	)
+	if isMIMERequest(r) {
+		mimeReq, gerr = s.readSendMIME(r) // mime.go
+	} else {
+		req, attachments, gerr = s.readSendMail(r)
+	}
 	if gerr != nil {
 		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
 		return
@@ -179,7 +189,12 @@ func (s *Server) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	msg := buildMessage(crid, mailbox, reqID, req, attachments, s.opts.Now())
+	var msg Message
+	if mimeReq != nil {
+		msg = mimeReq.message(crid, mailbox, reqID, s.opts.Now())
+	} else {
+		msg = buildMessage(crid, mailbox, reqID, req, attachments, s.opts.Now())
+	}
 	s.record(msg, req, attachments)
 
 	if failAfter != nil {

@@ -17,7 +17,8 @@
 //  5. whole request at most 4 MB, else 413 RequestEntityTooLarge (or 400 BadRequest with
 //     Options.TooLargeAs400);
 //  6. the body conforms to Graph's v1.0 CSDL for sendMail (testdata/graph-v1.0-sendmail.csdl.xml),
-//     else 400 RequestBodyRead;
+//     else 400 RequestBodyRead; or, with Content-Type: text/plain, the MIME form (mime.go): a
+//     base64 MIME message, else 400 ErrorMimeContentInvalidBase64String;
 //  7. at least one valid recipient, else 400 ErrorInvalidRecipients; 1 to 5 internetMessageHeaders
 //     when present, else 400 InvalidInternetMessageHeaderCollection; X- names only, else 400
 //     InvalidInternetMessageHeader;

@@ -35,6 +35,13 @@ type Message struct {
 	SaveToSentItems bool              `json:"saveToSentItems"`
 	ReceivedAt      time.Time         `json:"receivedAt"`
 	RequestID       string            `json:"requestId"` // the request-id the fake answered
+
+	// MIME is true for a sendMail in MIME form (Content-Type: text/plain);
+	// Delivered is then the message as its To and Cc recipients get it:
+	// the submitted MIME without its Bcc fields (see mime.go), also the
+	// .eml written to OutDir.
+	MIME      bool   `json:"mime,omitempty"`
+	Delivered []byte `json:"-"`
 }
 
 // AttachmentInfo describes an accepted attachment (its content is not kept).
@@ -160,7 +167,11 @@ func (s *Server) writeFiles(name string, msg Message, req *sendMailRequest, cont
 	if err := os.WriteFile(filepath.Join(s.opts.OutDir, name+".json"), append(js, '\n'), 0o644); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(s.opts.OutDir, name+".eml"), renderEML(msg, req, contents), 0o644)
+	eml := msg.Delivered
+	if !msg.MIME {
+		eml = renderEML(msg, req, contents)
+	}
+	return os.WriteFile(filepath.Join(s.opts.OutDir, name+".eml"), eml, 0o644)
 }
 
 func formatList(list []graphRecipient) string {

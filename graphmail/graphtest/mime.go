@@ -1,0 +1,211 @@
+package graphtest
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/mail"
+	"net/textproto"
+	"strings"
+	"time"
+)
+
+// The MIME form of sendMail, separate from the JSON path. Microsoft's
+// behaviour, as documented:
+//
+//   - "Content-Type: text/plain to use MIME format in the request body ...
+//     provide the applicable Internet message headers and the MIME content,
+//     and encode them in base64 format in the request body"
+//     (https://learn.microsoft.com/en-us/graph/outlook-send-mime-message);
+//   - "If the request body includes malformed MIME content, this method
+//     returns 400 Bad request and the following error message: Invalid
+//     base64 string for MIME content"
+//     (https://learn.microsoft.com/en-us/graph/api/user-sendmail);
+//   - MIME payloads are limited to 4 MB, over it 413 Request Entity Too Large
+//     (https://learn.microsoft.com/en-us/graph/api/user-post-messages, the
+//     same cap as a JSON sendMail request: the whole base64 body counts);
+//   - recipients come from the To, Cc and Bcc headers of the MIME message
+//     (user-sendmail: "Provide the applicable Internet message headers");
+//     without any, 400 ErrorInvalidRecipients as for JSON;
+//   - Exchange removes the Bcc header from the copies the recipients get
+//     (RFC 5322 section 3.6.3, first method): the fake's delivered copy
+//     (Message.Delivered, the .eml in OutDir) has no Bcc field, and the Bcc
+//     addresses are kept in Message.Bcc only.
+
+// mimeSend is an accepted MIME sendMail request.
+type mimeSend struct {
+	delivered            []byte // the message as recipients get it: Bcc fields removed
+	from, subject, ctype string
+	to, cc, bcc, replyTo []string
+	headers              map[string]string // X- fields
+	attachments          []AttachmentInfo
+	importance           string
+}
+
+// isMIMERequest reports whether a sendMail request is in MIME form.
+func isMIMERequest(r *http.Request) bool {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return mt == "text/plain"
+}
+
+// readSendMIME reads, decodes and checks a MIME sendMail body.
+func (s *Server) readSendMIME(r *http.Request) (*mimeSend, *graphErr) {
+	tooLarge := s.tooLarge() // the whole request counts, as for JSON
+	if r.ContentLength > MaxRequestBytes {
+		return nil, tooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
+	if err != nil {
+		return nil, &graphErr{http.StatusBadRequest, "RequestBodyRead", "Cannot read the request body: " + err.Error()}
+	}
+	if len(body) > MaxRequestBytes {
+		return nil, tooLarge
+	}
+	invalid := &graphErr{http.StatusBadRequest, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."}
+	raw, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(body)))
+	if err != nil || len(raw) == 0 {
+		return nil, invalid
+	}
+	hdr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(raw))).ReadMIMEHeader()
+	if err != nil && err != io.EOF {
+		return nil, invalid
+	}
+	h := mail.Header(hdr)
+	m := &mimeSend{delivered: stripFields(raw, "Bcc"), subject: decodeWords(h.Get("Subject")),
+		ctype: h.Get("Content-Type"), importance: strings.ToLower(h.Get("Importance"))}
+	if m.importance == "" {
+		m.importance = "normal"
+	}
+	lists := []*[]string{&m.to, &m.cc, &m.bcc, &m.replyTo}
+	for i, k := range []string{"To", "Cc", "Bcc", "Reply-To"} {
+		if h.Get(k) == "" {
+			continue
+		}
+		as, err := h.AddressList(k)
+		if err != nil {
+			return nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRecipients",
+				"At least one recipient isn't valid., A message can't be sent because it contains no recipients or an invalid recipient address."}
+		}
+		for _, a := range as {
+			*lists[i] = append(*lists[i], a.Address)
+		}
+	}
+	if len(m.to)+len(m.cc)+len(m.bcc) == 0 {
+		return nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRecipients",
+			"At least one recipient is required, but none were found."}
+	}
+	if as, err := h.AddressList("From"); err == nil && len(as) > 0 {
+		m.from = as[0].Address
+	}
+	for k, v := range hdr {
+		if strings.HasPrefix(k, "X-") && len(v) > 0 {
+			if m.headers == nil {
+				m.headers = map[string]string{}
+			}
+			m.headers[k] = v[0]
+		}
+	}
+	m.attachments = mimeAttachments(raw)
+	return m, nil
+}
+
+func decodeWords(s string) string {
+	if d, err := new(mime.WordDecoder).DecodeHeader(s); err == nil {
+		return d
+	}
+	return s
+}
+
+// mimeAttachments lists the parts of a multipart message that carry a
+// filename (sizes decoded from base64 where they are base64).
+func mimeAttachments(raw []byte) []AttachmentInfo {
+	msg, err := mail.ReadMessage(bytes.NewReader(raw))
+	if err != nil {
+		return nil
+	}
+	var out []AttachmentInfo
+	var walk func(ctype string, body io.Reader, depth int)
+	walk = func(ctype string, body io.Reader, depth int) {
+		mt, params, err := mime.ParseMediaType(ctype)
+		if err != nil || !strings.HasPrefix(mt, "multipart/") || params["boundary"] == "" || depth > 8 {
+			return
+		}
+		mr := multipart.NewReader(body, params["boundary"])
+		for {
+			p, err := mr.NextRawPart()
+			if err != nil {
+				return
+			}
+			ct := p.Header.Get("Content-Type")
+			if strings.HasPrefix(strings.ToLower(ct), "multipart/") {
+				walk(ct, p, depth+1)
+				continue
+			}
+			if name := p.FileName(); name != "" {
+				data, _ := io.ReadAll(p)
+				if strings.EqualFold(p.Header.Get("Content-Transfer-Encoding"), "base64") {
+					if d, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(string(data)), "")); err == nil {
+						data = d
+					}
+				}
+				mt, _, _ := mime.ParseMediaType(ct)
+				disp, _, _ := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+				out = append(out, AttachmentInfo{Name: name, ContentType: mt, Size: len(data), IsInline: disp == "inline",
+					ContentID: strings.Trim(p.Header.Get("Content-ID"), "<>")})
+			}
+		}
+	}
+	walk(msg.Header.Get("Content-Type"), msg.Body, 0)
+	return out
+}
+
+// message is the record of an accepted MIME send.
+func (m *mimeSend) message(crid, mailbox, reqID string, now time.Time) Message {
+	jobID := crid
+	for k, v := range m.headers {
+		if strings.EqualFold(k, JobIDHeader) && v != "" {
+			jobID = v
+		}
+	}
+	bodyType := "Text"
+	if mt, _, _ := mime.ParseMediaType(m.ctype); mt == "text/html" {
+		bodyType = "HTML"
+	}
+	return Message{JobID: jobID, ClientRequestID: crid, From: mailbox, To: m.to, Cc: m.cc, Bcc: m.bcc, ReplyTo: m.replyTo,
+		Subject: m.subject, BodyType: bodyType, Headers: m.headers, Attachments: m.attachments,
+		Importance: m.importance, SaveToSentItems: true, ReceivedAt: now, RequestID: reqID,
+		MIME: true, Delivered: m.delivered}
+}
+
+// stripFields returns msg without the header fields named name (and their
+// continuation lines); everything else is kept byte for byte.
+func stripFields(msg []byte, name string) []byte {
+	out := make([]byte, 0, len(msg))
+	skipping, inHeader := false, true
+	for off := 0; off < len(msg); {
+		next := len(msg)
+		if i := bytes.IndexByte(msg[off:], '\n'); i >= 0 {
+			next = off + i + 1
+		}
+		line := msg[off:next]
+		if inHeader {
+			switch {
+			case len(bytes.TrimRight(line, "\r\n")) == 0:
+				inHeader, skipping = false, false
+			case line[0] == ' ' || line[0] == '\t':
+			default:
+				k, _, ok := bytes.Cut(line, []byte(":"))
+				skipping = ok && strings.EqualFold(strings.TrimSpace(string(k)), name)
+			}
+		}
+		if !skipping {
+			out = append(out, line...)
+		}
+		off = next
+	}
+	return out
+}
