@@ -34,6 +34,8 @@ type Config struct {
 	Log      LogConfig                `yaml:"log"`
 	Profiles map[string]ProfileConfig `yaml:"profiles"`
 	Console  ConsoleConfig            `yaml:"console"` // console.go
+	// SMTP configures `mailworker smtp` (smtp.go); the worker ignores it.
+	SMTP SMTPConfig `yaml:"smtp"`
 }
 
 // NATSConfig says how to reach and authenticate to NATS.

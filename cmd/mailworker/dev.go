@@ -36,7 +36,7 @@ const (
 const devMaxPayload = 8 << 20
 
 func (c *cli) devCmd() *cobra.Command {
-	var natsListen, httpListen, graphListen, dataDir, consoleListen string
+	var natsListen, httpListen, graphListen, dataDir, consoleListen, smtpListen string
 	var unpaced bool
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -117,6 +117,12 @@ func (c *cli) devCmd() *cobra.Command {
 				return err
 			}
 			defer cs.Close()
+			ing, smtpPassword, err := devSMTP(ctx, cfg, log, smtpListen)
+			if err != nil {
+				return err
+			}
+			defer ing.Close()
+			go func() { _ = ing.Run(ctx) }()
 			fmt.Fprintf(c.stdout, `mailworker dev is up.
   NATS:        %s  (max_payload %d MB, as deploy/nats sets it)
   HTTP:        http://%s  (/metrics /healthz /readyz)
@@ -128,11 +134,15 @@ Send a mail:
   go run ./cmd/mailworker send --nats-url %s --profile %s --from %s --to you@example.com --subject hello --text "it works" --wait
 Or publish plain JSON with any NATS client:
   nats pub --server %s mail.send.%s '{"from":"%s","to":["you@example.com"],"subject":"hello","text":"it works"}'
+Or submit over SMTP (STARTTLS, self-signed certificate; SMTP metrics on %s):
+  SMTP:        %s  login %s
+  swaks --server %s --tls --auth PLAIN --auth-user %s --auth-password %s --from %s --to you@example.com --header "Subject: hello" --body "it works" --attach @README.md
 Profiles (all sent to the fake Graph, never to Microsoft): %s
 Press Ctrl-C to stop.
 `, ns.ClientURL(), devMaxPayload>>20, app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"), pacing,
 				cs.URL(), demoSupportUser, demoReaderUser, caFile,
-				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender, strings.Join(redirected, ", "))
+				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender,
+				"http://"+ing.HTTPAddr(), ing.Addr(), demoSMTPUser, ing.Addr(), demoSMTPUser, smtpPassword, demoSender, strings.Join(redirected, ", "))
 			return app.Run(ctx)
 		},
 	}
@@ -141,6 +151,7 @@ Press Ctrl-C to stop.
 	f.StringVar(&httpListen, "http-listen", "127.0.0.1:8025", "address of the worker's /metrics /healthz /readyz")
 	f.StringVar(&graphListen, "graph-listen", "127.0.0.1:0", "address of the fake Entra + Graph (TLS)")
 	f.StringVar(&consoleListen, "console-listen", defaultConsoleListen, "address of the support console")
+	f.StringVar(&smtpListen, "smtp-listen", "127.0.0.1:2587", "address of the SMTP submission ingress (STARTTLS)")
 	f.StringVar(&dataDir, "data-dir", ".mailworker-dev", "where JetStream data, delivered mail and the sandbox CA go")
 	f.BoolVar(&unpaced, "unpaced", false, "no per-minute pace per mailbox (production paces at worker.perMailboxPerMinute, 30)")
 	return cmd

@@ -14,7 +14,7 @@ import (
 // file (JWT + nkey), an nkey seed file, user/password or a token, and TLS with
 // a custom CA and optional client certificate, and an optional custom inbox
 // prefix. It reconnects for ever.
-func connectNATS(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) {
+func connectNATS(c NATSConfig, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -71,7 +71,7 @@ func connectNATS(c NATSConfig, name string, log zerolog.Logger) (*nats.Conn, err
 		}
 		opts = append(opts, nats.Secure(tc))
 	}
-	nc, err := nats.Connect(c.URL, opts...)
+	nc, err := nats.Connect(c.URL, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(c.URL), err)
 	}

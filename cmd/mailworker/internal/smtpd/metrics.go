@@ -1,0 +1,69 @@
+package smtpd
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Auth failure reasons (label values of mailworker_smtp_auth_failures_total).
+const (
+	AuthUnknownUser      = "unknown_user"
+	AuthBadPassword      = "bad_password"
+	AuthSourceNotAllowed = "source_not_allowed"
+	AuthMalformed        = "malformed"
+)
+
+// refusalCodes are the reply codes the server refuses with (label values of
+// mailworker_smtp_refused_total).
+var refusalCodes = []string{"421", "450", "451", "452", "530", "535", "550", "552", "554"}
+
+// Metrics of the SMTP ingress, namespace mailworker, subsystem smtp.
+type Metrics struct {
+	Sessions        prometheus.Counter
+	SessionsActive  prometheus.Gauge
+	SessionsRefused prometheus.Counter
+	AuthFailures    *prometheus.CounterVec // reason
+	Accepted        *prometheus.CounterVec // profile
+	Refused         *prometheus.CounterVec // code
+	AcceptSeconds   prometheus.Histogram
+	AcceptedBytes   prometheus.Histogram
+	CredReloads     *prometheus.CounterVec // result
+}
+
+// NewMetrics registers the metrics on reg, every label value of a closed set
+// pre-created (profiles: the configured ones).
+func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
+	m := &Metrics{
+		Sessions: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "sessions_total",
+			Help: "SMTP connections accepted."}),
+		SessionsActive: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "sessions_active",
+			Help: "SMTP connections open now."}),
+		SessionsRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "sessions_refused_total",
+			Help: "SMTP connections refused with 421 because smtp.maxSessions were open."}),
+		AuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "auth_failures_total",
+			Help: "Failed SMTP AUTH attempts, by reason."}, []string{"reason"}),
+		Accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "accepted_total",
+			Help: "Messages accepted (250 after the JetStream publish ack), by profile."}, []string{"profile"}),
+		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "refused_total",
+			Help: "SMTP commands refused by this server, by reply code."}, []string{"code"}),
+		AcceptSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "accept_seconds",
+			Help:    "Time from the end of DATA to the durable accept (JetStream publish ack, object store write included).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}),
+		AcceptedBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "accepted_bytes",
+			Help:    "Size of accepted messages.",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 8)}),
+		CredReloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "credential_reloads_total",
+			Help: "Re-reads of a changed smtp.credentialsFile, by result (error: the previous credentials stay)."}, []string{"result"}),
+	}
+	reg.MustRegister(m.Sessions, m.SessionsActive, m.SessionsRefused, m.AuthFailures, m.Accepted, m.Refused,
+		m.AcceptSeconds, m.AcceptedBytes, m.CredReloads)
+	for _, r := range []string{AuthUnknownUser, AuthBadPassword, AuthSourceNotAllowed, AuthMalformed} {
+		m.AuthFailures.WithLabelValues(r)
+	}
+	for _, p := range profiles {
+		m.Accepted.WithLabelValues(p)
+	}
+	for _, c := range refusalCodes {
+		m.Refused.WithLabelValues(c)
+	}
+	m.CredReloads.WithLabelValues("ok")
+	m.CredReloads.WithLabelValues("error")
+	return m
+}
