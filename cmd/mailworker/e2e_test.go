@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -26,7 +28,7 @@ var (
 func TestDevEndToEnd(t *testing.T) {
 	dataDir := t.TempDir()
 	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-		"--console-listen", "127.0.0.1:0", "--data-dir", dataDir)
+		"--console-listen", "127.0.0.1:0", "--smtp-listen", "127.0.0.1:0", "--data-dir", dataDir)
 	natsURL := dev.waitOutput(natsURLLine, 60*time.Second)
 	httpURL := dev.waitOutput(httpURLLine, 5*time.Second)
 	consoleURL := dev.waitOutput(consoleURLLine, 5*time.Second)
@@ -166,9 +168,65 @@ func TestDevEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("the printed swaks command delivers an attachment over SMTP", func(t *testing.T) {
+		line := regexp.MustCompile(`(?m)^\s*(swaks .*)$`).FindStringSubmatch(dev.stdout.String())
+		if line == nil {
+			t.Fatalf("dev printed no swaks command:\n%s", dev.stdout.String())
+		}
+		args := shellFields(line[1])
+		dir := t.TempDir()
+		attachment := []byte("attached by swaks\x00\x01\x02 binary tail")
+		if err := os.WriteFile(filepath.Join(dir, "README.md"), attachment, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		m := queuedAs.FindStringSubmatch(string(out))
+		if err != nil || m == nil {
+			t.Fatalf("swaks: %v\n%s", err, out)
+		}
+		waitStatus(t, cli, m[1], "sent")
+		eml, err := os.ReadFile(filepath.Join(dataDir, "mail", m[1]+".eml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(eml), base64.StdEncoding.EncodeToString(attachment)) ||
+			!strings.HasPrefix(string(eml), "X-Mailworker-Job-Id: "+m[1]+"\r\n") {
+			t.Fatalf("delivered mail lacks the attachment or the stamp:\n%s", eml)
+		}
+	})
+
 	if code := dev.stop(30 * time.Second); code != 0 {
 		t.Fatalf("dev exited %d after SIGINT", code)
 	}
+}
+
+// shellFields splits a printed command line: fields separated by spaces,
+// double quotes group.
+func shellFields(s string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted, have := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			quoted, have = !quoted, true
+		case r == ' ' && !quoted:
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out
 }
 
 // waitStatus polls `status --json` until the job reaches state.
