@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/mailworker/mailworker/cmd/mailworker/internal/smtpd"
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
@@ -174,6 +175,7 @@ func TestReadmeListsEveryMetric(t *testing.T) {
 	m := worker.NewMetrics(reg, []string{"p"})
 	m.CredentialExpiry.WithLabelValues("p").Set(1) // only certificate profiles have one
 	registerBuildInfo(reg)
+	smtpd.NewMetrics(reg, []string{"p"}) // mailworker smtp
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
