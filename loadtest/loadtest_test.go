@@ -15,6 +15,13 @@ import (
 
 func TestMain(m *testing.M) {
 	// The harness re-executes its own binary as the bare baseline worker.
+	if len(os.Args) > 1 && os.Args[1] == bareSMTPCommand {
+		if err := bareSMTPMain(os.Args[2:]); err != nil {
+			os.Stderr.WriteString("bare-smtp: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == bareCommand {
 		if err := bareMain(os.Args[2:]); err != nil {
 			os.Stderr.WriteString("bare-worker: " + err.Error() + "\n")
@@ -99,5 +106,30 @@ func TestFlags(t *testing.T) {
 	o, err = parseFlags(nil, &stderr)
 	if err != nil || !slices.Equal(o.Scenarios, allScenarios) {
 		t.Errorf("default scenarios %v, %v", o.Scenarios, err)
+	}
+}
+
+// TestSmokeSMTP runs the smtp scenario small: both rows, every 250 stored.
+func TestSmokeSMTP(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"-n", "40", "--concurrency", "2", "--json", "--quiet", "smtp"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr.String())
+	}
+	var names []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r Result
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Sent != 40 || r.Lost != 0 {
+			t.Errorf("%s: %d accepted, %d lost", r.Scenario, r.Sent, r.Lost)
+		}
+		names = append(names, r.Scenario)
+	}
+	if !slices.Equal(names, []string{"smtp", "smtp-bare"}) {
+		t.Errorf("scenarios %v", names)
 	}
 }

@@ -29,13 +29,20 @@ import (
 )
 
 // allScenarios in the order they run by default.
-var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral", "failover", "scale"}
+var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral", "failover", "scale", "smtp"}
 
 // extraScenarios run only when named: retention measures the broker alone
 // (retention.go).
 var extraScenarios = []string{"retention"}
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == bareSMTPCommand {
+		if err := bareSMTPMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bare-smtp:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == brokerCommand {
 		if err := brokerMain(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "broker-process:", err)

@@ -181,6 +181,9 @@ func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
 		}
 		return out, nil
 	}
+	if name == "smtp" {
+		return h.smtpScenario(ctx) // smtp.go
+	}
 	return nil, fmt.Errorf("unknown scenario %q", name)
 }
 
