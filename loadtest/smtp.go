@@ -39,6 +39,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // bareSMTPCommand is the hidden subcommand that runs the bare SMTP baseline.
@@ -96,7 +97,7 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	stream := queue.StreamJobs
+	stream := contract.StreamJobs
 	if bare {
 		stream = bareSMTPStream
 		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: bareSMTPStream, Subjects: []string{bareSMTPSubject},

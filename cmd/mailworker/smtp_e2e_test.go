@@ -28,7 +28,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 const (
@@ -148,7 +148,7 @@ func (r *smtpRig) delivered(id string) (graphtest.Message, []byte) {
 		r.t.Fatalf("job %s: the fake accepted %d copies, want exactly 1", id, len(got))
 	}
 	evs, _ := r.h.statusEvents()
-	if names := eventNames(evs[id]); len(names) == 0 || names[len(names)-1] != string(queue.EventSent) {
+	if names := eventNames(evs[id]); len(names) == 0 || names[len(names)-1] != string(contract.EventSent) {
 		r.t.Fatalf("job %s: status events %v, want a final sent", id, names)
 	}
 	eml, err := os.ReadFile(filepath.Join(r.outDir, id+".eml"))
@@ -382,7 +382,7 @@ func bigMail(t *testing.T) string {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "big.eml")
 	body := "From: " + smtpE2ESender + "\r\nTo: a@example.com\r\nSubject: big\r\n\r\n" +
-		strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", queue.MaxMIMEBytes/66+10)
+		strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", contract.MaxMIMEBytes/66+10)
 	if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -51,13 +51,13 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailworker/mailworker/graphmail"
-	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Publisher stores a job durably; it returns after JetStream's ack
 // (queue.Publisher).
 type Publisher interface {
-	Publish(ctx context.Context, profile string, job *queue.Job) (string, error)
+	Publish(ctx context.Context, profile string, job *contract.Job) (string, error)
 }
 
 // Store keeps large messages by reference (queue.Attachments).
@@ -68,17 +68,17 @@ type Store interface {
 
 // stampHeadroom is what the worker's "X-Mailworker-Job-Id: <id>\r\n" stamp
 // adds to a message (ids made here are 43 characters).
-const stampHeadroom = len(queue.HeaderStampJobID) + 2 + 43 + 2
+const stampHeadroom = len(contract.HeaderStampJobID) + 2 + 43 + 2
 
 // MaxSize is the largest message the server can take: what one Graph MIME
 // sendMail request carries, less the worker's stamp.
-const MaxSize = queue.MaxMIMEBytes - stampHeadroom
+const MaxSize = contract.MaxMIMEBytes - stampHeadroom
 
 // Config tunes the server; zero values take the defaults of WithDefaults.
 type Config struct {
 	Domain                string        // greeting name; default "localhost"
 	MaxMessageBytes       int           // advertised SIZE; default and most MaxSize
-	MaxRecipients         int           // per message; default 100, at most queue.MaxRecipients
+	MaxRecipients         int           // per message; default 100, at most contract.MaxRecipients
 	MaxSessions           int           // concurrent connections; default 100
 	MessagesPerConnection int           // default 100
 	MessagesPerMinute     int           // per credential; default 60, negative = unlimited
@@ -101,7 +101,7 @@ func (c Config) WithDefaults() Config {
 	if c.MaxRecipients <= 0 {
 		c.MaxRecipients = 100
 	}
-	c.MaxRecipients = min(c.MaxRecipients, queue.MaxRecipients)
+	c.MaxRecipients = min(c.MaxRecipients, contract.MaxRecipients)
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 100
 	}
@@ -171,7 +171,7 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	for p, list := range cfg.Senders {
 		s.senders[p] = map[string]bool{}
 		for _, a := range list {
-			if _, addr, err := queue.ParseAddress(a); err == nil {
+			if _, addr, err := contract.ParseAddress(a); err == nil {
 				s.senders[p][strings.ToLower(addr)] = true
 			}
 		}
@@ -361,7 +361,7 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if ss.cred == nil {
 		return s.refuse(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required (STARTTLS, then AUTH)")
 	}
-	_, addr, err := queue.ParseAddress(to)
+	_, addr, err := contract.ParseAddress(to)
 	if err != nil || addr != to {
 		return s.refuse(550, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
 	}
@@ -430,9 +430,9 @@ func (ss *session) Data(r io.Reader) error {
 			ss.log(zerolog.WarnLevel).Err(err).Str("job", job.ID).Msg("smtp message not stored: object store")
 			return s.refuse(451, smtp.EnhancedCode{4, 3, 0}, "Message not stored (queue unavailable); try again later")
 		}
-		job.MIME = &queue.MIME{ObjectRef: ref}
+		job.MIME = &contract.MIME{ObjectRef: ref}
 	} else {
-		job.MIME = &queue.MIME{ContentBase64: base64.StdEncoding.EncodeToString(final)}
+		job.MIME = &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString(final)}
 	}
 	if _, err := s.pub.Publish(ctx, ss.cred.Profile, job); err != nil {
 		if ref != "" {
@@ -440,7 +440,7 @@ func (ss *session) Data(r io.Reader) error {
 			_ = s.store.Delete(dctx, ref) // best effort; the store's max age removes it otherwise
 			dcancel()
 		}
-		var ie *queue.InvalidError
+		var ie *contract.InvalidError
 		if errors.As(err, &ie) {
 			ss.log(zerolog.WarnLevel).Str("job", job.ID).Str("field", ie.Field).Msg("smtp message refused: not a valid job")
 			return s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Message refused: "+ie.Error())
@@ -461,7 +461,7 @@ func (ss *session) Data(r io.Reader) error {
 
 // buildJob checks the message against the envelope and the login and makes
 // its job (without the MIME content) and the final message bytes.
-func (ss *session) buildJob(data []byte) (*queue.Job, []byte, error) {
+func (ss *session) buildJob(data []byte) (*contract.Job, []byte, error) {
 	s := ss.s
 	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(data)))
 	if err != nil {
@@ -513,10 +513,10 @@ func (ss *session) buildJob(data []byte) (*queue.Job, []byte, error) {
 		// the rest of the message is unchanged.
 		final = graphmail.StampMIME(data, "Bcc", strings.Join(bcc, ", "))
 	}
-	if len(final)+stampHeadroom > queue.MaxMIMEBytes {
-		return nil, nil, s.refuse(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too large with its Bcc header: at most %d bytes in one Graph request (large mail by draft is not supported yet)", queue.MaxMIMEBytes-stampHeadroom))
+	if len(final)+stampHeadroom > contract.MaxMIMEBytes {
+		return nil, nil, s.refuse(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too large with its Bcc header: at most %d bytes in one Graph request (large mail by draft is not supported yet)", contract.MaxMIMEBytes-stampHeadroom))
 	}
-	job := &queue.Job{ID: ss.jobID(final), From: ss.from, To: lists["To"], Cc: lists["Cc"], Bcc: bcc,
+	job := &contract.Job{ID: ss.jobID(final), From: ss.from, To: lists["To"], Cc: lists["Cc"], Bcc: bcc,
 		Metadata: map[string]string{"source": "smtp", "smtpLogin": ss.cred.Username}}
 	return job, final, nil
 }

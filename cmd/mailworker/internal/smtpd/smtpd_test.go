@@ -34,6 +34,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -211,19 +212,19 @@ func smtpCode(err error) int {
 }
 
 // lastJob reads the newest job on mail.send.<profile>.
-func (b *bundle) lastJob(profile string) *queue.Job {
+func (b *bundle) lastJob(profile string) *contract.Job {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := b.js.Stream(ctx, queue.StreamJobs)
+	s, err := b.js.Stream(ctx, contract.StreamJobs)
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	m, err := s.GetLastMsgForSubject(ctx, queue.JobSubject(profile))
+	m, err := s.GetLastMsgForSubject(ctx, contract.JobSubject(profile))
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	var j queue.Job
+	var j contract.Job
 	if err := json.Unmarshal(m.Data, &j); err != nil {
 		b.t.Fatal(err)
 	}
