@@ -275,21 +275,30 @@ func (p *Pool) uploadBytes(ctx context.Context, profile string, data []byte, job
 		if a.ObjectRef == "" {
 			continue
 		}
-		size := contract.MaxInlineAttachmentBytes
-		if p.broker.Attachments != nil {
-			opCtx, cancel := context.WithTimeout(ctx, opTimeout)
-			s, err := p.broker.Attachments.Size(opCtx, profile, a.ObjectRef)
-			cancel()
-			switch {
-			case errors.Is(err, contract.ErrNoAttachment):
-				size = 0
-			case err == nil:
-				size = s
-			}
-		}
-		n += int64(base64.StdEncoding.EncodedLen(size))
+		n += int64(base64.StdEncoding.EncodedLen(p.objectSize(ctx, profile, a.ObjectRef, contract.MaxInlineAttachmentBytes)))
+	}
+	if job.MIME != nil && job.MIME.ObjectRef != "" { // a large MIME message (SMTP ingress)
+		n += int64(base64.StdEncoding.EncodedLen(p.objectSize(ctx, profile, job.MIME.ObjectRef, contract.MaxMIMEBytes)))
 	}
 	return n
+}
+
+// objectSize is the size of an object by reference: 0 when it is missing
+// (the send will fail without uploading), def when it cannot be read.
+func (p *Pool) objectSize(ctx context.Context, profile, ref string, def int) int {
+	if p.broker.Attachments == nil {
+		return def
+	}
+	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
+	s, err := p.broker.Attachments.Size(opCtx, profile, ref)
+	cancel()
+	switch {
+	case errors.Is(err, contract.ErrNoAttachment):
+		return 0
+	case err == nil:
+		return s
+	}
+	return def
 }
 
 // send claims the job (state `sending`, compare-and-set), calls the Sender

@@ -416,7 +416,7 @@ func TestPool(t *testing.T) {
 		}
 	})
 
-	t.Run("the 5-minute upload volume counts objectRef attachments and defers what does not fit", func(t *testing.T) {
+	t.Run("the 5-minute upload volume counts objectRef attachments and MIME messages and defers what does not fit", func(t *testing.T) {
 		rec := &recorder{}
 		b := setup(t, Config{PerMailboxUploadBytes: 2_000_000}, rec)
 		// 600 KB stored by reference: 800 KB once base64-encoded in the request.
@@ -430,8 +430,18 @@ func TestPool(t *testing.T) {
 			j.Attachments = []contract.Attachment{{Name: "report.pdf", ContentType: "application/pdf", ObjectRef: ref}}
 			return j
 		}
+		// The same by a MIME message stored by reference (the SMTP ingress's large mail).
+		mimeRef := func(id string) *contract.Job {
+			j := demoJob(id)
+			j.Subject, j.Text, j.MIME = "", "", &contract.MIME{ObjectRef: ref}
+			return j
+		}
 		for i := range 4 {
-			b.publish(withRef(fmt.Sprintf("job-u%d", i), "noreply@demo.example"))
+			if i%2 == 0 {
+				b.publish(withRef(fmt.Sprintf("job-u%d", i), "noreply@demo.example"))
+			} else {
+				b.publish(mimeRef(fmt.Sprintf("job-u%d", i)))
+			}
 		}
 		// Two fit in 2 MB (1.6 MB); the other two wait for the window, no attempt spent.
 		eventually(t, 10*time.Second, "two upload deferrals", func() bool {
