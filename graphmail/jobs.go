@@ -141,7 +141,7 @@ func (s *Jobs) mimeMessage(ctx context.Context, profile, from, jobID string, job
 		if s.attachments == nil {
 			return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob, "mime.objectRef: no attachment store", nil)
 		}
-		content, err = s.attachments.Get(ctx, m.ObjectRef)
+		content, err = s.attachments.Get(ctx, profile, m.ObjectRef)
 		if errors.Is(err, contract.ErrNoAttachment) {
 			return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
 				fmt.Sprintf("mime.objectRef: %q is not in the %s object store", m.ObjectRef, contract.BucketAttachments), err)

@@ -2,6 +2,7 @@ package graphmail
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"testing"
 
@@ -72,3 +73,42 @@ func TestJobsObjectRefFailures(t *testing.T) {
 type storeFunc func(ctx context.Context, ref string) ([]byte, error)
 
 func (f storeFunc) Get(ctx context.Context, _, ref string) ([]byte, error) { return f(ctx, ref) }
+
+// A MIME job goes out as its message, stamped first, by value or by
+// reference; a missing object is invalid_job, one over what a request
+// carries message_too_large.
+func TestJobsMapsMIMEJobs(t *testing.T) {
+	raw := "From: a@contoso.com\r\nTo: b@example.com\r\nX-Mailworker-Job-Id: forged\r\n\r\nbody\r\n"
+	want := "X-Mailworker-Job-Id: j1\r\nFrom: a@contoso.com\r\nTo: b@example.com\r\n\r\nbody\r\n"
+	store := storeFunc(func(_ context.Context, ref string) ([]byte, error) {
+		switch ref {
+		case "m.eml":
+			return []byte(raw), nil
+		case "big.eml":
+			return make([]byte, contract.MaxMIMEBytes), nil
+		}
+		return nil, contract.ErrNoAttachment
+	})
+	s := NewJobs(store)
+	base := contract.Job{From: "A <a@contoso.com>", To: []string{"b@example.com"}}
+	for name, m := range map[string]*contract.MIME{
+		"inline":    {ContentBase64: base64.StdEncoding.EncodeToString([]byte(raw))},
+		"objectRef": {ObjectRef: "m.eml"},
+	} {
+		job := base
+		job.MIME = m
+		msg, err := s.Message(context.Background(), "p", "j1", &job)
+		if err != nil || string(msg.MIME) != want || msg.From != "a@contoso.com" {
+			t.Errorf("%s: %+v %v", name, msg, err)
+		}
+	}
+	for ref, reason := range map[string]contract.Reason{"gone.eml": contract.ReasonInvalidJob, "big.eml": contract.ReasonMessageTooLarge} {
+		job := base
+		job.MIME = &contract.MIME{ObjectRef: ref}
+		_, err := s.Message(context.Background(), "p", "j1", &job)
+		var se *contract.SendError
+		if !errors.As(err, &se) || se.Class != contract.ClassPermanent || se.Reason != reason {
+			t.Errorf("%s: %v, want permanent %s", ref, err, reason)
+		}
+	}
+}
