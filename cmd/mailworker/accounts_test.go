@@ -29,7 +29,7 @@ import (
 // producer_billing's credential (issue 9): no job id, dedupe id, fallback id
 // or objectRef lets it prevent, suppress, misreport or read ops' mail.
 func TestNATSAccountsWithTheRealCommands(t *testing.T) {
-	users := []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console"}
+	users := []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"}
 	pw := map[string]string{}
 	for _, u := range users {
 		pw[u] = "pw-" + u + "-" + randomSecret()[:8]

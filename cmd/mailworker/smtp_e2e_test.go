@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
@@ -387,4 +388,91 @@ func bigMail(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// TestSMTPNATSUser runs `mailworker smtp` as NATS user "smtp" of
+// deploy/nats/accounts.conf: a login of profile "billing" (the profile the
+// user may publish) gets 250, small and large (object store) messages alike;
+// a login of profile "ops" gets 451, because the NATS user may not publish
+// ops's jobs.
+func TestSMTPNATSUser(t *testing.T) {
+	pw := map[string]string{}
+	for _, u := range []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"} {
+		pw[u] = "pw-" + u + "-" + randomSecret()[:8]
+		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", pw[u])
+	}
+	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := startTestNATS(t, func(o *server.Options) { o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys })
+	dir := t.TempDir()
+	provCfg := filepath.Join(dir, "provision.yaml")
+	if err := os.WriteFile(provCfg, fmt.Appendf(nil, `nats: {url: %q, user: provisioner, inboxPrefix: _INBOX_provisioner}
+profiles:
+  billing: {tenantId: t, clientId: c, credential: {clientSecret: unused}, allowedSenders: [billing@contoso.example]}
+  ops: {tenantId: t, clientId: c, credential: {clientSecret: unused}, allowedSenders: [ops@contoso.example]}
+`, ns.ClientURL()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := runCmdEnv(t, []string{"MAILWORKER_CONFIG=" + provCfg, "MAILWORKER_NATS_PASSWORD=" + pw["provisioner"]}, "", "provision"); code != 0 {
+		t.Fatalf("provision: %s %s", out, errOut)
+	}
+
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writeSelfSigned(t, certFile, keyFile)
+	hash, _ := bcrypt.GenerateFromPassword([]byte(smtpE2EPassword), bcrypt.MinCost)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := fmt.Sprintf(`nats: {url: %q, user: smtp, inboxPrefix: _INBOX_smtp}
+http: {listen: "127.0.0.1:0"}
+smtp:
+  listen: %q
+  certFile: %q
+  keyFile: %q
+  inlineMaxBytes: 1024
+  publishTimeout: 2s
+  credentials:
+    - {username: scanner, passwordHash: %q, profile: billing}
+    - {username: ops-app, passwordHash: %q, profile: ops}
+profiles:
+  billing: {tenantId: t, clientId: c, credential: {clientSecret: unused}, allowedSenders: [billing@contoso.example]}
+  ops: {tenantId: t, clientId: c, credential: {clientSecret: unused}, allowedSenders: [ops@contoso.example]}
+`, ns.ClientURL(), addr, certFile, keyFile, hash, hash)
+	cfgFile := filepath.Join(dir, "smtp.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, []string{"MAILWORKER_CONFIG=" + cfgFile, "MAILWORKER_NATS_PASSWORD=" + pw["smtp"]}, "smtp")
+	eventually(t, 30*time.Second, "the SMTP port", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	submit := func(login, from string, body string) (int, string) {
+		c, err := smtp.Dial(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.StartTLS(&tls.Config{InsecureSkipVerify: true}); err != nil { //nolint:gosec // test certificate
+			t.Fatal(err)
+		}
+		if err := c.Auth(smtp.PlainAuth("", login, smtpE2EPassword, "127.0.0.1")); err != nil {
+			t.Fatal(err)
+		}
+		msg := "From: " + from + "\r\nTo: a@example.com\r\nSubject: nats user\r\n\r\n" + body
+		code, text, _ := submitData(c, from, []string{"a@example.com"}, []byte(msg))
+		return code, text
+	}
+	if code, text := submit("scanner", "billing@contoso.example", "small\r\n"); code != 250 {
+		t.Fatalf("billing, inline: %d %s\n%s", code, text, p.stderr.String())
+	}
+	if code, text := submit("scanner", "billing@contoso.example", strings.Repeat("large message line\r\n", 200)); code != 250 {
+		t.Fatalf("billing, by objectRef: %d %s\n%s", code, text, p.stderr.String())
+	}
+	if code, text := submit("ops-app", "ops@contoso.example", "not mine\r\n"); code != 451 {
+		t.Fatalf("ops through the smtp NATS user: %d %s, want 451 (publish denied)", code, text)
+	}
 }
