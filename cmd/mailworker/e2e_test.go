@@ -191,9 +191,28 @@ func TestDevEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(string(eml), base64.StdEncoding.EncodeToString(attachment)) ||
-			!strings.HasPrefix(string(eml), "X-Mailworker-Job-Id: "+m[1]+"\r\n") {
-			t.Fatalf("delivered mail lacks the attachment or the stamp:\n%s", eml)
+		if !strings.Contains(string(eml), base64.StdEncoding.EncodeToString(attachment)) {
+			t.Fatalf("delivered mail lacks the attachment:\n%s", eml)
+		}
+		// Byte for byte: what swaks sent after DATA (its transcript shows each
+		// line, dot-stuffed), with the job id stamp first.
+		var sent []string
+		inData := false
+		for _, l := range strings.Split(strings.ReplaceAll(string(out), "\r\n", "\n"), "\n") {
+			l, ok := strings.CutPrefix(l, " ~> ")
+			switch {
+			case !ok:
+			case l == "DATA":
+				inData = true
+			case inData && l == ".":
+				inData = false
+			case inData:
+				sent = append(sent, strings.TrimPrefix(l, "."))
+			}
+		}
+		want := "X-Mailworker-Job-Id: " + m[1] + "\r\n" + strings.Join(sent, "\r\n") + "\r\n"
+		if len(sent) < 5 || string(eml) != want {
+			t.Fatalf("delivered .eml is not what swaks sent: %s", firstDiff(string(eml), want))
 		}
 	})
 
