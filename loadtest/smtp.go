@@ -104,7 +104,7 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 			Storage: jetstream.FileStorage}); err != nil {
 			return nil, err
 		}
-	} else if err := queue.Provision(ctx, js, queue.Config{}); err != nil {
+	} else if err := queue.Provision(ctx, js, queue.Config{Profiles: []string{profile}}); err != nil {
 		return nil, err
 	}
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")

@@ -181,10 +181,7 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 	if err != nil {
 		return nil, err
 	}
-	store, err := queue.OpenAttachments(ctx, js)
-	if err != nil {
-		return nil, err
-	}
+	store := queue.NewAttachments(js) // each profile's own MAIL_ATTACHMENTS_<profile>
 	in.srv, err = smtpd.New(smtpd.Config{Domain: sc.Domain, MaxMessageBytes: sc.MaxMessageBytes, MaxRecipients: sc.MaxRecipients,
 		MaxSessions: sc.MaxSessions, MessagesPerConnection: sc.MessagesPerConnection, MessagesPerMinute: sc.MessagesPerMinute,
 		InlineMaxBytes: sc.InlineMaxBytes, ReadTimeout: sc.ReadTimeout, PublishTimeout: sc.PublishTimeout, Senders: senders},

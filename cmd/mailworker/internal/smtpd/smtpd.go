@@ -60,10 +60,11 @@ type Publisher interface {
 	Publish(ctx context.Context, profile string, job *contract.Job) (string, error)
 }
 
-// Store keeps large messages by reference (queue.Attachments).
+// Store keeps large messages by reference, in the profile's own object
+// store (queue.Attachments).
 type Store interface {
-	Put(ctx context.Context, name string, data []byte) (string, error)
-	Delete(ctx context.Context, ref string) error
+	Put(ctx context.Context, profile, name string, data []byte) (string, error)
+	Delete(ctx context.Context, profile, ref string) error
 }
 
 // stampHeadroom is what the worker's "X-Mailworker-Job-Id: <id>\r\n" stamp
@@ -426,7 +427,7 @@ func (ss *session) Data(r io.Reader) error {
 	defer cancel()
 	ref := ""
 	if len(final) > s.cfg.InlineMaxBytes {
-		if ref, err = s.store.Put(ctx, job.ID+".eml", final); err != nil {
+		if ref, err = s.store.Put(ctx, ss.cred.Profile, job.ID+".eml", final); err != nil {
 			ss.log(zerolog.WarnLevel).Err(err).Str("job", job.ID).Msg("smtp message not stored: object store")
 			return s.refuse(451, smtp.EnhancedCode{4, 3, 0}, "Message not stored (queue unavailable); try again later")
 		}
@@ -437,7 +438,7 @@ func (ss *session) Data(r io.Reader) error {
 	if _, err := s.pub.Publish(ctx, ss.cred.Profile, job); err != nil {
 		if ref != "" {
 			dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = s.store.Delete(dctx, ref) // best effort; the store's max age removes it otherwise
+			_ = s.store.Delete(dctx, ss.cred.Profile, ref) // best effort; the store's max age removes it otherwise
 			dcancel()
 		}
 		var ie *contract.InvalidError

@@ -88,13 +88,10 @@ func setup(t *testing.T, cfg Config, allowFrom ...string) *bundle {
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := queue.Provision(ctx, js, queue.Config{Replicas: 1}); err != nil {
+	if err := queue.Provision(ctx, js, queue.Config{Replicas: 1, Profiles: []string{testProfile, "other"}}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := queue.OpenAttachments(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := queue.NewAttachments(js)
 	b := &bundle{t: t, ns: ns, js: js, logs: &syncBuf{}}
 	b.creds = filepath.Join(t.TempDir(), "credentials.yaml")
 	b.writeCreds(testPassword, allowFrom...)
@@ -298,8 +295,7 @@ func TestSubmitLargeGoesByReference(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	obs, _ := queue.OpenAttachments(ctx, b.js)
-	got, err := obs.Get(ctx, j.MIME.ObjectRef)
+	got, err := queue.NewAttachments(b.js).Get(ctx, testProfile, j.MIME.ObjectRef)
 	if err != nil || string(got) != msg {
 		t.Fatalf("stored object differs (%v)", err)
 	}
