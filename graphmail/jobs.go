@@ -1,10 +1,13 @@
 package graphmail
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/textproto"
 	"sort"
 	"strings"
 
@@ -157,9 +160,31 @@ func (s *Jobs) mimeMessage(ctx context.Context, profile, from, jobID string, job
 		return nil, fail(contract.ClassPermanent, contract.ReasonMessageTooLarge,
 			fmt.Sprintf("MIME message of %d bytes with the job id stamp, over the %d that one Graph sendMail request carries (4 MB in base64; the draft path is not supported yet)", len(content), contract.MaxMIMEBytes), nil)
 	}
-	// The recipients are the message's own (its headers); the job's lists
-	// are kept for the profile's recipient limit, not sent.
-	return &Message{From: from, MIME: content, To: addresses(job.To), Cc: addresses(job.Cc), Bcc: addresses(job.Bcc)}, nil
+	// The recipients and X- headers are the message's own; the job's lists
+	// and the X- header names are kept for the profile's limits
+	// (maxRecipientsPerMessage, allowedHeaders), not sent.
+	return &Message{From: from, MIME: content, To: addresses(job.To), Cc: addresses(job.Cc), Bcc: addresses(job.Bcc),
+		Headers: mimeXHeaders(content)}, nil
+}
+
+// mimeXHeaders lists the X- fields of a MIME message's header section
+// (names and values as they are there), for the profile's allowedHeaders.
+func mimeXHeaders(msg []byte) []Header {
+	section := append(append([]byte(nil), msg[:HeaderEnd(msg)]...), "\r\n"...)
+	h, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(section))).ReadMIMEHeader()
+	if err != nil && len(h) == 0 {
+		return nil
+	}
+	var out []Header
+	for k, vs := range h {
+		if len(k) > 2 && strings.EqualFold(k[:2], "X-") {
+			for _, v := range vs {
+				out = append(out, Header{Name: k, Value: v})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 func addresses(list []string) []Address {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/mailworker/mailworker/queue/contract"
@@ -110,5 +111,24 @@ func TestJobsMapsMIMEJobs(t *testing.T) {
 		if !errors.As(err, &se) || se.Class != contract.ClassPermanent || se.Reason != reason {
 			t.Errorf("%s: %v, want permanent %s", ref, err, reason)
 		}
+	}
+}
+
+// The X- fields of a MIME message are listed for the profile's
+// allowedHeaders check (they are not sent separately).
+func TestJobsMIMEListsXHeaders(t *testing.T) {
+	raw := "From: a@contoso.com\r\nX-Mailer: scanner 2.1\r\nTo: b@example.com\r\nx-tenant: 42\r\n\r\nX-Not-A-Header: body\r\n"
+	job := &contract.Job{From: "a@contoso.com", To: []string{"b@example.com"},
+		MIME: &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString([]byte(raw))}}
+	m, err := NewJobs(nil).Message(context.Background(), "p", "j1", job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, h := range m.Headers {
+		names = append(names, h.Name)
+	}
+	if got := strings.Join(names, ","); got != "X-Mailer,X-Mailworker-Job-Id,X-Tenant" {
+		t.Fatalf("X- headers %q", got)
 	}
 }

@@ -3,10 +3,12 @@ package graphmail_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/graphmail/graphtest"
@@ -95,5 +97,37 @@ func TestStampMIME(t *testing.T) {
 		if got := string(graphmail.StampMIME([]byte(in), "X-Mailworker-Job-Id", "n")); got != want {
 			t.Errorf("StampMIME(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A profile's allowedHeaders applies to the X- fields of a MIME message
+// too (each distinct name costs the mailbox a named property): an unlisted
+// one is refused before any request.
+func TestSendMIMEAllowedHeaders(t *testing.T) {
+	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
+	c, err := graphmail.New(graphmail.Config{Name: "billing", TenantID: s.TenantID(), ClientID: s.ClientID(),
+		AuthorityHost: s.URL(), GraphURL: s.GraphURL(), Credential: graphmail.Credential{ClientSecret: itSecret},
+		HTTPClient: s.Client(), Timeout: 10 * time.Second, AllowedHeaders: []string{"X-Mailer"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	jobs := graphmail.NewJobs(nil)
+	jobs.Add("billing", c, false)
+	send := func(extra string) error {
+		raw := "From: " + itSender + "\r\nTo: a@example.com\r\nX-Mailer: scanner\r\n" + extra + "Subject: s\r\n\r\nbody\r\n"
+		_, err := jobs.Send(context.Background(), "billing", "job-h", &contract.Job{From: itSender, To: []string{"a@example.com"},
+			MIME: &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString([]byte(raw))}})
+		return err
+	}
+	if err := send(""); err != nil {
+		t.Fatalf("allowed X-Mailer: %v", err)
+	}
+	var se *contract.SendError
+	if err := send("X-Order-12345: 1\r\n"); !errors.As(err, &se) || se.Reason != contract.ReasonInvalidJob || se.Status != 0 {
+		t.Fatalf("unlisted X- header: %v, want invalid_job before the call", err)
+	}
+	if n := len(s.Messages()); n != 1 {
+		t.Fatalf("%d messages at the fake, want 1", n)
 	}
 }
