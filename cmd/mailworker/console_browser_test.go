@@ -86,7 +86,7 @@ func startConsoleRig(t *testing.T) *consoleRig {
 	// worker runs as user worker, the console as user console, so every
 	// page and action here also proves the console user's permissions.
 	pw := map[string]string{}
-	for _, u := range []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console"} {
+	for _, u := range []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"} {
 		pw[u] = "pw-" + u + "-" + randomSecret()[:8]
 		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", pw[u])
 	}
