@@ -46,10 +46,13 @@ func chromiumPath(t *testing.T) string {
 			return p
 		}
 	}
-	if os.Getenv("MAILWORKER_REQUIRE_BROWSER") != "" {
+	// In CI (CI set, as .ci/run runs) a missing browser is a failure; a
+	// MAILWORKER_* variable would not do: the binaries under test read those
+	// as configuration and refuse unknown keys.
+	if os.Getenv("CI") != "" {
 		t.Fatal("chromium is not installed (.ci/run installs it: apt-get install chromium)")
 	}
-	t.Skip("chromium is not installed; CI installs it and sets MAILWORKER_REQUIRE_BROWSER=1")
+	t.Skip("chromium is not installed; CI installs it (apt-get install chromium) and fails this test without it")
 	return ""
 }
 

@@ -174,6 +174,7 @@ func TestDevEndToEnd(t *testing.T) {
 			t.Fatalf("dev printed no swaks command:\n%s", dev.stdout.String())
 		}
 		args := shellFields(line[1])
+		needTool(t, args[0])
 		dir := t.TempDir()
 		attachment := []byte("attached by swaks\x00\x01\x02 binary tail")
 		if err := os.WriteFile(filepath.Join(dir, "README.md"), attachment, 0o600); err != nil {

@@ -114,13 +114,18 @@ func writeSelfSigned(t *testing.T, certFile, keyFile string) {
 	}
 }
 
-// needTool finds a client on PATH; .ci/run installs them. Without one the
-// test fails rather than skips: a missing client must not pass silently.
+// needTool finds a client on PATH; .ci/run installs them. In CI (CI set)
+// a missing client fails the test: it must not pass silently there. On a
+// machine with only Go (the README's `go test ./...`) the test is skipped
+// with the command that installs it.
 func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Fatalf("%s is not installed (apt-get install swaks msmtp; .ci/run does it)", name)
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed (apt-get install swaks msmtp; .ci/run does it)", name)
+		}
+		t.Skipf("%s is not installed: apt-get install swaks msmtp (CI installs them and fails without them)", name)
 	}
 	return p
 }
