@@ -603,25 +603,15 @@ func (s *Server) handleBodyHTML(w http.ResponseWriter, r *http.Request, sess *se
 }
 
 func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request, sess *session) {
-	profile, id, ok := jobRef(r)
+	dl, id, ok := s.deadLetterOf(w, r, sess, "This job is not in the dead-letter queue (already replayed or purged?).")
 	if !ok {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
-		return
-	}
-	dl, err := s.findDL(r, profile, id, nil)
-	if errors.Is(err, queue.ErrNotInDLQ) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "This job is not in the dead-letter queue (already replayed or purged?).")
-		return
-	}
-	if err != nil {
-		s.fail(w, r, sess, err)
 		return
 	}
 	if err := s.replayOne(r, sess, dl, nil, ""); err != nil {
 		s.fail(w, r, sess, err)
 		return
 	}
-	http.Redirect(w, r, jobURL(profile, id)+"?done=replayed", http.StatusSeeOther)
+	http.Redirect(w, r, jobURL(dl.Profile, id)+"?done=replayed", http.StatusSeeOther)
 }
 
 // replayOne audits, then replays one record (with a fixed body when set).
@@ -755,18 +745,8 @@ func (s *Server) handlePurgeConfirm(w http.ResponseWriter, r *http.Request, sess
 }
 
 func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request, sess *session) {
-	profile, id, ok := jobRef(r)
+	dl, id, ok := s.deadLetterOf(w, r, sess, "This job is not in the dead-letter queue.")
 	if !ok {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
-		return
-	}
-	dl, err := s.findDL(r, profile, id, nil)
-	if errors.Is(err, queue.ErrNotInDLQ) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "This job is not in the dead-letter queue.")
-		return
-	}
-	if err != nil {
-		s.fail(w, r, sess, err)
 		return
 	}
 	if err := s.audit(r, sess, queue.AuditRecord{Action: queue.AuditPurge, Profile: dl.Profile, JobID: id}); err != nil {
@@ -778,7 +758,7 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request, sess *sessi
 		return
 	}
 	s.countsChanged()
-	http.Redirect(w, r, jobURL(profile, id)+"?done=purged", http.StatusSeeOther)
+	http.Redirect(w, r, jobURL(dl.Profile, id)+"?done=purged", http.StatusSeeOther)
 }
 
 // ---- edit and replay
@@ -797,18 +777,8 @@ type editData struct {
 }
 
 func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *session) {
-	profile, id, ok := jobRef(r)
+	dl, id, ok := s.deadLetterOf(w, r, sess, "This job is not in the dead-letter queue.")
 	if !ok {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
-		return
-	}
-	dl, err := s.findDL(r, profile, id, nil)
-	if errors.Is(err, queue.ErrNotInDLQ) {
-		s.renderStatus(w, r, sess, http.StatusNotFound, "This job is not in the dead-letter queue.")
-		return
-	}
-	if err != nil {
-		s.fail(w, r, sess, err)
 		return
 	}
 	d := editData{ID: id, Profile: dl.Profile, Values: map[string]string{}, Errors: map[string]string{}, CSRF: sess.CSRF}
@@ -842,7 +812,7 @@ func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *sessio
 		s.fail(w, r, sess, err)
 		return
 	}
-	http.Redirect(w, r, jobURL(profile, id)+"?done=replayed", http.StatusSeeOther)
+	http.Redirect(w, r, jobURL(dl.Profile, id)+"?done=replayed", http.StatusSeeOther)
 }
 
 // fillForm splits a job body into the editor's inputs.
@@ -966,4 +936,25 @@ func formField(path string) string {
 		return head
 	}
 	return "other"
+}
+
+// deadLetterOf finds the dead letter of the job the request names. When
+// there is none it answers (404 with notInDLQ, or the error) and reports
+// false.
+func (s *Server) deadLetterOf(w http.ResponseWriter, r *http.Request, sess *session, notInDLQ string) (contract.DeadLetter, string, bool) {
+	profile, id, ok := jobRef(r)
+	if !ok {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
+		return contract.DeadLetter{}, "", false
+	}
+	dl, err := s.findDL(r, profile, id, nil)
+	if errors.Is(err, queue.ErrNotInDLQ) {
+		s.renderStatus(w, r, sess, http.StatusNotFound, notInDLQ)
+		return contract.DeadLetter{}, "", false
+	}
+	if err != nil {
+		s.fail(w, r, sess, err)
+		return contract.DeadLetter{}, "", false
+	}
+	return dl, id, true
 }
