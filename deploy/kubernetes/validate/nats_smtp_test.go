@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -17,33 +15,7 @@ func init() { passwords["smtp"] = "MAIL_SMTP_PASSWORD" }
 // does: bind the object store, store a large message, publish its profile's job (with the ack),
 // delete an object whose job was not published; and checks it can do nothing else.
 func TestAccountsSMTPUser(t *testing.T) {
-	setPasswords(t)
-	opts, err := server.ProcessConfigFile(accountsConf)
-	if err != nil {
-		t.Fatalf("%s: %v", accountsConf, err)
-	}
-	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
-	opts.JetStream, opts.StoreDir = true, t.TempDir()
-	opts.NoLog, opts.NoSigs = true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	t.Cleanup(s.Shutdown)
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	connect := func(user string) jetstream.JetStream {
-		nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, "pw-"+user), nats.CustomInboxPrefix("_INBOX_"+user),
-			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
-		if err != nil {
-			t.Fatalf("connect %s: %v", user, err)
-		}
-		t.Cleanup(nc.Close)
-		js, _ := jetstream.New(nc)
-		return js
-	}
+	_, connect := startAccountsServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	must := func(what string, err error) {
@@ -63,7 +35,7 @@ func TestAccountsSMTPUser(t *testing.T) {
 	}
 
 	prov := connect("provisioner")
-	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>"},
+	_, err := prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage})
 	must("provisioner create MAIL_JOBS", err)
 	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_STATUS", Subjects: []string{"mail.status.>"}})

@@ -127,9 +127,11 @@ func denied(err error) bool {
 		errors.Is(err, nats.ErrPermissionViolation) || errors.Is(err, jetstream.ErrNoStreamResponse))
 }
 
-// TestAccountsLeastPrivilege starts an embedded JetStream server from accounts.conf and walks each
-// user through what mailworker does with it, then checks a few things each must not be able to do.
-func TestAccountsLeastPrivilege(t *testing.T) {
+// startAccountsServer starts an embedded JetStream server from accounts.conf
+// (every user's password set by setPasswords) and returns a connect function
+// that logs in as a user, with that user's inbox prefix, and its client URL.
+func startAccountsServer(t *testing.T) (url string, connect func(user string) jetstream.JetStream) {
+	t.Helper()
 	setPasswords(t)
 	opts, err := server.ProcessConfigFile(accountsConf)
 	if err != nil {
@@ -147,8 +149,7 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	if !s.ReadyForConnections(10 * time.Second) {
 		t.Fatal("server not ready")
 	}
-
-	connect := func(user string) jetstream.JetStream {
+	return s.ClientURL(), func(user string) jetstream.JetStream {
 		nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, "pw-"+user), nats.CustomInboxPrefix("_INBOX_"+user),
 			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 		if err != nil {
@@ -161,6 +162,12 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 		}
 		return js
 	}
+}
+
+// TestAccountsLeastPrivilege starts an embedded JetStream server from accounts.conf and walks each
+// user through what mailworker does with it, then checks a few things each must not be able to do.
+func TestAccountsLeastPrivilege(t *testing.T) {
+	url, connect := startAccountsServer(t)
 	short := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.Background(), 500*time.Millisecond)
 	}
@@ -183,7 +190,7 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 
 	// provisioner creates everything; the worker cannot.
 	prov := connect("provisioner")
-	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>"},
+	_, err := prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage})
 	must("provisioner create MAIL_JOBS", err)
 	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_STATUS", Subjects: []string{"mail.status.>"}, AllowDirect: true})
@@ -281,7 +288,7 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	_, err = billing.ObjectStore(c, "MAIL_ATTACHMENTS_ops")
 	cc()
 	mustDeny("producer_billing bind ops' object store", err)
-	bnc := billingConn(t, s.ClientURL())
+	bnc := billingConn(t, url)
 	for what, subj := range map[string]string{
 		"write ops' chunks":   "$O.MAIL_ATTACHMENTS_ops.C.evil",
 		"write ops' metadata": "$O.MAIL_ATTACHMENTS_ops.M.cGF5cm9sbC54bHN4",
@@ -421,7 +428,7 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	}
 
 	// No anonymous access.
-	if nc, err := nats.Connect(s.ClientURL()); err == nil {
+	if nc, err := nats.Connect(url); err == nil {
 		nc.Close()
 		t.Errorf("anonymous connection accepted")
 	}
