@@ -92,6 +92,7 @@ type Options struct {
 	// assertion whose iss is not the client id is checked against them. nil = none.
 	Federated []FederatedCredential
 	OutDir    string                           // if set, write each accepted message as <jobid-or-n>.eml and .json
+	Drafts    DraftOptions                     // the draft flow (drafts.go)
 	Logf      func(format string, args ...any) // optional
 
 	// Now is the server's clock (token expiry, rate windows, Retry-After bookkeeping);
@@ -215,6 +216,8 @@ type Server struct {
 	duplicates    int
 
 	oidc oidcState // sign-in for web apps (oidc.go)
+	draftsOnce sync.Once
+	drafts     *draftStore // the draft flow (drafts.go)
 }
 
 // mailboxState is the per-mailbox throttling bookkeeping, guarded by Server.mu.
@@ -596,6 +599,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", s.handleToken)
 	mux.HandleFunc("POST /v1.0/users/{id}/sendMail", s.handleSendMail)
 	s.oidcRoutes(mux)
+	s.draftRoutes(mux)
 	mux.HandleFunc("GET /_sandbox/messages", s.handleListMessages)
 	mux.HandleFunc("DELETE /_sandbox/messages", s.handleDeleteMessages)
 	mux.HandleFunc("GET /_sandbox/stats", s.handleStats)

@@ -42,6 +42,10 @@ type Message struct {
 	// .eml written to OutDir.
 	MIME      bool   `json:"mime,omitempty"`
 	Delivered []byte `json:"-"`
+	// InternetMessageID is the Message-ID of a message sent as a draft
+	// (drafts.go); "" for sendMail.
+	InternetMessageID string `json:"internetMessageId,omitempty"`
+	Draft             bool   `json:"draft,omitempty"` // sent through the draft flow
 }
 
 // AttachmentInfo describes an accepted attachment (its content is not kept).
@@ -51,6 +55,7 @@ type AttachmentInfo struct {
 	Size        int    `json:"size"` // decoded bytes
 	IsInline    bool   `json:"isInline"`
 	ContentID   string `json:"contentId"`
+	SHA256      string `json:"sha256"` // hex SHA-256 of the decoded content
 }
 
 func addresses(list []graphRecipient) []string {
@@ -108,6 +113,7 @@ func buildMessage(crid, from, reqID string, req *sendMailRequest, contents [][]b
 	for i, a := range m.Attachments {
 		msg.Attachments = append(msg.Attachments, AttachmentInfo{
 			Name: a.Name, ContentType: a.ContentType, Size: len(contents[i]), IsInline: a.IsInline, ContentID: a.ContentID,
+			SHA256: attachmentHash(contents[i]),
 		})
 	}
 	return msg
@@ -198,7 +204,11 @@ func renderEML(msg Message, req *sendMailRequest, contents [][]byte) []byte {
 	hdr("Reply-To", formatList(m.ReplyTo))
 	hdr("Subject", mime.QEncoding.Encode("utf-8", msg.Subject))
 	hdr("Date", msg.ReceivedAt.Format(time.RFC1123Z))
-	hdr("Message-ID", "<"+msg.RequestID+"@graphtest.invalid>")
+	if msg.InternetMessageID != "" {
+		hdr("Message-ID", msg.InternetMessageID)
+	} else {
+		hdr("Message-ID", "<"+msg.RequestID+"@graphtest.invalid>")
+	}
 	if msg.Importance != "normal" {
 		hdr("Importance", msg.Importance)
 	}

@@ -1,0 +1,843 @@
+package graphtest
+
+// The draft flow: create a message, attach large files through upload
+// sessions, send it, look it up by its immutable id, delete it. Each
+// behaviour names its source; what Microsoft does not document is said so and
+// is the fake's own choice.
+//
+// Sources:
+//   - [create]  https://learn.microsoft.com/graph/api/user-post-messages (201 Created, the message)
+//   - [large]   https://learn.microsoft.com/graph/outlook-large-attachments
+//   - [session] https://learn.microsoft.com/graph/api/attachment-createuploadsession
+//   - [upload]  https://learn.microsoft.com/graph/api/resources/uploadsession
+//   - [send]    https://learn.microsoft.com/graph/api/message-send (202 Accepted)
+//   - [get]     https://learn.microsoft.com/graph/api/message-get
+//   - [delete]  https://learn.microsoft.com/graph/api/message-delete (204 No Content)
+//   - [immut]   https://learn.microsoft.com/graph/outlook-immutable-id ("Immutable ID with sending mail")
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Upload session limits.
+const (
+	// MinUploadSessionBytes: an upload session is for a file of 3 MB or
+	// more; smaller ones are refused with
+	// ErrorAttachmentSizeShouldNotBeLessThanMinimumSize ([large] "Errors").
+	MinUploadSessionBytes = 3 * 1024 * 1024
+	// MaxAttachmentBytes: files up to 150 MB ([large], [session]).
+	MaxAttachmentBytes = 150 * 1024 * 1024
+	// MaxChunkBytes: "iteratively upload ranges of bytes (up to 4 MB each
+	// time)" ([session]). The 320 KiB multiple rule belongs to OneDrive's
+	// driveItem upload sessions, not to Outlook attachments, so the fake does
+	// not enforce it (the client keeps to it anyway).
+	MaxChunkBytes = 4 * 1024 * 1024
+)
+
+// DraftOptions configures the draft flow (Options.Drafts). The zero value is usable.
+type DraftOptions struct {
+	// SentItemsDelay is how long after a send the Sent Items copy appears.
+	// In between, GET by the message's id answers 404 ErrorItemNotFound:
+	// "Getting the message in Sent Items may not succeed immediately after
+	// sending the message. The copy of the message is not created until the
+	// message successfully sends, which may take time." ([immut]). The
+	// length is not documented; default 0 (at once).
+	SentItemsDelay time.Duration
+	// UploadSessionLifetime is the time from createUploadSession to the
+	// session's expirationDateTime, which PUTs do not extend ("This
+	// expiration date/time remains the same as returned by the initial
+	// uploadSession", [large] step 2). Microsoft does not document the
+	// length; default 1 hour. A PUT after it answers 404 ErrorItemNotFound
+	// (the fake's choice: the answer is not documented either).
+	UploadSessionLifetime time.Duration
+	// ReadWriteScope lists the mailboxes where the app also holds the
+	// "Application Mail.ReadWrite" role (Exchange RBAC for Applications),
+	// which creating, reading and deleting messages needs; elsewhere those
+	// calls answer 403 ErrorAccessDenied. nil = the same as Options.Scope.
+	ReadWriteScope []string
+}
+
+func (o DraftOptions) withDefaults() DraftOptions {
+	if o.UploadSessionLifetime <= 0 {
+		o.UploadSessionLifetime = time.Hour
+	}
+	return o
+}
+
+// DraftOp names a call of the draft flow, for ScriptDraft.
+type DraftOp string
+
+// The calls of the draft flow.
+const (
+	OpCreate  DraftOp = "create"  // POST /users/{id}/messages
+	OpSession DraftOp = "session" // POST …/attachments/createUploadSession
+	OpUpload  DraftOp = "upload"  // PUT uploadUrl
+	OpSend    DraftOp = "send"    // POST …/messages/{id}/send
+	OpGet     DraftOp = "get"     // GET …/messages/{id}
+	OpDelete  DraftOp = "delete"  // DELETE …/messages/{id}
+)
+
+// DraftInfo is what the fake knows about one message created by the draft flow.
+type DraftInfo struct {
+	ID                string    `json:"id"`
+	Mailbox           string    `json:"mailbox"`
+	Immutable         bool      `json:"immutable"`
+	InternetMessageID string    `json:"internetMessageId"`
+	JobID             string    `json:"jobId"`
+	IsDraft           bool      `json:"isDraft"`
+	Sent              bool      `json:"sent"`
+	Deleted           bool      `json:"deleted"`
+	SendRequests      int       `json:"sendRequests"`
+	Attachments       int       `json:"attachments"`
+	CreatedAt         time.Time `json:"createdAt"`
+}
+
+type draftAttachment struct {
+	id, name, contentType, contentID string
+	inline                           bool
+	content                          []byte
+}
+
+type draftMsg struct {
+	id, mailbox, internetMessageID string
+	immutable                      bool
+	msg                            graphMessage // as created, attachments moved to atts
+	atts                           []draftAttachment
+	created                        time.Time
+	sent                           bool
+	sentAt                         time.Time
+	sendRequests                   int
+	deleted                        bool
+}
+
+type uploadSession struct {
+	id, token, draftID, mailbox string
+	item                        attachmentItem
+	buf                         []byte
+	expires                     time.Time
+}
+
+type attachmentItem struct {
+	AttachmentType string `json:"attachmentType"`
+	Name           string `json:"name"`
+	Size           int64  `json:"size"`
+	ContentType    string `json:"contentType"`
+	IsInline       bool   `json:"isInline"`
+	ContentID      string `json:"contentId"`
+}
+
+// draftStore is the fake mailbox content of the draft flow.
+type draftStore struct {
+	mu       sync.Mutex
+	opts     DraftOptions
+	rwScope  map[string]struct{}
+	byID     map[string]*draftMsg // current ids
+	all      []*draftMsg
+	sessions map[string]*uploadSession
+	scripts  map[DraftOp][]Fault
+	puts     int
+}
+
+func (s *Server) draftState() *draftStore {
+	s.draftsOnce.Do(func() {
+		o := s.opts.Drafts.withDefaults()
+		s.drafts = &draftStore{opts: o, byID: map[string]*draftMsg{}, sessions: map[string]*uploadSession{},
+			scripts: map[DraftOp][]Fault{}, rwScope: lowerSet(o.ReadWriteScope)}
+		if s.drafts.rwScope == nil {
+			s.drafts.rwScope = s.scope
+		}
+	})
+	return s.drafts
+}
+
+// ScriptDraft queues faults consumed, one per request, by the next calls of op (any mailbox).
+// AcceptThenFail applies the call (the message is sent, the chunk is stored) and then answers
+// Status (default 504); Reset closes the connection after reading the request, without
+// applying it, except for OpSend where the send takes effect first (the ambiguous case).
+func (s *Server) ScriptDraft(op DraftOp, faults ...Fault) {
+	d := s.draftState()
+	d.mu.Lock()
+	d.scripts[op] = append(d.scripts[op], faults...)
+	d.mu.Unlock()
+}
+
+func (d *draftStore) nextFault(op DraftOp) *Fault {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	q := d.scripts[op]
+	if len(q) == 0 {
+		return nil
+	}
+	f := q[0]
+	d.scripts[op] = q[1:]
+	return &f
+}
+
+// Drafts returns every message the draft flow created, in order of creation.
+func (s *Server) Drafts() []DraftInfo {
+	d := s.draftState()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]DraftInfo, 0, len(d.all))
+	for _, m := range d.all {
+		out = append(out, m.info())
+	}
+	return out
+}
+
+// UploadPuts counts PUT requests to upload URLs, whatever their outcome.
+func (s *Server) UploadPuts() int {
+	d := s.draftState()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.puts
+}
+
+func (m *draftMsg) info() DraftInfo {
+	return DraftInfo{ID: m.id, Mailbox: m.mailbox, Immutable: m.immutable, InternetMessageID: m.internetMessageID,
+		JobID: jobIDOf(&m.msg), IsDraft: !m.sent && !m.deleted, Sent: m.sent, Deleted: m.deleted,
+		SendRequests: m.sendRequests, Attachments: len(m.atts), CreatedAt: m.created}
+}
+
+func jobIDOf(m *graphMessage) string {
+	for _, h := range m.InternetMessageHeaders {
+		if strings.EqualFold(h.Name, "X-Mailworker-Job-Id") {
+			return h.Value
+		}
+	}
+	return ""
+}
+
+func (s *Server) draftRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1.0/users/{id}/messages", s.handleCreateDraft)
+	mux.HandleFunc("POST /v1.0/users/{id}/messages/{mid}/attachments/createUploadSession", s.handleCreateUploadSession)
+	mux.HandleFunc("POST /v1.0/users/{id}/messages/{mid}/send", s.handleSendDraft)
+	mux.HandleFunc("GET /v1.0/users/{id}/messages/{mid}", s.handleGetMessage)
+	mux.HandleFunc("DELETE /v1.0/users/{id}/messages/{mid}", s.handleDeleteMessage)
+	mux.HandleFunc("PUT /_upload/{sid}", s.handleUploadPut)
+	mux.HandleFunc("GET /_upload/{sid}", s.handleUploadStatus)
+	mux.HandleFunc("DELETE /_upload/{sid}", s.handleUploadCancel)
+}
+
+// draftAuth checks the bearer token, the mailbox, the Mail.Send scope and the
+// Mail.ReadWrite scope, as for sendMail; it answers and returns false on failure.
+func (s *Server) draftAuth(w http.ResponseWriter, r *http.Request) (mailbox, key string, ok bool) {
+	h := w.Header()
+	h.Set("request-id", newGUID())
+	if crid := r.Header.Get("client-request-id"); crid != "" {
+		h.Set("client-request-id", crid)
+	}
+	mailbox = r.PathValue("id")
+	key = strings.ToLower(mailbox)
+	tok, has := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !has || tok == "" || !s.tokenValid(strings.TrimSpace(tok)) {
+		s.graphError(w, r, key, http.StatusUnauthorized, "InvalidAuthenticationToken", "Access token is empty or invalid.", "")
+		return "", "", false
+	}
+	if s.mailboxes != nil {
+		if _, ok := s.mailboxes[key]; !ok {
+			s.graphError(w, r, key, http.StatusNotFound, "ErrorInvalidUser", "The requested user '"+mailbox+"' is invalid.", "")
+			return "", "", false
+		}
+	}
+	d := s.draftState()
+	if d.rwScope != nil {
+		if _, ok := d.rwScope[key]; !ok {
+			s.graphError(w, r, key, http.StatusForbidden, "ErrorAccessDenied", "Access is denied. Check credentials and try again.", "")
+			return "", "", false
+		}
+	}
+	return mailbox, key, true
+}
+
+// applyFault handles a scripted fault before the call: a delay, a reset, or an answer. It
+// returns the fault to apply after the call (AcceptThenFail) and whether to continue.
+func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, key string, op DraftOp) (after *Fault, cont bool) {
+	f := s.draftState().nextFault(op)
+	if f == nil {
+		return nil, true
+	}
+	if !s.wait(r.Context(), f.Delay) {
+		resetConn(w)
+		return nil, false
+	}
+	switch {
+	case f.AcceptThenFail:
+		return f, true
+	case f.Reset:
+		if op == OpSend {
+			return f, true // the send takes effect, then the connection drops
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, MaxChunkBytes+1))
+		resetConn(w)
+		return nil, false
+	case f.Status != 0:
+		s.graphError(w, r, key, f.Status, faultCode(f), "Injected fault.", f.RetryAfter)
+		return nil, false
+	}
+	return nil, true
+}
+
+func (s *Server) failAfter(w http.ResponseWriter, r *http.Request, key string, f *Fault) {
+	if f.Reset {
+		resetConn(w)
+		return
+	}
+	status := f.Status
+	if status == 0 {
+		status = http.StatusGatewayTimeout
+	}
+	s.graphError(w, r, key, status, faultCode(&Fault{Status: status, Code: f.Code}),
+		"Injected fault after the request was applied.", f.RetryAfter)
+}
+
+// prefersImmutable reports whether the request carries Prefer: IdType="ImmutableId" ([immut]).
+func prefersImmutable(r *http.Request) bool {
+	for _, v := range r.Header.Values("Prefer") {
+		for _, p := range strings.Split(v, ",") {
+			k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
+			if strings.EqualFold(strings.TrimSpace(k), "IdType") && strings.Trim(strings.TrimSpace(val), `"`) == "ImmutableId" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// newItemID returns a message id shaped like Exchange's (base64, case-sensitive): immutable
+// ids as returned with Prefer: IdType="ImmutableId" start with AAkALg, REST ids with AAMkAD.
+func newItemID(immutable bool) string {
+	b := make([]byte, 45)
+	rand.Read(b)
+	p := "AAMkAD"
+	if immutable {
+		p = "AAkALg"
+	}
+	return p + base64.URLEncoding.EncodeToString(b)
+}
+
+// handleCreateDraft: POST /users/{id}/messages creates a draft in the Drafts folder and answers
+// 201 Created with the message, including id and internetMessageId, isDraft true ([create]).
+// The body is a message resource; the 4 MB request limit applies as to every Graph request.
+func (s *Server) handleCreateDraft(w http.ResponseWriter, r *http.Request) {
+	mailbox, key, ok := s.draftAuth(w, r)
+	if !ok {
+		return
+	}
+	after, cont := s.applyFault(w, r, key, OpCreate)
+	if !cont {
+		return
+	}
+	if r.ContentLength > MaxRequestBytes {
+		s.graphError(w, r, key, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
+			fmt.Sprintf("The maximum request length supported is %d bytes.", MaxRequestBytes), "")
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
+	if err != nil || len(body) > MaxRequestBytes {
+		s.graphError(w, r, key, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
+			fmt.Sprintf("The maximum request length supported is %d bytes.", MaxRequestBytes), "")
+		return
+	}
+	var gm graphMessage
+	if err := json.Unmarshal(body, &gm); err != nil {
+		s.graphError(w, r, key, http.StatusBadRequest, "RequestBodyRead", "Invalid JSON in the request body: "+err.Error(), "")
+		return
+	}
+	for _, hd := range gm.InternetMessageHeaders {
+		if !(strings.HasPrefix(hd.Name, "X-") || strings.HasPrefix(hd.Name, "x-")) {
+			s.graphError(w, r, key, http.StatusBadRequest, "InvalidInternetMessageHeader",
+				"The internet message header name '"+hd.Name+"' should start with 'x-' or 'X-'.", "")
+			return
+		}
+	}
+	m := &draftMsg{mailbox: mailbox, immutable: prefersImmutable(r), created: s.opts.Now()}
+	for _, a := range gm.Attachments {
+		if a.ODataType != fileAttachmentType || a.Name == "" {
+			s.graphError(w, r, key, http.StatusBadRequest, "ErrorInvalidRequest",
+				"Attachments need @odata.type '"+fileAttachmentType+"' and a name.", "")
+			return
+		}
+		b, err := base64.StdEncoding.DecodeString(a.ContentBytes)
+		if err != nil {
+			s.graphError(w, r, key, http.StatusBadRequest, "RequestBodyRead", "Attachment '"+a.Name+"': contentBytes is not valid base64.", "")
+			return
+		}
+		m.atts = append(m.atts, draftAttachment{id: newItemID(m.immutable), name: a.Name, contentType: a.ContentType,
+			contentID: a.ContentID, inline: a.IsInline, content: b})
+	}
+	gm.Attachments = nil
+	m.msg = gm
+	m.id = newItemID(m.immutable)
+	m.internetMessageID = "<" + strings.ReplaceAll(newGUID(), "-", "") + "@" + strings.ReplaceAll(mailboxDomain(mailbox), ">", "") + ">"
+	d := s.draftState()
+	d.mu.Lock()
+	d.byID[m.id] = m
+	d.all = append(d.all, m)
+	view := m.view(d.opts, s.opts.Now())
+	d.mu.Unlock()
+	if after != nil {
+		s.failAfter(w, r, key, after)
+		return
+	}
+	w.Header().Set("Location", s.url+"/v1.0/users/"+url.PathEscape(mailbox)+"/messages/"+url.PathEscape(m.id))
+	writeJSON(w, http.StatusCreated, view)
+}
+
+func mailboxDomain(mailbox string) string {
+	if at := strings.LastIndexByte(mailbox, '@'); at >= 0 && at < len(mailbox)-1 {
+		return mailbox[at+1:]
+	}
+	return "graphtest.invalid"
+}
+
+// view is the message resource the fake answers ([get]): a subset of its properties.
+func (m *draftMsg) view(_ DraftOptions, _ time.Time) map[string]any {
+	v := map[string]any{
+		"@odata.context":    "https://graph.microsoft.com/v1.0/$metadata#users('" + m.mailbox + "')/messages/$entity",
+		"id":                m.id,
+		"internetMessageId": m.internetMessageID,
+		"isDraft":           !m.sent,
+		"subject":           m.msg.Subject,
+		"hasAttachments":    len(m.atts) > 0,
+		"createdDateTime":   m.created.UTC().Format(time.RFC3339),
+		"parentFolderId":    "Drafts",
+	}
+	if m.sent {
+		v["parentFolderId"] = "SentItems"
+		v["sentDateTime"] = m.sentAt.UTC().Format(time.RFC3339)
+	}
+	return v
+}
+
+// lookup returns the message with id in mailbox, nil when there is none (deleted, or a sent
+// message whose Sent Items copy does not exist yet). Callers hold d.mu.
+func (d *draftStore) lookupLocked(mailbox, id string, now time.Time) *draftMsg {
+	m := d.byID[id]
+	if m == nil || m.deleted || !strings.EqualFold(m.mailbox, mailbox) {
+		return nil
+	}
+	if m.sent && now.Before(m.sentAt.Add(d.opts.SentItemsDelay)) {
+		return nil // [immut]: the copy is not created until the message sends
+	}
+	return m
+}
+
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request, key string) {
+	s.graphError(w, r, key, http.StatusNotFound, "ErrorItemNotFound",
+		"The specified object was not found in the store.", "")
+}
+
+// handleGetMessage: GET /users/{id}/messages/{mid} ([get]): the draft before the send; after
+// it, 404 until the Sent Items copy exists, then the copy (isDraft false), under the same id
+// when the draft was created with Prefer: IdType="ImmutableId" and under a new id otherwise
+// ([immut]: REST ids change when an item moves folder).
+func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
+	_, key, ok := s.draftAuth(w, r)
+	if !ok {
+		return
+	}
+	if _, cont := s.applyFault(w, r, key, OpGet); !cont {
+		return
+	}
+	d := s.draftState()
+	d.mu.Lock()
+	m := d.lookupLocked(r.PathValue("id"), r.PathValue("mid"), s.opts.Now())
+	var view map[string]any
+	if m != nil {
+		view = m.view(d.opts, s.opts.Now())
+	}
+	d.mu.Unlock()
+	if m == nil {
+		s.notFound(w, r, key)
+		return
+	}
+	writeJSON(w, http.StatusOK, view)
+}
+
+// handleDeleteMessage: DELETE /users/{id}/messages/{mid} answers 204 No Content ([delete]).
+func (s *Server) handleDeleteMessage(w http.ResponseWriter, r *http.Request) {
+	_, key, ok := s.draftAuth(w, r)
+	if !ok {
+		return
+	}
+	after, cont := s.applyFault(w, r, key, OpDelete)
+	if !cont {
+		return
+	}
+	d := s.draftState()
+	d.mu.Lock()
+	m := d.lookupLocked(r.PathValue("id"), r.PathValue("mid"), s.opts.Now())
+	if m != nil {
+		m.deleted = true
+		delete(d.byID, m.id)
+		for id, ss := range d.sessions {
+			if ss.draftID == m.id {
+				delete(d.sessions, id)
+			}
+		}
+		m.atts = dropContent(m.atts)
+	}
+	d.mu.Unlock()
+	if m == nil {
+		s.notFound(w, r, key)
+		return
+	}
+	if after != nil {
+		s.failAfter(w, r, key, after)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func dropContent(atts []draftAttachment) []draftAttachment {
+	for i := range atts {
+		atts[i].content = nil
+	}
+	return atts
+}
+
+// handleCreateUploadSession: POST …/messages/{mid}/attachments/createUploadSession with an
+// AttachmentItem ([session]) answers 201 Created and an uploadSession whose uploadUrl is
+// pre-authenticated (an authtoken in the query), expirationDateTime, and nextExpectedRanges
+// ["0-"] ([large] step 1). Files under 3 MB are refused with
+// ErrorAttachmentSizeShouldNotBeLessThanMinimumSize ([large] "Errors"); attachmentType must be
+// "file" ([session]: attachmentItem). Over 150 MB: 400 ErrorAttachmentSizeShouldNotBeGreaterThanMaximumSize
+// (the limit is documented, the code is the fake's choice).
+func (s *Server) handleCreateUploadSession(w http.ResponseWriter, r *http.Request) {
+	mailbox, key, ok := s.draftAuth(w, r)
+	if !ok {
+		return
+	}
+	after, cont := s.applyFault(w, r, key, OpSession)
+	if !cont {
+		return
+	}
+	var body struct {
+		AttachmentItem *attachmentItem `json:"AttachmentItem"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&body); err != nil || body.AttachmentItem == nil {
+		s.graphError(w, r, key, http.StatusBadRequest, "RequestBodyRead", "The AttachmentItem parameter is required.", "")
+		return
+	}
+	it := *body.AttachmentItem
+	switch {
+	case !strings.EqualFold(it.AttachmentType, "file"):
+		s.graphError(w, r, key, http.StatusBadRequest, "RequestBodyRead", "attachmentType must be 'file'.", "")
+		return
+	case it.Name == "":
+		s.graphError(w, r, key, http.StatusBadRequest, "ErrorInvalidRequest", "The attachment name is required.", "")
+		return
+	case it.Size < MinUploadSessionBytes:
+		s.graphError(w, r, key, http.StatusBadRequest, "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",
+			"Attachment size should not be less than the minimum size for an upload session.", "")
+		return
+	case it.Size > MaxAttachmentBytes:
+		s.graphError(w, r, key, http.StatusBadRequest, "ErrorAttachmentSizeShouldNotBeGreaterThanMaximumSize",
+			"Attachment size should not be greater than 150 MB.", "")
+		return
+	}
+	d := s.draftState()
+	now := s.opts.Now()
+	d.mu.Lock()
+	m := d.lookupLocked(mailbox, r.PathValue("mid"), now)
+	if m == nil || m.sent {
+		d.mu.Unlock()
+		s.notFound(w, r, key)
+		return
+	}
+	tok := make([]byte, 24)
+	rand.Read(tok)
+	ss := &uploadSession{id: newItemID(m.immutable), token: base64.RawURLEncoding.EncodeToString(tok), draftID: m.id,
+		mailbox: mailbox, item: it, expires: now.Add(d.opts.UploadSessionLifetime)}
+	d.sessions[ss.id] = ss
+	d.mu.Unlock()
+	if after != nil {
+		s.failAfter(w, r, key, after)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{
+		"@odata.context":     "https://graph.microsoft.com/v1.0/$metadata#microsoft.graph.uploadSession",
+		"uploadUrl":          s.url + "/_upload/" + url.PathEscape(ss.id) + "?authtoken=" + ss.token,
+		"expirationDateTime": ss.expires.UTC().Format(time.RFC3339Nano),
+		"nextExpectedRanges": []string{"0-"},
+	})
+}
+
+// session finds the upload session of an upload URL request. The URL is pre-authenticated and
+// "Do not specify an Authorization request header" ([large] step 2): a request that carries
+// one is refused with 401 (the status is the fake's choice). An unknown or expired session is
+// 404 ErrorItemNotFound (the fake's choice; the token "expires by expirationDateTime", [large]).
+func (s *Server) session(w http.ResponseWriter, r *http.Request) *uploadSession {
+	w.Header().Set("request-id", newGUID())
+	if r.Header.Get("Authorization") != "" {
+		s.graphError(w, r, "", http.StatusUnauthorized, "InvalidAuthenticationToken",
+			"The upload URL is pre-authenticated: do not send an Authorization header.", "")
+		return nil
+	}
+	d := s.draftState()
+	d.mu.Lock()
+	ss := d.sessions[r.PathValue("sid")]
+	if ss != nil && (ss.token != r.URL.Query().Get("authtoken") || !s.opts.Now().Before(ss.expires)) {
+		if ss.token == r.URL.Query().Get("authtoken") {
+			delete(d.sessions, ss.id) // expired
+		}
+		ss = nil
+	}
+	d.mu.Unlock()
+	if ss == nil {
+		s.graphError(w, r, "", http.StatusNotFound, "ErrorItemNotFound", "The upload session does not exist or has expired.", "")
+	}
+	return ss
+}
+
+func (s *Server) sessionJSON(w http.ResponseWriter, status int, ss *uploadSession, next int) {
+	writeJSON(w, status, map[string]any{
+		"@odata.context":     "https://outlook.office.com/api/v2.0/$metadata#AttachmentSessions/$entity",
+		"expirationDateTime": ss.expires.UTC().Format(time.RFC3339Nano),
+		// [upload]: for Outlook attachments "this property always indicates a
+		// single value "{start}", the location in the file where the next
+		// upload should begin".
+		"nextExpectedRanges": []string{strconv.Itoa(next)},
+	})
+}
+
+// handleUploadPut: PUT uploadUrl with Content-Range "bytes {start}-{end}/{total}" and the bytes
+// ([large] step 2). Bytes must be uploaded in order ("You must upload bytes in a file in
+// order"): a range that does not start at the next expected byte is refused with 416 Requested
+// Range Not Satisfiable (OneDrive's documented answer for such a range; Outlook documents
+// none). A range over 4 MB is 413 ([session]: "up to 4 MB each time"). An intermediate range
+// answers 200 OK with expirationDateTime and nextExpectedRanges; the last one 201 Created, a
+// Location header naming the attachment, and no body ([large] step 3).
+func (s *Server) handleUploadPut(w http.ResponseWriter, r *http.Request) {
+	d := s.draftState()
+	d.mu.Lock()
+	d.puts++
+	d.mu.Unlock()
+	ss := s.session(w, r)
+	if ss == nil {
+		return
+	}
+	after, cont := s.applyFault(w, r, "", OpUpload)
+	if !cont {
+		return
+	}
+	start, end, total, ok := parseContentRange(r.Header.Get("Content-Range"))
+	if !ok || total != ss.item.Size || end >= total {
+		s.graphError(w, r, "", http.StatusBadRequest, "InvalidContentRange",
+			"Content-Range must be 'bytes {start}-{end}/{total}' with total the size given to createUploadSession.", "")
+		return
+	}
+	n := end - start + 1
+	if n > MaxChunkBytes {
+		s.graphError(w, r, "", http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
+			fmt.Sprintf("Upload at most %d bytes per request.", MaxChunkBytes), "")
+		return
+	}
+	if r.ContentLength >= 0 && r.ContentLength != n {
+		s.graphError(w, r, "", http.StatusBadRequest, "InvalidContentRange", "Content-Length does not match Content-Range.", "")
+		return
+	}
+	chunk, err := io.ReadAll(io.LimitReader(r.Body, n+1))
+	if err != nil || int64(len(chunk)) != n {
+		s.graphError(w, r, "", http.StatusBadRequest, "RequestBodyRead", "The request body does not match Content-Range.", "")
+		return
+	}
+	d.mu.Lock()
+	if start != int64(len(ss.buf)) || d.sessions[ss.id] != ss {
+		next := len(ss.buf)
+		d.mu.Unlock()
+		w.Header().Set("request-id", newGUID())
+		writeJSON(w, http.StatusRequestedRangeNotSatisfiable, map[string]any{
+			"error": map[string]any{"code": "InvalidRange", "message": "The range does not start at the next expected byte " + strconv.Itoa(next) + "."},
+		})
+		return
+	}
+	if ss.buf == nil {
+		ss.buf = make([]byte, 0, ss.item.Size)
+	}
+	ss.buf = append(ss.buf, chunk...)
+	done := int64(len(ss.buf)) == ss.item.Size
+	var attID, draftID string
+	if done {
+		delete(d.sessions, ss.id)
+		m := d.byID[ss.draftID]
+		if m != nil && !m.sent && !m.deleted {
+			attID = newItemID(m.immutable)
+			draftID = m.id
+			m.atts = append(m.atts, draftAttachment{id: attID, name: ss.item.Name, contentType: ss.item.ContentType,
+				contentID: ss.item.ContentID, inline: ss.item.IsInline, content: ss.buf})
+		}
+		ss.buf = nil
+	}
+	next := len(ss.buf)
+	d.mu.Unlock()
+	if after != nil {
+		s.failAfter(w, r, "", after)
+		return
+	}
+	if !done {
+		s.sessionJSON(w, http.StatusOK, ss, next)
+		return
+	}
+	if draftID == "" {
+		s.graphError(w, r, "", http.StatusNotFound, "ErrorItemNotFound", "The message of this upload session no longer exists.", "")
+		return
+	}
+	w.Header().Set("Location", "https://outlook.office.com/api/v2.0/Users('"+ss.mailbox+"')/Messages('"+draftID+"')/Attachments('"+attID+"')")
+	w.WriteHeader(http.StatusCreated)
+}
+
+// handleUploadStatus: GET uploadUrl answers the session with nextExpectedRanges, so a client
+// unsure of the state after an interrupted upload can resume ([large] step 3: "This is useful if
+// you need to resume a transfer that was interrupted and your client is unsure of the state on
+// the service"; the GET itself is documented for OneDrive upload sessions).
+func (s *Server) handleUploadStatus(w http.ResponseWriter, r *http.Request) {
+	ss := s.session(w, r)
+	if ss == nil {
+		return
+	}
+	d := s.draftState()
+	d.mu.Lock()
+	next := len(ss.buf)
+	d.mu.Unlock()
+	s.sessionJSON(w, http.StatusOK, ss, next)
+}
+
+// handleUploadCancel: DELETE uploadUrl cancels the session, 204 No Content ([large]
+// "Alternative: Cancel the upload session").
+func (s *Server) handleUploadCancel(w http.ResponseWriter, r *http.Request) {
+	ss := s.session(w, r)
+	if ss == nil {
+		return
+	}
+	d := s.draftState()
+	d.mu.Lock()
+	delete(d.sessions, ss.id)
+	d.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func parseContentRange(v string) (start, end, total int64, ok bool) {
+	rest, found := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
+	if !found {
+		return 0, 0, 0, false
+	}
+	rng, tot, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, 0, false
+	}
+	a, b, found := strings.Cut(rng, "-")
+	if !found {
+		return 0, 0, 0, false
+	}
+	var err1, err2, err3 error
+	start, err1 = strconv.ParseInt(a, 10, 64)
+	end, err2 = strconv.ParseInt(b, 10, 64)
+	total, err3 = strconv.ParseInt(tot, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || start < 0 || end < start {
+		return 0, 0, 0, false
+	}
+	return start, end, total, true
+}
+
+// handleSendDraft: POST /users/{id}/messages/{mid}/send answers 202 Accepted ([send]); the
+// message is delivered (recorded like a sendMail message, .eml in OutDir with every attachment
+// byte for byte) and its copy appears in Sent Items after DraftOptions.SentItemsDelay
+// ([immut]). A draft without recipients is 400 ErrorInvalidRecipients, as for sendMail. A
+// message that is no longer a draft (sent, or in transit to Sent Items) is 404
+// ErrorItemNotFound: Microsoft documents no answer for sending a message twice, and the fake
+// never delivers one twice through this call.
+func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
+	mailbox, key, ok := s.draftAuth(w, r)
+	if !ok {
+		return
+	}
+	if s.scope != nil {
+		if _, in := s.scope[key]; !in {
+			s.graphError(w, r, key, http.StatusForbidden, "ErrorAccessDenied", "Access is denied. Check credentials and try again.", "")
+			return
+		}
+	}
+	after, cont := s.applyFault(w, r, key, OpSend)
+	if !cont {
+		return
+	}
+	d := s.draftState()
+	now := s.opts.Now()
+	d.mu.Lock()
+	m := d.lookupLocked(mailbox, r.PathValue("mid"), now)
+	if m != nil {
+		m.sendRequests++
+	}
+	if m == nil || m.sent {
+		d.mu.Unlock()
+		s.notFound(w, r, key)
+		return
+	}
+	n := 0
+	for _, l := range [][]graphRecipient{m.msg.ToRecipients, m.msg.CcRecipients, m.msg.BccRecipients} {
+		for _, rc := range l {
+			if rc.EmailAddress == nil || !plausibleAddress(rc.EmailAddress.Address) {
+				n = -1000
+			}
+			n++
+		}
+	}
+	if n <= 0 {
+		d.mu.Unlock()
+		s.graphError(w, r, key, http.StatusBadRequest, "ErrorInvalidRecipients",
+			"At least one recipient isn't valid., A message can't be sent because it contains no recipients or an invalid recipient address.", "")
+		return
+	}
+	m.sent, m.sentAt = true, now
+	if !m.immutable {
+		// A REST id changes when the item moves to Sent Items ([immut]).
+		delete(d.byID, m.id)
+		m.id = newItemID(false)
+		d.byID[m.id] = m
+	}
+	gm := m.msg
+	contents := make([][]byte, len(m.atts))
+	for i, a := range m.atts {
+		gm.Attachments = append(gm.Attachments, graphAttachment{ODataType: fileAttachmentType, Name: a.name,
+			ContentType: a.contentType, IsInline: a.inline, ContentID: a.contentID})
+		contents[i] = a.content
+	}
+	m.atts = dropContent(m.atts)
+	d.mu.Unlock()
+
+	jobID := jobIDOf(&gm)
+	if jobID == "" {
+		jobID = r.Header.Get("client-request-id")
+	}
+	save := true // a sent draft is saved to Sent Items ([immut])
+	req := &sendMailRequest{Message: &gm, SaveToSentItems: &save}
+	msg := buildMessage(jobID, mailbox, w.Header().Get("request-id"), req, contents, now)
+	msg.InternetMessageID = m.internetMessageID
+	msg.Draft = true
+	s.record(msg, req, contents)
+	if after != nil {
+		s.failAfter(w, r, key, after)
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// attachmentHash returns the hex SHA-256 of b.
+func attachmentHash(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
