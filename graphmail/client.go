@@ -71,6 +71,10 @@ type Config struct {
 	// no retries.
 	HTTPClient *http.Client
 	Timeout    time.Duration // per sendMail request, default 60s
+	// UploadChunkBytes is the size of each PUT of an upload session (draft
+	// delivery mode): a multiple of 320 KiB, at most 4 MiB; default
+	// DefaultUploadChunkBytes. One chunk per upload is held in memory.
+	UploadChunkBytes int
 	// OnTokenRequest, if set, is called after every token request that went
 	// to Entra (ok=true; cache hits are not reported) or that failed (ok=false).
 	OnTokenRequest func(ok bool)
@@ -153,6 +157,7 @@ type Client struct {
 	scopes     []string
 	sendPrefix string // GraphURL + "/v1.0/users/"
 	timeout    time.Duration
+	chunk      int // upload session chunk size
 	onToken    func(ok bool)
 	onTokenInf func(TokenInfo)
 
@@ -278,6 +283,9 @@ func New(cfg Config) (*Client, error) {
 		}
 		graphURL = strings.TrimRight(cfg.GraphURL, "/")
 	}
+	if n := cfg.UploadChunkBytes; n < 0 || n%uploadChunkUnit != 0 || n > maxUploadChunk {
+		return nil, fmt.Errorf("graphmail: UploadChunkBytes %d: want a multiple of %d bytes (320 KiB), at most %d (4 MiB)", n, uploadChunkUnit, maxUploadChunk)
+	}
 	if cfg.Timeout < 0 {
 		return nil, errors.New("graphmail: Timeout must not be negative")
 	}
@@ -302,6 +310,7 @@ func New(cfg Config) (*Client, error) {
 		scopes:     []string{scope},
 		sendPrefix: graphURL + "/v1.0/users/",
 		timeout:    cfg.Timeout,
+		chunk:      cfg.UploadChunkBytes,
 		onToken:    cfg.OnTokenRequest,
 		onTokenInf: cfg.OnToken,
 
@@ -313,6 +322,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout
+	}
+	if c.chunk == 0 {
+		c.chunk = DefaultUploadChunkBytes
 	}
 	if c.http == nil {
 		c.http = defaultHTTPClient()

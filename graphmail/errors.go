@@ -66,6 +66,24 @@ func Classify(status int, code, message string) (contract.Class, contract.Reason
 	return contract.ClassPermanent, contract.ReasonGraphRejected
 }
 
+// classifyDraft adjusts a draft flow failure that httpError classified as
+// sendMail's: only the send can deliver mail, so no other call is
+// ambiguous; a 404 ErrorItemNotFound on a draft is not a missing mailbox but
+// a draft that is gone (sent, or deleted), retryable, and ambiguous on send;
+// a 403 says which role the draft mode needs.
+func classifyDraft(op string, e *contract.SendError) {
+	if op != OpSendDraft {
+		e.Ambiguous = false
+	}
+	switch {
+	case e.Status == http.StatusNotFound && strings.EqualFold(e.Code, "ErrorItemNotFound"):
+		e.Class, e.Reason = contract.ClassRetryable, ""
+		e.Ambiguous = op == OpSendDraft
+	case e.Status == http.StatusForbidden && op != OpSendDraft && op != OpUpload:
+		e.Message = strings.TrimSpace(e.Message + " The draft delivery mode needs the Exchange role \"Application Mail.ReadWrite\" in the mailbox's management scope.")
+	}
+}
+
 // ambiguousStatus reports whether a response with this status leaves open
 // whether the mail was sent.
 func ambiguousStatus(status int) bool { return status >= 500 }

@@ -121,22 +121,18 @@ func graphMIME(msg *Message) []byte {
 	return out
 }
 
-// graphJSON encodes msg as a sendMail request body into one buffer sized
-// up front. The buffer is not pooled: the transport may still read a request
-// body after Do returns (e.g. when Graph answers early), so handing it back
-// to a pool would race.
-func graphJSON(msg *Message) ([]byte, error) {
-	var m gSendMail
-	m.SaveToSentItems = msg.SaveToSentItems
-	m.Message.Subject = msg.Subject
+// gmessage maps msg onto Graph's message resource and estimates its JSON size.
+func gmessage(msg *Message) (gMessage, int) {
+	var g gMessage
+	g.Subject = msg.Subject
 	if msg.HTML != "" {
-		m.Message.Body = gBody{ContentType: "HTML", Content: msg.HTML}
+		g.Body = gBody{ContentType: "HTML", Content: msg.HTML}
 	} else {
-		m.Message.Body = gBody{ContentType: "Text", Content: msg.Text}
+		g.Body = gBody{ContentType: "Text", Content: msg.Text}
 	}
 	n := len(msg.To) + len(msg.Cc) + len(msg.Bcc) + len(msg.ReplyTo)
 	recips := make([]gRecipient, 0, n) // one allocation for all four lists
-	size := 256 + len(msg.Subject) + len(m.Message.Body.Content)*11/10
+	size := 256 + len(msg.Subject) + len(g.Body.Content)*11/10
 	take := func(as []Address) []gRecipient {
 		if len(as) == 0 {
 			return nil
@@ -148,14 +144,14 @@ func graphJSON(msg *Message) ([]byte, error) {
 		}
 		return recips[start:len(recips):len(recips)]
 	}
-	m.Message.To = take(msg.To)
-	m.Message.Cc = take(msg.Cc)
-	m.Message.Bcc = take(msg.Bcc)
-	m.Message.ReplyTo = take(msg.ReplyTo)
+	g.To = take(msg.To)
+	g.Cc = take(msg.Cc)
+	g.Bcc = take(msg.Bcc)
+	g.ReplyTo = take(msg.ReplyTo)
 	if len(msg.Attachments) > 0 {
-		m.Message.Attachments = make([]gAttachment, len(msg.Attachments))
+		g.Attachments = make([]gAttachment, len(msg.Attachments))
 		for i, a := range msg.Attachments {
-			m.Message.Attachments[i] = gAttachment{
+			g.Attachments[i] = gAttachment{
 				ODataType:    fileAttachment,
 				Name:         a.Name,
 				ContentType:  a.ContentType,
@@ -167,13 +163,25 @@ func graphJSON(msg *Message) ([]byte, error) {
 		}
 	}
 	if len(msg.Headers) > 0 {
-		m.Message.Headers = make([]gHeader, len(msg.Headers))
+		g.Headers = make([]gHeader, len(msg.Headers))
 		for i, h := range msg.Headers {
-			m.Message.Headers[i] = gHeader(h)
+			g.Headers[i] = gHeader(h)
 			size += 32 + len(h.Name) + len(h.Value)
 		}
 	}
-	m.Message.Importance = msg.Importance
+	g.Importance = msg.Importance
+	return g, size
+}
+
+// graphJSON encodes msg as a sendMail request body into one buffer sized
+// up front. The buffer is not pooled: the transport may still read a request
+// body after Do returns (e.g. when Graph answers early), so handing it back
+// to a pool would race.
+func graphJSON(msg *Message) ([]byte, error) {
+	var m gSendMail
+	m.SaveToSentItems = msg.SaveToSentItems
+	var size int
+	m.Message, size = gmessage(msg)
 
 	buf := bytes.NewBuffer(make([]byte, 0, size))
 	enc := json.NewEncoder(buf)

@@ -185,6 +185,13 @@ func (c *Client) post(ctx context.Context, u, ctype string, body []byte, tok str
 		res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		return res, nil
 	}
+	return res, c.httpError(resp, res, tok)
+}
+
+// httpError reads and closes the body of a Graph error answer and turns it
+// into a *contract.SendError classified by Classify; tok is scrubbed from
+// any text Graph echoes.
+func (c *Client) httpError(resp *http.Response, res Result, tok string) *contract.SendError {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 	_ = resp.Body.Close()
@@ -214,7 +221,7 @@ func (c *Client) post(ctx context.Context, u, ctype string, body []byte, tok str
 		Date:            res.Date,
 		Profile:         c.name,
 	}
-	return res, e
+	return e
 }
 
 // newGUID returns a random version 4 GUID for client-request-id.

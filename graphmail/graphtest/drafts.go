@@ -10,6 +10,7 @@ package graphtest
 //   - [large]   https://learn.microsoft.com/graph/outlook-large-attachments
 //   - [session] https://learn.microsoft.com/graph/api/attachment-createuploadsession
 //   - [upload]  https://learn.microsoft.com/graph/api/resources/uploadsession
+//   - [attach]  https://learn.microsoft.com/graph/api/message-post-attachments (201 Created, the attachment)
 //   - [send]    https://learn.microsoft.com/graph/api/message-send (202 Accepted)
 //   - [get]     https://learn.microsoft.com/graph/api/message-get
 //   - [delete]  https://learn.microsoft.com/graph/api/message-delete (204 No Content)
@@ -82,6 +83,7 @@ type DraftOp string
 // The calls of the draft flow.
 const (
 	OpCreate  DraftOp = "create"  // POST /users/{id}/messages
+	OpAttach  DraftOp = "attach"  // POST …/messages/{id}/attachments
 	OpSession DraftOp = "session" // POST …/attachments/createUploadSession
 	OpUpload  DraftOp = "upload"  // PUT uploadUrl
 	OpSend    DraftOp = "send"    // POST …/messages/{id}/send
@@ -223,6 +225,7 @@ func jobIDOf(m *graphMessage) string {
 func (s *Server) draftRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1.0/users/{id}/messages", s.handleCreateDraft)
 	mux.HandleFunc("POST /v1.0/users/{id}/messages/{mid}/attachments/createUploadSession", s.handleCreateUploadSession)
+	mux.HandleFunc("POST /v1.0/users/{id}/messages/{mid}/attachments", s.handleAddAttachment)
 	mux.HandleFunc("POST /v1.0/users/{id}/messages/{mid}/send", s.handleSendDraft)
 	mux.HandleFunc("GET /v1.0/users/{id}/messages/{mid}", s.handleGetMessage)
 	mux.HandleFunc("DELETE /v1.0/users/{id}/messages/{mid}", s.handleDeleteMessage)
@@ -840,4 +843,55 @@ func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
 func attachmentHash(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
+}
+
+// handleAddAttachment: POST …/messages/{mid}/attachments with a fileAttachment under 3 MB
+// answers 201 Created and the attachment ([attach]; [large]: "If the file size is under 3 MB, do
+// a single POST on the attachments navigation property"). The 4 MB request limit applies.
+func (s *Server) handleAddAttachment(w http.ResponseWriter, r *http.Request) {
+	mailbox, key, ok := s.draftAuth(w, r)
+	if !ok {
+		return
+	}
+	after, cont := s.applyFault(w, r, key, OpAttach)
+	if !cont {
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
+	if err != nil || len(body) > MaxRequestBytes {
+		s.graphError(w, r, key, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
+			fmt.Sprintf("The maximum request length supported is %d bytes.", MaxRequestBytes), "")
+		return
+	}
+	var a graphAttachment
+	if err := json.Unmarshal(body, &a); err != nil || a.ODataType != fileAttachmentType || a.Name == "" {
+		s.graphError(w, r, key, http.StatusBadRequest, "ErrorInvalidRequest",
+			"A fileAttachment with @odata.type '"+fileAttachmentType+"' and a name is required.", "")
+		return
+	}
+	content, err := base64.StdEncoding.DecodeString(a.ContentBytes)
+	if err != nil {
+		s.graphError(w, r, key, http.StatusBadRequest, "RequestBodyRead", "contentBytes is not valid base64.", "")
+		return
+	}
+	d := s.draftState()
+	d.mu.Lock()
+	m := d.lookupLocked(mailbox, r.PathValue("mid"), s.opts.Now())
+	var id string
+	if m != nil && !m.sent {
+		id = newItemID(m.immutable)
+		m.atts = append(m.atts, draftAttachment{id: id, name: a.Name, contentType: a.ContentType, contentID: a.ContentID,
+			inline: a.IsInline, content: content})
+	}
+	d.mu.Unlock()
+	if id == "" {
+		s.notFound(w, r, key)
+		return
+	}
+	if after != nil {
+		s.failAfter(w, r, key, after)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"@odata.type": fileAttachmentType, "id": id, "name": a.Name,
+		"contentType": a.ContentType, "size": len(content), "isInline": a.IsInline, "contentId": a.ContentID})
 }

@@ -36,7 +36,10 @@ type Event struct {
 	Ambiguous bool `json:"ambiguous,omitempty"`
 	// PossibleDuplicate marks a send made after an ambiguous attempt: the
 	// recipient may receive the mail twice.
-	PossibleDuplicate bool              `json:"possibleDuplicate,omitempty"`
+	PossibleDuplicate bool `json:"possibleDuplicate,omitempty"`
+	// InternetMessageID is the Message-ID of a mail sent through a draft
+	// (draft delivery mode): find it in Exchange message trace by it.
+	InternetMessageID string            `json:"internetMessageId,omitempty"`
 	Metadata          map[string]string `json:"metadata,omitempty"`
 }
 

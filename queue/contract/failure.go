@@ -75,7 +75,11 @@ type SendError struct {
 	// 401 before the token was refreshed).
 	EarlierCalls []GraphCall
 	Profile      string // the sending profile, when known
-	Err          error  // wrapped cause (never an MSAL error carrying the token request)
+	// Op names the Graph call that failed when it is not sendMail: one of
+	// the draft flow's (createDraft, addAttachment, createUploadSession,
+	// upload, send, get, delete).
+	Op  string
+	Err error // wrapped cause (never an MSAL error carrying the token request)
 }
 
 func (e *SendError) Error() string {
@@ -88,7 +92,12 @@ func (e *SendError) Error() string {
 	}
 	b.WriteString(": ")
 	if e.Status != 0 {
-		b.WriteString("sendMail ")
+		if e.Op != "" {
+			b.WriteString(e.Op)
+			b.WriteString(" ")
+		} else {
+			b.WriteString("sendMail ")
+		}
 		b.WriteString(strconv.Itoa(e.Status))
 		if e.Code != "" {
 			b.WriteString(" ")
@@ -158,6 +167,13 @@ type SendResult struct {
 	// EarlierCalls are the calls made before the last (a 401, then the
 	// call again with a fresh token).
 	EarlierCalls []GraphCall
+	// InternetMessageID is the sent message's Message-ID (draft mode only).
+	InternetMessageID string
+	// Lookup is set when nothing was sent because a look-up after an
+	// earlier attempt that may have sent the mail decided it (draft mode
+	// only): "sent_items" (its Sent Items copy was found) or "gone" (neither
+	// the draft nor the copy was there long after the send).
+	Lookup string
 }
 
 // ErrNoAttachment is returned for an objectRef that is not in the

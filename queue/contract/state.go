@@ -50,6 +50,9 @@ type JobState struct {
 	// producer that knows its publish ack can tell its job's outcome from
 	// another publish of the same id. 0 when unknown.
 	Origin uint64 `json:"origin,omitempty"`
+	// Draft is the progress of a job sent through a draft (draft delivery
+	// mode): nil until the draft exists.
+	Draft *Draft `json:"draft,omitempty"`
 }
 
 // PossibleDuplicate reports whether a `sent` of this job may be a second

@@ -1,0 +1,660 @@
+package graphmail
+
+// The draft flow (draft delivery mode): a mail too large for one sendMail
+// request, or one that must be provably sent once, goes out as a draft.
+//
+//  1. POST /users/{from}/messages with Prefer: IdType="ImmutableId": the draft, with the
+//     attachments that fit the 4 MB request (https://learn.microsoft.com/graph/api/user-post-messages,
+//     https://learn.microsoft.com/graph/outlook-immutable-id "Immutable ID with sending mail");
+//  2. each other attachment under 3 MB: POST …/messages/{id}/attachments
+//     (https://learn.microsoft.com/graph/api/message-post-attachments); from 3 MB to 150 MB:
+//     POST …/attachments/createUploadSession, then PUT chunks to the pre-authenticated uploadUrl,
+//     without an Authorization header, in order, up to 4 MB each
+//     (https://learn.microsoft.com/graph/outlook-large-attachments,
+//     https://learn.microsoft.com/graph/api/attachment-createuploadsession);
+//  3. POST …/messages/{id}/send (202, https://learn.microsoft.com/graph/api/message-send);
+//  4. after an ambiguous send: GET …/messages/{id} (https://learn.microsoft.com/graph/api/message-get):
+//     still a draft → send it; sent (the Sent Items copy, same immutable id) → done, not sent again.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// Sizes of the draft flow.
+const (
+	// UploadSessionMin: attachments from 3 MB on go through an upload
+	// session; smaller ones cannot (ErrorAttachmentSizeShouldNotBeLessThanMinimumSize,
+	// https://learn.microsoft.com/graph/outlook-large-attachments).
+	UploadSessionMin = 3 * 1024 * 1024
+	// MaxAttachmentBytes: Graph attaches files up to 150 MB.
+	MaxAttachmentBytes = 150 * 1024 * 1024
+	// DefaultUploadChunkBytes is ten times 320 KiB (3,200 KiB): a multiple
+	// of 320 KiB (the rule of OneDrive's upload sessions, kept here too)
+	// under the 4 MB per PUT of Outlook's.
+	DefaultUploadChunkBytes = 10 * uploadChunkUnit
+	uploadChunkUnit         = 320 * 1024
+	maxUploadChunk          = 4 * 1024 * 1024
+	// maxRequest is Graph's 4 MB request limit; the create request keeps a
+	// margin under it.
+	maxRequest    = 4 * 1024 * 1024
+	requestMargin = 64 * 1024
+	// SentItemsWait is how long after a first send attempt a draft that is
+	// gone (404) is still waited for: its Sent Items copy "is not created
+	// until the message successfully sends, which may take time"
+	// (https://learn.microsoft.com/graph/outlook-immutable-id). Past it the
+	// mail is taken as sent (see SendViaDraft).
+	SentItemsWait = 10 * time.Minute
+	// sentItemsPoll is the wait between two look-ups in that window.
+	sentItemsPoll = 30 * time.Second
+)
+
+// Draft flow operations, as SendError.Op names them.
+const (
+	OpCreateDraft   = "createDraft"
+	OpAddAttachment = "addAttachment"
+	OpCreateSession = "createUploadSession"
+	OpUpload        = "upload"
+	OpSendDraft     = "send"
+	OpGetMessage    = "get"
+	OpDeleteMessage = "delete"
+)
+
+// DraftAttachment is an attachment of a mail sent through a draft. A small
+// one has its Content; a large one is streamed by Open, from an offset, and
+// never held whole in memory.
+type DraftAttachment struct {
+	Name, ContentType string
+	Inline            bool
+	ContentID         string
+	Size              int64
+	Content           []byte // set, or Open is
+	// Open returns the content from byte offset on.
+	Open func(ctx context.Context, offset int64) (io.ReadCloser, error)
+}
+
+func (a *DraftAttachment) open(ctx context.Context, off int64) (io.ReadCloser, error) {
+	if a.Open != nil {
+		return a.Open(ctx, off)
+	}
+	return io.NopCloser(bytes.NewReader(a.Content[off:])), nil
+}
+
+// DraftMail is a mail to send through a draft: Message (without
+// Attachments) and its attachments in order.
+type DraftMail struct {
+	Message     *Message
+	Attachments []DraftAttachment
+}
+
+// MessageInfo is what GetMessage reports about a message.
+type MessageInfo struct {
+	ID                string `json:"id"`
+	InternetMessageID string `json:"internetMessageId"`
+	IsDraft           bool   `json:"isDraft"`
+}
+
+// Draft look-up outcomes (contract.SendResult.Lookup).
+const (
+	LookupSent = "sent_items" // found sent: its Sent Items copy
+	LookupGone = "gone"       // neither draft nor copy past SentItemsWait
+)
+
+// plan splits the attachments: those that go inside the create request, and
+// the rest, added one by one afterwards in order. It depends on its input
+// alone, so a resumed attempt makes the same plan.
+func plan(m DraftMail) (inline []Attachment, rest []int) {
+	_, size := gmessage(m.Message)
+	budget := maxRequest - requestMargin - size
+	for i, a := range m.Attachments {
+		need := 160 + len(a.Name) + len(a.ContentType) + len(a.ContentID) + int(a.Size+2)/3*4
+		if a.Size < UploadSessionMin && a.Content != nil && need <= budget {
+			budget -= need
+			inline = append(inline, Attachment{Name: a.Name, ContentType: a.ContentType, Content: a.Content,
+				Inline: a.Inline, ContentID: a.ContentID})
+			continue
+		}
+		rest = append(rest, i)
+	}
+	return inline, rest
+}
+
+// SendViaDraft sends m through a draft, resuming from p (the zero Draft to
+// start) and calling save after every step that changes p, so that a
+// restarted worker resumes where this one stopped. save must succeed before
+// a send is attempted: p.SendAt marks that the mail may have gone out.
+//
+// When p.SendAt is set (an earlier attempt may have sent the mail) the
+// message is looked up by its immutable id first: still a draft → it is
+// sent; sent (its Sent Items copy) → the result has Lookup LookupSent and
+// nothing is sent; not found → the mail is in transit (the Sent Items copy
+// is not created until the send completes): a throttled error asks to look
+// again in 30 s, until SentItemsWait after p.SendAt, past which the result
+// has Lookup LookupGone and nothing is sent (only a person deleting the
+// draft from the shared mailbox could make a mail that was never sent look
+// like this; sending again instead could duplicate it).
+//
+// Every error is a *contract.SendError with Op naming the failed call; only
+// the send itself can be Ambiguous.
+func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draft, save func(context.Context) error, crid string) (contract.SendResult, error) {
+	from := m.Message.From
+	inline, rest := plan(m)
+	if p.SendAt != nil {
+		return c.resumeSend(ctx, from, p, save, crid)
+	}
+	if p.ID == "" {
+		msg := *m.Message
+		msg.Attachments = inline
+		info, err := c.CreateDraft(ctx, &msg, crid)
+		if err != nil {
+			return contract.SendResult{}, err
+		}
+		*p = contract.Draft{ID: info.ID, Mailbox: from, InternetMessageID: info.InternetMessageID, CreatedAt: time.Now().UTC()}
+		if err := c.saved(ctx, save, crid); err != nil {
+			return contract.SendResult{}, err
+		}
+	}
+	for p.Done < len(rest) {
+		a := &m.Attachments[rest[p.Done]]
+		if err := c.attach(ctx, from, p, a, save, crid); err != nil {
+			if draftGone(err) {
+				// The draft is gone (deleted in the mailbox) before any send:
+				// start over with a new one on the next attempt.
+				*p = contract.Draft{}
+				if serr := c.saved(ctx, save, crid); serr != nil {
+					return contract.SendResult{}, serr
+				}
+			}
+			return contract.SendResult{}, err
+		}
+		p.Done++
+		p.Upload = nil
+		if err := c.saved(ctx, save, crid); err != nil {
+			return contract.SendResult{}, err
+		}
+	}
+	now := time.Now().UTC()
+	p.SendAt = &now
+	if err := c.saved(ctx, save, crid); err != nil {
+		p.SendAt = nil
+		return contract.SendResult{}, err
+	}
+	return c.sendDraft(ctx, from, p, crid)
+}
+
+func (c *Client) saved(ctx context.Context, save func(context.Context) error, crid string) error {
+	if save == nil {
+		return nil
+	}
+	if err := save(ctx); err != nil {
+		return &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: c.name,
+			Message: "saving the draft's progress in the job state", ClientRequestID: crid, Err: err}
+	}
+	return nil
+}
+
+func (c *Client) sendDraft(ctx context.Context, from string, p *contract.Draft, crid string) (contract.SendResult, error) {
+	res, err := c.SendDraft(ctx, from, p.ID, crid)
+	out := contract.SendResult{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
+		Duration: res.Duration, InternetMessageID: p.InternetMessageID}
+	return out, err
+}
+
+// resumeSend decides after an attempt that may have sent the mail.
+func (c *Client) resumeSend(ctx context.Context, from string, p *contract.Draft, save func(context.Context) error, crid string) (contract.SendResult, error) {
+	info, found, err := c.GetMessage(ctx, from, p.ID, crid)
+	if err != nil {
+		return contract.SendResult{}, err
+	}
+	switch {
+	case found && info.IsDraft:
+		return c.sendDraft(ctx, from, p, crid)
+	case found:
+		return contract.SendResult{Status: http.StatusOK, InternetMessageID: p.InternetMessageID, Lookup: LookupSent}, nil
+	case time.Since(*p.SendAt) < SentItemsWait:
+		return contract.SendResult{}, &contract.SendError{Class: contract.ClassThrottled, RetryAfter: sentItemsPoll,
+			Profile: c.name, Op: OpGetMessage, ClientRequestID: crid,
+			Message: "the draft was sent or is being sent: waiting for its Sent Items copy"}
+	}
+	return contract.SendResult{Status: http.StatusNotFound, InternetMessageID: p.InternetMessageID, Lookup: LookupGone}, nil
+}
+
+// attach adds one attachment to the draft: one POST under 3 MB, else an
+// upload session (resumed from p.Upload while it has not expired; recreated
+// once when Graph no longer knows it).
+func (c *Client) attach(ctx context.Context, from string, p *contract.Draft, a *DraftAttachment, save func(context.Context) error, crid string) error {
+	if a.Size < UploadSessionMin {
+		content := a.Content
+		if content == nil {
+			rc, err := a.open(ctx, 0)
+			if err != nil {
+				return sourceError(c.name, crid, err)
+			}
+			content, err = io.ReadAll(io.LimitReader(rc, a.Size+1))
+			rc.Close()
+			if err != nil {
+				return sourceError(c.name, crid, err)
+			}
+		}
+		return c.AddAttachment(ctx, from, p.ID, Attachment{Name: a.Name, ContentType: a.ContentType, Content: content,
+			Inline: a.Inline, ContentID: a.ContentID}, crid)
+	}
+	for try := 0; ; try++ {
+		if p.Upload == nil || time.Until(p.Upload.Expires) < time.Minute {
+			u, err := c.CreateUploadSession(ctx, from, p.ID, a, crid)
+			if err != nil {
+				return err
+			}
+			p.Upload = &u
+			if err := c.saved(ctx, save, crid); err != nil {
+				return err
+			}
+		}
+		err := c.Upload(ctx, p.Upload, a, func(ctx context.Context) error { return c.saved(ctx, save, crid) })
+		if errors.Is(err, ErrSessionGone) && try == 0 {
+			p.Upload = nil
+			continue
+		}
+		return err
+	}
+}
+
+func sourceError(profile, crid string, err error) error {
+	var se *contract.SendError
+	if errors.As(err, &se) {
+		return se
+	}
+	class, reason := contract.ClassRetryable, contract.ReasonInternal
+	if errors.Is(err, contract.ErrNoAttachment) {
+		class, reason = contract.ClassPermanent, contract.ReasonInvalidJob
+	}
+	return &contract.SendError{Class: class, Reason: reason, Profile: profile, ClientRequestID: crid,
+		Message: "reading an attachment from the store: " + err.Error(), Err: err}
+}
+
+// ErrSessionGone is wrapped by an upload error when Graph no longer knows
+// the upload session (expired or cancelled): create a new one.
+var ErrSessionGone = errors.New("upload session expired or unknown")
+
+// CreateDraft creates msg as a draft in msg.From's mailbox with an immutable
+// id. Errors are *contract.SendError (Op createDraft), never ambiguous.
+func (c *Client) CreateDraft(ctx context.Context, msg *Message, crid string) (MessageInfo, error) {
+	g, size := gmessage(msg)
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(&g); err != nil {
+		return MessageInfo{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
+			Op: OpCreateDraft, Message: "encoding the message", ClientRequestID: crid, Err: err}
+	}
+	_, data, err := c.call(ctx, OpCreateDraft, http.MethodPost, c.userURL(msg.From, "messages"), buf.Bytes(), crid)
+	if err != nil {
+		return MessageInfo{}, err
+	}
+	var info MessageInfo
+	if err := json.Unmarshal(data, &info); err != nil || info.ID == "" {
+		return MessageInfo{}, &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: c.name,
+			Op: OpCreateDraft, Message: "Graph answered the draft without an id", ClientRequestID: crid}
+	}
+	return info, nil
+}
+
+// AddAttachment adds a under 3 MB to draft id. Errors are *contract.SendError.
+func (c *Client) AddAttachment(ctx context.Context, from, id string, a Attachment, crid string) error {
+	body, err := json.Marshal(gAttachment{ODataType: fileAttachment, Name: a.Name, ContentType: a.ContentType,
+		ContentBytes: a.Content, IsInline: a.Inline, ContentID: a.ContentID})
+	if err != nil {
+		return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
+			Op: OpAddAttachment, Message: "encoding the attachment", ClientRequestID: crid, Err: err}
+	}
+	_, _, err = c.call(ctx, OpAddAttachment, http.MethodPost, c.messageURL(from, id, "/attachments"), body, crid)
+	return err
+}
+
+// CreateUploadSession creates an upload session for a on draft id.
+// Errors are *contract.SendError.
+func (c *Client) CreateUploadSession(ctx context.Context, from, id string, a *DraftAttachment, crid string) (contract.Upload, error) {
+	item := map[string]any{"attachmentType": "file", "name": a.Name, "size": a.Size}
+	if a.ContentType != "" {
+		item["contentType"] = a.ContentType
+	}
+	if a.Inline {
+		item["isInline"] = true
+	}
+	if a.ContentID != "" {
+		item["contentId"] = a.ContentID
+	}
+	body, _ := json.Marshal(map[string]any{"AttachmentItem": item})
+	_, data, err := c.call(ctx, OpCreateSession, http.MethodPost, c.messageURL(from, id, "/attachments/createUploadSession"), body, crid)
+	if err != nil {
+		return contract.Upload{}, err
+	}
+	var s struct {
+		UploadURL          string    `json:"uploadUrl"`
+		ExpirationDateTime time.Time `json:"expirationDateTime"`
+		NextExpectedRanges []string  `json:"nextExpectedRanges"`
+	}
+	if err := json.Unmarshal(data, &s); err != nil || !strings.HasPrefix(s.UploadURL, "https://") {
+		return contract.Upload{}, &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: c.name,
+			Op: OpCreateSession, Message: "Graph answered an upload session without an https uploadUrl", ClientRequestID: crid}
+	}
+	return contract.Upload{URL: s.UploadURL, Expires: s.ExpirationDateTime, Next: nextRange(s.NextExpectedRanges)}, nil
+}
+
+// nextRange reads the first nextExpectedRanges value, "{start}" or
+// "{start}-[end]" (https://learn.microsoft.com/graph/api/resources/uploadsession).
+func nextRange(r []string) int64 {
+	if len(r) == 0 {
+		return 0
+	}
+	start, _, _ := strings.Cut(r[0], "-")
+	n, err := strconv.ParseInt(start, 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+// upload retry bounds: transient PUT failures are retried in place this
+// many times (each after a look at where the session is) before the error
+// goes back to the worker, which retries the job later from u.Next.
+const uploadRetries = 3
+
+// Upload PUTs a's bytes from u.Next on, in chunks of Config.UploadChunkBytes
+// read from a.Open (one chunk in memory at a time), to the pre-authenticated
+// u.URL without an Authorization header. u.Next follows the session's
+// nextExpectedRanges, and save is called after each chunk. After a failed
+// PUT (network, 5xx, 416) it asks the session where to resume (GET u.URL)
+// and goes on from there. It returns nil once the attachment is complete
+// (201), an error wrapping ErrSessionGone when the session is no longer
+// known, else a *contract.SendError (Op upload). No error text contains the
+// upload URL, which carries a token.
+func (c *Client) Upload(ctx context.Context, u *contract.Upload, a *DraftAttachment, save func(context.Context) error) error {
+	buf := make([]byte, min(int64(c.chunk), max(a.Size, 1)))
+	var rc io.ReadCloser
+	pos := int64(-1)
+	defer func() {
+		if rc != nil {
+			rc.Close()
+		}
+	}()
+	failures := 0
+	for {
+		if rc == nil || pos != u.Next {
+			if rc != nil {
+				rc.Close()
+			}
+			var err error
+			if rc, err = a.open(ctx, u.Next); err != nil {
+				rc = nil
+				return sourceError(c.name, "", err)
+			}
+			pos = u.Next
+		}
+		n := min(int64(len(buf)), a.Size-u.Next)
+		if n <= 0 {
+			return &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: c.name, Op: OpUpload,
+				Message: fmt.Sprintf("upload session expects byte %d of %d", u.Next, a.Size)}
+		}
+		if _, err := io.ReadFull(rc, buf[:n]); err != nil {
+			return sourceError(c.name, "", err)
+		}
+		pos += n
+		next, done, err := c.putChunk(ctx, u.URL, buf[:n], u.Next, a.Size)
+		if done {
+			return nil
+		}
+		if err == nil {
+			u.Next = next
+			if serr := save(ctx); serr != nil {
+				return serr
+			}
+			continue
+		}
+		if errors.Is(err, ErrSessionGone) {
+			return err
+		}
+		var se *contract.SendError
+		if errors.As(err, &se) && se.Class == contract.ClassPermanent && se.Status != http.StatusRequestedRangeNotSatisfiable {
+			return err
+		}
+		if failures++; failures > uploadRetries {
+			return err
+		}
+		at, serr := c.uploadStatus(ctx, u.URL)
+		if serr != nil {
+			return serr
+		}
+		u.Next = at
+	}
+}
+
+// putChunk PUTs one range. done is set on 201 (the attachment is complete).
+func (c *Client) putChunk(ctx context.Context, uploadURL string, chunk []byte, start, total int64) (next int64, done bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, uploadURL, bytes.NewReader(chunk))
+	if err != nil {
+		return 0, false, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
+			Op: OpUpload, Message: "the upload URL does not parse"}
+	}
+	req.Header["Content-Type"] = []string{"application/octet-stream"}
+	req.Header["Content-Range"] = []string{fmt.Sprintf("bytes %d-%d/%d", start, start+int64(len(chunk))-1, total)}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, false, c.uploadNetError(err)
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusCreated:
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		return 0, true, nil
+	case resp.StatusCode == http.StatusOK:
+		var s struct {
+			NextExpectedRanges []string `json:"nextExpectedRanges"`
+		}
+		if json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&s) != nil || len(s.NextExpectedRanges) == 0 {
+			return start + int64(len(chunk)), false, nil
+		}
+		return nextRange(s.NextExpectedRanges), false, nil
+	}
+	return 0, false, c.uploadHTTPError(resp)
+}
+
+// uploadStatus asks an upload session where to resume (GET uploadUrl).
+func (c *Client) uploadStatus(ctx context.Context, uploadURL string) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, uploadURL, nil)
+	if err != nil {
+		return 0, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
+			Op: OpUpload, Message: "the upload URL does not parse"}
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, c.uploadNetError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, c.uploadHTTPError(resp)
+	}
+	var s struct {
+		NextExpectedRanges []string `json:"nextExpectedRanges"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&s); err != nil {
+		return 0, &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload,
+			Message: "the upload session's state does not parse"}
+	}
+	return nextRange(s.NextExpectedRanges), nil
+}
+
+// uploadNetError is a transport failure on the upload URL, without the URL.
+func (c *Client) uploadNetError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload, Err: errors.New(c.scrub(err.Error()))}
+}
+
+// uploadHTTPError classifies an upload URL answer: 404, 401 and 403 mean
+// the session (and its token) is no longer valid.
+func (c *Client) uploadHTTPError(resp *http.Response) error {
+	e := c.httpError(resp, Result{Status: resp.StatusCode, RequestID: resp.Header.Get("request-id")}, "")
+	e.Op = OpUpload
+	classifyDraft(OpUpload, e)
+	switch resp.StatusCode {
+	case http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden:
+		return fmt.Errorf("%w: %w", ErrSessionGone, e)
+	}
+	return e
+}
+
+// SendDraft sends draft id (POST …/messages/{id}/send, 202). Errors are
+// *contract.SendError, Ambiguous as for sendMail.
+func (c *Client) SendDraft(ctx context.Context, from, id, crid string) (Result, error) {
+	res, _, err := c.call(ctx, OpSendDraft, http.MethodPost, c.messageURL(from, id, "/send"), nil, crid)
+	return res, err
+}
+
+// GetMessage gets message id; found is false when Graph answers 404
+// ErrorItemNotFound. Errors are *contract.SendError.
+func (c *Client) GetMessage(ctx context.Context, from, id, crid string) (info MessageInfo, found bool, err error) {
+	u := c.messageURL(from, id, "") + "?$select=id,internetMessageId,isDraft"
+	_, data, err := c.call(ctx, OpGetMessage, http.MethodGet, u, nil, crid)
+	if isItemNotFound(err) {
+		return MessageInfo{}, false, nil
+	}
+	if err != nil {
+		return MessageInfo{}, false, err
+	}
+	if err := json.Unmarshal(data, &info); err != nil {
+		return MessageInfo{}, false, &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal,
+			Profile: c.name, Op: OpGetMessage, Message: "the message does not parse", ClientRequestID: crid}
+	}
+	return info, true, nil
+}
+
+// DeleteMessage deletes message id (a draft left behind); a message that is
+// not there is not an error. Errors are *contract.SendError.
+func (c *Client) DeleteMessage(ctx context.Context, from, id, crid string) error {
+	_, _, err := c.call(ctx, OpDeleteMessage, http.MethodDelete, c.messageURL(from, id, ""), nil, crid)
+	if isItemNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// draftGone reports whether err says the draft no longer exists while
+// attachments were being added to it.
+func draftGone(err error) bool {
+	var e *contract.SendError
+	return isItemNotFound(err) && errors.As(err, &e) && (e.Op == OpAddAttachment || e.Op == OpCreateSession)
+}
+
+func isItemNotFound(err error) bool {
+	var e *contract.SendError
+	return errors.As(err, &e) && e.Status == http.StatusNotFound && strings.EqualFold(e.Code, "ErrorItemNotFound")
+}
+
+func (c *Client) userURL(from, rest string) string {
+	return c.sendPrefix + url.PathEscape(from) + "/" + rest
+}
+
+func (c *Client) messageURL(from, id, rest string) string {
+	return c.sendPrefix + url.PathEscape(from) + "/messages/" + url.PathEscape(id) + rest
+}
+
+// call makes one Graph request of the draft flow with a bearer token and
+// Prefer: IdType="ImmutableId" (the header "only applies to the request it is
+// included with", https://learn.microsoft.com/graph/outlook-immutable-id),
+// refreshing the token once on 401. It returns the answer's body on 2xx.
+func (c *Client) call(ctx context.Context, op, method, u string, body []byte, crid string) (Result, []byte, error) {
+	tok, err := c.Token(ctx)
+	if err != nil {
+		e := err.(*contract.SendError)
+		e.ClientRequestID = crid
+		e.Op = op
+		return Result{}, nil, e
+	}
+	start := time.Now()
+	res, data, e := c.callOnce(ctx, method, u, body, tok, crid)
+	if e != nil && e.Status == http.StatusUnauthorized {
+		fresh, terr := c.refreshToken(ctx, tok)
+		if terr != nil {
+			te := terr.(*contract.SendError)
+			te.ClientRequestID = crid
+			te.Op = op
+			return res, nil, te
+		}
+		res, data, e = c.callOnce(ctx, method, u, body, fresh, crid)
+	}
+	res.Duration = time.Since(start)
+	if e != nil {
+		e.Op = op
+		classifyDraft(op, e)
+		return res, nil, e
+	}
+	return res, data, nil
+}
+
+func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, tok, crid string) (Result, []byte, *contract.SendError) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	wt := &wroteTrace{}
+	wt.trace.WroteRequest = func(i httptrace.WroteRequestInfo) {
+		if i.Err == nil {
+			wt.wrote.Store(true)
+		}
+	}
+	var rd io.Reader = http.NoBody
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, &wt.trace), method, u, rd)
+	if err != nil {
+		return Result{}, nil, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
+			Message: "building the request", ClientRequestID: crid, Err: err}
+	}
+	h := req.Header
+	h["Authorization"] = []string{"Bearer " + tok}
+	h["Prefer"] = []string{`IdType="ImmutableId"`}
+	if body != nil {
+		h["Content-Type"] = []string{"application/json"}
+	}
+	if crid != "" {
+		h["Client-Request-Id"] = []string{crid}
+		h["Return-Client-Request-Id"] = []string{"true"}
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return Result{ClientRequestID: crid}, nil, &contract.SendError{Class: contract.ClassRetryable, Ambiguous: wt.wrote.Load(),
+			Profile: c.name, ClientRequestID: crid, Err: err}
+	}
+	res := Result{Status: resp.StatusCode, RequestID: resp.Header.Get("request-id"), ClientRequestID: resp.Header.Get("client-request-id")}
+	if res.ClientRequestID == "" {
+		res.ClientRequestID = crid
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		_ = resp.Body.Close()
+		if err != nil {
+			return res, nil, &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, ClientRequestID: crid,
+				Status: 0, Ambiguous: true, Err: err}
+		}
+		return res, data, nil
+	}
+	return res, nil, c.httpError(resp, res, tok)
+}
