@@ -146,8 +146,8 @@ func TestIntegrationMapping(t *testing.T) {
 	check("Importance", m.Importance, "high")
 	check("SaveToSentItems", m.SaveToSentItems, true)
 	check("Attachments", m.Attachments, []graphtest.AttachmentInfo{
-		{Name: "a.pdf", ContentType: "application/pdf", Size: 14},
-		{Name: "logo.png", ContentType: "image/png", Size: 3, IsInline: true, ContentID: "logo"},
+		{Name: "a.pdf", ContentType: "application/pdf", Size: 14, SHA256: hash([]byte("%PDF-1.4 hello"))},
+		{Name: "logo.png", ContentType: "image/png", Size: 3, IsInline: true, ContentID: "logo", SHA256: hash([]byte{1, 2, 3})},
 	})
 }
 
