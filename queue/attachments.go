@@ -2,8 +2,11 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"strings"
 	"sync"
 
@@ -142,3 +145,125 @@ func (a *Attachments) Size(ctx context.Context, profile, ref string) (int, error
 // uploads objects without binding the whole queue: its NATS user may reach
 // its own profile's bucket only.
 func NewAttachments(js jetstream.JetStream) *Attachments { return &Attachments{js: js} }
+
+// PutReader stores what r yields in profile's bucket under a new unique
+// name derived from name and returns that name, as Put does, without holding
+// the content in memory.
+func (a *Attachments) PutReader(ctx context.Context, profile, name string, r io.Reader) (string, error) {
+	obs, err := a.store(ctx, profile)
+	if err != nil {
+		return "", err
+	}
+	clean := strings.Map(func(r rune) rune {
+		if r < 32 || r == 127 {
+			return '_'
+		}
+		return r
+	}, name)
+	if len(clean) > 128 {
+		clean = clean[:128]
+	}
+	ref := contract.NewJobID() + "/" + clean
+	if _, err := obs.Put(ctx, jetstream.ObjectMeta{Name: ref}, r); err != nil {
+		return "", fmt.Errorf("queue: store attachment %s: %w", contract.Quote(name), err)
+	}
+	return ref, nil
+}
+
+// Open streams the content of ref in profile's bucket from byte offset on,
+// without holding it in memory: the object's chunks are pulled a few at a
+// time as the reader is read (jetstream's ObjectStore.Get would have the
+// server push the whole object into the client's buffers as fast as it can,
+// whatever the reader's pace: a 150 MB object uploaded slowly would sit in
+// memory). The bytes before offset are read and dropped. At the end the
+// content is checked against the object's SHA-256 digest. size is the whole
+// object's. An unknown ref (or a profile without a bucket) is an error
+// wrapping contract.ErrNoAttachment. The caller closes the reader.
+func (a *Attachments) Open(ctx context.Context, profile, ref string, offset int64) (rc io.ReadCloser, size int64, err error) {
+	obs, err := a.store(ctx, profile)
+	if errors.Is(err, ErrNoAttachmentStore) {
+		return nil, 0, fmt.Errorf("%w: %s (%v)", contract.ErrNoAttachment, contract.Quote(ref), err)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	info, err := obs.GetInfo(ctx, ref)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, 0, fmt.Errorf("%w: %s", contract.ErrNoAttachment, contract.Quote(ref))
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("queue: open attachment %s: %w", contract.Quote(ref), err)
+	}
+	r := &objectReader{ref: ref, left: int64(info.Size), digest: sha256.New(), want: info.Digest}
+	if info.Size > 0 {
+		bucket := AttachmentsBucket(profile)
+		cons, err := a.js.OrderedConsumer(ctx, "OBJ_"+bucket, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{"$O." + bucket + ".C." + info.NUID}})
+		if err != nil {
+			return nil, 0, fmt.Errorf("queue: open attachment %s: %w", contract.Quote(ref), err)
+		}
+		// At most 4 chunks (128 KiB each by default) wait in memory.
+		if r.it, err = cons.Messages(jetstream.PullMaxMessages(4)); err != nil {
+			return nil, 0, fmt.Errorf("queue: open attachment %s: %w", contract.Quote(ref), err)
+		}
+	}
+	if offset > 0 {
+		if _, err := io.CopyN(io.Discard, r, offset); err != nil {
+			r.Close()
+			return nil, 0, fmt.Errorf("queue: attachment %s: skipping to byte %d: %w", contract.Quote(ref), offset, err)
+		}
+	}
+	return r, int64(info.Size), nil
+}
+
+// objectReader reads an object's chunks from a pull consumer.
+type objectReader struct {
+	ref    string
+	it     jetstream.MessagesContext
+	buf    []byte
+	left   int64 // bytes not yet returned
+	digest hash.Hash
+	want   string
+	err    error
+}
+
+func (r *objectReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	for len(r.buf) == 0 {
+		if r.left == 0 {
+			if got := jetstream.GetObjectDigestValue(r.digest); r.want != "" && got != r.want {
+				r.err = fmt.Errorf("queue: attachment %s: digest mismatch", contract.Quote(r.ref))
+				return 0, r.err
+			}
+			r.err = io.EOF
+			return 0, io.EOF
+		}
+		m, err := r.it.Next()
+		if err != nil {
+			r.err = fmt.Errorf("queue: read attachment %s: %w", contract.Quote(r.ref), err)
+			return 0, r.err
+		}
+		r.buf = m.Data()
+		r.digest.Write(r.buf)
+	}
+	n := copy(p, r.buf)
+	if int64(n) > r.left {
+		r.err = fmt.Errorf("queue: attachment %s: more bytes than its size", contract.Quote(r.ref))
+		return 0, r.err
+	}
+	r.buf = r.buf[n:]
+	r.left -= int64(n)
+	return n, nil
+}
+
+func (r *objectReader) Close() error {
+	if r.it != nil {
+		r.it.Stop()
+	}
+	if r.err == nil {
+		r.err = errors.New("queue: attachment reader closed")
+	}
+	return nil
+}

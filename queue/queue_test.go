@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -363,8 +364,29 @@ func TestAttachments(t *testing.T) {
 	if n, err := a.Size(b.ctx, "billing", ref); err != nil || n != len(data) {
 		t.Fatalf("Size = %d, %v; want %d", n, err, len(data))
 	}
+	for _, off := range []int64{0, 1, 128*1024 + 7, int64(len(data))} {
+		rc, size, err := a.Open(b.ctx, "billing", ref, off)
+		if err != nil {
+			t.Fatalf("Open at %d: %v", off, err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || size != int64(len(data)) || !bytes.Equal(got, data[off:]) {
+			t.Fatalf("Open at %d: %d bytes of %d, %v", off, len(got), size, err)
+		}
+	}
+	ref2, err := a.PutReader(b.ctx, "billing", "streamed.bin", bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.Get(b.ctx, "billing", ref2); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("PutReader then Get: %d bytes, %v", len(got), err)
+	}
 	if err := a.Delete(b.ctx, "billing", ref); err != nil {
 		t.Fatal(err)
+	}
+	if _, _, err := a.Open(b.ctx, "billing", ref, 0); !errors.Is(err, contract.ErrNoAttachment) {
+		t.Errorf("Open after delete = %v", err)
 	}
 	if _, err := a.Get(b.ctx, "billing", ref); !errors.Is(err, contract.ErrNoAttachment) {
 		t.Errorf("Get after delete = %v", err)
