@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/textproto"
 	"sort"
 	"strings"
@@ -16,10 +17,43 @@ import (
 
 // AttachmentStore reads the attachments that jobs name by objectRef
 // (queue.Attachments is the JetStream object store implementation). Objects
-// belong to a profile: Get looks ref up in profile's objects only, and
-// returns contract.ErrNoAttachment for a ref that is not there.
+// belong to a profile: each method looks ref up in profile's objects only,
+// and returns an error wrapping contract.ErrNoAttachment for a ref that is
+// not there. Open streams the content from offset on (draft mode: never
+// whole in memory).
 type AttachmentStore interface {
 	Get(ctx context.Context, profile, ref string) ([]byte, error)
+	Size(ctx context.Context, profile, ref string) (int, error)
+	Open(ctx context.Context, profile, ref string, offset int64) (io.ReadCloser, int64, error)
+}
+
+// DeliveryMode is how a profile's jobs reach Graph.
+type DeliveryMode string
+
+// The delivery modes.
+const (
+	// ModeSendMail: one sendMail request per job (needs Mail.Send only); a
+	// job over Graph's 4 MB request limit is dead-lettered message_too_large.
+	ModeSendMail DeliveryMode = "sendMail"
+	// ModeDraft: jobs go through a draft (DraftWhen says which): large
+	// attachments by upload session, and a send that can be looked up after
+	// an ambiguous outcome (needs the "Application Mail.ReadWrite" role too).
+	ModeDraft DeliveryMode = "draft"
+)
+
+// DraftWhen says which jobs of a draft-mode profile go through a draft.
+type DraftWhen string
+
+// The draftWhen choices.
+const (
+	DraftLarge  DraftWhen = "large"  // only jobs that do not fit one sendMail request
+	DraftAlways DraftWhen = "always" // every job (exactly-once for all)
+)
+
+// Mode is a profile's delivery mode.
+type Mode struct {
+	Delivery DeliveryMode // "" = ModeSendMail
+	When     DraftWhen    // "" = DraftLarge
 }
 
 // Jobs sends mail jobs: it maps a validated contract.Job onto Graph's
@@ -29,13 +63,14 @@ type AttachmentStore interface {
 type Jobs struct {
 	clients     map[string]*Client
 	saveDefault map[string]bool
+	modes       map[string]Mode
 	attachments AttachmentStore
 }
 
 // NewJobs returns a Jobs over store (nil: jobs with objectRef attachments
 // are dead-lettered invalid_job); Add registers each profile's client.
 func NewJobs(store AttachmentStore) *Jobs {
-	return &Jobs{clients: map[string]*Client{}, saveDefault: map[string]bool{}, attachments: store}
+	return &Jobs{clients: map[string]*Client{}, saveDefault: map[string]bool{}, modes: map[string]Mode{}, attachments: store}
 }
 
 // Add sends profile's jobs with c; saveToSentItems is the profile's default
@@ -45,12 +80,41 @@ func (s *Jobs) Add(profile string, c *Client, saveToSentItems bool) {
 	s.saveDefault[profile] = saveToSentItems
 }
 
-// Send sends job for profile, stamped with jobID.
+// SetMode sets profile's delivery mode (default: sendMail).
+func (s *Jobs) SetMode(profile string, m Mode) { s.modes[profile] = m }
+
+// Send sends job for profile, stamped with jobID, from scratch: a draft-mode
+// job cannot resume (see SendResumable).
 func (s *Jobs) Send(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
+	return s.SendResumable(ctx, profile, jobID, job, nil, nil)
+}
+
+// SendResumable sends job for profile, stamped with jobID. A job that goes
+// through a draft (the profile's Mode) resumes from draft, the progress an
+// earlier attempt saved (nil: none), and save is called with the progress
+// after every step (nil: not kept). Errors are *contract.SendError.
+func (s *Jobs) SendResumable(ctx context.Context, profile, jobID string, job *contract.Job,
+	draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error) {
 	c := s.clients[profile]
 	if c == nil {
 		return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal,
 			Profile: profile, Message: fmt.Sprintf("no Graph client for profile %s", profile)}
+	}
+	// A job with a draft goes on with it whatever the mode says now: the
+	// draft may have been sent.
+	useDraft := draft != nil
+	if mode := s.modes[profile]; !useDraft && mode.Delivery == ModeDraft {
+		useDraft = mode.When == DraftAlways
+		if !useDraft {
+			large, err := s.tooLarge(ctx, profile, job)
+			if err != nil {
+				return contract.SendResult{}, err
+			}
+			useDraft = large
+		}
+	}
+	if useDraft {
+		return s.sendDraft(ctx, c, profile, jobID, job, draft, save)
 	}
 	msg, err := s.Message(ctx, profile, jobID, job)
 	if err != nil {
@@ -122,7 +186,9 @@ func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract
 		total += len(content)
 		if total > contract.MaxInlineAttachmentBytes {
 			return nil, fail(contract.ClassPermanent, contract.ReasonMessageTooLarge,
-				fmt.Sprintf("attachments total more than %d bytes: Graph caps one sendMail request at 4 MB (upload sessions are not supported yet)", contract.MaxInlineAttachmentBytes), nil)
+				fmt.Sprintf("attachments total more than %d bytes: Graph caps one sendMail request at 4 MB; "+
+					"set profiles.%s.deliveryMode: draft to send it as a draft with upload sessions (needs the Exchange role \"Application Mail.ReadWrite\")",
+					contract.MaxInlineAttachmentBytes, profile), nil)
 		}
 		m.Attachments = append(m.Attachments, Attachment{Name: a.Name, ContentType: a.ContentType,
 			Content: content, Inline: a.Inline, ContentID: a.ContentID})

@@ -1,9 +1,11 @@
 package graphmail
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 
@@ -131,4 +133,17 @@ func TestJobsMIMEListsXHeaders(t *testing.T) {
 	if got := strings.Join(names, ","); got != "X-Mailer,X-Mailworker-Job-Id,X-Tenant" {
 		t.Fatalf("X- headers %q", got)
 	}
+}
+
+func (f storeFunc) Size(ctx context.Context, _, ref string) (int, error) {
+	b, err := f(ctx, ref)
+	return len(b), err
+}
+
+func (f storeFunc) Open(ctx context.Context, _, ref string, off int64) (io.ReadCloser, int64, error) {
+	b, err := f(ctx, ref)
+	if err != nil {
+		return nil, 0, err
+	}
+	return io.NopCloser(bytes.NewReader(b[off:])), int64(len(b)), nil
 }

@@ -98,6 +98,8 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		}
 		a.clients = append(a.clients, c)
 		sender.Add(name, c, cfg.Profiles[name].SaveToSentItems)
+		sender.SetMode(name, graphmail.Mode{Delivery: graphmail.DeliveryMode(cfg.Profiles[name].DeliveryMode),
+			When: graphmail.DraftWhen(cfg.Profiles[name].DraftWhen)})
 		w := &credWatch{profile: name, cfg: cfg.Profiles[name].Credential, client: c, metrics: metrics, log: log}
 		w.loaded(file)
 		w.logCredential("graph client ready")

@@ -130,6 +130,13 @@ type ProfileConfig struct {
 	// AllowedHeaders, when set, are the only job header names the profile may use
 	// (each distinct X- name uses a named property of the mailbox).
 	AllowedHeaders []string `yaml:"allowedHeaders"`
+	// DeliveryMode is sendMail (default: one request per job, Mail.Send
+	// only) or draft (large attachments by upload session, and a send that
+	// can be looked up: needs the "Application Mail.ReadWrite" role too).
+	DeliveryMode string `yaml:"deliveryMode"`
+	// DraftWhen (draft mode) is large (default: only jobs over one
+	// sendMail request) or always (every job, exactly once).
+	DraftWhen string `yaml:"draftWhen"`
 }
 
 // CredentialConfig names where a profile's credential comes from.
@@ -475,6 +482,16 @@ func (c Config) validate() error {
 			if len(h) < 3 || !strings.EqualFold(h[:2], "x-") || strings.ContainsAny(h, " :\t\r\n") {
 				errs = append(errs, fmt.Errorf("profiles.%s.allowedHeaders: %q is not an X- header name", name, h))
 			}
+		}
+		switch graphmail.DeliveryMode(p.DeliveryMode) {
+		case "", graphmail.ModeSendMail, graphmail.ModeDraft:
+		default:
+			errs = append(errs, fmt.Errorf("profiles.%s.deliveryMode: %q: want sendMail or draft", name, p.DeliveryMode))
+		}
+		switch graphmail.DraftWhen(p.DraftWhen) {
+		case "", graphmail.DraftLarge, graphmail.DraftAlways:
+		default:
+			errs = append(errs, fmt.Errorf("profiles.%s.draftWhen: %q: want large or always", name, p.DraftWhen))
 		}
 	}
 	return errors.Join(errs...)

@@ -157,3 +157,22 @@ func TestEndpointsOfOneCloudPass(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigDeliveryMode(t *testing.T) {
+	cfg, err := loadConfig(writeConfig(t, sampleConfig), []string{
+		"MAILWORKER_PROFILES_BILLING_DELIVERY_MODE=draft", "MAILWORKER_PROFILES_BILLING_DRAFT_WHEN=always"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Profiles["billing"]; p.DeliveryMode != "draft" || p.DraftWhen != "always" {
+		t.Fatalf("profile %+v", p)
+	}
+	for env, want := range map[string]string{
+		"MAILWORKER_PROFILES_BILLING_DELIVERY_MODE=drafts": "profiles.billing.deliveryMode",
+		"MAILWORKER_PROFILES_BILLING_DRAFT_WHEN=sometimes": "profiles.billing.draftWhen",
+	} {
+		if _, err := loadConfig(writeConfig(t, sampleConfig), []string{env}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want one naming %s", env, err, want)
+		}
+	}
+}

@@ -537,7 +537,7 @@ func (j *Job) validateAttachments() error {
 		if total > MaxInlineAttachmentBytes {
 			return &InvalidError{
 				Field:  "attachments",
-				Rule:   fmt.Sprintf("inline attachments total more than %d bytes decoded, over what one Graph request carries; large attachments need an upload session, which is not supported yet", MaxInlineAttachmentBytes),
+				Rule:   fmt.Sprintf("inline attachments total more than %d bytes decoded, over what one Graph request carries; store large attachments in the MAIL_ATTACHMENTS object store and name them by objectRef (a profile with deliveryMode: draft sends them through upload sessions, up to 150 MB each)", MaxInlineAttachmentBytes),
 				Reason: ReasonMessageTooLarge,
 			}
 		}

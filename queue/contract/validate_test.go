@@ -167,7 +167,7 @@ func TestDecodeJobInvalid(t *testing.T) {
 		{"oversized attachments total", with(t, map[string]any{"attachments": []any{
 			map[string]any{"name": "a", "contentBase64": b64(2 << 20)},
 			map[string]any{"name": "b", "contentBase64": b64(1<<20 + 1)},
-		}}), "attachments", ReasonMessageTooLarge, "not supported yet"},
+		}}), "attachments", ReasonMessageTooLarge, "by objectRef"},
 		{"importance", with(t, map[string]any{"importance": "urgent"}), "importance", "", "not one of"},
 		{"importance case", with(t, map[string]any{"importance": "High"}), "importance", "", "not one of"},
 		{"expiresAt before notBefore", with(t, map[string]any{"notBefore": "2026-01-02T00:00:00Z", "expiresAt": "2026-01-01T00:00:00Z"}), "expiresAt", "", "after notBefore"},
