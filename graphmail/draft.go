@@ -63,13 +63,13 @@ const (
 
 // Draft flow operations, as SendError.Op names them.
 const (
-	OpCreateDraft   = "createDraft"
-	OpAddAttachment = "addAttachment"
-	OpCreateSession = "createUploadSession"
-	OpUpload        = "upload"
-	OpSendDraft     = "send"
-	OpGetMessage    = "get"
-	OpDeleteMessage = "delete"
+	OpCreateDraft   = contract.OpCreateDraft
+	OpAddAttachment = contract.OpAddAttachment
+	OpCreateSession = contract.OpCreateSession
+	OpUpload        = contract.OpUpload
+	OpSendDraft     = contract.OpSendDraft
+	OpGetMessage    = contract.OpGetMessage
+	OpDeleteMessage = contract.OpDeleteMessage
 )
 
 // DraftAttachment is an attachment of a mail sent through a draft. A small

@@ -148,9 +148,10 @@ func decide(st contract.JobState, o Outcome, pol Policy, now time.Time) Action {
 		// Never sent again; a Retry-After on the 202 pauses the mailbox.
 		return Action{Kind: AckSent, SpendsAttempt: true, Pause: o.RetryAfter}
 	case Interrupted:
-		// Nothing was spent unless the request may have reached Graph.
-		amb := o.Err != nil && o.Err.Ambiguous
-		return Action{Kind: PutBack, SpendsAttempt: amb, Ambiguous: amb}
+		// Nothing was spent unless the request may have reached Graph; a
+		// draft's send is looked up on the next attempt: not ambiguous.
+		spent := o.Err != nil && o.Err.Ambiguous
+		return Action{Kind: PutBack, SpendsAttempt: spent, Ambiguous: spent && !resolvable(st)}
 	case Failed:
 		return decideFailure(st, o.Err, pol)
 	case Arrived:
@@ -176,6 +177,16 @@ func decideArrival(st contract.JobState, o Outcome, pol Policy, now time.Time) A
 		// outcome is unknown, and counts as an ambiguous failed attempt.
 		if busyUntil := st.UpdatedAt.Add(pol.Busy); now.Before(busyUntil) {
 			return Action{Kind: Defer, Delay: busyUntil.Sub(now), Cause: CauseBusy, Message: "another worker is sending this job"}
+		}
+		if resolvable(st) {
+			// Draft mode: the next attempt resumes the draft and, if its
+			// send was attempted, looks it up before sending: not ambiguous.
+			a := decideFailure(st, &contract.SendError{Class: contract.ClassRetryable,
+				Message: "the worker sending this job stopped; its draft is resumed, and looked up before any send"}, pol)
+			if a.Kind == Retry {
+				a.Delay = 0
+			}
+			return a
 		}
 		a := decideFailure(st, &contract.SendError{Class: contract.ClassRetryable, Ambiguous: true,
 			Message: "the worker sending this job stopped during the Graph call: the outcome is unknown"}, pol)
@@ -205,8 +216,29 @@ func decideArrival(st contract.JobState, o Outcome, pol Policy, now time.Time) A
 	return Action{Kind: Send}
 }
 
+// resolvable reports whether an unknown send outcome of this job can be
+// settled rather than guessed: it has a draft (draft delivery mode), which
+// the next attempt looks up by its immutable id before it sends (still a
+// draft: send; sent: record `sent`, send nothing).
+func resolvable(st contract.JobState) bool { return st.Draft != nil && st.Draft.ID != "" }
+
 // decideFailure decides on a failed send by its class.
 func decideFailure(st contract.JobState, se *contract.SendError, pol Policy) Action {
+	if se.Ambiguous && resolvable(st) {
+		// Draft mode: the look-up on the next attempt settles it.
+		cp := *se
+		cp.Ambiguous = false
+		se = &cp
+	}
+	if se.Class == contract.ClassThrottled && se.Op == contract.OpGetMessage {
+		// Draft mode: the draft was sent but its Sent Items copy does not
+		// exist yet ("The copy of the message is not created until the
+		// message successfully sends, which may take time",
+		// https://learn.microsoft.com/graph/outlook-immutable-id): look
+		// again later, spending nothing and pausing nobody.
+		return Action{Kind: Defer, Delay: se.RetryAfter, Cause: CauseSentItems,
+			Message: "draft sent or being sent: waiting for its Sent Items copy"}
+	}
 	switch se.Class {
 	case contract.ClassPermanent:
 		reason := se.Reason

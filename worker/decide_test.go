@@ -33,6 +33,9 @@ func TestDecide(t *testing.T) {
 	}
 	ambiguous := func(x *contract.JobState) { x.Ambiguous = true }
 	sendingNow := func(x *contract.JobState) { x.UpdatedAt = now.Add(-5 * time.Second) }
+	sendAt := now.Add(-time.Minute)
+	drafted := func(x *contract.JobState) { x.Draft = &contract.Draft{ID: "AAkALg1", InternetMessageID: "<m@x>"} }
+	draftSent := func(x *contract.JobState) { x.Draft = &contract.Draft{ID: "AAkALg1", SendAt: &sendAt} }
 	arrived := Outcome{Kind: Arrived, Job: job, SenderAllowed: true}
 	failed := func(se contract.SendError) Outcome { return Outcome{Kind: Failed, Err: &se} }
 
@@ -130,6 +133,25 @@ func TestDecide(t *testing.T) {
 		{"shutdown cut a send that was written: spent, ambiguous", st(contract.StateSending, 0),
 			Outcome{Kind: Interrupted, Err: &contract.SendError{Class: contract.ClassRetryable, Ambiguous: true}}, pol,
 			Action{Kind: PutBack, SpendsAttempt: true, Ambiguous: true}},
+
+		// Draft delivery mode: an unknown outcome is looked up, not guessed.
+		{"draft: stale sending (a replica died mid-upload or mid-send): retried at once, not ambiguous", st(contract.StateSending, 0, draftSent), arrived, polDL,
+			Action{Kind: Retry, SpendsAttempt: true,
+				Message: "graphmail: the worker sending this job stopped; its draft is resumed, and looked up before any send (retryable)"}},
+		{"draft: 504 on send: retry, not ambiguous, even with onAmbiguous=deadletter", st(contract.StateSending, 0, draftSent),
+			failed(contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true, Op: contract.OpSendDraft}), polDL,
+			Action{Kind: Retry, Delay: 2 * time.Second, SpendsAttempt: true, Message: "graphmail: send 504 (retryable)"}},
+		{"draft: Sent Items copy not there yet: defer, nothing spent, no pause", st(contract.StateSending, 1, draftSent),
+			failed(contract.SendError{Class: contract.ClassThrottled, RetryAfter: 30 * time.Second, Op: contract.OpGetMessage}), pol,
+			Action{Kind: Defer, Delay: 30 * time.Second, Cause: CauseSentItems, Message: "draft sent or being sent: waiting for its Sent Items copy"}},
+		{"draft: upload failure: retry like any retryable failure", st(contract.StateSending, 0, drafted),
+			failed(contract.SendError{Class: contract.ClassRetryable, Status: 500, Op: contract.OpUpload}), pol,
+			Action{Kind: Retry, Delay: 2 * time.Second, SpendsAttempt: true, Message: "graphmail: upload 500 (retryable)"}},
+		{"draft: shutdown cut the send: spent, not ambiguous", st(contract.StateSending, 0, draftSent),
+			Outcome{Kind: Interrupted, Err: &contract.SendError{Class: contract.ClassRetryable, Ambiguous: true}}, pol,
+			Action{Kind: PutBack, SpendsAttempt: true}},
+		{"draft: found sent by the look-up: ack sent", st(contract.StateSending, 1, draftSent), Outcome{Kind: Sent}, pol,
+			Action{Kind: AckSent, SpendsAttempt: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -50,6 +50,7 @@ type job struct {
 	origin    uint64 // stream sequence of the producer's publish (HeaderOriginSeq, else seq)
 	published time.Time
 	graph     *contract.GraphInfo // of the last Graph call, if any
+	lookup    string              // a draft send's look-up outcome (contract.SendResult.Lookup)
 	elapsed   time.Duration       // of the last Graph call
 	// releaseSlots gives back the mailbox and Graph concurrency slots once
 	// the Graph call is over (nil when none are held; safe to call twice).
@@ -310,7 +311,15 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	ctx, cancel := context.WithTimeout(sendCtx, p.cfg.SendTimeout)
 	p.m.InflightSends.Inc()
 	start := time.Now()
-	res, err := p.sender.Send(ctx, j.profile, j.id, j.job)
+	var res contract.SendResult
+	var err error
+	if rs, ok := p.sender.(ResumableSender); ok {
+		res, err = rs.SendResumable(ctx, j.profile, j.id, j.job, j.state.Draft, func(ctx context.Context, d *contract.Draft) error {
+			return p.saveDraft(ctx, j, d)
+		})
+	} else {
+		res, err = p.sender.Send(ctx, j.profile, j.id, j.job)
+	}
 	j.elapsed = time.Since(start)
 	if err == nil && j.releaseSlots != nil {
 		// On failure the slots are held until handle returns, so that a
@@ -325,6 +334,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
 		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
 			Date: contract.GraphDate(res.Date), EarlierCalls: res.EarlierCalls}
+		j.lookup = res.Lookup
 		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent, RetryAfter: res.RetryAfter}))
 		return
 	}
@@ -341,6 +351,49 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		p.m.GraphThrottled.WithLabelValues(j.profile).Inc()
 	}
 	p.carry(sendCtx, j, p.decide(j, Outcome{Kind: kind, Err: se}))
+}
+
+// saveDraft stores a job's draft progress in its state with a
+// compare-and-set on the revision this delivery holds; it also renews
+// UpdatedAt, so that a long upload keeps other deliveries of the job waiting
+// (decide: busy) while it makes progress.
+func (p *Pool) saveDraft(ctx context.Context, j *job, d *contract.Draft) error {
+	cp := *d
+	if d.Upload != nil {
+		u := *d.Upload
+		cp.Upload = &u
+	}
+	st := j.state
+	st.Draft = &cp
+	st.UpdatedAt = p.clock.Now()
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	rev, err := p.broker.States.Update(opCtx, st, j.rev)
+	if err != nil {
+		return err
+	}
+	j.state, j.rev = st, rev
+	return nil
+}
+
+// deleteDraft deletes the job's draft when it was never sent, before the
+// job is dead-lettered, and forgets it (a replay then starts a new one). A
+// draft that cannot be deleted is kept in the state and logged; `mailworker
+// check` reports drafts left behind.
+func (p *Pool) deleteDraft(ctx context.Context, j *job) {
+	d := j.state.Draft
+	dd, ok := p.sender.(DraftDeleter)
+	if d == nil || d.SendAt != nil || !ok {
+		return
+	}
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.SendTimeout)
+	defer cancel()
+	if err := dd.DeleteDraft(opCtx, j.profile, j.id, d); err != nil {
+		p.m.DraftsLeft.WithLabelValues(j.metricProfile()).Inc()
+		p.log.Warn().Str("jobId", j.id).Str("profile", j.profile).Err(err).Msg("could not delete the job's draft; it is left in the mailbox's Drafts")
+		return
+	}
+	j.state.Draft = nil
 }
 
 // mark stores state `sending` with a compare-and-set, claiming the job for
@@ -408,6 +461,7 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 	case AckSent:
 		p.sent(ctx, j)
 	case DeadLetter:
+		p.deleteDraft(ctx, j)
 		p.deadLetter(ctx, j, a.Reason, a.Message)
 	case Retry:
 		j.state.State = contract.StateRetrying
@@ -500,11 +554,24 @@ func (p *Pool) sent(ctx context.Context, j *job) {
 	j.state.UpdatedAt = p.clock.Now()
 	j.state.Seq = j.seq
 	p.finish(ctx, j, contract.Event{Event: contract.EventSent, Graph: j.graph, LatencyMs: j.elapsed.Milliseconds(),
-		PossibleDuplicate: j.state.PossibleDuplicate()}, j.msg.Ack)
+		PossibleDuplicate: j.state.PossibleDuplicate(), InternetMessageID: internetMessageID(j.state)}, j.msg.Ack)
 	p.m.Jobs.WithLabelValues(j.profile, string(contract.EventSent), "").Inc()
 	p.observeLatency(j)
-	p.outcomeLog(zerolog.InfoLevel, j, "sent").
-		Bool("possibleDuplicate", j.state.PossibleDuplicate()).Dur("latency", j.elapsed).Send()
+	ev := p.outcomeLog(zerolog.InfoLevel, j, "sent").
+		Bool("possibleDuplicate", j.state.PossibleDuplicate()).Dur("latency", j.elapsed)
+	if j.lookup != "" {
+		ev = ev.Str("lookup", j.lookup) // found sent by a look-up: nothing sent again
+		p.m.DraftLookups.WithLabelValues(j.profile, j.lookup).Inc()
+	}
+	ev.Send()
+}
+
+// internetMessageID is the Message-ID of a job sent through a draft, "" otherwise.
+func internetMessageID(st contract.JobState) string {
+	if st.Draft == nil {
+		return ""
+	}
+	return st.Draft.InternetMessageID
 }
 
 // deadLetter records the job in MAIL_DLQ with its original bytes, then
@@ -562,7 +629,8 @@ func (p *Pool) finish(ctx context.Context, j *job, ev contract.Event, action fun
 // once: the event's dedupe id is the same) and acks or terminates.
 func (p *Pool) finishAgain(ctx context.Context, j *job) {
 	st := j.state
-	ev := contract.Event{Event: contract.EventSent, Graph: st.Graph, PossibleDuplicate: st.PossibleDuplicate()}
+	ev := contract.Event{Event: contract.EventSent, Graph: st.Graph, PossibleDuplicate: st.PossibleDuplicate(),
+		InternetMessageID: internetMessageID(st)}
 	if st.State == contract.StateDeadLettered {
 		ev = contract.Event{Event: contract.EventDeadLettered, Graph: st.Graph, Error: st.LastError, Ambiguous: st.Ambiguous}
 	}

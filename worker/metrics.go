@@ -28,6 +28,13 @@ type Metrics struct {
 	CredentialStale   *prometheus.GaugeVec   // profile
 	// TenantWideMailRoles is set by the binary from each token's roles claim.
 	TenantWideMailRoles *prometheus.GaugeVec // profile
+	// DraftsLeft counts drafts of dead-lettered jobs that could not be
+	// deleted (draft delivery mode); `mailworker check` lists them.
+	DraftsLeft *prometheus.CounterVec // profile
+	// DraftLookups counts draft-mode sends decided by a look-up after an
+	// earlier attempt may have sent the mail, by result (sent_items, gone,
+	// draft: still a draft, sent now).
+	DraftLookups *prometheus.CounterVec // profile, result
 }
 
 // NewMetrics creates the metrics, registers them with reg (nil: not
@@ -75,6 +82,12 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		TenantWideMailRoles: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "tenant_wide_mail_roles",
 			Help: "Tenant-wide mail application permissions (Mail.*) in the profile's last access token: admin consent in Entra, which the Exchange RBAC scope does not restrict. Should be 0."},
 			[]string{"profile"}),
+		DraftsLeft: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "drafts_left_total",
+			Help: "Drafts of dead-lettered or expired jobs that could not be deleted and are left in the shared mailbox's Drafts (draft delivery mode; `mailworker check` lists them)."},
+			[]string{"profile"}),
+		DraftLookups: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "draft_lookups_total",
+			Help: "Draft-mode sends decided by looking the message up after an attempt that may have sent it, by result: sent_items (found sent, not sent again), gone (neither draft nor Sent Items copy long after the send: taken as sent)."},
+			[]string{"profile", "result"}),
 	}
 	for _, p := range profiles {
 		m.Jobs.WithLabelValues(p, string(contract.EventSent), "")
@@ -101,11 +114,15 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		m.CredentialReloads.WithLabelValues(p, "error")
 		m.CredentialStale.WithLabelValues(p)
 		m.TenantWideMailRoles.WithLabelValues(p)
+		m.DraftsLeft.WithLabelValues(p)
+		m.DraftLookups.WithLabelValues(p, "sent_items")
+		m.DraftLookups.WithLabelValues(p, "gone")
 	}
 	if reg != nil {
 		reg.MustRegister(m.Jobs, m.Retries, m.ThrottleDeferrals, m.GraphRequests, m.GraphThrottled,
 			m.SendDuration, m.JobLatency, m.TokenRequests, m.Ambiguous, m.InflightSends, m.InflightJobs,
-			m.ReplicasLive, m.CredentialExpiry, m.CredentialReloads, m.CredentialStale, m.TenantWideMailRoles)
+			m.ReplicasLive, m.CredentialExpiry, m.CredentialReloads, m.CredentialStale, m.TenantWideMailRoles,
+			m.DraftsLeft, m.DraftLookups)
 	}
 	return m
 }

@@ -105,6 +105,7 @@ const (
 	CauseUnavailable Cause = "unavailable" // a service the send needs (Entra) could not be reached
 	CauseNotBefore   Cause = "not_before"  // the job's notBefore
 	CauseBusy        Cause = "busy"        // another replica is sending the job
+	CauseSentItems   Cause = "sent_items"  // draft mode: the sent draft's Sent Items copy is awaited
 )
 
 // ThrottleCauses are the causes that count as throttling (a mailbox or
@@ -114,7 +115,7 @@ var ThrottleCauses = []Cause{CauseRetryAfter, CausePace, CauseUpload, CauseRecip
 // throttle reports whether c is one of ThrottleCauses.
 func (c Cause) throttle() bool {
 	switch c {
-	case CauseNotBefore, CauseBusy, "":
+	case CauseNotBefore, CauseBusy, CauseSentItems, "":
 		return false
 	}
 	return true

@@ -20,3 +20,23 @@ type SenderFunc func(ctx context.Context, profile, jobID string, job *contract.J
 func (f SenderFunc) Send(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 	return f(ctx, profile, jobID, job)
 }
+
+// ResumableSender is a Sender that can send a job through a draft
+// (graphmail.Jobs in draft delivery mode). The worker hands it the job's
+// draft progress from the job state (nil: none yet) and save, which stores
+// new progress in the job state (compare-and-set: it fails when another
+// delivery took the job over, and the send must then stop). With a draft,
+// an ambiguous send is resolved by a look-up on the next attempt instead of
+// guessed (see decide).
+type ResumableSender interface {
+	Sender
+	SendResumable(ctx context.Context, profile, jobID string, job *contract.Job,
+		draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error)
+}
+
+// DraftDeleter deletes a job's draft that was never sent (graphmail.Jobs):
+// the worker calls it when a job with such a draft is dead-lettered or
+// expires, so that no draft is left behind in the shared mailbox.
+type DraftDeleter interface {
+	DeleteDraft(ctx context.Context, profile, jobID string, d *contract.Draft) error
+}

@@ -141,6 +141,17 @@ func (e *SendError) Error() string {
 	return b.String()
 }
 
+// The draft flow's Graph calls, as SendError.Op names them ("" is sendMail).
+const (
+	OpCreateDraft   = "createDraft"
+	OpAddAttachment = "addAttachment"
+	OpCreateSession = "createUploadSession"
+	OpUpload        = "upload"
+	OpSendDraft     = "send"
+	OpGetMessage    = "get" // the look-up after a send that may have gone out
+	OpDeleteMessage = "delete"
+)
+
 // Unwrap returns the cause.
 func (e *SendError) Unwrap() error { return e.Err }
 
