@@ -155,13 +155,20 @@ func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draf
 		return c.resumeSend(ctx, from, p, save, crid)
 	}
 	if p.ID == "" {
+		// Say first that this job goes through a draft: a worker that dies
+		// during the create leaves a job the next attempt knows cannot have
+		// sent anything (at worst an orphan draft, which check reports).
+		p.Mailbox, p.CreatedAt = from, time.Now().UTC()
+		if err := c.saved(ctx, save, crid); err != nil {
+			return contract.SendResult{}, err
+		}
 		msg := *m.Message
 		msg.Attachments = inline
 		info, err := c.CreateDraft(ctx, &msg, crid)
 		if err != nil {
 			return contract.SendResult{}, err
 		}
-		*p = contract.Draft{ID: info.ID, Mailbox: from, InternetMessageID: info.InternetMessageID, CreatedAt: time.Now().UTC()}
+		p.ID, p.InternetMessageID = info.ID, info.InternetMessageID
 		if err := c.saved(ctx, save, crid); err != nil {
 			return contract.SendResult{}, err
 		}
@@ -172,7 +179,7 @@ func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draf
 			if draftGone(err) {
 				// The draft is gone (deleted in the mailbox) before any send:
 				// start over with a new one on the next attempt.
-				*p = contract.Draft{}
+				*p = contract.Draft{Mailbox: from, CreatedAt: time.Now().UTC()}
 				if serr := c.saved(ctx, save, crid); serr != nil {
 					return contract.SendResult{}, serr
 				}

@@ -80,6 +80,25 @@ func (s *Jobs) Add(profile string, c *Client, saveToSentItems bool) {
 	s.saveDefault[profile] = saveToSentItems
 }
 
+// UsesDraft reports whether job, with no draft yet, goes through a draft:
+// the profile is in draft mode and draftWhen is always or the job is too
+// large for sendMail. It is false when a size cannot be read.
+func (s *Jobs) UsesDraft(ctx context.Context, profile string, job *contract.Job) bool {
+	ok, err := s.usesDraft(ctx, profile, job)
+	return ok && err == nil
+}
+
+func (s *Jobs) usesDraft(ctx context.Context, profile string, job *contract.Job) (bool, error) {
+	mode := s.modes[profile]
+	switch {
+	case mode.Delivery != ModeDraft:
+		return false, nil
+	case mode.When == DraftAlways:
+		return true, nil
+	}
+	return s.tooLarge(ctx, profile, job)
+}
+
 // SetMode sets profile's delivery mode (default: sendMail).
 func (s *Jobs) SetMode(profile string, m Mode) { s.modes[profile] = m }
 
@@ -103,14 +122,10 @@ func (s *Jobs) SendResumable(ctx context.Context, profile, jobID string, job *co
 	// A job with a draft goes on with it whatever the mode says now: the
 	// draft may have been sent.
 	useDraft := draft != nil
-	if mode := s.modes[profile]; !useDraft && mode.Delivery == ModeDraft {
-		useDraft = mode.When == DraftAlways
-		if !useDraft {
-			large, err := s.tooLarge(ctx, profile, job)
-			if err != nil {
-				return contract.SendResult{}, err
-			}
-			useDraft = large
+	if !useDraft {
+		var err error
+		if useDraft, err = s.usesDraft(ctx, profile, job); err != nil {
+			return contract.SendResult{}, err
 		}
 	}
 	if useDraft {

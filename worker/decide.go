@@ -217,10 +217,11 @@ func decideArrival(st contract.JobState, o Outcome, pol Policy, now time.Time) A
 }
 
 // resolvable reports whether an unknown send outcome of this job can be
-// settled rather than guessed: it has a draft (draft delivery mode), which
-// the next attempt looks up by its immutable id before it sends (still a
-// draft: send; sent: record `sent`, send nothing).
-func resolvable(st contract.JobState) bool { return st.Draft != nil && st.Draft.ID != "" }
+// settled rather than guessed: it goes through a draft (draft delivery
+// mode), which the next attempt looks up by its immutable id before it
+// sends (still a draft: send; sent: record `sent`, send nothing). A draft
+// still being created cannot have sent anything.
+func resolvable(st contract.JobState) bool { return st.Draft != nil }
 
 // decideFailure decides on a failed send by its class.
 func decideFailure(st contract.JobState, se *contract.SendError, pol Policy) Action {

@@ -305,6 +305,13 @@ func (p *Pool) objectSize(ctx context.Context, profile, ref string, def int) int
 // send claims the job (state `sending`, compare-and-set), calls the Sender
 // and carries out what decide makes of the result.
 func (p *Pool) send(sendCtx context.Context, j *job) {
+	if rs, ok := p.sender.(ResumableSender); ok && j.state.Draft == nil {
+		opCtx, cancel := context.WithTimeout(sendCtx, opTimeout)
+		if rs.UsesDraft(opCtx, j.profile, j.job) {
+			j.state.Draft = &contract.Draft{} // stored with `sending` by mark
+		}
+		cancel()
+	}
 	if !p.mark(sendCtx, j) {
 		return
 	}

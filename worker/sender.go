@@ -30,6 +30,11 @@ func (f SenderFunc) Send(ctx context.Context, profile, jobID string, job *contra
 // guessed (see decide).
 type ResumableSender interface {
 	Sender
+	// UsesDraft reports whether job will go through a draft, so that the
+	// state that claims it for sending already says so (a worker killed
+	// before the draft's first progress is saved then leaves a job whose
+	// outcome can be looked up, not an ambiguous one).
+	UsesDraft(ctx context.Context, profile string, job *contract.Job) bool
 	SendResumable(ctx context.Context, profile, jobID string, job *contract.Job,
 		draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error)
 }

@@ -186,6 +186,8 @@ type relProfile struct {
 	name        string
 	onAmbiguous string
 	senders     []string
+	// deliveryMode and draftWhen as in the config ("": the defaults).
+	deliveryMode, draftWhen string
 }
 
 // relWorker tunes the replicas; zero fields take quick test values.
@@ -261,6 +263,9 @@ func newHarness(t *testing.T, natsURL string, fake *graphtest.Server, w relWorke
 		fmt.Fprintf(&b, "  %s:\n    tenantId: %s\n    clientId: %s\n    authorityHost: %q\n    graphURL: %q\n    caFile: %q\n"+
 			"    credential:\n      clientSecret: \"\"\n    allowedSenders: [%s]\n    onAmbiguous: %q\n",
 			p.name, relTenant, relClient, fake.URL(), fake.GraphURL(), caFile, strings.Join(p.senders, ", "), p.onAmbiguous)
+		if p.deliveryMode != "" {
+			fmt.Fprintf(&b, "    deliveryMode: %s\n    draftWhen: %q\n", p.deliveryMode, p.draftWhen)
+		}
 		// The secret comes from the environment, as in Kubernetes.
 		env = append(env, "MAILWORKER_PROFILES_"+upperSnake(p.name)+"_CREDENTIAL_CLIENT_SECRET="+sentinelClientSecret)
 	}

@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -63,6 +64,10 @@ type DraftOptions struct {
 	// length; default 1 hour. A PUT after it answers 404 ErrorItemNotFound
 	// (the fake's choice: the answer is not documented either).
 	UploadSessionLifetime time.Duration
+	// Latency is added to every create and send of the draft flow (so that
+	// a worker killed mid-flow is killed mid-call); the upload of chunks is
+	// not slowed. Default 0.
+	Latency time.Duration
 	// ReadWriteScope lists the mailboxes where the app also holds the
 	// "Application Mail.ReadWrite" role (Exchange RBAC for Applications),
 	// which creating, reading and deleting messages needs; elsewhere those
@@ -149,6 +154,7 @@ type draftStore struct {
 	all      []*draftMsg
 	sessions map[string]*uploadSession
 	scripts  map[DraftOp][]Fault
+	faults   map[DraftOp]*Fault
 	puts     int
 }
 
@@ -156,7 +162,7 @@ func (s *Server) draftState() *draftStore {
 	s.draftsOnce.Do(func() {
 		o := s.opts.Drafts.withDefaults()
 		s.drafts = &draftStore{opts: o, byID: map[string]*draftMsg{}, sessions: map[string]*uploadSession{},
-			scripts: map[DraftOp][]Fault{}, rwScope: lowerSet(o.ReadWriteScope)}
+			scripts: map[DraftOp][]Fault{}, faults: map[DraftOp]*Fault{}, rwScope: lowerSet(o.ReadWriteScope)}
 		if s.drafts.rwScope == nil {
 			s.drafts.rwScope = s.scope
 		}
@@ -175,16 +181,32 @@ func (s *Server) ScriptDraft(op DraftOp, faults ...Fault) {
 	d.mu.Unlock()
 }
 
+// SetDraftFault sets a persistent fault applied to every call of op with f.Probability (nil
+// clears), after the scripted ones (ScriptDraft).
+func (s *Server) SetDraftFault(op DraftOp, f *Fault) {
+	d := s.draftState()
+	d.mu.Lock()
+	d.faults[op] = cloneFault(f)
+	d.mu.Unlock()
+}
+
 func (d *draftStore) nextFault(op DraftOp) *Fault {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	q := d.scripts[op]
-	if len(q) == 0 {
+	if q := d.scripts[op]; len(q) > 0 {
+		f := q[0]
+		d.scripts[op] = q[1:]
+		return &f
+	}
+	f := d.faults[op]
+	if f == nil {
 		return nil
 	}
-	f := q[0]
-	d.scripts[op] = q[1:]
-	return &f
+	if p := f.Probability; p > 0 && p < 1 && mrand.Float64() >= p {
+		return nil
+	}
+	c := *f
+	return &c
 }
 
 // Drafts returns every message the draft flow created, in order of creation.
@@ -340,7 +362,7 @@ func (s *Server) handleCreateDraft(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	after, cont := s.applyFault(w, r, key, OpCreate)
-	if !cont {
+	if !cont || !s.wait(r.Context(), s.draftState().opts.Latency) {
 		return
 	}
 	if r.ContentLength > MaxRequestBytes {
@@ -776,6 +798,12 @@ func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
 	}
 	after, cont := s.applyFault(w, r, key, OpSend)
 	if !cont {
+		return
+	}
+	// As for sendMail, a send held by Latency is applied even if the client
+	// gives up meanwhile (an ambiguous outcome); only Close abandons it.
+	if !s.wait(r.Context(), s.draftState().opts.Latency) && s.isClosed() {
+		resetConn(w)
 		return
 	}
 	d := s.draftState()

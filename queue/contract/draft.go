@@ -7,7 +7,7 @@ import "time"
 // tell after an ambiguous send whether the mail went out. It lives in the
 // job's state (JobState.Draft).
 type Draft struct {
-	// ID is the draft's immutable id (created with Prefer: IdType="ImmutableId",
+	// ID is the draft's immutable id ("" while it is being created) (created with Prefer: IdType="ImmutableId",
 	// https://learn.microsoft.com/graph/outlook-immutable-id): the same id
 	// names the Sent Items copy after the send.
 	ID string `json:"id"`

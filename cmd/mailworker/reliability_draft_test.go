@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// TestReliabilityDraftMode runs a draft-mode profile (draftWhen: always)
+// through the faults that make sendMail mode flag possible duplicates:
+// replicas SIGKILLed during draft sends, and a storm of sends that Graph
+// applies and then answers 5xx (or drops the connection). In draft mode the
+// next attempt looks the message up by its immutable id instead of sending
+// again, so every job ends sent exactly once: 0 lost, 0 duplicates, and no
+// `sent` event needs to say possibleDuplicate.
+func TestReliabilityDraftMode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	t.Parallel()
+	profile := relProfile{name: "rel", deliveryMode: "draft", draftWhen: "always",
+		senders: []string{"box1@rel.example", "box2@rel.example", "box3@rel.example"}}
+	exact := func(t *testing.T, r report, jobs int) {
+		t.Helper()
+		if r.Lost != 0 || r.Duplicated != 0 || r.PossibleDuplicate != 0 || r.Sent != jobs {
+			t.Errorf("draft mode: %s; want every job sent once, none flagged", r)
+		}
+	}
+
+	t.Run("kill -9 during draft sends", func(t *testing.T) {
+		t.Parallel()
+		jobs := pick(150, 1500)
+		kills := pick(5, 20)
+		ns := startRelNATS(t)
+		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{Latency: 100 * time.Millisecond}})
+		h := newHarness(t, ns.url(), fake, relWorker{ackWait: 2 * time.Second, sendTimeout: time.Second, concurrency: 12, maxInFlight: 24}, profile)
+		ids := h.publish("rel", "dkill", jobs)
+		live := []*proc{h.startReplica(), h.startReplica()}
+		killed := 0
+		for killed < kills {
+			time.Sleep(time.Duration(300+rand.IntN(500)) * time.Millisecond) // fault timing, not a wait for a condition
+			i := rand.IntN(len(live))
+			kill(live[i])
+			killed++
+			live[i] = h.startReplica()
+			if len(fake.Messages()) >= jobs && killed >= 2 {
+				break
+			}
+		}
+		h.waitTerminal(ids, pick(2*time.Minute, 6*time.Minute))
+		h.stopAll(live)
+		r := h.check(ids)
+		h.checkNoSecrets()
+		exact(t, r, jobs)
+		logFigures(t, "draft-worker-crash", r, fmt.Sprintf("replicas=2 kills=%d", killed))
+	})
+
+	t.Run("5xx after accept storm", func(t *testing.T) {
+		t.Parallel()
+		jobs := pick(100, 1000)
+		storm := pick(3*time.Second, 10*time.Second)
+		ns := startRelNATS(t)
+		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{Latency: 20 * time.Millisecond}})
+		h := newHarness(t, ns.url(), fake, relWorker{maxAttempts: 12, backoffInitial: 200 * time.Millisecond, backoffMax: time.Second}, profile)
+		replica := h.startReplica()
+		fake.SetDraftFault(graphtest.OpSend, &graphtest.Fault{AcceptThenFail: true, Status: 504, Probability: 0.5})
+		fake.SetDraftFault(graphtest.OpCreate, &graphtest.Fault{Status: 503, Probability: 0.2})
+		ids := h.publish("rel", "dstorm", jobs)
+		time.Sleep(storm) // fault duration
+		fake.SetDraftFault(graphtest.OpSend, &graphtest.Fault{Reset: true, Probability: 0.3})
+		time.Sleep(storm) // fault duration
+		fake.SetDraftFault(graphtest.OpSend, nil)
+		fake.SetDraftFault(graphtest.OpCreate, nil)
+		h.waitTerminal(ids, pick(2*time.Minute, 6*time.Minute))
+		h.stopAll([]*proc{replica})
+		r := h.check(ids)
+		h.checkNoSecrets()
+		exact(t, r, jobs)
+		for _, d := range fake.Drafts() {
+			if d.SendRequests > 1 {
+				t.Errorf("draft of job %s: %d send requests, want 1 (a send that may have gone out is looked up, not repeated)", d.JobID, d.SendRequests)
+			}
+		}
+		// How many jobs met the storm: an attempt answered 5xx (or cut) and
+		// retried, then settled by the look-up.
+		events, _ := h.statusEvents()
+		retried := 0
+		for _, id := range ids {
+			for _, ev := range events[id] {
+				if ev.Event == contract.EventRetrying {
+					retried++
+					break
+				}
+			}
+		}
+		if retried == 0 {
+			t.Error("no job met the storm: the faults were not exercised")
+		}
+		logFigures(t, "draft-5xx-after-accept", r, fmt.Sprintf("storm=2x%s drafts=%d jobs_retried=%d", storm, len(fake.Drafts()), retried))
+	})
+}
