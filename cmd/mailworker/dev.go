@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 )
 
@@ -86,7 +87,9 @@ func (c *cli) devCmd() *cobra.Command {
 			if cfg.Profiles == nil {
 				cfg.Profiles = map[string]ProfileConfig{}
 			}
-			cfg.Profiles[demoProfile] = ProfileConfig{AllowedSenders: []string{demoSender}}
+			// Large mail goes out as a draft with upload sessions.
+			cfg.Profiles[demoProfile] = ProfileConfig{AllowedSenders: []string{demoSender},
+				DeliveryMode: string(graphmail.ModeDraft), DraftWhen: string(graphmail.DraftLarge)}
 			// dev only ever talks to the fake: every profile of the config
 			// file or MAILWORKER_* env, whatever its tenant, cloud, endpoints
 			// and credential, is pointed at the fake Entra + Graph (its

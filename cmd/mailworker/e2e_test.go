@@ -1,9 +1,18 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
+	"net/mail"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailworker/mailworker/queue"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 var (
@@ -217,6 +228,10 @@ func TestDevEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("large mail goes out as a draft, byte for byte", func(t *testing.T) {
+		devLargeMail(t, nc, cli, filepath.Join(dataDir, "mail"))
+	})
+
 	if code := dev.stop(30 * time.Second); code != 0 {
 		t.Fatalf("dev exited %d after SIGINT", code)
 	}
@@ -264,4 +279,113 @@ func waitStatus(t *testing.T, cli func(...string) (string, string, int), id, sta
 		}
 		return json.Unmarshal([]byte(out), &st) == nil && st.State != nil && st.State.State == state
 	})
+}
+
+// devLargeMail sends, through `dev` (draft mode, draftWhen large), a job with
+// a 25 MB objectRef PDF and one with three inline images over 3 MB each, and
+// checks the delivered .eml carries every attachment byte for byte.
+func devLargeMail(t *testing.T, nc *nats.Conn, cli func(...string) (string, string, int), mailDir string) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	q, err := queue.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(name string, data []byte) string {
+		ref, err := q.Attachments.PutReader(ctx, "demo", name, bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ref
+	}
+	content := func(header string, n int) []byte {
+		b := make([]byte, n)
+		if _, err := rand.Read(b); err != nil {
+			t.Fatal(err)
+		}
+		return append([]byte(header), b[len(header):]...)
+	}
+	want := map[string]map[string][]byte{
+		"e2e-pdf": {"scan.pdf": content("%PDF-1.7\n", 25<<20)},
+		"e2e-images": {"a.png": content("\x89PNG\r\n", 3<<20+1), "b.png": content("\x89PNG\r\n", 3<<20+4096),
+			"c.png": content("\x89PNG\r\n", 3<<20+333_333)},
+	}
+	type att struct {
+		Name        string `json:"name"`
+		ContentType string `json:"contentType"`
+		ObjectRef   string `json:"objectRef"`
+		Inline      bool   `json:"inline,omitempty"`
+		ContentID   string `json:"contentId,omitempty"`
+	}
+	pdf := []att{{Name: "scan.pdf", ContentType: "application/pdf", ObjectRef: put("scan.pdf", want["e2e-pdf"]["scan.pdf"])}}
+	var imgs []att
+	html := "<p>three images:"
+	for _, n := range []string{"a", "b", "c"} {
+		imgs = append(imgs, att{Name: n + ".png", ContentType: "image/png", ObjectRef: put(n+".png", want["e2e-images"][n+".png"]),
+			Inline: true, ContentID: "img-" + n})
+		html += ` <img src="cid:img-` + n + `">`
+	}
+	for id, atts := range map[string][]att{"e2e-pdf": pdf, "e2e-images": imgs} {
+		job, _ := json.Marshal(map[string]any{"id": id, "from": "noreply@demo.example", "to": []string{"you@example.com"},
+			"subject": id, "html": html, "attachments": atts})
+		if err := nc.Publish("mail.send.demo", job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, files := range want {
+		waitStatus(t, cli, id, "sent")
+		out, _, _ := cli("status", id)
+		if !strings.Contains(out, "message-id") {
+			t.Errorf("status %s does not show the Message-ID:\n%s", id, out)
+		}
+		eml, err := os.ReadFile(filepath.Join(mailDir, id+".eml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := emlAttachments(t, eml)
+		if len(got) != len(files) {
+			t.Errorf("%s: delivered %d attachments, want %d", id, len(got), len(files))
+		}
+		for name, data := range files {
+			if h := sha256.Sum256(data); got[name] != hex.EncodeToString(h[:]) {
+				t.Errorf("%s: attachment %s not delivered byte for byte", id, name)
+			}
+		}
+	}
+}
+
+// emlAttachments returns the hex SHA-256 of each attachment of an .eml by file name.
+func emlAttachments(t *testing.T, eml []byte) map[string]string {
+	t.Helper()
+	msg, err := mail.ReadMessage(bytes.NewReader(eml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, params, err := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.FileName() == "" {
+			continue
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, base64.NewDecoder(base64.StdEncoding, p)); err != nil {
+			t.Fatal(err)
+		}
+		out[p.FileName()] = hex.EncodeToString(h.Sum(nil))
+	}
 }

@@ -109,6 +109,13 @@ func (c *cli) statusJob(ctx context.Context, id, profile string, asJSON bool) er
 		}
 		return &exitError{code: 1, msg: msg}
 	}
+	if st.Draft != nil && st.Draft.Upload != nil {
+		// The upload URL is pre-authenticated (it carries a token).
+		d, u := *st.Draft, *st.Draft.Upload
+		u.URL = "(redacted)"
+		d.Upload = &u
+		st.Draft = &d
+	}
 	out := jobStatus{State: stateOrNil(st), Events: events}
 	if out.Events == nil {
 		out.Events = []contract.Event{}
@@ -137,6 +144,9 @@ func (c *cli) statusJob(ctx context.Context, id, profile string, asJSON bool) er
 		}
 		if st.Ambiguous {
 			fmt.Fprintln(c.stdout, "an attempt's outcome was ambiguous: the recipient may get the mail twice")
+		}
+		if d := st.Draft; d != nil && d.InternetMessageID != "" {
+			fmt.Fprintf(c.stdout, "sent as a draft: Message-ID %s (Exchange message trace finds it by this id)\n", cell(d.InternetMessageID))
 		}
 	} else {
 		fmt.Fprintf(c.stdout, "job %s: no current state (older than streams.stateTTL); its events:\n", cell(id))
@@ -200,6 +210,9 @@ func eventDetail(ev contract.Event) string {
 	}
 	if ev.PossibleDuplicate {
 		detail += " possible duplicate"
+	}
+	if ev.InternetMessageID != "" {
+		detail += " message-id " + ev.InternetMessageID
 	}
 	return strings.TrimSpace(detail)
 }
