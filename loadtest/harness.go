@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -294,8 +296,11 @@ func workerConfig(spec runSpec, e *env, httpAddr string, pprof bool) string {
 	fmt.Fprintf(&b, "profiles:\n  %s:\n    tenantId: %s\n    clientId: %s\n    authorityHost: %q\n    graphURL: %q\n    caFile: %q\n",
 		profile, tenantID, clientID, e.fake.URL(), e.fake.GraphURL(), e.caFile)
 	fmt.Fprintf(&b, "    credential:\n      clientSecret: %q\n    allowedSenders:\n", e.secret)
-	for i := range spec.Mailboxes {
+	for i := range spec.Mailboxes + spec.HugeJobs {
 		fmt.Fprintf(&b, "      - %s\n", mailbox(i))
+	}
+	if spec.AttachBytes > 0 {
+		b.WriteString("    deliveryMode: draft\n    draftWhen: large\n")
 	}
 	if spec.BadJobs > 0 {
 		fmt.Fprintf(&b, "      - %s\n", badMailbox)
@@ -625,6 +630,9 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 	if jobsDone := oc.sent + oc.dl; jobsDone > 0 {
 		r.hostCPUusPerJob = float64(hostCPU.Microseconds()) / float64(jobsDone)
 	}
+	if spec.AttachBytes > 0 {
+		r.uploadNotes = uploadFigures(e.fake.Messages(), r.elapsed)
+	}
 	st := e.fake.Stats()
 	r.TokenRequests, r.GraphRequests, r.Throttled, r.InRetryAfter = st.TokenRequests, st.SendRequests, st.Throttled, st.InRetryAfter
 	r.Duplicates = max(st.Duplicates, r.dupSentEvents)
@@ -690,6 +698,22 @@ func (h *harness) publish(ctx context.Context, e *env, spec runSpec, oc *outcome
 		}
 		futures = keep
 	}
+	var refAttach, refHuge string
+	if spec.AttachBytes > 0 {
+		q, err := queue.Open(ctx, e.js)
+		if err != nil {
+			return 0, err
+		}
+		// Streamed in: the publisher never holds an attachment whole.
+		if refAttach, err = q.Attachments.PutReader(ctx, profile, "report.pdf", io.LimitReader(mrand.NewChaCha8([32]byte{1}), spec.AttachBytes)); err != nil {
+			return 0, err
+		}
+		if spec.HugeJobs > 0 {
+			if refHuge, err = q.Attachments.PutReader(ctx, profile, "export.zip", io.LimitReader(mrand.NewChaCha8([32]byte{2}), spec.HugeBytes)); err != nil {
+				return 0, err
+			}
+		}
+	}
 	for i := range total {
 		if ctx.Err() != nil {
 			return int(errCount.Load()), ctx.Err()
@@ -707,6 +731,14 @@ func (h *harness) publish(ctx context.Context, e *env, spec runSpec, oc *outcome
 			To:      []string{fmt.Sprintf("Recipient %d <rcpt%d@example.com>", i, i%1000)},
 			Subject: fmt.Sprintf("loadtest %s job %d", spec.Name, i),
 			Text:    "Hello,\n\nthis is a load test message of a realistic small size: a few lines of text, one recipient, no attachments.\n\n-- \nmailworker loadtest\n"}
+		if refAttach != "" {
+			a := contract.Attachment{Name: "report.pdf", ContentType: "application/pdf", ObjectRef: refAttach}
+			if i >= total-spec.HugeJobs {
+				a = contract.Attachment{Name: "export.zip", ContentType: "application/zip", ObjectRef: refHuge}
+				job.From = mailbox(spec.Mailboxes + i - (total - spec.HugeJobs))
+			}
+			job.Attachments = []contract.Attachment{a}
+		}
 		oc.published1(job.ID, isBad, time.Now())
 		var f jetstream.PubAckFuture
 		var err error
@@ -796,4 +828,46 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// uploadFigures sums the attachment bytes the fake received: the rate, and
+// the most any one mailbox received in a rolling 5 minutes (Outlook's
+// 150 MB per 5 minutes per app and mailbox, which the worker paces), taking
+// each message's bytes at its send.
+func uploadFigures(msgs []graphtest.Message, elapsed time.Duration) string {
+	byBox := map[string][]graphtest.Message{}
+	var total int64
+	for _, m := range msgs {
+		byBox[m.From] = append(byBox[m.From], m)
+		for _, a := range m.Attachments {
+			total += int64(a.Size)
+		}
+	}
+	var worst int64
+	worstBox := ""
+	for box, ms := range byBox {
+		sort.Slice(ms, func(i, j int) bool { return ms[i].ReceivedAt.Before(ms[j].ReceivedAt) })
+		var sum int64
+		lo := 0
+		for _, m := range ms {
+			for _, a := range m.Attachments {
+				sum += int64(a.Size)
+			}
+			for m.ReceivedAt.Sub(ms[lo].ReceivedAt) >= 5*time.Minute {
+				for _, a := range ms[lo].Attachments {
+					sum -= int64(a.Size)
+				}
+				lo++
+			}
+			if sum > worst {
+				worst, worstBox = sum, box
+			}
+		}
+	}
+	rate := 0.0
+	if elapsed > 0 {
+		rate = float64(total) / 1e6 / elapsed.Seconds()
+	}
+	return fmt.Sprintf("attachments %.0f MB in total, %.1f MB/s; most in any 5 minutes to one mailbox %.1f MB (%s; limit 150 MB, a single larger attachment goes alone)",
+		float64(total)/1e6, rate, float64(worst)/1e6, worstBox)
 }

@@ -7,7 +7,7 @@
 // a separate process on the same server, fake and concurrency, is the
 // baseline the worker is compared with.
 //
-//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale] [retention]
+//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale large] [retention]
 //
 // It exits 1 when a job was lost or sent twice, 2 on a usage or setup error.
 // Timings are figures, never assertions: see docs/benchmarks.md.
@@ -29,7 +29,7 @@ import (
 )
 
 // allScenarios in the order they run by default.
-var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral", "failover", "scale", "smtp"}
+var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral", "failover", "scale", "smtp", "large"}
 
 // extraScenarios run only when named: retention measures the broker alone
 // (retention.go).

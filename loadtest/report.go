@@ -44,6 +44,7 @@ type Result struct {
 	publishErrors   int
 	hostCPUusPerJob float64 // loadtest process (nats-server, fake, publisher, watcher) from first publish to last outcome
 	dupSentEvents   int
+	uploadNotes     string // large: the upload volume figures
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
@@ -105,6 +106,9 @@ func writeTable(w io.Writer, rs []Result, markdown bool) {
 		}
 		if r.publishErrors > 0 {
 			notes = append(notes, fmt.Sprintf("%d publish errors", r.publishErrors))
+		}
+		if r.uploadNotes != "" {
+			notes = append(notes, r.uploadNotes)
 		}
 		if r.dupSentEvents > 0 {
 			notes = append(notes, fmt.Sprintf("%d jobs had more than one terminal event", r.dupSentEvents))
