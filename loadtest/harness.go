@@ -288,6 +288,9 @@ func workerConfig(spec runSpec, e *env, httpAddr string, pprof bool) string {
 	fmt.Fprintf(&b, "streams:\n  provision: true\n  maxAckPending: %d\n", max(spec.MaxInFlight*spec.Replicas, spec.Concurrency, 1000))
 	fmt.Fprintf(&b, "worker:\n  concurrency: %d\n  maxInFlight: %d\n  perMailboxConcurrency: 4\n  perMailboxPerMinute: %d\n  drainTimeout: 5s\n",
 		spec.Concurrency, spec.MaxInFlight, spec.PerMinute)
+	if spec.UploadChunk > 0 {
+		fmt.Fprintf(&b, "  uploadChunkBytes: %d\n", spec.UploadChunk)
+	}
 	fmt.Fprintf(&b, "http:\n  listen: %q\n", httpAddr)
 	if pprof {
 		b.WriteString("  pprof: true\n")

@@ -36,6 +36,7 @@ type runSpec struct {
 	AttachBytes int64
 	HugeJobs    int
 	HugeBytes   int64
+	UploadChunk int // worker.uploadChunkBytes (0 = default)
 
 	// fake Graph
 	Latency          time.Duration
@@ -166,13 +167,26 @@ func (h *harness) scenario(ctx context.Context, name string) ([]Result, error) {
 		// sessions. The goal: worker peak RSS ≤ 150 MB whatever the
 		// attachment size, and no mailbox over 150 MB of upload in any
 		// 5 minutes (Outlook's limit; the worker paces it).
+		// Memory follows the uploads in flight × the chunk size, not the
+		// attachment size: a second row with a smaller chunk.
 		spec := runSpec{Name: "large", Jobs: h.size(40) + 2, Mailboxes: 4, Concurrency: h.conc(16), MaxInFlight: 64,
 			Replicas: h.replicas(), FakeMaxPerBox: 4, AttachBytes: 25 << 20, HugeJobs: 2, HugeBytes: 150 << 20}
-		r, err := h.runOne(ctx, spec)
-		if r == nil {
-			return nil, err
+		var out []Result
+		for _, chunk := range []int{0, 10 * 320 * 1024} {
+			spec.UploadChunk = chunk
+			if chunk > 0 {
+				spec.Name = fmt.Sprintf("large-chunk%dk", chunk/1024)
+			}
+			r, err := h.runOne(ctx, spec)
+			if r == nil {
+				return out, err
+			}
+			out = append(out, *r)
+			if err != nil {
+				return out, err
+			}
 		}
-		return []Result{*r}, err
+		return out, nil
 	case "scale":
 		c := h.conc(64)
 		lat := h.latency()

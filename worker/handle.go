@@ -316,6 +316,13 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(sendCtx, p.cfg.SendTimeout)
+	if j.state.Draft != nil {
+		// A draft send is many calls (a 150 MB upload is dozens of PUTs),
+		// each bounded by the same timeout in graphmail; its progress
+		// saves renew the claim on the job (decide: busy).
+		cancel()
+		ctx, cancel = context.WithCancel(sendCtx)
+	}
 	p.m.InflightSends.Inc()
 	start := time.Now()
 	var res contract.SendResult

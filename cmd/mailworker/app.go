@@ -92,7 +92,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 	sender := graphmail.NewJobs(a.q.Attachments)
 	for _, name := range names {
 		consent := &consentWatch{profile: name, metrics: metrics, log: log}
-		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, metrics, consent.token)
+		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, cfg.Worker.UploadChunkBytes, metrics, consent.token)
 		if err != nil {
 			return nil, err
 		}
@@ -164,13 +164,13 @@ func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []b
 // newGraphClient builds a profile's Graph client from its config; file is
 // the content of its credential file, if any. onToken gets what each token
 // fetched from Entra grants.
-func newGraphClient(name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics, onToken func(graphmail.TokenInfo)) (c *graphmail.Client, file []byte, err error) {
+func newGraphClient(name string, p ProfileConfig, timeout time.Duration, chunk int, m *worker.Metrics, onToken func(graphmail.TokenInfo)) (c *graphmail.Client, file []byte, err error) {
 	cred, file, err := readCredential(name, p.Credential)
 	if err != nil {
 		return nil, nil, err
 	}
 	gc := graphmail.Config{Name: name, TenantID: p.TenantID, ClientID: p.ClientID, Cloud: graphmail.Cloud(p.Cloud),
-		AuthorityHost: p.AuthorityHost, GraphURL: p.GraphURL, Credential: cred, Timeout: timeout,
+		AuthorityHost: p.AuthorityHost, GraphURL: p.GraphURL, Credential: cred, Timeout: timeout, UploadChunkBytes: chunk,
 		MaxRecipientsPerMessage: p.MaxRecipientsPerMessage, AllowedHeaders: p.AllowedHeaders,
 		OnTokenRequest: func(ok bool) {
 			result := "ok"

@@ -158,7 +158,7 @@ func checkProfile(ctx context.Context, name string, p ProfileConfig, timeout tim
 	}
 	var mu sync.Mutex
 	var info graphmail.TokenInfo
-	client, _, err := newGraphClient(name, p, timeout, m, func(ti graphmail.TokenInfo) { mu.Lock(); info = ti; mu.Unlock() })
+	client, _, err := newGraphClient(name, p, timeout, 0, m, func(ti graphmail.TokenInfo) { mu.Lock(); info = ti; mu.Unlock() })
 	if err != nil {
 		pc.Token = cell(err.Error())
 		return pc

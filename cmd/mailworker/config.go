@@ -93,7 +93,11 @@ type WorkerConfig struct {
 	BackoffMax                time.Duration `yaml:"backoffMax"`
 	AckWait                   time.Duration `yaml:"ackWait"`
 	SendTimeout               time.Duration `yaml:"sendTimeout"`
-	DrainTimeout              time.Duration `yaml:"drainTimeout"`
+	// UploadChunkBytes is the size of each PUT of an upload session (draft
+	// delivery mode): a multiple of 327680 (320 KiB), at most 4 MiB; 0 =
+	// graphmail's default. One chunk per upload in flight is in memory.
+	UploadChunkBytes int           `yaml:"uploadChunkBytes"`
+	DrainTimeout     time.Duration `yaml:"drainTimeout"`
 }
 
 // HTTPConfig is the metrics and health listener.
