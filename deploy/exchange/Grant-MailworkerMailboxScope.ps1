@@ -19,7 +19,17 @@
          "CustomAttribute15 -eq 'mailworker-<AppName>'"  (or "MemberOfGroup -eq '<group DN>'").
       4. New-ManagementRoleAssignment 'mailworker-<AppName>-Mail.Send' -App <ServicePrincipalObjectId>
          -Role 'Application Mail.Send' -CustomResourceScope 'mailworker-<AppName>-mailboxes'.
-      5. Test-ServicePrincipalAuthorization for each mailbox (expects InScope True).
+      5. With -DraftMode (profiles with deliveryMode: draft): New-ManagementRoleAssignment
+         'mailworker-<AppName>-Mail.ReadWrite' -App <ServicePrincipalObjectId> -Role 'Application Mail.ReadWrite'
+         -CustomResourceScope 'mailworker-<AppName>-mailboxes': the SAME scope as Mail.Send.
+      6. Test-ServicePrincipalAuthorization for each mailbox (expects InScope True, for Mail.ReadWrite too
+         with -DraftMode).
+
+    THE DRAFT MODE TRADE: "Application Mail.ReadWrite" lets the app read, change and delete any mail in the
+    approved mailboxes (only those: the scope bounds it as it bounds Mail.Send). mailworker uses it to
+    create a draft, attach large files, send it, look the sent message up and delete drafts left behind.
+    Grant it only to profiles that need large attachments or exactly-once sending, and keep the approved
+    mailboxes dedicated to sending (no human correspondence in them).
 
     The app must NOT also hold the tenant-wide Graph Mail.Send permission (Entra admin consent): grants
     from Entra and from Exchange RBAC add up, and the tenant-wide one would let it send as anyone.
@@ -46,10 +56,15 @@
     Use membership of this mail-enabled (security) group instead of a custom attribute.
 .PARAMETER Force
     Overwrite an attribute that already holds a different value.
+.PARAMETER DraftMode
+    Also assign "Application Mail.ReadWrite" in the same scope (mailworker deliveryMode: draft).
 
 .EXAMPLE
     ./Grant-MailworkerMailboxScope.ps1 -AppName billing -AppId 1111... -ServicePrincipalObjectId 2222... `
         -Mailbox billing@contoso.com, invoices@contoso.com -SetAttribute
+.EXAMPLE
+    ./Grant-MailworkerMailboxScope.ps1 -AppName reports -AppId 5555... -ServicePrincipalObjectId 6666... `
+        -Mailbox reports@contoso.com -SetAttribute -DraftMode
 .EXAMPLE
     ./Grant-MailworkerMailboxScope.ps1 -AppName hr -AppId 3333... -ServicePrincipalObjectId 4444... `
         -ScopeGroup 'mailworker-hr-senders' -Mailbox hr@contoso.com -WhatIf
@@ -86,6 +101,8 @@ param(
     [string] $ScopeGroup,
 
     [switch] $Force,
+
+    [switch] $DraftMode,
 
     [string] $Organization
 )
@@ -188,15 +205,36 @@ elseif ($assignment.CustomResourceScope -ne $n.Scope) {
 }
 else { Write-Host "Role assignment '$($n.Assignment)' exists." }
 
-# 5. Immediate check (bypasses the permission cache).
+# 5. Draft delivery mode: Mail.ReadWrite in the same scope.
+if ($DraftMode) {
+    $draft = Get-ManagementRoleAssignment -Identity $n.DraftAssignment -ErrorAction SilentlyContinue
+    if (-not $draft) {
+        if ($PSCmdlet.ShouldProcess($n.DraftAssignment, "New-ManagementRoleAssignment -App $ServicePrincipalObjectId -Role 'Application Mail.ReadWrite' -CustomResourceScope $($n.Scope)")) {
+            $draft = New-ManagementRoleAssignment -Name $n.DraftAssignment -App $ServicePrincipalObjectId -Role 'Application Mail.ReadWrite' -CustomResourceScope $n.Scope
+            Write-Host "Created role assignment '$($n.DraftAssignment)': the app can now read, change and delete mail in the approved mailboxes."
+        }
+    }
+    elseif ($draft.CustomResourceScope -ne $n.Scope) {
+        throw "Role assignment '$($n.DraftAssignment)' exists with scope '$($draft.CustomResourceScope)', not '$($n.Scope)'. It must be the Mail.Send scope; inspect it before changing."
+    }
+    else { Write-Host "Role assignment '$($n.DraftAssignment)' exists." }
+}
+
+# 6. Immediate check (bypasses the permission cache).
 if (-not $WhatIfPreference) {
-    $results = foreach ($mbx in $mailboxes) { Test-MailSendAuthorization -ServicePrincipal $ServicePrincipalObjectId -Mailbox $mbx.PrimarySmtpAddress }
+    $results = foreach ($mbx in $mailboxes) {
+        $send = Test-MailSendAuthorization -ServicePrincipal $ServicePrincipalObjectId -Mailbox $mbx.PrimarySmtpAddress
+        $row = [ordered]@{ Mailbox = $send.Mailbox; MailSend = $send.InScope }
+        if ($DraftMode) { $row.MailReadWrite = (Test-MailReadWriteAuthorization -ServicePrincipal $ServicePrincipalObjectId -Mailbox $mbx.PrimarySmtpAddress).InScope }
+        [pscustomobject]$row
+    }
     $results | Format-Table -AutoSize | Out-Host
-    if ($results | Where-Object { -not $_.InScope }) {
+    if ($results | Where-Object { -not $_.MailSend -or ($DraftMode -and -not $_.MailReadWrite) }) {
         Write-Warning 'Some approved mailboxes are not in scope yet (attribute or group change not applied, or the filter does not match).'
     }
+    $dm = if ($DraftMode) { ' -DraftMode' } else { '' }
     Write-Host "Validate the full scope, including a mailbox that must be denied:"
-    Write-Host "  ./Test-MailworkerMailboxScope.ps1 -AppName $AppName -Mailbox $($Mailbox -join ',') -DeniedMailbox <a mailbox outside the scope>"
+    Write-Host "  ./Test-MailworkerMailboxScope.ps1 -AppName $AppName -Mailbox $($Mailbox -join ',') -DeniedMailbox <a mailbox outside the scope>$dm"
 }
 Write-Host ''
 Write-Host (Get-MailworkerPropagationNote)

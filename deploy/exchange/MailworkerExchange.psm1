@@ -42,6 +42,7 @@ function Get-MailworkerNames {
         ServicePrincipal = "mailworker-$AppName"
         Scope            = "mailworker-$AppName-mailboxes"
         Assignment       = "mailworker-$AppName-Mail.Send"
+        DraftAssignment  = "mailworker-$AppName-Mail.ReadWrite"  # draft delivery mode only
         AttributeValue   = "mailworker-$AppName"
     }
 }
@@ -63,4 +64,21 @@ function Test-MailSendAuthorization {
     }
 }
 
-Export-ModuleMember -Function Get-MailworkerPropagationNote, Connect-MailworkerExchange, Get-MailworkerNames, Test-MailSendAuthorization
+function Test-MailReadWriteAuthorization {
+    <#
+    .SYNOPSIS
+        As Test-MailSendAuthorization, for the "Application Mail.ReadWrite" role that mailworker's draft
+        delivery mode needs (create, read and delete messages in the approved mailboxes): returns
+        Mailbox, InScope and the raw grants.
+    #>
+    param([Parameter(Mandatory)][string] $ServicePrincipal, [Parameter(Mandatory)][string] $Mailbox)
+    $rows = @(Test-ServicePrincipalAuthorization -Identity $ServicePrincipal -Resource $Mailbox -ErrorAction Stop)
+    $rw = @($rows | Where-Object { $_.RoleName -eq 'Application Mail.ReadWrite' -or "$($_.GrantedPermissions)" -match '\bMail\.ReadWrite\b' })
+    [pscustomobject]@{
+        Mailbox = $Mailbox
+        InScope = [bool]($rw | Where-Object { $_.InScope -eq $true })
+        Scopes  = ($rw | ForEach-Object { "$($_.ScopeType):$($_.AllowedResourceScope)=$($_.InScope)" }) -join '; '
+    }
+}
+
+Export-ModuleMember -Function Get-MailworkerPropagationNote, Connect-MailworkerExchange, Get-MailworkerNames, Test-MailSendAuthorization, Test-MailReadWriteAuthorization

@@ -70,6 +70,8 @@ $sp = Get-ServicePrincipal -Identity $n.ServicePrincipal -ErrorAction SilentlyCo
 
 # 1. Role assignments: by name, and any other assignment held by this service principal.
 $assignments = @(Get-ManagementRoleAssignment -Identity $n.Assignment -ErrorAction SilentlyContinue)
+# Draft delivery mode's "Application Mail.ReadWrite" in the same scope.
+$assignments += @(Get-ManagementRoleAssignment -Identity $n.DraftAssignment -ErrorAction SilentlyContinue)
 if ($sp) {
     # RoleAssigneeName/RoleAssignee formats for apps: match on every id we know (verify in your tenant).
     $assignments += @(Get-ManagementRoleAssignment -ErrorAction SilentlyContinue |

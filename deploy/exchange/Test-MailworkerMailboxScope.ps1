@@ -3,7 +3,9 @@
 <#
 .SYNOPSIS
     Proves that a mailworker app may send as exactly its approved mailboxes: every -Mailbox must be
-    InScope True for "Application Mail.Send", and every -DeniedMailbox must NOT be.
+    InScope True for "Application Mail.Send", and every -DeniedMailbox must NOT be. "Application
+    Mail.ReadWrite" (draft delivery mode) must cover the approved mailboxes with -DraftMode and none
+    without it, and never a denied one.
 
 .DESCRIPTION
     Runs Test-ServicePrincipalAuthorization -Identity <service principal> -Resource <mailbox> for each
@@ -26,9 +28,15 @@
     Approved mailboxes: must be in scope.
 .PARAMETER DeniedMailbox
     Mailboxes outside the scope: must be denied. At least one.
+.PARAMETER DraftMode
+    The app uses mailworker's draft delivery mode: also check "Application Mail.ReadWrite" (the right to
+    read, change and delete mail), which must cover exactly the same mailboxes as Mail.Send. Without
+    -DraftMode, a Mail.ReadWrite grant on any checked mailbox FAILS: the app holds more than it uses.
 
 .EXAMPLE
     ./Test-MailworkerMailboxScope.ps1 -AppName billing -Mailbox billing@contoso.com, invoices@contoso.com -DeniedMailbox ceo@contoso.com
+.EXAMPLE
+    ./Test-MailworkerMailboxScope.ps1 -AppName reports -Mailbox reports@contoso.com -DeniedMailbox ceo@contoso.com -DraftMode
 #>
 [CmdletBinding(DefaultParameterSetName = 'ByName')]
 param(
@@ -48,6 +56,8 @@ param(
     [ValidateNotNullOrEmpty()]
     [string[]] $DeniedMailbox,
 
+    [switch] $DraftMode,
+
     [string] $Organization
 )
 
@@ -65,12 +75,18 @@ if ($overlap) { throw "Mailboxes both approved and denied: $($overlap -join ', '
 
 $rows = @(
     foreach ($m in $Mailbox) { $r = Test-MailSendAuthorization -ServicePrincipal $sp.ObjectId -Mailbox $m
-        [pscustomobject]@{ Mailbox = $m; Expected = 'InScope'; InScope = $r.InScope; Result = if ($r.InScope) { 'PASS' } else { 'FAIL' }; Scopes = $r.Scopes } }
+        [pscustomobject]@{ Mailbox = $m; Role = 'Mail.Send'; Expected = 'InScope'; InScope = $r.InScope; Result = if ($r.InScope) { 'PASS' } else { 'FAIL' }; Scopes = $r.Scopes } }
     foreach ($m in $DeniedMailbox) { $r = Test-MailSendAuthorization -ServicePrincipal $sp.ObjectId -Mailbox $m
-        [pscustomobject]@{ Mailbox = $m; Expected = 'Denied'; InScope = $r.InScope; Result = if (-not $r.InScope) { 'PASS' } else { 'FAIL' }; Scopes = $r.Scopes } }
+        [pscustomobject]@{ Mailbox = $m; Role = 'Mail.Send'; Expected = 'Denied'; InScope = $r.InScope; Result = if (-not $r.InScope) { 'PASS' } else { 'FAIL' }; Scopes = $r.Scopes } }
+    # Mail.ReadWrite (draft delivery mode): the approved mailboxes only, and only when the draft mode is used.
+    foreach ($m in $Mailbox) { $r = Test-MailReadWriteAuthorization -ServicePrincipal $sp.ObjectId -Mailbox $m
+        $ok = if ($DraftMode) { $r.InScope } else { -not $r.InScope }
+        [pscustomobject]@{ Mailbox = $m; Role = 'Mail.ReadWrite'; Expected = if ($DraftMode) { 'InScope' } else { 'Denied' }; InScope = $r.InScope; Result = if ($ok) { 'PASS' } else { 'FAIL' }; Scopes = $r.Scopes } }
+    foreach ($m in $DeniedMailbox) { $r = Test-MailReadWriteAuthorization -ServicePrincipal $sp.ObjectId -Mailbox $m
+        [pscustomobject]@{ Mailbox = $m; Role = 'Mail.ReadWrite'; Expected = 'Denied'; InScope = $r.InScope; Result = if (-not $r.InScope) { 'PASS' } else { 'FAIL' }; Scopes = $r.Scopes } }
 )
 Write-Host "Service principal: $($sp.DisplayName) (AppId $($sp.AppId), ObjectId $($sp.ObjectId))"
-$rows | Format-Table Mailbox, Expected, InScope, Result, Scopes -AutoSize | Out-Host
+$rows | Format-Table Mailbox, Role, Expected, InScope, Result, Scopes -AutoSize | Out-Host
 Write-Host (Get-MailworkerPropagationNote)
 $failed = @($rows | Where-Object Result -eq 'FAIL')
 if ($failed) {
