@@ -159,3 +159,37 @@ func (s *States) Profiles(ctx context.Context, jobID string) ([]string, error) {
 	sort.Strings(out)
 	return out, nil
 }
+
+// Drafts returns the states of jobs whose draft (draft delivery mode) was
+// never sent and that have not moved for olderThan: drafts left behind in
+// the shared mailboxes (a dead-lettered or expired job whose draft could not
+// be deleted, or a job stuck mid-flow). It reads the whole bucket.
+func (s *States) Drafts(ctx context.Context, olderThan time.Duration, now time.Time) ([]contract.JobState, error) {
+	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("queue: read job states: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	var out []contract.JobState
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("queue: read job states: %w", ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return out, nil
+			}
+			if e == nil { // the current values are all delivered
+				return out, nil
+			}
+			var st contract.JobState
+			if json.Unmarshal(e.Value(), &st) != nil {
+				continue
+			}
+			if d := st.Draft; d != nil && d.ID != "" && d.SendAt == nil && st.State != contract.StateSent &&
+				now.Sub(st.UpdatedAt) >= olderThan {
+				out = append(out, st)
+			}
+		}
+	}
+}

@@ -26,14 +26,26 @@ import (
 
 // checkResult is what `mailworker check` found; Problems empty means ready.
 type checkResult struct {
-	NATS     string         `json:"nats"`
+	NATS string `json:"nats"`
+	// Drafts are drafts left behind (draft delivery mode): never sent,
+	// their job idle for more than --drafts-older-than.
+	Drafts   []orphanDraft  `json:"orphanDrafts"`
 	Profiles []profileCheck `json:"profiles"`
 	Problems []string       `json:"problems"`
 	Warnings []string       `json:"warnings"`
 }
 
+type orphanDraft struct {
+	JobID     string    `json:"jobId"`
+	Profile   string    `json:"profile"`
+	Mailbox   string    `json:"mailbox"`
+	State     string    `json:"state"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
 type profileCheck struct {
 	Profile          string     `json:"profile"`
+	DeliveryMode     string     `json:"deliveryMode"`
 	Credential       string     `json:"credential"` // certificate, client secret, workload identity
 	Thumbprint       string     `json:"thumbprint,omitempty"`
 	NotAfter         *time.Time `json:"notAfter,omitempty"`
@@ -49,6 +61,7 @@ const certWarnDays = 14
 
 func (c *cli) checkCmd() *cobra.Command {
 	var asJSON bool
+	var draftsOlder time.Duration
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Preflight: config, NATS and streams, and one Entra token per profile (sends no mail)",
@@ -57,6 +70,9 @@ then fetches one access token per profile from Entra ID. For each profile it rep
 credential (certificate thumbprint and expiry), whether Entra issued a token, and any
 tenant-wide Mail.* application permission in that token (admin consent in Entra, which
 the Exchange RBAC scope does not restrict). It sends no mail and calls no Graph API.
+For a profile in draft delivery mode it says what the Exchange role "Application
+Mail.ReadWrite" lets the app do, and lists drafts left behind: jobs whose draft was
+never sent and that have not moved for --drafts-older-than (read from the job states).
 Exit code 0 when ready, 1 when something must be fixed (listed under "problems").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -64,7 +80,7 @@ Exit code 0 when ready, 1 when something must be fixed (listed under "problems")
 			if err != nil {
 				return err
 			}
-			res := c.check(cmd.Context(), cfg)
+			res := c.check(cmd.Context(), cfg, draftsOlder)
 			if asJSON {
 				if err := json.NewEncoder(c.stdout).Encode(res); err != nil {
 					return err
@@ -78,12 +94,13 @@ Exit code 0 when ready, 1 when something must be fixed (listed under "problems")
 			return nil
 		}}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().DurationVar(&draftsOlder, "drafts-older-than", time.Hour, "report drafts never sent whose job has not moved for this long")
 	return cmd
 }
 
-func (c *cli) check(ctx context.Context, cfg Config) checkResult {
-	res := checkResult{Profiles: []profileCheck{}, Problems: []string{}, Warnings: []string{}}
-	res.NATS = c.checkNATS(ctx, cfg)
+func (c *cli) check(ctx context.Context, cfg Config, draftsOlder time.Duration) checkResult {
+	res := checkResult{Profiles: []profileCheck{}, Problems: []string{}, Warnings: []string{}, Drafts: []orphanDraft{}}
+	res.NATS = c.checkNATS(ctx, cfg, draftsOlder, &res)
 	if res.NATS != "ok" {
 		res.Problems = append(res.Problems, "nats: "+res.NATS)
 	}
@@ -124,7 +141,7 @@ func (c *cli) check(ctx context.Context, cfg Config) checkResult {
 }
 
 // checkNATS connects and opens the provisioned assets; "ok" or the problem.
-func (c *cli) checkNATS(ctx context.Context, cfg Config) string {
+func (c *cli) checkNATS(ctx context.Context, cfg Config, draftsOlder time.Duration, res *checkResult) string {
 	nc, err := connectNATS(cfg.NATS, "mailworker-check", zerolog.Nop())
 	if err != nil {
 		return err.Error()
@@ -136,16 +153,34 @@ func (c *cli) checkNATS(ctx context.Context, cfg Config) string {
 	}
 	opCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := queue.Open(opCtx, js); err != nil {
+	q, err := queue.Open(opCtx, js)
+	if err != nil {
 		// queue's error already says to run `mailworker provision`: one hint.
 		return err.Error() + "; or let a worker with streams.provision on start once"
+	}
+	sctx, scancel := context.WithTimeout(ctx, time.Minute)
+	defer scancel()
+	left, err := q.States.Drafts(sctx, draftsOlder, time.Now())
+	if err != nil {
+		res.Warnings = append(res.Warnings, "drafts left behind: "+err.Error())
+	}
+	for _, st := range left {
+		res.Drafts = append(res.Drafts, orphanDraft{JobID: st.JobID, Profile: st.Profile, Mailbox: st.Draft.Mailbox,
+			State: string(st.State), CreatedAt: st.Draft.CreatedAt})
+	}
+	if len(left) > 0 {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%d drafts never sent are left in shared mailboxes (listed above): "+
+			"replay the job (`mailworker dlq replay`) to send it, or delete the draft from the mailbox's Drafts folder (docs/runbook.md#drafts-left-behind)", len(left)))
 	}
 	return "ok"
 }
 
 // checkProfile builds the profile's client as the worker does and fetches one token.
 func checkProfile(ctx context.Context, name string, p ProfileConfig, timeout time.Duration, m *worker.Metrics) profileCheck {
-	pc := profileCheck{Profile: name, AllowedSenders: p.AllowedSenders, TenantWideRoles: []string{}}
+	pc := profileCheck{Profile: name, AllowedSenders: p.AllowedSenders, TenantWideRoles: []string{}, DeliveryMode: p.DeliveryMode}
+	if pc.DeliveryMode == "" {
+		pc.DeliveryMode = string(graphmail.ModeSendMail)
+	}
 	switch {
 	case p.Credential.CertificateFile != "":
 		pc.Credential = "certificate " + p.Credential.CertificateFile
@@ -200,6 +235,17 @@ func (c *cli) printCheck(res checkResult) {
 			fmt.Fprintf(c.stdout, "  tenant-wide mail permissions: %s\n", roles)
 		}
 		fmt.Fprintf(c.stdout, "  allowed senders: %s\n", strings.Join(p.AllowedSenders, ", "))
+		if p.DeliveryMode == string(graphmail.ModeDraft) {
+			fmt.Fprintln(c.stdout, "  delivery mode: draft. It needs the Exchange role \"Application Mail.ReadWrite\" in the same management scope")
+			fmt.Fprintln(c.stdout, "    as Mail.Send: with it the app can read, change and delete any mail in the allowed senders' mailboxes")
+			fmt.Fprintln(c.stdout, "    (only those). Verify the scope: Test-MailworkerMailboxScope.ps1 -DraftMode (with a -DeniedMailbox).")
+		} else {
+			fmt.Fprintln(c.stdout, "  delivery mode: sendMail (Mail.Send only; a job over 4 MB is dead-lettered message_too_large)")
+		}
+	}
+	for _, d := range res.Drafts {
+		fmt.Fprintf(c.stdout, "draft left behind: job %s  profile %s  mailbox %s  state %s  created %s\n",
+			contract.Quote(d.JobID), d.Profile, contract.Quote(d.Mailbox), d.State, d.CreatedAt.UTC().Format(time.RFC3339))
 	}
 	for _, w := range res.Warnings {
 		fmt.Fprintln(c.stdout, "warning:", w)
