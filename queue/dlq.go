@@ -355,6 +355,7 @@ func (d *DLQ) replayOnly(ctx context.Context, dl contract.DeadLetter, opts Repla
 		_, err = d.states.Put(ctx, contract.JobState{
 			JobID: dl.JobID, Profile: dl.Profile, State: contract.StateReplayed, Attempts: 0,
 			Generation: gen, UpdatedAt: time.Now().UTC(), AmbiguousBefore: before,
+			Draft: replayDraft(st.Draft, opts.Body != nil),
 		})
 		if err != nil {
 			return err
@@ -475,4 +476,19 @@ func undash(s string) string {
 		return ""
 	}
 	return s
+}
+
+// replayDraft is the draft (draft delivery mode) a replay goes on with. A
+// draft whose send was attempted is kept whatever the body: the replay looks
+// it up first and, if the mail went out, records it sent instead of sending
+// it twice. A draft never sent is kept when the body is the original one
+// (the replay resumes it rather than leaving it behind) and dropped when a
+// fixed body replaces it (the fixed job gets a new draft; the old one was
+// deleted when the job was dead-lettered, unless that failed, which
+// mailworker_drafts_left_total counted).
+func replayDraft(d *contract.Draft, newBody bool) *contract.Draft {
+	if d == nil || d.ID == "" || (newBody && d.SendAt == nil) {
+		return nil
+	}
+	return d
 }
