@@ -217,7 +217,7 @@ func (c *Client) saved(ctx context.Context, save func(context.Context) error, cr
 func (c *Client) sendDraft(ctx context.Context, from string, p *contract.Draft, crid string) (contract.SendResult, error) {
 	res, err := c.SendDraft(ctx, from, p.ID, crid)
 	out := contract.SendResult{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
-		Duration: res.Duration, InternetMessageID: p.InternetMessageID}
+		Date: res.Date, Duration: res.Duration, InternetMessageID: p.InternetMessageID}
 	return out, err
 }
 
@@ -619,7 +619,10 @@ func (c *Client) call(ctx context.Context, op, method, u string, body []byte, cr
 	return res, data, nil
 }
 
-func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, tok, crid string) (Result, []byte, *contract.SendError) {
+func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, tok, _ string) (Result, []byte, *contract.SendError) {
+	// A fresh GUID per request, as for sendMail (Microsoft's guidance); the
+	// job id travels in the draft's X-Mailworker-Job-Id header.
+	crid := newGUID()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	wt := &wroteTrace{}
@@ -643,18 +646,16 @@ func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, to
 	if body != nil {
 		h["Content-Type"] = []string{"application/json"}
 	}
-	if crid != "" {
-		h["Client-Request-Id"] = []string{crid}
-		h["Return-Client-Request-Id"] = []string{"true"}
-	}
+	h["Client-Request-Id"] = []string{crid}
+	h["Return-Client-Request-Id"] = []string{"true"}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return Result{ClientRequestID: crid}, nil, &contract.SendError{Class: contract.ClassRetryable, Ambiguous: wt.wrote.Load(),
 			Profile: c.name, ClientRequestID: crid, Err: err}
 	}
-	res := Result{Status: resp.StatusCode, RequestID: resp.Header.Get("request-id"), ClientRequestID: resp.Header.Get("client-request-id")}
-	if res.ClientRequestID == "" {
-		res.ClientRequestID = crid
+	res := Result{Status: resp.StatusCode, RequestID: safeID(resp.Header.Get("request-id")), ClientRequestID: crid}
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		res.Date = d
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
