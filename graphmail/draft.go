@@ -200,7 +200,7 @@ func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draf
 		p.SendAt = nil
 		return contract.SendResult{}, err
 	}
-	return c.sendDraft(ctx, from, p, crid)
+	return c.sendDraft(ctx, from, p, save, crid)
 }
 
 func (c *Client) saved(ctx context.Context, save func(context.Context) error, crid string) error {
@@ -214,10 +214,20 @@ func (c *Client) saved(ctx context.Context, save func(context.Context) error, cr
 	return nil
 }
 
-func (c *Client) sendDraft(ctx context.Context, from string, p *contract.Draft, crid string) (contract.SendResult, error) {
+func (c *Client) sendDraft(ctx context.Context, from string, p *contract.Draft, save func(context.Context) error, crid string) (contract.SendResult, error) {
 	res, err := c.SendDraft(ctx, from, p.ID, crid)
 	out := contract.SendResult{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
 		Date: res.Date, Duration: res.Duration, InternetMessageID: p.InternetMessageID}
+	if err != nil && !IsAmbiguous(err) {
+		// Graph refused the send (4xx, 429, no token): the mail did not go
+		// out and the draft is an unsent one again, which a dead letter
+		// deletes. Best effort: kept, SendAt only costs a look-up.
+		sendAt := p.SendAt
+		p.SendAt = nil
+		if c.saved(ctx, save, crid) != nil {
+			p.SendAt = sendAt
+		}
+	}
 	return out, err
 }
 
@@ -229,7 +239,7 @@ func (c *Client) resumeSend(ctx context.Context, from string, p *contract.Draft,
 	}
 	switch {
 	case found && info.IsDraft:
-		return c.sendDraft(ctx, from, p, crid)
+		return c.sendDraft(ctx, from, p, save, crid)
 	case found:
 		return contract.SendResult{Status: http.StatusOK, InternetMessageID: p.InternetMessageID, Lookup: LookupSent}, nil
 	case time.Since(*p.SendAt) < SentItemsWait:

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/graphmail/graphtest"
@@ -98,34 +99,44 @@ func TestJobsDeliveryModes(t *testing.T) {
 	}
 }
 
-// TestJobsResumableAndDeleteDraft: the progress is handed to save; a draft never sent is
-// deleted by DeleteDraft, one whose send was attempted is left alone.
+// TestJobsResumableAndDeleteDraft: the progress is handed to save; a send
+// Graph refused leaves an unsent draft, which DeleteDraft deletes; a draft
+// whose send may have gone out is left alone.
 func TestJobsResumableAndDeleteDraft(t *testing.T) {
 	ctx := context.Background()
 	j, s := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft, When: graphmail.DraftAlways}, memStore{})
-	var saved contract.Draft
+	var saved []contract.Draft
 	s.ScriptDraft(graphtest.OpSend, graphtest.Fault{Status: 400, Code: "ErrorInvalidRequest"})
 	_, err := j.SendResumable(ctx, "p", "j1", smallJob(), nil, func(_ context.Context, d *contract.Draft) error {
-		saved = *d
+		saved = append(saved, *d)
 		return nil
 	})
-	if asSendError(t, err).Class != contract.ClassPermanent || saved.ID == "" || saved.SendAt == nil {
+	if asSendError(t, err).Class != contract.ClassPermanent || len(saved) < 3 {
 		t.Fatalf("err %v, saved %+v", err, saved)
 	}
-	if err := j.DeleteDraft(ctx, "p", "j1", &saved); err != nil {
+	if saved[len(saved)-2].SendAt == nil {
+		t.Errorf("the send was not marked before it was made: %+v", saved)
+	}
+	last := saved[len(saved)-1]
+	if last.ID == "" || last.SendAt != nil {
+		t.Fatalf("after a refused send the draft should be unsent again: %+v", last)
+	}
+	at := time.Now()
+	maybeSent := last
+	maybeSent.SendAt = &at
+	if err := j.DeleteDraft(ctx, "p", "j1", &maybeSent); err != nil {
 		t.Fatal(err)
 	}
 	if d := s.Drafts(); d[0].Deleted {
-		t.Fatal("a draft whose send was attempted was deleted")
+		t.Fatal("a draft whose send may have gone out was deleted")
 	}
-	saved.SendAt = nil
-	if err := j.DeleteDraft(ctx, "p", "j1", &saved); err != nil {
+	if err := j.DeleteDraft(ctx, "p", "j1", &last); err != nil {
 		t.Fatal(err)
 	}
 	if d := s.Drafts(); !d[0].Deleted {
 		t.Fatalf("draft not deleted: %+v", d)
 	}
-	if err := j.DeleteDraft(ctx, "p", "j1", &saved); err != nil {
+	if err := j.DeleteDraft(ctx, "p", "j1", &last); err != nil {
 		t.Fatalf("deleting it again: %v", err)
 	}
 }

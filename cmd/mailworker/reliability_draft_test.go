@@ -102,4 +102,29 @@ func TestReliabilityDraftMode(t *testing.T) {
 		}
 		logFigures(t, "draft-5xx-after-accept", r, fmt.Sprintf("storm=2x%s drafts=%d jobs_retried=%d", storm, len(fake.Drafts()), retried))
 	})
+
+	t.Run("a refused send deletes the draft", func(t *testing.T) {
+		t.Parallel()
+		ns := startRelNATS(t)
+		fake := newFake(t, graphtest.Options{})
+		h := newHarness(t, ns.url(), fake, relWorker{}, profile)
+		fake.SetDraftFault(graphtest.OpSend, &graphtest.Fault{Status: 400, Code: "ErrorInvalidRecipients"})
+		ids := h.publish("rel", "drefused", 3)
+		replica := h.startReplica()
+		h.waitTerminal(ids, time.Minute)
+		h.stopAll([]*proc{replica})
+		r := h.check(ids)
+		if r.DeadLettered != 3 || r.Reasons[contract.ReasonRecipientInvalid] != 3 {
+			t.Errorf("%s; want 3 dead-lettered recipient_invalid", r)
+		}
+		drafts := fake.Drafts()
+		if len(drafts) != 3 {
+			t.Fatalf("%d drafts, want 3", len(drafts))
+		}
+		for _, d := range drafts {
+			if !d.Deleted {
+				t.Errorf("the draft of dead-lettered job %s is left in the mailbox", d.JobID)
+			}
+		}
+	})
 }
