@@ -1,6 +1,7 @@
 // Package graphtest is an in-process fake of Microsoft Entra ID (OIDC discovery and the
-// client-credentials token endpoint) and Microsoft Graph (POST /v1.0/users/{id}/sendMail),
-// served over TLS with its own CA, with fault knobs for tests, load tests and the sandbox.
+// client-credentials token endpoint) and Microsoft Graph (POST /v1.0/users/{id}/sendMail, and
+// the draft flow of drafts.go: messages, upload sessions, send, get, delete), served over TLS
+// with its own CA, with fault knobs for tests, load tests and the sandbox.
 //
 // The real MSAL Go confidential client talks to it when configured with
 // authority AuthorityURL(), confidential.WithHTTPClient(Client()) and
