@@ -51,7 +51,10 @@ type job struct {
 	published time.Time
 	graph     *contract.GraphInfo // of the last Graph call, if any
 	lookup    string              // a draft send's look-up outcome (contract.SendResult.Lookup)
-	elapsed   time.Duration       // of the last Graph call
+	// admittedAt and uploadBytes are the pacer's reservation for this send.
+	admittedAt  time.Time
+	uploadBytes int64
+	elapsed     time.Duration // of the last Graph call
 	// releaseSlots gives back the mailbox and Graph concurrency slots once
 	// the Graph call is over (nil when none are held; safe to call twice).
 	releaseSlots func()
@@ -203,7 +206,8 @@ func (p *Pool) plainlySendable(j *job) bool {
 
 // paceAndSend waits for the mailbox's pace and slots, then sends.
 func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
-	adm, err := p.admit(sendCtx, j.from, len(j.job.To)+len(j.job.Cc)+len(j.job.Bcc), p.uploadBytes(sendCtx, j.profile, j.msg.Data(), j.job))
+	upload := p.uploadBytes(sendCtx, j.profile, j.msg.Data(), j.job)
+	adm, err := p.admit(sendCtx, j.from, len(j.job.To)+len(j.job.Cc)+len(j.job.Bcc), upload)
 	if err != nil {
 		// The recipient ledger is out of reach: never send blind.
 		p.unreachable(sendCtx, j, "lease recipients from the shared ledger", err)
@@ -213,6 +217,7 @@ func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
 		p.paced(sendCtx, j, adm.Defer, adm.Cause)
 		return
 	}
+	j.admittedAt, j.uploadBytes = adm.At, upload
 	hb := p.keepAlive(j.msg)
 	defer hb.Stop()
 	if err := p.pacer.acquire(stop, j.from, adm.At); err != nil {
@@ -335,6 +340,11 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		res, err = p.sender.Send(ctx, j.profile, j.id, j.job)
 	}
 	j.elapsed = time.Since(start)
+	if j.state.Draft != nil && j.uploadBytes > 0 {
+		// A draft's bytes flow for the whole upload, not at its start: the
+		// mailbox's upload window counts them from the end.
+		p.pacer.uploadEnded(j.from, j.admittedAt, j.uploadBytes, p.clock.Now())
+	}
 	if err == nil && j.releaseSlots != nil {
 		// On failure the slots are held until handle returns, so that a
 		// Retry-After pause is recorded before another job takes them.

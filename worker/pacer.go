@@ -304,6 +304,28 @@ func (p *pacer) admit(addr string, recipients int, bytes int64) Admission {
 	return Admission{Defer: d, Cause: cause}
 }
 
+// uploadEnded moves the reservation of n upload bytes made for a send of
+// addr admitted at start to end, when its last byte went out (a draft's
+// upload lasts seconds): the rolling window then counts the bytes from
+// their end. Keeping it later only counts more, never less.
+func (p *pacer) uploadEnded(addr string, start time.Time, n int64, end time.Time) {
+	if n <= 0 || !end.After(start) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.boxes[addr]
+	if b == nil {
+		return
+	}
+	for i := range b.uploads {
+		if u := &b.uploads[i]; u.n == n && u.at.Equal(start) {
+			u.at = end
+			return
+		}
+	}
+}
+
 // uploadFree forgets the uploads that left the window at now and returns
 // when a request of n bytes fits in limit: now, or when enough of the older
 // ones leave. A request larger than limit on its own fits in an empty window.

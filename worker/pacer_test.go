@@ -154,6 +154,25 @@ func TestPacer(t *testing.T) {
 			t.Fatal("admitted past the share right after an oversized request")
 		}
 	})
+
+	t.Run("upload volume: a draft's bytes count from the end of its upload", func(t *testing.T) {
+		clk := &fakeClock{now: time.Unix(1_000_000, 0)}
+		const mb = 1_000_000
+		p := newPacer(clk, pacerConfig{PerBox: 4, MaxHold: 5 * time.Second, Upload: 10 * mb})
+		start := clk.Now()
+		if _, d, _, _ := p.admitParts("a@x", 1, 8*mb); d != 0 {
+			t.Fatalf("8 MB deferred %v in an empty window", d)
+		}
+		p.box("a@x").waiting--
+		clk.Add(20 * time.Second) // the upload takes 20 s
+		p.uploadEnded("a@x", start, 8*mb, clk.Now())
+		// A window after the start, but not after the end: still counted.
+		clk.Add(uploadWindow - 10*time.Second)
+		_, d, cause, _ := p.admitParts("a@x", 1, 8*mb)
+		if cause != CauseUpload || d != 10*time.Second {
+			t.Fatalf("deferred %v (cause %q), want 10s: the bytes left the window counted from the upload's start", d, cause)
+		}
+	})
 }
 
 // admitParts is admit's answer as the values tests compare.
