@@ -216,7 +216,7 @@ type Server struct {
 	jobIDs        map[string]struct{}
 	duplicates    int
 
-	oidc oidcState // sign-in for web apps (oidc.go)
+	oidc       oidcState // sign-in for web apps (oidc.go)
 	draftsOnce sync.Once
 	drafts     *draftStore // the draft flow (drafts.go)
 }
