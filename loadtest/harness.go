@@ -846,13 +846,15 @@ func uploadFigures(msgs []graphtest.Message, elapsed time.Duration) string {
 			total += int64(a.Size)
 		}
 	}
-	var worst int64
+	// worst counts windows of several messages (the pacer's business);
+	// a single attachment over the limit goes alone and is reported apart.
+	var worst, single int64
 	worstBox := ""
 	for box, ms := range byBox {
 		sort.Slice(ms, func(i, j int) bool { return ms[i].ReceivedAt.Before(ms[j].ReceivedAt) })
 		var sum int64
 		lo := 0
-		for _, m := range ms {
+		for i, m := range ms {
 			for _, a := range m.Attachments {
 				sum += int64(a.Size)
 			}
@@ -862,7 +864,9 @@ func uploadFigures(msgs []graphtest.Message, elapsed time.Duration) string {
 				}
 				lo++
 			}
-			if sum > worst {
+			if i == lo {
+				single = max(single, sum)
+			} else if sum > worst {
 				worst, worstBox = sum, box
 			}
 		}
@@ -871,6 +875,6 @@ func uploadFigures(msgs []graphtest.Message, elapsed time.Duration) string {
 	if elapsed > 0 {
 		rate = float64(total) / 1e6 / elapsed.Seconds()
 	}
-	return fmt.Sprintf("attachments %.0f MB in total, %.1f MB/s; most in any 5 minutes to one mailbox %.1f MB (%s; limit 150 MB, a single larger attachment goes alone)",
-		float64(total)/1e6, rate, float64(worst)/1e6, worstBox)
+	return fmt.Sprintf("attachments %.0f MB in total, %.1f MB/s; most in any 5 minutes to one mailbox %.1f MB over several messages (%s; limit 150 MB), %.1f MB in one message (goes alone)",
+		float64(total)/1e6, rate, float64(worst)/1e6, worstBox, float64(single)/1e6)
 }
