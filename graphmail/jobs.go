@@ -93,6 +93,10 @@ func (s *Jobs) usesDraft(ctx context.Context, profile string, job *contract.Job)
 	switch {
 	case mode.Delivery != ModeDraft:
 		return false, nil
+	case job.MIME != nil:
+		// A MIME job goes out as its message through sendMail's MIME form;
+		// the draft flow builds a message from the JSON fields only.
+		return false, nil
 	case mode.When == DraftAlways:
 		return true, nil
 	}

@@ -140,3 +140,17 @@ func TestJobsResumableAndDeleteDraft(t *testing.T) {
 		t.Fatalf("deleting it again: %v", err)
 	}
 }
+
+// TestJobsMIMENeverDraft: a MIME job goes out through sendMail's MIME form
+// even in draft mode (the draft flow builds messages from JSON fields).
+func TestJobsMIMENeverDraft(t *testing.T) {
+	j, _ := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft, When: graphmail.DraftAlways}, memStore{})
+	job := &contract.Job{From: itSender, To: []string{"a@example.com"},
+		MIME: &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString([]byte("From: a@contoso.com\r\n\r\nhi\r\n"))}}
+	if j.UsesDraft(context.Background(), "p", job) {
+		t.Fatal("a MIME job would go through a draft")
+	}
+	if !j.UsesDraft(context.Background(), "p", smallJob()) {
+		t.Fatal("draftWhen always: a JSON job does not go through a draft")
+	}
+}

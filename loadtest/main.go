@@ -7,7 +7,7 @@
 // a separate process on the same server, fake and concurrency, is the
 // baseline the worker is compared with.
 //
-//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale large] [retention]
+//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale smtp large] [retention]
 //
 // It exits 1 when a job was lost or sent twice, 2 on a usage or setup error.
 // Timings are figures, never assertions: see docs/benchmarks.md.
