@@ -35,7 +35,7 @@ func TestDevNeverReachesConfiguredEndpoints(t *testing.T) {
 		"MAILWORKER_PROFILES_OPS_CA_FILE=" + caFile, "MAILWORKER_PROFILES_OPS_CREDENTIAL_CLIENT_SECRET=prod-secret",
 		"MAILWORKER_PROFILES_OPS_ALLOWED_SENDERS=ops@contoso.example"}
 	dev := startProc(t, env, "dev", "--config", prod, "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-		"--data-dir", filepath.Join(dir, "dev"))
+		"--console-listen", "127.0.0.1:0", "--smtp-listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "dev"))
 	natsURL := dev.waitOutput(natsURLLine, 60*time.Second)
 	if !strings.Contains(dev.stdout.String(), "billing, demo, ops") {
 		t.Errorf("banner does not list the redirected profiles:\n%s", dev.stdout.String())

@@ -27,7 +27,9 @@ import (
 // disconnection warning and no colours off a terminal.
 func TestNewcomerCLI(t *testing.T) {
 	dataDir := t.TempDir()
-	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", dataDir)
+	// Every port of its own: tests run in parallel, so no default port.
+	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+		"--console-listen", "127.0.0.1:0", "--smtp-listen", "127.0.0.1:0", "--data-dir", dataDir)
 	natsURL := dev.waitOutput(natsURLLine, 60*time.Second)
 	httpURL := dev.waitOutput(httpURLLine, 5*time.Second)
 	eventually(t, 20*time.Second, "/readyz", func() bool {
