@@ -250,6 +250,13 @@ func (c *cli) runCmd() *cobra.Command {
 			log := c.logger(cfg.Log)
 			app, err := NewApp(cmd.Context(), cfg, log)
 			if err != nil {
+				if cmd.Context().Err() != nil {
+					// Stopped (SIGTERM, SIGINT) while starting, e.g. while a
+					// JetStream leader election held up provisioning: no job was
+					// taken, and a requested stop is not a failure.
+					log.Info().Str("during", err.Error()).Msg("stopped before the worker was ready")
+					return nil
+				}
 				return err
 			}
 			defer app.Close()

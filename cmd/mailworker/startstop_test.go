@@ -1,0 +1,75 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRunStoppedWhileStarting: a worker asked to stop while it is still
+// starting — here its first JetStream request never gets an answer, as
+// during a leader election — exits 0 and says so; a requested stop is not
+// a failure (the cluster test's replicas are stopped that way).
+func TestRunStoppedWhileStarting(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	asked := make(chan struct{}, 1)
+	go func() {
+		// A NATS server that connects clients and never answers JetStream.
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "INFO {\"server_id\":\"x\",\"version\":\"2.12.0\",\"proto\":1,\"headers\":true,\"max_payload\":1048576}\r\n")
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch {
+					case strings.HasPrefix(line, "PING"):
+						fmt.Fprint(c, "PONG\r\n")
+					case strings.HasPrefix(line, "PUB $JS.API") || strings.HasPrefix(line, "HPUB $JS.API"):
+						select {
+						case asked <- struct{}{}:
+						default:
+						}
+					}
+				}
+			}()
+		}
+	}()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "mailworker.yaml")
+	yaml := fmt.Sprintf("nats:\n  url: nats://%s\nprofiles:\n  demo:\n    tenantId: t\n    clientId: c\n    credential:\n      clientSecret: s\n    allowedSenders: [noreply@demo.example]\n", ln.Addr())
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, []string{"MAILWORKER_CONFIG=" + cfg}, "run")
+	select {
+	case <-asked:
+	case <-p.done:
+		t.Fatalf("run exited before asking JetStream anything:\n%s", p.stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("run asked JetStream nothing in 30 s:\n%s", p.stderr.String())
+	}
+	if code := p.stop(30 * time.Second); code != 0 {
+		t.Fatalf("run exited %d when stopped while starting:\n%s", code, p.stderr.String())
+	}
+	if out := p.stderr.String() + p.stdout.String(); !strings.Contains(out, "stopped before the worker was ready") {
+		t.Fatalf("no word that it stopped while starting:\n%s", out)
+	}
+}
