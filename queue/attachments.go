@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -64,24 +65,7 @@ func (a *Attachments) store(ctx context.Context, profile string) (jetstream.Obje
 // Put stores data in profile's bucket under a new unique name derived from
 // name and returns that name, to use as an attachment's objectRef.
 func (a *Attachments) Put(ctx context.Context, profile, name string, data []byte) (string, error) {
-	obs, err := a.store(ctx, profile)
-	if err != nil {
-		return "", err
-	}
-	clean := strings.Map(func(r rune) rune {
-		if r < 32 || r == 127 {
-			return '_'
-		}
-		return r
-	}, name)
-	if len(clean) > 128 {
-		clean = clean[:128]
-	}
-	ref := contract.NewJobID() + "/" + clean
-	if _, err := obs.PutBytes(ctx, ref, data); err != nil {
-		return "", fmt.Errorf("queue: store attachment %s: %w", contract.Quote(name), err)
-	}
-	return ref, nil
+	return a.PutReader(ctx, profile, name, bytes.NewReader(data))
 }
 
 // Get returns the content of ref in profile's bucket, or an error wrapping

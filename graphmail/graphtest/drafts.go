@@ -365,15 +365,9 @@ func (s *Server) handleCreateDraft(w http.ResponseWriter, r *http.Request) {
 	if !cont || !s.wait(r.Context(), s.draftState().opts.Latency) {
 		return
 	}
-	if r.ContentLength > MaxRequestBytes {
-		s.graphError(w, r, key, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
-			fmt.Sprintf("The maximum request length supported is %d bytes.", MaxRequestBytes), "")
-		return
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
-	if err != nil || len(body) > MaxRequestBytes {
-		s.graphError(w, r, key, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
-			fmt.Sprintf("The maximum request length supported is %d bytes.", MaxRequestBytes), "")
+	body, gerr := s.readBody(r)
+	if gerr != nil {
+		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
 		return
 	}
 	var gm graphMessage
@@ -885,10 +879,9 @@ func (s *Server) handleAddAttachment(w http.ResponseWriter, r *http.Request) {
 	if !cont {
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
-	if err != nil || len(body) > MaxRequestBytes {
-		s.graphError(w, r, key, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
-			fmt.Sprintf("The maximum request length supported is %d bytes.", MaxRequestBytes), "")
+	body, gerr := s.readBody(r)
+	if gerr != nil {
+		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
 		return
 	}
 	var a graphAttachment

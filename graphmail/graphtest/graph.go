@@ -314,16 +314,9 @@ func resetConn(w http.ResponseWriter) {
 // attachment contents (parallel to req.Message.Attachments) or a Graph error. The checks, in
 // order, and the Microsoft source each follows are listed in README.md.
 func (s *Server) readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *graphErr) {
-	tooLarge := s.tooLarge()
-	if r.ContentLength > MaxRequestBytes {
-		return nil, nil, tooLarge
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
-	if err != nil {
-		return nil, nil, &graphErr{http.StatusBadRequest, "RequestBodyRead", "Cannot read the request body: " + err.Error()}
-	}
-	if len(body) > MaxRequestBytes {
-		return nil, nil, tooLarge
+	body, gerr := s.readBody(r)
+	if gerr != nil {
+		return nil, nil, gerr
 	}
 	if gerr := schema.checkSendMail(body); gerr != nil {
 		return nil, nil, gerr
@@ -384,6 +377,22 @@ func (s *Server) readSendMail(r *http.Request) (*sendMailRequest, [][]byte, *gra
 }
 
 // tooLarge is the answer to a request over MaxRequestBytes, in the form Options.TooLargeAs400 picks.
+// readBody reads a Graph request's body under the 4 MB limit on the whole
+// request (413, or 400 with Options.TooLargeAs400; see README.md).
+func (s *Server) readBody(r *http.Request) ([]byte, *graphErr) {
+	if r.ContentLength > MaxRequestBytes {
+		return nil, s.tooLarge()
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
+	if err != nil {
+		return nil, &graphErr{http.StatusBadRequest, "RequestBodyRead", "Cannot read the request body: " + err.Error()}
+	}
+	if len(body) > MaxRequestBytes {
+		return nil, s.tooLarge()
+	}
+	return body, nil
+}
+
 func (s *Server) tooLarge() *graphErr {
 	if s.opts.TooLargeAs400 {
 		return &graphErr{http.StatusBadRequest, "BadRequest", "Maximum request length exceeded."}

@@ -54,16 +54,9 @@ func isMIMERequest(r *http.Request) bool {
 
 // readSendMIME reads, decodes and checks a MIME sendMail body.
 func (s *Server) readSendMIME(r *http.Request) (*mimeSend, *graphErr) {
-	tooLarge := s.tooLarge() // the whole request counts, as for JSON
-	if r.ContentLength > MaxRequestBytes {
-		return nil, tooLarge
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
-	if err != nil {
-		return nil, &graphErr{http.StatusBadRequest, "RequestBodyRead", "Cannot read the request body: " + err.Error()}
-	}
-	if len(body) > MaxRequestBytes {
-		return nil, tooLarge
+	body, gerr := s.readBody(r) // the whole request counts, as for JSON
+	if gerr != nil {
+		return nil, gerr
 	}
 	invalid := &graphErr{http.StatusBadRequest, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."}
 	raw, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(body)))
