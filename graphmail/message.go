@@ -139,7 +139,7 @@ func gmessage(msg *Message) (gMessage, int) {
 		}
 		start := len(recips)
 		for _, a := range as {
-			recips = append(recips, gRecipient{gEmailAddress{Name: a.Name, Address: a.Address}})
+			recips = append(recips, gRecipient{gEmailAddress(a)})
 			size += 48 + len(a.Name) + len(a.Address)
 		}
 		return recips[start:len(recips):len(recips)]
