@@ -8,11 +8,14 @@ const (
 	AuthBadPassword      = "bad_password"
 	AuthSourceNotAllowed = "source_not_allowed"
 	AuthMalformed        = "malformed"
+	// AuthLockedOut: an attempt refused unchecked after too many failures
+	// (on the connection or from the address).
+	AuthLockedOut = "locked_out"
 )
 
 // refusalCodes are the reply codes the server refuses with (label values of
 // mailworker_smtp_refused_total).
-var refusalCodes = []string{"421", "450", "451", "452", "530", "535", "550", "552", "554"}
+var refusalCodes = []string{"421", "450", "451", "452", "454", "530", "535", "550", "552", "554"}
 
 // Metrics of the SMTP ingress, namespace mailworker, subsystem smtp.
 type Metrics struct {
@@ -25,6 +28,13 @@ type Metrics struct {
 	AcceptSeconds   prometheus.Histogram
 	AcceptedBytes   prometheus.Histogram
 	CredReloads     *prometheus.CounterVec // result
+
+	SessionsRefusedPerAddress prometheus.Counter
+	PreAuthTimeouts           prometheus.Counter
+	AuthLockouts              *prometheus.CounterVec // scope: connection, address
+	AuthCacheHits             prometheus.Counter
+	RetriesMatched            prometheus.Counter
+	RetryRecordFailures       prometheus.Counter
 }
 
 // NewMetrics registers the metrics on reg, every label value of a closed set
@@ -52,9 +62,24 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		CredReloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "credential_reloads_total",
 			Help: "Re-reads of a changed smtp.credentialsFile, by result (error: the previous credentials stay)."}, []string{"result"}),
 	}
+	m.SessionsRefusedPerAddress = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "sessions_refused_per_address_total",
+		Help: "SMTP connections refused with 421 because smtp.maxSessionsPerAddress were open from that address (also in sessions_refused_total)."})
+	m.PreAuthTimeouts = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "preauth_timeouts_total",
+		Help: "SMTP connections closed because they had not logged in within smtp.preAuthTimeout."})
+	m.AuthLockouts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "auth_lockouts_total",
+		Help: "AUTH attempts refused unchecked after too many failures, by scope (connection, address)."}, []string{"scope"})
+	m.AuthCacheHits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "auth_cache_hits_total",
+		Help: "Logins accepted from the verified-credential cache (no bcrypt)."})
+	m.RetriesMatched = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "retries_matched_total",
+		Help: "Submissions recognised as the retry of one whose answer the client may not have seen (the same job id)."})
+	m.RetryRecordFailures = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "retry_record_failures_total",
+		Help: "Retry records that could not be written: a retry of that submission may be sent twice."})
+	reg.MustRegister(m.SessionsRefusedPerAddress, m.PreAuthTimeouts, m.AuthLockouts, m.AuthCacheHits, m.RetriesMatched, m.RetryRecordFailures)
+	m.AuthLockouts.WithLabelValues("connection")
+	m.AuthLockouts.WithLabelValues("address")
 	reg.MustRegister(m.Sessions, m.SessionsActive, m.SessionsRefused, m.AuthFailures, m.Accepted, m.Refused,
 		m.AcceptSeconds, m.AcceptedBytes, m.CredReloads)
-	for _, r := range []string{AuthUnknownUser, AuthBadPassword, AuthSourceNotAllowed, AuthMalformed} {
+	for _, r := range []string{AuthUnknownUser, AuthBadPassword, AuthSourceNotAllowed, AuthMalformed, AuthLockedOut} {
 		m.AuthFailures.WithLabelValues(r)
 	}
 	for _, p := range profiles {

@@ -29,6 +29,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
@@ -37,6 +38,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,7 +66,12 @@ type Publisher interface {
 // store (queue.Attachments).
 type Store interface {
 	Put(ctx context.Context, profile, name string, data []byte) (string, error)
+	PutReader(ctx context.Context, profile, name string, r io.Reader) (string, error)
 	Delete(ctx context.Context, profile, ref string) error
+	// Mark, Marked and Unmark keep the retry records (queue.Attachments).
+	Mark(ctx context.Context, profile, key, value string) error
+	Marked(ctx context.Context, profile, key string) (value string, at time.Time, found bool, err error)
+	Unmark(ctx context.Context, profile, key string) error
 }
 
 // stampHeadroom is what the worker's "X-Mailworker-Job-Id: <id>\r\n" stamp
@@ -79,14 +86,36 @@ const MaxSize = contract.MaxMIMEBytes - stampHeadroom
 type Config struct {
 	Domain                string        // greeting name; default "localhost"
 	MaxMessageBytes       int           // advertised SIZE; default and most MaxSize
-	MaxRecipients         int           // per message; default 100, at most contract.MaxRecipients
+	MaxRecipients         int           // per transaction; default 500, at most contract.MaxRecipients
 	MaxSessions           int           // concurrent connections; default 100
+	MaxSessionsPerAddress int           // concurrent connections from one client address; default 10
+	PreAuthTimeout        time.Duration // from accept to a successful AUTH; default 30s
 	MessagesPerConnection int           // default 100
 	MessagesPerMinute     int           // per credential; default 60, negative = unlimited
 	InlineMaxBytes        int           // larger messages go to the object store; default 256 KiB
 	ReadTimeout           time.Duration // per command and DATA; default 5m
 	WriteTimeout          time.Duration // default 1m
 	PublishTimeout        time.Duration // wait for the publish ack; default 10s
+	// RetryWindow: how long a submission whose answer the client may not
+	// have seen (a 451 after a publish that may have landed, a connection
+	// lost after the 250) is recognised in the client's retry; default 24h.
+	RetryWindow time.Duration
+	// AuthFailuresPerConnection failed AUTH close the connection (default
+	// 3); AuthFailuresPerAddress failures from one address within
+	// AuthLockout (defaults 10 and 15m) refuse AUTH from it (454) until
+	// they age out. The n-th failure on a connection is answered after n ×
+	// AuthFailureDelay (default 1s; negative = none).
+	AuthFailuresPerConnection int
+	AuthFailuresPerAddress    int
+	AuthLockout               time.Duration
+	AuthFailureDelay          time.Duration
+	// AuthCacheTTL: a verified username and password are not verified
+	// again (bcrypt) for this long while the credentials are unchanged;
+	// default 60s, negative = off.
+	AuthCacheTTL time.Duration
+	// ProfileMaxRecipients is each profile's recipient limit per message
+	// (profiles.<name>.maxRecipientsPerMessage); it caps MaxRecipients.
+	ProfileMaxRecipients map[string]int
 	// Senders maps each profile to its approved mailboxes.
 	Senders map[string][]string
 }
@@ -100,7 +129,31 @@ func (c Config) WithDefaults() Config {
 		c.MaxMessageBytes = MaxSize
 	}
 	if c.MaxRecipients <= 0 {
-		c.MaxRecipients = 100
+		c.MaxRecipients = 500 // Exchange Online's default recipient limit
+	}
+	if c.MaxSessionsPerAddress <= 0 {
+		c.MaxSessionsPerAddress = 10
+	}
+	if c.PreAuthTimeout <= 0 {
+		c.PreAuthTimeout = 30 * time.Second
+	}
+	if c.RetryWindow <= 0 {
+		c.RetryWindow = 24 * time.Hour
+	}
+	if c.AuthFailuresPerConnection <= 0 {
+		c.AuthFailuresPerConnection = 3
+	}
+	if c.AuthFailuresPerAddress <= 0 {
+		c.AuthFailuresPerAddress = 10
+	}
+	if c.AuthLockout <= 0 {
+		c.AuthLockout = 15 * time.Minute
+	}
+	if c.AuthFailureDelay == 0 {
+		c.AuthFailureDelay = time.Second
+	}
+	if c.AuthCacheTTL == 0 {
+		c.AuthCacheTTL = time.Minute
 	}
 	c.MaxRecipients = min(c.MaxRecipients, contract.MaxRecipients)
 	if c.MaxSessions <= 0 {
@@ -152,6 +205,16 @@ type Server struct {
 
 	rateMu sync.Mutex
 	rates  map[string][]time.Time // username -> accepts in the last minute
+
+	addrMu  sync.Mutex
+	perAddr map[netip.Addr]int // open sessions per client address
+
+	failMu   sync.Mutex
+	failures map[netip.Addr][]time.Time // failed AUTH per client address, last AuthLockout
+
+	cacheMu   sync.Mutex
+	cache     map[[32]byte]cacheEntry // verified logins
+	cacheSalt [32]byte
 }
 
 // New returns a server; it listens nowhere until Serve or ServeTLS. TLS is
@@ -168,7 +231,9 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 		o.Now = time.Now
 	}
 	s := &Server{cfg: cfg, creds: creds, pub: pub, store: store, log: o.Logger, m: o.Metrics, now: o.Now,
-		senders: map[string]map[string]bool{}, tls: o.TLS, rates: map[string][]time.Time{}}
+		senders: map[string]map[string]bool{}, tls: o.TLS, rates: map[string][]time.Time{},
+		perAddr: map[netip.Addr]int{}, failures: map[netip.Addr][]time.Time{}, cache: map[[32]byte]cacheEntry{}}
+	_, _ = rand.Read(s.cacheSalt[:])
 	for p, list := range cfg.Senders {
 		s.senders[p] = map[string]bool{}
 		for _, a := range list {
@@ -181,6 +246,7 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	srv.Domain = cfg.Domain
 	srv.MaxMessageBytes = int64(cfg.MaxMessageBytes)
 	srv.MaxRecipients = 0 // enforced in Rcpt, so that refusals are counted
+	srv.EnableSMTPUTF8 = true // as Microsoft 365 offers it; the message goes to Graph as it is
 	srv.AllowInsecureAuth = false
 	srv.ReadTimeout, srv.WriteTimeout = cfg.ReadTimeout, cfg.WriteTimeout
 	srv.TLSConfig = o.TLS
@@ -212,7 +278,9 @@ type logAdapter struct{ log zerolog.Logger }
 func (l logAdapter) Printf(format string, v ...any) { l.log.Debug().Msgf("smtp: "+format, v...) }
 func (l logAdapter) Println(v ...any)               { l.log.Debug().Msg("smtp: " + fmt.Sprint(v...)) }
 
-// capListener refuses connections over MaxSessions and counts sessions.
+// capListener refuses connections over MaxSessions, or over
+// MaxSessionsPerAddress from one address, counts sessions and closes a
+// connection that has not logged in within PreAuthTimeout of its accept.
 type capListener struct {
 	net.Listener
 	s     *Server
@@ -226,41 +294,93 @@ func (l *capListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		s := l.s
+		var addr netip.Addr
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			addr = ap.Addr().Unmap()
+		}
+		reason := ""
 		if n := s.active.Add(1); n > int64(s.cfg.MaxSessions) {
+			reason = "too many concurrent sessions"
+		} else if !s.addrAcquire(addr) {
+			reason = "too many concurrent sessions from your address"
+			s.m.SessionsRefusedPerAddress.Inc()
+		}
+		if reason != "" {
 			s.active.Add(-1)
 			s.m.SessionsRefused.Inc()
 			s.m.Refused.WithLabelValues("421").Inc()
 			if l.greet {
 				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-				_, _ = io.WriteString(c, fmt.Sprintf("421 4.3.2 %s too many concurrent sessions, try again later\r\n", s.cfg.Domain))
+				_, _ = io.WriteString(c, fmt.Sprintf("421 4.3.2 %s %s, try again later\r\n", s.cfg.Domain, reason))
 			}
 			_ = c.Close()
 			continue
 		}
 		s.m.Sessions.Inc()
 		s.m.SessionsActive.Inc()
-		return &countedConn{Conn: c, s: s}, nil
+		cc := &countedConn{Conn: c, s: s, addr: addr}
+		cc.preAuth = time.AfterFunc(s.cfg.PreAuthTimeout, func() {
+			if !cc.authed.Load() {
+				s.m.PreAuthTimeouts.Inc()
+				_ = cc.Close()
+			}
+		})
+		return cc, nil
+	}
+}
+
+// addrAcquire counts a session of addr; false when addr has
+// MaxSessionsPerAddress open already.
+func (s *Server) addrAcquire(addr netip.Addr) bool {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	if s.perAddr[addr] >= s.cfg.MaxSessionsPerAddress {
+		return false
+	}
+	s.perAddr[addr]++
+	return true
+}
+
+func (s *Server) addrRelease(addr netip.Addr) {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	if s.perAddr[addr]--; s.perAddr[addr] <= 0 {
+		delete(s.perAddr, addr)
 	}
 }
 
 type countedConn struct {
 	net.Conn
-	s    *Server
-	once sync.Once
+	s       *Server
+	addr    netip.Addr
+	authed  atomic.Bool
+	preAuth *time.Timer
+	once    sync.Once
 }
 
 func (c *countedConn) Close() error {
 	c.once.Do(func() {
+		c.preAuth.Stop()
 		c.s.active.Add(-1)
+		c.s.addrRelease(c.addr)
 		c.s.m.SessionsActive.Dec()
 	})
 	return c.Conn.Close()
 }
 
+// rawConn is the accepted connection under c (under TLS, if any).
+func rawConn(c net.Conn) *countedConn {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	cc, _ := c.(*countedConn)
+	return cc
+}
+
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	ss := &session{s: s, conn: c}
+	ss := &session{s: s, conn: c, raw: rawConn(c.Conn())}
 	if ap, err := netip.ParseAddrPort(c.Conn().RemoteAddr().String()); err == nil {
-		ss.remote = ap.Addr()
+		ss.remote = ap.Addr().Unmap()
 	}
 	return ss, nil
 }
@@ -280,6 +400,11 @@ type session struct {
 	from   string
 	rcpts  []string
 	msgs   int
+	// pending is the last accepted submission until the client is seen to
+	// read its answer.
+	pending *pendingAnswer
+	raw     *countedConn // nil only in tests that bypass the listener
+	fails   int          // failed AUTH attempts on this connection
 }
 
 func (ss *session) log(level zerolog.Level) *zerolog.Event {
@@ -307,34 +432,178 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// login checks a username and password, then the source address.
+// login checks a username and password, then the source address. Failed
+// attempts are answered later and later, a connection is closed after
+// AuthFailuresPerConnection of them, and an address with
+// AuthFailuresPerAddress failures in AuthLockout is refused AUTH without a
+// check until they age out. A login verified within AuthCacheTTL is not
+// verified again (bcrypt) while the credentials are unchanged.
 func (ss *session) login(username, password string) error {
+	s := ss.s
 	if _, ok := ss.conn.TLSConnectionState(); !ok {
 		return ss.authFail(AuthMalformed, username) // go-smtp refuses AUTH before TLS already
 	}
-	cred := ss.s.creds.lookup(username)
+	if ss.fails >= s.cfg.AuthFailuresPerConnection {
+		return ss.lockedOut("connection")
+	}
+	if !s.authAllowedFrom(ss.remote) {
+		return ss.lockedOut("address")
+	}
+	cred := s.creds.lookup(username)
 	if cred == nil {
 		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password)) // same cost as a known user
 		return ss.authFail(AuthUnknownUser, username)
 	}
-	if bcrypt.CompareHashAndPassword([]byte(cred.PasswordHash), []byte(password)) != nil {
-		return ss.authFail(AuthBadPassword, username)
+	if !s.authCached(cred, username, password) {
+		if bcrypt.CompareHashAndPassword([]byte(cred.PasswordHash), []byte(password)) != nil {
+			return ss.authFail(AuthBadPassword, username)
+		}
+		s.authCache(cred, username, password)
 	}
 	if !cred.allows(ss.remote) {
 		return ss.authFail(AuthSourceNotAllowed, username) // same answer: the password is not confirmed
 	}
 	ss.cred = cred
+	if ss.raw != nil {
+		ss.raw.authed.Store(true)
+	}
 	ss.log(zerolog.InfoLevel).Msg("smtp login")
 	return nil
 }
 
 func (ss *session) authFail(reason, username string) error {
-	ss.s.m.AuthFailures.WithLabelValues(reason).Inc()
+	s := ss.s
+	s.m.AuthFailures.WithLabelValues(reason).Inc()
 	if len(username) > 64 {
 		username = username[:64]
 	}
 	ss.log(zerolog.WarnLevel).Str("reason", reason).Str("username", fmt.Sprintf("%q", username)).Msg("smtp auth failed")
-	return ss.s.refuse(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
+	ss.fails++
+	s.authFailedFrom(ss.remote)
+	// Tarpit: the n-th failure on a connection is answered after n times
+	// AuthFailureDelay.
+	if d := time.Duration(ss.fails) * s.cfg.AuthFailureDelay; d > 0 {
+		time.Sleep(d)
+	}
+	if ss.fails >= s.cfg.AuthFailuresPerConnection {
+		ss.closeRaw()
+		return s.refuse(421, smtp.EnhancedCode{4, 7, 0}, "Too many failed logins; closing connection")
+	}
+	return s.refuse(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
+}
+
+// lockedOut refuses an AUTH without checking it.
+func (ss *session) lockedOut(scope string) error {
+	s := ss.s
+	s.m.AuthFailures.WithLabelValues(AuthLockedOut).Inc()
+	s.m.AuthLockouts.WithLabelValues(scope).Inc()
+	ss.log(zerolog.WarnLevel).Str("scope", scope).Msg("smtp auth refused: too many failed logins")
+	if scope == "connection" {
+		ss.closeRaw()
+		return s.refuse(421, smtp.EnhancedCode{4, 7, 0}, "Too many failed logins; closing connection")
+	}
+	return s.refuse(454, smtp.EnhancedCode{4, 7, 0}, "Too many failed logins from your address; try again later")
+}
+
+// closeRaw closes the connection once the reply now being written has had
+// a moment to leave (go-smtp writes it after we return).
+func (ss *session) closeRaw() {
+	if ss.raw == nil {
+		return
+	}
+	c := ss.raw
+	time.AfterFunc(200*time.Millisecond, func() { _ = c.Close() })
+}
+
+// authAllowedFrom reports whether addr is under AuthFailuresPerAddress
+// failures in the last AuthLockout.
+func (s *Server) authAllowedFrom(addr netip.Addr) bool {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	l := s.prune(addr)
+	return len(l) < s.cfg.AuthFailuresPerAddress
+}
+
+func (s *Server) authFailedFrom(addr netip.Addr) {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	s.failures[addr] = append(s.prune(addr), s.now())
+	if len(s.failures) > 100_000 { // bound the map under a spray from many addresses
+		for a := range s.failures {
+			s.prune(a)
+		}
+	}
+}
+
+// prune drops addr's failures older than AuthLockout (failMu held).
+func (s *Server) prune(addr netip.Addr) []time.Time {
+	cut := s.now().Add(-s.cfg.AuthLockout)
+	l := s.failures[addr]
+	i := 0
+	for i < len(l) && !l[i].After(cut) {
+		i++
+	}
+	l = l[i:]
+	if len(l) == 0 {
+		delete(s.failures, addr)
+		return nil
+	}
+	s.failures[addr] = l
+	return l
+}
+
+// authKey is the cache key of a username and password: a keyed hash, so
+// that the cache holds no password (Dovecot's auth cache keys on a hash of
+// the user and password the same way).
+func (s *Server) authKey(username, password string) [32]byte {
+	h := sha256.New()
+	h.Write(s.cacheSalt[:])
+	fmt.Fprintf(h, "%s\x00%s", username, password)
+	return [32]byte(h.Sum(nil))
+}
+
+// authCached reports whether username and password were verified against
+// this very credential (a reload of the credentials makes new ones) within
+// AuthCacheTTL.
+func (s *Server) authCached(cred *credential, username, password string) bool {
+	if s.cfg.AuthCacheTTL <= 0 {
+		return false
+	}
+	k := s.authKey(username, password)
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	e, ok := s.cache[k]
+	if !ok || e.cred != cred || !s.now().Before(e.expires) {
+		return false
+	}
+	s.m.AuthCacheHits.Inc()
+	return true
+}
+
+func (s *Server) authCache(cred *credential, username, password string) {
+	if s.cfg.AuthCacheTTL <= 0 {
+		return
+	}
+	k := s.authKey(username, password)
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	if len(s.cache) >= 10_000 {
+		now := s.now()
+		for k, e := range s.cache {
+			if !now.Before(e.expires) {
+				delete(s.cache, k)
+			}
+		}
+		if len(s.cache) >= 10_000 {
+			clear(s.cache)
+		}
+	}
+	s.cache[k] = cacheEntry{cred: cred, expires: s.now().Add(s.cfg.AuthCacheTTL)}
+}
+
+type cacheEntry struct {
+	cred    *credential
+	expires time.Time
 }
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
@@ -371,8 +640,8 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 			return nil
 		}
 	}
-	if len(ss.rcpts) >= s.cfg.MaxRecipients {
-		return s.refuse(452, smtp.EnhancedCode{4, 5, 3}, fmt.Sprintf("Too many recipients: at most %d per message", s.cfg.MaxRecipients))
+	if n := s.maxRecipients(ss.cred.Profile); len(ss.rcpts) >= n {
+		return s.refuse(452, smtp.EnhancedCode{4, 5, 3}, fmt.Sprintf("Too many recipients: at most %d per message", n))
 	}
 	ss.rcpts = append(ss.rcpts, to)
 	return nil
@@ -380,7 +649,25 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 
 func (ss *session) Reset() { ss.from, ss.rcpts = "", nil }
 
-func (ss *session) Logout() error { return nil }
+// Logout: a session that ends after a 250 without another command may
+// have lost that answer; its retry is then the same job.
+func (ss *session) Logout() error {
+	if p := ss.pending; p != nil {
+		ss.pending = nil
+		if !p.marked {
+			ss.remember(p.key, p.id)
+		}
+	}
+	return nil
+}
+
+// maxRecipients is the recipient limit of one transaction of profile.
+func (s *Server) maxRecipients(profile string) int {
+	if n := s.cfg.ProfileMaxRecipients[profile]; n > 0 {
+		return min(n, s.cfg.MaxRecipients)
+	}
+	return s.cfg.MaxRecipients
+}
 
 // rateAllows reports whether username is under its messages per minute.
 func (s *Server) rateAllows(username string) bool {
@@ -410,128 +697,370 @@ func (s *Server) rateRecord(username string) {
 
 func (ss *session) Data(r io.Reader) error {
 	s := ss.s
-	data, err := io.ReadAll(r)
-	if err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code == 552 {
-			return s.refuse(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too large: at most %d bytes (what one Graph request carries; large mail by draft is not supported yet)", s.cfg.MaxMessageBytes))
-		}
-		return err
-	}
 	start := s.now()
-	job, final, serr := ss.buildJob(data)
+	ss.answered() // a new transaction: the client read the answers before it
+	// The first bufMax bytes stay in memory (the whole of a small message,
+	// and the header section of any); the rest of a large message streams
+	// to the object store as it arrives, so memory does not grow with the
+	// size of concurrent messages.
+	bufMax := max(s.cfg.InlineMaxBytes, maxHeaderBytes) + 1
+	raw := sha256.New()
+	head, eof, err := readUpTo(io.TeeReader(r, raw), bufMax)
+	if err != nil {
+		return ss.dataReadError(err)
+	}
+	hdrEnd := graphmail.HeaderEnd(head)
+	if hdrEnd == len(head) && !eof {
+		return s.refuse(554, smtp.EnhancedCode{5, 6, 0}, fmt.Sprintf("Header section over %d bytes", bufMax-1))
+	}
+	hdr, lists, serr := ss.recipients(head, hdrEnd)
 	if serr != nil {
 		return serr
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-	defer cancel()
-	ref := ""
-	if len(final) > s.cfg.InlineMaxBytes {
-		if ref, err = s.store.Put(ctx, ss.cred.Profile, job.ID+".eml", final); err != nil {
-			ss.log(zerolog.WarnLevel).Err(err).Str("job", job.ID).Msg("smtp message not stored: object store")
-			return s.refuse(451, smtp.EnhancedCode{4, 3, 0}, "Message not stored (queue unavailable); try again later")
+	limit := contract.MaxMIMEBytes - stampHeadroom
+	ref, size := "", 0
+	var final []byte
+	if eof {
+		final = slices.Concat(hdr, head[hdrEnd:])
+		size = len(final)
+		if size > limit {
+			return ss.tooLarge(limit)
 		}
+		if size > s.cfg.InlineMaxBytes {
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+			ref, err = s.store.Put(ctx, ss.cred.Profile, "smtp.eml", final)
+			cancel()
+		}
+	} else {
+		// Stream: the (rewritten) header and what was read, then the rest
+		// of DATA as the client sends it.
+		cr := &countReader{r: io.TeeReader(r, raw)}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ReadTimeout+s.cfg.PublishTimeout)
+		ref, err = s.store.PutReader(ctx, ss.cred.Profile, "smtp.eml", io.MultiReader(bytes.NewReader(hdr), bytes.NewReader(head[hdrEnd:]), cr))
+		cancel()
+		size = len(hdr) + len(head) - hdrEnd + cr.n
+		if cr.err != nil {
+			if ref != "" {
+				ss.deleteObject(ref)
+			}
+			return ss.dataReadError(cr.err)
+		}
+		if err == nil && size > limit {
+			ss.deleteObject(ref) // no job refers to it
+			return ss.tooLarge(limit)
+		}
+	}
+	if err != nil {
+		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp message not stored: object store")
+		return s.refuse(451, smtp.EnhancedCode{4, 3, 0}, "Message not stored (queue unavailable); try again later")
+	}
+	key := ss.submissionKey(raw.Sum(nil))
+	id, matched := ss.jobID(key)
+	job := &contract.Job{ID: id, From: ss.from, To: lists[0], Cc: lists[1], Bcc: lists[2],
+		Metadata: map[string]string{"source": "smtp", "smtpLogin": ss.cred.Username}}
+	if ref != "" {
 		job.MIME = &contract.MIME{ObjectRef: ref}
 	} else {
 		job.MIME = &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString(final)}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
 	if _, err := s.pub.Publish(ctx, ss.cred.Profile, job); err != nil {
-		if ref != "" {
-			dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = s.store.Delete(dctx, ss.cred.Profile, ref) // best effort; the store's max age removes it otherwise
-			dcancel()
-		}
 		var ie *contract.InvalidError
 		if errors.As(err, &ie) {
+			// Certainly not stored: nothing refers to the object.
+			if ref != "" {
+				ss.deleteObject(ref)
+			}
 			ss.log(zerolog.WarnLevel).Str("job", job.ID).Str("field", ie.Field).Msg("smtp message refused: not a valid job")
 			return s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Message refused: "+ie.Error())
 		}
-		ss.log(zerolog.WarnLevel).Err(err).Str("job", job.ID).Msg("smtp message not stored: publish")
-		return s.refuse(451, smtp.EnhancedCode{4, 3, 0}, "Message not stored (queue unavailable); try again later")
+		// The publish may have landed although its ack did not come (a
+		// timeout, a connection lost after the publish was written): the
+		// object stays (the job may refer to it; the store's max age
+		// removes it otherwise), and the client's retry of this very
+		// submission is the same job, so the worker sends it once.
+		if !matched {
+			ss.remember(key, job.ID)
+		}
+		ss.log(zerolog.WarnLevel).Err(err).Str("job", job.ID).Msg("smtp message not confirmed stored: publish")
+		return s.refuse(451, smtp.EnhancedCode{4, 3, 0}, "Message not confirmed stored (queue unavailable); try again later")
 	}
 	took := s.now().Sub(start)
 	s.m.AcceptSeconds.Observe(took.Seconds())
-	s.m.AcceptedBytes.Observe(float64(len(final)))
+	s.m.AcceptedBytes.Observe(float64(size))
 	s.m.Accepted.WithLabelValues(ss.cred.Profile).Inc()
 	s.rateRecord(ss.cred.Username)
 	ss.msgs++
-	ss.log(zerolog.InfoLevel).Str("job", job.ID).Int("bytes", len(final)).Int("recipients", len(ss.rcpts)).
+	ss.pending = &pendingAnswer{key: key, id: job.ID, marked: matched}
+	ss.log(zerolog.InfoLevel).Str("job", job.ID).Int("bytes", size).Int("recipients", len(ss.rcpts)).
 		Bool("objectRef", ref != "").Dur("accept", took).Msg("smtp message accepted")
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + job.ID}
 }
 
-// buildJob checks the message against the envelope and the login and makes
-// its job (without the MIME content) and the final message bytes.
-func (ss *session) buildJob(data []byte) (*contract.Job, []byte, error) {
+// maxHeaderBytes is the least that is kept in memory for a message's header
+// section (500 recipients with display names fit many times over).
+const maxHeaderBytes = 256 << 10
+
+// readUpTo reads at most n bytes of r; eof is true when r ended within them.
+func readUpTo(r io.Reader, n int) (b []byte, eof bool, err error) {
+	b = make([]byte, 0, min(n, 64<<10))
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(cap(b), n-cap(b)))
+		}
+		m, err := r.Read(b[len(b):min(cap(b), n)])
+		b = b[:len(b)+m]
+		if err == io.EOF {
+			return b, true, nil
+		}
+		if err != nil {
+			return b, false, err
+		}
+	}
+	return b, false, nil
+}
+
+// countReader counts what it reads and keeps the reader's error (the object
+// store's own error says little about the client's).
+type countReader struct {
+	r   io.Reader
+	n   int
+	err error
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
+	return n, err
+}
+
+func (ss *session) dataReadError(err error) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code == 552 {
+		return ss.tooLarge(ss.s.cfg.MaxMessageBytes)
+	}
+	return err
+}
+
+func (ss *session) tooLarge(limit int) error {
+	return ss.s.refuse(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too large: at most %d bytes (what one Graph MIME request carries; larger MIME by draft is not supported yet)", limit))
+}
+
+func (ss *session) deleteObject(ref string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = ss.s.store.Delete(ctx, ss.cred.Profile, ref) // best effort; the store's max age removes it otherwise
+}
+
+// recipients checks the header section against the envelope and the login
+// and returns the header section to send, and the job's to, cc and bcc.
+//
+// Graph takes a MIME message's recipients from its To, Cc and Bcc fields, not
+// from an envelope (https://learn.microsoft.com/en-us/graph/outlook-send-mime-message).
+// A message's recipients may come in several transactions (Postfix puts 50
+// per transaction by default: smtp_destination_recipient_limit), each with the
+// whole header: every transaction is then its own job that reaches exactly its
+// RCPT TO recipients. To and Cc keep, in their order and with their display
+// names, the addresses of this envelope; every other envelope recipient goes
+// into one Bcc field, which Exchange does not copy into what the recipients
+// receive ([MS-OXCMAIL] 2.1.3.1.1.2). When To and Cc hold only envelope
+// recipients, they are left byte for byte.
+func (ss *session) recipients(head []byte, hdrEnd int) ([]byte, [3][]string, error) {
 	s := ss.s
-	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(data)))
+	var lists [3][]string
+	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(head)))
 	if err != nil {
-		return nil, nil, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed message header")
+		return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed message header")
 	}
 	mh := mail.Header{Header: message.Header{Header: h}}
 	from, err := mh.AddressList("From")
 	if err != nil || len(from) != 1 || !strings.EqualFold(from[0].Address, ss.from) {
 		ss.log(zerolog.WarnLevel).Msg("smtp message refused: From: header is not the MAIL FROM mailbox")
-		return nil, nil, s.refuse(550, smtp.EnhancedCode{5, 7, 1}, "The From: header must be the MAIL FROM mailbox, and only it")
+		return nil, lists, s.refuse(550, smtp.EnhancedCode{5, 7, 1}, "The From: header must be the MAIL FROM mailbox, and only it")
 	}
 	inEnvelope := make(map[string]bool, len(ss.rcpts))
 	for _, r := range ss.rcpts {
 		inEnvelope[strings.ToLower(r)] = true
 	}
-	inHeader := map[string]bool{}
-	lists := map[string][]string{}
-	for _, k := range []string{"To", "Cc", "Bcc"} {
-		if !mh.Has(k) {
-			continue
+	shown := map[string]bool{}
+	rewrite := false
+	var keep [2][]*mail.Address
+	for i, k := range []string{"To", "Cc"} {
+		vals := h.Values(k)
+		if len(vals) > 1 {
+			rewrite = true
 		}
-		as, err := mh.AddressList(k)
-		if err != nil {
-			return nil, nil, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed "+k+": header")
-		}
-		for _, a := range as {
-			l := strings.ToLower(a.Address)
-			if !inEnvelope[l] {
-				ss.log(zerolog.WarnLevel).Msg("smtp message refused: a header recipient is not among RCPT TO")
-				return nil, nil, s.refuse(550, smtp.EnhancedCode{5, 7, 1}, "Every To/Cc/Bcc address must also be a RCPT TO recipient")
+		for _, v := range vals {
+			as, err := mail.ParseAddressList(v)
+			if err != nil && strings.TrimSpace(v) != "" {
+				return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed "+k+": header")
 			}
-			if !inHeader[l] {
-				inHeader[l] = true
-				lists[k] = append(lists[k], a.Address)
+			for _, a := range as {
+				l := strings.ToLower(a.Address)
+				if !inEnvelope[l] || shown[l] {
+					rewrite = true
+					continue
+				}
+				shown[l] = true
+				keep[i] = append(keep[i], a)
+				lists[i] = append(lists[i], a.Address)
 			}
 		}
 	}
-	final := data
-	bcc := lists["Bcc"]
-	added := false
+	for _, v := range h.Values("Bcc") {
+		if _, err := mail.ParseAddressList(v); err != nil && strings.TrimSpace(v) != "" {
+			return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed Bcc: header")
+		}
+	}
 	for _, r := range ss.rcpts {
-		if !inHeader[strings.ToLower(r)] {
-			bcc = append(bcc, r)
-			added = true
+		if !shown[strings.ToLower(r)] {
+			lists[2] = append(lists[2], r)
 		}
 	}
-	if added {
-		// One Bcc field with every blind recipient, first in the header;
-		// the rest of the message is unchanged.
-		final = graphmail.StampMIME(data, "Bcc", strings.Join(bcc, ", "))
+	hdr := head[:hdrEnd]
+	var fields []string
+	drop := map[string]bool{}
+	if rewrite {
+		drop["to"], drop["cc"] = true, true
+		if len(keep[0]) > 0 {
+			fields = append(fields, "To: "+foldAddresses(keep[0]))
+		}
+		if len(keep[1]) > 0 {
+			fields = append(fields, "Cc: "+foldAddresses(keep[1]))
+		}
 	}
-	if len(final)+stampHeadroom > contract.MaxMIMEBytes {
-		return nil, nil, s.refuse(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too large with its Bcc header: at most %d bytes in one Graph request (large mail by draft is not supported yet)", contract.MaxMIMEBytes-stampHeadroom))
+	if len(lists[2]) > 0 || h.Has("Bcc") {
+		drop["bcc"] = true
+		if len(lists[2]) > 0 {
+			bcc := make([]*mail.Address, len(lists[2]))
+			for i, a := range lists[2] {
+				bcc[i] = &mail.Address{Address: a}
+			}
+			fields = append(fields, "Bcc: "+foldAddresses(bcc))
+		}
 	}
-	job := &contract.Job{ID: ss.jobID(final), From: ss.from, To: lists["To"], Cc: lists["Cc"], Bcc: bcc,
-		Metadata: map[string]string{"source": "smtp", "smtpLogin": ss.cred.Username}}
-	return job, final, nil
+	if len(drop) > 0 {
+		hdr = rewriteHeader(hdr, drop, fields)
+	}
+	return hdr, lists, nil
 }
 
-// jobID is a digest of the login, envelope and message: a client's retry of
-// the same submission gets the same id.
-func (ss *session) jobID(data []byte) string {
+// foldAddresses formats addresses for a header field, one per line.
+func foldAddresses(as []*mail.Address) string {
+	parts := make([]string, len(as))
+	for i, a := range as {
+		if a.Name == "" {
+			parts[i] = a.Address
+		} else {
+			parts[i] = a.String()
+		}
+	}
+	return strings.Join(parts, ",\r\n ")
+}
+
+// rewriteHeader returns hdr (a header section without its ending empty
+// line) with every field whose lower-case name is in drop removed and fields
+// ("Name: value", without line end) put first.
+func rewriteHeader(hdr []byte, drop map[string]bool, fields []string) []byte {
+	out := make([]byte, 0, len(hdr)+256)
+	for _, f := range fields {
+		out = append(out, f...)
+		out = append(out, "\r\n"...)
+	}
+	skipping := false
+	for off := 0; off < len(hdr); {
+		next := len(hdr)
+		if i := bytes.IndexByte(hdr[off:], '\n'); i >= 0 {
+			next = off + i + 1
+		}
+		line := hdr[off:next]
+		if line[0] != ' ' && line[0] != '\t' {
+			k, _, ok := bytes.Cut(line, []byte(":"))
+			skipping = ok && drop[strings.ToLower(strings.TrimSpace(string(k)))]
+		}
+		if !skipping {
+			out = append(out, line...)
+		}
+		off = next
+	}
+	return out
+}
+
+// submissionKey is a digest of the login, envelope and message: what a
+// client's retry of this submission has in common with it.
+func (ss *session) submissionKey(rawDigest []byte) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", ss.cred.Profile, ss.cred.Username, strings.ToLower(ss.from))
 	for _, r := range ss.rcpts {
 		fmt.Fprintf(h, "%s\x00", strings.ToLower(r))
 	}
-	h.Write(data)
-	return "smtp-" + base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:27])
+	h.Write(rawDigest)
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+}
+
+// jobID is the job id of a submission: the id of the earlier transaction of
+// the same submission whose answer the client may not have seen, if one was
+// recorded within RetryWindow (the client's retry is then the same job, which
+// the worker sends once), else a new one. A submission repeated after its
+// answer was read is a new mail (Microsoft 365 delivers both).
+func (ss *session) jobID(key string) (id string, matched bool) {
+	s := ss.s
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
+	id, at, found, err := s.store.Marked(ctx, ss.cred.Profile, retryMark(key))
+	switch {
+	case err != nil:
+		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp retry record not readable; the submission is a new job")
+	case found && s.now().Sub(at) <= s.cfg.RetryWindow && contract.ValidJobID(id):
+		s.m.RetriesMatched.Inc()
+		ss.log(zerolog.InfoLevel).Str("job", id).Msg("smtp submission is a retry of one whose answer may not have been seen")
+		return id, true
+	}
+	return "smtp-" + key[:22] + "-" + contract.NewJobID(), false
+}
+
+func retryMark(key string) string { return "smtp-unanswered/" + key }
+
+// pendingAnswer is an accepted submission whose 250 the client has not been
+// seen to read yet.
+type pendingAnswer struct {
+	key, id string
+	marked  bool // its retry record exists (it was itself a retry)
+}
+
+// BeforeCommand (go-smtp CommandObserver): a client that sends a command
+// after our answer to DATA has read it.
+func (ss *session) BeforeCommand(string) { ss.answered() }
+
+// answered drops the pending answer: the client read it.
+func (ss *session) answered() {
+	if ss.pending == nil {
+		return
+	}
+	p := ss.pending
+	ss.pending = nil
+	if p.marked {
+		ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
+		defer cancel()
+		_ = ss.s.store.Unmark(ctx, ss.cred.Profile, retryMark(p.key))
+	}
+}
+
+// remember records key's job id so that the client's retry is the same job.
+func (ss *session) remember(key, id string) {
+	s := ss.s
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
+	if err := s.store.Mark(ctx, ss.cred.Profile, retryMark(key), id); err != nil {
+		s.m.RetryRecordFailures.Inc()
+		ss.log(zerolog.ErrorLevel).Err(err).Str("job", id).Msg("smtp retry record not written: a retry of this submission may be sent twice")
+		return
+	}
+	ss.log(zerolog.InfoLevel).Str("job", id).Msg("smtp submission recorded for the client's retry")
 }
 
 // loginServer is the server side of AUTH LOGIN (draft-murchison-sasl-login).

@@ -106,6 +106,9 @@ func setup(t *testing.T, cfg Config, allowFrom ...string) *bundle {
 	if cfg.PublishTimeout == 0 {
 		cfg.PublishTimeout = 2 * time.Second
 	}
+	if cfg.AuthFailureDelay == 0 {
+		cfg.AuthFailureDelay = -1 // no tarpit, unless the test is about it
+	}
 	b.m = NewMetrics(prometheus.NewRegistry(), []string{testProfile, "other"})
 	b.srv, err = New(cfg, creds, queue.NewPublisher(js), store, Options{Logger: zerolog.New(b.logs), Metrics: b.m,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
@@ -261,10 +264,11 @@ func TestSubmitAccepted(t *testing.T) {
 		strings.Join(j.Bcc, ",") != "hidden@example.com" || j.Metadata["smtpLogin"] != testUser {
 		t.Fatalf("job %+v", j)
 	}
-	// The same submission again (a client's retry) is the same job.
+	// The same submission again after its answer was read is a new mail
+	// (issue 19 item 5: Microsoft 365 delivers both).
 	code, text2, err := send(c, testSender, []string{"ann@example.com", "cc@example.com", "hidden@example.com"}, plainMsg)
-	if err != nil || code != 250 || text2 != text {
-		t.Fatalf("retry: %d %q %v, want %q", code, text2, err, text)
+	if err != nil || code != 250 || text2 == text {
+		t.Fatalf("repeat: %d %q %v, want a new job (first %q)", code, text2, err, text)
 	}
 	if got := testutil.ToFloat64(b.m.Accepted.WithLabelValues(testProfile)); got != 2 {
 		t.Fatalf("accepted_total = %v", got)
@@ -373,13 +377,6 @@ func TestRefusals(t *testing.T) {
 		msg := strings.Replace(plainMsg, "billing@contoso.com", "ceo@contoso.com", 1)
 		if _, _, err := send(c, testSender, []string{"ann@example.com", "cc@example.com"}, msg); smtpCode(err) != 550 {
 			t.Fatalf("mismatched From: %v, want 550", err)
-		}
-	})
-	t.Run("header recipient outside the envelope", func(t *testing.T) {
-		b := setup(t, Config{})
-		c, _ := b.dial(testPassword)
-		if _, _, err := send(c, testSender, []string{"ann@example.com"}, plainMsg); smtpCode(err) != 550 {
-			t.Fatalf("Cc not in RCPT TO: %v, want 550", err)
 		}
 	})
 	t.Run("oversized", func(t *testing.T) {
