@@ -245,7 +245,7 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Domain
 	srv.MaxMessageBytes = int64(cfg.MaxMessageBytes)
-	srv.MaxRecipients = 0 // enforced in Rcpt, so that refusals are counted
+	srv.MaxRecipients = 0     // enforced in Rcpt, so that refusals are counted
 	srv.EnableSMTPUTF8 = true // as Microsoft 365 offers it; the message goes to Graph as it is
 	srv.AllowInsecureAuth = false
 	srv.ReadTimeout, srv.WriteTimeout = cfg.ReadTimeout, cfg.WriteTimeout
