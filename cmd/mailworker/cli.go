@@ -122,8 +122,11 @@ func envOr(env []string, key, def string) string {
 }
 
 // config loads the file and env, then applies the global flags.
-func (c *cli) config() (Config, error) {
-	cfg, err := loadConfig(c.configPath, c.env)
+func (c *cli) config() (Config, error) { return c.configFor(Config.validate) }
+
+// configFor is config with the given validation.
+func (c *cli) configFor(validate func(Config) error) (Config, error) {
+	cfg, err := readConfig(c.configPath, c.env, true)
 	if err != nil {
 		return cfg, err
 	}
@@ -139,7 +142,7 @@ func (c *cli) config() (Config, error) {
 	if c.logFormat != "" {
 		cfg.Log.Format = c.logFormat
 	}
-	return cfg, cfg.validate()
+	return cfg, validate(cfg)
 }
 
 // logger builds the process logger: JSON by default, console for people

@@ -170,7 +170,10 @@ func defaultConfig() Config {
 
 // loadConfig reads path (optional) then applies env. It returns an error that
 // names the file, key or variable at fault.
-func loadConfig(path string, env []string) (Config, error) {
+func loadConfig(path string, env []string) (Config, error) { return readConfig(path, env, false) }
+
+// readConfig is loadConfig, without the validation when noValidate.
+func readConfig(path string, env []string, noValidate bool) (Config, error) {
 	cfg := defaultConfig()
 	if path != "" {
 		data, err := os.ReadFile(path)
@@ -194,6 +197,9 @@ func loadConfig(path string, env []string) (Config, error) {
 	}
 	if err := applyEnv(&cfg, env); err != nil {
 		return cfg, err
+	}
+	if noValidate {
+		return cfg, nil
 	}
 	return cfg, cfg.validate()
 }
@@ -438,7 +444,14 @@ func upperSnake(s string) string {
 	return b.String()
 }
 
-func (c Config) validate() error {
+func (c Config) validate() error { return c.check(true) }
+
+// validateSMTP is validate for `mailworker smtp`, which never calls Entra or
+// Graph: a profile needs no tenantId, clientId or credential there (issue 20
+// item 14; at most one credential source when one is given).
+func (c Config) validateSMTP() error { return c.check(false) }
+
+func (c Config) check(entra bool) error {
 	var errs []error
 	if c.NATS.URL == "" {
 		errs = append(errs, errors.New("nats.url: required"))
@@ -455,10 +468,10 @@ func (c Config) validate() error {
 		if !validProfileName(name) {
 			errs = append(errs, fmt.Errorf("profiles.%s: a profile name is letters, digits, - and _ only", name))
 		}
-		if p.TenantID == "" {
+		if entra && p.TenantID == "" {
 			errs = append(errs, fmt.Errorf("profiles.%s.tenantId: required", name))
 		}
-		if p.ClientID == "" {
+		if entra && p.ClientID == "" {
 			errs = append(errs, fmt.Errorf("profiles.%s.clientId: required", name))
 		}
 		cr := p.Credential
@@ -468,7 +481,7 @@ func (c Config) validate() error {
 				n++
 			}
 		}
-		if n != 1 {
+		if n > 1 || (entra && n != 1) {
 			errs = append(errs, fmt.Errorf("profiles.%s.credential: set exactly one of certificateFile, clientSecret, clientSecretFile, federatedTokenFile (%d set)", name, n))
 		}
 		if cr.ReloadInterval < 0 {

@@ -57,6 +57,23 @@ type SMTPConfig struct {
 	InlineMaxBytes        int           `yaml:"inlineMaxBytes"`
 	ReadTimeout           time.Duration `yaml:"readTimeout"`
 	PublishTimeout        time.Duration `yaml:"publishTimeout"`
+	// MaxSessionsPerAddress and PreAuthTimeout keep idle or greedy clients
+	// from taking every session (defaults 10 and 30s).
+	MaxSessionsPerAddress int           `yaml:"maxSessionsPerAddress"`
+	PreAuthTimeout        time.Duration `yaml:"preAuthTimeout"`
+	// RetryWindow: how long a submission whose answer the client may not
+	// have seen is recognised in its retry (default 24h).
+	RetryWindow time.Duration `yaml:"retryWindow"`
+	// Password guessing: failures per connection before it is closed
+	// (default 3), per address within authLockout before AUTH from it is
+	// refused (default 10 in 15m), the tarpit step (default 1s).
+	AuthFailuresPerConnection int           `yaml:"authFailuresPerConnection"`
+	AuthFailuresPerAddress    int           `yaml:"authFailuresPerAddress"`
+	AuthLockout               time.Duration `yaml:"authLockout"`
+	AuthFailureDelay          time.Duration `yaml:"authFailureDelay"`
+	// AuthCacheTTL: verified logins are cached this long (default 60s,
+	// negative = off); a change of the credentials empties the cache.
+	AuthCacheTTL time.Duration `yaml:"authCacheTTL"`
 }
 
 func (c *cli) smtpCmd() *cobra.Command {
@@ -65,7 +82,7 @@ func (c *cli) smtpCmd() *cobra.Command {
 		Short: "Run the SMTP submission ingress: authenticated SMTP in, MIME jobs on mail.send.<profile> out",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := c.config()
+			cfg, err := c.configFor(Config.validateSMTP)
 			if err != nil {
 				return err
 			}
@@ -140,9 +157,11 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 	registerBuildInfo(in.reg)
 	names := make([]string, 0, len(cfg.Profiles))
 	senders := map[string][]string{}
+	maxRcpt := map[string]int{}
 	for n, p := range cfg.Profiles {
 		names = append(names, n)
 		senders[n] = p.AllowedSenders
+		maxRcpt[n] = p.MaxRecipientsPerMessage // 0: Exchange's default 500
 	}
 	sort.Strings(names)
 	m := smtpd.NewMetrics(in.reg, names)
@@ -184,7 +203,10 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 	store := queue.NewAttachments(js) // each profile's own MAIL_ATTACHMENTS_<profile>
 	in.srv, err = smtpd.New(smtpd.Config{Domain: sc.Domain, MaxMessageBytes: sc.MaxMessageBytes, MaxRecipients: sc.MaxRecipients,
 		MaxSessions: sc.MaxSessions, MessagesPerConnection: sc.MessagesPerConnection, MessagesPerMinute: sc.MessagesPerMinute,
-		InlineMaxBytes: sc.InlineMaxBytes, ReadTimeout: sc.ReadTimeout, PublishTimeout: sc.PublishTimeout, Senders: senders},
+		InlineMaxBytes: sc.InlineMaxBytes, ReadTimeout: sc.ReadTimeout, PublishTimeout: sc.PublishTimeout, Senders: senders,
+		MaxSessionsPerAddress: sc.MaxSessionsPerAddress, PreAuthTimeout: sc.PreAuthTimeout, RetryWindow: sc.RetryWindow,
+		AuthFailuresPerConnection: sc.AuthFailuresPerConnection, AuthFailuresPerAddress: sc.AuthFailuresPerAddress,
+		AuthLockout: sc.AuthLockout, AuthFailureDelay: sc.AuthFailureDelay, AuthCacheTTL: sc.AuthCacheTTL, ProfileMaxRecipients: maxRcpt},
 		creds, queue.NewPublisher(js), store, smtpd.Options{Logger: log, Metrics: m, TLS: tlsCfg})
 	if err != nil {
 		return nil, err

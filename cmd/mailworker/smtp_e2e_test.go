@@ -52,7 +52,10 @@ type smtpRig struct {
 	smtp   *proc
 }
 
-func startSMTPRig(t *testing.T) *smtpRig {
+func startSMTPRig(t *testing.T) *smtpRig { t.Helper(); return startSMTPRigWith(t, "  maxRecipients: 3\n") }
+
+// startSMTPRigWith starts the rig with extra lines in the smtp: section.
+func startSMTPRigWith(t *testing.T, extra string) *smtpRig {
 	t.Helper()
 	r := &smtpRig{t: t, outDir: t.TempDir()}
 	r.nats = startRelNATS(t)
@@ -76,8 +79,8 @@ func startSMTPRig(t *testing.T) *smtpRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(f, "smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  credentialsFile: %q\n  maxRecipients: 3\n  publishTimeout: 2s\n",
-		r.addr, certFile, keyFile, credFile)
+	fmt.Fprintf(f, "smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  credentialsFile: %q\n  publishTimeout: 2s\n%s",
+		r.addr, certFile, keyFile, credFile, extra)
 	f.Close()
 	r.h.startReplica()
 	r.smtp = startProc(t, append([]string{"MAILWORKER_CONFIG=" + r.h.cfgPath}, r.h.env...), "smtp")

@@ -336,7 +336,9 @@ func TestIdleAndGreedyClients(t *testing.T) {
 func TestPasswordGuessing(t *testing.T) {
 	b := setup(t, Config{AuthFailuresPerAddress: 6})
 	c, _ := b.dial("")
-	plain := func(pw string) string { return base64.StdEncoding.EncodeToString([]byte("\x00" + testUser + "\x00" + pw)) }
+	plain := func(pw string) string {
+		return base64.StdEncoding.EncodeToString([]byte("\x00" + testUser + "\x00" + pw))
+	}
 	for i := range 2 { // net/smtp gives up after one failure: raw commands
 		if code, _ := cmd(t, c, "AUTH PLAIN %s", plain(fmt.Sprint("guess", i))); code != 535 {
 			t.Fatalf("guess %d: %d, want 535", i, code)
