@@ -52,7 +52,10 @@ type smtpRig struct {
 	smtp   *proc
 }
 
-func startSMTPRig(t *testing.T) *smtpRig { t.Helper(); return startSMTPRigWith(t, "  maxRecipients: 3\n") }
+func startSMTPRig(t *testing.T) *smtpRig {
+	t.Helper()
+	return startSMTPRigWith(t, "  maxRecipients: 3\n")
+}
 
 // startSMTPRigWith starts the rig with extra lines in the smtp: section.
 func startSMTPRigWith(t *testing.T, extra string) *smtpRig {
