@@ -319,12 +319,14 @@ func (l *capListener) Accept() (net.Conn, error) {
 		s.m.Sessions.Inc()
 		s.m.SessionsActive.Inc()
 		cc := &countedConn{Conn: c, s: s, addr: addr}
+		cc.mu.Lock()
 		cc.preAuth = time.AfterFunc(s.cfg.PreAuthTimeout, func() {
 			if !cc.authed.Load() {
 				s.m.PreAuthTimeouts.Inc()
 				_ = cc.Close()
 			}
 		})
+		cc.mu.Unlock()
 		return cc, nil
 	}
 }
@@ -354,13 +356,16 @@ type countedConn struct {
 	s       *Server
 	addr    netip.Addr
 	authed  atomic.Bool
-	preAuth *time.Timer
+	mu      sync.Mutex
+	preAuth *time.Timer // set under mu
 	once    sync.Once
 }
 
 func (c *countedConn) Close() error {
 	c.once.Do(func() {
+		c.mu.Lock()
 		c.preAuth.Stop()
+		c.mu.Unlock()
 		c.s.active.Add(-1)
 		c.s.addrRelease(c.addr)
 		c.s.m.SessionsActive.Dec()
