@@ -193,7 +193,7 @@ func (h *harness) newEnv(ctx context.Context, spec runSpec, dir string) (*env, e
 
 	e.fake, err = graphtest.New(graphtest.Options{TenantID: tenantID, ClientID: clientID, ClientSecret: e.secret,
 		Latency: spec.Latency, LatencyJitter: spec.Jitter, MaxConcurrentPerMailbox: spec.FakeMaxPerBox,
-		SimulatedPerMinuteThrottle: spec.FakePerMinute})
+		SimulatedPerMinuteThrottle: spec.FakePerMinute, MaxMessageSize: spec.maxMessageBytes()})
 	if err != nil {
 		return nil, err
 	}
@@ -304,6 +304,7 @@ func workerConfig(spec runSpec, e *env, httpAddr string, pprof bool) string {
 	}
 	if spec.AttachBytes > 0 {
 		b.WriteString("    deliveryMode: draft\n    draftWhen: large\n")
+		fmt.Fprintf(&b, "    maxMessageSize: %q\n", fmt.Sprintf("%dB", spec.maxMessageBytes()))
 	}
 	if spec.BadJobs > 0 {
 		fmt.Fprintf(&b, "      - %s\n", badMailbox)
