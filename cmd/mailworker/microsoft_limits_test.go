@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -109,4 +111,70 @@ func TestMessageSizeLimit(t *testing.T) {
 			t.Errorf("fake saw %d upload PUTs and %d messages; want the upload refused midway and nothing sent", puts, len(fake.Messages()))
 		}
 	})
+}
+
+// TestConfigMicrosoftLimits: what a profile may ask of its cloud and its
+// mailbox is checked at config load (issue 18, items 1, 2 and 6): draft
+// mode is refused in the US Government clouds (no createUploadSession),
+// maxMessageSize is read in Exchange's units up to 150 MB, and the federated
+// audience defaults to the cloud's.
+func TestConfigMicrosoftLimits(t *testing.T) {
+	t.Parallel()
+	load := func(t *testing.T, profile string) (Config, error) {
+		t.Helper()
+		path := filepath.Join(t.TempDir(), "config.yaml")
+		doc := "profiles:\n  p:\n    tenantId: t\n    clientId: c\n    allowedSenders: [a@contoso.example]\n" + profile
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return loadConfig(path, nil)
+	}
+	const secret = "    credential:\n      clientSecret: x\n"
+	for _, tc := range []struct {
+		name, profile string
+		wantErr       []string // empty: loads
+	}{
+		{"draft in usgov", secret + "    cloud: usgov\n    deliveryMode: draft\n", []string{"profiles.p.deliveryMode", "createUploadSession", "usgov", "deliveryMode sendMail"}},
+		{"draft in usgovdod", secret + "    cloud: usgovdod\n    deliveryMode: draft\n", []string{"profiles.p.deliveryMode", "createUploadSession", "usgovdod"}},
+		{"sendMail in usgov", secret + "    cloud: usgov\n", nil},
+		{"draft in china", secret + "    cloud: china\n    deliveryMode: draft\n", nil},
+		{"maxMessageSize over 150 MB", secret + "    maxMessageSize: 151MB\n", []string{"profiles.p.maxMessageSize", "150 MB"}},
+		{"maxMessageSize not a size", secret + "    maxMessageSize: lots\n", []string{"profiles.p.maxMessageSize", "35MB"}},
+		{"maxMessageSize without a unit is bytes", secret + "    maxMessageSize: \"150\"\n", []string{"profiles.p.maxMessageSize", "under 1 MB"}},
+		{"maxMessageSize as Get-Mailbox prints it", secret + "    maxMessageSize: \"35 MB (36,700,160 bytes)\"\n", nil},
+	} {
+		cfg, err := load(t, tc.profile)
+		switch {
+		case len(tc.wantErr) == 0 && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case len(tc.wantErr) > 0 && err == nil:
+			t.Errorf("%s: loaded; want an error with %q", tc.name, tc.wantErr)
+		case err != nil:
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%s: %v; want it to say %q", tc.name, err, w)
+				}
+			}
+		case tc.name == "maxMessageSize as Get-Mailbox prints it":
+			if n := cfg.Profiles["p"].MaxMessageBytes(); n != 36_700_160 {
+				t.Errorf("%s: %d bytes, want 36,700,160", tc.name, n)
+			}
+		}
+	}
+	if n := (ProfileConfig{}).MaxMessageBytes(); n != 36_700_160 {
+		t.Errorf("default maximum message size %d, want Exchange's 35 MB, 36,700,160 bytes", n)
+	}
+	if n := (ProfileConfig{MaxMessageSize: "150MB"}).MaxMessageBytes(); n != 157_286_400 {
+		t.Errorf("150MB is %d bytes, want 157,286,400 (Exchange's MB is 2^20 bytes)", n)
+	}
+	for cloud, want := range map[string]string{"": "api://AzureADTokenExchange", "usgov": "api://AzureADTokenExchangeUSGov",
+		"usgovdod": "api://AzureADTokenExchangeUSGov", "china": "api://AzureADTokenExchangeChina"} {
+		cfg, err := load(t, "    cloud: \""+cloud+"\"\n    credential:\n      federatedTokenFile: /var/run/secrets/azure/tokens/azure-identity-token\n")
+		if err != nil {
+			t.Fatalf("cloud %q: %v", cloud, err)
+		}
+		if got := cfg.Profiles["p"].Credential.FederatedAudience; got != want {
+			t.Errorf("cloud %q: federatedAudience %q, want %q", cloud, got, want)
+		}
+	}
 }
