@@ -75,7 +75,7 @@ type Options struct {
 	// SimulatedPerMinuteThrottle is a fault knob, a simulation and not Graph's behaviour: when
 	// > 0, a mailbox's sends past this many in a rolling 60 s window are answered 429
 	// ApplicationThrottled with Retry-After. Exchange Online limits a mailbox to 30 messages a
-	// minute, but Microsoft documents no 429 for it (past it Exchange queues or rejects the
+	// minute, but Microsoft documents no 429 for it (past it Exchange delays the
 	// mail); load tests use the knob to exercise the worker's Retry-After path. 0 (default) = off.
 	SimulatedPerMinuteThrottle int
 	// TooLargeAs400 picks how a request over MaxRequestBytes is refused: 413 (default) or
