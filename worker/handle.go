@@ -147,6 +147,12 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 // is then the Invalid outcome to carry, or the zero Outcome when the object
 // store was out of reach (j is already put back).
 func (p *Pool) checkSize(ctx context.Context, j *job) (o Outcome, ok bool) {
+	if j.state.Draft != nil {
+		// Checked before its draft was created; the draft may have been
+		// sent since, which only a look-up can tell: never dead-letter it
+		// for a limit that changed in between.
+		return Outcome{}, true
+	}
 	limit := j.prof.MaxMessageBytes
 	if limit <= 0 {
 		limit = contract.DefaultMaxMessageBytes
