@@ -537,7 +537,7 @@ func (c Config) check(entra bool) error {
 		switch graphmail.DeliveryMode(p.DeliveryMode) {
 		case "", graphmail.ModeSendMail:
 		case graphmail.ModeDraft:
-			if err := graphmail.Cloud(p.Cloud).Supports(graphmail.ModeDraft); err != nil {
+			if err := featureCloud(p).Supports(graphmail.ModeDraft); err != nil {
 				errs = append(errs, fmt.Errorf("profiles.%s.deliveryMode: %w", name, err))
 			}
 		default:
@@ -686,6 +686,26 @@ func checkEndpoints(name string, p ProfileConfig) error {
 			name, authority, graph)
 	}
 	return nil
+}
+
+// featureCloud is the cloud whose Graph features a profile gets: its cloud,
+// or the cloud of its graphURL when that is a Microsoft national cloud's
+// Graph (a profile that sets graphURL https://graph.microsoft.us without
+// cloud: usgov still talks to US Government Graph).
+func featureCloud(p ProfileConfig) graphmail.Cloud {
+	if p.GraphURL != "" {
+		if u, err := url.Parse(p.GraphURL); err == nil {
+			switch strings.ToLower(u.Hostname()) {
+			case "graph.microsoft.us":
+				return graphmail.CloudUSGov
+			case "dod-graph.microsoft.us":
+				return graphmail.CloudUSGovDoD
+			case "microsoftgraph.chinacloudapi.cn":
+				return graphmail.CloudChina
+			}
+		}
+	}
+	return graphmail.Cloud(p.Cloud)
 }
 
 func cloudName(c string) string {

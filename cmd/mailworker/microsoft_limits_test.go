@@ -137,6 +137,8 @@ func TestConfigMicrosoftLimits(t *testing.T) {
 		{"draft in usgov", secret + "    cloud: usgov\n    deliveryMode: draft\n", []string{"profiles.p.deliveryMode", "createUploadSession", "usgov", "deliveryMode sendMail"}},
 		{"draft in usgovdod", secret + "    cloud: usgovdod\n    deliveryMode: draft\n", []string{"profiles.p.deliveryMode", "createUploadSession", "usgovdod"}},
 		{"sendMail in usgov", secret + "    cloud: usgov\n", nil},
+		{"draft with US Government endpoints", secret + "    authorityHost: https://login.microsoftonline.us\n    graphURL: https://dod-graph.microsoft.us\n    deliveryMode: draft\n",
+			[]string{"profiles.p.deliveryMode", "createUploadSession", "usgovdod"}},
 		{"draft in china", secret + "    cloud: china\n    deliveryMode: draft\n", nil},
 		{"maxMessageSize over 150 MB", secret + "    maxMessageSize: 151MB\n", []string{"profiles.p.maxMessageSize", "150 MB"}},
 		{"maxMessageSize not a size", secret + "    maxMessageSize: lots\n", []string{"profiles.p.maxMessageSize", "35MB"}},
