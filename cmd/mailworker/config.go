@@ -228,7 +228,7 @@ func readConfig(path string, env []string, noValidate bool) (Config, error) {
 	for name, p := range cfg.Profiles {
 		if p.Credential.FederatedTokenFile != "" && p.Credential.FederatedAudience == "" {
 			// The cloud's token-exchange audience (graphmail.Cloud.FederatedAudience).
-			p.Credential.FederatedAudience = graphmail.Cloud(p.Cloud).FederatedAudience()
+			p.Credential.FederatedAudience = featureCloud(p).FederatedAudience()
 			cfg.Profiles[name] = p
 		}
 	}
