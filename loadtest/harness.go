@@ -640,7 +640,7 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 	st := e.fake.Stats()
 	r.TokenRequests, r.GraphRequests, r.Throttled, r.InRetryAfter = st.TokenRequests, st.SendRequests, st.Throttled, st.InRetryAfter
 	r.Duplicates = max(st.Duplicates, r.dupSentEvents)
-	err = errors.Join(perr, waitErr)
+	err = errors.Join(err, perr, waitErr) // err: the replica-loss window check above
 	if pubErrs > 0 {
 		err = errors.Join(err, fmt.Errorf("%d publishes failed", pubErrs))
 	}
