@@ -301,8 +301,11 @@ func sourceError(profile, crid string, err error) error {
 		return se
 	}
 	class, reason := contract.ClassRetryable, contract.ReasonInternal
-	if errors.Is(err, contract.ErrNoAttachment) {
+	switch {
+	case errors.Is(err, contract.ErrNoAttachment), errors.Is(err, contract.ErrAttachmentCorrupt):
 		class, reason = contract.ClassPermanent, contract.ReasonInvalidJob
+	case errors.Is(err, contract.ErrAttachmentTooLarge):
+		class, reason = contract.ClassPermanent, contract.ReasonMessageTooLarge
 	}
 	return &contract.SendError{Class: class, Reason: reason, Profile: profile, ClientRequestID: crid,
 		Message: "reading an attachment from the store: " + err.Error(), Err: err}

@@ -184,18 +184,19 @@ func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract
 		var content []byte
 		var err error
 		if a.ObjectRef != "" {
-			if s.attachments == nil {
-				return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
-					fmt.Sprintf("attachments[%d].objectRef: no attachment store", i), nil)
-			}
-			content, err = s.attachments.Get(ctx, profile, a.ObjectRef)
-			if errors.Is(err, contract.ErrNoAttachment) {
-				return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
-					fmt.Sprintf("attachments[%d].objectRef: %q is not in profile %s's object store %s_%s (a job can attach only its own profile's objects)",
-						i, a.ObjectRef, profile, contract.BucketAttachments, profile), err)
-			}
+			// The size first, from the object's metadata: nothing is loaded
+			// that the request could not carry (a producer's 150 MB object
+			// must not take the worker's memory).
+			field := fmt.Sprintf("attachments[%d].objectRef", i)
+			n, err := s.size(ctx, profile, i, a.ObjectRef)
 			if err != nil {
-				return nil, fail(contract.ClassRetryable, contract.ReasonInternal, fmt.Sprintf("attachments[%d].objectRef: %v", i, err), err)
+				return nil, err
+			}
+			if total+n > contract.MaxInlineAttachmentBytes {
+				return nil, tooLargeForSendMail(profile, total+n)
+			}
+			if content, err = s.load(ctx, profile, field, a.ObjectRef, contract.MaxInlineAttachmentBytes-total); err != nil {
+				return nil, err
 			}
 		} else if content, err = base64.StdEncoding.DecodeString(a.ContentBase64); err != nil {
 			// Validation has already checked it; this is belt and braces.
@@ -204,15 +205,48 @@ func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract
 		}
 		total += len(content)
 		if total > contract.MaxInlineAttachmentBytes {
-			return nil, fail(contract.ClassPermanent, contract.ReasonMessageTooLarge,
-				fmt.Sprintf("attachments total more than %d bytes: Graph caps one sendMail request at 4 MB; "+
-					"set profiles.%s.deliveryMode: draft to send it as a draft with upload sessions (needs the Exchange role \"Application Mail.ReadWrite\")",
-					contract.MaxInlineAttachmentBytes, profile), nil)
+			return nil, tooLargeForSendMail(profile, total)
 		}
 		m.Attachments = append(m.Attachments, Attachment{Name: a.Name, ContentType: a.ContentType,
 			Content: content, Inline: a.Inline, ContentID: a.ContentID})
 	}
 	return m, nil
+}
+
+// tooLargeForSendMail is the refusal of attachments over what one sendMail
+// request carries.
+func tooLargeForSendMail(profile string, total int) error {
+	return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
+		Message: fmt.Sprintf("attachments total %d bytes or more, over the %d one sendMail request carries (Graph caps a request at 4 MB); "+
+			"set profiles.%s.deliveryMode: draft to send it as a draft with upload sessions (needs the Exchange role \"Application Mail.ReadWrite\")",
+			total, contract.MaxInlineAttachmentBytes, profile)}
+}
+
+// load reads ref of profile's store whole, at most max bytes: the store
+// refuses a larger object by its metadata before reading a chunk. Errors are
+// *contract.SendError: invalid_job for a missing or corrupt object,
+// message_too_large over max, retryable internal when the store fails.
+func (s *Jobs) load(ctx context.Context, profile, field, ref string, max int) ([]byte, error) {
+	if s.attachments == nil {
+		return nil, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob, Profile: profile,
+			Message: field + ": no attachment store"}
+	}
+	b, err := s.attachments.Get(ctx, profile, ref)
+	if err == nil && len(b) > max {
+		err = fmt.Errorf("%w: %d bytes, over %d", contract.ErrAttachmentTooLarge, len(b), max)
+	}
+	if err == nil {
+		return b, nil
+	}
+	se := sourceError(profile, "", err).(*contract.SendError)
+	switch {
+	case errors.Is(err, contract.ErrNoAttachment):
+		se.Message = fmt.Sprintf("%s: %s is not in profile %s's object store %s_%s (a job can attach only its own profile's objects)",
+			field, contract.Quote(ref), profile, contract.BucketAttachments, profile)
+	default:
+		se.Message = field + ": " + err.Error()
+	}
+	return nil, se
 }
 
 // mimeMessage maps a MIME job: the message as the client wrote it, fetched
@@ -226,30 +260,40 @@ func (s *Jobs) mimeMessage(ctx context.Context, profile, from, jobID string, job
 	var content []byte
 	var err error
 	if m.ObjectRef != "" {
+		// The size first, from the object's metadata: a MIME message goes
+		// out in one sendMail request, so nothing larger is ever loaded.
 		if s.attachments == nil {
 			return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob, "mime.objectRef: no attachment store", nil)
 		}
-		content, err = s.attachments.Get(ctx, profile, m.ObjectRef)
-		if errors.Is(err, contract.ErrNoAttachment) {
-			return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob,
-				fmt.Sprintf("mime.objectRef: %q is not in the %s object store", m.ObjectRef, contract.BucketAttachments), err)
-		}
-		if err != nil {
+		n, err := s.attachments.Size(ctx, profile, m.ObjectRef)
+		switch {
+		case err == nil && n > contract.MaxMIMEBytes:
+			return nil, mimeTooLarge(profile, n)
+		case err != nil && !errors.Is(err, contract.ErrNoAttachment):
 			return nil, fail(contract.ClassRetryable, contract.ReasonInternal, "mime.objectRef: "+err.Error(), err)
+		}
+		if content, err = s.load(ctx, profile, "mime.objectRef", m.ObjectRef, contract.MaxMIMEBytes); err != nil {
+			return nil, err
 		}
 	} else if content, err = base64.StdEncoding.DecodeString(m.ContentBase64); err != nil {
 		return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob, "mime.contentBase64: not valid base64", nil)
 	}
 	content = StampMIME(content, contract.HeaderStampJobID, jobID)
 	if len(content) > contract.MaxMIMEBytes {
-		return nil, fail(contract.ClassPermanent, contract.ReasonMessageTooLarge,
-			fmt.Sprintf("MIME message of %d bytes with the job id stamp, over the %d that one Graph sendMail request carries (4 MB in base64; the draft path is not supported yet)", len(content), contract.MaxMIMEBytes), nil)
+		return nil, mimeTooLarge(profile, len(content))
 	}
 	// The recipients and X- headers are the message's own; the job's lists
 	// and the X- header names are kept for the profile's limits
 	// (maxRecipientsPerMessage, allowedHeaders), not sent.
 	return &Message{From: from, MIME: content, To: addresses(job.To), Cc: addresses(job.Cc), Bcc: addresses(job.Bcc),
 		Headers: mimeXHeaders(content)}, nil
+}
+
+// mimeTooLarge is the refusal of a MIME message of n bytes.
+func mimeTooLarge(profile string, n int) error {
+	return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
+		Message: fmt.Sprintf("MIME message of %d bytes (with the job id stamp), over the %d that one Graph sendMail request carries "+
+			"(4 MB in base64; MIME jobs have no draft path): it was not loaded", n, contract.MaxMIMEBytes)}
 }
 
 // mimeXHeaders lists the X- fields of a MIME message's header section

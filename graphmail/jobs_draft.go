@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/mailworker/mailworker/queue/contract"
 )
@@ -58,6 +59,11 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 		return contract.SendResult{}, err
 	}
 	mail := DraftMail{Message: msg, Attachments: make([]DraftAttachment, 0, len(job.Attachments))}
+	// Small objectRef attachments are read whole while they fit the create
+	// request (plan puts them there); the rest are read when they are added,
+	// one at a time, so memory stays bounded by one request whatever the
+	// number of attachments. total bounds the message.
+	whole, total := int64(maxRequest), int64(0)
 	for i, a := range job.Attachments {
 		da := DraftAttachment{Name: a.Name, ContentType: a.ContentType, Inline: a.Inline, ContentID: a.ContentID}
 		if a.ObjectRef == "" {
@@ -66,6 +72,7 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 					Profile: profile, Message: fmt.Sprintf("attachments[%d].contentBase64: not valid base64", i)}
 			}
 			da.Size = int64(len(da.Content))
+			total += da.Size
 			mail.Attachments = append(mail.Attachments, da)
 			continue
 		}
@@ -74,16 +81,20 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 			return contract.SendResult{}, err
 		}
 		da.Size = int64(n)
+		total += da.Size
 		switch {
 		case da.Size > MaxAttachmentBytes:
 			return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
 				Message: fmt.Sprintf("attachments[%d] is %d bytes: Graph attaches files up to 150 MB (%d bytes)", i, n, MaxAttachmentBytes)}
-		case da.Size < UploadSessionMin:
-			b, err := s.attachments.Get(ctx, profile, a.ObjectRef)
+		case total > MaxAttachmentBytes:
+			return contract.SendResult{}, draftTooLarge(profile, total)
+		case da.Size < UploadSessionMin && da.Size <= whole:
+			b, err := s.load(ctx, profile, fmt.Sprintf("attachments[%d].objectRef", i), a.ObjectRef, int(da.Size))
 			if err != nil {
-				return contract.SendResult{}, sourceError(profile, jobID, err)
+				return contract.SendResult{}, err
 			}
 			da.Content, da.Size = b, int64(len(b))
+			whole -= da.Size
 		default:
 			ref, store := a.ObjectRef, s.attachments
 			da.Open = func(ctx context.Context, off int64) (io.ReadCloser, error) {
@@ -104,6 +115,14 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 	return c.SendViaDraft(ctx, mail, p, saveFn, jobID)
 }
 
+// draftTooLarge is the refusal of attachments totalling more than any
+// mailbox takes.
+func draftTooLarge(profile string, total int64) error {
+	return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
+		Message: fmt.Sprintf("attachments total %d bytes or more, over the 150 MB that an Exchange Online mailbox takes at most "+
+			"(https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits#message-limits)", total)}
+}
+
 // DeleteDraft deletes a job's draft that was never sent (a job that is
 // dead-lettered or expired after its draft exists). A draft whose send was
 // attempted is left alone: it may be the Sent Items copy of a sent mail.
@@ -114,4 +133,80 @@ func (s *Jobs) DeleteDraft(ctx context.Context, profile, jobID string, d *contra
 		return nil
 	}
 	return c.DeleteMessage(ctx, d.Mailbox, d.ID, jobID)
+}
+
+// Check refuses, before any Graph call, before the mailbox's recipient
+// budget is charged and without loading any content, what job's path cannot
+// send: more recipients than the profile's maxRecipientsPerMessage, a header
+// outside its allowedHeaders, an objectRef that is not in the profile's
+// store (invalid_job), and content over what the path carries, by the
+// objects' metadata (message_too_large): a MIME message over one sendMail
+// request, attachments over one sendMail request in sendMail mode, an
+// attachment or a total over 150 MB in draft mode. It returns a permanent
+// *contract.SendError, or nil, also when the store cannot be read now (the
+// send meets that again and retries).
+func (s *Jobs) Check(ctx context.Context, profile string, job *contract.Job) error {
+	c := s.clients[profile]
+	if c == nil {
+		return nil
+	}
+	// Counts and names only: nothing proportional to the job is built.
+	probe := &Message{To: make([]Address, len(job.To)), Cc: make([]Address, len(job.Cc)), Bcc: make([]Address, len(job.Bcc))}
+	for k, v := range job.Headers {
+		probe.Headers = append(probe.Headers, Header{Name: k, Value: v})
+	}
+	if e := c.checkLimits(probe); e != nil {
+		return e
+	}
+	permanent := func(err error) error {
+		if se := contract.AsSendError(err); se.Class == contract.ClassPermanent {
+			return se
+		}
+		return nil
+	}
+	if m := job.MIME; m != nil {
+		if m.ObjectRef == "" {
+			return nil // validation bounds contentBase64
+		}
+		if s.attachments == nil {
+			return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob, Profile: profile,
+				Message: "mime.objectRef: no attachment store"}
+		}
+		n, err := s.attachments.Size(ctx, profile, m.ObjectRef)
+		switch {
+		case errors.Is(err, contract.ErrNoAttachment):
+			return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob, Profile: profile,
+				Message: fmt.Sprintf("mime.objectRef: %s is not in profile %s's object store", contract.Quote(m.ObjectRef), profile), Err: err}
+		case err == nil && n > contract.MaxMIMEBytes:
+			return mimeTooLarge(profile, n)
+		}
+		return nil
+	}
+	draft := s.modes[profile].Delivery == ModeDraft
+	var total int64
+	for i, a := range job.Attachments {
+		var n int64
+		if a.ObjectRef == "" {
+			b64 := a.ContentBase64
+			n = int64(len(b64) / 4 * 3)
+			n -= int64(len(b64) - len(strings.TrimRight(b64, "=")))
+		} else {
+			size, err := s.size(ctx, profile, i, a.ObjectRef)
+			if err != nil {
+				return permanent(err)
+			}
+			n = int64(size)
+		}
+		total += n
+		switch {
+		case !draft && total > contract.MaxInlineAttachmentBytes:
+			return tooLargeForSendMail(profile, int(total))
+		case draft && n > MaxAttachmentBytes:
+			return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
+				Message: fmt.Sprintf("attachments[%d] is %d bytes: Graph attaches files up to 150 MB", i, n)}
+		case draft && total > MaxAttachmentBytes:
+			return draftTooLarge(profile, total)
+		}
+	}
+	return nil
 }

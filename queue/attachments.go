@@ -10,6 +10,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,22 +69,36 @@ func (a *Attachments) Put(ctx context.Context, profile, name string, data []byte
 	return a.PutReader(ctx, profile, name, bytes.NewReader(data))
 }
 
+// MaxGetBytes is the most Get loads into memory: what one Graph request
+// (4 MB) can carry. Larger objects are streamed with Open.
+const MaxGetBytes = 4 << 20
+
+// maxChunkBytes is the largest object chunk the readers accept: the object
+// store writes 128 KiB chunks (nats.go's default); a producer that wrote
+// larger ones, up to the server's max_payload, would make each chunk a
+// large allocation (docs/reliability.md, "One job cannot take the workers
+// down").
+const maxChunkBytes = 1 << 20
+
+// chunkWait bounds the wait for one chunk of an object being read.
+const chunkWait = 30 * time.Second
+
 // Get returns the content of ref in profile's bucket, or an error wrapping
-// ErrNoAttachment (also when the profile has no bucket).
+// ErrNoAttachment (also when the profile has no bucket). It reads at most
+// MaxGetBytes: a larger object (by its metadata) is refused with an error
+// wrapping contract.ErrAttachmentTooLarge before any chunk is read, and one
+// whose chunks do not match its metadata with contract.ErrAttachmentCorrupt.
 func (a *Attachments) Get(ctx context.Context, profile, ref string) ([]byte, error) {
-	obs, err := a.store(ctx, profile)
-	if errors.Is(err, ErrNoAttachmentStore) {
-		return nil, fmt.Errorf("%w: %s (%v)", contract.ErrNoAttachment, contract.Quote(ref), err)
-	}
+	rc, size, err := a.open(ctx, profile, ref, MaxGetBytes)
 	if err != nil {
 		return nil, err
 	}
-	b, err := obs.GetBytes(ctx, ref)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, fmt.Errorf("%w: %s", contract.ErrNoAttachment, contract.Quote(ref))
-	}
+	defer rc.Close()
+	b := make([]byte, 0, size)
+	// size+1: a reader that yields more than the metadata says fails, never grows b.
+	b, err = io.ReadAll(io.LimitReader(rc, size+1))
 	if err != nil {
-		return nil, fmt.Errorf("queue: get attachment %s: %w", contract.Quote(ref), err)
+		return nil, err
 	}
 	return b, nil
 }
@@ -164,6 +179,20 @@ func (a *Attachments) PutReader(ctx context.Context, profile, name string, r io.
 // object's. An unknown ref (or a profile without a bucket) is an error
 // wrapping contract.ErrNoAttachment. The caller closes the reader.
 func (a *Attachments) Open(ctx context.Context, profile, ref string, offset int64) (rc io.ReadCloser, size int64, err error) {
+	rc, size, err = a.open(ctx, profile, ref, -1)
+	if err != nil || offset <= 0 {
+		return rc, size, err
+	}
+	if _, err := io.CopyN(io.Discard, rc, offset); err != nil {
+		rc.Close()
+		return nil, 0, fmt.Errorf("queue: attachment %s: skipping to byte %d: %w", contract.Quote(ref), offset, err)
+	}
+	return rc, size, nil
+}
+
+// open opens ref for reading from its start; an object over max bytes (by
+// its metadata; max < 0: any size) is refused before anything is read.
+func (a *Attachments) open(ctx context.Context, profile, ref string, max int64) (rc io.ReadCloser, size int64, err error) {
 	obs, err := a.store(ctx, profile)
 	if errors.Is(err, ErrNoAttachmentStore) {
 		return nil, 0, fmt.Errorf("%w: %s (%v)", contract.ErrNoAttachment, contract.Quote(ref), err)
@@ -178,7 +207,10 @@ func (a *Attachments) Open(ctx context.Context, profile, ref string, offset int6
 	if err != nil {
 		return nil, 0, fmt.Errorf("queue: open attachment %s: %w", contract.Quote(ref), err)
 	}
-	r := &objectReader{ref: ref, left: int64(info.Size), digest: sha256.New(), want: info.Digest}
+	if max >= 0 && int64(info.Size) > max {
+		return nil, 0, fmt.Errorf("%w: %s is %d bytes, over the %d read whole", contract.ErrAttachmentTooLarge, contract.Quote(ref), info.Size, max)
+	}
+	r := &objectReader{ctx: ctx, ref: ref, left: int64(info.Size), digest: sha256.New(), want: info.Digest}
 	if info.Size > 0 {
 		bucket := AttachmentsBucket(profile)
 		cons, err := a.js.OrderedConsumer(ctx, "OBJ_"+bucket, jetstream.OrderedConsumerConfig{
@@ -191,17 +223,12 @@ func (a *Attachments) Open(ctx context.Context, profile, ref string, offset int6
 			return nil, 0, fmt.Errorf("queue: open attachment %s: %w", contract.Quote(ref), err)
 		}
 	}
-	if offset > 0 {
-		if _, err := io.CopyN(io.Discard, r, offset); err != nil {
-			r.Close()
-			return nil, 0, fmt.Errorf("queue: attachment %s: skipping to byte %d: %w", contract.Quote(ref), offset, err)
-		}
-	}
 	return r, int64(info.Size), nil
 }
 
 // objectReader reads an object's chunks from a pull consumer.
 type objectReader struct {
+	ctx    context.Context // of the open: ends the wait for a chunk
 	ref    string
 	it     jetstream.MessagesContext
 	buf    []byte
@@ -218,25 +245,31 @@ func (r *objectReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
 		if r.left == 0 {
 			if got := jetstream.GetObjectDigestValue(r.digest); r.want != "" && got != r.want {
-				r.err = fmt.Errorf("queue: attachment %s: digest mismatch", contract.Quote(r.ref))
+				r.err = fmt.Errorf("%w: %s: SHA-256 digest mismatch", contract.ErrAttachmentCorrupt, contract.Quote(r.ref))
 				return 0, r.err
 			}
 			r.err = io.EOF
 			return 0, io.EOF
 		}
-		m, err := r.it.Next()
+		// A chunk the metadata promises but the stream does not hold must
+		// not keep the job in hand for ever.
+		wctx, cancel := context.WithTimeout(r.ctx, chunkWait)
+		m, err := r.it.Next(jetstream.NextContext(wctx))
+		cancel()
 		if err != nil {
 			r.err = fmt.Errorf("queue: read attachment %s: %w", contract.Quote(r.ref), err)
 			return 0, r.err
 		}
 		r.buf = m.Data()
+		if len(r.buf) > maxChunkBytes || int64(len(r.buf)) > r.left {
+			r.buf = nil
+			r.err = fmt.Errorf("%w: %s: a chunk of %d bytes (at most %d, and %d of the object's size left)",
+				contract.ErrAttachmentCorrupt, contract.Quote(r.ref), len(m.Data()), maxChunkBytes, r.left)
+			return 0, r.err
+		}
 		r.digest.Write(r.buf)
 	}
 	n := copy(p, r.buf)
-	if int64(n) > r.left {
-		r.err = fmt.Errorf("queue: attachment %s: more bytes than its size", contract.Quote(r.ref))
-		return 0, r.err
-	}
 	r.buf = r.buf[n:]
 	r.left -= int64(n)
 	return n, nil

@@ -78,6 +78,10 @@ type Config struct {
 	PerMailboxUploadBytes int64
 	// MaxAttempts is how many sends a job gets before it is dead-lettered.
 	MaxAttempts int
+	// MaxStops is how many times a job may be found in hand of a worker
+	// that stopped (killed, out of memory, crashed) before it is
+	// dead-lettered worker_crashed (default 3).
+	MaxStops int
 	// BackoffInitial and BackoffMax bound the exponential retry delay used
 	// when the server gives no Retry-After.
 	BackoffInitial time.Duration
@@ -118,6 +122,7 @@ func (c Config) WithDefaults() Config {
 		c.PerMailboxUploadBytes = DefaultPerMailboxUploadBytes
 	}
 	def(&c.MaxAttempts, 8)
+	def(&c.MaxStops, 3)
 	defDur(&c.BackoffInitial, 5*time.Second)
 	defDur(&c.BackoffMax, 10*time.Minute)
 	defDur(&c.AckWait, 60*time.Second)
@@ -139,6 +144,7 @@ func (c Config) Validate() error {
 	positive("MaxInFlight", c.MaxInFlight)
 	positive("PerMailboxConcurrency", c.PerMailboxConcurrency)
 	positive("MaxAttempts", c.MaxAttempts)
+	positive("MaxStops", c.MaxStops)
 	for name, v := range map[string]int64{"PerMailboxPerMinute": int64(c.PerMailboxPerMinute),
 		"PerMailboxRecipientsPerDay": int64(c.PerMailboxRecipientsPerDay), "PerMailboxUploadBytes": c.PerMailboxUploadBytes} {
 		if v < Unlimited {

@@ -116,6 +116,9 @@ type Action struct {
 	Ambiguous bool
 	// Pause stops every send from the job's mailbox this long (Retry-After).
 	Pause time.Duration
+	// Stopped: the job was found in hand of a worker that stopped; the
+	// state's Stops counts it (Pool.carry).
+	Stopped bool
 }
 
 // Policy is what decide needs besides the state and the outcome: the
@@ -126,8 +129,13 @@ type Policy struct {
 	OnAmbiguous AmbiguousPolicy
 	// Busy is how long another replica's `sending` is waited for before the
 	// send is taken as lost (the send timeout plus a margin).
-	Busy  time.Duration
-	Retry RetryPolicy
+	Busy time.Duration
+	// MaxStops is how many times a job may be found in hand of a worker
+	// that stopped (state `sending` past Busy) before it is dead-lettered
+	// worker_crashed: a job that kills every worker it reaches (out of
+	// memory, a crash) is set aside after MaxStops deliveries.
+	MaxStops int
+	Retry    RetryPolicy
 	// Profile and Mailbox name the job's profile and sender in messages.
 	Profile, Mailbox string
 }
@@ -178,23 +186,42 @@ func decideArrival(st contract.JobState, o Outcome, pol Policy, now time.Time) A
 		if busyUntil := st.UpdatedAt.Add(pol.Busy); now.Before(busyUntil) {
 			return Action{Kind: Defer, Delay: busyUntil.Sub(now), Cause: CauseBusy, Message: "another worker is sending this job"}
 		}
-		if resolvable(st) {
-			// Draft mode: the next attempt resumes the draft and, if its
-			// send was attempted, looks it up before sending: not ambiguous.
-			a := decideFailure(st, &contract.SendError{Class: contract.ClassRetryable,
-				Message: "the worker sending this job stopped; its draft is resumed, and looked up before any send"}, pol)
-			if a.Kind == Retry {
-				a.Delay = 0
-			}
-			return a
+		if stops := st.Stops + 1; pol.MaxStops > 0 && stops >= pol.MaxStops {
+			// Killed, out of memory or crashed with this job in hand, again
+			// and again: whatever the cause, one more delivery would
+			// likely take one more worker down.
+			return Action{Kind: DeadLetter, Reason: contract.ReasonWorkerCrashed, SpendsAttempt: true, Ambiguous: !resolvable(st), Stopped: true,
+				Message: stoppedMessage(stops, st.UpdatedAt)}
 		}
-		a := decideFailure(st, &contract.SendError{Class: contract.ClassRetryable, Ambiguous: true,
-			Message: "the worker sending this job stopped during the Graph call: the outcome is unknown"}, pol)
+		a := decideStopped(st, pol)
+		a.Stopped = true
+		return a
+	}
+	return decideFresh(st, o, pol, now)
+}
+
+// decideStopped decides on a job whose worker stopped during its send.
+func decideStopped(st contract.JobState, pol Policy) Action {
+	if resolvable(st) {
+		// Draft mode: the next attempt resumes the draft and, if its
+		// send was attempted, looks it up before sending: not ambiguous.
+		a := decideFailure(st, &contract.SendError{Class: contract.ClassRetryable,
+			Message: "the worker sending this job stopped; its draft is resumed, and looked up before any send"}, pol)
 		if a.Kind == Retry {
-			a.Delay = 0 // nothing to wait for: the attempt is already over
+			a.Delay = 0
 		}
 		return a
 	}
+	a := decideFailure(st, &contract.SendError{Class: contract.ClassRetryable, Ambiguous: true,
+		Message: "the worker sending this job stopped during the Graph call: the outcome is unknown"}, pol)
+	if a.Kind == Retry {
+		a.Delay = 0 // nothing to wait for: the attempt is already over
+	}
+	return a
+}
+
+// decideFresh runs the checks of a job no worker holds.
+func decideFresh(st contract.JobState, o Outcome, pol Policy, now time.Time) Action {
 	job := o.Job
 	if exp := job.ExpiresAt; exp != nil && !now.Before(*exp) {
 		return Action{Kind: DeadLetter, Reason: contract.ReasonExpired,
@@ -279,6 +306,13 @@ func decideFailure(st contract.JobState, se *contract.SendError, pol Policy) Act
 	}
 	return Action{Kind: Retry, Delay: pol.Retry.Backoff(attempts, se.RetryAfter), SpendsAttempt: true,
 		Ambiguous: se.Ambiguous, Pause: pause, Reason: se.Reason, Message: se.Error()}
+}
+
+func stoppedMessage(stops int, last time.Time) string {
+	return fmt.Sprintf("the worker handling this job stopped %d times while the job was in hand (killed, out of memory or crashed; "+
+		"the last time at about %s: see the workers' restarts and OOM kills): set aside so that it cannot take more workers down; "+
+		"a stop during the Graph call may have sent the mail: check message trace for its X-Mailworker-Job-Id before replaying",
+		stops, last.UTC().Format(time.RFC3339))
 }
 
 func ambiguousMessage(pol Policy) string {

@@ -18,7 +18,7 @@ func TestDecide(t *testing.T) {
 	expired := &contract.Job{From: "billing@contoso.com", ExpiresAt: &past}
 	later := &contract.Job{From: "billing@contoso.com", NotBefore: &future}
 	// A fixed random source: jitter is 0, backoff sits at the bottom of its range.
-	pol := Policy{MaxAttempts: 3, Busy: 65 * time.Second, Profile: "billing", Mailbox: "billing@contoso.com",
+	pol := Policy{MaxAttempts: 3, MaxStops: 3, Busy: 65 * time.Second, Profile: "billing", Mailbox: "billing@contoso.com",
 		Retry: RetryPolicy{Initial: 4 * time.Second, Max: time.Minute, Rand: func(int64) int64 { return 0 }}}
 	polDL := pol
 	polDL.OnAmbiguous = OnAmbiguousDeadLetter
@@ -36,6 +36,7 @@ func TestDecide(t *testing.T) {
 	sendAt := now.Add(-time.Minute)
 	drafted := func(x *contract.JobState) { x.Draft = &contract.Draft{ID: "AAkALg1", InternetMessageID: "<m@x>"} }
 	draftSent := func(x *contract.JobState) { x.Draft = &contract.Draft{ID: "AAkALg1", SendAt: &sendAt} }
+	stopped := func(n int) func(*contract.JobState) { return func(x *contract.JobState) { x.Stops = n } }
 	arrived := Outcome{Kind: Arrived, Job: job, SenderAllowed: true}
 	failed := func(se contract.SendError) Outcome { return Outcome{Kind: Failed, Err: &se} }
 
@@ -58,12 +59,12 @@ func TestDecide(t *testing.T) {
 		{"another replica sending it now: defer until its send times out", st(contract.StateSending, 0, sendingNow), arrived, pol,
 			Action{Kind: Defer, Delay: 60 * time.Second, Cause: CauseBusy, Message: "another worker is sending this job"}},
 		{"stale sending (a replica died mid-call): an ambiguous attempt, retried at once", st(contract.StateSending, 0), arrived, pol,
-			Action{Kind: Retry, SpendsAttempt: true, Ambiguous: true,
+			Action{Kind: Retry, SpendsAttempt: true, Ambiguous: true, Stopped: true,
 				Message: "graphmail: the worker sending this job stopped during the Graph call: the outcome is unknown (retryable, ambiguous)"}},
 		{"stale sending, onAmbiguous=deadletter", st(contract.StateSending, 0), arrived, polDL,
-			Action{Kind: DeadLetter, Reason: contract.ReasonInternal, Message: ambiguousMessage(polDL), SpendsAttempt: true, Ambiguous: true}},
+			Action{Kind: DeadLetter, Reason: contract.ReasonInternal, Message: ambiguousMessage(polDL), SpendsAttempt: true, Ambiguous: true, Stopped: true}},
 		{"stale sending on the last attempt: exhausted", st(contract.StateSending, 2), arrived, pol,
-			Action{Kind: DeadLetter, Reason: contract.ReasonAttemptsExhausted, SpendsAttempt: true, Ambiguous: true,
+			Action{Kind: DeadLetter, Reason: contract.ReasonAttemptsExhausted, SpendsAttempt: true, Ambiguous: true, Stopped: true,
 				Message: "gave up after 3 attempts; last error: graphmail: the worker sending this job stopped during the Graph call: the outcome is unknown (retryable, ambiguous)"}},
 		{"expired", none, Outcome{Kind: Arrived, Job: expired, SenderAllowed: true}, pol,
 			Action{Kind: DeadLetter, Reason: contract.ReasonExpired, Message: "job expired at 2026-11-30T09:59:00Z before it could be sent (attempts made: 0)"}},
@@ -136,8 +137,18 @@ func TestDecide(t *testing.T) {
 
 		// Draft delivery mode: an unknown outcome is looked up, not guessed.
 		{"draft: stale sending (a replica died mid-upload or mid-send): retried at once, not ambiguous", st(contract.StateSending, 0, draftSent), arrived, polDL,
-			Action{Kind: Retry, SpendsAttempt: true,
+			Action{Kind: Retry, SpendsAttempt: true, Stopped: true,
 				Message: "graphmail: the worker sending this job stopped; its draft is resumed, and looked up before any send (retryable)"}},
+		{"stale sending after two stops: the third is the last (a job that kills workers is set aside)", st(contract.StateSending, 0, stopped(2)), arrived, pol,
+			Action{Kind: DeadLetter, Reason: contract.ReasonWorkerCrashed, SpendsAttempt: true, Ambiguous: true, Stopped: true,
+				Message: stoppedMessage(3, now.Add(-time.Hour))}},
+		{"draft: stale sending after two stops: set aside, not ambiguous", st(contract.StateSending, 0, draftSent, stopped(2)), arrived, pol,
+			Action{Kind: DeadLetter, Reason: contract.ReasonWorkerCrashed, SpendsAttempt: true, Stopped: true,
+				Message: stoppedMessage(3, now.Add(-time.Hour))}},
+		{"stale sending after one stop: retried, counted", st(contract.StateSending, 0, stopped(1)), arrived, pol,
+			Action{Kind: Retry, SpendsAttempt: true, Ambiguous: true, Stopped: true,
+				Message: "graphmail: the worker sending this job stopped during the Graph call: the outcome is unknown (retryable, ambiguous)"}},
+		{"stops of a job no worker holds do not count again", st(contract.StateRetrying, 1, stopped(2)), arrived, pol, Action{Kind: Send}},
 		{"draft: 504 on send: retry, not ambiguous, even with onAmbiguous=deadletter", st(contract.StateSending, 0, draftSent),
 			failed(contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true, Op: contract.OpSendDraft}), polDL,
 			Action{Kind: Retry, Delay: 2 * time.Second, SpendsAttempt: true, Message: "graphmail: send 504 (retryable)"}},

@@ -54,6 +54,11 @@ type job struct {
 	// admittedAt and uploadBytes are the pacer's reservation for this send.
 	admittedAt  time.Time
 	uploadBytes int64
+	// rcpt recipients were taken from the allowance of rcptHour for this
+	// send; they are given back unless mayHaveSent (refundRecipients).
+	rcpt        int
+	rcptHour    time.Time
+	mayHaveSent bool
 	elapsed     time.Duration // of the last Graph call
 	// releaseSlots gives back the mailbox and Graph concurrency slots once
 	// the Graph call is over (nil when none are held; safe to call twice).
@@ -69,7 +74,7 @@ func (j *job) metricProfile() string {
 
 // policy is what decide needs to know of this pool and j's profile.
 func (p *Pool) policy(j *job) Policy {
-	pol := Policy{MaxAttempts: p.cfg.MaxAttempts, Busy: p.cfg.SendTimeout + 5*time.Second, Retry: p.retry,
+	pol := Policy{MaxAttempts: p.cfg.MaxAttempts, MaxStops: p.cfg.MaxStops, Busy: p.cfg.SendTimeout + 5*time.Second, Retry: p.retry,
 		Profile: j.profile, Mailbox: j.from}
 	if j.prof != nil {
 		pol.OnAmbiguous = j.prof.OnAmbiguous
@@ -135,6 +140,9 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		}
 		return
 	}
+	if !p.checked(sendCtx, j) {
+		return
+	}
 	p.paceAndSend(stop, sendCtx, j)
 }
 
@@ -189,6 +197,65 @@ func (p *Pool) checkSize(ctx context.Context, j *job) (o Outcome, ok bool) {
 			"over profiles.%s.maxMessageSize, %s: Exchange would refuse it (ErrorMessageSizeExceeded). "+
 			"Send smaller attachments, or raise the sending mailbox's MaxSendSize (Set-Mailbox, at most 150 MB) and maxMessageSize with it",
 		contract.FormatMessageSize(n), j.profile, contract.FormatMessageSize(limit))}, false
+}
+
+// checked asks the sender (Checker) to refuse what j's path cannot send
+// before the mailbox's recipient budget is charged and before any content
+// is loaded; false when j was refused (and dead-lettered).
+func (p *Pool) checked(ctx context.Context, j *job) bool {
+	c, ok := p.sender.(Checker)
+	if !ok {
+		return true
+	}
+	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
+	err := c.Check(opCtx, j.profile, j.job)
+	cancel()
+	if err == nil {
+		return true
+	}
+	se := contract.AsSendError(err)
+	if se.Class != contract.ClassPermanent {
+		return true // the send meets it again, and retries
+	}
+	if !j.stateRead { // a duplicate is suppressed, not dead-lettered
+		if !p.readState(ctx, j) {
+			return false
+		}
+		if a := p.decide(j, p.arrived(j)); a.Kind != Send {
+			p.carry(ctx, j, a)
+			return false
+		}
+	}
+	p.carry(ctx, j, p.decide(j, Outcome{Kind: Failed, Err: se}))
+	return false
+}
+
+// refundRecipients gives back the recipients j's admission took when its
+// send cannot have reached Graph (refused before the call, deferred or put
+// back after the admission, a definite 4xx): only a send that may have been
+// delivered counts against the mailbox's 24-hour budget.
+func (p *Pool) refundRecipients(ctx context.Context, j *job) {
+	if j.rcpt == 0 || j.mayHaveSent {
+		return
+	}
+	l, toLedger := p.pacer.refund(j.from, j.rcpt, j.rcptHour)
+	j.rcpt = 0
+	if !toLedger {
+		return
+	}
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	if _, _, err := p.broker.Ledger.Lease(opCtx, l); err != nil {
+		p.log.Warn().Str("jobId", j.id).Err(err).Int("recipients", l.GiveBack).Msg("could not give unsent recipients back to the ledger; they age out")
+	}
+}
+
+// mayHaveReachedExchange reports whether a failed send may have delivered
+// the mail, and so counts against the mailbox's recipient budget: an
+// ambiguous outcome, a 5xx, or a 429 (per Microsoft staff not strictly proof
+// of non-delivery: docs/microsoft.md).
+func mayHaveReachedExchange(se *contract.SendError) bool {
+	return se.Ambiguous || se.Status == 429 || se.Status >= 500
 }
 
 // open reads the delivery's metadata and profile into j; it reports whether
@@ -266,7 +333,8 @@ func (p *Pool) plainlySendable(j *job) bool {
 // paceAndSend waits for the mailbox's pace and slots, then sends.
 func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
 	upload := p.uploadBytes(sendCtx, j.profile, j.msg.Data(), j.job)
-	adm, err := p.admit(sendCtx, j.from, len(j.job.To)+len(j.job.Cc)+len(j.job.Bcc), upload)
+	rcpt := len(j.job.To) + len(j.job.Cc) + len(j.job.Bcc)
+	adm, err := p.admit(sendCtx, j.from, rcpt, upload)
 	if err != nil {
 		// The recipient ledger is out of reach: never send blind.
 		p.unreachable(sendCtx, j, "lease recipients from the shared ledger", err)
@@ -277,6 +345,10 @@ func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
 		return
 	}
 	j.admittedAt, j.uploadBytes = adm.At, upload
+	// Every way out from here that cannot have reached Graph gives the
+	// recipients back.
+	j.rcpt, j.rcptHour = rcpt, adm.Hour
+	defer p.refundRecipients(sendCtx, j)
 	hb := p.keepAlive(j.msg)
 	defer hb.Stop()
 	if err := p.pacer.acquire(stop, j.from, adm.At); err != nil {
@@ -399,6 +471,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		res, err = p.sender.Send(ctx, j.profile, j.id, j.job)
 	}
 	j.elapsed = time.Since(start)
+	j.mayHaveSent = err == nil || mayHaveReachedExchange(contract.AsSendError(err))
 	if j.state.Draft != nil && j.uploadBytes > 0 {
 		// A draft's bytes flow for the whole upload, not at its start: the
 		// mailbox's upload window counts them from the end.
@@ -532,6 +605,9 @@ func (p *Pool) unreachable(ctx context.Context, j *job, op string, err error) {
 func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 	if a.SpendsAttempt {
 		j.state.Attempts++
+	}
+	if a.Stopped {
+		j.state.Stops++
 	}
 	if a.Ambiguous {
 		j.state.Ambiguous = true

@@ -239,6 +239,9 @@ type Admission struct {
 	// Short > 0: only the recipient allowance stands in the way: lease that
 	// many more (grant) and ask again; nothing is reserved.
 	Short int
+	// Hour is the ledger hour of the allowance the recipients were taken
+	// from (refund gives them back there).
+	Hour time.Time
 }
 
 // admit decides when a send of recipients recipients and a request of bytes
@@ -298,7 +301,7 @@ func (p *pacer) admit(addr string, recipients int, bytes int64) Admission {
 			b.uploaded += bytes
 		}
 		b.waiting++
-		return Admission{At: earliest}
+		return Admission{At: earliest, Hour: b.rcpt.hour}
 	}
 	d := max(p.spreadLocked(b, earliest).Sub(now), p.spacing())
 	return Admission{Defer: d, Cause: cause}
@@ -415,6 +418,25 @@ func (p *pacer) grant(l contract.Lease, granted int, freeAt time.Time) {
 		a.n, a.hour, a.until = 0, l.Hour, l.Hour.Add(time.Hour-spendMargin)
 	}
 	a.n += granted
+}
+
+// refund gives back n recipients of addr taken by an admission from the
+// allowance of hour, for a send that cannot have reached Graph: to the local
+// allowance while it is still spendable, else it returns the give-back to
+// make to the ledger (ok true).
+func (p *pacer) refund(addr string, n int, hour time.Time) (l contract.Lease, ok bool) {
+	if n <= 0 || p.perDay <= 0 {
+		return contract.Lease{}, false
+	}
+	now := p.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.box(addr)
+	if b.rcpt.hour.Equal(hour) && now.Before(b.rcpt.until) {
+		b.rcpt.n += n
+		return contract.Lease{}, false
+	}
+	return contract.Lease{Mailbox: addr, Limit: p.perDay, Now: now, GiveBack: n, GiveBackHour: hour}, true
 }
 
 // pausedFor returns how long a job of addr that holds its slots must still be

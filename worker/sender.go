@@ -21,6 +21,16 @@ func (f SenderFunc) Send(ctx context.Context, profile, jobID string, job *contra
 	return f(ctx, profile, jobID, job)
 }
 
+// Checker is a Sender that can refuse a job before anything is spent on
+// it (graphmail.Jobs): Check returns a permanent *contract.SendError for
+// what the job's path cannot send (the profile's recipient and header
+// limits, content sizes by the store's metadata), without loading content
+// or calling Graph; any other error or nil lets the send go ahead. The
+// worker calls it before the mailbox's recipient budget is charged.
+type Checker interface {
+	Check(ctx context.Context, profile string, job *contract.Job) error
+}
+
 // ResumableSender is a Sender that can send a job through a draft
 // (graphmail.Jobs in draft delivery mode). The worker hands it the job's
 // draft progress from the job state (nil: none yet) and save, which stores

@@ -190,3 +190,13 @@ type SendResult struct {
 // ErrNoAttachment is returned for an objectRef that is not in the
 // attachment store.
 var ErrNoAttachment = errors.New("attachment not found")
+
+// ErrAttachmentCorrupt is returned (wrapped) for an objectRef whose content
+// does not match its metadata: more bytes than its size, a chunk larger than
+// the store writes, or a SHA-256 digest that differs. The producer wrote the
+// object: retrying reads the same bytes again.
+var ErrAttachmentCorrupt = errors.New("attachment content does not match its metadata")
+
+// ErrAttachmentTooLarge is returned (wrapped) when an object is larger than
+// the reader was allowed to load into memory.
+var ErrAttachmentTooLarge = errors.New("attachment larger than this read allows")

@@ -17,13 +17,17 @@ const (
 	ReasonAttemptsExhausted Reason = "attempts_exhausted"
 	ReasonGraphRejected     Reason = "graph_rejected"
 	ReasonInternal          Reason = "internal"
+	// ReasonWorkerCrashed: the worker handling the job stopped (killed, out
+	// of memory, crashed) while the job was in hand, Policy.MaxStops times:
+	// the job is set aside so that it cannot take more workers down.
+	ReasonWorkerCrashed Reason = "worker_crashed"
 )
 
 // Reasons lists every reason, in a stable order (metric label pre-creation, docs).
 var Reasons = []Reason{
 	ReasonInvalidJob, ReasonSenderNotAllowed, ReasonRecipientInvalid, ReasonMailboxNotFound,
 	ReasonAccessDenied, ReasonMessageTooLarge, ReasonAuthFailed, ReasonExpired,
-	ReasonAttemptsExhausted, ReasonGraphRejected, ReasonInternal,
+	ReasonAttemptsExhausted, ReasonGraphRejected, ReasonInternal, ReasonWorkerCrashed,
 }
 
 // Valid reports whether r is one of the closed set.

@@ -50,6 +50,11 @@ type JobState struct {
 	// producer that knows its publish ack can tell its job's outcome from
 	// another publish of the same id. 0 when unknown.
 	Origin uint64 `json:"origin,omitempty"`
+	// Stops counts the deliveries of this generation whose worker stopped
+	// (killed, out of memory, crashed) while it held the job in state
+	// `sending`; at the worker's maxStops the job is dead-lettered
+	// worker_crashed instead of taking another worker down.
+	Stops int `json:"stops,omitempty"`
 	// Draft is the progress of a job sent through a draft (draft delivery
 	// mode): nil until the draft exists.
 	Draft *Draft `json:"draft,omitempty"`
