@@ -179,22 +179,28 @@ func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract
 	fail := func(class contract.Class, reason contract.Reason, msg string, err error) error {
 		return &contract.SendError{Class: class, Reason: reason, Profile: profile, Message: msg, Err: err}
 	}
+	// The sizes first, from the objects' metadata: nothing is loaded that
+	// the request could not carry (a producer's 150 MB object must not take
+	// the worker's memory).
 	var total int
+	for i, a := range job.Attachments {
+		n := decodedLen(a.ContentBase64)
+		if a.ObjectRef != "" {
+			var err error
+			if n, err = s.size(ctx, profile, i, a.ObjectRef); err != nil {
+				return nil, err
+			}
+		}
+		if total += n; total > contract.MaxInlineAttachmentBytes {
+			return nil, tooLargeForSendMail(profile, total)
+		}
+	}
+	total = 0
 	for i, a := range job.Attachments {
 		var content []byte
 		var err error
 		if a.ObjectRef != "" {
-			// The size first, from the object's metadata: nothing is loaded
-			// that the request could not carry (a producer's 150 MB object
-			// must not take the worker's memory).
 			field := fmt.Sprintf("attachments[%d].objectRef", i)
-			n, err := s.size(ctx, profile, i, a.ObjectRef)
-			if err != nil {
-				return nil, err
-			}
-			if total+n > contract.MaxInlineAttachmentBytes {
-				return nil, tooLargeForSendMail(profile, total+n)
-			}
 			if content, err = s.load(ctx, profile, field, a.ObjectRef, contract.MaxInlineAttachmentBytes-total); err != nil {
 				return nil, err
 			}

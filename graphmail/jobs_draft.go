@@ -63,7 +63,29 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 	// request (plan puts them there); the rest are read when they are added,
 	// one at a time, so memory stays bounded by one request whatever the
 	// number of attachments. total bounds the message.
-	whole, total := int64(maxRequest), int64(0)
+	// The sizes first, from the objects' metadata: nothing is loaded for a
+	// job that cannot be sent.
+	sizes := make([]int64, len(job.Attachments))
+	var total int64
+	for i, a := range job.Attachments {
+		n := int64(decodedLen(a.ContentBase64))
+		if a.ObjectRef != "" {
+			size, err := s.size(ctx, profile, i, a.ObjectRef)
+			if err != nil {
+				return contract.SendResult{}, err
+			}
+			n = int64(size)
+		}
+		if n > MaxAttachmentBytes {
+			return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
+				Message: fmt.Sprintf("attachments[%d] is %d bytes: Graph attaches files up to 150 MB (%d bytes)", i, n, MaxAttachmentBytes)}
+		}
+		if total += n; total > MaxAttachmentBytes {
+			return contract.SendResult{}, draftTooLarge(profile, total)
+		}
+		sizes[i] = n
+	}
+	whole := int64(maxRequest)
 	for i, a := range job.Attachments {
 		da := DraftAttachment{Name: a.Name, ContentType: a.ContentType, Inline: a.Inline, ContentID: a.ContentID}
 		if a.ObjectRef == "" {
@@ -72,22 +94,11 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 					Profile: profile, Message: fmt.Sprintf("attachments[%d].contentBase64: not valid base64", i)}
 			}
 			da.Size = int64(len(da.Content))
-			total += da.Size
 			mail.Attachments = append(mail.Attachments, da)
 			continue
 		}
-		n, err := s.size(ctx, profile, i, a.ObjectRef)
-		if err != nil {
-			return contract.SendResult{}, err
-		}
-		da.Size = int64(n)
-		total += da.Size
+		da.Size = sizes[i]
 		switch {
-		case da.Size > MaxAttachmentBytes:
-			return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
-				Message: fmt.Sprintf("attachments[%d] is %d bytes: Graph attaches files up to 150 MB (%d bytes)", i, n, MaxAttachmentBytes)}
-		case total > MaxAttachmentBytes:
-			return contract.SendResult{}, draftTooLarge(profile, total)
 		case da.Size < UploadSessionMin && da.Size <= whole:
 			b, err := s.load(ctx, profile, fmt.Sprintf("attachments[%d].objectRef", i), a.ObjectRef, int(da.Size))
 			if err != nil {
@@ -113,6 +124,11 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 		saveFn = func(ctx context.Context) error { return save(ctx, p) }
 	}
 	return c.SendViaDraft(ctx, mail, p, saveFn, jobID)
+}
+
+// decodedLen is the decoded size of padded standard base64 b64.
+func decodedLen(b64 string) int {
+	return len(b64)/4*3 - (len(b64) - len(strings.TrimRight(b64, "=")))
 }
 
 // draftTooLarge is the refusal of attachments totalling more than any
@@ -187,9 +203,7 @@ func (s *Jobs) Check(ctx context.Context, profile string, job *contract.Job) err
 	for i, a := range job.Attachments {
 		var n int64
 		if a.ObjectRef == "" {
-			b64 := a.ContentBase64
-			n = int64(len(b64) / 4 * 3)
-			n -= int64(len(b64) - len(strings.TrimRight(b64, "=")))
+			n = int64(decodedLen(a.ContentBase64))
 		} else {
 			size, err := s.size(ctx, profile, i, a.ObjectRef)
 			if err != nil {
