@@ -65,7 +65,9 @@ func TestAttachmentsReadWithinTheirMetadata(t *testing.T) {
 		edit func(*jetstream.ObjectInfo)
 	}{
 		{"metadata that claims fewer bytes than the chunks hold", func(i *jetstream.ObjectInfo) { i.Size = 1000 }},
-		{"a digest that does not match", func(i *jetstream.ObjectInfo) { i.Digest = "SHA-256=" + base64.URLEncoding.EncodeToString(make([]byte, 32)) }},
+		{"a digest that does not match", func(i *jetstream.ObjectInfo) {
+			i.Digest = "SHA-256=" + base64.URLEncoding.EncodeToString(make([]byte, 32))
+		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ref, err := a.Put(b.ctx, "billing", "liar.bin", content)

@@ -44,7 +44,9 @@ func (s *limitSender) Send(_ context.Context, _, jobID string, job *contract.Job
 
 type checkingSender struct{ *limitSender }
 
-func (s checkingSender) Check(_ context.Context, _ string, job *contract.Job) error { return s.refuse(job) }
+func (s checkingSender) Check(_ context.Context, _ string, job *contract.Job) error {
+	return s.refuse(job)
+}
 
 func recipients(n int) []string {
 	to := make([]string, n)
