@@ -88,12 +88,15 @@ type WorkerConfig struct {
 	// PerMailboxRecipientsPerDay: nil = 10,000 (Exchange's limit), 0 = unchecked.
 	PerMailboxRecipientsPerDay *int `yaml:"perMailboxRecipientsPerDay"`
 	// PerMailboxUploadMBPer5Min: nil = 150 (Outlook's limit), 0 = unchecked.
-	PerMailboxUploadMBPer5Min *int          `yaml:"perMailboxUploadMBPer5Min"`
-	MaxAttempts               int           `yaml:"maxAttempts"`
-	BackoffInitial            time.Duration `yaml:"backoffInitial"`
-	BackoffMax                time.Duration `yaml:"backoffMax"`
-	AckWait                   time.Duration `yaml:"ackWait"`
-	SendTimeout               time.Duration `yaml:"sendTimeout"`
+	PerMailboxUploadMBPer5Min *int `yaml:"perMailboxUploadMBPer5Min"`
+	MaxAttempts               int  `yaml:"maxAttempts"`
+	// MaxStops: deliveries a job may be in hand of a worker that stopped
+	// (killed, out of memory) before it is dead-lettered worker_crashed; 0 = 3.
+	MaxStops       int           `yaml:"maxStops"`
+	BackoffInitial time.Duration `yaml:"backoffInitial"`
+	BackoffMax     time.Duration `yaml:"backoffMax"`
+	AckWait        time.Duration `yaml:"ackWait"`
+	SendTimeout    time.Duration `yaml:"sendTimeout"`
 	// UploadChunkBytes is the size of each PUT of an upload session (draft
 	// delivery mode): a multiple of 327680 (320 KiB), at most 4 MiB; 0 =
 	// graphmail's default. One chunk per upload in flight is in memory.
@@ -606,7 +609,7 @@ func (c Config) workerConfig() worker.Config {
 	return worker.Config{
 		Concurrency: w.Concurrency, MaxInFlight: w.MaxInFlight, PerMailboxConcurrency: w.PerMailboxConcurrency,
 		PerMailboxPerMinute: perMinute, PerMailboxRecipientsPerDay: perDay,
-		PerMailboxUploadBytes: upload, MaxAttempts: w.MaxAttempts, BackoffInitial: w.BackoffInitial,
+		PerMailboxUploadBytes: upload, MaxAttempts: w.MaxAttempts, MaxStops: w.MaxStops, BackoffInitial: w.BackoffInitial,
 		BackoffMax: w.BackoffMax, AckWait: w.AckWait, SendTimeout: w.SendTimeout, DrainTimeout: w.DrainTimeout,
 		Profiles: profiles, LogRecipients: c.Log.Recipients,
 	}.WithDefaults()
