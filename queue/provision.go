@@ -23,6 +23,12 @@ type Config struct {
 	// and a replay from the DLQ, short enough that the store does not grow
 	// for ever (nothing else deletes them).
 	AttachmentsMaxAge time.Duration
+	// AttachmentsMaxBytes caps each profile's attachment object store
+	// (default DefaultAttachmentsMaxBytes; the stream's max_bytes, discard
+	// new): a producer can fill its own store, never the server's disk.
+	// Each store reserves replicas × this much of the account's max_file
+	// (deploy/nats/accounts.conf).
+	AttachmentsMaxBytes int64
 	// AuditMaxAge is how long MAIL_AUDIT keeps support's recorded actions,
 	// 0 = for ever (default).
 	AuditMaxAge time.Duration
@@ -35,6 +41,10 @@ type Config struct {
 	// heartbeat (KV MAIL_WORKERS), default 15s; workers beat every third of it.
 	WorkersTTL time.Duration
 }
+
+// DefaultAttachmentsMaxBytes is the default cap of one profile's attachment
+// object store: 1,000 MB.
+const DefaultAttachmentsMaxBytes = 1000 * 1000 * 1000
 
 // DuplicateWindow is the Nats-Msg-Id dedupe window of every stream.
 const DuplicateWindow = 2 * time.Minute
@@ -52,6 +62,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.AttachmentsMaxAge == 0 {
 		c.AttachmentsMaxAge = 30 * 24 * time.Hour
+	}
+	if c.AttachmentsMaxBytes == 0 {
+		c.AttachmentsMaxBytes = DefaultAttachmentsMaxBytes
 	}
 	if c.AckWait == 0 {
 		c.AckWait = 60 * time.Second
@@ -75,6 +88,8 @@ func (c Config) validate() error {
 		return errors.New("queue: config stateTTL must not be negative")
 	case c.AttachmentsMaxAge < 0:
 		return errors.New("queue: config attachmentsMaxAge must not be negative")
+	case c.AttachmentsMaxBytes < 1<<20:
+		return fmt.Errorf("queue: config attachmentsMaxBytes: %d, want at least 1 MiB", c.AttachmentsMaxBytes)
 	case slices.ContainsFunc(c.Profiles, func(p string) bool { return !validBucketProfile(p) }):
 		return errors.New("queue: config profiles: a profile name is letters, digits, - and _ only")
 	case c.WorkersTTL < time.Second:
@@ -324,7 +339,7 @@ func ensureKV(ctx context.Context, js jetstream.JetStream, want jetstream.KeyVal
 func ensureObjectStore(ctx context.Context, js jetstream.JetStream, c Config, bucket string) error {
 	want := jetstream.ObjectStoreConfig{
 		Bucket: bucket, Description: "mailworker: attachments by reference of one profile",
-		Storage: jetstream.FileStorage, Replicas: c.Replicas, TTL: c.AttachmentsMaxAge,
+		Storage: jetstream.FileStorage, Replicas: c.Replicas, TTL: c.AttachmentsMaxAge, MaxBytes: c.AttachmentsMaxBytes,
 	}
 	obs, err := js.ObjectStore(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -340,7 +355,11 @@ func ensureObjectStore(ctx context.Context, js jetstream.JetStream, c Config, bu
 	if err != nil {
 		return fmt.Errorf("queue: object store %s status: %w", bucket, err)
 	}
-	if st.TTL() == want.TTL && st.Replicas() == want.Replicas {
+	maxBytes := int64(-1)
+	if bs, ok := st.(*jetstream.ObjectBucketStatus); ok && bs.StreamInfo() != nil {
+		maxBytes = bs.StreamInfo().Config.MaxBytes
+	}
+	if st.TTL() == want.TTL && st.Replicas() == want.Replicas && maxBytes == want.MaxBytes {
 		return nil
 	}
 	if _, err := js.UpdateObjectStore(ctx, want); err != nil {

@@ -73,7 +73,10 @@ type StreamsConfig struct {
 	AuditMaxAge time.Duration `yaml:"auditMaxAge"`
 	// AttachmentsMaxAge: how long objectRef attachments are kept.
 	AttachmentsMaxAge time.Duration `yaml:"attachmentsMaxAge"`
-	MaxAckPending     int           `yaml:"maxAckPending"`
+	// AttachmentsMaxMB caps each profile's attachment object store, in MB
+	// of 10^6 bytes; 0 = 1000.
+	AttachmentsMaxMB int `yaml:"attachmentsMaxMB"`
+	MaxAckPending    int `yaml:"maxAckPending"`
 	// Provision creates or updates the streams at worker start; turn it off
 	// when the worker's NATS user may not manage streams.
 	Provision *bool `yaml:"provision"`
@@ -496,6 +499,12 @@ func (c Config) check(entra bool) error {
 	if c.Streams.Replicas != 1 && c.Streams.Replicas != 3 {
 		errs = append(errs, fmt.Errorf("streams.replicas: must be 1 or 3, got %d", c.Streams.Replicas))
 	}
+	if c.Streams.AttachmentsMaxMB < 0 {
+		errs = append(errs, fmt.Errorf("streams.attachmentsMaxMB: must be at least 1 (0 = the default 1000), got %d", c.Streams.AttachmentsMaxMB))
+	}
+	if c.Worker.MaxStops < 0 {
+		errs = append(errs, fmt.Errorf("worker.maxStops: must be at least 1 (0 = the default 3), got %d", c.Worker.MaxStops))
+	}
 	switch c.Log.Format {
 	case "json", "console":
 	default:
@@ -580,8 +589,9 @@ func (c Config) queueConfig() queue.Config {
 		Profiles: profiles,
 		Replicas: c.Streams.Replicas, JobsMaxAge: c.Streams.JobsMaxAge, StatusMaxAge: c.Streams.StatusMaxAge,
 		DLQMaxAge: c.Streams.DLQMaxAge, AuditMaxAge: c.Streams.AuditMaxAge, StateTTL: c.Streams.StateTTL, AttachmentsMaxAge: c.Streams.AttachmentsMaxAge,
-		AckWait:       c.Worker.AckWait,
-		MaxAckPending: c.Streams.MaxAckPending,
+		AttachmentsMaxBytes: int64(c.Streams.AttachmentsMaxMB) * 1_000_000,
+		AckWait:             c.Worker.AckWait,
+		MaxAckPending:       c.Streams.MaxAckPending,
 	}.WithDefaults()
 }
 
