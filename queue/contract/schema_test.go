@@ -198,6 +198,8 @@ func schemaCorpus(t *testing.T) []corpusCase {
 		{Name: "1000 recipients across to, cc, bcc", Valid: true, body: with(t, map[string]any{"to": addrs(600), "cc": addrs(200), "bcc": addrs(200)})},
 		{Name: "1000 replyTo", Valid: true, body: with(t, map[string]any{"replyTo": addrs(1000)})},
 		{Name: "32 metadata keys", Valid: true, body: with(t, map[string]any{"metadata": metadata(32, 64, 1024)})},
+		{Name: "250 attachments", Valid: true, body: att(slices.Repeat([]map[string]any{{"name": "a", "objectRef": "r"}}, MaxAttachments)...)},
+		{Name: "251 attachments", body: att(slices.Repeat([]map[string]any{{"name": "a", "objectRef": "r"}}, MaxAttachments+1)...)},
 		{Name: "3 MiB inline", Valid: true, body: att(map[string]any{"name": "a", "contentBase64": b64(MaxInlineAttachmentBytes)})},
 		{Name: "1001 recipients in to", body: with(t, map[string]any{"to": addrs(1001)})},
 		{Name: "1001 replyTo", body: with(t, map[string]any{"replyTo": addrs(1001)})},

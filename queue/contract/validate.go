@@ -25,6 +25,13 @@ const (
 	// (profiles.<name>.maxRecipientsPerMessage, default 500) applies before
 	// the Graph call.
 	MaxRecipients = 1000
+	// MaxAttachments caps the attachments of a job: Exchange Online takes
+	// at most 250 file attachments per message ("Exchange Online limits",
+	// message limits, "File attachments limit: 250",
+	// https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits#message-limits).
+	// It also bounds the work one job makes (a size look-up per objectRef,
+	// a Graph call per attachment in draft mode).
+	MaxAttachments = 250
 	// MaxInlineAttachmentBytes caps the decoded total of contentBase64
 	// attachments: Graph caps one request at 4 MB and base64 adds a third.
 	MaxInlineAttachmentBytes = 3 << 20
@@ -507,6 +514,9 @@ func checkHeader(k, v string) *InvalidError {
 }
 
 func (j *Job) validateAttachments() error {
+	if len(j.Attachments) > MaxAttachments {
+		return invalid("attachments", fmt.Sprintf("%d attachments, over the limit of %d per message (Exchange Online's file attachments limit)", len(j.Attachments), MaxAttachments))
+	}
 	total := 0
 	for i := range j.Attachments {
 		a := &j.Attachments[i]
