@@ -94,13 +94,12 @@ func (a *Attachments) Get(ctx context.Context, profile, ref string) ([]byte, err
 		return nil, err
 	}
 	defer rc.Close()
-	b := make([]byte, 0, size)
-	// size+1: a reader that yields more than the metadata says fails, never grows b.
-	b, err = io.ReadAll(io.LimitReader(rc, size+1))
-	if err != nil {
+	// The reader fails on a byte past the metadata's size: b never grows.
+	b := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
+	if _, err := b.ReadFrom(io.LimitReader(rc, size+1)); err != nil {
 		return nil, err
 	}
-	return b, nil
+	return b.Bytes(), nil
 }
 
 // Delete removes ref from profile's bucket; deleting a missing ref is not an
