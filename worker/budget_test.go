@@ -135,3 +135,28 @@ func TestAmbiguousSendKeepsItsRecipients(t *testing.T) {
 		t.Fatalf("the ledger counts %d after an ambiguous send of 300 recipients, want 300", used)
 	}
 }
+
+func TestMayHaveReachedExchange(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		se   contract.SendError
+		want bool
+	}{
+		{"refused before the call", contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob}, false},
+		{"token endpoint down", contract.SendError{Class: contract.ClassUnavailable}, false},
+		{"400 from Graph", contract.SendError{Class: contract.ClassPermanent, Status: 400}, false},
+		{"401 after the refresh", contract.SendError{Class: contract.ClassRetryable, Status: 401}, false},
+		{"429 of sendMail", contract.SendError{Class: contract.ClassThrottled, Status: 429}, true},
+		{"503 of sendMail", contract.SendError{Class: contract.ClassRetryable, Status: 503}, true},
+		{"timeout after the request was written", contract.SendError{Class: contract.ClassRetryable, Ambiguous: true}, true},
+		{"429 of a draft's upload", contract.SendError{Class: contract.ClassThrottled, Status: 429, Op: contract.OpUpload}, false},
+		{"503 of a draft's create", contract.SendError{Class: contract.ClassRetryable, Status: 503, Op: contract.OpCreateDraft}, false},
+		{"429 of a draft's send", contract.SendError{Class: contract.ClassThrottled, Status: 429, Op: contract.OpSendDraft}, true},
+		{"504 of a draft's send", contract.SendError{Class: contract.ClassRetryable, Status: 504, Op: contract.OpSendDraft, Ambiguous: true}, true},
+	} {
+		if got := mayHaveReachedExchange(&c.se); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}

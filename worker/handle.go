@@ -252,10 +252,18 @@ func (p *Pool) refundRecipients(ctx context.Context, j *job) {
 
 // mayHaveReachedExchange reports whether a failed send may have delivered
 // the mail, and so counts against the mailbox's recipient budget: an
-// ambiguous outcome, a 5xx, or a 429 (per Microsoft staff not strictly proof
-// of non-delivery: docs/microsoft.md).
+// ambiguous outcome, or a 5xx or 429 of sendMail or of a draft's send (per
+// Microsoft staff a 429 is not strictly proof of non-delivery:
+// docs/microsoft.md). The draft flow's other calls (create, attach, upload,
+// look-up) send nothing.
 func mayHaveReachedExchange(se *contract.SendError) bool {
-	return se.Ambiguous || se.Status == 429 || se.Status >= 500
+	switch {
+	case se.Ambiguous:
+		return true
+	case se.Op != "" && se.Op != contract.OpSendDraft:
+		return false
+	}
+	return se.Status == 429 || se.Status >= 500
 }
 
 // open reads the delivery's metadata and profile into j; it reports whether
@@ -471,7 +479,9 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		res, err = p.sender.Send(ctx, j.profile, j.id, j.job)
 	}
 	j.elapsed = time.Since(start)
-	j.mayHaveSent = err == nil || mayHaveReachedExchange(contract.AsSendError(err))
+	// A draft found sent by its look-up was sent, and counted, by an
+	// earlier attempt: this one sent nothing.
+	j.mayHaveSent = err == nil && res.Lookup == "" || err != nil && mayHaveReachedExchange(contract.AsSendError(err))
 	if j.state.Draft != nil && j.uploadBytes > 0 {
 		// A draft's bytes flow for the whole upload, not at its start: the
 		// mailbox's upload window counts them from the end.
