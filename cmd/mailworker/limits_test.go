@@ -79,7 +79,16 @@ func TestLargeObjectRefusedWithoutLoading(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	// Under the profile's maxMessageSize but over what its path carries:
+	// refused by the path's own rule (graphmail.Jobs.Check), as unread.
+	mid, err := h.q.Attachments.PutReader(ctx, "rel", "mid.eml", io.LimitReader(zeroes{}, 10<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
 	jobs := map[string]*contract.Job{
+		"mime-mid": {From: "box1@rel.example", To: []string{"a@example.com"}, MIME: &contract.MIME{ObjectRef: mid}},
+		"attachment-mid": {From: "box1@rel.example", To: []string{"a@example.com"}, Subject: "s", Text: "t",
+			Attachments: []contract.Attachment{{Name: "mid.bin", ObjectRef: mid}}},
 		"mime-sendmail": {From: "box1@rel.example", To: []string{"a@example.com"}, MIME: &contract.MIME{ObjectRef: refs["rel"]}},
 		"mime-draft":    {From: "box1@reldraft.example", To: []string{"a@example.com"}, MIME: &contract.MIME{ObjectRef: refs["reldraft"]}},
 		"attachment-sendmail": {From: "box1@rel.example", To: []string{"a@example.com"}, Subject: "s", Text: "t",
@@ -112,7 +121,7 @@ func TestLargeObjectRefusedWithoutLoading(t *testing.T) {
 	if n := fake.SendRequests(); n != 0 {
 		t.Errorf("%d sendMail requests for jobs refused by size", n)
 	}
-	t.Logf("worker peak RSS %d MB with three jobs naming a %d MB object", peak>>20, size>>20)
+	t.Logf("worker peak RSS %d MB with three jobs naming a %d MB object and two a 10 MB one", peak>>20, size>>20)
 	if peak > 100<<20 {
 		t.Errorf("worker peak RSS %d MB: the object was loaded (the worker idles at about 33 MB)", peak>>20)
 	}
