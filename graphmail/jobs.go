@@ -195,6 +195,12 @@ func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract
 			return nil, tooLargeForSendMail(profile, total)
 		}
 	}
+	// The request carries the body and the attachments in base64: less
+	// than their sum never fits (Send checks the exact size).
+	if est := len(job.Subject) + len(job.Text) + len(job.HTML) + base64.StdEncoding.EncodedLen(total); est > MaxRequestBytes {
+		return nil, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
+			Message: fmt.Sprintf("the request would be over %d bytes (the body, and the attachments base64-encoded): Graph caps one request at 4 MB", MaxRequestBytes)}
+	}
 	total = 0
 	for i, a := range job.Attachments {
 		var content []byte

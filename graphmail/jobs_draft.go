@@ -198,6 +198,13 @@ func (s *Jobs) Check(ctx context.Context, profile string, job *contract.Job) err
 		}
 		return nil
 	}
+	// The body goes out in one request whatever the path (sendMail, or a
+	// draft's create): the sum of its parts is less than that request.
+	body := int64(len(job.Subject) + len(job.Text) + len(job.HTML))
+	if body > MaxRequestBytes {
+		return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
+			Message: fmt.Sprintf("subject, text and html are %d bytes, over the %d that one Graph request carries (sendMail, or a draft's create)", body, MaxRequestBytes)}
+	}
 	draft := s.modes[profile].Delivery == ModeDraft
 	var total int64
 	for i, a := range job.Attachments {
@@ -215,6 +222,10 @@ func (s *Jobs) Check(ctx context.Context, profile string, job *contract.Job) err
 		switch {
 		case !draft && total > contract.MaxInlineAttachmentBytes:
 			return tooLargeForSendMail(profile, int(total))
+		case !draft && body+int64(base64.StdEncoding.EncodedLen(int(total))) > MaxRequestBytes:
+			return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
+				Message: fmt.Sprintf("the sendMail request would be over %d bytes (the body, and the attachments base64-encoded): Graph caps one request at 4 MB; "+
+					"set profiles.%s.deliveryMode: draft to send it as a draft with upload sessions", MaxRequestBytes, profile)}
 		case draft && n > MaxAttachmentBytes:
 			return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
 				Message: fmt.Sprintf("attachments[%d] is %d bytes: Graph attaches files up to 150 MB", i, n)}

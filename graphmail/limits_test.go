@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 
@@ -99,6 +100,8 @@ func TestObjectsOverThePathAreRefusedUnread(t *testing.T) {
 		}
 		return j
 	}
+	withText := func(j *contract.Job, n int) *contract.Job { j.Text = strings.Repeat("x", n); return j }
+	bigText := func(n int) *contract.Job { return withText(attached(), n) }
 	sendMail := graphmail.Mode{}
 	draft := graphmail.Mode{Delivery: graphmail.ModeDraft}
 	many := make([]string, 160) // 160 × 1 MB: each small, 160 MB together
@@ -121,6 +124,8 @@ func TestObjectsOverThePathAreRefusedUnread(t *testing.T) {
 		{"two attachments of 100 MB in draft mode (over 150 MB)", draft, attached("big1", "big2"), contract.ReasonMessageTooLarge},
 		{"160 small attachments in draft mode (over 150 MB)", draft, attached(many...), contract.ReasonMessageTooLarge},
 		{"an objectRef that is not there", draft, attached("small000", "gone"), contract.ReasonInvalidJob},
+		{"a 5 MB text body (over any one request)", draft, bigText(5 * mb), contract.ReasonMessageTooLarge},
+		{"a 2 MB body and 2 MB of attachments in sendMail mode", sendMail, withText(attached(many[:2]...), 2*mb), contract.ReasonMessageTooLarge},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
