@@ -94,16 +94,16 @@ func fieldName(s string) bool {
 //     forging a verdict;
 //   - X-Forefront-Antispam-Report* and X-Microsoft-Antispam*: the verdicts
 //     Exchange Online Protection stamps on every message
-//     (https://learn.microsoft.com/en-us/defender-office-365/message-headers-eop-mdo);
-//   - Authentication-Results: the verdict of the receiving side's SPF, DKIM
-//     and DMARC checks (RFC 8601); a submission cannot have one, and one
-//     claiming a receiver's authserv-id is a forgery that RFC 8601 section 5
-//     asks receivers to remove.
+//     (https://learn.microsoft.com/en-us/defender-office-365/message-headers-eop-mdo).
 //
-// Received, Resent-*, DKIM-Signature and ARC-* are kept: trace fields that
-// Exchange adds its own beside, and signatures that receivers verify
-// cryptographically; Resent-* addresses are checked as senders and
-// recipients (CheckMIMEHeader).
+// Kept, because Exchange decides nothing on them and a receiver computes its
+// own: Received and Resent-* (trace fields; Exchange adds its own Received
+// beside them; Resent-* addresses are checked as senders and recipients by
+// CheckMIMEHeader), DKIM-Signature and ARC-* (verified cryptographically by
+// receivers), and Authentication-Results, which a receiver must not trust
+// unless it carries the receiver's own authserv-id, and which it removes
+// when it does (RFC 8601 section 5): a forged one is cosmetic, and resent
+// real-world mail carries them.
 func ReservedHeader(name string) string {
 	n := strings.ToLower(name)
 	switch {
@@ -111,8 +111,6 @@ func ReservedHeader(name string) string {
 		return "Exchange Online owns the X-MS-Exchange- headers (its header firewall removes them from client submissions)"
 	case strings.HasPrefix(n, "x-forefront-antispam-report"), strings.HasPrefix(n, "x-microsoft-antispam"):
 		return "Exchange Online Protection stamps its own anti-spam verdict"
-	case n == "authentication-results":
-		return "it is the receiving side's verdict (RFC 8601); a submission cannot carry one"
 	}
 	return ""
 }
@@ -149,7 +147,8 @@ func roleOf(name string) fieldRole {
 //   - every From:, Sender:, Resent-From: and Resent-Sender: field, each
 //     occurrence, names only the job's from mailbox (the profile's approved
 //     mailbox, which the worker checks) — else ReasonSenderNotAllowed; From:
-//     appears exactly once with one mailbox;
+//     appears at most once, with one mailbox (a message without one is sent
+//     as the mailbox: Exchange fills it in);
 //   - the addresses of every To:, Cc:, Bcc: and Resent-To/Cc/Bcc: field are
 //     the job's to+cc+bcc and the reverse (Graph sends to the message's
 //     header recipients: the job's lists are what the limits and the daily
@@ -196,7 +195,7 @@ func (j *Job) CheckMIMEHeader(msg []byte) error {
 		fromKey = strings.ToLower(mbs[0].Addr)
 	}
 	got := map[string]bool{}
-	froms := 0
+	froms := 0 // From: fields
 	for _, f := range fields {
 		name := Quote(f.Name)
 		if why := ReservedHeader(f.Name); why != "" {
@@ -244,9 +243,6 @@ func (j *Job) CheckMIMEHeader(msg []byte) error {
 				return invalid("mime", "the "+name+" header names no mailbox")
 			}
 		}
-	}
-	if froms == 0 {
-		return invalid("mime", "the message has no From: header: it must name the job's from mailbox")
 	}
 	for _, k := range order {
 		if !got[k] {
