@@ -190,8 +190,10 @@ func tokenize(v string) ([]token, error) {
 			add(token{kind: tQuoted, s: b.String()})
 			i = j + 1
 		case c == '[':
+			// A domain literal is an address literal (RFC 5321 section
+			// 4.1.3): IPv4, "IPv6:…" or "tag:…".
 			j := strings.IndexByte(v[i:], ']')
-			if j < 0 {
+			if j < 2 || strings.Trim(v[i+1:i+j], "0123456789abcdefABCDEFIPVv.:-") != "" {
 				return nil, errAddress
 			}
 			add(token{kind: tLiteral, s: v[i : i+j+1]})
@@ -290,7 +292,8 @@ func addrSpec(toks []token) (string, bool) {
 		return "", false
 	}
 	domain, ok := domainOf(toks[at+1:])
-	if !ok || local.Len() == 0 {
+	// Control characters (obs-qtext allows some) have no place in an address.
+	if !ok || local.Len() == 0 || hasCtl(local.String()) || hasCtl(domain) {
 		return "", false
 	}
 	return quoteLocal(local.String()) + "@" + domain, true

@@ -151,3 +151,39 @@ func TestMIMEHeaderRules(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseAddressList: no panic, and a canonical address parses back to
+// itself (the door builds jobs from canonical forms, which the worker's check
+// then parses again).
+func FuzzParseAddressList(f *testing.F) {
+	for _, s := range []string{`a@x.com`, `"john doe"@x.com`, `A (c) <@r:a . b @ x . com>`, `g:a@x,b@y;`, `=?utf-8?q?=E2=9C=93?= <a@x>`,
+		`a@[1.2.3.4]`, `"a\"b"@x`, `((a)) a@x`, `x@y <z@w>`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		mbs, err := ParseAddressList(s)
+		if err != nil {
+			return
+		}
+		for _, m := range mbs {
+			again, err := ParseAddressList(m.Addr)
+			if err != nil || len(again) != 1 || again[0].Addr != m.Addr {
+				t.Fatalf("%q: canonical %q parses to %+v %v", s, m.Addr, again, err)
+			}
+			if c, err := CanonicalAddrSpec(unquoteLocal(m.Addr)); err != nil || c != m.Addr {
+				t.Fatalf("%q: canonical %q through the envelope form: %q %v", s, m.Addr, c, err)
+			}
+		}
+	})
+}
+
+// unquoteLocal is an address as go-smtp hands it over: the local part
+// unquoted.
+func unquoteLocal(a string) string {
+	at := strings.LastIndexByte(a, '@')
+	local := a[:at]
+	if strings.HasPrefix(local, `"`) {
+		local = strings.NewReplacer(`\"`, `"`, `\\`, `\`).Replace(local[1 : len(local)-1])
+	}
+	return local + a[at:]
+}
