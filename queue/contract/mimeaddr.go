@@ -43,6 +43,10 @@ var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
 // an unterminated quoted string, comment or angle bracket, and anything left
 // over after an address. The error never quotes the value.
 func ParseAddressList(v string) ([]Mailbox, error) {
+	if name, addr, ok := parseSimpleAddress(v); ok {
+		// The common shape (the jobs' own lists): already canonical.
+		return []Mailbox{{Name: name, Addr: addr}}, nil
+	}
 	toks, err := tokenize(unfold(v))
 	if err != nil {
 		return nil, err
@@ -145,7 +149,7 @@ func isWSP(c byte) bool { return c == ' ' || c == '\t' }
 // tokenize splits an address header value into tokens, dropping white space
 // and comments.
 func tokenize(v string) ([]token, error) {
-	var out []token
+	out := make([]token, 0, len(v)/4+4)
 	space := false
 	add := func(t token) {
 		t.space, space = space, false

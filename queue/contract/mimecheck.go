@@ -43,6 +43,16 @@ func HeaderSection(msg []byte) []byte {
 // number.
 func ParseHeaderSection(section []byte) ([]HeaderField, error) {
 	var out []HeaderField
+	valueStart := -1 // offset of the current field's value
+	flush := func(end int) {
+		if valueStart >= 0 {
+			v := section[valueStart:end]
+			if bytes.ContainsAny(v, "\r\n") { // unfold in one pass
+				v = bytes.ReplaceAll(bytes.ReplaceAll(v, []byte("\r"), nil), []byte("\n"), nil)
+			}
+			out[len(out)-1].Value = strings.TrimLeft(string(v), " \t")
+		}
+	}
 	line := 0
 	for off := 0; off < len(section); {
 		line++
@@ -51,25 +61,28 @@ func ParseHeaderSection(section []byte) ([]HeaderField, error) {
 		if end >= 0 {
 			next = off + end + 1
 		}
-		l := strings.TrimRight(string(section[off:next]), "\r\n")
-		off = next
+		l := section[off:next]
 		if len(l) > 0 && isWSP(l[0]) {
 			if len(out) == 0 {
 				return nil, fmt.Errorf("header line %d: a continuation line before any field", line)
 			}
-			out[len(out)-1].Value += l
+			off = next
 			continue
 		}
-		name, value, ok := strings.Cut(l, ":")
-		name = strings.TrimRight(name, " \t") // obs-optional: "Subject :"
-		if !ok || name == "" || !fieldName(name) {
+		flush(off)
+		colon := bytes.IndexByte(l, ':')
+		name := ""
+		if colon >= 0 {
+			name = strings.TrimRight(string(l[:colon]), " \t") // obs-optional: "Subject :"
+		}
+		if colon < 0 || name == "" || !fieldName(name) {
 			return nil, fmt.Errorf("header line %d is not a field (name: value)", line)
 		}
-		out = append(out, HeaderField{Name: name, Value: value})
+		out = append(out, HeaderField{Name: name})
+		valueStart = off + colon + 1
+		off = next
 	}
-	for i := range out {
-		out[i].Value = strings.TrimLeft(out[i].Value, " \t")
-	}
+	flush(len(section))
 	return out, nil
 }
 

@@ -187,3 +187,26 @@ func unquoteLocal(a string) string {
 	}
 	return local + a[at:]
 }
+
+// BenchmarkCheckMIMEHeader: the check a MIME job now gets at decode, on a
+// typical message and on one with 500 recipients.
+func BenchmarkCheckMIMEHeader(b *testing.B) {
+	for _, n := range []int{1, 500} {
+		var to []string
+		for i := range n {
+			to = append(to, fmt.Sprintf("Customer %d <c%d@example.com>", i, i))
+		}
+		msg := []byte("Received: from app.contoso.com by mx; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: Billing <billing@contoso.com>\r\nTo: " +
+			strings.Join(to, ",\r\n ") + "\r\nSubject: =?utf-8?q?Invoice_=E2=9C=93?=\r\nMessage-ID: <1@contoso.com>\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: text/plain; charset=utf-8\r\n\r\n" + strings.Repeat("body line\r\n", 1000))
+		j := &Job{From: "billing@contoso.com", To: to}
+		b.Run(fmt.Sprintf("%d recipients", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := j.CheckMIMEHeader(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
