@@ -62,6 +62,11 @@ func ParseHeaderSection(section []byte) ([]HeaderField, error) {
 			next = off + end + 1
 		}
 		l := section[off:next]
+		// A bare CR or a NUL: some parsers end a line there, others do not,
+		// so a field could hide from this check (RFC 5322 allows neither).
+		if c := bytes.IndexByte(l, '\r'); (c >= 0 && c != len(l)-2) || bytes.IndexByte(l, 0) >= 0 {
+			return nil, fmt.Errorf("header line %d holds a bare CR or a NUL", line)
+		}
 		if len(l) > 0 && isWSP(l[0]) {
 			if len(out) == 0 {
 				return nil, fmt.Errorf("header line %d: a continuation line before any field", line)

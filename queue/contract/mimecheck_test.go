@@ -129,6 +129,8 @@ func TestMIMEHeaderRules(t *testing.T) {
 		{"Shift_JIS display name of the approved mailbox", []string{"a@x.com"}, "From: =?Shift_JIS?B?jlKTY5G+mFk=?= <billing@contoso.com>\nTo: a@x.com\n\nx\n", "", ""},
 		{"obsolete syntax and a group", []string{"a@x.com", `"john doe"@x.com`}, "From: Billing Dept. <billing(dept)@contoso.com>\nTo: team: a @ x.com, \"john doe\"@x.com;\n\nx\n", "", ""},
 		{"header recipients in another case", []string{"A@X.com"}, "From: BILLING@contoso.com\nTo: a@x.COM\n\nx\n", "", ""},
+		{"bare CR hiding a From", []string{"a@x.com"}, "From: billing@contoso.com\nTo: a@x.com\rFrom: ops@contoso.com\n\nx\n", ReasonInvalidJob, "header line 2 holds a bare CR"},
+		{"NUL in the header", []string{"a@x.com"}, "From: billing@contoso.com\nTo: a@x.com\x00\n\nx\n", ReasonInvalidJob, "header line 2 holds a bare CR or a NUL"},
 		{"mbox From_ line", []string{"a@x.com"}, "From billing@contoso.com Mon Jan  1 00:00:00 2024\nFrom: billing@contoso.com\nTo: a@x.com\n\nx\n", ReasonInvalidJob, "header line 1 is not a field"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
