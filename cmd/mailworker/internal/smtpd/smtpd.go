@@ -931,13 +931,16 @@ func (ss *session) recipients(head []byte, hdrEnd int) ([]byte, [3][]string, err
 			}
 			continue
 		}
-		if count[name]++; count[name] > 1 {
-			rewrite = true
-		}
+		count[name]++
 		for _, a := range as {
 			l := strings.ToLower(a.Addr)
-			if !inEnvelope[l] || shown[l] {
+			if !inEnvelope[l] {
 				rewrite = true
+				continue
+			}
+			if shown[l] {
+				// Repeated ("To: a, a", as real mail has): nothing to
+				// rewrite; the job lists it once.
 				continue
 			}
 			shown[l] = true
