@@ -47,8 +47,9 @@ func (s *Jobs) size(ctx context.Context, profile string, i int, ref string) (int
 }
 
 // sendDraft sends job through a draft, resuming from draft (nil: a new
-// one). Attachments under 3 MB are read whole (they go in one request);
-// larger objectRef attachments are streamed from the store chunk by chunk.
+// one). Attachments whose POST request fits Graph's 4 MB (PostFits) are read
+// whole (they go in one request); larger objectRef attachments are streamed
+// from the store chunk by chunk into an upload session.
 func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, job *contract.Job,
 	draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error) {
 	bare := *job
@@ -78,10 +79,10 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 		case da.Size > MaxAttachmentBytes:
 			return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
 				Message: fmt.Sprintf("attachments[%d] is %d bytes: Graph attaches files up to 150 MB", i, n)}
-		case da.Size < UploadSessionMin:
+		case da.postFits():
 			b, err := s.attachments.Get(ctx, profile, a.ObjectRef)
 			if err != nil {
-				return contract.SendResult{}, sourceError(profile, jobID, err)
+				return contract.SendResult{}, sourceError(profile, err)
 			}
 			da.Content, da.Size = b, int64(len(b))
 		default:
@@ -101,7 +102,7 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 	if save != nil {
 		saveFn = func(ctx context.Context) error { return save(ctx, p) }
 	}
-	return c.SendViaDraft(ctx, mail, p, saveFn, jobID)
+	return c.SendViaDraft(ctx, mail, p, saveFn)
 }
 
 // DeleteDraft deletes a job's draft that was never sent (a job that is
@@ -113,5 +114,5 @@ func (s *Jobs) DeleteDraft(ctx context.Context, profile, jobID string, d *contra
 	if c == nil || d == nil || d.ID == "" || d.SendAt != nil {
 		return nil
 	}
-	return c.DeleteMessage(ctx, d.Mailbox, d.ID, jobID)
+	return c.DeleteMessage(ctx, d.Mailbox, d.ID)
 }
