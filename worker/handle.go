@@ -70,7 +70,7 @@ func (j *job) metricProfile() string {
 // policy is what decide needs to know of this pool and j's profile.
 func (p *Pool) policy(j *job) Policy {
 	pol := Policy{MaxAttempts: p.cfg.MaxAttempts, Busy: p.cfg.SendTimeout + 5*time.Second, Retry: p.retry,
-		Profile: j.profile, Mailbox: j.from}
+		Profile: j.profile, Mailbox: j.from, TransitWait: p.cfg.DraftTransitWait, LookupEvery: p.cfg.DraftLookupEvery}
 	if j.prof != nil {
 		pol.OnAmbiguous = j.prof.OnAmbiguous
 	}
@@ -362,6 +362,14 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent, RetryAfter: res.RetryAfter}))
 		return
 	}
+	var pending *contract.PendingError
+	if errors.As(err, &pending) {
+		// Not a failure: a draft's send may have gone out and the look-up
+		// cannot tell yet. decide says when to look again, or what to do
+		// once the transit window has passed.
+		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Pending, Pending: pending}))
+		return
+	}
 	se := contract.AsSendError(err)
 	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
 	j.graph = &contract.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID,
@@ -480,6 +488,15 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 	}
 	if a.Pause > 0 && j.from != "" {
 		p.pacer.pause(j.from, a.Pause) // the mailbox was told to wait
+	}
+	if a.Lookup != "" {
+		j.lookup = a.Lookup
+	}
+	if a.ResendDraft && j.state.Draft != nil {
+		// Proven unsent (decide): the next attempt sends the draft again.
+		d := *j.state.Draft
+		d.SendAt = nil
+		j.state.Draft = &d
 	}
 	switch a.Kind {
 	case AckSent:
