@@ -41,10 +41,12 @@ import (
 
 // Upload session limits.
 const (
-	// MinUploadSessionBytes: an upload session is for a file of 3 MB or
-	// more; smaller ones are refused with
-	// ErrorAttachmentSizeShouldNotBeLessThanMinimumSize ([large] "Errors").
-	MinUploadSessionBytes = 3 * 1024 * 1024
+	// MinUploadSessionBytes: Graph refuses an upload session for a file under 2 MiB with
+	// ErrorAttachmentSizeShouldNotBeLessThanMinimumSize: [large] ("Errors") advises 3 MB and
+	// up and states no exact minimum; 2,097,152 bytes is the minimum measured against Graph
+	// (msgraph-sdk-java#52), so a file just under 3 MiB whose POST would exceed 4 MB can go by
+	// session, as it must.
+	MinUploadSessionBytes = 2 * 1024 * 1024
 	// MaxAttachmentBytes: files up to 150 MB ([large], [session]).
 	MaxAttachmentBytes = 150 * 1024 * 1024
 	// MaxChunkBytes: "iteratively upload ranges of bytes (up to 4 MB each
@@ -394,9 +396,20 @@ func (s *Server) handleCreateDraft(w http.ResponseWriter, r *http.Request) {
 		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
 		return
 	}
+	// The same checks as sendMail's message (README.md, "Draft flow"): the CSDL, then 1 to 5
+	// internetMessageHeaders, then their x- names.
+	if gerr := schema.checkMessage(body); gerr != nil {
+		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
+		return
+	}
 	var gm graphMessage
 	if err := json.Unmarshal(body, &gm); err != nil {
 		s.graphError(w, r, key, http.StatusBadRequest, "RequestBodyRead", "Invalid JSON in the request body: "+err.Error(), "")
+		return
+	}
+	if gm.InternetMessageHeaders != nil && (len(gm.InternetMessageHeaders) == 0 || len(gm.InternetMessageHeaders) > MaxInternetMessageHeaders) {
+		s.graphError(w, r, key, http.StatusBadRequest, "InvalidInternetMessageHeaderCollection",
+			"Maximum number of headers in one message should be less than or equal to 5.", "")
 		return
 	}
 	for _, hd := range gm.InternetMessageHeaders {
@@ -561,7 +574,7 @@ func dropContent(atts []draftAttachment) []draftAttachment {
 // handleCreateUploadSession: POST …/messages/{mid}/attachments/createUploadSession with an
 // AttachmentItem ([session]) answers 201 Created and an uploadSession whose uploadUrl is
 // pre-authenticated (an authtoken in the query), expirationDateTime, and nextExpectedRanges
-// ["0-"] ([large] step 1). Files under 3 MB are refused with
+// ["0-"] ([large] step 1). Files under MinUploadSessionBytes are refused with
 // ErrorAttachmentSizeShouldNotBeLessThanMinimumSize ([large] "Errors"); attachmentType must be
 // "file" ([session]: attachmentItem). Over 150 MB: 400 ErrorAttachmentSizeShouldNotBeGreaterThanMaximumSize
 // (the limit is documented, the code is the fake's choice).
