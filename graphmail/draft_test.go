@@ -382,3 +382,51 @@ func asSendError(t *testing.T, err error) *contract.SendError {
 	}
 	return e
 }
+
+// TestDraftRoutesAttachmentsByRequestSize: an attachment goes by one POST only when that
+// request — base64 content and its JSON — fits Graph's 4 MB. 3,145,727 bytes (just under
+// 3 MiB) are 4,194,304 in base64: their POST would be answered 413, so they go by an upload
+// session; 3,000,000 bytes (4,000,000 in base64) still fit one POST.
+func TestDraftRoutesAttachmentsByRequestSize(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		size    int
+		session bool
+	}{
+		{3_145_727, true},
+		{3_145_728 - 40_000, true},
+		{3_000_000, false},
+		{graphmail.UploadSessionFloor - 1, false},
+	} {
+		if got := !graphmail.PostFits(int64(tc.size), "scan.pdf", "application/pdf", ""); got != tc.session {
+			t.Errorf("PostFits(%d): session=%v, want %v", tc.size, got, tc.session)
+		}
+		for _, stored := range []bool{false, true} {
+			s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
+			c := draftClient(t, s)
+			data := rnd(t, tc.size)
+			m := largeMail(t)
+			a := graphmail.DraftAttachment{Name: "scan.pdf", ContentType: "application/pdf", Size: int64(len(data))}
+			if stored {
+				src := &source{data: data}
+				a.Open = src.Open
+			} else {
+				a.Content = data
+			}
+			// Alone after the small one: the create request holds the small one, this one
+			// goes by its own request.
+			m.Attachments = append(m.Attachments, a)
+			var p contract.Draft
+			if _, err := c.SendViaDraft(ctx, m, &p, nil); err != nil {
+				t.Fatalf("%d bytes (stored=%v): %v", tc.size, stored, err)
+			}
+			if puts := s.UploadPuts(); (puts > 0) != tc.session {
+				t.Errorf("%d bytes (stored=%v): %d upload PUTs, want session=%v", tc.size, stored, puts, tc.session)
+			}
+			msgs := s.Messages()
+			if len(msgs) != 1 || len(msgs[0].Attachments) != 2 || msgs[0].Attachments[1].SHA256 != hash(data) {
+				t.Fatalf("%d bytes: delivered %+v", tc.size, msgs)
+			}
+		}
+	}
+}
