@@ -37,8 +37,8 @@ type csdlType struct {
 	// 4.01 §6.3 "Open Entity Type"; the vendored CSDL marks message open).
 	open    bool
 	members map[string]string // enum: lower-case member name -> member name
-	props    map[string]csdlProp
-	lower    map[string]string // lower-case property name -> property name
+	props   map[string]csdlProp
+	lower   map[string]string // lower-case property name -> property name
 }
 
 type csdlProp struct {
