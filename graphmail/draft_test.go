@@ -430,3 +430,50 @@ func TestDraftRoutesAttachmentsByRequestSize(t *testing.T) {
 		}
 	}
 }
+
+// TestDraftClientRequestIDs: every client-request-id a draft-flow call reports is the GUID
+// that call sent (the fake received it), on success and on failure alike; a failure before
+// any request (no token, the job state could not be saved) reports none — never the job id.
+func TestDraftClientRequestIDs(t *testing.T) {
+	ctx := context.Background()
+	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
+	c := draftClient(t, s)
+	received := func(what, crid string) {
+		t.Helper()
+		if crid == "" || !s.ReceivedClientRequestID(crid) || strings.Contains(crid, "job") {
+			t.Errorf("%s: client-request-id %q was not sent to Graph", what, crid)
+		}
+	}
+	for _, op := range []graphtest.DraftOp{graphtest.OpCreate, graphtest.OpSession, graphtest.OpUpload, graphtest.OpSend} {
+		s.ScriptDraft(op, graphtest.Fault{Status: 400, Code: "ErrorInvalidRequest"})
+		var p contract.Draft
+		_, err := c.SendViaDraft(ctx, largeMail(t, &source{data: rnd(t, graphmail.UploadSessionMin)}), &p, nil)
+		received(string(op)+" refused", asSendError(t, err).ClientRequestID)
+	}
+	var p contract.Draft
+	res, err := c.SendViaDraft(ctx, largeMail(t), &p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	received("send accepted", res.ClientRequestID)
+	for _, m := range s.Messages() {
+		received("the fake's record", m.ClientRequestID)
+	}
+
+	// Nothing sent: no client-request-id to report.
+	sv := &saver{failAt: 1}
+	p = contract.Draft{}
+	sv.p = &p
+	_, err = c.SendViaDraft(ctx, largeMail(t), &p, sv.save)
+	if e := asSendError(t, err); e.ClientRequestID != "" {
+		t.Errorf("state save failed before any request: client-request-id %q, want none", e.ClientRequestID)
+	}
+	s2 := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
+	c2 := draftClient(t, s2)
+	s2.SetTokenEndpointDown(true)
+	p = contract.Draft{}
+	_, err = c2.SendViaDraft(ctx, largeMail(t), &p, nil)
+	if e := asSendError(t, err); e.ClientRequestID != "" || e.Op != graphmail.OpCreateDraft {
+		t.Errorf("no token: client-request-id %q op %q, want none and createDraft", e.ClientRequestID, e.Op)
+	}
+}

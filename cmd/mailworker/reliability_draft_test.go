@@ -8,6 +8,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker"
 )
 
 // TestReliabilityDraftMode runs a draft-mode profile (draftWhen: always)
@@ -114,6 +115,39 @@ func TestReliabilityDraftMode(t *testing.T) {
 			t.Error("no job met the storm: the faults were not exercised")
 		}
 		logFigures(t, "draft-5xx-after-accept", r, fmt.Sprintf("storm=2x%s transit=2s drafts=%d jobs_retried=%d client-request-ids=%d", storm, len(fake.Drafts()), retried, crids))
+	})
+
+	t.Run("a send that never arrived goes out once after the transit window", func(t *testing.T) {
+		t.Parallel()
+		// Graph answers 503 without applying the send: the draft stays a draft for good.
+		// Inside the window the worker does not know that (transport may be holding an
+		// accepted send) and sends nothing; past it the draft is proven unsent and sent once.
+		ns := startRelNATS(t)
+		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{TransitDelay: time.Second}})
+		h := newHarness(t, ns.url(), fake, relWorker{draftTransitWait: 4 * time.Second, draftLookupEvery: time.Second}, profile)
+		for range 5 {
+			fake.ScriptDraft(graphtest.OpSend, graphtest.Fault{Status: 503})
+		}
+		ids := h.publish("rel", "dlost", 5)
+		replica := h.startReplica()
+		h.waitTerminal(ids, time.Minute)
+		h.stopAll([]*proc{replica})
+		r := h.check(ids)
+		exact(t, r, len(ids))
+		once(t, fake)
+		events, _ := h.statusEvents()
+		for _, id := range ids {
+			deferred := 0
+			for _, ev := range events[id] {
+				if ev.Event == contract.EventDeferred && ev.Cause == string(worker.CauseSentItems) {
+					deferred++
+				}
+			}
+			if deferred == 0 {
+				t.Errorf("job %s: no `deferred` (sent_items) before the resend: events %v", id, eventNames(events[id]))
+			}
+		}
+		h.checkClientRequestIDs(ids)
 	})
 
 	t.Run("a refused send deletes the draft", func(t *testing.T) {
