@@ -46,6 +46,13 @@ type Credential struct {
 	CertificatePassword string
 	ClientSecret        string
 	FederatedTokenFile  string // Kubernetes workload identity: file re-read on every assertion request
+	// FederatedAudience, when set, is the audience the federated token must
+	// carry (its aud claim, read without verifying the signature: Entra
+	// verifies it): the cloud's token-exchange audience (Cloud.FederatedAudience)
+	// or the one the app's federated identity credential names. A token
+	// without it is a local credential fault, found before Entra would answer
+	// AADSTS70021.
+	FederatedAudience string
 }
 
 // Config configures a Client.
@@ -435,6 +442,13 @@ func (c *Client) credential(in Credential, cs *credState) (confidential.Credenti
 			if a == "" {
 				return "", &CredentialFaultError{msg: "Credential.FederatedTokenFile " + path + " is empty"}
 			}
+			if want := in.FederatedAudience; want != "" {
+				if got, ok := jwtAudiences(a); ok && !slices.Contains(got, want) {
+					return "", &CredentialFaultError{msg: fmt.Sprintf("the federated token in %s is for audience %q, not %q: "+
+						"Entra would refuse it (AADSTS70021); project the service-account token with audience %s and give the app's federated identity credential the same audience",
+						path, strings.Join(got, ","), want, want)}
+				}
+			}
 			return a, nil
 		}), nil
 	case in.ClientSecret != "":
@@ -601,3 +615,30 @@ func (t *tokenCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.Rep
 }
 
 func (t *tokenCache) Export(context.Context, cache.Marshaler, cache.ExportHints) error { return nil }
+
+// jwtAudiences reads the aud claim (a string or an array) of a JWT without
+// verifying it; ok is false when tok is not a JWT with an aud.
+func jwtAudiences(tok string) (aud []string, ok bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return nil, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return nil, false
+	}
+	var c struct {
+		Aud json.RawMessage `json:"aud"`
+	}
+	if json.Unmarshal(payload, &c) != nil || len(c.Aud) == 0 {
+		return nil, false
+	}
+	var one string
+	if json.Unmarshal(c.Aud, &one) == nil {
+		return []string{one}, true
+	}
+	if json.Unmarshal(c.Aud, &aud) == nil {
+		return aud, true
+	}
+	return nil, false
+}

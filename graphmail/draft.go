@@ -49,8 +49,13 @@ const (
 	// UploadSessionFloor is that measured minimum: postFits never sends a
 	// file this small to an upload session (its POST always fits).
 	UploadSessionFloor = 2 * 1024 * 1024
-	// MaxAttachmentBytes: Graph attaches files up to 150 MB.
-	MaxAttachmentBytes = 150 * 1024 * 1024
+	// MaxAttachmentBytes: "you can attach files up to 150 MB"
+	// (https://learn.microsoft.com/graph/outlook-large-attachments). The page
+	// does not say whether its MB is 10^6 or 2^20 bytes: the cap takes the
+	// smaller, 150,000,000 bytes. The mailbox's maximum message size
+	// (contract.MessageSize, at most 150 MB with the attachments
+	// base64-encoded) refuses such a file long before this cap does.
+	MaxAttachmentBytes = 150_000_000
 	// DefaultUploadChunkBytes is four times 320 KiB (1,280 KiB): a multiple
 	// of 320 KiB (the rule of OneDrive's upload sessions, kept here too)
 	// under the 4 MB per PUT of Outlook's. Memory follows uploads in flight

@@ -34,6 +34,12 @@ func Classify(status int, code, message string) (contract.Class, contract.Reason
 		// REST/OData access is turned off for the mailbox or organisation (an Exchange
 		// setting, not the RBAC scope): waiting for RBAC propagation will not heal it.
 		return contract.ClassPermanent, contract.ReasonAccessDenied
+	case (status == http.StatusBadRequest || status == http.StatusNotFound) &&
+		strings.Contains(strings.ToLower(message), "resource not found for the segment"):
+		// The URL names an API this Graph does not have (400 BadRequest "Resource not
+		// found for the segment '…'.", microsoft-graph-docs#4900, #21648), e.g.
+		// createUploadSession in the US Government clouds: not a missing mailbox.
+		return contract.ClassPermanent, contract.ReasonGraphRejected
 	case status == http.StatusBadRequest && strings.Contains(strings.ToLower(message), "maximum request length"):
 		// Graph's 400 form of the 4 MB request cap ("Maximum request length exceeded.").
 		return contract.ClassPermanent, contract.ReasonMessageTooLarge
@@ -79,6 +85,8 @@ func classifyDraft(op string, e *contract.SendError) {
 	case e.Status == http.StatusNotFound && strings.EqualFold(e.Code, "ErrorItemNotFound"):
 		e.Class, e.Reason = contract.ClassRetryable, ""
 		e.Ambiguous = op == OpSendDraft
+	case e.Reason == contract.ReasonGraphRejected && strings.Contains(strings.ToLower(e.Message), "resource not found for the segment"):
+		e.Message = strings.TrimSpace(e.Message + " This cloud's Graph does not offer the call (" + op + "): createUploadSession, which attachments of 3 MB or more need, is not available in the US Government clouds (L4, L5); such a profile must use deliveryMode sendMail.")
 	case e.Status == http.StatusForbidden && op != OpSendDraft && op != OpUpload:
 		e.Message = strings.TrimSpace(e.Message + " The draft delivery mode needs the Exchange role \"Application Mail.ReadWrite\" in the mailbox's management scope.")
 	}

@@ -92,7 +92,7 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 		switch {
 		case da.Size > MaxAttachmentBytes:
 			return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
-				Message: fmt.Sprintf("attachments[%d] is %d bytes: Graph attaches files up to 150 MB", i, n)}
+				Message: fmt.Sprintf("attachments[%d] is %d bytes: Graph attaches files up to 150 MB (%d bytes)", i, n, MaxAttachmentBytes)}
 		case da.postFits():
 			b, err := s.attachments.Get(ctx, profile, a.ObjectRef)
 			if err != nil {

@@ -193,7 +193,7 @@ func (h *harness) newEnv(ctx context.Context, spec runSpec, dir string) (*env, e
 
 	e.fake, err = graphtest.New(graphtest.Options{TenantID: tenantID, ClientID: clientID, ClientSecret: e.secret,
 		Latency: spec.Latency, LatencyJitter: spec.Jitter, MaxConcurrentPerMailbox: spec.FakeMaxPerBox,
-		SimulatedPerMinuteThrottle: spec.FakePerMinute})
+		SimulatedPerMinuteThrottle: spec.FakePerMinute, MaxMessageSize: spec.maxMessageBytes()})
 	if err != nil {
 		return nil, err
 	}
@@ -304,6 +304,7 @@ func workerConfig(spec runSpec, e *env, httpAddr string, pprof bool) string {
 	}
 	if spec.AttachBytes > 0 {
 		b.WriteString("    deliveryMode: draft\n    draftWhen: large\n")
+		fmt.Fprintf(&b, "    maxMessageSize: %q\n", fmt.Sprintf("%dB", spec.maxMessageBytes()))
 	}
 	if spec.BadJobs > 0 {
 		fmt.Fprintf(&b, "      - %s\n", badMailbox)
@@ -639,7 +640,7 @@ func (h *harness) runOne(ctx context.Context, spec runSpec) (*Result, error) {
 	st := e.fake.Stats()
 	r.TokenRequests, r.GraphRequests, r.Throttled, r.InRetryAfter = st.TokenRequests, st.SendRequests, st.Throttled, st.InRetryAfter
 	r.Duplicates = max(st.Duplicates, r.dupSentEvents)
-	err = errors.Join(perr, waitErr)
+	err = errors.Join(err, perr, waitErr) // err: the replica-loss window check above
 	if pubErrs > 0 {
 		err = errors.Join(err, fmt.Errorf("%d publishes failed", pubErrs))
 	}

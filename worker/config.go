@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // AmbiguousPolicy is what a worker does with a job whose earlier attempt may
@@ -41,6 +43,13 @@ type Profile struct {
 	AllowedSenders []string
 	// OnAmbiguous is OnAmbiguousRetry (default) or OnAmbiguousDeadLetter.
 	OnAmbiguous AmbiguousPolicy
+	// MaxMessageBytes is the sending mailboxes' maximum message size
+	// (Exchange's MaxSendSize; profiles.<name>.maxMessageSize): a job whose
+	// message, as Exchange counts it (contract.MessageSize), is larger is
+	// dead-lettered message_too_large before any Graph call. 0 =
+	// contract.DefaultMaxMessageBytes (35 MB); at most
+	// contract.MaxMessageBytesLimit (150 MB).
+	MaxMessageBytes int64
 }
 
 // Config tunes a Pool. Zero values take the defaults of WithDefaults.
@@ -159,6 +168,9 @@ func (c Config) Validate() error {
 	for name, p := range c.Profiles {
 		if len(p.AllowedSenders) == 0 {
 			errs = append(errs, fmt.Errorf("worker: profile %s: AllowedSenders: at least one approved mailbox is required", name))
+		}
+		if p.MaxMessageBytes < 0 || p.MaxMessageBytes > contract.MaxMessageBytesLimit {
+			errs = append(errs, fmt.Errorf("worker: profile %s: MaxMessageBytes %d is not between 0 and %d (150 MB, Exchange Online's maximum)", name, p.MaxMessageBytes, contract.MaxMessageBytesLimit))
 		}
 		switch p.OnAmbiguous {
 		case "", OnAmbiguousRetry, OnAmbiguousDeadLetter:

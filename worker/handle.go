@@ -132,7 +132,66 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		p.carry(sendCtx, j, a)
 		return
 	}
+	if o, ok := p.checkSize(sendCtx, j); !ok {
+		if o.Kind != 0 {
+			p.carry(sendCtx, j, p.decide(j, o))
+		}
+		return
+	}
 	p.paceAndSend(stop, sendCtx, j)
+}
+
+// checkSize holds j to its profile's maximum message size, as Exchange
+// counts it (contract.MessageSize: the whole message, attachments
+// base64-encoded), before any Graph call and any upload: past it Exchange
+// refuses the mail (ErrorMessageSizeExceeded, in a draft's case only when
+// the upload has crossed the limit), after the upload has spent the
+// mailbox's 5-minute upload budget. ok is false when j must not be sent: o
+// is then the Invalid outcome to carry, or the zero Outcome when the object
+// store was out of reach (j is already put back).
+func (p *Pool) checkSize(ctx context.Context, j *job) (o Outcome, ok bool) {
+	if j.state.Draft != nil {
+		// Checked before its draft was created; the draft may have been
+		// sent since, which only a look-up can tell: never dead-letter it
+		// for a limit that changed in between.
+		return Outcome{}, true
+	}
+	limit := j.prof.MaxMessageBytes
+	if limit <= 0 {
+		limit = contract.DefaultMaxMessageBytes
+	}
+	var storeErr error
+	n, err := contract.MessageSize(j.job, func(ref string) (int64, error) {
+		if p.broker.Attachments == nil {
+			return 0, nil // the send dead-letters it: no attachment store
+		}
+		opCtx, cancel := context.WithTimeout(ctx, opTimeout)
+		s, err := p.broker.Attachments.Size(opCtx, j.profile, ref)
+		cancel()
+		switch {
+		case errors.Is(err, contract.ErrNoAttachment):
+			return 0, nil // the send dead-letters it invalid_job
+		case err != nil:
+			storeErr = err
+			return 0, err
+		}
+		return int64(s), nil
+	})
+	if err != nil {
+		if storeErr == nil {
+			storeErr = err
+		}
+		p.unreachable(ctx, j, "read attachment sizes from the object store", storeErr)
+		return Outcome{}, false
+	}
+	if n <= limit {
+		return Outcome{}, true
+	}
+	return Outcome{Kind: Invalid, Reason: contract.ReasonMessageTooLarge, Message: fmt.Sprintf(
+		"the message is about %s as Exchange counts it (attachments base64-encoded, about 33%% larger than the files), "+
+			"over profiles.%s.maxMessageSize, %s: Exchange would refuse it (ErrorMessageSizeExceeded). "+
+			"Send smaller attachments, or raise the sending mailbox's MaxSendSize (Set-Mailbox, at most 150 MB) and maxMessageSize with it",
+		contract.FormatMessageSize(n), j.profile, contract.FormatMessageSize(limit))}, false
 }
 
 // open reads the delivery's metadata and profile into j; it reports whether

@@ -141,6 +141,7 @@ func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []b
 		ClientSecret:        cc.ClientSecret,
 		CertificatePassword: cc.CertificatePassword,
 		FederatedTokenFile:  cc.FederatedTokenFile,
+		FederatedAudience:   cc.FederatedAudience,
 	}
 	if f := cc.CertificateFile; f != "" {
 		pem, err := os.ReadFile(f)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/mailworker/mailworker/worker"
 )
 
@@ -146,6 +147,27 @@ type ProfileConfig struct {
 	// DraftWhen (draft mode) is large (default: only jobs over one
 	// sendMail request) or always (every job, exactly once).
 	DraftWhen string `yaml:"draftWhen"`
+	// MaxMessageSize is the sending mailboxes' maximum message size, as
+	// Exchange's MaxSendSize is written ("35MB", "36700160", or Get-Mailbox's
+	// "35 MB (36,700,160 bytes)"; MB = 1,048,576 bytes, as Exchange's): ""
+	// = Exchange Online's default, 35 MB; at most 150 MB. See
+	// MaxMessageBytes.
+	MaxMessageSize string `yaml:"maxMessageSize"`
+}
+
+// MaxMessageBytes is the profile's maximum message size in bytes
+// (maxMessageSize; contract.DefaultMaxMessageBytes when unset), the size
+// Exchange counts: the whole message with its attachments base64-encoded
+// (contract.MessageSize). Every door takes a job against it: the worker
+// dead-letters a larger one message_too_large before any Graph call, and
+// the SMTP door can refuse it at SIZE/DATA. A loaded config has a valid
+// value; an invalid one reads as the default here.
+func (p ProfileConfig) MaxMessageBytes() int64 {
+	n, err := contract.ParseMessageSize(p.MaxMessageSize)
+	if err != nil {
+		return contract.DefaultMaxMessageBytes
+	}
+	return n
 }
 
 // CredentialConfig names where a profile's credential comes from.
@@ -155,6 +177,11 @@ type CredentialConfig struct {
 	ClientSecret        string `yaml:"clientSecret"`
 	ClientSecretFile    string `yaml:"clientSecretFile"`
 	FederatedTokenFile  string `yaml:"federatedTokenFile"`
+	// FederatedAudience is the audience the federatedTokenFile token must
+	// carry, the one the app's federated identity credential names: default
+	// the cloud's token-exchange audience (api://AzureADTokenExchange,
+	// …USGov for usgov and usgovdod, …China for china).
+	FederatedAudience string `yaml:"federatedAudience"`
 	// ReloadInterval: how often certificateFile / clientSecretFile are
 	// re-read; a changed file is taken up without a restart (rotation).
 	ReloadInterval time.Duration `yaml:"reloadInterval"`
@@ -202,6 +229,13 @@ func readConfig(path string, env []string, noValidate bool) (Config, error) {
 	}
 	if err := applyEnv(&cfg, env); err != nil {
 		return cfg, err
+	}
+	for name, p := range cfg.Profiles {
+		if p.Credential.FederatedTokenFile != "" && p.Credential.FederatedAudience == "" {
+			// The cloud's token-exchange audience (graphmail.Cloud.FederatedAudience).
+			p.Credential.FederatedAudience = featureCloud(p).FederatedAudience()
+			cfg.Profiles[name] = p
+		}
 	}
 	if noValidate {
 		return cfg, nil
@@ -506,9 +540,16 @@ func (c Config) check(entra bool) error {
 			}
 		}
 		switch graphmail.DeliveryMode(p.DeliveryMode) {
-		case "", graphmail.ModeSendMail, graphmail.ModeDraft:
+		case "", graphmail.ModeSendMail:
+		case graphmail.ModeDraft:
+			if err := featureCloud(p).Supports(graphmail.ModeDraft); err != nil {
+				errs = append(errs, fmt.Errorf("profiles.%s.deliveryMode: %w", name, err))
+			}
 		default:
 			errs = append(errs, fmt.Errorf("profiles.%s.deliveryMode: %q: want sendMail or draft", name, p.DeliveryMode))
+		}
+		if _, err := contract.ParseMessageSize(p.MaxMessageSize); err != nil {
+			errs = append(errs, fmt.Errorf("profiles.%s.maxMessageSize: %w (Exchange's units: 35MB is 36,700,160 bytes; default 35MB, at most 150MB)", name, err))
 		}
 		switch graphmail.DraftWhen(p.DraftWhen) {
 		case "", graphmail.DraftLarge, graphmail.DraftAlways:
@@ -564,7 +605,8 @@ func (c Config) workerConfig() worker.Config {
 	upload := orOff(w.PerMailboxUploadMBPer5Min, 1_000_000)
 	profiles := make(map[string]worker.Profile, len(c.Profiles))
 	for name, p := range c.Profiles {
-		profiles[name] = worker.Profile{Name: name, AllowedSenders: p.AllowedSenders, OnAmbiguous: worker.AmbiguousPolicy(p.OnAmbiguous)}
+		profiles[name] = worker.Profile{Name: name, AllowedSenders: p.AllowedSenders, OnAmbiguous: worker.AmbiguousPolicy(p.OnAmbiguous),
+			MaxMessageBytes: p.MaxMessageBytes()}
 	}
 	return worker.Config{
 		Concurrency: w.Concurrency, MaxInFlight: w.MaxInFlight, PerMailboxConcurrency: w.PerMailboxConcurrency,
@@ -650,6 +692,26 @@ func checkEndpoints(name string, p ProfileConfig) error {
 			name, authority, graph)
 	}
 	return nil
+}
+
+// featureCloud is the cloud whose Graph features a profile gets: its cloud,
+// or the cloud of its graphURL when that is a Microsoft national cloud's
+// Graph (a profile that sets graphURL https://graph.microsoft.us without
+// cloud: usgov still talks to US Government Graph).
+func featureCloud(p ProfileConfig) graphmail.Cloud {
+	if p.GraphURL != "" {
+		if u, err := url.Parse(p.GraphURL); err == nil {
+			switch strings.ToLower(u.Hostname()) {
+			case "graph.microsoft.us":
+				return graphmail.CloudUSGov
+			case "dod-graph.microsoft.us":
+				return graphmail.CloudUSGovDoD
+			case "microsoftgraph.chinacloudapi.cn":
+				return graphmail.CloudChina
+			}
+		}
+	}
+	return graphmail.Cloud(p.Cloud)
 }
 
 func cloudName(c string) string {

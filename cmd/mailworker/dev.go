@@ -21,6 +21,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Demo profile of `mailworker dev`.
@@ -131,6 +132,11 @@ func (c *cli) devCmd() *cobra.Command {
   HTTP:        http://%s  (/metrics /healthz /readyz)
   Fake Graph:  %s  (delivered mail: %s/_sandbox/messages, files in %s)
   Pacing:      %s
+  Delivery:    profile %s is in draft mode (deliveryMode: draft): mail over one 4 MB sendMail request goes
+               out as a draft with upload sessions, up to %s as Exchange counts it (attachments
+               base64-encoded; profiles.%s.maxMessageSize). A default production profile (deliveryMode
+               sendMail) dead-letters such a job message_too_large; draft mode needs the Exchange role
+               "Application Mail.ReadWrite" and is not available in the US Government clouds (README, "Large mail").
   Console:     %s  (sign in as %s (Support) or %s (Reader); the fake Entra's TLS certificate is
                signed by %s: trust it or accept the browser's warning once)
 Send a mail:
@@ -143,6 +149,7 @@ Or submit over SMTP (STARTTLS, self-signed certificate; SMTP metrics on %s):
 Profiles (all sent to the fake Graph, never to Microsoft): %s
 Press Ctrl-C to stop.
 `, ns.ClientURL(), devMaxPayload>>20, app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"), pacing,
+				demoProfile, contract.FormatMessageSize(cfg.Profiles[demoProfile].MaxMessageBytes()), demoProfile,
 				cs.URL(), demoSupportUser, demoReaderUser, caFile,
 				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender,
 				"http://"+ing.HTTPAddr(), ing.Addr(), demoSMTPUser, ing.Addr(), demoSMTPUser, smtpPassword, demoSender, strings.Join(redirected, ", "))

@@ -42,7 +42,8 @@ func TestNewcomerCLI(t *testing.T) {
 
 	t.Run("dev banner: production limits and pacing", func(t *testing.T) {
 		banner := dev.stdout.String()
-		for _, want := range []string{"max_payload 8 MB", "Pacing:      like production: at most 30 sends per minute", "--unpaced"} {
+		for _, want := range []string{"max_payload 8 MB", "Pacing:      like production: at most 30 sends per minute", "--unpaced",
+			"profile demo is in draft mode (deliveryMode: draft)", "35 MB (36,700,160 bytes)", "dead-letters such a job message_too_large"} {
 			if !strings.Contains(banner, want) {
 				t.Errorf("dev banner lacks %q:\n%s", want, banner)
 			}

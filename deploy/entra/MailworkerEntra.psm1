@@ -33,6 +33,24 @@ function Connect-MailworkerGraph {
     return $ctx
 }
 
+function Get-MailworkerFederatedAudience {
+    # The audience of a federated identity credential in each Microsoft cloud: "Public cloud:
+    # api://AzureADTokenExchange; Fairfax: api://AzureADTokenExchangeUSGov; Mooncake:
+    # api://AzureADTokenExchangeChina" (Configure an application to trust a managed identity,
+    # https://learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-managed-identity).
+    # US Gov L4 and DoD L5 are both Fairfax. mailworker's graphmail.Cloud.FederatedAudience is the same table.
+    param(
+        [ValidateSet('Global', 'USGov', 'USGovDoD', 'China')]
+        [string] $Environment = 'Global'
+    )
+    switch ($Environment) {
+        'USGov' { 'api://AzureADTokenExchangeUSGov' }
+        'USGovDoD' { 'api://AzureADTokenExchangeUSGov' }
+        'China' { 'api://AzureADTokenExchangeChina' }
+        default { 'api://AzureADTokenExchange' }
+    }
+}
+
 function Get-MailworkerApplication {
     <# Returns the single app registration with this display name, $null if none, and throws if several. #>
     [CmdletBinding()]
@@ -190,6 +208,6 @@ function Add-MailworkerKeyCredential {
     }
 }
 
-Export-ModuleMember -Function Connect-MailworkerGraph, Get-MailworkerApplication, Get-GraphServicePrincipal,
+Export-ModuleMember -Function Connect-MailworkerGraph, Get-MailworkerApplication, Get-MailworkerFederatedAudience, Get-GraphServicePrincipal,
     Get-GraphAppRoleId, New-MailworkerCertificate, Read-MailworkerCertificate, ConvertTo-KeyCredential,
     Get-KeyThumbprint, Add-MailworkerKeyCredential

@@ -50,6 +50,16 @@
     Tenant to connect to (default: the one Connect-MgGraph picks).
 .PARAMETER Environment
     Microsoft cloud: Global, USGov, USGovDoD, China. Must match the mailworker profile's "cloud".
+.PARAMETER FederatedIssuer
+    Azure Workload Identity instead of (or next to) a certificate: the cluster's OIDC issuer URL. Adds a
+    federated identity credential with this issuer, -FederatedSubject, and the audience of -Environment:
+    api://AzureADTokenExchange (Global), api://AzureADTokenExchangeUSGov (USGov, USGovDoD),
+    api://AzureADTokenExchangeChina (China), as "Configure an application to trust a managed identity"
+    lists them (https://learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-managed-identity).
+    The mailworker profile's credential.federatedAudience defaults to the same value for its cloud.
+.PARAMETER FederatedSubject
+    Subject of the federated credential: the worker's service account. Default
+    system:serviceaccount:mail:mailworker.
 
 .EXAMPLE
     ./New-MailworkerApp.ps1 -AppName billing -CreateCertificate -OutputDirectory ./secrets -Owner ops@contoso.com
@@ -87,7 +97,13 @@ param(
     [string] $TenantId,
 
     [ValidateSet('Global', 'USGov', 'USGovDoD', 'China')]
-    [string] $Environment = 'Global'
+    [string] $Environment = 'Global',
+
+    [ValidatePattern('^https://\S+$')]
+    [string] $FederatedIssuer,
+
+    [ValidatePattern('^\S+$')]
+    [string] $FederatedSubject = 'system:serviceaccount:mail:mailworker'
 )
 
 Set-StrictMode -Version Latest
@@ -149,6 +165,29 @@ switch ($PSCmdlet.ParameterSetName) {
     }
 }
 if ($cert -and $app) { Add-MailworkerKeyCredential -Application $app -Certificate $cert }
+
+# 3b. Federated identity credential (Azure Workload Identity), with the cloud's audience.
+if ($FederatedIssuer -and $app) {
+    $audience = Get-MailworkerFederatedAudience -Environment $Environment
+    $existing = @(Get-MgApplicationFederatedIdentityCredential -ApplicationId $app.Id -All |
+        Where-Object { $_.Issuer -eq $FederatedIssuer -and $_.Subject -eq $FederatedSubject })
+    if ($existing) {
+        if (@($existing[0].Audiences) -notcontains $audience) {
+            Write-Warning ("The federated credential '$($existing[0].Name)' has audience '$(@($existing[0].Audiences) -join ',')', " +
+                "not $audience, the audience of the $Environment cloud: Entra refuses the token exchange (AADSTS70021). Fix its audience.")
+        }
+        else { Write-Host "Federated credential for $FederatedSubject exists." }
+    }
+    elseif ($PSCmdlet.ShouldProcess($displayName, "Add federated credential (issuer $FederatedIssuer, subject $FederatedSubject, audience $audience)")) {
+        $null = New-MgApplicationFederatedIdentityCredential -ApplicationId $app.Id -BodyParameter @{
+            name      = "mailworker-$AppName-k8s"
+            issuer    = $FederatedIssuer
+            subject   = $FederatedSubject
+            audiences = @($audience)
+        }
+        Write-Host "Added federated credential (audience $audience)."
+    }
+}
 
 # 4. Service principal (enterprise application) in this tenant.
 $sp = $null

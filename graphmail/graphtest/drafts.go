@@ -47,8 +47,9 @@ const (
 	// (msgraph-sdk-java#52), so a file just under 3 MiB whose POST would exceed 4 MB can go by
 	// session, as it must.
 	MinUploadSessionBytes = 2 * 1024 * 1024
-	// MaxAttachmentBytes: files up to 150 MB ([large], [session]).
-	MaxAttachmentBytes = 150 * 1024 * 1024
+	// MaxAttachmentBytes: files up to 150 MB ([large], [session]); the
+	// pages do not say which MB, the fake takes 150,000,000 bytes.
+	MaxAttachmentBytes = 150_000_000
 	// MaxChunkBytes: "iteratively upload ranges of bytes (up to 4 MB each
 	// time)" ([session]). The 320 KiB multiple rule belongs to OneDrive's
 	// driveItem upload sessions, not to Outlook attachments, so the fake does
@@ -579,6 +580,10 @@ func dropContent(atts []draftAttachment) []draftAttachment {
 // "file" ([session]: attachmentItem). Over 150 MB: 400 ErrorAttachmentSizeShouldNotBeGreaterThanMaximumSize
 // (the limit is documented, the code is the fake's choice).
 func (s *Server) handleCreateUploadSession(w http.ResponseWriter, r *http.Request) {
+	if !s.hasUploadSessions() { // limits.go: not in the US Government clouds
+		s.graphError(w, r, "", http.StatusBadRequest, "BadRequest", "Resource not found for the segment 'createUploadSession'.", "")
+		return
+	}
 	mailbox, key, ok := s.draftAuth(w, r)
 	if !ok {
 		return
@@ -725,6 +730,11 @@ func (s *Server) handleUploadPut(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusRequestedRangeNotSatisfiable, map[string]any{
 			"error": map[string]any{"code": "InvalidRange", "message": "The range does not start at the next expected byte " + strconv.Itoa(next) + "."},
 		})
+		return
+	}
+	if m := d.byID[ss.draftID]; m != nil && draftSizeLocked(m)+countedSize(int64(len(ss.buf))+n) > s.maxMessageSize(ss.mailbox) {
+		d.mu.Unlock()
+		s.tooLargeForMailbox(w, r, "") // limits.go: mid-upload, as in [docs-2561]
 		return
 	}
 	if ss.buf == nil {
@@ -1015,6 +1025,11 @@ func (s *Server) handleAddAttachment(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	m := d.lookupLocked(mailbox, r.PathValue("mid"), s.opts.Now())
 	var id string
+	if m != nil && !m.sent && draftSizeLocked(m)+countedSize(int64(len(content))) > s.maxMessageSize(mailbox) {
+		d.mu.Unlock()
+		s.tooLargeForMailbox(w, r, key) // limits.go
+		return
+	}
 	if m != nil && !m.sent {
 		id = newItemID(m.immutable)
 		m.atts = append(m.atts, draftAttachment{id: id, name: a.Name, contentType: a.ContentType, contentID: a.ContentID,

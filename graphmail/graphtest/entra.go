@@ -247,7 +247,7 @@ func (s *Server) secretRegistered(secret string) bool {
 type FederatedCredential struct {
 	Issuer    string
 	Subject   string
-	Audiences []string         // default ["api://AzureADTokenExchange"]
+	Audiences []string         // default [FederatedAudience(Options.Cloud)], e.g. ["api://AzureADTokenExchange"]
 	Key       crypto.PublicKey // the issuer's signing key (*rsa.PublicKey)
 }
 
@@ -333,7 +333,7 @@ func (s *Server) verifyAssertion(jwt string) (used string, aadsts int, err error
 	for i, fc := range byIssuer {
 		want := fc.Audiences
 		if len(want) == 0 {
-			want = []string{DefaultFederatedAudience}
+			want = []string{FederatedAudience(s.opts.Cloud)}
 		}
 		if fc.Subject == claims.Sub && slices.ContainsFunc(auds, func(a string) bool { return slices.Contains(want, a) }) {
 			match = &byIssuer[i]

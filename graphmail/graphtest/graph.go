@@ -165,6 +165,16 @@ func (s *Server) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
 		return
 	}
+	size := int64(0)
+	if mimeReq != nil {
+		size = int64(len(mimeReq.delivered))
+	} else {
+		size = messageSizeOf(req.Message, attachments)
+	}
+	if size > s.maxMessageSize(mailbox) {
+		s.tooLargeForMailbox(w, r, key) // limits.go
+		return
+	}
 
 	if failAfter == nil {
 		if overConcurrency {

@@ -75,7 +75,7 @@ type Options struct {
 	// SimulatedPerMinuteThrottle is a fault knob, a simulation and not Graph's behaviour: when
 	// > 0, a mailbox's sends past this many in a rolling 60 s window are answered 429
 	// ApplicationThrottled with Retry-After. Exchange Online limits a mailbox to 30 messages a
-	// minute, but Microsoft documents no 429 for it (past it Exchange queues or rejects the
+	// minute, but Microsoft documents no 429 for it (past it Exchange delays the
 	// mail); load tests use the knob to exercise the worker's Retry-After path. 0 (default) = off.
 	SimulatedPerMinuteThrottle int
 	// TooLargeAs400 picks how a request over MaxRequestBytes is refused: 413 (default) or
@@ -92,9 +92,22 @@ type Options struct {
 	// Federated lists the app's federated identity credentials (workload identity): a client
 	// assertion whose iss is not the client id is checked against them. nil = none.
 	Federated []FederatedCredential
-	OutDir    string                           // if set, write each accepted message as <jobid-or-n>.eml and .json
-	Drafts    DraftOptions                     // the draft flow (drafts.go)
-	Logf      func(format string, args ...any) // optional
+	// Cloud is the national cloud the fake stands for: "" or "global", "usgov" (GCC High, L4),
+	// "usgovdod" (DoD, L5) or "china". It sets the default GraphAudience and federated
+	// audience, and which Graph features exist: the US Government clouds have no
+	// createUploadSession for attachments (README.md, "Clouds").
+	Cloud string
+	// MaxMessageSize is every mailbox's maximum message size (Exchange's MaxSendSize), the
+	// whole message with its attachments base64-encoded: default DefaultMaxMessageSize (35 MB,
+	// Exchange Online's default); at most MaxMessageSizeLimit (150 MB). Over it a send, an
+	// attachment or an upload chunk is refused ErrorMessageSizeExceeded.
+	MaxMessageSize int64
+	// MailboxMaxMessageSize sets the maximum message size of single mailboxes
+	// (case-insensitive), as an admin's Set-Mailbox -MaxSendSize does.
+	MailboxMaxMessageSize map[string]int64
+	OutDir                string                           // if set, write each accepted message as <jobid-or-n>.eml and .json
+	Drafts                DraftOptions                     // the draft flow (drafts.go)
+	Logf                  func(format string, args ...any) // optional
 
 	// Now is the server's clock (token expiry, rate windows, Retry-After bookkeeping);
 	// default time.Now.
@@ -120,8 +133,14 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Cloud == "" {
+		o.Cloud = CloudGlobal
+	}
 	if o.GraphAudience == "" {
-		o.GraphAudience = "https://graph.microsoft.com"
+		o.GraphAudience = cloudGraph[o.Cloud]
+	}
+	if o.MaxMessageSize == 0 {
+		o.MaxMessageSize = DefaultMaxMessageSize
 	}
 	o.GraphAudience = strings.TrimRight(o.GraphAudience, "/")
 	return o
@@ -137,6 +156,15 @@ func (o Options) validate() error {
 		return errors.New("graphtest: Options.LatencyJitter must not be negative")
 	case o.SimulatedPerMinuteThrottle < 0:
 		return errors.New("graphtest: Options.SimulatedPerMinuteThrottle must not be negative")
+	case cloudGraph[o.Cloud] == "":
+		return fmt.Errorf("graphtest: Options.Cloud %q is not global, usgov, usgovdod or china", o.Cloud)
+	case o.MaxMessageSize < 0 || o.MaxMessageSize > MaxMessageSizeLimit:
+		return fmt.Errorf("graphtest: Options.MaxMessageSize %d is not between 1 and %d (150 MB)", o.MaxMessageSize, MaxMessageSizeLimit)
+	}
+	for mb, n := range o.MailboxMaxMessageSize {
+		if n <= 0 || n > MaxMessageSizeLimit {
+			return fmt.Errorf("graphtest: Options.MailboxMaxMessageSize[%s] %d is not between 1 and %d (150 MB)", mb, n, MaxMessageSizeLimit)
+		}
 	}
 	return nil
 }
@@ -181,6 +209,8 @@ type Server struct {
 
 	mailboxes map[string]struct{} // nil = all exist
 	scope     map[string]struct{} // nil = all in scope
+	// mailboxMaxSize is Options.MailboxMaxMessageSize by lower-cased address.
+	mailboxMaxSize map[string]int64
 
 	// lifecycle: handlers register under lcMu so Close can wait for them.
 	lcMu     sync.Mutex
@@ -252,21 +282,22 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		opts:          opts,
-		url:           "https://" + host,
-		caPEM:         pki.caPEM,
-		serveDone:     make(chan struct{}),
-		done:          make(chan struct{}),
-		tokens:        make(map[string]time.Time),
-		secrets:       nonEmpty(opts.ClientSecret),
-		certs:         nonNil(opts.Certificate),
-		roles:         slices.Clone(opts.Roles),
-		boxes:         make(map[string]*mailboxState),
-		scripts:       make(map[string][]Fault),
-		mailboxFaults: make(map[string]*Fault),
-		jobIDs:        make(map[string]struct{}),
-		mailboxes:     lowerSet(opts.Mailboxes),
-		scope:         lowerSet(opts.Scope),
+		opts:           opts,
+		url:            "https://" + host,
+		caPEM:          pki.caPEM,
+		serveDone:      make(chan struct{}),
+		done:           make(chan struct{}),
+		tokens:         make(map[string]time.Time),
+		secrets:        nonEmpty(opts.ClientSecret),
+		certs:          nonNil(opts.Certificate),
+		roles:          slices.Clone(opts.Roles),
+		boxes:          make(map[string]*mailboxState),
+		scripts:        make(map[string][]Fault),
+		mailboxFaults:  make(map[string]*Fault),
+		jobIDs:         make(map[string]struct{}),
+		mailboxes:      lowerSet(opts.Mailboxes),
+		scope:          lowerSet(opts.Scope),
+		mailboxMaxSize: lowerKeys(opts.MailboxMaxMessageSize),
 	}
 	s.tokenURL = s.url + "/" + opts.TenantID + "/oauth2/v2.0/token"
 	s.issuer = s.url + "/" + opts.TenantID + "/v2.0"
@@ -308,6 +339,14 @@ func urlHost(addr string, got net.Addr) string {
 		return net.JoinHostPort("127.0.0.1", port)
 	}
 	return net.JoinHostPort(h, port)
+}
+
+func lowerKeys(m map[string]int64) map[string]int64 {
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[strings.ToLower(strings.TrimSpace(k))] = v
+	}
+	return out
 }
 
 func lowerSet(list []string) map[string]struct{} {

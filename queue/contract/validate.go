@@ -34,11 +34,12 @@ const (
 	// MaxHeaderBytes caps the total size of custom headers (names + values).
 	MaxHeaderBytes = 8 << 10
 	// MaxHeaders caps the custom headers of a job. Graph takes at most 5
-	// internetMessageHeaders per message (400
-	// InvalidInternetMessageHeaderCollection past that:
-	// https://learn.microsoft.com/en-us/graph/api/resources/internetmessageheader,
-	// and Microsoft Q&A), and the worker always adds its own
-	// X-Mailworker-Job-Id: 4 are left for the job.
+	// internetMessageHeaders per message: past that it answers 400
+	// InvalidInternetMessageHeaderCollection "Maximum number of headers in
+	// one message should be less than or equal to 5." (the error as quoted in
+	// Microsoft Q&A 762243, https://learn.microsoft.com/answers/questions/762243;
+	// the internetMessageHeader page states no limit). The worker always adds
+	// its own X-Mailworker-Job-Id: 4 are left for the job.
 	MaxHeaders = 4
 	// MaxMetadataKeys, MaxMetadataKeyChars and MaxMetadataValueChars cap
 	// metadata, which is echoed in every status event (lengths in code points).
