@@ -6,15 +6,17 @@ package graphmail
 //  1. POST /users/{from}/messages with Prefer: IdType="ImmutableId": the draft, with the
 //     attachments that fit the 4 MB request (https://learn.microsoft.com/graph/api/user-post-messages,
 //     https://learn.microsoft.com/graph/outlook-immutable-id "Immutable ID with sending mail");
-//  2. each other attachment under 3 MB: POST …/messages/{id}/attachments
-//     (https://learn.microsoft.com/graph/api/message-post-attachments); from 3 MB to 150 MB:
-//     POST …/attachments/createUploadSession, then PUT chunks to the pre-authenticated uploadUrl,
-//     without an Authorization header, in order, up to 4 MB each
+//  2. each other attachment whose POST request (base64 content in JSON) fits Graph's 4 MB:
+//     POST …/messages/{id}/attachments (https://learn.microsoft.com/graph/api/message-post-attachments);
+//     larger ones, up to 150 MB: POST …/attachments/createUploadSession, then PUT chunks to the
+//     pre-authenticated uploadUrl, without an Authorization header, in order, up to 4 MB each
 //     (https://learn.microsoft.com/graph/outlook-large-attachments,
 //     https://learn.microsoft.com/graph/api/attachment-createuploadsession);
 //  3. POST …/messages/{id}/send (202, https://learn.microsoft.com/graph/api/message-send);
-//  4. after an ambiguous send: GET …/messages/{id} (https://learn.microsoft.com/graph/api/message-get):
-//     still a draft → send it; sent (the Sent Items copy, same immutable id) → done, not sent again.
+//  4. after a send that may have gone out: settle it by what can be proven (resumeSend): the
+//     message by its immutable id no longer a draft, or a message with the saved
+//     internetMessageId in Sent Items, is sent; anything else is "not known yet"
+//     (*contract.PendingError), never a reason to send again by itself.
 
 import (
 	"bytes"
@@ -36,9 +38,17 @@ import (
 // Sizes of the draft flow.
 const (
 	// UploadSessionMin: attachments from 3 MB on go through an upload
-	// session; smaller ones cannot (ErrorAttachmentSizeShouldNotBeLessThanMinimumSize,
-	// https://learn.microsoft.com/graph/outlook-large-attachments).
+	// session ("If the file size is between 3 MB and 150 MB, create an upload
+	// session", https://learn.microsoft.com/graph/outlook-large-attachments).
+	// A smaller one goes by POST unless its POST request would exceed 4 MB
+	// (postFits): base64 makes 3,145,727 bytes 4,194,304 before the JSON
+	// around them. Graph takes upload sessions for such files: the smallest
+	// one measured is 2 MiB (2,097,152 bytes, msgraph-sdk-java#52), under
+	// which Graph answers ErrorAttachmentSizeShouldNotBeLessThanMinimumSize.
 	UploadSessionMin = 3 * 1024 * 1024
+	// UploadSessionFloor is that measured minimum: postFits never sends a
+	// file this small to an upload session (its POST always fits).
+	UploadSessionFloor = 2 * 1024 * 1024
 	// MaxAttachmentBytes: "you can attach files up to 150 MB"
 	// (https://learn.microsoft.com/graph/outlook-large-attachments). The page
 	// does not say whether its MB is 10^6 or 2^20 bytes: the cap takes the
@@ -58,14 +68,10 @@ const (
 	// margin under it.
 	maxRequest    = 4 * 1024 * 1024
 	requestMargin = 64 * 1024
-	// SentItemsWait is how long after a first send attempt a draft that is
-	// gone (404) is still waited for: its Sent Items copy "is not created
-	// until the message successfully sends, which may take time"
-	// (https://learn.microsoft.com/graph/outlook-immutable-id). Past it the
-	// mail is taken as sent (see SendViaDraft).
-	SentItemsWait = 10 * time.Minute
-	// sentItemsPoll is the wait between two look-ups in that window.
-	sentItemsPoll = 30 * time.Second
+	// attachmentJSON bounds the JSON of one fileAttachment around its name,
+	// content type, content id and base64 content (@odata.type, the keys,
+	// quotes, isInline; measured 131 bytes).
+	attachmentJSON = 160
 )
 
 // Draft flow operations, as SendError.Op names them.
@@ -77,6 +83,7 @@ const (
 	OpSendDraft     = contract.OpSendDraft
 	OpGetMessage    = contract.OpGetMessage
 	OpDeleteMessage = contract.OpDeleteMessage
+	OpFindSent      = contract.OpFindSent
 )
 
 // DraftAttachment is an attachment of a mail sent through a draft. A small
@@ -115,19 +122,44 @@ type MessageInfo struct {
 
 // Draft look-up outcomes (contract.SendResult.Lookup).
 const (
-	LookupSent = "sent_items" // found sent: its Sent Items copy
-	LookupGone = "gone"       // neither draft nor copy past SentItemsWait
+	LookupSent = contract.LookupSent // found sent: no longer a draft, or its copy in Sent Items
+	LookupGone = contract.LookupGone // left Drafts, copy never found (decided by the worker)
 )
+
+// requestSize is the size of a's fileAttachment JSON with its content in
+// base64 (the POST …/attachments body, or its share of the create request).
+// Names are counted twice: JSON escaping at most doubles the usual ones.
+func requestSize(a *DraftAttachment) int64 {
+	return attachmentJSON + 2*int64(len(a.Name)+len(a.ContentType)+len(a.ContentID)) + (a.Size+2)/3*4
+}
+
+// PostFits reports whether an attachment of size bytes with these names goes
+// by one POST: under UploadSessionMin and its request under Graph's 4 MB
+// (with a margin); otherwise by an upload session. The route follows the
+// size of the request, not the raw size: 3,145,727 bytes are 4,194,304 in
+// base64, and their POST would be answered 413.
+func PostFits(size int64, name, contentType, contentID string) bool {
+	a := DraftAttachment{Name: name, ContentType: contentType, ContentID: contentID, Size: size}
+	return a.postFits()
+}
+
+func (a *DraftAttachment) postFits() bool {
+	if a.Size < UploadSessionFloor {
+		return true
+	}
+	return a.Size < UploadSessionMin && requestSize(a) <= maxRequest-requestMargin
+}
 
 // plan splits the attachments: those that go inside the create request, and
 // the rest, added one by one afterwards in order. It depends on its input
 // alone, so a resumed attempt makes the same plan.
 func plan(m DraftMail) (inline []Attachment, rest []int) {
 	_, size := gmessage(m.Message)
-	budget := maxRequest - requestMargin - size
-	for i, a := range m.Attachments {
-		need := 160 + len(a.Name) + len(a.ContentType) + len(a.ContentID) + int(a.Size+2)/3*4
-		if a.Size < UploadSessionMin && a.Content != nil && need <= budget {
+	budget := int64(maxRequest - requestMargin - size)
+	for i := range m.Attachments {
+		a := &m.Attachments[i]
+		need := requestSize(a)
+		if a.postFits() && a.Content != nil && need <= budget {
 			budget -= need
 			inline = append(inline, Attachment{Name: a.Name, ContentType: a.ContentType, Content: a.Content,
 				Inline: a.Inline, ContentID: a.ContentID})
@@ -143,51 +175,49 @@ func plan(m DraftMail) (inline []Attachment, rest []int) {
 // restarted worker resumes where this one stopped. save must succeed before
 // a send is attempted: p.SendAt marks that the mail may have gone out.
 //
-// When p.SendAt is set (an earlier attempt may have sent the mail) the
-// message is looked up by its immutable id first: still a draft → it is
-// sent; sent (its Sent Items copy) → the result has Lookup LookupSent and
-// nothing is sent; not found → the mail is in transit (the Sent Items copy
-// is not created until the send completes): a throttled error asks to look
-// again in 30 s, until SentItemsWait after p.SendAt, past which the result
-// has Lookup LookupGone and nothing is sent (only a person deleting the
-// draft from the shared mailbox could make a mail that was never sent look
-// like this; sending again instead could duplicate it).
+// When p.SendAt is set (an earlier attempt may have sent the mail) nothing
+// is sent: the message is looked up (resumeSend) and the result is either
+// `sent` (Lookup LookupSent) or a *contract.PendingError saying what the
+// look-up saw, for the worker to decide on (look again later, or after the
+// transit window: taken as sent, or the draft proven unsent; see
+// worker.decide). The worker clears SendAt when it decides to send again.
 //
-// Every error is a *contract.SendError with Op naming the failed call; only
-// the send itself can be Ambiguous.
-func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draft, save func(context.Context) error, crid string) (contract.SendResult, error) {
+// Every other error is a *contract.SendError with Op naming the failed call
+// and ClientRequestID the GUID that call sent (empty when no request was
+// made); only the send itself can be Ambiguous.
+func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draft, save func(context.Context) error) (contract.SendResult, error) {
 	from := m.Message.From
 	inline, rest := plan(m)
 	if p.SendAt != nil {
-		return c.resumeSend(ctx, from, p, save, crid)
+		return c.resumeSend(ctx, from, p)
 	}
 	if p.ID == "" {
 		// Say first that this job goes through a draft: a worker that dies
 		// during the create leaves a job the next attempt knows cannot have
 		// sent anything (at worst an orphan draft, which check reports).
 		p.Mailbox, p.CreatedAt = from, time.Now().UTC()
-		if err := c.saved(ctx, save, crid); err != nil {
+		if err := c.saved(ctx, save); err != nil {
 			return contract.SendResult{}, err
 		}
 		msg := *m.Message
 		msg.Attachments = inline
-		info, err := c.CreateDraft(ctx, &msg, crid)
+		info, err := c.CreateDraft(ctx, &msg)
 		if err != nil {
 			return contract.SendResult{}, err
 		}
 		p.ID, p.InternetMessageID = info.ID, info.InternetMessageID
-		if err := c.saved(ctx, save, crid); err != nil {
+		if err := c.saved(ctx, save); err != nil {
 			return contract.SendResult{}, err
 		}
 	}
 	for p.Done < len(rest) {
 		a := &m.Attachments[rest[p.Done]]
-		if err := c.attach(ctx, from, p, a, save, crid); err != nil {
+		if err := c.attach(ctx, from, p, a, save); err != nil {
 			if draftGone(err) {
 				// The draft is gone (deleted in the mailbox) before any send:
 				// start over with a new one on the next attempt.
 				*p = contract.Draft{Mailbox: from, CreatedAt: time.Now().UTC()}
-				if serr := c.saved(ctx, save, crid); serr != nil {
+				if serr := c.saved(ctx, save); serr != nil {
 					return contract.SendResult{}, serr
 				}
 			}
@@ -195,98 +225,126 @@ func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draf
 		}
 		p.Done++
 		p.Upload = nil
-		if err := c.saved(ctx, save, crid); err != nil {
+		if err := c.saved(ctx, save); err != nil {
 			return contract.SendResult{}, err
 		}
 	}
 	now := time.Now().UTC()
 	p.SendAt = &now
-	if err := c.saved(ctx, save, crid); err != nil {
+	if err := c.saved(ctx, save); err != nil {
 		p.SendAt = nil
 		return contract.SendResult{}, err
 	}
-	return c.sendDraft(ctx, from, p, save, crid)
+	return c.sendDraft(ctx, from, p, save)
 }
 
-func (c *Client) saved(ctx context.Context, save func(context.Context) error, crid string) error {
+func (c *Client) saved(ctx context.Context, save func(context.Context) error) error {
 	if save == nil {
 		return nil
 	}
 	if err := save(ctx); err != nil {
 		return &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: c.name,
-			Message: "saving the draft's progress in the job state", ClientRequestID: crid, Err: err}
+			Message: "saving the draft's progress in the job state", Err: err}
 	}
 	return nil
 }
 
-func (c *Client) sendDraft(ctx context.Context, from string, p *contract.Draft, save func(context.Context) error, crid string) (contract.SendResult, error) {
-	res, err := c.SendDraft(ctx, from, p.ID, crid)
+func (c *Client) sendDraft(ctx context.Context, from string, p *contract.Draft, save func(context.Context) error) (contract.SendResult, error) {
+	res, err := c.SendDraft(ctx, from, p.ID)
 	out := contract.SendResult{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
-		Date: res.Date, Duration: res.Duration, InternetMessageID: p.InternetMessageID}
+		Date: res.Date, RetryAfter: res.RetryAfter, Duration: res.Duration, InternetMessageID: p.InternetMessageID,
+		EarlierCalls: earlier(res.Calls)}
 	if err != nil && !IsAmbiguous(err) {
 		// Graph refused the send (4xx, 429, no token): the mail did not go
 		// out and the draft is an unsent one again, which a dead letter
 		// deletes. Best effort: kept, SendAt only costs a look-up.
 		sendAt := p.SendAt
 		p.SendAt = nil
-		if c.saved(ctx, save, crid) != nil {
+		if c.saved(ctx, save) != nil {
 			p.SendAt = sendAt
 		}
 	}
 	return out, err
 }
 
-// resumeSend decides after an attempt that may have sent the mail.
-func (c *Client) resumeSend(ctx context.Context, from string, p *contract.Draft, save func(context.Context) error, crid string) (contract.SendResult, error) {
-	info, found, err := c.GetMessage(ctx, from, p.ID, crid)
+// resumeSend settles a send that may have gone out, by what can be proven,
+// and never sends. A message that is no longer a draft, found by its
+// immutable id, is sent; so is a message with the saved internetMessageId in
+// Sent Items. Nothing else proves anything either way:
+//
+//   - message-send (https://learn.microsoft.com/graph/api/message-send) and
+//     "Overview of the Microsoft Graph send mail process" (step 4,
+//     https://learn.microsoft.com/graph/outlook-things-to-know-about-send-mail):
+//     the message moves from Drafts to Sent Items only once transport has
+//     taken it, so an accepted send leaves a draft (isDraft true) in Drafts
+//     meanwhile, for as long as transport takes;
+//   - the immutable id may or may not survive the send: the mail API
+//     overview (https://learn.microsoft.com/graph/outlook-mail-concept-overview)
+//     says immutable ids hold "with the exception of sending a draft
+//     message", https://learn.microsoft.com/graph/outlook-immutable-id says
+//     the Sent Items copy keeps it; so a 404 by id is no proof either, and
+//     the copy is looked for by the internetMessageId saved when the draft
+//     was created.
+//
+// Those cases are a *contract.PendingError (InDrafts when the draft is still
+// there as a draft): "not known yet, look again later".
+func (c *Client) resumeSend(ctx context.Context, from string, p *contract.Draft) (contract.SendResult, error) {
+	sent := contract.SendResult{Status: http.StatusOK, InternetMessageID: p.InternetMessageID, Lookup: LookupSent}
+	info, found, err := c.GetMessage(ctx, from, p.ID)
 	if err != nil {
 		return contract.SendResult{}, err
 	}
-	switch {
-	case found && info.IsDraft:
-		return c.sendDraft(ctx, from, p, save, crid)
-	case found:
-		return contract.SendResult{Status: http.StatusOK, InternetMessageID: p.InternetMessageID, Lookup: LookupSent}, nil
-	case time.Since(*p.SendAt) < SentItemsWait:
-		return contract.SendResult{}, &contract.SendError{Class: contract.ClassThrottled, RetryAfter: sentItemsPoll,
-			Profile: c.name, Op: OpGetMessage, ClientRequestID: crid,
-			Message: "the draft was sent or is being sent: waiting for its Sent Items copy"}
+	if found && !info.IsDraft {
+		return sent, nil
 	}
-	return contract.SendResult{Status: http.StatusNotFound, InternetMessageID: p.InternetMessageID, Lookup: LookupGone}, nil
+	if !found && p.InternetMessageID != "" {
+		inSent, err := c.FindSent(ctx, from, p.InternetMessageID)
+		if err != nil {
+			return contract.SendResult{}, err
+		}
+		if inSent {
+			return sent, nil
+		}
+	}
+	pe := &contract.PendingError{Profile: c.name, InternetMessageID: p.InternetMessageID, InDrafts: found}
+	if p.SendAt != nil {
+		pe.SentAt = *p.SendAt
+	}
+	return contract.SendResult{}, pe
 }
 
-// attach adds one attachment to the draft: one POST under 3 MB, else an
-// upload session (resumed from p.Upload while it has not expired; recreated
-// once when Graph no longer knows it).
-func (c *Client) attach(ctx context.Context, from string, p *contract.Draft, a *DraftAttachment, save func(context.Context) error, crid string) error {
-	if a.Size < UploadSessionMin {
+// attach adds one attachment to the draft: one POST when its request fits
+// (postFits), else an upload session (resumed from p.Upload while it has not
+// expired; recreated once when Graph no longer knows it).
+func (c *Client) attach(ctx context.Context, from string, p *contract.Draft, a *DraftAttachment, save func(context.Context) error) error {
+	if a.postFits() {
 		content := a.Content
 		if content == nil {
 			rc, err := a.open(ctx, 0)
 			if err != nil {
-				return sourceError(c.name, crid, err)
+				return sourceError(c.name, err)
 			}
 			content, err = io.ReadAll(io.LimitReader(rc, a.Size+1))
 			rc.Close()
 			if err != nil {
-				return sourceError(c.name, crid, err)
+				return sourceError(c.name, err)
 			}
 		}
 		return c.AddAttachment(ctx, from, p.ID, Attachment{Name: a.Name, ContentType: a.ContentType, Content: content,
-			Inline: a.Inline, ContentID: a.ContentID}, crid)
+			Inline: a.Inline, ContentID: a.ContentID})
 	}
 	for try := 0; ; try++ {
 		if p.Upload == nil || time.Until(p.Upload.Expires) < time.Minute {
-			u, err := c.CreateUploadSession(ctx, from, p.ID, a, crid)
+			u, err := c.CreateUploadSession(ctx, from, p.ID, a)
 			if err != nil {
 				return err
 			}
 			p.Upload = &u
-			if err := c.saved(ctx, save, crid); err != nil {
+			if err := c.saved(ctx, save); err != nil {
 				return err
 			}
 		}
-		err := c.Upload(ctx, p.Upload, a, func(ctx context.Context) error { return c.saved(ctx, save, crid) })
+		err := c.Upload(ctx, p.Upload, a, func(ctx context.Context) error { return c.saved(ctx, save) })
 		if errors.Is(err, ErrSessionGone) && try == 0 {
 			p.Upload = nil
 			continue
@@ -295,7 +353,7 @@ func (c *Client) attach(ctx context.Context, from string, p *contract.Draft, a *
 	}
 }
 
-func sourceError(profile, crid string, err error) error {
+func sourceError(profile string, err error) error {
 	var se *contract.SendError
 	if errors.As(err, &se) {
 		return se
@@ -307,7 +365,7 @@ func sourceError(profile, crid string, err error) error {
 	case errors.Is(err, contract.ErrAttachmentTooLarge):
 		class, reason = contract.ClassPermanent, contract.ReasonMessageTooLarge
 	}
-	return &contract.SendError{Class: class, Reason: reason, Profile: profile, ClientRequestID: crid,
+	return &contract.SendError{Class: class, Reason: reason, Profile: profile,
 		Message: "reading an attachment from the store: " + err.Error(), Err: err}
 }
 
@@ -317,42 +375,48 @@ var ErrSessionGone = errors.New("upload session expired or unknown")
 
 // CreateDraft creates msg as a draft in msg.From's mailbox with an immutable
 // id. Errors are *contract.SendError (Op createDraft), never ambiguous.
-func (c *Client) CreateDraft(ctx context.Context, msg *Message, crid string) (MessageInfo, error) {
+func (c *Client) CreateDraft(ctx context.Context, msg *Message) (MessageInfo, error) {
 	g, size := gmessage(msg)
 	buf := bytes.NewBuffer(make([]byte, 0, size))
 	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(&g); err != nil {
 		return MessageInfo{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Op: OpCreateDraft, Message: "encoding the message", ClientRequestID: crid, Err: err}
+			Op: OpCreateDraft, Message: "encoding the message", Err: err}
 	}
-	_, data, err := c.call(ctx, OpCreateDraft, http.MethodPost, c.userURL(msg.From, "messages"), buf.Bytes(), crid)
+	res, data, err := c.call(ctx, OpCreateDraft, http.MethodPost, c.userURL(msg.From, "messages"), buf.Bytes())
 	if err != nil {
 		return MessageInfo{}, err
 	}
 	var info MessageInfo
 	if err := json.Unmarshal(data, &info); err != nil || info.ID == "" {
-		return MessageInfo{}, &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: c.name,
-			Op: OpCreateDraft, Message: "Graph answered the draft without an id", ClientRequestID: crid}
+		return MessageInfo{}, c.badAnswer(OpCreateDraft, res, "Graph answered the draft without an id")
 	}
 	return info, nil
 }
 
-// AddAttachment adds a under 3 MB to draft id. Errors are *contract.SendError.
-func (c *Client) AddAttachment(ctx context.Context, from, id string, a Attachment, crid string) error {
+// badAnswer is a 2xx whose body does not say what it should: retryable, and
+// identified by the call that got it.
+func (c *Client) badAnswer(op string, res Result, msg string) *contract.SendError {
+	return &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: c.name,
+		Op: op, Message: msg, Status: 0, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID, Date: res.Date}
+}
+
+// AddAttachment adds a (one POST, postFits) to draft id. Errors are *contract.SendError.
+func (c *Client) AddAttachment(ctx context.Context, from, id string, a Attachment) error {
 	body, err := json.Marshal(gAttachment{ODataType: fileAttachment, Name: a.Name, ContentType: a.ContentType,
 		ContentBytes: a.Content, IsInline: a.Inline, ContentID: a.ContentID})
 	if err != nil {
 		return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Op: OpAddAttachment, Message: "encoding the attachment", ClientRequestID: crid, Err: err}
+			Op: OpAddAttachment, Message: "encoding the attachment", Err: err}
 	}
-	_, _, err = c.call(ctx, OpAddAttachment, http.MethodPost, c.messageURL(from, id, "/attachments"), body, crid)
+	_, _, err = c.call(ctx, OpAddAttachment, http.MethodPost, c.messageURL(from, id, "/attachments"), body)
 	return err
 }
 
 // CreateUploadSession creates an upload session for a on draft id.
 // Errors are *contract.SendError.
-func (c *Client) CreateUploadSession(ctx context.Context, from, id string, a *DraftAttachment, crid string) (contract.Upload, error) {
+func (c *Client) CreateUploadSession(ctx context.Context, from, id string, a *DraftAttachment) (contract.Upload, error) {
 	item := map[string]any{"attachmentType": "file", "name": a.Name, "size": a.Size}
 	if a.ContentType != "" {
 		item["contentType"] = a.ContentType
@@ -364,7 +428,7 @@ func (c *Client) CreateUploadSession(ctx context.Context, from, id string, a *Dr
 		item["contentId"] = a.ContentID
 	}
 	body, _ := json.Marshal(map[string]any{"AttachmentItem": item})
-	_, data, err := c.call(ctx, OpCreateSession, http.MethodPost, c.messageURL(from, id, "/attachments/createUploadSession"), body, crid)
+	res, data, err := c.call(ctx, OpCreateSession, http.MethodPost, c.messageURL(from, id, "/attachments/createUploadSession"), body)
 	if err != nil {
 		return contract.Upload{}, err
 	}
@@ -374,8 +438,7 @@ func (c *Client) CreateUploadSession(ctx context.Context, from, id string, a *Dr
 		NextExpectedRanges []string  `json:"nextExpectedRanges"`
 	}
 	if err := json.Unmarshal(data, &s); err != nil || !strings.HasPrefix(s.UploadURL, "https://") {
-		return contract.Upload{}, &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: c.name,
-			Op: OpCreateSession, Message: "Graph answered an upload session without an https uploadUrl", ClientRequestID: crid}
+		return contract.Upload{}, c.badAnswer(OpCreateSession, res, "Graph answered an upload session without an https uploadUrl")
 	}
 	return contract.Upload{URL: s.UploadURL, Expires: s.ExpirationDateTime, Next: nextRange(s.NextExpectedRanges)}, nil
 }
@@ -426,7 +489,7 @@ func (c *Client) Upload(ctx context.Context, u *contract.Upload, a *DraftAttachm
 			var err error
 			if rc, err = a.open(ctx, u.Next); err != nil {
 				rc = nil
-				return sourceError(c.name, "", err)
+				return sourceError(c.name, err)
 			}
 			pos = u.Next
 		}
@@ -436,7 +499,7 @@ func (c *Client) Upload(ctx context.Context, u *contract.Upload, a *DraftAttachm
 				Message: fmt.Sprintf("upload session expects byte %d of %d", u.Next, a.Size)}
 		}
 		if _, err := io.ReadFull(rc, buf[:n]); err != nil {
-			return sourceError(c.name, "", err)
+			return sourceError(c.name, err)
 		}
 		pos += n
 		next, done, err := c.putChunk(ctx, u.URL, buf[:n], u.Next, a.Size)
@@ -472,7 +535,7 @@ func (c *Client) Upload(ctx context.Context, u *contract.Upload, a *DraftAttachm
 func (c *Client) putChunk(ctx context.Context, uploadURL string, chunk []byte, start, total int64) (next int64, done bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, uploadURL, bytes.NewReader(chunk))
+	req, crid, err := c.newRequest(ctx, http.MethodPut, uploadURL, chunk)
 	if err != nil {
 		return 0, false, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
 			Op: OpUpload, Message: "the upload URL does not parse"}
@@ -481,7 +544,7 @@ func (c *Client) putChunk(ctx context.Context, uploadURL string, chunk []byte, s
 	req.Header["Content-Range"] = []string{fmt.Sprintf("bytes %d-%d/%d", start, start+int64(len(chunk))-1, total)}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, false, c.uploadNetError(err)
+		return 0, false, c.uploadNetError(err, crid)
 	}
 	defer resp.Body.Close()
 	switch {
@@ -497,49 +560,55 @@ func (c *Client) putChunk(ctx context.Context, uploadURL string, chunk []byte, s
 		}
 		return nextRange(s.NextExpectedRanges), false, nil
 	}
-	return 0, false, c.uploadHTTPError(resp)
+	return 0, false, c.uploadHTTPError(resp, crid)
 }
 
 // uploadStatus asks an upload session where to resume (GET uploadUrl).
 func (c *Client) uploadStatus(ctx context.Context, uploadURL string) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, uploadURL, nil)
+	req, crid, err := c.newRequest(ctx, http.MethodGet, uploadURL, nil)
 	if err != nil {
 		return 0, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
 			Op: OpUpload, Message: "the upload URL does not parse"}
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, c.uploadNetError(err)
+		return 0, c.uploadNetError(err, crid)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, c.uploadHTTPError(resp)
+		return 0, c.uploadHTTPError(resp, crid)
 	}
 	var s struct {
 		NextExpectedRanges []string `json:"nextExpectedRanges"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&s); err != nil {
-		return 0, &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload,
+		return 0, &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload, ClientRequestID: crid,
+			Status: resp.StatusCode, RequestID: safeID(resp.Header.Get("request-id")),
 			Message: "the upload session's state does not parse"}
 	}
 	return nextRange(s.NextExpectedRanges), nil
 }
 
 // uploadNetError is a transport failure on the upload URL, without the URL.
-func (c *Client) uploadNetError(err error) error {
+func (c *Client) uploadNetError(err error, crid string) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
-	return &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload, Err: errors.New(c.scrub(err.Error()))}
+	return &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload, ClientRequestID: crid,
+		Err: errors.New(c.scrub(err.Error()))}
 }
 
 // uploadHTTPError classifies an upload URL answer: 404, 401 and 403 mean
 // the session (and its token) is no longer valid.
-func (c *Client) uploadHTTPError(resp *http.Response) error {
-	e := c.httpError(resp, Result{Status: resp.StatusCode, RequestID: resp.Header.Get("request-id")}, "")
+func (c *Client) uploadHTTPError(resp *http.Response, crid string) error {
+	res := Result{Status: resp.StatusCode, RequestID: safeID(resp.Header.Get("request-id")), ClientRequestID: crid}
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		res.Date = d
+	}
+	e := c.httpError(resp, res, "")
 	e.Op = OpUpload
 	classifyDraft(OpUpload, e)
 	switch resp.StatusCode {
@@ -549,18 +618,20 @@ func (c *Client) uploadHTTPError(resp *http.Response) error {
 	return e
 }
 
-// SendDraft sends draft id (POST …/messages/{id}/send, 202). Errors are
-// *contract.SendError, Ambiguous as for sendMail.
-func (c *Client) SendDraft(ctx context.Context, from, id, crid string) (Result, error) {
-	res, _, err := c.call(ctx, OpSendDraft, http.MethodPost, c.messageURL(from, id, "/send"), nil, crid)
+// SendDraft sends draft id (POST …/messages/{id}/send, 202). A Retry-After
+// on the 202 is kept in the Result, as for sendMail (Microsoft Q&A 5629476):
+// the mail is sent, and the mailbox waits. Errors are *contract.SendError,
+// Ambiguous as for sendMail.
+func (c *Client) SendDraft(ctx context.Context, from, id string) (Result, error) {
+	res, _, err := c.call(ctx, OpSendDraft, http.MethodPost, c.messageURL(from, id, "/send"), nil)
 	return res, err
 }
 
 // GetMessage gets message id; found is false when Graph answers 404
 // ErrorItemNotFound. Errors are *contract.SendError.
-func (c *Client) GetMessage(ctx context.Context, from, id, crid string) (info MessageInfo, found bool, err error) {
+func (c *Client) GetMessage(ctx context.Context, from, id string) (info MessageInfo, found bool, err error) {
 	u := c.messageURL(from, id, "") + "?$select=id,internetMessageId,isDraft"
-	_, data, err := c.call(ctx, OpGetMessage, http.MethodGet, u, nil, crid)
+	res, data, err := c.call(ctx, OpGetMessage, http.MethodGet, u, nil)
 	if isItemNotFound(err) {
 		return MessageInfo{}, false, nil
 	}
@@ -568,16 +639,46 @@ func (c *Client) GetMessage(ctx context.Context, from, id, crid string) (info Me
 		return MessageInfo{}, false, err
 	}
 	if err := json.Unmarshal(data, &info); err != nil {
-		return MessageInfo{}, false, &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal,
-			Profile: c.name, Op: OpGetMessage, Message: "the message does not parse", ClientRequestID: crid}
+		return MessageInfo{}, false, c.badAnswer(OpGetMessage, res, "the message does not parse")
 	}
 	return info, true, nil
 }
 
+// FindSent reports whether a sent message with this internetMessageId is in
+// from's Sent Items: GET …/mailFolders/sentitems/messages with $filter on
+// internetMessageId ("sentitems" is the folder's well-known name,
+// https://learn.microsoft.com/graph/api/resources/mailfolder; list messages
+// of a folder with OData $filter and $select,
+// https://learn.microsoft.com/graph/api/mailfolder-list-messages). Only a
+// message that is not a draft counts. Errors are *contract.SendError (Op
+// findSent).
+func (c *Client) FindSent(ctx context.Context, from, internetMessageID string) (bool, error) {
+	// An OData string literal doubles its single quotes.
+	filter := "internetMessageId eq '" + strings.ReplaceAll(internetMessageID, "'", "''") + "'"
+	q := url.Values{"$filter": {filter}, "$select": {"id,internetMessageId,isDraft"}, "$top": {"5"}}
+	u := c.userURL(from, "mailFolders/sentitems/messages") + "?" + strings.ReplaceAll(q.Encode(), "+", "%20")
+	res, data, err := c.call(ctx, OpFindSent, http.MethodGet, u, nil)
+	if err != nil {
+		return false, err
+	}
+	var list struct {
+		Value []MessageInfo `json:"value"`
+	}
+	if err := json.Unmarshal(data, &list); err != nil {
+		return false, c.badAnswer(OpFindSent, res, "the Sent Items search does not parse")
+	}
+	for _, m := range list.Value {
+		if !m.IsDraft && m.InternetMessageID == internetMessageID {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // DeleteMessage deletes message id (a draft left behind); a message that is
 // not there is not an error. Errors are *contract.SendError.
-func (c *Client) DeleteMessage(ctx context.Context, from, id, crid string) error {
-	_, _, err := c.call(ctx, OpDeleteMessage, http.MethodDelete, c.messageURL(from, id, ""), nil, crid)
+func (c *Client) DeleteMessage(ctx context.Context, from, id string) error {
+	_, _, err := c.call(ctx, OpDeleteMessage, http.MethodDelete, c.messageURL(from, id, ""), nil)
 	if isItemNotFound(err) {
 		return nil
 	}
@@ -604,31 +705,57 @@ func (c *Client) messageURL(from, id, rest string) string {
 	return c.sendPrefix + url.PathEscape(from) + "/messages/" + url.PathEscape(id) + rest
 }
 
+// newRequest is the one place a Graph or upload request is built: it sends a
+// fresh GUID as client-request-id (and asks Graph to echo it), as Microsoft
+// advises for every request, and returns that GUID so that whatever reports
+// the call reports exactly what was sent. Job ids never go there: they
+// travel in the message's X-Mailworker-Job-Id header.
+func (c *Client) newRequest(ctx context.Context, method, u string, body []byte) (*http.Request, string, error) {
+	var rd io.Reader = http.NoBody
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, "", err
+	}
+	crid := newGUID()
+	req.Header["Client-Request-Id"] = []string{crid}
+	req.Header["Return-Client-Request-Id"] = []string{"true"}
+	return req, crid, nil
+}
+
 // call makes one Graph request of the draft flow with a bearer token and
 // Prefer: IdType="ImmutableId" (the header "only applies to the request it is
 // included with", https://learn.microsoft.com/graph/outlook-immutable-id),
-// refreshing the token once on 401. It returns the answer's body on 2xx.
-func (c *Client) call(ctx context.Context, op, method, u string, body []byte, crid string) (Result, []byte, error) {
+// refreshing the token once on 401. It returns the answer's body on 2xx, and
+// the Result of the last request with Calls listing every request made.
+func (c *Client) call(ctx context.Context, op, method, u string, body []byte) (Result, []byte, error) {
 	tok, err := c.Token(ctx)
 	if err != nil {
 		e := err.(*contract.SendError)
-		e.ClientRequestID = crid
 		e.Op = op
 		return Result{}, nil, e
 	}
 	start := time.Now()
-	res, data, e := c.callOnce(ctx, method, u, body, tok, crid)
+	res, data, e := c.callOnce(ctx, method, u, body, tok)
+	calls := []Call{res.call()}
 	if e != nil && e.Status == http.StatusUnauthorized {
 		fresh, terr := c.refreshToken(ctx, tok)
 		if terr != nil {
 			te := terr.(*contract.SendError)
-			te.ClientRequestID = crid
 			te.Op = op
+			te.EarlierCalls = graphCalls(calls)
+			res.Duration, res.Calls = time.Since(start), calls
 			return res, nil, te
 		}
-		res, data, e = c.callOnce(ctx, method, u, body, fresh, crid)
+		res, data, e = c.callOnce(ctx, method, u, body, fresh)
+		if e != nil {
+			e.EarlierCalls = graphCalls(calls)
+		}
+		calls = append(calls, res.call())
 	}
-	res.Duration = time.Since(start)
+	res.Duration, res.Calls = time.Since(start), calls
 	if e != nil {
 		e.Op = op
 		classifyDraft(op, e)
@@ -637,10 +764,7 @@ func (c *Client) call(ctx context.Context, op, method, u string, body []byte, cr
 	return res, data, nil
 }
 
-func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, tok, _ string) (Result, []byte, *contract.SendError) {
-	// A fresh GUID per request, as for sendMail (Microsoft's guidance); the
-	// job id travels in the draft's X-Mailworker-Job-Id header.
-	crid := newGUID()
+func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, tok string) (Result, []byte, *contract.SendError) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	wt := &wroteTrace{}
@@ -649,14 +773,10 @@ func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, to
 			wt.wrote.Store(true)
 		}
 	}
-	var rd io.Reader = http.NoBody
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, &wt.trace), method, u, rd)
+	req, crid, err := c.newRequest(httptrace.WithClientTrace(ctx, &wt.trace), method, u, body)
 	if err != nil {
 		return Result{}, nil, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Message: "building the request", ClientRequestID: crid, Err: err}
+			Message: "building the request", Err: err}
 	}
 	h := req.Header
 	h["Authorization"] = []string{"Bearer " + tok}
@@ -664,8 +784,6 @@ func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, to
 	if body != nil {
 		h["Content-Type"] = []string{"application/json"}
 	}
-	h["Client-Request-Id"] = []string{crid}
-	h["Return-Client-Request-Id"] = []string{"true"}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return Result{ClientRequestID: crid}, nil, &contract.SendError{Class: contract.ClassRetryable, Ambiguous: wt.wrote.Load(),
@@ -676,11 +794,14 @@ func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, to
 		res.Date = d
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		// A 202 to a draft's send may carry Retry-After, as sendMail's may
+		// (Microsoft Q&A 5629476): the mail is sent, and the mailbox waits.
+		res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		_ = resp.Body.Close()
 		if err != nil {
 			return res, nil, &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, ClientRequestID: crid,
-				Status: 0, Ambiguous: true, Err: err}
+				RequestID: res.RequestID, Date: res.Date, Status: 0, Ambiguous: true, Err: err}
 		}
 		return res, data, nil
 	}

@@ -250,7 +250,7 @@ func (s *Jobs) load(ctx context.Context, profile, field, ref string, max int) ([
 	if err == nil {
 		return b, nil
 	}
-	se := sourceError(profile, "", err).(*contract.SendError)
+	se := sourceError(profile, err).(*contract.SendError)
 	switch {
 	case errors.Is(err, contract.ErrNoAttachment):
 		se.Message = fmt.Sprintf("%s: %s is not in profile %s's object store %s_%s (a job can attach only its own profile's objects)",
@@ -289,6 +289,16 @@ func (s *Jobs) mimeMessage(ctx context.Context, profile, from, jobID string, job
 		}
 	} else if content, err = base64.StdEncoding.DecodeString(m.ContentBase64); err != nil {
 		return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob, "mime.contentBase64: not valid base64", nil)
+	}
+	// The same check as at intake (contract.Job.Validate does it for an
+	// inline message): an objectRef message is first read here.
+	if err := job.CheckMIMEHeader(content); err != nil {
+		reason := contract.ReasonInvalidJob
+		var ie *contract.InvalidError
+		if errors.As(err, &ie) && ie.Reason != "" {
+			reason = ie.Reason
+		}
+		return nil, fail(contract.ClassPermanent, reason, err.Error(), nil)
 	}
 	content = StampMIME(content, contract.HeaderStampJobID, jobID)
 	if len(content) > contract.MaxMIMEBytes {

@@ -11,23 +11,37 @@ import (
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
-// tooLarge reports whether job's attachments are more than one sendMail
-// request carries (contract.MaxInlineAttachmentBytes decoded), reading
-// objectRef sizes from the store's metadata only.
+// tooLarge reports whether job is more than one sendMail request carries:
+// its attachments over contract.MaxInlineAttachmentBytes decoded, or the
+// request — attachments in base64 with their JSON, the body, subject,
+// recipients and headers — over Graph's 4 MB (MaxRequestBytes; the route
+// follows the request, not the raw size). objectRef sizes come from the
+// store's metadata only.
 func (s *Jobs) tooLarge(ctx context.Context, profile string, job *contract.Job) (bool, error) {
 	total := 0
-	for i, a := range job.Attachments {
-		if a.ObjectRef == "" {
-			total += base64.StdEncoding.DecodedLen(len(a.ContentBase64))
-			continue
+	request := 512 + len(job.Subject) + (len(job.Text)+len(job.HTML))*11/10
+	for _, list := range [][]string{job.To, job.Cc, job.Bcc, job.ReplyTo} {
+		for _, r := range list {
+			request += 64 + 2*len(r)
 		}
-		n, err := s.size(ctx, profile, i, a.ObjectRef)
-		if err != nil {
-			return false, err
+	}
+	for k, v := range job.Headers {
+		request += 32 + 2*(len(k)+len(v))
+	}
+	for i, a := range job.Attachments {
+		n := 0
+		if a.ObjectRef == "" {
+			n = base64.StdEncoding.DecodedLen(len(a.ContentBase64))
+		} else {
+			var err error
+			if n, err = s.size(ctx, profile, i, a.ObjectRef); err != nil {
+				return false, err
+			}
 		}
 		total += n
+		request += int(requestSize(&DraftAttachment{Name: a.Name, ContentType: a.ContentType, ContentID: a.ContentID, Size: int64(n)}))
 	}
-	return total > contract.MaxInlineAttachmentBytes, nil
+	return total > contract.MaxInlineAttachmentBytes || request > MaxRequestBytes, nil
 }
 
 func (s *Jobs) size(ctx context.Context, profile string, i int, ref string) (int, error) {
@@ -48,8 +62,9 @@ func (s *Jobs) size(ctx context.Context, profile string, i int, ref string) (int
 }
 
 // sendDraft sends job through a draft, resuming from draft (nil: a new
-// one). Attachments under 3 MB are read whole (they go in one request);
-// larger objectRef attachments are streamed from the store chunk by chunk.
+// one). Attachments whose POST request fits Graph's 4 MB (PostFits) are read
+// whole (they go in one request); larger objectRef attachments are streamed
+// from the store chunk by chunk into an upload session.
 func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, job *contract.Job,
 	draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error) {
 	bare := *job
@@ -99,7 +114,7 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 		}
 		da.Size = sizes[i]
 		switch {
-		case da.Size < UploadSessionMin && da.Size <= whole:
+		case da.postFits() && da.Size <= whole:
 			b, err := s.load(ctx, profile, fmt.Sprintf("attachments[%d].objectRef", i), a.ObjectRef, int(da.Size))
 			if err != nil {
 				return contract.SendResult{}, err
@@ -123,7 +138,7 @@ func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, 
 	if save != nil {
 		saveFn = func(ctx context.Context) error { return save(ctx, p) }
 	}
-	return c.SendViaDraft(ctx, mail, p, saveFn, jobID)
+	return c.SendViaDraft(ctx, mail, p, saveFn)
 }
 
 // decodedLen is the decoded size of padded standard base64 b64.
@@ -148,7 +163,7 @@ func (s *Jobs) DeleteDraft(ctx context.Context, profile, jobID string, d *contra
 	if c == nil || d == nil || d.ID == "" || d.SendAt != nil {
 		return nil
 	}
-	return c.DeleteMessage(ctx, d.Mailbox, d.ID, jobID)
+	return c.DeleteMessage(ctx, d.Mailbox, d.ID)
 }
 
 // Check refuses, before any Graph call, before the mailbox's recipient

@@ -154,3 +154,21 @@ func TestJobsMIMENeverDraft(t *testing.T) {
 		t.Fatal("draftWhen always: a JSON job does not go through a draft")
 	}
 }
+
+// TestJobsDraftLargeRoutesByRequestSize: with draftWhen large, a job goes through a draft
+// when its sendMail request would pass 4 MB, not only when its raw attachments pass 3 MiB:
+// one attachment of 3,145,727 bytes (under 3 MiB) is 4,194,304 bytes in base64.
+func TestJobsDraftLargeRoutesByRequestSize(t *testing.T) {
+	j, _ := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft, When: graphmail.DraftLarge}, memStore{})
+	job := func(n int) *contract.Job {
+		return &contract.Job{From: itSender, To: []string{"a@example.com"}, Subject: "s", Text: "x",
+			Attachments: []contract.Attachment{{Name: "scan.pdf", ContentType: "application/pdf",
+				ContentBase64: base64.StdEncoding.EncodeToString(make([]byte, n))}}}
+	}
+	if !j.UsesDraft(context.Background(), "p", job(3_145_727)) {
+		t.Error("3,145,727 bytes: sendMail, whose request would pass 4 MB")
+	}
+	if j.UsesDraft(context.Background(), "p", job(2_000_000)) {
+		t.Error("2,000,000 bytes: a draft, though one sendMail request carries it")
+	}
+}

@@ -1,7 +1,6 @@
 package graphmail
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -137,7 +136,6 @@ type wroteTrace struct {
 }
 
 func (c *Client) post(ctx context.Context, u, ctype string, body []byte, tok string) (Result, *contract.SendError) {
-	crid := newGUID()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	wt := &wroteTrace{}
@@ -146,16 +144,14 @@ func (c *Client) post(ctx context.Context, u, ctype string, body []byte, tok str
 			wt.wrote.Store(true)
 		}
 	}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, &wt.trace), http.MethodPost, u, bytes.NewReader(body))
+	req, crid, err := c.newRequest(httptrace.WithClientTrace(ctx, &wt.trace), http.MethodPost, u, body)
 	if err != nil {
 		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Message: "building the request", ClientRequestID: crid, Err: err}
+			Message: "building the request", Err: err}
 	}
 	h := req.Header
 	h["Authorization"] = []string{"Bearer " + tok}
 	h["Content-Type"] = []string{ctype}
-	h["Client-Request-Id"] = []string{crid}
-	h["Return-Client-Request-Id"] = []string{"true"}
 
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -99,6 +99,15 @@ type Config struct {
 	Profiles map[string]Profile
 	// LogRecipients logs recipient addresses (personal data) in outcome logs.
 	LogRecipients bool
+	// DraftTransitWait is draft mode's transit window: after a send that may
+	// have gone out, how long the look-up may say "not known yet" before the
+	// worker decides (still a draft: not accepted, sent again; gone from
+	// Drafts: taken as sent). Default DefaultDraftTransitWait (see it for
+	// the sources).
+	DraftTransitWait time.Duration
+	// DraftLookupEvery is the wait between two such look-ups: default
+	// DefaultDraftLookupEvery.
+	DraftLookupEvery time.Duration
 }
 
 // WithDefaults returns c with zero fields set to their defaults.
@@ -129,6 +138,8 @@ func (c Config) WithDefaults() Config {
 	defDur(&c.SendTimeout, 60*time.Second)
 	defDur(&c.DrainTimeout, 25*time.Second)
 	defDur(&c.MaxHold, 5*time.Second)
+	defDur(&c.DraftTransitWait, DefaultDraftTransitWait)
+	defDur(&c.DraftLookupEvery, DefaultDraftLookupEvery)
 	return c
 }
 

@@ -29,6 +29,10 @@ const (
 	// Unreachable: the broker failed us (a state, ledger or dead-letter
 	// write); nothing is known about the job that was not known before.
 	Unreachable
+	// Pending: not known yet, look again later (river's JobSnoozeError):
+	// a draft's send may have gone out and the look-up could not prove
+	// it either way (Pending says what it saw). Not a failure.
+	Pending
 )
 
 // Outcome is what happened to one delivery.
@@ -51,6 +55,8 @@ type Outcome struct {
 	RetryAfter time.Duration
 	// Failed, Interrupted.
 	Err *contract.SendError
+	// Pending.
+	Pending *contract.PendingError
 }
 
 // ActionKind names what the worker does with a delivery.
@@ -119,6 +125,12 @@ type Action struct {
 	// Stopped: the job was found in hand of a worker that stopped; the
 	// state's Stops counts it (Pool.carry).
 	Stopped bool
+	// Lookup (AckSent) says the mail was found sent, or taken as sent, by a
+	// look-up rather than by a 202 (contract.LookupSent, LookupGone).
+	Lookup string
+	// ResendDraft (Retry): the job's draft is proven unsent; its next
+	// attempt sends it again instead of looking it up (Draft.SendAt cleared).
+	ResendDraft bool
 }
 
 // Policy is what decide needs besides the state and the outcome: the
@@ -138,7 +150,38 @@ type Policy struct {
 	Retry    RetryPolicy
 	// Profile and Mailbox name the job's profile and sender in messages.
 	Profile, Mailbox string
+	// TransitWait and LookupEvery are draft mode's waits after a send that
+	// may have gone out (DefaultDraftTransitWait, DefaultDraftLookupEvery).
+	TransitWait, LookupEvery time.Duration
 }
+
+// Draft mode's waits after a send that may have gone out, when the look-up
+// cannot tell yet (contract.PendingError).
+//
+// No Microsoft page bounds how long a sent draft stays in Drafts: it moves
+// to Sent Items only once transport has taken it ("Overview of the Microsoft
+// Graph send mail process", step 4,
+// https://learn.microsoft.com/graph/outlook-things-to-know-about-send-mail),
+// "which may take time" (https://learn.microsoft.com/graph/outlook-immutable-id),
+// and messages stay in Drafts for as long as the store cannot hand them to
+// transport (Tony Redmond, "Exchange 2013 and the case of the stuck
+// messages", thoughtsofanidlemind.com, 2013). So the window is a setting
+// (worker.draftTransitWait), and its meaning is stated: a draft still a draft
+// that long after the send is taken as never accepted and sent again; one
+// that left Drafts without a copy in Sent Items is taken as sent. The
+// default, 10 minutes, is a judgement, not a Microsoft figure: long past the
+// seconds a healthy transport takes, short enough that a send that was never
+// accepted goes out the same quarter hour. The look-ups count against the
+// Outlook limits per app and mailbox (10,000 requests per 10 minutes,
+// https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits):
+// at one look-up (two GETs at most) every 30 s, a job costs at most 40
+// requests over the window, so 250 unsettled jobs of one mailbox at once
+// stay inside it; a 429 on a look-up is throttling like any other (its
+// Retry-After, or the first backoff step without one).
+const (
+	DefaultDraftTransitWait = 10 * time.Minute
+	DefaultDraftLookupEvery = 30 * time.Second
+)
 
 // decide maps a job's state and what just happened to the one action the
 // worker takes. It is pure: no I/O, the time is given. Every rule about
@@ -162,6 +205,8 @@ func decide(st contract.JobState, o Outcome, pol Policy, now time.Time) Action {
 		return Action{Kind: PutBack, SpendsAttempt: spent, Ambiguous: spent && !resolvable(st)}
 	case Failed:
 		return decideFailure(st, o.Err, pol)
+	case Pending:
+		return decidePending(st, o.Pending, pol, now)
 	case Arrived:
 		return decideArrival(st, o, pol, now)
 	}
@@ -258,15 +303,6 @@ func decideFailure(st contract.JobState, se *contract.SendError, pol Policy) Act
 		cp.Ambiguous = false
 		se = &cp
 	}
-	if se.Class == contract.ClassThrottled && se.Op == contract.OpGetMessage {
-		// Draft mode: the draft was sent but its Sent Items copy does not
-		// exist yet ("The copy of the message is not created until the
-		// message successfully sends, which may take time",
-		// https://learn.microsoft.com/graph/outlook-immutable-id): look
-		// again later, spending nothing and pausing nobody.
-		return Action{Kind: Defer, Delay: se.RetryAfter, Cause: CauseSentItems,
-			Message: "draft sent or being sent: waiting for its Sent Items copy"}
-	}
 	switch se.Class {
 	case contract.ClassPermanent:
 		reason := se.Reason
@@ -313,6 +349,39 @@ func stoppedMessage(stops int, last time.Time) string {
 		"the last time at about %s: see the workers' restarts and OOM kills): set aside so that it cannot take more workers down; "+
 		"a stop during the Graph call may have sent the mail: check message trace for its X-Mailworker-Job-Id before replaying",
 		stops, last.UTC().Format(time.RFC3339))
+}
+
+// decidePending decides on a draft send the look-up could not settle. Until
+// the transit window has passed since the send, look again every
+// LookupEvery, spending nothing and pausing nobody. Past it: a message that
+// left Drafts is taken as sent (only transport, or a person, moves it, and
+// sending again could duplicate it); a message still a draft is taken as
+// never accepted and sent again, or, for a profile with
+// onAmbiguous=deadletter, dead-lettered for a person to check first (a
+// replay of that dead letter is that person's decision: it sends).
+func decidePending(st contract.JobState, pe *contract.PendingError, pol Policy, now time.Time) Action {
+	wait, every := pol.TransitWait, pol.LookupEvery
+	if wait <= 0 {
+		wait = DefaultDraftTransitWait
+	}
+	if every <= 0 {
+		every = DefaultDraftLookupEvery
+	}
+	if until := pe.SentAt.Add(wait); now.Before(until) {
+		return Action{Kind: Defer, Delay: min(every, max(until.Sub(now), time.Second)), Cause: CauseSentItems,
+			Message: "draft sent or being sent: not known yet, looking again for it"}
+	}
+	if !pe.InDrafts {
+		return Action{Kind: AckSent, SpendsAttempt: true, Lookup: contract.LookupGone}
+	}
+	if pol.OnAmbiguous == OnAmbiguousDeadLetter && !st.AmbiguousBefore {
+		return Action{Kind: DeadLetter, Reason: contract.ReasonInternal, Ambiguous: true, Message: fmt.Sprintf(
+			"the draft %s is still a draft %s after a send Graph may have accepted, and profile %s has onAmbiguous=deadletter: "+
+				"look for its internetMessageId in Exchange message trace; if it is not there, `mailworker dlq replay` sends the draft",
+			pe.InternetMessageID, wait, pol.Profile)}
+	}
+	return Action{Kind: Retry, ResendDraft: true, Message: fmt.Sprintf(
+		"the draft is still a draft %s after its send: transport never took it, so the send was not accepted; sending it again", wait)}
 }
 
 func ambiguousMessage(pol Policy) string {

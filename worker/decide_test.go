@@ -39,6 +39,11 @@ func TestDecide(t *testing.T) {
 	stopped := func(n int) func(*contract.JobState) { return func(x *contract.JobState) { x.Stops = n } }
 	arrived := Outcome{Kind: Arrived, Job: job, SenderAllowed: true}
 	failed := func(se contract.SendError) Outcome { return Outcome{Kind: Failed, Err: &se} }
+	pending := func(inDrafts bool, sentAt time.Time) Outcome {
+		return Outcome{Kind: Pending, Pending: &contract.PendingError{Profile: "billing", SentAt: sentAt, InDrafts: inDrafts, InternetMessageID: "<m@x>"}}
+	}
+	polShort := pol
+	polShort.TransitWait, polShort.LookupEvery = 20*time.Second, 5*time.Second
 
 	tests := []struct {
 		name  string
@@ -152,9 +157,42 @@ func TestDecide(t *testing.T) {
 		{"draft: 504 on send: retry, not ambiguous, even with onAmbiguous=deadletter", st(contract.StateSending, 0, draftSent),
 			failed(contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true, Op: contract.OpSendDraft}), polDL,
 			Action{Kind: Retry, Delay: 2 * time.Second, SpendsAttempt: true, Message: "graphmail: send 504 (retryable)"}},
-		{"draft: Sent Items copy not there yet: defer, nothing spent, no pause", st(contract.StateSending, 1, draftSent),
-			failed(contract.SendError{Class: contract.ClassThrottled, RetryAfter: 30 * time.Second, Op: contract.OpGetMessage}), pol,
-			Action{Kind: Defer, Delay: 30 * time.Second, Cause: CauseSentItems, Message: "draft sent or being sent: waiting for its Sent Items copy"}},
+		// Draft mode: a send the look-up cannot settle yet (contract.PendingError), by what it saw
+		// and how long ago the send was (sendAt is a minute before now).
+		{"draft: still a draft inside the transit window: look again in 30 s, nothing spent, no pause", st(contract.StateSending, 1, draftSent),
+			pending(true, sendAt), pol,
+			Action{Kind: Defer, Delay: 30 * time.Second, Cause: CauseSentItems, Message: "draft sent or being sent: not known yet, looking again for it"}},
+		{"draft: gone from Drafts, no copy yet, inside the window: look again in 30 s", st(contract.StateSending, 1, draftSent),
+			pending(false, sendAt), pol,
+			Action{Kind: Defer, Delay: 30 * time.Second, Cause: CauseSentItems, Message: "draft sent or being sent: not known yet, looking again for it"}},
+		{"draft: the window ends in 10 s: look again then, not later", st(contract.StateSending, 1, draftSent),
+			pending(true, now.Add(-10*time.Minute+10*time.Second)), pol,
+			Action{Kind: Defer, Delay: 10 * time.Second, Cause: CauseSentItems, Message: "draft sent or being sent: not known yet, looking again for it"}},
+		{"draft: gone from Drafts 10 min after the send, never in Sent Items: taken as sent, nothing sent again", st(contract.StateSending, 1, draftSent),
+			pending(false, now.Add(-10*time.Minute)), pol,
+			Action{Kind: AckSent, SpendsAttempt: true, Lookup: contract.LookupGone}},
+		{"draft: still a draft 10 min after the send: never accepted, send it again (not ambiguous)", st(contract.StateSending, 1, draftSent),
+			pending(true, now.Add(-10*time.Minute)), pol,
+			Action{Kind: Retry, ResendDraft: true,
+				Message: "the draft is still a draft 10m0s after its send: transport never took it, so the send was not accepted; sending it again"}},
+		{"draft: still a draft past the window, onAmbiguous=deadletter: a person checks first", st(contract.StateSending, 1, draftSent),
+			pending(true, now.Add(-11*time.Minute)), polDL,
+			Action{Kind: DeadLetter, Reason: contract.ReasonInternal, Ambiguous: true,
+				Message: "the draft <m@x> is still a draft 10m0s after a send Graph may have accepted, and profile billing has onAmbiguous=deadletter: look for its internetMessageId in Exchange message trace; if it is not there, `mailworker dlq replay` sends the draft"}},
+		{"draft: that dead letter replayed: support's decision, send it again", st(contract.StateRetrying, 1, draftSent, func(x *contract.JobState) { x.AmbiguousBefore = true }),
+			pending(true, now.Add(-time.Hour)), polDL,
+			Action{Kind: Retry, ResendDraft: true,
+				Message: "the draft is still a draft 10m0s after its send: transport never took it, so the send was not accepted; sending it again"}},
+		{"draft: a shorter configured window", st(contract.StateSending, 1, draftSent),
+			pending(true, now.Add(-20*time.Second)), polShort,
+			Action{Kind: Retry, ResendDraft: true,
+				Message: "the draft is still a draft 20s after its send: transport never took it, so the send was not accepted; sending it again"}},
+		{"draft: a 429 on the look-up without Retry-After: the first backoff step, never 0", st(contract.StateSending, 1, draftSent),
+			failed(contract.SendError{Class: contract.ClassThrottled, Status: 429, Op: contract.OpGetMessage}), pol,
+			Action{Kind: Defer, Delay: 2 * time.Second, Cause: CauseRetryAfter, Pause: 2 * time.Second, Message: "throttled by Graph (429)"}},
+		{"draft: 202 with Retry-After on the draft's send: sent, the mailbox pauses", st(contract.StateSending, 0, draftSent),
+			Outcome{Kind: Sent, RetryAfter: 12 * time.Second}, pol,
+			Action{Kind: AckSent, SpendsAttempt: true, Pause: 12 * time.Second}},
 		{"draft: upload failure: retry like any retryable failure", st(contract.StateSending, 0, drafted),
 			failed(contract.SendError{Class: contract.ClassRetryable, Status: 500, Op: contract.OpUpload}), pol,
 			Action{Kind: Retry, Delay: 2 * time.Second, SpendsAttempt: true, Message: "graphmail: upload 500 (retryable)"}},

@@ -75,7 +75,7 @@ func (j *job) metricProfile() string {
 // policy is what decide needs to know of this pool and j's profile.
 func (p *Pool) policy(j *job) Policy {
 	pol := Policy{MaxAttempts: p.cfg.MaxAttempts, MaxStops: p.cfg.MaxStops, Busy: p.cfg.SendTimeout + 5*time.Second, Retry: p.retry,
-		Profile: j.profile, Mailbox: j.from}
+		Profile: j.profile, Mailbox: j.from, TransitWait: p.cfg.DraftTransitWait, LookupEvery: p.cfg.DraftLookupEvery}
 	if j.prof != nil {
 		pol.OnAmbiguous = j.prof.OnAmbiguous
 	}
@@ -122,9 +122,12 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	// A job's first delivery that will go straight to sending skips the state
 	// read: the compare-and-set create in send claims it, and fails if a
 	// state exists after all (a re-publish after the dedupe window), and so
-	// does a deferral by the pacer, which reads first. Replays, later
-	// deliveries and every job a state could change the decision for read.
-	if !(firstDelivery && msg.Header(contract.HeaderReplay) == "" && p.plainlySendable(j)) {
+	// does a deferral by the pacer, which reads first. Replays, jobs back
+	// from a message schedule (they have a state: it may hold a draft whose
+	// send is being looked up, which the pacer must not count as a send),
+	// later deliveries and every job a state could change the decision for
+	// read.
+	if !(firstDelivery && msg.Header(contract.HeaderReplay) == "" && msg.Header(contract.HeaderOriginSeq) == "" && p.plainlySendable(j)) {
 		if !p.readState(sendCtx, j) {
 			return
 		}
@@ -338,15 +341,26 @@ func (p *Pool) plainlySendable(j *job) bool {
 	return p.decide(j, p.arrived(j)).Kind == Send
 }
 
-// paceAndSend waits for the mailbox's pace and slots, then sends.
+// paceAndSend waits for the mailbox's pace and slots, then sends. A draft
+// whose send was attempted is looked up, not sent (graphmail resumeSend): the
+// look-up takes the mailbox's concurrency slots (it is Graph requests) but
+// not its pace, recipients or upload volume, which the send already counted.
 func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
-	upload := p.uploadBytes(sendCtx, j.profile, j.msg.Data(), j.job)
-	rcpt := len(j.job.To) + len(j.job.Cc) + len(j.job.Bcc)
-	adm, err := p.admit(sendCtx, j.from, rcpt, upload)
-	if err != nil {
-		// The recipient ledger is out of reach: never send blind.
-		p.unreachable(sendCtx, j, "lease recipients from the shared ledger", err)
-		return
+	var upload int64
+	var adm Admission
+	rcpt := 0
+	if d := j.state.Draft; d != nil && d.SendAt != nil {
+		adm = p.pacer.admitLookup(j.from)
+	} else {
+		upload = p.uploadBytes(sendCtx, j.profile, j.msg.Data(), j.job)
+		rcpt = len(j.job.To) + len(j.job.Cc) + len(j.job.Bcc)
+		var err error
+		adm, err = p.admit(sendCtx, j.from, rcpt, upload)
+		if err != nil {
+			// The recipient ledger is out of reach: never send blind.
+			p.unreachable(sendCtx, j, "lease recipients from the shared ledger", err)
+			return
+		}
 	}
 	if adm.Defer > 0 {
 		p.paced(sendCtx, j, adm.Defer, adm.Cause)
@@ -504,6 +518,14 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent, RetryAfter: res.RetryAfter}))
 		return
 	}
+	var pending *contract.PendingError
+	if errors.As(err, &pending) {
+		// Not a failure: a draft's send may have gone out and the look-up
+		// cannot tell yet. decide says when to look again, or what to do
+		// once the transit window has passed.
+		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Pending, Pending: pending}))
+		return
+	}
 	se := contract.AsSendError(err)
 	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
 	j.graph = &contract.GraphInfo{Status: se.Status, Code: se.Code, RequestID: se.RequestID, ClientRequestID: se.ClientRequestID,
@@ -625,6 +647,15 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 	}
 	if a.Pause > 0 && j.from != "" {
 		p.pacer.pause(j.from, a.Pause) // the mailbox was told to wait
+	}
+	if a.Lookup != "" {
+		j.lookup = a.Lookup
+	}
+	if a.ResendDraft && j.state.Draft != nil {
+		// Proven unsent (decide): the next attempt sends the draft again.
+		d := *j.state.Draft
+		d.SendAt = nil
+		j.state.Draft = &d
 	}
 	switch a.Kind {
 	case AckSent:

@@ -307,6 +307,26 @@ func (p *pacer) admit(addr string, recipients int, bytes int64) Admission {
 	return Admission{Defer: d, Cause: cause}
 }
 
+// admitLookup admits a draft-mode look-up (graphmail resumeSend: GETs, no
+// send) for addr: it waits out a Retry-After pause of the mailbox and queues
+// for its concurrency slots like a send, but takes no start from the
+// per-minute pace, no recipients and no upload volume — those count sends,
+// and the send it settles was counted when it was made.
+func (p *pacer) admitLookup(addr string) Admission {
+	now := p.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.box(addr)
+	if b.pausedUntil.After(now) {
+		return Admission{Defer: b.pausedUntil.Sub(now), Cause: CauseRetryAfter}
+	}
+	if b.waiting >= p.maxWait {
+		return Admission{Defer: p.spacing(), Cause: CauseConcurrency}
+	}
+	b.waiting++
+	return Admission{At: now}
+}
+
 // uploadEnded moves the reservation of n upload bytes made for a send of
 // addr admitted at start to end, when its last byte went out (a draft's
 // upload lasts seconds): the rolling window then counts the bytes from

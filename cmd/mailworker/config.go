@@ -105,6 +105,11 @@ type WorkerConfig struct {
 	// graphmail's default. One chunk per upload in flight is in memory.
 	UploadChunkBytes int           `yaml:"uploadChunkBytes"`
 	DrainTimeout     time.Duration `yaml:"drainTimeout"`
+	// DraftTransitWait and DraftLookupEvery: draft mode's transit window
+	// after a send that may have gone out, and the wait between look-ups in
+	// it; 0 = worker.DefaultDraftTransitWait / DefaultDraftLookupEvery.
+	DraftTransitWait time.Duration `yaml:"draftTransitWait"`
+	DraftLookupEvery time.Duration `yaml:"draftLookupEvery"`
 }
 
 // HTTPConfig is the metrics and health listener.
@@ -622,6 +627,7 @@ func (c Config) workerConfig() worker.Config {
 		PerMailboxUploadBytes: upload, MaxAttempts: w.MaxAttempts, MaxStops: w.MaxStops, BackoffInitial: w.BackoffInitial,
 		BackoffMax: w.BackoffMax, AckWait: w.AckWait, SendTimeout: w.SendTimeout, DrainTimeout: w.DrainTimeout,
 		Profiles: profiles, LogRecipients: c.Log.Recipients,
+		DraftTransitWait: w.DraftTransitWait, DraftLookupEvery: w.DraftLookupEvery,
 	}.WithDefaults()
 }
 

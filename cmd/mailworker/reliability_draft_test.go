@@ -8,15 +8,22 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker"
 )
 
 // TestReliabilityDraftMode runs a draft-mode profile (draftWhen: always)
 // through the faults that make sendMail mode flag possible duplicates:
 // replicas SIGKILLed during draft sends, and a storm of sends that Graph
-// applies and then answers 5xx (or drops the connection). In draft mode the
-// next attempt looks the message up by its immutable id instead of sending
-// again, so every job ends sent exactly once: 0 lost, 0 duplicates, and no
-// `sent` event needs to say possibleDuplicate.
+// applies and then answers 5xx (or drops the connection) — with the fake's
+// transit on: an accepted send leaves the message a draft in Drafts for a
+// while (and a send of it then delivers it again), and in the kill run its
+// id changes on the send. The next attempt never sends before it has settled
+// the send (a message no longer a draft, or the internetMessageId in Sent
+// Items); still a draft inside the transit window means "not known yet".
+// Every job ends sent exactly once: 0 lost, 0 duplicates, no `sent` flagged
+// possibleDuplicate, and every client-request-id recorded is a GUID the
+// fake received. Before the look-up settled by proof, the storm run sent
+// drafts in transit again (the fake's record showed the duplicates).
 func TestReliabilityDraftMode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
@@ -36,8 +43,10 @@ func TestReliabilityDraftMode(t *testing.T) {
 		jobs := pick(150, 1500)
 		kills := pick(5, 20)
 		ns := startRelNATS(t)
-		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{Latency: 100 * time.Millisecond}})
-		h := newHarness(t, ns.url(), fake, relWorker{ackWait: 2 * time.Second, sendTimeout: time.Second, concurrency: 12, maxInFlight: 24}, profile)
+		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{Latency: 100 * time.Millisecond,
+			TransitDelay: 3 * time.Second, IDChangesOnSend: true}})
+		h := newHarness(t, ns.url(), fake, relWorker{ackWait: 2 * time.Second, sendTimeout: time.Second, concurrency: 12, maxInFlight: 24,
+			draftTransitWait: 20 * time.Second, draftLookupEvery: time.Second}, profile)
 		ids := h.publish("rel", "dkill", jobs)
 		live := []*proc{h.startReplica(), h.startReplica()}
 		killed := 0
@@ -56,7 +65,9 @@ func TestReliabilityDraftMode(t *testing.T) {
 		r := h.check(ids)
 		h.checkNoSecrets()
 		exact(t, r, jobs)
-		logFigures(t, "draft-worker-crash", r, fmt.Sprintf("replicas=2 kills=%d", killed))
+		crids := h.checkClientRequestIDs(ids)
+		once(t, fake)
+		logFigures(t, "draft-worker-crash", r, fmt.Sprintf("replicas=2 kills=%d transit=3s idChangesOnSend client-request-ids=%d", killed, crids))
 	})
 
 	t.Run("5xx after accept storm", func(t *testing.T) {
@@ -64,8 +75,9 @@ func TestReliabilityDraftMode(t *testing.T) {
 		jobs := pick(100, 1000)
 		storm := pick(3*time.Second, 10*time.Second)
 		ns := startRelNATS(t)
-		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{Latency: 20 * time.Millisecond}})
-		h := newHarness(t, ns.url(), fake, relWorker{maxAttempts: 12, backoffInitial: 200 * time.Millisecond, backoffMax: time.Second}, profile)
+		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{Latency: 20 * time.Millisecond, TransitDelay: 2 * time.Second}})
+		h := newHarness(t, ns.url(), fake, relWorker{maxAttempts: 12, backoffInitial: 200 * time.Millisecond, backoffMax: time.Second,
+			draftTransitWait: 20 * time.Second, draftLookupEvery: time.Second}, profile)
 		replica := h.startReplica()
 		fake.SetDraftFault(graphtest.OpSend, &graphtest.Fault{AcceptThenFail: true, Status: 504, Probability: 0.5})
 		fake.SetDraftFault(graphtest.OpCreate, &graphtest.Fault{Status: 503, Probability: 0.2})
@@ -80,11 +92,13 @@ func TestReliabilityDraftMode(t *testing.T) {
 		r := h.check(ids)
 		h.checkNoSecrets()
 		exact(t, r, jobs)
+		once(t, fake)
 		for _, d := range fake.Drafts() {
 			if d.SendRequests > 1 {
 				t.Errorf("draft of job %s: %d send requests, want 1 (a send that may have gone out is looked up, not repeated)", d.JobID, d.SendRequests)
 			}
 		}
+		crids := h.checkClientRequestIDs(ids)
 		// How many jobs met the storm: an attempt answered 5xx (or cut) and
 		// retried, then settled by the look-up.
 		events, _ := h.statusEvents()
@@ -100,7 +114,40 @@ func TestReliabilityDraftMode(t *testing.T) {
 		if retried == 0 {
 			t.Error("no job met the storm: the faults were not exercised")
 		}
-		logFigures(t, "draft-5xx-after-accept", r, fmt.Sprintf("storm=2x%s drafts=%d jobs_retried=%d", storm, len(fake.Drafts()), retried))
+		logFigures(t, "draft-5xx-after-accept", r, fmt.Sprintf("storm=2x%s transit=2s drafts=%d jobs_retried=%d client-request-ids=%d", storm, len(fake.Drafts()), retried, crids))
+	})
+
+	t.Run("a send that never arrived goes out once after the transit window", func(t *testing.T) {
+		t.Parallel()
+		// Graph answers 503 without applying the send: the draft stays a draft for good.
+		// Inside the window the worker does not know that (transport may be holding an
+		// accepted send) and sends nothing; past it the draft is proven unsent and sent once.
+		ns := startRelNATS(t)
+		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{TransitDelay: time.Second}})
+		h := newHarness(t, ns.url(), fake, relWorker{draftTransitWait: 4 * time.Second, draftLookupEvery: time.Second}, profile)
+		for range 5 {
+			fake.ScriptDraft(graphtest.OpSend, graphtest.Fault{Status: 503})
+		}
+		ids := h.publish("rel", "dlost", 5)
+		replica := h.startReplica()
+		h.waitTerminal(ids, time.Minute)
+		h.stopAll([]*proc{replica})
+		r := h.check(ids)
+		exact(t, r, len(ids))
+		once(t, fake)
+		events, _ := h.statusEvents()
+		for _, id := range ids {
+			deferred := 0
+			for _, ev := range events[id] {
+				if ev.Event == contract.EventDeferred && ev.Cause == string(worker.CauseSentItems) {
+					deferred++
+				}
+			}
+			if deferred == 0 {
+				t.Errorf("job %s: no `deferred` (sent_items) before the resend: events %v", id, eventNames(events[id]))
+			}
+		}
+		h.checkClientRequestIDs(ids)
 	})
 
 	t.Run("a refused send deletes the draft", func(t *testing.T) {
@@ -127,4 +174,14 @@ func TestReliabilityDraftMode(t *testing.T) {
 			}
 		}
 	})
+}
+
+// once fails the test for any draft the fake delivered more than once.
+func once(t *testing.T, fake *graphtest.Server) {
+	t.Helper()
+	for _, d := range fake.Drafts() {
+		if d.Deliveries > 1 {
+			t.Errorf("draft of job %s delivered %d times (%d send requests), want once", d.JobID, d.Deliveries, d.SendRequests)
+		}
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -198,6 +199,9 @@ type relWorker struct {
 	backoffInitial           time.Duration
 	backoffMax               time.Duration
 	ackWait, sendTimeout     time.Duration
+	// draftTransitWait, draftLookupEvery: worker.draftTransitWait and
+	// draftLookupEvery (0: the defaults).
+	draftTransitWait, draftLookupEvery time.Duration
 }
 
 // harness is one reliability run: NATS, the fake, a config and replicas.
@@ -257,6 +261,12 @@ func newHarness(t *testing.T, natsURL string, fake *graphtest.Server, w relWorke
 	fmt.Fprintf(&b, "worker:\n  concurrency: %d\n  maxInFlight: %d\n  perMailboxConcurrency: 4\n  perMailboxPerMinute: 0\n"+
 		"  maxAttempts: %d\n  backoffInitial: %s\n  backoffMax: %s\n  ackWait: %s\n  sendTimeout: %s\n  drainTimeout: 3s\n",
 		w.concurrency, w.maxInFlight, w.maxAttempts, w.backoffInitial, w.backoffMax, w.ackWait, w.sendTimeout)
+	if w.draftTransitWait > 0 {
+		fmt.Fprintf(&b, "  draftTransitWait: %s\n", w.draftTransitWait)
+	}
+	if w.draftLookupEvery > 0 {
+		fmt.Fprintf(&b, "  draftLookupEvery: %s\n", w.draftLookupEvery)
+	}
 	b.WriteString("http:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: debug\n  format: json\nprofiles:\n")
 	env := []string{"MAILWORKER_NATS_PASSWORD=" + sentinelNATSPassword}
 	for _, p := range profiles {
@@ -719,4 +729,62 @@ func stateAny(ctx context.Context, q *queue.Queue, id string) (contract.JobState
 		}
 	}
 	return contract.JobState{}, 0, contract.ErrNoState
+}
+
+// guidRE is the shape of a client-request-id the worker sends.
+var guidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+// checkClientRequestIDs holds every client-request-id the run recorded — in
+// status events, dead letters, job states and the fake's own record of
+// delivered messages — to being a GUID that the fake received as a
+// client-request-id header: what Microsoft support is given is what was
+// sent, never a job id. It returns how many it checked.
+func (h *harness) checkClientRequestIDs(ids []string) int {
+	h.t.Helper()
+	t := h.t
+	n := 0
+	check := func(where, crid string) {
+		if crid == "" {
+			return
+		}
+		n++
+		if !guidRE.MatchString(crid) || !h.fake.ReceivedClientRequestID(crid) {
+			t.Errorf("%s: clientRequestId %q is not a GUID the fake received", where, crid)
+		}
+	}
+	calls := func(where string, g *contract.GraphInfo) {
+		if g == nil {
+			return
+		}
+		check(where, g.ClientRequestID)
+		for _, c := range g.EarlierCalls {
+			check(where+" (earlier call)", c.ClientRequestID)
+		}
+	}
+	events, _ := h.statusEvents()
+	for id, evs := range events {
+		for _, ev := range evs {
+			calls("event "+string(ev.Event)+" of "+id, ev.Graph)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dls, err := h.q.DLQ.List(ctx, queue.DLQFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dl := range dls {
+		for _, c := range dl.GraphCalls {
+			check("dead letter of "+dl.JobID, c.ClientRequestID)
+		}
+	}
+	for _, id := range ids {
+		if st, _, err := h.stateOf(ctx, id); err == nil {
+			calls("state of "+id, st.Graph)
+		}
+	}
+	for _, m := range h.fake.Messages() {
+		check("fake record of "+m.JobID, m.ClientRequestID)
+	}
+	return n
 }

@@ -32,9 +32,13 @@ type csdlType struct {
 	name     string // simple name, e.g. "message"
 	base     string // simple name of the base type, "" if none
 	abstract bool
-	members  map[string]string // enum: lower-case member name -> member name
-	props    map[string]csdlProp
-	lower    map[string]string // lower-case property name -> property name
+	// open: OpenType="true" — OData accepts dynamic properties, not
+	// declared in the model, on an instance of an open type (OData CSDL XML
+	// 4.01 §6.3 "Open Entity Type"; the vendored CSDL marks message open).
+	open    bool
+	members map[string]string // enum: lower-case member name -> member name
+	props   map[string]csdlProp
+	lower   map[string]string // lower-case property name -> property name
 }
 
 type csdlProp struct {
@@ -65,6 +69,7 @@ func parseCSDL(b []byte) (*csdlSchema, error) {
 		Name     string  `xml:"Name,attr"`
 		BaseType string  `xml:"BaseType,attr"`
 		Abstract string  `xml:"Abstract,attr"`
+		OpenType string  `xml:"OpenType,attr"`
 		Props    []xProp `xml:"Property"`
 		Navs     []xProp `xml:"NavigationProperty"`
 		Members  []xProp `xml:"Member"`
@@ -94,7 +99,7 @@ func parseCSDL(b []byte) (*csdlSchema, error) {
 	add := func(kind string, list []xType) {
 		for _, x := range list {
 			t := &csdlType{kind: kind, name: x.Name, base: strings.TrimPrefix(x.BaseType, "graph."),
-				abstract: x.Abstract == "true", props: map[string]csdlProp{}, lower: map[string]string{}}
+				abstract: x.Abstract == "true", open: x.OpenType == "true", props: map[string]csdlProp{}, lower: map[string]string{}}
 			if kind == "enum" {
 				t.members = make(map[string]string, len(x.Members))
 				for _, m := range x.Members {
@@ -137,6 +142,32 @@ func (s *csdlSchema) property(t *csdlType, name string) (csdlProp, bool) {
 		t = s.types[t.base]
 	}
 	return csdlProp{}, false
+}
+
+// isOpen reports whether t or a base type of it is open (a type derived
+// from an open type is open too: OData CSDL 4.01 §6.3).
+func (s *csdlSchema) isOpen(t *csdlType) bool {
+	for ; t != nil; t = s.types[t.base] {
+		if t.open {
+			return true
+		}
+	}
+	return false
+}
+
+// checkMessage validates a message resource (the body of POST /users/{id}/messages, the draft
+// create) against the CSDL's message type, as checkSendMail validates its Message parameter.
+func (s *csdlSchema) checkMessage(body []byte) *graphErr {
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.UseNumber()
+	var top any
+	if err := d.Decode(&top); err != nil {
+		return bodyReadErr("Invalid JSON. " + err.Error())
+	}
+	if d.More() {
+		return bodyReadErr("Invalid JSON. More than one value was found at the root of the JSON content.")
+	}
+	return s.checkValue(csdlProp{name: "message", typ: "message", nullable: false}, top, "message")
 }
 
 // derivesFrom reports whether t is want or derives from it.
@@ -260,6 +291,9 @@ func (s *csdlSchema) checkValue(p csdlProp, v any, path string) *graphErr {
 			return bodyReadErr("The annotation '" + strings.TrimPrefix(k, "@") + "' was found. This annotation is either not recognized or not expected at the current position.")
 		}
 		sp, ok := s.property(t, k)
+		if !ok && s.isOpen(t) {
+			continue // a dynamic property of an open type: accepted as it is
+		}
 		if !ok {
 			return bodyReadErr(fmt.Sprintf("The property '%s' does not exist on type '%s'. Make sure to only use property names that are defined by the type or mark the type as open type.", k, qualified(t.name)))
 		}

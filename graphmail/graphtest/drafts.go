@@ -15,6 +15,12 @@ package graphtest
 //   - [get]     https://learn.microsoft.com/graph/api/message-get
 //   - [delete]  https://learn.microsoft.com/graph/api/message-delete (204 No Content)
 //   - [immut]   https://learn.microsoft.com/graph/outlook-immutable-id ("Immutable ID with sending mail")
+//   - [process] https://learn.microsoft.com/graph/outlook-things-to-know-about-send-mail (step 4: the
+//     message moves from Drafts to Sent Items once transport has taken it)
+//   - [overview] https://learn.microsoft.com/graph/outlook-mail-concept-overview (immutable ids hold
+//     "with the exception of sending a draft message")
+//   - [folder]  https://learn.microsoft.com/graph/api/resources/mailfolder (well-known name sentitems),
+//     https://learn.microsoft.com/graph/api/mailfolder-list-messages ($filter, $select)
 
 import (
 	"crypto/rand"
@@ -35,10 +41,12 @@ import (
 
 // Upload session limits.
 const (
-	// MinUploadSessionBytes: an upload session is for a file of 3 MB or
-	// more; smaller ones are refused with
-	// ErrorAttachmentSizeShouldNotBeLessThanMinimumSize ([large] "Errors").
-	MinUploadSessionBytes = 3 * 1024 * 1024
+	// MinUploadSessionBytes: Graph refuses an upload session for a file under 2 MiB with
+	// ErrorAttachmentSizeShouldNotBeLessThanMinimumSize: [large] ("Errors") advises 3 MB and
+	// up and states no exact minimum; 2,097,152 bytes is the minimum measured against Graph
+	// (msgraph-sdk-java#52), so a file just under 3 MiB whose POST would exceed 4 MB can go by
+	// session, as it must.
+	MinUploadSessionBytes = 2 * 1024 * 1024
 	// MaxAttachmentBytes: files up to 150 MB ([large], [session]); the
 	// pages do not say which MB, the fake takes 150,000,000 bytes.
 	MaxAttachmentBytes = 150_000_000
@@ -51,13 +59,25 @@ const (
 
 // DraftOptions configures the draft flow (Options.Drafts). The zero value is usable.
 type DraftOptions struct {
-	// SentItemsDelay is how long after a send the Sent Items copy appears.
-	// In between, GET by the message's id answers 404 ErrorItemNotFound:
-	// "Getting the message in Sent Items may not succeed immediately after
-	// sending the message. The copy of the message is not created until the
-	// message successfully sends, which may take time." ([immut]). The
-	// length is not documented; default 0 (at once).
-	SentItemsDelay time.Duration
+	// TransitDelay is how long an accepted send leaves the message in Drafts
+	// before transport takes it and it moves to Sent Items: "the message is
+	// saved in the Sent Items folder" ([send]) only after transport has taken
+	// responsibility for it ([process] step 4); "the copy of the message is
+	// not created until the message successfully sends, which may take time"
+	// ([immut]). In between the message is still a draft: GET by its id
+	// answers it with isDraft true and parentFolderId Drafts, and the Sent
+	// Items search does not find it. The length is not documented; default 0
+	// (at once). A send of a message in transit is accepted and delivered
+	// again: what Exchange does then is not documented, and this pessimistic
+	// reading is what makes a client's resend a duplicate the record shows.
+	TransitDelay time.Duration
+	// IDChangesOnSend gives a message a new id when its send is accepted
+	// (the old one answers 404 ErrorItemNotFound), even with
+	// Prefer: IdType="ImmutableId": the mail API overview says immutable ids
+	// hold "with the exception of sending a draft message" ([overview]),
+	// while [immut] says the Sent Items copy keeps it (the default, false).
+	// Microsoft's pages disagree; a client must settle a send either way.
+	IDChangesOnSend bool
 	// UploadSessionLifetime is the time from createUploadSession to the
 	// session's expirationDateTime, which PUTs do not extend ("This
 	// expiration date/time remains the same as returned by the initial
@@ -94,6 +114,7 @@ const (
 	OpUpload  DraftOp = "upload"  // PUT uploadUrl
 	OpSend    DraftOp = "send"    // POST …/messages/{id}/send
 	OpGet     DraftOp = "get"     // GET …/messages/{id}
+	OpFind    DraftOp = "find"    // GET …/mailFolders/{folder}/messages ($filter)
 	OpDelete  DraftOp = "delete"  // DELETE …/messages/{id}
 )
 
@@ -108,6 +129,7 @@ type DraftInfo struct {
 	Sent              bool      `json:"sent"`
 	Deleted           bool      `json:"deleted"`
 	SendRequests      int       `json:"sendRequests"`
+	Deliveries        int       `json:"deliveries"` // accepted sends: 2 or more is a mail delivered twice
 	Attachments       int       `json:"attachments"`
 	CreatedAt         time.Time `json:"createdAt"`
 }
@@ -125,8 +147,9 @@ type draftMsg struct {
 	atts                           []draftAttachment
 	created                        time.Time
 	sent                           bool
-	sentAt                         time.Time
+	sentAt                         time.Time // the first accepted send
 	sendRequests                   int
+	deliveries                     int // accepted sends (more than 1: delivered twice)
 	deleted                        bool
 }
 
@@ -233,7 +256,7 @@ func (s *Server) UploadPuts() int {
 func (m *draftMsg) info() DraftInfo {
 	return DraftInfo{ID: m.id, Mailbox: m.mailbox, Immutable: m.immutable, InternetMessageID: m.internetMessageID,
 		JobID: jobIDOf(&m.msg), IsDraft: !m.sent && !m.deleted, Sent: m.sent, Deleted: m.deleted,
-		SendRequests: m.sendRequests, Attachments: len(m.atts), CreatedAt: m.created}
+		SendRequests: m.sendRequests, Deliveries: m.deliveries, Attachments: len(m.atts), CreatedAt: m.created}
 }
 
 func jobIDOf(m *graphMessage) string {
@@ -251,6 +274,7 @@ func (s *Server) draftRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1.0/users/{id}/messages/{mid}/attachments", s.handleAddAttachment)
 	mux.HandleFunc("POST /v1.0/users/{id}/messages/{mid}/send", s.handleSendDraft)
 	mux.HandleFunc("GET /v1.0/users/{id}/messages/{mid}", s.handleGetMessage)
+	mux.HandleFunc("GET /v1.0/users/{id}/mailFolders/{folder}/messages", s.handleFolderMessages)
 	mux.HandleFunc("DELETE /v1.0/users/{id}/messages/{mid}", s.handleDeleteMessage)
 	mux.HandleFunc("PUT /_upload/{sid}", s.handleUploadPut)
 	mux.HandleFunc("GET /_upload/{sid}", s.handleUploadStatus)
@@ -302,6 +326,8 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, key string, 
 	switch {
 	case f.AcceptThenFail:
 		return f, true
+	case op == OpSend && f.Status >= 200 && f.Status < 300:
+		return f, true // accepted, answered with the fault's Retry-After (handleSendDraft)
 	case f.Reset:
 		if op == OpSend {
 			return f, true // the send takes effect, then the connection drops
@@ -371,9 +397,20 @@ func (s *Server) handleCreateDraft(w http.ResponseWriter, r *http.Request) {
 		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
 		return
 	}
+	// The same checks as sendMail's message (README.md, "Draft flow"): the CSDL, then 1 to 5
+	// internetMessageHeaders, then their x- names.
+	if gerr := schema.checkMessage(body); gerr != nil {
+		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
+		return
+	}
 	var gm graphMessage
 	if err := json.Unmarshal(body, &gm); err != nil {
 		s.graphError(w, r, key, http.StatusBadRequest, "RequestBodyRead", "Invalid JSON in the request body: "+err.Error(), "")
+		return
+	}
+	if gm.InternetMessageHeaders != nil && (len(gm.InternetMessageHeaders) == 0 || len(gm.InternetMessageHeaders) > MaxInternetMessageHeaders) {
+		s.graphError(w, r, key, http.StatusBadRequest, "InvalidInternetMessageHeaderCollection",
+			"Maximum number of headers in one message should be less than or equal to 5.", "")
 		return
 	}
 	for _, hd := range gm.InternetMessageHeaders {
@@ -423,34 +460,39 @@ func mailboxDomain(mailbox string) string {
 	return "graphtest.invalid"
 }
 
+// inSentItems reports whether transport has taken the sent message: after TransitDelay it is
+// in Sent Items, no longer a draft ([process] step 4). Before, it is still a draft in Drafts.
+func (m *draftMsg) inSentItems(o DraftOptions, now time.Time) bool {
+	return m.sent && !now.Before(m.sentAt.Add(o.TransitDelay))
+}
+
 // view is the message resource the fake answers ([get]): a subset of its properties.
-func (m *draftMsg) view(_ DraftOptions, _ time.Time) map[string]any {
+func (m *draftMsg) view(o DraftOptions, now time.Time) map[string]any {
 	v := map[string]any{
 		"@odata.context":    "https://graph.microsoft.com/v1.0/$metadata#users('" + m.mailbox + "')/messages/$entity",
 		"id":                m.id,
 		"internetMessageId": m.internetMessageID,
-		"isDraft":           !m.sent,
+		"isDraft":           true,
 		"subject":           m.msg.Subject,
 		"hasAttachments":    len(m.atts) > 0,
 		"createdDateTime":   m.created.UTC().Format(time.RFC3339),
 		"parentFolderId":    "Drafts",
 	}
-	if m.sent {
+	if m.inSentItems(o, now) {
+		v["isDraft"] = false
 		v["parentFolderId"] = "SentItems"
 		v["sentDateTime"] = m.sentAt.UTC().Format(time.RFC3339)
 	}
 	return v
 }
 
-// lookup returns the message with id in mailbox, nil when there is none (deleted, or a sent
-// message whose Sent Items copy does not exist yet). Callers hold d.mu.
-func (d *draftStore) lookupLocked(mailbox, id string, now time.Time) *draftMsg {
+// lookupLocked returns the message with id in mailbox, nil when there is none (deleted, or an
+// id the message no longer has). A message in transit is still there, as a draft. Callers
+// hold d.mu.
+func (d *draftStore) lookupLocked(mailbox, id string, _ time.Time) *draftMsg {
 	m := d.byID[id]
 	if m == nil || m.deleted || !strings.EqualFold(m.mailbox, mailbox) {
 		return nil
-	}
-	if m.sent && now.Before(m.sentAt.Add(d.opts.SentItemsDelay)) {
-		return nil // [immut]: the copy is not created until the message sends
 	}
 	return m
 }
@@ -461,9 +503,10 @@ func (s *Server) notFound(w http.ResponseWriter, r *http.Request, key string) {
 }
 
 // handleGetMessage: GET /users/{id}/messages/{mid} ([get]): the draft before the send; after
-// it, 404 until the Sent Items copy exists, then the copy (isDraft false), under the same id
-// when the draft was created with Prefer: IdType="ImmutableId" and under a new id otherwise
-// ([immut]: REST ids change when an item moves folder).
+// an accepted send, still the draft (isDraft true) for DraftOptions.TransitDelay ([process]),
+// then the Sent Items copy (isDraft false), under the same id when the draft was created with
+// Prefer: IdType="ImmutableId" ([immut]) unless DraftOptions.IDChangesOnSend ([overview]), and
+// under a new id otherwise ([immut]: REST ids change when an item moves folder).
 func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
 	_, key, ok := s.draftAuth(w, r)
 	if !ok {
@@ -532,7 +575,7 @@ func dropContent(atts []draftAttachment) []draftAttachment {
 // handleCreateUploadSession: POST …/messages/{mid}/attachments/createUploadSession with an
 // AttachmentItem ([session]) answers 201 Created and an uploadSession whose uploadUrl is
 // pre-authenticated (an authtoken in the query), expirationDateTime, and nextExpectedRanges
-// ["0-"] ([large] step 1). Files under 3 MB are refused with
+// ["0-"] ([large] step 1). Files under MinUploadSessionBytes are refused with
 // ErrorAttachmentSizeShouldNotBeLessThanMinimumSize ([large] "Errors"); attachmentType must be
 // "file" ([session]: attachmentItem). Over 150 MB: 400 ErrorAttachmentSizeShouldNotBeGreaterThanMaximumSize
 // (the limit is documented, the code is the fake's choice).
@@ -784,11 +827,14 @@ func parseContentRange(v string) (start, end, total int64, ok bool) {
 
 // handleSendDraft: POST /users/{id}/messages/{mid}/send answers 202 Accepted ([send]); the
 // message is delivered (recorded like a sendMail message, .eml in OutDir with every attachment
-// byte for byte) and its copy appears in Sent Items after DraftOptions.SentItemsDelay
-// ([immut]). A draft without recipients is 400 ErrorInvalidRecipients, as for sendMail. A
-// message that is no longer a draft (sent, or in transit to Sent Items) is 404
-// ErrorItemNotFound: Microsoft documents no answer for sending a message twice, and the fake
-// never delivers one twice through this call.
+// byte for byte) and stays a draft in Drafts for DraftOptions.TransitDelay before it is in Sent
+// Items ([process] step 4, [immut]). A send of a message in transit is accepted and delivered
+// again (TransitDelay). A draft without recipients is 400 ErrorInvalidRecipients, as for
+// sendMail. A message already in Sent Items (no longer a draft) is 404 ErrorItemNotFound:
+// Microsoft documents no answer for it. A scripted fault with a 2xx Status (SetDraftFault,
+// ScriptDraft) accepts the send and answers that status with the fault's Retry-After:
+// "There have been cases where Graph returns 202 and a Retry-After header" (Microsoft Q&A
+// 5629476).
 func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
 	mailbox, key, ok := s.draftAuth(w, r)
 	if !ok {
@@ -817,7 +863,7 @@ func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
 	if m != nil {
 		m.sendRequests++
 	}
-	if m == nil || m.sent {
+	if m == nil || m.inSentItems(d.opts, now) {
 		d.mu.Unlock()
 		s.notFound(w, r, key)
 		return
@@ -837,13 +883,17 @@ func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
 			"At least one recipient isn't valid., A message can't be sent because it contains no recipients or an invalid recipient address.", "")
 		return
 	}
-	m.sent, m.sentAt = true, now
-	if !m.immutable {
-		// A REST id changes when the item moves to Sent Items ([immut]).
-		delete(d.byID, m.id)
-		m.id = newItemID(false)
-		d.byID[m.id] = m
+	if !m.sent {
+		m.sent, m.sentAt = true, now
+		if !m.immutable || d.opts.IDChangesOnSend {
+			// A REST id changes when the item moves to Sent Items ([immut]);
+			// an immutable one may too when a draft is sent ([overview]).
+			delete(d.byID, m.id)
+			m.id = newItemID(m.immutable)
+			d.byID[m.id] = m
+		}
 	}
+	m.deliveries++
 	gm := m.msg
 	contents := make([][]byte, len(m.atts))
 	for i, a := range m.atts {
@@ -851,24 +901,90 @@ func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
 			ContentType: a.contentType, IsInline: a.inline, ContentID: a.contentID})
 		contents[i] = a.content
 	}
-	m.atts = dropContent(m.atts)
+	if d.opts.TransitDelay <= 0 {
+		m.atts = dropContent(m.atts) // in transit it can be sent again: kept
+	}
 	d.mu.Unlock()
 
-	jobID := jobIDOf(&gm)
-	if jobID == "" {
-		jobID = r.Header.Get("client-request-id")
-	}
-	save := true // a sent draft is saved to Sent Items ([immut])
+	crid := r.Header.Get("client-request-id")
+	save := true // a sent draft is saved to Sent Items ([send])
 	req := &sendMailRequest{Message: &gm, SaveToSentItems: &save}
-	msg := buildMessage(jobID, mailbox, w.Header().Get("request-id"), req, contents, now)
+	msg := buildMessage(crid, mailbox, w.Header().Get("request-id"), req, contents, now)
 	msg.InternetMessageID = m.internetMessageID
 	msg.Draft = true
 	s.record(msg, req, contents)
-	if after != nil {
+	if after != nil && (after.Status < 200 || after.Status > 299) {
 		s.failAfter(w, r, key, after)
 		return
 	}
-	w.WriteHeader(http.StatusAccepted)
+	status := http.StatusAccepted
+	if after != nil {
+		status = after.Status
+		if after.RetryAfter != "" {
+			w.Header().Set("Retry-After", after.RetryAfter)
+		}
+	}
+	w.WriteHeader(status)
+}
+
+// handleFolderMessages: GET /users/{id}/mailFolders/{folder}/messages lists a folder's messages
+// ([folder]); the fake knows the well-known names sentitems and drafts, and one $filter:
+// internetMessageId eq '<value>' (an OData string literal, quotes doubled), the search a client
+// makes for the Sent Items copy of a sent draft. A message in transit is in Drafts, not in Sent
+// Items ([process] step 4). Another folder or filter answers 400 (the fake's choice: it does not
+// implement them).
+func (s *Server) handleFolderMessages(w http.ResponseWriter, r *http.Request) {
+	mailbox, key, ok := s.draftAuth(w, r)
+	if !ok {
+		return
+	}
+	if _, cont := s.applyFault(w, r, key, OpFind); !cont {
+		return
+	}
+	folder := strings.ToLower(r.PathValue("folder"))
+	if folder != "sentitems" && folder != "drafts" {
+		s.graphError(w, r, key, http.StatusBadRequest, "ErrorInvalidRequest", "graphtest: only the sentitems and drafts folders are supported by the fake.", "")
+		return
+	}
+	want, filtered, okFilter := internetMessageIDFilter(r.URL.Query().Get("$filter"))
+	if !okFilter {
+		s.graphError(w, r, key, http.StatusBadRequest, "BadRequest", "graphtest: only $filter=internetMessageId eq '...' is supported by the fake.", "")
+		return
+	}
+	d := s.draftState()
+	now := s.opts.Now()
+	d.mu.Lock()
+	list := []map[string]any{}
+	for _, m := range d.all {
+		if m.deleted || !strings.EqualFold(m.mailbox, mailbox) || (filtered && m.internetMessageID != want) {
+			continue
+		}
+		if (folder == "sentitems") == m.inSentItems(d.opts, now) {
+			list = append(list, m.view(d.opts, now))
+		}
+	}
+	d.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{
+		"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users('" + mailbox + "')/mailFolders('" + folder + "')/messages",
+		"value":          list,
+	})
+}
+
+// internetMessageIDFilter parses "internetMessageId eq '<v>'" ("" = no filter).
+func internetMessageIDFilter(f string) (want string, filtered, ok bool) {
+	f = strings.TrimSpace(f)
+	if f == "" {
+		return "", false, true
+	}
+	rest, found := strings.CutPrefix(f, "internetMessageId eq '")
+	if !found || !strings.HasSuffix(rest, "'") {
+		return "", false, false
+	}
+	lit := strings.TrimSuffix(rest, "'")
+	if strings.Count(strings.ReplaceAll(lit, "''", ""), "'") != 0 {
+		return "", false, false
+	}
+	return strings.ReplaceAll(lit, "''", "'"), true, true
 }
 
 // attachmentHash returns the hex SHA-256 of b.

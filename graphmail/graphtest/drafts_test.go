@@ -170,7 +170,7 @@ func TestDraftFlow(t *testing.T) {
 	clk := newClock()
 	out := t.TempDir()
 	s := newServer(t, graphtest.Options{Now: clk.Now, OutDir: out,
-		Drafts: graphtest.DraftOptions{SentItemsDelay: 30 * time.Second}})
+		Drafts: graphtest.DraftOptions{TransitDelay: 30 * time.Second}})
 	tok := token(t, s)
 	logo := randomBytes(t, 1000)
 	big := randomBytes(t, graphtest.MinUploadSessionBytes+123_457)
@@ -200,11 +200,17 @@ func TestDraftFlow(t *testing.T) {
 	if r := do(t, s, http.MethodPost, msgURL(s, id)+"/send", tok, nil, nil); r.status != http.StatusAccepted {
 		t.Fatalf("send: %d %s", r.status, r.body)
 	}
-	// In the window before the Sent Items copy exists: 404.
-	if r := do(t, s, http.MethodGet, msgURL(s, id), tok, immutable, nil); r.status != http.StatusNotFound || r.code(t) != "ErrorItemNotFound" {
-		t.Fatalf("GET in the window: %d %s, want 404 ErrorItemNotFound", r.status, r.body)
+	// In transit: still a draft in Drafts, not in Sent Items.
+	if r := do(t, s, http.MethodGet, msgURL(s, id), tok, immutable, nil); r.status != 200 || r.json(t)["isDraft"] != true || r.json(t)["parentFolderId"] != "Drafts" {
+		t.Fatalf("GET in transit: %d %s, want the draft", r.status, r.body)
+	}
+	if got := findSent(t, s, tok, imid); len(got) != 0 {
+		t.Fatalf("Sent Items search in transit: %v, want none", got)
 	}
 	clk.Add(31 * time.Second)
+	if got := findSent(t, s, tok, imid); len(got) != 1 || got[0]["id"] != id || got[0]["isDraft"] != false {
+		t.Fatalf("Sent Items search after transit: %v, want the copy", got)
+	}
 	r = do(t, s, http.MethodGet, msgURL(s, id), tok, immutable, nil)
 	if r.status != 200 {
 		t.Fatalf("GET Sent Items copy: %d %s", r.status, r.body)
@@ -369,4 +375,73 @@ func TestDraftSendAcceptThenFail(t *testing.T) {
 	if n := len(s.Messages()); n != 1 {
 		t.Fatalf("delivered %d, want 1", n)
 	}
+}
+
+// findSent searches the mailbox's Sent Items by internetMessageId, as the client does.
+func findSent(t *testing.T, s *graphtest.Server, tok, imid string) []map[string]any {
+	t.Helper()
+	q := url.Values{"$filter": {"internetMessageId eq '" + strings.ReplaceAll(imid, "'", "''") + "'"}, "$select": {"id,isDraft"}}
+	r := do(t, s, http.MethodGet, s.GraphURL()+"/v1.0/users/"+url.PathEscape(mailbox)+"/mailFolders/sentitems/messages?"+q.Encode(), tok, immutable, nil)
+	if r.status != 200 {
+		t.Fatalf("Sent Items search: %d %s", r.status, r.body)
+	}
+	var v struct {
+		Value []map[string]any `json:"value"`
+	}
+	if err := json.Unmarshal(r.body, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v.Value
+}
+
+// TestDraftTransit: a send in transit leaves the message a draft (isDraft true, in Drafts) for
+// TransitDelay; a second send then is accepted and delivered again (the fake's pessimistic
+// reading, so that a client's resend shows as a duplicate); with IDChangesOnSend the id answers
+// 404 after the send and only the internetMessageId finds the Sent Items copy.
+func TestDraftTransit(t *testing.T) {
+	t.Run("resend in transit delivers twice", func(t *testing.T) {
+		clk := newClock()
+		s := newServer(t, graphtest.Options{Now: clk.Now, Drafts: graphtest.DraftOptions{TransitDelay: time.Minute}})
+		tok := token(t, s)
+		id, _ := createDraft(t, s, tok, immutable, nil)
+		for i := 0; i < 2; i++ {
+			if r := do(t, s, http.MethodPost, msgURL(s, id)+"/send", tok, nil, nil); r.status != http.StatusAccepted {
+				t.Fatalf("send %d: %d %s", i, r.status, r.body)
+			}
+		}
+		if d := s.Drafts(); len(d) != 1 || d[0].Deliveries != 2 || len(s.Messages()) != 2 || s.Duplicates() != 1 {
+			t.Fatalf("drafts %+v, %d messages, %d duplicates: want one draft delivered twice", d, len(s.Messages()), s.Duplicates())
+		}
+		clk.Add(time.Minute)
+		if r := do(t, s, http.MethodPost, msgURL(s, id)+"/send", tok, nil, nil); r.status != http.StatusNotFound {
+			t.Fatalf("send after transit: %d, want 404", r.status)
+		}
+	})
+	t.Run("id changes on send", func(t *testing.T) {
+		clk := newClock()
+		s := newServer(t, graphtest.Options{Now: clk.Now, Drafts: graphtest.DraftOptions{TransitDelay: time.Minute, IDChangesOnSend: true}})
+		tok := token(t, s)
+		id, imid := createDraft(t, s, tok, immutable, nil)
+		if r := do(t, s, http.MethodPost, msgURL(s, id)+"/send", tok, nil, nil); r.status != http.StatusAccepted {
+			t.Fatalf("send: %d %s", r.status, r.body)
+		}
+		if r := do(t, s, http.MethodGet, msgURL(s, id), tok, immutable, nil); r.status != http.StatusNotFound {
+			t.Fatalf("GET by the old id: %d, want 404", r.status)
+		}
+		clk.Add(time.Minute)
+		got := findSent(t, s, tok, imid)
+		if len(got) != 1 || got[0]["id"] == id || got[0]["isDraft"] != false {
+			t.Fatalf("Sent Items search: %v, want the copy under a new id", got)
+		}
+	})
+	t.Run("202 with Retry-After", func(t *testing.T) {
+		s := newServer(t, graphtest.Options{})
+		tok := token(t, s)
+		id, _ := createDraft(t, s, tok, immutable, nil)
+		s.ScriptDraft(graphtest.OpSend, graphtest.Fault{Status: http.StatusAccepted, RetryAfter: "12"})
+		r := do(t, s, http.MethodPost, msgURL(s, id)+"/send", tok, nil, nil)
+		if r.status != http.StatusAccepted || r.header.Get("Retry-After") != "12" || len(s.Messages()) != 1 {
+			t.Fatalf("send: %d Retry-After=%q, %d delivered; want 202, 12, 1", r.status, r.header.Get("Retry-After"), len(s.Messages()))
+		}
+	})
 }

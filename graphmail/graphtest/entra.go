@@ -116,7 +116,16 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		}
 		u, aadsts, err := s.verifyAssertion(assertion)
 		if err != nil {
-			s.tokenError(w, http.StatusUnauthorized, "invalid_client", aadsts, err.Error())
+			status, code := http.StatusUnauthorized, "invalid_client"
+			if aadsts == 70021 {
+				// A federated credential with the assertion's issuer but not its subject or
+				// audience: 400 invalid_request, as the reply in Azure's workload-identity
+				// troubleshooting shows ("reply status code was 400: {"error":"invalid_request",
+				// "error_description":"AADSTS70021: No matching federated identity record found
+				// for presented assertion…"; README.md, [awi-troubleshooting]).
+				status, code = http.StatusBadRequest, "invalid_request"
+			}
+			s.tokenError(w, status, code, aadsts, err.Error())
 			return
 		}
 		used = u

@@ -216,7 +216,11 @@ type Server struct {
 	lcMu     sync.Mutex
 	closed   bool
 	handlers sync.WaitGroup
-	done     chan struct{}
+
+	// cridMu guards crids: every client-request-id header received.
+	cridMu sync.Mutex
+	crids  map[string]struct{}
+	done   chan struct{}
 
 	tokenDown atomic.Bool
 	tokMu     sync.Mutex
@@ -652,8 +656,26 @@ func (s *Server) routes() http.Handler {
 			return
 		}
 		defer s.handlers.Done()
+		if v := r.Header.Get("client-request-id"); v != "" {
+			s.cridMu.Lock()
+			if s.crids == nil {
+				s.crids = map[string]struct{}{}
+			}
+			s.crids[v] = struct{}{}
+			s.cridMu.Unlock()
+		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// ReceivedClientRequestID reports whether any request to the fake (Entra, Graph, upload URLs)
+// carried id as its client-request-id header: a client that reports a client-request-id
+// should report one it sent.
+func (s *Server) ReceivedClientRequestID(id string) bool {
+	s.cridMu.Lock()
+	defer s.cridMu.Unlock()
+	_, ok := s.crids[id]
+	return ok
 }
 
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {

@@ -148,8 +148,49 @@ const (
 	OpCreateSession = "createUploadSession"
 	OpUpload        = "upload"
 	OpSendDraft     = "send"
-	OpGetMessage    = "get" // the look-up after a send that may have gone out
+	OpGetMessage    = "get"      // the look-up by id after a send that may have gone out
+	OpFindSent      = "findSent" // the Sent Items search by internetMessageId after such a send
 	OpDeleteMessage = "delete"
+)
+
+// PendingError is not a failure: an earlier attempt's send of the job's
+// draft may have gone out, and the look-up could not prove it either way,
+// so the answer is "not known yet, look again later" (the model is river's
+// rivertype.JobSnoozeError). It has no class: the worker's decide turns it
+// into a wait, spending no attempt, and after the transit window into the
+// one decision left (see worker.decide). Graph only moves a sent draft out of
+// Drafts once transport has taken it, and may or may not keep its immutable
+// id when it does, so neither "still a draft" nor "not found" settles
+// anything while transport may still be at work.
+type PendingError struct {
+	Profile string
+	// SentAt is when the send that may have gone out was attempted (Draft.SendAt).
+	SentAt time.Time
+	// InDrafts: the message is still a draft (isDraft true) under its id.
+	// Otherwise it was found neither by its id nor, by its
+	// internetMessageId, in Sent Items: it left Drafts, and its copy is not
+	// there yet (or the id changed on the send).
+	InDrafts          bool
+	InternetMessageID string
+}
+
+func (e *PendingError) Error() string {
+	where := "neither under its id nor in Sent Items yet"
+	if e.InDrafts {
+		where = "still a draft in Drafts"
+	}
+	return "graphmail[" + e.Profile + "]: the draft's send at " + e.SentAt.UTC().Format(time.RFC3339) +
+		" may have gone out; the message is " + where + ": not known yet"
+}
+
+// Draft look-up outcomes (SendResult.Lookup).
+const (
+	// LookupSent: found sent (no longer a draft under its id, or its copy
+	// in Sent Items by internetMessageId); nothing was sent again.
+	LookupSent = "sent_items"
+	// LookupGone: the draft left Drafts after the send and no copy turned
+	// up within the transit window: taken as sent, nothing sent again.
+	LookupGone = "gone"
 )
 
 // Unwrap returns the cause.
