@@ -140,8 +140,14 @@ func (p *Pool) putState(ctx context.Context, j *job) bool {
 // terminated); a job another delivery is working on is put back, to be
 // decided on again.
 func (p *Pool) moved(ctx context.Context, j *job) {
-	p.log.Warn().Str("jobId", j.id).Str("profile", j.profile).Str("state", string(j.state.State)).
-		Msg("the job's state moved on under this delivery: decided again on the state as it is")
+	e := p.log.Warn().Str("jobId", j.id).Str("profile", j.profile).Str("state", string(j.state.State))
+	if j.marked && j.graph != nil {
+		// This delivery's own Graph call, which the recorded outcome
+		// (flagged as possibly duplicated when it took the job over) does
+		// not name.
+		e = e.Int("ownGraphStatus", j.graph.Status).Str("ownRequestId", j.graph.RequestID)
+	}
+	e.Msg("the job's state moved on under this delivery: decided again on the state as it is")
 	p.m.StateConflicts.WithLabelValues(j.metricProfile()).Inc()
 	if j.state.Terminal() {
 		p.finishAgain(ctx, j)
