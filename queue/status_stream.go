@@ -76,14 +76,16 @@ func (e *Events) publish(ctx context.Context, ev contract.Event, msgID string) e
 // anyone, is refused by the stream whatever the duplicate window: the
 // subject moved on. A refused publish looks again (through the stream
 // leader) and returns nil when the key is there, or tries again against
-// the new last sequence. It returns an error when the stream cannot be
-// reached or the subject keeps moving.
+// the new last sequence. The subject is read from its start (a job has a
+// handful of events; none before its outcome on the happy path), so that
+// the event is found however many events followed it. It returns an error
+// when the stream cannot be reached or the subject keeps moving.
 func (e *Events) PublishFinal(ctx context.Context, ev contract.Event, key string) error {
 	m, err := eventMsg(&ev, key)
 	if err != nil {
 		return err
 	}
-	found, last, err := e.lookFor(ctx, m.Subject, key, false)
+	found, last, err := e.lookFor(ctx, m.Subject, key)
 	if err != nil {
 		return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
 	}
@@ -100,7 +102,7 @@ func (e *Events) PublishFinal(ctx context.Context, ev contract.Event, key string
 		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
 			return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
 		}
-		if found, last, err = e.lookFor(ctx, m.Subject, key, true); err != nil {
+		if found, last, err = e.lookFor(ctx, m.Subject, key); err != nil {
 			return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
 		}
 	}
@@ -108,10 +110,9 @@ func (e *Events) PublishFinal(ctx context.Context, ev contract.Event, key string
 }
 
 // lookFor reports whether an event with Nats-Msg-Id key is stored on
-// subject, and the subject's last sequence (0: none). Unless scan, only
-// the last message is read (the worker's hot path: nothing else is
-// expected there); a scan reads the subject from the start.
-func (e *Events) lookFor(ctx context.Context, subject, key string, scan bool) (found bool, last uint64, err error) {
+// subject, and the subject's last sequence (0: none), reading through the
+// stream leader.
+func (e *Events) lookFor(ctx context.Context, subject, key string) (found bool, last uint64, err error) {
 	m, err := leaderLast(ctx, e.js, contract.StreamStatus, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, 0, nil
@@ -122,9 +123,6 @@ func (e *Events) lookFor(ctx context.Context, subject, key string, scan bool) (f
 	last = m.Sequence
 	if m.Header.Get(contract.HeaderMsgID) == key {
 		return true, last, nil
-	}
-	if !scan {
-		return false, last, nil
 	}
 	for seq := uint64(1); seq < last; {
 		m, err := leaderNext(ctx, e.js, contract.StreamStatus, subject, seq)

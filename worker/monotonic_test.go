@@ -237,3 +237,55 @@ func TestStaleReadCannotWin(t *testing.T) {
 		t.Errorf("sender called %d times, want 1", n)
 	}
 }
+
+// TestRebaseTerminal: the rows for a terminal write that lost its
+// compare-and-set to another delivery of the job.
+func TestRebaseTerminal(t *testing.T) {
+	mine := contract.JobState{JobID: "j", Profile: "demo", State: contract.StateSent, Attempts: 1, Seq: 7, Write: "w1"}
+	for _, c := range []struct {
+		name    string
+		fresh   contract.JobState
+		exists  bool
+		follows bool
+		want    contract.JobState // Attempts, Ambiguous, AmbiguousBefore
+	}{
+		{"another delivery is sending it now: its send may duplicate this one",
+			contract.JobState{State: contract.StateSending, Attempts: 1}, true, true,
+			contract.JobState{Attempts: 1, Ambiguous: true}},
+		{"taken over as ambiguous and waiting to retry: attempts kept",
+			contract.JobState{State: contract.StateRetrying, Attempts: 3, Ambiguous: true}, true, true,
+			contract.JobState{Attempts: 3, Ambiguous: true}},
+		{"a definite failure of the other delivery is no doubt",
+			contract.JobState{State: contract.StateRetrying, Attempts: 2}, true, true,
+			contract.JobState{Attempts: 2}},
+		{"an earlier generation's doubt is kept",
+			contract.JobState{State: contract.StateDeferred, AmbiguousBefore: true}, true, true,
+			contract.JobState{Attempts: 1, AmbiguousBefore: true}},
+		{"the state is gone (bucket recreated, expired): recorded as is",
+			contract.JobState{}, false, true,
+			contract.JobState{Attempts: 1}},
+		{"sent by the other delivery: its outcome stands",
+			contract.JobState{State: contract.StateSent, Attempts: 2, Ambiguous: true}, true, false, contract.JobState{}},
+		{"dead-lettered by the other delivery: its outcome stands",
+			contract.JobState{State: contract.StateDeadLettered, Attempts: 2}, true, false, contract.JobState{}},
+		{"replayed meanwhile: another generation is not followed",
+			contract.JobState{State: contract.StateReplayed, Generation: 1}, true, false, contract.JobState{}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, ok := rebaseTerminal(mine)(c.fresh, c.exists)
+			if ok != c.follows {
+				t.Fatalf("follows = %v, want %v", ok, c.follows)
+			}
+			if !ok {
+				return
+			}
+			if got.State != mine.State || got.Seq != mine.Seq || got.Write != "" ||
+				got.Attempts != c.want.Attempts || got.Ambiguous != c.want.Ambiguous || got.AmbiguousBefore != c.want.AmbiguousBefore {
+				t.Errorf("= %+v, want attempts %d ambiguous %v ambiguousBefore %v", got, c.want.Attempts, c.want.Ambiguous, c.want.AmbiguousBefore)
+			}
+			if err := contract.CheckTransition(c.fresh, got); c.exists && err != nil {
+				t.Errorf("the rebased write breaks monotonicity: %v", err)
+			}
+		})
+	}
+}
