@@ -9,7 +9,9 @@ import (
 // within its generation, attempts and generations never go back, a replay
 // (a new generation) may follow anything.
 func TestCheckTransition(t *testing.T) {
-	st := func(s State, attempts, gen int) JobState { return JobState{State: s, Attempts: attempts, Generation: gen} }
+	st := func(s State, attempts, gen int) JobState {
+		return JobState{State: s, Attempts: attempts, Generation: gen}
+	}
 	for _, c := range []struct {
 		name     string
 		from, to JobState
