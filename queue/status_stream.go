@@ -69,28 +69,25 @@ func (e *Events) publish(ctx context.Context, ev contract.Event, msgID string) e
 // PublishFinal stores a job's terminal event (sent, dead_lettered) once,
 // whoever publishes it and however late. key names the outcome (the
 // terminal state's revision, contract.FinalEventKey): it is the event's
-// Nats-Msg-Id, and the publish carries Nats-Expected-Last-Subject-Sequence
-// = the last sequence on the job's status subject that this call saw
-// without the key on it. So a publish that lands late (a stalled node, a
-// retry whose first try landed), after the same outcome was stored by
-// anyone, is refused by the stream whatever the duplicate window: the
-// subject moved on. A refused publish looks again (through the stream
-// leader) and returns nil when the key is there, or tries again against
-// the new last sequence. The subject is read from its start (a job has a
-// handful of events; none before its outcome on the happy path), so that
-// the event is found however many events followed it. It returns an error
-// when the stream cannot be reached or the subject keeps moving.
+// Nats-Msg-Id, and every publish carries Nats-Expected-Last-Subject-Sequence:
+// first 0 (the job's status subject is empty: the happy path, which then
+// costs no read), then the last sequence on the subject as read through the
+// stream leader, with the key not among its events. So a publish that lands
+// late (a stalled node, a retry whose first try landed), after the same
+// outcome — or anything else — was stored on the subject, is refused by the
+// stream whatever the duplicate window: the subject moved on. A refused
+// publisher reads the subject (a handful of events per job) and returns nil
+// when the key is there, or tries again against the new last sequence. It
+// returns an error when the stream cannot be reached or the subject keeps
+// moving.
 func (e *Events) PublishFinal(ctx context.Context, ev contract.Event, key string) error {
 	m, err := eventMsg(&ev, key)
 	if err != nil {
 		return err
 	}
-	found, last, err := e.lookFor(ctx, m.Subject, key)
-	if err != nil {
-		return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
-	}
-	for try := 0; !found; try++ {
-		if try == 5 {
+	var last uint64
+	for try := 0; ; try++ {
+		if try == 6 {
 			return fmt.Errorf("queue: publish %s event of %s: the job's status subject keeps changing", ev.Event, ev.JobID)
 		}
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
@@ -102,11 +99,15 @@ func (e *Events) PublishFinal(ctx context.Context, ev contract.Event, key string
 		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
 			return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
 		}
-		if found, last, err = e.lookFor(ctx, m.Subject, key); err != nil {
+		found, seq, err := e.lookFor(ctx, m.Subject, key)
+		if err != nil {
 			return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
 		}
+		if found {
+			return nil
+		}
+		last = seq
 	}
-	return nil
 }
 
 // lookFor reports whether an event with Nats-Msg-Id key is stored on
