@@ -516,7 +516,7 @@ func (p *Pool) saveDraft(ctx context.Context, j *job, d *contract.Draft) error {
 	st := j.state
 	st.Draft = &cp
 	st.UpdatedAt = p.clock.Now()
-	return p.store(ctx, j, st, 0, nil)
+	return p.store(ctx, j, st, opTimeout, nil)
 }
 
 // deleteDraft deletes the job's draft when it was never sent, before the
