@@ -240,6 +240,16 @@ func (s *Jobs) mimeMessage(ctx context.Context, profile, from, jobID string, job
 	} else if content, err = base64.StdEncoding.DecodeString(m.ContentBase64); err != nil {
 		return nil, fail(contract.ClassPermanent, contract.ReasonInvalidJob, "mime.contentBase64: not valid base64", nil)
 	}
+	// The same check as at intake (contract.Job.Validate does it for an
+	// inline message): an objectRef message is first read here.
+	if err := job.CheckMIMEHeader(content); err != nil {
+		reason := contract.ReasonInvalidJob
+		var ie *contract.InvalidError
+		if errors.As(err, &ie) && ie.Reason != "" {
+			reason = ie.Reason
+		}
+		return nil, fail(contract.ClassPermanent, reason, err.Error(), nil)
+	}
 	content = StampMIME(content, contract.HeaderStampJobID, jobID)
 	if len(content) > contract.MaxMIMEBytes {
 		return nil, fail(contract.ClassPermanent, contract.ReasonMessageTooLarge,

@@ -147,3 +147,30 @@ func (f storeFunc) Open(ctx context.Context, _, ref string, off int64) (io.ReadC
 	}
 	return io.NopCloser(bytes.NewReader(b[off:])), int64(len(b)), nil
 }
+
+// TestJobsMIMEObjectRefChecked: a MIME message by objectRef is checked
+// against its job when it is read, as an inline one is at intake (issue 17
+// item 6): another profile's From, header recipients beyond the job's and
+// Exchange's own fields never reach Graph.
+func TestJobsMIMEObjectRefChecked(t *testing.T) {
+	msgs := map[string]string{
+		"from.eml":     "From: ops@contoso.com\r\nTo: b@example.com\r\n\r\nx\r\n",
+		"sender.eml":   "From: a@contoso.com\r\nSender: ops@contoso.com\r\nTo: b@example.com\r\n\r\nx\r\n",
+		"to.eml":       "From: a@contoso.com\r\nTo: b@example.com\r\nTo: c@example.com, d@example.com\r\n\r\nx\r\n",
+		"reserved.eml": "From: a@contoso.com\r\nTo: b@example.com\r\nX-MS-Exchange-Organization-SCL: -1\r\n\r\nx\r\n",
+	}
+	store := storeFunc(func(_ context.Context, ref string) ([]byte, error) { return []byte(msgs[ref]), nil })
+	s := NewJobs(store)
+	for ref, reason := range map[string]contract.Reason{"from.eml": contract.ReasonSenderNotAllowed, "sender.eml": contract.ReasonSenderNotAllowed,
+		"to.eml": contract.ReasonInvalidJob, "reserved.eml": contract.ReasonInvalidJob} {
+		job := &contract.Job{From: "a@contoso.com", To: []string{"b@example.com"}, MIME: &contract.MIME{ObjectRef: ref}}
+		_, err := s.Message(context.Background(), "p", "j1", job)
+		var se *contract.SendError
+		if !errors.As(err, &se) || se.Class != contract.ClassPermanent || se.Reason != reason {
+			t.Errorf("%s: %v, want permanent %s", ref, err, reason)
+		}
+		if err != nil && (strings.Contains(err.Error(), "ops@") || strings.Contains(err.Error(), "example.com")) {
+			t.Errorf("%s: the error names an address: %v", ref, err)
+		}
+	}
+}

@@ -19,9 +19,10 @@ import (
 
 // Message is a sendMail request the fake accepted.
 type Message struct {
-	JobID           string            `json:"jobId"`           // the X-Mailworker-Job-Id internet message header, else the client-request-id
-	ClientRequestID string            `json:"clientRequestId"` // the client-request-id request header
-	From            string            `json:"from"`            // the {id} of the request URL
+	JobID           string            `json:"jobId"`              // the X-Mailworker-Job-Id internet message header, else the client-request-id
+	ClientRequestID string            `json:"clientRequestId"`    // the client-request-id request header
+	From            string            `json:"from"`               // the {id} of the request URL
+	FromName        string            `json:"fromName,omitempty"` // a MIME message's From: display name, decoded
 	To              []string          `json:"to"`
 	Cc              []string          `json:"cc"`
 	Bcc             []string          `json:"bcc"`

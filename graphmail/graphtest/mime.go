@@ -1,7 +1,6 @@
 package graphtest
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"io"
@@ -12,6 +11,10 @@ import (
 	"net/textproto"
 	"strings"
 	"time"
+
+	"github.com/emersion/go-message/charset"
+
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // The MIME form of sendMail, separate from the JSON path. Microsoft's
@@ -29,8 +32,14 @@ import (
 //     (https://learn.microsoft.com/en-us/graph/api/user-post-messages, the
 //     same cap as a JSON sendMail request: the whole base64 body counts);
 //   - recipients come from the To, Cc and Bcc headers of the MIME message
-//     (user-sendmail: "Provide the applicable Internet message headers");
-//     without any, 400 ErrorInvalidRecipients as for JSON;
+//     (user-sendmail: "Provide the applicable Internet message headers"),
+//     every field of each name; without any, 400 ErrorInvalidRecipients as
+//     for JSON, and the same for an address that is not one (Reply-To <>);
+//   - addresses are read as RFC 5322 section 4.4 requires of a parser
+//     ("MUST accept and parse" the obsolete syntax), and RFC 2047 words in
+//     any charset decode (Exchange handles Shift_JIS, ISO-2022-JP, KOI8-R,
+//     GB2312 and windows-1252 mail): the parser is the contract's
+//     (contract.ParseAddressList), which the worker's check also uses;
 //   - Exchange removes the Bcc header from the copies the recipients get
 //     (RFC 5322 section 3.6.3, first method): the fake's delivered copy
 //     (Message.Delivered, the .eml in OutDir) has no Bcc field, and the Bcc
@@ -39,7 +48,8 @@ import (
 // mimeSend is an accepted MIME sendMail request.
 type mimeSend struct {
 	delivered            []byte // the message as recipients get it: Bcc fields removed
-	from, subject, ctype string
+	from, fromName       string
+	subject, ctype       string
 	to, cc, bcc, replyTo []string
 	headers              map[string]string // X- fields
 	attachments          []AttachmentInfo
@@ -63,36 +73,41 @@ func (s *Server) readSendMIME(r *http.Request) (*mimeSend, *graphErr) {
 	if err != nil || len(raw) == 0 {
 		return nil, invalid
 	}
-	hdr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(raw))).ReadMIMEHeader()
-	if err != nil && err != io.EOF {
+	fields, err := contract.ParseHeaderSection(contract.HeaderSection(raw))
+	if err != nil {
 		return nil, invalid
 	}
-	h := mail.Header(hdr)
-	m := &mimeSend{delivered: stripFields(raw, "Bcc"), subject: decodeWords(h.Get("Subject")),
-		ctype: h.Get("Content-Type"), importance: strings.ToLower(h.Get("Importance"))}
+	hdr := textproto.MIMEHeader{}
+	for _, f := range fields {
+		hdr.Add(f.Name, f.Value)
+	}
+	m := &mimeSend{delivered: stripFields(raw, "Bcc"), subject: decodeWords(hdr.Get("Subject")),
+		ctype: hdr.Get("Content-Type"), importance: strings.ToLower(hdr.Get("Importance"))}
 	if m.importance == "" {
 		m.importance = "normal"
 	}
+	// Every field of each name counts (a second To: adds recipients), and
+	// addresses are read as RFC 5322 section 4.4 asks, obsolete syntax
+	// included; names decode in any charset.
 	lists := []*[]string{&m.to, &m.cc, &m.bcc, &m.replyTo}
 	for i, k := range []string{"To", "Cc", "Bcc", "Reply-To"} {
-		if h.Get(k) == "" {
-			continue
-		}
-		as, err := h.AddressList(k)
-		if err != nil {
-			return nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRecipients",
-				"At least one recipient isn't valid., A message can't be sent because it contains no recipients or an invalid recipient address."}
-		}
-		for _, a := range as {
-			*lists[i] = append(*lists[i], a.Address)
+		for _, v := range hdr.Values(k) {
+			as, err := contract.ParseAddressList(v)
+			if err != nil {
+				return nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRecipients",
+					"At least one recipient isn't valid., A message can't be sent because it contains no recipients or an invalid recipient address."}
+			}
+			for _, a := range as {
+				*lists[i] = append(*lists[i], a.Addr)
+			}
 		}
 	}
 	if len(m.to)+len(m.cc)+len(m.bcc) == 0 {
 		return nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRecipients",
 			"At least one recipient is required, but none were found."}
 	}
-	if as, err := h.AddressList("From"); err == nil && len(as) > 0 {
-		m.from = as[0].Address
+	if as, err := contract.ParseAddressList(hdr.Get("From")); err == nil && len(as) > 0 {
+		m.from, m.fromName = as[0].Addr, as[0].Name
 	}
 	for k, v := range hdr {
 		if strings.HasPrefix(k, "X-") && len(v) > 0 {
@@ -106,8 +121,12 @@ func (s *Server) readSendMIME(r *http.Request) (*mimeSend, *graphErr) {
 	return m, nil
 }
 
+// wordDecoder decodes RFC 2047 words in every charset go-message knows
+// (Shift_JIS, ISO-2022-JP, windows-1252, KOI8-R, GB2312, …).
+var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
+
 func decodeWords(s string) string {
-	if d, err := new(mime.WordDecoder).DecodeHeader(s); err == nil {
+	if d, err := wordDecoder.DecodeHeader(s); err == nil {
 		return d
 	}
 	return s
@@ -168,7 +187,7 @@ func (m *mimeSend) message(crid, mailbox, reqID string, now time.Time) Message {
 	if mt, _, _ := mime.ParseMediaType(m.ctype); mt == "text/html" {
 		bodyType = "HTML"
 	}
-	return Message{JobID: jobID, ClientRequestID: crid, From: mailbox, To: m.to, Cc: m.cc, Bcc: m.bcc, ReplyTo: m.replyTo,
+	return Message{JobID: jobID, ClientRequestID: crid, From: mailbox, FromName: m.fromName, To: m.to, Cc: m.cc, Bcc: m.bcc, ReplyTo: m.replyTo,
 		Subject: m.subject, BodyType: bodyType, Headers: m.headers, Attachments: m.attachments,
 		Importance: m.importance, SaveToSentItems: true, ReceivedAt: now, RequestID: reqID,
 		MIME: true, Delivered: m.delivered}

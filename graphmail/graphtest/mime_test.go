@@ -61,3 +61,25 @@ func TestSendMailMIME(t *testing.T) {
 		t.Fatalf("%d messages recorded, want 1", n)
 	}
 }
+
+// TestSendMailMIMECharsetsAndObsoleteSyntax: names and subjects in other
+// charsets decode, obsolete address syntax and every To: field count
+// (issue 20 items 2 and 4); Reply-To <> is refused as Graph refuses an
+// invalid recipient.
+func TestSendMailMIMECharsetsAndObsoleteSyntax(t *testing.T) {
+	s := newServer(t, graphtest.Options{})
+	tok := token(t, s)
+	msg := "From: =?Shift_JIS?B?jlKTY5G+mFk=?= <box@contoso.com>\r\nTo: Ann (sales) <ann @ example.com>\r\nTo: \"john doe\"@example.com\r\n" +
+		"Subject: =?koi8-r?B?6dfBziDwxdTSz9c=?=\r\nX-Mailworker-Job-Id: job-cs\r\n\r\nbody\r\n"
+	if code, body := postMIME(t, s, tok, "box@contoso.com", []byte(base64.StdEncoding.EncodeToString([]byte(msg)))); code != http.StatusAccepted {
+		t.Fatalf("MIME send: %d %s", code, body)
+	}
+	m := s.Messages()[0]
+	if m.FromName != "山田太郎" || m.Subject != "Иван Петров" || strings.Join(m.To, ",") != `ann@example.com,"john doe"@example.com` {
+		t.Fatalf("recorded from name %q, subject %q, to %q", m.FromName, m.Subject, m.To)
+	}
+	bad := "From: box@contoso.com\r\nTo: a@example.com\r\nReply-To: \"Nobody\" <>\r\n\r\nb\r\n"
+	if code, body := postMIME(t, s, tok, "box@contoso.com", []byte(base64.StdEncoding.EncodeToString([]byte(bad)))); code != 400 || !strings.Contains(body, "ErrorInvalidRecipients") {
+		t.Fatalf("Reply-To <>: %d %s", code, body)
+	}
+}

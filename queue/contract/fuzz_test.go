@@ -23,6 +23,7 @@ func FuzzDecodeJob(f *testing.F) {
 		`{"from":"a@x.com"} {}`,
 		`{"from":1}`,
 		`{"From":"a@x.com","TO":["b@x.com"],"text":"t"}`,
+		`{"from":"a@x.com","to":["b@x.com","\"c d\"@x.com"],"mime":{"contentBase64":"RnJvbTogQSA8YUB4LmNvbT4NClRvOiBiQHguY29tLCAiYyBkIkB4LmNvbQ0KQ2M6IGc6Ow0KDQp4"}}`,
 		`[]`, ``, `null`, `{"to":null}`,
 	}
 	for _, s := range seeds {

@@ -205,9 +205,9 @@ func schemaCorpus(t *testing.T) []corpusCase {
 		{Name: "1001 recipients across to, cc, bcc", WorkerOnly: "1000 recipients across to+cc+bcc", body: with(t, map[string]any{"to": addrs(600), "cc": addrs(400), "bcc": addrs(1)})},
 		{Name: "over 3 MiB inline", WorkerOnly: "3 MiB of decoded inline attachments",
 			body: att(map[string]any{"name": "a", "contentBase64": b64(2 << 20)}, map[string]any{"name": "b", "contentBase64": b64(1<<20 + 1)})},
-		{Name: "3 MiB mime", Valid: true, body: with(t, map[string]any{"subject": nil, "text": nil, "mime": map[string]any{"contentBase64": b64(MaxMIMEBytes)}})},
+		{Name: "3 MiB mime", Valid: true, body: with(t, map[string]any{"subject": nil, "text": nil, "mime": map[string]any{"contentBase64": mimeB64(MaxMIMEBytes)}})},
 		{Name: "over 3 MiB mime", WorkerOnly: "3 MiB of decoded mime.contentBase64",
-			body: with(t, map[string]any{"subject": nil, "text": nil, "mime": map[string]any{"contentBase64": b64(MaxMIMEBytes + 1)}})},
+			body: with(t, map[string]any{"subject": nil, "text": nil, "mime": map[string]any{"contentBase64": mimeB64(MaxMIMEBytes + 1)}})},
 	}
 	return append(doc.Cases, gen...)
 }

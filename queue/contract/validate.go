@@ -59,11 +59,6 @@ const (
 // mail; jobs may not set it themselves.
 const HeaderStampJobID = "X-Mailworker-Job-Id"
 
-// reservedHeaderPrefix names headers Exchange Online reserves for itself
-// (X-MS-Exchange-Organization-*, X-MS-Exchange-Transport-*, …): a job may not
-// set them, whatever their case.
-const reservedHeaderPrefix = "X-MS-Exchange-"
-
 // TimestampPattern is the RFC 3339 profile the worker accepts for notBefore
 // and expiresAt, and the "pattern" beside "format": "date-time" in
 // schema/job.schema.json (a test keeps them equal): an upper-case T between
@@ -455,7 +450,7 @@ func (j *Job) validateMIME() error {
 			Rule:   fmt.Sprintf("%d bytes decoded, over the %d that one Graph sendMail request carries in MIME form", n, MaxMIMEBytes),
 			Reason: ReasonMessageTooLarge}
 	}
-	return nil
+	return j.CheckMIMEHeader(mimeHeaderFromBase64(m.ContentBase64))
 }
 
 func (j *Job) validateHeaders() error {
@@ -497,8 +492,8 @@ func checkHeader(k, v string) *InvalidError {
 	if strings.EqualFold(k, HeaderStampJobID) {
 		return invalid(field, "is reserved: the worker stamps it")
 	}
-	if len(k) >= len(reservedHeaderPrefix) && strings.EqualFold(k[:len(reservedHeaderPrefix)], reservedHeaderPrefix) {
-		return invalid(field, "is reserved: Exchange Online owns the X-MS-Exchange- headers")
+	if why := ReservedHeader(k); why != "" {
+		return invalid(field, "is reserved: "+why)
 	}
 	if hasCtl(v) {
 		return invalid(field, "header value "+ctlRule)

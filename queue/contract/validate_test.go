@@ -43,6 +43,13 @@ func addrs(n int) []string {
 
 func b64(n int) string { return base64.StdEncoding.EncodeToString(make([]byte, n)) }
 
+// mimeB64 is a MIME message of goodJob's sender and recipient, n bytes long,
+// in base64.
+func mimeB64(n int) string {
+	msg := []byte("From: billing@contoso.com\r\nTo: a@x.com\r\nSubject: hi\r\n\r\n")
+	return base64.StdEncoding.EncodeToString(append(msg, make([]byte, n-len(msg))...))
+}
+
 func TestDecodeJobValid(t *testing.T) {
 	body := `{
 		"id": "order-42_A",
@@ -365,13 +372,13 @@ func BenchmarkDecodeJob(b *testing.B) {
 // TestMIMEJobTooLarge: an inline MIME message over what one Graph request
 // carries (3 MiB decoded, 4 MiB in base64) is message_too_large, naming the field.
 func TestMIMEJobTooLarge(t *testing.T) {
-	big := base64.StdEncoding.EncodeToString(make([]byte, MaxMIMEBytes+1))
+	big := mimeB64(MaxMIMEBytes + 1)
 	_, err := DecodeJob(with(t, map[string]any{"text": nil, "subject": nil, "mime": map[string]any{"contentBase64": big}}))
 	var ie *InvalidError
 	if !errors.As(err, &ie) || ie.Reason != ReasonMessageTooLarge || ie.Field != "mime.contentBase64" {
 		t.Fatalf("err = %v, want message_too_large on mime.contentBase64", err)
 	}
-	ok := base64.StdEncoding.EncodeToString(make([]byte, MaxMIMEBytes))
+	ok := mimeB64(MaxMIMEBytes)
 	if _, err := DecodeJob(with(t, map[string]any{"text": nil, "subject": nil, "mime": map[string]any{"contentBase64": ok}})); err != nil {
 		t.Fatalf("MaxMIMEBytes exactly: %v", err)
 	}

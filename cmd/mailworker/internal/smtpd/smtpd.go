@@ -3,12 +3,15 @@
 // MIME job of the credential's profile on mail.send.<profile>.
 //
 // The protocol is github.com/emersion/go-smtp's; header parsing is
-// github.com/emersion/go-message's. The rules are this package's:
+// queue/contract's, the worker's own. The rules are:
 //
 //   - AUTH (PLAIN, LOGIN) only over TLS (STARTTLS or implicit TLS); no MAIL
 //     or RCPT before it, so nothing is relayed for an unauthenticated client;
 //   - MAIL FROM must be an approved mailbox of the credential's profile
-//     (550 5.7.1 before any data), and the From: header the same mailbox;
+//     (550 5.7.1 before any data); the message gets the worker's own check
+//     (contract.Job.CheckMIMEHeader) at DATA, so that what is accepted is
+//     sendable: every From:/Sender: the MAIL FROM mailbox (550 5.7.1), no
+//     field reserved to Exchange, Reply-To valid (554 5.6.0);
 //   - envelope recipients missing from To/Cc/Bcc become a Bcc header (Graph
 //     takes recipients from the headers; Exchange strips Bcc from what the
 //     other recipients see), header recipients outside the envelope are
@@ -26,7 +29,6 @@
 package smtpd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -36,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/netip"
 	"slices"
@@ -44,9 +47,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-message"
-	"github.com/emersion/go-message/mail"
-	"github.com/emersion/go-message/textproto"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
@@ -237,8 +237,8 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	for p, list := range cfg.Senders {
 		s.senders[p] = map[string]bool{}
 		for _, a := range list {
-			if _, addr, err := contract.ParseAddress(a); err == nil {
-				s.senders[p][strings.ToLower(addr)] = true
+			if mbs, err := contract.ParseAddressList(a); err == nil && len(mbs) == 1 {
+				s.senders[p][strings.ToLower(mbs[0].Addr)] = true
 			}
 		}
 	}
@@ -616,7 +616,8 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.cred == nil {
 		return s.refuse(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required (STARTTLS, then AUTH)")
 	}
-	if !s.senders[ss.cred.Profile][strings.ToLower(from)] {
+	from, err := contract.CanonicalAddrSpec(from)
+	if err != nil || !s.senders[ss.cred.Profile][strings.ToLower(from)] {
 		ss.log(zerolog.WarnLevel).Msg("smtp MAIL FROM refused: not an approved mailbox")
 		return s.refuse(550, smtp.EnhancedCode{5, 7, 1}, "Sender is not an approved mailbox of this login's profile "+ss.cred.Profile)
 	}
@@ -636,8 +637,10 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if ss.cred == nil {
 		return s.refuse(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required (STARTTLS, then AUTH)")
 	}
-	_, addr, err := contract.ParseAddress(to)
-	if err != nil || addr != to {
+	// go-smtp hands over a quoted local part unquoted: the canonical form
+	// quotes it again, as a message's header has it.
+	to, err := contract.CanonicalAddrSpec(to)
+	if err != nil {
 		return s.refuse(550, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
 	}
 	for _, r := range ss.rcpts {
@@ -877,15 +880,9 @@ func (ss *session) deleteObject(ref string) {
 func (ss *session) recipients(head []byte, hdrEnd int) ([]byte, [3][]string, error) {
 	s := ss.s
 	var lists [3][]string
-	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(head)))
+	fields, err := contract.ParseHeaderSection(head[:hdrEnd])
 	if err != nil {
-		return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed message header")
-	}
-	mh := mail.Header{Header: message.Header{Header: h}}
-	from, err := mh.AddressList("From")
-	if err != nil || len(from) != 1 || !strings.EqualFold(from[0].Address, ss.from) {
-		ss.log(zerolog.WarnLevel).Msg("smtp message refused: From: header is not the MAIL FROM mailbox")
-		return nil, lists, s.refuse(550, smtp.EnhancedCode{5, 7, 1}, "The From: header must be the MAIL FROM mailbox, and only it")
+		return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed message header: "+err.Error())
 	}
 	inEnvelope := make(map[string]bool, len(ss.rcpts))
 	for _, r := range ss.rcpts {
@@ -893,32 +890,62 @@ func (ss *session) recipients(head []byte, hdrEnd int) ([]byte, [3][]string, err
 	}
 	shown := map[string]bool{}
 	rewrite := false
-	var keep [2][]*mail.Address
-	for i, k := range []string{"To", "Cc"} {
-		vals := h.Values(k)
-		if len(vals) > 1 {
-			rewrite = true
+	var keep [2][]contract.Mailbox
+	count := map[string]int{}
+	// Every field, not the first: a second To: or Cc: is read too. The
+	// parser is the worker's: obsolete syntax, quoted local parts and names
+	// in every charset.
+	for _, f := range fields {
+		name := strings.ToLower(f.Name)
+		i := -1
+		switch name {
+		case "to":
+			i = 0
+		case "cc":
+			i = 1
+		case "bcc", "resent-to", "resent-cc", "resent-bcc":
+		default:
+			continue
 		}
-		for _, v := range vals {
-			as, err := mail.ParseAddressList(v)
-			if err != nil && strings.TrimSpace(v) != "" {
-				return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed "+k+": header")
-			}
-			for _, a := range as {
-				l := strings.ToLower(a.Address)
-				if !inEnvelope[l] || shown[l] {
-					rewrite = true
-					continue
+		as, err := contract.ParseAddressList(f.Value)
+		if err != nil {
+			return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed "+f.Name+": header")
+		}
+		if i < 0 {
+			if strings.HasPrefix(name, "resent-") {
+				// Resent-* fields are not rewritten: their addresses must
+				// be this envelope's (the worker's check makes them job
+				// recipients).
+				for _, a := range as {
+					l := strings.ToLower(a.Addr)
+					if !inEnvelope[l] {
+						ss.log(zerolog.WarnLevel).Str("header", f.Name).Msg("smtp message refused: a Resent- recipient is not among RCPT TO")
+						return nil, lists, s.refuse(550, smtp.EnhancedCode{5, 7, 1}, "Every Resent-To/Cc/Bcc address must also be a RCPT TO recipient")
+					}
+					if !shown[l] {
+						shown[l] = true
+						j := map[string]int{"resent-to": 0, "resent-cc": 1, "resent-bcc": 2}[name]
+						lists[j] = append(lists[j], a.Addr)
+					}
 				}
-				shown[l] = true
-				keep[i] = append(keep[i], a)
-				lists[i] = append(lists[i], a.Address)
 			}
+			continue
 		}
-	}
-	for _, v := range h.Values("Bcc") {
-		if _, err := mail.ParseAddressList(v); err != nil && strings.TrimSpace(v) != "" {
-			return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Malformed Bcc: header")
+		count[name]++
+		for _, a := range as {
+			l := strings.ToLower(a.Addr)
+			if !inEnvelope[l] {
+				rewrite = true
+				continue
+			}
+			if shown[l] {
+				// Repeated ("To: a, a", as real mail has): nothing to
+				// rewrite; the job lists it once.
+				continue
+			}
+			shown[l] = true
+			keep[i] = append(keep[i], a)
+			lists[i] = append(lists[i], a.Addr)
 		}
 	}
 	for _, r := range ss.rcpts {
@@ -927,44 +954,72 @@ func (ss *session) recipients(head []byte, hdrEnd int) ([]byte, [3][]string, err
 		}
 	}
 	hdr := head[:hdrEnd]
-	var fields []string
+	var out []string
 	drop := map[string]bool{}
 	if rewrite {
 		drop["to"], drop["cc"] = true, true
 		if len(keep[0]) > 0 {
-			fields = append(fields, "To: "+foldAddresses(keep[0]))
+			out = append(out, "To: "+foldAddresses(keep[0]))
 		}
 		if len(keep[1]) > 0 {
-			fields = append(fields, "Cc: "+foldAddresses(keep[1]))
+			out = append(out, "Cc: "+foldAddresses(keep[1]))
 		}
 	}
-	if len(lists[2]) > 0 || h.Has("Bcc") {
+	if len(lists[2]) > 0 || count["bcc"] > 0 {
 		drop["bcc"] = true
 		if len(lists[2]) > 0 {
-			bcc := make([]*mail.Address, len(lists[2]))
+			bcc := make([]contract.Mailbox, len(lists[2]))
 			for i, a := range lists[2] {
-				bcc[i] = &mail.Address{Address: a}
+				bcc[i] = contract.Mailbox{Addr: a}
 			}
-			fields = append(fields, "Bcc: "+foldAddresses(bcc))
+			out = append(out, "Bcc: "+foldAddresses(bcc))
 		}
 	}
 	if len(drop) > 0 {
-		hdr = rewriteHeader(hdr, drop, fields)
+		hdr = rewriteHeader(hdr, drop, out)
+	}
+	// What the worker will check, checked now: what this door accepts is
+	// sendable (contract.Job.CheckMIMEHeader).
+	job := &contract.Job{From: ss.from, To: lists[0], Cc: lists[1], Bcc: lists[2]}
+	if err := job.CheckMIMEHeader(hdr); err != nil {
+		var ie *contract.InvalidError
+		errors.As(err, &ie)
+		ss.log(zerolog.WarnLevel).Str("rule", err.Error()).Msg("smtp message refused: the worker would not send it")
+		switch {
+		case ie != nil && ie.Reason == contract.ReasonSenderNotAllowed:
+			return nil, lists, s.refuse(550, smtp.EnhancedCode{5, 7, 1}, "The From: header (and any Sender:) must be the MAIL FROM mailbox, and only it: "+err.Error())
+		case ie != nil && ie.Reason == contract.ReasonMessageTooLarge:
+			return nil, lists, s.refuse(552, smtp.EnhancedCode{5, 3, 4}, "Message refused: "+err.Error())
+		}
+		return nil, lists, s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Message refused: "+err.Error())
 	}
 	return hdr, lists, nil
 }
 
-// foldAddresses formats addresses for a header field, one per line.
-func foldAddresses(as []*mail.Address) string {
+// foldAddresses formats mailboxes for a header field, one per line; a name
+// that is not plain ASCII is RFC 2047-encoded.
+func foldAddresses(as []contract.Mailbox) string {
 	parts := make([]string, len(as))
 	for i, a := range as {
-		if a.Name == "" {
-			parts[i] = a.Address
-		} else {
-			parts[i] = a.String()
+		switch {
+		case a.Name == "":
+			parts[i] = a.Addr
+		case isPlainASCII(a.Name):
+			parts[i] = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a.Name) + `" <` + a.Addr + ">"
+		default:
+			parts[i] = mime.QEncoding.Encode("utf-8", a.Name) + " <" + a.Addr + ">"
 		}
 	}
 	return strings.Join(parts, ",\r\n ")
+}
+
+func isPlainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // rewriteHeader returns hdr (a header section without its ending empty
