@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -132,4 +133,26 @@ func TestSmokeSMTP(t *testing.T) {
 	if !slices.Equal(names, []string{"smtp", "smtp-bare"}) {
 		t.Errorf("scenarios %v", names)
 	}
+}
+
+// TestFailoverWindowCheck: the failover figure is refused when the backlog
+// ran out inside its window (issue 19 item 7: the error was overwritten).
+func TestFailoverWindowCheck(t *testing.T) {
+	killed := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	done := map[string]time.Time{}
+	for i := range 120 { // one job a second from the kill on
+		done[fmt.Sprint(i)] = killed.Add(time.Duration(i) * time.Second)
+	}
+	t.Run("covered", func(t *testing.T) {
+		rate, err := failoverWindow(done, killed, killed.Add(119*time.Second))
+		if err != nil || rate != 1 {
+			t.Fatalf("rate %v, err %v; want 1 job/s and no error", rate, err)
+		}
+	})
+	t.Run("ran out", func(t *testing.T) {
+		_, err := failoverWindow(done, killed, killed.Add(50*time.Second))
+		if err == nil || !strings.Contains(err.Error(), "backlog ran out") {
+			t.Fatalf("err %v; want the backlog-ran-out error", err)
+		}
+	})
 }

@@ -16,7 +16,7 @@ func NewJobs(c jetstream.Consumer) *Jobs { return &Jobs{c: c} }
 
 // Messages starts fetching, up to prefetch messages ahead.
 func (j *Jobs) Messages(prefetch int) (*Messages, error) {
-	it, err := j.c.Messages(jetstream.PullMaxMessages(prefetch))
+	it, err := j.c.Messages(jetstream.PullMaxMessages(prefetch), jetstream.PullHeartbeat(PullHeartbeat))
 	if err != nil {
 		return nil, err
 	}

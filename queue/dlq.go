@@ -343,23 +343,11 @@ func (d *DLQ) replayOnly(ctx context.Context, dl contract.DeadLetter, opts Repla
 		body = opts.Body
 	}
 	gen := dl.Generation + 1
-	st, _, err := d.states.Get(ctx, dl.Profile, dl.JobID)
-	if err != nil && !errors.Is(err, contract.ErrNoState) {
+	taken, err := d.replayState(ctx, dl, gen, opts.Body != nil)
+	if err != nil {
 		return err
 	}
-	taken := err == nil && (st.Generation > gen || st.Generation == gen && st.State != contract.StateReplayed)
 	if !taken {
-		// A send that may have delivered stays on record: the replay's
-		// `sent` says possibleDuplicate.
-		before := dl.Ambiguous || st.PossibleDuplicate()
-		_, err = d.states.Put(ctx, contract.JobState{
-			JobID: dl.JobID, Profile: dl.Profile, State: contract.StateReplayed, Attempts: 0,
-			Generation: gen, UpdatedAt: time.Now().UTC(), AmbiguousBefore: before,
-			Draft: replayDraft(st.Draft, opts.Body != nil),
-		})
-		if err != nil {
-			return err
-		}
 		h := nats.Header{}
 		h.Set(contract.HeaderJobID, dl.JobID)
 		h.Set(contract.HeaderReplay, strconv.Itoa(gen))
@@ -383,6 +371,46 @@ func (d *DLQ) replayOnly(ctx context.Context, dl contract.DeadLetter, opts Repla
 		}
 	}
 	return nil
+}
+
+// replayState moves the job's state to `replayed` of generation gen with a
+// compare-and-set against the revision it read; taken is true when that
+// generation is already under way (a replay made twice). A conflict (a
+// worker or another replay wrote meanwhile) is read again from the stream
+// leader and decided again.
+func (d *DLQ) replayState(ctx context.Context, dl contract.DeadLetter, gen int, newBody bool) (taken bool, err error) {
+	get := d.states.Get
+	for try := 0; try < 5; try++ {
+		st, rev, err := get(ctx, dl.Profile, dl.JobID)
+		if err != nil && !errors.Is(err, contract.ErrNoState) {
+			return false, err
+		}
+		exists := err == nil
+		if exists && (st.Generation > gen || st.Generation == gen && st.State != contract.StateReplayed) {
+			return true, nil
+		}
+		// A send that may have delivered stays on record: the replay's
+		// `sent` says possibleDuplicate.
+		next := contract.JobState{
+			JobID: dl.JobID, Profile: dl.Profile, State: contract.StateReplayed, Attempts: 0,
+			Generation: gen, UpdatedAt: time.Now().UTC(), AmbiguousBefore: dl.Ambiguous || st.PossibleDuplicate(),
+			Draft: replayDraft(st.Draft, newBody),
+		}
+		if err := contract.CheckTransition(st, next); err != nil {
+			return false, fmt.Errorf("queue: replay %s: %w", dl.JobID, err)
+		}
+		if exists {
+			_, err = d.states.Update(ctx, next, rev)
+		} else {
+			_, err = d.states.Create(ctx, next)
+		}
+		if errors.Is(err, contract.ErrStateConflict) || errors.Is(err, contract.ErrStateExists) {
+			get = d.states.Latest
+			continue
+		}
+		return false, err
+	}
+	return false, fmt.Errorf("queue: replay %s: its state keeps changing", dl.JobID)
 }
 
 // ReplayAll replays the newest dead letter of every job matching f and
@@ -426,19 +454,37 @@ func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
 			return fmt.Errorf("delete %d: %w", dl.Seq, err)
 		}
 		n++
-		st, _, err := d.states.Get(ctx, dl.Profile, dl.JobID)
-		if err == nil && st.State == contract.StateDeadLettered && st.Generation == dl.Generation {
-			return d.states.Delete(ctx, dl.Profile, dl.JobID)
-		}
-		if err != nil && !errors.Is(err, contract.ErrNoState) {
-			return err
-		}
-		return nil
+		return d.forget(ctx, dl)
 	})
 	if err != nil {
 		return n, fmt.Errorf("queue: purge dead letters: %w", err)
 	}
 	return n, nil
+}
+
+// forget deletes the state of a purged dead letter's job while it is still
+// that dead letter's (dead_lettered, same generation), with a
+// compare-and-set: a state a worker or a replay moved on meanwhile is kept.
+func (d *DLQ) forget(ctx context.Context, dl contract.DeadLetter) error {
+	get := d.states.Get
+	for try := 0; try < 5; try++ {
+		st, rev, err := get(ctx, dl.Profile, dl.JobID)
+		if errors.Is(err, contract.ErrNoState) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if st.State != contract.StateDeadLettered || st.Generation != dl.Generation {
+			return nil
+		}
+		err = d.states.Delete(ctx, dl.Profile, dl.JobID, rev)
+		if !errors.Is(err, contract.ErrStateConflict) {
+			return err
+		}
+		get = d.states.Latest
+	}
+	return fmt.Errorf("queue: purge %s: its state keeps changing", dl.JobID)
 }
 
 // formatCalls renders calls for the Mail-Graph-Calls header.

@@ -81,7 +81,7 @@ func TestDLQ(t *testing.T) {
 	}
 
 	// Replay j1: state reset, body re-published with headers, replayed event, record gone.
-	if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateDeadLettered, Attempts: 3, Ambiguous: true}); err != nil {
+	if _, err := b.q.States.Create(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateDeadLettered, Attempts: 3, Ambiguous: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.Replay(b.ctx, "", "j1", ReplayOptions{}); err != nil {
@@ -182,7 +182,19 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 		if err := d.Put(b.ctx, contract.DeadLetter{JobID: id, Profile: "billing", Reason: contract.ReasonInternal, Body: deadJob(id)}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: id, Profile: "billing", State: contract.StateDeadLettered, Attempts: 8}); err != nil {
+		if _, err := b.q.States.Create(b.ctx, contract.JobState{JobID: id, Profile: "billing", State: contract.StateDeadLettered, Attempts: 8}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// advance moves a job's state on as a worker would: a compare-and-set
+	// on the revision it read.
+	advance := func(st contract.JobState) {
+		t.Helper()
+		_, rev, err := b.q.States.Latest(b.ctx, st.Profile, st.JobID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.q.States.Update(b.ctx, st, rev); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -204,9 +216,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 
 	t.Run("after state reset", func(t *testing.T) {
 		deadLetter("c1")
-		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "c1", Profile: "billing", State: contract.StateReplayed, Generation: 1}); err != nil {
-			t.Fatal(err)
-		}
+		advance(contract.JobState{JobID: "c1", Profile: "billing", State: contract.StateReplayed, Generation: 1})
 		n := msgs()
 		if _, err := d.Replay(b.ctx, "", "c1", ReplayOptions{}); err != nil {
 			t.Fatal(err)
@@ -217,9 +227,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 	})
 	t.Run("after publish", func(t *testing.T) {
 		deadLetter("c2")
-		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "c2", Profile: "billing", State: contract.StateReplayed, Generation: 1}); err != nil {
-			t.Fatal(err)
-		}
+		advance(contract.JobState{JobID: "c2", Profile: "billing", State: contract.StateReplayed, Generation: 1})
 		republish("c2")
 		n := msgs()
 		if _, err := d.Replay(b.ctx, "", "c2", ReplayOptions{}); err != nil {
@@ -238,9 +246,7 @@ func TestDLQReplayCrashSafe(t *testing.T) {
 	t.Run("after the worker took the replayed job", func(t *testing.T) {
 		deadLetter("c3")
 		republish("c3")
-		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "c3", Profile: "billing", State: contract.StateSending, Attempts: 1, Generation: 1}); err != nil {
-			t.Fatal(err)
-		}
+		advance(contract.JobState{JobID: "c3", Profile: "billing", State: contract.StateSending, Attempts: 1, Generation: 1})
 		n := msgs()
 		if _, err := d.Replay(b.ctx, "", "c3", ReplayOptions{}); err != nil {
 			t.Fatal(err)

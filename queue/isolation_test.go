@@ -72,7 +72,7 @@ func TestDLQPurgeFreesTheJobID(t *testing.T) {
 		if err := b.q.DLQ.Put(b.ctx, contract.DeadLetter{JobID: "p1", Profile: p, Reason: contract.ReasonInternal, Body: []byte(`{}`)}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.q.States.Put(b.ctx, contract.JobState{JobID: "p1", Profile: p, State: contract.StateDeadLettered}); err != nil {
+		if _, err := b.q.States.Create(b.ctx, contract.JobState{JobID: "p1", Profile: p, State: contract.StateDeadLettered}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -262,15 +262,25 @@ func TestStates(t *testing.T) {
 	if _, err := s.Update(b.ctx, contract.JobState{JobID: "nope", Profile: "billing"}, 1); !errors.Is(err, contract.ErrStateConflict) {
 		t.Fatalf("Update of missing = %v, want ErrStateConflict", err)
 	}
-	rev3, err := s.Put(b.ctx, contract.JobState{JobID: "j1", Profile: "billing", State: contract.StateDeadLettered})
-	if err != nil || rev3 <= rev2 {
-		t.Fatalf("Put = %d, %v", rev3, err)
+	if _, err := s.Create(b.ctx, contract.JobState{JobID: "a.b", Profile: "billing"}); err == nil {
+		t.Error("Create accepted an invalid job id")
 	}
-	if st, _, _ := s.Get(b.ctx, "billing", "j1"); st.State != contract.StateDeadLettered {
-		t.Errorf("after Put: %+v", st)
+	// Latest reads the leader: the value and revision Update compares to.
+	if st, r, err := s.Latest(b.ctx, "billing", "j1"); err != nil || r != rev2 || st.State != contract.StateSent {
+		t.Fatalf("Latest = %+v rev %d (want %d), %v", st, r, rev2, err)
 	}
-	if _, err := s.Put(b.ctx, contract.JobState{JobID: "a.b", Profile: "billing"}); err == nil {
-		t.Error("Put accepted an invalid job id")
+	if _, _, err := s.Latest(b.ctx, "billing", "nope"); !errors.Is(err, contract.ErrNoState) {
+		t.Fatalf("Latest of missing = %v, want ErrNoState", err)
+	}
+	// Delete compares and sets too.
+	if err := s.Delete(b.ctx, "billing", "j1", rev); !errors.Is(err, contract.ErrStateConflict) {
+		t.Fatalf("Delete at a stale revision = %v, want ErrStateConflict", err)
+	}
+	if err := s.Delete(b.ctx, "billing", "j1", rev2); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Latest(b.ctx, "billing", "j1"); !errors.Is(err, contract.ErrNoState) {
+		t.Fatalf("Latest after Delete = %v, want ErrNoState", err)
 	}
 }
 

@@ -112,31 +112,50 @@ func (s *States) Update(ctx context.Context, st contract.JobState, lastRev uint6
 	return rev, nil
 }
 
-// Put stores st unconditionally. A zero UpdatedAt is set to now.
-func (s *States) Put(ctx context.Context, st contract.JobState) (uint64, error) {
-	key, b, err := encodeState(&st)
+// Latest is Get answered by the bucket's stream leader, never by a
+// replica (the KV's direct gets may be served by a follower that lags
+// behind): after a compare-and-set conflict, the value and revision that
+// the next decision needs. It returns ErrNoState when there is none.
+func (s *States) Latest(ctx context.Context, profile, jobID string) (contract.JobState, uint64, error) {
+	key, err := stateKey(profile, jobID)
 	if err != nil {
-		return 0, err
+		return contract.JobState{}, 0, err
 	}
-	rev, err := s.kv.Put(ctx, key, b)
+	m, err := leaderLast(ctx, s.js, "KV_"+contract.BucketState, "$KV."+contract.BucketState+"."+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return contract.JobState{}, 0, contract.ErrNoState
+	}
 	if err != nil {
-		return 0, fmt.Errorf("queue: put state of %s: %w", st.JobID, err)
+		return contract.JobState{}, 0, fmt.Errorf("queue: get state of %s from the leader: %w", jobID, err)
 	}
-	return rev, nil
+	if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		return contract.JobState{}, 0, contract.ErrNoState
+	}
+	var st contract.JobState
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		return contract.JobState{}, 0, fmt.Errorf("queue: state of %s is not valid JSON: %w", jobID, err)
+	}
+	return st, m.Sequence, nil
 }
 
 // Delete removes the state of profile's job jobID (a purged dead letter: the
-// id may be published again at once). Deleting a missing state is not an
-// error.
-func (s *States) Delete(ctx context.Context, profile, jobID string) error {
+// id may be published again at once) if its revision is still rev, the one
+// the caller read and decided on; ErrStateConflict when it moved on.
+// Deleting a missing state is not an error.
+func (s *States) Delete(ctx context.Context, profile, jobID string, rev uint64) error {
 	key, err := stateKey(profile, jobID)
 	if err != nil {
 		return err
 	}
-	if err := s.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("queue: delete state of %s: %w", key, err)
+	err = s.kv.Purge(ctx, key, jetstream.LastRevision(rev))
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil, errors.Is(err, jetstream.ErrKeyNotFound):
+		return nil
+	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
+		return contract.ErrStateConflict
 	}
-	return nil
+	return fmt.Errorf("queue: delete state of %s: %w", key, err)
 }
 
 // Profiles returns the profiles that hold a state (or a deletion marker) for

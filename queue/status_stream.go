@@ -66,6 +66,81 @@ func (e *Events) publish(ctx context.Context, ev contract.Event, msgID string) e
 	return nil
 }
 
+// PublishFinal stores a job's terminal event (sent, dead_lettered) once,
+// whoever publishes it and however late. key names the outcome (the
+// terminal state's revision, contract.FinalEventKey): it is the event's
+// Nats-Msg-Id, and every publish carries Nats-Expected-Last-Subject-Sequence:
+// first 0 (the job's status subject is empty: the happy path, which then
+// costs no read), then the last sequence on the subject as read through the
+// stream leader, with the key not among its events. So a publish that lands
+// late (a stalled node, a retry whose first try landed), after the same
+// outcome — or anything else — was stored on the subject, is refused by the
+// stream whatever the duplicate window: the subject moved on. A refused
+// publisher reads the subject (a handful of events per job) and returns nil
+// when the key is there, or tries again against the new last sequence. It
+// returns an error when the stream cannot be reached or the subject keeps
+// moving.
+func (e *Events) PublishFinal(ctx context.Context, ev contract.Event, key string) error {
+	m, err := eventMsg(&ev, key)
+	if err != nil {
+		return err
+	}
+	var last uint64
+	for try := 0; ; try++ {
+		if try == 6 {
+			return fmt.Errorf("queue: publish %s event of %s: the job's status subject keeps changing", ev.Event, ev.JobID)
+		}
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+		_, err := e.js.PublishMsg(ctx, m)
+		if err == nil {
+			return nil // stored, or a duplicate of its own earlier try inside the window
+		}
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+			return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
+		}
+		found, seq, err := e.lookFor(ctx, m.Subject, key)
+		if err != nil {
+			return fmt.Errorf("queue: publish %s event of %s: %w", ev.Event, ev.JobID, err)
+		}
+		if found {
+			return nil
+		}
+		last = seq
+	}
+}
+
+// lookFor reports whether an event with Nats-Msg-Id key is stored on
+// subject, and the subject's last sequence (0: none), reading through the
+// stream leader.
+func (e *Events) lookFor(ctx context.Context, subject, key string) (found bool, last uint64, err error) {
+	m, err := leaderLast(ctx, e.js, contract.StreamStatus, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, err
+	}
+	last = m.Sequence
+	if m.Header.Get(contract.HeaderMsgID) == key {
+		return true, last, nil
+	}
+	for seq := uint64(1); seq < last; {
+		m, err := leaderNext(ctx, e.js, contract.StreamStatus, subject, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return false, 0, err
+		}
+		if m.Header.Get(contract.HeaderMsgID) == key {
+			return true, last, nil
+		}
+		seq = m.Sequence + 1
+	}
+	return false, last, nil
+}
+
 // PublishAsync stores ev without waiting for the ack (the worker's hot path).
 // wait blocks until the server answers, or timeout passes, and returns nil
 // when the event was stored.

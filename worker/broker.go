@@ -59,13 +59,18 @@ type States interface {
 	// contract.ErrNoState when none. A job is identified by its profile and
 	// id: another profile's job of the same id is another job.
 	Get(ctx context.Context, profile, jobID string) (contract.JobState, uint64, error)
+	// There is no unconditional write: state is monotonic (DESIGN.md), and
+	// every write compares and sets against the revision its decision read.
 	// Create stores a state where none is; contract.ErrStateExists otherwise.
 	Create(ctx context.Context, st contract.JobState) (uint64, error)
 	// Update stores st if the revision is still lastRev;
 	// contract.ErrStateConflict otherwise.
 	Update(ctx context.Context, st contract.JobState, lastRev uint64) (uint64, error)
-	// Put stores st whatever was there.
-	Put(ctx context.Context, st contract.JobState) (uint64, error)
+	// Latest is Get answered by the store's leader: never older than the
+	// last acked write (Get may be served by a replica that lags). A
+	// decision made on Get is safe only because every write compares and
+	// sets; after a conflict the state is read again with Latest.
+	Latest(ctx context.Context, profile, jobID string) (contract.JobState, uint64, error)
 }
 
 // DeadLetters records jobs that cannot be sent (queue.DLQ).
@@ -77,6 +82,11 @@ type DeadLetters interface {
 type Events interface {
 	// Publish stores ev and waits for the broker's ack.
 	Publish(ctx context.Context, ev contract.Event) error
+	// PublishFinal stores a terminal event once (key:
+	// contract.FinalEventKey of the terminal state), however many
+	// publishers and however late one of them lands; nil also when it was
+	// already stored.
+	PublishFinal(ctx context.Context, ev contract.Event, key string) error
 	// PublishAsync stores ev without waiting; wait returns the broker's
 	// answer within timeout.
 	PublishAsync(ev contract.Event) (wait func(timeout time.Duration) error, err error)

@@ -36,15 +36,20 @@ const unknownProfile = "_unknown"
 
 // job is one delivery being handled.
 type job struct {
-	msg       Delivery
-	profile   string
-	prof      *profileState
-	id        string
-	job       *contract.Job
-	from      string // lower-cased sender address
-	state     contract.JobState
-	rev       uint64 // revision of state in the store; 0 when none was read or written
+	msg     Delivery
+	profile string
+	prof    *profileState
+	id      string
+	job     *contract.Job
+	from    string // lower-cased sender address
+	state   contract.JobState
+	rev     uint64 // revision of state in the store; 0 when none was read or written
+	// base is the value stored at rev: what the next write compares and
+	// sets against, and must follow (contract.CheckTransition). state is
+	// the value being worked on.
+	base      contract.JobState
 	stateRead bool   // state was read from the store (not assumed absent)
+	fresh     bool   // ... from the store's leader (States.Latest), not a replica that may lag
 	marked    bool   // this delivery stored state `sending`
 	seq       uint64 // MAIL_JOBS stream sequence of this delivery
 	origin    uint64 // stream sequence of the producer's publish (HeaderOriginSeq, else seq)
@@ -132,7 +137,10 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 			return
 		}
 	}
-	a := p.decide(j, p.arrived(j))
+	a, ok := p.arrival(sendCtx, j)
+	if !ok {
+		return
+	}
 	if a.Kind != Send {
 		p.carry(sendCtx, j, a)
 		return
@@ -319,20 +327,54 @@ func (p *Pool) readState(ctx context.Context, j *job) bool {
 	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
 	st, rev, err := p.broker.States.Get(opCtx, j.profile, j.id)
 	cancel()
-	switch {
-	case errors.Is(err, contract.ErrNoState):
-		j.state, j.rev = contract.JobState{JobID: j.id, Profile: j.profile, Origin: j.origin}, 0
-	case err != nil:
+	if err != nil && !errors.Is(err, contract.ErrNoState) {
 		p.unreachable(ctx, j, "read job state", err)
 		return false
-	default:
-		j.state, j.rev = st, rev
-		if j.state.Origin == 0 { // a replay's fresh state: this publish is its origin
-			j.state.Origin = j.origin
-		}
 	}
-	j.stateRead = true
+	p.adopt(j, st, rev, err == nil)
+	j.fresh = false
 	return true
+}
+
+// readLatest loads j's state from the store's leader; false when the broker
+// failed (the job is put back).
+func (p *Pool) readLatest(ctx context.Context, j *job) bool {
+	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
+	st, rev, err := p.broker.States.Latest(opCtx, j.profile, j.id)
+	cancel()
+	if err != nil && !errors.Is(err, contract.ErrNoState) {
+		p.unreachable(ctx, j, "read job state", err)
+		return false
+	}
+	p.adopt(j, st, rev, err == nil)
+	return true
+}
+
+// adopt makes st, stored at rev (exists false: none is), j's state.
+func (p *Pool) adopt(j *job, st contract.JobState, rev uint64, exists bool) {
+	if !exists {
+		st, rev = contract.JobState{JobID: j.id, Profile: j.profile}, 0
+	}
+	j.base, j.rev, j.state = st, rev, st
+	if j.state.Origin == 0 { // no state, or a replay's fresh state: this publish is its origin
+		j.state.Origin = j.origin
+	}
+	j.stateRead, j.fresh = true, true
+}
+
+// arrival decides on j as it arrived. A decision to drop the delivery as a
+// duplicate is never taken on a read that a lagging replica may have
+// served: it is confirmed from the leader first (a replay of the job may
+// have moved it on since).
+func (p *Pool) arrival(ctx context.Context, j *job) (Action, bool) {
+	a := p.decide(j, p.arrived(j))
+	if a.Kind == SuppressDuplicate && !j.fresh {
+		if !p.readLatest(ctx, j) {
+			return Action{}, false
+		}
+		a = p.decide(j, p.arrived(j))
+	}
+	return a, true
 }
 
 // plainlySendable reports whether a job without state would go straight to
@@ -412,7 +454,11 @@ func (p *Pool) paced(ctx context.Context, j *job, d time.Duration, cause Cause) 
 		if !p.readState(ctx, j) {
 			return
 		}
-		if a := p.decide(j, p.arrived(j)); a.Kind != Send {
+		a, ok := p.arrival(ctx, j)
+		if !ok {
+			return
+		}
+		if a.Kind != Send {
 			p.carry(ctx, j, a)
 			return
 		}
@@ -554,14 +600,7 @@ func (p *Pool) saveDraft(ctx context.Context, j *job, d *contract.Draft) error {
 	st := j.state
 	st.Draft = &cp
 	st.UpdatedAt = p.clock.Now()
-	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	defer cancel()
-	rev, err := p.broker.States.Update(opCtx, st, j.rev)
-	if err != nil {
-		return err
-	}
-	j.state, j.rev = st, rev
-	return nil
+	return p.store(ctx, j, st, opTimeout, nil)
 }
 
 // deleteDraft deletes the job's draft when it was never sent, before the
@@ -594,28 +633,18 @@ func (p *Pool) mark(ctx context.Context, j *job) bool {
 		st.State = contract.StateSending
 		st.Profile = j.profile
 		st.UpdatedAt = p.clock.Now()
-		opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-		var rev uint64
-		var err error
-		if j.rev == 0 {
-			rev, err = p.broker.States.Create(opCtx, st)
-		} else {
-			rev, err = p.broker.States.Update(opCtx, st, j.rev)
-		}
-		cancel()
+		err := p.store(ctx, j, st, opTimeout, nil)
 		switch {
 		case err == nil:
-			j.state, j.rev, j.marked = st, rev, true
+			j.marked = true
 			return true
-		case (errors.Is(err, contract.ErrStateExists) || errors.Is(err, contract.ErrStateConflict)) && try == 0:
-			if !p.readState(ctx, j) {
-				return false
-			}
+		case errors.Is(err, errMoved) && try == 0:
+			// j holds the state as the leader has it now.
 			if a := p.decide(j, p.arrived(j)); a.Kind != Send {
 				p.carry(ctx, j, a)
 				return false
 			}
-		case errors.Is(err, contract.ErrStateExists) || errors.Is(err, contract.ErrStateConflict):
+		case errors.Is(err, errMoved):
 			// Moved on twice under us: look again shortly.
 			p.carry(ctx, j, Action{Kind: Defer, Delay: time.Second, Cause: CauseBusy, Message: "job state changed concurrently"})
 			return false
@@ -668,7 +697,9 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 		j.state.LastError = &contract.ErrorInfo{Reason: a.Reason, Message: a.Message}
 		// A failed write is logged; the retry is scheduled all the same (the
 		// next delivery then sees `sending` and treats the attempt as lost).
-		p.putState(ctx, j)
+		if !p.putState(ctx, j) {
+			return
+		}
 		retryAt := p.clock.Now().Add(a.Delay)
 		reason := a.Reason
 		p.m.Retries.WithLabelValues(j.profile, string(reason)).Inc()
@@ -681,7 +712,9 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 		if j.marked {
 			// The state says `sending`: say what it is now.
 			j.state.State = contract.StateDeferred
-			p.putState(ctx, j)
+			if !p.putState(ctx, j) {
+				return
+			}
 		}
 		if a.Cause.throttle() {
 			p.m.ThrottleDeferrals.WithLabelValues(j.metricProfile(), string(a.Cause)).Inc()
@@ -706,7 +739,9 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 	case PutBack:
 		if j.marked {
 			j.state.State = contract.StateRetrying
-			p.putState(context.WithoutCancel(ctx), j)
+			if !p.putState(context.WithoutCancel(ctx), j) {
+				return
+			}
 		}
 		if a.Delay > 0 {
 			_ = j.msg.NakWithDelay(a.Delay)
@@ -753,8 +788,9 @@ func (p *Pool) sent(ctx context.Context, j *job) {
 	j.state.Graph = j.graph
 	j.state.UpdatedAt = p.clock.Now()
 	j.state.Seq = j.seq
-	p.finish(ctx, j, contract.Event{Event: contract.EventSent, Graph: j.graph, LatencyMs: j.elapsed.Milliseconds(),
-		PossibleDuplicate: j.state.PossibleDuplicate(), InternetMessageID: internetMessageID(j.state)}, j.msg.Ack)
+	if !p.finish(ctx, j) {
+		return
+	}
 	p.m.Jobs.WithLabelValues(j.profile, string(contract.EventSent), "").Inc()
 	p.observeLatency(j)
 	ev := p.outcomeLog(zerolog.InfoLevel, j, "sent").
@@ -799,126 +835,12 @@ func (p *Pool) deadLetter(ctx context.Context, j *job, reason contract.Reason, m
 	j.state.Graph = j.graph
 	j.state.UpdatedAt = now
 	j.state.Seq = j.seq
-	p.finish(ctx, j, contract.Event{Event: contract.EventDeadLettered, Graph: j.graph,
-		Error: &contract.ErrorInfo{Reason: reason, Message: message}, Ambiguous: j.state.Ambiguous}, j.msg.Term)
+	if !p.finish(ctx, j) {
+		return
+	}
 	p.m.Jobs.WithLabelValues(j.metricProfile(), string(contract.EventDeadLettered), string(reason)).Inc()
 	p.observeLatency(j)
 	p.outcomeLog(zerolog.WarnLevel, j, "dead_lettered").Str("reason", string(reason)).Str("error", message).Send()
-}
-
-// finish records a job's outcome (final state, then final event) and takes
-// the queue action. When the state is stored but the event is not (shutdown
-// or a long outage cut the retries short), the job is put back instead: its
-// next delivery finds the final state and publishes the event (finishAgain),
-// so no outcome goes unreported. When the state itself cannot be stored the
-// action is taken anyway: redelivering would send the mail again.
-func (p *Pool) finish(ctx context.Context, j *job, ev contract.Event, action func() error) {
-	if p.writeTerminalState(ctx, j) {
-		if !p.emitFinal(ctx, j, ev) {
-			_ = j.msg.NakWithDelay(p.retry.Broker())
-			return
-		}
-	} else {
-		p.emitFinal(ctx, j, ev)
-	}
-	_ = action()
-}
-
-// finishAgain completes a redelivery of a message whose outcome is already
-// recorded: it publishes the final event again from the job state (stored
-// once: the event's dedupe id is the same) and acks or terminates.
-func (p *Pool) finishAgain(ctx context.Context, j *job) {
-	st := j.state
-	ev := contract.Event{Event: contract.EventSent, Graph: st.Graph, PossibleDuplicate: st.PossibleDuplicate(),
-		InternetMessageID: internetMessageID(st)}
-	if st.State == contract.StateDeadLettered {
-		ev = contract.Event{Event: contract.EventDeadLettered, Graph: st.Graph, Error: st.LastError, Ambiguous: st.Ambiguous}
-	}
-	if !p.emitFinal(ctx, j, ev) {
-		_ = j.msg.NakWithDelay(p.retry.Broker()) // try again on the next delivery
-		return
-	}
-	if st.State == contract.StateSent {
-		_ = j.msg.Ack()
-	} else {
-		_ = j.msg.Term()
-	}
-	p.outcomeLog(zerolog.InfoLevel, j, string(ev.Event)).Str("why", "redelivered after its outcome was recorded").Send()
-}
-
-// putState overwrites j's state; a failure is only logged: the queue action
-// that follows is still right, and the state is repaired by the next write.
-func (p *Pool) putState(ctx context.Context, j *job) {
-	j.state.UpdatedAt = p.clock.Now()
-	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	defer cancel()
-	rev, err := p.broker.States.Put(opCtx, j.state)
-	if err != nil {
-		p.log.Error().Str("jobId", j.id).Err(err).Msg("write job state failed")
-		return
-	}
-	j.rev = rev
-}
-
-// writeTerminalState stores a terminal state, retrying while the broker is
-// unavailable (a reconnect, a JetStream leader election), before the caller
-// acks: a job acked with its state left at `sending` would show as sending
-// for ever and be sent again, as ambiguous, if it were published again. The
-// delivery is kept alive meanwhile by the caller's keepAlive. After
-// terminalStateTimeout, or when shutdown cancels ctx, it gives up and logs:
-// the mail's fate is already decided, and redelivering it would send it twice.
-func (p *Pool) writeTerminalState(ctx context.Context, j *job) bool {
-	return p.retryFinal(ctx, j, "record the final job state", func(opCtx context.Context) error {
-		rev, err := p.broker.States.Put(opCtx, j.state)
-		if err == nil {
-			j.rev = rev
-		}
-		return err
-	})
-}
-
-// retryFinal runs op, which records a job's outcome, until it succeeds, for
-// up to terminalStateTimeout (a broker restart or a leader move), waiting as
-// the RetryPolicy says. Past that, or when shutdown cancels ctx, it logs and
-// reports false.
-func (p *Pool) retryFinal(ctx context.Context, j *job, what string, op func(context.Context) error) bool {
-	deadline := time.Now().Add(terminalStateTimeout)
-	var wait time.Duration
-	for {
-		opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalAttemptTimeout)
-		err := op(opCtx)
-		cancel()
-		if err == nil {
-			return true
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			p.log.Error().Str("jobId", j.id).Str("state", string(j.state.State)).Err(err).
-				Msgf("giving up: could not %s", what)
-			return false
-		}
-		wait = p.retry.FinalNext(wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-	}
-}
-
-// emitFinal publishes a job's final event before its queue action, waiting
-// for the stream's ack and retrying for as long as the final state is
-// retried: a worker that dies after acking leaves no outcome unreported, and
-// one that dies before re-publishes it on redelivery (finishAgain). The
-// event's time is the final state's, so its dedupe id is stable.
-func (p *Pool) emitFinal(ctx context.Context, j *job, ev contract.Event) bool {
-	ev.JobID, ev.Profile, ev.Attempt, ev.At = j.id, j.profile, j.state.Attempts, j.state.UpdatedAt
-	if j.job != nil {
-		ev.Metadata = j.job.Metadata
-	}
-	return p.retryFinal(ctx, j, "publish the final status event", func(opCtx context.Context) error {
-		return p.broker.Events.Publish(opCtx, ev)
-	})
 }
 
 func (p *Pool) emit(ctx context.Context, j *job, ev contract.Event) {

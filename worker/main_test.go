@@ -116,6 +116,12 @@ func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, 
 	if opts.ledger != nil {
 		br.Ledger = opts.ledger
 	}
+	if opts.states != nil {
+		br.States = opts.states(br.States)
+	}
+	if opts.consumer != nil {
+		br.Consumer = opts.consumer(br.Consumer)
+	}
 	if opts.membership != nil {
 		br.Membership = opts.membership
 	}
@@ -159,6 +165,9 @@ type testOptions struct {
 	Options
 	ledger     Ledger
 	membership Membership
+	// states and consumer wrap the real ones (fault injection).
+	states   func(States) States
+	consumer func(Consumer) Consumer
 }
 
 // stop shuts the pool down and waits for Run to return.

@@ -35,6 +35,10 @@ type Metrics struct {
 	// earlier attempt may have sent the mail, by result (sent_items, gone,
 	// draft: still a draft, sent now).
 	DraftLookups *prometheus.CounterVec // profile, result
+	// StateConflicts counts deliveries whose job state moved on under them
+	// (a compare-and-set lost to another delivery or a replay): decided
+	// again on the state as it is.
+	StateConflicts *prometheus.CounterVec // profile
 }
 
 // NewMetrics creates the metrics, registers them with reg (nil: not
@@ -88,6 +92,9 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		DraftLookups: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "draft_lookups_total",
 			Help: "Draft-mode sends decided by looking the message up after an attempt that may have sent it, by result: sent_items (found sent, not sent again), gone (neither draft nor Sent Items copy long after the send: taken as sent)."},
 			[]string{"profile", "result"}),
+		StateConflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "state_conflicts_total",
+			Help: "Deliveries whose job state moved on under them (their compare-and-set lost to another delivery of the job, e.g. after a paused broker node or a lagging replica): decided again on the state as it is."},
+			[]string{"profile"}),
 	}
 	for _, p := range profiles {
 		m.Jobs.WithLabelValues(p, string(contract.EventSent), "")
@@ -117,12 +124,13 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		m.DraftsLeft.WithLabelValues(p)
 		m.DraftLookups.WithLabelValues(p, "sent_items")
 		m.DraftLookups.WithLabelValues(p, "gone")
+		m.StateConflicts.WithLabelValues(p)
 	}
 	if reg != nil {
 		reg.MustRegister(m.Jobs, m.Retries, m.ThrottleDeferrals, m.GraphRequests, m.GraphThrottled,
 			m.SendDuration, m.JobLatency, m.TokenRequests, m.Ambiguous, m.InflightSends, m.InflightJobs,
 			m.ReplicasLive, m.CredentialExpiry, m.CredentialReloads, m.CredentialStale, m.TenantWideMailRoles,
-			m.DraftsLeft, m.DraftLookups)
+			m.DraftsLeft, m.DraftLookups, m.StateConflicts)
 	}
 	return m
 }

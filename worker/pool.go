@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -43,6 +45,9 @@ type Pool struct {
 	sends           chan struct{}     // global Graph concurrency
 	events          chan pendingEvent // status events awaiting their ack; made by Run
 	running         atomic.Bool
+	// writer and writes name each job-state write (contract.JobState.Write).
+	writer string
+	writes atomic.Uint64
 }
 
 // New returns a Pool. It returns an error naming the field when cfg is
@@ -65,6 +70,9 @@ func New(cfg Config, broker Broker, sender Sender, opts Options) (*Pool, error) 
 	if p.membershipEvery <= 0 {
 		p.membershipEvery = membershipEvery
 	}
+	var w [6]byte
+	_, _ = rand.Read(w[:])
+	p.writer = hex.EncodeToString(w[:])
 	names := make([]string, 0, len(cfg.Profiles))
 	for name, pr := range cfg.Profiles {
 		pr.Name = name

@@ -162,7 +162,7 @@ func TestPool(t *testing.T) {
 		// The state a worker leaves when it dies after recording "sent" and
 		// before its event and ack: the job's message is stream sequence 1.
 		at := time.Now().Add(-time.Minute).UTC()
-		if _, err := b.q.States.Put(context.Background(), contract.JobState{JobID: "job-acklost", Profile: "demo",
+		if _, err := b.q.States.Create(context.Background(), contract.JobState{JobID: "job-acklost", Profile: "demo",
 			State: contract.StateSent, Attempts: 1, UpdatedAt: at, Seq: 1,
 			Graph: &contract.GraphInfo{Status: 202, RequestID: "req-first"}}); err != nil {
 			t.Fatal(err)

@@ -58,7 +58,7 @@ func TestCheckDraftMode(t *testing.T) {
 			Draft: &contract.Draft{ID: "AAkALgZ", Mailbox: "reports@contoso.example", CreatedAt: old, SendAt: &sendAt}},
 		{JobID: "plain-1", Profile: "reports", State: contract.StateDeadLettered, UpdatedAt: old},
 	} {
-		if _, err := q.States.Put(ctx, st); err != nil {
+		if _, err := q.States.Create(ctx, st); err != nil {
 			t.Fatal(err)
 		}
 	}

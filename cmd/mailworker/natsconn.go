@@ -5,9 +5,26 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+)
+
+// A connection to a server that is frozen (SIGSTOP, a VM pause, a network
+// that drops packets without a reset) stays open: TCP keeps it, and nats.go
+// notices only when its pings go unanswered. Every PingInterval it sends a
+// PING; when more than MaxPingsOut are unanswered it drops the connection as
+// stale and reconnects to another server of the cluster (nats.go nats.go:
+// processPingTimer). nats.go's defaults, 2 minutes and 2, take 4 to 6
+// minutes: the worker's acks, state writes and pulls sit in the frozen
+// server's socket all that time (issue 19, defect 2). 2 s and 2 take 4 to 6
+// s. A server answers PING from its read loop, so a healthy server under
+// load is not mistaken for a frozen one; the cost is a PING/PONG every 2 s
+// per connection.
+const (
+	pingInterval = 2 * time.Second
+	maxPingsOut  = 2
 )
 
 // connectNATS dials NATS with the configured authentication: a credentials
@@ -17,6 +34,8 @@ import (
 func connectNATS(c NATSConfig, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
+		nats.PingInterval(pingInterval),
+		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.MaxReconnects(-1),
 		nats.Timeout(c.ConnectTimeout),
 		nats.RetryOnFailedConnect(false),

@@ -2,6 +2,7 @@ package contract
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -58,6 +59,39 @@ type JobState struct {
 	// Draft is the progress of a job sent through a draft (draft delivery
 	// mode): nil until the draft exists.
 	Draft *Draft `json:"draft,omitempty"`
+	// Write names the write that stored this value (unique per write, kept
+	// across its retries), so that a writer whose reply was lost can tell
+	// its own landed write from another's when its retry conflicts.
+	Write string `json:"write,omitempty"`
+}
+
+// Terminal reports whether the state is an outcome: sent or dead-lettered.
+// Only a replay (a new generation) moves a job on from one.
+func (s JobState) Terminal() bool {
+	return s.State == StateSent || s.State == StateDeadLettered
+}
+
+// ErrNotMonotonic is returned by CheckTransition for a write that would
+// move a job's state backwards.
+var ErrNotMonotonic = errors.New("job state would go backwards")
+
+// CheckTransition reports whether a writer that read from (at the revision
+// it compares and sets against) may store to: state is monotonic. A
+// generation never goes back; within a generation a terminal state is
+// final, and attempts never decrease. A new generation (a replay) may
+// follow anything. The error wraps ErrNotMonotonic.
+func CheckTransition(from, to JobState) error {
+	switch {
+	case to.Generation < from.Generation:
+		return fmt.Errorf("%w: generation %d after %d", ErrNotMonotonic, to.Generation, from.Generation)
+	case to.Generation > from.Generation:
+		return nil
+	case from.Terminal():
+		return fmt.Errorf("%w: %s after %s (generation %d)", ErrNotMonotonic, to.State, from.State, from.Generation)
+	case to.Attempts < from.Attempts:
+		return fmt.Errorf("%w: attempts %d after %d", ErrNotMonotonic, to.Attempts, from.Attempts)
+	}
+	return nil
 }
 
 // PossibleDuplicate reports whether a `sent` of this job may be a second

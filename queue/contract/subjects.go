@@ -1,6 +1,9 @@
 package contract
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Names of the JetStream assets mailworker uses. Producers, workers and support
 // tools agree on these; README.md ("Subjects, streams, buckets") describes them.
@@ -80,4 +83,12 @@ func ProfileFromSubject(subject string) (string, bool) {
 		return "", false
 	}
 	return p, true
+}
+
+// FinalEventKey is the Nats-Msg-Id of the terminal event (sent,
+// dead_lettered) of a job's state stored at revision rev of generation
+// generation: the same for every publisher of that one outcome, so that it
+// is stored once (queue.Events.PublishFinal).
+func FinalEventKey(profile, jobID string, ev EventType, generation int, rev uint64) string {
+	return profile + "." + jobID + "-" + string(ev) + "-g" + strconv.Itoa(generation) + "-r" + strconv.FormatUint(rev, 10)
 }

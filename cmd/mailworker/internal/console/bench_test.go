@@ -50,7 +50,7 @@ func BenchmarkConsole100k(b *testing.B) {
 	<-js.PublishAsyncComplete()
 	// One more dead letter with its job state, as the worker leaves them:
 	// its page finds the record from the state's time, not by a scan.
-	if _, err := q.States.Put(ctx, contract.JobState{JobID: "with-state", Profile: "billing", State: contract.StateDeadLettered}); err != nil {
+	if _, err := q.States.Create(ctx, contract.JobState{JobID: "with-state", Profile: "billing", State: contract.StateDeadLettered}); err != nil {
 		b.Fatal(err)
 	}
 	if err := q.DLQ.Put(ctx, contract.DeadLetter{JobID: "with-state", Profile: "billing", Reason: contract.ReasonAccessDenied,
