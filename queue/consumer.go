@@ -1,53 +1,226 @@
 package queue
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
-// Jobs is the shared durable consumer of MAIL_JOBS, seen without NATS types:
-// what the worker consumes (cmd/mailworker adapts it to worker.Consumer).
-type Jobs struct{ c jetstream.Consumer }
+// Jobs is what the worker consumes, seen without NATS types (cmd/mailworker
+// adapts it to worker.Consumer): per profile, the durable consumer
+// "mailworker" of its ingress stream MAIL_JOBS_<profile> and the durable
+// consumer "mailworker_<profile>" of its due deferrals on MAIL_DEFER. Each
+// has its own MaxAckPending, so one profile's backlog or deferral flood
+// cannot hold another's capacity.
+type Jobs struct {
+	sources   []source
+	schedules *Schedules // loads bodies deferred by reference; nil: none
+}
 
-// NewJobs wraps a consumer (Queue.Consumer).
-func NewJobs(c jetstream.Consumer) *Jobs { return &Jobs{c: c} }
+type source struct {
+	name string // stream/consumer
+	c    jetstream.Consumer
+}
 
-// Messages starts fetching, up to prefetch messages ahead.
-func (j *Jobs) Messages(prefetch int) (*Messages, error) {
-	it, err := j.c.Messages(jetstream.PullMaxMessages(prefetch), jetstream.PullHeartbeat(PullHeartbeat))
-	if err != nil {
-		return nil, err
+// Jobs binds to the consumers of profiles; a missing one is an error that
+// says to run `mailworker provision`.
+func (q *Queue) Jobs(ctx context.Context, profiles []string) (*Jobs, error) {
+	if len(profiles) == 0 {
+		return nil, errors.New("queue: no profile to consume")
 	}
-	return &Messages{it: it}, nil
+	j := &Jobs{schedules: q.Schedules}
+	for _, p := range profiles {
+		for _, sc := range [][2]string{{contract.JobsStream(p), contract.ConsumerName}, {contract.StreamDefer, contract.DueConsumer(p)}} {
+			c, err := q.js.Consumer(ctx, sc[0], sc[1])
+			if err != nil {
+				return nil, fmt.Errorf("queue: consumer %s/%s: %w (run `mailworker provision` with profile %s configured)", sc[0], sc[1], err, p)
+			}
+			j.sources = append(j.sources, source{name: sc[0] + "/" + sc[1], c: c})
+		}
+	}
+	return j, nil
+}
+
+// NewJobs wraps consumers (tests; Queue.Jobs binds the worker's).
+func NewJobs(cs ...jetstream.Consumer) *Jobs {
+	j := &Jobs{}
+	for _, c := range cs {
+		info := c.CachedInfo()
+		j.sources = append(j.sources, source{name: info.Stream + "/" + info.Name, c: c})
+	}
+	return j
+}
+
+// fetchWait is how long one pull request waits on an idle consumer: an idle
+// profile costs one request per consumer per fetchWait.
+const fetchWait = 10 * time.Second
+
+// Messages starts fetching from every consumer, about prefetch messages
+// ahead in all (at least one per consumer). One loop per consumer pulls
+// batches (Fetch: a new pull only when the last batch is handed out, which
+// the server serves cheaper than a standing Messages() subscription per
+// consumer once there are many); Next hands out the consumers' messages in
+// turn, so a profile with a backlog cannot push another's job behind it.
+func (j *Jobs) Messages(prefetch int) (*Messages, error) {
+	if len(j.sources) == 0 {
+		return nil, errors.New("queue: no consumer to fetch from")
+	}
+	per := max(1, prefetch/len(j.sources))
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Messages{cancel: cancel, ready: make(chan struct{}, 1), errs: make(chan error, 16), done: make(chan struct{}),
+		chans: make([]chan *Delivery, len(j.sources))}
+	var wg sync.WaitGroup
+	for i, src := range j.sources {
+		m.chans[i] = make(chan *Delivery, per)
+		wg.Add(1)
+		go func() { defer wg.Done(); j.pull(ctx, m, src, m.chans[i], per) }()
+	}
+	go func() { wg.Wait(); close(m.done) }()
+	return m, nil
+}
+
+// pull fetches src's messages into out until ctx ends.
+func (j *Jobs) pull(ctx context.Context, m *Messages, src source, out chan<- *Delivery, per int) {
+	for ctx.Err() == nil {
+		fctx, cancel := context.WithTimeout(ctx, fetchWait)
+		batch, err := src.c.Fetch(per, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(PullHeartbeat))
+		if err != nil {
+			cancel()
+			m.report(fmt.Errorf("fetch %s: %w", src.name, err))
+			pause(ctx, time.Second)
+			continue
+		}
+		for msg := range batch.Messages() {
+			d := j.delivery(ctx, msg)
+			if d == nil {
+				continue
+			}
+			select {
+			case out <- d:
+				select {
+				case m.ready <- struct{}{}:
+				default:
+				}
+			case <-ctx.Done():
+				_ = msg.Nak() // fetched, never handed out: back at once
+			}
+		}
+		cancel()
+		if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) &&
+			!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+			m.report(fmt.Errorf("fetch %s: %w", src.name, err))
+			pause(ctx, time.Second)
+		}
+	}
+}
+
+// delivery wraps msg, loading a body deferred by reference; nil when it
+// could not be loaded for now (the message comes back later).
+func (j *Jobs) delivery(ctx context.Context, msg jetstream.Msg) *Delivery {
+	d := &Delivery{msg: msg, data: msg.Data()}
+	ref := msg.Headers().Get(contract.HeaderDeferredRef)
+	if ref == "" || j.schedules == nil {
+		return d
+	}
+	lctx, cancel := context.WithTimeout(ctx, time.Minute)
+	b, err := j.schedules.loadBody(lctx, ref)
+	cancel()
+	switch {
+	case errors.Is(err, errDeferredGone):
+		// Handed out without its bytes: the worker records an invalid job
+		// (dead letter), nothing vanishes silently.
+		d.data = nil
+	case err != nil:
+		_ = msg.NakWithDelay(5 * time.Second)
+		return nil
+	default:
+		d.data = b
+	}
+	d.done = func() { j.schedules.deleteBody(ref) }
+	return d
+}
+
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // ErrMessagesClosed is returned by Messages.Next once the fetch has ended.
 var ErrMessagesClosed = jetstream.ErrMsgIteratorClosed
 
 // Messages is a running fetch.
-type Messages struct{ it jetstream.MessagesContext }
+type Messages struct {
+	cancel context.CancelFunc
+	chans  []chan *Delivery
+	next   int
+	ready  chan struct{}
+	errs   chan error
+	done   chan struct{}
+}
 
-// Next blocks for the next message. It returns ErrMessagesClosed after Drain
-// once the messages already fetched are handed out; other errors are
-// transient (missed heartbeats, reconnects) and the fetch carries on.
-func (m *Messages) Next() (*Delivery, error) {
-	msg, err := m.it.Next()
-	if err != nil {
-		return nil, err
+func (m *Messages) report(err error) {
+	select {
+	case m.errs <- err:
+	default:
 	}
-	return &Delivery{msg: msg}, nil
+}
+
+// Next blocks for the next message, taking the consumers in turn. It returns
+// ErrMessagesClosed after Drain once the messages already fetched are handed
+// out; other errors are transient (a missing consumer, a reconnect) and the
+// fetch carries on. Next is called from one goroutine.
+func (m *Messages) Next() (*Delivery, error) {
+	for {
+		n := len(m.chans)
+		for i := range n {
+			k := (m.next + i) % n
+			select {
+			case d := <-m.chans[k]:
+				m.next = k + 1
+				return d, nil
+			default:
+			}
+		}
+		select {
+		case <-m.ready:
+		case err := <-m.errs:
+			return nil, err
+		case <-m.done:
+			for _, ch := range m.chans {
+				select {
+				case d := <-ch:
+					return d, nil
+				default:
+				}
+			}
+			return nil, ErrMessagesClosed
+		}
+	}
 }
 
 // Drain stops fetching.
-func (m *Messages) Drain() { m.it.Drain() }
+func (m *Messages) Drain() { m.cancel() }
 
 // Delivery is one delivery of a job message.
-type Delivery struct{ msg jetstream.Msg }
+type Delivery struct {
+	msg  jetstream.Msg
+	data []byte
+	done func() // after Ack or Term: delete a body deferred by reference
+}
 
-// Data is the message body.
-func (d *Delivery) Data() []byte { return d.msg.Data() }
+// Data is the job's bytes (of a deferral by reference: loaded back).
+func (d *Delivery) Data() []byte { return d.data }
 
 // Subject is the message subject.
 func (d *Delivery) Subject() string { return d.msg.Subject() }
@@ -65,7 +238,7 @@ func (d *Delivery) Meta() (seq, delivered uint64, published time.Time, ok bool) 
 }
 
 // Ack acknowledges the message: it is done.
-func (d *Delivery) Ack() error { return d.msg.Ack() }
+func (d *Delivery) Ack() error { return d.finally(d.msg.Ack()) }
 
 // Nak gives the message back for redelivery at once.
 func (d *Delivery) Nak() error { return d.msg.Nak() }
@@ -77,7 +250,14 @@ func (d *Delivery) NakWithDelay(delay time.Duration) error { return d.msg.NakWit
 func (d *Delivery) InProgress() error { return d.msg.InProgress() }
 
 // Term ends the message: it is never redelivered.
-func (d *Delivery) Term() error { return d.msg.Term() }
+func (d *Delivery) Term() error { return d.finally(d.msg.Term()) }
+
+func (d *Delivery) finally(err error) error {
+	if err == nil && d.done != nil {
+		d.done()
+	}
+	return err
+}
 
 // IsClosed reports whether err says the fetch has ended.
 func IsClosed(err error) bool { return errors.Is(err, ErrMessagesClosed) }

@@ -264,7 +264,7 @@ func (d *DLQ) Get(ctx context.Context, profile, jobID string) (contract.DeadLett
 }
 
 // Replay puts the newest dead letter of profile's job jobID (profile "" as in
-// Get) back on MAIL_JOBS, in this order:
+// Get) back on its profile's MAIL_JOBS_<profile>, in this order:
 //  1. reset the job state: state replayed, Attempts 0, Ambiguous false,
 //     AmbiguousBefore when the record (or the state) says a send may have
 //     delivered, Generation = the record's generation + 1;

@@ -39,37 +39,31 @@ func (p *Publisher) jobMsg(profile string, job *contract.Job) (*nats.Msg, error)
 	if err != nil {
 		return nil, fmt.Errorf("queue: encode job: %w", err)
 	}
-	return &nats.Msg{Subject: contract.JobSubject(profile), Data: b, Header: nats.Header{contract.HeaderMsgID: []string{PublishMsgID(profile, job.ID)}}}, nil
+	return &nats.Msg{Subject: contract.JobSubject(profile), Data: b, Header: nats.Header{contract.HeaderMsgID: []string{job.ID}}}, nil
 }
 
-// PublishMsgID returns a Nats-Msg-Id for one publish of job id of profile:
-// "<profile>.<id>.<128 random bits>". JetStream's duplicate window is
-// stream-wide, across profiles, and any producer can set any Nats-Msg-Id: a
-// guessable one (the job id) would let another profile's producer publish it
-// first and have this publish silently dropped. A random one is used only to
-// make retries of the same publish (the same message) idempotent; a job id
-// published twice is recognised by the worker, per profile, from the job
-// state (see README, "Job identity").
-func PublishMsgID(profile, id string) string {
-	return profile + "." + id + "." + contract.NewJobID()
-}
+// ErrDuplicatePublish is returned (wrapped) by Publish and PublishRaw when
+// JetStream reports a publish as a duplicate of a message already in the
+// profile's duplicate window: this job id was published moments ago (by a
+// retry of the same publish, or by another publish of the same job), and the
+// stream holds it once, at the sequence the error names. Publish sets
+// Nats-Msg-Id to the job id, JetStream's idiom: each profile's ingress
+// stream has its own window, and only that profile's producers write it, so
+// no other application can claim an id (README, "Job identity").
+var ErrDuplicatePublish = errors.New("queue: the job id is already in the profile's stream (duplicate publish)")
 
-// ErrDuplicatePublish is returned when JetStream reports a publish as a
-// duplicate of a message already in its window: the job was not stored.
-var ErrDuplicatePublish = errors.New("queue: the stream dropped this publish as a duplicate")
-
-// Published is the outcome of one publish: the job id and the MAIL_JOBS
-// stream sequence that holds the job (the job state's Seq once the worker has
-// finished this very message).
+// Published is the outcome of one publish: the job id and the
+// MAIL_JOBS_<profile> stream sequence that holds the job (the job state's Seq
+// once the worker has finished this very message).
 type Published struct {
 	ID  string
 	Seq uint64
 }
 
 // Publish validates job, sets job.ID to a random id if it is empty, and
-// publishes it on JobSubject(profile) with a fresh PublishMsgID. It returns
-// the id. A validation failure is an *InvalidError; a publish the stream
-// drops as a duplicate is ErrDuplicatePublish (wrapped).
+// publishes it on JobSubject(profile) with Nats-Msg-Id = the job id. It
+// returns the id. A validation failure is an *InvalidError; a publish the
+// stream drops as a duplicate is ErrDuplicatePublish (wrapped).
 func (p *Publisher) Publish(ctx context.Context, profile string, job *contract.Job) (string, error) {
 	pub, err := p.PublishJob(ctx, profile, job)
 	return pub.ID, err
@@ -107,11 +101,11 @@ func (p *Publisher) PublishAsync(profile string, job *contract.Job) (jetstream.P
 	return f, job.ID, nil
 }
 
-// PublishRaw publishes pre-encoded job bytes unchanged on JobSubject(profile)
-// with a fresh PublishMsgID; id (the job id, when known) only names it. It
-// does not validate data: the worker does (call DecodeJob first to fail
-// early). A non-empty id is also sent as Mail-Job-Id, the job's id when the
-// body has none. It returns the stream sequence of the stored job.
+// PublishRaw publishes pre-encoded job bytes unchanged on JobSubject(profile).
+// It does not validate data: the worker does (call DecodeJob first to fail
+// early). A non-empty id is sent as Mail-Job-Id, the job's id when the body
+// has none, and as Nats-Msg-Id. It returns the stream sequence of the stored
+// job.
 func (p *Publisher) PublishRaw(ctx context.Context, profile string, data []byte, id string) (uint64, error) {
 	if !validProfile(profile) {
 		return 0, fmt.Errorf("queue: publish: invalid profile %s: want one subject token", contract.Quote(profile))
@@ -122,10 +116,8 @@ func (p *Publisher) PublishRaw(ctx context.Context, profile string, data []byte,
 	h := nats.Header{}
 	if id != "" {
 		h.Set(contract.HeaderJobID, id)
-	} else {
-		id = "raw"
+		h.Set(contract.HeaderMsgID, id)
 	}
-	h.Set(contract.HeaderMsgID, PublishMsgID(profile, id))
 	m := &nats.Msg{Subject: contract.JobSubject(profile), Data: data, Header: h}
 	ack, err := p.js.PublishMsg(ctx, m)
 	if err != nil {

@@ -51,7 +51,7 @@ type job struct {
 	stateRead bool   // state was read from the store (not assumed absent)
 	fresh     bool   // ... from the store's leader (States.Latest), not a replica that may lag
 	marked    bool   // this delivery stored state `sending`
-	seq       uint64 // MAIL_JOBS stream sequence of this delivery
+	seq       uint64 // stream sequence of this delivery (MAIL_JOBS_<profile>, or MAIL_DEFER when due)
 	origin    uint64 // stream sequence of the producer's publish (HeaderOriginSeq, else seq)
 	published time.Time
 	graph     *contract.GraphInfo // of the last Graph call, if any

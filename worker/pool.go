@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-
-	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Options are a Pool's collaborators other than its configuration.
@@ -106,7 +104,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	prefetch := min(max(p.cfg.MaxInFlight/4, 1), 256)
 	it, err := p.broker.Consumer.Messages(prefetch)
 	if err != nil {
-		return fmt.Errorf("worker: consume %s/%s: %w", contract.StreamJobs, contract.ConsumerName, err)
+		return fmt.Errorf("worker: consume the job streams: %w", err)
 	}
 	// This replica counts in the live replicas that share the mailbox limits
 	// from before it takes a job until it has finished the last one.

@@ -84,7 +84,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 	if a.q, err = queue.Open(ctx, a.js); err != nil {
 		return nil, err
 	}
-	cons, err := a.q.Consumer(ctx)
+	jobs, err := a.q.Jobs(ctx, names)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +107,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 			a.watches = append(a.watches, w)
 		}
 	}
-	broker := worker.Broker{Consumer: jobsConsumer{queue.NewJobs(cons)}, States: a.q.States, DeadLetters: a.q.DLQ,
+	broker := worker.Broker{Consumer: jobsConsumer{jobs}, States: a.q.States, DeadLetters: a.q.DLQ,
 		Events: a.q.Events, Attachments: a.q.Attachments, Scheduler: a.q.Schedules, Ledger: a.q.Pacing, Membership: a.q.Workers}
 	if a.pool, err = worker.New(cfg.workerConfig(), broker, sender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
 		return nil, err

@@ -293,21 +293,24 @@ func (c *cli) provisionCmd() *cobra.Command {
 // provisionedAssets lists what queue.Provision creates, kind and name: every
 // stream, consumer and bucket (README, "Subjects, streams, buckets").
 func provisionedAssets(profiles []string) [][2]string {
-	out := [][2]string{
-		{"stream", contract.StreamJobs},
-		{"stream", contract.StreamStatus},
-		{"stream", contract.StreamDLQ},
-		{"stream", contract.StreamAudit},
-		{"consumer", contract.StreamJobs + " > " + contract.ConsumerName},
-		{"KV bucket", contract.BucketState},
-		{"KV bucket", contract.BucketWorkers},
-		{"KV bucket", contract.BucketPacing},
-	}
-	// One object store per profile: objects belong to a profile.
+	var out [][2]string
+	// Per profile: its ingress stream and consumer, its due consumer and its
+	// object store (objects belong to a profile).
 	for _, p := range profiles {
-		out = append(out, [2]string{"object store", queue.AttachmentsBucket(p)})
+		out = append(out, [2]string{"stream", contract.JobsStream(p)},
+			[2]string{"consumer", contract.JobsStream(p) + " > " + contract.ConsumerName},
+			[2]string{"consumer", contract.StreamDefer + " > " + contract.DueConsumer(p)},
+			[2]string{"object store", queue.AttachmentsBucket(p)})
 	}
-	return out
+	return append(out,
+		[2]string{"stream", contract.StreamDefer},
+		[2]string{"stream", contract.StreamStatus},
+		[2]string{"stream", contract.StreamDLQ},
+		[2]string{"stream", contract.StreamAudit},
+		[2]string{"KV bucket", contract.BucketState},
+		[2]string{"KV bucket", contract.BucketWorkers},
+		[2]string{"KV bucket", contract.BucketPacing},
+		[2]string{"object store", contract.BucketDeferred})
 }
 
 func (c *cli) readyzCmd() *cobra.Command {

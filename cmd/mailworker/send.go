@@ -124,7 +124,7 @@ func (c *cli) sendCmd() *cobra.Command {
 // worker suppresses this one as a duplicate: it reports only the outcome of
 // the job it published. The state names the publish it is the outcome of
 // (Origin: kept when the job waited in a message schedule).
-func (c *cli) waitOutcome(ctx context.Context, states *queue.States, profile, id string, seq uint64, timeout time.Duration) error {
+func (c *cli) waitOutcome(ctx context.Context, states *queue.OwnStates, profile, id string, seq uint64, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)

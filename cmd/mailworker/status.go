@@ -30,7 +30,7 @@ It exits 1 when the id is unknown.
 
 status without a job id summarises MAIL_STATUS per profile over --since: how many jobs had
 an event, how many ended sent, dead-lettered or duplicate-suppressed, and how many are still
-open (their latest event is deferred, retrying or replayed), plus the jobs waiting in MAIL_JOBS.
+open (their latest event is deferred, retrying or replayed), plus the jobs waiting in each profile's MAIL_JOBS_<profile> (or due in MAIL_DEFER).
 Once producers are quiet, "open 0" and "waiting 0" mean nothing was lost.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -234,7 +234,8 @@ type profileSummary struct {
 	DuplicateSuppressed int `json:"duplicateSuppressed"`
 	// Open jobs' latest event is deferred, retrying or replayed.
 	Open int `json:"open"`
-	// Waiting jobs are in MAIL_JOBS (not yet acked or dead-lettered).
+	// Waiting jobs are in the profile's MAIL_JOBS_<profile>, or due in
+	// MAIL_DEFER (not yet acked or dead-lettered).
 	Waiting uint64 `json:"waiting"`
 	// Events counts every event of the range by type.
 	Events map[contract.EventType]int `json:"events"`
@@ -281,20 +282,8 @@ func (c *cli) statusSummary(ctx context.Context, since time.Duration, profile st
 	if err != nil {
 		return err
 	}
-	jobsFilter := "mail.send.>"
-	if profile != "" {
-		jobsFilter = contract.JobSubject(profile)
-	}
-	if s, err := js.Stream(ctx, contract.StreamJobs); err == nil {
-		if info, err := s.Info(ctx, jetstream.WithSubjectFilter(jobsFilter)); err == nil {
-			for subj, n := range info.State.Subjects {
-				if p, ok := contract.ProfileFromSubject(subj); ok {
-					get(p).Waiting += n
-				}
-			}
-		}
-	} else {
-		return fmt.Errorf("stream %s: %w (run `mailworker provision`)", contract.StreamJobs, err)
+	if err := countWaiting(ctx, js, profile, get); err != nil {
+		return err
 	}
 	for p, jobs := range last {
 		ps := byProfile[p]
@@ -332,7 +321,7 @@ func (c *cli) statusSummary(ctx context.Context, since time.Duration, profile st
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(c.stdout, "SENT, DEAD-LETTERED, DUPLICATE-SUPPRESSED and OPEN count each job once, by its latest event; OPEN jobs are still deferred, retrying or replayed, WAITING jobs are in MAIL_JOBS. Once producers are quiet, OPEN 0 and WAITING 0 mean nothing was lost.")
+	fmt.Fprintln(c.stdout, "SENT, DEAD-LETTERED, DUPLICATE-SUPPRESSED and OPEN count each job once, by its latest event; OPEN jobs are still deferred, retrying or replayed, WAITING jobs are in their profile's MAIL_JOBS_<profile> or due in MAIL_DEFER. Once producers are quiet, OPEN 0 and WAITING 0 mean nothing was lost.")
 	return nil
 }
 
@@ -379,4 +368,52 @@ func eachEventSince(ctx context.Context, js jetstream.JetStream, filter string, 
 			return nil // nothing more on this filter
 		}
 	}
+}
+
+// countWaiting adds to each profile's Waiting the jobs in its ingress stream
+// MAIL_JOBS_<profile> and its due deferrals in MAIL_DEFER (mail.due.<profile>);
+// only profile's when profile is set.
+func countWaiting(ctx context.Context, js jetstream.JetStream, profile string, get func(string) *profileSummary) error {
+	var names []string
+	if profile != "" {
+		names = []string{contract.JobsStream(profile)}
+	} else {
+		lister := js.StreamNames(ctx, jetstream.WithStreamListSubject(contract.JobSubjectPrefix+">"))
+		for n := range lister.Name() {
+			if strings.HasPrefix(n, contract.StreamJobsPrefix) {
+				names = append(names, n)
+			}
+		}
+		if err := lister.Err(); err != nil {
+			return fmt.Errorf("list the job streams: %w", err)
+		}
+	}
+	for _, n := range names {
+		s, err := js.Stream(ctx, n)
+		if errors.Is(err, jetstream.ErrStreamNotFound) && profile != "" {
+			continue // a profile without a stream has nothing waiting
+		}
+		if err != nil {
+			return fmt.Errorf("stream %s: %w (run `mailworker provision`)", n, err)
+		}
+		get(strings.TrimPrefix(n, contract.StreamJobsPrefix)).Waiting += s.CachedInfo().State.Msgs
+	}
+	dueFilter := contract.DueSubjectPrefix + ">"
+	if profile != "" {
+		dueFilter = contract.DueSubject(profile)
+	}
+	s, err := js.Stream(ctx, contract.StreamDefer)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w (run `mailworker provision`)", contract.StreamDefer, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(dueFilter))
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", contract.StreamDefer, err)
+	}
+	for subj, n := range info.State.Subjects {
+		if p, ok := contract.ProfileFromSubject(subj); ok {
+			get(p).Waiting += n
+		}
+	}
+	return nil
 }
