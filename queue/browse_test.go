@@ -19,7 +19,7 @@ func TestDLQPageCountsFind(t *testing.T) {
 		if i%10 == 0 {
 			body = []byte(`{"id":"` + id + `","from":"Other <Other@contoso.com>","to":["a@x.com"]}`)
 		}
-		err := d.Put(b.ctx, contract.DeadLetter{JobID: id, Profile: []string{"billing", "hr"}[i%2], Reason: reasons[i%3], Body: body})
+		err := d.Put(b.ctx, contract.DeadLetter{JobID: id, Profile: []string{"billing", "ops"}[i%2], Reason: reasons[i%3], Body: body})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,7 +56,7 @@ func TestDLQPageCountsFind(t *testing.T) {
 		}{
 			{DLQQuery{Profile: "billing"}, 15},
 			{DLQQuery{Reason: contract.ReasonAccessDenied}, 10},
-			{DLQQuery{Profile: "hr", Reason: contract.ReasonAccessDenied}, 5},
+			{DLQQuery{Profile: "ops", Reason: contract.ReasonAccessDenied}, 5},
 			{DLQQuery{From: "other@CONTOSO.com"}, 3},
 			{DLQQuery{Since: time.Now().Add(time.Hour)}, 0},
 			{DLQQuery{Until: time.Now().Add(-time.Hour)}, 0},
@@ -72,21 +72,21 @@ func TestDLQPageCountsFind(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.Total != 30 || c.ByProfile["billing"][contract.ReasonMailboxNotFound] != 5 || c.ByProfile["hr"][contract.ReasonAccessDenied] != 5 {
+		if c.Total != 30 || c.ByProfile["billing"][contract.ReasonMailboxNotFound] != 5 || c.ByProfile["ops"][contract.ReasonAccessDenied] != 5 {
 			t.Errorf("counts %+v", c)
 		}
 		// Appended records are added to the previous counts; a deletion
 		// makes a full recount.
 		for _, id := range []string{"n1", "n2"} {
-			if err := d.Put(b.ctx, contract.DeadLetter{JobID: id, Profile: "hr", Reason: contract.ReasonExpired, Body: deadJob(id)}); err != nil {
+			if err := d.Put(b.ctx, contract.DeadLetter{JobID: id, Profile: "ops", Reason: contract.ReasonExpired, Body: deadJob(id)}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		up, err := d.Recount(b.ctx, &c)
-		if err != nil || up.Total != 32 || up.ByProfile["hr"][contract.ReasonExpired] != 2 || c.Total != 30 {
+		if err != nil || up.Total != 32 || up.ByProfile["ops"][contract.ReasonExpired] != 2 || c.Total != 30 {
 			t.Fatalf("recount after appends: %+v, %v (prev %d)", up, err, c.Total)
 		}
-		n1, err := d.Find(b.ctx, "hr", "n1")
+		n1, err := d.Find(b.ctx, "ops", "n1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,7 +94,7 @@ func TestDLQPageCountsFind(t *testing.T) {
 			t.Fatal(err)
 		}
 		up2, err := d.Recount(b.ctx, &up)
-		if err != nil || up2.Total != 31 || up2.ByProfile["hr"][contract.ReasonExpired] != 1 {
+		if err != nil || up2.Total != 31 || up2.ByProfile["ops"][contract.ReasonExpired] != 1 {
 			t.Fatalf("recount after a delete: %+v, %v", up2, err)
 		}
 		if err := d.PurgeRecord(b.ctx, up2.LastSeq); err != nil { // n2: back to the 30 the other subtests expect
@@ -112,13 +112,13 @@ func TestDLQPageCountsFind(t *testing.T) {
 	})
 	t.Run("find and replay a record", func(t *testing.T) {
 		dl, err := d.Find(b.ctx, "", "p07")
-		if err != nil || dl.JobID != "p07" || dl.Profile != "hr" || len(dl.Body) == 0 {
+		if err != nil || dl.JobID != "p07" || dl.Profile != "ops" || len(dl.Body) == 0 {
 			t.Fatalf("Find = %+v, %v", dl, err)
 		}
 		if err := d.ReplayRecord(b.ctx, dl, ReplayOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Find(b.ctx, "hr", "p07"); err == nil {
+		if _, err := d.Find(b.ctx, "ops", "p07"); err == nil {
 			t.Error("the replayed record is still there")
 		}
 	})

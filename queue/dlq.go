@@ -358,6 +358,10 @@ func (d *DLQ) replayOnly(ctx context.Context, dl contract.DeadLetter, opts Repla
 		// `replayed` must still come first in the job's history.
 		ev := contract.Event{JobID: dl.JobID, Profile: dl.Profile, Event: contract.EventReplayed, At: time.Now().UTC()}
 		if _, err := d.js.PublishMsg(ctx, m); err != nil {
+			if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+				return fmt.Errorf("queue: replay %s: no stream %s takes profile %s's jobs (is the profile still configured? run `mailworker provision`): %w",
+					dl.JobID, contract.JobsStream(dl.Profile), dl.Profile, err)
+			}
 			return fmt.Errorf("queue: replay %s: publish job: %w", dl.JobID, err)
 		}
 		var meta struct {

@@ -91,7 +91,7 @@ func TestDLQ(t *testing.T) {
 	if err != nil || st.State != contract.StateReplayed || st.Attempts != 0 || st.Ambiguous || st.Generation != 1 {
 		t.Errorf("state after replay %+v, %v", st, err)
 	}
-	jobs, _ := b.js.Stream(b.ctx, contract.StreamJobs)
+	jobs, _ := b.js.Stream(b.ctx, contract.JobsStream("billing"))
 	m, err := jobs.GetLastMsgForSubject(b.ctx, contract.JobSubject("billing"))
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func mustDecode(t *testing.T, b []byte) *contract.Job {
 func TestDLQReplayCrashSafe(t *testing.T) {
 	b := setup(t)
 	d := b.q.DLQ
-	jobs, _ := b.js.Stream(b.ctx, contract.StreamJobs)
+	jobs, _ := b.js.Stream(b.ctx, contract.JobsStream("billing"))
 	msgs := func() uint64 {
 		info, err := jobs.Info(b.ctx)
 		if err != nil {

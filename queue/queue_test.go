@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mailworker/mailworker/queue/contract"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -26,21 +26,36 @@ func TestProvisionIdempotent(t *testing.T) {
 			t.Fatalf("Provision #%d: %v", i+1, err)
 		}
 	}
-	s, err := js.Stream(ctx, contract.StreamJobs)
+	s, err := js.Stream(ctx, contract.JobsStream("billing"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	sc := s.CachedInfo().Config
-	if sc.Retention != jetstream.WorkQueuePolicy || sc.Storage != jetstream.FileStorage || sc.Duplicates != 2*time.Minute {
-		t.Errorf("MAIL_JOBS config %+v", sc)
+	if sc.Retention != jetstream.WorkQueuePolicy || sc.Storage != jetstream.FileStorage || sc.Duplicates != 2*time.Minute ||
+		!slices.Equal(sc.Subjects, []string{"mail.send.billing"}) {
+		t.Errorf("MAIL_JOBS_billing config %+v", sc)
 	}
-	c, err := js.Consumer(ctx, contract.StreamJobs, contract.ConsumerName)
+	// Nothing a producer's header could switch on is on; its limits hold.
+	if sc.AllowMsgSchedules || sc.AllowRollup || sc.AllowMsgTTL || sc.AllowMsgCounter || sc.AllowAtomicPublish || sc.AllowBatchPublish ||
+		!sc.DenyDelete || !sc.DenyPurge || sc.Discard != jetstream.DiscardNew || sc.MaxMsgs != DefaultJobsMaxMsgs || sc.MaxBytes != DefaultJobsMaxBytes {
+		t.Errorf("MAIL_JOBS_billing trust settings %+v", sc)
+	}
+	ds, err := js.Stream(ctx, contract.StreamDefer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := c.CachedInfo().Config
-	if cc.AckWait != 30*time.Second || cc.MaxDeliver != -1 || cc.MaxAckPending != 1000 || cc.AckPolicy != jetstream.AckExplicitPolicy {
-		t.Errorf("consumer config %+v", cc)
+	if dc := ds.CachedInfo().Config; !dc.AllowMsgSchedules || !slices.Equal(dc.Subjects, []string{"mail.schedule.>", "mail.due.>"}) {
+		t.Errorf("MAIL_DEFER config %+v", dc)
+	}
+	for _, sc := range [][2]string{{contract.JobsStream("billing"), contract.ConsumerName}, {contract.StreamDefer, contract.DueConsumer("billing")}} {
+		c, err := js.Consumer(ctx, sc[0], sc[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc := c.CachedInfo().Config
+		if cc.AckWait != 30*time.Second || cc.MaxDeliver != -1 || cc.MaxAckPending != 1000 || cc.AckPolicy != jetstream.AckExplicitPolicy {
+			t.Errorf("consumer %s/%s config %+v", sc[0], sc[1], cc)
+		}
 	}
 	attachmentsTTL := func() time.Duration {
 		t.Helper()
@@ -60,13 +75,20 @@ func TestProvisionIdempotent(t *testing.T) {
 
 	// Updatable fields are updated in place.
 	cfg2 := Config{AckWait: 90 * time.Second, MaxAckPending: 50, StatusMaxAge: time.Hour, StateTTL: 2 * time.Hour,
-		AttachmentsMaxAge: 3 * time.Hour, Profiles: []string{"billing"}}
+		AttachmentsMaxAge: 3 * time.Hour, Profiles: []string{"billing"},
+		ProfileJobs: map[string]JobsLimits{"billing": {MaxMsgs: 7, MaxBytes: 1 << 20, MaxMsgSize: 4096, MaxAckPending: 5}}}
 	if err := Provision(ctx, js, cfg2); err != nil {
 		t.Fatalf("Provision with new limits: %v", err)
 	}
-	c, _ = js.Consumer(ctx, contract.StreamJobs, contract.ConsumerName)
-	if cc := c.CachedInfo().Config; cc.AckWait != 90*time.Second || cc.MaxAckPending != 50 {
-		t.Errorf("consumer not updated: %+v", cc)
+	for _, sc := range [][2]string{{contract.JobsStream("billing"), contract.ConsumerName}, {contract.StreamDefer, contract.DueConsumer("billing")}} {
+		c, _ := js.Consumer(ctx, sc[0], sc[1])
+		if cc := c.CachedInfo().Config; cc.AckWait != 90*time.Second || cc.MaxAckPending != 5 {
+			t.Errorf("consumer %s/%s not updated: %+v", sc[0], sc[1], cc)
+		}
+	}
+	s, _ = js.Stream(ctx, contract.JobsStream("billing"))
+	if sc := s.CachedInfo().Config; sc.MaxMsgs != 7 || sc.MaxBytes != 1<<20 || sc.MaxMsgSize != 4096 {
+		t.Errorf("MAIL_JOBS_billing limits not updated: %+v", sc)
 	}
 	st, _ := js.Stream(ctx, contract.StreamStatus)
 	if got := st.CachedInfo().Config.MaxAge; got != time.Hour {
@@ -96,34 +118,48 @@ func TestProvisionIncompatible(t *testing.T) {
 		field string
 	}{
 		{"jobs retention", func(js jetstream.JetStream) error {
-			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.StreamJobs, Subjects: []string{"mail.send.>"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage})
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS_billing", Subjects: []string{"mail.send.billing"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage})
 			return err
-		}, "stream MAIL_JOBS retention"},
+		}, "stream MAIL_JOBS_billing retention"},
 		{"jobs storage", func(js jetstream.JetStream) error {
-			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.StreamJobs, Subjects: []string{"mail.send.>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.MemoryStorage})
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS_billing", Subjects: []string{"mail.send.billing"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.MemoryStorage})
 			return err
-		}, "stream MAIL_JOBS storage"},
+		}, "stream MAIL_JOBS_billing storage"},
+		// The server cannot switch these off again: a producer's headers
+		// would be honoured, so provision refuses rather than run on it.
+		{"jobs schedules", func(js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS_billing", Subjects: []string{"mail.send.billing"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, AllowMsgSchedules: true, AllowRollup: true})
+			return err
+		}, "stream MAIL_JOBS_billing allow_msg_schedules"},
+		{"jobs ttl", func(js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS_billing", Subjects: []string{"mail.send.billing"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, AllowMsgTTL: true})
+			return err
+		}, "stream MAIL_JOBS_billing allow_msg_ttl"},
+		{"jobs counter", func(js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS_billing", Subjects: []string{"mail.send.billing"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage, AllowMsgCounter: true})
+			return err
+		}, "stream MAIL_JOBS_billing"},
 		{"dlq subjects", func(js jetstream.JetStream) error {
 			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.StreamDLQ, Subjects: []string{"mail.dlq.billing"}, Storage: jetstream.FileStorage})
 			return err
 		}, "stream MAIL_DLQ subjects"},
 		{"consumer filter", func(js jetstream.JetStream) error {
-			if err := Provision(ctx, js, Config{}); err != nil {
+			if err := Provision(ctx, js, Config{Profiles: []string{"billing"}}); err != nil {
 				return err
 			}
-			if err := js.DeleteConsumer(ctx, contract.StreamJobs, contract.ConsumerName); err != nil {
+			if err := js.DeleteConsumer(ctx, "MAIL_JOBS_billing", contract.ConsumerName); err != nil {
 				return err
 			}
-			_, err := js.CreateConsumer(ctx, contract.StreamJobs, jetstream.ConsumerConfig{Durable: contract.ConsumerName, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "mail.send.billing"})
+			_, err := js.CreateConsumer(ctx, "MAIL_JOBS_billing", jetstream.ConsumerConfig{Durable: contract.ConsumerName, AckPolicy: jetstream.AckExplicitPolicy})
 			return err
-		}, "consumer MAIL_JOBS/mailworker filter subject"},
+		}, "consumer MAIL_JOBS_billing/mailworker filter subject"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			js, _ := startJS(t)
 			if err := tt.setup(js); err != nil {
 				t.Fatal(err)
 			}
-			err := Provision(ctx, js, Config{})
+			err := Provision(ctx, js, Config{Profiles: []string{"billing"}})
 			if !errors.Is(err, ErrIncompatible) {
 				t.Fatalf("Provision = %v, want ErrIncompatible", err)
 			}
@@ -131,6 +167,22 @@ func TestProvisionIncompatible(t *testing.T) {
 				t.Errorf("error %q does not name %q", err, tt.field)
 			}
 		})
+	}
+}
+
+// TestProvisionRefusesTheLegacyJobsStream: the single MAIL_JOBS of older
+// releases (mail.send.>, schedules on) overlaps every ingress stream and is
+// what producers could abuse: provision says to drain and delete it.
+func TestProvisionRefusesTheLegacyJobsStream(t *testing.T) {
+	js, _ := startJS(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>", "mail.schedule.>"},
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, AllowMsgSchedules: true, AllowRollup: true}); err != nil {
+		t.Fatal(err)
+	}
+	err := Provision(ctx, js, Config{Profiles: []string{"billing"}})
+	if !errors.Is(err, ErrLegacyJobsStream) || !strings.Contains(err.Error(), "Upgrading to per-profile streams") {
+		t.Fatalf("Provision beside MAIL_JOBS = %v, want ErrLegacyJobsStream naming the runbook section", err)
 	}
 }
 
@@ -145,36 +197,31 @@ func TestPublisher(t *testing.T) {
 	if !contract.ValidJobID(id) || job.ID != id {
 		t.Fatalf("id %q, job.ID %q", id, job.ID)
 	}
-	// Same id again: stored again (the worker, not the stream, recognises
-	// a job id published twice, per profile), each publish with its own
-	// unguessable Nats-Msg-Id.
-	if _, err := p.Publish(b.ctx, "billing", job); err != nil {
-		t.Fatal(err)
+	// Nats-Msg-Id is the job id (JetStream's idiom, safe now that each
+	// profile has its own stream and window): the same id again, by Publish
+	// or PublishRaw, is dropped by the stream and reported as a duplicate
+	// naming the sequence that holds the job.
+	if _, err := p.Publish(b.ctx, "billing", job); !errors.Is(err, ErrDuplicatePublish) {
+		t.Fatalf("second Publish of id %s = %v, want ErrDuplicatePublish", id, err)
 	}
-	if _, err := p.PublishRaw(b.ctx, "billing", []byte(`{"id":"`+id+`"}`), id); err != nil {
-		t.Fatal(err)
+	if _, err := p.PublishRaw(b.ctx, "billing", []byte(`{"id":"`+id+`"}`), id); !errors.Is(err, ErrDuplicatePublish) {
+		t.Fatalf("PublishRaw of id %s = %v, want ErrDuplicatePublish", id, err)
 	}
-	s, _ := b.js.Stream(b.ctx, contract.StreamJobs)
+	// Another profile's job of the same id is another job, in another window.
+	if _, err := p.Publish(b.ctx, "ops", &contract.Job{ID: id, From: "ops@contoso.com", To: []string{"a@x.com"}, Text: "t"}); err != nil {
+		t.Fatalf("ops' job with billing's id: %v", err)
+	}
+	s, _ := b.js.Stream(b.ctx, contract.JobsStream("billing"))
 	info, _ := s.Info(b.ctx)
-	if info.State.Msgs != 3 {
-		t.Fatalf("MAIL_JOBS holds %d messages, want 3", info.State.Msgs)
+	if info.State.Msgs != 1 {
+		t.Fatalf("MAIL_JOBS_billing holds %d messages, want 1", info.State.Msgs)
 	}
 	m, err := s.GetMsg(b.ctx, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m2, err := s.GetMsg(b.ctx, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgID := m.Header.Get(contract.HeaderMsgID)
-	if m.Subject != "mail.send.billing" || !strings.HasPrefix(msgID, "billing."+id+".") || len(msgID) < len("billing."+id+".")+22 ||
-		msgID == m2.Header.Get(contract.HeaderMsgID) {
-		t.Errorf("subject %q Nats-Msg-Id %q then %q: want billing.<id>.<random>, fresh per publish", m.Subject, msgID, m2.Header.Get(contract.HeaderMsgID))
-	}
-	// Retrying the very same message is dropped by the stream.
-	if ack, err := b.js.PublishMsg(b.ctx, &nats.Msg{Subject: "mail.send.billing", Data: m.Data, Header: nats.Header{contract.HeaderMsgID: []string{msgID}}}); err != nil || !ack.Duplicate {
-		t.Fatalf("re-publish of the same Nats-Msg-Id: %+v, %v; want a duplicate", ack, err)
+	if m.Subject != "mail.send.billing" || m.Header.Get(contract.HeaderMsgID) != id {
+		t.Errorf("subject %q Nats-Msg-Id %q, want the job id %s", m.Subject, m.Header.Get(contract.HeaderMsgID), id)
 	}
 	got, err := contract.DecodeJob(m.Data)
 	if err != nil || got.ID != id || got.Subject != "hi" {
@@ -206,8 +253,8 @@ func TestPublisher(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, _ = s.Info(b.ctx)
-	if info.State.Msgs != 14 {
-		t.Errorf("MAIL_JOBS holds %d messages, want 14", info.State.Msgs)
+	if info.State.Msgs != 12 {
+		t.Errorf("MAIL_JOBS_billing holds %d messages, want 12", info.State.Msgs)
 	}
 
 	// Rejections.

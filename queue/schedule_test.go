@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"bytes"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,10 +11,31 @@ import (
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
+// next takes the next delivery of m within 20s.
+func next(t *testing.T, m *Messages) *Delivery {
+	t.Helper()
+	type res struct {
+		d   *Delivery
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { d, err := m.Next(); ch <- res{d, err} }()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("Next: %v", r.err)
+		}
+		return r.d
+	case <-time.After(20 * time.Second):
+		t.Fatal("no delivery within 20s")
+	}
+	return nil
+}
+
 // TestSchedules: a scheduled job waits as one message on its schedule
-// subject, outside the job subjects the consumer reads; moved earlier, it is
-// delivered on mail.send.<profile> at the new time with its job id and
-// replay headers, and the schedule is gone.
+// subject in MAIL_DEFER, outside every ingress stream; moved earlier, it is
+// delivered on mail.due.<profile> at the new time with its job id and replay
+// headers, and the schedule is gone.
 func TestSchedules(t *testing.T) {
 	b := setup(t)
 	body := []byte(`{"from":"billing@contoso.com","to":["a@x.com"],"subject":"later","text":"t"}`)
@@ -24,7 +47,7 @@ func TestSchedules(t *testing.T) {
 	if err := b.q.Schedules.Schedule(b.ctx, "billing", "s1", body, "2", 7, far.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	s, err := b.js.Stream(b.ctx, contract.StreamJobs)
+	s, err := b.js.Stream(b.ctx, contract.StreamDefer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,20 +61,25 @@ func TestSchedules(t *testing.T) {
 	if err := b.q.Schedules.Reschedule(b.ctx, "billing", "s1", time.Now().Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	c, err := b.q.Consumer(b.ctx)
+	jobs, err := b.q.Jobs(b.ctx, []string{"billing", "ops"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := c.Next(jetstream.FetchMaxWait(15 * time.Second))
+	m, err := jobs.Messages(8)
 	if err != nil {
-		t.Fatalf("the rescheduled job did not come: %v", err)
+		t.Fatal(err)
 	}
-	if msg.Subject() != contract.JobSubject("billing") || string(msg.Data()) != string(body) ||
-		msg.Headers().Get(contract.HeaderJobID) != "s1" || msg.Headers().Get(contract.HeaderReplay) != "2" ||
-		msg.Headers().Get(contract.HeaderOriginSeq) != "7" {
-		t.Fatalf("delivered %s %q %v", msg.Subject(), msg.Data(), msg.Headers())
+	defer m.Drain()
+	d := next(t, m)
+	if d.Subject() != contract.DueSubject("billing") || string(d.Data()) != string(body) ||
+		d.Header(contract.HeaderJobID) != "s1" || d.Header(contract.HeaderReplay) != "2" ||
+		d.Header(contract.HeaderOriginSeq) != "7" {
+		t.Fatalf("delivered %s %q job id %q replay %q origin %q", d.Subject(), d.Data(), d.Header(contract.HeaderJobID), d.Header(contract.HeaderReplay), d.Header(contract.HeaderOriginSeq))
 	}
-	_ = msg.Ack()
+	if p, ok := contract.ProfileFromSubject(d.Subject()); !ok || p != "billing" {
+		t.Fatalf("profile of %s = %q, %v", d.Subject(), p, ok)
+	}
+	_ = d.Ack()
 	// Fired: nothing left to move.
 	if err := b.q.Schedules.Reschedule(b.ctx, "billing", "s1", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
@@ -62,5 +90,93 @@ func TestSchedules(t *testing.T) {
 	}
 	if info.State.Msgs != 0 {
 		t.Fatalf("%d schedule messages left after it fired", info.State.Msgs)
+	}
+}
+
+// TestScheduleByReference: a job whose bytes leave no room for a schedule's
+// headers under max_payload waits by reference: the schedule holds no body,
+// MAIL_DEFERRED holds it once, the due delivery carries the bytes again (also
+// after a reschedule), and the object is gone once the delivery is acked.
+func TestScheduleByReference(t *testing.T) {
+	b := setup(t)
+	limit := int(b.nc.MaxPayload())
+	body := bytes.Repeat([]byte("x"), limit-100)
+	if err := b.q.Schedules.Schedule(b.ctx, "ops", "big", body, "", 3, time.Now().Add(time.Hour)); err != nil {
+		t.Fatalf("Schedule of a %d-byte job (max_payload %d): %v", len(body), limit, err)
+	}
+	s, _ := b.js.Stream(b.ctx, contract.StreamDefer)
+	sm, err := s.GetLastMsgForSubject(b.ctx, contract.ScheduleSubject("ops", "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := sm.Header.Get(contract.HeaderDeferredRef)
+	if len(sm.Data) != 0 || !strings.HasPrefix(ref, "ops/big/") {
+		t.Fatalf("schedule message: %d bytes, ref %q; want an empty body and a reference", len(sm.Data), ref)
+	}
+	obs, err := b.js.ObjectStore(b.ctx, contract.BucketDeferred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if oi, err := obs.GetInfo(b.ctx, ref); err != nil || oi.Size != uint64(len(body)) {
+		t.Fatalf("deferred object %q: %+v, %v", ref, oi, err)
+	}
+	if err := b.q.Schedules.Reschedule(b.ctx, "ops", "big", time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := b.q.Jobs(b.ctx, []string{"ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := jobs.Messages(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Drain()
+	d := next(t, m)
+	if !bytes.Equal(d.Data(), body) || d.Header(contract.HeaderJobID) != "big" || d.Header(contract.HeaderOriginSeq) != "3" {
+		t.Fatalf("due delivery: %d bytes, job id %q, origin %q", len(d.Data()), d.Header(contract.HeaderJobID), d.Header(contract.HeaderOriginSeq))
+	}
+	if err := d.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := obs.GetInfo(b.ctx, ref); err == nil {
+		t.Fatalf("deferred object %q still there after the ack", ref)
+	}
+}
+
+// TestJobsTakesProfilesInTurn: with a backlog in billing's stream, ops' one
+// job is among the first handed out, not behind the backlog.
+func TestJobsTakesProfilesInTurn(t *testing.T) {
+	b := setup(t)
+	p := NewPublisher(b.js)
+	for range 200 {
+		if _, err := p.Publish(b.ctx, "billing", &contract.Job{From: "billing@contoso.com", To: []string{"a@x.com"}, Text: "t"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.Publish(b.ctx, "ops", &contract.Job{ID: "ops1", From: "ops@contoso.com", To: []string{"a@x.com"}, Text: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := b.q.Jobs(b.ctx, []string{"billing", "ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := jobs.Messages(64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Drain()
+	for i := 0; ; i++ {
+		d := next(t, m)
+		_ = d.Ack()
+		if d.Subject() == contract.JobSubject("ops") {
+			if i > 32 {
+				t.Fatalf("ops' job came %dth, behind billing's backlog", i+1)
+			}
+			return
+		}
+		if i > 200 {
+			t.Fatal("ops' job never came")
+		}
 	}
 }
