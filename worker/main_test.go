@@ -82,7 +82,7 @@ func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := q.Consumer(ctx)
+	jobs, err := q.Jobs(ctx, []string{"demo"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, 
 	if cfg.PerMailboxUploadBytes == 0 {
 		cfg.PerMailboxUploadBytes = Unlimited
 	}
-	br := Broker{Consumer: jobsConsumer{queue.NewJobs(cons)}, States: q.States, DeadLetters: q.DLQ, Events: q.Events,
+	br := Broker{Consumer: jobsConsumer{jobs}, States: q.States, DeadLetters: q.DLQ, Events: q.Events,
 		Attachments: q.Attachments, Scheduler: q.Schedules, Ledger: q.Pacing, Membership: q.Workers}
 	if opts.ledger != nil {
 		br.Ledger = opts.ledger
@@ -257,7 +257,7 @@ func (b *bundle) waitEvent(id string, want contract.EventType) contract.Event {
 
 func (b *bundle) pending() uint64 {
 	b.t.Helper()
-	s, err := b.js.Stream(context.Background(), contract.StreamJobs)
+	s, err := b.js.Stream(context.Background(), contract.JobsStream("demo"))
 	if err != nil {
 		b.t.Fatal(err)
 	}

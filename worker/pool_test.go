@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailworker/mailworker/queue"
@@ -79,12 +80,14 @@ func TestPool(t *testing.T) {
 		}
 	})
 
-	t.Run("unknown profile is dead-lettered", func(t *testing.T) {
+	t.Run("a job for a profile without a stream is refused at publish", func(t *testing.T) {
 		b := setup(t, Config{}, &recorder{})
-		b.publishRaw("mail.send.nosuch", mustJSON(t, demoJob("job-np")))
-		dls := waitDLQ(t, b, 1)
-		if dls[0].Reason != contract.ReasonInvalidJob || !strings.Contains(dls[0].Error, `no profile "nosuch"`) {
-			t.Fatalf("dead letter = %+v", dls[0])
+		// Each profile has its own ingress stream (MAIL_JOBS_<profile>): no
+		// stream takes a profile that was not provisioned, so the producer
+		// hears it at once instead of the job dying in a shared queue.
+		_, err := b.js.Publish(context.Background(), "mail.send.nosuch", mustJSON(t, demoJob("job-np")))
+		if !errors.Is(err, jetstream.ErrNoStreamResponse) {
+			t.Fatalf("publish for an unprovisioned profile = %v, want no stream response", err)
 		}
 	})
 
@@ -93,7 +96,8 @@ func TestPool(t *testing.T) {
 		b := setup(t, Config{}, rec)
 		id := b.publish(demoJob("job-dup"))
 		b.waitState(id, contract.StateSent)
-		// Past JetStream's publish dedupe: same job id, new message id.
+		// Without a Nats-Msg-Id (or past the duplicate window): the worker
+		// recognises the job id from its state.
 		b.publishRaw("mail.send.demo", mustJSON(t, demoJob("job-dup")))
 		b.waitEvent(id, contract.EventDuplicateSuppressed)
 		if n := rec.callsFor(id); n != 1 {
@@ -382,7 +386,7 @@ func TestPool(t *testing.T) {
 		b.waitEvent("job-scheduled", contract.EventDeferred)
 		// Waiting, it holds no delivery: the consumer has nothing pending.
 		eventually(t, 5*time.Second, "the delivery acked while the job waits", func() bool {
-			c, err := b.js.Consumer(context.Background(), contract.StreamJobs, contract.ConsumerName)
+			c, err := b.js.Consumer(context.Background(), contract.JobsStream("demo"), contract.ConsumerName)
 			if err != nil {
 				return false
 			}

@@ -114,7 +114,7 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 	eventually(t, 5*time.Second, "the first send", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) == 1 })
 	// While the store is gone the job keeps coming back (and is put back as
 	// an infrastructure failure): it was naked, not left to the ack wait.
-	cons, err := b.js.Consumer(context.Background(), contract.StreamJobs, contract.ConsumerName)
+	cons, err := b.js.Consumer(context.Background(), contract.JobsStream("demo"), contract.ConsumerName)
 	if err != nil {
 		t.Fatal(err)
 	}
