@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,17 +41,28 @@ func (p *Publisher) jobMsg(profile string, job *contract.Job) (*nats.Msg, error)
 	if err != nil {
 		return nil, fmt.Errorf("queue: encode job: %w", err)
 	}
-	return &nats.Msg{Subject: contract.JobSubject(profile), Data: b, Header: nats.Header{contract.HeaderMsgID: []string{job.ID}}}, nil
+	return &nats.Msg{Subject: contract.JobSubject(profile), Data: b, Header: nats.Header{contract.HeaderMsgID: []string{PublishMsgID(job.ID, b)}}}, nil
+}
+
+// PublishMsgID is the Nats-Msg-Id Publish and PublishRaw set:
+// "<job id>.<first 64 bits of the SHA-256 of the bytes, hex>". Each profile's
+// ingress stream has its own duplicate window that only the profile's
+// producers write, so an id is safe from other applications, and JetStream's
+// idiom (Nats-Msg-Id = the job id) works for any client. The hash makes a
+// retry of the same publish, or the same job published twice, one message,
+// while a corrected job under the same id (after support purged the failed
+// one) is stored, not dropped for two minutes.
+func PublishMsgID(id string, data []byte) string {
+	sum := sha256.Sum256(data)
+	return id + "." + hex.EncodeToString(sum[:8])
 }
 
 // ErrDuplicatePublish is returned (wrapped) by Publish and PublishRaw when
 // JetStream reports a publish as a duplicate of a message already in the
-// profile's duplicate window: this job id was published moments ago (by a
-// retry of the same publish, or by another publish of the same job), and the
-// stream holds it once, at the sequence the error names. Publish sets
-// Nats-Msg-Id to the job id, JetStream's idiom: each profile's ingress
-// stream has its own window, and only that profile's producers write it, so
-// no other application can claim an id (README, "Job identity").
+// profile's duplicate window: the same job (id and bytes) was published
+// moments ago, by a retry of the same publish or by another publish, and the
+// stream holds it once, at the sequence the error names (PublishMsgID;
+// README, "Job identity").
 var ErrDuplicatePublish = errors.New("queue: the job id is already in the profile's stream (duplicate publish)")
 
 // Published is the outcome of one publish: the job id and the
@@ -61,7 +74,7 @@ type Published struct {
 }
 
 // Publish validates job, sets job.ID to a random id if it is empty, and
-// publishes it on JobSubject(profile) with Nats-Msg-Id = the job id. It
+// publishes it on JobSubject(profile) with Nats-Msg-Id PublishMsgID. It
 // returns the id. A validation failure is an *InvalidError; a publish the
 // stream drops as a duplicate is ErrDuplicatePublish (wrapped).
 func (p *Publisher) Publish(ctx context.Context, profile string, job *contract.Job) (string, error) {
@@ -104,8 +117,8 @@ func (p *Publisher) PublishAsync(profile string, job *contract.Job) (jetstream.P
 // PublishRaw publishes pre-encoded job bytes unchanged on JobSubject(profile).
 // It does not validate data: the worker does (call DecodeJob first to fail
 // early). A non-empty id is sent as Mail-Job-Id, the job's id when the body
-// has none, and as Nats-Msg-Id. It returns the stream sequence of the stored
-// job.
+// has none, and makes the Nats-Msg-Id (PublishMsgID). It returns the stream
+// sequence of the stored job.
 func (p *Publisher) PublishRaw(ctx context.Context, profile string, data []byte, id string) (uint64, error) {
 	if !validProfile(profile) {
 		return 0, fmt.Errorf("queue: publish: invalid profile %s: want one subject token", contract.Quote(profile))
@@ -116,7 +129,7 @@ func (p *Publisher) PublishRaw(ctx context.Context, profile string, data []byte,
 	h := nats.Header{}
 	if id != "" {
 		h.Set(contract.HeaderJobID, id)
-		h.Set(contract.HeaderMsgID, id)
+		h.Set(contract.HeaderMsgID, PublishMsgID(id, data))
 	}
 	m := &nats.Msg{Subject: contract.JobSubject(profile), Data: data, Header: h}
 	ack, err := p.js.PublishMsg(ctx, m)

@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"slices"
@@ -197,15 +198,19 @@ func TestPublisher(t *testing.T) {
 	if !contract.ValidJobID(id) || job.ID != id {
 		t.Fatalf("id %q, job.ID %q", id, job.ID)
 	}
-	// Nats-Msg-Id is the job id (JetStream's idiom, safe now that each
-	// profile has its own stream and window): the same id again, by Publish
-	// or PublishRaw, is dropped by the stream and reported as a duplicate
-	// naming the sequence that holds the job.
+	// Nats-Msg-Id is the job id and a hash of its bytes (safe now that each
+	// profile has its own stream and window): the same job again, by Publish
+	// or PublishRaw, is dropped by the stream and reported as a duplicate;
+	// a corrected job under the same id is stored.
 	if _, err := p.Publish(b.ctx, "billing", job); !errors.Is(err, ErrDuplicatePublish) {
 		t.Fatalf("second Publish of id %s = %v, want ErrDuplicatePublish", id, err)
 	}
-	if _, err := p.PublishRaw(b.ctx, "billing", []byte(`{"id":"`+id+`"}`), id); !errors.Is(err, ErrDuplicatePublish) {
-		t.Fatalf("PublishRaw of id %s = %v, want ErrDuplicatePublish", id, err)
+	stored, _ := json.Marshal(job)
+	if _, err := p.PublishRaw(b.ctx, "billing", stored, id); !errors.Is(err, ErrDuplicatePublish) {
+		t.Fatalf("PublishRaw of the same job %s = %v, want ErrDuplicatePublish", id, err)
+	}
+	if _, err := p.PublishRaw(b.ctx, "billing", []byte(`{"id":"`+id+`"}`), id); err != nil {
+		t.Fatalf("PublishRaw of other bytes under id %s = %v, want it stored", id, err)
 	}
 	// Another profile's job of the same id is another job, in another window.
 	if _, err := p.Publish(b.ctx, "ops", &contract.Job{ID: id, From: "ops@contoso.com", To: []string{"a@x.com"}, Text: "t"}); err != nil {
@@ -213,15 +218,15 @@ func TestPublisher(t *testing.T) {
 	}
 	s, _ := b.js.Stream(b.ctx, contract.JobsStream("billing"))
 	info, _ := s.Info(b.ctx)
-	if info.State.Msgs != 1 {
-		t.Fatalf("MAIL_JOBS_billing holds %d messages, want 1", info.State.Msgs)
+	if info.State.Msgs != 2 {
+		t.Fatalf("MAIL_JOBS_billing holds %d messages, want 2", info.State.Msgs)
 	}
 	m, err := s.GetMsg(b.ctx, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Subject != "mail.send.billing" || m.Header.Get(contract.HeaderMsgID) != id {
-		t.Errorf("subject %q Nats-Msg-Id %q, want the job id %s", m.Subject, m.Header.Get(contract.HeaderMsgID), id)
+	if m.Subject != "mail.send.billing" || m.Header.Get(contract.HeaderMsgID) != PublishMsgID(id, m.Data) || !strings.HasPrefix(m.Header.Get(contract.HeaderMsgID), id+".") {
+		t.Errorf("subject %q Nats-Msg-Id %q, want %s.<hash>", m.Subject, m.Header.Get(contract.HeaderMsgID), id)
 	}
 	got, err := contract.DecodeJob(m.Data)
 	if err != nil || got.ID != id || got.Subject != "hi" {
@@ -253,8 +258,8 @@ func TestPublisher(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, _ = s.Info(b.ctx)
-	if info.State.Msgs != 12 {
-		t.Errorf("MAIL_JOBS_billing holds %d messages, want 12", info.State.Msgs)
+	if info.State.Msgs != 13 {
+		t.Errorf("MAIL_JOBS_billing holds %d messages, want 13", info.State.Msgs)
 	}
 
 	// Rejections.

@@ -158,6 +158,9 @@ func (c *cli) checkNATS(ctx context.Context, cfg Config, draftsOlder time.Durati
 		// queue's error already says to run `mailworker provision`: one hint.
 		return err.Error() + "; or let a worker with streams.provision on start once"
 	}
+	if _, err := q.Jobs(opCtx, cfg.queueConfig().Profiles); len(cfg.Profiles) > 0 && err != nil {
+		return err.Error() + "; or let a worker with streams.provision on start once"
+	}
 	sctx, scancel := context.WithTimeout(ctx, time.Minute)
 	defer scancel()
 	left, err := q.States.Drafts(sctx, draftsOlder, time.Now())

@@ -51,7 +51,7 @@ func TestDeferralsHoldNoCapacity(t *testing.T) {
 	eventually(t, 60*time.Second, "the flood to be deferred", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		c, err := h.q.Consumer(ctx)
+		c, err := h.js.Consumer(ctx, contract.JobsStream("flood"), contract.ConsumerName)
 		if err != nil {
 			return false
 		}
@@ -63,8 +63,8 @@ func TestDeferralsHoldNoCapacity(t *testing.T) {
 	if st, _, err := h.stateOf(context.Background(), ids[0]); err != nil || st.State != contract.StateSent {
 		t.Fatalf("ops job: %+v %v", st, err)
 	}
-	// The flood waits in MAIL_JOBS as schedules, not lost.
-	s, err := h.js.Stream(context.Background(), contract.StreamJobs)
+	// The flood waits in MAIL_DEFER as schedules, not lost.
+	s, err := h.js.Stream(context.Background(), contract.StreamDefer)
 	if err != nil {
 		t.Fatal(err)
 	}

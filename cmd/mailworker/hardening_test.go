@@ -102,7 +102,7 @@ profiles:
 	}
 	defer nc.Close()
 	eventually(t, 20*time.Second, "no job pending or redelivered", func() bool {
-		m, err := nc.Request("$JS.API.CONSUMER.INFO.MAIL_JOBS.mailworker", nil, 2*time.Second)
+		m, err := nc.Request("$JS.API.CONSUMER.INFO.MAIL_JOBS_billing.mailworker", nil, 2*time.Second)
 		if err != nil {
 			return false
 		}

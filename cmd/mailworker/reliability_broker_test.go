@@ -55,7 +55,8 @@ func TestReliabilityBrokerRestart(t *testing.T) {
 }
 
 // TestReliabilityClusterNodeLoss runs a 3-node JetStream cluster with every
-// stream at 3 replicas and shuts down the MAIL_JOBS stream leader mid-run.
+// stream at 3 replicas and shuts down the leader of the profile's job stream
+// (MAIL_JOBS_cluster) mid-run.
 // A new leader is elected; the replicas carry on; nothing is lost.
 func TestReliabilityClusterNodeLoss(t *testing.T) {
 	if testing.Short() {
@@ -72,13 +73,14 @@ func TestReliabilityClusterNodeLoss(t *testing.T) {
 	eventually(t, 60*time.Second, "progress before the node loss", func() bool { return len(fake.Messages()) >= jobs/4 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	leader := streamLeader(t, ctx, h.js, contract.StreamJobs)
+	jobsStream := contract.JobsStream("rel")
+	leader := streamLeader(t, ctx, h.js, jobsStream)
 	cl.node(leader).stop()
-	t.Logf("stopped %s, leader of %s", leader, contract.StreamJobs)
-	eventually(t, 30*time.Second, "a new "+contract.StreamJobs+" leader", func() bool {
+	t.Logf("stopped %s, leader of %s", leader, jobsStream)
+	eventually(t, 30*time.Second, "a new "+jobsStream+" leader", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		s, err := h.js.Stream(ctx, contract.StreamJobs)
+		s, err := h.js.Stream(ctx, jobsStream)
 		if err != nil {
 			return false
 		}

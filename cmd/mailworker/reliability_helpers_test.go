@@ -298,6 +298,9 @@ func newHarness(t *testing.T, natsURL string, fake *graphtest.Server, w relWorke
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	qc := queue.Config{Replicas: w.replicas, AckWait: w.ackWait}
+	for _, p := range profiles {
+		qc.Profiles = append(qc.Profiles, p.name)
+	}
 	// A new cluster elects its meta leader in a few seconds: retry.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -419,28 +422,40 @@ func (h *harness) waitTerminal(ids []string, timeout time.Duration) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	var outstanding string
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		c, err := h.q.Consumer(ctx)
-		var info *jetstream.ConsumerInfo
-		if err == nil {
-			info, err = c.Info(ctx)
-		}
-		cancel()
-		if err == nil {
-			if info.NumPending == 0 && info.NumAckPending == 0 {
-				return
-			}
-			outstanding = fmt.Sprintf("%d not delivered, %d awaiting ack", info.NumPending, info.NumAckPending)
-		} else {
-			outstanding = err.Error()
+		outstanding := h.outstanding()
+		if outstanding == "" {
+			return
 		}
 		if time.Now().After(deadline) {
-			h.t.Fatalf("after %s, every job is terminal but the %s consumer still has work: %s", timeout, contract.ConsumerName, outstanding)
+			h.t.Fatalf("after %s, every job is terminal but the worker's consumers still have work: %s", timeout, outstanding)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// outstanding says which of the profiles' consumers (ingress and due) still
+// have messages not delivered or not acked; "" when none.
+func (h *harness) outstanding() string {
+	var out []string
+	for _, p := range h.profiles {
+		for _, sc := range [][2]string{{contract.JobsStream(p.name), contract.ConsumerName}, {contract.StreamDefer, contract.DueConsumer(p.name)}} {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			c, err := h.js.Consumer(ctx, sc[0], sc[1])
+			var info *jetstream.ConsumerInfo
+			if err == nil {
+				info, err = c.Info(ctx)
+			}
+			cancel()
+			switch {
+			case err != nil:
+				out = append(out, sc[0]+"/"+sc[1]+": "+err.Error())
+			case info.NumPending != 0 || info.NumAckPending != 0:
+				out = append(out, fmt.Sprintf("%s/%s: %d not delivered, %d awaiting ack", sc[0], sc[1], info.NumPending, info.NumAckPending))
+			}
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 // report is the figures of one run (docs/reliability.md).

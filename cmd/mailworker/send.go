@@ -68,7 +68,7 @@ func (c *cli) sendCmd() *cobra.Command {
 					}
 				}
 				if seq, err = pub.PublishRaw(ctx, profile, data, id); err != nil {
-					return err
+					return duplicatePublish(err, profile, id)
 				}
 				if id == "" {
 					id = "s" + strconv.FormatUint(seq, 10) // the worker's id for an id-less job
@@ -84,7 +84,7 @@ func (c *cli) sendCmd() *cobra.Command {
 				}
 				p, err := pub.PublishJob(ctx, profile, job)
 				if err != nil {
-					return err
+					return duplicatePublish(err, profile, job.ID)
 				}
 				id, seq = p.ID, p.Seq
 			}
@@ -116,6 +116,17 @@ func (c *cli) sendCmd() *cobra.Command {
 	f.BoolVar(&raw, "raw", false, "with --file: publish the bytes unchecked (the worker validates and dead-letters)")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
 	return cmd
+}
+
+// duplicatePublish turns the stream's duplicate answer (Nats-Msg-Id = the job
+// id, inside the profile's duplicate window) into exit 1 with a note; other
+// errors pass.
+func duplicatePublish(err error, profile, id string) error {
+	if !errors.Is(err, queue.ErrDuplicatePublish) {
+		return err
+	}
+	return &exitError{code: 1, msg: fmt.Sprintf("not sent: job %s of profile %s was published moments ago and is in the stream once "+
+		"(JetStream's duplicate window, Nats-Msg-Id = the job id); this publish was dropped as a duplicate: publish with a new id to send again", id, profile)}
 }
 
 // waitOutcome polls the state of profile's job id until the message it

@@ -216,7 +216,7 @@ func (b *bundle) lastJob(profile string) *contract.Job {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := b.js.Stream(ctx, contract.StreamJobs)
+	s, err := b.js.Stream(ctx, contract.JobsStream(profile))
 	if err != nil {
 		b.t.Fatal(err)
 	}
