@@ -1,0 +1,383 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// trustEnv is the shipped deploy/nats/accounts.conf in an embedded server
+// (max_payload 8 MB, as deploy/nats sets it), provisioned by the
+// provisioner, with the built binary's worker serving billing and ops.
+type trustEnv struct {
+	t       *testing.T
+	ns      *server.Server
+	pw      map[string]string
+	fake    *graphtest.Server
+	cfgFile string
+}
+
+func startTrustEnv(t *testing.T, streams string) *trustEnv {
+	t.Helper()
+	users := []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"}
+	e := &trustEnv{t: t, pw: map[string]string{}}
+	for _, u := range users {
+		e.pw[u] = "pw-" + u + "-" + randomSecret()[:8]
+		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", e.pw[u])
+	}
+	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ns = startTestNATS(t, func(o *server.Options) {
+		o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys
+		o.MaxPayload = devMaxPayload
+	})
+	fake, caFile := startFake(t, graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: "s1"})
+	e.fake = fake
+	prof := func(sender string) string {
+		return fmt.Sprintf(`{tenantId: t1, clientId: c1, authorityHost: "%s", graphURL: "%s", caFile: "%s",
+            credential: {clientSecret: s1}, allowedSenders: [%s]}`, fake.URL(), fake.GraphURL(), caFile, sender)
+	}
+	e.cfgFile = filepath.Join(t.TempDir(), "worker.yaml")
+	if err := os.WriteFile(e.cfgFile, []byte(fmt.Sprintf(`nats: {url: "%s", user: worker, password: %s, inboxPrefix: _INBOX_worker}
+http: {listen: "127.0.0.1:0"}
+streams: {provision: false%s}
+worker: {perMailboxPerMinute: 0}
+profiles:
+  billing: %s
+  ops: %s
+`, e.ns.ClientURL(), e.pw["worker"], streams, prof("billing@contoso.example"), prof("ops@contoso.example"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	url := strings.Replace(e.ns.ClientURL(), "nats://", "nats://provisioner:"+e.pw["provisioner"]+"@", 1)
+	if out, errOut, code := runCmdEnv(t, []string{"MAILWORKER_NATS_INBOX_PREFIX=_INBOX_provisioner"}, "", "provision", "--config", e.cfgFile, "--nats-url", url); code != 0 {
+		t.Fatalf("provision as provisioner: exit %d: %s %s", code, out, errOut)
+	}
+	return e
+}
+
+// connect connects as user with its own inbox prefix; errs receives the
+// server's asynchronous errors (permission violations).
+func (e *trustEnv) connect(user string) (*nats.Conn, jetstream.JetStream, *asyncErrs) {
+	e.t.Helper()
+	errs := &asyncErrs{}
+	url := strings.Replace(e.ns.ClientURL(), "nats://", "nats://"+user+":"+e.pw[user]+"@", 1)
+	nc, err := nats.Connect(url, nats.CustomInboxPrefix("_INBOX_"+user),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs.add(err) }))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return nc, js, errs
+}
+
+type asyncErrs struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (a *asyncErrs) add(err error) { a.mu.Lock(); a.errs = append(a.errs, err.Error()); a.mu.Unlock() }
+func (a *asyncErrs) has(s string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range a.errs {
+		if strings.Contains(e, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// sentFrom counts the mails the fake accepted for jobID from mailbox from.
+func (e *trustEnv) sentFrom(jobID, from string) int {
+	n := 0
+	for _, m := range e.fake.Messages() {
+		if m.Headers["X-Mailworker-Job-Id"] == jobID && strings.EqualFold(m.From, from) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestProducerHeadersCannotReachAnotherProfile plays the attacker holding
+// only producer_billing (issue 17, items 1-3 and 7) against the shipped
+// accounts and the built worker serving billing and ops. While ops has jobs
+// waiting in its stream and deferrals waiting in MAIL_DEFER, billing
+// publishes on its own subject with every JetStream header the server
+// honours (rollups, schedules and their targets, sources, rollups and
+// purges of another schedule, TTLs, counters, batches, stream sources,
+// expectations, message-id pre-claims, traces), calls the purge and delete
+// APIs, and probes for ops' job ids. Each header is refused or harmless:
+// every ops job is sent once, from ops' mailbox, none before its notBefore,
+// and nothing billing published is ever sent as ops.
+func TestProducerHeadersCannotReachAnotherProfile(t *testing.T) {
+	e := startTrustEnv(t, "")
+	_, wjs, _ := e.connect("worker")
+	bnc, bjs, berrs := e.connect("producer_billing")
+	_, ojs, _ := e.connect("producer_ops")
+	ctx := context.Background()
+	opsJob := func(id string, notBefore *time.Time) []byte {
+		b, _ := json.Marshal(contract.Job{ID: id, From: "ops@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t", NotBefore: notBefore})
+		return b
+	}
+	// ops' jobs waiting in its stream before any worker runs.
+	var opsIDs []string
+	for i := range 3 {
+		id := fmt.Sprintf("ops-now-%d", i)
+		if _, err := ojs.Publish(ctx, "mail.send.ops", opsJob(id, nil)); err != nil {
+			t.Fatal(err)
+		}
+		opsIDs = append(opsIDs, id)
+	}
+	// ops' deferrals: a worker turns them into schedules in MAIL_DEFER.
+	deferredUntil := time.Now().Add(12 * time.Second).Truncate(time.Second)
+	w := startProc(t, nil, "run", "--config", e.cfgFile)
+	for i := range 3 {
+		id := fmt.Sprintf("ops-later-%d", i)
+		if _, err := ojs.Publish(ctx, "mail.send.ops", opsJob(id, &deferredUntil)); err != nil {
+			t.Fatal(err)
+		}
+		opsIDs = append(opsIDs, id)
+	}
+	eventually(t, 30*time.Second, "ops' deferrals waiting as schedules", func() bool {
+		s, err := wjs.Stream(ctx, contract.StreamDefer)
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(contract.ScheduleSubjectPrefix+"ops.>"))
+		return err == nil && len(info.State.Subjects) == 3
+	})
+	// More ops jobs stay waiting in MAIL_JOBS_ops while billing attacks:
+	// they are deferred for a moment too.
+	soon := time.Now().Add(8 * time.Second)
+	for i := range 3 {
+		id := fmt.Sprintf("ops-soon-%d", i)
+		if _, err := ojs.Publish(ctx, "mail.send.ops", opsJob(id, &soon)); err != nil {
+			t.Fatal(err)
+		}
+		opsIDs = append(opsIDs, id)
+	}
+
+	// Every JetStream header a producer could send (nats-server 2.15.2,
+	// server/stream.go and jetstream_*.go header constants).
+	at := "@at " + time.Now().Add(time.Second).UTC().Format(time.RFC3339)
+	attacks := []map[string]string{
+		{"Nats-Rollup": "all"},
+		{"Nats-Rollup": "sub"},
+		{"Nats-Schedule": at, "Nats-Schedule-Target": "mail.send.ops"},
+		{"Nats-Schedule": at, "Nats-Schedule-Target": "mail.due.ops"},
+		{"Nats-Schedule": "@every 1s", "Nats-Schedule-Target": "mail.send.ops"},
+		{"Nats-Schedule": at, "Nats-Schedule-Target": "mail.send.billing", "Nats-Schedule-Source": "mail.send.ops"},
+		{"Nats-Schedule": at, "Nats-Schedule-Target": "mail.send.billing", "Nats-Schedule-Rollup": "sub"},
+		{"Nats-Schedule": at, "Nats-Schedule-Target": "mail.send.billing", "Nats-Schedule-TTL": "1s"},
+		{"Nats-Schedule": "0 * * * * *", "Nats-Schedule-Time-Zone": "UTC", "Nats-Schedule-Target": "mail.send.ops"},
+		{"Nats-Scheduler": "mail.schedule.ops.ops-later-0", "Nats-Schedule-Next": "purge"},
+		{"Nats-Scheduler": "mail.schedule.ops.ops-later-1", "Nats-Schedule-Next": at},
+		{"Nats-TTL": "1s"},
+		{"Nats-TTL": "never"},
+		{"Nats-Incr": "1"},
+		{"Nats-Counter-Sources": `{"MAIL_JOBS_ops":{"mail.send.ops":"1"}}`},
+		{"Nats-Batch-Id": "b1", "Nats-Batch-Sequence": "1"},
+		{"Nats-Batch-Id": "b2", "Nats-Batch-Sequence": "1", "Nats-Batch-Commit": "1"},
+		{"Nats-Stream-Source": "MAIL_JOBS_ops 1 mail.send.ops mail.send.ops"},
+		{"Nats-Marker-Reason": "Purge"},
+		{"Nats-Expected-Stream": "MAIL_JOBS_ops"},
+		{"Nats-Expected-Last-Msg-Id": "ops-now-0"},
+		{"Nats-Expected-Last-Sequence": "1"},
+		{"Nats-Expected-Last-Subject-Sequence": "0", "Nats-Expected-Last-Subject-Sequence-Subject": "mail.send.ops"},
+		{"Nats-Msg-Id": "ops-idiom-1"},
+		{"Nats-Trace-Dest": "mail.send.ops"},
+		{"Nats-Trace-Dest": "mail.send.ops", "Nats-Trace-Only": "true"},
+		{"Nats-Required-Api-Level": "0"},
+	}
+	for i, hdr := range attacks {
+		m := &nats.Msg{Subject: "mail.send.billing", Header: nats.Header{},
+			Data: fmt.Appendf(nil, `{"id":"evil-%d","from":"ops@contoso.example","to":["x@example.com"],"subject":"s","text":"t"}`, i)}
+		for k, v := range hdr {
+			m.Header.Set(k, v)
+		}
+		_, err := bjs.PublishMsg(ctx, m)
+		if err != nil && strings.Contains(err.Error(), "ops-") {
+			t.Errorf("attack %v: the refusal names ops' jobs: %v", hdr, err)
+		}
+		t.Logf("attack %v: %v", hdr, err)
+	}
+	// The standard idiom is safe: billing's Nats-Msg-Id pre-claim above does
+	// not drop ops' publish of the same id.
+	ack, err := ojs.PublishMsg(ctx, &nats.Msg{Subject: "mail.send.ops", Header: nats.Header{"Nats-Msg-Id": []string{"ops-idiom-1"}}, Data: opsJob("ops-idiom-1", nil)})
+	if err != nil || ack.Duplicate {
+		t.Fatalf("ops' publish with Nats-Msg-Id = its job id after billing used it: %+v, %v", ack, err)
+	}
+	opsIDs = append(opsIDs, "ops-idiom-1")
+
+	// The JetStream API: purge, delete, update, steal, and subjects that
+	// only the worker or the server write.
+	denied := func(what, subj string, data string) {
+		t.Helper()
+		if m, err := bnc.Request(subj, []byte(data), 700*time.Millisecond); err == nil {
+			t.Errorf("%s (%s): answered %.200q, want denied", what, subj, m.Data)
+		}
+	}
+	for _, s := range []string{"MAIL_JOBS_billing", "MAIL_JOBS_ops", "MAIL_DEFER", "OBJ_MAIL_DEFERRED", "KV_MAIL_JOB_STATE"} {
+		denied("purge "+s, "$JS.API.STREAM.PURGE."+s, `{}`)
+		denied("delete a message of "+s, "$JS.API.STREAM.MSG.DELETE."+s, `{"seq":1}`)
+		denied("delete "+s, "$JS.API.STREAM.DELETE."+s, ``)
+		denied("update "+s, "$JS.API.STREAM.UPDATE."+s, `{"name":"`+s+`","allow_msg_schedules":true,"allow_rollup_hdrs":true}`)
+	}
+	denied("delete its consumer", "$JS.API.CONSUMER.DELETE.MAIL_JOBS_billing.mailworker", ``)
+	denied("take ops' jobs", "$JS.API.CONSUMER.MSG.NEXT.MAIL_JOBS_ops.mailworker", `{"batch":10}`)
+	denied("take ops' due jobs", "$JS.API.CONSUMER.MSG.NEXT.MAIL_DEFER.mailworker_ops", `{"batch":10}`)
+	denied("take its own jobs", "$JS.API.CONSUMER.MSG.NEXT.MAIL_JOBS_billing.mailworker", `{"batch":10}`)
+	denied("consume MAIL_DEFER", "$JS.API.CONSUMER.CREATE.MAIL_DEFER", `{"stream_name":"MAIL_DEFER","config":{"filter_subject":"mail.schedule.>"}}`)
+	for _, subj := range []string{"mail.send.ops", "mail.due.ops", "mail.due.billing", "mail.schedule.ops.evil", "mail.schedule.billing.evil"} {
+		denied("publish on "+subj, subj, string(opsJob("evil-direct", nil)))
+	}
+
+	// 7. Snooping: nothing lists ops' job ids or deferrals.
+	for what, req := range map[string][2]string{
+		"MAIL_DEFER info with subjects":    {"$JS.API.STREAM.INFO.MAIL_DEFER", `{"subjects_filter":">"}`},
+		"job state info with subjects":     {"$JS.API.STREAM.INFO.KV_MAIL_JOB_STATE", `{"subjects_filter":">"}`},
+		"ops' stream info":                 {"$JS.API.STREAM.INFO.MAIL_JOBS_ops", `{"subjects_filter":">"}`},
+		"ops' consumer info":               {"$JS.API.CONSUMER.INFO.MAIL_JOBS_ops.mailworker", ``},
+		"ops' due consumer info":           {"$JS.API.CONSUMER.INFO.MAIL_DEFER.mailworker_ops", ``},
+		"its own due consumer info":        {"$JS.API.CONSUMER.INFO.MAIL_DEFER.mailworker_billing", ``},
+		"stream names":                     {"$JS.API.STREAM.NAMES", `{"subject":"mail.>"}`},
+		"stream list":                      {"$JS.API.STREAM.LIST", `{}`},
+		"MAIL_DEFER consumers":             {"$JS.API.CONSUMER.LIST.MAIL_DEFER", `{}`},
+		"MAIL_DEFER consumer names":        {"$JS.API.CONSUMER.NAMES.MAIL_DEFER", `{}`},
+		"job states by sequence":           {"$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE", `{"seq":1}`},
+		"job states by message get":        {"$JS.API.STREAM.MSG.GET.KV_MAIL_JOB_STATE", `{"seq":1}`},
+		"ops' job state by key":            {"$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE.$KV.MAIL_JOB_STATE.ops.ops-now-0", ``},
+		"ops' last job state by subject":   {"$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE", `{"last_by_subj":"$KV.MAIL_JOB_STATE.ops.ops-now-0"}`},
+		"deferrals by sequence":            {"$JS.API.DIRECT.GET.MAIL_DEFER", `{"seq":1}`},
+		"deferrals by subject":             {"$JS.API.DIRECT.GET.MAIL_DEFER.mail.schedule.ops.ops-later-0", ``},
+		"deferred bodies":                  {"$JS.API.STREAM.INFO.OBJ_MAIL_DEFERRED", `{"subjects_filter":">"}`},
+		"ops' attachments":                 {"$JS.API.STREAM.INFO.OBJ_MAIL_ATTACHMENTS_ops", `{"subjects_filter":">"}`},
+		"its own jobs by message get":      {"$JS.API.STREAM.MSG.GET.MAIL_JOBS_billing", `{"seq":1}`},
+		"the status events of every job":   {"$JS.API.STREAM.INFO.MAIL_STATUS", `{"subjects_filter":">"}`},
+		"the dead letters of every job":    {"$JS.API.STREAM.INFO.MAIL_DLQ", `{"subjects_filter":">"}`},
+		"a consumer on the status stream":  {"$JS.API.CONSUMER.CREATE.MAIL_STATUS", `{"stream_name":"MAIL_STATUS","config":{}}`},
+		"account-wide advisories (server)": {"$JS.API.ACCOUNT.PURGE.MAIL", ``},
+	} {
+		denied(what, req[0], req[1])
+	}
+	// What it may read shows its own profile only.
+	m, err := bnc.Request("$JS.API.STREAM.INFO.MAIL_JOBS_billing", []byte(`{"subjects_filter":">"}`), 2*time.Second)
+	if err != nil || strings.Contains(string(m.Data), "ops") {
+		t.Errorf("billing's own stream info: %v %.300q", err, m.Data)
+	}
+	for _, subj := range []string{"mail.>", "_INBOX.>", "_INBOX_worker.>", "$JS.EVENT.>", "$KV.MAIL_JOB_STATE.ops.>"} {
+		if _, err := bnc.SubscribeSync(subj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bnc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "every subscription refused", func() bool {
+		for _, subj := range []string{"mail.>", "_INBOX.>", "_INBOX_worker.>", "$JS.EVENT.>", "$KV.MAIL_JOB_STATE.ops.>"} {
+			if !berrs.has(`Subscription to "` + subj + `"`) {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Every ops job is sent once, from ops' mailbox, none early; none of
+	// billing's is ever sent as ops (the 1 s schedules were due long before
+	// ops' 12 s deferrals are sent).
+	eventually(t, 60*time.Second, "every ops job sent", func() bool {
+		for _, id := range opsIDs {
+			if e.sentFrom(id, "ops@contoso.example") != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, msg := range e.fake.Messages() {
+		id := msg.Headers["X-Mailworker-Job-Id"]
+		if strings.EqualFold(msg.From, "ops@contoso.example") && !strings.HasPrefix(id, "ops-") {
+			t.Errorf("job %q was sent from ops' mailbox", id)
+		}
+		if strings.HasPrefix(id, "ops-later-") && msg.ReceivedAt.Before(deferredUntil) {
+			t.Errorf("%s sent at %s, before its notBefore %s", id, msg.ReceivedAt, deferredUntil)
+		}
+	}
+	for _, id := range opsIDs {
+		if n := e.sentFrom(id, "ops@contoso.example"); n != 1 {
+			t.Errorf("ops job %s sent %d times", id, n)
+		}
+	}
+	if t.Failed() {
+		t.Logf("worker: %s", tail(w.stderr.String(), 4000))
+	}
+}
+
+// TestLargeDeferredJobHoldsNoSlot (issue 17, item 4): jobs of about 8 MB (as
+// large as intake accepts under max_payload 8 MB) with a future notBefore are
+// more than billing's consumer capacity (maxAckPending 2), yet they wait
+// without holding it: by reference in MAIL_DEFERRED, their deliveries acked.
+// billing's next job and ops' job are sent at once.
+func TestLargeDeferredJobHoldsNoSlot(t *testing.T) {
+	e := startTrustEnv(t, ", maxAckPending: 2")
+	_, wjs, _ := e.connect("worker")
+	_, bjs, _ := e.connect("producer_billing")
+	_, ojs, _ := e.connect("producer_ops")
+	ctx := context.Background()
+	w := startProc(t, nil, "run", "--config", e.cfgFile)
+	later := time.Now().Add(time.Hour)
+	big := strings.Repeat("x", devMaxPayload-4096)
+	for i := range 3 {
+		b, _ := json.Marshal(contract.Job{ID: fmt.Sprintf("big-%d", i), From: "billing@contoso.example", To: []string{"a@example.com"},
+			Subject: "s", Text: big, NotBefore: &later})
+		if _, err := bjs.Publish(ctx, "mail.send.billing", b); err != nil {
+			t.Fatalf("publish a %d-byte job: %v", len(b), err)
+		}
+	}
+	eventually(t, 60*time.Second, "the large jobs deferred by reference, their deliveries acked", func() bool {
+		c, err := wjs.Consumer(ctx, contract.JobsStream("billing"), contract.ConsumerName)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
+			return false
+		}
+		obs, err := wjs.ObjectStore(ctx, contract.BucketDeferred)
+		if err != nil {
+			return false
+		}
+		objs, err := obs.List(ctx)
+		return err == nil && len(objs) == 3
+	})
+	for p, js := range map[string]jetstream.JetStream{"billing": bjs, "ops": ojs} {
+		b, _ := json.Marshal(contract.Job{ID: p + "-small", From: p + "@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"})
+		if _, err := js.Publish(ctx, "mail.send."+p, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, "billing's and ops' small jobs sent", func() bool {
+		return e.sentFrom("billing-small", "billing@contoso.example") == 1 && e.sentFrom("ops-small", "ops@contoso.example") == 1
+	})
+	if t.Failed() {
+		t.Logf("worker: %s", tail(w.stderr.String(), 4000))
+	}
+}
