@@ -41,7 +41,7 @@ const (
 	floodMailbox = "flood@loadtest.example"
 
 	// The bare loop's own stream, so that it never shares a consumer or
-	// leftovers with the worker's MAIL_JOBS.
+	// leftovers with the worker's MAIL_JOBS_<profile>.
 	bareStream   = "LOADTEST_BARE"
 	bareSubject  = "loadtest.bare."
 	bareConsumer = "bare"
@@ -169,7 +169,14 @@ func (h *harness) newEnv(ctx context.Context, spec runSpec, dir string) (*env, e
 		return nil, err
 	}
 	if h.opts.NATSURL != "" {
-		for _, s := range []string{contract.StreamJobs, contract.StreamStatus, bareStream} {
+		// A profile's job stream denies purges (a producer's trust
+		// boundary): it is deleted and provisioned again below.
+		for _, p := range []string{profile, floodProfile} {
+			if err := e.js.DeleteStream(ctx, contract.JobsStream(p)); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				return nil, fmt.Errorf("delete %s: %w", contract.JobsStream(p), err)
+			}
+		}
+		for _, s := range []string{contract.StreamDefer, contract.StreamStatus, bareStream} {
 			if st, err := e.js.Stream(ctx, s); err == nil {
 				if err := st.Purge(ctx); err != nil {
 					return nil, fmt.Errorf("purge %s: %w", s, err)
@@ -187,7 +194,7 @@ func (h *harness) newEnv(ctx context.Context, spec runSpec, dir string) (*env, e
 			AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: maxAck, FilterSubject: bareSubject + profile}); err != nil {
 			return nil, fmt.Errorf("bare consumer: %w", err)
 		}
-	} else if err := queue.Provision(ctx, e.js, queue.Config{MaxAckPending: maxAck, Profiles: []string{profile}}); err != nil {
+	} else if err := queue.Provision(ctx, e.js, queue.Config{MaxAckPending: maxAck, Profiles: []string{profile, floodProfile}}); err != nil {
 		return nil, err
 	}
 

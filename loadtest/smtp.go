@@ -97,7 +97,7 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	stream := contract.StreamJobs
+	stream := contract.JobsStream(profile)
 	if bare {
 		stream = bareSMTPStream
 		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: bareSMTPStream, Subjects: []string{bareSMTPSubject},
