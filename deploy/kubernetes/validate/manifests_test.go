@@ -25,8 +25,9 @@ import (
 
 // The names below are fixed by the README (Configuration); the manifests must agree with them.
 const (
-	jobsStream     = "MAIL_JOBS"
-	consumerName   = "mailworker"
+	jobsStreamPrefix = "MAIL_JOBS_"
+	deferStream      = "MAIL_DEFER"
+	consumerName     = "mailworker"
 	httpPort       = 8080
 	configPath     = "/etc/mailworker/config.yaml"
 	defaultDrain   = 25 * time.Second
@@ -654,25 +655,42 @@ func checkScaledObject(t *testing.T, r rendered) {
 	if s.Spec.MinReplicaCount == nil || s.Spec.MaxReplicaCount == nil || *s.Spec.MinReplicaCount > *s.Spec.MaxReplicaCount {
 		t.Errorf("ScaledObject needs minReplicaCount <= maxReplicaCount")
 	}
-	if len(s.Spec.Triggers) != 1 {
-		t.Fatalf("want one trigger, have %d", len(s.Spec.Triggers))
+	// Per profile of the config: its stream's consumer and its due
+	// deferrals' consumer on MAIL_DEFER, each one trigger.
+	var cfg workerConfig
+	if err := strict([]byte(r.configMap.Data[filepath.Base(configPath)]), &cfg); err != nil {
+		t.Fatalf("config.yaml: %v", err)
 	}
-	tr := s.Spec.Triggers[0]
-	if tr.Type != "nats-jetstream" {
-		t.Errorf("trigger type %q, want nats-jetstream", tr.Type)
+	want := map[string]bool{}
+	for p := range cfg.Profiles {
+		want[jobsStreamPrefix+p+"/"+consumerName] = true
+		want[deferStream+"/"+consumerName+"_"+p] = true
 	}
-	for k := range tr.Metadata {
-		if !natsJetStreamMetadata[k] {
-			t.Errorf("unknown nats-jetstream trigger metadata %q", k)
+	have := map[string]bool{}
+	for _, tr := range s.Spec.Triggers {
+		if tr.Type != "nats-jetstream" {
+			t.Errorf("trigger type %q, want nats-jetstream", tr.Type)
 		}
-	}
-	for _, k := range []string{"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"} {
-		if tr.Metadata[k] == "" {
-			t.Errorf("trigger metadata %s is required", k)
+		for k := range tr.Metadata {
+			if !natsJetStreamMetadata[k] {
+				t.Errorf("unknown nats-jetstream trigger metadata %q", k)
+			}
 		}
+		for _, k := range []string{"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"} {
+			if tr.Metadata[k] == "" {
+				t.Errorf("trigger metadata %s is required", k)
+			}
+		}
+		w := tr.Metadata["stream"] + "/" + tr.Metadata["consumer"]
+		if !want[w] {
+			t.Errorf("trigger watches %s: not a consumer of a configured profile", w)
+		}
+		have[w] = true
 	}
-	if tr.Metadata["stream"] != jobsStream || tr.Metadata["consumer"] != consumerName {
-		t.Errorf("trigger watches %s/%s, want %s/%s", tr.Metadata["stream"], tr.Metadata["consumer"], jobsStream, consumerName)
+	for w := range want {
+		if !have[w] {
+			t.Errorf("no trigger watches %s: KEDA would not scale for that profile's jobs", w)
+		}
 	}
 }
 

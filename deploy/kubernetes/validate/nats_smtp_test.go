@@ -35,9 +35,9 @@ func TestAccountsSMTPUser(t *testing.T) {
 	}
 
 	prov := connect("provisioner")
-	_, err := prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>"},
+	_, err := prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS_billing", Subjects: []string{"mail.send.billing"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage})
-	must("provisioner create MAIL_JOBS", err)
+	must("provisioner create MAIL_JOBS_billing", err)
 	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_STATUS", Subjects: []string{"mail.status.>"}})
 	must("provisioner create MAIL_STATUS", err)
 	for _, p := range []string{"billing", "ops"} {
@@ -65,7 +65,7 @@ func TestAccountsSMTPUser(t *testing.T) {
 	cc()
 	mustDeny("smtp publish a status event", err)
 	c, cc = short()
-	_, err = smtp.Consumer(c, "MAIL_JOBS", "mailworker")
+	_, err = smtp.Consumer(c, "MAIL_JOBS_billing", "mailworker")
 	cc()
 	mustDeny("smtp consumer info", err)
 	c, cc = short()

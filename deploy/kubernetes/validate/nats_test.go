@@ -190,9 +190,15 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 
 	// provisioner creates everything; the worker cannot.
 	prov := connect("provisioner")
-	_, err := prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS", Subjects: []string{"mail.send.>"},
-		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage})
-	must("provisioner create MAIL_JOBS", err)
+	var err error
+	for _, p := range []string{"billing", "ops"} {
+		_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_JOBS_" + p, Subjects: []string{"mail.send." + p},
+			Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, DenyDelete: true, DenyPurge: true})
+		must("provisioner create MAIL_JOBS_"+p, err)
+	}
+	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_DEFER", Subjects: []string{"mail.schedule.>", "mail.due.>"},
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, AllowMsgSchedules: true, AllowRollup: true})
+	must("provisioner create MAIL_DEFER", err)
 	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_STATUS", Subjects: []string{"mail.status.>"}, AllowDirect: true})
 	must("provisioner create MAIL_STATUS", err)
 	_, err = prov.CreateStream(ctx, jetstream.StreamConfig{Name: "MAIL_DLQ", Subjects: []string{"mail.dlq.>"}, AllowDirect: true})
@@ -213,8 +219,10 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 		_, err = prov.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: "MAIL_ATTACHMENTS_" + p})
 		must("provisioner create object store of "+p, err)
 	}
-	_, err = prov.CreateOrUpdateConsumer(ctx, "MAIL_JOBS", jetstream.ConsumerConfig{Durable: "mailworker", AckPolicy: jetstream.AckExplicitPolicy})
+	_, err = prov.CreateOrUpdateConsumer(ctx, "MAIL_JOBS_billing", jetstream.ConsumerConfig{Durable: "mailworker", AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "mail.send.billing"})
 	must("provisioner create consumer", err)
+	_, err = prov.CreateOrUpdateConsumer(ctx, "MAIL_DEFER", jetstream.ConsumerConfig{Durable: "mailworker_billing", AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "mail.due.billing"})
+	must("provisioner create due consumer", err)
 	c, cc := short()
 	_, err = prov.Publish(c, "mail.send.billing", []byte(`{}`))
 	cc()
@@ -231,8 +239,10 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	must("worker bind KV MAIL_WORKERS", err)
 	pacingKV, err := worker.KeyValue(ctx, "MAIL_PACING")
 	must("worker bind KV MAIL_PACING", err)
-	cons, err := worker.Consumer(ctx, "MAIL_JOBS", "mailworker")
+	cons, err := worker.Consumer(ctx, "MAIL_JOBS_billing", "mailworker")
 	must("worker consumer info", err)
+	_, err = worker.Consumer(ctx, "MAIL_DEFER", "mailworker_billing")
+	must("worker due consumer info", err)
 	_, err = worker.AccountInfo(ctx)
 	must("worker account info", err)
 	for what, f := range map[string]func(context.Context) error{
@@ -245,7 +255,7 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 			return err
 		},
 		"update the consumer": func(c context.Context) error {
-			_, err := worker.CreateOrUpdateConsumer(c, "MAIL_JOBS", jetstream.ConsumerConfig{Durable: "mailworker", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1})
+			_, err := worker.CreateOrUpdateConsumer(c, "MAIL_JOBS_billing", jetstream.ConsumerConfig{Durable: "mailworker", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1})
 			return err
 		},
 		"purge the audit stream": func(c context.Context) error {
@@ -296,6 +306,11 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 		"read ops' metadata":  "$JS.API.DIRECT.GET.OBJ_MAIL_ATTACHMENTS_ops.$O.MAIL_ATTACHMENTS_ops.M.cGF5cm9sbC54bHN4",
 		"get ops' message":    "$JS.API.STREAM.MSG.GET.OBJ_MAIL_ATTACHMENTS_ops",
 		"read ops' job state": "$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE.$KV.MAIL_JOB_STATE.ops.j2",
+		"list job ids":        "$JS.API.STREAM.INFO.KV_MAIL_JOB_STATE",
+		"list deferrals":      "$JS.API.STREAM.INFO.MAIL_DEFER",
+		"ops' stream info":    "$JS.API.STREAM.INFO.MAIL_JOBS_ops",
+		"schedule into ops":   "mail.schedule.ops.evil",
+		"publish a due job":   "mail.due.billing",
 		"write job state":     "$KV.MAIL_JOB_STATE.billing.j1",
 		"publish a status":    "mail.status.billing.j1",
 		"ask the worker":      "mail.admin.support.purge",
@@ -306,7 +321,8 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	}
 
 	// worker consumes, acks, writes state, reads the attachment, records outcomes.
-	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+	// (billing's stream holds billing's one job; ops' is in MAIL_JOBS_ops)
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
 	must("worker fetch", err)
 	var n int
 	for m := range batch.Messages() {
@@ -314,18 +330,24 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 		must("worker in-progress", m.InProgress())
 		must("worker ack", m.DoubleAck(ctx))
 	}
-	if n != 2 {
-		t.Fatalf("worker fetched %d jobs, want 2 (err %v)", n, batch.Error())
+	if n != 1 {
+		t.Fatalf("worker fetched %d jobs, want 1 (err %v)", n, batch.Error())
 	}
 	_, err = kv.Put(ctx, "billing.j1", []byte(`{"state":"sent"}`))
 	must("worker kv put", err)
 	_, err = kv.Get(ctx, "billing.j1")
 	must("worker kv get", err)
-	_, err = billing.KeyValue(ctx, "MAIL_JOB_STATE")
-	must("producer_billing binds the state bucket (send --wait)", err)
-	bkv, _ := billing.KeyValue(ctx, "MAIL_JOB_STATE")
-	_, err = bkv.Get(ctx, "billing.j1")
-	must("producer_billing reads its own job's state", err)
+	// send --wait reads its own job's state by one direct get by key
+	// (queue.OwnStates); binding the bucket needs its stream info, which
+	// would list every profile's job ids, and is denied.
+	c, cc = short()
+	_, err = billing.KeyValue(c, "MAIL_JOB_STATE")
+	cc()
+	mustDeny("producer_billing binds the state bucket (stream info lists every job id)", err)
+	sm, err := billing.Conn().Request("$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE.$KV.MAIL_JOB_STATE.billing.j1", nil, 5*time.Second)
+	if err != nil || sm.Header.Get("Status") != "" || string(sm.Data) != `{"state":"sent"}` {
+		t.Errorf("producer_billing reads its own job's state by key: %v %v %q", err, sm, sm.Data)
+	}
 	// Live replicas: heartbeat (put), count (stream info), leave (purge of the own key).
 	_, err = workersKV.Put(ctx, "r1", []byte("now"))
 	must("worker heartbeat", err)
@@ -395,7 +417,7 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	_, err = skv.Get(ctx, "billing.j1")
 	must("support kv get", err)
 	c, cc = short()
-	_, err = support.Consumer(c, "MAIL_JOBS", "mailworker")
+	_, err = support.Consumer(c, "MAIL_JOBS_billing", "mailworker")
 	cc()
 	if err != nil {
 		t.Errorf("support consumer info (backlog): %v", err)
@@ -420,7 +442,7 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 			_, err := support.Publish(c, "mail.audit.billing", []byte(`{}`))
 			return err
 		},
-		"delete a stream": func(c context.Context) error { return support.DeleteStream(c, "MAIL_JOBS") },
+		"delete a stream": func(c context.Context) error { return support.DeleteStream(c, "MAIL_JOBS_billing") },
 	} {
 		c, cc := short()
 		mustDeny("support "+what, f(c))
