@@ -76,7 +76,16 @@ type StreamsConfig struct {
 	// AttachmentsMaxMB caps each profile's attachment object store, in MB
 	// of 10^6 bytes; 0 = 1000.
 	AttachmentsMaxMB int `yaml:"attachmentsMaxMB"`
-	MaxAckPending    int `yaml:"maxAckPending"`
+	// MaxAckPending is each profile's consumer capacity (its job stream's
+	// consumer and its due consumer each), default 1000.
+	MaxAckPending int `yaml:"maxAckPending"`
+	// JobsMaxMsgs, JobsMaxBytes and JobsMaxMsgSize bound each profile's job
+	// stream MAIL_JOBS_<profile>, enforced by the server (a publish over them
+	// is refused): defaults 100,000 jobs, 512 MiB (reserved on disk per
+	// profile when the stream is created) and 0 = the server's max_payload.
+	JobsMaxMsgs    int64 `yaml:"jobsMaxMsgs"`
+	JobsMaxBytes   int64 `yaml:"jobsMaxBytes"`
+	JobsMaxMsgSize int32 `yaml:"jobsMaxMsgSize"`
 	// Provision creates or updates the streams at worker start; turn it off
 	// when the worker's NATS user may not manage streams.
 	Provision *bool `yaml:"provision"`
@@ -597,6 +606,7 @@ func (c Config) queueConfig() queue.Config {
 		AttachmentsMaxBytes: int64(c.Streams.AttachmentsMaxMB) * 1_000_000,
 		AckWait:             c.Worker.AckWait,
 		MaxAckPending:       c.Streams.MaxAckPending,
+		Jobs:                queue.JobsLimits{MaxMsgs: c.Streams.JobsMaxMsgs, MaxBytes: c.Streams.JobsMaxBytes, MaxMsgSize: c.Streams.JobsMaxMsgSize},
 	}.WithDefaults()
 }
 

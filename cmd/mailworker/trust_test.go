@@ -381,3 +381,98 @@ func TestLargeDeferredJobHoldsNoSlot(t *testing.T) {
 		t.Logf("worker: %s", tail(w.stderr.String(), 4000))
 	}
 }
+
+// TestTrustTableHoldsForTheShippedAccounts: docs/reliability.md's trust
+// table is the shipped accounts' truth. Every NATS user of
+// deploy/nats/accounts.conf has a row (producers by the producer_<p>
+// template), and every subject the row lists under Writes, Reads or Deletes
+// is allowed to that user's publish permissions, every one under Refused
+// denied.
+func TestTrustTableHoldsForTheShippedAccounts(t *testing.T) {
+	for _, u := range []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"} {
+		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", "x")
+	}
+	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	perms := map[string]*server.SubjectPermission{}
+	for _, u := range opts.Users {
+		if u.Permissions == nil || u.Permissions.Publish == nil {
+			t.Fatalf("user %s has no publish allow-list", u.Username)
+		}
+		perms[u.Username] = u.Permissions.Publish
+	}
+	doc, err := os.ReadFile("../../docs/reliability.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := string(doc)
+	i := strings.Index(sec, "## Trust model: who can do what")
+	if i < 0 {
+		t.Fatal(`docs/reliability.md has no "Trust model: who can do what" section`)
+	}
+	sec = sec[i:]
+	if j := strings.Index(sec[3:], "\n## "); j > 0 {
+		sec = sec[:j+3]
+	}
+	allowed := func(p *server.SubjectPermission, subj string) bool {
+		ok := false
+		for _, a := range p.Allow {
+			if server.SubjectsCollide(subj, a) {
+				ok = true
+			}
+		}
+		for _, d := range p.Deny {
+			if server.SubjectsCollide(subj, d) {
+				ok = false
+			}
+		}
+		return ok
+	}
+	rows := 0
+	covered := map[string]bool{}
+	for _, line := range strings.Split(sec, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 8 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		role := strings.Trim(strings.Fields(cells[1])[0], "`")
+		users := []string{role}
+		if role == "producer_<p>" {
+			users = []string{"producer_billing", "producer_ops"}
+		}
+		rows++
+		for _, user := range users {
+			p, other := "billing", "ops"
+			if user == "producer_ops" {
+				p, other = "ops", "billing"
+			}
+			perm := perms[user]
+			if perm == nil {
+				t.Errorf("the trust table's %s is not a user of accounts.conf", user)
+				continue
+			}
+			covered[user] = true
+			for col, want := range map[int]bool{2: true, 3: true, 4: true, 5: false} {
+				for _, tok := range strings.Split(cells[col], "`")[1:] {
+					if !strings.HasPrefix(tok, "$") && !strings.HasPrefix(tok, "mail.") {
+						continue
+					}
+					subj := strings.NewReplacer("<p>", p, "<other>", other, "<id>", "j1").Replace(tok)
+					if got := allowed(perm, subj); got != want {
+						t.Errorf("%s publish %s: allowed %v, the trust table says %v", user, subj, got, want)
+					}
+				}
+			}
+		}
+	}
+	for u := range perms {
+		if !covered[u] {
+			t.Errorf("user %s of accounts.conf has no row in the trust table", u)
+		}
+	}
+	if rows < 6 {
+		t.Fatalf("read %d rows of the trust table", rows)
+	}
+}
