@@ -28,10 +28,10 @@ const (
 	jobsStreamPrefix = "MAIL_JOBS_"
 	deferStream      = "MAIL_DEFER"
 	consumerName     = "mailworker"
-	httpPort       = 8080
-	configPath     = "/etc/mailworker/config.yaml"
-	defaultDrain   = 25 * time.Second
-	deploymentName = "mailworker"
+	httpPort         = 8080
+	configPath       = "/etc/mailworker/config.yaml"
+	defaultDrain     = 25 * time.Second
+	deploymentName   = "mailworker"
 )
 
 // targets are the kustomizations rendered and checked. Each must render to the full set of kinds.
