@@ -235,9 +235,10 @@ func TestNewcomerCLI(t *testing.T) {
 		for name := range names.Name() {
 			n++
 			// KV buckets and object stores are streams KV_<name> and OBJ_<name>.
-			// A profile's object store is made for the profiles of the
-			// config: this provision has none (dev made the demo's).
-			if strings.HasPrefix(name, "OBJ_"+contract.BucketAttachments+"_") {
+			// A profile's job stream and object store are made for the
+			// profiles of the config: this provision has none (dev made the
+			// demo's).
+			if strings.HasPrefix(name, "OBJ_"+contract.BucketAttachments+"_") || strings.HasPrefix(name, contract.StreamJobsPrefix) {
 				continue
 			}
 			name = strings.TrimPrefix(strings.TrimPrefix(name, "KV_"), "OBJ_")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue/contract"
@@ -80,6 +82,19 @@ func TestReliabilityBadInput(t *testing.T) {
 			w.Profile = "rel"
 		}
 		id := "bad-" + strings.TrimSuffix(name, ".json")
+		if w.Profile != "rel" {
+			// A profile that is not provisioned has no job stream
+			// (MAIL_JOBS_<profile>): the publish itself is refused, at the
+			// front door, and nothing reaches a worker.
+			m := &nats.Msg{Subject: contract.JobSubject(w.Profile), Data: body}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, err := h.js.PublishMsg(ctx, m)
+			cancel()
+			if !errors.Is(err, jetstream.ErrNoStreamResponse) {
+				t.Errorf("publish %s for unprovisioned profile %s: %v, want no stream response", id, w.Profile, err)
+			}
+			continue
+		}
 		wants[id] = w
 		publish(id, w.Profile, body)
 	}
