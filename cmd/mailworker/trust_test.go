@@ -280,9 +280,10 @@ func TestProducerHeadersCannotReachAnotherProfile(t *testing.T) {
 		denied(what, req[0], req[1])
 	}
 	// What it may read shows its own profile only.
-	m, err := bnc.Request("$JS.API.STREAM.INFO.MAIL_JOBS_billing", []byte(`{"subjects_filter":">"}`), 2*time.Second)
-	if err != nil || strings.Contains(string(m.Data), "ops") {
-		t.Errorf("billing's own stream info: %v %.300q", err, m.Data)
+	if m, err := bnc.Request("$JS.API.STREAM.INFO.MAIL_JOBS_billing", []byte(`{"subjects_filter":">"}`), 2*time.Second); err != nil {
+		t.Errorf("billing's own stream info: %v", err)
+	} else if strings.Contains(string(m.Data), "ops") || !strings.Contains(string(m.Data), `"mail.send.billing"`) {
+		t.Errorf("billing's own stream info: %.300q", m.Data)
 	}
 	for _, subj := range []string{"mail.>", "_INBOX.>", "_INBOX_worker.>", "$JS.EVENT.>", "$KV.MAIL_JOB_STATE.ops.>"} {
 		if _, err := bnc.SubscribeSync(subj); err != nil {
