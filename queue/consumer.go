@@ -62,14 +62,17 @@ func NewJobs(cs ...jetstream.Consumer) *Jobs {
 // profile costs one request per consumer per fetchWait.
 const fetchWait = 10 * time.Second
 
-// Messages starts fetching from every consumer, up to prefetch messages ahead
-// each (a batch of prefetch/consumers halved the max throughput in
-// loadtest: 0.25 against 0.41 of the bare loop, docs/benchmarks.md; idle
-// consumers hold nothing). One loop per consumer pulls
-// batches (Fetch: a new pull only when the last batch is handed out, which
-// the server serves cheaper than a standing Messages() subscription per
-// consumer once there are many); Next hands out the consumers' messages in
-// turn, so a profile with a backlog cannot push another's job behind it.
+// Messages starts fetching from every consumer. At most prefetch messages
+// plus one per consumer are fetched and not yet handed out, whatever the
+// number of profiles (each is a job in memory): a consumer takes a token per
+// message it asks for, holds one while it waits on an idle stream, and Next
+// gives a token back per message it hands out. One loop per consumer pulls
+// batches (Fetch of as many messages as it holds tokens for, up to prefetch:
+// smaller batches halved the max throughput in loadtest,
+// docs/benchmarks.md), which the server serves cheaper than a standing
+// Messages() subscription per consumer once there are many; Next hands out
+// the consumers' messages in turn, so a profile with a backlog cannot push
+// another's job behind it.
 func (j *Jobs) Messages(prefetch int) (*Messages, error) {
 	if len(j.sources) == 0 {
 		return nil, errors.New("queue: no consumer to fetch from")
@@ -77,7 +80,10 @@ func (j *Jobs) Messages(prefetch int) (*Messages, error) {
 	per := max(1, prefetch)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Messages{cancel: cancel, ready: make(chan struct{}, 1), errs: make(chan error, 16), done: make(chan struct{}),
-		chans: make([]chan *Delivery, len(j.sources))}
+		chans: make([]chan *Delivery, len(j.sources)), tokens: make(chan struct{}, per+len(j.sources))}
+	for range cap(m.tokens) {
+		m.tokens <- struct{}{}
+	}
 	var wg sync.WaitGroup
 	for i, src := range j.sources {
 		m.chans[i] = make(chan *Delivery, per)
@@ -88,33 +94,72 @@ func (j *Jobs) Messages(prefetch int) (*Messages, error) {
 	return m, nil
 }
 
+// take waits for one token, then takes up to want-1 more while more than
+// one per consumer are left (so that every other consumer can still ask for
+// its next message at once); it returns how many it holds (0 when ctx
+// ended).
+func (m *Messages) take(ctx context.Context, want int) int {
+	select {
+	case <-m.tokens:
+	case <-ctx.Done():
+		return 0
+	}
+	n := 1
+	for n < want && len(m.tokens) > len(m.chans) {
+		select {
+		case <-m.tokens:
+			n++
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+// give returns n tokens.
+func (m *Messages) give(n int) {
+	for range n {
+		m.tokens <- struct{}{}
+	}
+}
+
 // pull fetches src's messages into out until ctx ends.
 func (j *Jobs) pull(ctx context.Context, m *Messages, src source, out chan<- *Delivery, per int) {
 	for ctx.Err() == nil {
+		n := m.take(ctx, per)
+		if n == 0 {
+			return
+		}
 		fctx, cancel := context.WithTimeout(ctx, fetchWait)
-		batch, err := src.c.Fetch(per, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(PullHeartbeat))
+		batch, err := src.c.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(PullHeartbeat))
 		if err != nil {
 			cancel()
+			m.give(n)
 			m.report(fmt.Errorf("fetch %s: %w", src.name, err))
 			pause(ctx, time.Second)
 			continue
 		}
+		got := 0
 		for msg := range batch.Messages() {
+			got++
 			d := j.delivery(ctx, msg)
 			if d == nil {
+				m.give(1)
 				continue
 			}
 			select {
-			case out <- d:
+			case out <- d: // its token comes back when Next hands it out
 				select {
 				case m.ready <- struct{}{}:
 				default:
 				}
 			case <-ctx.Done():
+				m.give(1)
 				_ = msg.Nak() // fetched, never handed out: back at once
 			}
 		}
 		cancel()
+		m.give(n - got)
 		if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) &&
 			!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
 			m.report(fmt.Errorf("fetch %s: %w", src.name, err))
@@ -164,6 +209,7 @@ var ErrMessagesClosed = jetstream.ErrMsgIteratorClosed
 // Messages is a running fetch.
 type Messages struct {
 	cancel context.CancelFunc
+	tokens chan struct{} // fetched-and-not-handed-out budget (Messages)
 	chans  []chan *Delivery
 	next   int
 	ready  chan struct{}
@@ -190,6 +236,7 @@ func (m *Messages) Next() (*Delivery, error) {
 			select {
 			case d := <-m.chans[k]:
 				m.next = k + 1
+				m.give(1)
 				return d, nil
 			default:
 			}
@@ -202,6 +249,7 @@ func (m *Messages) Next() (*Delivery, error) {
 			for _, ch := range m.chans {
 				select {
 				case d := <-ch:
+					m.give(1)
 					return d, nil
 				default:
 				}
