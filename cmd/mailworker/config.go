@@ -168,6 +168,10 @@ type ProfileConfig struct {
 	// = Exchange Online's default, 35 MB; at most 150 MB. See
 	// MaxMessageBytes.
 	MaxMessageSize string `yaml:"maxMessageSize"`
+	// Jobs overrides streams.jobsMax* and streams.maxAckPending for this
+	// profile's stream MAIL_JOBS_<profile> and consumers (0 = the streams.*
+	// value).
+	Jobs ProfileJobsConfig `yaml:"jobs"`
 }
 
 // MaxMessageBytes is the profile's maximum message size in bytes
@@ -183,6 +187,14 @@ func (p ProfileConfig) MaxMessageBytes() int64 {
 		return contract.DefaultMaxMessageBytes
 	}
 	return n
+}
+
+// ProfileJobsConfig is one profile's ingress limits (queue.JobsLimits).
+type ProfileJobsConfig struct {
+	MaxMsgs       int64 `yaml:"maxMsgs"`
+	MaxBytes      int64 `yaml:"maxBytes"`
+	MaxMsgSize    int32 `yaml:"maxMsgSize"`
+	MaxAckPending int   `yaml:"maxAckPending"`
 }
 
 // CredentialConfig names where a profile's credential comes from.
@@ -454,12 +466,12 @@ func setFromString(fv reflect.Value, raw string) error {
 		fv.SetInt(int64(d))
 	case fv.Kind() == reflect.String:
 		fv.SetString(raw)
-	case fv.Kind() == reflect.Int:
-		n, err := strconv.Atoi(raw)
+	case fv.Kind() == reflect.Int || fv.Kind() == reflect.Int64 || fv.Kind() == reflect.Int32:
+		n, err := strconv.ParseInt(raw, 10, fv.Type().Bits())
 		if err != nil {
-			return fmt.Errorf("%q is not a whole number", raw)
+			return fmt.Errorf("%q is not a whole number (of %d bits)", raw, fv.Type().Bits())
 		}
-		fv.SetInt(int64(n))
+		fv.SetInt(n)
 	case fv.Kind() == reflect.Bool:
 		b, err := strconv.ParseBool(raw)
 		if err != nil {
@@ -599,9 +611,16 @@ func (c Config) queueConfig() queue.Config {
 		profiles = append(profiles, name)
 	}
 	sort.Strings(profiles)
+	perProfile := map[string]queue.JobsLimits{}
+	for name, p := range c.Profiles {
+		if p.Jobs != (ProfileJobsConfig{}) {
+			perProfile[name] = queue.JobsLimits{MaxMsgs: p.Jobs.MaxMsgs, MaxBytes: p.Jobs.MaxBytes, MaxMsgSize: p.Jobs.MaxMsgSize, MaxAckPending: p.Jobs.MaxAckPending}
+		}
+	}
 	return queue.Config{
-		Profiles: profiles,
-		Replicas: c.Streams.Replicas, JobsMaxAge: c.Streams.JobsMaxAge, StatusMaxAge: c.Streams.StatusMaxAge,
+		ProfileJobs: perProfile,
+		Profiles:    profiles,
+		Replicas:    c.Streams.Replicas, JobsMaxAge: c.Streams.JobsMaxAge, StatusMaxAge: c.Streams.StatusMaxAge,
 		DLQMaxAge: c.Streams.DLQMaxAge, AuditMaxAge: c.Streams.AuditMaxAge, StateTTL: c.Streams.StateTTL, AttachmentsMaxAge: c.Streams.AttachmentsMaxAge,
 		AttachmentsMaxBytes: int64(c.Streams.AttachmentsMaxMB) * 1_000_000,
 		AckWait:             c.Worker.AckWait,

@@ -70,6 +70,21 @@ func TestLoadConfig(t *testing.T) {
 		}
 	})
 
+	t.Run("each profile's job stream limits: streams.* defaults, profiles.<name>.jobs overrides", func(t *testing.T) {
+		cfg, err := loadConfig(writeConfig(t, sampleConfig), []string{
+			"MAILWORKER_STREAMS_JOBS_MAX_MSGS=500",
+			"MAILWORKER_PROFILES_BILLING_JOBS_MAX_ACK_PENDING=7",
+			"MAILWORKER_PROFILES_BILLING_JOBS_MAX_BYTES=1048576",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := cfg.queueConfig().JobsLimitsOf("billing")
+		if l.MaxMsgs != 500 || l.MaxBytes != 1<<20 || l.MaxAckPending != 7 || l.MaxMsgSize != 0 {
+			t.Fatalf("billing's limits %+v", l)
+		}
+	})
+
 	t.Run("profiles from env alone", func(t *testing.T) {
 		cfg, err := loadConfig("", []string{
 			"MAILWORKER_PROFILES=ops",
