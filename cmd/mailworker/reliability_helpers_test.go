@@ -394,7 +394,7 @@ func terminal(s contract.State) bool {
 }
 
 // waitTerminal polls until every id is sent or dead-lettered and the
-// MAIL_JOBS consumer has nothing outstanding. A terminal state alone is not
+// profiles' consumers have nothing outstanding. A terminal state alone is not
 // the end of a job: the worker stores it before the final status event, and
 // a job whose event could not be published yet (a stream leader that died
 // with the publish in flight) is put back for another delivery to report it.

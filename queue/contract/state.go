@@ -16,7 +16,7 @@ const (
 	StateDeferred     State = "deferred"      // waiting without spending an attempt (notBefore, pacing)
 	StateSent         State = "sent"          // Graph answered 202
 	StateDeadLettered State = "dead_lettered" // in MAIL_DLQ
-	StateReplayed     State = "replayed"      // put back on MAIL_JOBS from the DLQ
+	StateReplayed     State = "replayed"      // put back on MAIL_JOBS_<profile> from the DLQ
 )
 
 // JobState is the current state of one job, keyed by job id. Workers use it to
@@ -41,11 +41,11 @@ type JobState struct {
 	AmbiguousBefore bool       `json:"ambiguousBefore,omitempty"`
 	LastError       *ErrorInfo `json:"lastError,omitempty"`
 	Graph           *GraphInfo `json:"graph,omitempty"`
-	// Seq is the MAIL_JOBS stream sequence of the delivery that reached a
+	// Seq is the stream sequence (MAIL_JOBS_<profile>, or MAIL_DEFER when due) of the delivery that reached a
 	// final state, so a redelivery of that same message (its ack was lost)
 	// can be told from a later re-publish of the job id.
 	Seq uint64 `json:"seq,omitempty"`
-	// Origin is the MAIL_JOBS stream sequence of the producer's publish
+	// Origin is the MAIL_JOBS_<profile> stream sequence of the producer's publish
 	// this state is the outcome of: the publish's own sequence, also when
 	// the job came back through a message schedule (HeaderOriginSeq), so a
 	// producer that knows its publish ack can tell its job's outcome from

@@ -81,7 +81,7 @@ const (
 	// the mail although Graph never said so.
 	HeaderAmbiguous = "Mail-Ambiguous"
 	// HeaderOriginSeq on a job the worker put back by a message schedule:
-	// the MAIL_JOBS stream sequence of the producer's publish it comes from,
+	// the MAIL_JOBS_<profile> stream sequence of the producer's publish it comes from,
 	// so that the job state can name the publish it is the outcome of
 	// (JobState.Origin, what `send --wait` compares).
 	HeaderOriginSeq = "Mail-Origin-Seq"
