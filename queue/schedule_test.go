@@ -197,3 +197,43 @@ func TestJobsTakesProfilesInTurn(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduleByReferenceBodyGone: should the deferred body be gone when the
+// job is due (expired, deleted by hand), the delivery is still handed out,
+// without bytes, for the worker to dead-letter: nothing vanishes silently.
+func TestScheduleByReferenceBodyGone(t *testing.T) {
+	b := setup(t)
+	body := bytes.Repeat([]byte("y"), int(b.nc.MaxPayload())-100)
+	if err := b.q.Schedules.Schedule(b.ctx, "billing", "gone", body, "", 0, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := b.js.Stream(b.ctx, contract.StreamDefer)
+	sm, err := s.GetLastMsgForSubject(b.ctx, contract.ScheduleSubject("billing", "gone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := b.js.ObjectStore(b.ctx, contract.BucketDeferred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := obs.Delete(b.ctx, sm.Header.Get(contract.HeaderDeferredRef)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.q.Schedules.Reschedule(b.ctx, "billing", "gone", time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := b.q.Jobs(b.ctx, []string{"billing"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := jobs.Messages(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Drain()
+	d := next(t, m)
+	if len(d.Data()) != 0 || d.Header(contract.HeaderJobID) != "gone" || d.Subject() != contract.DueSubject("billing") {
+		t.Fatalf("due delivery of a job whose body is gone: %d bytes, id %q, subject %s", len(d.Data()), d.Header(contract.HeaderJobID), d.Subject())
+	}
+	_ = d.Term()
+}
