@@ -90,7 +90,7 @@ func TestFetchResumesAfterConsumerLeaderLoss(t *testing.T) {
 		defer cancel()
 		return Provision(c, js, Config{Replicas: 3, AckWait: 30 * time.Second, Profiles: []string{"billing"}}) == nil
 	})
-	cons, err := js.Consumer(ctx, contract.StreamJobs, contract.ConsumerName)
+	cons, err := js.Consumer(ctx, contract.JobsStream("billing"), contract.ConsumerName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestFetchResumesAfterConsumerLeaderLoss(t *testing.T) {
 	waitFor(t, time.Minute, "a consumer leader away from the worker's node", func() bool {
 		l := leader()
 		if l == srvs[0].Name() {
-			_, _ = js.Conn().Request(fmt.Sprintf("$JS.API.CONSUMER.LEADER.STEPDOWN.%s.%s", contract.StreamJobs, contract.ConsumerName), nil, 5*time.Second)
+			_, _ = js.Conn().Request(fmt.Sprintf("$JS.API.CONSUMER.LEADER.STEPDOWN.%s.%s", contract.JobsStream("billing"), contract.ConsumerName), nil, 5*time.Second)
 			return false
 		}
 		return l != ""
