@@ -279,6 +279,14 @@ func TestProducerHeadersCannotReachAnotherProfile(t *testing.T) {
 	} {
 		denied(what, req[0], req[1])
 	}
+	// Its own keys' direct get cannot be turned into a walk of the bucket:
+	// the server refuses a sequence, a next-for or a batch on that form.
+	for _, body := range []string{`{"seq":1}`, `{"next_by_subj":"$KV.MAIL_JOB_STATE.ops.>"}`, `{"last_by_subj":"$KV.MAIL_JOB_STATE.ops.ops-now-0"}`, `{"batch":100,"seq":1}`} {
+		m, err := bnc.Request("$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE.$KV.MAIL_JOB_STATE.billing.x", []byte(body), 2*time.Second)
+		if err == nil && (m.Header.Get("Status") == "" || strings.Contains(string(m.Data), "ops")) {
+			t.Errorf("billing's own-key direct get with %s answered %v %.200q", body, m.Header, m.Data)
+		}
+	}
 	// What it may read shows its own profile only.
 	if m, err := bnc.Request("$JS.API.STREAM.INFO.MAIL_JOBS_billing", []byte(`{"subjects_filter":">"}`), 2*time.Second); err != nil {
 		t.Errorf("billing's own stream info: %v", err)
