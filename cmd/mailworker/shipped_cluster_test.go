@@ -126,6 +126,28 @@ func freePortOn(t *testing.T, ip string) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// freePortOnAll returns a port that was free on every ip a moment ago.
+func freePortOnAll(t *testing.T, ips ...string) int {
+	t.Helper()
+	for range 50 {
+		p := freePortOn(t, ips[0])
+		ok := true
+		for _, ip := range ips[1:] {
+			ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, p))
+			if err != nil {
+				ok = false
+				break
+			}
+			ln.Close()
+		}
+		if ok {
+			return p
+		}
+	}
+	t.Fatal("no port free on every loopback address")
+	return 0
+}
+
 // startShippedCluster renders the shipped config for three nodes, starts them
 // and waits until they agree on a JetStream meta leader.
 func startShippedCluster(t *testing.T) *shippedCluster {
@@ -137,10 +159,14 @@ func startShippedCluster(t *testing.T) *shippedCluster {
 	ca, _ := os.ReadFile(c.caFile)
 	pool.AppendCertsFromPEM(ca)
 	c.https = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	// The monitoring port is the same on every node, as in the pods: KEDA
+	// derives a node's monitoring URL from its advertised host and the
+	// endpoint's port.
+	httpsPort := freePortOnAll(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
 	for i := range 3 {
 		ip := fmt.Sprintf("127.0.0.%d", i+1)
 		n := &shippedNode{t: t, name: fmt.Sprintf("nats-%d", i), ip: ip, dir: t.TempDir(),
-			clientPort: freePortOn(t, ip), routePort: freePortOn(t, ip), httpsPort: freePortOn(t, ip)}
+			clientPort: freePortOn(t, ip), routePort: freePortOn(t, ip), httpsPort: httpsPort}
 		c.nodes = append(c.nodes, n)
 	}
 	for _, n := range c.nodes {
@@ -463,16 +489,23 @@ func (c *shippedCluster) provisionShipped(t *testing.T) []string {
 	return streams
 }
 
-// shippedComponentConfig copies a shipped mailworker config, replacing only its
-// nats.tls.caFile (a path in the pod) with the test CA. The URL, user and
-// password come from MAILWORKER_NATS_* in the environment, as a pod may set them.
-func shippedComponentConfig(t *testing.T, path, caFile string) string {
+// shippedComponentConfig copies a shipped mailworker config, replacing only
+// paths of files mounted in the pod: its nats.tls.caFile with the test CA and
+// each old, new pair of paths. The URL and password come from MAILWORKER_NATS_*
+// in the environment, as a pod may set them.
+func shippedComponentConfig(t *testing.T, path, caFile string, pairs ...string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(string(b), "/var/run/secrets/nats-ca/ca.crt") {
+		t.Errorf("%s: nats.tls.caFile is not the mounted nats-ca: the shipped NATS requires TLS", path)
+	}
 	s := strings.ReplaceAll(string(b), "/var/run/secrets/nats-ca/ca.crt", caFile)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		s = strings.ReplaceAll(s, pairs[i], pairs[i+1])
+	}
 	out := filepath.Join(t.TempDir(), filepath.Base(path))
 	if err := os.WriteFile(out, []byte(s), 0o600); err != nil {
 		t.Fatal(err)
