@@ -64,6 +64,10 @@ type clusterHarness struct {
 	*harness
 	c       *shippedCluster
 	workers map[*proc]*shippedNode // the node each replica was pointed at
+	// jobConsumers are the consumers named contract.ConsumerName that
+	// provision reported, {stream, consumer}: the job streams' (one shared
+	// stream, or one per profile).
+	jobConsumers [][2]string
 }
 
 // newClusterHarness writes the worker config (TLS, user worker, its inbox
@@ -97,9 +101,11 @@ func newClusterHarness(t *testing.T, c *shippedCluster, fake *graphtest.Server, 
 	provEnv := append([]string{"MAILWORKER_CONFIG=" + cfgPath, "MAILWORKER_NATS_USER=provisioner",
 		"MAILWORKER_NATS_INBOX_PREFIX=_INBOX_provisioner", "MAILWORKER_NATS_PASSWORD=" + shippedPassword("provisioner")}, env[1:]...)
 	deadline := time.Now().Add(60 * time.Second)
+	var provOut string
 	for {
 		out, errOut, code := runCmdEnv(t, provEnv, "", "provision")
 		if code == 0 {
+			provOut = out
 			break
 		}
 		if time.Now().After(deadline) {
@@ -128,7 +134,48 @@ func newClusterHarness(t *testing.T, c *shippedCluster, fake *graphtest.Server, 
 	}
 	h := &harness{t: t, natsURL: c.url(), fake: fake, cfgPath: cfgPath, env: env, profiles: []relProfile{p},
 		nc: obs, js: js, q: q, pub: queue.NewPublisher(prodJS)}
-	return &clusterHarness{harness: h, c: c, workers: map[*proc]*shippedNode{}}
+	ch := &clusterHarness{harness: h, c: c, workers: map[*proc]*shippedNode{}}
+	_, consumers := parseProvisioned(provOut)
+	for _, sc := range consumers {
+		if sc[1] == contract.ConsumerName {
+			ch.jobConsumers = append(ch.jobConsumers, sc)
+		}
+	}
+	if len(ch.jobConsumers) == 0 {
+		t.Fatalf("provision reported no %q consumer:\n%s", contract.ConsumerName, provOut)
+	}
+	return ch
+}
+
+// jobsStream is the job stream of profile: the one whose name ends in the
+// profile's name if provision made one per profile, else the shared one.
+func (h *clusterHarness) jobsStream(profile string) string {
+	for _, sc := range h.jobConsumers {
+		if strings.HasSuffix(sc[0], "_"+profile) {
+			return sc[0]
+		}
+	}
+	return h.jobConsumers[0][0]
+}
+
+// outstanding sums, over the job consumers, the messages not yet delivered
+// and those awaiting an ack.
+func (h *clusterHarness) outstanding() (pending, ackPending uint64, err error) {
+	for _, sc := range h.jobConsumers {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := h.js.Consumer(ctx, sc[0], sc[1])
+		var info *jetstream.ConsumerInfo
+		if err == nil {
+			info, err = c.Info(ctx)
+		}
+		cancel()
+		if err != nil {
+			return 0, 0, fmt.Errorf("consumer %s > %s: %w", sc[0], sc[1], err)
+		}
+		pending += info.NumPending
+		ackPending += uint64(info.NumAckPending)
+	}
+	return pending, ackPending, nil
 }
 
 // dialUser connects to every node of c as user, with its inbox prefix.
@@ -351,18 +398,12 @@ func (h *clusterHarness) settle(ids []string, timeout time.Duration) []string {
 		}
 		outstanding := ""
 		if len(open) == 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			c, err := h.q.Consumer(ctx)
-			var info *jetstream.ConsumerInfo
-			if err == nil {
-				info, err = c.Info(ctx)
-			}
-			cancel()
+			pending, ackPending, err := h.outstanding()
 			switch {
 			case err != nil:
 				outstanding = err.Error()
-			case info.NumPending != 0 || info.NumAckPending != 0:
-				outstanding = fmt.Sprintf("%d not delivered, %d awaiting ack", info.NumPending, info.NumAckPending)
+			case pending != 0 || ackPending != 0:
+				outstanding = fmt.Sprintf("%d not delivered, %d awaiting ack", pending, ackPending)
 			default:
 				return nil
 			}
@@ -414,15 +455,16 @@ func TestReliabilityClusterFaults(t *testing.T) {
 		eventually(t, 120*time.Second, fmt.Sprintf("%d sends before fault %s", at, f), func() bool { return len(fake.Messages()) >= at })
 		switch f {
 		case "leader-kill":
+			jobsStream := h.jobsStream(profile.name)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			leader := streamLeader(t, ctx, h.js, contract.StreamJobs)
+			leader := streamLeader(t, ctx, h.js, jobsStream)
 			cancel()
 			n := c.node(leader)
 			n.kill()
-			eventually(t, 30*time.Second, "a new "+contract.StreamJobs+" leader", func() bool {
+			eventually(t, 30*time.Second, "a new "+jobsStream+" leader", func() bool {
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				defer cancel()
-				s, err := h.js.Stream(ctx, contract.StreamJobs)
+				s, err := h.js.Stream(ctx, jobsStream)
 				if err != nil {
 					return false
 				}
@@ -430,7 +472,7 @@ func TestReliabilityClusterFaults(t *testing.T) {
 				return err == nil && info.Cluster != nil && info.Cluster.Leader != "" && info.Cluster.Leader != leader
 			})
 			n.start(natsServerBinary(t)) // the pod comes back with its store
-			log = append(log, "kill -9 "+leader+" (leader of "+contract.StreamJobs+") and restart")
+			log = append(log, "kill -9 "+leader+" (leader of "+jobsStream+") and restart")
 		case "worker-kill":
 			i := rng.IntN(len(live))
 			n := h.workers[live[i]]
@@ -463,6 +505,7 @@ func TestReliabilityClusterFaults(t *testing.T) {
 	tail.close(t, h.js)
 	r := h.check(ids)
 	backwards, revisions := tail.checkMonotonic(t, profile.name, ids)
+	backwards += h.checkStateAgreesWithEvents(ids)
 	for _, id := range open {
 		tail.mu.Lock()
 		t.Logf("open job %s: state revisions %s", id, revString(tail.revs[profile.name+"."+id]))
@@ -474,6 +517,33 @@ func TestReliabilityClusterFaults(t *testing.T) {
 	}
 	logFigures(t, "cluster-faults", r, fmt.Sprintf("open=%d backwards=%d state_revisions=%d seed=%d faults=[%s]",
 		len(open), backwards, revisions, seed, strings.Join(log, "; ")))
+}
+
+// checkStateAgreesWithEvents fails every job whose final state is not
+// terminal although a terminal status event was published for it: its state
+// went backwards after the outcome was reported, even if the tail did not
+// read the terminal revision before a later write replaced it. It returns
+// the number of such jobs.
+func (h *clusterHarness) checkStateAgreesWithEvents(ids []string) int {
+	h.t.Helper()
+	events, _ := h.statusEvents()
+	n := 0
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, _, err := h.stateOf(ctx, id)
+		cancel()
+		if err != nil || terminal(st.State) {
+			continue
+		}
+		for _, ev := range events[id] {
+			if ev.Event == contract.EventSent || ev.Event == contract.EventDeadLettered {
+				n++
+				h.t.Errorf("job %s: state %s after its terminal event %s: the state went backwards", id, st.State, ev.Event)
+				break
+			}
+		}
+	}
+	return n
 }
 
 // checkReplicaLogsForSecrets looks for the worker's NATS password and the

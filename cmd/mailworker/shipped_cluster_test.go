@@ -471,22 +471,32 @@ func (c *shippedCluster) provisionShipped(t *testing.T) []string {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	var streams []string
+	streams, _ := parseProvisioned(out)
+	if len(streams) == 0 {
+		t.Fatalf("provision reported no streams:\n%s", out)
+	}
+	return streams
+}
+
+// parseProvisioned reads what `mailworker provision` reports having created:
+// every stream (KV buckets and object stores are streams KV_<bucket> and
+// OBJ_<bucket>) and every consumer as {stream, name}. Tests take names from
+// it rather than from constants, so they follow the stream layout.
+func parseProvisioned(out string) (streams []string, consumers [][2]string) {
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		switch {
 		case len(f) == 2 && f[0] == "stream":
 			streams = append(streams, f[1])
+		case len(f) == 4 && f[0] == "consumer" && f[2] == ">":
+			consumers = append(consumers, [2]string{f[1], f[3]})
 		case len(f) == 3 && f[0] == "KV" && f[1] == "bucket":
 			streams = append(streams, "KV_"+f[2])
 		case len(f) == 3 && f[0] == "object" && f[1] == "store":
 			streams = append(streams, "OBJ_"+f[2])
 		}
 	}
-	if len(streams) == 0 {
-		t.Fatalf("provision reported no streams:\n%s", out)
-	}
-	return streams
+	return streams, consumers
 }
 
 // shippedComponentConfig copies a shipped mailworker config, replacing only
