@@ -427,7 +427,10 @@ func TestReliabilityClusterFaults(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	jobs := pick(300, 3000)
 	ackWait := 2 * time.Second
-	pause := pick(3*ackWait, 15*time.Second) // the freeze outlasts ackWait: the job is redelivered elsewhere
+	// The freeze outlasts ackWait and the lease of a `sending` mark
+	// (sendTimeout + 5 s): the frozen workers' jobs are redelivered to the
+	// others and sent again while the frozen writes wait in their sockets.
+	pause := pick(5*ackWait, 15*time.Second)
 	c := startShippedCluster(t)
 	fake := newFake(t, graphtest.Options{Latency: 250 * time.Millisecond, LatencyJitter: 250 * time.Millisecond})
 	profile := relProfile{name: "billing", senders: []string{"billing@contoso.com", "invoices@contoso.com", "statements@contoso.com"}}
@@ -451,7 +454,7 @@ func TestReliabilityClusterFaults(t *testing.T) {
 	rng.Shuffle(len(faults), func(i, j int) { faults[i], faults[j] = faults[j], faults[i] })
 	var log []string
 	for i, f := range faults {
-		at := (i + 1) * jobs / (len(faults) + 2)
+		at := jobs * (15 + 20*i) / 100 // at 15, 35 and 55 % of the sends: much is still in flight after each
 		eventually(t, 120*time.Second, fmt.Sprintf("%d sends before fault %s", at, f), func() bool { return len(fake.Messages()) >= at })
 		switch f {
 		case "leader-kill":
