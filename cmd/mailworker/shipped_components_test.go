@@ -394,3 +394,38 @@ func kedaLag(t *testing.T, c *shippedCluster) {
 		return found
 	})
 }
+
+// TestShippedWorkerWaitsForJetStream: a worker (shipped overlay config,
+// streams.provision false) that starts while its NATS node has no JetStream
+// quorum — the other two nodes down, as while pods restart — waits for
+// JetStream instead of exiting with "run `mailworker provision`", and is ready
+// once the nodes are back. Found by the cluster fault suite: a replica started
+// on a node that had just restarted exited 1.
+func TestShippedWorkerWaitsForJetStream(t *testing.T) {
+	t.Parallel()
+	c := startShippedCluster(t)
+	c.provisionShipped(t)
+	dir := t.TempDir()
+	cfg := shippedComponentConfig(t, "../../deploy/kubernetes/overlays/example/config.yaml", c.caFile,
+		"/var/run/secrets/mailworker/billing.pem", writeRSACertPEM(t, dir))
+	c.nodes[1].kill()
+	c.nodes[2].kill()
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p := startProc(t, []string{"MAILWORKER_CONFIG=" + cfg, "MAILWORKER_NATS_URL=" + c.nodes[0].clientURL(),
+		"MAILWORKER_NATS_PASSWORD=" + shippedPassword("worker"), "MAILWORKER_HTTP_LISTEN=" + httpAddr}, "run")
+	eventually(t, 60*time.Second, "the worker to report that JetStream does not answer yet", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("worker exited while JetStream had no quorum:\n%s", tail(p.stderr.String()+p.stdout.String(), 2000))
+		default:
+		}
+		return strings.Contains(p.stderr.String()+p.stdout.String(), "JetStream not answering yet")
+	})
+	bin := natsServerBinary(t)
+	c.nodes[1].start(bin)
+	c.nodes[2].start(bin)
+	waitHTTP200(t, p, "http://"+httpAddr+"/readyz")
+	if code := p.stop(30 * time.Second); code != 0 {
+		t.Errorf("worker exited %d:\n%s", code, tail(p.stderr.String(), 2000))
+	}
+}
