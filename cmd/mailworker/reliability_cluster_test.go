@@ -454,7 +454,7 @@ func TestReliabilityClusterFaults(t *testing.T) {
 	rng.Shuffle(len(faults), func(i, j int) { faults[i], faults[j] = faults[j], faults[i] })
 	var log []string
 	for i, f := range faults {
-		at := jobs * (15 + 20*i) / 100 // at 15, 35 and 55 % of the sends: much is still in flight after each
+		at := jobs * (10 + 15*i) / 100 // at 10, 25 and 40 % of the sends: much is still to do after each
 		eventually(t, 120*time.Second, fmt.Sprintf("%d sends before fault %s", at, f), func() bool { return len(fake.Messages()) >= at })
 		switch f {
 		case "leader-kill":
