@@ -319,9 +319,12 @@ func (a *App) Close() {
 }
 
 // jetStreamNotReady reports whether err says JetStream did not answer (a
-// timeout, no responders), as opposed to an answer such as "stream not found"
-// that waiting will not change.
+// timeout, no responders) or answered 503 "JetStream system temporarily
+// unavailable" (err_code 10008, while a node catches up), as opposed to an
+// answer such as "stream not found" that waiting will not change.
 func jetStreamNotReady(err error) bool {
+	var apiErr *jetstream.APIError
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
 }
