@@ -81,10 +81,23 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 			return nil, fmt.Errorf("provision streams: %w", err)
 		}
 	}
-	if a.q, err = queue.Open(ctx, a.js); err != nil {
-		return nil, err
+	var jobs *queue.Jobs
+	for {
+		if a.q, err = queue.Open(ctx, a.js); err == nil {
+			jobs, err = a.q.Jobs(ctx, names)
+		}
+		if err == nil || !jetStreamNotReady(err) || ctx.Err() != nil {
+			break
+		}
+		// A node that is starting, catching up or without a meta leader
+		// answers nothing for a while: wait for it instead of exiting (the
+		// pod would be restarted with a back-off, told to run provision).
+		log.Warn().Err(err).Msg("JetStream not answering yet (a node starting or a leader election); trying again in 1s")
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
-	jobs, err := a.q.Jobs(ctx, names)
 	if err != nil {
 		return nil, err
 	}
@@ -303,4 +316,15 @@ func (a *App) Close() {
 			a.nc.Close()
 		}
 	})
+}
+
+// jetStreamNotReady reports whether err says JetStream did not answer (a
+// timeout, no responders) or answered 503 "JetStream system temporarily
+// unavailable" (err_code 10008, while a node catches up), as opposed to an
+// answer such as "stream not found" that waiting will not change.
+func jetStreamNotReady(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
 }

@@ -42,13 +42,14 @@ func setPasswords(t *testing.T) {
 	}
 }
 
-// TestClusterConfigParses loads the clustered server config (which includes accounts.conf) the way
+// TestClusterConfigParses loads (the cluster forming is tested with three processes in
+// cmd/mailworker TestShippedNATSClusterForms) the clustered server config (which includes accounts.conf) the way
 // the StatefulSet runs it, with test certificates where cert-manager puts the real ones: TLS for
 // clients, routes and the monitoring port, no plaintext listener.
 func TestClusterConfigParses(t *testing.T) {
 	setPasswords(t)
 	t.Setenv("SERVER_NAME", "nats-0")
-	t.Setenv("CLUSTER_ROUTE_PASSWORD", "route-pw")
+	t.Setenv("CLIENT_ADVERTISE", "nats-0.nats.nats.svc.cluster.local:4222")
 	dir := t.TempDir()
 	writeTestCerts(t, dir)
 	conf, err := os.ReadFile(clusterConf)
@@ -78,6 +79,17 @@ func TestClusterConfigParses(t *testing.T) {
 	}
 	if opts.Cluster.TLSConfig != nil && opts.Cluster.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
 		t.Errorf("routes do not verify the peer's certificate")
+	}
+	if !opts.Cluster.TLSCheckKnownURLs {
+		t.Errorf("routes accept any certificate of the CA: want verify_cert_and_check_known_urls")
+	}
+	for _, r := range opts.Routes {
+		if r.User != nil {
+			t.Errorf("route %s carries credentials: nats-server does not expand variables inside a URL", r.Redacted())
+		}
+	}
+	if opts.ClientAdvertise != "nats-0.nats.nats.svc.cluster.local:4222" {
+		t.Errorf("client_advertise %q, want $CLIENT_ADVERTISE", opts.ClientAdvertise)
 	}
 	if opts.HTTPPort != 0 || opts.HTTPSPort != 8222 {
 		t.Errorf("monitoring: http %d, https %d; want HTTPS only on 8222 (KEDA nats-jetstream trigger, exporter)", opts.HTTPPort, opts.HTTPSPort)
