@@ -284,7 +284,9 @@ func consoleConfigFromDocs(t *testing.T, c *shippedCluster, credPEM string) stri
 // one every node's monitoring listens on here, as in the pods.
 func kedaLag(t *testing.T, c *shippedCluster) {
 	t.Helper()
-	b, err := os.ReadFile("../../deploy/kubernetes/base/scaledobject.yaml")
+	// The overlay's ScaledObject: its triggers name the profiles of the
+	// overlay's config.yaml, which the cluster was provisioned from.
+	b, err := os.ReadFile("../../deploy/kubernetes/overlays/example/scaledobject-patch.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,15 +301,23 @@ func kedaLag(t *testing.T, c *shippedCluster) {
 	if err := yaml.Unmarshal(b, &so); err != nil {
 		t.Fatal(err)
 	}
-	var md map[string]string
+	var triggers []map[string]string
 	for _, tr := range so.Spec.Triggers {
 		if tr.Type == "nats-jetstream" {
-			md = tr.Metadata
+			triggers = append(triggers, tr.Metadata)
 		}
 	}
-	if md == nil {
-		t.Fatal("scaledobject.yaml: no nats-jetstream trigger")
+	if len(triggers) == 0 {
+		t.Fatal("scaledobject-patch.yaml: no nats-jetstream trigger")
 	}
+	for _, md := range triggers {
+		kedaTrigger(t, c, md)
+	}
+}
+
+// kedaTrigger makes one trigger's requests as KEDA's scaler does.
+func kedaTrigger(t *testing.T, c *shippedCluster, md map[string]string) {
+	t.Helper()
 	if md["useHttps"] != "true" {
 		t.Errorf("useHttps %q: the shipped monitoring port serves HTTPS only", md["useHttps"])
 	}
