@@ -11,8 +11,18 @@ import (
 	"go.uber.org/goleak"
 )
 
+// objectPutRace: nats.go v1.55's object store Put publishes through a
+// JetStream context of its own and cleans it up when it returns
+// (jetstream/object.go:693, cleanupReplySub sets publisher.connStatusCh to
+// nil); the goroutine that the first async publish started
+// (publish.go:451, resetPendingAcksOnReconnect) reads that field under the
+// lock only when it gets to run, and when the cleanup came first it waits on
+// a nil channel for ever. One parked goroutine per such Put, in nats.go, not
+// in our code: ignored here, named so that nothing else hides behind it.
+var objectPutRace = goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect")
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, objectPutRace)
 }
 
 // startJS starts an embedded JetStream server on a random port with a temp
