@@ -356,7 +356,7 @@ func stoppedMessage(stops int, last time.Time) string {
 // LookupEvery, spending nothing and pausing nobody. Past it: a message that
 // left Drafts is taken as sent (only transport, or a person, moves it, and
 // sending again could duplicate it); a message still a draft is taken as
-// never accepted and sent again, or, for a profile with
+// never accepted and sent again, flagged possibleDuplicate, or, for a profile with
 // onAmbiguous=deadletter, dead-lettered for a person to check first (a
 // replay of that dead letter is that person's decision: it sends).
 func decidePending(st contract.JobState, pe *contract.PendingError, pol Policy, now time.Time) Action {
@@ -380,8 +380,11 @@ func decidePending(st contract.JobState, pe *contract.PendingError, pol Policy, 
 				"look for its internetMessageId in Exchange message trace; if it is not there, `mailworker dlq replay` sends the draft",
 			pe.InternetMessageID, wait, pol.Profile)}
 	}
-	return Action{Kind: Retry, ResendDraft: true, Message: fmt.Sprintf(
-		"the draft is still a draft %s after its send: transport never took it, so the send was not accepted; sending it again", wait)}
+	// No Microsoft page bounds transit, so "still a draft past the window"
+	// is a judgement, not a proof: the resend is flagged (its `sent` carries
+	// possibleDuplicate) unless a replay already made it support's decision.
+	return Action{Kind: Retry, ResendDraft: true, Ambiguous: !st.AmbiguousBefore, Message: fmt.Sprintf(
+		"the draft is still a draft %s after its send: taken as never accepted by transport and sent again, flagged as a possible duplicate (no Microsoft page bounds how long a sent draft can stay in Drafts)", wait)}
 }
 
 func ambiguousMessage(pol Policy) string {

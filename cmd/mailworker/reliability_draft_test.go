@@ -121,7 +121,7 @@ func TestReliabilityDraftMode(t *testing.T) {
 		t.Parallel()
 		// Graph answers 503 without applying the send: the draft stays a draft for good.
 		// Inside the window the worker does not know that (transport may be holding an
-		// accepted send) and sends nothing; past it the draft is proven unsent and sent once.
+		// accepted send) and sends nothing; past it the draft is taken as unsent and sent once, flagged.
 		ns := startRelNATS(t)
 		fake := newFake(t, graphtest.Options{Drafts: graphtest.DraftOptions{TransitDelay: time.Second}})
 		h := newHarness(t, ns.url(), fake, relWorker{draftTransitWait: 4 * time.Second, draftLookupEvery: time.Second}, profile)
@@ -133,7 +133,12 @@ func TestReliabilityDraftMode(t *testing.T) {
 		h.waitTerminal(ids, time.Minute)
 		h.stopAll([]*proc{replica})
 		r := h.check(ids)
-		exact(t, r, len(ids))
+		// Sent once each, and flagged: "still a draft past the window" is a
+		// judgement (no Microsoft page bounds transit), so the resend's `sent`
+		// says possibleDuplicate (worker/decide.go decidePending).
+		if r.Lost != 0 || r.Duplicated != 0 || r.Sent != len(ids) || r.PossibleDuplicate != len(ids) {
+			t.Errorf("draft mode: %s; want every job sent once, each resend flagged possibleDuplicate", r)
+		}
 		once(t, fake)
 		events, _ := h.statusEvents()
 		for _, id := range ids {
