@@ -82,8 +82,10 @@ type Options struct {
 	// 400 BadRequest "Maximum request length exceeded." — Graph has answered both (README.md).
 	TooLargeAs400 bool
 	// RefreshIn is the refresh_in (seconds) put in token responses, telling MSAL when to refresh
-	// proactively. 0 = Entra's observed behaviour: half the lifetime for tokens of 2 hours or
-	// more, none below; negative = never send it.
+	// proactively. 0 = half the lifetime for tokens of 2 hours or more, none below: the
+	// fake's choice, borrowed from the Azure SDK's rule for managed-identity tokens
+	// (azure-sdk-for-go#19213); when Entra sends refresh_in for client credentials is not
+	// documented. Negative = never send it.
 	RefreshIn time.Duration
 	// GraphAudience is the resource this cloud's Graph answers to, the aud of the tokens issued
 	// (default "https://graph.microsoft.com"; e.g. "https://graph.microsoft.us" for US Gov). A
