@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/support"
 )
 
 //go:embed templates/*.html static/*
@@ -56,7 +57,10 @@ type Config struct {
 	// RecipientsPerDay is the per-mailbox budget the overview compares the
 	// recipient ledger with (default 10,000).
 	RecipientsPerDay int
-	Logger           zerolog.Logger
+	// Support is the support service the console's actions go through
+	// (default support.New over the queue: the one the CLI uses).
+	Support support.Service
+	Logger  zerolog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -67,6 +71,7 @@ const defaultRunbook = "https://github.com/mailworker/mailworker/blob/main/docs/
 type Server struct {
 	cfg   Config
 	q     *queue.Queue
+	desk  support.Service
 	idp   *provider
 	seal  *sealer
 	rcpt  []byte // HMAC key for recipient search
@@ -118,11 +123,14 @@ func New(cfg Config, q *queue.Queue) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Support == nil {
+		cfg.Support = support.New(q, support.Options{})
+	}
 	seal, err := newSealer(deriveKey(cfg.Secret, "cookies"))
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, q: q, seal: seal, rcpt: deriveKey(cfg.Secret, "recipients"),
+	s := &Server{cfg: cfg, q: q, desk: cfg.Support, seal: seal, rcpt: deriveKey(cfg.Secret, "recipients"),
 		idp: &provider{authority: cfg.Authority, clientID: cfg.ClientID, clientSecret: cfg.ClientSecret, client: cfg.HTTPClient}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.parseTemplates(); err != nil {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
+
+	"github.com/mailworker/mailworker/support"
 )
 
 // objectPutRace: nats.go v1.55's object store Put publishes through a
@@ -243,8 +245,8 @@ func TestMaskAndHash(t *testing.T) {
 		"x@y.z":                       "x•••@y.z",
 		"not an address":              "•••",
 	} {
-		if got := maskAddr(in); got != want {
-			t.Errorf("maskAddr(%q) = %q, want %q", in, got, want)
+		if got := support.MaskAddr(in); got != want {
+			t.Errorf("support.MaskAddr(%q) = %q, want %q", in, got, want)
 		}
 	}
 	s := testServer(t)
@@ -267,7 +269,7 @@ func TestFormField(t *testing.T) {
 }
 
 func TestMaskText(t *testing.T) {
-	got := maskText(`to[1]: "Jane <jane.doe@contoso.com>" is not valid; sender intruder@contoso.example refused`, "Intruder <intruder@contoso.example>")
+	got := support.MaskText(`to[1]: "Jane <jane.doe@contoso.com>" is not valid; sender intruder@contoso.example refused`, "Intruder <intruder@contoso.example>")
 	want := `to[1]: "Jane <j•••@contoso.com>" is not valid; sender intruder@contoso.example refused`
 	if got != want {
 		t.Errorf("maskText = %q, want %q", got, want)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/support"
 )
 
 func constantEq(a, b string) bool {
@@ -51,11 +52,11 @@ func (s *Server) parseTemplates() error {
 			}
 			return string([]rune(v)[:n-1]) + "…"
 		},
-		"mask": maskAddr,
+		"mask": support.MaskAddr,
 		"maskAll": func(l []string) []string {
 			out := make([]string, len(l))
 			for i, a := range l {
-				out[i] = maskAddr(a)
+				out[i] = support.MaskAddr(a)
 			}
 			return out
 		},
@@ -121,35 +122,6 @@ var advice = map[contract.Reason]string{
 	contract.ReasonAttemptsExhausted: "Graph kept failing: check its health and throttling; the mail may have been delivered (ambiguous): check message trace for the job id before replaying.",
 	contract.ReasonGraphRejected:     "Graph refused the message for another reason: read the error, fix the job or the config, replay or purge.",
 	contract.ReasonInternal:          "A worker fault: collect the job id and the worker logs, file a bug; replay after the fix.",
-}
-
-// maskAddr hides a mailbox but its first letter and domain:
-// "Jane <jane@contoso.com>" → "j•••@contoso.com".
-func maskAddr(a string) string {
-	_, addr, err := contract.ParseAddress(a)
-	if err != nil {
-		addr = a
-	}
-	local, domain, ok := strings.Cut(addr, "@")
-	if !ok || local == "" {
-		return "•••"
-	}
-	r := []rune(local)
-	return string(r[0]) + "•••@" + domain
-}
-
-var reAddr = regexp.MustCompile(`[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*`)
-
-// maskText masks the mailboxes in a free text (an error message may quote
-// a recipient), except keep (the sender, shown anyway).
-func maskText(text, keep string) string {
-	keep = normAddr(keep)
-	return reAddr.ReplaceAllStringFunc(text, func(a string) string {
-		if keep != "" && strings.EqualFold(a, keep) {
-			return a
-		}
-		return maskAddr(a)
-	})
 }
 
 // normAddr is the form a recipient is hashed in: the address part only,
@@ -395,7 +367,7 @@ func (s *Server) loadJob(r *http.Request, profile, id string) (*jobData, error) 
 		return nil, err
 	}
 	if d.State == nil || d.State.State == contract.StateDeadLettered {
-		dl, err := s.findDL(r, profile, id, d.State)
+		dl, err := s.desk.Find(ctx, profile, id)
 		switch {
 		case err == nil:
 			d.DL = &dl
@@ -464,31 +436,17 @@ func (s *Server) loadJob(r *http.Request, profile, id string) (*jobData, error) 
 	return d, nil
 }
 
-// findDL finds the dead letter of job id, starting near the time its state
-// says it was dead-lettered (st may be nil: then it is looked up).
-func (s *Server) findDL(r *http.Request, profile, id string, st *contract.JobState) (contract.DeadLetter, error) {
-	if st == nil {
-		if got, _, err := s.q.States.Get(r.Context(), profile, id); err == nil {
-			st = &got
-		}
-	}
-	if st != nil && st.State == contract.StateDeadLettered {
-		return s.q.DLQ.FindNear(r.Context(), st.Profile, id, st.UpdatedAt)
-	}
-	return s.q.DLQ.Find(r.Context(), profile, id)
-}
-
 // mask hides recipients quoted in the job's error texts (until revealed).
 func (d *jobData) mask() {
 	from := ""
 	if d.DL != nil {
 		from = d.DL.From
-		d.DL.Error = maskText(d.DL.Error, from)
+		d.DL.Error = support.MaskText(d.DL.Error, from)
 	}
 	for i := range d.Timeline {
 		if e := d.Timeline[i].Error; e != nil {
 			c := *e
-			c.Message = maskText(c.Message, from)
+			c.Message = support.MaskText(c.Message, from)
 			d.Timeline[i].Error = &c
 		}
 	}
@@ -532,13 +490,14 @@ type revealToken struct {
 	Exp int64  `json:"exp"`
 }
 
-func (s *Server) audit(r *http.Request, sess *session, rec queue.AuditRecord) error {
-	rec.Actor, rec.Via = sess.actor(), "console"
-	if err := s.q.Audit.Append(r.Context(), rec); err != nil {
-		return err
-	}
-	s.log(r, sess).Info().Str("action", rec.Action).Str("jobId", rec.JobID).Str("profile", rec.Profile).Int("count", rec.Count).Msg("console: audited action")
-	return nil
+// who is the signed-in person acting through the console.
+func who(sess *session) support.Who {
+	return support.Who{Actor: sess.actor(), Via: support.ViaConsole}
+}
+
+// done logs an audited action's outcome (the audit record is the service's).
+func (s *Server) done(r *http.Request, sess *session, action, profile, id string, n int) {
+	s.log(r, sess).Info().Str("action", action).Str("jobId", id).Str("profile", profile).Int("count", n).Msg("console: audited action")
 }
 
 func (s *Server) handleReveal(w http.ResponseWriter, r *http.Request, sess *session) {
@@ -557,10 +516,11 @@ func (s *Server) handleReveal(w http.ResponseWriter, r *http.Request, sess *sess
 		return
 	}
 	// Audit first: no record, no reveal.
-	if err := s.audit(r, sess, queue.AuditRecord{Action: queue.AuditReveal, Profile: d.DL.Profile, JobID: id, Detail: "recipients and content"}); err != nil {
+	if err := s.desk.Reveal(r.Context(), who(sess), d.DL.Profile, id, "recipients and content"); err != nil {
 		s.fail(w, r, sess, err)
 		return
 	}
+	s.done(r, sess, queue.AuditReveal, d.DL.Profile, id, 1)
 	d, err = s.loadJob(r, profile, id) // the timeline now shows the reveal
 	if err != nil {
 		s.fail(w, r, sess, err)
@@ -585,7 +545,7 @@ func (s *Server) handleBodyHTML(w http.ResponseWriter, r *http.Request, sess *se
 		http.Error(w, "reveal the job first", http.StatusForbidden)
 		return
 	}
-	dl, err := s.findDL(r, profile, id, nil)
+	dl, err := s.desk.Find(r.Context(), profile, id)
 	if err != nil {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
@@ -603,52 +563,42 @@ func (s *Server) handleBodyHTML(w http.ResponseWriter, r *http.Request, sess *se
 }
 
 func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request, sess *session) {
-	dl, id, ok := s.deadLetterOf(w, r, sess, "This job is not in the dead-letter queue (already replayed or purged?).")
+	profile, id, ok := jobRef(r)
 	if !ok {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
 		return
 	}
-	if err := s.replayOne(r, sess, dl, nil, ""); err != nil {
+	dl, err := s.desk.Replay(r.Context(), who(sess), profile, id, "")
+	s.countsChanged()
+	if errors.Is(err, queue.ErrNotInDLQ) {
+		s.renderStatus(w, r, sess, http.StatusNotFound, "This job is not in the dead-letter queue (already replayed or purged?).")
+		return
+	}
+	if err != nil {
 		s.fail(w, r, sess, err)
 		return
 	}
+	s.done(r, sess, queue.AuditReplay, dl.Profile, id, 1)
 	http.Redirect(w, r, jobURL(dl.Profile, id)+"?done=replayed", http.StatusSeeOther)
 }
 
-// replayOne audits, then replays one record (with a fixed body when set).
-func (s *Server) replayOne(r *http.Request, sess *session, dl contract.DeadLetter, body []byte, detail string) error {
-	action := queue.AuditReplay
-	if body != nil {
-		action = queue.AuditReplayEdited
-	}
-	if err := s.audit(r, sess, queue.AuditRecord{Action: action, Profile: dl.Profile, JobID: dl.JobID, Detail: detail}); err != nil {
-		return err
-	}
-	defer s.countsChanged()
-	return s.q.DLQ.ReplayRecord(r.Context(), dl, queue.ReplayOptions{Body: body})
-}
-
 func (s *Server) handleReplaySelected(w http.ResponseWriter, r *http.Request, sess *session) {
-	n := 0
+	var refs []support.Ref
 	for _, v := range r.PostForm["sel"] {
 		seqStr, id, _ := strings.Cut(v, ":")
 		seq, err := strconv.ParseUint(seqStr, 10, 64)
 		if err != nil || !contract.ValidJobID(id) {
 			continue
 		}
-		dl, err := s.q.DLQ.At(r.Context(), seq)
-		if errors.Is(err, queue.ErrNotInDLQ) || (err == nil && dl.JobID != id) {
-			continue // replayed or purged meanwhile
-		}
-		if err != nil {
-			s.fail(w, r, sess, err)
-			return
-		}
-		if err := s.replayOne(r, sess, dl, nil, "selected"); err != nil {
-			s.fail(w, r, sess, fmt.Errorf("replayed %d, then: %w", n, err))
-			return
-		}
-		n++
+		refs = append(refs, support.Ref{Seq: seq, JobID: id})
 	}
+	n, err := s.desk.ReplaySelected(r.Context(), who(sess), refs)
+	s.countsChanged()
+	if err != nil {
+		s.fail(w, r, sess, err)
+		return
+	}
+	s.done(r, sess, queue.AuditReplay, "", "", n)
 	s.render(w, http.StatusOK, "status", s.view(sess, "Replayed", "dlq", fmt.Sprintf("Replayed %d job(s).", n)))
 }
 
@@ -658,6 +608,7 @@ type confirmData struct {
 	Action, Profile, Reason string
 	JobID                   string
 	Count                   int
+	Warning                 string // what support must read first (replaying invalid_job)
 	CSRF                    string
 }
 
@@ -683,6 +634,15 @@ func (s *Server) handleBulkConfirm(w http.ResponseWriter, r *http.Request, sess 
 		return
 	}
 	d := confirmData{Action: action, Profile: profile, Reason: string(reason), Count: matching(&c, profile, reason), CSRF: sess.CSRF}
+	if action == "replay" {
+		// The CLI's `dlq replay --all` warns from the same preview.
+		p, err := s.desk.Preview(r.Context(), queue.DLQQuery{Profile: profile, Reason: reason})
+		if err != nil {
+			s.fail(w, r, sess, err)
+			return
+		}
+		d.Warning = p.Warning()
+	}
 	s.render(w, http.StatusOK, "confirm", s.view(sess, "Confirm", "dlq", d))
 }
 
@@ -695,44 +655,23 @@ func (s *Server) handleBulk(w http.ResponseWriter, r *http.Request, sess *sessio
 		return
 	}
 	detail := "bulk: profile=" + profile + " reason=" + string(reason)
+	q := queue.DLQQuery{Profile: profile, Reason: reason}
+	var n int
+	var err error
+	title := "Replayed"
 	if action == "replay" {
-		n, err := s.q.DLQ.ReplayMatching(r.Context(), queue.DLQQuery{Profile: profile, Reason: reason}, func(dl contract.DeadLetter) error {
-			return s.audit(r, sess, queue.AuditRecord{Action: queue.AuditReplay, Profile: dl.Profile, JobID: dl.JobID, Detail: detail})
-		})
-		s.countsChanged()
-		if err != nil {
-			s.fail(w, r, sess, fmt.Errorf("replayed %d, then: %w", n, err))
-			return
-		}
-		s.render(w, http.StatusOK, "status", s.view(sess, "Replayed", "dlq", fmt.Sprintf("Replayed %d dead letter(s).", n)))
-		return
-	}
-	n := 0
-	var after uint64
-	for {
-		page, err := s.q.DLQ.Page(r.Context(), queue.DLQQuery{Profile: profile, Reason: reason, After: after, Limit: 200})
-		if err != nil {
-			s.fail(w, r, sess, fmt.Errorf("purged %d, then: %w", n, err))
-			return
-		}
-		for _, dl := range page.Items {
-			err := s.audit(r, sess, queue.AuditRecord{Action: queue.AuditPurge, Profile: dl.Profile, JobID: dl.JobID, Detail: detail})
-			if err == nil {
-				err = s.q.DLQ.PurgeRecord(r.Context(), dl.Seq)
-			}
-			if err != nil {
-				s.fail(w, r, sess, fmt.Errorf("purged %d, then: %w", n, err))
-				return
-			}
-			n++
-		}
-		if page.Next == 0 {
-			break
-		}
-		after = page.Next
+		n, err = s.desk.ReplayMatching(r.Context(), who(sess), q, detail)
+	} else {
+		title = "Purged"
+		n, err = s.desk.Purge(r.Context(), who(sess), q, detail)
 	}
 	s.countsChanged()
-	s.render(w, http.StatusOK, "status", s.view(sess, "Purged", "dlq", fmt.Sprintf("Purged %d dead letter(s).", n)))
+	if err != nil {
+		s.fail(w, r, sess, fmt.Errorf("%s %d, then: %w", strings.ToLower(title), n, err))
+		return
+	}
+	s.done(r, sess, action, profile, "", n)
+	s.render(w, http.StatusOK, "status", s.view(sess, title, "dlq", fmt.Sprintf("%s %d dead letter(s).", title, n)))
 }
 
 func (s *Server) handlePurgeConfirm(w http.ResponseWriter, r *http.Request, sess *session) {
@@ -749,15 +688,12 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request, sess *sessi
 	if !ok {
 		return
 	}
-	if err := s.audit(r, sess, queue.AuditRecord{Action: queue.AuditPurge, Profile: dl.Profile, JobID: id}); err != nil {
-		s.fail(w, r, sess, err)
-		return
-	}
-	if _, err := s.q.DLQ.Purge(r.Context(), queue.DLQFilter{Profile: dl.Profile, JobID: id}); err != nil {
+	if _, err := s.desk.Purge(r.Context(), who(sess), queue.DLQQuery{Profile: dl.Profile, JobID: id}, ""); err != nil {
 		s.fail(w, r, sess, err)
 		return
 	}
 	s.countsChanged()
+	s.done(r, sess, queue.AuditPurge, dl.Profile, id, 1)
 	http.Redirect(w, r, jobURL(dl.Profile, id)+"?done=purged", http.StatusSeeOther)
 }
 
@@ -785,7 +721,7 @@ func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *sessio
 	f := r.PostForm
 	if f.Get("op") != "replay" {
 		// Opening the editor shows the content: audited as a reveal.
-		if err := s.audit(r, sess, queue.AuditRecord{Action: queue.AuditReveal, Profile: dl.Profile, JobID: id, Detail: "opened the editor"}); err != nil {
+		if err := s.desk.Reveal(r.Context(), who(sess), dl.Profile, id, "opened the editor"); err != nil {
 			s.fail(w, r, sess, err)
 			return
 		}
@@ -796,13 +732,15 @@ func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *sessio
 	for _, k := range append(editFields, "other") {
 		d.Values[k] = f.Get(k)
 	}
-	body, changed, field, msg := s.buildJob(dl, d.Values)
+	body, field, msg := s.buildJob(dl, d.Values)
 	if field != "" {
 		d.Errors[field] = msg
 		s.render(w, http.StatusUnprocessableEntity, "edit", s.view(sess, "Edit "+id, "", d))
 		return
 	}
-	if err := s.replayOne(r, sess, dl, body, "changed: "+strings.Join(changed, ", ")); err != nil {
+	_, err := s.desk.ReplayEdited(r.Context(), who(sess), dl.Profile, id, body)
+	s.countsChanged()
+	if err != nil {
 		var ie *contract.InvalidError
 		if errors.As(err, &ie) {
 			d.Errors[formField(ie.Field)] = ie.Error()
@@ -812,6 +750,7 @@ func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *sessio
 		s.fail(w, r, sess, err)
 		return
 	}
+	s.done(r, sess, queue.AuditReplayEdited, dl.Profile, id, 1)
 	http.Redirect(w, r, jobURL(dl.Profile, id)+"?done=replayed", http.StatusSeeOther)
 }
 
@@ -852,13 +791,13 @@ func fillForm(vals map[string]string, body []byte) {
 
 // buildJob assembles the edited job and validates it with the worker's own
 // decoder (contract.DecodeJob: the rules a job is dead-lettered by) and the
-// profile's approved senders. It returns the body and the fields changed,
-// or the form field at fault and why.
-func (s *Server) buildJob(dl contract.DeadLetter, vals map[string]string) (body []byte, changed []string, field, msg string) {
+// profile's approved senders. It returns the body, or the form field at
+// fault and why. (What changed is the support service's to record.)
+func (s *Server) buildJob(dl contract.DeadLetter, vals map[string]string) (body []byte, field, msg string) {
 	m := map[string]any{}
 	if o := strings.TrimSpace(vals["other"]); o != "" {
 		if err := json.Unmarshal([]byte(o), &m); err != nil {
-			return nil, nil, "other", "not a JSON object: " + err.Error()
+			return nil, "other", "not a JSON object: " + err.Error()
 		}
 	}
 	for _, k := range editFields {
@@ -883,46 +822,23 @@ func (s *Server) buildJob(dl contract.DeadLetter, vals map[string]string) (body 
 	m["id"] = dl.JobID
 	body, err := json.Marshal(m)
 	if err != nil {
-		return nil, nil, "other", err.Error()
+		return nil, "other", err.Error()
 	}
 	j, err := contract.DecodeJob(body)
 	if err != nil {
 		var ie *contract.InvalidError
 		if errors.As(err, &ie) {
-			return nil, nil, formField(ie.Field), ie.Error()
+			return nil, formField(ie.Field), ie.Error()
 		}
-		return nil, nil, "other", err.Error()
+		return nil, "other", err.Error()
 	}
 	if allowed, ok := s.cfg.AllowedSenders[dl.Profile]; ok {
 		_, addr, _ := contract.ParseAddress(j.From)
 		if !slices.ContainsFunc(allowed, func(a string) bool { return strings.EqualFold(a, addr) }) {
-			return nil, nil, "from", fmt.Sprintf("from: %s is not an approved sender of profile %s", addr, dl.Profile)
+			return nil, "from", fmt.Sprintf("from: %s is not an approved sender of profile %s", addr, dl.Profile)
 		}
 	}
-	var before map[string]json.RawMessage
-	_ = json.Unmarshal(dl.Body, &before)
-	var after map[string]json.RawMessage
-	_ = json.Unmarshal(body, &after)
-	for k, v := range after {
-		if k != "id" && !bytes.Equal(compact(before[k]), compact(v)) {
-			changed = append(changed, k)
-		}
-	}
-	for k := range before {
-		if _, ok := after[k]; !ok && k != "id" {
-			changed = append(changed, k)
-		}
-	}
-	sort.Strings(changed)
-	return body, changed, "", ""
-}
-
-func compact(b []byte) []byte {
-	var buf bytes.Buffer
-	if json.Compact(&buf, b) != nil {
-		return b
-	}
-	return buf.Bytes()
+	return body, "", ""
 }
 
 // formField maps a validation error's JSON path (to[2], attachments[0].name)
@@ -947,7 +863,7 @@ func (s *Server) deadLetterOf(w http.ResponseWriter, r *http.Request, sess *sess
 		s.renderStatus(w, r, sess, http.StatusNotFound, "Not a job.")
 		return contract.DeadLetter{}, "", false
 	}
-	dl, err := s.findDL(r, profile, id, nil)
+	dl, err := s.desk.Find(r.Context(), profile, id)
 	if errors.Is(err, queue.ErrNotInDLQ) {
 		s.renderStatus(w, r, sess, http.StatusNotFound, notInDLQ)
 		return contract.DeadLetter{}, "", false
