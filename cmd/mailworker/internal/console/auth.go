@@ -323,3 +323,104 @@ func (p *provider) verify(ctx context.Context, raw, nonce string) (*idClaims, er
 	}
 	return &c, nil
 }
+
+// ---- sign-in, sign-out and the session cookie
+
+func (s *Server) session(r *http.Request) *session {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return nil
+	}
+	var sess session
+	if s.seal.open("session", c.Value, &sess) != nil || s.cfg.Now().Unix() > sess.Exp {
+		return nil
+	}
+	return &sess
+}
+
+func (s *Server) setCookie(w http.ResponseWriter, name, value string, maxAge time.Duration) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: int(maxAge.Seconds()),
+		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+}
+
+func (s *Server) redirectURI() string { return s.cfg.PublicURL + "/auth/callback" }
+
+func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
+	next := r.URL.Query().Get("next")
+	if !localPath(next) {
+		next = "/dlq"
+	}
+	ls := loginState{State: randomString(24), Nonce: randomString(24), Verifier: randomString(48), Next: next,
+		Exp: s.cfg.Now().Add(10 * time.Minute).Unix()}
+	u, err := s.idp.authorizeURL(r.Context(), s.redirectURI(), ls)
+	if err != nil {
+		s.cfg.Logger.Error().Err(err).Msg("console: sign-in unavailable")
+		s.renderStatus(w, r, nil, http.StatusBadGateway, "Sign-in is unavailable: Entra ID could not be reached.")
+		return
+	}
+	v, err := s.seal.seal("login", ls)
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	s.setCookie(w, loginCookie, v, 10*time.Minute)
+	http.Redirect(w, r, u, http.StatusFound)
+}
+
+// localPath reports whether next is a path on this site: it starts with one
+// "/" and holds no backslash or control character (browsers drop tabs and
+// newlines, so "/\t/evil.example" would become "//evil.example").
+func localPath(next string) bool {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+		return false
+	}
+	for _, c := range next {
+		if c == '\\' || c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	c, err := r.Cookie(loginCookie)
+	var ls loginState
+	if err != nil || s.seal.open("login", c.Value, &ls) != nil || s.cfg.Now().Unix() > ls.Exp {
+		s.renderStatus(w, r, nil, http.StatusBadRequest, "The sign-in took too long or was not started here. Sign in again.")
+		return
+	}
+	s.setCookie(w, loginCookie, "", -time.Second)
+	if !constantEq(q.Get("state"), ls.State) {
+		s.renderStatus(w, r, nil, http.StatusBadRequest, "The sign-in answer does not match the request. Sign in again.")
+		return
+	}
+	if e := q.Get("error"); e != "" {
+		first, _, _ := strings.Cut(q.Get("error_description"), "\n")
+		s.renderStatus(w, r, nil, http.StatusForbidden, "Entra ID refused the sign-in: "+e+": "+first)
+		return
+	}
+	claims, err := s.idp.redeem(r.Context(), q.Get("code"), s.redirectURI(), ls)
+	if err != nil {
+		s.cfg.Logger.Warn().Err(err).Msg("console: sign-in failed")
+		s.renderStatus(w, r, nil, http.StatusForbidden, "Sign-in failed: "+err.Error())
+		return
+	}
+	sess := session{Sub: claims.Subject, Name: claims.Name, User: claims.PreferredUsername, Roles: claims.Roles,
+		Exp: s.cfg.Now().Add(s.cfg.SessionTTL).Unix(), CSRF: randomString(24)}
+	v, err := s.seal.seal("session", sess)
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	s.setCookie(w, sessionCookie, v, s.cfg.SessionTTL)
+	s.cfg.Logger.Info().Str("actor", sess.actor()).Strs("roles", sess.Roles).Msg("console: signed in")
+	http.Redirect(w, r, ls.Next, http.StatusSeeOther)
+}
+
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
+	// Signing out needs no CSRF token: the worst a forged one does is sign
+	// someone out.
+	s.setCookie(w, sessionCookie, "", -time.Second)
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
