@@ -32,8 +32,9 @@ const (
 
 // Ref names one dead-letter record: a selection in the console list.
 type Ref struct {
-	Seq   uint64
-	JobID string
+	Seq     uint64
+	Profile string
+	JobID   string
 }
 
 // Service is what support can do to dead letters. Every method that
@@ -51,8 +52,8 @@ type Service interface {
 	// nothing recorded). The audit record keeps what changed, masked.
 	ReplayEdited(ctx context.Context, who Who, profile, id string, body []byte) ([]queue.AuditChange, error)
 	// ReplaySelected replays the records refs name that are still there
-	// (a record replayed or purged meanwhile is skipped) and returns how
-	// many it replayed.
+	// (a record replayed or purged meanwhile, or whose profile or job id is
+	// not the one named, is skipped) and returns how many it replayed.
 	ReplaySelected(ctx context.Context, who Who, refs []Ref) (int, error)
 	// ReplayMatching replays every record matching q; Warn counts what it
 	// would replay first. It returns how many records it replayed.
@@ -170,8 +171,8 @@ func (d *Desk) ReplaySelected(ctx context.Context, who Who, refs []Ref) (int, er
 	n := 0
 	for _, ref := range refs {
 		dl, err := d.q.DLQ.At(ctx, ref.Seq)
-		if errors.Is(err, queue.ErrNotInDLQ) || (err == nil && dl.JobID != ref.JobID) {
-			continue // replayed or purged meanwhile
+		if errors.Is(err, queue.ErrNotInDLQ) || (err == nil && (dl.JobID != ref.JobID || dl.Profile != ref.Profile)) {
+			continue // replayed or purged meanwhile (or not the record named)
 		}
 		if err == nil {
 			err = d.audit(ctx, who, queue.AuditRecord{Action: queue.AuditReplay, Profile: dl.Profile, JobID: dl.JobID, Count: 1, Detail: "selected"})

@@ -49,12 +49,20 @@ func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request, sess *sess
 func (s *Server) handleReplaySelected(w http.ResponseWriter, r *http.Request, sess *session) {
 	var refs []support.Ref
 	for _, v := range r.PostForm["sel"] {
-		seqStr, id, _ := strings.Cut(v, ":")
-		seq, err := strconv.ParseUint(seqStr, 10, 64)
-		if err != nil || !contract.ValidJobID(id) {
+		// seq:profile:id, as the list writes it.
+		parts := strings.SplitN(v, ":", 3)
+		if len(parts) != 3 {
 			continue
 		}
-		refs = append(refs, support.Ref{Seq: seq, JobID: id})
+		seq, err := strconv.ParseUint(parts[0], 10, 64)
+		if err != nil || !reProfile.MatchString(parts[1]) || !contract.ValidJobID(parts[2]) {
+			continue
+		}
+		if !sess.canIn(RoleSupport, parts[1]) {
+			s.renderStatus(w, r, sess, http.StatusForbidden, "You do not have the role "+ScopedRole(RoleSupport, parts[1])+" for a job you selected: nothing replayed.")
+			return
+		}
+		refs = append(refs, support.Ref{Seq: seq, Profile: parts[1], JobID: parts[2]})
 	}
 	n, err := s.desk.ReplaySelected(r.Context(), who(sess), refs)
 	s.countsChanged()
@@ -90,6 +98,10 @@ func (s *Server) handleBulkConfirm(w http.ResponseWriter, r *http.Request, sess 
 		s.renderStatus(w, r, sess, http.StatusBadRequest, "Pick a profile and/or a reason, and replay or purge.")
 		return
 	}
+	if !sess.can(RoleSupport) && (profile == "" || !sess.canIn(RoleSupport, profile)) {
+		s.renderStatus(w, r, sess, http.StatusForbidden, "A bulk action across profiles needs the global role "+RoleSupport+"; with a scoped role, pick one of your profiles.")
+		return
+	}
 	c, err := s.q.DLQ.Counts(r.Context()) // counted now, not from the cache
 	if err != nil {
 		s.fail(w, r, sess, err)
@@ -114,6 +126,10 @@ func (s *Server) handleBulk(w http.ResponseWriter, r *http.Request, sess *sessio
 	profile, reason, ok := bulkFilter(f)
 	if !ok || (action != "replay" && action != "purge") {
 		s.renderStatus(w, r, sess, http.StatusBadRequest, "Pick a profile and/or a reason, and replay or purge.")
+		return
+	}
+	if !sess.can(RoleSupport) && (profile == "" || !sess.canIn(RoleSupport, profile)) {
+		s.renderStatus(w, r, sess, http.StatusForbidden, "A bulk action across profiles needs the global role "+RoleSupport+"; with a scoped role, pick one of your profiles.")
 		return
 	}
 	detail := "bulk: profile=" + profile + " reason=" + string(reason)

@@ -25,11 +25,19 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// App roles of the console's app registration (the roles claim).
+// App roles of the console's app registration (the roles claim). Each is
+// global (every profile), or scoped to one profile by a suffix:
+// "Mailworker.Reader.billing", "Mailworker.Support.billing" (ScopedRole).
+// A scoped role opens that profile's dead letters, jobs and actions only;
+// the overview, which spans every profile, needs a global role.
 const (
 	RoleReader  = "Mailworker.Reader"  // read-only: lists, jobs, overview
 	RoleSupport = "Mailworker.Support" // also replay, edit and replay, purge, reveal
 )
+
+// ScopedRole is role limited to profile, as the app registration declares
+// it: role + "." + profile.
+func ScopedRole(role, profile string) string { return role + "." + profile }
 
 // Cookie names. The __Host- prefix makes browsers refuse them unless Secure,
 // Path=/ and without Domain: no sibling host can plant or read them.
@@ -46,13 +54,57 @@ type session struct {
 	Roles []string `json:"roles"`
 	Exp   int64    `json:"exp"`
 	CSRF  string   `json:"csrf"`
+	// SID names this sign-in: signing out revokes it on the server
+	// (Server.revoke), not only in the browser.
+	SID string `json:"sid"`
+	// Boot is the issuing process's (Server.boot): see revocations.
+	Boot string `json:"boot"`
 }
 
+// can reports whether s holds role for every profile (a global role;
+// Support implies Reader).
 func (s *session) can(role string) bool {
 	if role == RoleReader {
 		return slices.Contains(s.Roles, RoleReader) || slices.Contains(s.Roles, RoleSupport)
 	}
 	return slices.Contains(s.Roles, role)
+}
+
+// canIn reports whether s holds role for profile: globally, or scoped to
+// it (a scoped Support implies the scoped Reader).
+func (s *session) canIn(role, profile string) bool {
+	if s.can(role) {
+		return true
+	}
+	if role == RoleReader && slices.Contains(s.Roles, ScopedRole(RoleReader, profile)) {
+		return true
+	}
+	return slices.Contains(s.Roles, ScopedRole(RoleSupport, profile))
+}
+
+// scope returns the profiles s holds role in: all when the role is global,
+// else the profiles of its scoped roles (none: not allowed anywhere).
+func (s *session) scope(role string) (profiles []string, all bool) {
+	if s.can(role) {
+		return nil, true
+	}
+	for _, r := range s.Roles {
+		for _, base := range []string{RoleSupport, RoleReader} {
+			if base == RoleSupport || role == RoleReader {
+				if p, ok := strings.CutPrefix(r, base+"."); ok && p != "" && !slices.Contains(profiles, p) {
+					profiles = append(profiles, p)
+				}
+			}
+		}
+	}
+	slices.Sort(profiles)
+	return profiles, false
+}
+
+// canSome reports whether s holds role for at least one profile.
+func (s *session) canSome(role string) bool {
+	p, all := s.scope(role)
+	return all || len(p) > 0
 }
 
 // actor names the person in audit records.
@@ -332,7 +384,7 @@ func (s *Server) session(r *http.Request) *session {
 		return nil
 	}
 	var sess session
-	if s.seal.open("session", c.Value, &sess) != nil || s.cfg.Now().Unix() > sess.Exp {
+	if s.seal.open("session", c.Value, &sess) != nil || s.cfg.Now().Unix() > sess.Exp || sess.SID == "" || sess.Boot != s.boot || s.isRevoked(sess.SID) {
 		return nil
 	}
 	return &sess
@@ -407,7 +459,7 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess := session{Sub: claims.Subject, Name: claims.Name, User: claims.PreferredUsername, Roles: claims.Roles,
-		Exp: s.cfg.Now().Add(s.cfg.SessionTTL).Unix(), CSRF: randomString(24)}
+		Exp: s.cfg.Now().Add(s.cfg.SessionTTL).Unix(), CSRF: randomString(24), SID: randomString(24), Boot: s.boot}
 	v, err := s.seal.seal("session", sess)
 	if err != nil {
 		http.Error(w, "internal error", http.StatusInternalServerError)
@@ -420,7 +472,45 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	// Signing out needs no CSRF token: the worst a forged one does is sign
-	// someone out.
+	// someone out. The session is revoked on the server too: a copy of the
+	// cookie (a shared machine, a proxy log) no longer opens the console.
+	if sess := s.session(r); sess != nil {
+		s.revoke(sess.SID, sess.Exp)
+		s.cfg.Logger.Info().Str("actor", sess.actor()).Msg("console: signed out")
+	}
 	s.setCookie(w, sessionCookie, "", -time.Second)
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// revocations are the sessions signed out before they expire: sid → expiry
+// (Unix seconds), held in memory. So that a restart cannot bring a signed-out
+// session back, a session also names the process that issued it
+// (session.Boot): a restart ends every session (people sign in again, a
+// redirect through Entra). Hence the console runs as one replica
+// (deploy/kubernetes: replicas 1, strategy Recreate).
+type revocations struct {
+	mu  sync.Mutex
+	sid map[string]int64
+}
+
+func (s *Server) revoke(sid string, exp int64) {
+	s.revoked.mu.Lock()
+	defer s.revoked.mu.Unlock()
+	if s.revoked.sid == nil {
+		s.revoked.sid = map[string]int64{}
+	}
+	now := s.cfg.Now().Unix()
+	for k, e := range s.revoked.sid {
+		if e < now {
+			delete(s.revoked.sid, k) // expired anyway
+		}
+	}
+	s.revoked.sid[sid] = exp
+}
+
+func (s *Server) isRevoked(sid string) bool {
+	s.revoked.mu.Lock()
+	defer s.revoked.mu.Unlock()
+	_, ok := s.revoked.sid[sid]
+	return ok
 }

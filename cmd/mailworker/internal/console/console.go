@@ -78,6 +78,9 @@ type Server struct {
 	pages map[string]*template.Template
 	mux   *http.ServeMux
 
+	boot    string // this process's sessions (session.Boot)
+	revoked revocations
+
 	countsMu   sync.Mutex
 	counts     *queue.DLQCounts
 	countsAt   time.Time
@@ -132,6 +135,7 @@ func New(cfg Config, q *queue.Queue) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, q: q, desk: cfg.Support, seal: seal, rcpt: deriveKey(cfg.Secret, "recipients"),
 		idp: &provider{authority: cfg.Authority, clientID: cfg.ClientID, clientSecret: cfg.ClientSecret, client: cfg.HTTPClient}}
+	s.boot = randomString(16)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.parseTemplates(); err != nil {
 		return nil, err
@@ -209,9 +213,21 @@ func (s *Server) guard(role string, write bool, h func(http.ResponseWriter, *htt
 			http.Error(w, "sign in first", http.StatusUnauthorized)
 			return
 		}
-		if !sess.can(role) {
+		// A page of one profile's job needs the role for that profile
+		// (global or scoped); any other page the role for some profile,
+		// and the handler narrows what it shows and does to the
+		// profiles the person holds it in (session.scope).
+		allowed := sess.canSome(role)
+		if p := r.PathValue("profile"); p != "" {
+			allowed = sess.canIn(role, p)
+		}
+		if !allowed {
 			s.log(r, sess).Warn().Str("need", role).Msg("console: forbidden")
-			s.renderStatus(w, r, sess, http.StatusForbidden, "You do not have the role "+role+" for this.")
+			msg := "You do not have the role " + role + " for this."
+			if p := r.PathValue("profile"); p != "" {
+				msg = "You do not have the role " + role + " (or " + ScopedRole(role, p) + ") for this."
+			}
+			s.renderStatus(w, r, sess, http.StatusForbidden, msg)
 			return
 		}
 		if write {

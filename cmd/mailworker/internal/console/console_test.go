@@ -139,6 +139,12 @@ func (s *Server) cookieFor(t *testing.T, sess session) *http.Cookie {
 	if sess.Exp == 0 {
 		sess.Exp = time.Now().Add(time.Hour).Unix()
 	}
+	if sess.SID == "" {
+		sess.SID = randomString(12)
+	}
+	if sess.Boot == "" {
+		sess.Boot = s.boot
+	}
 	v, err := s.seal.seal("session", sess)
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,19 @@ const timeForm = "2006-01-02T15:04"
 
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request, sess *session) {
 	q := r.URL.Query()
+	// A person with profile-scoped roles only sees the profiles they
+	// hold: the list opens on the first, and any other is refused.
+	scoped, all := sess.scope(RoleReader)
+	if p := q.Get("profile"); !all && p == "" && len(scoped) > 0 {
+		nq := r.URL.Query()
+		nq.Set("profile", scoped[0])
+		http.Redirect(w, r, "/dlq?"+nq.Encode(), http.StatusSeeOther)
+		return
+	}
+	if p := q.Get("profile"); p != "" && !sess.canIn(RoleReader, p) {
+		s.renderStatus(w, r, sess, http.StatusForbidden, "You do not have the role "+RoleReader+" (or "+ScopedRole(RoleReader, p)+") for this profile.")
+		return
+	}
 	d := listData{Profile: q.Get("profile"), Reason: q.Get("reason"), From: q.Get("from"), Since: q.Get("since"),
 		Until: q.Get("until"), Reasons: contract.Reasons, CSRF: sess.CSRF}
 	dq := queue.DLQQuery{Profile: d.Profile, Reason: contract.Reason(d.Reason), From: d.From, Limit: 50}
@@ -84,6 +97,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, sess *sessio
 		}
 	}
 	d.Counts, d.CountsAt = s.dlqCounts(r)
+	if d.Counts != nil && !all {
+		d.Counts = onlyProfiles(d.Counts, scoped)
+	}
 	if d.Counts != nil {
 		for p := range d.Counts.ByProfile {
 			d.Profiles = append(d.Profiles, p)
@@ -102,7 +118,23 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, sess *sessio
 		d.BulkReplay = template.URL("/dlq/bulk?action=replay&" + bq.Encode())
 		d.BulkPurge = template.URL("/dlq/bulk?action=purge&" + bq.Encode())
 	}
-	s.render(w, http.StatusOK, "list", s.view(sess, "Dead letters", "dlq", d))
+	v := s.view(sess, "Dead letters", "dlq", d)
+	v.Support = sess.can(RoleSupport) || d.Profile != "" && sess.canIn(RoleSupport, d.Profile)
+	s.render(w, http.StatusOK, "list", v)
+}
+
+// onlyProfiles is c narrowed to profiles (a copy).
+func onlyProfiles(c *queue.DLQCounts, profiles []string) *queue.DLQCounts {
+	out := &queue.DLQCounts{ByProfile: map[string]map[contract.Reason]int{}, LastSeq: c.LastSeq}
+	for _, p := range profiles {
+		if byReason, ok := c.ByProfile[p]; ok {
+			out.ByProfile[p] = byReason
+			for _, n := range byReason {
+				out.Total += n
+			}
+		}
+	}
+	return out
 }
 
 func matching(c *queue.DLQCounts, profile string, reason contract.Reason) int {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/support"
 )
 
 // editFields are the job fields the editor shows as their own inputs; the
@@ -23,9 +24,13 @@ var listFields = map[string]bool{"to": true, "cc": true, "bcc": true, "replyTo":
 
 type editData struct {
 	ID, Profile string
-	Values      map[string]string
-	Errors      map[string]string
-	CSRF        string
+	// Reason and Original are why the job was dead-lettered, the error
+	// masked as on the job page: the editor keeps them in sight.
+	Reason   contract.Reason
+	Original string
+	Values   map[string]string
+	Errors   map[string]string
+	CSRF     string
 }
 
 func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *session) {
@@ -33,7 +38,8 @@ func (s *Server) handleEdit(w http.ResponseWriter, r *http.Request, sess *sessio
 	if !ok {
 		return
 	}
-	d := editData{ID: id, Profile: dl.Profile, Values: map[string]string{}, Errors: map[string]string{}, CSRF: sess.CSRF}
+	d := editData{ID: id, Profile: dl.Profile, Values: map[string]string{}, Errors: map[string]string{}, CSRF: sess.CSRF,
+		Reason: dl.Reason, Original: support.MaskText(dl.Error, dl.From)}
 	f := r.PostForm
 	if f.Get("op") != "replay" {
 		// Opening the editor shows the content: audited as a reveal.

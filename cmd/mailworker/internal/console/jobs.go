@@ -31,6 +31,7 @@ type entry struct {
 	LatencyMs              int64
 	Actor, Via, Detail     string
 	Count                  int
+	Changes                []queue.AuditChange // an edited replay's, masked
 }
 
 type jobData struct {
@@ -49,6 +50,10 @@ type jobData struct {
 	Advice     string
 	Runbook    string
 	Attachment []attInfo
+	// Called: a Graph request was made for the job (a call recorded on
+	// the dead letter or in an event, or a send that may have delivered):
+	// only then can Exchange message trace know of it.
+	Called bool
 }
 
 type attInfo struct {
@@ -123,7 +128,7 @@ func (s *Server) loadJob(r *http.Request, profile, id string) (*jobData, error) 
 		if a.Profile != profile {
 			continue // the same id in another profile is another job
 		}
-		d.Timeline = append(d.Timeline, entry{At: a.At, Kind: "audit", Event: a.Action, Actor: a.Actor, Via: a.Via, Detail: a.Detail, Count: a.Count})
+		d.Timeline = append(d.Timeline, entry{At: a.At, Kind: "audit", Event: a.Action, Actor: a.Actor, Via: a.Via, Detail: a.Detail, Count: a.Count, Changes: a.Changes})
 	}
 	sort.SliceStable(d.Timeline, func(i, j int) bool { return d.Timeline[i].At.Before(d.Timeline[j].At) })
 	if d.DL != nil {
@@ -139,6 +144,12 @@ func (s *Server) loadJob(r *http.Request, profile, id string) (*jobData, error) 
 			}
 		}
 		d.Advice, d.Runbook = advice[d.DL.Reason], s.cfg.RunbookURL
+		d.Called = d.DL.Ambiguous || d.DL.GraphRequestID != "" || len(d.DL.GraphCalls) > 0
+	}
+	for _, e := range d.Timeline {
+		if e.Ambiguous || e.Graph != nil && (e.Graph.Status != 0 || e.Graph.RequestID != "") {
+			d.Called = true
+		}
 	}
 	return d, nil
 }
@@ -173,6 +184,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request, sess *session
 	d.CSRF = sess.CSRF
 	d.mask()
 	v := s.view(sess, "Job "+id, "", d)
+	v.Support = sess.canIn(RoleSupport, profile)
 	v.Flash = r.URL.Query().Get("done")
 	s.render(w, http.StatusOK, "job", v)
 }
@@ -229,7 +241,9 @@ func (s *Server) handleReveal(w http.ResponseWriter, r *http.Request, sess *sess
 	} else if d.Job.HTML != "" {
 		d.BodyToken, _ = s.seal.seal("reveal", revealToken{Job: profile + "/" + id, Sub: sess.Sub, Exp: s.cfg.Now().Add(5 * time.Minute).Unix()})
 	}
-	s.render(w, http.StatusOK, "job", s.view(sess, "Job "+id, "", d))
+	v := s.view(sess, "Job "+id, "", d)
+	v.Support = sess.canIn(RoleSupport, profile)
+	s.render(w, http.StatusOK, "job", v)
 }
 
 // handleBodyHTML serves a revealed HTML body for the sandboxed frame: only

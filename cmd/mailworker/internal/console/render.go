@@ -56,6 +56,7 @@ func (s *Server) parseTemplates() error {
 			return out
 		},
 		"join":    strings.Join,
+		"maskErr": func(dl contract.DeadLetter) string { return support.MaskText(dl.Error, dl.From) },
 		"runbook": func(r contract.Reason) string { return s.cfg.RunbookURL },
 		"advice":  func(r contract.Reason) string { return advice[r] },
 		"dict": func(kv ...any) map[string]any {

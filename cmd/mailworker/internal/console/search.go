@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -62,7 +63,7 @@ func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, sess *sess
 			s.searchFailed(w, r, sess, err)
 			return
 		}
-		if len(d.Hits) == 1 {
+		if len(d.Hits) == 1 && sess.canIn(RoleReader, d.Hits[0].Profile) {
 			http.Redirect(w, r, jobURL(d.Hits[0].Profile, d.Hits[0].JobID), http.StatusSeeOther)
 			return
 		}
@@ -82,6 +83,16 @@ func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, sess *sess
 			s.searchFailed(w, r, sess, err)
 			return
 		}
+	}
+	// Only the profiles the person may read.
+	if scoped, all := sess.scope(RoleReader); !all {
+		kept := d.Hits[:0]
+		for _, h := range d.Hits {
+			if slices.Contains(scoped, h.Profile) {
+				kept = append(kept, h)
+			}
+		}
+		d.Hits = kept
 	}
 	s.render(w, http.StatusOK, "search", s.view(sess, "Search", "search", d))
 }
