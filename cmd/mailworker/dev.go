@@ -111,11 +111,7 @@ func (c *cli) devCmd() *cobra.Command {
 			}
 			defer app.Close()
 			wc := cfg.workerConfig()
-			pacing := fmt.Sprintf("like production: at most %d sends per minute and %d requests in flight per mailbox (200 mails to one mailbox take about %.1f minutes); --unpaced or MAILWORKER_WORKER_PER_MAILBOX_PER_MINUTE=0 lifts the per-minute pace",
-				wc.PerMailboxPerMinute, wc.PerMailboxConcurrency, 200/float64(max(wc.PerMailboxPerMinute, 1)))
-			if wc.PerMailboxPerMinute == 0 {
-				pacing = fmt.Sprintf("unpaced (--unpaced or worker.perMailboxPerMinute 0): no per-minute limit, %d requests in flight per mailbox; production paces at 30 per minute", wc.PerMailboxConcurrency)
-			}
+			pacing := devPacing(wc.PerMailboxPerMinute, wc.PerMailboxConcurrency)
 			cs, err := startDevConsole(ctx, cfg, fake, caFile, consoleListen, log)
 			if err != nil {
 				return err
@@ -343,4 +339,14 @@ func probe(ctx context.Context, url string) error {
 		return &exitError{code: 1, msg: fmt.Sprintf("not ready: %d %s", resp.StatusCode, body)}
 	}
 	return nil
+}
+
+// devPacing is the dev banner's pacing line for a per-minute pace (0 or
+// less: off, as --unpaced sets it) and in-flight limit per mailbox.
+func devPacing(perMinute, concurrency int) string {
+	if perMinute <= 0 {
+		return fmt.Sprintf("unpaced (--unpaced or worker.perMailboxPerMinute 0): no per-minute limit, %d requests in flight per mailbox; production paces at 30 per minute", concurrency)
+	}
+	return fmt.Sprintf("like production: at most %d sends per minute and %d requests in flight per mailbox (200 mails to one mailbox take about %.1f minutes); --unpaced or MAILWORKER_WORKER_PER_MAILBOX_PER_MINUTE=0 lifts the per-minute pace",
+		perMinute, concurrency, 200/float64(perMinute))
 }
