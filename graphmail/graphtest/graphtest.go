@@ -250,10 +250,10 @@ type Server struct {
 	mailboxFaults map[string]*Fault
 	// faultMix: SetFaultSpec's faults by lower-cased mailbox ("" = every
 	// mailbox), each with its own share of sends (chaos.go).
-	faultMix map[string][]Fault
-	messages      []Message
-	jobIDs        map[string]struct{}
-	duplicates    int
+	faultMix   map[string][]Fault
+	messages   []Message
+	jobIDs     map[string]struct{}
+	duplicates int
 
 	oidc       oidcState // sign-in for web apps (oidc.go)
 	draftsOnce sync.Once
