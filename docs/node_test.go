@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailworker/mailworker/internal/toolcheck"
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
@@ -29,11 +30,7 @@ import (
 func TestNodeAttachmentRecipe(t *testing.T) {
 	dir, _ := filepath.Abs(filepath.Join("testdata", "node"))
 	missing := func(what string) {
-		msg := what + ": install node and run `npm ci --prefix docs/testdata/node` (as .ci/run does)"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip("not in CI: " + msg)
+		toolcheck.Missing(t, what, "install node and run `npm ci --prefix docs/testdata/node`, as .ci/run does")
 	}
 	node, err := exec.LookPath("node")
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/internal/toolcheck"
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
@@ -49,10 +50,7 @@ func chromiumPath(t *testing.T) string {
 	// In CI (CI set, as .ci/run runs) a missing browser is a failure; a
 	// MAILWORKER_* variable would not do: the binaries under test read those
 	// as configuration and refuse unknown keys.
-	if os.Getenv("CI") != "" {
-		t.Fatal("chromium is not installed (.ci/run installs it: apt-get install chromium)")
-	}
-	t.Skip("chromium is not installed; CI installs it (apt-get install chromium) and fails this test without it")
+	toolcheck.Missing(t, "chromium is not installed", "apt-get install chromium")
 	return ""
 }
 
