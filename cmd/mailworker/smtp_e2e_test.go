@@ -129,7 +129,11 @@ func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		toolcheck.Missing(t, name+" is not installed", "apt-get install swaks msmtp")
+		install := "apt-get install swaks msmtp"
+		if name == "postfix" {
+			install = "apt-get install postfix libsasl2-modules"
+		}
+		toolcheck.Missing(t, name+" is not installed", install)
 	}
 	return p
 }
