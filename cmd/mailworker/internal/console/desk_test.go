@@ -17,7 +17,11 @@ import (
 // deskServer is a console over a real queue (embedded JetStream).
 func deskServer(t *testing.T, cfg Config) (*Server, *queue.Queue) {
 	t.Helper()
-	q, _ := openQueue(t)
+	q, js := openQueue(t)
+	// Each profile's job stream, for the replays (per-profile streams).
+	if err := queue.Provision(context.Background(), js, queue.Config{Profiles: []string{"billing", "hr"}}); err != nil {
+		t.Fatal(err)
+	}
 	cfg.PublicURL, cfg.Authority, cfg.ClientID, cfg.ClientSecret = "http://console.test", "http://127.0.0.1:1/t", "c", "x"
 	cfg.Secret = []byte(strings.Repeat("s", 32))
 	s, err := New(cfg, q)
