@@ -40,10 +40,6 @@ var ErrTruncated = errors.New("queue: the dead letter holds only part of the job
 // ErrNotInDLQ is returned when a job has no dead-letter record.
 var ErrNotInDLQ = errors.New("queue: job is not in the dead-letter queue")
 
-// DLQFilter is DLQQuery under its old name, left only for callers not yet
-// renamed (worker/pool_test.go, which another change is rewriting): the
-// queue has one dead-letter query type, and new code uses DLQQuery.
-type DLQFilter = DLQQuery
 
 // subject is the subject filter of q's profile (every profile when empty).
 func (q DLQQuery) subject() (string, error) {

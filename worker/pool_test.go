@@ -521,7 +521,7 @@ func waitDLQ(t *testing.T, b *bundle, n int) []contract.DeadLetter {
 	var dls []contract.DeadLetter
 	eventually(t, 15*time.Second, fmt.Sprintf("%d dead letters", n), func() bool {
 		var err error
-		dls, err = b.q.DLQ.List(context.Background(), queue.DLQFilter{})
+		dls, err = b.q.DLQ.List(context.Background(), queue.DLQQuery{})
 		if err != nil {
 			t.Fatal(err)
 		}
