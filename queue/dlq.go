@@ -40,7 +40,6 @@ var ErrTruncated = errors.New("queue: the dead letter holds only part of the job
 // ErrNotInDLQ is returned when a job has no dead-letter record.
 var ErrNotInDLQ = errors.New("queue: job is not in the dead-letter queue")
 
-
 // subject is the subject filter of q's profile (every profile when empty).
 func (q DLQQuery) subject() (string, error) {
 	if q.Profile == "" {
