@@ -436,8 +436,9 @@ profiles:
 	writeSelfSigned(t, certFile, keyFile)
 	hash, _ := bcrypt.GenerateFromPassword([]byte(smtpE2EPassword), bcrypt.MinCost)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := fmt.Sprintf(`nats: {url: %q, user: smtp, inboxPrefix: _INBOX_smtp}
-http: {listen: "127.0.0.1:0"}
+http: {listen: %q}
 smtp:
   listen: %q
   certFile: %q
@@ -450,7 +451,7 @@ smtp:
 profiles:
   billing: {tenantId: t, clientId: c, credential: {clientSecret: unused}, allowedSenders: [billing@contoso.example]}
   ops: {tenantId: t, clientId: c, credential: {clientSecret: unused}, allowedSenders: [ops@contoso.example]}
-`, ns.ClientURL(), addr, certFile, keyFile, hash, hash)
+`, ns.ClientURL(), httpAddr, addr, certFile, keyFile, hash, hash)
 	cfgFile := filepath.Join(dir, "smtp.yaml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -484,6 +485,15 @@ profiles:
 	}
 	if code, text := submit("scanner", "billing@contoso.example", strings.Repeat("large message line\r\n", 200)); code != 250 {
 		t.Fatalf("billing, by objectRef: %d %s\n%s", code, text, p.stderr.String())
+	}
+	// The user may watch billing's retry records (so no submission looks
+	// one up in the store), not ops's.
+	eventually(t, 30*time.Second, "billing's retry records watched", func() bool {
+		_, m := httpGet("http://" + httpAddr + "/metrics")
+		return strings.Contains(m, `mailworker_smtp_retry_records_watched{profile="billing"} 1`)
+	})
+	if _, m := httpGet("http://" + httpAddr + "/metrics"); !strings.Contains(m, `mailworker_smtp_retry_records_watched{profile="ops"} 0`) {
+		t.Fatal("ops's records watched by a user without rights to them")
 	}
 	if code, text := submit("ops-app", "ops@contoso.example", "not mine\r\n"); code != 451 {
 		t.Fatalf("ops through the smtp NATS user: %d %s, want 451 (publish denied)", code, text)

@@ -35,6 +35,8 @@ type Metrics struct {
 	AuthCacheHits             prometheus.Counter
 	RetriesMatched            prometheus.Counter
 	RetryRecordFailures       prometheus.Counter
+	RetryLookups              prometheus.Counter
+	RetryRecordsWatched       *prometheus.GaugeVec // profile
 }
 
 // NewMetrics registers the metrics on reg, every label value of a closed set
@@ -74,7 +76,15 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 		Help: "Submissions recognised as the retry of one whose answer the client may not have seen (the same job id)."})
 	m.RetryRecordFailures = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "retry_record_failures_total",
 		Help: "Retry records that could not be written: a retry of that submission may be sent twice."})
-	reg.MustRegister(m.SessionsRefusedPerAddress, m.PreAuthTimeouts, m.AuthLockouts, m.AuthCacheHits, m.RetriesMatched, m.RetryRecordFailures)
+	m.RetryLookups = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "retry_lookups_total",
+		Help: "Submissions whose retry record was looked up in the object store because this replica's watched copy of the records was not loaded (normally 0)."})
+	m.RetryRecordsWatched = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "retry_records_watched",
+		Help: "1 when this replica's copy of the profile's retry records is loaded and kept current by the broker (0: each submission looks its record up)."}, []string{"profile"})
+	for _, p := range profiles {
+		m.RetryRecordsWatched.WithLabelValues(p)
+	}
+	reg.MustRegister(m.SessionsRefusedPerAddress, m.PreAuthTimeouts, m.AuthLockouts, m.AuthCacheHits, m.RetriesMatched, m.RetryRecordFailures, m.RetryLookups,
+		m.RetryRecordsWatched)
 	m.AuthLockouts.WithLabelValues("connection")
 	m.AuthLockouts.WithLabelValues("address")
 	reg.MustRegister(m.Sessions, m.SessionsActive, m.SessionsRefused, m.AuthFailures, m.Accepted, m.Refused,

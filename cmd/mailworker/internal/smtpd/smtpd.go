@@ -53,6 +53,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailworker/mailworker/graphmail"
+	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
@@ -72,6 +73,13 @@ type Store interface {
 	Mark(ctx context.Context, profile, key, value string) error
 	Marked(ctx context.Context, profile, key string) (value string, at time.Time, found bool, err error)
 	Unmark(ctx context.Context, profile, key string) error
+}
+
+// MarkWatcher is what a Store may also do (queue.Attachments): keep the
+// server informed of a profile's retry records as they are written, so that
+// a submission needs no look-up of its own (README, "SMTP retries").
+type MarkWatcher interface {
+	WatchMarks(ctx context.Context, profile string, fn func(queue.MarkUpdate), ready func()) (<-chan struct{}, error)
 }
 
 // stampHeadroom is what the worker's "X-Mailworker-Job-Id: <id>\r\n" stamp
@@ -214,7 +222,13 @@ type Server struct {
 
 	cacheMu   sync.Mutex
 	cache     map[[32]byte]cacheEntry // verified logins
+	verifying map[[32]byte]*verification
 	cacheSalt [32]byte
+
+	marks  map[string]*markIndex // profile -> its retry records, when the store is a MarkWatcher
+	ctx    context.Context       // ends the watches on Close or Shutdown
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // New returns a server; it listens nowhere until Serve or ServeTLS. TLS is
@@ -232,7 +246,9 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	}
 	s := &Server{cfg: cfg, creds: creds, pub: pub, store: store, log: o.Logger, m: o.Metrics, now: o.Now,
 		senders: map[string]map[string]bool{}, tls: o.TLS, rates: map[string][]time.Time{},
-		perAddr: map[netip.Addr]int{}, failures: map[netip.Addr][]time.Time{}, cache: map[[32]byte]cacheEntry{}}
+		perAddr: map[netip.Addr]int{}, failures: map[netip.Addr][]time.Time{}, cache: map[[32]byte]cacheEntry{},
+		verifying: map[[32]byte]*verification{}, marks: map[string]*markIndex{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	_, _ = rand.Read(s.cacheSalt[:])
 	for p, list := range cfg.Senders {
 		s.senders[p] = map[string]bool{}
@@ -252,6 +268,7 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	srv.TLSConfig = o.TLS
 	srv.ErrorLog = logAdapter{s.log}
 	s.smtp = srv
+	s.watchMarks()
 	return s, nil
 }
 
@@ -267,11 +284,21 @@ func (s *Server) ServeTLS(ln net.Listener) error {
 }
 
 // Close closes the listeners and every open connection.
-func (s *Server) Close() error { return s.smtp.Close() }
+func (s *Server) Close() error {
+	err := s.smtp.Close()
+	s.cancel()
+	s.wg.Wait()
+	return err
+}
 
 // Shutdown stops accepting and waits for open sessions to end until ctx is
 // done, then closes them.
-func (s *Server) Shutdown(ctx context.Context) error { return s.smtp.Shutdown(ctx) }
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.smtp.Shutdown(ctx)
+	s.cancel()
+	s.wg.Wait()
+	return err
+}
 
 type logAdapter struct{ log zerolog.Logger }
 
@@ -459,11 +486,8 @@ func (ss *session) login(username, password string) error {
 		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password)) // same cost as a known user
 		return ss.authFail(AuthUnknownUser, username)
 	}
-	if !s.authCached(cred, username, password) {
-		if bcrypt.CompareHashAndPassword([]byte(cred.PasswordHash), []byte(password)) != nil {
-			return ss.authFail(AuthBadPassword, username)
-		}
-		s.authCache(cred, username, password)
+	if !s.verify(cred, username, password) {
+		return ss.authFail(AuthBadPassword, username)
 	}
 	if !cred.allows(ss.remote) {
 		return ss.authFail(AuthSourceNotAllowed, username) // same answer: the password is not confirmed
@@ -604,6 +628,53 @@ func (s *Server) authCache(cred *credential, username, password string) {
 		}
 	}
 	s.cache[k] = cacheEntry{cred: cred, expires: s.now().Add(s.cfg.AuthCacheTTL)}
+}
+
+// verify checks password against cred: from the cache, else by bcrypt;
+// logins with the same username and password that arrive while one is being
+// checked wait for its result instead of running bcrypt again (clients that
+// all connect at once, after a restart or an outage, cost one check).
+func (s *Server) verify(cred *credential, username, password string) bool {
+	if s.authCached(cred, username, password) {
+		return true
+	}
+	check := func() bool {
+		return bcrypt.CompareHashAndPassword([]byte(cred.PasswordHash), []byte(password)) == nil
+	}
+	if s.cfg.AuthCacheTTL <= 0 {
+		return check()
+	}
+	k := s.authKey(username, password)
+	s.cacheMu.Lock()
+	if v := s.verifying[k]; v != nil && v.cred == cred {
+		s.cacheMu.Unlock()
+		<-v.done
+		if v.ok {
+			s.m.AuthCacheHits.Inc()
+		}
+		return v.ok
+	}
+	v := &verification{cred: cred, done: make(chan struct{})}
+	s.verifying[k] = v
+	s.cacheMu.Unlock()
+	v.ok = check()
+	if v.ok {
+		s.authCache(cred, username, password)
+	}
+	s.cacheMu.Lock()
+	if s.verifying[k] == v {
+		delete(s.verifying, k)
+	}
+	s.cacheMu.Unlock()
+	close(v.done)
+	return v.ok
+}
+
+// verification is a bcrypt check in progress; ok is set before done closes.
+type verification struct {
+	cred *credential
+	done chan struct{}
+	ok   bool
 }
 
 type cacheEntry struct {
@@ -1069,9 +1140,14 @@ func (ss *session) submissionKey(rawDigest []byte) string {
 // answer was read is a new mail (Microsoft 365 delivers both).
 func (ss *session) jobID(key string) (id string, matched bool) {
 	s := ss.s
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-	defer cancel()
-	id, at, found, err := s.store.Marked(ctx, ss.cred.Profile, retryMark(key))
+	id, at, found, known := s.marks[ss.cred.Profile].get(retryMark(key))
+	var err error
+	if !known {
+		s.m.RetryLookups.Inc()
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+		defer cancel()
+		id, at, found, err = s.store.Marked(ctx, ss.cred.Profile, retryMark(key))
+	}
 	switch {
 	case err != nil:
 		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp retry record not readable; the submission is a new job")
@@ -1106,7 +1182,9 @@ func (ss *session) answered() {
 	if p.marked {
 		ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
 		defer cancel()
-		_ = ss.s.store.Unmark(ctx, ss.cred.Profile, retryMark(p.key))
+		if ss.s.store.Unmark(ctx, ss.cred.Profile, retryMark(p.key)) == nil {
+			ss.s.marks[ss.cred.Profile].del(retryMark(p.key))
+		}
 	}
 }
 
@@ -1120,7 +1198,91 @@ func (ss *session) remember(key, id string) {
 		ss.log(zerolog.ErrorLevel).Err(err).Str("job", id).Msg("smtp retry record not written: a retry of this submission may be sent twice")
 		return
 	}
+	s.marks[ss.cred.Profile].put(queue.MarkUpdate{Key: retryMark(key), Value: id, At: s.now()})
 	ss.log(zerolog.InfoLevel).Str("job", id).Msg("smtp submission recorded for the client's retry")
+}
+
+// markIndex is this replica's copy of one profile's retry records, kept
+// current by the broker (MarkWatcher): a submission is looked up here, not
+// in the store, once the copy holds every record written before it.
+type markIndex struct {
+	mu    sync.Mutex
+	ready bool
+	m     map[string]markEntry
+}
+
+type markEntry struct {
+	id string
+	at time.Time
+}
+
+// get returns key's record; known is false when the index cannot tell (no
+// index, or not loaded yet): then the store has to be asked.
+func (x *markIndex) get(key string) (id string, at time.Time, found, known bool) {
+	if x == nil {
+		return "", time.Time{}, false, false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, found := x.m[key]
+	return e.id, e.at, found, x.ready
+}
+
+func (x *markIndex) put(u queue.MarkUpdate) {
+	if x == nil {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if u.Deleted {
+		delete(x.m, u.Key)
+		return
+	}
+	if e, ok := x.m[u.Key]; !ok || !u.At.Before(e.at) {
+		x.m[u.Key] = markEntry{id: u.Value, at: u.At}
+	}
+}
+
+func (x *markIndex) del(key string) { x.put(queue.MarkUpdate{Key: key, Deleted: true}) }
+
+func (x *markIndex) setReady() {
+	x.mu.Lock()
+	x.ready = true
+	x.mu.Unlock()
+}
+
+// watchMarks starts a watch of each profile's retry records when the store
+// can (MarkWatcher); until one is loaded, and without one, each submission
+// looks its record up in the store.
+func (s *Server) watchMarks() {
+	w, ok := s.store.(MarkWatcher)
+	if !ok {
+		return
+	}
+	for p := range s.cfg.Senders {
+		x := &markIndex{m: map[string]markEntry{}}
+		s.marks[p] = x
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for delay := time.Second; ; delay = min(2*delay, time.Minute) {
+				done, err := w.WatchMarks(s.ctx, p, x.put, func() {
+					x.setReady()
+					s.m.RetryRecordsWatched.WithLabelValues(p).Set(1)
+				})
+				if err == nil {
+					<-done
+					return
+				}
+				s.log.Warn().Err(err).Str("profile", p).Msg("smtp retry records not watched (NATS permissions?); each submission looks its record up")
+				select {
+				case <-s.ctx.Done():
+					return
+				case <-time.After(delay):
+				}
+			}
+		}()
+	}
 }
 
 // loginServer is the server side of AUTH LOGIN (draft-murchison-sasl-login).

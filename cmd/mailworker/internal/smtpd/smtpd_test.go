@@ -58,7 +58,7 @@ const (
 
 // bundle is one test's server and what it talks to.
 type bundle struct {
-	t      *testing.T
+	t      testing.TB
 	ns     *server.Server
 	js     jetstream.JetStream
 	srv    *Server
@@ -79,7 +79,7 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 
 // setup starts JetStream (provisioned), a credentials file with testUser and
 // the server with cfg (Senders filled in) on a loopback port.
-func setup(t *testing.T, cfg Config, allowFrom ...string) *bundle {
+func setup(t testing.TB, cfg Config, allowFrom ...string) *bundle {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
@@ -151,7 +151,7 @@ func (b *bundle) writeCreds(password string, allowFrom ...string) {
 	}
 }
 
-func testCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
+func testCert(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"},
