@@ -883,7 +883,7 @@ const maxHeaderBytes = 256 << 10
 
 // readUpTo reads at most n bytes of r; eof is true when r ended within them.
 func readUpTo(r io.Reader, n int) (b []byte, eof bool, err error) {
-	b = make([]byte, 0, min(n, 64<<10))
+	b = make([]byte, 0, min(n, 4<<10)) // grown as needed: most messages are small
 	for len(b) < n {
 		if len(b) == cap(b) {
 			b = slices.Grow(b, min(cap(b), n-cap(b)))
