@@ -398,6 +398,7 @@ func applyEnv(cfg *Config, env []string) error {
 		delete(vars, envPrefix+"PROFILES")
 	}
 	delete(vars, envPrefix+"CONFIG")
+	delete(vars, FaultLosePublishAcksEnv) // a fault injection for tests, read by `mailworker smtp` itself
 	used := map[string]bool{}
 	if err := envStruct(reflect.ValueOf(cfg).Elem(), envPrefix, vars, used); err != nil {
 		return err

@@ -14,9 +14,12 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,6 +32,7 @@ import (
 
 	"github.com/mailworker/mailworker/cmd/mailworker/internal/smtpd"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // SMTPConfig configures the SMTP submission ingress (`mailworker smtp`).
@@ -207,7 +211,7 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 		MaxSessionsPerAddress: sc.MaxSessionsPerAddress, PreAuthTimeout: sc.PreAuthTimeout, RetryWindow: sc.RetryWindow,
 		AuthFailuresPerConnection: sc.AuthFailuresPerConnection, AuthFailuresPerAddress: sc.AuthFailuresPerAddress,
 		AuthLockout: sc.AuthLockout, AuthFailureDelay: sc.AuthFailureDelay, AuthCacheTTL: sc.AuthCacheTTL, ProfileMaxRecipients: maxRcpt},
-		creds, queue.NewPublisher(js), store, smtpd.Options{Logger: log, Metrics: m, TLS: tlsCfg})
+		creds, faultLosePublishAcks(queue.NewPublisher(js), log), store, smtpd.Options{Logger: log, Metrics: m, TLS: tlsCfg})
 	if err != nil {
 		return nil, err
 	}
@@ -241,6 +245,37 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 	}
 	ok = true
 	return in, nil
+}
+
+// FaultLosePublishAcksEnv is a FAULT INJECTION for tests, never for
+// production: MAILWORKER_FAULT_SMTP_LOSE_PUBLISH_ACKS=N makes the first N
+// publishes of `mailworker smtp` land in JetStream and then report a timeout,
+// as when the broker's ack is lost on the way back (issue 19 item 4). The
+// ingress logs a warning at start when it is set.
+const FaultLosePublishAcksEnv = "MAILWORKER_FAULT_SMTP_LOSE_PUBLISH_ACKS"
+
+func faultLosePublishAcks(p smtpd.Publisher, log zerolog.Logger) smtpd.Publisher {
+	n, err := strconv.Atoi(os.Getenv(FaultLosePublishAcksEnv))
+	if err != nil || n <= 0 {
+		return p
+	}
+	log.Warn().Int("publishes", n).Msg("FAULT INJECTION " + FaultLosePublishAcksEnv + ": the first publishes land and report a lost ack (tests only)")
+	f := &lostAcks{p: p}
+	f.left.Store(int64(n))
+	return f
+}
+
+type lostAcks struct {
+	p    smtpd.Publisher
+	left atomic.Int64
+}
+
+func (f *lostAcks) Publish(ctx context.Context, profile string, job *contract.Job) (string, error) {
+	id, err := f.p.Publish(ctx, profile, job)
+	if err == nil && f.left.Add(-1) >= 0 {
+		return "", fmt.Errorf("queue: publish job %s: fault injection (%s): ack dropped: %w", job.ID, FaultLosePublishAcksEnv, context.DeadlineExceeded)
+	}
+	return id, err
 }
 
 // Addr is the submission listener's address; TLSAddr the implicit-TLS one ("" when off).

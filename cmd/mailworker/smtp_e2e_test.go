@@ -61,6 +61,13 @@ func startSMTPRig(t *testing.T) *smtpRig {
 // startSMTPRigWith starts the rig with extra lines in the smtp: section.
 func startSMTPRigWith(t *testing.T, extra string) *smtpRig {
 	t.Helper()
+	return startSMTPRigEnv(t, extra)
+}
+
+// startSMTPRigEnv is startSMTPRigWith with extra environment for the
+// ingress process (e.g. a fault injection).
+func startSMTPRigEnv(t *testing.T, extra string, env ...string) *smtpRig {
+	t.Helper()
 	r := &smtpRig{t: t, outDir: t.TempDir()}
 	r.nats = startRelNATS(t)
 	r.fake = newFake(t, graphtest.Options{OutDir: r.outDir})
@@ -87,7 +94,7 @@ func startSMTPRigWith(t *testing.T, extra string) *smtpRig {
 		r.addr, certFile, keyFile, credFile, extra)
 	f.Close()
 	r.h.startReplica()
-	r.smtp = startProc(t, append([]string{"MAILWORKER_CONFIG=" + r.h.cfgPath}, r.h.env...), "smtp")
+	r.smtp = startProc(t, append(append([]string{"MAILWORKER_CONFIG=" + r.h.cfgPath}, r.h.env...), env...), "smtp")
 	r.h.mu.Lock()
 	r.h.procs = append(r.h.procs, r.smtp) // checked for secrets with the replicas
 	r.h.mu.Unlock()

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// TestSMTPRetriesWithSwaks (issue 19 items 4 and 5) drives the built
+// binaries with swaks:
+//   - a publish that lands but whose ack is lost (fault injection
+//     MAILWORKER_FAULT_SMTP_LOSE_PUBLISH_ACKS=1) gives 451; swaks sending
+//     the same message again gets 250 with the landed job's id; the mail is
+//     delivered exactly once and nothing is dead-lettered (the message is
+//     stored by reference, the case that lost mail before);
+//   - the same message sent twice on purpose (same login, envelope and
+//     bytes, no Date or Message-ID), each answer read, is delivered twice.
+func TestSMTPRetriesWithSwaks(t *testing.T) {
+	needTool(t, "swaks")
+	r := startSMTPRigEnv(t, "  maxRecipients: 3\n  inlineMaxBytes: 1024\n", FaultLosePublishAcksEnv+"=1")
+	dir := t.TempDir()
+	eml := func(name string, msg []byte) string {
+		f := filepath.Join(dir, name)
+		// swaks ends DATA with CRLF "." CRLF: the file leaves out the last CRLF.
+		if err := os.WriteFile(f, msg[:len(msg)-2], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return "@" + f
+	}
+
+	// (a) the lost ack.
+	lost := eml("lost.eml", attachmentMail("lost-ack", "ann@example.com"))
+	out, code := r.swaks(smtpE2EPassword, "--from", smtpE2ESender, "--to", "ann@example.com", "--data", lost)
+	if code == 0 || !strings.Contains(out, "451 4.3.0") {
+		t.Fatalf("the first send with its ack lost: exit %d, want a 451:\n%s", code, tail(out, 2000))
+	}
+	out, code = r.swaks(smtpE2EPassword, "--from", smtpE2ESender, "--to", "ann@example.com", "--data", lost)
+	m := queuedAs.FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("swaks's retry: exit %d:\n%s", code, tail(out, 2000))
+	}
+	id := m[1]
+
+	// (b) a legitimate repeat: no Date, no Message-ID.
+	repeat := eml("repeat.eml", []byte("From: "+smtpE2ESender+"\r\nTo: ops@example.com\r\nSubject: disk full\r\n\r\n/var is 100% full\r\n"))
+	var repeats []string
+	for range 2 {
+		out, code := r.swaks(smtpE2EPassword, "--from", smtpE2ESender, "--to", "ops@example.com", "--data", repeat)
+		m := queuedAs.FindStringSubmatch(out)
+		if code != 0 || m == nil {
+			t.Fatalf("repeat: exit %d:\n%s", code, tail(out, 2000))
+		}
+		repeats = append(repeats, m[1])
+	}
+	if repeats[0] == repeats[1] {
+		t.Fatalf("two deliberate sends got one job %s", repeats[0])
+	}
+
+	r.h.waitTerminal(append([]string{id}, repeats...), 60*time.Second)
+	count := func(subject string) (n int, ids []string) {
+		for _, msg := range r.fake.Messages() {
+			if msg.Subject == subject {
+				n++
+				ids = append(ids, msg.JobID)
+			}
+		}
+		return n, ids
+	}
+	if n, ids := count("lost-ack"); n != 1 || ids[0] != id {
+		t.Fatalf("the mail whose ack was lost: %d copies (jobs %v), want exactly 1 of job %s", n, ids, id)
+	}
+	if n, ids := count("disk full"); n != 2 || !slices.Contains(ids, repeats[0]) || !slices.Contains(ids, repeats[1]) {
+		t.Fatalf("the deliberate repeat: %d copies (jobs %v), want 2 (jobs %v)", n, ids, repeats)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dls, err := r.h.q.DLQ.List(ctx, queue.DLQFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dl := range dls {
+		t.Errorf("dead-lettered: job %s, reason %s", dl.JobID, dl.Reason)
+	}
+	evs, _ := r.h.statusEvents()
+	if names := eventNames(evs[id]); !slices.Contains(names, string(contract.EventSent)) {
+		t.Fatalf("job %s: events %v, want a sent", id, names)
+	}
+	if !strings.Contains(r.smtp.stderr.String(), "FAULT INJECTION") {
+		t.Fatal("the fault injection was not announced in the ingress's log")
+	}
+}
