@@ -5,6 +5,7 @@ package main
 // clients we did not write: swaks, msmtp and Go's net/smtp.
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/internal/toolcheck"
+	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
@@ -68,6 +70,13 @@ func startSMTPRigWith(t *testing.T, extra string) *smtpRig {
 // ingress process (e.g. a fault injection).
 func startSMTPRigEnv(t *testing.T, extra string, env ...string) *smtpRig {
 	t.Helper()
+	return startSMTPRigFull(t, extra, true, env...)
+}
+
+// startSMTPRigFull starts the rig; without a worker when worker is false
+// (what is accepted stays in MAIL_JOBS).
+func startSMTPRigFull(t *testing.T, extra string, worker bool, env ...string) *smtpRig {
+	t.Helper()
 	r := &smtpRig{t: t, outDir: t.TempDir()}
 	r.nats = startRelNATS(t)
 	r.fake = newFake(t, graphtest.Options{OutDir: r.outDir})
@@ -90,10 +99,22 @@ func startSMTPRigEnv(t *testing.T, extra string, env ...string) *smtpRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(f, "smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  credentialsFile: %q\n  publishTimeout: 2s\n%s",
+	if !strings.Contains(extra, "publishTimeout:") {
+		extra += "  publishTimeout: 2s\n"
+	}
+	fmt.Fprintf(f, "smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  credentialsFile: %q\n%s",
 		r.addr, certFile, keyFile, credFile, extra)
 	f.Close()
-	r.h.startReplica()
+	if worker {
+		r.h.startReplica()
+	} else { // what `run` provisions at start: the profile's object store
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := queue.Provision(ctx, r.h.js, queue.Config{Replicas: 1, Profiles: []string{"rel"}})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	r.smtp = startProc(t, append(append([]string{"MAILWORKER_CONFIG=" + r.h.cfgPath}, r.h.env...), env...), "smtp")
 	r.h.mu.Lock()
 	r.h.procs = append(r.h.procs, r.smtp) // checked for secrets with the replicas
