@@ -31,8 +31,9 @@ func AttachmentsBucket(profile string) string { return contract.BucketAttachment
 type Attachments struct {
 	js jetstream.JetStream
 
-	mu     sync.Mutex
-	stores map[string]jetstream.ObjectStore
+	mu      sync.Mutex
+	stores  map[string]jetstream.ObjectStore
+	streams map[string]jetstream.Stream // OBJ_<bucket>, for marks
 }
 
 // ErrNoAttachmentStore is returned (wrapped) when a profile has no

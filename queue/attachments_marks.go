@@ -2,14 +2,19 @@ package queue
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Marks are small records kept in a profile's attachment object store (the
@@ -126,4 +131,87 @@ func (a *Attachments) WatchMarks(ctx context.Context, profile string, fn func(Ma
 		<-cc.Closed()
 	}()
 	return ch, nil
+}
+
+// CountUnder adds one to the counter key of profile's bucket when it is
+// under limit and reports whether it was: a compare-and-set on the counter's
+// last revision (JetStream's expected last subject sequence), so that every
+// replica counting the same key is counted once each, whatever their number.
+// A counter is a mark whose metadata holds the count; prev, when not empty,
+// is the key of an earlier counter that the first count of key removes (a
+// finished window). The caller's NATS user needs what Mark needs, and to
+// purge its store's stream by subject.
+func (a *Attachments) CountUnder(ctx context.Context, profile, key, prev string, limit int) (bool, error) {
+	if _, err := a.store(ctx, profile); err != nil {
+		return false, err
+	}
+	bucket := AttachmentsBucket(profile)
+	s, err := a.objStream(ctx, bucket)
+	if err != nil {
+		return false, err
+	}
+	name := markPrefix + key
+	subj := metaSubject(bucket, name)
+	for range 20 {
+		count, seq := 0, uint64(0)
+		m, err := s.GetLastMsgForSubject(ctx, subj)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return false, fmt.Errorf("queue: counter: %w", err)
+		default:
+			var info jetstream.ObjectInfo
+			if err := json.Unmarshal(m.Data, &info); err != nil {
+				return false, fmt.Errorf("queue: counter: %w", err)
+			}
+			count, _ = strconv.Atoi(info.Metadata["count"])
+			seq = m.Sequence
+		}
+		if count >= limit {
+			return false, nil
+		}
+		data, err := json.Marshal(jetstream.ObjectInfo{Bucket: bucket, NUID: contract.NewJobID(),
+			ObjectMeta: jetstream.ObjectMeta{Name: name, Metadata: map[string]string{"count": strconv.Itoa(count + 1)}}})
+		if err != nil {
+			return false, err
+		}
+		msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{"Nats-Rollup": []string{"sub"}}}
+		_, err = a.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(seq))
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			continue // another replica counted first: read again
+		}
+		if err != nil {
+			return false, fmt.Errorf("queue: counter: %w", err)
+		}
+		if seq == 0 && prev != "" {
+			_ = s.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(bucket, markPrefix+prev))) // best effort; the max age removes it otherwise
+		}
+		return true, nil
+	}
+	return false, errors.New("queue: counter: too many concurrent updates")
+}
+
+// metaSubject is the subject of an object's metadata in an object store
+// (nats.go's encoding of the name).
+func metaSubject(bucket, name string) string {
+	return "$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
+}
+
+func (a *Attachments) objStream(ctx context.Context, bucket string) (jetstream.Stream, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s := a.streams[bucket]; s != nil {
+		return s, nil
+	}
+	s, err := a.js.Stream(ctx, "OBJ_"+bucket)
+	if err != nil {
+		return nil, fmt.Errorf("queue: object store %s: %w", bucket, err)
+	}
+	if a.streams == nil {
+		a.streams = map[string]jetstream.Stream{}
+	}
+	a.streams[bucket] = s
+	return s, nil
 }

@@ -523,6 +523,11 @@ profiles:
 	if _, m := httpGet("http://" + httpAddr + "/metrics"); !strings.Contains(m, `mailworker_smtp_retry_records_watched{profile="ops"} 0`) {
 		t.Fatal("ops's records watched by a user without rights to them")
 	}
+	// billing's messages per minute are counted in the broker (shared by
+	// the replicas), not on this replica alone.
+	if _, m := httpGet("http://" + httpAddr + "/metrics"); !strings.Contains(m, "mailworker_smtp_rate_count_failures_total 0") {
+		t.Fatal("the shared message count failed for billing (NATS permissions?)")
+	}
 	if code, text := submit("ops-app", "ops@contoso.example", "not mine\r\n"); code != 451 {
 		t.Fatalf("ops through the smtp NATS user: %d %s, want 451 (publish denied)", code, text)
 	}

@@ -37,6 +37,7 @@ type Metrics struct {
 	RetryRecordFailures       prometheus.Counter
 	RetryLookups              prometheus.Counter
 	RetryRecordsWatched       *prometheus.GaugeVec // profile
+	RateCountFailures         prometheus.Counter
 }
 
 // NewMetrics registers the metrics on reg, every label value of a closed set
@@ -83,8 +84,10 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 	for _, p := range profiles {
 		m.RetryRecordsWatched.WithLabelValues(p)
 	}
+	m.RateCountFailures = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "rate_count_failures_total",
+		Help: "MAIL FROM whose shared per-login count (smtp.messagesPerMinute) could not be updated in the broker: counted on this replica alone."})
 	reg.MustRegister(m.SessionsRefusedPerAddress, m.PreAuthTimeouts, m.AuthLockouts, m.AuthCacheHits, m.RetriesMatched, m.RetryRecordFailures, m.RetryLookups,
-		m.RetryRecordsWatched)
+		m.RetryRecordsWatched, m.RateCountFailures)
 	m.AuthLockouts.WithLabelValues("connection")
 	m.AuthLockouts.WithLabelValues("address")
 	reg.MustRegister(m.Sessions, m.SessionsActive, m.SessionsRefused, m.AuthFailures, m.Accepted, m.Refused,

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -148,5 +149,43 @@ func TestConcurrentLoginsOneCheck(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(b.m.AuthCacheHits); got != n-1 {
 		t.Fatalf("%v logins without their own bcrypt check, want %d", got, n-1)
+	}
+}
+
+// TestMessagesPerMinuteAcrossReplicas (issue 20 item 12): a login's
+// messages per minute hold across replicas: with a limit of 4, eight
+// concurrent submissions over two replicas get four 250s, and the rest 450
+// at MAIL FROM.
+func TestMessagesPerMinuteAcrossReplicas(t *testing.T) {
+	b := setup(t, Config{MessagesPerMinute: 4})
+	other, addr := b.replica(Config{MessagesPerMinute: 4})
+	at := time.Date(2026, 12, 7, 12, 0, 30, 0, time.UTC) // the middle of one minute
+	b.srv.now = func() time.Time { return at }
+	other.now = b.srv.now
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[int]int{}
+	for i := range 8 {
+		c := b.dialAt([]string{b.addr, addr}[i%2])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _, err := send(c, testSender, []string{"ann@example.com", "cc@example.com"}, plainMsg)
+			if code == 0 {
+				code = smtpCode(err)
+			}
+			mu.Lock()
+			codes[code]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if codes[250] != 4 || codes[450] != 4 {
+		t.Fatalf("replies %v, want four 250 and four 450", codes)
+	}
+	// The next minute starts a new count.
+	at = at.Add(time.Minute)
+	if code, _, err := send(b.dialAt(addr), testSender, []string{"ann@example.com", "cc@example.com"}, plainMsg); code != 250 {
+		t.Fatalf("next minute: %v", err)
 	}
 }

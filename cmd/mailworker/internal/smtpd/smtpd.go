@@ -82,6 +82,13 @@ type MarkWatcher interface {
 	WatchMarks(ctx context.Context, profile string, fn func(queue.MarkUpdate), ready func()) (<-chan struct{}, error)
 }
 
+// Counter is what a Store may also do (queue.Attachments): count a login's
+// messages in a window shared by every replica (compare-and-set), so that
+// MessagesPerMinute holds for the login however many replicas it reaches.
+type Counter interface {
+	CountUnder(ctx context.Context, profile, key, prev string, limit int) (bool, error)
+}
+
 // stampHeadroom is what the worker's "X-Mailworker-Job-Id: <id>\r\n" stamp
 // adds to a message (ids made here are 43 characters).
 const stampHeadroom = len(contract.HeaderStampJobID) + 2 + 43 + 2
@@ -695,7 +702,7 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.msgs >= s.cfg.MessagesPerConnection {
 		return s.refuse(451, smtp.EnhancedCode{4, 7, 0}, fmt.Sprintf("At most %d messages per connection; reconnect to send more", s.cfg.MessagesPerConnection))
 	}
-	if !s.rateAllows(ss.cred.Username) {
+	if !ss.rateAllows() {
 		ss.log(zerolog.WarnLevel).Msg("smtp MAIL FROM deferred: rate limit")
 		return s.refuse(450, smtp.EnhancedCode{4, 7, 0}, fmt.Sprintf("Rate limit of %d messages per minute for this login reached; try again later", s.cfg.MessagesPerMinute))
 	}
@@ -748,8 +755,37 @@ func (s *Server) maxRecipients(profile string) int {
 	return s.cfg.MaxRecipients
 }
 
-// rateAllows reports whether username is under its messages per minute.
-func (s *Server) rateAllows(username string) bool {
+// rateAllows counts this MAIL FROM against the login's MessagesPerMinute
+// and reports whether it is within them. The count is shared by every
+// replica (a counter per login and calendar minute in the profile's store,
+// compare-and-set) when the store can (Counter); without one, or while the
+// broker does not answer, each replica counts alone (then the publish most
+// likely fails too).
+func (ss *session) rateAllows() bool {
+	s := ss.s
+	if s.cfg.MessagesPerMinute < 0 {
+		return true
+	}
+	if c, ok := s.store.(Counter); ok {
+		h := sha256.Sum256([]byte(ss.cred.Profile + "\x00" + ss.cred.Username))
+		login := base64.RawURLEncoding.EncodeToString(h[:12])
+		minute := s.now().Unix() / 60
+		key := func(m int64) string { return fmt.Sprintf("smtp-rate/%s/%d", login, m) }
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+		defer cancel()
+		ok, err := c.CountUnder(ctx, ss.cred.Profile, key(minute), key(minute-1), s.cfg.MessagesPerMinute)
+		if err == nil {
+			return ok
+		}
+		s.m.RateCountFailures.Inc()
+		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp shared message count not available; counting on this replica")
+	}
+	return s.rateAllowsLocal(ss.cred.Username)
+}
+
+// rateAllowsLocal reports whether username is under its messages per
+// minute on this replica.
+func (s *Server) rateAllowsLocal(username string) bool {
 	if s.cfg.MessagesPerMinute < 0 {
 		return true
 	}
@@ -1266,7 +1302,11 @@ func (s *Server) watchMarks() {
 		go func() {
 			defer s.wg.Done()
 			for delay := time.Second; ; delay = min(2*delay, time.Minute) {
-				done, err := w.WatchMarks(s.ctx, p, x.put, func() {
+				done, err := w.WatchMarks(s.ctx, p, func(u queue.MarkUpdate) {
+					if strings.HasPrefix(u.Key, "smtp-unanswered/") { // not the message counters
+						x.put(u)
+					}
+				}, func() {
 					x.setReady()
 					s.m.RetryRecordsWatched.WithLabelValues(p).Set(1)
 				})
