@@ -46,10 +46,13 @@ func (a *Attachments) store(ctx context.Context, profile string) (jetstream.Obje
 		return nil, fmt.Errorf("queue: attachments: invalid profile %s", contract.Quote(profile))
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if obs := a.stores[profile]; obs != nil {
+	obs := a.stores[profile]
+	a.mu.Unlock()
+	if obs != nil {
 		return obs, nil
 	}
+	// Not under a.mu: a profile whose store does not answer must not hold
+	// up the others.
 	obs, err := a.js.ObjectStore(ctx, AttachmentsBucket(profile))
 	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, fmt.Errorf("%w %s (object store %s: run `mailworker provision` with the profile configured)", ErrNoAttachmentStore, profile, AttachmentsBucket(profile))
@@ -57,6 +60,8 @@ func (a *Attachments) store(ctx context.Context, profile string) (jetstream.Obje
 	if err != nil {
 		return nil, fmt.Errorf("queue: object store %s: %w", AttachmentsBucket(profile), err)
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.stores == nil {
 		a.stores = map[string]jetstream.ObjectStore{}
 	}

@@ -201,14 +201,17 @@ func metaSubject(bucket, name string) string {
 
 func (a *Attachments) objStream(ctx context.Context, bucket string) (jetstream.Stream, error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if s := a.streams[bucket]; s != nil {
+	s := a.streams[bucket]
+	a.mu.Unlock()
+	if s != nil {
 		return s, nil
 	}
-	s, err := a.js.Stream(ctx, "OBJ_"+bucket)
+	s, err := a.js.Stream(ctx, "OBJ_"+bucket) // not under a.mu (see store)
 	if err != nil {
 		return nil, fmt.Errorf("queue: object store %s: %w", bucket, err)
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.streams == nil {
 		a.streams = map[string]jetstream.Stream{}
 	}
