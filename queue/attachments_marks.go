@@ -29,13 +29,25 @@ import (
 const markPrefix = "mark/"
 
 // Mark records value under key in profile's bucket (replacing an earlier
-// mark of that key).
+// mark of that key): one publish of the object's metadata (a mark has no
+// content), so that it costs one round trip to the broker.
 func (a *Attachments) Mark(ctx context.Context, profile, key, value string) error {
-	obs, err := a.store(ctx, profile)
+	return a.putMark(ctx, profile, key, map[string]string{"value": value}, false)
+}
+
+func (a *Attachments) putMark(ctx context.Context, profile, key string, md map[string]string, deleted bool) error {
+	if _, err := a.store(ctx, profile); err != nil {
+		return err
+	}
+	bucket := AttachmentsBucket(profile)
+	name := markPrefix + key
+	data, err := json.Marshal(jetstream.ObjectInfo{Bucket: bucket, NUID: contract.NewJobID(), Deleted: deleted,
+		ModTime: time.Now().UTC(), ObjectMeta: jetstream.ObjectMeta{Name: name, Metadata: md}})
 	if err != nil {
 		return err
 	}
-	if _, err := obs.Put(ctx, jetstream.ObjectMeta{Name: markPrefix + key, Metadata: map[string]string{"value": value}}, strings.NewReader("")); err != nil {
+	msg := &nats.Msg{Subject: metaSubject(bucket, name), Data: data, Header: nats.Header{"Nats-Rollup": []string{"sub"}}}
+	if _, err := a.js.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("queue: mark: %w", err)
 	}
 	return nil
@@ -58,9 +70,10 @@ func (a *Attachments) Marked(ctx context.Context, profile, key string) (value st
 	return info.Metadata["value"], info.ModTime, true, nil
 }
 
-// Unmark removes key's mark; removing a missing mark is not an error.
+// Unmark removes key's mark (one publish of its metadata, marked deleted);
+// removing a missing mark is not an error.
 func (a *Attachments) Unmark(ctx context.Context, profile, key string) error {
-	return a.Delete(ctx, profile, markPrefix+key)
+	return a.putMark(ctx, profile, key, nil, true)
 }
 
 // MarkUpdate is one change of a mark seen by WatchMarks: key as given to

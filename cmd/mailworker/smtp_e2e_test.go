@@ -53,6 +53,7 @@ type smtpRig struct {
 	certPE string // the server certificate (self-signed), for clients that verify
 	outDir string
 	smtp   *proc
+	env    []string // the ingress's environment
 }
 
 func startSMTPRig(t *testing.T) *smtpRig {
@@ -105,17 +106,19 @@ func startSMTPRigFull(t *testing.T, extra string, worker bool, env ...string) *s
 	fmt.Fprintf(f, "smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  credentialsFile: %q\n%s",
 		r.addr, certFile, keyFile, credFile, extra)
 	f.Close()
+	// The profile's object store first, as `mailworker provision` in a
+	// deployment (`run` also creates it, but may come later).
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err = queue.Provision(ctx, r.h.js, queue.Config{Replicas: 1, Profiles: []string{"rel"}})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if worker {
 		r.h.startReplica()
-	} else { // what `run` provisions at start: the profile's object store
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := queue.Provision(ctx, r.h.js, queue.Config{Replicas: 1, Profiles: []string{"rel"}})
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
 	}
-	r.smtp = startProc(t, append(append([]string{"MAILWORKER_CONFIG=" + r.h.cfgPath}, r.h.env...), env...), "smtp")
+	r.env = append(append([]string{"MAILWORKER_CONFIG=" + r.h.cfgPath}, r.h.env...), env...)
+	r.smtp = startProc(t, r.env, "smtp")
 	r.h.mu.Lock()
 	r.h.procs = append(r.h.procs, r.smtp) // checked for secrets with the replicas
 	r.h.mu.Unlock()

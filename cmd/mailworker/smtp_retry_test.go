@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"net"
+	"net/smtp"
 	"os"
 	"path/filepath"
 	"slices"
@@ -94,5 +97,72 @@ func TestSMTPRetriesWithSwaks(t *testing.T) {
 	}
 	if !strings.Contains(r.smtp.stderr.String(), "FAULT INJECTION") {
 		t.Fatal("the fault injection was not announced in the ingress's log")
+	}
+}
+
+// TestSMTPKilledAfterAnswer (issue 19 item 4): `mailworker smtp` is killed
+// (SIGKILL) right after its 250, before the client's next command; a client
+// that did not get that answer sends the message again to the restarted
+// ingress and gets the same job: the mail is delivered once.
+func TestSMTPKilledAfterAnswer(t *testing.T) {
+	r := startSMTPRigEnv(t, "  maxRecipients: 3\n")
+	msg := []byte("From: " + smtpE2ESender + "\r\nTo: ann@example.com\r\nSubject: killed after 250\r\n\r\nbody\r\n")
+	submit := func() (int, string) {
+		c, err := smtp.Dial(r.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.StartTLS(&tls.Config{InsecureSkipVerify: true}); err != nil { //nolint:gosec // test certificate
+			t.Fatal(err)
+		}
+		if err := c.Auth(smtp.PlainAuth("", smtpE2EUser, smtpE2EPassword, "127.0.0.1")); err != nil {
+			t.Fatal(err)
+		}
+		code, text, _ := submitData(c, smtpE2ESender, []string{"ann@example.com"}, msg)
+		if code == 250 {
+			kill(r.smtp) // before the client's next command (no QUIT)
+		}
+		return code, text
+	}
+	code, text := submit()
+	m := queuedAs.FindStringSubmatch("250 " + text)
+	if code != 250 || m == nil {
+		t.Fatalf("first send: %d %s", code, text)
+	}
+	id := m[1]
+	r.smtp = startProc(t, r.env, "smtp")
+	eventually(t, 30*time.Second, "the restarted SMTP port", func() bool {
+		c, err := net.DialTimeout("tcp", r.addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	c, err := smtp.Dial(r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.StartTLS(&tls.Config{InsecureSkipVerify: true}); err != nil { //nolint:gosec // test certificate
+		t.Fatal(err)
+	}
+	if err := c.Auth(smtp.PlainAuth("", smtpE2EUser, smtpE2EPassword, "127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	code, text, _ = submitData(c, smtpE2ESender, []string{"ann@example.com"}, msg)
+	if code != 250 || !strings.Contains(text, id) {
+		t.Fatalf("the client's retry after the crash: %d %q, want 250 with job %s", code, text, id)
+	}
+	_ = c.Quit()
+	r.h.waitTerminal([]string{id}, 60*time.Second)
+	n := 0
+	for _, m := range r.fake.Messages() {
+		if m.Subject == "killed after 250" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("delivered %d times, want once", n)
 	}
 }

@@ -442,8 +442,11 @@ type session struct {
 	// pending is the last accepted submission until the client is seen to
 	// read its answer.
 	pending *pendingAnswer
-	raw     *countedConn // nil only in tests that bypass the listener
-	fails   int          // failed AUTH attempts on this connection
+	// unmarkDue is the submission whose answer the client read and whose
+	// record is still to be removed.
+	unmarkDue string
+	raw       *countedConn // nil only in tests that bypass the listener
+	fails     int          // failed AUTH attempts on this connection
 }
 
 func (ss *session) log(level zerolog.Level) *zerolog.Event {
@@ -744,6 +747,10 @@ func (ss *session) Logout() error {
 			ss.remember(p.key, p.id)
 		}
 	}
+	if due := ss.unmarkDue; due != "" {
+		ss.unmarkDue = ""
+		ss.unmark(due)
+	}
 	return nil
 }
 
@@ -871,6 +878,20 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	key := ss.submissionKey(raw.Sum(nil))
 	id, matched := ss.jobID(key)
+	// The retry record is written before the answer, at the same time as
+	// the publish (and the removal of the previous submission's record,
+	// whose answer the client has read), so that a client whose answer is
+	// lost in any way — a crash of this process between the publish and
+	// the client's next command included — retries into the same job.
+	var side sync.WaitGroup
+	markErr := error(nil)
+	if !matched {
+		side.Go(func() { markErr = ss.record(key, id) })
+	}
+	if due := ss.unmarkDue; due != "" {
+		ss.unmarkDue = ""
+		side.Go(func() { ss.unmark(due) })
+	}
 	job := &contract.Job{ID: id, From: ss.from, To: lists[0], Cc: lists[1], Bcc: lists[2],
 		Metadata: map[string]string{"source": "smtp", "smtpLogin": ss.cred.Username}}
 	if ref != "" {
@@ -880,12 +901,22 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
-	if _, err := s.pub.Publish(ctx, ss.cred.Profile, job); err != nil {
+	_, err = s.pub.Publish(ctx, ss.cred.Profile, job)
+	side.Wait()
+	marked := matched || markErr == nil
+	if markErr != nil {
+		s.m.RetryRecordFailures.Inc()
+		ss.log(zerolog.ErrorLevel).Err(markErr).Str("job", id).Msg("smtp retry record not written before the answer: if the answer is lost, the retry may be sent twice")
+	}
+	if err != nil {
 		var ie *contract.InvalidError
 		if errors.As(err, &ie) {
-			// Certainly not stored: nothing refers to the object.
+			// Certainly not stored: nothing refers to the object or the record.
 			if ref != "" {
 				ss.deleteObject(ref)
+			}
+			if !matched && markErr == nil {
+				ss.unmark(key)
 			}
 			ss.log(zerolog.WarnLevel).Str("job", job.ID).Str("field", ie.Field).Msg("smtp message refused: not a valid job")
 			return s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Message refused: "+ie.Error())
@@ -895,7 +926,7 @@ func (ss *session) Data(r io.Reader) error {
 		// object stays (the job may refer to it; the store's max age
 		// removes it otherwise), and the client's retry of this very
 		// submission is the same job, so the worker sends it once.
-		if !matched {
+		if !marked {
 			ss.remember(key, job.ID)
 		}
 		ss.log(zerolog.WarnLevel).Err(err).Str("job", job.ID).Msg("smtp message not confirmed stored: publish")
@@ -907,7 +938,7 @@ func (ss *session) Data(r io.Reader) error {
 	s.m.Accepted.WithLabelValues(ss.cred.Profile).Inc()
 	s.rateRecord(ss.cred.Username)
 	ss.msgs++
-	ss.pending = &pendingAnswer{key: key, id: job.ID, marked: matched}
+	ss.pending = &pendingAnswer{key: key, id: job.ID, marked: marked}
 	ss.log(zerolog.InfoLevel).Str("job", job.ID).Int("bytes", size).Int("recipients", len(ss.rcpts)).
 		Bool("objectRef", ref != "").Dur("accept", took).Msg("smtp message accepted")
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + job.ID}
@@ -1201,7 +1232,7 @@ func retryMark(key string) string { return "smtp-unanswered/" + key }
 // seen to read yet.
 type pendingAnswer struct {
 	key, id string
-	marked  bool // its retry record exists (it was itself a retry)
+	marked  bool // its retry record exists
 }
 
 // BeforeCommand (go-smtp CommandObserver): a client that sends a command
@@ -1216,12 +1247,34 @@ func (ss *session) answered() {
 	p := ss.pending
 	ss.pending = nil
 	if p.marked {
-		ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
-		defer cancel()
-		if ss.s.store.Unmark(ctx, ss.cred.Profile, retryMark(p.key)) == nil {
-			ss.s.marks[ss.cred.Profile].del(retryMark(p.key))
-		}
+		// This replica forgets it now; the store's record goes with the
+		// next submission's writes or at the end of the session, off the
+		// path of the client's next command.
+		ss.s.marks[ss.cred.Profile].del(retryMark(p.key))
+		ss.unmarkDue = p.key
 	}
+}
+
+// unmark removes key's retry record.
+func (ss *session) unmark(key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
+	defer cancel()
+	if err := ss.s.store.Unmark(ctx, ss.cred.Profile, retryMark(key)); err != nil {
+		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp retry record not removed: a repeat of that submission within the retry window is taken for its retry")
+	}
+	ss.s.marks[ss.cred.Profile].del(retryMark(key))
+}
+
+// record writes key's retry record before the answer to its DATA.
+func (ss *session) record(key, id string) error {
+	s := ss.s
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
+	if err := s.store.Mark(ctx, ss.cred.Profile, retryMark(key), id); err != nil {
+		return err
+	}
+	s.marks[ss.cred.Profile].put(queue.MarkUpdate{Key: retryMark(key), Value: id, At: s.now()})
+	return nil
 }
 
 // remember records key's job id so that the client's retry is the same job.
