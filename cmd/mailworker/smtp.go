@@ -68,6 +68,12 @@ type SMTPConfig struct {
 	// RetryWindow: how long a submission whose answer the client may not
 	// have seen is recognised in its retry (default 24h).
 	RetryWindow time.Duration `yaml:"retryWindow"`
+	// RecordBeforeAnswer (default true): write each submission's retry
+	// record before its 250, so that a retry after an ingress crash between
+	// the 250 and the client's next command is the same job; false: only
+	// when the answer is known to be at risk (faster; that crash then
+	// makes the retry a second mail).
+	RecordBeforeAnswer *bool `yaml:"recordBeforeAnswer"`
 	// Password guessing: failures per connection before it is closed
 	// (default 3), per address within authLockout before AUTH from it is
 	// refused (default 10 in 15m), the tarpit step (default 1s).
@@ -210,7 +216,8 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 		InlineMaxBytes: sc.InlineMaxBytes, ReadTimeout: sc.ReadTimeout, PublishTimeout: sc.PublishTimeout, Senders: senders,
 		MaxSessionsPerAddress: sc.MaxSessionsPerAddress, PreAuthTimeout: sc.PreAuthTimeout, RetryWindow: sc.RetryWindow,
 		AuthFailuresPerConnection: sc.AuthFailuresPerConnection, AuthFailuresPerAddress: sc.AuthFailuresPerAddress,
-		AuthLockout: sc.AuthLockout, AuthFailureDelay: sc.AuthFailureDelay, AuthCacheTTL: sc.AuthCacheTTL, ProfileMaxRecipients: maxRcpt},
+		AuthLockout: sc.AuthLockout, AuthFailureDelay: sc.AuthFailureDelay, AuthCacheTTL: sc.AuthCacheTTL, ProfileMaxRecipients: maxRcpt,
+		NoRecordBeforeAnswer: sc.RecordBeforeAnswer != nil && !*sc.RecordBeforeAnswer},
 		creds, faultLosePublishAcks(queue.NewPublisher(js), log), store, smtpd.Options{Logger: log, Metrics: m, TLS: tlsCfg})
 	if err != nil {
 		return nil, err

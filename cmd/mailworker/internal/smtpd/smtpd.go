@@ -115,6 +115,13 @@ type Config struct {
 	// have seen (a 451 after a publish that may have landed, a connection
 	// lost after the 250) is recognised in the client's retry; default 24h.
 	RetryWindow time.Duration
+	// NoRecordBeforeAnswer: write a submission's retry record only when its
+	// answer is known to be at risk (a 451 after a publish that may have
+	// landed, a session that ended after the 250 without another command),
+	// not before every 250. Faster (one broker write per message instead of
+	// three), but a retry after an ingress crash between its 250 and the
+	// client's next command is then a second mail.
+	NoRecordBeforeAnswer bool
 	// AuthFailuresPerConnection failed AUTH close the connection (default
 	// 3); AuthFailuresPerAddress failures from one address within
 	// AuthLockout (defaults 10 and 15m) refuse AUTH from it (454) until
@@ -885,7 +892,7 @@ func (ss *session) Data(r io.Reader) error {
 	// the client's next command included — retries into the same job.
 	var side sync.WaitGroup
 	markErr := error(nil)
-	if !matched {
+	if !matched && !s.cfg.NoRecordBeforeAnswer {
 		side.Go(func() { markErr = ss.record(key, id) })
 	}
 	if due := ss.unmarkDue; due != "" {
@@ -903,7 +910,7 @@ func (ss *session) Data(r io.Reader) error {
 	defer cancel()
 	_, err = s.pub.Publish(ctx, ss.cred.Profile, job)
 	side.Wait()
-	marked := matched || markErr == nil
+	marked := matched || (markErr == nil && !s.cfg.NoRecordBeforeAnswer)
 	if markErr != nil {
 		s.m.RetryRecordFailures.Inc()
 		ss.log(zerolog.ErrorLevel).Err(markErr).Str("job", id).Msg("smtp retry record not written before the answer: if the answer is lost, the retry may be sent twice")
