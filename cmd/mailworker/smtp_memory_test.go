@@ -19,9 +19,16 @@ import (
 // smtp`; its peak resident memory (VmHWM) stays far below the 512Mi limit
 // of deploy/kubernetes/smtp: DATA streams to the object store as it arrives,
 // so memory does not grow with the size of concurrent messages. The figure
-// is logged; docs/benchmarks.md records it.
+// is logged; docs/benchmarks.md records it. Under -race (a race-built
+// binary) only the flow is checked, with 20 clients.
 func TestSMTPMemoryConcurrentLargeData(t *testing.T) {
-	const clients, size = 100, 3_000_000 // 3 MB: under the 3 MiB that one Graph MIME request carries
+	const size = 3_000_000 // 3 MB: under the 3 MiB that one Graph MIME request carries
+	clients := 100
+	if raceEnabled {
+		// A race-built binary's memory is the race detector's (several times
+		// the program's), and its broker is slow: the flow only, no figure.
+		clients = 20
+	}
 	r := startSMTPRigFull(t, "  maxSessions: 200\n  maxSessionsPerAddress: 200\n  messagesPerMinute: -1\n  publishTimeout: 60s\n", false)
 	base := hwmKiB(t, r.smtp.cmd.Process.Pid)
 	var wg sync.WaitGroup
@@ -90,7 +97,7 @@ func TestSMTPMemoryConcurrentLargeData(t *testing.T) {
 	}
 	peak := hwmKiB(t, r.smtp.cmd.Process.Pid)
 	t.Logf("mailworker smtp: VmHWM %d MiB after %d concurrent %d MB messages (%d MiB before)", peak/1024, clients, size/1_000_000, base/1024)
-	if peak > 256<<10 {
+	if !raceEnabled && peak > 256<<10 {
 		t.Fatalf("peak RSS %d MiB with %d concurrent %d MB messages: memory grows with message size (limit 512Mi; want under 256 MiB)", peak/1024, clients, size/1_000_000)
 	}
 }
