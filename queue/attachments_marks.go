@@ -31,26 +31,32 @@ const markPrefix = "mark/"
 // Mark records value under key in profile's bucket (replacing an earlier
 // mark of that key): one publish of the object's metadata (a mark has no
 // content), so that it costs one round trip to the broker.
-func (a *Attachments) Mark(ctx context.Context, profile, key, value string) error {
-	return a.putMark(ctx, profile, key, map[string]string{"value": value}, false)
+// It returns the mark's revision (its stream sequence), for Unmark.
+func (a *Attachments) Mark(ctx context.Context, profile, key, value string) (uint64, error) {
+	return a.putMark(ctx, profile, key, map[string]string{"value": value}, false, 0)
 }
 
-func (a *Attachments) putMark(ctx context.Context, profile, key string, md map[string]string, deleted bool) error {
+func (a *Attachments) putMark(ctx context.Context, profile, key string, md map[string]string, deleted bool, expect uint64) (uint64, error) {
 	if _, err := a.store(ctx, profile); err != nil {
-		return err
+		return 0, err
 	}
 	bucket := AttachmentsBucket(profile)
 	name := markPrefix + key
 	data, err := json.Marshal(jetstream.ObjectInfo{Bucket: bucket, NUID: contract.NewJobID(), Deleted: deleted,
 		ModTime: time.Now().UTC(), ObjectMeta: jetstream.ObjectMeta{Name: name, Metadata: md}})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	msg := &nats.Msg{Subject: metaSubject(bucket, name), Data: data, Header: nats.Header{"Nats-Rollup": []string{"sub"}}}
-	if _, err := a.js.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("queue: mark: %w", err)
+	var opts []jetstream.PublishOpt
+	if expect > 0 {
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(expect))
 	}
-	return nil
+	ack, err := a.js.PublishMsg(ctx, msg, opts...)
+	if err != nil {
+		return 0, fmt.Errorf("queue: mark: %w", err)
+	}
+	return ack.Sequence, nil
 }
 
 // Marked returns the value of key's mark and when it was written; found is
@@ -70,10 +76,18 @@ func (a *Attachments) Marked(ctx context.Context, profile, key string) (value st
 	return info.Metadata["value"], info.ModTime, true, nil
 }
 
-// Unmark removes key's mark (one publish of its metadata, marked deleted);
-// removing a missing mark is not an error.
-func (a *Attachments) Unmark(ctx context.Context, profile, key string) error {
-	return a.putMark(ctx, profile, key, nil, true)
+// Unmark removes key's mark (one publish of its metadata, marked deleted,
+// carrying value for watchers); removing a missing mark is not an error.
+// With rev > 0 (Mark's result) the mark is removed only if it is still that
+// revision: a mark written since under the same key stays.
+func (a *Attachments) Unmark(ctx context.Context, profile, key, value string, rev uint64) error {
+	_, err := a.putMark(ctx, profile, key, map[string]string{"value": value}, true, rev)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return nil // rewritten since: not this revision's to remove
+	}
+	return err
 }
 
 // MarkUpdate is one change of a mark seen by WatchMarks: key as given to
@@ -82,6 +96,7 @@ type MarkUpdate struct {
 	Key, Value string
 	At         time.Time
 	Deleted    bool
+	Rev        uint64 // the stream sequence (Mark's result)
 }
 
 // WatchMarks keeps fn informed of profile's marks until ctx is done: first
@@ -124,7 +139,7 @@ func (a *Attachments) WatchMarks(ctx context.Context, profile string, fn func(Ma
 		var info jetstream.ObjectInfo
 		if json.Unmarshal(m.Data(), &info) == nil && strings.HasPrefix(info.Name, markPrefix) {
 			fn(MarkUpdate{Key: strings.TrimPrefix(info.Name, markPrefix), Value: info.Metadata["value"],
-				At: md.Timestamp, Deleted: info.Deleted})
+				At: md.Timestamp, Deleted: info.Deleted, Rev: md.Sequence.Stream})
 		}
 		if md.NumPending == 0 {
 			once.Do(ready)

@@ -62,7 +62,7 @@ func (b *bundle) dialAt(addr string) *smtp.Client {
 }
 
 func marksReady(s *Server) bool {
-	_, _, _, known := s.marks[testProfile].get("none")
+	_, _, _, _, known := s.marks[testProfile].get("none")
 	return known
 }
 

@@ -70,9 +70,9 @@ type Store interface {
 	PutReader(ctx context.Context, profile, name string, r io.Reader) (string, error)
 	Delete(ctx context.Context, profile, ref string) error
 	// Mark, Marked and Unmark keep the retry records (queue.Attachments).
-	Mark(ctx context.Context, profile, key, value string) error
+	Mark(ctx context.Context, profile, key, value string) (rev uint64, err error)
 	Marked(ctx context.Context, profile, key string) (value string, at time.Time, found bool, err error)
-	Unmark(ctx context.Context, profile, key string) error
+	Unmark(ctx context.Context, profile, key, value string, rev uint64) error
 }
 
 // MarkWatcher is what a Store may also do (queue.Attachments): keep the
@@ -240,6 +240,7 @@ type Server struct {
 	cacheSalt [32]byte
 
 	marks  map[string]*markIndex // profile -> its retry records, when the store is a MarkWatcher
+	self   string                // this replica's name in the records it writes
 	ctx    context.Context       // ends the watches on Close or Shutdown
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -263,6 +264,7 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 		perAddr: map[netip.Addr]int{}, failures: map[netip.Addr][]time.Time{}, cache: map[[32]byte]cacheEntry{},
 		verifying: map[[32]byte]*verification{}, marks: map[string]*markIndex{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.self = contract.NewJobID()[:16]
 	_, _ = rand.Read(s.cacheSalt[:])
 	for p, list := range cfg.Senders {
 		s.senders[p] = map[string]bool{}
@@ -451,7 +453,7 @@ type session struct {
 	pending *pendingAnswer
 	// unmarkDue is the submission whose answer the client read and whose
 	// record is still to be removed.
-	unmarkDue string
+	unmarkDue *pendingAnswer
 	raw       *countedConn // nil only in tests that bypass the listener
 	fails     int          // failed AUTH attempts on this connection
 }
@@ -754,9 +756,9 @@ func (ss *session) Logout() error {
 			ss.remember(p.key, p.id)
 		}
 	}
-	if due := ss.unmarkDue; due != "" {
-		ss.unmarkDue = ""
-		ss.unmark(due)
+	if due := ss.unmarkDue; due != nil {
+		ss.unmarkDue = nil
+		ss.unmark(due.key, due.rev)
 	}
 	return nil
 }
@@ -884,7 +886,7 @@ func (ss *session) Data(r io.Reader) error {
 		return s.refuse(451, smtp.EnhancedCode{4, 3, 0}, "Message not stored (queue unavailable); try again later")
 	}
 	key := ss.submissionKey(raw.Sum(nil))
-	id, matched := ss.jobID(key)
+	id, rev, matched := ss.jobID(key)
 	// The retry record is written before the answer, at the same time as
 	// the publish (and the removal of the previous submission's record,
 	// whose answer the client has read), so that a client whose answer is
@@ -893,11 +895,11 @@ func (ss *session) Data(r io.Reader) error {
 	var side sync.WaitGroup
 	markErr := error(nil)
 	if !matched && !s.cfg.NoRecordBeforeAnswer {
-		side.Go(func() { markErr = ss.record(key, id) })
+		side.Go(func() { rev, markErr = ss.record(key, id) })
 	}
-	if due := ss.unmarkDue; due != "" {
-		ss.unmarkDue = ""
-		side.Go(func() { ss.unmark(due) })
+	if due := ss.unmarkDue; due != nil {
+		ss.unmarkDue = nil
+		side.Go(func() { ss.unmark(due.key, due.rev) })
 	}
 	job := &contract.Job{ID: id, From: ss.from, To: lists[0], Cc: lists[1], Bcc: lists[2],
 		Metadata: map[string]string{"source": "smtp", "smtpLogin": ss.cred.Username}}
@@ -909,6 +911,9 @@ func (ss *session) Data(r io.Reader) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
 	_, err = s.pub.Publish(ctx, ss.cred.Profile, job)
+	if errors.Is(err, queue.ErrDuplicatePublish) {
+		err = nil // the same job, byte for byte, is in the stream already (a retry within its duplicate window)
+	}
 	side.Wait()
 	marked := matched || (markErr == nil && !s.cfg.NoRecordBeforeAnswer)
 	if markErr != nil {
@@ -923,7 +928,7 @@ func (ss *session) Data(r io.Reader) error {
 				ss.deleteObject(ref)
 			}
 			if !matched && markErr == nil {
-				ss.unmark(key)
+				ss.unmark(key, rev)
 			}
 			ss.log(zerolog.WarnLevel).Str("job", job.ID).Str("field", ie.Field).Msg("smtp message refused: not a valid job")
 			return s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Message refused: "+ie.Error())
@@ -945,7 +950,7 @@ func (ss *session) Data(r io.Reader) error {
 	s.m.Accepted.WithLabelValues(ss.cred.Profile).Inc()
 	s.rateRecord(ss.cred.Username)
 	ss.msgs++
-	ss.pending = &pendingAnswer{key: key, id: job.ID, marked: marked}
+	ss.pending = &pendingAnswer{key: key, id: job.ID, marked: marked, rev: rev}
 	ss.log(zerolog.InfoLevel).Str("job", job.ID).Int("bytes", size).Int("recipients", len(ss.rcpts)).
 		Bool("objectRef", ref != "").Dur("accept", took).Msg("smtp message accepted")
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + job.ID}
@@ -1212,15 +1217,16 @@ func (ss *session) submissionKey(rawDigest []byte) string {
 // recorded within RetryWindow (the client's retry is then the same job, which
 // the worker sends once), else a new one. A submission repeated after its
 // answer was read is a new mail (Microsoft 365 delivers both).
-func (ss *session) jobID(key string) (id string, matched bool) {
+func (ss *session) jobID(key string) (id string, rev uint64, matched bool) {
 	s := ss.s
-	id, at, found, known := s.marks[ss.cred.Profile].get(retryMark(key))
+	id, at, rev, found, known := s.marks[ss.cred.Profile].get(retryMark(key))
 	var err error
 	if !known {
 		s.m.RetryLookups.Inc()
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 		defer cancel()
 		id, at, found, err = s.store.Marked(ctx, ss.cred.Profile, retryMark(key))
+		id = markJobID(id)
 	}
 	switch {
 	case err != nil:
@@ -1228,18 +1234,29 @@ func (ss *session) jobID(key string) (id string, matched bool) {
 	case found && s.now().Sub(at) <= s.cfg.RetryWindow && contract.ValidJobID(id):
 		s.m.RetriesMatched.Inc()
 		ss.log(zerolog.InfoLevel).Str("job", id).Msg("smtp submission is a retry of one whose answer may not have been seen")
-		return id, true
+		return id, rev, true
 	}
-	return "smtp-" + key[:22] + "-" + contract.NewJobID(), false
+	return "smtp-" + key[:22] + "-" + contract.NewJobID(), 0, false
 }
 
 func retryMark(key string) string { return "smtp-unanswered/" + key }
+
+// A retry record's value is "<writer>/<job id>": writer is the replica that
+// wrote it (Server.self), whose own copy is kept by its writes, not by the
+// broker's echo of them (which may arrive after a later removal).
+func markJobID(v string) string {
+	if _, id, ok := strings.Cut(v, "/"); ok {
+		return id
+	}
+	return v
+}
 
 // pendingAnswer is an accepted submission whose 250 the client has not been
 // seen to read yet.
 type pendingAnswer struct {
 	key, id string
-	marked  bool // its retry record exists
+	marked  bool   // its retry record exists
+	rev     uint64 // the record's revision when known (0: remove whatever is there)
 }
 
 // BeforeCommand (go-smtp CommandObserver): a client that sends a command
@@ -1257,31 +1274,34 @@ func (ss *session) answered() {
 		// This replica forgets it now; the store's record goes with the
 		// next submission's writes or at the end of the session, off the
 		// path of the client's next command.
-		ss.s.marks[ss.cred.Profile].del(retryMark(p.key))
-		ss.unmarkDue = p.key
+		ss.s.marks[ss.cred.Profile].delRev(retryMark(p.key), p.rev)
+		ss.unmarkDue = p
 	}
 }
 
-// unmark removes key's retry record.
-func (ss *session) unmark(key string) {
+// unmark removes key's retry record if it is still revision rev (0: any);
+// a record written since for the same submission stays.
+func (ss *session) unmark(key string, rev uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
 	defer cancel()
-	if err := ss.s.store.Unmark(ctx, ss.cred.Profile, retryMark(key)); err != nil {
+	if err := ss.s.store.Unmark(ctx, ss.cred.Profile, retryMark(key), ss.s.self+"/", rev); err != nil {
 		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp retry record not removed: a repeat of that submission within the retry window is taken for its retry")
 	}
-	ss.s.marks[ss.cred.Profile].del(retryMark(key))
+	ss.s.marks[ss.cred.Profile].delRev(retryMark(key), rev)
 }
 
-// record writes key's retry record before the answer to its DATA.
-func (ss *session) record(key, id string) error {
+// record writes key's retry record before the answer to its DATA and
+// returns its revision.
+func (ss *session) record(key, id string) (uint64, error) {
 	s := ss.s
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
-	if err := s.store.Mark(ctx, ss.cred.Profile, retryMark(key), id); err != nil {
-		return err
+	rev, err := s.store.Mark(ctx, ss.cred.Profile, retryMark(key), s.self+"/"+id)
+	if err != nil {
+		return 0, err
 	}
-	s.marks[ss.cred.Profile].put(queue.MarkUpdate{Key: retryMark(key), Value: id, At: s.now()})
-	return nil
+	s.marks[ss.cred.Profile].put(queue.MarkUpdate{Key: retryMark(key), Value: id, At: s.now(), Rev: rev})
+	return rev, nil
 }
 
 // remember records key's job id so that the client's retry is the same job.
@@ -1289,12 +1309,13 @@ func (ss *session) remember(key, id string) {
 	s := ss.s
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
-	if err := s.store.Mark(ctx, ss.cred.Profile, retryMark(key), id); err != nil {
+	rev, err := s.store.Mark(ctx, ss.cred.Profile, retryMark(key), s.self+"/"+id)
+	if err != nil {
 		s.m.RetryRecordFailures.Inc()
 		ss.log(zerolog.ErrorLevel).Err(err).Str("job", id).Msg("smtp retry record not written: a retry of this submission may be sent twice")
 		return
 	}
-	s.marks[ss.cred.Profile].put(queue.MarkUpdate{Key: retryMark(key), Value: id, At: s.now()})
+	s.marks[ss.cred.Profile].put(queue.MarkUpdate{Key: retryMark(key), Value: id, At: s.now(), Rev: rev})
 	ss.log(zerolog.InfoLevel).Str("job", id).Msg("smtp submission recorded for the client's retry")
 }
 
@@ -1308,20 +1329,21 @@ type markIndex struct {
 }
 
 type markEntry struct {
-	id string
-	at time.Time
+	id  string
+	at  time.Time
+	rev uint64
 }
 
 // get returns key's record; known is false when the index cannot tell (no
 // index, or not loaded yet): then the store has to be asked.
-func (x *markIndex) get(key string) (id string, at time.Time, found, known bool) {
+func (x *markIndex) get(key string) (id string, at time.Time, rev uint64, found, known bool) {
 	if x == nil {
-		return "", time.Time{}, false, false
+		return "", time.Time{}, 0, false, false
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	e, found := x.m[key]
-	return e.id, e.at, found, x.ready
+	return e.id, e.at, e.rev, found, x.ready
 }
 
 func (x *markIndex) put(u queue.MarkUpdate) {
@@ -1330,16 +1352,28 @@ func (x *markIndex) put(u queue.MarkUpdate) {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	e, ok := x.m[u.Key]
+	if ok && u.Rev != 0 && e.rev > u.Rev {
+		return // older than what is here
+	}
 	if u.Deleted {
 		delete(x.m, u.Key)
 		return
 	}
-	if e, ok := x.m[u.Key]; !ok || !u.At.Before(e.at) {
-		x.m[u.Key] = markEntry{id: u.Value, at: u.At}
-	}
+	x.m[u.Key] = markEntry{id: u.Value, at: u.At, rev: u.Rev}
 }
 
-func (x *markIndex) del(key string) { x.put(queue.MarkUpdate{Key: key, Deleted: true}) }
+// delRev forgets key if it is revision rev (0: any revision).
+func (x *markIndex) delRev(key string, rev uint64) {
+	if x == nil {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if e, ok := x.m[key]; ok && (rev == 0 || e.rev == rev) {
+		delete(x.m, key)
+	}
+}
 
 func (x *markIndex) setReady() {
 	x.mu.Lock()
@@ -1363,9 +1397,12 @@ func (s *Server) watchMarks() {
 			defer s.wg.Done()
 			for delay := time.Second; ; delay = min(2*delay, time.Minute) {
 				done, err := w.WatchMarks(s.ctx, p, func(u queue.MarkUpdate) {
-					if strings.HasPrefix(u.Key, "smtp-unanswered/") { // not the message counters
-						x.put(u)
+					writer, _, _ := strings.Cut(u.Value, "/")
+					if !strings.HasPrefix(u.Key, "smtp-unanswered/") || writer == s.self {
+						return // the message counters; this replica's own records
 					}
+					u.Value = markJobID(u.Value)
+					x.put(u)
 				}, func() {
 					x.setReady()
 					s.m.RetryRecordsWatched.WithLabelValues(p).Set(1)
