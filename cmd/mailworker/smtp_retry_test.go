@@ -84,7 +84,7 @@ func TestSMTPRetriesWithSwaks(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	dls, err := r.h.q.DLQ.List(ctx, queue.DLQFilter{})
+	dls, err := r.h.q.DLQ.List(ctx, queue.DLQQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
