@@ -68,7 +68,7 @@ func runCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	pf.StringVar(&c.natsCreds, "nats-creds", "", "NATS credentials file (overrides nats.credsFile)")
 	pf.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (overrides log.level)")
 	pf.StringVar(&c.logFormat, "log-format", "", "log format: json or console (overrides log.format)")
-	root.AddCommand(c.runCmd(), c.devCmd(), c.sandboxCmd(), c.sendCmd(), c.statusCmd(), c.dlqCmd(),
+	root.AddCommand(c.runCmd(), c.devCmd(), c.sandboxCmd(), c.sendCmd(), c.statusCmd(), c.dlqCmd(), c.suppressionsCmd(),
 		c.provisionCmd(), c.checkCmd(), c.readyzCmd(), c.versionCmd(), c.consoleCmd(), c.smtpCmd())
 	root.Args = unknownSubcommand
 	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
