@@ -100,7 +100,7 @@ func (c *cli) devCmd() *cobra.Command {
 			// allowed senders and options are kept).
 			redirected := sandboxProfiles(&cfg, fake.URL(), fake.GraphURL(), caFile, secret)
 			// Delivery tracking is on in dev, against the fake's message trace.
-			cfg.Tracking.Enabled, cfg.Tracking.App = true, ProfileConfig{}
+			cfg.Tracking.Enabled, cfg.Tracking.App = true, TrackingApp{}
 			if cfg.Tracking.Profile == "" {
 				cfg.Tracking.Profile = demoProfile
 			}

@@ -26,8 +26,8 @@ type TrackingConfig struct {
 	// separate registration is recommended (ExchangeMessageTrace.Read.All is
 	// tenant-wide read of mail metadata); when App.ClientID is empty, the
 	// registration of profile Profile is used.
-	App     ProfileConfig `yaml:"app"`
-	Profile string        `yaml:"profile"`
+	App     TrackingApp `yaml:"app"`
+	Profile string      `yaml:"profile"`
 	// Interval between tracker passes (default 1m), Horizon after which an
 	// unsettled recipient gets delivery_unknown (default 24h), SuppressFor
 	// how long a hard bounce suppresses an address (default 2160h = 90 days),
@@ -39,7 +39,24 @@ type TrackingConfig struct {
 	BudgetPer5Minutes int           `yaml:"budgetPer5Minutes"`
 }
 
-// tracker is the delivery tracking of an App: nil when off.
+// TrackingApp is the app registration the tracker reads message trace with:
+// the Entra and Graph settings of a profile, nothing about sending.
+type TrackingApp struct {
+	TenantID      string           `yaml:"tenantId"`
+	ClientID      string           `yaml:"clientId"`
+	Credential    CredentialConfig `yaml:"credential"`
+	Cloud         string           `yaml:"cloud"`
+	AuthorityHost string           `yaml:"authorityHost"`
+	GraphURL      string           `yaml:"graphURL"`
+	CAFile        string           `yaml:"caFile"`
+}
+
+func (t TrackingApp) profile() ProfileConfig {
+	return ProfileConfig{TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential, Cloud: t.Cloud,
+		AuthorityHost: t.AuthorityHost, GraphURL: t.GraphURL, CAFile: t.CAFile}
+}
+
+// appTracking is the delivery tracking of an App: nil when off.
 type appTracking struct {
 	store   *tracking.Store
 	tracker *tracking.Tracker
@@ -55,7 +72,7 @@ func setupTracking(ctx context.Context, cfg Config, js jetstream.JetStream, q *q
 	if !tc.Enabled {
 		return nil, nil
 	}
-	app := tc.App
+	app := tc.App.profile()
 	name := "tracking"
 	if app.ClientID == "" {
 		p, ok := cfg.Profiles[tc.Profile]
