@@ -19,7 +19,7 @@ import (
 func TestMessageTrace(t *testing.T) {
 	t.Parallel()
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Roles: []string{graphtest.TraceRole},
-		Trace: graphtest.TraceOptions{Lag: time.Millisecond, Settle: time.Millisecond, Budget: 6, Window: time.Hour}})
+		Trace: graphtest.TraceOptions{Lag: time.Nanosecond, Settle: time.Nanosecond, Budget: 6, Window: time.Hour}})
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
 	ctx := context.Background()
 	start := time.Now().Add(-time.Minute)

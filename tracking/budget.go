@@ -80,7 +80,10 @@ func (b *Budget) try(ctx context.Context) (time.Duration, error) {
 		if rec.PausedUntil > now {
 			return time.Duration(rec.PausedUntil-now) * time.Millisecond, nil
 		}
-		win := b.Window.Milliseconds()
+		// A request is counted for a little longer than the window: it
+		// reaches Graph some time after it was granted here, and the
+		// replicas' clocks differ from Graph's.
+		win := (b.Window + b.Window/100 + time.Second).Milliseconds()
 		kept := rec.Requests[:0]
 		for _, t := range rec.Requests {
 			if now-t < win {
