@@ -117,13 +117,22 @@ func New(cfg Config, st *Store, states *queue.States, events *queue.Events, trac
 		budget: st.NewBudget(cfg.BudgetLimit, cfg.BudgetWindow, cfg.Now), log: log, m: m}
 }
 
-// Run makes a pass every Interval until ctx ends.
+// Run makes a pass every Interval until ctx ends, on the one replica that
+// holds the tracking lease (3 intervals long, renewed every pass; another
+// replica takes over when it lapses).
 func (t *Tracker) Run(ctx context.Context) {
 	tick := time.NewTicker(t.cfg.Interval)
 	defer tick.Stop()
+	l := newLease(t.st.budget, 3*t.cfg.Interval, t.cfg.Now)
 	for {
-		if err := t.Pass(ctx); err != nil && ctx.Err() == nil {
-			t.log.Warn().Err(err).Msg("delivery tracking pass failed; the next pass catches up")
+		mine, err := l.hold(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			t.log.Warn().Err(err).Msg("delivery tracking: lease unavailable; trying again next interval")
+		case mine:
+			if err := t.Pass(ctx); err != nil && ctx.Err() == nil {
+				t.log.Warn().Err(err).Msg("delivery tracking pass failed; the next pass catches up")
+			}
 		}
 		select {
 		case <-ctx.Done():
