@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mailworker/mailworker/graphmail"
@@ -80,6 +81,7 @@ type Tracker struct {
 	budget *Budget
 	log    zerolog.Logger
 	m      *metrics
+	spent  atomic.Int64 // trace requests granted by the budget
 }
 
 type metrics struct {
@@ -119,25 +121,31 @@ func New(cfg Config, st *Store, states *queue.States, events *queue.Events, trac
 
 // Run makes a pass every Interval until ctx ends, on the one replica that
 // holds the tracking lease (3 intervals long, renewed every pass; another
-// replica takes over when it lapses).
+// replica takes over when it lapses). A pass that spent k requests is
+// followed by a wait of at least k × BudgetWindow / BudgetLimit, so that
+// the budget is spread evenly instead of spent in a burst and then waited
+// for in the middle of a pass.
 func (t *Tracker) Run(ctx context.Context) {
-	tick := time.NewTicker(t.cfg.Interval)
-	defer tick.Stop()
 	l := newLease(t.st.budget, 3*t.cfg.Interval, t.cfg.Now)
 	for {
+		wait := t.cfg.Interval
 		mine, err := l.hold(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			t.log.Warn().Err(err).Msg("delivery tracking: lease unavailable; trying again next interval")
 		case mine:
+			before := t.spent.Load()
 			if err := t.Pass(ctx); err != nil && ctx.Err() == nil {
 				t.log.Warn().Err(err).Msg("delivery tracking pass failed; the next pass catches up")
 			}
+			used := t.spent.Load() - before
+			wait = max(wait, time.Duration(used)*t.cfg.BudgetWindow/time.Duration(t.cfg.BudgetLimit))
+			l.ttl = max(l.ttl, 3*wait)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-time.After(wait):
 		}
 	}
 }
@@ -362,7 +370,13 @@ func hardBounce(detail string) bool {
 	return m == nil || m[1] == "5"
 }
 
-func (t *Tracker) take(ctx context.Context) error { return t.budget.Take(ctx) }
+func (t *Tracker) take(ctx context.Context) error {
+	if err := t.budget.Take(ctx); err != nil {
+		return err
+	}
+	t.spent.Add(1)
+	return nil
+}
 
 func (t *Tracker) traceFailed(ctx context.Context, err error) error {
 	if ra, ok := graphmail.Throttled(err); ok {
@@ -379,7 +393,7 @@ func (t *Tracker) traceFailed(ctx context.Context, err error) error {
 // failureDetail reads the recipient's trace details (one request of the
 // budget) and returns the Fail event's description.
 func (t *Tracker) failureDetail(ctx context.Context, row graphmail.MessageTrace) (string, error) {
-	if err := t.budget.Take(ctx); err != nil {
+	if err := t.take(ctx); err != nil {
 		return "", err
 	}
 	ds, err := t.tracer.TraceDetails(ctx, row.ID, row.RecipientAddress)
