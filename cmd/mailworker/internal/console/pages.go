@@ -352,6 +352,9 @@ type entry struct {
 	LatencyMs              int64
 	Actor, Via, Detail     string
 	Count                  int
+	// Recipient and TraceStatus of a delivery event (Exchange message
+	// trace); the address is shown masked.
+	Recipient, TraceStatus string
 }
 
 type jobData struct {
@@ -409,7 +412,11 @@ func (s *Server) loadJob(r *http.Request, profile, id string) (*jobData, error) 
 	}
 	for _, ev := range evs {
 		e := entry{At: ev.At, Kind: "event", Event: string(ev.Event), Attempt: ev.Attempt, Graph: ev.Graph, Error: ev.Error,
-			RetryAt: ev.RetryAt, Cause: ev.Cause, Ambiguous: ev.Ambiguous, PossibleDup: ev.PossibleDuplicate, LatencyMs: ev.LatencyMs}
+			RetryAt: ev.RetryAt, Cause: ev.Cause, Ambiguous: ev.Ambiguous, PossibleDup: ev.PossibleDuplicate, LatencyMs: ev.LatencyMs,
+			Recipient: ev.Recipient}
+		if ev.Trace != nil {
+			e.TraceStatus = ev.Trace.Status
+		}
 		if ev.Error != nil {
 			e.AADSTS = reAADSTS.FindString(ev.Error.Message)
 			if m := reTrace.FindStringSubmatch(ev.Error.Message); m != nil {
@@ -486,6 +493,9 @@ func (d *jobData) mask() {
 		d.DL.Error = maskText(d.DL.Error, from)
 	}
 	for i := range d.Timeline {
+		if r := d.Timeline[i].Recipient; r != "" {
+			d.Timeline[i].Recipient = maskAddr(r)
+		}
 		if e := d.Timeline[i].Error; e != nil {
 			c := *e
 			c.Message = maskText(c.Message, from)
