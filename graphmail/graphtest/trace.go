@@ -221,7 +221,7 @@ func (s *Server) traceRows(now time.Time) []TraceRow {
 			mid = "<" + m.RequestID + "@graphtest.invalid>" // Exchange assigns one
 		}
 		rcpts := slices.Concat(m.To, m.Cc, m.Bcc)
-		for j, rcpt := range rcpts {
+		for _, rcpt := range rcpts {
 			st, ok := o.traceStatus(rcpt, m.ReceivedAt, now)
 			if !ok {
 				continue
@@ -231,7 +231,6 @@ func (s *Server) traceRows(now time.Time) []TraceRow {
 				RecipientAddress: rcpt, SenderAddress: m.From, Size: len(m.Body) + 1024, Status: st,
 				Subject: m.Subject, FromIP: "127.0.0.1", ToIP: "",
 			})
-			_ = j
 		}
 	}
 	return rows
@@ -276,7 +275,7 @@ func parseTraceFilter(f string) (traceFilter, string) {
 				tf.le = t
 			}
 		case traceEqProps[prop] && op == "eq":
-			if len(lit) < 2 || lit[0] != '\'' || lit[len(lit)-1] != '\'' {
+			if len(lit) < 2 || lit[0] != '\'' || lit[len(lit)-1] != '\'' || strings.Contains(strings.ReplaceAll(lit[1:len(lit)-1], "''", ""), "'") {
 				return tf, "Invalid string literal: " + lit
 			}
 			if _, dup := tf.eq[prop]; dup {
