@@ -105,14 +105,40 @@ func (w *wrapped) prepare(ctx context.Context, profile, jobID string, job *contr
 		cp.To, cp.Cc, cp.Bcc = drop(job.To), drop(job.Cc), drop(job.Bcc)
 		out = &cp
 	}
-	// A retry of the same job keeps the first record (its recipients are
-	// the same; a suppression added since is honoured in the send above and
-	// its recipient's row simply never appears).
-	if _, err := w.st.put(ctx, rec, 0); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	if err := w.record(ctx, rec); err != nil {
 		return nil, &contract.SendError{Class: contract.ClassRetryable, Reason: contract.ReasonInternal, Profile: profile,
 			Message: "the tracking record cannot be written", Err: err}
 	}
 	return out, nil
+}
+
+// record writes rec. A record left by an earlier attempt of the job (a
+// retry, or a replay with edited recipients before the tracker removed the
+// dead-lettered attempt's record) is replaced while none of its events was
+// published; once one was, the job was sent and the record is kept.
+func (w *wrapped) record(ctx context.Context, rec *Record) error {
+	for range 4 {
+		_, err := w.st.put(ctx, rec, 0)
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return err
+		}
+		old, rev, err := w.st.get(ctx, recordKey(rec.Profile, rec.JobID))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, r := range old.Recipients {
+			if r.Outcome != "" {
+				return nil
+			}
+		}
+		if _, err := w.st.put(ctx, rec, rev); err == nil || !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return err
+		}
+	}
+	return errors.New("tracking record: conflicting writes")
 }
 
 // noteMessageID stores the Message-ID a draft send returned (best effort:

@@ -276,3 +276,28 @@ func TestTrackerBudget(t *testing.T) {
 	}
 	t.Logf("trace requests: %d for %d jobs from %d senders", len(b.fake.TraceRequests()), jobs, jobs)
 }
+
+// TestRecordFollowsTheLastAttempt: a job whose first attempt failed and that
+// is sent again with other recipients (a replay edited in the console) is
+// tracked with the recipients of the attempt that was sent.
+func TestRecordFollowsTheLastAttempt(t *testing.T) {
+	b := setup(t, graphtest.TraceOptions{})
+	fail := true
+	w := tracking.Wrap(senderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
+		if fail {
+			return contract.SendResult{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonRecipientInvalid}
+		}
+		return b.send.Send(ctx, profile, jobID, job)
+	}), b.st, nil)
+	if _, err := w.Send(b.ctx, "billing", "jr", &contract.Job{From: sender, To: []string{"typo@exampel.com"}}); err == nil {
+		t.Fatal("first attempt should fail")
+	}
+	fail = false
+	if _, err := w.Send(b.ctx, "billing", "jr", &contract.Job{From: sender, To: []string{"fixed@example.com"}, Subject: "s", Text: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.st.Record(b.ctx, "billing", "jr")
+	if err != nil || r == nil || len(r.Recipients) != 1 || r.Recipients[0].Address != "fixed@example.com" {
+		t.Fatalf("record %+v (%v), want the edited recipient only", r, err)
+	}
+}
