@@ -90,6 +90,26 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 	return &s, nil
 }
 
+// Bind binds the tracker's existing buckets (created by Open, which
+// `mailworker provision` runs); it fails naming the bucket that is missing.
+func Bind(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	s := Store{js: js}
+	for _, b := range []struct {
+		name string
+		kv   *jetstream.KeyValue
+	}{{BucketTracking, &s.records}, {BucketSuppression, &s.suppression}, {BucketTraceBudget, &s.budget}} {
+		kv, err := js.KeyValue(ctx, b.name)
+		if err != nil {
+			return nil, fmt.Errorf("tracking: KV bucket %s: %w (run `mailworker provision`)", b.name, err)
+		}
+		*b.kv = kv
+	}
+	return &s, nil
+}
+
+// Buckets are the names of the tracker's buckets.
+var Buckets = []string{BucketTracking, BucketSuppression, BucketTraceBudget}
+
 func recordKey(profile, jobID string) string { return queue.StateKey(profile, jobID) }
 
 // put writes r: create when rev is 0, else compare-and-set.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/tracking"
 )
 
 func init() {
@@ -282,6 +283,11 @@ func (c *cli) provisionCmd() *cobra.Command {
 			if err := queue.Provision(cmd.Context(), js, cfg.queueConfig()); err != nil {
 				return err
 			}
+			// Delivery tracking's buckets, so that it can be turned on without
+			// giving the worker the right to create buckets.
+			if _, err := tracking.Open(cmd.Context(), js, cfg.Streams.Replicas); err != nil {
+				return err
+			}
 			fmt.Fprintf(c.stdout, "provisioned (created or updated, replicas %d):\n", cfg.Streams.Replicas)
 			for _, a := range provisionedAssets(cfg.queueConfig().Profiles) {
 				fmt.Fprintf(c.stdout, "  %-13s %s\n", a[0], a[1])
@@ -310,7 +316,11 @@ func provisionedAssets(profiles []string) [][2]string {
 		[2]string{"KV bucket", contract.BucketState},
 		[2]string{"KV bucket", contract.BucketWorkers},
 		[2]string{"KV bucket", contract.BucketPacing},
-		[2]string{"object store", contract.BucketDeferred})
+		[2]string{"object store", contract.BucketDeferred},
+		// Delivery tracking's buckets (created whether tracking is on or not).
+		[2]string{"KV bucket", tracking.BucketTracking},
+		[2]string{"KV bucket", tracking.BucketSuppression},
+		[2]string{"KV bucket", tracking.BucketTraceBudget})
 }
 
 func (c *cli) readyzCmd() *cobra.Command {

@@ -30,7 +30,7 @@ func (c *cli) suppressionsCmd() *cobra.Command {
 				return err
 			}
 			defer nc.Close()
-			st, err := tracking.Open(ctx, js, 0)
+			st, err := tracking.Bind(ctx, js)
 			if err != nil {
 				return err
 			}
@@ -89,7 +89,7 @@ func (c *cli) suppressionsCmd() *cobra.Command {
 			}
 			defer nc.Close()
 			js := q.States.JetStream()
-			st, err := tracking.Open(ctx, js, 0)
+			st, err := tracking.Bind(ctx, js)
 			if err != nil {
 				return err
 			}

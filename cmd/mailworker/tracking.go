@@ -85,7 +85,13 @@ func setupTracking(ctx context.Context, cfg Config, js jetstream.JetStream, q *q
 		log.Warn().Str("cloud", app.Cloud).Msg("tracking: Microsoft offers the Graph message trace API in the global service only; delivery tracking is off")
 		return nil, nil
 	}
-	st, err := tracking.Open(ctx, js, cfg.Streams.Replicas)
+	var st *tracking.Store
+	var err error
+	if cfg.Streams.Provision == nil || *cfg.Streams.Provision {
+		st, err = tracking.Open(ctx, js, cfg.Streams.Replicas)
+	} else {
+		st, err = tracking.Bind(ctx, js)
+	}
 	if err != nil {
 		return nil, err
 	}
