@@ -99,7 +99,7 @@ func runTracking(ctx context.Context, opts Options, stdout, stderr io.Writer) er
 		sentMu.Lock()
 		sentAt[jobID] = now
 		sentMu.Unlock()
-		_, err := q.States.Put(ctx, contract.JobState{JobID: jobID, Profile: profile, State: contract.StateSent, UpdatedAt: now})
+		_, err := q.States.Create(ctx, contract.JobState{JobID: jobID, Profile: profile, State: contract.StateSent, UpdatedAt: now})
 		return contract.SendResult{Status: 202}, err
 	})
 	send := tracking.Wrap(inner, st, nil)

@@ -90,7 +90,7 @@ func setup(t *testing.T, trace graphtest.TraceOptions) bundle {
 		if _, err := c.Send(ctx, m, jobID); err != nil {
 			return contract.SendResult{}, err
 		}
-		_, err := q.States.Put(ctx, contract.JobState{JobID: jobID, Profile: profile, State: contract.StateSent, UpdatedAt: time.Now()})
+		_, err := q.States.Create(ctx, contract.JobState{JobID: jobID, Profile: profile, State: contract.StateSent, UpdatedAt: time.Now()})
 		return contract.SendResult{Status: 202}, err
 	}))
 	return bundle{ctx: ctx, q: q, st: st, fake: fake, client: c, send: tracking.Wrap(inner, st, nil), sends: &sends}
