@@ -198,12 +198,20 @@ func (t *Tracker) Pass(ctx context.Context) error {
 		senders = append(senders, s)
 	}
 	sort.Strings(senders)
+	var failures []failure
+	var all []*open
 	for _, s := range senders {
-		if err := t.traceSender(ctx, s, bySender[s], now); err != nil {
+		f, err := t.traceSender(ctx, s, bySender[s], now)
+		if err != nil {
 			return err
 		}
+		failures = append(failures, f...)
+		all = append(all, bySender[s]...)
 	}
-	return nil
+	if err := t.bounces(ctx, failures, now); err != nil {
+		return err
+	}
+	return t.closeSettled(ctx, all)
 }
 
 // settleUnsent looks at the job state of a record without SentAt: sent →
@@ -253,7 +261,7 @@ func (t *Tracker) publishSuppressed(ctx context.Context, o *open) error {
 // traceSender queries the sender's traces over the window of its open
 // records (paged; each page one request of the shared budget) and
 // publishes every final status it can match.
-func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, now time.Time) error {
+func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, now time.Time) ([]failure, error) {
 	from := now
 	for _, o := range recs {
 		if o.rec.SentAt.Before(from) {
@@ -263,12 +271,13 @@ func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, 
 	from = from.Add(-t.cfg.Skew)
 	rows, err := t.tracer.MessageTraces(ctx, graphmail.TraceQuery{Sender: sender, From: from, To: now.Add(t.cfg.Skew)}, t.take)
 	if err != nil {
-		return t.traceFailed(ctx, err)
+		return nil, t.traceFailed(ctx, err)
 	}
 	t.m.requests.WithLabelValues("ok").Inc()
 	sort.Slice(rows, func(i, j int) bool { return rows[i].ReceivedDateTime.Before(rows[j].ReceivedDateTime) })
 	sort.Slice(recs, func(i, j int) bool { return recs[i].rec.SentAt.Before(recs[j].rec.SentAt) })
 	used := make([]bool, len(rows))
+	var failures []failure
 	for _, o := range recs {
 		for i := range o.rec.Recipients {
 			r := &o.rec.Recipients[i]
@@ -279,7 +288,7 @@ func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, 
 			if k < 0 {
 				if now.Sub(o.rec.SentAt) > t.cfg.Horizon {
 					if err := t.publish(ctx, o, i, contract.EventDeliveryUnknown, nil, now); err != nil {
-						return err
+						return nil, err
 					}
 				}
 				continue
@@ -290,29 +299,60 @@ func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, 
 			if !final {
 				if now.Sub(o.rec.SentAt) > t.cfg.Horizon {
 					if err := t.publish(ctx, o, i, contract.EventDeliveryUnknown, &row, now); err != nil {
-						return err
+						return nil, err
 					}
 				}
 				continue // pending, gettingStatus: the next pass reads the window again
 			}
-			info := &row
-			var detail string
 			if ev == contract.EventBounced {
-				detail, err = t.failureDetail(ctx, row)
-				if err != nil {
-					return err
-				}
+				// Its reason needs a detail request: after the rest, as far as
+				// the budget goes without waiting (the others are not held
+				// up behind a burst of bounces).
+				failures = append(failures, failure{o: o, i: i, row: row})
+				continue
 			}
-			if err := t.publishRow(ctx, o, i, ev, info, detail); err != nil {
-				return err
-			}
-			if ev == contract.EventBounced && hardBounce(detail) {
-				if err := t.st.Suppress(ctx, Suppression{Address: r.Address, Profile: o.rec.Profile, Reason: detail,
-					JobID: o.rec.JobID, At: now, ExpiresAt: now.Add(t.cfg.SuppressFor)}); err != nil {
-					return err
-				}
+			if err := t.publishRow(ctx, o, i, ev, &row, ""); err != nil {
+				return nil, err
 			}
 		}
+	}
+	return failures, nil
+}
+
+// bounces publishes the failures with their reason, one detail request
+// each, as far as the budget goes without waiting; the rest wait for the
+// next pass (their records stay open).
+func (t *Tracker) bounces(ctx context.Context, failures []failure, now time.Time) error {
+	for _, f := range failures {
+		wait, err := t.budget.try(ctx)
+		if err != nil {
+			return err
+		}
+		if wait > 0 {
+			break // the next pass reads them again
+		}
+		t.spent.Add(1)
+		detail, err := t.failureDetail(ctx, f.row)
+		if err != nil {
+			return err
+		}
+		if err := t.publishRow(ctx, f.o, f.i, contract.EventBounced, &f.row, detail); err != nil {
+			return err
+		}
+		if hardBounce(detail) {
+			r := f.o.rec.Recipients[f.i]
+			if err := t.st.Suppress(ctx, Suppression{Address: r.Address, Profile: f.o.rec.Profile, Reason: detail,
+				JobID: f.o.rec.JobID, At: now, ExpiresAt: now.Add(t.cfg.SuppressFor)}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// closeSettled removes the records whose recipients all have their event.
+func (t *Tracker) closeSettled(ctx context.Context, recs []*open) error {
+	for _, o := range recs {
 		if !o.rec.open() {
 			if err := t.st.records.Delete(ctx, o.key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 				return err
@@ -320,6 +360,12 @@ func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, 
 		}
 	}
 	return nil
+}
+
+type failure struct {
+	o   *open
+	i   int
+	row graphmail.MessageTrace
 }
 
 // match finds the trace row of recipient addr of rec: by Message-ID when the
@@ -393,9 +439,6 @@ func (t *Tracker) traceFailed(ctx context.Context, err error) error {
 // failureDetail reads the recipient's trace details (one request of the
 // budget) and returns the Fail event's description.
 func (t *Tracker) failureDetail(ctx context.Context, row graphmail.MessageTrace) (string, error) {
-	if err := t.take(ctx); err != nil {
-		return "", err
-	}
 	ds, err := t.tracer.TraceDetails(ctx, row.ID, row.RecipientAddress)
 	if err != nil {
 		return "", t.traceFailed(ctx, err)
