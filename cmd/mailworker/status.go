@@ -309,7 +309,9 @@ func (c *cli) statusSummary(ctx context.Context, since time.Duration, profile st
 	err = eachEventSince(ctx, js, filter, sum.Since, func(ev contract.Event) {
 		ps := get(ev.Profile)
 		ps.Events[ev.Event]++
-		last[ev.Profile][ev.JobID] = ev.Event
+		if ev.Recipient == "" { // delivery events follow a job's outcome, they are not one
+			last[ev.Profile][ev.JobID] = ev.Event
+		}
 	})
 	if err != nil {
 		return err

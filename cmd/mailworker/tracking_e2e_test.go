@@ -60,6 +60,17 @@ func TestDeliveryTrackingDev(t *testing.T) {
 	if got["you@example.com"] != contract.EventDelivered || got["bounce@example.com"] != contract.EventBounced {
 		t.Fatalf("delivery events %v, want you delivered, bounce bounced", got)
 	}
+	// Delivery events follow a job's outcome: the summary does not count the job as open.
+	out, _, _ = cli("status", "--since", "1h", "--profile", "demo", "--json")
+	var sum struct {
+		Profiles []struct {
+			Open int `json:"open"`
+			Sent int `json:"sent"`
+		} `json:"profiles"`
+	}
+	if json.Unmarshal([]byte(out), &sum) != nil || len(sum.Profiles) != 1 || sum.Profiles[0].Open != 0 || sum.Profiles[0].Sent != 1 {
+		t.Errorf("status summary after delivery events: %s, want open 0, sent 1", out)
+	}
 	out, _, _ = cli("status", "trk-1")
 	if !strings.Contains(out, "delivery per recipient") || !strings.Contains(out, "bounced") {
 		t.Errorf("status does not show the deliveries:\n%s", out)
