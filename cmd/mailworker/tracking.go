@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -117,4 +119,46 @@ func (t TrackingConfig) check() error {
 		errs = append(errs, errors.New("tracking: set tracking.app (a separate app registration, recommended) or tracking.profile"))
 	}
 	return errors.Join(errs...)
+}
+
+// checkTracking is `mailworker check`'s part for delivery tracking: the
+// cloud offers message trace, and the tracker's app registration gets a
+// token that carries ExchangeMessageTrace.Read.All. It returns problems and
+// warnings; none when tracking is off.
+func checkTracking(ctx context.Context, cfg Config, m *worker.Metrics) (problems, warnings []string) {
+	tc := cfg.Tracking
+	if !tc.Enabled {
+		return nil, nil
+	}
+	app, name := tc.App.profile(), "tracking"
+	if tc.App.ClientID == "" {
+		app, name = cfg.Profiles[tc.Profile], tc.Profile
+	}
+	if !graphmail.Cloud(app.Cloud).TraceAvailable() {
+		return nil, []string{fmt.Sprintf("tracking: cloud %q has no Graph message trace API: delivery tracking stays off", app.Cloud)}
+	}
+	var mu sync.Mutex
+	var roles []string
+	c, _, err := newGraphClient(name, app, cfg.Worker.SendTimeout, 0, m, func(ti graphmail.TokenInfo) {
+		mu.Lock()
+		roles = ti.Roles
+		mu.Unlock()
+	})
+	if err != nil {
+		return []string{"tracking.app: " + err.Error()}, nil
+	}
+	defer c.Close()
+	opCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := c.Token(opCtx); err != nil {
+		return []string{"tracking: Entra issued no token to the tracker's app registration: " + describeTokenError(name, app, err)}, nil
+	}
+	mu.Lock()
+	has := slices.Contains(roles, graphmail.MessageTraceRole)
+	mu.Unlock()
+	if !has {
+		return []string{fmt.Sprintf("tracking: the tracker's token lacks the application permission %s (grant it and admin consent: docs/runbook.md, \"Delivery tracking\")",
+			graphmail.MessageTraceRole)}, nil
+	}
+	return nil, nil
 }
