@@ -23,7 +23,23 @@ type AuditRecord struct {
 	JobID   string    `json:"jobId,omitempty"`
 	Count   int       `json:"count,omitempty"`
 	Detail  string    `json:"detail,omitempty"`
+	// Changes are what an edited replay changed, field by field, masked
+	// as the console's job page masks a job (support.Diff): where the
+	// mail went is on record without the addresses in clear.
+	Changes []AuditChange `json:"changes,omitempty"`
 }
+
+// AuditChange is one field an edited replay changed: its masked value
+// before and after ("" = absent).
+type AuditChange struct {
+	Field  string `json:"field"`
+	Before string `json:"before,omitempty"`
+	After  string `json:"after,omitempty"`
+}
+
+// maxAuditChanges caps the changes one record keeps (a job has fewer
+// top-level fields; an edit cannot make the record grow without bound).
+const maxAuditChanges = 32
 
 // Audit actions.
 const (
@@ -56,6 +72,12 @@ func (a *Audit) Append(ctx context.Context, r AuditRecord) error {
 		r.At = time.Now().UTC()
 	}
 	r.Detail = oneLine(r.Detail, 512)
+	if len(r.Changes) > maxAuditChanges {
+		r.Changes = r.Changes[:maxAuditChanges]
+	}
+	for i, c := range r.Changes {
+		r.Changes[i] = AuditChange{Field: oneLine(c.Field, 64), Before: oneLine(c.Before, 256), After: oneLine(c.After, 256)}
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("queue: encode audit record: %w", err)

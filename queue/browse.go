@@ -30,6 +30,10 @@ type BrowseOptions struct {
 	HeadersOnly bool
 }
 
+// browseBatchBytes bounds what one pull of bodies holds in memory: a batch
+// of 500 records of 1 MB each would otherwise be half a gigabyte per scan.
+const browseBatchBytes = 4 << 20
+
 // browseBatch is how many messages one pull asks for (headers only: more).
 const (
 	browseBatch        = 500
@@ -67,6 +71,7 @@ func Browse(ctx context.Context, s jetstream.Stream, o BrowseOptions, fn func(je
 		_ = s.DeleteConsumer(dctx, name)
 	}()
 	pending := c.CachedInfo().NumPending
+	oversized := false
 	for pending > 0 {
 		n := browseBatch
 		if o.HeadersOnly {
@@ -79,7 +84,17 @@ func Browse(ctx context.Context, s jetstream.Stream, o BrowseOptions, fn func(je
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			wait = max(time.Until(dl), 10*time.Millisecond)
 		}
-		batch, err := c.Fetch(n, jetstream.FetchMaxWait(wait))
+		opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(wait)}
+		switch {
+		case oversized:
+			// The next record alone is over browseBatchBytes: take it
+			// by itself.
+			n, oversized = 1, false
+		case !o.HeadersOnly:
+			// Bodies: at most browseBatchBytes a pull.
+			opts = append(opts, jetstream.FetchMaxBytes(browseBatchBytes))
+		}
+		batch, err := c.Fetch(n, opts...)
 		if err != nil {
 			return fmt.Errorf("browse: fetch: %w", err)
 		}
@@ -103,7 +118,12 @@ func Browse(ctx context.Context, s jetstream.Stream, o BrowseOptions, fn func(je
 		if stop {
 			return fnErr
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		err = batch.Error()
+		if errors.Is(err, jetstream.ErrMaxBytesExceeded) && got == 0 {
+			oversized = true
+			continue
+		}
+		if err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return fmt.Errorf("browse: fetch: %w", err)
 		}
 		if got == 0 {
@@ -129,10 +149,13 @@ func deadLetterOfMsg(m jetstream.Msg, headersOnly bool) contract.DeadLetter {
 	return deadLetterOf(raw)
 }
 
-// DLQQuery selects one page of dead letters. Zero fields match everything.
+// DLQQuery selects dead letters: one page of them (Page), or all (List,
+// Purge, ReplayMatching). Zero fields match everything.
 type DLQQuery struct {
 	Profile string
 	Reason  contract.Reason
+	// JobID is one job's records.
+	JobID string
 	// From is the sender mailbox (case-insensitive); filtering on it reads
 	// bodies, the other filters read headers only.
 	From string
@@ -161,7 +184,7 @@ func (d *DLQ) Page(ctx context.Context, q DLQQuery) (DLQPage, error) {
 	if q.Limit <= 0 {
 		q.Limit = 50
 	}
-	subj, err := DLQFilter{Profile: q.Profile}.subject()
+	subj, err := q.subject()
 	if err != nil {
 		return DLQPage{}, err
 	}
@@ -189,10 +212,7 @@ func (d *DLQ) Page(ctx context.Context, q DLQQuery) (DLQPage, error) {
 			return false, nil
 		}
 		dl := deadLetterOfMsg(m, headersOnly)
-		if q.Reason != "" && dl.Reason != q.Reason {
-			return true, nil
-		}
-		if from != "" && strings.ToLower(strings.TrimSpace(senderAddress(dl.From))) != from {
+		if !q.match(&dl, md.Timestamp) {
 			return true, nil
 		}
 		if len(page.Items) == q.Limit {
@@ -299,7 +319,7 @@ func (d *DLQ) Find(ctx context.Context, profile, jobID string) (contract.DeadLet
 	if !contract.ValidJobID(jobID) {
 		return contract.DeadLetter{}, fmt.Errorf("queue: dlq: invalid job id %s", contract.Quote(jobID))
 	}
-	subj, err := DLQFilter{Profile: profile}.subject()
+	subj, err := DLQQuery{Profile: profile}.subject()
 	if err != nil {
 		return contract.DeadLetter{}, err
 	}
@@ -449,7 +469,7 @@ func (d *DLQ) FindNear(ctx context.Context, profile, jobID string, near time.Tim
 	if near.IsZero() || !contract.ValidJobID(jobID) {
 		return d.Find(ctx, profile, jobID)
 	}
-	subj, err := DLQFilter{Profile: profile}.subject()
+	subj, err := DLQQuery{Profile: profile}.subject()
 	if err != nil {
 		return contract.DeadLetter{}, err
 	}
@@ -522,7 +542,7 @@ func (d *DLQ) ReplayMatching(ctx context.Context, q DLQQuery, before func(contra
 		q.After = page.Next
 	}
 	for p := range profiles {
-		err := d.each(ctx, DLQFilter{Profile: p}, true, func(o contract.DeadLetter) error {
+		err := d.each(ctx, DLQQuery{Profile: p}, true, func(o contract.DeadLetter) error {
 			if seq, ok := newest[o.JobID]; ok && o.Seq < seq {
 				if err := s.DeleteMsg(ctx, o.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 					return err

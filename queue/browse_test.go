@@ -176,7 +176,7 @@ func TestReplayMatching(t *testing.T) {
 	if err != nil || n != 2 || len(audited) != 2 {
 		t.Fatalf("ReplayMatching = %d, %v (audited %v)", n, err, audited)
 	}
-	left, err := d.List(b.ctx, DLQFilter{})
+	left, err := d.List(b.ctx, DLQQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}

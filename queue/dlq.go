@@ -40,25 +40,30 @@ var ErrTruncated = errors.New("queue: the dead letter holds only part of the job
 // ErrNotInDLQ is returned when a job has no dead-letter record.
 var ErrNotInDLQ = errors.New("queue: job is not in the dead-letter queue")
 
-// DLQFilter selects dead letters; empty fields match everything.
-type DLQFilter struct {
-	Profile string
-	Reason  contract.Reason
-	JobID   string
-}
-
-func (f DLQFilter) subject() (string, error) {
-	if f.Profile == "" {
+// subject is the subject filter of q's profile (every profile when empty).
+func (q DLQQuery) subject() (string, error) {
+	if q.Profile == "" {
 		return contract.DLQSubjectPrefix + ">", nil
 	}
-	if !validProfile(f.Profile) {
-		return "", fmt.Errorf("queue: dlq filter: invalid profile %s", contract.Quote(f.Profile))
+	if !validProfile(q.Profile) {
+		return "", fmt.Errorf("queue: dlq query: invalid profile %s", contract.Quote(q.Profile))
 	}
-	return contract.DLQSubject(f.Profile), nil
+	return contract.DLQSubject(q.Profile), nil
 }
 
-func (f DLQFilter) match(dl *contract.DeadLetter) bool {
-	return (f.Reason == "" || dl.Reason == f.Reason) && (f.JobID == "" || dl.JobID == f.JobID)
+// match reports whether dl (read with its body when q.From is set) matches
+// q's reason, job id, sender and time bounds; the profile is matched by the
+// subject, the paging cursor by the caller.
+func (q DLQQuery) match(dl *contract.DeadLetter, stored time.Time) bool {
+	switch {
+	case q.Reason != "" && dl.Reason != q.Reason,
+		q.JobID != "" && dl.JobID != q.JobID,
+		!q.Since.IsZero() && stored.Before(q.Since),
+		!q.Until.IsZero() && stored.After(q.Until):
+		return false
+	}
+	from := strings.ToLower(strings.TrimSpace(q.From))
+	return from == "" || strings.ToLower(strings.TrimSpace(senderAddress(dl.From))) == from
 }
 
 // ReplayOptions tune a replay.
@@ -202,11 +207,12 @@ func (d *DLQ) stream(ctx context.Context) (jetstream.Stream, error) {
 	return s, nil
 }
 
-// each calls fn with every dead letter matching f, oldest first, read
-// through Browse (a batch per request, not a request per record); with
-// headersOnly their Body (and the fields parsed from it) are empty.
-func (d *DLQ) each(ctx context.Context, f DLQFilter, headersOnly bool, fn func(contract.DeadLetter) error) error {
-	subj, err := f.subject()
+// each calls fn with every dead letter matching q (q.After and q.Limit
+// ignored), oldest first, read through Browse (a batch per request, not a
+// request per record); with headersOnly their Body (and the fields parsed
+// from it) are empty, unless q.From needs the body to match.
+func (d *DLQ) each(ctx context.Context, q DLQQuery, headersOnly bool, fn func(contract.DeadLetter) error) error {
+	subj, err := q.subject()
 	if err != nil {
 		return err
 	}
@@ -214,9 +220,14 @@ func (d *DLQ) each(ctx context.Context, f DLQFilter, headersOnly bool, fn func(c
 	if err != nil {
 		return err
 	}
-	err = Browse(ctx, s, BrowseOptions{Filter: subj, HeadersOnly: headersOnly}, func(m jetstream.Msg) (bool, error) {
+	headersOnly = headersOnly && strings.TrimSpace(q.From) == ""
+	err = Browse(ctx, s, BrowseOptions{Filter: subj, HeadersOnly: headersOnly, Since: q.Since}, func(m jetstream.Msg) (bool, error) {
 		dl := deadLetterOfMsg(m, headersOnly)
-		if !f.match(&dl) {
+		var stored time.Time
+		if md, err := m.Metadata(); err == nil {
+			stored = md.Timestamp
+		}
+		if !q.match(&dl, stored) {
 			return true, nil
 		}
 		return true, fn(dl)
@@ -227,10 +238,19 @@ func (d *DLQ) each(ctx context.Context, f DLQFilter, headersOnly bool, fn func(c
 	return nil
 }
 
-// List returns the dead letters matching f, oldest first.
-func (d *DLQ) List(ctx context.Context, f DLQFilter) ([]contract.DeadLetter, error) {
+// Each calls fn with every dead letter matching q (q.After and q.Limit
+// ignored), bodies included, oldest first, until fn returns an error (which
+// Each returns, wrapped). Bodies are read in batches of a bounded size
+// (Browse), so a scan's memory does not grow with the records' size.
+func (d *DLQ) Each(ctx context.Context, q DLQQuery, fn func(contract.DeadLetter) error) error {
+	return d.each(ctx, q, false, fn)
+}
+
+// List returns the dead letters matching q (all of them: q.After and
+// q.Limit are ignored; Page reads one page), oldest first.
+func (d *DLQ) List(ctx context.Context, q DLQQuery) ([]contract.DeadLetter, error) {
 	var out []contract.DeadLetter
-	err := d.each(ctx, f, false, func(dl contract.DeadLetter) error {
+	err := d.each(ctx, q, false, func(dl contract.DeadLetter) error {
 		out = append(out, dl)
 		return nil
 	})
@@ -244,7 +264,7 @@ func (d *DLQ) Get(ctx context.Context, profile, jobID string) (contract.DeadLett
 	if !contract.ValidJobID(jobID) {
 		return contract.DeadLetter{}, fmt.Errorf("queue: dlq: invalid job id %s", contract.Quote(jobID))
 	}
-	all, err := d.List(ctx, DLQFilter{Profile: profile, JobID: jobID})
+	all, err := d.List(ctx, DLQQuery{Profile: profile, JobID: jobID})
 	if err != nil {
 		return contract.DeadLetter{}, err
 	}
@@ -309,7 +329,7 @@ func (d *DLQ) replay(ctx context.Context, dl contract.DeadLetter, opts ReplayOpt
 	}
 	// Delete this record and any older record of the same job.
 	var seqs []uint64
-	err = d.each(ctx, DLQFilter{Profile: dl.Profile, JobID: dl.JobID}, true, func(o contract.DeadLetter) error {
+	err = d.each(ctx, DLQQuery{Profile: dl.Profile, JobID: dl.JobID}, true, func(o contract.DeadLetter) error {
 		if o.Seq <= dl.Seq {
 			seqs = append(seqs, o.Seq)
 		}
@@ -370,7 +390,12 @@ func (d *DLQ) replayOnly(ctx context.Context, dl contract.DeadLetter, opts Repla
 		if json.Unmarshal(body, &meta) == nil {
 			ev.Metadata = meta.Metadata
 		}
-		if err := d.events.publish(ctx, ev, "replayed."+dl.Profile+"."+dl.JobID+".g"+strconv.Itoa(gen)); err != nil {
+		// The event's dedupe id is the replay's (one per record and
+		// generation): a re-run of this replay stores it once, but a later
+		// replay of a new record of the job at the same generation (a
+		// job that failed again before the worker stored a state, as an
+		// invalid job does) still records its own `replayed`.
+		if err := d.events.publish(ctx, ev, "replayed."+strings.TrimPrefix(replayMsgID(dl, gen), "replay.")); err != nil {
 			return fmt.Errorf("queue: replay %s: %w", dl.JobID, err)
 		}
 	}
@@ -417,10 +442,10 @@ func (d *DLQ) replayState(ctx context.Context, dl contract.DeadLetter, gen int, 
 	return false, fmt.Errorf("queue: replay %s: its state keeps changing", dl.JobID)
 }
 
-// ReplayAll replays the newest dead letter of every job matching f and
+// ReplayAll replays the newest dead letter of every job matching q and
 // returns how many jobs it replayed. It stops at the first error.
-func (d *DLQ) ReplayAll(ctx context.Context, f DLQFilter) (int, error) {
-	all, err := d.List(ctx, f)
+func (d *DLQ) ReplayAll(ctx context.Context, q DLQQuery) (int, error) {
+	all, err := d.List(ctx, q)
 	if err != nil {
 		return 0, err
 	}
@@ -443,22 +468,16 @@ func (d *DLQ) ReplayAll(ctx context.Context, f DLQFilter) (int, error) {
 	return n, nil
 }
 
-// Purge deletes every dead letter matching f and returns how many. The job
-// state of a purged job that is still dead_lettered is deleted too, so that
-// the producer may publish the job id again at once (it would otherwise be
-// suppressed as "already dead-lettered" until the state expires).
-func (d *DLQ) Purge(ctx context.Context, f DLQFilter) (int, error) {
-	s, err := d.stream(ctx)
-	if err != nil {
-		return 0, err
-	}
+// Purge deletes every dead letter matching q (q.After and q.Limit ignored)
+// and returns how many, as PurgeDeadLetter does each one.
+func (d *DLQ) Purge(ctx context.Context, q DLQQuery) (int, error) {
 	n := 0
-	err = d.each(ctx, f, true, func(dl contract.DeadLetter) error {
-		if err := s.DeleteMsg(ctx, dl.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return fmt.Errorf("delete %d: %w", dl.Seq, err)
+	err := d.each(ctx, q, true, func(dl contract.DeadLetter) error {
+		if err := d.PurgeDeadLetter(ctx, dl); err != nil {
+			return err
 		}
 		n++
-		return d.forget(ctx, dl)
+		return nil
 	})
 	if err != nil {
 		return n, fmt.Errorf("queue: purge dead letters: %w", err)
@@ -489,6 +508,18 @@ func (d *DLQ) forget(ctx context.Context, dl contract.DeadLetter) error {
 		get = d.states.Latest
 	}
 	return fmt.Errorf("queue: purge %s: its state keeps changing", dl.JobID)
+}
+
+// PurgeDeadLetter deletes the record dl (one returned by List, Page, Find or
+// At; a record already gone is not an error), then the job's state while it
+// is still that dead letter's (forget), so that the producer may publish the
+// job id again at once (it would otherwise be suppressed as "already
+// dead-lettered" until the state expires).
+func (d *DLQ) PurgeDeadLetter(ctx context.Context, dl contract.DeadLetter) error {
+	if err := d.PurgeRecord(ctx, dl.Seq); err != nil {
+		return err
+	}
+	return d.forget(ctx, dl)
 }
 
 // formatCalls renders calls for the Mail-Graph-Calls header.

@@ -34,7 +34,7 @@ func TestDLQ(t *testing.T) {
 	put("j2", "billing", contract.ReasonAccessDenied, 0)
 	put("j3", "hr", contract.ReasonMailboxNotFound, 0)
 
-	all, err := d.List(b.ctx, DLQFilter{})
+	all, err := d.List(b.ctx, DLQQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,22 +52,22 @@ func TestDLQ(t *testing.T) {
 		t.Errorf("graph calls %+v: want both calls of the last attempt back", c)
 	}
 	for _, tt := range []struct {
-		f    DLQFilter
+		f    DLQQuery
 		want int
 	}{
-		{DLQFilter{Profile: "billing"}, 2},
-		{DLQFilter{Profile: "hr"}, 1},
-		{DLQFilter{Reason: contract.ReasonMailboxNotFound}, 2},
-		{DLQFilter{Profile: "billing", Reason: contract.ReasonAccessDenied}, 1},
-		{DLQFilter{JobID: "j3"}, 1},
-		{DLQFilter{Profile: "nobody"}, 0},
+		{DLQQuery{Profile: "billing"}, 2},
+		{DLQQuery{Profile: "hr"}, 1},
+		{DLQQuery{Reason: contract.ReasonMailboxNotFound}, 2},
+		{DLQQuery{Profile: "billing", Reason: contract.ReasonAccessDenied}, 1},
+		{DLQQuery{JobID: "j3"}, 1},
+		{DLQQuery{Profile: "nobody"}, 0},
 	} {
 		got, err := d.List(b.ctx, tt.f)
 		if err != nil || len(got) != tt.want {
 			t.Errorf("List(%+v) = %d, %v; want %d", tt.f, len(got), err, tt.want)
 		}
 	}
-	if _, err := d.List(b.ctx, DLQFilter{Profile: "a.>"}); err == nil {
+	if _, err := d.List(b.ctx, DLQQuery{Profile: "a.>"}); err == nil {
 		t.Error("List accepted a wildcard profile")
 	}
 	if dl, err := d.Get(b.ctx, "", "j2"); err != nil || dl.Reason != contract.ReasonAccessDenied {
@@ -136,22 +136,22 @@ func TestDLQ(t *testing.T) {
 		put("r"+strconv.Itoa(i), "ops", contract.ReasonAttemptsExhausted, 0)
 	}
 	put("p1", "ops", contract.ReasonExpired, 0)
-	n, err := d.ReplayAll(b.ctx, DLQFilter{Profile: "ops", Reason: contract.ReasonAttemptsExhausted})
+	n, err := d.ReplayAll(b.ctx, DLQQuery{Profile: "ops", Reason: contract.ReasonAttemptsExhausted})
 	if err != nil || n != 3 {
 		t.Fatalf("ReplayAll = %d, %v", n, err)
 	}
-	if left, _ := d.List(b.ctx, DLQFilter{Profile: "ops"}); len(left) != 1 || left[0].JobID != "p1" {
+	if left, _ := d.List(b.ctx, DLQQuery{Profile: "ops"}); len(left) != 1 || left[0].JobID != "p1" {
 		t.Errorf("after ReplayAll: %+v", left)
 	}
-	n, err = d.Purge(b.ctx, DLQFilter{Reason: contract.ReasonExpired})
+	n, err = d.Purge(b.ctx, DLQQuery{Reason: contract.ReasonExpired})
 	if err != nil || n != 1 {
 		t.Fatalf("Purge = %d, %v", n, err)
 	}
-	n, err = d.Purge(b.ctx, DLQFilter{})
+	n, err = d.Purge(b.ctx, DLQQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := d.List(b.ctx, DLQFilter{}); len(left) != 0 {
+	if left, _ := d.List(b.ctx, DLQQuery{}); len(left) != 0 {
 		t.Errorf("after Purge(all) = %d removed, %d left", n, len(left))
 	}
 }

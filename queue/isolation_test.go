@@ -79,7 +79,7 @@ func TestDLQPurgeFreesTheJobID(t *testing.T) {
 	if _, err := b.q.DLQ.Get(b.ctx, "", "p1"); !errors.Is(err, ErrAmbiguousJob) {
 		t.Fatalf("Get without a profile of an id in two profiles = %v, want ErrAmbiguousJob", err)
 	}
-	n, err := b.q.DLQ.Purge(b.ctx, DLQFilter{Profile: "billing", JobID: "p1"})
+	n, err := b.q.DLQ.Purge(b.ctx, DLQQuery{Profile: "billing", JobID: "p1"})
 	if err != nil || n != 1 {
 		t.Fatalf("Purge = %d, %v", n, err)
 	}

@@ -815,8 +815,16 @@ func internetMessageID(st contract.JobState) string {
 // instead: nothing is dropped.
 func (p *Pool) deadLetter(ctx context.Context, j *job, reason contract.Reason, message string) {
 	now := p.clock.Now()
+	// The generation names the record (its Nats-Msg-Id): a replay's job that
+	// is dead-lettered before its state was read (invalid again) takes it
+	// from the replay's Mail-Replay header, or its record would carry the
+	// original's id and be dropped inside the duplicate window.
+	gen := j.state.Generation
+	if g, err := strconv.Atoi(j.msg.Header(contract.HeaderReplay)); err == nil && g > gen {
+		gen = g
+	}
 	rec := contract.DeadLetter{JobID: j.id, Profile: j.profile, Reason: reason, Error: message,
-		Attempts: j.state.Attempts, FailedAt: now, Generation: j.state.Generation, Body: j.msg.Data(),
+		Attempts: j.state.Attempts, FailedAt: now, Generation: gen, Body: j.msg.Data(),
 		Ambiguous: j.state.PossibleDuplicate()}
 	if j.graph != nil {
 		rec.GraphRequestID = j.graph.RequestID

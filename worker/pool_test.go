@@ -61,6 +61,23 @@ func TestPool(t *testing.T) {
 		}
 	})
 
+	t.Run("a replayed job that is still invalid gets a dead letter of its own generation, not dropped as a duplicate", func(t *testing.T) {
+		// The invalid path reads no job state; the dead letter's Nats-Msg-Id
+		// (dlq.<profile>.<id>.g<generation>) must still tell the replay's
+		// record from the original, or JetStream drops it inside its
+		// duplicate window and the job ends nowhere.
+		b := setup(t, Config{}, &recorder{})
+		b.publishRaw("mail.send.demo", []byte(`{"id":"job-bad-replayed","from":"noreply@demo.example","to":"x@example.com"}`))
+		b.waitState("job-bad-replayed", contract.StateDeadLettered)
+		if _, err := b.q.DLQ.Replay(context.Background(), "demo", "job-bad-replayed", queue.ReplayOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 15*time.Second, "the replay's own dead letter", func() bool {
+			dl, err := b.q.DLQ.Get(context.Background(), "demo", "job-bad-replayed")
+			return err == nil && dl.Generation == 1 && dl.Reason == contract.ReasonInvalidJob
+		})
+	})
+
 	t.Run("unapproved sender is dead-lettered sender_not_allowed without a send", func(t *testing.T) {
 		rec := &recorder{}
 		b := setup(t, Config{}, rec)
@@ -521,7 +538,7 @@ func waitDLQ(t *testing.T, b *bundle, n int) []contract.DeadLetter {
 	var dls []contract.DeadLetter
 	eventually(t, 15*time.Second, fmt.Sprintf("%d dead letters", n), func() bool {
 		var err error
-		dls, err = b.q.DLQ.List(context.Background(), queue.DLQFilter{})
+		dls, err = b.q.DLQ.List(context.Background(), queue.DLQQuery{})
 		if err != nil {
 			t.Fatal(err)
 		}

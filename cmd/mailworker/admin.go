@@ -15,6 +15,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/support"
 )
 
 // Support's changes to the dead-letter queue (replay, purge) go through the
@@ -84,78 +85,52 @@ func (s *adminService) handle(m *nats.Msg) {
 	_ = m.Respond(b)
 }
 
-// runAdmin carries out one support action on q and records it in MAIL_AUDIT
-// (one record per job replayed or purged, so that a job's audit trail is
-// complete). It is used by the worker's admin service and, for a user that
-// holds the JetStream permissions itself, by the CLI directly.
+// runAdmin carries out one support action on q through the support service
+// (package support: the console calls the same one), which records it in
+// MAIL_AUDIT before it acts, one record per job replayed or purged. It is
+// used by the worker's admin service and, for a user that holds the
+// JetStream permissions itself, by the CLI directly.
 func runAdmin(ctx context.Context, q *queue.Queue, actor, via, action string, req adminRequest) adminReply {
-	fail := func(err error) adminReply {
-		return adminReply{Error: err.Error(), NotFound: errors.Is(err, queue.ErrNotInDLQ)}
+	fail := func(n int, err error) adminReply {
+		return adminReply{Count: n, Error: err.Error(), NotFound: errors.Is(err, queue.ErrNotInDLQ)}
 	}
 	if actor == "" {
-		return fail(errors.New("no actor"))
+		return fail(0, errors.New("no actor"))
 	}
-	audit := func(act, profile, jobID string, count int, detail string) error {
-		return q.Audit.Append(ctx, queue.AuditRecord{Actor: actor, Via: via, Action: act, Profile: profile,
-			JobID: jobID, Count: count, Detail: detail})
-	}
-	filter := queue.DLQFilter{Profile: req.Profile, Reason: req.Reason, JobID: req.JobID}
-	if filter.Reason != "" && !filter.Reason.Valid() {
-		return fail(fmt.Errorf("unknown reason %q", filter.Reason))
+	desk := support.New(q, support.Options{})
+	who := support.Who{Actor: actor, Via: via}
+	query := queue.DLQQuery{Profile: req.Profile, Reason: req.Reason, JobID: req.JobID}
+	if query.Reason != "" && !query.Reason.Valid() {
+		return fail(0, fmt.Errorf("unknown reason %q", query.Reason))
 	}
 	switch action {
 	case "replay":
-		if req.All {
-			// Record first what is about to be replayed: a crash halfway
-			// leaves a record of every job that may have been put back.
-			dls, err := q.DLQ.List(ctx, filter)
+		switch {
+		case req.All:
+			query.JobID = ""
+			n, err := desk.ReplayMatching(ctx, who, query, "replay --all")
 			if err != nil {
-				return fail(err)
-			}
-			for _, dl := range dls {
-				if err := audit("replay", dl.Profile, dl.JobID, 1, "replay --all"); err != nil {
-					return fail(err)
-				}
-			}
-			n, err := q.DLQ.ReplayAll(ctx, filter)
-			if err != nil {
-				return adminReply{Count: n, Error: err.Error()}
+				return fail(n, err)
 			}
 			return adminReply{Count: n}
-		}
-		dl, err := q.DLQ.Get(ctx, req.Profile, req.JobID)
-		if err != nil {
-			return fail(err)
-		}
-		act := "replay"
-		if req.Body != nil {
-			act = "replay_edited"
-		}
-		if err := audit(act, dl.Profile, dl.JobID, 1, string(dl.Reason)); err != nil {
-			return fail(err)
-		}
-		opts := queue.ReplayOptions{Body: req.Body}
-		if _, err := q.DLQ.Replay(ctx, dl.Profile, dl.JobID, opts); err != nil {
-			return fail(err)
+		case req.Body != nil:
+			if _, err := desk.ReplayEdited(ctx, who, req.Profile, req.JobID, req.Body); err != nil {
+				return fail(0, err)
+			}
+		default:
+			if _, err := desk.Replay(ctx, who, req.Profile, req.JobID, ""); err != nil {
+				return fail(0, err)
+			}
 		}
 		return adminReply{Count: 1}
 	case "purge":
-		dls, err := q.DLQ.List(ctx, filter)
+		n, err := desk.Purge(ctx, who, query, "")
 		if err != nil {
-			return fail(err)
-		}
-		for _, dl := range dls {
-			if err := audit("purge", dl.Profile, dl.JobID, 1, string(dl.Reason)); err != nil {
-				return fail(err)
-			}
-		}
-		n, err := q.DLQ.Purge(ctx, filter)
-		if err != nil {
-			return adminReply{Count: n, Error: err.Error()}
+			return fail(n, err)
 		}
 		return adminReply{Count: n}
 	default:
-		return fail(fmt.Errorf("unknown action %q (replay, purge)", action))
+		return fail(0, fmt.Errorf("unknown action %q (replay, purge)", action))
 	}
 }
 

@@ -519,6 +519,11 @@ func (c Config) validate() error { return c.check(true) }
 // item 14; at most one credential source when one is given).
 func (c Config) validateSMTP() error { return c.check(false) }
 
+// validateConsole is validate for `mailworker console`, which never calls
+// Graph either: it reads a profile's allowedSenders only (the editor's
+// check), so deploy/kubernetes/console carries no profile credential.
+func (c Config) validateConsole() error { return c.check(false) }
+
 func (c Config) check(entra bool) error {
 	var errs []error
 	if c.NATS.URL == "" {

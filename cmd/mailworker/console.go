@@ -212,7 +212,7 @@ func (cs *consoleServer) Close() {
 func (c *cli) consoleCmd() *cobra.Command {
 	return &cobra.Command{Use: "console", Short: "Serve the support web console (Entra ID sign-in; docs/console.md)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := c.config()
+			cfg, err := c.configFor(Config.validateConsole)
 			if err != nil {
 				return err
 			}

@@ -16,12 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/internal/toolcheck"
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
@@ -49,10 +51,7 @@ func chromiumPath(t *testing.T) string {
 	// In CI (CI set, as .ci/run runs) a missing browser is a failure; a
 	// MAILWORKER_* variable would not do: the binaries under test read those
 	// as configuration and refuse unknown keys.
-	if os.Getenv("CI") != "" {
-		t.Fatal("chromium is not installed (.ci/run installs it: apt-get install chromium)")
-	}
-	t.Skip("chromium is not installed; CI installs it (apt-get install chromium) and fails this test without it")
+	toolcheck.Missing(t, "chromium is not installed", "apt-get install chromium")
 	return ""
 }
 
@@ -260,8 +259,12 @@ func (r *consoleRig) notPwned(ctx context.Context, where string) {
 func (r *consoleRig) waitURL(ctx context.Context, part string) {
 	r.t.Helper()
 	eventually(r.t, 20*time.Second, "a page at "+part, func() bool {
-		v := run(r, ctx, "location", chromedp.Evaluate[string](`document.readyState + " " + location.href`))
-		return strings.HasPrefix(v, "complete ") && strings.Contains(v, part)
+		// An evaluation that meets the navigation itself ("target
+		// navigated or closed") is asked again.
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		v, err := chromedp.Run(tctx, chromedp.Evaluate[string](`document.readyState + " " + location.href`))
+		return err == nil && strings.HasPrefix(v, "complete ") && strings.Contains(v, part)
 	})
 }
 
@@ -358,6 +361,21 @@ func TestConsoleInBrowser(t *testing.T) {
 		if rows != 1 {
 			t.Fatalf("rows with reason invalid_job = %d, want 1", rows)
 		}
+		// The list shows each row's error, as `dlq list` does.
+		if e := run(r, sup, "error cell", chromedp.Text(chromedp.CSS(`#dlq-table td.error-cell`))); !strings.Contains(e, "to[0]") {
+			t.Fatalf("the list's error column shows %q, want the validation error", e)
+		}
+		// Replaying all of them unchanged would fail again: the
+		// confirmation says so (as `dlq replay --all` does).
+		r.do(sup, "replay all invalid_job: the confirmation",
+			chromedp.Click(chromedp.ID("bulk-replay")),
+			chromedp.WaitVisible(chromedp.ID("confirm-count")))
+		r.waitURL(sup, "/dlq/bulk?")
+		if w := run(r, sup, "warning", chromedp.Text(chromedp.ID("confirm-warning"))); !strings.Contains(w, "fails again") {
+			t.Fatalf("no warning before replaying invalid_job: %q", w)
+		}
+		r.do(sup, "back to the list", chromedp.Navigate(r.url+"/dlq?reason=invalid_job"), chromedp.WaitVisible(chromedp.ID("dlq-table")))
+		r.waitURL(sup, "/dlq?reason=invalid_job")
 		r.do(sup, "open the job",
 			chromedp.Click(chromedp.CSS(`a[href="/jobs/billing/fix-me"]`)),
 			chromedp.WaitVisible(chromedp.ID("dead-letter")))
@@ -365,11 +383,18 @@ func TestConsoleInBrowser(t *testing.T) {
 		if to := run(r, sup, "masked to", chromedp.Text(chromedp.ID("to"))); strings.Contains(to, "not an address") {
 			t.Fatalf("recipient shown before reveal: %q", to)
 		}
+		// It never reached Graph: no message-trace advice, no Graph line.
+		if n := run(r, sup, "no call", chromedp.Evaluate[int](`document.querySelectorAll("#no-call").length + 10 * document.querySelectorAll("#timeline .graph").length`)); n != 1 {
+			t.Fatalf("a job that made no Graph call: no-call note and Graph lines = %d, want the note and no Graph line", n)
+		}
 		r.shot(sup, "job")
 		r.do(sup, "open the editor",
 			chromedp.Click(chromedp.ID("edit")),
 			chromedp.WaitVisible(chromedp.ID("editor")))
 		r.waitURL(sup, "/jobs/billing/fix-me/edit")
+		if e := run(r, sup, "original error", chromedp.Text(chromedp.ID("original-error"))); !strings.Contains(e, "invalid_job") || !strings.Contains(e, "to[0]") {
+			t.Fatalf("the editor does not repeat the original error: %q", e)
+		}
 		// A still invalid address: the error is shown next to the field.
 		r.do(sup, "submit a still invalid job",
 			chromedp.SetValue(chromedp.ID("e-to"), "still@@wrong"),
@@ -394,6 +419,10 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		if !strings.Contains(events, "reveal") || !strings.Contains(events, "replay_edited") {
 			t.Fatalf("timeline = %q, want the audited reveal (editor) and replay_edited", events)
+		}
+		// The edited replay's record says what changed, masked.
+		if c := run(r, sup, "changes", chromedp.Text(chromedp.CSS(`#timeline ul.changes`))); !strings.Contains(c, "c•••@example.com") || strings.Contains(c, "customer@") {
+			t.Fatalf("the replay_edited record's changes: %q", c)
 		}
 		who := run(r, sup, "actor", chromedp.Text(chromedp.CSS(`#timeline li.audit strong`)))
 		if who != "support@contoso.example" {
@@ -555,6 +584,42 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		if _, err := r.q.DLQ.Find(ctx, "billing", "xss-job"); err != nil {
 			t.Fatalf("the forged POST replayed the job: %v", err)
+		}
+
+		// Signing out ends the session on the server: the old cookie,
+		// put back in the browser, no longer opens the console.
+		cctx, cancel := context.WithTimeout(rd, 30*time.Second)
+		defer cancel()
+		got, err := chromedp.Call(cctx, network.GetCookies, network.GetCookiesParams{URLs: []string{r.url}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var old *network.Cookie
+		for _, c := range got.Cookies {
+			if c.Name == "__Host-mw_session" {
+				old = c
+			}
+		}
+		if old == nil {
+			t.Fatal("no session cookie before signing out")
+		}
+		list := func(what string) string { // the list as this browser's cookie opens it
+			return run(r, rd, what, chromedp.Evaluate[string](`fetch("/dlq", {redirect: "manual"}).then(r => r.type + " " + r.status)`, chromedp.EvalAwaitPromise))
+		}
+		if got := list("the list before signing out"); got != "basic 200" {
+			t.Fatalf("the list before signing out: %s", got)
+		}
+		r.do(rd, "sign out", chromedp.Navigate(r.url+"/dlq"), chromedp.WaitVisible(chromedp.ID("who")))
+		if got := run(r, rd, "sign out", chromedp.Evaluate[string](`fetch("/logout", {method: "POST", redirect: "manual"}).then(r => r.type + " " + r.status)`, chromedp.EvalAwaitPromise)); got != "opaqueredirect 0" {
+			t.Fatalf("sign out: %s", got)
+		}
+		yes := true
+		if _, err := chromedp.Call(cctx, network.SetCookie, network.SetCookieParams{Name: old.Name, Value: old.Value, URL: r.url, Path: "/", Secure: &yes, HTTPOnly: &yes}); err != nil {
+			t.Fatal(err)
+		}
+		// The same cookie is sent again, and sent to sign in.
+		if got := list("the list with the old cookie"); got != "opaqueredirect 0" {
+			t.Fatalf("the list with the signed-out session's cookie: %s, want a redirect to sign in", got)
 		}
 	})
 }

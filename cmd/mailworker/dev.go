@@ -40,12 +40,17 @@ const devMaxPayload = 8 << 20
 func (c *cli) devCmd() *cobra.Command {
 	var natsListen, httpListen, graphListen, dataDir, consoleListen, smtpListen string
 	var unpaced bool
+	var faults []string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run everything on this machine: embedded NATS JetStream, a fake Entra + Graph, and a worker with a demo profile",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			specs, err := parseFaults(faults)
+			if err != nil {
+				return err
+			}
 			cfg, err := loadConfig(c.configPath, c.env)
 			if err != nil {
 				return err
@@ -77,6 +82,9 @@ func (c *cli) devCmd() *cobra.Command {
 				return fmt.Errorf("--graph-listen: %w", err)
 			}
 			defer fake.Close()
+			for _, fs := range specs {
+				fake.SetFaultSpec(fs)
+			}
 			caFile := filepath.Join(dataDir, "sandbox-ca.pem")
 			if err := writeFileAtomic(caFile, fake.CACertPEM()); err != nil {
 				return err
@@ -122,11 +130,7 @@ func (c *cli) devCmd() *cobra.Command {
 			}
 			defer app.Close()
 			wc := cfg.workerConfig()
-			pacing := fmt.Sprintf("like production: at most %d sends per minute and %d requests in flight per mailbox (200 mails to one mailbox take about %.1f minutes); --unpaced or MAILWORKER_WORKER_PER_MAILBOX_PER_MINUTE=0 lifts the per-minute pace",
-				wc.PerMailboxPerMinute, wc.PerMailboxConcurrency, 200/float64(max(wc.PerMailboxPerMinute, 1)))
-			if wc.PerMailboxPerMinute == 0 {
-				pacing = fmt.Sprintf("unpaced (--unpaced or worker.perMailboxPerMinute 0): no per-minute limit, %d requests in flight per mailbox; production paces at 30 per minute", wc.PerMailboxConcurrency)
-			}
+			pacing := devPacing(wc.PerMailboxPerMinute, wc.PerMailboxConcurrency)
 			cs, err := startDevConsole(ctx, cfg, fake, caFile, consoleListen, log)
 			if err != nil {
 				return err
@@ -143,6 +147,7 @@ func (c *cli) devCmd() *cobra.Command {
   HTTP:        http://%s  (/metrics /healthz /readyz)
   Fake Graph:  %s  (delivered mail: %s/_sandbox/messages, files in %s)
   Pacing:      %s
+  Faults:      %s
   Delivery:    profile %s is in draft mode (deliveryMode: draft): mail over one 4 MB sendMail request goes
                out as a draft with upload sessions, up to %s as Exchange counts it (attachments
                base64-encoded; profiles.%s.maxMessageSize). A default production profile (deliveryMode
@@ -165,7 +170,7 @@ Delivery:    tracking is on: per-recipient events (delivered, bounced, quarantin
   go run ./cmd/mailworker suppressions list --nats-url %s
 Profiles (all sent to the fake Graph, never to Microsoft): %s
 Press Ctrl-C to stop.
-`, ns.ClientURL(), devMaxPayload>>20, app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"), pacing,
+`, ns.ClientURL(), devMaxPayload>>20, app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"), pacing, faultBanner(specs, fake.URL(), caFile),
 				demoProfile, contract.FormatMessageSize(cfg.Profiles[demoProfile].MaxMessageBytes()), demoProfile,
 				cs.URL(), demoSupportUser, demoReaderUser, caFile,
 				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender,
@@ -182,6 +187,7 @@ Press Ctrl-C to stop.
 	f.StringVar(&smtpListen, "smtp-listen", "127.0.0.1:2587", "address of the SMTP submission ingress (STARTTLS)")
 	f.StringVar(&dataDir, "data-dir", ".mailworker-dev", "where JetStream data, delivered mail and the sandbox CA go")
 	f.BoolVar(&unpaced, "unpaced", false, "no per-minute pace per mailbox (production paces at worker.perMailboxPerMinute, 30)")
+	f.StringArrayVar(&faults, "fault", nil, faultFlagHelp)
 	return cmd
 }
 
@@ -273,23 +279,32 @@ func randomSecret() string {
 
 func (c *cli) sandboxCmd() *cobra.Command {
 	var listen, outDir, caFile, secret string
+	var faults []string
 	cmd := &cobra.Command{
 		Use:   "sandbox",
 		Short: "Run the fake Entra + Graph alone (for testing other services and load tests)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			specs, err := parseFaults(faults)
+			if err != nil {
+				return err
+			}
 			fake, err := graphtest.New(graphtest.Options{Addr: listen, TenantID: demoTenant, ClientID: demoClient,
 				ClientSecret: secret, OutDir: outDir})
 			if err != nil {
 				return err
 			}
 			defer fake.Close()
+			for _, fs := range specs {
+				fake.SetFaultSpec(fs)
+			}
 			if caFile != "" {
 				if err := writeFileAtomic(caFile, fake.CACertPEM()); err != nil {
 					return fmt.Errorf("--ca-file: %w", err)
 				}
 			}
 			c.printSandbox(fake, caFile, secret)
+			fmt.Fprintf(c.stdout, "  faults:     %s\n", faultBanner(specs, fake.URL(), caFile))
 			<-cmd.Context().Done()
 			return nil
 		},
@@ -299,6 +314,7 @@ func (c *cli) sandboxCmd() *cobra.Command {
 	f.StringVar(&outDir, "out-dir", "", "write each accepted message as .eml + .json here")
 	f.StringVar(&caFile, "ca-file", "sandbox-ca.pem", "write the sandbox CA certificate here")
 	f.StringVar(&secret, "client-secret", "sandbox-secret", "client secret the fake Entra accepts")
+	f.StringArrayVar(&faults, "fault", nil, faultFlagHelp)
 	return cmd
 }
 
@@ -361,4 +377,65 @@ func probe(ctx context.Context, url string) error {
 		return &exitError{code: 1, msg: fmt.Sprintf("not ready: %d %s", resp.StatusCode, body)}
 	}
 	return nil
+}
+
+// devPacing is the dev banner's pacing line for a per-minute pace (0 or
+// less: off, as --unpaced sets it) and in-flight limit per mailbox.
+func devPacing(perMinute, concurrency int) string {
+	if perMinute <= 0 {
+		return fmt.Sprintf("unpaced (--unpaced or worker.perMailboxPerMinute 0): no per-minute limit, %d requests in flight per mailbox; production paces at 30 per minute", concurrency)
+	}
+	return fmt.Sprintf("like production: at most %d sends per minute and %d requests in flight per mailbox (200 mails to one mailbox take about %.1f minutes); --unpaced or MAILWORKER_WORKER_PER_MAILBOX_PER_MINUTE=0 lifts the per-minute pace",
+		perMinute, concurrency, 200/float64(perMinute))
+}
+
+// faultFlagHelp documents --fault (dev, sandbox).
+const faultFlagHelp = "make the fake Graph fail, to practise triage: sendMail[@mailbox]=kind[:probability],… " +
+	"(kinds 429, 500, 502, 503, 504, accept504, 400, 403, 404, 413, reset; e.g. sendMail=429:0.2,503:0.1); repeatable; " +
+	"change it while running with PUT /_sandbox/faults (docs/runbook.md, DLQ triage)"
+
+// parseFaults reads --fault specs, naming the flag in an error.
+func parseFaults(specs []string) ([]graphtest.FaultSpec, error) {
+	out := make([]graphtest.FaultSpec, 0, len(specs))
+	for _, s := range specs {
+		fs, err := graphtest.ParseFaultSpec(s)
+		if err != nil {
+			return nil, fmt.Errorf("--fault: %w", err)
+		}
+		out = append(out, fs)
+	}
+	return out, nil
+}
+
+// faultBanner says which faults the fake Graph injects, and how to change
+// them while it runs.
+func faultBanner(specs []graphtest.FaultSpec, url, caFile string) string {
+	change := fmt.Sprintf("curl --cacert %s -X PUT --data 'sendMail=503:0.5' %s/_sandbox/faults (DELETE clears)", caFile, url)
+	if len(specs) == 0 {
+		return "none (--fault sendMail=429:0.2,503:0.1 makes Graph fail; or " + change + ")"
+	}
+	var parts []string
+	for _, fs := range specs {
+		who := "every mailbox"
+		if fs.Mailbox != "" {
+			who = fs.Mailbox
+		}
+		var kinds []string
+		for _, f := range fs.Faults {
+			k := strconv.Itoa(f.Status)
+			switch {
+			case f.Reset:
+				k = "connection reset"
+			case f.AcceptThenFail:
+				k = "504 after accepting"
+			case f.RetryAfter != "":
+				k += " (Retry-After " + f.RetryAfter + ")"
+			case f.Code != "":
+				k += " " + f.Code
+			}
+			kinds = append(kinds, fmt.Sprintf("%.0f%% %s", f.Probability*100, k))
+		}
+		parts = append(parts, "sendMail of "+who+": "+strings.Join(kinds, ", "))
+	}
+	return strings.Join(parts, "; ") + "; change with " + change
 }

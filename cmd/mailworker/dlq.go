@@ -15,6 +15,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/support"
 )
 
 func (c *cli) dlqCmd() *cobra.Command {
@@ -31,15 +32,15 @@ func (f *dlqFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.reason, "reason", "", "only this reason (invalid_job, sender_not_allowed, …)")
 }
 
-func (f *dlqFlags) filter() (queue.DLQFilter, error) {
+func (f *dlqFlags) filter() (queue.DLQQuery, error) {
 	if f.profile != "" && strings.ContainsAny(f.profile, ".*> \t\r\n\x00") {
-		return queue.DLQFilter{}, fmt.Errorf("--profile: %s is not a profile name (one NATS subject token: no dots, wildcards or spaces)", cell(truncate(f.profile, 64)))
+		return queue.DLQQuery{}, fmt.Errorf("--profile: %s is not a profile name (one NATS subject token: no dots, wildcards or spaces)", cell(truncate(f.profile, 64)))
 	}
 	r := contract.Reason(f.reason)
 	if r != "" && !r.Valid() {
-		return queue.DLQFilter{}, fmt.Errorf("--reason: %s is not one of %v", strconv.Quote(truncate(f.reason, 64)), contract.Reasons)
+		return queue.DLQQuery{}, fmt.Errorf("--reason: %s is not one of %v", strconv.Quote(truncate(f.reason, 64)), contract.Reasons)
 	}
-	return queue.DLQFilter{Profile: f.profile, Reason: r}, nil
+	return queue.DLQQuery{Profile: f.profile, Reason: r}, nil
 }
 
 // dlqRecord is the JSON shape of a dead letter for --json.
@@ -121,7 +122,13 @@ func (c *cli) dlqListCmd() *cobra.Command {
 func (c *cli) dlqShowCmd() *cobra.Command {
 	var asJSON bool
 	var profile string
-	cmd := &cobra.Command{Use: "show <job-id>", Short: "Show one dead-lettered job with its original body", Args: cobra.ExactArgs(1),
+	cmd := &cobra.Command{Use: "show <job-id>", Short: "Show one dead-lettered job with its original body",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return &exitError{code: 2, msg: fmt.Sprintf("dlq show takes one job id (got %d arguments)\nusage: mailworker dlq show <job-id> [--profile P] [--json]\nnext: `mailworker dlq list` lists the dead-lettered jobs with their ids", len(args))}
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			nc, q, err := c.openQueue(cmd.Context())
 			if err != nil {
@@ -165,23 +172,6 @@ func notInDLQ(id string, err error) error {
 		return &exitError{code: 1, msg: fmt.Sprintf("job %s is not in the dead-letter queue (replayed, purged, never dead-lettered, or a wrong id); try `mailworker status %s` for its history, or `mailworker dlq list`", cell(id), cell(id))}
 	}
 	return err
-}
-
-// newestPerJob keeps the newest dead letter of each job, in first-seen order:
-// what a bulk replay replays.
-func newestPerJob(dls []contract.DeadLetter) []contract.DeadLetter {
-	idx := map[string]int{}
-	var out []contract.DeadLetter
-	for _, dl := range dls {
-		k := queue.StateKey(dl.Profile, dl.JobID) // a job is its profile and id
-		if i, ok := idx[k]; ok {
-			out[i] = dl
-			continue
-		}
-		idx[k] = len(out)
-		out = append(out, dl)
-	}
-	return out
 }
 
 // printMatches lists dead letters, one line each: id, profile, reason.
@@ -260,19 +250,15 @@ func (c *cli) dlqReplayCmd() *cobra.Command {
 				return err
 			}
 			defer nc.Close()
-			dls, err := q.DLQ.List(ctx, filter)
+			// The console shows the same preview and warning (package
+			// support).
+			p, err := support.New(q, support.Options{}).Preview(ctx, filter)
 			if err != nil {
 				return err
 			}
-			jobs := newestPerJob(dls)
-			invalid := 0
-			for _, dl := range jobs {
-				if dl.Reason == contract.ReasonInvalidJob {
-					invalid++
-				}
-			}
-			if invalid > 0 {
-				fmt.Fprintf(c.stderr, "mailworker: warning: %d of these job(s) were dead-lettered invalid_job: a replay sends the same body, which fails again. Fix each with `mailworker dlq replay <job-id> --file fixed.json`.\n", invalid)
+			jobs := p.Jobs
+			if w := p.Warning(); w != "" {
+				fmt.Fprintf(c.stderr, "mailworker: warning: %s\n", w)
 			}
 			if dryRun {
 				fmt.Fprintf(c.stdout, "would replay %d job(s) (--dry-run: nothing replayed):\n", len(jobs))

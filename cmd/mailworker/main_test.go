@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/internal/toolcheck"
 )
 
 // binDir holds the mailworker binary built once for the end-to-end tests.
@@ -35,7 +36,7 @@ func TestMain(m *testing.M) {
 	code := 1
 	func() {
 		defer os.RemoveAll(dir)
-		code = m.Run()
+		code = toolcheck.Main(m, "cmd/mailworker") // m.Run, then what was skipped for a missing tool
 	}()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {

@@ -544,7 +544,7 @@ func (h *harness) check(ids []string) report {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	events, _ := h.statusEvents()
-	dls, err := h.q.DLQ.List(ctx, queue.DLQFilter{})
+	dls, err := h.q.DLQ.List(ctx, queue.DLQQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -678,7 +678,7 @@ func (h *harness) checkNoSecrets(extra ...string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dls, err := h.q.DLQ.List(ctx, queue.DLQFilter{})
+	dls, err := h.q.DLQ.List(ctx, queue.DLQQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -793,7 +793,7 @@ func (h *harness) checkClientRequestIDs(ids []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	dls, err := h.q.DLQ.List(ctx, queue.DLQFilter{})
+	dls, err := h.q.DLQ.List(ctx, queue.DLQQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}

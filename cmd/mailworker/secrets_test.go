@@ -147,7 +147,7 @@ profiles:
 		b, _ = json.Marshal(st)
 		seen.Write(b)
 	}
-	dls, err := q.DLQ.List(ctx, queue.DLQFilter{})
+	dls, err := q.DLQ.List(ctx, queue.DLQQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}

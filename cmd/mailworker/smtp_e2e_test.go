@@ -29,6 +29,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailworker/mailworker/graphmail/graphtest"
+	"github.com/mailworker/mailworker/internal/toolcheck"
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
@@ -128,10 +129,11 @@ func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed (apt-get install swaks msmtp; .ci/run does it)", name)
+		install := "apt-get install swaks msmtp"
+		if name == "postfix" {
+			install = "apt-get install postfix libsasl2-modules"
 		}
-		t.Skipf("%s is not installed: apt-get install swaks msmtp (CI installs them and fails without them)", name)
+		toolcheck.Missing(t, name+" is not installed", install)
 	}
 	return p
 }

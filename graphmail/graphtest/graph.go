@@ -245,6 +245,9 @@ func (s *Server) nextFaultLocked(key string) *Fault {
 			return &f
 		}
 	}
+	if len(s.faultMix) > 0 {
+		return s.mixFaultLocked(key)
+	}
 	f := s.mailboxFaults[key]
 	if f == nil {
 		f = s.globalFault

@@ -249,9 +249,12 @@ type Server struct {
 	scripts       map[string][]Fault // "" = any mailbox
 	globalFault   *Fault
 	mailboxFaults map[string]*Fault
-	messages      []Message
-	jobIDs        map[string]struct{}
-	duplicates    int
+	// faultMix: SetFaultSpec's faults by lower-cased mailbox ("" = every
+	// mailbox), each with its own share of sends (chaos.go).
+	faultMix   map[string][]Fault
+	messages   []Message
+	jobIDs     map[string]struct{}
+	duplicates int
 
 	traceLog       []time.Time // every message trace request (trace.go)
 	traceRefused   []bool      // parallel to traceLog: answered 429
@@ -657,6 +660,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("DELETE /_sandbox/messages", s.handleDeleteMessages)
 	mux.HandleFunc("GET /_sandbox/stats", s.handleStats)
 	mux.HandleFunc("GET /_sandbox/ca.pem", s.handleCA)
+	mux.HandleFunc("/_sandbox/faults", s.handleFaults)
 	mux.HandleFunc("/", s.handleNotFound)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.enter() {

@@ -25,11 +25,19 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// App roles of the console's app registration (the roles claim).
+// App roles of the console's app registration (the roles claim). Each is
+// global (every profile), or scoped to one profile by a suffix:
+// "Mailworker.Reader.billing", "Mailworker.Support.billing" (ScopedRole).
+// A scoped role opens that profile's dead letters, jobs and actions only;
+// the overview, which spans every profile, needs a global role.
 const (
 	RoleReader  = "Mailworker.Reader"  // read-only: lists, jobs, overview
 	RoleSupport = "Mailworker.Support" // also replay, edit and replay, purge, reveal
 )
+
+// ScopedRole is role limited to profile, as the app registration declares
+// it: role + "." + profile.
+func ScopedRole(role, profile string) string { return role + "." + profile }
 
 // Cookie names. The __Host- prefix makes browsers refuse them unless Secure,
 // Path=/ and without Domain: no sibling host can plant or read them.
@@ -46,13 +54,57 @@ type session struct {
 	Roles []string `json:"roles"`
 	Exp   int64    `json:"exp"`
 	CSRF  string   `json:"csrf"`
+	// SID names this sign-in: signing out revokes it on the server
+	// (Server.revoke), not only in the browser.
+	SID string `json:"sid"`
+	// Boot is the issuing process's (Server.boot): see revocations.
+	Boot string `json:"boot"`
 }
 
+// can reports whether s holds role for every profile (a global role;
+// Support implies Reader).
 func (s *session) can(role string) bool {
 	if role == RoleReader {
 		return slices.Contains(s.Roles, RoleReader) || slices.Contains(s.Roles, RoleSupport)
 	}
 	return slices.Contains(s.Roles, role)
+}
+
+// canIn reports whether s holds role for profile: globally, or scoped to
+// it (a scoped Support implies the scoped Reader).
+func (s *session) canIn(role, profile string) bool {
+	if s.can(role) {
+		return true
+	}
+	if role == RoleReader && slices.Contains(s.Roles, ScopedRole(RoleReader, profile)) {
+		return true
+	}
+	return slices.Contains(s.Roles, ScopedRole(RoleSupport, profile))
+}
+
+// scope returns the profiles s holds role in: all when the role is global,
+// else the profiles of its scoped roles (none: not allowed anywhere).
+func (s *session) scope(role string) (profiles []string, all bool) {
+	if s.can(role) {
+		return nil, true
+	}
+	for _, r := range s.Roles {
+		for _, base := range []string{RoleSupport, RoleReader} {
+			if base == RoleSupport || role == RoleReader {
+				if p, ok := strings.CutPrefix(r, base+"."); ok && p != "" && !slices.Contains(profiles, p) {
+					profiles = append(profiles, p)
+				}
+			}
+		}
+	}
+	slices.Sort(profiles)
+	return profiles, false
+}
+
+// canSome reports whether s holds role for at least one profile.
+func (s *session) canSome(role string) bool {
+	p, all := s.scope(role)
+	return all || len(p) > 0
 }
 
 // actor names the person in audit records.
@@ -322,4 +374,143 @@ func (p *provider) verify(ctx context.Context, raw, nonce string) (*idClaims, er
 		return nil, errors.New("id token: no subject")
 	}
 	return &c, nil
+}
+
+// ---- sign-in, sign-out and the session cookie
+
+func (s *Server) session(r *http.Request) *session {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return nil
+	}
+	var sess session
+	if s.seal.open("session", c.Value, &sess) != nil || s.cfg.Now().Unix() > sess.Exp || sess.SID == "" || sess.Boot != s.boot || s.isRevoked(sess.SID) {
+		return nil
+	}
+	return &sess
+}
+
+func (s *Server) setCookie(w http.ResponseWriter, name, value string, maxAge time.Duration) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: int(maxAge.Seconds()),
+		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+}
+
+func (s *Server) redirectURI() string { return s.cfg.PublicURL + "/auth/callback" }
+
+func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
+	next := r.URL.Query().Get("next")
+	if !localPath(next) {
+		next = "/dlq"
+	}
+	ls := loginState{State: randomString(24), Nonce: randomString(24), Verifier: randomString(48), Next: next,
+		Exp: s.cfg.Now().Add(10 * time.Minute).Unix()}
+	u, err := s.idp.authorizeURL(r.Context(), s.redirectURI(), ls)
+	if err != nil {
+		s.cfg.Logger.Error().Err(err).Msg("console: sign-in unavailable")
+		s.renderStatus(w, r, nil, http.StatusBadGateway, "Sign-in is unavailable: Entra ID could not be reached.")
+		return
+	}
+	v, err := s.seal.seal("login", ls)
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	s.setCookie(w, loginCookie, v, 10*time.Minute)
+	http.Redirect(w, r, u, http.StatusFound)
+}
+
+// localPath reports whether next is a path on this site: it starts with one
+// "/" and holds no backslash or control character (browsers drop tabs and
+// newlines, so "/\t/evil.example" would become "//evil.example").
+func localPath(next string) bool {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+		return false
+	}
+	for _, c := range next {
+		if c == '\\' || c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	c, err := r.Cookie(loginCookie)
+	var ls loginState
+	if err != nil || s.seal.open("login", c.Value, &ls) != nil || s.cfg.Now().Unix() > ls.Exp {
+		s.renderStatus(w, r, nil, http.StatusBadRequest, "The sign-in took too long or was not started here. Sign in again.")
+		return
+	}
+	s.setCookie(w, loginCookie, "", -time.Second)
+	if !constantEq(q.Get("state"), ls.State) {
+		s.renderStatus(w, r, nil, http.StatusBadRequest, "The sign-in answer does not match the request. Sign in again.")
+		return
+	}
+	if e := q.Get("error"); e != "" {
+		first, _, _ := strings.Cut(q.Get("error_description"), "\n")
+		s.renderStatus(w, r, nil, http.StatusForbidden, "Entra ID refused the sign-in: "+e+": "+first)
+		return
+	}
+	claims, err := s.idp.redeem(r.Context(), q.Get("code"), s.redirectURI(), ls)
+	if err != nil {
+		s.cfg.Logger.Warn().Err(err).Msg("console: sign-in failed")
+		s.renderStatus(w, r, nil, http.StatusForbidden, "Sign-in failed: "+err.Error())
+		return
+	}
+	sess := session{Sub: claims.Subject, Name: claims.Name, User: claims.PreferredUsername, Roles: claims.Roles,
+		Exp: s.cfg.Now().Add(s.cfg.SessionTTL).Unix(), CSRF: randomString(24), SID: randomString(24), Boot: s.boot}
+	v, err := s.seal.seal("session", sess)
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	s.setCookie(w, sessionCookie, v, s.cfg.SessionTTL)
+	s.cfg.Logger.Info().Str("actor", sess.actor()).Strs("roles", sess.Roles).Msg("console: signed in")
+	http.Redirect(w, r, ls.Next, http.StatusSeeOther)
+}
+
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
+	// Signing out needs no CSRF token: the worst a forged one does is sign
+	// someone out. The session is revoked on the server too: a copy of the
+	// cookie (a shared machine, a proxy log) no longer opens the console.
+	if sess := s.session(r); sess != nil {
+		s.revoke(sess.SID, sess.Exp)
+		s.cfg.Logger.Info().Str("actor", sess.actor()).Msg("console: signed out")
+	}
+	s.setCookie(w, sessionCookie, "", -time.Second)
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// revocations are the sessions signed out before they expire: sid → expiry
+// (Unix seconds), held in memory. So that a restart cannot bring a signed-out
+// session back, a session also names the process that issued it
+// (session.Boot): a restart ends every session (people sign in again, a
+// redirect through Entra). Hence the console runs as one replica
+// (deploy/kubernetes: replicas 1, strategy Recreate).
+type revocations struct {
+	mu  sync.Mutex
+	sid map[string]int64
+}
+
+func (s *Server) revoke(sid string, exp int64) {
+	s.revoked.mu.Lock()
+	defer s.revoked.mu.Unlock()
+	if s.revoked.sid == nil {
+		s.revoked.sid = map[string]int64{}
+	}
+	now := s.cfg.Now().Unix()
+	for k, e := range s.revoked.sid {
+		if e < now {
+			delete(s.revoked.sid, k) // expired anyway
+		}
+	}
+	s.revoked.sid[sid] = exp
+}
+
+func (s *Server) isRevoked(sid string) bool {
+	s.revoked.mu.Lock()
+	defer s.revoked.mu.Unlock()
+	_, ok := s.revoked.sid[sid]
+	return ok
 }

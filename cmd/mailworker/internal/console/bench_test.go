@@ -65,7 +65,7 @@ func BenchmarkConsole100k(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	v, _ := s.seal.seal("session", session{Sub: "s", Roles: []string{RoleSupport}, CSRF: "t", Exp: time.Now().Add(time.Hour).Unix()})
+	v, _ := s.seal.seal("session", session{Sub: "s", Roles: []string{RoleSupport}, CSRF: "t", Exp: time.Now().Add(time.Hour).Unix(), SID: "bench", Boot: s.boot})
 	cookie := &http.Cookie{Name: sessionCookie, Value: v}
 	get := func(b *testing.B, path string) {
 		r := httptest.NewRequest(http.MethodGet, path, nil)

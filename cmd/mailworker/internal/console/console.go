@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/support"
 )
 
 //go:embed templates/*.html static/*
@@ -56,7 +57,10 @@ type Config struct {
 	// RecipientsPerDay is the per-mailbox budget the overview compares the
 	// recipient ledger with (default 10,000).
 	RecipientsPerDay int
-	Logger           zerolog.Logger
+	// Support is the support service the console's actions go through
+	// (default support.New over the queue: the one the CLI uses).
+	Support support.Service
+	Logger  zerolog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -67,11 +71,15 @@ const defaultRunbook = "https://github.com/mailworker/mailworker/blob/main/docs/
 type Server struct {
 	cfg   Config
 	q     *queue.Queue
+	desk  support.Service
 	idp   *provider
 	seal  *sealer
 	rcpt  []byte // HMAC key for recipient search
 	pages map[string]*template.Template
 	mux   *http.ServeMux
+
+	boot    string // this process's sessions (session.Boot)
+	revoked revocations
 
 	countsMu   sync.Mutex
 	counts     *queue.DLQCounts
@@ -118,12 +126,16 @@ func New(cfg Config, q *queue.Queue) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Support == nil {
+		cfg.Support = support.New(q, support.Options{})
+	}
 	seal, err := newSealer(deriveKey(cfg.Secret, "cookies"))
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, q: q, seal: seal, rcpt: deriveKey(cfg.Secret, "recipients"),
+	s := &Server{cfg: cfg, q: q, desk: cfg.Support, seal: seal, rcpt: deriveKey(cfg.Secret, "recipients"),
 		idp: &provider{authority: cfg.Authority, clientID: cfg.ClientID, clientSecret: cfg.ClientSecret, client: cfg.HTTPClient}}
+	s.boot = randomString(16)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.parseTemplates(); err != nil {
 		return nil, err
@@ -201,9 +213,21 @@ func (s *Server) guard(role string, write bool, h func(http.ResponseWriter, *htt
 			http.Error(w, "sign in first", http.StatusUnauthorized)
 			return
 		}
-		if !sess.can(role) {
+		// A page of one profile's job needs the role for that profile
+		// (global or scoped); any other page the role for some profile,
+		// and the handler narrows what it shows and does to the
+		// profiles the person holds it in (session.scope).
+		allowed := sess.canSome(role)
+		if p := r.PathValue("profile"); p != "" {
+			allowed = sess.canIn(role, p)
+		}
+		if !allowed {
 			s.log(r, sess).Warn().Str("need", role).Msg("console: forbidden")
-			s.renderStatus(w, r, sess, http.StatusForbidden, "You do not have the role "+role+" for this.")
+			msg := "You do not have the role " + role + " for this."
+			if p := r.PathValue("profile"); p != "" {
+				msg = "You do not have the role " + role + " (or " + ScopedRole(role, p) + ") for this."
+			}
+			s.renderStatus(w, r, sess, http.StatusForbidden, msg)
 			return
 		}
 		if write {
@@ -235,103 +259,4 @@ func (s *Server) log(r *http.Request, sess *session) *zerolog.Logger {
 	}
 	lg := l.Logger()
 	return &lg
-}
-
-func (s *Server) session(r *http.Request) *session {
-	c, err := r.Cookie(sessionCookie)
-	if err != nil {
-		return nil
-	}
-	var sess session
-	if s.seal.open("session", c.Value, &sess) != nil || s.cfg.Now().Unix() > sess.Exp {
-		return nil
-	}
-	return &sess
-}
-
-func (s *Server) setCookie(w http.ResponseWriter, name, value string, maxAge time.Duration) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: int(maxAge.Seconds()),
-		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
-}
-
-func (s *Server) redirectURI() string { return s.cfg.PublicURL + "/auth/callback" }
-
-func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
-	next := r.URL.Query().Get("next")
-	if !localPath(next) {
-		next = "/dlq"
-	}
-	ls := loginState{State: randomString(24), Nonce: randomString(24), Verifier: randomString(48), Next: next,
-		Exp: s.cfg.Now().Add(10 * time.Minute).Unix()}
-	u, err := s.idp.authorizeURL(r.Context(), s.redirectURI(), ls)
-	if err != nil {
-		s.cfg.Logger.Error().Err(err).Msg("console: sign-in unavailable")
-		s.renderStatus(w, r, nil, http.StatusBadGateway, "Sign-in is unavailable: Entra ID could not be reached.")
-		return
-	}
-	v, err := s.seal.seal("login", ls)
-	if err != nil {
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	s.setCookie(w, loginCookie, v, 10*time.Minute)
-	http.Redirect(w, r, u, http.StatusFound)
-}
-
-// localPath reports whether next is a path on this site: it starts with one
-// "/" and holds no backslash or control character (browsers drop tabs and
-// newlines, so "/\t/evil.example" would become "//evil.example").
-func localPath(next string) bool {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
-		return false
-	}
-	for _, c := range next {
-		if c == '\\' || c < 0x20 || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	c, err := r.Cookie(loginCookie)
-	var ls loginState
-	if err != nil || s.seal.open("login", c.Value, &ls) != nil || s.cfg.Now().Unix() > ls.Exp {
-		s.renderStatus(w, r, nil, http.StatusBadRequest, "The sign-in took too long or was not started here. Sign in again.")
-		return
-	}
-	s.setCookie(w, loginCookie, "", -time.Second)
-	if !constantEq(q.Get("state"), ls.State) {
-		s.renderStatus(w, r, nil, http.StatusBadRequest, "The sign-in answer does not match the request. Sign in again.")
-		return
-	}
-	if e := q.Get("error"); e != "" {
-		first, _, _ := strings.Cut(q.Get("error_description"), "\n")
-		s.renderStatus(w, r, nil, http.StatusForbidden, "Entra ID refused the sign-in: "+e+": "+first)
-		return
-	}
-	claims, err := s.idp.redeem(r.Context(), q.Get("code"), s.redirectURI(), ls)
-	if err != nil {
-		s.cfg.Logger.Warn().Err(err).Msg("console: sign-in failed")
-		s.renderStatus(w, r, nil, http.StatusForbidden, "Sign-in failed: "+err.Error())
-		return
-	}
-	sess := session{Sub: claims.Subject, Name: claims.Name, User: claims.PreferredUsername, Roles: claims.Roles,
-		Exp: s.cfg.Now().Add(s.cfg.SessionTTL).Unix(), CSRF: randomString(24)}
-	v, err := s.seal.seal("session", sess)
-	if err != nil {
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	s.setCookie(w, sessionCookie, v, s.cfg.SessionTTL)
-	s.cfg.Logger.Info().Str("actor", sess.actor()).Strs("roles", sess.Roles).Msg("console: signed in")
-	http.Redirect(w, r, ls.Next, http.StatusSeeOther)
-}
-
-func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
-	// Signing out needs no CSRF token: the worst a forged one does is sign
-	// someone out.
-	s.setCookie(w, sessionCookie, "", -time.Second)
-	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }

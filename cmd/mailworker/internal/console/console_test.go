@@ -16,6 +16,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
+
+	"github.com/mailworker/mailworker/support"
 )
 
 // objectPutRace: nats.go v1.55's object store Put publishes through a
@@ -137,6 +139,12 @@ func (s *Server) cookieFor(t *testing.T, sess session) *http.Cookie {
 	if sess.Exp == 0 {
 		sess.Exp = time.Now().Add(time.Hour).Unix()
 	}
+	if sess.SID == "" {
+		sess.SID = randomString(12)
+	}
+	if sess.Boot == "" {
+		sess.Boot = s.boot
+	}
 	v, err := s.seal.seal("session", sess)
 	if err != nil {
 		t.Fatal(err)
@@ -243,8 +251,8 @@ func TestMaskAndHash(t *testing.T) {
 		"x@y.z":                       "x•••@y.z",
 		"not an address":              "•••",
 	} {
-		if got := maskAddr(in); got != want {
-			t.Errorf("maskAddr(%q) = %q, want %q", in, got, want)
+		if got := support.MaskAddr(in); got != want {
+			t.Errorf("support.MaskAddr(%q) = %q, want %q", in, got, want)
 		}
 	}
 	s := testServer(t)
@@ -267,7 +275,7 @@ func TestFormField(t *testing.T) {
 }
 
 func TestMaskText(t *testing.T) {
-	got := maskText(`to[1]: "Jane <jane.doe@contoso.com>" is not valid; sender intruder@contoso.example refused`, "Intruder <intruder@contoso.example>")
+	got := support.MaskText(`to[1]: "Jane <jane.doe@contoso.com>" is not valid; sender intruder@contoso.example refused`, "Intruder <intruder@contoso.example>")
 	want := `to[1]: "Jane <j•••@contoso.com>" is not valid; sender intruder@contoso.example refused`
 	if got != want {
 		t.Errorf("maskText = %q, want %q", got, want)

@@ -92,6 +92,11 @@ func deferCause(ev *contract.Event) string {
 }
 
 func (s *Server) handleOverview(w http.ResponseWriter, r *http.Request, sess *session) {
+	if !sess.can(RoleReader) {
+		// Its charts and mailbox budgets span every profile.
+		s.renderStatus(w, r, sess, http.StatusForbidden, "The overview spans every profile: it needs the global role "+RoleReader+" (or "+RoleSupport+").")
+		return
+	}
 	hours := 3
 	if h, err := strconv.Atoi(r.URL.Query().Get("hours")); err == nil && h >= 1 && h <= 24 {
 		hours = h

@@ -2,17 +2,18 @@ package console
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/support"
 )
 
 // maxResults caps a search's result list.
@@ -59,17 +60,17 @@ func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, sess *sess
 		// there is one.
 		d.Ran = true
 		if err := s.searchID(r, &d); err != nil {
-			s.fail(w, r, sess, err)
+			s.searchFailed(w, r, sess, err)
 			return
 		}
-		if len(d.Hits) == 1 {
+		if len(d.Hits) == 1 && sess.canIn(RoleReader, d.Hits[0].Profile) {
 			http.Redirect(w, r, jobURL(d.Hits[0].Profile, d.Hits[0].JobID), http.StatusSeeOther)
 			return
 		}
 	case d.Kind == "meta" && d.Q != "":
 		d.Ran = true
 		if err := s.searchMetadata(r, &d); err != nil {
-			s.fail(w, r, sess, err)
+			s.searchFailed(w, r, sess, err)
 			return
 		}
 	case rh != "":
@@ -79,9 +80,19 @@ func (s *Server) handleSearch(w http.ResponseWriter, r *http.Request, sess *sess
 			break
 		}
 		if err := s.searchRecipient(r, &d, rh); err != nil {
-			s.fail(w, r, sess, err)
+			s.searchFailed(w, r, sess, err)
 			return
 		}
+	}
+	// Only the profiles the person may read.
+	if scoped, all := sess.scope(RoleReader); !all {
+		kept := d.Hits[:0]
+		for _, h := range d.Hits {
+			if slices.Contains(scoped, h.Profile) {
+				kept = append(kept, h)
+			}
+		}
+		d.Hits = kept
 	}
 	s.render(w, http.StatusOK, "search", s.view(sess, "Search", "search", d))
 }
@@ -100,7 +111,7 @@ func (s *Server) searchID(r *http.Request, d *searchData) error {
 			d.Hits = append(d.Hits, hit{JobID: d.Q, Profile: p, Where: "job state " + string(st.State), At: st.UpdatedAt})
 		}
 	}
-	return s.scanDLQ(r, d, func(*jobHead) bool { return true }, map[string]bool{}, func(profile, id string) bool {
+	return s.scanDLQ(r, queue.DLQQuery{JobID: d.Q}, d, func(*jobHead) bool { return true }, map[string]bool{}, func(profile, id string) bool {
 		return id == d.Q && !seen[profile]
 	})
 }
@@ -137,7 +148,7 @@ func (s *Server) searchMetadata(r *http.Request, d *searchData) error {
 	if err != nil || d.More {
 		return err
 	}
-	return s.scanDLQ(r, d, func(j *jobHead) bool {
+	return s.scanDLQ(r, queue.DLQQuery{}, d, func(j *jobHead) bool {
 		for _, v := range j.Metadata {
 			if strings.ToLower(v) == want {
 				return true
@@ -160,7 +171,7 @@ type jobHead struct {
 // letter with rh: the address looked for is never held in clear, and no
 // index of recipients is written anywhere.
 func (s *Server) searchRecipient(r *http.Request, d *searchData, rh string) error {
-	return s.scanDLQ(r, d, func(j *jobHead) bool {
+	return s.scanDLQ(r, queue.DLQQuery{}, d, func(j *jobHead) bool {
 		for _, l := range [][]string{j.To, j.Cc, j.Bcc} {
 			for _, a := range l {
 				if constantEq(s.rcptHash(a), rh) {
@@ -172,38 +183,43 @@ func (s *Server) searchRecipient(r *http.Request, d *searchData, rh string) erro
 	}, map[string]bool{})
 }
 
-func (s *Server) scanDLQ(r *http.Request, d *searchData, match func(*jobHead) bool, seen map[string]bool, pre ...func(profile, id string) bool) error {
-	st, err := s.q.DLQStream(r.Context())
-	if err != nil {
-		return err
-	}
-	return queue.Browse(r.Context(), st, queue.BrowseOptions{Filter: "mail.dlq.>"}, func(m jetstream.Msg) (bool, error) {
-		id := m.Headers().Get(contract.HeaderJobID)
-		profile := strings.TrimPrefix(m.Subject(), "mail.dlq.")
+// scanDLQ runs a search over the dead letters' bodies through the support
+// service, which bounds how many run at once (support.ErrBusy beyond) and
+// how much of the records each holds in memory. Per record, only the head
+// of the job is decoded (jobHead: no body text, no attachment).
+func (s *Server) scanDLQ(r *http.Request, q queue.DLQQuery, d *searchData, match func(*jobHead) bool, seen map[string]bool, pre ...func(profile, id string) bool) error {
+	return s.desk.Scan(r.Context(), q, func(dl contract.DeadLetter) bool {
 		for _, f := range pre {
-			if !f(profile, id) {
-				return true, nil
+			if !f(dl.Profile, dl.JobID) {
+				return true
 			}
 		}
 		var j jobHead
-		if json.Unmarshal(m.Data(), &j) != nil || !match(&j) {
-			return true, nil
+		if json.Unmarshal(dl.Body, &j) != nil || !match(&j) {
+			return true
 		}
-		if seen[profile+"/"+id] {
-			return true, nil
+		if seen[dl.Profile+"/"+dl.JobID] {
+			return true
 		}
-		seen[profile+"/"+id] = true
+		seen[dl.Profile+"/"+dl.JobID] = true
 		if len(d.Hits) == maxResults {
 			d.More = true
-			return false, nil
+			return false
 		}
-		md, _ := m.Metadata()
-		h := hit{JobID: id, Profile: profile, Where: "dead letter",
-			Reason: contract.Reason(m.Headers().Get(contract.HeaderReason)), Subject: j.Subject}
-		if md != nil {
-			h.At, h.Seq = md.Timestamp, md.Sequence.Stream
-		}
-		d.Hits = append(d.Hits, h)
-		return true, nil
+		d.Hits = append(d.Hits, hit{JobID: dl.JobID, Profile: dl.Profile, Where: "dead letter",
+			Reason: dl.Reason, Subject: j.Subject, At: dl.FailedAt, Seq: dl.Seq})
+		return true
 	})
+}
+
+// searchFailed answers a search that could not run: 503 with Retry-After
+// when the scans allowed are all running, else as fail does.
+func (s *Server) searchFailed(w http.ResponseWriter, r *http.Request, sess *session, err error) {
+	if errors.Is(err, support.ErrBusy) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(support.RetryAfter.Seconds())))
+		s.log(r, sess).Warn().Msg("console: search refused: scans busy")
+		s.renderStatus(w, r, sess, http.StatusServiceUnavailable, "Other searches are running: try again in a few seconds.")
+		return
+	}
+	s.fail(w, r, sess, err)
 }
