@@ -53,6 +53,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailworker/mailworker/graphmail"
+	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
@@ -773,7 +774,14 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
-	if _, err := s.pub.Publish(ctx, ss.cred.Profile, job); err != nil {
+	_, err = s.pub.Publish(ctx, ss.cred.Profile, job)
+	if errors.Is(err, queue.ErrDuplicatePublish) {
+		// The profile's stream holds this very job (same id and bytes) from
+		// the earlier try whose answer the client may not have seen: it is
+		// stored, so the answer is 250, never a refusal.
+		err = nil
+	}
+	if err != nil {
 		var ie *contract.InvalidError
 		if errors.As(err, &ie) {
 			// Certainly not stored: nothing refers to the object.
