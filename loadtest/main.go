@@ -33,7 +33,7 @@ var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral
 
 // extraScenarios run only when named: retention measures the broker alone
 // (retention.go).
-var extraScenarios = []string{"retention"}
+var extraScenarios = []string{"retention", "tracking"}
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == bareSMTPCommand {
@@ -73,6 +73,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, "loadtest:", err)
 		return 2
+	}
+	if slices.Contains(opts.Scenarios, "tracking") {
+		if err := runTracking(ctx, opts, stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "loadtest: scenario tracking:", err)
+			return 1
+		}
+		opts.Scenarios = slices.DeleteFunc(opts.Scenarios, func(s string) bool { return s == "tracking" })
+		if len(opts.Scenarios) == 0 {
+			return 0
+		}
 	}
 	if slices.Contains(opts.Scenarios, "retention") {
 		if err := runRetention(ctx, opts, stdout, stderr); err != nil {

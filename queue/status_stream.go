@@ -2,10 +2,13 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base32"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mailworker/mailworker/queue/contract"
@@ -42,7 +45,19 @@ func eventMsg(ev *contract.Event, msgID string) (*nats.Msg, error) {
 // final event from the job state) is stored once inside the stream's
 // duplicate window.
 func EventMsgID(ev *contract.Event) string {
+	if ev.Recipient != "" {
+		// One delivery event per job, recipient and event, whenever it is published.
+		return ev.Profile + "." + ev.JobID + "-" + string(ev.Event) + "-r" + RecipientKey(ev.Recipient)
+	}
 	return ev.Profile + "." + ev.JobID + "-" + string(ev.Event) + "-" + strconv.Itoa(ev.Attempt) + "-" + strconv.FormatInt(ev.At.UnixNano(), 36)
+}
+
+// RecipientKey is a recipient's stable, key-safe token: the base32 of its
+// SHA-256 over the lower-cased address (first 20 bytes), so that dedupe ids
+// and KV keys name no address.
+func RecipientKey(addr string) string {
+	h := sha256.Sum256([]byte(strings.ToLower(strings.TrimSpace(addr))))
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h[:20]))
 }
 
 // NewEvents returns the status stream on js, for a client that reads a

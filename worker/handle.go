@@ -664,6 +664,11 @@ func (p *Pool) unreachable(ctx context.Context, j *job, op string, err error) {
 // carry carries out one action: the only place that spends an attempt, and
 // the only place that acks, naks or terminates after a decision.
 func (p *Pool) carry(ctx context.Context, j *job, a Action) {
+	// Recipients of a send that cannot have reached Graph go back before the
+	// outcome is recorded: whoever sees the outcome sees the budget as it is
+	// (a no-op when nothing was admitted; handle's deferred call is the
+	// fallback for the ways out that carry nothing).
+	p.refundRecipients(ctx, j)
 	if a.SpendsAttempt {
 		j.state.Attempts++
 	}

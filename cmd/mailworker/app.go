@@ -24,6 +24,7 @@ import (
 
 	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/tracking"
 	"github.com/mailworker/mailworker/worker"
 )
 
@@ -43,6 +44,7 @@ type App struct {
 	httpLn   net.Listener
 	httpSrv  *http.Server
 	closeOne sync.Once
+	tracking *appTracking // nil when delivery tracking is off (tracking.go)
 }
 
 // NewApp connects to NATS, provisions (unless disabled) and binds the
@@ -120,9 +122,19 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 			a.watches = append(a.watches, w)
 		}
 	}
+	var jobSender worker.Sender = sender
+	if a.tracking, err = setupTracking(ctx, cfg, a.js, a.q, names, a.reg, metrics, log); err != nil {
+		return nil, err
+	}
+	if a.tracking != nil {
+		// Suppressed recipients are dropped and every send is recorded for
+		// the tracker before its Graph call (tracking.Wrap).
+		jobSender = tracking.Wrap(sender, a.tracking.store, nil).(worker.Sender)
+		a.clients = append(a.clients, a.tracking.client)
+	}
 	broker := worker.Broker{Consumer: jobsConsumer{jobs}, States: a.q.States, DeadLetters: a.q.DLQ,
 		Events: a.q.Events, Attachments: a.q.Attachments, Scheduler: a.q.Schedules, Ledger: a.q.Pacing, Membership: a.q.Workers}
-	if a.pool, err = worker.New(cfg.workerConfig(), broker, sender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
+	if a.pool, err = worker.New(cfg.workerConfig(), broker, jobSender, worker.Options{Logger: log, Metrics: metrics}); err != nil {
 		return nil, err
 	}
 	// Support's replay and purge requests, recorded in MAIL_AUDIT (admin.go).
@@ -290,6 +302,9 @@ func (a *App) Run(ctx context.Context) error {
 	var watching sync.WaitGroup
 	for _, w := range a.watches {
 		watching.Go(func() { w.run(watchCtx) })
+	}
+	if a.tracking != nil {
+		watching.Go(func() { a.tracking.tracker.Run(watchCtx) })
 	}
 	err := a.pool.Run(ctx)
 	stopWatches()

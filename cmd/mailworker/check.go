@@ -137,6 +137,8 @@ func (c *cli) check(ctx context.Context, cfg Config, draftsOlder time.Duration) 
 			}
 		}
 	}
+	p, w := checkTracking(ctx, cfg, m)
+	res.Problems, res.Warnings = append(res.Problems, p...), append(res.Warnings, w...)
 	return res
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/tracking"
 )
 
 func init() {
@@ -68,7 +69,7 @@ func runCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	pf.StringVar(&c.natsCreds, "nats-creds", "", "NATS credentials file (overrides nats.credsFile)")
 	pf.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (overrides log.level)")
 	pf.StringVar(&c.logFormat, "log-format", "", "log format: json or console (overrides log.format)")
-	root.AddCommand(c.runCmd(), c.devCmd(), c.sandboxCmd(), c.sendCmd(), c.statusCmd(), c.dlqCmd(),
+	root.AddCommand(c.runCmd(), c.devCmd(), c.sandboxCmd(), c.sendCmd(), c.statusCmd(), c.dlqCmd(), c.suppressionsCmd(),
 		c.provisionCmd(), c.checkCmd(), c.readyzCmd(), c.versionCmd(), c.consoleCmd(), c.smtpCmd())
 	root.Args = unknownSubcommand
 	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
@@ -282,6 +283,11 @@ func (c *cli) provisionCmd() *cobra.Command {
 			if err := queue.Provision(cmd.Context(), js, cfg.queueConfig()); err != nil {
 				return err
 			}
+			// Delivery tracking's buckets, so that it can be turned on without
+			// giving the worker the right to create buckets.
+			if _, err := tracking.Open(cmd.Context(), js, cfg.Streams.Replicas); err != nil {
+				return err
+			}
 			fmt.Fprintf(c.stdout, "provisioned (created or updated, replicas %d):\n", cfg.Streams.Replicas)
 			for _, a := range provisionedAssets(cfg.queueConfig().Profiles) {
 				fmt.Fprintf(c.stdout, "  %-13s %s\n", a[0], a[1])
@@ -310,7 +316,11 @@ func provisionedAssets(profiles []string) [][2]string {
 		[2]string{"KV bucket", contract.BucketState},
 		[2]string{"KV bucket", contract.BucketWorkers},
 		[2]string{"KV bucket", contract.BucketPacing},
-		[2]string{"object store", contract.BucketDeferred})
+		[2]string{"object store", contract.BucketDeferred},
+		// Delivery tracking's buckets (created whether tracking is on or not).
+		[2]string{"KV bucket", tracking.BucketTracking},
+		[2]string{"KV bucket", tracking.BucketSuppression},
+		[2]string{"KV bucket", tracking.BucketTraceBudget})
 }
 
 func (c *cli) readyzCmd() *cobra.Command {

@@ -37,6 +37,8 @@ type Config struct {
 	Console  ConsoleConfig            `yaml:"console"` // console.go
 	// SMTP configures `mailworker smtp` (smtp.go); the worker ignores it.
 	SMTP SMTPConfig `yaml:"smtp"`
+	// Tracking: delivery events from Exchange message trace (tracking.go).
+	Tracking TrackingConfig `yaml:"tracking"`
 }
 
 // NATSConfig says how to reach and authenticate to NATS.
@@ -595,6 +597,9 @@ func (c Config) check(entra bool) error {
 		default:
 			errs = append(errs, fmt.Errorf("profiles.%s.draftWhen: %q: want large or always", name, p.DraftWhen))
 		}
+	}
+	if err := c.Tracking.check(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

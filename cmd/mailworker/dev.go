@@ -74,7 +74,10 @@ func (c *cli) devCmd() *cobra.Command {
 
 			secret := randomSecret()
 			fake, err := graphtest.New(graphtest.Options{Addr: graphListen, TenantID: demoTenant, ClientID: demoClient,
-				ClientSecret: secret, OutDir: filepath.Join(dataDir, "mail")})
+				ClientSecret: secret, OutDir: filepath.Join(dataDir, "mail"),
+				// Delivery tracking reads the fake's message trace (tracking.go).
+				Roles: []string{graphtest.TraceRole},
+				Trace: graphtest.TraceOptions{Lag: 2 * time.Second, Settle: 3 * time.Second, PendingFor: time.Minute}})
 			if err != nil {
 				return fmt.Errorf("--graph-listen: %w", err)
 			}
@@ -104,6 +107,14 @@ func (c *cli) devCmd() *cobra.Command {
 			// and credential, is pointed at the fake Entra + Graph (its
 			// allowed senders and options are kept).
 			redirected := sandboxProfiles(&cfg, fake.URL(), fake.GraphURL(), caFile, secret)
+			// Delivery tracking is on in dev, against the fake's message trace.
+			cfg.Tracking.Enabled, cfg.Tracking.App = true, TrackingApp{}
+			if cfg.Tracking.Profile == "" {
+				cfg.Tracking.Profile = demoProfile
+			}
+			if cfg.Tracking.Interval == 0 {
+				cfg.Tracking.Interval = 5 * time.Second
+			}
 			if err := cfg.validate(); err != nil {
 				return err
 			}
@@ -151,13 +162,20 @@ Or publish plain JSON with any NATS client:
 Or submit over SMTP (STARTTLS, self-signed certificate; SMTP metrics on %s):
   SMTP:        %s  login %s
   swaks --server %s --tls --auth PLAIN --auth-user %s --auth-password %s --from %s --to you@example.com --header "Subject: hello" --body "it works" --attach @README.md
+Delivery:    tracking is on: per-recipient events (delivered, bounced, quarantined, filtered_as_spam) follow
+             'sent' within about 10 s; the fake's trace status follows the address: bounce@…, quarantine@…,
+             spam@…, pending@… (a minute), anything else delivered. A bounce suppresses the address:
+  go run ./cmd/mailworker send --nats-url %s --profile %s --from %s --to bounce@example.com --to you@example.com --subject hi --text t --wait
+  go run ./cmd/mailworker status --nats-url %s --profile %s <job id>     (each recipient's delivery)
+  go run ./cmd/mailworker suppressions list --nats-url %s
 Profiles (all sent to the fake Graph, never to Microsoft): %s
 Press Ctrl-C to stop.
 `, ns.ClientURL(), devMaxPayload>>20, app.HTTPAddr(), fake.URL(), fake.URL(), filepath.Join(dataDir, "mail"), pacing, faultBanner(specs, fake.URL(), caFile),
 				demoProfile, contract.FormatMessageSize(cfg.Profiles[demoProfile].MaxMessageBytes()), demoProfile,
 				cs.URL(), demoSupportUser, demoReaderUser, caFile,
 				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, demoSender,
-				"http://"+ing.HTTPAddr(), ing.Addr(), demoSMTPUser, ing.Addr(), demoSMTPUser, smtpPassword, demoSender, strings.Join(redirected, ", "))
+				"http://"+ing.HTTPAddr(), ing.Addr(), demoSMTPUser, ing.Addr(), demoSMTPUser, smtpPassword, demoSender,
+				ns.ClientURL(), demoProfile, demoSender, ns.ClientURL(), demoProfile, ns.ClientURL(), strings.Join(redirected, ", "))
 			return app.Run(ctx)
 		},
 	}

@@ -68,7 +68,15 @@ func TestReliabilityNATSAuthTLS(t *testing.T) {
 		return code, out, errOut
 	}
 
-	if code, out, errOut := run(env, "provision"); code != 0 || !strings.Contains(out, "provisioned") {
+	// Profile rel gets its own job stream: provision reads the profiles from
+	// the config (per-profile streams).
+	cfgFile := filepath.Join(dir, "mailworker.yaml")
+	if err := os.WriteFile(cfgFile, []byte("profiles:\n  rel:\n    tenantId: 00000000-0000-0000-0000-000000000000\n"+
+		"    clientId: 11111111-1111-1111-1111-111111111111\n    credential:\n      clientSecret: not-used-here\n"+
+		"    allowedSenders: [noreply@rel.example]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := run(env, "provision", "--config", cfgFile); code != 0 || !strings.Contains(out, "provisioned") {
 		t.Fatalf("provision over TLS with user/password: exit %d\n%s%s", code, out, errOut)
 	}
 	code, out, errOut := run(env, "send", "--profile", "rel", "--id", "tls-1", "--from", "noreply@rel.example", "--to", "a@example.com", "--subject", "s", "--text", "t")

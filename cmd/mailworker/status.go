@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -163,6 +164,37 @@ func (c *cli) statusJob(ctx context.Context, id, profile string, asJSON bool) er
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", ev.At.UTC().Format(time.RFC3339), cell(string(ev.Event)), ev.Attempt,
 			graphStatus(ev), cell(graphRequestID(ev)), cell(eventDetail(ev)))
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printDeliveries(c.stdout, events)
+}
+
+// printDeliveries prints each recipient's delivery (the delivery events
+// from Exchange message trace, package tracking); nothing when there is none.
+func printDeliveries(w io.Writer, events []contract.Event) error {
+	var rows []contract.Event
+	for _, ev := range events {
+		if ev.Recipient != "" {
+			rows = append(rows, ev)
+		}
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "delivery per recipient (Exchange message trace):")
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RECIPIENT\tDELIVERY\tAT\tDETAIL")
+	for _, ev := range rows {
+		detail := ""
+		if ev.Trace != nil {
+			detail = ev.Trace.Detail
+		}
+		if detail == "" && ev.Error != nil {
+			detail = ev.Error.Message
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cell(ev.Recipient), cell(string(ev.Event)), ev.At.UTC().Format(time.RFC3339), cell(detail))
+	}
 	return tw.Flush()
 }
 
@@ -277,7 +309,9 @@ func (c *cli) statusSummary(ctx context.Context, since time.Duration, profile st
 	err = eachEventSince(ctx, js, filter, sum.Since, func(ev contract.Event) {
 		ps := get(ev.Profile)
 		ps.Events[ev.Event]++
-		last[ev.Profile][ev.JobID] = ev.Event
+		if ev.Recipient == "" { // delivery events follow a job's outcome, they are not one
+			last[ev.Profile][ev.JobID] = ev.Event
+		}
 	})
 	if err != nil {
 		return err

@@ -109,6 +109,7 @@ type Options struct {
 	MailboxMaxMessageSize map[string]int64
 	OutDir                string                           // if set, write each accepted message as <jobid-or-n>.eml and .json
 	Drafts                DraftOptions                     // the draft flow (drafts.go)
+	Trace                 TraceOptions                     // Exchange message trace (trace.go)
 	Logf                  func(format string, args ...any) // optional
 
 	// Now is the server's clock (token expiry, rate windows, Retry-After bookkeeping);
@@ -254,6 +255,10 @@ type Server struct {
 	messages   []Message
 	jobIDs     map[string]struct{}
 	duplicates int
+
+	traceLog       []time.Time // every message trace request (trace.go)
+	traceRefused   []bool      // parallel to traceLog: answered 429
+	traceThrottled atomic.Int64
 
 	oidc       oidcState // sign-in for web apps (oidc.go)
 	draftsOnce sync.Once
@@ -649,6 +654,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1.0/users/{id}/sendMail", s.handleSendMail)
 	s.oidcRoutes(mux)
 	s.draftRoutes(mux)
+	mux.HandleFunc("GET /v1.0/admin/exchange/tracing/messageTraces", s.handleMessageTraces)
+	mux.HandleFunc("GET /v1.0/admin/exchange/tracing/messageTraces/{id}/{fn}", s.handleTraceDetails)
 	mux.HandleFunc("GET /_sandbox/messages", s.handleListMessages)
 	mux.HandleFunc("DELETE /_sandbox/messages", s.handleDeleteMessages)
 	mux.HandleFunc("GET /_sandbox/stats", s.handleStats)

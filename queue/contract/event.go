@@ -13,6 +13,18 @@ const (
 	EventDeadLettered        EventType = "dead_lettered"
 	EventDuplicateSuppressed EventType = "duplicate_suppressed"
 	EventReplayed            EventType = "replayed"
+
+	// Delivery events, one per recipient after `sent`, from Exchange
+	// message trace (package tracking; README "Delivery events").
+	EventDelivered       EventType = "delivered"
+	EventBounced         EventType = "bounced"
+	EventQuarantined     EventType = "quarantined"
+	EventFilteredAsSpam  EventType = "filtered_as_spam"
+	EventExpanded        EventType = "expanded"
+	EventDeliveryUnknown EventType = "delivery_unknown"
+	// EventSuppressed: the recipient was on the profile's suppression list
+	// and was not sent to (no Graph call for it).
+	EventSuppressed EventType = "suppressed"
 )
 
 // Event is one status event, published on mail.status.<profile>.<jobId>.
@@ -39,8 +51,24 @@ type Event struct {
 	PossibleDuplicate bool `json:"possibleDuplicate,omitempty"`
 	// InternetMessageID is the Message-ID of a mail sent through a draft
 	// (draft delivery mode): find it in Exchange message trace by it.
-	InternetMessageID string            `json:"internetMessageId,omitempty"`
-	Metadata          map[string]string `json:"metadata,omitempty"`
+	InternetMessageID string `json:"internetMessageId,omitempty"`
+	// Recipient is the address a delivery event is about, as the job gave
+	// it (lower-cased): producers need it to act on a bounce. Only delivery
+	// and suppressed events carry it.
+	Recipient string `json:"recipient,omitempty"`
+	// Trace is what Exchange message trace said (delivery events).
+	Trace    *TraceInfo        `json:"trace,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// TraceInfo is the message trace row a delivery event comes from.
+type TraceInfo struct {
+	Status         string    `json:"status,omitempty"`         // exchangeMessageTraceStatus
+	MessageTraceID string    `json:"messageTraceId,omitempty"` // Get-MessageTraceDetailV2 -MessageTraceId
+	MessageID      string    `json:"messageId,omitempty"`      // the Message-ID
+	ReceivedAt     time.Time `json:"receivedAt,omitzero"`
+	// Detail is the failure's text from the trace details (bounced).
+	Detail string `json:"detail,omitempty"`
 }
 
 // GraphInfo is what Graph said about one call.

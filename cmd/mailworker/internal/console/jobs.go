@@ -32,6 +32,9 @@ type entry struct {
 	Actor, Via, Detail     string
 	Count                  int
 	Changes                []queue.AuditChange // an edited replay's, masked
+	// Recipient and TraceStatus of a delivery event (Exchange message
+	// trace); the address is shown masked.
+	Recipient, TraceStatus string
 }
 
 type jobData struct {
@@ -93,7 +96,11 @@ func (s *Server) loadJob(r *http.Request, profile, id string) (*jobData, error) 
 	}
 	for _, ev := range evs {
 		e := entry{At: ev.At, Kind: "event", Event: string(ev.Event), Attempt: ev.Attempt, Graph: ev.Graph, Error: ev.Error,
-			RetryAt: ev.RetryAt, Cause: ev.Cause, Ambiguous: ev.Ambiguous, PossibleDup: ev.PossibleDuplicate, LatencyMs: ev.LatencyMs}
+			RetryAt: ev.RetryAt, Cause: ev.Cause, Ambiguous: ev.Ambiguous, PossibleDup: ev.PossibleDuplicate, LatencyMs: ev.LatencyMs,
+			Recipient: ev.Recipient}
+		if ev.Trace != nil {
+			e.TraceStatus = ev.Trace.Status
+		}
 		if ev.Error != nil {
 			e.AADSTS = reAADSTS.FindString(ev.Error.Message)
 			if m := reTrace.FindStringSubmatch(ev.Error.Message); m != nil {
@@ -162,6 +169,9 @@ func (d *jobData) mask() {
 		d.DL.Error = support.MaskText(d.DL.Error, from)
 	}
 	for i := range d.Timeline {
+		if r := d.Timeline[i].Recipient; r != "" {
+			d.Timeline[i].Recipient = support.MaskAddr(r)
+		}
 		if e := d.Timeline[i].Error; e != nil {
 			c := *e
 			c.Message = support.MaskText(c.Message, from)

@@ -31,6 +31,22 @@ type profileChart struct {
 	Profile string
 	Totals  map[string]int
 	SVG     template.HTML
+	// Delivery is the per-recipient delivery summary from Exchange message
+	// trace (package tracking): "" when the window has no delivery event.
+	Delivery string
+}
+
+// deliverySummary is the delivered and bounce rates of a profile's settled
+// recipients (delivered, bounced, quarantined, filtered as spam) in the window.
+func deliverySummary(t map[string]int) string {
+	settled := t[string(contract.EventDelivered)] + t[string(contract.EventBounced)] +
+		t[string(contract.EventQuarantined)] + t[string(contract.EventFilteredAsSpam)]
+	if settled == 0 {
+		return ""
+	}
+	pct := func(n int) string { return strconv.FormatFloat(100*float64(n)/float64(settled), 'f', 1, 64) + "%" }
+	return "delivered " + pct(t[string(contract.EventDelivered)]) + " · bounced " + pct(t[string(contract.EventBounced)]) +
+		" of " + strconv.Itoa(settled) + " recipients (message trace)"
 }
 
 type mailboxRow struct {
@@ -129,7 +145,8 @@ func (s *Server) handleOverview(w http.ResponseWriter, r *http.Request, sess *se
 	}
 	sort.Strings(profiles)
 	for _, p := range profiles {
-		d.Charts = append(d.Charts, profileChart{Profile: p, Totals: totals[p], SVG: lineChart(per[p], from, hours)})
+		d.Charts = append(d.Charts, profileChart{Profile: p, Totals: totals[p], SVG: lineChart(per[p], from, hours),
+			Delivery: deliverySummary(totals[p])})
 	}
 	for _, o := range outcomes {
 		d.Legend = append(d.Legend, legend{Name: string(o.Event), Color: o.Color})

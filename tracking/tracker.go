@@ -1,0 +1,502 @@
+package tracking
+
+import (
+	"context"
+	"errors"
+	"regexp"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/mailworker/mailworker/graphmail"
+	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Tracer is the message trace API (graphmail.Client).
+type Tracer interface {
+	MessageTraces(ctx context.Context, q graphmail.TraceQuery, onRequest func(context.Context) error) ([]graphmail.MessageTrace, error)
+	TraceDetails(ctx context.Context, traceID, recipient string) ([]graphmail.TraceDetail, error)
+}
+
+// Config tunes the tracker. Zero values take the defaults.
+type Config struct {
+	// Interval between passes. Default 1m.
+	Interval time.Duration
+	// Horizon: a recipient without a final trace status this long after
+	// the send gets `delivery_unknown`. Default 24h: Exchange retries a
+	// deferred delivery and sends its NDR within about a day (message trace
+	// shows it `pending` meanwhile).
+	Horizon time.Duration
+	// SuppressFor is how long a hard bounce keeps an address suppressed.
+	// Default 90 days.
+	SuppressFor time.Duration
+	// Skew widens each sender's query window before the first send (clock
+	// differences between the worker and Exchange). Default 2m.
+	Skew time.Duration
+	// BudgetLimit requests per BudgetWindow across all replicas. Default 80
+	// per 5m: Microsoft's tenant limit is 100, shared with the admins'
+	// own message trace (Get-MessageTraceV2 counts against the same limit).
+	BudgetLimit  int
+	BudgetWindow time.Duration
+	Now          func() time.Time
+}
+
+func (c Config) withDefaults() Config {
+	if c.Interval <= 0 {
+		c.Interval = time.Minute
+	}
+	if c.Horizon <= 0 {
+		c.Horizon = 24 * time.Hour
+	}
+	if c.SuppressFor <= 0 {
+		c.SuppressFor = 90 * 24 * time.Hour
+	}
+	if c.Skew <= 0 {
+		c.Skew = 2 * time.Minute
+	}
+	if c.BudgetLimit <= 0 {
+		c.BudgetLimit = 80
+	}
+	if c.BudgetWindow <= 0 {
+		c.BudgetWindow = 5 * time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Tracker publishes delivery events for the records in the store.
+type Tracker struct {
+	cfg    Config
+	st     *Store
+	states *queue.States
+	events *queue.Events
+	tracer Tracer
+	budget *Budget
+	log    zerolog.Logger
+	m      *metrics
+	spent  atomic.Int64 // trace requests granted by the budget
+}
+
+type metrics struct {
+	events   *prometheus.CounterVec
+	requests *prometheus.CounterVec
+}
+
+// Delivery event types the tracker publishes (a closed set: a metric label).
+var deliveryEvents = []contract.EventType{contract.EventDelivered, contract.EventBounced, contract.EventQuarantined,
+	contract.EventFilteredAsSpam, contract.EventExpanded, contract.EventDeliveryUnknown, contract.EventSuppressed}
+
+// New returns a tracker. reg may be nil. profiles pre-creates the metric
+// labels (bounce rate per profile: mailworker_delivery_events_total).
+func New(cfg Config, st *Store, states *queue.States, events *queue.Events, tracer Tracer, log zerolog.Logger,
+	reg prometheus.Registerer, profiles []string) *Tracker {
+	cfg = cfg.withDefaults()
+	m := &metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Name: "delivery_events_total",
+			Help: "Delivery events published per profile and event (delivered, bounced, …), from Exchange message trace."}, []string{"profile", "event"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Name: "trace_requests_total",
+			Help: "Message trace requests by outcome (ok, throttled, error)."}, []string{"outcome"}),
+	}
+	for _, p := range profiles {
+		for _, e := range deliveryEvents {
+			m.events.WithLabelValues(p, string(e))
+		}
+	}
+	for _, o := range []string{"ok", "throttled", "error"} {
+		m.requests.WithLabelValues(o)
+	}
+	if reg != nil {
+		reg.MustRegister(m.events, m.requests)
+	}
+	return &Tracker{cfg: cfg, st: st, states: states, events: events, tracer: tracer,
+		budget: st.NewBudget(cfg.BudgetLimit, cfg.BudgetWindow, cfg.Now), log: log, m: m}
+}
+
+// Run makes a pass every Interval until ctx ends, on the one replica that
+// holds the tracking lease (3 intervals long, renewed every pass; another
+// replica takes over when it lapses). A pass that spent k requests is
+// followed by a wait of at least k × BudgetWindow / BudgetLimit, so that
+// the budget is spread evenly instead of spent in a burst and then waited
+// for in the middle of a pass.
+func (t *Tracker) Run(ctx context.Context) {
+	l := newLease(t.st.budget, 3*t.cfg.Interval, t.cfg.Now)
+	for {
+		wait := t.cfg.Interval
+		mine, err := l.hold(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			t.log.Warn().Err(err).Msg("delivery tracking: lease unavailable; trying again next interval")
+		case mine:
+			before := t.spent.Load()
+			if err := t.Pass(ctx); err != nil && ctx.Err() == nil {
+				t.log.Warn().Err(err).Msg("delivery tracking pass failed; the next pass catches up")
+			}
+			used := t.spent.Load() - before
+			wait = max(wait, time.Duration(used)*t.cfg.BudgetWindow/time.Duration(t.cfg.BudgetLimit))
+			l.ttl = max(l.ttl, 3*wait)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+type open struct {
+	key string
+	rec *Record
+	rev uint64
+}
+
+// Pass reads every open record, settles those whose job is no longer in
+// flight, queries message trace once per sender mailbox over the window of
+// its open sends, and publishes what it finds. It returns the first error
+// that stopped it (the records stay: the next pass resumes).
+func (t *Tracker) Pass(ctx context.Context) error {
+	lister, err := t.st.records.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	now := t.cfg.Now()
+	bySender := map[string][]*open{}
+	for key := range lister.Keys() {
+		rec, rev, err := t.st.get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		o := &open{key: key, rec: rec, rev: rev}
+		if rec.SentAt.IsZero() {
+			done, err := t.settleUnsent(ctx, o, now)
+			if err != nil {
+				return err
+			}
+			if done {
+				continue
+			}
+			if o.rec.SentAt.IsZero() {
+				continue // still in flight
+			}
+		}
+		if err := t.publishSuppressed(ctx, o); err != nil {
+			return err
+		}
+		bySender[rec.From] = append(bySender[rec.From], o)
+	}
+	senders := make([]string, 0, len(bySender))
+	for s := range bySender {
+		senders = append(senders, s)
+	}
+	sort.Strings(senders)
+	var failures []failure
+	var all []*open
+	for _, s := range senders {
+		f, err := t.traceSender(ctx, s, bySender[s], now)
+		if err != nil {
+			return err
+		}
+		failures = append(failures, f...)
+		all = append(all, bySender[s]...)
+	}
+	if err := t.bounces(ctx, failures, now); err != nil {
+		return err
+	}
+	return t.closeSettled(ctx, all)
+}
+
+// settleUnsent looks at the job state of a record without SentAt: sent →
+// SentAt is filled in; dead-lettered → the suppressed recipients' events are
+// published and the record removed (true).
+func (t *Tracker) settleUnsent(ctx context.Context, o *open, now time.Time) (bool, error) {
+	st, _, err := t.states.Get(ctx, o.rec.Profile, o.rec.JobID)
+	switch {
+	case errors.Is(err, contract.ErrNoState):
+		if now.Sub(o.rec.Attempted) > t.cfg.Horizon {
+			return true, t.st.records.Delete(ctx, o.key) // the state expired: nothing to learn
+		}
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	switch st.State {
+	case contract.StateSent:
+		o.rec.SentAt = st.UpdatedAt
+		rev, err := t.st.put(ctx, o.rec, o.rev)
+		if err != nil {
+			return false, err
+		}
+		o.rev = rev
+		return false, nil
+	case contract.StateDeadLettered:
+		if err := t.publishSuppressed(ctx, o); err != nil {
+			return false, err
+		}
+		return true, t.st.records.Delete(ctx, o.key)
+	}
+	return false, nil
+}
+
+func (t *Tracker) publishSuppressed(ctx context.Context, o *open) error {
+	for i := range o.rec.Recipients {
+		r := &o.rec.Recipients[i]
+		if r.Suppressed && r.Outcome == "" {
+			if err := t.publish(ctx, o, i, contract.EventSuppressed, nil, t.cfg.Now()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// traceSender queries the sender's traces over the window of its open
+// records (paged; each page one request of the shared budget) and
+// publishes every final status it can match.
+func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, now time.Time) ([]failure, error) {
+	from := now
+	for _, o := range recs {
+		if o.rec.SentAt.Before(from) {
+			from = o.rec.SentAt
+		}
+	}
+	from = from.Add(-t.cfg.Skew)
+	rows, err := t.tracer.MessageTraces(ctx, graphmail.TraceQuery{Sender: sender, From: from, To: now.Add(t.cfg.Skew)}, t.take)
+	if err != nil {
+		return nil, t.traceFailed(ctx, err)
+	}
+	t.m.requests.WithLabelValues("ok").Inc()
+	sort.Slice(rows, func(i, j int) bool { return rows[i].ReceivedDateTime.Before(rows[j].ReceivedDateTime) })
+	sort.Slice(recs, func(i, j int) bool { return recs[i].rec.SentAt.Before(recs[j].rec.SentAt) })
+	used := make([]bool, len(rows))
+	var failures []failure
+	for _, o := range recs {
+		for i := range o.rec.Recipients {
+			r := &o.rec.Recipients[i]
+			if r.Outcome != "" || r.Suppressed {
+				continue
+			}
+			k := t.match(o.rec, r.Address, rows, used)
+			if k < 0 {
+				if now.Sub(o.rec.SentAt) > t.cfg.Horizon {
+					if err := t.publish(ctx, o, i, contract.EventDeliveryUnknown, nil, now); err != nil {
+						return nil, err
+					}
+				}
+				continue
+			}
+			row := rows[k]
+			used[k] = true
+			ev, final := eventFor(row.Status)
+			if !final {
+				if now.Sub(o.rec.SentAt) > t.cfg.Horizon {
+					if err := t.publish(ctx, o, i, contract.EventDeliveryUnknown, &row, now); err != nil {
+						return nil, err
+					}
+				}
+				continue // pending, gettingStatus: the next pass reads the window again
+			}
+			if ev == contract.EventBounced {
+				// Its reason needs a detail request: after the rest, as far as
+				// the budget goes without waiting (the others are not held
+				// up behind a burst of bounces).
+				failures = append(failures, failure{o: o, i: i, row: row})
+				continue
+			}
+			if err := t.publishRow(ctx, o, i, ev, &row, ""); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return failures, nil
+}
+
+// bounces publishes the failures with their reason, one detail request
+// each, as far as the budget goes without waiting; the rest wait for the
+// next pass (their records stay open).
+func (t *Tracker) bounces(ctx context.Context, failures []failure, now time.Time) error {
+	for _, f := range failures {
+		wait, err := t.budget.try(ctx)
+		if err != nil {
+			return err
+		}
+		if wait > 0 {
+			break // the next pass reads them again
+		}
+		t.spent.Add(1)
+		detail, err := t.failureDetail(ctx, f.row)
+		if err != nil {
+			return err
+		}
+		if err := t.publishRow(ctx, f.o, f.i, contract.EventBounced, &f.row, detail); err != nil {
+			return err
+		}
+		if hardBounce(detail) {
+			r := f.o.rec.Recipients[f.i]
+			if err := t.st.Suppress(ctx, Suppression{Address: r.Address, Profile: f.o.rec.Profile, Reason: detail,
+				JobID: f.o.rec.JobID, At: now, ExpiresAt: now.Add(t.cfg.SuppressFor)}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// closeSettled removes the records whose recipients all have their event.
+func (t *Tracker) closeSettled(ctx context.Context, recs []*open) error {
+	for _, o := range recs {
+		if !o.rec.open() {
+			if err := t.st.records.Delete(ctx, o.key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+type failure struct {
+	o   *open
+	i   int
+	row graphmail.MessageTrace
+}
+
+// match finds the trace row of recipient addr of rec: by Message-ID when the
+// record has one, else the earliest unused row to addr received at or after
+// the send (less the skew).
+func (t *Tracker) match(rec *Record, addr string, rows []graphmail.MessageTrace, used []bool) int {
+	for k, row := range rows {
+		if used[k] || !strings.EqualFold(row.RecipientAddress, addr) {
+			continue
+		}
+		if rec.MessageID != "" {
+			if strings.EqualFold(row.MessageID, rec.MessageID) {
+				return k
+			}
+			continue
+		}
+		if row.ReceivedDateTime.Before(rec.Attempted.Add(-t.cfg.Skew)) {
+			continue
+		}
+		return k
+	}
+	return -1
+}
+
+func eventFor(status string) (contract.EventType, bool) {
+	switch status {
+	case graphmail.TraceDelivered:
+		return contract.EventDelivered, true
+	case graphmail.TraceFailed:
+		return contract.EventBounced, true
+	case graphmail.TraceQuarantined:
+		return contract.EventQuarantined, true
+	case graphmail.TraceFilteredAsSpam:
+		return contract.EventFilteredAsSpam, true
+	case graphmail.TraceExpanded:
+		return contract.EventExpanded, true
+	}
+	return "", false // pending, gettingStatus, unknownFutureValue
+}
+
+var enhancedStatus = regexp.MustCompile(`\b([245])\.\d{1,3}\.\d{1,3}\b`)
+
+// hardBounce: the failure's enhanced status code (RFC 3463) is permanent
+// (5.x.x). A failure without a code counts as hard: message trace says the
+// delivery failed for good.
+func hardBounce(detail string) bool {
+	m := enhancedStatus.FindStringSubmatch(detail)
+	return m == nil || m[1] == "5"
+}
+
+func (t *Tracker) take(ctx context.Context) error {
+	if err := t.budget.Take(ctx); err != nil {
+		return err
+	}
+	t.spent.Add(1)
+	return nil
+}
+
+func (t *Tracker) traceFailed(ctx context.Context, err error) error {
+	if ra, ok := graphmail.Throttled(err); ok {
+		t.m.requests.WithLabelValues("throttled").Inc()
+		if ra <= 0 {
+			ra = time.Minute
+		}
+		return errors.Join(err, t.budget.Pause(ctx, ra))
+	}
+	t.m.requests.WithLabelValues("error").Inc()
+	return err
+}
+
+// failureDetail reads the recipient's trace details (one request of the
+// budget) and returns the Fail event's description.
+func (t *Tracker) failureDetail(ctx context.Context, row graphmail.MessageTrace) (string, error) {
+	ds, err := t.tracer.TraceDetails(ctx, row.ID, row.RecipientAddress)
+	if err != nil {
+		return "", t.traceFailed(ctx, err)
+	}
+	t.m.requests.WithLabelValues("ok").Inc()
+	detail := ""
+	for _, d := range ds {
+		if strings.EqualFold(d.Event, "Fail") || detail == "" && d.Description != "" {
+			detail = d.Description
+		}
+	}
+	if len(detail) > 500 {
+		detail = detail[:500]
+	}
+	return detail, nil
+}
+
+func (t *Tracker) publishRow(ctx context.Context, o *open, i int, ev contract.EventType, row *graphmail.MessageTrace, detail string) error {
+	return t.publish(ctx, o, i, ev, &traceRow{row: row, detail: detail}, row.ReceivedDateTime)
+}
+
+type traceRow struct {
+	row    *graphmail.MessageTrace
+	detail string
+}
+
+// publish stores one delivery event (dedupe id per job, recipient and event)
+// and then marks the recipient in the record with compare-and-set.
+func (t *Tracker) publish(ctx context.Context, o *open, i int, ev contract.EventType, src any, at time.Time) error {
+	r := &o.rec.Recipients[i]
+	e := contract.Event{JobID: o.rec.JobID, Profile: o.rec.Profile, Event: ev, At: at.UTC(), Recipient: r.Address,
+		InternetMessageID: o.rec.MessageID, Metadata: o.rec.Metadata}
+	switch s := src.(type) {
+	case *traceRow:
+		e.Trace = &contract.TraceInfo{Status: s.row.Status, MessageTraceID: s.row.ID, MessageID: s.row.MessageID,
+			ReceivedAt: s.row.ReceivedDateTime, Detail: s.detail}
+		if ev == contract.EventBounced {
+			e.Error = &contract.ErrorInfo{Reason: contract.ReasonRecipientInvalid, Message: s.detail}
+		}
+	case *graphmail.MessageTrace:
+		if s != nil {
+			e.Trace = &contract.TraceInfo{Status: s.Status, MessageTraceID: s.ID, MessageID: s.MessageID, ReceivedAt: s.ReceivedDateTime}
+		}
+	}
+	if ev == contract.EventSuppressed {
+		e.Error = &contract.ErrorInfo{Reason: contract.ReasonRecipientInvalid, Message: "on the profile's suppression list: not sent to"}
+	}
+	if err := t.events.Publish(ctx, e); err != nil {
+		return err
+	}
+	r.Outcome = ev
+	rev, err := t.st.put(ctx, o.rec, o.rev)
+	if err != nil {
+		return err
+	}
+	o.rev = rev
+	t.m.events.WithLabelValues(o.rec.Profile, string(ev)).Inc()
+	// No recipient in the log (personal data): the job id finds the event.
+	t.log.Info().Str("job_id", o.rec.JobID).Str("profile", o.rec.Profile).Str("event", string(ev)).Msg("delivery event")
+	return nil
+}
