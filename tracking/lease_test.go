@@ -55,3 +55,23 @@ func TestLeaseOneReplica(t *testing.T) {
 		t.Fatal("the second replica should take over a lapsed lease")
 	}
 }
+
+// A tenant-wide block (TERRL, 5.7.233 / 5.7.232) is a bounce that says
+// nothing about the recipient: it never suppresses the address; a 5.x.x about
+// the recipient does, and a 4.x.x does not.
+func TestHardBounce(t *testing.T) {
+	for _, tc := range []struct {
+		detail string
+		hard   bool
+	}{
+		{"550 5.1.1 RESOLVER.ADR.RecipNotFound; not found", true},
+		{"550 5.7.233 Your message can't be sent because your tenant exceeded its daily limit for sending email to external recipients (tenant external recipient rate limit)", false},
+		{"550 5.7.232 Your message can't be sent because your trial tenant has exceeded its daily limit", false},
+		{"451 4.4.7 Message expired", false},
+		{"delivery failed", true},
+	} {
+		if got := hardBounce(tc.detail); got != tc.hard {
+			t.Errorf("hardBounce(%q) = %v, want %v", tc.detail, got, tc.hard)
+		}
+	}
+}

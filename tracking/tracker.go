@@ -408,10 +408,25 @@ func eventFor(status string) (contract.EventType, bool) {
 
 var enhancedStatus = regexp.MustCompile(`\b([245])\.\d{1,3}\.\d{1,3}\b`)
 
+// tenantBlocks are permanent codes that say nothing about the recipient:
+// Exchange refused the tenant, not the address. 5.7.233 is the tenant
+// external recipient rate limit (TERRL) and 5.7.232 its trial-tenant form
+// ("Your message can't be sent because your tenant exceeded its daily limit
+// for sending email to external recipients", Email non-delivery reports and
+// SMTP errors in Exchange Online,
+// https://learn.microsoft.com/troubleshoot/exchange/email-delivery/ndr/non-delivery-reports-in-exchange-online;
+// docs/microsoft.md, "Tenant external recipient rate limit"). Such a bounce
+// is reported, never suppresses the address: it heals when the tenant's
+// 24-hour window drops under its quota.
+var tenantBlocks = regexp.MustCompile(`\b5\.7\.23[23]\b`)
+
 // hardBounce: the failure's enhanced status code (RFC 3463) is permanent
-// (5.x.x). A failure without a code counts as hard: message trace says the
-// delivery failed for good.
+// (5.x.x) and about the recipient. A failure without a code counts as hard:
+// message trace says the delivery failed for good.
 func hardBounce(detail string) bool {
+	if tenantBlocks.MatchString(detail) {
+		return false
+	}
 	m := enhancedStatus.FindStringSubmatch(detail)
 	return m == nil || m[1] == "5"
 }
