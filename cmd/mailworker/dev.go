@@ -162,9 +162,10 @@ Or publish plain JSON with any NATS client:
 Or submit over SMTP (STARTTLS, self-signed certificate; SMTP metrics on %s):
   SMTP:        %s  login %s
   swaks --server %s --tls --auth PLAIN --auth-user %s --auth-password %s --from %s --to you@example.com --header "Subject: hello" --body "it works" --attach @README.md
-Delivery:    tracking is on: per-recipient events (delivered, bounced, quarantined, filtered_as_spam) follow
-             'sent' within about 10 s; the fake's trace status follows the address: bounce@…, quarantine@…,
-             spam@…, pending@… (a minute), anything else delivered. A bounce suppresses the address:
+Then see whether it arrived (delivery tracking is on, against the fake's message trace): per-recipient events
+(delivered, bounced, quarantined, filtered_as_spam) follow 'sent' within about 10 s; the fake's trace status
+follows the address: bounce@…, quarantine@…, spam@…, pending@… (a minute), anything else delivered.
+A bounce suppresses the address for the profile:
   go run ./cmd/mailworker send --nats-url %s --profile %s --from %s --to bounce@example.com --to you@example.com --subject hi --text t --wait
   go run ./cmd/mailworker status --nats-url %s --profile %s <job id>     (each recipient's delivery)
   go run ./cmd/mailworker suppressions list --nats-url %s
