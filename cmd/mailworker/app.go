@@ -105,6 +105,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 	}
 
 	sender := graphmail.NewJobs(a.q.Attachments)
+	clients := map[string]*graphmail.Client{}
 	for _, name := range names {
 		consent := &consentWatch{profile: name, metrics: metrics, log: log}
 		c, file, err := newGraphClient(name, cfg.Profiles[name], cfg.Worker.SendTimeout, cfg.Worker.UploadChunkBytes, metrics, consent.token)
@@ -112,6 +113,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 			return nil, err
 		}
 		a.clients = append(a.clients, c)
+		clients[name] = c
 		sender.Add(name, c, cfg.Profiles[name].SaveToSentItems)
 		sender.SetMode(name, graphmail.Mode{Delivery: graphmail.DeliveryMode(cfg.Profiles[name].DeliveryMode),
 			When: graphmail.DraftWhen(cfg.Profiles[name].DraftWhen)})
@@ -123,14 +125,16 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		}
 	}
 	var jobSender worker.Sender = sender
-	if a.tracking, err = setupTracking(ctx, cfg, a.js, a.q, names, a.reg, metrics, log); err != nil {
+	if a.tracking, err = setupTracking(ctx, cfg, a.js, a.q, names, clients, a.reg, metrics, log); err != nil {
 		return nil, err
 	}
 	if a.tracking != nil {
 		// Suppressed recipients are dropped and every send is recorded for
 		// the tracker before its Graph call (tracking.Wrap).
 		jobSender = tracking.Wrap(sender, a.tracking.store, nil).(worker.Sender)
-		a.clients = append(a.clients, a.tracking.client)
+		if !a.tracking.shared {
+			a.clients = append(a.clients, a.tracking.client)
+		}
 	}
 	broker := worker.Broker{Consumer: jobsConsumer{jobs}, States: a.q.States, DeadLetters: a.q.DLQ,
 		Events: a.q.Events, Attachments: a.q.Attachments, Scheduler: a.q.Schedules, Ledger: a.q.Pacing, Membership: a.q.Workers}

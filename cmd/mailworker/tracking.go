@@ -63,20 +63,23 @@ type appTracking struct {
 	store   *tracking.Store
 	tracker *tracking.Tracker
 	client  *graphmail.Client
+	// shared: client is a profile's own (tracking.profile), closed with it.
+	shared bool
 }
 
 // setupTracking opens the tracking store and builds the tracker when
 // tracking is on and the cloud offers message trace. It returns nil, nil
 // when tracking is off (and says why in the log).
 func setupTracking(ctx context.Context, cfg Config, js jetstream.JetStream, q *queue.Queue, names []string,
-	reg prometheus.Registerer, m *worker.Metrics, log zerolog.Logger) (*appTracking, error) {
+	clients map[string]*graphmail.Client, reg prometheus.Registerer, m *worker.Metrics, log zerolog.Logger) (*appTracking, error) {
 	tc := cfg.Tracking
 	if !tc.Enabled {
 		return nil, nil
 	}
 	app := tc.App.profile()
-	name := "tracking"
+	name, ofProfile := "tracking", false
 	if app.ClientID == "" {
+		ofProfile = true
 		p, ok := cfg.Profiles[tc.Profile]
 		if !ok {
 			return nil, fmt.Errorf("tracking.profile: %q is not a profile (set tracking.app or tracking.profile)", tc.Profile)
@@ -97,14 +100,20 @@ func setupTracking(ctx context.Context, cfg Config, js jetstream.JetStream, q *q
 	if err != nil {
 		return nil, err
 	}
-	c, _, err := newGraphClient(name, app, cfg.Worker.SendTimeout, 0, m, nil)
-	if err != nil {
-		return nil, fmt.Errorf("tracking.app: %w", err)
+	// A profile's registration is one MSAL confidential client (its token
+	// cache: about one token request per token lifetime), shared with the
+	// tracker; an app-only token carries every role the app was granted.
+	c, shared := clients[name], true
+	if !ofProfile || c == nil {
+		shared = false
+		if c, _, err = newGraphClient(name, app, cfg.Worker.SendTimeout, 0, m, nil); err != nil {
+			return nil, fmt.Errorf("tracking.app: %w", err)
+		}
 	}
 	budget := tc.BudgetPer5Minutes
 	tr := tracking.New(tracking.Config{Interval: tc.Interval, Horizon: tc.Horizon, SuppressFor: tc.SuppressFor,
 		BudgetLimit: budget}, st, q.States, q.Events, c, log.With().Str("component", "tracking").Logger(), reg, names)
-	return &appTracking{store: st, tracker: tr, client: c}, nil
+	return &appTracking{store: st, tracker: tr, client: c, shared: shared}, nil
 }
 
 func (t TrackingConfig) check() error {
