@@ -72,7 +72,22 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 	metrics := worker.NewMetrics(a.reg, names)
 
 	var err error
-	if a.nc, err = connectNATS(cfg.NATS, "mailworker", log); err != nil {
+	for {
+		// A worker started while its NATS node restarts (a rollout, a node
+		// lost) waits for it, as it waits for JetStream below, instead of
+		// exiting: only "no server answers" is waited out; a refused login
+		// or a bad certificate fails at once.
+		a.nc, err = connectNATS(cfg.NATS, "mailworker", log)
+		if err == nil || !errors.Is(err, nats.ErrNoServers) || ctx.Err() != nil {
+			break
+		}
+		log.Warn().Err(err).Msg("no NATS server answers yet; trying again in 1s")
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	if a.js, err = jetstream.New(a.nc); err != nil {

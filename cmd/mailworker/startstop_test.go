@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // TestRunStoppedWhileStarting: a worker asked to stop while it is still
@@ -71,5 +73,43 @@ func TestRunStoppedWhileStarting(t *testing.T) {
 	}
 	if out := p.stderr.String() + p.stdout.String(); !strings.Contains(out, "stopped before the worker was ready") {
 		t.Fatalf("no word that it stopped while starting:\n%s", out)
+	}
+}
+
+// TestRunWaitsForItsNATSServer: a worker started while no NATS server answers
+// at its URL (its node restarting in a rollout) waits for one instead of
+// exiting 1, then starts and becomes ready (found by the cluster fault suite:
+// a replica started on a node just killed -9).
+func TestRunWaitsForItsNATSServer(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "mailworker.yaml")
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	yaml := fmt.Sprintf("nats:\n  url: nats://127.0.0.1:%d\nhttp:\n  listen: %s\nprofiles:\n  demo:\n    tenantId: t\n    clientId: c\n    credential:\n      clientSecret: s\n    allowedSenders: [noreply@demo.example]\n", port, httpAddr)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, []string{"MAILWORKER_CONFIG=" + cfg}, "run")
+	eventually(t, 30*time.Second, "the worker says it waits for a NATS server", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("run exited while no NATS server answered:\n%s", p.stderr.String())
+		default:
+		}
+		return strings.Contains(p.stderr.String()+p.stdout.String(), "no NATS server answers yet")
+	})
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	waitHTTP200(t, p, "http://"+httpAddr+"/readyz")
+	if code := p.stop(30 * time.Second); code != 0 {
+		t.Fatalf("run exited %d:\n%s", code, p.stderr.String())
 	}
 }
