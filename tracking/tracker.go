@@ -93,11 +93,12 @@ type metrics struct {
 var deliveryEvents = []contract.EventType{contract.EventDelivered, contract.EventBounced, contract.EventQuarantined,
 	contract.EventFilteredAsSpam, contract.EventExpanded, contract.EventDeliveryUnknown, contract.EventSuppressed}
 
-// New returns a tracker. reg may be nil. profiles pre-creates the metric
-// labels (bounce rate per profile: mailworker_delivery_events_total).
-func New(cfg Config, st *Store, states *queue.States, events *queue.Events, tracer Tracer, log zerolog.Logger,
-	reg prometheus.Registerer, profiles []string) *Tracker {
-	cfg = cfg.withDefaults()
+// RegisterMetrics registers the tracker's metrics with reg, every label value
+// of profiles pre-created (New does it; the README's metrics table test
+// calls it alone).
+func RegisterMetrics(reg prometheus.Registerer, profiles []string) { newMetrics(reg, profiles) }
+
+func newMetrics(reg prometheus.Registerer, profiles []string) *metrics {
 	m := &metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Name: "delivery_events_total",
 			Help: "Delivery events published per profile and event (delivered, bounced, …), from Exchange message trace."}, []string{"profile", "event"}),
@@ -115,6 +116,15 @@ func New(cfg Config, st *Store, states *queue.States, events *queue.Events, trac
 	if reg != nil {
 		reg.MustRegister(m.events, m.requests)
 	}
+	return m
+}
+
+// New returns a tracker. reg may be nil. profiles pre-creates the metric
+// labels (bounce rate per profile: mailworker_delivery_events_total).
+func New(cfg Config, st *Store, states *queue.States, events *queue.Events, tracer Tracer, log zerolog.Logger,
+	reg prometheus.Registerer, profiles []string) *Tracker {
+	cfg = cfg.withDefaults()
+	m := newMetrics(reg, profiles)
 	return &Tracker{cfg: cfg, st: st, states: states, events: events, tracer: tracer,
 		budget: st.NewBudget(cfg.BudgetLimit, cfg.BudgetWindow, cfg.Now), log: log, m: m}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/tracking"
 	"github.com/mailworker/mailworker/worker"
 )
 
@@ -175,7 +176,8 @@ func TestReadmeListsEveryMetric(t *testing.T) {
 	m := worker.NewMetrics(reg, []string{"p"})
 	m.CredentialExpiry.WithLabelValues("p").Set(1) // only certificate profiles have one
 	registerBuildInfo(reg)
-	smtpd.NewMetrics(reg, []string{"p"}) // mailworker smtp
+	smtpd.NewMetrics(reg, []string{"p"})         // mailworker smtp
+	tracking.RegisterMetrics(reg, []string{"p"}) // delivery tracking
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
