@@ -80,7 +80,12 @@ func TestSchedules(t *testing.T) {
 		t.Fatalf("profile of %s = %q, %v", d.Subject(), p, ok)
 	}
 	_ = d.Ack()
-	// Fired: nothing left to move.
+	// Fired: the server removes the schedule message once it has fired (it
+	// may deliver the due message first); then there is nothing left to move.
+	waitFor(t, 10*time.Second, "the fired schedule removed", func() bool {
+		in, err := s.Info(b.ctx, jetstream.WithSubjectFilter(contract.ScheduleSubjectPrefix+">"))
+		return err == nil && in.State.Msgs == 0
+	})
 	if err := b.q.Schedules.Reschedule(b.ctx, "billing", "s1", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
