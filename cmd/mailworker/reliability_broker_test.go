@@ -71,10 +71,8 @@ func TestReliabilityClusterNodeLoss(t *testing.T) {
 	live := []*proc{h.startReplica(), h.startReplica()}
 
 	eventually(t, 60*time.Second, "progress before the node loss", func() bool { return len(fake.Messages()) >= jobs/4 })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	jobsStream := contract.JobsStream("rel")
-	leader := streamLeader(t, ctx, h.js, jobsStream)
+	leader := streamLeader(t, h.js, jobsStream)
 	cl.node(leader).stop()
 	t.Logf("stopped %s, leader of %s", leader, jobsStream)
 	eventually(t, 30*time.Second, "a new "+jobsStream+" leader", func() bool {
@@ -97,18 +95,30 @@ func TestReliabilityClusterNodeLoss(t *testing.T) {
 	logFigures(t, "cluster-leader-loss", r, "stopped="+leader)
 }
 
-func streamLeader(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) string {
+// streamLeader waits until the stream has a leader and returns its name.
+// A stream may be between leaders for a while after a node was frozen or
+// killed (an election), so no leader yet is not a failure; none within 30 s
+// is.
+func streamLeader(t *testing.T, js jetstream.JetStream, name string) string {
 	t.Helper()
-	s, err := js.Stream(ctx, name)
-	if err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s, err := js.Stream(ctx, name)
+		var info *jetstream.StreamInfo
+		if err == nil {
+			info, err = s.Info(ctx)
+		}
+		cancel()
+		switch {
+		case err == nil && info.Cluster != nil && info.Cluster.Leader != "":
+			return info.Cluster.Leader
+		case err == nil:
+			err = fmt.Errorf("no leader: %+v", info.Cluster)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream %s has no leader after 30 s: %v", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.Cluster == nil || info.Cluster.Leader == "" {
-		t.Fatalf("stream %s has no leader: %+v", name, info.Cluster)
-	}
-	return info.Cluster.Leader
 }

@@ -462,9 +462,7 @@ func TestReliabilityClusterFaults(t *testing.T) {
 		switch f {
 		case "leader-kill":
 			jobsStream := h.jobsStream(profile.name)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			leader := streamLeader(t, ctx, h.js, jobsStream)
-			cancel()
+			leader := streamLeader(t, h.js, jobsStream)
 			n := c.node(leader)
 			n.kill()
 			eventually(t, 30*time.Second, "a new "+jobsStream+" leader", func() bool {
