@@ -82,7 +82,17 @@ func TestReliabilityDraftMode(t *testing.T) {
 		fake.SetDraftFault(graphtest.OpSend, &graphtest.Fault{AcceptThenFail: true, Status: 504, Probability: 0.5})
 		fake.SetDraftFault(graphtest.OpCreate, &graphtest.Fault{Status: 503, Probability: 0.2})
 		ids := h.publish("rel", "dstorm", jobs)
+		// The first storm lasts its time and until a fifth of the jobs' sends
+		// met it: on a starved machine the worker may not reach a send in
+		// that time (CI once saw no job meet it).
+		sends := func() (n int) {
+			for _, d := range fake.Drafts() {
+				n += d.SendRequests
+			}
+			return n
+		}
 		time.Sleep(storm) // fault duration
+		eventually(t, 2*time.Minute, "sends during the accept-then-504 storm", func() bool { return sends() >= jobs/5 })
 		fake.SetDraftFault(graphtest.OpSend, &graphtest.Fault{Reset: true, Probability: 0.3})
 		time.Sleep(storm) // fault duration
 		fake.SetDraftFault(graphtest.OpSend, nil)
