@@ -139,7 +139,7 @@ func (s *Jobs) SendResumable(ctx context.Context, profile, jobID string, job *co
 	if err != nil {
 		return contract.SendResult{}, err
 	}
-	res, err := c.Send(ctx, msg, jobID)
+	res, err := c.Send(ctx, msg)
 	if err != nil {
 		return contract.SendResult{}, err
 	}

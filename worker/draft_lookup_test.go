@@ -39,7 +39,7 @@ func (s *lookupSender) SendResumable(ctx context.Context, _, _ string, _ *contra
 			return contract.SendResult{}, err
 		}
 		s.sends++
-		return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true, Op: contract.OpSendDraft}
+		return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true, Op: "send"}
 	}
 	s.lookups++
 	if s.lookups <= s.pending {

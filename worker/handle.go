@@ -248,12 +248,12 @@ func (p *Pool) checked(ctx context.Context, j *job) (a Action, ok bool) {
 // ambiguous outcome, or a 5xx or 429 of sendMail or of a draft's send (per
 // Microsoft staff a 429 is not strictly proof of non-delivery:
 // docs/microsoft.md). The draft flow's other calls (create, attach, upload,
-// look-up) send nothing.
+// look-up) send nothing (SendError.SendsNothing).
 func mayHaveReachedExchange(se *contract.SendError) bool {
 	switch {
 	case se.Ambiguous:
 		return true
-	case se.Op != "" && se.Op != contract.OpSendDraft:
+	case se.SendsNothing:
 		return false
 	}
 	return se.Status == 429 || se.Status >= 500
