@@ -39,9 +39,9 @@ func TestCloudFeatures(t *testing.T) {
 	t.Run("an upload session in the US Government fake is graph_rejected, not mailbox_not_found", func(t *testing.T) {
 		t.Parallel()
 		s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Cloud: graphtest.CloudUSGov, GraphAudience: "https://graph.microsoft.com"})
-		j := graphmail.NewJobs(memStore{"big": rnd(t, 3<<20)})
+		j := graphmail.NewSender(memStore{"big": rnd(t, 3<<20)})
 		j.Add("p", draftClient(t, s), false)
-		j.SetMode("p", graphmail.Mode{Delivery: graphmail.ModeDraft})
+		j.SetMode("p", graphmail.Mode{Via: graphmail.ModeDraft})
 		_, err := j.Send(context.Background(), "p", "job-gov", largeJob())
 		e := asErr(t, err)
 		if e.Reason != contract.ReasonGraphRejected || e.Class != contract.ClassPermanent || e.Op != graphmail.OpCreateSession ||

@@ -107,12 +107,6 @@ type MessageInfo struct {
 	IsDraft           bool   `json:"isDraft"`
 }
 
-// Draft look-up outcomes (contract.SendResult.Lookup).
-const (
-	LookupSent = contract.LookupSent // found sent: no longer a draft, or its copy in Sent Items
-	LookupGone = contract.LookupGone // left Drafts, copy never found (decided by the worker)
-)
-
 // requestSize is the size of a's fileAttachment JSON with its content in
 // base64 (the POST …/attachments body, or its share of the create request).
 // Names are counted twice: JSON escaping at most doubles the usual ones.
@@ -164,7 +158,7 @@ func plan(m DraftMail) (inline []Attachment, rest []int) {
 //
 // When p.SendAt is set (an earlier attempt may have sent the mail) nothing
 // is sent: the message is looked up (resumeSend) and the result is either
-// `sent` (Lookup LookupSent) or a *contract.PendingError saying what the
+// `sent` (Lookup contract.LookupSent) or a *contract.PendingError saying what the
 // look-up saw, for the worker to decide on (look again later, or after the
 // transit window: taken as sent, or the draft proven unsent; see
 // worker.decide). The worker clears SendAt when it decides to send again.
@@ -276,7 +270,7 @@ func (c *Client) sendDraft(ctx context.Context, from string, p *contract.Draft, 
 // Those cases are a *contract.PendingError (InDrafts when the draft is still
 // there as a draft): "not known yet, look again later".
 func (c *Client) resumeSend(ctx context.Context, from string, p *contract.Draft) (contract.SendResult, error) {
-	sent := contract.SendResult{Status: http.StatusOK, InternetMessageID: p.InternetMessageID, Lookup: LookupSent}
+	sent := contract.SendResult{Status: http.StatusOK, InternetMessageID: p.InternetMessageID, Lookup: contract.LookupSent}
 	info, found, err := c.GetMessage(ctx, from, p.ID)
 	if err != nil {
 		return contract.SendResult{}, err

@@ -69,7 +69,7 @@ func TestFidelityEarlierCallsReachTheContract(t *testing.T) {
 	t.Parallel()
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
-	jobs := graphmail.NewJobs(nil)
+	jobs := graphmail.NewSender(nil)
 	jobs.Add("p", c, false)
 	job := &contract.Job{From: itSender, To: []string{"a@example.com"}, Subject: "s", Text: "t"}
 

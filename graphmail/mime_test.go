@@ -112,7 +112,7 @@ func TestSendMIMEAllowedHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	jobs := graphmail.NewJobs(nil)
+	jobs := graphmail.NewSender(nil)
 	jobs.Add("billing", c, false)
 	send := func(extra string) error {
 		raw := "From: " + itSender + "\r\nTo: a@example.com\r\nX-Mailer: scanner\r\n" + extra + "Subject: s\r\n\r\nbody\r\n"

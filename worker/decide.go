@@ -384,7 +384,7 @@ func decidePending(st contract.JobState, pe *contract.PendingError, pol Policy, 
 		every = DefaultDraftLookupEvery
 	}
 	if until := pe.SentAt.Add(wait); now.Before(until) {
-		return Action{Kind: Defer, Delay: min(every, max(until.Sub(now), time.Second)), Cause: CauseSentItems,
+		return Action{Kind: Defer, Delay: min(every, max(until.Sub(now), time.Second)), Cause: CauseAwaitingSentCopy,
 			Message: "draft sent or being sent: not known yet, looking again for it"}
 	}
 	if !pe.InDrafts {

@@ -72,7 +72,7 @@ func TestDraftLookupsAreNotPaced(t *testing.T) {
 	}
 	deferred := 0
 	for _, ev := range b.history(id) {
-		if ev.Event == contract.EventDeferred && ev.Cause == string(CauseSentItems) {
+		if ev.Event == contract.EventDeferred && ev.Cause == string(CauseAwaitingSentCopy) {
 			deferred++
 		}
 		if ev.Event == contract.EventDeferred && ev.Cause == string(CausePace) {

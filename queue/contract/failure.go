@@ -179,7 +179,9 @@ func (e *PendingError) Error() string {
 // Draft look-up outcomes (SendResult.Lookup).
 const (
 	// LookupSent: found sent (no longer a draft under its id, or its copy
-	// in Sent Items by internetMessageId); nothing was sent again.
+	// in Sent Items by internetMessageId); nothing was sent again. Not the
+	// deferral cause of the same wire value (worker.CauseAwaitingSentCopy:
+	// still looking).
 	LookupSent = "sent_items"
 	// LookupGone: the draft left Drafts after the send and no copy turned
 	// up within the transit window: taken as sent, nothing sent again.
