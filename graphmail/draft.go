@@ -166,6 +166,22 @@ func plan(m DraftMail) (inline []Attachment, rest []int) {
 // Every other error is a *contract.SendError with Op naming the failed call
 // and ClientRequestID the GUID that call sent (empty when no request was
 // made); only the send itself can be Ambiguous.
+//
+// A worker that stops (killed, out of memory) at any step leaves its
+// progress in the job state, and the job's next attempt (worker.decide:
+// decideStopped, not ambiguous) resumes from it:
+//
+//   - before the draft exists (p.ID empty; the first save says "a draft"):
+//     a new draft is created; at worst an orphan draft is left, which
+//     `mailworker check` reports;
+//   - while attachments are added (p.Done of them): from the next one;
+//   - during an upload (p.Upload: the session and its next byte, saved
+//     after each chunk): the upload goes on from the saved byte (a PUT the
+//     session refuses makes it ask the session where it stands, Upload),
+//     or a new session is made once it is about to expire or Graph no
+//     longer knows it (ErrSessionGone);
+//   - after p.SendAt was saved: nothing is sent; the draft is looked up
+//     (resumeSend).
 func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draft, save func(context.Context) error) (contract.SendResult, error) {
 	from := m.Message.From
 	inline, rest := plan(m)
