@@ -163,9 +163,7 @@ func Classify(op string, status int, code, message string, wrote bool) Verdict {
 		}
 		// A 5xx leaves open whether a send went out, whatever its code says.
 		v := Verdict{Class: r.class, Reason: r.reason, Ambiguous: sends(op) && (r.ambiguous || status >= 500), Hint: r.hint}
-		if strings.Contains(v.Hint, "%s") {
-			v.Hint = strings.Replace(v.Hint, "%s", op, 1)
-		}
+		v.Hint = strings.Replace(v.Hint, "%s", op, 1) // the segment hint names the call
 		return v
 	}
 	return Verdict{Class: contract.ClassPermanent, Reason: contract.ReasonGraphRejected}
