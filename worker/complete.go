@@ -72,9 +72,47 @@ func (p *Pool) deleteDraft(ctx context.Context, j *job) {
 func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 	// Recipients of a send that cannot have reached Graph go back before the
 	// outcome is recorded: whoever sees the outcome sees the budget as it is
-	// (a no-op when nothing was admitted; handle's deferred call is the
-	// fallback for the ways out that carry nothing).
+	// (a no-op when nothing was admitted; handle's release is the fallback).
 	p.refundRecipients(ctx, j)
+	p.account(j, a)
+	switch a.Kind {
+	case AckSent:
+		p.sent(ctx, j)
+	case DeadLetter:
+		p.deleteDraft(ctx, j)
+		p.deadLetter(ctx, j, a.Reason, a.Message)
+	case Retry:
+		p.retrying(ctx, j, a)
+	case Defer:
+		p.deferred(ctx, j, a)
+	case SuppressDuplicate:
+		p.ack(j)
+		p.m.Jobs.WithLabelValues(j.profile, string(contract.EventDuplicateSuppressed), "").Inc()
+		p.emit(ctx, j, contract.Event{Event: contract.EventDuplicateSuppressed})
+		p.outcomeLog(zerolog.InfoLevel, j, "duplicate_suppressed").Str("why", a.Message).Send()
+	case FinishAgain:
+		p.finishAgain(ctx, j)
+	case PutBack:
+		if j.marked {
+			j.state.State = contract.StateRetrying
+			if !p.putState(context.WithoutCancel(ctx), j) {
+				return
+			}
+		}
+		p.putBack(j, a)
+		if a.Delay == 0 {
+			p.log.Info().Str("jobId", j.id).Bool("ambiguous", a.Ambiguous).Msg("send cancelled by shutdown; job put back")
+		}
+	default:
+		p.log.Error().Str("jobId", j.id).Str("action", a.Kind.String()).Msg("no way to carry out this action; job put back")
+		p.nak(j, p.retry.Broker())
+	}
+}
+
+// account applies what a says beside its kind to j and the mailbox: the
+// attempt spent, the stop counted, the ambiguous flag, the Retry-After
+// pause, the look-up's result and a draft proven unsent.
+func (p *Pool) account(j *job, a Action) {
 	if a.SpendsAttempt {
 		j.state.Attempts++
 	}
@@ -97,73 +135,51 @@ func (p *Pool) carry(ctx context.Context, j *job, a Action) {
 		d.SendAt = nil
 		j.state.Draft = &d
 	}
-	switch a.Kind {
-	case AckSent:
-		p.sent(ctx, j)
-	case DeadLetter:
-		p.deleteDraft(ctx, j)
-		p.deadLetter(ctx, j, a.Reason, a.Message)
-	case Retry:
-		j.state.State = contract.StateRetrying
-		j.state.LastError = &contract.ErrorInfo{Reason: a.Reason, Message: a.Message}
-		// A failed write is logged; the retry is scheduled all the same (the
-		// next delivery then sees `sending` and treats the attempt as lost).
+}
+
+// retrying records `retrying`, gives the job back for a.Delay and publishes
+// the event.
+func (p *Pool) retrying(ctx context.Context, j *job, a Action) {
+	j.state.State = contract.StateRetrying
+	j.state.LastError = &contract.ErrorInfo{Reason: a.Reason, Message: a.Message}
+	// A failed write is logged; the retry is scheduled all the same (the
+	// next delivery then sees `sending` and treats the attempt as lost).
+	if !p.putState(ctx, j) {
+		return
+	}
+	retryAt := p.clock.Now().Add(a.Delay)
+	p.m.Retries.WithLabelValues(j.profile, string(a.Reason)).Inc()
+	p.later(ctx, j, a.Delay)
+	p.emit(ctx, j, contract.Event{Event: contract.EventRetrying, Graph: j.graph, RetryAt: &retryAt,
+		Error: &contract.ErrorInfo{Reason: a.Reason, Message: a.Message}, Ambiguous: a.Ambiguous,
+		LatencyMs: j.elapsed.Milliseconds()})
+	p.outcomeLog(zerolog.WarnLevel, j, "retrying").Str("error", a.Message).Dur("delay", a.Delay).Bool("ambiguous", a.Ambiguous).Send()
+}
+
+// deferred gives the job back for a.Delay without spending an attempt
+// (recording `deferred` when this delivery had marked it `sending`) and
+// publishes the event with its cause.
+func (p *Pool) deferred(ctx context.Context, j *job, a Action) {
+	if j.marked {
+		// The state says `sending`: say what it is now.
+		j.state.State = contract.StateDeferred
 		if !p.putState(ctx, j) {
 			return
 		}
-		retryAt := p.clock.Now().Add(a.Delay)
-		reason := a.Reason
-		p.m.Retries.WithLabelValues(j.profile, string(reason)).Inc()
-		p.later(ctx, j, a.Delay)
-		p.emit(ctx, j, contract.Event{Event: contract.EventRetrying, Graph: j.graph, RetryAt: &retryAt,
-			Error: &contract.ErrorInfo{Reason: reason, Message: a.Message}, Ambiguous: a.Ambiguous,
-			LatencyMs: j.elapsed.Milliseconds()})
-		p.outcomeLog(zerolog.WarnLevel, j, "retrying").Str("error", a.Message).Dur("delay", a.Delay).Bool("ambiguous", a.Ambiguous).Send()
-	case Defer:
-		if j.marked {
-			// The state says `sending`: say what it is now.
-			j.state.State = contract.StateDeferred
-			if !p.putState(ctx, j) {
-				return
-			}
-		}
-		if a.Cause.throttle() {
-			p.m.ThrottleDeferrals.WithLabelValues(j.metricProfile(), string(a.Cause)).Inc()
-		}
-		at := p.clock.Now().Add(a.Delay)
-		if p.later(ctx, j, a.Delay) && a.Cause == CausePace {
-			p.plans.add(j.from, j.profile, j.id, at)
-		}
-		var graph *contract.GraphInfo
-		if a.Cause == CauseRetryAfter && j.marked {
-			graph = j.graph
-		}
-		p.emit(ctx, j, contract.Event{Event: contract.EventDeferred, Graph: graph, RetryAt: &at, Cause: string(a.Cause)})
-		p.outcomeLog(zerolog.DebugLevel, j, "deferred").Str("why", a.Message).Str("cause", string(a.Cause)).Dur("delay", a.Delay).Send()
-	case SuppressDuplicate:
-		p.ack(j)
-		p.m.Jobs.WithLabelValues(j.profile, string(contract.EventDuplicateSuppressed), "").Inc()
-		p.emit(ctx, j, contract.Event{Event: contract.EventDuplicateSuppressed})
-		p.outcomeLog(zerolog.InfoLevel, j, "duplicate_suppressed").Str("why", a.Message).Send()
-	case FinishAgain:
-		p.finishAgain(ctx, j)
-	case PutBack:
-		if j.marked {
-			j.state.State = contract.StateRetrying
-			if !p.putState(context.WithoutCancel(ctx), j) {
-				return
-			}
-		}
-		if a.Delay > 0 {
-			p.nak(j, a.Delay)
-		} else {
-			p.nak(j, 0)
-			p.log.Info().Str("jobId", j.id).Bool("ambiguous", a.Ambiguous).Msg("send cancelled by shutdown; job put back")
-		}
-	default:
-		p.log.Error().Str("jobId", j.id).Str("action", a.Kind.String()).Msg("no way to carry out this action; job put back")
-		p.nak(j, p.retry.Broker())
 	}
+	if a.Cause.throttle() {
+		p.m.ThrottleDeferrals.WithLabelValues(j.metricProfile(), string(a.Cause)).Inc()
+	}
+	at := p.clock.Now().Add(a.Delay)
+	if p.later(ctx, j, a.Delay) && a.Cause == CausePace {
+		p.plans.add(j.from, j.profile, j.id, at)
+	}
+	var graph *contract.GraphInfo
+	if a.Cause == CauseRetryAfter && j.marked {
+		graph = j.graph
+	}
+	p.emit(ctx, j, contract.Event{Event: contract.EventDeferred, Graph: graph, RetryAt: &at, Cause: string(a.Cause)})
+	p.outcomeLog(zerolog.DebugLevel, j, "deferred").Str("why", a.Message).Str("cause", string(a.Cause)).Dur("delay", a.Delay).Send()
 }
 
 // scheduleMin is the shortest wait that becomes a message schedule: the

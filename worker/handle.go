@@ -526,19 +526,25 @@ func (p *Pool) send(sendCtx context.Context, j *job) Action {
 	cancel()
 	p.m.SendDuration.WithLabelValues(j.profile).Observe(j.elapsed.Seconds())
 
+	return p.decide(j, p.sendOutcome(sendCtx, j, res, err))
+}
+
+// sendOutcome is the outcome of the Sender's answer (res, err), noting the
+// Graph call in j and the metrics.
+func (p *Pool) sendOutcome(sendCtx context.Context, j *job, res contract.SendResult, err error) Outcome {
 	if err == nil {
 		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
 		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
 			Date: contract.GraphDate(res.Date), EarlierCalls: res.EarlierCalls}
 		j.lookup = res.Lookup
-		return p.decide(j, Outcome{Kind: Sent, RetryAfter: res.RetryAfter})
+		return Outcome{Kind: Sent, RetryAfter: res.RetryAfter}
 	}
 	var pending *contract.PendingError
 	if errors.As(err, &pending) {
 		// Not a failure: a draft's send may have gone out and the look-up
 		// cannot tell yet. decide says when to look again, or what to do
 		// once the transit window has passed.
-		return p.decide(j, Outcome{Kind: Pending, Pending: pending})
+		return Outcome{Kind: Pending, Pending: pending}
 	}
 	se := contract.AsSendError(err)
 	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
@@ -552,7 +558,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) Action {
 	if se.Class == contract.ClassThrottled {
 		p.m.GraphThrottled.WithLabelValues(j.profile).Inc()
 	}
-	return p.decide(j, Outcome{Kind: kind, Err: se})
+	return Outcome{Kind: kind, Err: se}
 }
 
 // saveDraft stores a job's draft progress in its state with a
