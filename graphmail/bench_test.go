@@ -55,7 +55,7 @@ func BenchmarkSend(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := c.Send(ctx, msg, "job-1"); err != nil {
+		if _, err := c.Send(ctx, msg); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,7 +1,10 @@
 // Package graphmail sends mail through Microsoft Graph (POST /users/{from}/sendMail)
 // with app-only tokens from Microsoft Entra ID acquired by MSAL, and classifies
 // every failure into one typed *contract.SendError (class, reason, status, Graph code,
-// Retry-After, ambiguity) that the worker maps onto one queue action.
+// Retry-After, ambiguity) that the worker maps onto one queue action. Every
+// mail call goes through one request path (request.go: Client.do) and one
+// classification table (classify.go: Classify); Sender (jobs.go) maps a job
+// onto a message and picks its path, sendMail or a draft (draft.go).
 //
 // One Client serves one profile (tenant, client id, cloud, credential). It
 // holds one MSAL confidential client, created once and reused, whose token

@@ -78,7 +78,7 @@ func (c Cloud) Has(f Feature) bool {
 }
 
 // Needs lists the Graph calls a delivery mode makes.
-func (m DeliveryMode) Needs() []Feature {
+func (m SendMode) Needs() []Feature {
 	if m == ModeDraft {
 		return []Feature{FeatureSendMail, FeatureSendMIME, FeatureCreateDraft, FeatureAddAttachment, FeatureUploadSession,
 			FeatureSendDraft, FeatureGetMessage, FeatureListMessages, FeatureDeleteMessage}
@@ -88,7 +88,7 @@ func (m DeliveryMode) Needs() []Feature {
 
 // Supports returns an error naming the first call mode makes that the cloud
 // lacks, or nil.
-func (c Cloud) Supports(m DeliveryMode) error {
+func (c Cloud) Supports(m SendMode) error {
 	for _, f := range m.Needs() {
 		if !c.Has(f) {
 			name := string(c)

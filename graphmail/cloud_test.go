@@ -39,9 +39,9 @@ func TestCloudFeatures(t *testing.T) {
 	t.Run("an upload session in the US Government fake is graph_rejected, not mailbox_not_found", func(t *testing.T) {
 		t.Parallel()
 		s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Cloud: graphtest.CloudUSGov, GraphAudience: "https://graph.microsoft.com"})
-		j := graphmail.NewJobs(memStore{"big": rnd(t, 3<<20)})
+		j := graphmail.NewSender(memStore{"big": rnd(t, 3<<20)})
 		j.Add("p", draftClient(t, s), false)
-		j.SetMode("p", graphmail.Mode{Delivery: graphmail.ModeDraft})
+		j.SetMode("p", graphmail.Mode{Via: graphmail.ModeDraft})
 		_, err := j.Send(context.Background(), "p", "job-gov", largeJob())
 		e := asErr(t, err)
 		if e.Reason != contract.ReasonGraphRejected || e.Class != contract.ClassPermanent || e.Op != graphmail.OpCreateSession ||
@@ -85,19 +85,19 @@ func TestFederatedAudiencePerCloud(t *testing.T) {
 	gov := graphmail.CloudUSGov.FederatedAudience()
 
 	c := newIntegrationClient(t, s, graphmail.Credential{FederatedTokenFile: token(gov), FederatedAudience: gov})
-	if _, err := c.Send(context.Background(), jobMsg("job-1"), "job-1"); err != nil {
+	if _, err := c.Send(context.Background(), jobMsg("job-1")); err != nil {
 		t.Fatalf("token for %s: %v", gov, err)
 	}
 
 	c = newIntegrationClient(t, s, graphmail.Credential{FederatedTokenFile: token(graphtest.DefaultFederatedAudience)})
-	_, err = c.Send(context.Background(), jobMsg("job-2"), "job-2")
+	_, err = c.Send(context.Background(), jobMsg("job-2"))
 	if d := graphmail.EntraDetails(err); d == nil || len(d.Codes) == 0 || d.Codes[0] != 70021 {
 		t.Errorf("global audience in the US Government cloud: %v; want AADSTS70021", err)
 	}
 
 	failures := s.TokenFailures()
 	c = newIntegrationClient(t, s, graphmail.Credential{FederatedTokenFile: token(graphtest.DefaultFederatedAudience), FederatedAudience: gov})
-	_, err = c.Send(context.Background(), jobMsg("job-3"), "job-3")
+	_, err = c.Send(context.Background(), jobMsg("job-3"))
 	if !graphmail.IsCredentialFault(err) || !strings.Contains(err.Error(), gov) {
 		t.Errorf("token for the wrong audience: %v; want a local credential fault naming %s", err, gov)
 	}

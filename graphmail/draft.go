@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -74,18 +73,6 @@ const (
 	attachmentJSON = 160
 )
 
-// Draft flow operations, as SendError.Op names them.
-const (
-	OpCreateDraft   = contract.OpCreateDraft
-	OpAddAttachment = contract.OpAddAttachment
-	OpCreateSession = contract.OpCreateSession
-	OpUpload        = contract.OpUpload
-	OpSendDraft     = contract.OpSendDraft
-	OpGetMessage    = contract.OpGetMessage
-	OpDeleteMessage = contract.OpDeleteMessage
-	OpFindSent      = contract.OpFindSent
-)
-
 // DraftAttachment is an attachment of a mail sent through a draft. A small
 // one has its Content; a large one is streamed by Open, from an offset, and
 // never held whole in memory.
@@ -119,12 +106,6 @@ type MessageInfo struct {
 	InternetMessageID string `json:"internetMessageId"`
 	IsDraft           bool   `json:"isDraft"`
 }
-
-// Draft look-up outcomes (contract.SendResult.Lookup).
-const (
-	LookupSent = contract.LookupSent // found sent: no longer a draft, or its copy in Sent Items
-	LookupGone = contract.LookupGone // left Drafts, copy never found (decided by the worker)
-)
 
 // requestSize is the size of a's fileAttachment JSON with its content in
 // base64 (the POST …/attachments body, or its share of the create request).
@@ -177,7 +158,7 @@ func plan(m DraftMail) (inline []Attachment, rest []int) {
 //
 // When p.SendAt is set (an earlier attempt may have sent the mail) nothing
 // is sent: the message is looked up (resumeSend) and the result is either
-// `sent` (Lookup LookupSent) or a *contract.PendingError saying what the
+// `sent` (Lookup contract.LookupSent) or a *contract.PendingError saying what the
 // look-up saw, for the worker to decide on (look again later, or after the
 // transit window: taken as sent, or the draft proven unsent; see
 // worker.decide). The worker clears SendAt when it decides to send again.
@@ -185,6 +166,22 @@ func plan(m DraftMail) (inline []Attachment, rest []int) {
 // Every other error is a *contract.SendError with Op naming the failed call
 // and ClientRequestID the GUID that call sent (empty when no request was
 // made); only the send itself can be Ambiguous.
+//
+// A worker that stops (killed, out of memory) at any step leaves its
+// progress in the job state, and the job's next attempt (worker.decide:
+// decideStopped, not ambiguous) resumes from it:
+//
+//   - before the draft exists (p.ID empty; the first save says "a draft"):
+//     a new draft is created; at worst an orphan draft is left, which
+//     `mailworker check` reports;
+//   - while attachments are added (p.Done of them): from the next one;
+//   - during an upload (p.Upload: the session and its next byte, saved
+//     after each chunk): the upload goes on from the saved byte (a PUT the
+//     session refuses makes it ask the session where it stands, Upload),
+//     or a new session is made once it is about to expire or Graph no
+//     longer knows it (ErrSessionGone);
+//   - after p.SendAt was saved: nothing is sent; the draft is looked up
+//     (resumeSend).
 func (c *Client) SendViaDraft(ctx context.Context, m DraftMail, p *contract.Draft, save func(context.Context) error) (contract.SendResult, error) {
 	from := m.Message.From
 	inline, rest := plan(m)
@@ -289,7 +286,7 @@ func (c *Client) sendDraft(ctx context.Context, from string, p *contract.Draft, 
 // Those cases are a *contract.PendingError (InDrafts when the draft is still
 // there as a draft): "not known yet, look again later".
 func (c *Client) resumeSend(ctx context.Context, from string, p *contract.Draft) (contract.SendResult, error) {
-	sent := contract.SendResult{Status: http.StatusOK, InternetMessageID: p.InternetMessageID, Lookup: LookupSent}
+	sent := contract.SendResult{Status: http.StatusOK, InternetMessageID: p.InternetMessageID, Lookup: contract.LookupSent}
 	info, found, err := c.GetMessage(ctx, from, p.ID)
 	if err != nil {
 		return contract.SendResult{}, err
@@ -533,89 +530,51 @@ func (c *Client) Upload(ctx context.Context, u *contract.Upload, a *DraftAttachm
 
 // putChunk PUTs one range. done is set on 201 (the attachment is complete).
 func (c *Client) putChunk(ctx context.Context, uploadURL string, chunk []byte, start, total int64) (next int64, done bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	req, crid, err := c.newRequest(ctx, http.MethodPut, uploadURL, chunk)
-	if err != nil {
-		return 0, false, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Op: OpUpload, Message: "the upload URL does not parse"}
-	}
-	req.Header["Content-Type"] = []string{"application/octet-stream"}
-	req.Header["Content-Range"] = []string{fmt.Sprintf("bytes %d-%d/%d", start, start+int64(len(chunk))-1, total)}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, false, c.uploadNetError(err, crid)
-	}
-	defer resp.Body.Close()
+	res, data, err := c.do(ctx, request{op: OpUpload, method: http.MethodPut, url: uploadURL, body: chunk, preauth: true,
+		ctype:  "application/octet-stream",
+		header: http.Header{"Content-Range": {fmt.Sprintf("bytes %d-%d/%d", start, start+int64(len(chunk))-1, total)}}})
 	switch {
-	case resp.StatusCode == http.StatusCreated:
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+	case err != nil:
+		return 0, false, sessionGone(err)
+	case res.Status == http.StatusCreated:
 		return 0, true, nil
-	case resp.StatusCode == http.StatusOK:
-		var s struct {
-			NextExpectedRanges []string `json:"nextExpectedRanges"`
-		}
-		if json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&s) != nil || len(s.NextExpectedRanges) == 0 {
-			return start + int64(len(chunk)), false, nil
-		}
-		return nextRange(s.NextExpectedRanges), false, nil
-	}
-	return 0, false, c.uploadHTTPError(resp, crid)
-}
-
-// uploadStatus asks an upload session where to resume (GET uploadUrl).
-func (c *Client) uploadStatus(ctx context.Context, uploadURL string) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	req, crid, err := c.newRequest(ctx, http.MethodGet, uploadURL, nil)
-	if err != nil {
-		return 0, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Op: OpUpload, Message: "the upload URL does not parse"}
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, c.uploadNetError(err, crid)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, c.uploadHTTPError(resp, crid)
 	}
 	var s struct {
 		NextExpectedRanges []string `json:"nextExpectedRanges"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&s); err != nil {
-		return 0, &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload, ClientRequestID: crid,
-			Status: resp.StatusCode, RequestID: safeID(resp.Header.Get("request-id")),
-			Message: "the upload session's state does not parse"}
+	if json.Unmarshal(data, &s) != nil || len(s.NextExpectedRanges) == 0 {
+		return start + int64(len(chunk)), false, nil
+	}
+	return nextRange(s.NextExpectedRanges), false, nil
+}
+
+// uploadStatus asks an upload session where to resume (GET uploadUrl).
+func (c *Client) uploadStatus(ctx context.Context, uploadURL string) (int64, error) {
+	res, data, err := c.do(ctx, request{op: OpUpload, method: http.MethodGet, url: uploadURL, preauth: true, needBody: true})
+	if err != nil {
+		return 0, sessionGone(err)
+	}
+	var s struct {
+		NextExpectedRanges []string `json:"nextExpectedRanges"`
+	}
+	if res.Status != http.StatusOK || json.Unmarshal(data, &s) != nil {
+		return 0, &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload, ClientRequestID: res.ClientRequestID,
+			Status: res.Status, RequestID: res.RequestID, Message: "the upload session's state does not parse"}
 	}
 	return nextRange(s.NextExpectedRanges), nil
 }
 
-// uploadNetError is a transport failure on the upload URL, without the URL.
-func (c *Client) uploadNetError(err error, crid string) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	return &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, Op: OpUpload, ClientRequestID: crid,
-		Err: errors.New(c.scrub(err.Error()))}
-}
-
-// uploadHTTPError classifies an upload URL answer: 404, 401 and 403 mean
+// sessionGone wraps ErrSessionGone around an upload URL's 404, 401 or 403:
 // the session (and its token) is no longer valid.
-func (c *Client) uploadHTTPError(resp *http.Response, crid string) error {
-	res := Result{Status: resp.StatusCode, RequestID: safeID(resp.Header.Get("request-id")), ClientRequestID: crid}
-	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
-		res.Date = d
+func sessionGone(err error) error {
+	var se *contract.SendError
+	if errors.As(err, &se) {
+		switch se.Status {
+		case http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("%w: %w", ErrSessionGone, se)
+		}
 	}
-	e := c.httpError(resp, res, "")
-	e.Op = OpUpload
-	classifyDraft(OpUpload, e)
-	switch resp.StatusCode {
-	case http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden:
-		return fmt.Errorf("%w: %w", ErrSessionGone, e)
-	}
-	return e
+	return err
 }
 
 // SendDraft sends draft id (POST …/messages/{id}/send, 202). A Retry-After
@@ -703,107 +662,4 @@ func (c *Client) userURL(from, rest string) string {
 
 func (c *Client) messageURL(from, id, rest string) string {
 	return c.sendPrefix + url.PathEscape(from) + "/messages/" + url.PathEscape(id) + rest
-}
-
-// newRequest is the one place a Graph or upload request is built: it sends a
-// fresh GUID as client-request-id (and asks Graph to echo it), as Microsoft
-// advises for every request, and returns that GUID so that whatever reports
-// the call reports exactly what was sent. Job ids never go there: they
-// travel in the message's X-Mailworker-Job-Id header.
-func (c *Client) newRequest(ctx context.Context, method, u string, body []byte) (*http.Request, string, error) {
-	var rd io.Reader = http.NoBody
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
-	if err != nil {
-		return nil, "", err
-	}
-	crid := newGUID()
-	req.Header["Client-Request-Id"] = []string{crid}
-	req.Header["Return-Client-Request-Id"] = []string{"true"}
-	return req, crid, nil
-}
-
-// call makes one Graph request of the draft flow with a bearer token and
-// Prefer: IdType="ImmutableId" (the header "only applies to the request it is
-// included with", https://learn.microsoft.com/graph/outlook-immutable-id),
-// refreshing the token once on 401. It returns the answer's body on 2xx, and
-// the Result of the last request with Calls listing every request made.
-func (c *Client) call(ctx context.Context, op, method, u string, body []byte) (Result, []byte, error) {
-	tok, err := c.Token(ctx)
-	if err != nil {
-		e := err.(*contract.SendError)
-		e.Op = op
-		return Result{}, nil, e
-	}
-	start := time.Now()
-	res, data, e := c.callOnce(ctx, method, u, body, tok)
-	calls := []Call{res.call()}
-	if e != nil && e.Status == http.StatusUnauthorized {
-		fresh, terr := c.refreshToken(ctx, tok)
-		if terr != nil {
-			te := terr.(*contract.SendError)
-			te.Op = op
-			te.EarlierCalls = graphCalls(calls)
-			res.Duration, res.Calls = time.Since(start), calls
-			return res, nil, te
-		}
-		res, data, e = c.callOnce(ctx, method, u, body, fresh)
-		if e != nil {
-			e.EarlierCalls = graphCalls(calls)
-		}
-		calls = append(calls, res.call())
-	}
-	res.Duration, res.Calls = time.Since(start), calls
-	if e != nil {
-		e.Op = op
-		classifyDraft(op, e)
-		return res, nil, e
-	}
-	return res, data, nil
-}
-
-func (c *Client) callOnce(ctx context.Context, method, u string, body []byte, tok string) (Result, []byte, *contract.SendError) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	wt := &wroteTrace{}
-	wt.trace.WroteRequest = func(i httptrace.WroteRequestInfo) {
-		if i.Err == nil {
-			wt.wrote.Store(true)
-		}
-	}
-	req, crid, err := c.newRequest(httptrace.WithClientTrace(ctx, &wt.trace), method, u, body)
-	if err != nil {
-		return Result{}, nil, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Message: "building the request", Err: err}
-	}
-	h := req.Header
-	h["Authorization"] = []string{"Bearer " + tok}
-	h["Prefer"] = []string{`IdType="ImmutableId"`}
-	if body != nil {
-		h["Content-Type"] = []string{"application/json"}
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return Result{ClientRequestID: crid}, nil, &contract.SendError{Class: contract.ClassRetryable, Ambiguous: wt.wrote.Load(),
-			Profile: c.name, ClientRequestID: crid, Err: err}
-	}
-	res := Result{Status: resp.StatusCode, RequestID: safeID(resp.Header.Get("request-id")), ClientRequestID: crid}
-	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
-		res.Date = d
-	}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		// A 202 to a draft's send may carry Retry-After, as sendMail's may
-		// (Microsoft Q&A 5629476): the mail is sent, and the mailbox waits.
-		res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
-		data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		_ = resp.Body.Close()
-		if err != nil {
-			return res, nil, &contract.SendError{Class: contract.ClassRetryable, Profile: c.name, ClientRequestID: crid,
-				RequestID: res.RequestID, Date: res.Date, Status: 0, Ambiguous: true, Err: err}
-		}
-		return res, data, nil
-	}
-	return res, nil, c.httpError(resp, res, tok)
 }

@@ -283,7 +283,7 @@ func TestDraftAmbiguousSendIsLookedUp(t *testing.T) {
 			}
 			clk.Add(time.Minute)
 			res, err := c.SendViaDraft(ctx, largeMail(t), &p, nil)
-			if err != nil || res.Lookup != graphmail.LookupSent || res.InternetMessageID == "" {
+			if err != nil || res.Lookup != contract.LookupSent || res.InternetMessageID == "" {
 				t.Fatalf("after transit: %+v %v", res, err)
 			}
 			if d := s.Drafts(); len(d) != 1 || d[0].Deliveries != 1 || len(s.Messages()) != 1 || s.Duplicates() != 0 {

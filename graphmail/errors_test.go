@@ -10,51 +10,83 @@ import (
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
+// TestClassify runs the one classification table, keyed by call, status
+// and code: sendMail's rows, then where the draft flow's calls differ.
 func TestClassify(t *testing.T) {
 	t.Parallel()
+	const (
+		P = contract.ClassPermanent
+		R = contract.ClassRetryable
+		T = contract.ClassThrottled
+	)
 	tests := []struct {
-		status  int
-		code    string
-		class   contract.Class
-		reason  contract.Reason
-		message string
+		op        string
+		status    int
+		code      string
+		message   string
+		wrote     bool
+		class     contract.Class
+		reason    contract.Reason
+		ambiguous bool
+		hint      string // a fragment of the hint, "" for none
 	}{
-		{202, "", 0, "", ""},
+		{OpSendMail, 202, "", "", true, 0, "", false, ""},
 		// Documented sendMail errors classified by code and message (docs/microsoft.md).
-		{400, "BadRequest", contract.ClassPermanent, "message_too_large", "Maximum request length exceeded."},
-		{400, "ErrorMessageSizeExceeded", contract.ClassPermanent, "message_too_large", ""},
-		{500, "ErrorMessageSizeExceeded", contract.ClassPermanent, "message_too_large", ""},
-		{400, "MailboxNotEnabledForRESTAPI", contract.ClassPermanent, "mailbox_not_found", "REST API is not yet supported for this mailbox."},
-		{403, "ErrorQuotaExceeded", contract.ClassRetryable, "", "The mailbox quota has been exceeded."},
-		{500, "ErrorQuotaExceeded", contract.ClassRetryable, "", ""},
-		{403, "ErrorAccessDenied", contract.ClassPermanent, "access_denied", "Access to OData is disabled."},
-		{0, "", contract.ClassRetryable, "", ""},
-		{400, "ErrorInvalidRecipients", contract.ClassPermanent, "recipient_invalid", ""},
-		{400, "InvalidInternetMessageHeader", contract.ClassPermanent, "graph_rejected", ""},
-		{400, "ErrorInvalidRequest", contract.ClassPermanent, "graph_rejected", ""},
-		{400, "", contract.ClassPermanent, "graph_rejected", ""},
-		{401, "InvalidAuthenticationToken", contract.ClassRetryable, "auth_failed", ""},
-		{403, "ErrorAccessDenied", contract.ClassRetryable, "access_denied", ""},
-		{403, "Authorization_RequestDenied", contract.ClassPermanent, "access_denied", ""},
-		{403, "", contract.ClassPermanent, "access_denied", ""},
-		{404, "ResourceNotFound", contract.ClassPermanent, "mailbox_not_found", ""},
-		{404, "ErrorInvalidUser", contract.ClassPermanent, "mailbox_not_found", ""},
-		{404, "MailboxNotEnabledForRESTAPI", contract.ClassPermanent, "mailbox_not_found", ""},
-		{408, "", contract.ClassRetryable, "", ""},
-		{413, "ErrorMessageSizeExceeded", contract.ClassPermanent, "message_too_large", ""},
-		{429, "ApplicationThrottled", contract.ClassThrottled, "", ""},
-		{500, "", contract.ClassRetryable, "", ""},
-		{502, "", contract.ClassRetryable, "", ""},
-		{503, "", contract.ClassRetryable, "", ""},
-		{504, "", contract.ClassRetryable, "", ""},
-		{409, "", contract.ClassPermanent, "graph_rejected", ""},
-		{415, "", contract.ClassPermanent, "graph_rejected", ""},
-		{302, "", contract.ClassPermanent, "graph_rejected", ""},
+		{OpSendMail, 400, "BadRequest", "Maximum request length exceeded.", true, P, "message_too_large", false, ""},
+		{OpSendMail, 400, "ErrorMessageSizeExceeded", "", true, P, "message_too_large", false, ""},
+		{OpSendMail, 500, "ErrorMessageSizeExceeded", "", true, P, "message_too_large", true, ""},
+		{OpSendMail, 400, "MailboxNotEnabledForRESTAPI", "REST API is not yet supported for this mailbox.", true, P, "mailbox_not_found", false, ""},
+		{OpSendMail, 403, "ErrorQuotaExceeded", "The mailbox quota has been exceeded.", true, R, "", false, ""},
+		{OpSendMail, 500, "ErrorQuotaExceeded", "", true, R, "", true, ""},
+		{OpSendMail, 403, "ErrorAccessDenied", "Access to OData is disabled.", true, P, "access_denied", false, ""},
+		{OpSendMail, 0, "", "", false, R, "", false, ""},
+		{OpSendMail, 0, "", "", true, R, "", true, ""}, // no answer after the request was written
+		{OpSendMail, 400, "ErrorInvalidRecipients", "", true, P, "recipient_invalid", false, ""},
+		{OpSendMail, 400, "InvalidInternetMessageHeader", "", true, P, "graph_rejected", false, ""},
+		{OpSendMail, 400, "ErrorInvalidRequest", "", true, P, "graph_rejected", false, ""},
+		{OpSendMail, 400, "", "", true, P, "graph_rejected", false, ""},
+		{OpSendMail, 400, "BadRequest", "Resource not found for the segment 'sendMail'.", true, P, "graph_rejected", false, ""},
+		{OpSendMail, 401, "InvalidAuthenticationToken", "", true, R, "auth_failed", false, ""},
+		{OpSendMail, 403, "ErrorAccessDenied", "", true, R, "access_denied", false, ""},
+		{OpSendMail, 403, "Authorization_RequestDenied", "", true, P, "access_denied", false, ""},
+		{OpSendMail, 403, "", "", true, P, "access_denied", false, ""},
+		{OpSendMail, 404, "ResourceNotFound", "", true, P, "mailbox_not_found", false, ""},
+		{OpSendMail, 404, "ErrorInvalidUser", "", true, P, "mailbox_not_found", false, ""},
+		{OpSendMail, 404, "ErrorItemNotFound", "", true, P, "mailbox_not_found", false, ""},
+		{OpSendMail, 404, "MailboxNotEnabledForRESTAPI", "", true, P, "mailbox_not_found", false, ""},
+		{OpSendMail, 408, "", "", true, R, "", false, ""},
+		{OpSendMail, 413, "ErrorMessageSizeExceeded", "", true, P, "message_too_large", false, ""},
+		{OpSendMail, 429, "ApplicationThrottled", "", true, T, "", false, ""},
+		{OpSendMail, 500, "", "", true, R, "", true, ""},
+		{OpSendMail, 502, "", "", true, R, "", true, ""},
+		{OpSendMail, 503, "", "", true, R, "", true, ""},
+		{OpSendMail, 504, "", "", true, R, "", true, ""},
+		{OpSendMail, 409, "", "", true, P, "graph_rejected", false, ""},
+		{OpSendMail, 415, "", "", true, P, "graph_rejected", false, ""},
+		{OpSendMail, 302, "", "", true, P, "graph_rejected", false, ""},
+		// The draft flow: only its send can be ambiguous.
+		{OpSendDraft, 503, "", "", true, R, "", true, ""},
+		{OpSendDraft, 0, "", "", true, R, "", true, ""},
+		{OpSendDraft, 429, "", "", true, T, "", false, ""},
+		{OpSendDraft, 404, "ErrorItemNotFound", "", true, R, "", true, ""}, // gone: sent, or deleted
+		{OpSendDraft, 403, "ErrorAccessDenied", "", true, R, "access_denied", false, ""},
+		{OpCreateDraft, 503, "", "", true, R, "", false, ""},
+		{OpCreateDraft, 0, "", "", true, R, "", false, ""},
+		{OpUpload, 500, "", "", true, R, "", false, ""},
+		{OpAddAttachment, 404, "ErrorItemNotFound", "", true, R, "", false, ""},
+		{OpGetMessage, 404, "ErrorItemNotFound", "", true, R, "", false, ""},
+		{OpCreateDraft, 403, "ErrorAccessDenied", "", true, R, "access_denied", false, "Application Mail.ReadWrite"},
+		{OpFindSent, 403, "", "", true, P, "access_denied", false, "Application Mail.ReadWrite"},
+		{OpUpload, 403, "", "", true, P, "access_denied", false, ""},
+		{OpCreateSession, 400, "BadRequest", "Resource not found for the segment 'createUploadSession'.", true, P, "graph_rejected", false,
+			"does not offer the call (createUploadSession)"},
 	}
 	for _, tt := range tests {
-		class, reason := Classify(tt.status, tt.code, tt.message)
-		if class != tt.class || reason != tt.reason {
-			t.Errorf("Classify(%d, %q, %q) = %v, %q; want %v, %q", tt.status, tt.code, tt.message, class, reason, tt.class, tt.reason)
+		v := Classify(tt.op, tt.status, tt.code, tt.message, tt.wrote)
+		if v.Class != tt.class || v.Reason != tt.reason || v.Ambiguous != tt.ambiguous ||
+			(tt.hint == "") != (v.Hint == "") || !strings.Contains(v.Hint, tt.hint) {
+			t.Errorf("Classify(%q, %d, %q, %q, %v) = %+v; want %v, %q, ambiguous %v, hint %q",
+				tt.op, tt.status, tt.code, tt.message, tt.wrote, v, tt.class, tt.reason, tt.ambiguous, tt.hint)
 		}
 	}
 }

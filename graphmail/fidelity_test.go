@@ -42,7 +42,7 @@ func TestFidelityClientRequestIDPerRequest(t *testing.T) {
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
 	s.Script(itSender, graphtest.Fault{Status: 401})
-	res, err := c.Send(context.Background(), jobMsg("job-7"), "job-7")
+	res, err := c.Send(context.Background(), jobMsg("job-7"))
 	if err != nil {
 		t.Fatalf("Send: %v", err)
 	}
@@ -69,7 +69,7 @@ func TestFidelityEarlierCallsReachTheContract(t *testing.T) {
 	t.Parallel()
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
-	jobs := graphmail.NewJobs(nil)
+	jobs := graphmail.NewSender(nil)
 	jobs.Add("p", c, false)
 	job := &contract.Job{From: itSender, To: []string{"a@example.com"}, Subject: "s", Text: "t"}
 
@@ -97,7 +97,7 @@ func TestFidelityEntraErrorKeepsIDs(t *testing.T) {
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
 	const wrong = "wrong-secret-SENTINEL"
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: wrong})
-	_, err := c.Send(context.Background(), jobMsg("job-1"), "job-1")
+	_, err := c.Send(context.Background(), jobMsg("job-1"))
 	e := asErr(t, err)
 	d := graphmail.EntraDetails(err)
 	if d == nil || len(d.Codes) != 1 || d.Codes[0] != 7000215 ||
@@ -142,7 +142,7 @@ func TestFidelityLocalCredentialFault(t *testing.T) {
 			}
 		}
 		c := newIntegrationClient(t, s, graphmail.Credential{FederatedTokenFile: file})
-		_, err := c.Send(context.Background(), jobMsg("job-1"), "job-1")
+		_, err := c.Send(context.Background(), jobMsg("job-1"))
 		e := asErr(t, err)
 		if !graphmail.IsCredentialFault(err) || e.Class != contract.ClassRetryable || e.Reason != contract.ReasonAuthFailed {
 			t.Errorf("%s token file: class %v reason %q local %v (%v)", tc.name, e.Class, e.Reason, graphmail.IsCredentialFault(err), e)
@@ -161,7 +161,7 @@ func TestFidelityLocalCredentialFault(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newIntegrationClient(t, s, graphmail.Credential{FederatedTokenFile: file})
-	if _, err := c.Send(context.Background(), jobMsg("job-2"), "job-2"); err != nil || c.CredentialFault() != nil {
+	if _, err := c.Send(context.Background(), jobMsg("job-2")); err != nil || c.CredentialFault() != nil {
 		t.Fatalf("valid federated token: %v (fault %v)", err, c.CredentialFault())
 	}
 }
@@ -203,7 +203,7 @@ func TestFidelityWholeRequestSize(t *testing.T) {
 	msg := jobMsg("job-1")
 	msg.HTML = "<p>" + strings.Repeat("x", 300) + "</p>"
 	msg.Attachments = []graphmail.Attachment{{Name: "a.bin", ContentType: "application/octet-stream", Content: make([]byte, 3<<20)}}
-	_, err := c.Send(context.Background(), msg, "job-1")
+	_, err := c.Send(context.Background(), msg)
 	e := asErr(t, err)
 	if e.Class != contract.ClassPermanent || e.Reason != contract.ReasonMessageTooLarge {
 		t.Fatalf("got %v", e)
@@ -213,7 +213,7 @@ func TestFidelityWholeRequestSize(t *testing.T) {
 	}
 	// Just under: sent.
 	msg.Attachments[0].Content = make([]byte, 3<<20-2048)
-	if _, err := c.Send(context.Background(), msg, "job-2"); err != nil {
+	if _, err := c.Send(context.Background(), msg); err != nil {
 		t.Fatalf("under the cap: %v", err)
 	}
 }
@@ -237,7 +237,7 @@ func TestFidelityDocumentedErrors(t *testing.T) {
 		{graphtest.Fault{Status: 503, RetryAfter: "7"}, contract.ClassRetryable, ""},
 	} {
 		s.Script(itSender, tc.fault)
-		_, err := c.Send(context.Background(), jobMsg("job-1"), "job-1")
+		_, err := c.Send(context.Background(), jobMsg("job-1"))
 		e := asErr(t, err)
 		if e.Class != tc.class || e.Reason != tc.reason {
 			t.Errorf("%d %s %q: got %v %q, want %v %q", tc.fault.Status, tc.fault.Code, tc.fault.Message, e.Class, e.Reason, tc.class, tc.reason)
@@ -296,7 +296,7 @@ func TestFidelityProfileLimits(t *testing.T) {
 }
 
 func sendErr(c *graphmail.Client, m *graphmail.Message) error {
-	_, err := c.Send(context.Background(), m, "job")
+	_, err := c.Send(context.Background(), m)
 	return err
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"reflect"
 	"strings"
 	"sync"
@@ -79,7 +78,7 @@ func TestIntegrationCredentials(t *testing.T) {
 			c := newIntegrationClient(t, s, tc.cred)
 			for i := range 5 {
 				msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
-				res, err := c.Send(context.Background(), msg, fmt.Sprintf("job-%d", i))
+				res, err := c.Send(context.Background(), msg)
 				if err != nil {
 					t.Fatalf("Send %d: %v", i, err)
 				}
@@ -120,7 +119,7 @@ func TestIntegrationMapping(t *testing.T) {
 		Importance:      "high",
 		SaveToSentItems: true,
 	}
-	if _, err := c.Send(context.Background(), msg, "job-map"); err != nil {
+	if _, err := c.Send(context.Background(), msg); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 	msgs := s.Messages()
@@ -156,7 +155,7 @@ func TestIntegrationFaults(t *testing.T) {
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Mailboxes: []string{itSender, itOutside}, Scope: []string{itSender}})
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
 	send := func(from string) error {
-		_, err := c.Send(context.Background(), &graphmail.Message{From: from, To: []graphmail.Address{{Address: "a@example.com"}}, Text: "t"}, "job-f")
+		_, err := c.Send(context.Background(), &graphmail.Message{From: from, To: []graphmail.Address{{Address: "a@example.com"}}, Text: "t"})
 		return err
 	}
 	class := func(err error) *contract.SendError {
@@ -231,7 +230,7 @@ func TestIntegrationTokenEndpointDown(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
-			_, err := c.Send(context.Background(), msg, fmt.Sprintf("job-%d", i))
+			_, err := c.Send(context.Background(), msg)
 			var e *contract.SendError
 			if d := graphmail.EntraDetails(err); !errors.As(err, &e) || d == nil || d.TraceID == "" {
 				t.Errorf("send %d during the outage: %v", i, err)
@@ -276,7 +275,7 @@ func TestIntegrationRotateCertificate(t *testing.T) {
 	send := func(id string) {
 		t.Helper()
 		msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
-		if _, err := c.Send(context.Background(), msg, id); err != nil {
+		if _, err := c.Send(context.Background(), msg); err != nil {
 			t.Fatalf("Send %s: %v", id, err)
 		}
 	}
@@ -323,7 +322,7 @@ func TestIntegrationRotateSecret(t *testing.T) {
 	s := newGraphtest(t, graphtest.Options{ClientSecret: oldSecret})
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: oldSecret})
 	msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
-	if _, err := c.Send(context.Background(), msg, "before"); err != nil {
+	if _, err := c.Send(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
 	// The new secret is not registered yet: the switch is visible at once as
@@ -331,7 +330,7 @@ func TestIntegrationRotateSecret(t *testing.T) {
 	if err := c.SetCredential(graphmail.Credential{ClientSecret: newSecret}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Send(context.Background(), msg, "unregistered")
+	_, err := c.Send(context.Background(), msg)
 	var ge *contract.SendError
 	if !errors.As(err, &ge) || ge.Reason != "auth_failed" {
 		t.Fatalf("send with an unregistered secret: %v, want auth_failed", err)
@@ -347,7 +346,7 @@ func TestIntegrationRotateSecret(t *testing.T) {
 	if err := c.SetCredential(graphmail.Credential{ClientSecret: newSecret}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Send(context.Background(), msg, "registered"); err != nil {
+	if _, err := c.Send(context.Background(), msg); err != nil {
 		t.Fatalf("send after the secret was registered: %v", err)
 	}
 	want := []string{"secret:old", "secret:new"}
@@ -367,11 +366,11 @@ func TestIntegrationRotateWhileSending(t *testing.T) {
 	c := newIntegrationClient(t, s, graphmail.Credential{CertificatePEM: pemA})
 	var wg sync.WaitGroup
 	errs := make(chan error, 200)
-	for w := range 4 {
+	for range 4 {
 		wg.Go(func() {
-			for i := range 25 {
+			for range 25 {
 				msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
-				if _, err := c.Send(context.Background(), msg, fmt.Sprintf("w%d-%d", w, i)); err != nil {
+				if _, err := c.Send(context.Background(), msg); err != nil {
 					errs <- err
 				}
 			}
@@ -396,7 +395,7 @@ func TestIntegrationRotateWhileSending(t *testing.T) {
 	}
 	// The last switch was to A: whatever happened before, the next token is A's.
 	msg := &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: "a@example.com"}}, Subject: "s", Text: "t"}
-	if _, err := c.Send(context.Background(), msg, "after"); err != nil {
+	if _, err := c.Send(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
 	if got := s.IssuedWith(); got[len(got)-1] != graphtest.CertificateThumbprint(certA) {

@@ -27,18 +27,18 @@ type AttachmentStore interface {
 	Open(ctx context.Context, profile, ref string, offset int64) (io.ReadCloser, int64, error)
 }
 
-// DeliveryMode is how a profile's jobs reach Graph.
-type DeliveryMode string
+// SendMode is how a profile's jobs reach Graph.
+type SendMode string
 
 // The delivery modes.
 const (
 	// ModeSendMail: one sendMail request per job (needs Mail.Send only); a
 	// job over Graph's 4 MB request limit is dead-lettered message_too_large.
-	ModeSendMail DeliveryMode = "sendMail"
+	ModeSendMail SendMode = "sendMail"
 	// ModeDraft: jobs go through a draft (DraftWhen says which): large
 	// attachments by upload session, and a send that can be looked up after
 	// an ambiguous outcome (needs the "Application Mail.ReadWrite" role too).
-	ModeDraft DeliveryMode = "draft"
+	ModeDraft SendMode = "draft"
 )
 
 // DraftWhen says which jobs of a draft-mode profile go through a draft.
@@ -52,30 +52,32 @@ const (
 
 // Mode is a profile's delivery mode.
 type Mode struct {
-	Delivery DeliveryMode // "" = ModeSendMail
-	When     DraftWhen    // "" = DraftLarge
+	Via  SendMode  // "" = ModeSendMail
+	When DraftWhen // "" = DraftLarge
 }
 
-// Jobs sends mail jobs: it maps a validated contract.Job onto Graph's
+// Sender sends mail jobs: it maps a validated contract.Job onto Graph's
 // message (the X-Mailworker-Job-Id stamp, objectRef attachments fetched from
 // the store) and sends it with the profile's Client. It is the worker's
-// Sender; every error it returns is a *contract.SendError.
-type Jobs struct {
+// Sender (worker.Sender, Checker, ResumableSender, DraftDeleter); every
+// error it returns is a *contract.SendError. (Named Jobs before: that is
+// queue.Jobs, the consumer of MAIL_JOBS.)
+type Sender struct {
 	clients     map[string]*Client
 	saveDefault map[string]bool
 	modes       map[string]Mode
 	attachments AttachmentStore
 }
 
-// NewJobs returns a Jobs over store (nil: jobs with objectRef attachments
+// NewSender returns a Sender over store (nil: jobs with objectRef attachments
 // are dead-lettered invalid_job); Add registers each profile's client.
-func NewJobs(store AttachmentStore) *Jobs {
-	return &Jobs{clients: map[string]*Client{}, saveDefault: map[string]bool{}, modes: map[string]Mode{}, attachments: store}
+func NewSender(store AttachmentStore) *Sender {
+	return &Sender{clients: map[string]*Client{}, saveDefault: map[string]bool{}, modes: map[string]Mode{}, attachments: store}
 }
 
 // Add sends profile's jobs with c; saveToSentItems is the profile's default
 // for jobs that do not say.
-func (s *Jobs) Add(profile string, c *Client, saveToSentItems bool) {
+func (s *Sender) Add(profile string, c *Client, saveToSentItems bool) {
 	s.clients[profile] = c
 	s.saveDefault[profile] = saveToSentItems
 }
@@ -83,15 +85,15 @@ func (s *Jobs) Add(profile string, c *Client, saveToSentItems bool) {
 // UsesDraft reports whether job, with no draft yet, goes through a draft:
 // the profile is in draft mode and draftWhen is always or the job is too
 // large for sendMail. It is false when a size cannot be read.
-func (s *Jobs) UsesDraft(ctx context.Context, profile string, job *contract.Job) bool {
+func (s *Sender) UsesDraft(ctx context.Context, profile string, job *contract.Job) bool {
 	ok, err := s.usesDraft(ctx, profile, job)
 	return ok && err == nil
 }
 
-func (s *Jobs) usesDraft(ctx context.Context, profile string, job *contract.Job) (bool, error) {
+func (s *Sender) usesDraft(ctx context.Context, profile string, job *contract.Job) (bool, error) {
 	mode := s.modes[profile]
 	switch {
-	case mode.Delivery != ModeDraft:
+	case mode.Via != ModeDraft:
 		return false, nil
 	case job.MIME != nil:
 		// A MIME job goes out as its message through sendMail's MIME form;
@@ -104,11 +106,11 @@ func (s *Jobs) usesDraft(ctx context.Context, profile string, job *contract.Job)
 }
 
 // SetMode sets profile's delivery mode (default: sendMail).
-func (s *Jobs) SetMode(profile string, m Mode) { s.modes[profile] = m }
+func (s *Sender) SetMode(profile string, m Mode) { s.modes[profile] = m }
 
 // Send sends job for profile, stamped with jobID, from scratch: a draft-mode
 // job cannot resume (see SendResumable).
-func (s *Jobs) Send(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
+func (s *Sender) Send(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 	return s.SendResumable(ctx, profile, jobID, job, nil, nil)
 }
 
@@ -116,7 +118,7 @@ func (s *Jobs) Send(ctx context.Context, profile, jobID string, job *contract.Jo
 // through a draft (the profile's Mode) resumes from draft, the progress an
 // earlier attempt saved (nil: none), and save is called with the progress
 // after every step (nil: not kept). Errors are *contract.SendError.
-func (s *Jobs) SendResumable(ctx context.Context, profile, jobID string, job *contract.Job,
+func (s *Sender) SendResumable(ctx context.Context, profile, jobID string, job *contract.Job,
 	draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error) {
 	c := s.clients[profile]
 	if c == nil {
@@ -139,7 +141,7 @@ func (s *Jobs) SendResumable(ctx context.Context, profile, jobID string, job *co
 	if err != nil {
 		return contract.SendResult{}, err
 	}
-	res, err := c.Send(ctx, msg, jobID)
+	res, err := c.Send(ctx, msg)
 	if err != nil {
 		return contract.SendResult{}, err
 	}
@@ -151,7 +153,7 @@ func (s *Jobs) SendResumable(ctx context.Context, profile, jobID string, job *co
 // objectRef are fetched from the store. The errors are *contract.SendError:
 // permanent invalid_job for an objectRef that is not there, message_too_large
 // past the inline limit, retryable internal when the store fails.
-func (s *Jobs) Message(ctx context.Context, profile, jobID string, job *contract.Job) (*Message, error) {
+func (s *Sender) Message(ctx context.Context, profile, jobID string, job *contract.Job) (*Message, error) {
 	_, from, _ := contract.ParseAddress(job.From)
 	if job.MIME != nil {
 		return s.mimeMessage(ctx, profile, from, jobID, job)
@@ -238,7 +240,7 @@ func tooLargeForSendMail(profile string, total int) error {
 // refuses a larger object by its metadata before reading a chunk. Errors are
 // *contract.SendError: invalid_job for a missing or corrupt object,
 // message_too_large over max, retryable internal when the store fails.
-func (s *Jobs) load(ctx context.Context, profile, field, ref string, max int) ([]byte, error) {
+func (s *Sender) load(ctx context.Context, profile, field, ref string, max int) ([]byte, error) {
 	if s.attachments == nil {
 		return nil, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob, Profile: profile,
 			Message: field + ": no attachment store"}
@@ -264,7 +266,7 @@ func (s *Jobs) load(ctx context.Context, profile, field, ref string, max int) ([
 // mimeMessage maps a MIME job: the message as the client wrote it, fetched
 // from the store for an objectRef, stamped with the job id (first in the
 // header; any X-Mailworker-Job-Id of the client's is replaced).
-func (s *Jobs) mimeMessage(ctx context.Context, profile, from, jobID string, job *contract.Job) (*Message, error) {
+func (s *Sender) mimeMessage(ctx context.Context, profile, from, jobID string, job *contract.Job) (*Message, error) {
 	m := job.MIME
 	fail := func(class contract.Class, reason contract.Reason, msg string, err error) error {
 		return &contract.SendError{Class: class, Reason: reason, Profile: profile, Message: msg, Err: err}

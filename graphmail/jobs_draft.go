@@ -17,7 +17,7 @@ import (
 // recipients and headers — over Graph's 4 MB (MaxRequestBytes; the route
 // follows the request, not the raw size). objectRef sizes come from the
 // store's metadata only.
-func (s *Jobs) tooLarge(ctx context.Context, profile string, job *contract.Job) (bool, error) {
+func (s *Sender) tooLarge(ctx context.Context, profile string, job *contract.Job) (bool, error) {
 	total := 0
 	request := 512 + len(job.Subject) + (len(job.Text)+len(job.HTML))*11/10
 	for _, list := range [][]string{job.To, job.Cc, job.Bcc, job.ReplyTo} {
@@ -44,7 +44,7 @@ func (s *Jobs) tooLarge(ctx context.Context, profile string, job *contract.Job) 
 	return total > contract.MaxInlineAttachmentBytes || request > MaxRequestBytes, nil
 }
 
-func (s *Jobs) size(ctx context.Context, profile string, i int, ref string) (int, error) {
+func (s *Sender) size(ctx context.Context, profile string, i int, ref string) (int, error) {
 	if s.attachments == nil {
 		return 0, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob, Profile: profile,
 			Message: fmt.Sprintf("attachments[%d].objectRef: no attachment store", i)}
@@ -65,7 +65,7 @@ func (s *Jobs) size(ctx context.Context, profile string, i int, ref string) (int
 // one). Attachments whose POST request fits Graph's 4 MB (PostFits) are read
 // whole (they go in one request); larger objectRef attachments are streamed
 // from the store chunk by chunk into an upload session.
-func (s *Jobs) sendDraft(ctx context.Context, c *Client, profile, jobID string, job *contract.Job,
+func (s *Sender) sendDraft(ctx context.Context, c *Client, profile, jobID string, job *contract.Job,
 	draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error) {
 	bare := *job
 	bare.Attachments = nil
@@ -158,7 +158,7 @@ func draftTooLarge(profile string, total int64) error {
 // dead-lettered or expired after its draft exists). A draft whose send was
 // attempted is left alone: it may be the Sent Items copy of a sent mail.
 // Errors are *contract.SendError.
-func (s *Jobs) DeleteDraft(ctx context.Context, profile, jobID string, d *contract.Draft) error {
+func (s *Sender) DeleteDraft(ctx context.Context, profile, jobID string, d *contract.Draft) error {
 	c := s.clients[profile]
 	if c == nil || d == nil || d.ID == "" || d.SendAt != nil {
 		return nil
@@ -176,7 +176,7 @@ func (s *Jobs) DeleteDraft(ctx context.Context, profile, jobID string, d *contra
 // attachment or a total over 150 MB in draft mode. It returns a permanent
 // *contract.SendError, or nil, also when the store cannot be read now (the
 // send meets that again and retries).
-func (s *Jobs) Check(ctx context.Context, profile string, job *contract.Job) error {
+func (s *Sender) Check(ctx context.Context, profile string, job *contract.Job) error {
 	c := s.clients[profile]
 	if c == nil {
 		return nil
@@ -220,7 +220,7 @@ func (s *Jobs) Check(ctx context.Context, profile string, job *contract.Job) err
 		return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
 			Message: fmt.Sprintf("subject, text and html are %d bytes, over the %d that one Graph request carries (sendMail, or a draft's create)", body, MaxRequestBytes)}
 	}
-	draft := s.modes[profile].Delivery == ModeDraft
+	draft := s.modes[profile].Via == ModeDraft
 	var total int64
 	for i, a := range job.Attachments {
 		var n int64

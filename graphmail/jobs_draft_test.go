@@ -39,10 +39,10 @@ func (m memStore) Open(_ context.Context, _, ref string, off int64) (io.ReadClos
 	return io.NopCloser(bytes.NewReader(b[off:])), int64(len(b)), nil
 }
 
-func draftJobs(t *testing.T, mode graphmail.Mode, store memStore) (*graphmail.Jobs, *graphtest.Server) {
+func draftJobs(t *testing.T, mode graphmail.Mode, store memStore) (*graphmail.Sender, *graphtest.Server) {
 	t.Helper()
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
-	j := graphmail.NewJobs(store)
+	j := graphmail.NewSender(store)
 	j.Add("p", draftClient(t, s), false)
 	j.SetMode("p", mode)
 	return j, s
@@ -74,7 +74,7 @@ func TestJobsDeliveryModes(t *testing.T) {
 		t.Errorf("sendMail mode, large job: %v", err)
 	}
 
-	j, s := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft}, store)
+	j, s := draftJobs(t, graphmail.Mode{Via: graphmail.ModeDraft}, store)
 	if _, err := j.Send(ctx, "p", "small", smallJob()); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestJobsDeliveryModes(t *testing.T) {
 		t.Errorf("attachments %+v", a)
 	}
 
-	j, s = draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft, When: graphmail.DraftAlways}, store)
+	j, s = draftJobs(t, graphmail.Mode{Via: graphmail.ModeDraft, When: graphmail.DraftAlways}, store)
 	if _, err := j.Send(ctx, "p", "small", smallJob()); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestJobsDeliveryModes(t *testing.T) {
 // whose send may have gone out is left alone.
 func TestJobsResumableAndDeleteDraft(t *testing.T) {
 	ctx := context.Background()
-	j, s := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft, When: graphmail.DraftAlways}, memStore{})
+	j, s := draftJobs(t, graphmail.Mode{Via: graphmail.ModeDraft, When: graphmail.DraftAlways}, memStore{})
 	var saved []contract.Draft
 	s.ScriptDraft(graphtest.OpSend, graphtest.Fault{Status: 400, Code: "ErrorInvalidRequest"})
 	_, err := j.SendResumable(ctx, "p", "j1", smallJob(), nil, func(_ context.Context, d *contract.Draft) error {
@@ -144,7 +144,7 @@ func TestJobsResumableAndDeleteDraft(t *testing.T) {
 // TestJobsMIMENeverDraft: a MIME job goes out through sendMail's MIME form
 // even in draft mode (the draft flow builds messages from JSON fields).
 func TestJobsMIMENeverDraft(t *testing.T) {
-	j, _ := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft, When: graphmail.DraftAlways}, memStore{})
+	j, _ := draftJobs(t, graphmail.Mode{Via: graphmail.ModeDraft, When: graphmail.DraftAlways}, memStore{})
 	job := &contract.Job{From: itSender, To: []string{"a@example.com"},
 		MIME: &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString([]byte("From: a@contoso.com\r\n\r\nhi\r\n"))}}
 	if j.UsesDraft(context.Background(), "p", job) {
@@ -159,7 +159,7 @@ func TestJobsMIMENeverDraft(t *testing.T) {
 // when its sendMail request would pass 4 MB, not only when its raw attachments pass 3 MiB:
 // one attachment of 3,145,727 bytes (under 3 MiB) is 4,194,304 bytes in base64.
 func TestJobsDraftLargeRoutesByRequestSize(t *testing.T) {
-	j, _ := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft, When: graphmail.DraftLarge}, memStore{})
+	j, _ := draftJobs(t, graphmail.Mode{Via: graphmail.ModeDraft, When: graphmail.DraftLarge}, memStore{})
 	job := func(n int) *contract.Job {
 		return &contract.Job{From: itSender, To: []string{"a@example.com"}, Subject: "s", Text: "x",
 			Attachments: []contract.Attachment{{Name: "scan.pdf", ContentType: "application/pdf",

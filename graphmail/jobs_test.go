@@ -19,7 +19,7 @@ func TestJobsMapsTheJob(t *testing.T) {
 		Subject: "Invoice", Text: "plain", HTML: "<p>html</p>", Importance: "high", SaveToSentItems: &no,
 		Headers:     map[string]string{"X-Tenant": "42", "X-A": "first"},
 		Attachments: []contract.Attachment{{Name: "a.txt", ContentType: "text/plain", ContentBase64: "aGk=", Inline: true, ContentID: "cid1"}}}
-	s := NewJobs(nil)
+	s := NewSender(nil)
 	s.Add("p", nil, true)
 	m, err := s.Message(context.Background(), "p", "j1", job)
 	if err != nil {
@@ -64,7 +64,7 @@ func TestJobsObjectRefFailures(t *testing.T) {
 		{contract.ErrNoAttachment, contract.ClassPermanent, contract.ReasonInvalidJob},
 		{errors.New("nats: timeout"), contract.ClassRetryable, contract.ReasonInternal},
 	} {
-		s := NewJobs(storeFunc(func(context.Context, string) ([]byte, error) { return nil, tc.err }))
+		s := NewSender(storeFunc(func(context.Context, string) ([]byte, error) { return nil, tc.err }))
 		_, err := s.Message(context.Background(), "p", "j1", job)
 		var se *contract.SendError
 		if !errors.As(err, &se) || se.Class != tc.class || se.Reason != tc.reason || !errors.Is(err, tc.err) {
@@ -92,7 +92,7 @@ func TestJobsMapsMIMEJobs(t *testing.T) {
 		}
 		return nil, contract.ErrNoAttachment
 	})
-	s := NewJobs(store)
+	s := NewSender(store)
 	base := contract.Job{From: "A <a@contoso.com>", To: []string{"b@example.com"}}
 	for name, m := range map[string]*contract.MIME{
 		"inline":    {ContentBase64: base64.StdEncoding.EncodeToString([]byte(raw))},
@@ -122,7 +122,7 @@ func TestJobsMIMEListsXHeaders(t *testing.T) {
 	raw := "From: a@contoso.com\r\nX-Mailer: scanner 2.1\r\nTo: b@example.com\r\nx-tenant: 42\r\n\r\nX-Not-A-Header: body\r\n"
 	job := &contract.Job{From: "a@contoso.com", To: []string{"b@example.com"},
 		MIME: &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString([]byte(raw))}}
-	m, err := NewJobs(nil).Message(context.Background(), "p", "j1", job)
+	m, err := NewSender(nil).Message(context.Background(), "p", "j1", job)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestJobsMIMEObjectRefChecked(t *testing.T) {
 		"reserved.eml": "From: a@contoso.com\r\nTo: b@example.com\r\nX-MS-Exchange-Organization-SCL: -1\r\n\r\nx\r\n",
 	}
 	store := storeFunc(func(_ context.Context, ref string) ([]byte, error) { return []byte(msgs[ref]), nil })
-	s := NewJobs(store)
+	s := NewSender(store)
 	for ref, reason := range map[string]contract.Reason{"from.eml": contract.ReasonSenderNotAllowed, "sender.eml": contract.ReasonSenderNotAllowed,
 		"to.eml": contract.ReasonInvalidJob, "reserved.eml": contract.ReasonInvalidJob} {
 		job := &contract.Job{From: "a@contoso.com", To: []string{"b@example.com"}, MIME: &contract.MIME{ObjectRef: ref}}

@@ -103,7 +103,7 @@ func TestObjectsOverThePathAreRefusedUnread(t *testing.T) {
 	withText := func(j *contract.Job, n int) *contract.Job { j.Text = strings.Repeat("x", n); return j }
 	bigText := func(n int) *contract.Job { return withText(attached(), n) }
 	sendMail := graphmail.Mode{}
-	draft := graphmail.Mode{Delivery: graphmail.ModeDraft}
+	draft := graphmail.Mode{Via: graphmail.ModeDraft}
 	many := make([]string, 160) // 160 × 1 MB: each small, 160 MB together
 	sizes := map[string]int{"huge": 150 * mb, "big1": 100 * mb, "big2": 100 * mb, "four": 4 * mb}
 	for i := range many {
@@ -131,7 +131,7 @@ func TestObjectsOverThePathAreRefusedUnread(t *testing.T) {
 			t.Parallel()
 			s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
 			store := &sizedStore{sizes: sizes}
-			jobs := graphmail.NewJobs(store)
+			jobs := graphmail.NewSender(store)
 			jobs.Add("p", draftClient(t, s), false)
 			jobs.SetMode("p", c.mode)
 			for _, step := range []struct {
@@ -174,9 +174,9 @@ func TestDraftReadsSmallAttachmentsWithinOneRequest(t *testing.T) {
 	}
 	store := &sizedStore{sizes: sizes}
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
-	jobs := graphmail.NewJobs(store)
+	jobs := graphmail.NewSender(store)
 	jobs.Add("p", draftClient(t, s), false)
-	jobs.SetMode("p", graphmail.Mode{Delivery: graphmail.ModeDraft, When: graphmail.DraftAlways})
+	jobs.SetMode("p", graphmail.Mode{Via: graphmail.ModeDraft, When: graphmail.DraftAlways})
 	if err := jobs.Check(context.Background(), "p", job); err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func TestSendMIME(t *testing.T) {
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
 	c := newIntegrationClient(t, s, graphmail.Credential{ClientSecret: itSecret})
 	stamped := graphmail.StampMIME([]byte(testMIME), "X-Mailworker-Job-Id", "job-mime")
-	if _, err := c.Send(context.Background(), &graphmail.Message{From: itSender, MIME: stamped}, "job-mime"); err != nil {
+	if _, err := c.Send(context.Background(), &graphmail.Message{From: itSender, MIME: stamped}); err != nil {
 		t.Fatal(err)
 	}
 	msgs := s.Messages()
@@ -69,7 +69,7 @@ func TestSendMIMEErrors(t *testing.T) {
 		"no recipients": {[]byte("From: billing@contoso.com\r\nSubject: x\r\n\r\nbody\r\n"), http.StatusBadRequest, "ErrorInvalidRecipients"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := c.Send(context.Background(), &graphmail.Message{From: itSender, MIME: tc.mime}, "")
+			_, err := c.Send(context.Background(), &graphmail.Message{From: itSender, MIME: tc.mime})
 			var ge *contract.SendError
 			if !errors.As(err, &ge) || ge.Status != tc.status || ge.Code != tc.code || ge.Class != contract.ClassPermanent {
 				t.Fatalf("err = %#v, want %d %s permanent", err, tc.status, tc.code)
@@ -78,7 +78,7 @@ func TestSendMIMEErrors(t *testing.T) {
 	}
 	// Over 4 MB in base64: refused before any request (graphtest's 413 is tested there).
 	big := append([]byte("To: a@example.com\r\n\r\n"), bytes.Repeat([]byte("x"), 3<<20)...)
-	_, err := c.Send(context.Background(), &graphmail.Message{From: itSender, MIME: big}, "")
+	_, err := c.Send(context.Background(), &graphmail.Message{From: itSender, MIME: big})
 	var se *contract.SendError
 	if !errors.As(err, &se) || se.Reason != contract.ReasonMessageTooLarge || se.Class != contract.ClassPermanent {
 		t.Fatalf("over 4 MB: %v, want permanent message_too_large", err)
@@ -112,7 +112,7 @@ func TestSendMIMEAllowedHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	jobs := graphmail.NewJobs(nil)
+	jobs := graphmail.NewSender(nil)
 	jobs.Add("billing", c, false)
 	send := func(extra string) error {
 		raw := "From: " + itSender + "\r\nTo: a@example.com\r\nX-Mailer: scanner\r\n" + extra + "Subject: s\r\n\r\nbody\r\n"

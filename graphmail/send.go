@@ -3,21 +3,14 @@ package graphmail
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"strings"
-	"sync/atomic"
-	"time"
 
 	"github.com/mailworker/mailworker/queue/contract"
 )
-
-const maxErrorBody = 64 << 10
 
 // MaxRequestBytes is Graph's cap on one sendMail request: 4 MB of JSON, base64
 // attachments included (docs/microsoft.md). Send refuses a larger request
@@ -27,7 +20,7 @@ const MaxRequestBytes = 4 * 1024 * 1024
 // Send posts msg to Graph as msg.From (POST /v1.0/users/{From}/sendMail).
 // Every HTTP request carries a fresh GUID as client-request-id (Microsoft's
 // best practices), with return-client-request-id: true; the job id travels in
-// the message's X-Mailworker-Job-Id header (jobID is kept for the signature).
+// the message's X-Mailworker-Job-Id header.
 // The request-id, client-request-id and Date of every call are in Result.Calls,
 // and of the last one in Result and *Error, so that a Microsoft support case or
 // a message trace can name the exact call.
@@ -40,13 +33,13 @@ const MaxRequestBytes = 4 * 1024 * 1024
 // A token comes from Token (a cache hit nearly always). When Graph answers
 // 401, Send gets a fresh token from Entra once and retries once.
 //
-// Every error is a *contract.SendError: Class and Reason per Classify, Ambiguous when the
-// mail may have been sent anyway (5xx, or a network error or timeout after the
-// request was written), RetryAfter from the Retry-After header, and the
+// Every error is a *contract.SendError: Class, Reason and Ambiguous per Classify
+// (ambiguous when the mail may have been sent anyway: a 5xx, or a network error or
+// timeout after the request was written), RetryAfter from the Retry-After header, and the
 // request-id/client-request-id of the response. Token failures are
 // contract.ClassRetryable "auth_failed" and never ambiguous. The Result is filled in
 // on failure as well (Status 0 when there was no response).
-func (c *Client) Send(ctx context.Context, msg *Message, jobID string) (Result, error) {
+func (c *Client) Send(ctx context.Context, msg *Message) (Result, error) {
 	if msg == nil || msg.From == "" {
 		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
 			Message: "message without From"}
@@ -68,35 +61,9 @@ func (c *Client) Send(ctx context.Context, msg *Message, jobID string) (Result, 
 		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: c.name,
 			Message: fmt.Sprintf("the sendMail request would be %d bytes (JSON with attachments base64-encoded, or a MIME message in base64), over Graph's 4 MB (%d bytes) per request", len(body), MaxRequestBytes)}
 	}
-	u := c.sendPrefix + url.PathEscape(msg.From) + "/sendMail"
-
-	tok, err := c.Token(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	start := time.Now()
-	res, perr := c.post(ctx, u, ctype, body, tok)
-	calls := []Call{res.call()}
-	if perr == nil || perr.Status != http.StatusUnauthorized {
-		res.Duration, res.Calls = time.Since(start), calls
-		return res, nilIfNone(perr)
-	}
-	// 401: the token may have been revoked or issued before a change.
-	fresh, terr := c.refreshToken(ctx, tok)
-	if terr != nil {
-		res.Duration, res.Calls = time.Since(start), calls
-		var se *contract.SendError
-		if errors.As(terr, &se) {
-			se.EarlierCalls = graphCalls(calls)
-		}
-		return res, terr
-	}
-	res, perr = c.post(ctx, u, ctype, body, fresh)
-	res.Duration, res.Calls = time.Since(start), append(calls, res.call())
-	if perr != nil {
-		perr.EarlierCalls = graphCalls(calls)
-	}
-	return res, nilIfNone(perr)
+	res, _, err := c.do(ctx, request{op: OpSendMail, method: http.MethodPost, body: body, ctype: ctype,
+		url: c.sendPrefix + url.PathEscape(msg.From) + "/sendMail"})
+	return res, err
 }
 
 // checkLimits applies the profile's limits to msg before anything is sent.
@@ -119,105 +86,6 @@ func (c *Client) checkLimits(msg *Message) *contract.SendError {
 		}
 	}
 	return nil
-}
-
-// nilIfNone avoids returning a typed nil *contract.SendError as a non-nil error.
-func nilIfNone(e *contract.SendError) error {
-	if e == nil {
-		return nil
-	}
-	return e
-}
-
-// wroteTrace records whether the whole request went out on the wire.
-type wroteTrace struct {
-	wrote atomic.Bool
-	trace httptrace.ClientTrace
-}
-
-func (c *Client) post(ctx context.Context, u, ctype string, body []byte, tok string) (Result, *contract.SendError) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	wt := &wroteTrace{}
-	wt.trace.WroteRequest = func(i httptrace.WroteRequestInfo) {
-		if i.Err == nil {
-			wt.wrote.Store(true)
-		}
-	}
-	req, crid, err := c.newRequest(httptrace.WithClientTrace(ctx, &wt.trace), http.MethodPost, u, body)
-	if err != nil {
-		return Result{}, &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInternal, Profile: c.name,
-			Message: "building the request", Err: err}
-	}
-	h := req.Header
-	h["Authorization"] = []string{"Bearer " + tok}
-	h["Content-Type"] = []string{ctype}
-
-	resp, err := c.http.Do(req)
-	if err != nil {
-		// url.Error names the URL (the sender mailbox), never headers.
-		return Result{ClientRequestID: crid}, &contract.SendError{
-			Class:           contract.ClassRetryable,
-			Ambiguous:       wt.wrote.Load(),
-			Profile:         c.name,
-			ClientRequestID: crid,
-			Err:             err,
-		}
-	}
-	res := Result{
-		Status:          resp.StatusCode,
-		RequestID:       safeID(resp.Header.Get("request-id")),
-		ClientRequestID: crid,
-	}
-	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
-		res.Date = d
-	}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		// 202 has no body; drain whatever there is so the connection is reused.
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-		_ = resp.Body.Close()
-		// A 202 may carry Retry-After (Microsoft Q&A 5629476): the mail is sent, and the
-		// mailbox should pause; never send it again.
-		res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
-		return res, nil
-	}
-	return res, c.httpError(resp, res, tok)
-}
-
-// httpError reads and closes the body of a Graph error answer and turns it
-// into a *contract.SendError classified by Classify; tok is scrubbed from
-// any text Graph echoes.
-func (c *Client) httpError(resp *http.Response, res Result, tok string) *contract.SendError {
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-	_ = resp.Body.Close()
-
-	var ge struct {
-		Error struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	_ = json.Unmarshal(data, &ge)
-	class, reason := Classify(resp.StatusCode, ge.Error.Code, ge.Error.Message)
-	code := ge.Error.Code
-	if len(code) > 128 {
-		code = code[:128]
-	}
-	e := &contract.SendError{
-		Class:           class,
-		Reason:          reason,
-		Status:          resp.StatusCode,
-		Code:            c.scrub(code, tok),
-		Message:         c.scrub(strings.TrimSpace(ge.Error.Message), tok),
-		RetryAfter:      parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
-		Ambiguous:       ambiguousStatus(resp.StatusCode),
-		RequestID:       res.RequestID,
-		ClientRequestID: res.ClientRequestID,
-		Date:            res.Date,
-		Profile:         c.name,
-	}
-	return e
 }
 
 // newGUID returns a random version 4 GUID for client-request-id.

@@ -82,7 +82,7 @@ func TestSendStatusTable(t *testing.T) {
 				}
 				graphError(w, tt.status, tt.code, "graph says no")
 			})
-			res, err := c.Send(context.Background(), testMsg(), "job-42")
+			res, err := c.Send(context.Background(), testMsg())
 			e := asError(t, err)
 			if e.Class != tt.class || e.Reason != tt.reason || e.Ambiguous != tt.ambiguous || e.RetryAfter != tt.wantAfter {
 				t.Errorf("got class=%v reason=%q ambiguous=%v retryAfter=%v; want %v %q %v %v",
@@ -117,8 +117,8 @@ func TestSendOK(t *testing.T) {
 	c := f.client(t, func(cfg *Config) {
 		cfg.OnTokenRequest = func(ok bool) { mu.Lock(); tokenCalls = append(tokenCalls, ok); mu.Unlock() }
 	})
-	for i := range 5 {
-		res, err := c.Send(context.Background(), testMsg(), fmt.Sprintf("job-%d", i))
+	for range 5 {
+		res, err := c.Send(context.Background(), testMsg())
 		if err != nil {
 			t.Fatalf("Send: %v", err)
 		}
@@ -165,10 +165,10 @@ func TestSend401RefreshesOnceAndRetries(t *testing.T) {
 		w.WriteHeader(http.StatusAccepted)
 	})
 	c := f.client(t)
-	if _, err := c.Send(context.Background(), testMsg(), "job-1"); err != nil {
+	if _, err := c.Send(context.Background(), testMsg()); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
-	if _, err := c.Send(context.Background(), testMsg(), "job-2"); err != nil {
+	if _, err := c.Send(context.Background(), testMsg()); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 	mu.Lock()
@@ -190,7 +190,7 @@ func TestSend401Twice(t *testing.T) {
 		graphError(w, 401, "InvalidAuthenticationToken", "nope")
 	})
 	c := f.client(t)
-	_, err := c.Send(context.Background(), testMsg(), "job-1")
+	_, err := c.Send(context.Background(), testMsg())
 	e := asError(t, err)
 	if e.Class != contract.ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous || e.Status != 401 {
 		t.Errorf("err = %v", e)
@@ -216,9 +216,9 @@ func TestSendConcurrent401sRefreshOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	for i := range 8 {
+	for range 8 {
 		wg.Go(func() {
-			if _, err := c.Send(context.Background(), testMsg(), fmt.Sprint("job-", i)); err != nil {
+			if _, err := c.Send(context.Background(), testMsg()); err != nil {
 				t.Errorf("Send: %v", err)
 			}
 		})
@@ -243,7 +243,7 @@ func TestSendTimeoutAfterWriteIsAmbiguous(t *testing.T) {
 	if _, err := c.Token(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	res, err := c.Send(context.Background(), testMsg(), "job-1")
+	res, err := c.Send(context.Background(), testMsg())
 	if err == nil {
 		t.Fatalf("Send succeeded: %+v", res)
 	}
@@ -274,7 +274,7 @@ func TestSendResetAfterWriteIsAmbiguous(t *testing.T) {
 		_ = conn.Close()
 	})
 	c := f.client(t)
-	_, err := c.Send(context.Background(), testMsg(), "job-1")
+	_, err := c.Send(context.Background(), testMsg())
 	e := asError(t, err)
 	if e.Class != contract.ClassRetryable || !e.Ambiguous || e.Status != 0 {
 		t.Errorf("err = %v, want retryable ambiguous", e)
@@ -291,7 +291,7 @@ func TestSendConnectionRefusedIsNotAmbiguous(t *testing.T) {
 	addr := l.Addr().String()
 	_ = l.Close()
 	c := f.client(t, func(cfg *Config) { cfg.GraphURL = "https://" + addr })
-	_, err = c.Send(context.Background(), testMsg(), "job-1")
+	_, err = c.Send(context.Background(), testMsg())
 	e := asError(t, err)
 	if e.Class != contract.ClassRetryable || e.Ambiguous || e.Status != 0 || e.Reason != "" {
 		t.Errorf("err = %v, want retryable, not ambiguous", e)
@@ -304,7 +304,7 @@ func TestSendTLSFailureIsNotAmbiguous(t *testing.T) {
 	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer plain.Close()
 	c := f.client(t, func(cfg *Config) { cfg.GraphURL = strings.Replace(plain.URL, "http://", "https://", 1) })
-	_, err := c.Send(context.Background(), testMsg(), "job-1")
+	_, err := c.Send(context.Background(), testMsg())
 	e := asError(t, err)
 	if e.Class != contract.ClassRetryable || e.Ambiguous || e.Status != 0 {
 		t.Errorf("err = %v, want retryable, not ambiguous", e)
@@ -321,7 +321,7 @@ func TestSendTokenFailure(t *testing.T) {
 	})
 	var calls []bool
 	c := f.client(t, func(cfg *Config) { cfg.OnTokenRequest = func(ok bool) { calls = append(calls, ok) } })
-	_, err := c.Send(context.Background(), testMsg(), "job-1")
+	_, err := c.Send(context.Background(), testMsg())
 	e := asError(t, err)
 	if e.Class != contract.ClassRetryable || e.Reason != "auth_failed" || e.Ambiguous || e.Status != 0 || e.Code != "invalid_client" {
 		t.Errorf("err = %#v", e)
@@ -363,7 +363,7 @@ func TestSendMapping(t *testing.T) {
 		Importance:      "high",
 		SaveToSentItems: true,
 	}
-	if _, err := c.Send(context.Background(), msg, "job-9"); err != nil {
+	if _, err := c.Send(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
 	var got map[string]any
@@ -411,7 +411,7 @@ func TestSendMapping(t *testing.T) {
 	}
 
 	// Text only, no optional fields.
-	if _, err := c.Send(context.Background(), &Message{From: "billing@contoso.com", To: []Address{{Address: "a@b.c"}}, Text: "t"}, ""); err != nil {
+	if _, err := c.Send(context.Background(), &Message{From: "billing@contoso.com", To: []Address{{Address: "a@b.c"}}, Text: "t"}); err != nil {
 		t.Fatal(err)
 	}
 	got = nil
@@ -431,7 +431,7 @@ func TestSendRejectsMessageWithoutFrom(t *testing.T) {
 	t.Parallel()
 	f := newFake(t)
 	c := f.client(t)
-	_, err := c.Send(context.Background(), &Message{}, "job-1")
+	_, err := c.Send(context.Background(), &Message{})
 	if e := asError(t, err); e.Class != contract.ClassPermanent || e.Reason != "internal" {
 		t.Errorf("err = %v", e)
 	}
@@ -484,7 +484,7 @@ func TestSecretsNeverInErrors(t *testing.T) {
 		f := newFake(t)
 		f.setToken(echo)
 		c := f.client(t, func(cfg *Config) { cfg.Credential = Credential{ClientSecret: secret} })
-		_, err := c.Send(context.Background(), testMsg(), "job-1")
+		_, err := c.Send(context.Background(), testMsg())
 		check(t, err, secret, "SENTINEL-SECRET")
 		if f.tokens.Load() == 0 {
 			t.Fatal("token endpoint not called")
@@ -496,7 +496,7 @@ func TestSecretsNeverInErrors(t *testing.T) {
 		f.setToken(echo)
 		pemData := selfSignedPEM(t, time.Now().Add(time.Hour))
 		c := f.client(t, func(cfg *Config) { cfg.Credential = Credential{CertificatePEM: pemData, CertificatePassword: password} })
-		_, err := c.Send(context.Background(), testMsg(), "job-1")
+		_, err := c.Send(context.Background(), testMsg())
 		check(t, err, password, "eyJ", "PRIVATE KEY")
 		if a := f.lastForm()["client_assertion"]; len(a) == 0 {
 			t.Error("no client_assertion sent")
@@ -511,7 +511,7 @@ func TestSecretsNeverInErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := f.client(t, func(cfg *Config) { cfg.Credential = Credential{FederatedTokenFile: file} })
-		_, err := c.Send(context.Background(), testMsg(), "job-1")
+		_, err := c.Send(context.Background(), testMsg())
 		check(t, err, fedToken, "SENTINEL-FED", "eyJzdWIi")
 		if a := f.lastForm()["client_assertion"]; len(a) != 1 || a[0] != fedToken {
 			t.Errorf("client_assertion = %v, want the file content", a)
@@ -526,7 +526,7 @@ func TestSecretsNeverInErrors(t *testing.T) {
 		})
 		f.setGraph(graphEcho)
 		c := f.client(t)
-		_, err := c.Send(context.Background(), testMsg(), "job-1")
+		_, err := c.Send(context.Background(), testMsg())
 		check(t, err, "SENTINEL-ACCESS-TOKEN")
 	})
 	t.Run("new with bad certificate", func(t *testing.T) {
@@ -546,8 +546,8 @@ func TestCertificateCredential(t *testing.T) {
 	if !ok || !na.Equal(notAfter) {
 		t.Errorf("CertificateNotAfter = %v, %v; want %v", na, ok, notAfter)
 	}
-	for i := range 5 {
-		if _, err := c.Send(context.Background(), testMsg(), fmt.Sprint("job-", i)); err != nil {
+	for range 5 {
+		if _, err := c.Send(context.Background(), testMsg()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -625,7 +625,7 @@ func TestSend202WithRetryAfter(t *testing.T) {
 		w.WriteHeader(http.StatusAccepted)
 	})
 	c := f.client(t)
-	res, err := c.Send(context.Background(), testMsg(), "job-1")
+	res, err := c.Send(context.Background(), testMsg())
 	if err != nil || res.Status != 202 || res.RetryAfter != 12*time.Second {
 		t.Fatalf("res %+v err %v: want 202 with RetryAfter 12s", res, err)
 	}

@@ -24,7 +24,7 @@ func TestMessageTrace(t *testing.T) {
 	ctx := context.Background()
 	start := time.Now().Add(-time.Minute)
 	for _, to := range []string{"ann@example.com", "bounce@example.com", "quarantine@example.com", "spam@example.com", "pending@example.com"} {
-		if _, err := c.Send(ctx, &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: to}}, Subject: "s", Text: "t"}, "job-"+strings.Split(to, "@")[0]); err != nil {
+		if _, err := c.Send(ctx, &graphmail.Message{From: itSender, To: []graphmail.Address{{Address: to}}, Subject: "s", Text: "t"}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -92,7 +92,7 @@ func runTracking(ctx context.Context, opts Options, stdout, stderr io.Writer) er
 	sentAt := map[string]time.Time{}
 	inner := senderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 		m := &graphmail.Message{From: job.From, To: []graphmail.Address{{Address: job.To[0]}}, Subject: "s", Text: "t"}
-		if _, err := c.Send(ctx, m, jobID); err != nil {
+		if _, err := c.Send(ctx, m); err != nil {
 			return contract.SendResult{}, err
 		}
 		now := time.Now()

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker/ledger"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -46,7 +46,7 @@ type hourCount struct {
 // (leases shrink near the limit, so that replicas share the tail instead of
 // one holding it). An empty window always grants Need, even past Limit: a
 // job with more recipients than the whole budget could not be sent at all.
-func (rec pacingRecord) lease(l contract.Lease) (next pacingRecord, granted int, freeAt time.Time) {
+func (rec pacingRecord) lease(l ledger.Lease) (next pacingRecord, granted int, freeAt time.Time) {
 	now := l.Now.Unix()
 	span := int64(LedgerSpan / time.Second)
 	for _, h := range rec.Hours {
@@ -117,7 +117,7 @@ func PacingKey(mailbox string) string {
 // and returns when l.Need will fit. It returns an error when the bucket cannot
 // be read or written (a lease whose write may have landed is then lost: the
 // budget is under-used, never over-spent).
-func (p *Pacing) Lease(ctx context.Context, l contract.Lease) (granted int, freeAt time.Time, err error) {
+func (p *Pacing) Lease(ctx context.Context, l ledger.Lease) (granted int, freeAt time.Time, err error) {
 	key := PacingKey(l.Mailbox)
 	for range maxLeaseTries {
 		var rec pacingRecord
@@ -175,7 +175,7 @@ func (p *Pacing) Used(ctx context.Context, mailbox string, now time.Time) (int, 
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return 0, fmt.Errorf("queue: recipient ledger of %s is not valid JSON: %w", mailbox, err)
 	}
-	next, _, _ := rec.lease(contract.Lease{Now: now})
+	next, _, _ := rec.lease(ledger.Lease{Now: now})
 	n := 0
 	for _, h := range next.Hours {
 		n += h.N

@@ -6,13 +6,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker/ledger"
 )
 
 func TestLedgerArithmetic(t *testing.T) {
 	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 	lease := func(rec pacingRecord, now time.Time, need, want int) (pacingRecord, int, time.Time) {
-		return rec.lease(contract.Lease{Limit: 1000, Need: need, Want: want, Hour: now.Truncate(time.Hour), Now: now})
+		return rec.lease(ledger.Lease{Limit: 1000, Need: need, Want: want, Hour: now.Truncate(time.Hour), Now: now})
 	}
 
 	t.Run("grants want while it fits, a quarter of what is left near the limit", func(t *testing.T) {
@@ -76,13 +76,13 @@ func TestLedgerArithmetic(t *testing.T) {
 		if _, g, _ := lease(rec, t0.Add(time.Hour), 1, 1); g != 0 {
 			t.Fatal("budget spent, but granted")
 		}
-		next, g, _ := rec.lease(contract.Lease{Limit: 1000, Need: 1, Want: 1, Hour: t0.Add(time.Hour), Now: t0.Add(time.Hour),
+		next, g, _ := rec.lease(ledger.Lease{Limit: 1000, Need: 1, Want: 1, Hour: t0.Add(time.Hour), Now: t0.Add(time.Hour),
 			GiveBack: 300, GiveBackHour: t0})
 		if g != 1 || len(next.Hours) != 2 || next.Hours[0].N != 700 {
 			t.Fatalf("granted %d, hours %+v; want 1 and 700 left in the first hour", g, next.Hours)
 		}
 		// Never below zero, and an aged-out hour is simply gone.
-		next, _, _ = next.lease(contract.Lease{Limit: 1000, Now: t0.Add(time.Hour), GiveBack: 5000, GiveBackHour: t0})
+		next, _, _ = next.lease(ledger.Lease{Limit: 1000, Now: t0.Add(time.Hour), GiveBack: 5000, GiveBackHour: t0})
 		if len(next.Hours) != 1 || next.Hours[0].N != 1 {
 			t.Fatalf("hours %+v", next.Hours)
 		}
@@ -99,7 +99,7 @@ func TestPacingKey(t *testing.T) {
 func TestPacingLedger(t *testing.T) {
 	b := setup(t)
 	now := time.Now()
-	l := contract.Lease{Mailbox: "a@x.example", Limit: 1000, Need: 1, Want: 100, Hour: now.Truncate(time.Hour), Now: now}
+	l := ledger.Lease{Mailbox: "a@x.example", Limit: 1000, Need: 1, Want: 100, Hour: now.Truncate(time.Hour), Now: now}
 
 	// Eight replicas lease at once: every grant is counted exactly once.
 	var wg sync.WaitGroup
@@ -131,7 +131,7 @@ func TestPacingLedger(t *testing.T) {
 	}
 	// Spend the rest, then a lease is refused until the hour ages out.
 	for used < 1000 {
-		g, _, err := b.q.Pacing.Lease(b.ctx, contract.Lease{Mailbox: l.Mailbox, Limit: 1000, Need: 1, Want: 1000, Hour: l.Hour, Now: now})
+		g, _, err := b.q.Pacing.Lease(b.ctx, ledger.Lease{Mailbox: l.Mailbox, Limit: 1000, Need: 1, Want: 1000, Hour: l.Hour, Now: now})
 		if err != nil || g == 0 {
 			t.Fatalf("lease with %d used: %d, %v", used, g, err)
 		}

@@ -87,7 +87,7 @@ func setup(t *testing.T, trace graphtest.TraceOptions) bundle {
 		for _, a := range job.To {
 			m.To = append(m.To, graphmail.Address{Address: a})
 		}
-		if _, err := c.Send(ctx, m, jobID); err != nil {
+		if _, err := c.Send(ctx, m); err != nil {
 			return contract.SendResult{}, err
 		}
 		_, err := q.States.Create(ctx, contract.JobState{JobID: jobID, Profile: profile, State: contract.StateSent, UpdatedAt: time.Now()})

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker/ledger"
 )
 
 // The interfaces the worker consumes. Package queue implements them over
@@ -121,7 +122,7 @@ type Ledger interface {
 	// l.Need or nothing; when nothing, freeAt is when l.Need will fit. An
 	// error means the ledger could not be reached: nothing may be sent
 	// blind.
-	Lease(ctx context.Context, l contract.Lease) (granted int, freeAt time.Time, err error)
+	Lease(ctx context.Context, l ledger.Lease) (granted int, freeAt time.Time, err error)
 }
 
 // Membership counts the live replicas that share the mailbox limits

@@ -150,10 +150,10 @@ func TestMayHaveReachedExchange(t *testing.T) {
 		{"429 of sendMail", contract.SendError{Class: contract.ClassThrottled, Status: 429}, true},
 		{"503 of sendMail", contract.SendError{Class: contract.ClassRetryable, Status: 503}, true},
 		{"timeout after the request was written", contract.SendError{Class: contract.ClassRetryable, Ambiguous: true}, true},
-		{"429 of a draft's upload", contract.SendError{Class: contract.ClassThrottled, Status: 429, Op: contract.OpUpload}, false},
-		{"503 of a draft's create", contract.SendError{Class: contract.ClassRetryable, Status: 503, Op: contract.OpCreateDraft}, false},
-		{"429 of a draft's send", contract.SendError{Class: contract.ClassThrottled, Status: 429, Op: contract.OpSendDraft}, true},
-		{"504 of a draft's send", contract.SendError{Class: contract.ClassRetryable, Status: 504, Op: contract.OpSendDraft, Ambiguous: true}, true},
+		{"429 of a draft's upload", contract.SendError{Class: contract.ClassThrottled, Status: 429, Op: "upload", SendsNothing: true}, false},
+		{"503 of a draft's create", contract.SendError{Class: contract.ClassRetryable, Status: 503, Op: "createDraft", SendsNothing: true}, false},
+		{"429 of a draft's send", contract.SendError{Class: contract.ClassThrottled, Status: 429, Op: "send"}, true},
+		{"504 of a draft's send", contract.SendError{Class: contract.ClassRetryable, Status: 504, Op: "send", Ambiguous: true}, true},
 	} {
 		if got := mayHaveReachedExchange(&c.se); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)

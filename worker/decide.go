@@ -24,7 +24,8 @@ const (
 	Sent
 	// Failed: the send failed: Err.
 	Failed
-	// Interrupted: shutdown cut the send short: Err.
+	// Interrupted: shutdown cut the send short (Err), or ended the wait for
+	// the mailbox's slots before any Graph call (Err nil).
 	Interrupted
 	// Unreachable: the broker failed us (a state, ledger or dead-letter
 	// write); nothing is known about the job that was not known before.
@@ -33,6 +34,16 @@ const (
 	// a draft's send may have gone out and the look-up could not prove
 	// it either way (Pending says what it saw). Not a failure.
 	Pending
+	// Contended: the job's state moved on under this delivery twice while
+	// it was claiming the job (compare-and-set lost twice): look again
+	// shortly.
+	Contended
+	// Moved: the job's state moved on under this delivery to a state that
+	// another delivery holds (not an outcome): put it back, to be decided on
+	// again.
+	Moved
+	// Panicked: the worker panicked while handling the delivery: Message.
+	Panicked
 )
 
 // Outcome is what happened to one delivery.
@@ -45,7 +56,8 @@ type Outcome struct {
 	// state's Seq is its stream sequence); its ack was lost.
 	Redelivered bool
 	// Invalid.
-	Reason  contract.Reason
+	Reason contract.Reason
+	// Invalid, Panicked.
 	Message string
 	// Paced.
 	Delay time.Duration
@@ -108,8 +120,8 @@ func (k ActionKind) String() string {
 	return fmt.Sprintf("action(%d)", int(k))
 }
 
-// Action is decide's answer. The attempt counter moves only through
-// SpendsAttempt, in Pool.carry.
+// Action is decide's answer, and only decide builds one. The attempt
+// counter moves only through SpendsAttempt, in Pool.carry (complete.go).
 type Action struct {
 	Kind    ActionKind
 	Reason  contract.Reason // DeadLetter; the failure's, for Retry
@@ -186,15 +198,19 @@ const (
 // decide maps a job's state and what just happened to the one action the
 // worker takes. It is pure: no I/O, the time is given. Every rule about
 // duplicates, expiry, deferral, ambiguity, attempts and failure classes is
-// a case here; Pool.carry carries the action out.
+// a case here; Pool.carry (complete.go) carries the action out.
 func decide(st contract.JobState, o Outcome, pol Policy, now time.Time) Action {
 	switch o.Kind {
 	case Invalid:
 		return Action{Kind: DeadLetter, Reason: o.Reason, Message: o.Message}
 	case Paced:
 		return Action{Kind: Defer, Delay: o.Delay, Cause: o.Cause, Message: "mailbox limit: " + string(o.Cause)}
-	case Unreachable:
+	case Unreachable, Moved:
 		return Action{Kind: PutBack, Delay: pol.Retry.Broker()}
+	case Contended:
+		return Action{Kind: Defer, Delay: time.Second, Cause: CauseBusy, Message: "job state changed concurrently"}
+	case Panicked:
+		return Action{Kind: DeadLetter, Reason: contract.ReasonInternal, Message: o.Message}
 	case Sent:
 		// Never sent again; a Retry-After on the 202 pauses the mailbox.
 		return Action{Kind: AckSent, SpendsAttempt: true, Pause: o.RetryAfter}
@@ -368,7 +384,7 @@ func decidePending(st contract.JobState, pe *contract.PendingError, pol Policy, 
 		every = DefaultDraftLookupEvery
 	}
 	if until := pe.SentAt.Add(wait); now.Before(until) {
-		return Action{Kind: Defer, Delay: min(every, max(until.Sub(now), time.Second)), Cause: CauseSentItems,
+		return Action{Kind: Defer, Delay: min(every, max(until.Sub(now), time.Second)), Cause: CauseAwaitingSentCopy,
 			Message: "draft sent or being sent: not known yet, looking again for it"}
 	}
 	if !pe.InDrafts {

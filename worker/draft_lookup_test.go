@@ -39,7 +39,7 @@ func (s *lookupSender) SendResumable(ctx context.Context, _, _ string, _ *contra
 			return contract.SendResult{}, err
 		}
 		s.sends++
-		return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true, Op: contract.OpSendDraft}
+		return contract.SendResult{}, &contract.SendError{Class: contract.ClassRetryable, Status: 504, Ambiguous: true, Op: "send"}
 	}
 	s.lookups++
 	if s.lookups <= s.pending {
@@ -72,7 +72,7 @@ func TestDraftLookupsAreNotPaced(t *testing.T) {
 	}
 	deferred := 0
 	for _, ev := range b.history(id) {
-		if ev.Event == contract.EventDeferred && ev.Cause == string(CauseSentItems) {
+		if ev.Event == contract.EventDeferred && ev.Cause == string(CauseAwaitingSentCopy) {
 			deferred++
 		}
 		if ev.Event == contract.EventDeferred && ev.Cause == string(CausePace) {

@@ -1,5 +1,10 @@
 package worker
 
+// The executor (river's internal/jobexecutor): handle runs one delivery's
+// attempt — reads its facts, paces it, calls the Sender — and ends with the
+// one Action that decide made of what happened; carry (complete.go) records
+// that action. Nothing here acks, naks, terminates or builds an Action.
+
 import (
 	"context"
 	"encoding/base64"
@@ -12,23 +17,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // opTimeout bounds one broker operation (state, event, dead letter).
 const opTimeout = 10 * time.Second
-
-// finalAttemptTimeout bounds one try of a final write. Those writes are
-// idempotent (a KV put of the same state, an event with a stable dedupe id),
-// so a try whose reply is lost (the stream leader died with the write in
-// flight) is cut short and made again rather than waited out for opTimeout.
-const finalAttemptTimeout = 3 * time.Second
-
-// terminalStateTimeout bounds how long a final write (terminal state, final
-// event) is retried before the worker gives up on it.
-const terminalStateTimeout = 2 * time.Minute
 
 // unknownProfile labels metrics of jobs published for a profile this worker
 // does not serve, so that a stray subject cannot grow label cardinality.
@@ -68,6 +61,20 @@ type job struct {
 	// releaseSlots gives back the mailbox and Graph concurrency slots once
 	// the Graph call is over (nil when none are held; safe to call twice).
 	releaseSlots func()
+	// held are what the attempt holds (recipients, the heartbeat, the
+	// slots): released, last first, once the action is carried out.
+	held []func()
+}
+
+// hold keeps f to run once j's action is carried out (release).
+func (j *job) hold(f func()) { j.held = append(j.held, f) }
+
+// release runs what hold kept, last first.
+func (j *job) release() {
+	for i := len(j.held) - 1; i >= 0; i-- {
+		j.held[i]()
+	}
+	j.held = nil
 }
 
 func (j *job) metricProfile() string {
@@ -92,25 +99,32 @@ func (p *Pool) decide(j *job, o Outcome) Action {
 	return decide(j.state, o, p.policy(j), p.clock.Now())
 }
 
-// handle takes one delivery to exactly one outcome: it gathers the facts,
-// asks decide, and carries the action out (carry). stop ends waiting (the
-// job is put back unspent); sendCtx ends a send in flight.
+// handle takes one delivery to exactly one outcome: execute gathers the
+// facts and returns decide's action, and carry carries it out; what the
+// attempt holds (slots, heartbeat, recipients) is let go after that. stop
+// ends waiting (the job is put back unspent); sendCtx ends a send in flight.
 func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	j := &job{msg: msg}
+	defer j.release()
 	defer func() {
 		if r := recover(); r != nil {
 			p.log.Error().Str("jobId", j.id).Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("panic while handling job")
-			p.carry(sendCtx, j, Action{Kind: DeadLetter, Reason: contract.ReasonInternal,
-				Message: fmt.Sprintf("worker panic while handling the job: %v", r)})
+			p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Panicked, Message: fmt.Sprintf("worker panic while handling the job: %v", r)}))
 		}
 	}()
+	p.carry(sendCtx, j, p.execute(stop, sendCtx, j))
+}
+
+// execute runs j's attempt up to the first decision that is not Send, and
+// returns it.
+func (p *Pool) execute(stop, sendCtx context.Context, j *job) Action {
+	msg := j.msg
 	firstDelivery := p.open(j)
 	parsed, decodeErr := contract.DecodeJob(msg.Data())
 	p.resolveID(j, parsed)
 	if j.prof == nil {
-		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Invalid, Reason: contract.ReasonInvalidJob,
-			Message: fmt.Sprintf("no profile %q is configured on this worker (subject %s): publish on mail.send.<profile> for a configured profile", j.profile, msg.Subject())}))
-		return
+		return p.decide(j, Outcome{Kind: Invalid, Reason: contract.ReasonInvalidJob,
+			Message: fmt.Sprintf("no profile %q is configured on this worker (subject %s): publish on mail.send.<profile> for a configured profile", j.profile, msg.Subject())})
 	}
 	if decodeErr != nil {
 		reason := contract.ReasonInvalidJob
@@ -118,8 +132,7 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 		if errors.As(decodeErr, &inv) && inv.Reason != "" {
 			reason = inv.Reason
 		}
-		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Invalid, Reason: reason, Message: "invalid job: " + decodeErr.Error()}))
-		return
+		return p.decide(j, Outcome{Kind: Invalid, Reason: reason, Message: "invalid job: " + decodeErr.Error()})
 	}
 	j.job = parsed
 	j.from = senderAddress(parsed.From)
@@ -133,28 +146,20 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 	// later deliveries and every job a state could change the decision for
 	// read.
 	if !(firstDelivery && msg.Header(contract.HeaderReplay) == "" && msg.Header(contract.HeaderOriginSeq) == "" && p.plainlySendable(j)) {
-		if !p.readState(sendCtx, j) {
-			return
+		if a, ok := p.readState(sendCtx, j); !ok {
+			return a
 		}
 	}
-	a, ok := p.arrival(sendCtx, j)
-	if !ok {
-		return
+	if a := p.arrival(sendCtx, j); a.Kind != Send {
+		return a
 	}
-	if a.Kind != Send {
-		p.carry(sendCtx, j, a)
-		return
+	if a, ok := p.checkSize(sendCtx, j); !ok {
+		return a
 	}
-	if o, ok := p.checkSize(sendCtx, j); !ok {
-		if o.Kind != 0 {
-			p.carry(sendCtx, j, p.decide(j, o))
-		}
-		return
+	if a, ok := p.checked(sendCtx, j); !ok {
+		return a
 	}
-	if !p.checked(sendCtx, j) {
-		return
-	}
-	p.paceAndSend(stop, sendCtx, j)
+	return p.paceAndSend(stop, sendCtx, j)
 }
 
 // checkSize holds j to its profile's maximum message size, as Exchange
@@ -162,15 +167,15 @@ func (p *Pool) handle(stop, sendCtx context.Context, msg Delivery) {
 // base64-encoded), before any Graph call and any upload: past it Exchange
 // refuses the mail (ErrorMessageSizeExceeded, in a draft's case only when
 // the upload has crossed the limit), after the upload has spent the
-// mailbox's 5-minute upload budget. ok is false when j must not be sent: o
-// is then the Invalid outcome to carry, or the zero Outcome when the object
-// store was out of reach (j is already put back).
-func (p *Pool) checkSize(ctx context.Context, j *job) (o Outcome, ok bool) {
+// mailbox's 5-minute upload budget. ok is false when j must not be sent: a
+// is then the action (the message is too large, or the object store was out
+// of reach).
+func (p *Pool) checkSize(ctx context.Context, j *job) (a Action, ok bool) {
 	if j.state.Draft != nil {
 		// Checked before its draft was created; the draft may have been
 		// sent since, which only a look-up can tell: never dead-letter it
 		// for a limit that changed in between.
-		return Outcome{}, true
+		return Action{}, true
 	}
 	limit := j.prof.MaxMessageBytes
 	if limit <= 0 {
@@ -197,68 +202,45 @@ func (p *Pool) checkSize(ctx context.Context, j *job) (o Outcome, ok bool) {
 		if storeErr == nil {
 			storeErr = err
 		}
-		p.unreachable(ctx, j, "read attachment sizes from the object store", storeErr)
-		return Outcome{}, false
+		return p.unreachable(j, "read attachment sizes from the object store", storeErr), false
 	}
 	if n <= limit {
-		return Outcome{}, true
+		return Action{}, true
 	}
-	return Outcome{Kind: Invalid, Reason: contract.ReasonMessageTooLarge, Message: fmt.Sprintf(
+	return p.decide(j, Outcome{Kind: Invalid, Reason: contract.ReasonMessageTooLarge, Message: fmt.Sprintf(
 		"the message is about %s as Exchange counts it (attachments base64-encoded, about 33%% larger than the files), "+
 			"over profiles.%s.maxMessageSize, %s: Exchange would refuse it (ErrorMessageSizeExceeded). "+
 			"Send smaller attachments, or raise the sending mailbox's MaxSendSize (Set-Mailbox, at most 150 MB) and maxMessageSize with it",
-		contract.FormatMessageSize(n), j.profile, contract.FormatMessageSize(limit))}, false
+		contract.FormatMessageSize(n), j.profile, contract.FormatMessageSize(limit))}), false
 }
 
 // checked asks the sender (Checker) to refuse what j's path cannot send
 // before the mailbox's recipient budget is charged and before any content
-// is loaded; false when j was refused (and dead-lettered).
-func (p *Pool) checked(ctx context.Context, j *job) bool {
+// is loaded; ok is false when j was refused: a is then the action.
+func (p *Pool) checked(ctx context.Context, j *job) (a Action, ok bool) {
 	c, ok := p.sender.(Checker)
 	if !ok {
-		return true
+		return Action{}, true
 	}
 	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
 	err := c.Check(opCtx, j.profile, j.job)
 	cancel()
 	if err == nil {
-		return true
+		return Action{}, true
 	}
 	se := contract.AsSendError(err)
 	if se.Class != contract.ClassPermanent {
-		return true // the send meets it again, and retries
+		return Action{}, true // the send meets it again, and retries
 	}
 	if !j.stateRead { // a duplicate is suppressed, not dead-lettered
-		if !p.readState(ctx, j) {
-			return false
+		if a, ok := p.readState(ctx, j); !ok {
+			return a, false
 		}
 		if a := p.decide(j, p.arrived(j)); a.Kind != Send {
-			p.carry(ctx, j, a)
-			return false
+			return a, false
 		}
 	}
-	p.carry(ctx, j, p.decide(j, Outcome{Kind: Failed, Err: se}))
-	return false
-}
-
-// refundRecipients gives back the recipients j's admission took when its
-// send cannot have reached Graph (refused before the call, deferred or put
-// back after the admission, a definite 4xx): only a send that may have been
-// delivered counts against the mailbox's 24-hour budget.
-func (p *Pool) refundRecipients(ctx context.Context, j *job) {
-	if j.rcpt == 0 || j.mayHaveSent {
-		return
-	}
-	l, toLedger := p.pacer.refund(j.from, j.rcpt, j.rcptHour)
-	j.rcpt = 0
-	if !toLedger {
-		return
-	}
-	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	defer cancel()
-	if _, _, err := p.broker.Ledger.Lease(opCtx, l); err != nil {
-		p.log.Warn().Str("jobId", j.id).Err(err).Int("recipients", l.GiveBack).Msg("could not give unsent recipients back to the ledger; they age out")
-	}
+	return p.decide(j, Outcome{Kind: Failed, Err: se}), false
 }
 
 // mayHaveReachedExchange reports whether a failed send may have delivered
@@ -266,12 +248,12 @@ func (p *Pool) refundRecipients(ctx context.Context, j *job) {
 // ambiguous outcome, or a 5xx or 429 of sendMail or of a draft's send (per
 // Microsoft staff a 429 is not strictly proof of non-delivery:
 // docs/microsoft.md). The draft flow's other calls (create, attach, upload,
-// look-up) send nothing.
+// look-up) send nothing (SendError.SendsNothing).
 func mayHaveReachedExchange(se *contract.SendError) bool {
 	switch {
 	case se.Ambiguous:
 		return true
-	case se.Op != "" && se.Op != contract.OpSendDraft:
+	case se.SendsNothing:
 		return false
 	}
 	return se.Status == 429 || se.Status >= 500
@@ -322,32 +304,31 @@ func (p *Pool) arrived(j *job) Outcome {
 		Redelivered: j.state.Seq != 0 && j.state.Seq == j.seq}
 }
 
-// readState loads j's state; false when the broker failed (the job is put back).
-func (p *Pool) readState(ctx context.Context, j *job) bool {
+// readState loads j's state; ok is false when the broker failed: a is then
+// the action (put back).
+func (p *Pool) readState(ctx context.Context, j *job) (a Action, ok bool) {
 	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
 	st, rev, err := p.broker.States.Get(opCtx, j.profile, j.id)
 	cancel()
 	if err != nil && !errors.Is(err, contract.ErrNoState) {
-		p.unreachable(ctx, j, "read job state", err)
-		return false
+		return p.unreachable(j, "read job state", err), false
 	}
 	p.adopt(j, st, rev, err == nil)
 	j.fresh = false
-	return true
+	return Action{}, true
 }
 
-// readLatest loads j's state from the store's leader; false when the broker
-// failed (the job is put back).
-func (p *Pool) readLatest(ctx context.Context, j *job) bool {
+// readLatest loads j's state from the store's leader; ok is false when the
+// broker failed: a is then the action (put back).
+func (p *Pool) readLatest(ctx context.Context, j *job) (a Action, ok bool) {
 	opCtx, cancel := context.WithTimeout(ctx, opTimeout)
 	st, rev, err := p.broker.States.Latest(opCtx, j.profile, j.id)
 	cancel()
 	if err != nil && !errors.Is(err, contract.ErrNoState) {
-		p.unreachable(ctx, j, "read job state", err)
-		return false
+		return p.unreachable(j, "read job state", err), false
 	}
 	p.adopt(j, st, rev, err == nil)
-	return true
+	return Action{}, true
 }
 
 // adopt makes st, stored at rev (exists false: none is), j's state.
@@ -366,15 +347,15 @@ func (p *Pool) adopt(j *job, st contract.JobState, rev uint64, exists bool) {
 // duplicate is never taken on a read that a lagging replica may have
 // served: it is confirmed from the leader first (a replay of the job may
 // have moved it on since).
-func (p *Pool) arrival(ctx context.Context, j *job) (Action, bool) {
+func (p *Pool) arrival(ctx context.Context, j *job) Action {
 	a := p.decide(j, p.arrived(j))
 	if a.Kind == SuppressDuplicate && !j.fresh {
-		if !p.readLatest(ctx, j) {
-			return Action{}, false
+		if a, ok := p.readLatest(ctx, j); !ok {
+			return a
 		}
 		a = p.decide(j, p.arrived(j))
 	}
-	return a, true
+	return a
 }
 
 // plainlySendable reports whether a job without state would go straight to
@@ -387,7 +368,8 @@ func (p *Pool) plainlySendable(j *job) bool {
 // whose send was attempted is looked up, not sent (graphmail resumeSend): the
 // look-up takes the mailbox's concurrency slots (it is Graph requests) but
 // not its pace, recipients or upload volume, which the send already counted.
-func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
+// Shutdown (stop) during the waits is the Interrupted outcome.
+func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) Action {
 	var upload int64
 	var adm Admission
 	rcpt := 0
@@ -400,31 +382,26 @@ func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
 		adm, err = p.admit(sendCtx, j.from, rcpt, upload)
 		if err != nil {
 			// The recipient ledger is out of reach: never send blind.
-			p.unreachable(sendCtx, j, "lease recipients from the shared ledger", err)
-			return
+			return p.unreachable(j, "lease recipients from the shared ledger", err)
 		}
 	}
 	if adm.Defer > 0 {
-		p.paced(sendCtx, j, adm.Defer, adm.Cause)
-		return
+		return p.paced(sendCtx, j, adm.Defer, adm.Cause)
 	}
 	j.admittedAt, j.uploadBytes = adm.At, upload
 	// Every way out from here that cannot have reached Graph gives the
-	// recipients back.
+	// recipients back (carry does, and release after it).
 	j.rcpt, j.rcptHour = rcpt, adm.Hour
-	defer p.refundRecipients(sendCtx, j)
-	hb := p.keepAlive(j.msg)
-	defer hb.Stop()
+	j.hold(func() { p.refundRecipients(sendCtx, j) })
+	j.hold(p.keepAlive(j.msg).Stop)
 	if err := p.pacer.acquire(stop, j.from, adm.At); err != nil {
-		_ = j.msg.Nak()
-		return
+		return p.decide(j, Outcome{Kind: Interrupted})
 	}
 	select {
 	case p.sends <- struct{}{}:
 	case <-stop.Done():
 		p.pacer.release(j.from)
-		_ = j.msg.Nak()
-		return
+		return p.decide(j, Outcome{Kind: Interrupted})
 	}
 	// The slots bound Graph requests: they are given back as soon as the
 	// call returns, not after the state write, ack and event that follow.
@@ -432,38 +409,31 @@ func (p *Pool) paceAndSend(stop, sendCtx context.Context, j *job) {
 		<-p.sends
 		p.pacer.release(j.from)
 	})
-	defer j.releaseSlots()
+	j.hold(j.releaseSlots)
 	if stop.Err() != nil {
-		_ = j.msg.Nak()
-		return
+		return p.decide(j, Outcome{Kind: Interrupted})
 	}
 	// Graph may have answered another job of this mailbox with Retry-After
 	// while this one waited for its slots: sending now would land inside
 	// that window.
 	if d := p.pacer.pausedFor(j.from); d > 0 {
-		p.paced(sendCtx, j, d, CauseRetryAfter)
-		return
+		return p.paced(sendCtx, j, d, CauseRetryAfter)
 	}
-	p.send(sendCtx, j)
+	return p.send(sendCtx, j)
 }
 
 // paced defers j for the mailbox. A job whose state was not read reads it
 // first: a duplicate is suppressed at once, not after waiting for the pace.
-func (p *Pool) paced(ctx context.Context, j *job, d time.Duration, cause Cause) {
+func (p *Pool) paced(ctx context.Context, j *job, d time.Duration, cause Cause) Action {
 	if !j.stateRead {
-		if !p.readState(ctx, j) {
-			return
+		if a, ok := p.readState(ctx, j); !ok {
+			return a
 		}
-		a, ok := p.arrival(ctx, j)
-		if !ok {
-			return
-		}
-		if a.Kind != Send {
-			p.carry(ctx, j, a)
-			return
+		if a := p.arrival(ctx, j); a.Kind != Send {
+			return a
 		}
 	}
-	p.carry(ctx, j, p.decide(j, Outcome{Kind: Paced, Delay: d, Cause: cause}))
+	return p.decide(j, Outcome{Kind: Paced, Delay: d, Cause: cause})
 }
 
 // uploadBytes estimates the size of the job's sendMail request for the
@@ -507,8 +477,8 @@ func (p *Pool) objectSize(ctx context.Context, profile, ref string, def int) int
 }
 
 // send claims the job (state `sending`, compare-and-set), calls the Sender
-// and carries out what decide makes of the result.
-func (p *Pool) send(sendCtx context.Context, j *job) {
+// and returns what decide makes of the result.
+func (p *Pool) send(sendCtx context.Context, j *job) Action {
 	if rs, ok := p.sender.(ResumableSender); ok && j.state.Draft == nil {
 		opCtx, cancel := context.WithTimeout(sendCtx, opTimeout)
 		if rs.UsesDraft(opCtx, j.profile, j.job) {
@@ -516,8 +486,8 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 		}
 		cancel()
 	}
-	if !p.mark(sendCtx, j) {
-		return
+	if a, ok := p.mark(sendCtx, j); !ok {
+		return a
 	}
 	ctx, cancel := context.WithTimeout(sendCtx, p.cfg.SendTimeout)
 	if j.state.Draft != nil {
@@ -556,21 +526,25 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	cancel()
 	p.m.SendDuration.WithLabelValues(j.profile).Observe(j.elapsed.Seconds())
 
+	return p.decide(j, p.sendOutcome(sendCtx, j, res, err))
+}
+
+// sendOutcome is the outcome of the Sender's answer (res, err), noting the
+// Graph call in j and the metrics.
+func (p *Pool) sendOutcome(sendCtx context.Context, j *job, res contract.SendResult, err error) Outcome {
 	if err == nil {
 		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
 		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
 			Date: contract.GraphDate(res.Date), EarlierCalls: res.EarlierCalls}
 		j.lookup = res.Lookup
-		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Sent, RetryAfter: res.RetryAfter}))
-		return
+		return Outcome{Kind: Sent, RetryAfter: res.RetryAfter}
 	}
 	var pending *contract.PendingError
 	if errors.As(err, &pending) {
 		// Not a failure: a draft's send may have gone out and the look-up
 		// cannot tell yet. decide says when to look again, or what to do
 		// once the transit window has passed.
-		p.carry(sendCtx, j, p.decide(j, Outcome{Kind: Pending, Pending: pending}))
-		return
+		return Outcome{Kind: Pending, Pending: pending}
 	}
 	se := contract.AsSendError(err)
 	p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(se.Status)).Inc()
@@ -584,7 +558,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) {
 	if se.Class == contract.ClassThrottled {
 		p.m.GraphThrottled.WithLabelValues(j.profile).Inc()
 	}
-	p.carry(sendCtx, j, p.decide(j, Outcome{Kind: kind, Err: se}))
+	return Outcome{Kind: kind, Err: se}
 }
 
 // saveDraft stores a job's draft progress in its state with a
@@ -603,31 +577,12 @@ func (p *Pool) saveDraft(ctx context.Context, j *job, d *contract.Draft) error {
 	return p.store(ctx, j, st, opTimeout, nil)
 }
 
-// deleteDraft deletes the job's draft when it was never sent, before the
-// job is dead-lettered, and forgets it (a replay then starts a new one). A
-// draft that cannot be deleted is kept in the state and logged; `mailworker
-// check` reports drafts left behind.
-func (p *Pool) deleteDraft(ctx context.Context, j *job) {
-	d := j.state.Draft
-	dd, ok := p.sender.(DraftDeleter)
-	if d == nil || d.SendAt != nil || !ok {
-		return
-	}
-	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.SendTimeout)
-	defer cancel()
-	if err := dd.DeleteDraft(opCtx, j.profile, j.id, d); err != nil {
-		p.m.DraftsLeft.WithLabelValues(j.metricProfile()).Inc()
-		p.log.Warn().Str("jobId", j.id).Str("profile", j.profile).Err(err).Msg("could not delete the job's draft; it is left in the mailbox's Drafts")
-		return
-	}
-	j.state.Draft = nil
-}
-
 // mark stores state `sending` with a compare-and-set, claiming the job for
 // this delivery. When another delivery moved the job on first, the state is
 // read again and decided on at once (a duplicate is suppressed without a
-// detour); false when the job is not to be sent now.
-func (p *Pool) mark(ctx context.Context, j *job) bool {
+// detour); ok is false when the job is not to be sent now: a is then the
+// action.
+func (p *Pool) mark(ctx context.Context, j *job) (a Action, ok bool) {
 	for try := 0; ; try++ {
 		st := j.state
 		st.State = contract.StateSending
@@ -637,284 +592,26 @@ func (p *Pool) mark(ctx context.Context, j *job) bool {
 		switch {
 		case err == nil:
 			j.marked = true
-			return true
+			return Action{}, true
 		case errors.Is(err, errMoved) && try == 0:
 			// j holds the state as the leader has it now.
 			if a := p.decide(j, p.arrived(j)); a.Kind != Send {
-				p.carry(ctx, j, a)
-				return false
+				return a, false
 			}
 		case errors.Is(err, errMoved):
 			// Moved on twice under us: look again shortly.
-			p.carry(ctx, j, Action{Kind: Defer, Delay: time.Second, Cause: CauseBusy, Message: "job state changed concurrently"})
-			return false
+			return p.decide(j, Outcome{Kind: Contended}), false
 		default:
-			p.unreachable(ctx, j, "write job state", err)
-			return false
+			return p.unreachable(j, "write job state", err), false
 		}
 	}
 }
 
-// unreachable carries out the Unreachable outcome: the broker failed us.
-func (p *Pool) unreachable(ctx context.Context, j *job, op string, err error) {
+// unreachable logs that the broker failed op and returns decide's action
+// for the Unreachable outcome.
+func (p *Pool) unreachable(j *job, op string, err error) Action {
 	p.log.Error().Str("jobId", j.id).Str("profile", j.profile).Err(err).Msgf("%s failed; job put back", op)
-	p.carry(ctx, j, p.decide(j, Outcome{Kind: Unreachable}))
-}
-
-// carry carries out one action: the only place that spends an attempt, and
-// the only place that acks, naks or terminates after a decision.
-func (p *Pool) carry(ctx context.Context, j *job, a Action) {
-	// Recipients of a send that cannot have reached Graph go back before the
-	// outcome is recorded: whoever sees the outcome sees the budget as it is
-	// (a no-op when nothing was admitted; handle's deferred call is the
-	// fallback for the ways out that carry nothing).
-	p.refundRecipients(ctx, j)
-	if a.SpendsAttempt {
-		j.state.Attempts++
-	}
-	if a.Stopped {
-		j.state.Stops++
-	}
-	if a.Ambiguous {
-		j.state.Ambiguous = true
-		p.m.Ambiguous.WithLabelValues(j.metricProfile()).Inc()
-	}
-	if a.Pause > 0 && j.from != "" {
-		p.pacer.pause(j.from, a.Pause) // the mailbox was told to wait
-	}
-	if a.Lookup != "" {
-		j.lookup = a.Lookup
-	}
-	if a.ResendDraft && j.state.Draft != nil {
-		// Proven unsent (decide): the next attempt sends the draft again.
-		d := *j.state.Draft
-		d.SendAt = nil
-		j.state.Draft = &d
-	}
-	switch a.Kind {
-	case AckSent:
-		p.sent(ctx, j)
-	case DeadLetter:
-		p.deleteDraft(ctx, j)
-		p.deadLetter(ctx, j, a.Reason, a.Message)
-	case Retry:
-		j.state.State = contract.StateRetrying
-		j.state.LastError = &contract.ErrorInfo{Reason: a.Reason, Message: a.Message}
-		// A failed write is logged; the retry is scheduled all the same (the
-		// next delivery then sees `sending` and treats the attempt as lost).
-		if !p.putState(ctx, j) {
-			return
-		}
-		retryAt := p.clock.Now().Add(a.Delay)
-		reason := a.Reason
-		p.m.Retries.WithLabelValues(j.profile, string(reason)).Inc()
-		p.later(ctx, j, a.Delay)
-		p.emit(ctx, j, contract.Event{Event: contract.EventRetrying, Graph: j.graph, RetryAt: &retryAt,
-			Error: &contract.ErrorInfo{Reason: reason, Message: a.Message}, Ambiguous: a.Ambiguous,
-			LatencyMs: j.elapsed.Milliseconds()})
-		p.outcomeLog(zerolog.WarnLevel, j, "retrying").Str("error", a.Message).Dur("delay", a.Delay).Bool("ambiguous", a.Ambiguous).Send()
-	case Defer:
-		if j.marked {
-			// The state says `sending`: say what it is now.
-			j.state.State = contract.StateDeferred
-			if !p.putState(ctx, j) {
-				return
-			}
-		}
-		if a.Cause.throttle() {
-			p.m.ThrottleDeferrals.WithLabelValues(j.metricProfile(), string(a.Cause)).Inc()
-		}
-		at := p.clock.Now().Add(a.Delay)
-		if p.later(ctx, j, a.Delay) && a.Cause == CausePace {
-			p.plans.add(j.from, j.profile, j.id, at)
-		}
-		var graph *contract.GraphInfo
-		if a.Cause == CauseRetryAfter && j.marked {
-			graph = j.graph
-		}
-		p.emit(ctx, j, contract.Event{Event: contract.EventDeferred, Graph: graph, RetryAt: &at, Cause: string(a.Cause)})
-		p.outcomeLog(zerolog.DebugLevel, j, "deferred").Str("why", a.Message).Str("cause", string(a.Cause)).Dur("delay", a.Delay).Send()
-	case SuppressDuplicate:
-		_ = j.msg.Ack()
-		p.m.Jobs.WithLabelValues(j.profile, string(contract.EventDuplicateSuppressed), "").Inc()
-		p.emit(ctx, j, contract.Event{Event: contract.EventDuplicateSuppressed})
-		p.outcomeLog(zerolog.InfoLevel, j, "duplicate_suppressed").Str("why", a.Message).Send()
-	case FinishAgain:
-		p.finishAgain(ctx, j)
-	case PutBack:
-		if j.marked {
-			j.state.State = contract.StateRetrying
-			if !p.putState(context.WithoutCancel(ctx), j) {
-				return
-			}
-		}
-		if a.Delay > 0 {
-			_ = j.msg.NakWithDelay(a.Delay)
-		} else {
-			_ = j.msg.Nak()
-			p.log.Info().Str("jobId", j.id).Bool("ambiguous", a.Ambiguous).Msg("send cancelled by shutdown; job put back")
-		}
-	default:
-		p.log.Error().Str("jobId", j.id).Str("action", a.Kind.String()).Msg("no way to carry out this action; job put back")
-		_ = j.msg.NakWithDelay(p.retry.Broker())
-	}
-}
-
-// scheduleMin is the shortest wait that becomes a message schedule: the
-// schedule's resolution is a second.
-const scheduleMin = time.Second
-
-// later gives j back to the queue for d. A wait of a second or more becomes a
-// message schedule and the delivery is acked, so that a deferral or a retry,
-// however long and however many, holds no ack-pending slot of the consumer
-// that every profile shares. Shorter waits, and any wait when the schedule
-// cannot be stored, are naks with a delay. It reports whether the job was
-// scheduled.
-func (p *Pool) later(ctx context.Context, j *job, d time.Duration) bool {
-	if d < scheduleMin || p.broker.Scheduler == nil {
-		_ = j.msg.NakWithDelay(d)
-		return false
-	}
-	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	err := p.broker.Scheduler.Schedule(opCtx, j.profile, j.id, j.msg.Data(), j.msg.Header(contract.HeaderReplay), j.origin, p.clock.Now().Add(d))
-	cancel()
-	if err != nil {
-		p.log.Warn().Str("jobId", j.id).Err(err).Msg("could not schedule the job; it waits holding its delivery instead")
-		_ = j.msg.NakWithDelay(d)
-		return false
-	}
-	_ = j.msg.Ack()
-	return true
-}
-
-func (p *Pool) sent(ctx context.Context, j *job) {
-	j.state.State = contract.StateSent
-	j.state.LastError = nil
-	j.state.Graph = j.graph
-	j.state.UpdatedAt = p.clock.Now()
-	j.state.Seq = j.seq
-	if !p.finish(ctx, j) {
-		return
-	}
-	p.m.Jobs.WithLabelValues(j.profile, string(contract.EventSent), "").Inc()
-	p.observeLatency(j)
-	ev := p.outcomeLog(zerolog.InfoLevel, j, "sent").
-		Bool("possibleDuplicate", j.state.PossibleDuplicate()).Dur("latency", j.elapsed)
-	if j.lookup != "" {
-		ev = ev.Str("lookup", j.lookup) // found sent by a look-up: nothing sent again
-		p.m.DraftLookups.WithLabelValues(j.profile, j.lookup).Inc()
-	}
-	ev.Send()
-}
-
-// internetMessageID is the Message-ID of a job sent through a draft, "" otherwise.
-func internetMessageID(st contract.JobState) string {
-	if st.Draft == nil {
-		return ""
-	}
-	return st.Draft.InternetMessageID
-}
-
-// deadLetter records the job in MAIL_DLQ with its original bytes, then
-// terminates the delivery. If the record cannot be written the job is put back
-// instead: nothing is dropped.
-func (p *Pool) deadLetter(ctx context.Context, j *job, reason contract.Reason, message string) {
-	now := p.clock.Now()
-	// The generation names the record (its Nats-Msg-Id): a replay's job that
-	// is dead-lettered before its state was read (invalid again) takes it
-	// from the replay's Mail-Replay header, or its record would carry the
-	// original's id and be dropped inside the duplicate window.
-	gen := j.state.Generation
-	if g, err := strconv.Atoi(j.msg.Header(contract.HeaderReplay)); err == nil && g > gen {
-		gen = g
-	}
-	rec := contract.DeadLetter{JobID: j.id, Profile: j.profile, Reason: reason, Error: message,
-		Attempts: j.state.Attempts, FailedAt: now, Generation: gen, Body: j.msg.Data(),
-		Ambiguous: j.state.PossibleDuplicate()}
-	if j.graph != nil {
-		rec.GraphRequestID = j.graph.RequestID
-		rec.GraphCalls = append(append([]contract.GraphCall(nil), j.graph.EarlierCalls...), contract.GraphCall{
-			Status: j.graph.Status, RequestID: j.graph.RequestID, ClientRequestID: j.graph.ClientRequestID, Date: j.graph.Date})
-	}
-	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	err := p.broker.DeadLetters.Put(opCtx, rec)
-	cancel()
-	if err != nil {
-		p.unreachable(ctx, j, "write dead letter", err)
-		return
-	}
-	j.state.State = contract.StateDeadLettered
-	j.state.LastError = &contract.ErrorInfo{Reason: reason, Message: message}
-	j.state.Graph = j.graph
-	j.state.UpdatedAt = now
-	j.state.Seq = j.seq
-	if !p.finish(ctx, j) {
-		return
-	}
-	p.m.Jobs.WithLabelValues(j.metricProfile(), string(contract.EventDeadLettered), string(reason)).Inc()
-	p.observeLatency(j)
-	p.outcomeLog(zerolog.WarnLevel, j, "dead_lettered").Str("reason", string(reason)).Str("error", message).Send()
-}
-
-func (p *Pool) emit(ctx context.Context, j *job, ev contract.Event) {
-	ev.JobID, ev.Profile, ev.Attempt = j.id, j.profile, j.state.Attempts
-	ev.At = p.clock.Now()
-	if j.job != nil {
-		ev.Metadata = j.job.Metadata
-	}
-	// Asynchronous: the job's queue action is already taken, and the ack is
-	// checked by watchEvents, so the handler does not wait a round trip.
-	wait, err := p.broker.Events.PublishAsync(ev)
-	if err == nil {
-		p.events <- pendingEvent{wait: wait, jobID: j.id, event: ev.Event}
-		return
-	}
-	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	defer cancel()
-	if err := p.broker.Events.Publish(opCtx, ev); err != nil {
-		p.log.Error().Str("jobId", j.id).Str("event", string(ev.Event)).Err(err).Msg("publish status event failed")
-	}
-}
-
-// pendingEvent is a status event published without waiting for its ack.
-type pendingEvent struct {
-	wait  func(time.Duration) error
-	jobID string
-	event contract.EventType
-}
-
-// watchEvents logs status events the server did not store, until events is
-// closed and every pending ack has been seen (or timed out).
-func (p *Pool) watchEvents() {
-	for pe := range p.events {
-		if err := pe.wait(opTimeout); err != nil {
-			p.log.Error().Str("jobId", pe.jobID).Str("event", string(pe.event)).Err(err).Msg("publish status event failed")
-		}
-	}
-}
-
-func (p *Pool) observeLatency(j *job) {
-	if !j.published.IsZero() {
-		p.m.JobLatency.WithLabelValues(j.metricProfile()).Observe(p.clock.Now().Sub(j.published).Seconds())
-	}
-}
-
-func (p *Pool) outcomeLog(level zerolog.Level, j *job, outcome string) *zerolog.Event {
-	e := p.log.WithLevel(level).Str("jobId", j.id).Str("profile", j.profile).Str("outcome", outcome).
-		Int("attempt", j.state.Attempts)
-	if j.from != "" {
-		e = e.Str("from", j.from)
-	}
-	if g := j.graph; g != nil {
-		e = e.Int("graphStatus", g.Status).Str("requestId", g.RequestID).Str("clientRequestId", g.ClientRequestID).Str("graphDate", g.Date)
-		if len(g.EarlierCalls) > 0 {
-			e = e.Interface("earlierCalls", g.EarlierCalls)
-		}
-	}
-	if p.cfg.LogRecipients && j.job != nil {
-		e = e.Strs("to", j.job.To).Strs("cc", j.job.Cc).Strs("bcc", j.job.Bcc)
-	}
-	return e
+	return p.decide(j, Outcome{Kind: Unreachable})
 }
 
 // keepAlive tells the server the job is being worked on every third of the

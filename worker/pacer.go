@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker/ledger"
 )
 
 // pacer keeps each sending mailbox inside Outlook's and Exchange's limits:
@@ -97,16 +97,22 @@ type Cause string
 
 // Deferral causes.
 const (
-	CauseRetryAfter  Cause = "retry_after" // Graph said to wait (429, or 503 with Retry-After)
-	CausePace        Cause = "pace"        // the per-minute pace
-	CauseRecipients  Cause = "recipients"  // the 24-hour recipient budget
-	CauseUpload      Cause = "upload"      // the 5-minute upload volume
-	CauseConcurrency Cause = "concurrency" // too many jobs already waiting for the mailbox's slots
-	CauseUnavailable Cause = "unavailable" // a service the send needs (Entra) could not be reached
-	CauseNotBefore   Cause = "not_before"  // the job's notBefore
-	CauseBusy        Cause = "busy"        // another replica is sending the job
-	CauseSentItems   Cause = "sent_items"  // draft mode: the sent draft's Sent Items copy is awaited
+	CauseRetryAfter       Cause = "retry_after" // Graph said to wait (429, or 503 with Retry-After)
+	CausePace             Cause = "pace"        // the per-minute pace
+	CauseRecipients       Cause = "recipients"  // the 24-hour recipient budget
+	CauseUpload           Cause = "upload"      // the 5-minute upload volume
+	CauseConcurrency      Cause = "concurrency" // too many jobs already waiting for the mailbox's slots
+	CauseUnavailable      Cause = "unavailable" // a service the send needs (Entra) could not be reached
+	CauseNotBefore        Cause = "not_before"  // the job's notBefore
+	CauseBusy             Cause = "busy"        // another replica is sending the job
+	CauseAwaitingSentCopy Cause = "sent_items"  // draft mode: the sent draft's Sent Items copy is awaited
 )
+
+// The wire values are the deferred event's `cause` and a metric label: they
+// stay. "sent_items" there means "waiting to find the sent draft"; the same
+// word as a look-up's result (contract.LookupSent, the `lookup` log field
+// and mailworker_draft_lookups_total label) means "found sent". The Go
+// names keep the two apart: CauseAwaitingSentCopy, LookupSent.
 
 // ThrottleCauses are the causes that count as throttling (a mailbox or
 // service limit), in a stable order: the metric's label values.
@@ -115,7 +121,7 @@ var ThrottleCauses = []Cause{CauseRetryAfter, CausePace, CauseUpload, CauseRecip
 // throttle reports whether c is one of ThrottleCauses.
 func (c Cause) throttle() bool {
 	switch c {
-	case CauseNotBefore, CauseBusy, CauseSentItems, "":
+	case CauseNotBefore, CauseBusy, CauseAwaitingSentCopy, "":
 		return false
 	}
 	return true
@@ -393,12 +399,12 @@ func (a *allowance) available(now time.Time) int {
 // at now: counted in the hour they will be spent in, asking for a chunk, and
 // giving back an expired allowance's remainder (once: it is forgotten here,
 // whatever the ledger answers, so that it cannot be given back twice).
-func (p *pacer) leaseRequest(addr string, short int) contract.Lease {
+func (p *pacer) leaseRequest(addr string, short int) ledger.Lease {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.box(addr)
-	l := contract.Lease{Mailbox: addr, Limit: p.perDay, Need: short, Want: max(short, leaseChunk),
+	l := ledger.Lease{Mailbox: addr, Limit: p.perDay, Need: short, Want: max(short, leaseChunk),
 		Hour: now.Add(spendMargin).Truncate(time.Hour), Now: now}
 	if !now.Before(b.rcpt.until) && b.rcpt.n > 0 {
 		l.GiveBack, l.GiveBackHour = b.rcpt.n, b.rcpt.hour
@@ -409,14 +415,14 @@ func (p *pacer) leaseRequest(addr string, short int) contract.Lease {
 
 // unspent returns give-back requests for every allowance not yet spent, and
 // forgets them (a shutdown: nothing more will be sent).
-func (p *pacer) unspent() []contract.Lease {
+func (p *pacer) unspent() []ledger.Lease {
 	now := p.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var ls []contract.Lease
+	var ls []ledger.Lease
 	for addr, b := range p.boxes {
 		if b.rcpt.n > 0 {
-			ls = append(ls, contract.Lease{Mailbox: addr, Limit: p.perDay, Now: now, GiveBack: b.rcpt.n, GiveBackHour: b.rcpt.hour})
+			ls = append(ls, ledger.Lease{Mailbox: addr, Limit: p.perDay, Now: now, GiveBack: b.rcpt.n, GiveBackHour: b.rcpt.hour})
 			b.rcpt.n = 0
 		}
 	}
@@ -425,7 +431,7 @@ func (p *pacer) unspent() []contract.Lease {
 
 // grant records the ledger's answer to l: granted recipients join the
 // allowance; none means that l.Need more will not fit before freeAt.
-func (p *pacer) grant(l contract.Lease, granted int, freeAt time.Time) {
+func (p *pacer) grant(l ledger.Lease, granted int, freeAt time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	a := &p.box(l.Mailbox).rcpt
@@ -444,9 +450,9 @@ func (p *pacer) grant(l contract.Lease, granted int, freeAt time.Time) {
 // allowance of hour, for a send that cannot have reached Graph: to the local
 // allowance while it is still spendable, else it returns the give-back to
 // make to the ledger (ok true).
-func (p *pacer) refund(addr string, n int, hour time.Time) (l contract.Lease, ok bool) {
+func (p *pacer) refund(addr string, n int, hour time.Time) (l ledger.Lease, ok bool) {
 	if n <= 0 || p.perDay <= 0 {
-		return contract.Lease{}, false
+		return ledger.Lease{}, false
 	}
 	now := p.clock.Now()
 	p.mu.Lock()
@@ -454,9 +460,9 @@ func (p *pacer) refund(addr string, n int, hour time.Time) (l contract.Lease, ok
 	b := p.box(addr)
 	if b.rcpt.hour.Equal(hour) && now.Before(b.rcpt.until) {
 		b.rcpt.n += n
-		return contract.Lease{}, false
+		return ledger.Lease{}, false
 	}
-	return contract.Lease{Mailbox: addr, Limit: p.perDay, Now: now, GiveBack: n, GiveBackHour: hour}, true
+	return ledger.Lease{Mailbox: addr, Limit: p.perDay, Now: now, GiveBack: n, GiveBackHour: hour}, true
 }
 
 // pausedFor returns how long a job of addr that holds its slots must still be

@@ -170,7 +170,7 @@ func (p *Pool) Run(ctx context.Context) error {
 				continue
 			}
 			// Fetched but not started: back to the queue at once, no attempt spent.
-			_ = msg.Nak()
+			p.putBackUnstarted(msg)
 			continue
 		}
 		wg.Add(1)

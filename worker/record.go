@@ -153,7 +153,7 @@ func (p *Pool) moved(ctx context.Context, j *job) {
 		p.finishAgain(ctx, j)
 		return
 	}
-	_ = j.msg.NakWithDelay(p.retry.Broker())
+	p.putBack(j, p.decide(j, Outcome{Kind: Moved}))
 }
 
 // finish records a job's terminal state (j.state), publishes its terminal
@@ -180,18 +180,14 @@ func (p *Pool) finish(ctx context.Context, j *job) bool {
 	case err != nil:
 		p.log.Error().Str("jobId", j.id).Str("state", string(j.state.State)).Err(err).
 			Msg("giving up: could not record the final job state; the job is put back")
-		_ = j.msg.NakWithDelay(p.retry.Broker())
+		p.putBack(j, p.decide(j, Outcome{Kind: Unreachable}))
 		return false
 	}
 	if !p.publishFinal(ctx, j) {
-		_ = j.msg.NakWithDelay(p.retry.Broker())
+		p.putBack(j, p.decide(j, Outcome{Kind: Unreachable}))
 		return false
 	}
-	if j.state.State == contract.StateSent {
-		_ = j.msg.Ack()
-	} else {
-		_ = j.msg.Term()
-	}
+	p.settle(j)
 	return true
 }
 
@@ -227,14 +223,10 @@ func rebaseTerminal(mine contract.JobState) func(contract.JobState, bool) (contr
 // event (stored once: PublishFinal) and acks or terminates.
 func (p *Pool) finishAgain(ctx context.Context, j *job) {
 	if !p.publishFinal(ctx, j) {
-		_ = j.msg.NakWithDelay(p.retry.Broker()) // try again on the next delivery
+		p.putBack(j, p.decide(j, Outcome{Kind: Unreachable})) // try again on the next delivery
 		return
 	}
-	if j.state.State == contract.StateSent {
-		_ = j.msg.Ack()
-	} else {
-		_ = j.msg.Term()
-	}
+	p.settle(j)
 	p.outcomeLog(zerolog.InfoLevel, j, string(finalEventType(j.state))).Str("why", "its outcome was already recorded").Send()
 }
 

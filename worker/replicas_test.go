@@ -6,17 +6,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker/ledger"
 	"github.com/rs/zerolog"
 )
 
 // fakeLedger is a Ledger made of a function; it records the requests.
 type fakeLedger struct {
-	lease func(l contract.Lease) (int, time.Time, error)
-	reqs  []contract.Lease
+	lease func(l ledger.Lease) (int, time.Time, error)
+	reqs  []ledger.Lease
 }
 
-func (f *fakeLedger) Lease(_ context.Context, l contract.Lease) (int, time.Time, error) {
+func (f *fakeLedger) Lease(_ context.Context, l ledger.Lease) (int, time.Time, error) {
 	f.reqs = append(f.reqs, l)
 	return f.lease(l)
 }
@@ -151,7 +151,7 @@ func TestRecipientLedger(t *testing.T) {
 
 	t.Run("leases a chunk, spends it locally, leases again when it runs out", func(t *testing.T) {
 		clk := &fakeClock{now: t0}
-		l := &fakeLedger{lease: func(l contract.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }}
+		l := &fakeLedger{lease: func(l ledger.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }}
 		p := unitPool(clk, 4, 0, 10000, l, nil)
 		for i := range 4 { // 4 × 30 recipients: 100 leased, then 100 more
 			if a, err := p.admit(ctx, "a@x", 30, 0); err != nil || a.Defer != 0 {
@@ -170,7 +170,7 @@ func TestRecipientLedger(t *testing.T) {
 	t.Run("a job that does not fit waits until the ledger says, without asking again", func(t *testing.T) {
 		clk := &fakeClock{now: t0}
 		freeAt := t0.Add(20 * time.Hour)
-		l := &fakeLedger{lease: func(contract.Lease) (int, time.Time, error) { return 0, freeAt, nil }}
+		l := &fakeLedger{lease: func(ledger.Lease) (int, time.Time, error) { return 0, freeAt, nil }}
 		p := unitPool(clk, 4, 0, 10000, l, nil)
 		a, err := p.admit(ctx, "a@x", 30, 0)
 		d, cause := a.Defer, a.Cause
@@ -184,7 +184,7 @@ func TestRecipientLedger(t *testing.T) {
 			t.Fatalf("%d ledger requests, want 1: the refusal is remembered", len(l.reqs))
 		}
 		// Another mailbox has its own budget.
-		l.lease = func(l contract.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }
+		l.lease = func(l ledger.Lease) (int, time.Time, error) { return l.Want, time.Time{}, nil }
 		if a, _ := p.admit(ctx, "b@x", 30, 0); a.Defer != 0 {
 			t.Fatalf("other mailbox deferred %v", a.Defer)
 		}
@@ -197,7 +197,7 @@ func TestRecipientLedger(t *testing.T) {
 	t.Run("an allowance ends before its hour does; its rest is given back once", func(t *testing.T) {
 		clk := &fakeClock{now: t0}
 		fail := false
-		l := &fakeLedger{lease: func(l contract.Lease) (int, time.Time, error) {
+		l := &fakeLedger{lease: func(l ledger.Lease) (int, time.Time, error) {
 			if fail {
 				return 0, time.Time{}, errors.New("no responders")
 			}

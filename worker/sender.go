@@ -6,7 +6,7 @@ import (
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
-// Sender sends one job's mail (graphmail.Jobs). A failure is a
+// Sender sends one job's mail (graphmail.Sender). A failure is a
 // *contract.SendError, whose Class decides what happens next; any other
 // error counts as a retryable internal failure.
 type Sender interface {
@@ -22,7 +22,7 @@ func (f SenderFunc) Send(ctx context.Context, profile, jobID string, job *contra
 }
 
 // Checker is a Sender that can refuse a job before anything is spent on
-// it (graphmail.Jobs): Check returns a permanent *contract.SendError for
+// it (graphmail.Sender): Check returns a permanent *contract.SendError for
 // what the job's path cannot send (the profile's recipient and header
 // limits, content sizes by the store's metadata), without loading content
 // or calling Graph; any other error or nil lets the send go ahead. The
@@ -32,7 +32,7 @@ type Checker interface {
 }
 
 // ResumableSender is a Sender that can send a job through a draft
-// (graphmail.Jobs in draft delivery mode). The worker hands it the job's
+// (graphmail.Sender in draft delivery mode). The worker hands it the job's
 // draft progress from the job state (nil: none yet) and save, which stores
 // new progress in the job state (compare-and-set: it fails when another
 // delivery took the job over, and the send must then stop). With a draft,
@@ -49,7 +49,7 @@ type ResumableSender interface {
 		draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error)
 }
 
-// DraftDeleter deletes a job's draft that was never sent (graphmail.Jobs):
+// DraftDeleter deletes a job's draft that was never sent (graphmail.Sender):
 // the worker calls it when a job with such a draft is dead-lettered or
 // expires, so that no draft is left behind in the shared mailbox.
 type DraftDeleter interface {

@@ -119,7 +119,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		return nil, err
 	}
 
-	sender := graphmail.NewJobs(a.q.Attachments)
+	sender := graphmail.NewSender(a.q.Attachments)
 	clients := map[string]*graphmail.Client{}
 	for _, name := range names {
 		consent := &consentWatch{profile: name, metrics: metrics, log: log}
@@ -130,7 +130,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		a.clients = append(a.clients, c)
 		clients[name] = c
 		sender.Add(name, c, cfg.Profiles[name].SaveToSentItems)
-		sender.SetMode(name, graphmail.Mode{Delivery: graphmail.DeliveryMode(cfg.Profiles[name].DeliveryMode),
+		sender.SetMode(name, graphmail.Mode{Via: graphmail.SendMode(cfg.Profiles[name].DeliveryMode),
 			When: graphmail.DraftWhen(cfg.Profiles[name].DraftWhen)})
 		w := &credWatch{profile: name, cfg: cfg.Profiles[name].Credential, client: c, metrics: metrics, log: log}
 		w.loaded(file)

@@ -580,7 +580,7 @@ func (c Config) check(entra bool) error {
 				errs = append(errs, fmt.Errorf("profiles.%s.allowedHeaders: %q is not an X- header name", name, h))
 			}
 		}
-		switch graphmail.DeliveryMode(p.DeliveryMode) {
+		switch graphmail.SendMode(p.DeliveryMode) {
 		case "", graphmail.ModeSendMail:
 		case graphmail.ModeDraft:
 			if err := featureCloud(p).Supports(graphmail.ModeDraft); err != nil {

@@ -80,7 +80,7 @@ func TestLargeObjectRefusedWithoutLoading(t *testing.T) {
 		}
 	}
 	// Under the profile's maxMessageSize but over what its path carries:
-	// refused by the path's own rule (graphmail.Jobs.Check), as unread.
+	// refused by the path's own rule (graphmail.Sender.Check), as unread.
 	mid, err := h.q.Attachments.PutReader(ctx, "rel", "mid.eml", io.LimitReader(zeroes{}, 10<<20))
 	if err != nil {
 		t.Fatal(err)

@@ -154,7 +154,7 @@ func TestReliabilityDraftMode(t *testing.T) {
 		for _, id := range ids {
 			deferred := 0
 			for _, ev := range events[id] {
-				if ev.Event == contract.EventDeferred && ev.Cause == string(worker.CauseSentItems) {
+				if ev.Event == contract.EventDeferred && ev.Cause == string(worker.CauseAwaitingSentCopy) {
 					deferred++
 				}
 			}

@@ -75,11 +75,16 @@ type SendError struct {
 	// 401 before the token was refreshed).
 	EarlierCalls []GraphCall
 	Profile      string // the sending profile, when known
-	// Op names the Graph call that failed when it is not sendMail: one of
-	// the draft flow's (createDraft, addAttachment, createUploadSession,
-	// upload, send, get, delete).
-	Op  string
-	Err error // wrapped cause (never an MSAL error carrying the token request)
+	// Op names the call that failed in the sender's own terms (graphmail's
+	// Op constants: createDraft, upload, send, …); "" for sendMail. It is
+	// shown in the error's text.
+	Op string
+	// SendsNothing: the call that failed cannot deliver mail whatever its
+	// answer (a draft's create, attach, upload or look-up, as opposed to
+	// sendMail or a draft's send): its failure never counts against the
+	// mailbox's recipient budget.
+	SendsNothing bool
+	Err          error // wrapped cause (never an MSAL error carrying the token request)
 }
 
 func (e *SendError) Error() string {
@@ -141,18 +146,6 @@ func (e *SendError) Error() string {
 	return b.String()
 }
 
-// The draft flow's Graph calls, as SendError.Op names them ("" is sendMail).
-const (
-	OpCreateDraft   = "createDraft"
-	OpAddAttachment = "addAttachment"
-	OpCreateSession = "createUploadSession"
-	OpUpload        = "upload"
-	OpSendDraft     = "send"
-	OpGetMessage    = "get"      // the look-up by id after a send that may have gone out
-	OpFindSent      = "findSent" // the Sent Items search by internetMessageId after such a send
-	OpDeleteMessage = "delete"
-)
-
 // PendingError is not a failure: an earlier attempt's send of the job's
 // draft may have gone out, and the look-up could not prove it either way,
 // so the answer is "not known yet, look again later" (the model is river's
@@ -186,7 +179,9 @@ func (e *PendingError) Error() string {
 // Draft look-up outcomes (SendResult.Lookup).
 const (
 	// LookupSent: found sent (no longer a draft under its id, or its copy
-	// in Sent Items by internetMessageId); nothing was sent again.
+	// in Sent Items by internetMessageId); nothing was sent again. Not the
+	// deferral cause of the same wire value (worker.CauseAwaitingSentCopy:
+	// still looking).
 	LookupSent = "sent_items"
 	// LookupGone: the draft left Drafts after the send and no copy turned
 	// up within the transit window: taken as sent, nothing sent again.
