@@ -36,13 +36,25 @@ type Record struct {
 	Profile    string      `json:"profile"`
 	From       string      `json:"from"`
 	Recipients []Recipient `json:"recipients"`
-	// MessageID is the Message-ID when known (draft delivery mode).
-	MessageID string            `json:"messageId,omitempty"`
+	// MessageID is the Message-ID when known: from the send (draft
+	// delivery mode), or learned from the trace row matched by sender,
+	// recipient and time (MessageIDLearned), after which the record's
+	// other recipients and later passes match by it.
+	MessageID        string `json:"messageId,omitempty"`
+	MessageIDLearned bool   `json:"messageIdLearned,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
 	// Attempted is when the worker called Graph (the record is written before).
 	Attempted time.Time `json:"attempted"`
 	// SentAt is when the job state said `sent` (the tracker fills it in).
 	SentAt time.Time `json:"sentAt,omitzero"`
+}
+
+// correlation is how its trace rows were found (contract.TraceInfo.Correlation).
+func (r *Record) correlation() string {
+	if r.MessageID != "" && !r.MessageIDLearned {
+		return contract.CorrelationMessageID
+	}
+	return contract.CorrelationTime
 }
 
 func (r *Record) open() bool {
