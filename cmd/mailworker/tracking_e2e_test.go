@@ -17,6 +17,7 @@ import (
 	"github.com/mailworker/mailworker/graphmail/graphtest"
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/support"
 )
 
 // TestDeliveryTrackingDev runs the built binary's `dev` (tracking on against
@@ -172,7 +173,7 @@ profiles:
 		}
 		return n
 	}
-	if r := send("trk-a", "you@example.com", "bounce@example.com"); r.code != 0 {
+	if r := send("trk-a", "you@example.com", "bounce@example.com", "bounce2@example.com"); r.code != 0 {
 		t.Fatalf("send trk-a: exit %d: %s", r.code, r.out)
 	}
 	got := map[string]contract.EventType{}
@@ -190,9 +191,9 @@ profiles:
 				got[e.Recipient] = e.Event
 			}
 		}
-		return len(got) == 2
+		return len(got) == 3
 	})
-	if got["you@example.com"] != contract.EventDelivered || got["bounce@example.com"] != contract.EventBounced {
+	if got["you@example.com"] != contract.EventDelivered || got["bounce@example.com"] != contract.EventBounced || got["bounce2@example.com"] != contract.EventBounced {
 		t.Fatalf("delivery events %v, want you delivered, bounce bounced", got)
 	}
 	if r := as("support", "suppressions", "list", "--profile", "billing"); r.code != 0 || !strings.Contains(r.out, "bounce@example.com") {
@@ -214,6 +215,28 @@ profiles:
 		if reply, err := snc.RequestMsg(m, 700*time.Millisecond); err == nil {
 			t.Errorf("support %ss a suppression entry itself: answered %q", what, reply.Data)
 		}
+	}
+
+	// The console's user lists the suppression list and removes an entry
+	// itself, through the same support service (recorded first).
+	cnc, err := nats.Connect(url("console"), nats.CustomInboxPrefix("_INBOX_console"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cnc.Close()
+	cjs, _ := jetstream.New(cnc)
+	cq, err := queue.Open(context.Background(), cjs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desk := support.New(cq, support.Options{})
+	list, err := desk.Suppressions(context.Background(), "billing")
+	if err != nil || len(list) != 2 {
+		t.Fatalf("the console's user lists the suppression list: %v, %d entries, want 2", err, len(list))
+	}
+	if err := desk.Unsuppress(context.Background(), support.Who{Actor: "sam@contoso.example", Via: support.ViaConsole}, "billing",
+		queue.RecipientKey("bounce2@example.com"), ""); err != nil {
+		t.Fatalf("the console's user removes an entry: %v", err)
 	}
 
 	r := as("support", "suppressions", "remove", "--profile", "billing", "bounce@example.com")
@@ -240,9 +263,13 @@ profiles:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 1 || recs[0].Actor != "support" || recs[0].Action != queue.AuditUnsuppress || recs[0].Via != "cli" ||
-		strings.Contains(recs[0].Detail, "bounce@") {
-		t.Errorf("audit of the removal: %+v, want one unsuppress by support naming the key only", recs)
+	if len(recs) != 2 {
+		t.Fatalf("audit of the removals: %+v, want two", recs)
+	}
+	for i, want := range []struct{ actor, via string }{{"sam@contoso.example", "console"}, {"support", "cli"}} {
+		if r := recs[i]; r.Actor != want.actor || r.Via != want.via || r.Action != queue.AuditUnsuppress || strings.Contains(r.Detail, "bounce") {
+			t.Errorf("audit record %d: %+v, want unsuppress by %s via %s naming the key only", i, r, want.actor, want.via)
+		}
 	}
 	if r := send("trk-c", "bounce@example.com"); r.code != 0 || sentToGraph("trk-c") != 1 {
 		t.Fatalf("a job to the address after its removal: exit %d, %d sent: %s", r.code, sentToGraph("trk-c"), r.out)
