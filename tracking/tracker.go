@@ -392,6 +392,18 @@ func (t *Tracker) correlate(recs []*open, rows []graphmail.MessageTrace, now tim
 		i int
 	}
 	found := map[rk]int{}
+	// Rows by recipient (each list in time order, as rows are) and by
+	// Message-ID and recipient: a pass over many open jobs stays linear.
+	byRcpt := map[string][]int{}
+	byMID := map[string][]int{}
+	for k, row := range rows {
+		a := strings.ToLower(row.RecipientAddress)
+		byRcpt[a] = append(byRcpt[a], k)
+		if row.MessageID != "" {
+			id := strings.ToLower(row.MessageID) + "\x00" + a
+			byMID[id] = append(byMID[id], k)
+		}
+	}
 	byID := func() {
 		for _, o := range recs {
 			if o.rec.MessageID == "" {
@@ -405,8 +417,8 @@ func (t *Tracker) correlate(recs []*open, rows []graphmail.MessageTrace, now tim
 				if _, ok := found[rk{o, i}]; ok {
 					continue
 				}
-				for k, row := range rows {
-					if !used[k] && strings.EqualFold(row.RecipientAddress, r.Address) && strings.EqualFold(row.MessageID, o.rec.MessageID) {
+				for _, k := range byMID[strings.ToLower(o.rec.MessageID)+"\x00"+strings.ToLower(r.Address)] {
+					if !used[k] {
 						used[k] = true
 						found[rk{o, i}] = k
 						break
@@ -446,9 +458,9 @@ func (t *Tracker) correlate(recs []*open, rows []graphmail.MessageTrace, now tim
 				return true // match again by Message-ID first
 			}
 			var cands []int
-			for k, row := range rows {
-				if !used[k] && strings.EqualFold(row.RecipientAddress, a) && !claimed[strings.ToLower(row.MessageID)] &&
-					!row.ReceivedDateTime.Before(g[0].o.rec.Attempted.Add(-t.cfg.Skew)) {
+			for _, k := range byRcpt[strings.ToLower(a)] {
+				row := rows[k]
+				if !used[k] && !claimed[strings.ToLower(row.MessageID)] && !row.ReceivedDateTime.Before(g[0].o.rec.Attempted.Add(-t.cfg.Skew)) {
 					cands = append(cands, k)
 				}
 			}
@@ -553,15 +565,19 @@ func (t *Tracker) bounces(ctx context.Context, failures []failure, now time.Time
 // now is past that (a record without a Message-ID claims nothing and goes
 // at once; every record goes past the Horizon).
 func (t *Tracker) closeSettled(ctx context.Context, recs []*open, now time.Time) error {
+	firstOpen := map[string]time.Time{} // per sender, the earliest Graph call of an open record
+	for _, o := range recs {
+		if f, ok := firstOpen[o.rec.From]; o.rec.open() && (!ok || o.rec.Attempted.Before(f)) {
+			firstOpen[o.rec.From] = o.rec.Attempted
+		}
+	}
 	for _, o := range recs {
 		if o.rec.open() {
 			continue
 		}
 		if o.rec.MessageID != "" && now.Sub(o.rec.SentAt) <= t.cfg.Horizon {
 			until := o.rec.SentAt.Add(2 * t.cfg.Skew)
-			if now.Before(until) || slices.ContainsFunc(recs, func(x *open) bool {
-				return x.rec.open() && x.rec.From == o.rec.From && !x.rec.Attempted.After(until)
-			}) {
+			if f, ok := firstOpen[o.rec.From]; now.Before(until) || ok && !f.After(until) {
 				continue
 			}
 		}
