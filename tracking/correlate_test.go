@@ -165,3 +165,27 @@ func TestCorrelationSameRecipient(t *testing.T) {
 		c.want(t, "a", "y@example.com", contract.EventDelivered, "a")
 	})
 }
+
+// TestTrackerDownForAnHour: jobs sent while no tracker runs (their records
+// written by the send, their rows in the trace) all get their events, once
+// each, from the first pass an hour later: the records, not the tracker's
+// memory, say what is open, and the window reaches back to the oldest.
+func TestTrackerDownForAnHour(t *testing.T) {
+	c := newClocked(t)
+	t1 := c.sendAt(t, 0, "j1", "ann@example.com", "bob@example.com")
+	t2 := c.sendAt(t, 20*time.Second, "j2", "ann@example.com")
+	t3 := c.sendAt(t, 50*time.Minute, "j3", "carl@example.com")
+	c.rows.add(row("j1", "ann@example.com", t1.Add(time.Second), graphmail.TraceDelivered),
+		row("j1", "bob@example.com", t1.Add(time.Second), graphmail.TraceFailed),
+		row("j2", "ann@example.com", t2.Add(time.Second), graphmail.TraceQuarantined),
+		row("j3", "carl@example.com", t3.Add(time.Second), graphmail.TraceDelivered))
+	c.pass(t, 70*time.Minute)
+	c.pass(t, 71*time.Minute)
+	c.want(t, "j1", "ann@example.com", contract.EventDelivered, "j1")
+	c.want(t, "j1", "bob@example.com", contract.EventBounced, "j1")
+	c.want(t, "j2", "ann@example.com", contract.EventQuarantined, "j2")
+	c.want(t, "j3", "carl@example.com", contract.EventDelivered, "j3")
+	if sup, err := c.st.Suppressed(c.ctx, "billing", "bob@example.com", c.now); err != nil || sup == nil {
+		t.Errorf("the bounce an hour ago did not suppress bob@: %v %v", sup, err)
+	}
+}
