@@ -36,6 +36,10 @@ import (
 // TraceRole is the application permission the message trace API needs.
 const TraceRole = "ExchangeMessageTrace.Read.All"
 
+// TraceAppID is the Microsoft application whose service principal the
+// tenant must have (exchangeMessageTrace resource page, "Prerequisites").
+const TraceAppID = "8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"
+
 // TraceOptions shape the fake's message trace. Zero values take the defaults.
 type TraceOptions struct {
 	// Lag is how long an accepted message takes to appear in the trace at
@@ -50,6 +54,14 @@ type TraceOptions struct {
 	// Budget requests per Window (default 100 per 5 minutes, Microsoft's figure).
 	Budget int
 	Window time.Duration
+	// NoServicePrincipal is a fault knob: the tenant lacks the service
+	// principal of Microsoft's message trace application, which the
+	// exchangeMessageTrace resource page requires ("Prerequisites"). The page
+	// does not say how the API answers then; the fake answers 401 with the
+	// text public integrations report ("Service principal-less authentication
+	// failed: The service principal for App ID 8bd644d1-… was not found.",
+	// elastic/integrations PR 18240).
+	NoServicePrincipal bool
 }
 
 func (o TraceOptions) withDefaults() TraceOptions {
@@ -193,6 +205,11 @@ func (s *Server) traceAuth(w http.ResponseWriter, r *http.Request) bool {
 	if s.opts.Cloud != CloudGlobal {
 		// The API exists in the global service only (its availability table).
 		s.graphError(w, r, "", http.StatusNotFound, "ResourceNotFound", "Resource not found for the segment 'tracing'.", "")
+		return false
+	}
+	if s.opts.Trace.NoServicePrincipal {
+		s.graphError(w, r, "", http.StatusUnauthorized, "Unauthorized",
+			"Service principal-less authentication failed: The service principal for App ID "+TraceAppID+" was not found.", "")
 		return false
 	}
 	s.credMu.Lock()
