@@ -2,6 +2,7 @@ package tracking_test
 
 import (
 	"context"
+	"encoding/base64"
 	"strings"
 	"sync"
 	"testing"
@@ -187,5 +188,43 @@ func TestTrackerDownForAnHour(t *testing.T) {
 	c.want(t, "j3", "carl@example.com", contract.EventDelivered, "j3")
 	if sup, err := c.st.Suppressed(c.ctx, "billing", "bob@example.com", c.now); err != nil || sup == nil {
 		t.Errorf("the bounce an hour ago did not suppress bob@: %v %v", sup, err)
+	}
+}
+
+// TestCorrelationMIMEMessageID: a MIME job carries its own Message-ID
+// field. When a trace row has it, the job takes that row (correlation
+// messageId), even where time would give it another job's row (Exchange
+// received the two in the other order); when no row has it (Exchange
+// replaced it), the job is matched by time as any sendMail job.
+func TestCorrelationMIMEMessageID(t *testing.T) {
+	c := newClocked(t)
+	mime := func(mid string) *contract.MIME {
+		msg := "Message-ID: " + mid + "\r\nFrom: " + sender + "\r\nTo: x@example.com\r\nSubject: s\r\n\r\nbody\r\n"
+		return &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString([]byte(msg))}
+	}
+	sendMIME := func(at time.Duration, id, mid string) time.Time {
+		c.now = c.now.Truncate(time.Hour).Add(at)
+		if _, err := c.send.Send(c.ctx, "billing", id, &contract.Job{From: sender, To: []string{"x@example.com"}, MIME: mime(mid)}); err != nil {
+			t.Fatal(err)
+		}
+		return c.now
+	}
+	tA := sendMIME(0, "a", "<a@contoso.com>")
+	sendMIME(time.Second, "b", "<b@contoso.com>")
+	tC := sendMIME(30*time.Minute, "c", "<c@contoso.com>")
+	c.rows.add(row("b", "x@example.com", tA.Add(200*time.Millisecond), graphmail.TraceQuarantined),
+		row("a", "x@example.com", tA.Add(1500*time.Millisecond), graphmail.TraceDelivered),
+		row("exchange-own-id", "x@example.com", tC.Add(time.Second), graphmail.TraceDelivered))
+	c.pass(t, 31*time.Minute)
+	for _, w := range []struct {
+		id, mid, corr string
+		ev            contract.EventType
+	}{{"a", "<a@contoso.com>", contract.CorrelationMessageID, contract.EventDelivered},
+		{"b", "<b@contoso.com>", contract.CorrelationMessageID, contract.EventQuarantined},
+		{"c", "<exchange-own-id@contoso.com>", contract.CorrelationTime, contract.EventDelivered}} {
+		got := c.deliveryEvents(t, w.id)["x@example.com"]
+		if len(got) != 1 || got[0].Event != w.ev || got[0].Trace == nil || got[0].Trace.MessageID != w.mid || got[0].Trace.Correlation != w.corr {
+			t.Errorf("job %s: %+v, want one %s from %s (correlation %s)", w.id, got, w.ev, w.mid, w.corr)
+		}
 	}
 }

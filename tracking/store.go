@@ -40,9 +40,14 @@ type Record struct {
 	// delivery mode), or learned from the trace row matched by sender,
 	// recipient and time (MessageIDLearned), after which the record's
 	// other recipients and later passes match by it.
-	MessageID        string            `json:"messageId,omitempty"`
-	MessageIDLearned bool              `json:"messageIdLearned,omitempty"`
-	Metadata         map[string]string `json:"metadata,omitempty"`
+	MessageID        string `json:"messageId,omitempty"`
+	MessageIDLearned bool   `json:"messageIdLearned,omitempty"`
+	// MessageIDHint is the Message-ID field of a MIME job's own header
+	// (inline MIME only). No Microsoft page says that Exchange keeps it, so
+	// it only decides when a trace row carries it; a record whose hint
+	// matches no row is matched by time.
+	MessageIDHint string            `json:"messageIdHint,omitempty"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
 	// Attempted is when the worker called Graph (the record is written before).
 	Attempted time.Time `json:"attempted"`
 	// SentAt is when the job state said `sent` (the tracker fills it in).

@@ -427,6 +427,26 @@ func (t *Tracker) correlate(recs []*open, rows []graphmail.MessageTrace, now tim
 			}
 		}
 	}
+	// byHint: a MIME job whose own Message-ID field is on a row to one of
+	// its recipients has that Message-ID (Exchange kept it): from then on
+	// it is matched by it.
+	byHint := func() {
+		for _, o := range recs {
+			if o.rec.MessageID != "" || o.rec.MessageIDHint == "" || !o.rec.open() || claimed[strings.ToLower(o.rec.MessageIDHint)] {
+				continue
+			}
+			for _, r := range o.rec.Recipients {
+				if r.Outcome != "" || r.Suppressed {
+					continue
+				}
+				if len(byMID[strings.ToLower(o.rec.MessageIDHint)+"\x00"+strings.ToLower(r.Address)]) > 0 {
+					o.rec.MessageID = o.rec.MessageIDHint
+					claimed[strings.ToLower(o.rec.MessageID)] = true
+					break
+				}
+			}
+		}
+	}
 	// byTime matches the records without a Message-ID and reports whether
 	// one learned its Message-ID.
 	byTime := func() bool {
@@ -496,6 +516,7 @@ func (t *Tracker) correlate(recs []*open, rows []graphmail.MessageTrace, now tim
 		}
 		return learned
 	}
+	byHint()
 	for range len(recs) + 1 {
 		byID()
 		if !byTime() {
