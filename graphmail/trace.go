@@ -23,6 +23,14 @@ import (
 // MessageTraceRole is the application permission message trace needs.
 const MessageTraceRole = "ExchangeMessageTrace.Read.All"
 
+// MessageTraceAppID is the Microsoft application whose service principal
+// must exist in the tenant before message trace answers ("you must provision
+// a service principal in your tenant for the Microsoft application with the
+// following application (client) ID": the exchangeMessageTrace resource
+// page, "Prerequisites"). Without it the API answers 401 naming this id (as
+// reported by elastic/integrations PR 18240).
+const MessageTraceAppID = "8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"
+
 // TraceAvailable reports whether Microsoft offers the Graph message trace API
 // in cloud: the global service only, per the availability table of
 // "List messageTraces" (v1.0); the Fairfax and Mooncake v1.0 CSDL have no
@@ -86,8 +94,12 @@ func (e *TraceError) Error() string {
 	if e.Message != "" {
 		s += ": " + e.Message
 	}
-	if e.Status == http.StatusForbidden {
+	switch e.Status {
+	case http.StatusForbidden:
 		s += " (grant the application permission " + MessageTraceRole + " and admin consent; see docs/runbook.md, \"Delivery tracking\")"
+	case http.StatusUnauthorized:
+		s += " (a valid token refused: the tenant may lack the service principal of Microsoft's message trace application " + MessageTraceAppID +
+			"; deploy/entra/Grant-MailworkerMessageTrace.ps1 provisions it)"
 	}
 	return s
 }

@@ -18,7 +18,7 @@ type AuditRecord struct {
 	At      time.Time `json:"at"`
 	Actor   string    `json:"actor"`
 	Via     string    `json:"via"`    // "cli" | "console"
-	Action  string    `json:"action"` // replay, replay_edited, purge, reveal
+	Action  string    `json:"action"` // replay, replay_edited, purge, reveal, unsuppress
 	Profile string    `json:"profile"`
 	JobID   string    `json:"jobId,omitempty"`
 	Count   int       `json:"count,omitempty"`
@@ -47,6 +47,10 @@ const (
 	AuditReplayEdited = "replay_edited"
 	AuditPurge        = "purge"
 	AuditReveal       = "reveal"
+	// AuditUnsuppress: an address taken off a profile's suppression list
+	// (delivery tracking); the record's detail names the address's key
+	// (RecipientKey), never the address.
+	AuditUnsuppress = "unsuppress"
 )
 
 // AuditSubject is the subject audit records of profile are stored on.

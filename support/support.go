@@ -1,7 +1,8 @@
 // Package support is the back office's one service: replay (one job, a
 // selection, everything matching a query), edit and replay, purge and
-// reveal of dead letters, each recorded in MAIL_AUDIT before it acts, and
-// the bounded dead-letter scans behind the console's search. The CLI
+// reveal of dead letters, and removal of an address from a profile's
+// suppression list (delivery tracking), each recorded in MAIL_AUDIT before
+// it acts, and the bounded dead-letter scans behind the console's search. The CLI
 // (through the worker's admin service, cmd/mailworker/admin.go) and the web
 // console call the same Service: an action is written once, and so is its
 // audit record.
@@ -12,10 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/tracking"
 )
 
 // Who is the person acting and the door they came through.
@@ -71,7 +74,19 @@ type Service interface {
 	// oldest first, until fn returns false. At most Options.Scans scans run
 	// at once: beyond, it returns ErrBusy at once.
 	Scan(ctx context.Context, q queue.DLQQuery, fn func(contract.DeadLetter) bool) error
+	// Suppressions lists profile's suppression list ("" = every profile),
+	// expired entries included (their ExpiresAt says so).
+	Suppressions(ctx context.Context, profile string) ([]tracking.Suppression, error)
+	// Unsuppress takes the address whose key is key (queue.RecipientKey)
+	// off profile's suppression list, after recording it in MAIL_AUDIT
+	// (action unsuppress, the key, never the address). It returns an error
+	// wrapping ErrNotSuppressed when there is no such entry (nothing is
+	// recorded).
+	Unsuppress(ctx context.Context, who Who, profile, key, detail string) error
 }
+
+// ErrNotSuppressed: the address is not on the profile's suppression list.
+var ErrNotSuppressed = errors.New("support: not on the profile's suppression list")
 
 // ErrBusy is returned by Scan when Options.Scans scans are running already:
 // try again in a few seconds (the console answers 503 with Retry-After).
@@ -83,12 +98,18 @@ type Options struct {
 	// (default 2). Each holds at most a few megabytes of records in
 	// memory (queue.Browse reads bodies in batches of a bounded size).
 	Scans int
+	// Tracking is the delivery tracker's store (the suppression list);
+	// default: bound from the queue's JetStream on first use.
+	Tracking *tracking.Store
 }
 
 // Desk is the Service over a queue.
 type Desk struct {
 	q     *queue.Queue
 	scans chan struct{}
+
+	trMu sync.Mutex
+	tr   *tracking.Store // bound on first use (Options.Tracking)
 }
 
 var _ Service = (*Desk)(nil)
@@ -98,7 +119,60 @@ func New(q *queue.Queue, o Options) *Desk {
 	if o.Scans <= 0 {
 		o.Scans = 2
 	}
-	return &Desk{q: q, scans: make(chan struct{}, o.Scans)}
+	return &Desk{q: q, scans: make(chan struct{}, o.Scans), tr: o.Tracking}
+}
+
+// tracking binds the tracker's buckets (created by provision whether
+// tracking is on or not) once.
+func (d *Desk) tracking(ctx context.Context) (*tracking.Store, error) {
+	d.trMu.Lock()
+	defer d.trMu.Unlock()
+	if d.tr != nil {
+		return d.tr, nil
+	}
+	st, err := tracking.Bind(ctx, d.q.States.JetStream())
+	if err != nil {
+		return nil, err
+	}
+	d.tr = st
+	return st, nil
+}
+
+// Suppressions implements Service.
+func (d *Desk) Suppressions(ctx context.Context, profile string) ([]tracking.Suppression, error) {
+	st, err := d.tracking(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.Suppressions(ctx, profile)
+}
+
+// Unsuppress implements Service: the entry is read first (no record for an
+// address that is not listed), then the audit record is stored, then the
+// entry removed.
+func (d *Desk) Unsuppress(ctx context.Context, who Who, profile, key, detail string) error {
+	st, err := d.tracking(ctx)
+	if err != nil {
+		return err
+	}
+	sup, err := st.SuppressionByKey(ctx, profile, key)
+	if err != nil {
+		return err
+	}
+	if sup == nil {
+		return fmt.Errorf("%w (profile %s)", ErrNotSuppressed, contract.Quote(profile))
+	}
+	det := "recipient " + key
+	if detail != "" {
+		det += ": " + detail
+	}
+	if err := d.audit(ctx, who, queue.AuditRecord{Action: queue.AuditUnsuppress, Profile: profile, JobID: sup.JobID, Count: 1, Detail: det}); err != nil {
+		return err
+	}
+	if _, err := st.UnsuppressKey(ctx, profile, key); err != nil {
+		return fmt.Errorf("support: recorded, but the entry was not removed: %w", err)
+	}
+	return nil
 }
 
 func (d *Desk) audit(ctx context.Context, who Who, rec queue.AuditRecord) error {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/tracking"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -126,5 +127,57 @@ func TestDiffMasks(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%s: %q, want %q", k, got[k], v)
 		}
+	}
+}
+
+// TestUnsuppress: a removal names no address (only its key), is recorded
+// before the entry goes, needs an actor, and one for an address not on the
+// list is ErrNotSuppressed with nothing recorded; a key that is not one
+// token (a wildcard, another profile's key path) removes nothing.
+func TestUnsuppress(t *testing.T) {
+	q := openQueue(t)
+	ctx := context.Background()
+	st, err := tracking.Open(ctx, q.States.JetStream(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, p := range []string{"billing", "hr"} {
+		if err := st.Suppress(ctx, tracking.Suppression{Address: "gone@example.com", Profile: p, Reason: "550 5.1.1", JobID: "j-" + p, At: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := New(q, Options{})
+	key := queue.RecipientKey("Gone@Example.com")
+	if err := d.Unsuppress(ctx, Who{}, "billing", key, ""); err == nil {
+		t.Error("a removal without an actor was done")
+	}
+	for _, bad := range []string{"*", ">", "billing.x", ""} {
+		if err := d.Unsuppress(ctx, Who{Actor: "sam", Via: ViaCLI}, "billing", bad, ""); !errors.Is(err, ErrNotSuppressed) {
+			t.Errorf("key %q: %v, want ErrNotSuppressed", bad, err)
+		}
+	}
+	if err := d.Unsuppress(ctx, Who{Actor: "sam", Via: ViaCLI}, "billing", key, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Unsuppress(ctx, Who{Actor: "sam", Via: ViaCLI}, "billing", key, ""); !errors.Is(err, ErrNotSuppressed) {
+		t.Errorf("second removal: %v, want ErrNotSuppressed", err)
+	}
+	if e, _ := st.Suppressed(ctx, "billing", "gone@example.com", now); e != nil {
+		t.Error("billing's entry is still there")
+	}
+	if e, _ := st.Suppressed(ctx, "hr", "gone@example.com", now); e == nil {
+		t.Error("hr's entry went with billing's")
+	}
+	recs, err := q.Audit.ForJob(ctx, "billing", "j-billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].Action != queue.AuditUnsuppress || recs[0].Actor != "sam" || recs[0].Detail != "recipient "+key {
+		t.Errorf("audit: %+v, want one unsuppress by sam naming the key", recs)
+	}
+	left, err := d.Suppressions(ctx, "")
+	if err != nil || len(left) != 1 || left[0].Profile != "hr" {
+		t.Errorf("left: %+v %v, want hr's entry", left, err)
 	}
 }

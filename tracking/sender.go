@@ -2,6 +2,7 @@ package tracking
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/mail"
@@ -52,6 +53,35 @@ type wrapped struct {
 	now   func() time.Time
 }
 
+// mimeMessageID is the Message-ID field of an inline MIME message ("" when
+// there is none, the message is by reference, or its header cannot be read).
+func mimeMessageID(m *contract.MIME) string {
+	if m == nil || m.ContentBase64 == "" {
+		return ""
+	}
+	// The header section is at the start: decode at most 96 KB of it.
+	b64 := m.ContentBase64[:min(len(m.ContentBase64), 128<<10)]
+	b64 = b64[:len(b64)/4*4]
+	msg, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return ""
+	}
+	fields, err := contract.ParseHeaderSection(contract.HeaderSection(msg))
+	if err != nil {
+		return ""
+	}
+	for _, f := range fields {
+		if strings.EqualFold(f.Name, "Message-ID") {
+			id := strings.TrimSpace(f.Value)
+			if strings.HasPrefix(id, "<") && strings.HasSuffix(id, ">") && len(id) <= 998 && !strings.ContainsAny(id, " \t") {
+				return id
+			}
+			return ""
+		}
+	}
+	return ""
+}
+
 func addr(s string) string {
 	if a, err := mail.ParseAddress(s); err == nil {
 		return strings.ToLower(a.Address)
@@ -63,7 +93,8 @@ func addr(s string) string {
 // send (a copy when recipients were dropped).
 func (w *wrapped) prepare(ctx context.Context, profile, jobID string, job *contract.Job) (*contract.Job, error) {
 	now := w.now()
-	rec := &Record{JobID: jobID, Profile: profile, From: strings.ToLower(job.From), Metadata: job.Metadata, Attempted: now}
+	rec := &Record{JobID: jobID, Profile: profile, From: strings.ToLower(job.From), Metadata: job.Metadata, Attempted: now,
+		MessageIDHint: mimeMessageID(job.MIME)}
 	suppressed := map[string]bool{}
 	for _, r := range slices.Concat(job.To, job.Cc, job.Bcc) {
 		a := addr(r)

@@ -36,13 +36,30 @@ type Record struct {
 	Profile    string      `json:"profile"`
 	From       string      `json:"from"`
 	Recipients []Recipient `json:"recipients"`
-	// MessageID is the Message-ID when known (draft delivery mode).
-	MessageID string            `json:"messageId,omitempty"`
-	Metadata  map[string]string `json:"metadata,omitempty"`
+	// MessageID is the Message-ID when known: from the send (draft
+	// delivery mode), or learned from the trace row matched by sender,
+	// recipient and time (MessageIDLearned), after which the record's
+	// other recipients and later passes match by it.
+	MessageID        string `json:"messageId,omitempty"`
+	MessageIDLearned bool   `json:"messageIdLearned,omitempty"`
+	// MessageIDHint is the Message-ID field of a MIME job's own header
+	// (inline MIME only). No Microsoft page says that Exchange keeps it, so
+	// it only decides when a trace row carries it; a record whose hint
+	// matches no row is matched by time.
+	MessageIDHint string            `json:"messageIdHint,omitempty"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
 	// Attempted is when the worker called Graph (the record is written before).
 	Attempted time.Time `json:"attempted"`
 	// SentAt is when the job state said `sent` (the tracker fills it in).
 	SentAt time.Time `json:"sentAt,omitzero"`
+}
+
+// correlation is how its trace rows were found (contract.TraceInfo.Correlation).
+func (r *Record) correlation() string {
+	if r.MessageID != "" && !r.MessageIDLearned {
+		return contract.CorrelationMessageID
+	}
+	return contract.CorrelationTime
 }
 
 func (r *Record) open() bool {
@@ -221,12 +238,61 @@ func (s *Store) Suppressions(ctx context.Context, profile string) ([]Suppression
 
 // Unsuppress removes addr from profile's list; false when it was not there.
 func (s *Store) Unsuppress(ctx context.Context, profile, addr string) (bool, error) {
-	key := suppressionKey(profile, addr)
-	if _, err := s.suppression.Get(ctx, key); errors.Is(err, jetstream.ErrKeyNotFound) {
+	return s.UnsuppressKey(ctx, profile, queue.RecipientKey(addr))
+}
+
+// SuppressionByKey returns the entry of profile's list whose address has
+// key (queue.RecipientKey), expired or not; nil when there is none.
+func (s *Store) SuppressionByKey(ctx context.Context, profile, key string) (*Suppression, error) {
+	if !validKey(profile, key) {
+		return nil, nil
+	}
+	e, err := s.suppression.Get(ctx, profile+"."+key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tracking: read suppression list of %s: %w", profile, err)
+	}
+	var sup Suppression
+	if err := json.Unmarshal(e.Value(), &sup); err != nil {
+		return nil, fmt.Errorf("tracking: suppression entry is not valid JSON: %w", err)
+	}
+	return &sup, nil
+}
+
+// UnsuppressKey removes the entry whose address has key (queue.RecipientKey)
+// from profile's list; false when it was not there.
+func (s *Store) UnsuppressKey(ctx context.Context, profile, key string) (bool, error) {
+	if !validKey(profile, key) {
 		return false, nil
 	}
-	if err := s.suppression.Purge(ctx, key); err != nil {
+	k := profile + "." + key
+	if _, err := s.suppression.Get(ctx, k); errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("tracking: read suppression list of %s: %w", profile, err)
+	}
+	if err := s.suppression.Purge(ctx, k); err != nil {
 		return false, fmt.Errorf("tracking: remove suppression: %w", err)
 	}
 	return true, nil
+}
+
+// validKey: a profile name and a recipient key, each one KV key token (no
+// dots, wildcards or spaces), so that a key from a form or a request names
+// one entry of one profile.
+func validKey(profile, key string) bool {
+	ok := func(s string) bool {
+		if s == "" || len(s) > 128 {
+			return false
+		}
+		for _, r := range s {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+		return true
+	}
+	return ok(profile) && ok(key)
 }

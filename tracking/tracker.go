@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -38,6 +39,11 @@ type Config struct {
 	// Skew widens each sender's query window before the first send (clock
 	// differences between the worker and Exchange). Default 2m.
 	Skew time.Duration
+	// AmbiguityWait: when several jobs of one sender to one address wait
+	// for their rows without a Message-ID, they are matched in order only
+	// once all their rows are in the trace, or this long after the last
+	// was sent. Default 10m.
+	AmbiguityWait time.Duration
 	// BudgetLimit requests per BudgetWindow across all replicas. Default 80
 	// per 5m: Microsoft's tenant limit is 100, shared with the admins'
 	// own message trace (Get-MessageTraceV2 counts against the same limit).
@@ -58,6 +64,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Skew <= 0 {
 		c.Skew = 2 * time.Minute
+	}
+	if c.AmbiguityWait <= 0 {
+		c.AmbiguityWait = 10 * time.Minute
 	}
 	if c.BudgetLimit <= 0 {
 		c.BudgetLimit = 80
@@ -177,6 +186,10 @@ func (t *Tracker) Pass(ctx context.Context) error {
 	}
 	now := t.cfg.Now()
 	bySender := map[string][]*open{}
+	// Every record still in the bucket, settled ones included: a settled
+	// record's Message-ID keeps its rows from being matched to a later
+	// job of the same sender and recipient (closeSettled).
+	var all []*open
 	for key := range lister.Keys() {
 		rec, rev, err := t.st.get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -194,9 +207,10 @@ func (t *Tracker) Pass(ctx context.Context) error {
 			if done {
 				continue
 			}
-			if o.rec.SentAt.IsZero() {
-				continue // still in flight
-			}
+		}
+		all = append(all, o)
+		if o.rec.SentAt.IsZero() {
+			continue // still in flight
 		}
 		if err := t.publishSuppressed(ctx, o); err != nil {
 			return err
@@ -209,19 +223,21 @@ func (t *Tracker) Pass(ctx context.Context) error {
 	}
 	sort.Strings(senders)
 	var failures []failure
-	var all []*open
 	for _, s := range senders {
-		f, err := t.traceSender(ctx, s, bySender[s], now)
+		recs := bySender[s]
+		if !slices.ContainsFunc(recs, func(o *open) bool { return o.rec.open() }) {
+			continue // only settled records: nothing to ask message trace
+		}
+		f, err := t.traceSender(ctx, s, recs, now)
 		if err != nil {
 			return err
 		}
 		failures = append(failures, f...)
-		all = append(all, bySender[s]...)
 	}
 	if err := t.bounces(ctx, failures, now); err != nil {
 		return err
 	}
-	return t.closeSettled(ctx, all)
+	return t.closeSettled(ctx, all, now)
 }
 
 // settleUnsent looks at the job state of a record without SentAt: sent →
@@ -270,12 +286,14 @@ func (t *Tracker) publishSuppressed(ctx context.Context, o *open) error {
 
 // traceSender queries the sender's traces over the window of its open
 // records (paged; each page one request of the shared budget) and
-// publishes every final status it can match.
+// publishes every final status it can match (correlate). recs are the
+// sender's sent records, settled ones included (their Message-IDs claim
+// their rows).
 func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, now time.Time) ([]failure, error) {
 	from := now
 	for _, o := range recs {
-		if o.rec.SentAt.Before(from) {
-			from = o.rec.SentAt
+		if o.rec.open() {
+			from = minTime(from, o.rec.SentAt, o.rec.Attempted)
 		}
 	}
 	from = from.Add(-t.cfg.Skew)
@@ -284,49 +302,249 @@ func (t *Tracker) traceSender(ctx context.Context, sender string, recs []*open, 
 		return nil, t.traceFailed(ctx, err)
 	}
 	t.m.requests.WithLabelValues("ok").Inc()
-	sort.Slice(rows, func(i, j int) bool { return rows[i].ReceivedDateTime.Before(rows[j].ReceivedDateTime) })
-	sort.Slice(recs, func(i, j int) bool { return recs[i].rec.SentAt.Before(recs[j].rec.SentAt) })
-	used := make([]bool, len(rows))
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].ReceivedDateTime.Before(rows[j].ReceivedDateTime) })
+	sort.SliceStable(recs, func(i, j int) bool { return recs[i].rec.Attempted.Before(recs[j].rec.Attempted) })
 	var failures []failure
-	for _, o := range recs {
-		for i := range o.rec.Recipients {
-			r := &o.rec.Recipients[i]
-			if r.Outcome != "" || r.Suppressed {
-				continue
-			}
-			k := t.match(o.rec, r.Address, rows, used)
-			if k < 0 {
-				if now.Sub(o.rec.SentAt) > t.cfg.Horizon {
-					if err := t.publish(ctx, o, i, contract.EventDeliveryUnknown, nil, now); err != nil {
-						return nil, err
-					}
+	for _, m := range t.correlate(recs, rows, now) {
+		o, i := m.o, m.i
+		if m.row < 0 {
+			if now.Sub(o.rec.SentAt) > t.cfg.Horizon {
+				if err := t.publish(ctx, o, i, contract.EventDeliveryUnknown, nil, now); err != nil {
+					return nil, err
 				}
-				continue
 			}
-			row := rows[k]
-			used[k] = true
-			ev, final := eventFor(row.Status)
-			if !final {
-				if now.Sub(o.rec.SentAt) > t.cfg.Horizon {
-					if err := t.publish(ctx, o, i, contract.EventDeliveryUnknown, &row, now); err != nil {
-						return nil, err
-					}
+			continue
+		}
+		row := rows[m.row]
+		ev, final := eventFor(row.Status)
+		if !final {
+			if now.Sub(o.rec.SentAt) > t.cfg.Horizon {
+				if err := t.publish(ctx, o, i, contract.EventDeliveryUnknown, &row, now); err != nil {
+					return nil, err
 				}
-				continue // pending, gettingStatus: the next pass reads the window again
 			}
-			if ev == contract.EventBounced {
-				// Its reason needs a detail request: after the rest, as far as
-				// the budget goes without waiting (the others are not held
-				// up behind a burst of bounces).
-				failures = append(failures, failure{o: o, i: i, row: row})
-				continue
-			}
-			if err := t.publishRow(ctx, o, i, ev, &row, ""); err != nil {
-				return nil, err
-			}
+			continue // pending, gettingStatus: the next pass reads the window again
+		}
+		if ev == contract.EventBounced {
+			// Its reason needs a detail request: after the rest, as far as
+			// the budget goes without waiting (the others are not held
+			// up behind a burst of bounces).
+			failures = append(failures, failure{o: o, i: i, row: row})
+			continue
+		}
+		if err := t.publishRow(ctx, o, i, ev, &row, ""); err != nil {
+			return nil, err
 		}
 	}
 	return failures, nil
+}
+
+func minTime(a time.Time, ts ...time.Time) time.Time {
+	for _, t := range ts {
+		if !t.IsZero() && t.Before(a) {
+			a = t
+		}
+	}
+	return a
+}
+
+// matched is one open recipient (record o, index i) and its trace row
+// (an index into rows; -1: none found yet).
+type matched struct {
+	o   *open
+	i   int
+	row int
+}
+
+// correlate pairs the open recipients of recs (one sender, sorted by
+// Attempted) with rows (sorted by ReceivedDateTime):
+//
+//  1. By Message-ID: a record that knows its Message-ID (draft mode, or
+//     learned in step 2) takes only the rows of that Message-ID, and no
+//     other record may take them. Settled records still in the bucket
+//     claim their rows too.
+//  2. By sender, recipient and time, for records without a Message-ID:
+//     per recipient address, the records' sends in order take the rows
+//     received at or after them (less Skew) in order, skipping rows
+//     claimed by a Message-ID. When several such records wait for the
+//     same address, they are matched only once as many rows are there as
+//     records (or AmbiguityWait after the last of them was sent), so that
+//     a later mail's row is not given to an earlier one whose row has not
+//     appeared yet. A matched row's Message-ID is learned by the record
+//     (MessageIDLearned), so that its other recipients, and every later
+//     pass, match by Message-ID.
+//
+// What stays possible (docs/microsoft.md, "Correlation"): two sendMail
+// jobs from one mailbox to one address within Skew that Exchange received
+// in the other order than the worker called Graph, or a mail sent from the
+// mailbox outside mailworker to the same address in the same minutes, can
+// swap rows between those jobs.
+func (t *Tracker) correlate(recs []*open, rows []graphmail.MessageTrace, now time.Time) []matched {
+	used := make([]bool, len(rows))
+	claimed := map[string]bool{}
+	for _, o := range recs {
+		if o.rec.MessageID != "" {
+			claimed[strings.ToLower(o.rec.MessageID)] = true
+		}
+	}
+	type rk struct {
+		o *open
+		i int
+	}
+	found := map[rk]int{}
+	// Rows by recipient (each list in time order, as rows are) and by
+	// Message-ID and recipient: a pass over many open jobs stays linear.
+	byRcpt := map[string][]int{}
+	byMID := map[string][]int{}
+	for k, row := range rows {
+		a := strings.ToLower(row.RecipientAddress)
+		byRcpt[a] = append(byRcpt[a], k)
+		if row.MessageID != "" {
+			id := strings.ToLower(row.MessageID) + "\x00" + a
+			byMID[id] = append(byMID[id], k)
+		}
+	}
+	byID := func() {
+		for _, o := range recs {
+			if o.rec.MessageID == "" {
+				continue
+			}
+			for i := range o.rec.Recipients {
+				r := &o.rec.Recipients[i]
+				if r.Outcome != "" || r.Suppressed {
+					continue
+				}
+				if _, ok := found[rk{o, i}]; ok {
+					continue
+				}
+				for _, k := range byMID[strings.ToLower(o.rec.MessageID)+"\x00"+strings.ToLower(r.Address)] {
+					if !used[k] {
+						used[k] = true
+						found[rk{o, i}] = k
+						break
+					}
+				}
+			}
+		}
+	}
+	// byHint: a MIME job whose own Message-ID field is on a row to one of
+	// its recipients has that Message-ID (Exchange kept it): from then on
+	// it is matched by it.
+	byHint := func() {
+		for _, o := range recs {
+			if o.rec.MessageID != "" || o.rec.MessageIDHint == "" || !o.rec.open() || claimed[strings.ToLower(o.rec.MessageIDHint)] {
+				continue
+			}
+			for _, r := range o.rec.Recipients {
+				if r.Outcome != "" || r.Suppressed {
+					continue
+				}
+				if len(byMID[strings.ToLower(o.rec.MessageIDHint)+"\x00"+strings.ToLower(r.Address)]) > 0 {
+					o.rec.MessageID = o.rec.MessageIDHint
+					claimed[strings.ToLower(o.rec.MessageID)] = true
+					break
+				}
+			}
+		}
+	}
+	// byTime matches the records without a Message-ID and reports whether
+	// one learned its Message-ID.
+	byTime := func() bool {
+		groups := map[string][]rk{}
+		var addrs []string
+		for _, o := range recs {
+			if o.rec.MessageID != "" || !o.rec.open() {
+				continue
+			}
+			for i, r := range o.rec.Recipients {
+				if r.Outcome != "" || r.Suppressed {
+					continue
+				}
+				if _, ok := groups[r.Address]; !ok {
+					addrs = append(addrs, r.Address)
+				}
+				groups[r.Address] = append(groups[r.Address], rk{o, i})
+			}
+		}
+		// Addresses that one record waits for first: what they learn
+		// (a Message-ID) settles the same records' other recipients, and
+		// takes those rows out of the ambiguous groups, before any group
+		// of several is matched in order.
+		sort.SliceStable(addrs, func(i, j int) bool { return len(groups[addrs[i]]) == 1 && len(groups[addrs[j]]) > 1 })
+		learned := false
+		for _, a := range addrs {
+			g := groups[a]
+			if len(g) > 1 && learned {
+				return true // match again by Message-ID first
+			}
+			var cands []int
+			for _, k := range byRcpt[strings.ToLower(a)] {
+				row := rows[k]
+				if !used[k] && !claimed[strings.ToLower(row.MessageID)] && !row.ReceivedDateTime.Before(g[0].o.rec.Attempted.Add(-t.cfg.Skew)) {
+					cands = append(cands, k)
+				}
+			}
+			if len(g) > 1 && len(cands) < len(g) {
+				youngest := g[len(g)-1].o.rec
+				if now.Sub(maxTime(youngest.SentAt, youngest.Attempted)) < t.cfg.AmbiguityWait {
+					continue // wait until every one of these mails is in the trace
+				}
+			}
+			next := 0
+			for _, x := range g {
+				if x.o.rec.MessageID != "" {
+					// Learned from another of its recipients in this round:
+					// the next round matches it by Message-ID.
+					continue
+				}
+				for next < len(cands) && rows[cands[next]].ReceivedDateTime.Before(x.o.rec.Attempted.Add(-t.cfg.Skew)) {
+					next++
+				}
+				if next == len(cands) {
+					break
+				}
+				k := cands[next]
+				next++
+				used[k] = true
+				found[x] = k
+				if mid := rows[k].MessageID; mid != "" {
+					x.o.rec.MessageID, x.o.rec.MessageIDLearned = mid, true
+					claimed[strings.ToLower(mid)] = true
+					learned = true
+				}
+			}
+		}
+		return learned
+	}
+	byHint()
+	for range len(recs) + 1 {
+		byID()
+		if !byTime() {
+			break
+		}
+	}
+	byID()
+	var out []matched
+	for _, o := range recs {
+		for i, r := range o.rec.Recipients {
+			if r.Outcome != "" || r.Suppressed || o.rec.SentAt.IsZero() {
+				continue
+			}
+			k, ok := found[rk{o, i}]
+			if !ok {
+				k = -1
+			}
+			out = append(out, matched{o: o, i: i, row: k})
+		}
+	}
+	return out
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // bounces publishes the failures with their reason, one detail request
@@ -360,13 +578,32 @@ func (t *Tracker) bounces(ctx context.Context, failures []failure, now time.Time
 	return nil
 }
 
-// closeSettled removes the records whose recipients all have their event.
-func (t *Tracker) closeSettled(ctx context.Context, recs []*open) error {
+// closeSettled removes the records whose recipients all have their event,
+// once no open or future record of the same sender can see their rows: a
+// settled record's Message-ID keeps its rows from being taken by a later
+// job to the same address (correlate), so it stays while a record of its
+// sender attempted before its SentAt + 2×Skew is open, and at least until
+// now is past that (a record without a Message-ID claims nothing and goes
+// at once; every record goes past the Horizon).
+func (t *Tracker) closeSettled(ctx context.Context, recs []*open, now time.Time) error {
+	firstOpen := map[string]time.Time{} // per sender, the earliest Graph call of an open record
 	for _, o := range recs {
-		if !o.rec.open() {
-			if err := t.st.records.Delete(ctx, o.key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-				return err
+		if f, ok := firstOpen[o.rec.From]; o.rec.open() && (!ok || o.rec.Attempted.Before(f)) {
+			firstOpen[o.rec.From] = o.rec.Attempted
+		}
+	}
+	for _, o := range recs {
+		if o.rec.open() {
+			continue
+		}
+		if o.rec.MessageID != "" && now.Sub(o.rec.SentAt) <= t.cfg.Horizon {
+			until := o.rec.SentAt.Add(2 * t.cfg.Skew)
+			if f, ok := firstOpen[o.rec.From]; now.Before(until) || ok && !f.After(until) {
+				continue
 			}
+		}
+		if err := t.st.records.Delete(ctx, o.key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return err
 		}
 	}
 	return nil
@@ -376,28 +613,6 @@ type failure struct {
 	o   *open
 	i   int
 	row graphmail.MessageTrace
-}
-
-// match finds the trace row of recipient addr of rec: by Message-ID when the
-// record has one, else the earliest unused row to addr received at or after
-// the send (less the skew).
-func (t *Tracker) match(rec *Record, addr string, rows []graphmail.MessageTrace, used []bool) int {
-	for k, row := range rows {
-		if used[k] || !strings.EqualFold(row.RecipientAddress, addr) {
-			continue
-		}
-		if rec.MessageID != "" {
-			if strings.EqualFold(row.MessageID, rec.MessageID) {
-				return k
-			}
-			continue
-		}
-		if row.ReceivedDateTime.Before(rec.Attempted.Add(-t.cfg.Skew)) {
-			continue
-		}
-		return k
-	}
-	return -1
 }
 
 func eventFor(status string) (contract.EventType, bool) {
@@ -495,17 +710,21 @@ type traceRow struct {
 func (t *Tracker) publish(ctx context.Context, o *open, i int, ev contract.EventType, src any, at time.Time) error {
 	r := &o.rec.Recipients[i]
 	e := contract.Event{JobID: o.rec.JobID, Profile: o.rec.Profile, Event: ev, At: at.UTC(), Recipient: r.Address,
-		InternetMessageID: o.rec.MessageID, Metadata: o.rec.Metadata}
+		Metadata: o.rec.Metadata}
+	if !o.rec.MessageIDLearned {
+		e.InternetMessageID = o.rec.MessageID // known from the send (draft mode)
+	}
 	switch s := src.(type) {
 	case *traceRow:
 		e.Trace = &contract.TraceInfo{Status: s.row.Status, MessageTraceID: s.row.ID, MessageID: s.row.MessageID,
-			ReceivedAt: s.row.ReceivedDateTime, Detail: s.detail}
+			ReceivedAt: s.row.ReceivedDateTime, Detail: s.detail, Correlation: o.rec.correlation()}
 		if ev == contract.EventBounced {
 			e.Error = &contract.ErrorInfo{Reason: contract.ReasonRecipientInvalid, Message: s.detail}
 		}
 	case *graphmail.MessageTrace:
 		if s != nil {
-			e.Trace = &contract.TraceInfo{Status: s.Status, MessageTraceID: s.ID, MessageID: s.MessageID, ReceivedAt: s.ReceivedDateTime}
+			e.Trace = &contract.TraceInfo{Status: s.Status, MessageTraceID: s.ID, MessageID: s.MessageID, ReceivedAt: s.ReceivedDateTime,
+				Correlation: o.rec.correlation()}
 		}
 	}
 	if ev == contract.EventSuppressed {

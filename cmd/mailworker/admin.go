@@ -18,7 +18,8 @@ import (
 	"github.com/mailworker/mailworker/support"
 )
 
-// Support's changes to the dead-letter queue (replay, purge) go through the
+// Support's changes to the dead-letter queue (replay, purge) and to the
+// suppression list (unsuppress) go through the
 // worker: the support NATS user may only send requests on
 // mail.admin.<actor>.<action> (its own actor token, enforced by the server's
 // permissions) and read the DLQ, status and job state; the worker, which holds
@@ -37,6 +38,9 @@ type adminRequest struct {
 	All     bool            `json:"all,omitempty"`
 	// Body replaces the job's body on replay (replay_edited).
 	Body []byte `json:"body,omitempty"`
+	// Key is the suppressed address's key (queue.RecipientKey) for
+	// unsuppress: the address itself never travels.
+	Key string `json:"key,omitempty"`
 }
 
 // adminReply answers an admin request.
@@ -92,7 +96,7 @@ func (s *adminService) handle(m *nats.Msg) {
 // JetStream permissions itself, by the CLI directly.
 func runAdmin(ctx context.Context, q *queue.Queue, actor, via, action string, req adminRequest) adminReply {
 	fail := func(n int, err error) adminReply {
-		return adminReply{Count: n, Error: err.Error(), NotFound: errors.Is(err, queue.ErrNotInDLQ)}
+		return adminReply{Count: n, Error: err.Error(), NotFound: errors.Is(err, queue.ErrNotInDLQ) || errors.Is(err, support.ErrNotSuppressed)}
 	}
 	if actor == "" {
 		return fail(0, errors.New("no actor"))
@@ -129,8 +133,16 @@ func runAdmin(ctx context.Context, q *queue.Queue, actor, via, action string, re
 			return fail(n, err)
 		}
 		return adminReply{Count: n}
+	case "unsuppress":
+		if req.Profile == "" || req.Key == "" {
+			return fail(0, errors.New("unsuppress: profile and key are required"))
+		}
+		if err := desk.Unsuppress(ctx, who, req.Profile, req.Key, ""); err != nil {
+			return fail(0, err)
+		}
+		return adminReply{Count: 1}
 	default:
-		return fail(0, fmt.Errorf("unknown action %q (replay, purge)", action))
+		return fail(0, fmt.Errorf("unknown action %q (replay, purge, unsuppress)", action))
 	}
 }
 

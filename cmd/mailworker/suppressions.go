@@ -14,9 +14,6 @@ import (
 	"github.com/mailworker/mailworker/tracking"
 )
 
-// Audit action of `suppressions remove`.
-const auditUnsuppress = "unsuppress"
-
 func (c *cli) suppressionsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "suppressions", Short: "List and remove suppressed recipients (hard bounces from message trace)",
 		Args: unknownSubcommand, RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
@@ -68,42 +65,24 @@ func (c *cli) suppressionsCmd() *cobra.Command {
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 
 	var rmProfile string
-	remove := &cobra.Command{Use: "remove <address>", Short: "Remove an address from a profile's suppression list (audited in MAIL_AUDIT)",
+	remove := &cobra.Command{Use: "remove <address>", Short: "Remove an address from a profile's suppression list (through the worker; audited in MAIL_AUDIT)",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
 			if rmProfile == "" {
 				return errors.New("--profile: required (the suppression list is per profile)")
 			}
-			cfg, err := c.config()
+			// Like dlq replay and purge: a request the worker carries out
+			// and records (mail.admin.<actor>.unsuppress), so support needs
+			// no write right on the bucket. Only the address's key travels.
+			reply, err := c.admin(cmd.Context(), "unsuppress", adminRequest{Profile: rmProfile, Key: queue.RecipientKey(args[0])})
 			if err != nil {
 				return err
 			}
-			actor := adminActor(cfg.NATS, c.env)
-			if actor == "" {
-				return errors.New("no actor: set MAILWORKER_ACTOR (who removes the entry is recorded in MAIL_AUDIT)")
-			}
-			nc, q, err := c.openQueue(ctx)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			js := q.States.JetStream()
-			st, err := tracking.Bind(ctx, js)
-			if err != nil {
-				return err
-			}
-			ok, err := st.Unsuppress(ctx, rmProfile, args[0])
-			if err != nil {
-				return err
-			}
-			if !ok {
+			if reply.NotFound {
 				return &exitError{code: 1, msg: fmt.Sprintf("%s is not on the suppression list of %s", cell(args[0]), cell(rmProfile))}
 			}
-			// The audit record names the address's key, not the address.
-			if err := q.Audit.Append(ctx, queue.AuditRecord{Actor: actor, Via: "cli", Action: auditUnsuppress, Profile: rmProfile,
-				Count: 1, Detail: "recipient " + queue.RecipientKey(args[0])}); err != nil {
-				return fmt.Errorf("removed, but the audit record failed: %w", err)
+			if reply.Error != "" {
+				return errors.New(reply.Error)
 			}
 			fmt.Fprintf(c.stdout, "removed %s from the suppression list of %s (recorded in MAIL_AUDIT)\n", cell(args[0]), cell(rmProfile))
 			return nil

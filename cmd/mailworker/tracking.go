@@ -169,5 +169,33 @@ func checkTracking(ctx context.Context, cfg Config, m *worker.Metrics) (problems
 		return []string{fmt.Sprintf("tracking: the tracker's token lacks the application permission %s (grant it and admin consent: docs/runbook.md, \"Delivery tracking\")",
 			graphmail.MessageTraceRole)}, nil
 	}
+	// One query of the API itself (one request of the tenant's 100 per 5
+	// minutes): the role alone does not prove the tenant's other
+	// prerequisite, the service principal of Microsoft's message trace
+	// application, without which the API refuses a valid token.
+	now := time.Now()
+	if _, err := c.MessageTraces(opCtx, graphmail.TraceQuery{Sender: probeSender(cfg), From: now.Add(-5 * time.Minute), To: now, Top: 1}, nil); err != nil {
+		if _, throttled := graphmail.Throttled(err); throttled {
+			return nil, []string{"tracking: message trace answered 429 to check's probe (the tenant's 100 requests per 5 minutes are spent): the API could not be checked now"}
+		}
+		return []string{"tracking: message trace refused check's probe: " + err.Error()}, nil
+	}
 	return nil, nil
+}
+
+// probeSender is the sender check's message trace probe filters on: the
+// first approved mailbox of the first profile (any address does: the probe
+// proves access, not mail).
+func probeSender(cfg Config) string {
+	names := make([]string, 0, len(cfg.Profiles))
+	for n := range cfg.Profiles {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		if s := cfg.Profiles[n].AllowedSenders; len(s) > 0 {
+			return s[0]
+		}
+	}
+	return "postmaster@mailworker.invalid"
 }

@@ -12,7 +12,9 @@ import (
 
 // TestCheckTracking: with tracking on, `check` fetches a token for the
 // tracker's app registration and says when it lacks
-// ExchangeMessageTrace.Read.All; with it, check passes.
+// ExchangeMessageTrace.Read.All; with it, check probes the API once and
+// passes, and says so when the tenant lacks Microsoft's message trace
+// service principal (a 401 to a valid token).
 func TestCheckTracking(t *testing.T) {
 	t.Parallel()
 	ns := startTestNATS(t, nil)
@@ -59,5 +61,17 @@ tracking:
 	out, errOut, code = runCmd(t, "", "check", "--config", good)
 	if code != 0 || strings.Contains(out, "tracking:") {
 		t.Errorf("check with the permission: exit %d\n%s%s", code, out, errOut)
+	}
+	if n := len(with.TraceRequests()); n != 1 {
+		t.Errorf("check made %d message trace requests, want its one probe", n)
+	}
+	// The role granted, but the tenant lacks Microsoft's message trace
+	// service principal (the resource page's prerequisite): the probe says so.
+	noSP, noSPCA := startFake(t, graphtest.Options{TenantID: "t3", ClientID: "c3", ClientSecret: secret, Roles: []string{graphtest.TraceRole},
+		Trace: graphtest.TraceOptions{NoServicePrincipal: true}})
+	out, errOut, code = runCmd(t, "", "check", "--config", cfgFor("nosp.yaml", noSP, noSPCA, "t3", "c3"))
+	if code != 1 || !strings.Contains(out, "message trace refused check's probe") || !strings.Contains(out, graphtest.TraceAppID) ||
+		!strings.Contains(out, "Grant-MailworkerMessageTrace.ps1") {
+		t.Errorf("check without the message trace service principal: exit %d\n%s%s", code, out, errOut)
 	}
 }

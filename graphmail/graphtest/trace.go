@@ -17,7 +17,10 @@ import (
 //     global service only.
 //   - The properties and the $filter operators each supports: the exchangeMessageTrace
 //     resource page (eq on fromIP, id, messageId, recipientAddress, senderAddress,
-//     status, subject, toIP; ge and le on receivedDateTime). No page documents `or`:
+//     status, toIP; ge and le on receivedDateTime; subject only contains, startsWith and
+//     endsWith, which the fake does not serve: it answers 400 to any filter on subject;
+//     source microsoftgraph/microsoft-graph-docs-contrib,
+//     api-reference/v1.0/resources/exchangemessagetrace.md). No page documents `or`:
 //     the fake refuses it (400), the conservative reading, so that no client depends on it.
 //   - The status enumeration exchangeMessageTraceStatus and the function
 //     getDetailsByRecipient(recipientAddress) returning exchangeMessageTraceDetail: the
@@ -33,6 +36,10 @@ import (
 // TraceRole is the application permission the message trace API needs.
 const TraceRole = "ExchangeMessageTrace.Read.All"
 
+// TraceAppID is the Microsoft application whose service principal the
+// tenant must have (exchangeMessageTrace resource page, "Prerequisites").
+const TraceAppID = "8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"
+
 // TraceOptions shape the fake's message trace. Zero values take the defaults.
 type TraceOptions struct {
 	// Lag is how long an accepted message takes to appear in the trace at
@@ -47,6 +54,14 @@ type TraceOptions struct {
 	// Budget requests per Window (default 100 per 5 minutes, Microsoft's figure).
 	Budget int
 	Window time.Duration
+	// NoServicePrincipal is a fault knob: the tenant lacks the service
+	// principal of Microsoft's message trace application, which the
+	// exchangeMessageTrace resource page requires ("Prerequisites"). The page
+	// does not say how the API answers then; the fake answers 401 with the
+	// text public integrations report ("Service principal-less authentication
+	// failed: The service principal for App ID 8bd644d1-… was not found.",
+	// elastic/integrations PR 18240).
+	NoServicePrincipal bool
 }
 
 func (o TraceOptions) withDefaults() TraceOptions {
@@ -192,6 +207,11 @@ func (s *Server) traceAuth(w http.ResponseWriter, r *http.Request) bool {
 		s.graphError(w, r, "", http.StatusNotFound, "ResourceNotFound", "Resource not found for the segment 'tracing'.", "")
 		return false
 	}
+	if s.opts.Trace.NoServicePrincipal {
+		s.graphError(w, r, "", http.StatusUnauthorized, "Unauthorized",
+			"Service principal-less authentication failed: The service principal for App ID "+TraceAppID+" was not found.", "")
+		return false
+	}
 	s.credMu.Lock()
 	has := slices.Contains(s.roles, TraceRole)
 	s.credMu.Unlock()
@@ -248,7 +268,7 @@ type traceFilter struct {
 }
 
 var traceEqProps = map[string]bool{"fromip": true, "id": true, "messageid": true, "recipientaddress": true,
-	"senderaddress": true, "status": true, "subject": true, "toip": true}
+	"senderaddress": true, "status": true, "toip": true}
 
 // parseTraceFilter reads a $filter of `and`-joined clauses, each one
 // property compared with one literal.
@@ -325,8 +345,6 @@ func (tf traceFilter) match(r TraceRow) bool {
 			got = r.SenderAddress
 		case "status":
 			got = r.Status
-		case "subject":
-			got = r.Subject
 		case "toip":
 			got = r.ToIP
 		}

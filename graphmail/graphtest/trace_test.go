@@ -44,6 +44,9 @@ func TestTraceQueryShape(t *testing.T) {
 		{"senderAddress eq 'billing@contoso.com' and senderAddress eq 'x@contoso.com'", "", 400},
 		{"receivedDateTime gt 2000-01-01T00:00:00Z", "", 400},
 		{"subject ne 'x'", "", 400},
+		// subject supports contains/startsWith/endsWith only (not served by the fake), not eq.
+		{"subject eq 'x'", "", 400},
+		{"messageId eq '<a@contoso.com>'", "", 200},
 		{"", "0", 400},
 		{"", "5001", 400},
 	} {

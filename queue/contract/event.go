@@ -69,7 +69,18 @@ type TraceInfo struct {
 	ReceivedAt     time.Time `json:"receivedAt,omitzero"`
 	// Detail is the failure's text from the trace details (bounced).
 	Detail string `json:"detail,omitempty"`
+	// Correlation is how the row was tied to the job: CorrelationMessageID
+	// (the Message-ID the worker knew from the send: draft delivery mode)
+	// or CorrelationTime (sender, recipient and time: sendMail; see
+	// docs/microsoft.md, "Correlation", for when two jobs can swap rows).
+	Correlation string `json:"correlation,omitempty"`
 }
+
+// How a delivery event's trace row was found (TraceInfo.Correlation).
+const (
+	CorrelationMessageID = "messageId"
+	CorrelationTime      = "time"
+)
 
 // GraphInfo is what Graph said about one call.
 type GraphInfo struct {

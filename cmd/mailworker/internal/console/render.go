@@ -69,7 +69,7 @@ func (s *Server) parseTemplates() error {
 		"hoursList": func() []int { return []int{1, 3, 6, 12, 24} },
 	}
 	s.pages = map[string]*template.Template{}
-	for _, name := range []string{"list", "job", "edit", "search", "overview", "confirm", "status"} {
+	for _, name := range []string{"list", "job", "edit", "search", "overview", "confirm", "status", "suppressions"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
 			return fmt.Errorf("console: template %s: %w", name, err)
