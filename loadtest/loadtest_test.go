@@ -156,3 +156,34 @@ func TestFailoverWindowCheck(t *testing.T) {
 		}
 	})
 }
+
+// TestSmokeWrites runs the writes scenario small: on R1 and R3 the atomic
+// batch's semantics hold (a stale state compare-and-set stores no event; a
+// fresh batch stores both) and every shape reports a row. It asserts no
+// timing.
+func TestSmokeWrites(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"-n", "40", "--json", "writes"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr.String())
+	}
+	rows := 0
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var r writesRow
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Jobs != 40 || r.JobsPerS <= 0 {
+			t.Errorf("%s %s: %+v", r.Stream, r.Shape, r)
+		}
+		rows++
+	}
+	if rows != 12 { // 2 streams × 3 shapes × 2 rounds
+		t.Errorf("%d rows:\n%s", rows, stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "R3 file: the atomic batch stores both messages or neither") {
+		t.Errorf("no semantics check on R3:\n%s", stderr.String())
+	}
+}

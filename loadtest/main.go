@@ -7,7 +7,7 @@
 // a separate process on the same server, fake and concurrency, is the
 // baseline the worker is compared with.
 //
-//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale smtp large] [retention]
+//	go run ./loadtest [flags] [max latency throttle isolation deferral failover scale smtp large] [retention tracking writes]
 //
 // It exits 1 when a job was lost or sent twice, 2 on a usage or setup error.
 // Timings are figures, never assertions: see docs/benchmarks.md.
@@ -31,9 +31,9 @@ import (
 // allScenarios in the order they run by default.
 var allScenarios = []string{"max", "latency", "throttle", "isolation", "deferral", "failover", "scale", "smtp", "large"}
 
-// extraScenarios run only when named: retention measures the broker alone
-// (retention.go).
-var extraScenarios = []string{"retention", "tracking"}
+// extraScenarios run only when named: retention and writes measure the
+// broker alone (retention.go, writes.go).
+var extraScenarios = []string{"retention", "tracking", "writes"}
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == bareSMTPCommand {
@@ -80,6 +80,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		opts.Scenarios = slices.DeleteFunc(opts.Scenarios, func(s string) bool { return s == "tracking" })
+		if len(opts.Scenarios) == 0 {
+			return 0
+		}
+	}
+	if slices.Contains(opts.Scenarios, "writes") {
+		if err := runWrites(ctx, opts, stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "loadtest: scenario writes:", err)
+			return 1
+		}
+		opts.Scenarios = slices.DeleteFunc(opts.Scenarios, func(s string) bool { return s == "writes" })
 		if len(opts.Scenarios) == 0 {
 			return 0
 		}
