@@ -180,10 +180,10 @@ func TestSmokeWrites(t *testing.T) {
 		}
 		rows++
 	}
-	if rows != 12 { // 2 streams × 3 shapes × 2 rounds
+	if rows != 20 { // 2 streams × 5 shapes × 2 rounds
 		t.Errorf("%d rows:\n%s", rows, stdout.String())
 	}
-	if !strings.Contains(stderr.String(), "R3 file: the atomic batch stores both messages or neither") {
+	if !strings.Contains(stderr.String(), "R3 file: the atomic batch stores both messages or neither, the fast batch no event after a refused state") {
 		t.Errorf("no semantics check on R3:\n%s", stderr.String())
 	}
 }

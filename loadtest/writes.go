@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -34,6 +35,11 @@ import (
 //     batch (nats-server 2.12+, Nats-Batch-Id / -Sequence / -Commit: the
 //     first message sent without a reply, the commit as a request), two
 //     round trips;
+//   - fast batch: the mark, then the terminal state and its event as one
+//     fast batch (nats-server 2.14+, AllowBatchPublish; not atomic: messages
+//     are stored one by one, in order, and in gap mode "fail" a refused
+//     first message ends the batch, so the event is stored only after the
+//     state), two round trips;
 //   - two: the mark and the terminal state only, the floor any two-write
 //     design could reach.
 //
@@ -145,8 +151,8 @@ func writesOn(ctx context.Context, replicas, n int, keep bool, stderr io.Writer)
 	if err != nil {
 		return nil, err
 	}
-	cfg := jetstream.StreamConfig{Name: "WRITES", Subjects: []string{"state.>", "status.>"}, Storage: jetstream.FileStorage,
-		Replicas: replicas, Duplicates: 2 * time.Minute, AllowAtomicPublish: true}
+	cfg := jetstream.StreamConfig{Name: "WRITES", Subjects: []string{"state.>", "status.>", "final.>"}, Storage: jetstream.FileStorage,
+		Replicas: replicas, Duplicates: 2 * time.Minute, AllowAtomicPublish: true, AllowBatchPublish: true}
 	deadline := time.Now().Add(time.Minute)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -160,26 +166,64 @@ func writesOn(ctx context.Context, replicas, n int, keep bool, stderr io.Writer)
 		}
 		time.Sleep(200 * time.Millisecond) // the cluster's meta leader is being elected
 	}
-	w := &writer{js: js, nc: nc}
+	// STATUS: the status stream readers know, copying the terminal events
+	// from WRITES server-side (final.<id> → mail.status.<id>).
+	status, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "STATUS", Storage: jetstream.FileStorage, Replicas: replicas,
+		Sources: []*jetstream.StreamSource{{Name: "WRITES", SubjectTransforms: []jetstream.SubjectTransformConfig{
+			{Source: "final.>", Destination: "mail.status.>"}}}}})
+	if err != nil {
+		return nil, fmt.Errorf("create the sourcing stream: %w", err)
+	}
+	w := &writer{js: js, nc: nc, inbox: nc.NewInbox(), waiting: map[string]chan []byte{}}
+	sub, err := nc.Subscribe(w.inbox+".>", w.reply)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 	stream := "R" + strconv.Itoa(replicas) + " file"
-	if err := w.checkBatch(ctx); err != nil {
+	if err := w.checkBatch(ctx, "atomic", w.commit); err != nil {
 		return nil, fmt.Errorf("atomic batch semantics: %w", err)
 	}
-	fmt.Fprintf(stderr, "writes: %s: the atomic batch stores both messages or neither (stale state compare-and-set: no event)\n", stream)
+	if err := w.checkBatch(ctx, "fast", w.fastCommit); err != nil {
+		return nil, fmt.Errorf("fast batch semantics: %w", err)
+	}
+	fmt.Fprintf(stderr, "writes: %s: the atomic batch stores both messages or neither, the fast batch no event after a refused state (stale state compare-and-set: no event)\n", stream)
+	sourced := func() error { // every sourced event is in STATUS
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			si, err := status.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if si.State.Msgs >= w.sourced.Load() {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("STATUS holds %d of %d sourced events", si.State.Msgs, w.sourced.Load())
+			}
+			time.Sleep(20 * time.Millisecond) // polling the stream's count
+		}
+	}
 	shapes := []struct {
-		name string
-		job  func(ctx context.Context, id string) error
+		name   string
+		job    func(ctx context.Context, id string) error
+		settle func() error
 	}{
-		{"three acked writes (today)", w.three},
-		{"mark + atomic batch (state + event)", w.batch},
-		{"two acked writes (mark + state, no event)", w.two},
+		{"three acked writes (today)", w.three, nil},
+		{"mark + atomic batch (state + event)", w.batch, nil},
+		{"mark + fast batch (state, then event)", w.fast, nil},
+		{"mark + fast batch, event sourced into a status stream", w.fastSourced, sourced},
+		{"two acked writes (mark + state, no event)", w.two, nil},
 	}
 	var rows []writesRow
 	for round := range 2 {
 		for _, sh := range shapes {
-			r := measureWrites(ctx, n, func(ctx context.Context, i int) error {
+			r, err := measureWrites(ctx, n, func(ctx context.Context, i int) error {
 				return sh.job(ctx, "r"+strconv.Itoa(round)+strconv.Itoa(len(sh.name))+"-"+strconv.Itoa(i))
-			})
+			}, sh.settle)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", sh.name, err)
+			}
 			r.Stream, r.Shape = stream, sh.name
 			fmt.Fprintf(stderr, "writes: %s, %s: %.0f jobs/s, %.0f µs CPU/job, %d failed %s\n", stream, sh.name, r.JobsPerS, r.CPUUsJob, r.Failed, r.FirstErr)
 			rows = append(rows, r)
@@ -188,7 +232,9 @@ func writesOn(ctx context.Context, replicas, n int, keep bool, stderr io.Writer)
 	return rows, nil
 }
 
-func measureWrites(ctx context.Context, n int, job func(context.Context, int) error) writesRow {
+// measureWrites runs job n times by writesConcurrency writers, then settle
+// (may be nil) before the clock stops.
+func measureWrites(ctx context.Context, n int, job func(context.Context, int) error, settle func() error) (writesRow, error) {
 	var next, failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
@@ -213,13 +259,18 @@ func measureWrites(ctx context.Context, n int, job func(context.Context, int) er
 		}()
 	}
 	wg.Wait()
+	if settle != nil {
+		if err := settle(); err != nil {
+			return writesRow{}, err
+		}
+	}
 	el := time.Since(start)
 	r := writesRow{Jobs: n, Failed: int(failed.Load()), JobsPerS: float64(n) / el.Seconds(),
 		CPUUsJob: float64((processCPU() - cpu0).Microseconds()) / float64(n)}
 	if e, ok := firstErr.Load().(string); ok {
 		r.FirstErr = e
 	}
-	return r
+	return r, nil
 }
 
 func processCPU() time.Duration {
@@ -231,8 +282,29 @@ func processCPU() time.Duration {
 }
 
 type writer struct {
-	js jetstream.JetStream
-	nc *nats.Conn
+	js    jetstream.JetStream
+	nc    *nats.Conn
+	inbox string // fast batches' replies: <inbox>.<batch id>.<flow>.<gap mode>.<seq>.<op>.$FI
+
+	batches atomic.Uint64
+	sourced atomic.Uint64 // events published for STATUS to copy
+	mu      sync.Mutex
+	waiting map[string]chan []byte // batch id → its replies
+}
+
+// reply hands a fast batch's reply to its publisher.
+func (w *writer) reply(m *nats.Msg) {
+	rest := m.Subject[len(w.inbox)+1:]
+	bid := rest[:max(0, strings.IndexByte(rest, '.'))]
+	w.mu.Lock()
+	ch := w.waiting[bid]
+	w.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- m.Data:
+		default:
+		}
+	}
 }
 
 var writesBody = []byte(`{"jobId":"x","profile":"lt","state":"sent","attempts":1,"generation":1,"updatedAt":"2026-12-07T23:00:00Z","graph":{"status":202,"requestId":"5f7c6c8e-6b1e-4c1a-9a57-1f1f2d2e3f40","clientRequestId":"0b8e2b6a-2f52-4c8e-8f4a-6f0f1d2c3b4a","date":"Mon, 07 Dec 2026 23:00:00 GMT"}}`)
@@ -325,40 +397,122 @@ func (w *writer) commit(ctx context.Context, id string, stateSeq uint64) error {
 	return nil
 }
 
-// checkBatch: a batch whose state compare-and-set is stale is refused and
-// stores no event; a fresh one stores both.
-func (w *writer) checkBatch(ctx context.Context) error {
+func (w *writer) fast(ctx context.Context, id string) error {
+	seq, err := w.put(ctx, "state."+id, 0, "")
+	if err != nil {
+		return err
+	}
+	return w.fastCommit(ctx, id, seq)
+}
+
+func (w *writer) fastSourced(ctx context.Context, id string) error {
+	seq, err := w.put(ctx, "state."+id, 0, "")
+	if err != nil {
+		return err
+	}
+	if err := w.fastCommitTo(ctx, id, seq, "final."); err != nil {
+		return err
+	}
+	w.sourced.Add(1)
+	return nil
+}
+
+// fastCommit publishes the terminal state (compare-and-set against
+// stateSeq) and then the terminal event as one fast batch in gap mode
+// "fail", and waits for the commit's ack.
+func (w *writer) fastCommit(ctx context.Context, id string, stateSeq uint64) error {
+	return w.fastCommitTo(ctx, id, stateSeq, "status.")
+}
+
+// fastCommitTo is fastCommit with the event on evPrefix + id.
+func (w *writer) fastCommitTo(ctx context.Context, id string, stateSeq uint64, evPrefix string) error {
+	bid := "f" + strconv.FormatUint(w.batches.Add(1), 36) // never reused: a refused batch's late replies go nowhere
+	ch := make(chan []byte, 4)
+	w.mu.Lock()
+	w.waiting[bid] = ch
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.waiting, bid)
+		w.mu.Unlock()
+	}()
+	prefix := w.inbox + "." + bid + ".10.fail."
+	m := &nats.Msg{Subject: "state." + id, Reply: prefix + "1.0.$FI", Data: writesBody, Header: nats.Header{}}
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(stateSeq, 10))
+	if err := w.nc.PublishMsg(m); err != nil {
+		return err
+	}
+	e := &nats.Msg{Subject: evPrefix + id, Reply: prefix + "2.2.$FI", Data: writesBody, Header: nats.Header{}}
+	e.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	e.Header.Set(jetstream.MsgIDHeader, id+"-final")
+	if err := w.nc.PublishMsg(e); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case data := <-ch:
+			var r struct {
+				Stream string `json:"stream"`
+				Error  *struct {
+					ErrCode     int    `json:"err_code"`
+					Description string `json:"description"`
+				} `json:"error"`
+				BatchID string `json:"batch"`
+				Count   int    `json:"count"`
+			}
+			if err := json.Unmarshal(data, &r); err != nil {
+				return fmt.Errorf("fast batch reply %q: %w", data, err)
+			}
+			switch {
+			case r.Stream == "": // flow control
+				continue
+			case r.Error != nil:
+				return fmt.Errorf("fast batch refused: %d %s", r.Error.ErrCode, r.Error.Description)
+			case r.BatchID != bid || r.Count != 2:
+				return fmt.Errorf("fast batch ack %s: not the batch's commit", data)
+			}
+			return nil
+		}
+	}
+}
+
+// checkBatch: a batch (commit: atomic or fast) whose state compare-and-set
+// is stale is refused and stores no event; a fresh one stores both.
+func (w *writer) checkBatch(ctx context.Context, name string, commit func(context.Context, string, uint64) error) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	s, err := w.js.Stream(ctx, "WRITES")
 	if err != nil {
 		return err
 	}
-	seq, err := w.put(ctx, "state.check", 0, "")
+	id := "check-" + name
+	seq, err := w.put(ctx, "state."+id, 0, "")
 	if err != nil {
 		return err
 	}
-	if _, err := w.put(ctx, "state.check", seq, ""); err != nil { // another delivery moved the state on
+	if _, err := w.put(ctx, "state."+id, seq, ""); err != nil { // another delivery moved the state on
 		return err
 	}
-	if err := w.commit(ctx, "check", seq); err == nil {
+	if err := commit(ctx, id, seq); err == nil {
 		return errors.New("a batch with a stale state compare-and-set was stored")
 	}
-	if _, err := s.GetLastMsgForSubject(ctx, "status.check"); !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if _, err := s.GetLastMsgForSubject(ctx, "status."+id); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("a refused batch stored its event (%v)", err)
 	}
-	last, err := s.GetLastMsgForSubject(ctx, "state.check")
+	last, err := s.GetLastMsgForSubject(ctx, "state."+id)
 	if err != nil {
 		return err
 	}
-	if err := w.commit(ctx, "check", last.Sequence); err != nil {
+	if err := commit(ctx, id, last.Sequence); err != nil {
 		return fmt.Errorf("a fresh batch: %w", err)
 	}
-	st, err := s.GetLastMsgForSubject(ctx, "state.check")
+	st, err := s.GetLastMsgForSubject(ctx, "state."+id)
 	if err != nil || st.Sequence == last.Sequence {
 		return fmt.Errorf("a committed batch did not store its state (%v)", err)
 	}
-	if _, err := s.GetLastMsgForSubject(ctx, "status.check"); err != nil {
+	if _, err := s.GetLastMsgForSubject(ctx, "status."+id); err != nil {
 		return fmt.Errorf("a committed batch did not store its event: %w", err)
 	}
 	return nil
