@@ -180,7 +180,7 @@ func TestSmokeWrites(t *testing.T) {
 		}
 		rows++
 	}
-	if rows != 20 { // 2 streams × 5 shapes × 2 rounds
+	if rows != 24 { // 2 streams × 6 shapes × 2 rounds
 		t.Errorf("%d rows:\n%s", rows, stdout.String())
 	}
 	if !strings.Contains(stderr.String(), "R3 file: the atomic batch stores both messages or neither, the fast batch no event after a refused state") {

@@ -43,6 +43,11 @@ import (
 //   - two: the mark and the terminal state only, the floor any two-write
 //     design could reach.
 //
+// The two batch shapes run once more with the event on final.<id>, which a
+// second stream, STATUS, copies server-side (a source with a subject
+// transform to mail.status.<id>): the layout that would keep MAIL_STATUS's
+// readers unchanged. Their clock stops when STATUS holds every event.
+//
 // Each shape runs on an R1 file stream (one embedded server, as `dev` and
 // loadtest's other scenarios run) and on an R3 file stream (three embedded
 // servers), n jobs (default 4,000) by 32 writers. Before measuring, it checks
@@ -211,6 +216,7 @@ func writesOn(ctx context.Context, replicas, n int, keep bool, stderr io.Writer)
 	}{
 		{"three acked writes (today)", w.three, nil},
 		{"mark + atomic batch (state + event)", w.batch, nil},
+		{"mark + atomic batch, event sourced into a status stream", w.batchSourced, sourced},
 		{"mark + fast batch (state, then event)", w.fast, nil},
 		{"mark + fast batch, event sourced into a status stream", w.fastSourced, sourced},
 		{"two acked writes (mark + state, no event)", w.two, nil},
@@ -356,7 +362,24 @@ func (w *writer) batch(ctx context.Context, id string) error {
 
 // commit publishes the terminal state (compare-and-set against stateSeq)
 // and the terminal event as one atomic batch and waits for the commit's ack.
+func (w *writer) batchSourced(ctx context.Context, id string) error {
+	seq, err := w.put(ctx, "state."+id, 0, "")
+	if err != nil {
+		return err
+	}
+	if err := w.commitTo(ctx, id, seq, "final."); err != nil {
+		return err
+	}
+	w.sourced.Add(1)
+	return nil
+}
+
 func (w *writer) commit(ctx context.Context, id string, stateSeq uint64) error {
+	return w.commitTo(ctx, id, stateSeq, "status.")
+}
+
+// commitTo is commit with the event on evPrefix + id.
+func (w *writer) commitTo(ctx context.Context, id string, stateSeq uint64, evPrefix string) error {
 	bid := "b-" + id
 	m := &nats.Msg{Subject: "state." + id, Data: writesBody, Header: nats.Header{}}
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(stateSeq, 10))
@@ -365,7 +388,7 @@ func (w *writer) commit(ctx context.Context, id string, stateSeq uint64) error {
 	if err := w.nc.PublishMsg(m); err != nil {
 		return err
 	}
-	e := &nats.Msg{Subject: "status." + id, Data: writesBody, Header: nats.Header{}}
+	e := &nats.Msg{Subject: evPrefix + id, Data: writesBody, Header: nats.Header{}}
 	e.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
 	e.Header.Set(jetstream.MsgIDHeader, id+"-final")
 	e.Header.Set("Nats-Batch-Id", bid)
