@@ -83,7 +83,10 @@ type SMTPConfig struct {
 	AuthFailureDelay          time.Duration `yaml:"authFailureDelay"`
 	// AuthCacheTTL: verified logins are cached this long (default 60s,
 	// negative = off); a change of the credentials empties the cache.
-	AuthCacheTTL time.Duration `yaml:"authCacheTTL"`
+	// AuthCacheSize: at most this many verified logins are kept, least
+	// recently used dropped first (default 1000, negative = off).
+	AuthCacheTTL  time.Duration `yaml:"authCacheTTL"`
+	AuthCacheSize int           `yaml:"authCacheSize"`
 }
 
 func (c *cli) smtpCmd() *cobra.Command {
@@ -216,7 +219,7 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 		InlineMaxBytes: sc.InlineMaxBytes, ReadTimeout: sc.ReadTimeout, PublishTimeout: sc.PublishTimeout, Senders: senders,
 		MaxSessionsPerAddress: sc.MaxSessionsPerAddress, PreAuthTimeout: sc.PreAuthTimeout, RetryWindow: sc.RetryWindow,
 		AuthFailuresPerConnection: sc.AuthFailuresPerConnection, AuthFailuresPerAddress: sc.AuthFailuresPerAddress,
-		AuthLockout: sc.AuthLockout, AuthFailureDelay: sc.AuthFailureDelay, AuthCacheTTL: sc.AuthCacheTTL, ProfileMaxRecipients: maxRcpt,
+		AuthLockout: sc.AuthLockout, AuthFailureDelay: sc.AuthFailureDelay, AuthCacheTTL: sc.AuthCacheTTL, AuthCacheSize: sc.AuthCacheSize, ProfileMaxRecipients: maxRcpt,
 		NoRecordBeforeAnswer: sc.RecordBeforeAnswer != nil && !*sc.RecordBeforeAnswer},
 		creds, faultLosePublishAcks(queue.NewPublisher(js), log), store, smtpd.Options{Logger: log, Metrics: m, TLS: tlsCfg})
 	if err != nil {

@@ -126,6 +126,7 @@ type Credentials struct {
 	set       map[string]*credential
 	stamp     string // SHA-256 of the file as last loaded
 	lastCheck time.Time
+	gen       uint64 // counts the loads that replaced the set
 }
 
 // NewCredentials checks inline and loads file (optional). profiles maps each
@@ -168,6 +169,13 @@ func (c *Credentials) load() (map[string]*credential, string, error) {
 // lookup returns the credential of username (nil when unknown), re-reading
 // the file first when it is due and has changed.
 func (c *Credentials) lookup(username string) *credential {
+	cr, _ := c.lookupGen(username)
+	return cr
+}
+
+// lookupGen is lookup, with the generation of the set the credential comes
+// from (it grows with each reload that replaced the set).
+func (c *Credentials) lookupGen(username string) (*credential, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.file != "" && c.now().Sub(c.lastCheck) >= c.interval {
@@ -176,6 +184,7 @@ func (c *Credentials) lookup(username string) *credential {
 			set, stamp, err := c.load()
 			if err == nil {
 				c.set, c.stamp = set, stamp
+				c.gen++
 			} else {
 				c.stamp = digest(data) // report a broken file once, not on every login
 			}
@@ -184,7 +193,7 @@ func (c *Credentials) lookup(username string) *credential {
 			}
 		}
 	}
-	return c.set[username]
+	return c.set[username], c.gen
 }
 
 // Profile returns the profile of username, for tests and tools.

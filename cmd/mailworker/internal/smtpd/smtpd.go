@@ -31,7 +31,6 @@ package smtpd
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
@@ -133,8 +132,11 @@ type Config struct {
 	AuthFailureDelay          time.Duration
 	// AuthCacheTTL: a verified username and password are not verified
 	// again (bcrypt) for this long while the credentials are unchanged;
-	// default 60s, negative = off.
-	AuthCacheTTL time.Duration
+	// default 60s, negative = off. AuthCacheSize bounds the verified
+	// logins kept (least recently used dropped first); default 1000,
+	// negative = off (authCache).
+	AuthCacheTTL  time.Duration
+	AuthCacheSize int
 	// ProfileMaxRecipients is each profile's recipient limit per message
 	// (profiles.<name>.maxRecipientsPerMessage); it caps MaxRecipients.
 	ProfileMaxRecipients map[string]int
@@ -176,6 +178,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.AuthCacheTTL == 0 {
 		c.AuthCacheTTL = time.Minute
+	}
+	if c.AuthCacheSize == 0 {
+		c.AuthCacheSize = 1000
 	}
 	c.MaxRecipients = min(c.MaxRecipients, contract.MaxRecipients)
 	if c.MaxSessions <= 0 {
@@ -234,10 +239,9 @@ type Server struct {
 	failMu   sync.Mutex
 	failures map[netip.Addr][]time.Time // failed AUTH per client address, last AuthLockout
 
-	cacheMu   sync.Mutex
-	cache     map[[32]byte]cacheEntry // verified logins
-	verifying map[[32]byte]*verification
-	cacheSalt [32]byte
+	auth *authCache // verified logins
+	// compare is bcrypt.CompareHashAndPassword (tests count the calls).
+	compare func(hash, password []byte) error
 
 	marks  map[string]*markIndex // profile -> its retry records, when the store is a MarkWatcher
 	self   string                // this replica's name in the records it writes
@@ -261,11 +265,11 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	}
 	s := &Server{cfg: cfg, creds: creds, pub: pub, store: store, log: o.Logger, m: o.Metrics, now: o.Now,
 		senders: map[string]map[string]bool{}, tls: o.TLS, rates: map[string][]time.Time{},
-		perAddr: map[netip.Addr]int{}, failures: map[netip.Addr][]time.Time{}, cache: map[[32]byte]cacheEntry{},
-		verifying: map[[32]byte]*verification{}, marks: map[string]*markIndex{}}
+		perAddr: map[netip.Addr]int{}, failures: map[netip.Addr][]time.Time{},
+		compare: bcrypt.CompareHashAndPassword, marks: map[string]*markIndex{}}
+	s.auth = newAuthCache(cfg.AuthCacheTTL, cfg.AuthCacheSize, func() time.Time { return s.now() })
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.self = contract.NewJobID()[:16]
-	_, _ = rand.Read(s.cacheSalt[:])
 	for p, list := range cfg.Senders {
 		s.senders[p] = map[string]bool{}
 		for _, a := range list {
@@ -500,12 +504,12 @@ func (ss *session) login(username, password string) error {
 	if !s.authAllowedFrom(ss.remote) {
 		return ss.lockedOut("address")
 	}
-	cred := s.creds.lookup(username)
+	cred, gen := s.creds.lookupGen(username)
 	if cred == nil {
-		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password)) // same cost as a known user
+		_ = s.compare(dummyHash, []byte(password)) // same cost as a known user
 		return ss.authFail(AuthUnknownUser, username)
 	}
-	if !s.verify(cred, username, password) {
+	if !s.verify(gen, cred, username, password) {
 		return ss.authFail(AuthBadPassword, username)
 	}
 	if !cred.allows(ss.remote) {
@@ -600,105 +604,16 @@ func (s *Server) prune(addr netip.Addr) []time.Time {
 	return l
 }
 
-// authKey is the cache key of a username and password: a keyed hash, so
-// that the cache holds no password (Dovecot's auth cache keys on a hash of
-// the user and password the same way).
-func (s *Server) authKey(username, password string) [32]byte {
-	h := sha256.New()
-	h.Write(s.cacheSalt[:])
-	fmt.Fprintf(h, "%s\x00%s", username, password)
-	return [32]byte(h.Sum(nil))
-}
-
-// authCached reports whether username and password were verified against
-// this very credential (a reload of the credentials makes new ones) within
-// AuthCacheTTL.
-func (s *Server) authCached(cred *credential, username, password string) bool {
-	if s.cfg.AuthCacheTTL <= 0 {
-		return false
+// verify checks password against cred, through the cache of verified
+// logins (authCache).
+func (s *Server) verify(gen uint64, cred *credential, username, password string) bool {
+	ok, hit := s.auth.verify(gen, cred, username, password, func() bool {
+		return s.compare([]byte(cred.PasswordHash), []byte(password)) == nil
+	})
+	if hit {
+		s.m.AuthCacheHits.Inc()
 	}
-	k := s.authKey(username, password)
-	s.cacheMu.Lock()
-	defer s.cacheMu.Unlock()
-	e, ok := s.cache[k]
-	if !ok || e.cred != cred || !s.now().Before(e.expires) {
-		return false
-	}
-	s.m.AuthCacheHits.Inc()
-	return true
-}
-
-func (s *Server) authCache(cred *credential, username, password string) {
-	if s.cfg.AuthCacheTTL <= 0 {
-		return
-	}
-	k := s.authKey(username, password)
-	s.cacheMu.Lock()
-	defer s.cacheMu.Unlock()
-	if len(s.cache) >= 10_000 {
-		now := s.now()
-		for k, e := range s.cache {
-			if !now.Before(e.expires) {
-				delete(s.cache, k)
-			}
-		}
-		if len(s.cache) >= 10_000 {
-			clear(s.cache)
-		}
-	}
-	s.cache[k] = cacheEntry{cred: cred, expires: s.now().Add(s.cfg.AuthCacheTTL)}
-}
-
-// verify checks password against cred: from the cache, else by bcrypt;
-// logins with the same username and password that arrive while one is being
-// checked wait for its result instead of running bcrypt again (clients that
-// all connect at once, after a restart or an outage, cost one check).
-func (s *Server) verify(cred *credential, username, password string) bool {
-	if s.authCached(cred, username, password) {
-		return true
-	}
-	check := func() bool {
-		return bcrypt.CompareHashAndPassword([]byte(cred.PasswordHash), []byte(password)) == nil
-	}
-	if s.cfg.AuthCacheTTL <= 0 {
-		return check()
-	}
-	k := s.authKey(username, password)
-	s.cacheMu.Lock()
-	if v := s.verifying[k]; v != nil && v.cred == cred {
-		s.cacheMu.Unlock()
-		<-v.done
-		if v.ok {
-			s.m.AuthCacheHits.Inc()
-		}
-		return v.ok
-	}
-	v := &verification{cred: cred, done: make(chan struct{})}
-	s.verifying[k] = v
-	s.cacheMu.Unlock()
-	v.ok = check()
-	if v.ok {
-		s.authCache(cred, username, password)
-	}
-	s.cacheMu.Lock()
-	if s.verifying[k] == v {
-		delete(s.verifying, k)
-	}
-	s.cacheMu.Unlock()
-	close(v.done)
-	return v.ok
-}
-
-// verification is a bcrypt check in progress; ok is set before done closes.
-type verification struct {
-	cred *credential
-	done chan struct{}
-	ok   bool
-}
-
-type cacheEntry struct {
-	cred    *credential
-	expires time.Time
+	return ok
 }
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
