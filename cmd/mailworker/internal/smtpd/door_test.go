@@ -127,10 +127,7 @@ func TestRepeatsAndRetries(t *testing.T) {
 	}
 	// The connection drops right after the 250: no further command.
 	_ = c2.Close()
-	waitFor(t, "the retry record", func() bool {
-		_, _, found, _ := queue.NewAttachments(b.js).Marked(context.Background(), testProfile, retryMark(b.keyOf(t2)))
-		return found
-	})
+	waitFor(t, "the retry record", func() bool { return b.recorded(t2) })
 	c3, _ := b.dial(testPassword)
 	_, t3, _ := send(c3, testSender, rcpts, plainMsg)
 	if t3 != t2 {
@@ -146,28 +143,22 @@ func TestRepeatsAndRetries(t *testing.T) {
 	}
 }
 
-// keyOf is the submission key in a "Queued as smtp-<key prefix>-<random>"
-// reply, found among the retry records' names by prefix.
-func (b *bundle) keyOf(reply string) string {
+// recorded reports whether a retry record in the store names the job of a
+// "Queued as <job id>" reply.
+func (b *bundle) recorded(reply string) bool {
 	b.t.Helper()
 	id := reply[strings.Index(reply, "smtp-"):]
-	prefix := strings.Split(strings.TrimPrefix(id, "smtp-"), "-")[0]
 	obs, err := b.js.ObjectStore(context.Background(), queue.AttachmentsBucket(testProfile))
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	var key string
-	waitFor(b.t, "a retry record", func() bool {
-		list, _ := obs.List(context.Background())
-		for _, o := range list {
-			if k, ok := strings.CutPrefix(o.Name, "mark/smtp-unanswered/"); ok && strings.HasPrefix(k, prefix) {
-				key = k
-				return true
-			}
+	list, _ := obs.List(context.Background())
+	for _, o := range list {
+		if _, got, _ := parseMark(o.Metadata["value"]); strings.HasPrefix(o.Name, "mark/"+markSubmission) && got == id {
+			return true
 		}
-		return false
-	})
-	return key
+	}
+	return false
 }
 
 func waitFor(t testing.TB, what string, ok func() bool) {

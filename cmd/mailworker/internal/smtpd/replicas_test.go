@@ -21,6 +21,12 @@ import (
 // replica of the ingress) and returns its address and metrics.
 func (b *bundle) replica(cfg Config) (*Server, string) {
 	b.t.Helper()
+	return b.replicaWith(cfg, queue.NewAttachments(b.js))
+}
+
+// replicaWith is replica with its own store.
+func (b *bundle) replicaWith(cfg Config, store Store) (*Server, string) {
+	b.t.Helper()
 	creds, err := NewCredentials(nil, b.creds, 0, b.srv.cfg.Senders, nil)
 	if err != nil {
 		b.t.Fatal(err)
@@ -29,7 +35,7 @@ func (b *bundle) replica(cfg Config) (*Server, string) {
 	if cfg.AuthFailureDelay == 0 {
 		cfg.AuthFailureDelay = -1
 	}
-	srv, err := New(cfg, creds, queue.NewPublisher(b.js), queue.NewAttachments(b.js), Options{Logger: zerolog.New(b.logs),
+	srv, err := New(cfg, creds, queue.NewPublisher(b.js), store, Options{Logger: zerolog.New(b.logs),
 		Metrics: NewMetrics(prometheus.NewRegistry(), []string{testProfile, "other"}), TLS: b.srv.tls})
 	if err != nil {
 		b.t.Fatal(err)
@@ -62,7 +68,7 @@ func (b *bundle) dialAt(addr string) *smtp.Client {
 }
 
 func marksReady(s *Server) bool {
-	_, _, _, _, known := s.marks[testProfile].get("none")
+	_, _, known := s.marks[testProfile].get("none")
 	return known
 }
 

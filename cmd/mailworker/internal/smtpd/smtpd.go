@@ -458,8 +458,10 @@ type session struct {
 	// unmarkDue is the submission whose answer the client read and whose
 	// record is still to be removed.
 	unmarkDue *pendingAnswer
-	raw       *countedConn // nil only in tests that bypass the listener
-	fails     int          // failed AUTH attempts on this connection
+	// recName is the name of the session's retry record (retry.go).
+	recName string
+	raw     *countedConn // nil only in tests that bypass the listener
+	fails   int          // failed AUTH attempts on this connection
 }
 
 func (ss *session) log(level zerolog.Level) *zerolog.Event {
@@ -673,7 +675,7 @@ func (ss *session) Logout() error {
 	}
 	if due := ss.unmarkDue; due != nil {
 		ss.unmarkDue = nil
-		ss.unmark(due.key, due.rev)
+		ss.unmark(due.rec, due.rev)
 	}
 	return nil
 }
@@ -801,22 +803,14 @@ func (ss *session) Data(r io.Reader) error {
 		return s.refuse(451, smtp.EnhancedCode{4, 3, 0}, "Message not stored (queue unavailable); try again later")
 	}
 	key := ss.submissionKey(raw.Sum(nil))
-	id, rev, matched := ss.jobID(key)
 	// The retry record is written before the answer, at the same time as
-	// the publish (and the removal of the previous submission's record,
-	// whose answer the client has read), so that a client whose answer is
-	// lost in any way — a crash of this process between the publish and
-	// the client's next command included — retries into the same job.
-	var side sync.WaitGroup
-	markErr := error(nil)
-	if !matched && !s.cfg.NoRecordBeforeAnswer {
-		side.Go(func() { rev, markErr = ss.record(key, id) })
-	}
-	if due := ss.unmarkDue; due != nil {
-		ss.unmarkDue = nil
-		side.Go(func() { ss.unmark(due.key, due.rev) })
-	}
-	job := &contract.Job{ID: id, From: ss.from, To: lists[0], Cc: lists[1], Bcc: lists[2],
+	// the publish (replacing, or with the removal of, the previous
+	// submission's record, whose answer the client has read), so that a
+	// client whose answer is lost in any way — a crash of this process
+	// between the publish and the client's next command included — retries
+	// into the same job (retry.go).
+	rr := ss.startRecord(key)
+	job := &contract.Job{ID: rr.id, From: ss.from, To: lists[0], Cc: lists[1], Bcc: lists[2],
 		Metadata: map[string]string{"source": "smtp", "smtpLogin": ss.cred.Username}}
 	if ref != "" {
 		job.MIME = &contract.MIME{ObjectRef: ref}
@@ -829,12 +823,7 @@ func (ss *session) Data(r io.Reader) error {
 	if errors.Is(err, queue.ErrDuplicatePublish) {
 		err = nil // the same job, byte for byte, is in the stream already (a retry within its duplicate window)
 	}
-	side.Wait()
-	marked := matched || (markErr == nil && !s.cfg.NoRecordBeforeAnswer)
-	if markErr != nil {
-		s.m.RetryRecordFailures.Inc()
-		ss.log(zerolog.ErrorLevel).Err(markErr).Str("job", id).Msg("smtp retry record not written before the answer: if the answer is lost, the retry may be sent twice")
-	}
+	marked := rr.wait()
 	if err != nil {
 		var ie *contract.InvalidError
 		if errors.As(err, &ie) {
@@ -842,9 +831,7 @@ func (ss *session) Data(r io.Reader) error {
 			if ref != "" {
 				ss.deleteObject(ref)
 			}
-			if !matched && markErr == nil {
-				ss.unmark(key, rev)
-			}
+			rr.drop()
 			ss.log(zerolog.WarnLevel).Str("job", job.ID).Str("field", ie.Field).Msg("smtp message refused: not a valid job")
 			return s.refuse(554, smtp.EnhancedCode{5, 6, 0}, "Message refused: "+ie.Error())
 		}
@@ -853,7 +840,9 @@ func (ss *session) Data(r io.Reader) error {
 		// object stays (the job may refer to it; the store's max age
 		// removes it otherwise), and the client's retry of this very
 		// submission is the same job, so the worker sends it once.
-		if !marked {
+		if marked {
+			rr.keep()
+		} else {
 			ss.remember(key, job.ID)
 		}
 		ss.log(zerolog.WarnLevel).Err(err).Str("job", job.ID).Msg("smtp message not confirmed stored: publish")
@@ -865,7 +854,7 @@ func (ss *session) Data(r io.Reader) error {
 	s.m.Accepted.WithLabelValues(ss.cred.Profile).Inc()
 	s.rateRecord(ss.cred.Username)
 	ss.msgs++
-	ss.pending = &pendingAnswer{key: key, id: job.ID, marked: marked, rev: rev}
+	ss.pending = rr.pending(marked)
 	ss.log(zerolog.InfoLevel).Str("job", job.ID).Int("bytes", size).Int("recipients", len(ss.rcpts)).
 		Bool("objectRef", ref != "").Dur("accept", took).Msg("smtp message accepted")
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + job.ID}
@@ -1125,216 +1114,6 @@ func (ss *session) submissionKey(rawDigest []byte) string {
 	}
 	h.Write(rawDigest)
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
-}
-
-// jobID is the job id of a submission: the id of the earlier transaction of
-// the same submission whose answer the client may not have seen, if one was
-// recorded within RetryWindow (the client's retry is then the same job, which
-// the worker sends once), else a new one. A submission repeated after its
-// answer was read is a new mail (Microsoft 365 delivers both).
-func (ss *session) jobID(key string) (id string, rev uint64, matched bool) {
-	s := ss.s
-	id, at, rev, found, known := s.marks[ss.cred.Profile].get(retryMark(key))
-	var err error
-	if !known {
-		s.m.RetryLookups.Inc()
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-		defer cancel()
-		id, at, found, err = s.store.Marked(ctx, ss.cred.Profile, retryMark(key))
-		id = markJobID(id)
-	}
-	switch {
-	case err != nil:
-		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp retry record not readable; the submission is a new job")
-	case found && s.now().Sub(at) <= s.cfg.RetryWindow && contract.ValidJobID(id):
-		s.m.RetriesMatched.Inc()
-		ss.log(zerolog.InfoLevel).Str("job", id).Msg("smtp submission is a retry of one whose answer may not have been seen")
-		return id, rev, true
-	}
-	return "smtp-" + key[:22] + "-" + contract.NewJobID(), 0, false
-}
-
-func retryMark(key string) string { return "smtp-unanswered/" + key }
-
-// A retry record's value is "<writer>/<job id>": writer is the replica that
-// wrote it (Server.self), whose own copy is kept by its writes, not by the
-// broker's echo of them (which may arrive after a later removal).
-func markJobID(v string) string {
-	if _, id, ok := strings.Cut(v, "/"); ok {
-		return id
-	}
-	return v
-}
-
-// pendingAnswer is an accepted submission whose 250 the client has not been
-// seen to read yet.
-type pendingAnswer struct {
-	key, id string
-	marked  bool   // its retry record exists
-	rev     uint64 // the record's revision when known (0: remove whatever is there)
-}
-
-// BeforeCommand (go-smtp CommandObserver): a client that sends a command
-// after our answer to DATA has read it.
-func (ss *session) BeforeCommand(string) { ss.answered() }
-
-// answered drops the pending answer: the client read it.
-func (ss *session) answered() {
-	if ss.pending == nil {
-		return
-	}
-	p := ss.pending
-	ss.pending = nil
-	if p.marked {
-		// This replica forgets it now; the store's record goes with the
-		// next submission's writes or at the end of the session, off the
-		// path of the client's next command.
-		ss.s.marks[ss.cred.Profile].delRev(retryMark(p.key), p.rev)
-		ss.unmarkDue = p
-	}
-}
-
-// unmark removes key's retry record if it is still revision rev (0: any);
-// a record written since for the same submission stays.
-func (ss *session) unmark(key string, rev uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
-	defer cancel()
-	if err := ss.s.store.Unmark(ctx, ss.cred.Profile, retryMark(key), ss.s.self+"/", rev); err != nil {
-		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp retry record not removed: a repeat of that submission within the retry window is taken for its retry")
-	}
-	ss.s.marks[ss.cred.Profile].delRev(retryMark(key), rev)
-}
-
-// record writes key's retry record before the answer to its DATA and
-// returns its revision.
-func (ss *session) record(key, id string) (uint64, error) {
-	s := ss.s
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-	defer cancel()
-	rev, err := s.store.Mark(ctx, ss.cred.Profile, retryMark(key), s.self+"/"+id)
-	if err != nil {
-		return 0, err
-	}
-	s.marks[ss.cred.Profile].put(queue.MarkUpdate{Key: retryMark(key), Value: id, At: s.now(), Rev: rev})
-	return rev, nil
-}
-
-// remember records key's job id so that the client's retry is the same job.
-func (ss *session) remember(key, id string) {
-	s := ss.s
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-	defer cancel()
-	rev, err := s.store.Mark(ctx, ss.cred.Profile, retryMark(key), s.self+"/"+id)
-	if err != nil {
-		s.m.RetryRecordFailures.Inc()
-		ss.log(zerolog.ErrorLevel).Err(err).Str("job", id).Msg("smtp retry record not written: a retry of this submission may be sent twice")
-		return
-	}
-	s.marks[ss.cred.Profile].put(queue.MarkUpdate{Key: retryMark(key), Value: id, At: s.now(), Rev: rev})
-	ss.log(zerolog.InfoLevel).Str("job", id).Msg("smtp submission recorded for the client's retry")
-}
-
-// markIndex is this replica's copy of one profile's retry records, kept
-// current by the broker (MarkWatcher): a submission is looked up here, not
-// in the store, once the copy holds every record written before it.
-type markIndex struct {
-	mu    sync.Mutex
-	ready bool
-	m     map[string]markEntry
-}
-
-type markEntry struct {
-	id  string
-	at  time.Time
-	rev uint64
-}
-
-// get returns key's record; known is false when the index cannot tell (no
-// index, or not loaded yet): then the store has to be asked.
-func (x *markIndex) get(key string) (id string, at time.Time, rev uint64, found, known bool) {
-	if x == nil {
-		return "", time.Time{}, 0, false, false
-	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	e, found := x.m[key]
-	return e.id, e.at, e.rev, found, x.ready
-}
-
-func (x *markIndex) put(u queue.MarkUpdate) {
-	if x == nil {
-		return
-	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	e, ok := x.m[u.Key]
-	if ok && u.Rev != 0 && e.rev > u.Rev {
-		return // older than what is here
-	}
-	if u.Deleted {
-		delete(x.m, u.Key)
-		return
-	}
-	x.m[u.Key] = markEntry{id: u.Value, at: u.At, rev: u.Rev}
-}
-
-// delRev forgets key if it is revision rev (0: any revision).
-func (x *markIndex) delRev(key string, rev uint64) {
-	if x == nil {
-		return
-	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if e, ok := x.m[key]; ok && (rev == 0 || e.rev == rev) {
-		delete(x.m, key)
-	}
-}
-
-func (x *markIndex) setReady() {
-	x.mu.Lock()
-	x.ready = true
-	x.mu.Unlock()
-}
-
-// watchMarks starts a watch of each profile's retry records when the store
-// can (MarkWatcher); until one is loaded, and without one, each submission
-// looks its record up in the store.
-func (s *Server) watchMarks() {
-	w, ok := s.store.(MarkWatcher)
-	if !ok {
-		return
-	}
-	for p := range s.cfg.Senders {
-		x := &markIndex{m: map[string]markEntry{}}
-		s.marks[p] = x
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			for delay := time.Second; ; delay = min(2*delay, time.Minute) {
-				done, err := w.WatchMarks(s.ctx, p, func(u queue.MarkUpdate) {
-					writer, _, _ := strings.Cut(u.Value, "/")
-					if !strings.HasPrefix(u.Key, "smtp-unanswered/") || writer == s.self {
-						return // the message counters; this replica's own records
-					}
-					u.Value = markJobID(u.Value)
-					x.put(u)
-				}, func() {
-					x.setReady()
-					s.m.RetryRecordsWatched.WithLabelValues(p).Set(1)
-				})
-				if err == nil {
-					<-done
-					return
-				}
-				s.log.Warn().Err(err).Str("profile", p).Msg("smtp retry records not watched (NATS permissions?); each submission looks its record up")
-				select {
-				case <-s.ctx.Done():
-					return
-				case <-time.After(delay):
-				}
-			}
-		}()
-	}
 }
 
 // loginServer is the server side of AUTH LOGIN (draft-murchison-sasl-login).
