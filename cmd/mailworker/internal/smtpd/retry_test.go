@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mailworker/mailworker/queue"
 )
@@ -170,4 +171,30 @@ func submissionKeyOf(s *Server, id string) string {
 		}
 	}
 	return ""
+}
+
+// TestLocalRateCountBounded: the replica's own message count (the fallback
+// of the shared one) keeps only the last minute, although the shared count
+// answers and the local one is never asked; with no limit it keeps nothing.
+func TestLocalRateCountBounded(t *testing.T) {
+	for _, limit := range []int{1000, -1} {
+		b := setup(t, Config{MessagesPerMinute: limit})
+		at := time.Date(2026, 12, 7, 12, 0, 30, 0, time.UTC)
+		b.srv.now = func() time.Time { return at }
+		c := b.dialAt(b.addr)
+		for i := range 4 {
+			if i == 3 {
+				at = at.Add(2 * time.Minute)
+			}
+			if code, _, err := send(c, testSender, []string{"ann@example.com", "cc@example.com"}, plainMsg); code != 250 {
+				t.Fatal(code, err)
+			}
+		}
+		b.srv.rateMu.Lock()
+		n := len(b.srv.rates[testUser])
+		b.srv.rateMu.Unlock()
+		if want := map[int]int{1000: 1, -1: 0}[limit]; n != want {
+			t.Fatalf("limit %d: %d accepts kept after 4 messages over 2 minutes, want %d", limit, n, want)
+		}
+	}
 }

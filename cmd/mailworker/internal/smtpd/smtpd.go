@@ -737,10 +737,23 @@ func (s *Server) rateAllowsLocal(username string) bool {
 	return len(l) < s.cfg.MessagesPerMinute
 }
 
+// rateRecord counts an accepted message of username for rateAllowsLocal;
+// what is older than a minute goes, so that the count stays bounded
+// whether or not rateAllowsLocal runs (it runs only while the shared count
+// is not available).
 func (s *Server) rateRecord(username string) {
+	if s.cfg.MessagesPerMinute < 0 {
+		return
+	}
 	s.rateMu.Lock()
-	s.rates[username] = append(s.rates[username], s.now())
-	s.rateMu.Unlock()
+	defer s.rateMu.Unlock()
+	now := s.now()
+	l := s.rates[username]
+	i := 0
+	for i < len(l) && !l[i].After(now.Add(-time.Minute)) {
+		i++
+	}
+	s.rates[username] = append(l[i:], now)
 }
 
 func (ss *session) Data(r io.Reader) error {
