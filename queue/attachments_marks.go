@@ -28,6 +28,14 @@ import (
 // random job id).
 const markPrefix = "mark/"
 
+// A mark's value and removal are also headers of its metadata message, so
+// that WatchMarks reads them without decoding the object info's JSON (the
+// watch sees every mark written, the watcher's own included).
+const (
+	markValueHeader   = "Mailworker-Mark-Value"
+	markDeletedHeader = "Mailworker-Mark-Deleted"
+)
+
 // Mark records value under key in profile's bucket (replacing an earlier
 // mark of that key): one publish of the object's metadata (a mark has no
 // content), so that it costs one round trip to the broker.
@@ -47,7 +55,11 @@ func (a *Attachments) putMark(ctx context.Context, profile, key string, md map[s
 	if err != nil {
 		return 0, err
 	}
-	msg := &nats.Msg{Subject: metaSubject(bucket, name), Data: data, Header: nats.Header{"Nats-Rollup": []string{"sub"}}}
+	msg := &nats.Msg{Subject: metaSubject(bucket, name), Data: data, Header: nats.Header{"Nats-Rollup": []string{"sub"},
+		markValueHeader: []string{md["value"]}}}
+	if deleted {
+		msg.Header[markDeletedHeader] = []string{"true"}
+	}
 	var opts []jetstream.PublishOpt
 	if expect > 0 {
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(expect))
@@ -131,13 +143,21 @@ func (a *Attachments) WatchMarks(ctx context.Context, profile string, fn func(Ma
 	if err != nil {
 		return nil, fmt.Errorf("queue: watch marks of %s: %w", profile, err)
 	}
+	metaPrefix := "$O." + bucket + ".M."
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
 			return
 		}
-		var info jetstream.ObjectInfo
-		if json.Unmarshal(m.Data(), &info) == nil && strings.HasPrefix(info.Name, markPrefix) {
+		h := m.Headers()
+		if v, ok := h[markValueHeader]; ok && len(v) == 1 {
+			// A mark of Mark or Unmark: its name is the subject's last
+			// token, its value and removal headers.
+			name, err := base64.URLEncoding.DecodeString(strings.TrimPrefix(m.Subject(), metaPrefix))
+			if k, ok := strings.CutPrefix(string(name), markPrefix); err == nil && ok {
+				fn(MarkUpdate{Key: k, Value: v[0], At: md.Timestamp, Deleted: h.Get(markDeletedHeader) == "true", Rev: md.Sequence.Stream})
+			}
+		} else if info := (jetstream.ObjectInfo{}); json.Unmarshal(m.Data(), &info) == nil && strings.HasPrefix(info.Name, markPrefix) {
 			fn(MarkUpdate{Key: strings.TrimPrefix(info.Name, markPrefix), Value: info.Metadata["value"],
 				At: md.Timestamp, Deleted: info.Deleted, Rev: md.Sequence.Stream})
 		}

@@ -109,7 +109,8 @@ type answerRecord struct {
 // smtp.recordBeforeAnswer is false or it is the retry of a recorded
 // submission) and the removal of the previous submission's record (a
 // session's record is replaced by the write instead: one broker write).
-func (ss *session) startRecord(key string) *answerRecord {
+// ctx bounds the writes (the publish's).
+func (ss *session) startRecord(ctx context.Context, key string) *answerRecord {
 	s := ss.s
 	r := &answerRecord{ss: ss, key: key}
 	var rev uint64
@@ -128,7 +129,7 @@ func (ss *session) startRecord(key string) *answerRecord {
 			r.replaced, due = due, nil // the write replaces it
 		}
 		r.wg.Go(func() {
-			r.rev, r.err = ss.record(r.rec, key, r.id)
+			r.rev, r.err = ss.record(ctx, r.rec, key, r.id)
 			r.written = r.err == nil
 		})
 	}
@@ -220,10 +221,8 @@ func (ss *session) unmark(rec string, rev uint64) {
 
 // record writes record rec of submission key and job id and returns its
 // revision.
-func (ss *session) record(rec, key, id string) (uint64, error) {
+func (ss *session) record(ctx context.Context, rec, key, id string) (uint64, error) {
 	s := ss.s
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-	defer cancel()
 	v := s.self + "/" + id
 	if rec != retryMark(key) {
 		v += "/" + key
@@ -239,7 +238,9 @@ func (ss *session) record(rec, key, id string) (uint64, error) {
 // remember records key's job id (a submission's record) so that the
 // client's retry is the same job.
 func (ss *session) remember(key, id string) {
-	if _, err := ss.record(retryMark(key), key, id); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
+	defer cancel()
+	if _, err := ss.record(ctx, retryMark(key), key, id); err != nil {
 		ss.s.m.RetryRecordFailures.Inc()
 		ss.log(zerolog.ErrorLevel).Err(err).Str("job", id).Msg("smtp retry record not written: a retry of this submission may be sent twice")
 		return

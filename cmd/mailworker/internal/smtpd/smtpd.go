@@ -117,8 +117,8 @@ type Config struct {
 	// NoRecordBeforeAnswer: write a submission's retry record only when its
 	// answer is known to be at risk (a 451 after a publish that may have
 	// landed, a session that ended after the 250 without another command),
-	// not before every 250. Faster (one broker write per message instead of
-	// three), but a retry after an ingress crash between its 250 and the
+	// not before every 250. Faster (one broker write per message, the
+	// publish, instead of two: retry.go), but a retry after an ingress crash between its 250 and the
 	// client's next command is then a second mail.
 	NoRecordBeforeAnswer bool
 	// AuthFailuresPerConnection failed AUTH close the connection (default
@@ -822,7 +822,9 @@ func (ss *session) Data(r io.Reader) error {
 	// client whose answer is lost in any way — a crash of this process
 	// between the publish and the client's next command included — retries
 	// into the same job (retry.go).
-	rr := ss.startRecord(key)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
+	rr := ss.startRecord(ctx, key)
 	job := &contract.Job{ID: rr.id, From: ss.from, To: lists[0], Cc: lists[1], Bcc: lists[2],
 		Metadata: map[string]string{"source": "smtp", "smtpLogin": ss.cred.Username}}
 	if ref != "" {
@@ -830,8 +832,6 @@ func (ss *session) Data(r io.Reader) error {
 	} else {
 		job.MIME = &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString(final)}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-	defer cancel()
 	_, err = s.pub.Publish(ctx, ss.cred.Profile, job)
 	if errors.Is(err, queue.ErrDuplicatePublish) {
 		err = nil // the same job, byte for byte, is in the stream already (a retry within its duplicate window)
