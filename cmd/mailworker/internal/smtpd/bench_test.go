@@ -2,8 +2,10 @@ package smtpd
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"testing"
+	"time"
 )
 
 // BenchmarkSubmit is the per-message path of the loadtest's smtp scenario:
@@ -34,4 +36,33 @@ func BenchmarkSubmit(b *testing.B) {
 		}()
 	}
 	wg.Wait()
+}
+
+// BenchmarkLogin is a device that connects and logs in for each message:
+// connect, STARTTLS, AUTH PLAIN, QUIT, with the verified-login cache and
+// without it (bcrypt per login).
+func BenchmarkLogin(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		ttl  time.Duration
+	}{{"cache", 0}, {"nocache", -1}} {
+		b.Run(c.name, func(b *testing.B) {
+			bd := setup(b, Config{AuthCacheTTL: c.ttl})
+			h, err := HashPassword(testPassword) // the default cost, as deployed
+			if err != nil {
+				b.Fatal(err)
+			}
+			y := "credentials:\n  - username: " + testUser + "\n    passwordHash: \"" + h + "\"\n    profile: " + testProfile + "\n"
+			if err := os.WriteFile(bd.creds, []byte(y), 0o600); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				cl, err := bd.dial(testPassword)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_ = cl.Quit()
+			}
+		})
+	}
 }
