@@ -61,10 +61,15 @@ func (h *harness) smtpScenario(ctx context.Context) ([]Result, error) {
 	}
 	// smtp.recordBeforeAnswer: false — no retry record before each 250.
 	f, err1 := h.smtpRun(ctx, "smtp-norecord", n, conns, false, "  recordBeforeAnswer: false\n")
+	// smtp.messagesPerMinute on (a limit never reached): the login's
+	// message count shared by all replicas, one compare-and-set per MAIL FROM.
+	r, err3 := h.smtpRun(ctx, "smtp-ratelimit", n, conns, false, "  messagesPerMinute: 100000000\n")
 	b, err2 := h.smtpRun(ctx, "smtp-bare", n, conns, true)
 	out := []Result{*w}
-	if f != nil {
-		out = append(out, *f)
+	for _, x := range []*Result{f, r} {
+		if x != nil {
+			out = append(out, *x)
+		}
 	}
 	if b != nil {
 		for i := range out {
@@ -74,7 +79,7 @@ func (h *harness) smtpScenario(ctx context.Context) ([]Result, error) {
 		b.RefThroughput, b.refWhat, b.Ratio = b.Throughput, "itself", 1
 		out = append(out, *b)
 	}
-	return out, errors.Join(err, err1, err2)
+	return out, errors.Join(err, err1, err2, err3)
 }
 
 // smtpRun starts JetStream and the server under test, then conns clients
@@ -129,11 +134,15 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 			return nil, ferr
 		}
 		hash, _ := bcrypt.GenerateFromPassword([]byte(smtpPassword), bcrypt.DefaultCost)
+		rate := "  messagesPerMinute: -1\n" // unless a row sets it
+		if strings.Contains(strings.Join(extra, ""), "messagesPerMinute:") {
+			rate = ""
+		}
 		cfg := fmt.Sprintf("nats:\n  url: %q\nhttp:\n  listen: %q\nlog:\n  level: warn\n  format: json\n"+
-			"smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  maxSessions: %d\n  messagesPerConnection: %d\n  messagesPerMinute: -1\n"+
+			"smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  maxSessions: %d\n  messagesPerConnection: %d\n%s"+
 			strings.Join(extra, "")+"  credentials:\n    - username: %s\n      passwordHash: %q\n      profile: %s\n"+
 			"profiles:\n  %s:\n    tenantId: %s\n    clientId: %s\n    credential:\n      clientSecret: unused\n    allowedSenders: [%s]\n",
-			ns.ClientURL(), httpAddr, addr, certFile, keyFile, conns+8, n, smtpUser, hash, profile, profile, tenantID, clientID, smtpSender)
+			ns.ClientURL(), httpAddr, addr, certFile, keyFile, conns+8, n, rate, smtpUser, hash, profile, profile, tenantID, clientID, smtpSender)
 		cfgPath := filepath.Join(dir, "smtp.yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			return nil, err

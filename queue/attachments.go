@@ -34,6 +34,11 @@ type Attachments struct {
 	mu      sync.Mutex
 	stores  map[string]jetstream.ObjectStore
 	streams map[string]jetstream.Stream // OBJ_<bucket>, for marks
+	counts  map[string]counterState     // CountUnder's last known state, by subject
+	// countMu serialises CountUnder's counts of one subject in this process
+	// (striped by subject): goroutines of one process do not race each
+	// other's compare-and-set.
+	countMu [64]sync.Mutex
 }
 
 // ErrNoAttachmentStore is returned (wrapped) when a profile has no

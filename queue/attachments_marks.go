@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,7 @@ const markPrefix = "mark/"
 const (
 	markValueHeader   = "Mailworker-Mark-Value"
 	markDeletedHeader = "Mailworker-Mark-Deleted"
+	markCountHeader   = "Mailworker-Mark-Count" // a counter's (CountUnder)
 )
 
 // Mark records value under key in profile's bucket (replacing an earlier
@@ -150,7 +152,11 @@ func (a *Attachments) WatchMarks(ctx context.Context, profile string, fn func(Ma
 			return
 		}
 		h := m.Headers()
-		if v, ok := h[markValueHeader]; ok && len(v) == 1 {
+		v, ok := h[markValueHeader]
+		if _, counter := h[markCountHeader]; counter {
+			v, ok = []string{""}, true // a counter: no value
+		}
+		if ok && len(v) == 1 {
 			// A mark of Mark or Unmark: its name is the subject's last
 			// token, its value and removal headers.
 			name, err := base64.URLEncoding.DecodeString(strings.TrimPrefix(m.Subject(), metaPrefix))
@@ -185,6 +191,12 @@ func (a *Attachments) WatchMarks(ctx context.Context, profile string, fn func(Ma
 // under limit and reports whether it was: a compare-and-set on the counter's
 // last revision (JetStream's expected last subject sequence), so that every
 // replica counting the same key is counted once each, whatever their number.
+// Far from the limit a process takes several counts in one write (an eighth
+// of what is left, at most countBatch) and hands them out to its next calls
+// for key without a broker round trip: the stored count may then run ahead
+// of the calls that got true by what a process holds, never past limit (a
+// login near its limit on several replicas may be refused a little early,
+// never let over). One process's calls for one key take turns.
 // A counter is a mark whose metadata holds the count; prev, when not empty,
 // is the key of an earlier counter that the first count of key removes (a
 // finished window). The caller's NATS user needs what Mark needs, and to
@@ -200,45 +212,101 @@ func (a *Attachments) CountUnder(ctx context.Context, profile, key, prev string,
 	}
 	name := markPrefix + key
 	subj := metaSubject(bucket, name)
+	// The counter's state as this process last wrote or read it is tried
+	// first (one publish: the compare-and-set fails if another process
+	// counted since, and the counter is then read); a count only grows, so
+	// a known count at the limit stays there.
+	stripe := &a.countMu[crc32.ChecksumIEEE([]byte(subj))%uint32(len(a.countMu))]
+	stripe.Lock()
+	defer stripe.Unlock()
+	a.mu.Lock()
+	known, cached := a.counts[subj]
+	if cached && known.left > 0 {
+		known.left--
+		a.counts[subj] = known
+		a.mu.Unlock()
+		return true, nil // taken by this process's last count
+	}
+	a.mu.Unlock()
 	for range 20 {
-		count, seq := 0, uint64(0)
-		m, err := s.GetLastMsgForSubject(ctx, subj)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-		case err != nil:
-			return false, fmt.Errorf("queue: counter: %w", err)
-		default:
-			var info jetstream.ObjectInfo
-			if err := json.Unmarshal(m.Data, &info); err != nil {
+		count, seq := known.count, known.seq
+		if !cached {
+			m, err := s.GetLastMsgForSubject(ctx, subj)
+			switch {
+			case errors.Is(err, jetstream.ErrMsgNotFound):
+			case err != nil:
 				return false, fmt.Errorf("queue: counter: %w", err)
+			default:
+				var info jetstream.ObjectInfo
+				if err := json.Unmarshal(m.Data, &info); err != nil {
+					return false, fmt.Errorf("queue: counter: %w", err)
+				}
+				count, _ = strconv.Atoi(info.Metadata["count"])
+				seq = m.Sequence
 			}
-			count, _ = strconv.Atoi(info.Metadata["count"])
-			seq = m.Sequence
 		}
+		cached = false
 		if count >= limit {
+			a.setCount(subj, "", counterState{count, seq, 0})
 			return false, nil
 		}
+		take := max(1, min(countBatch, (limit-count)/8))
 		data, err := json.Marshal(jetstream.ObjectInfo{Bucket: bucket, NUID: contract.NewJobID(),
-			ObjectMeta: jetstream.ObjectMeta{Name: name, Metadata: map[string]string{"count": strconv.Itoa(count + 1)}}})
+			ObjectMeta: jetstream.ObjectMeta{Name: name, Metadata: map[string]string{"count": strconv.Itoa(count + take)}}})
 		if err != nil {
 			return false, err
 		}
-		msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{"Nats-Rollup": []string{"sub"}}}
-		_, err = a.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(seq))
+		msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{"Nats-Rollup": []string{"sub"}, markCountHeader: []string{strconv.Itoa(count + take)}}}
+		ack, err := a.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(seq))
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 			continue // another replica counted first: read again
 		}
 		if err != nil {
+			a.setCount(subj, "", counterState{}) // unknown now
 			return false, fmt.Errorf("queue: counter: %w", err)
 		}
+		prevSubj := ""
+		if prev != "" {
+			prevSubj = metaSubject(bucket, markPrefix+prev)
+		}
+		a.setCount(subj, prevSubj, counterState{count + take, ack.Sequence, take - 1})
 		if seq == 0 && prev != "" {
 			_ = s.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(bucket, markPrefix+prev))) // best effort; the max age removes it otherwise
 		}
 		return true, nil
 	}
 	return false, errors.New("queue: counter: too many concurrent updates")
+}
+
+// counterState is a counter's count at its stream sequence, and how many
+// of the counts this process added it has not handed out yet.
+type counterState struct {
+	count int
+	seq   uint64
+	left  int
+}
+
+// countBatch is the most counts CountUnder takes at once.
+const countBatch = 16
+
+// setCount keeps (a zero state: forgets) subj's counter state and forgets
+// prev's (a finished window).
+func (a *Attachments) setCount(subj, prev string, st counterState) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.counts == nil || len(a.counts) >= 10_000 { // windows not followed by the next one are never forgotten otherwise
+		a.counts = map[string]counterState{}
+	}
+	if prev != "" {
+		delete(a.counts, prev)
+	}
+	if st.seq == 0 {
+		delete(a.counts, subj)
+		return
+	}
+	a.counts[subj] = st
 }
 
 // metaSubject is the subject of an object's metadata in an object store

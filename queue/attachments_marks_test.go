@@ -65,3 +65,75 @@ func TestWatchMarks(t *testing.T) {
 		t.Fatalf("mark without headers: %+v", u)
 	}
 }
+
+// TestCountUnder: processes counting one key (each with its own
+// Attachments, as replicas) count each success once, whatever the state
+// each holds from its last count and the counts it took ahead: never more
+// than limit successes, and exactly limit once each has handed out what it
+// took.
+func TestCountUnder(t *testing.T) {
+	b := setup(t)
+	procs := []*Attachments{NewAttachments(b.js), NewAttachments(b.js), NewAttachments(b.js)}
+	const limit = 25
+	var mu sync.Mutex
+	yes := 0
+	var wg sync.WaitGroup
+	for _, a := range procs {
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 10 {
+					ok, err := a.CountUnder(b.ctx, "billing", "rate/w1", "rate/w0", limit)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if ok {
+						mu.Lock()
+						yes++
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if yes > limit {
+		t.Fatalf("%d counted, limit %d", yes, limit)
+	}
+	// Counts a process took ahead and has not handed out yet are its own:
+	// each hands them out before it says no.
+	for _, a := range procs {
+		for {
+			ok, err := a.CountUnder(b.ctx, "billing", "rate/w1", "rate/w0", limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				break
+			}
+			yes++
+		}
+	}
+	if yes != limit {
+		t.Fatalf("%d counted, want %d", yes, limit)
+	}
+	// One process alone: its own last state is right, one publish per count.
+	a := NewAttachments(b.js)
+	for i := range 3 {
+		if ok, err := a.CountUnder(b.ctx, "billing", "rate/w2", "rate/w1", 3); !ok || err != nil {
+			t.Fatalf("count %d: %v %v", i+1, ok, err)
+		}
+	}
+	if ok, _ := a.CountUnder(b.ctx, "billing", "rate/w2", "rate/w1", 3); ok {
+		t.Fatal("over the limit counted")
+	}
+	// Another process counted since: the stale state is caught.
+	if ok, _ := procs[0].CountUnder(b.ctx, "billing", "rate/w2", "", 4); !ok {
+		t.Fatal("fourth under a limit of 4 refused")
+	}
+	if ok, _ := a.CountUnder(b.ctx, "billing", "rate/w2", "", 4); ok {
+		t.Fatal("a stale state counted a fifth under a limit of 4")
+	}
+}
