@@ -130,7 +130,7 @@ func TestSmokeSMTP(t *testing.T) {
 		}
 		names = append(names, r.Scenario)
 	}
-	if !slices.Equal(names, []string{"smtp", "smtp-norecord", "smtp-bare"}) {
+	if !slices.Equal(names, []string{"smtp", "smtp-norecord", "smtp-ratelimit", "smtp-bare"}) {
 		t.Errorf("scenarios %v", names)
 	}
 }
