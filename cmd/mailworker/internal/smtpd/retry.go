@@ -252,12 +252,13 @@ func (ss *session) remember(key, id string) {
 // current by the broker (MarkWatcher): a submission is looked up here, not
 // in the store, once the copy holds every record written before it.
 type markIndex struct {
-	loaded chan struct{} // closed when ready
-	failed chan struct{} // closed when the watch could not be set up
-	mu     sync.Mutex
-	ready  bool
-	recs   map[string]markEntry           // by record name
-	keys   map[string]map[string]struct{} // submission key -> names of its records
+	loaded   chan struct{} // closed when ready
+	failed   chan struct{} // closed when the watch could not be set up, or did not load in time
+	failOnce sync.Once
+	mu       sync.Mutex
+	ready    bool
+	recs     map[string]markEntry           // by record name
+	keys     map[string]map[string]struct{} // submission key -> names of its records
 }
 
 type markEntry struct {
@@ -362,9 +363,12 @@ func (x *markIndex) isReady() bool {
 	return x.ready
 }
 
-// waitReady waits at most d for the index to be loaded, unless its watch
-// could not be set up (a replica that has just started finds the records
-// of the others' sessions, which no direct look-up finds).
+func (x *markIndex) fail() { x.failOnce.Do(func() { close(x.failed) }) }
+
+// waitReady waits at most d for the index to be loaded (a replica that has
+// just started then finds the records of the others' sessions, which no
+// direct look-up finds), unless its watch could not be set up or an
+// earlier wait timed out: then it does not wait.
 func (x *markIndex) waitReady(d time.Duration) {
 	if x == nil {
 		return
@@ -380,6 +384,7 @@ func (x *markIndex) waitReady(d time.Duration) {
 	case <-x.loaded:
 	case <-x.failed:
 	case <-t.C:
+		x.fail()
 	}
 }
 
@@ -397,7 +402,6 @@ func (s *Server) watchMarks() {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			var failOnce sync.Once
 			for delay := time.Second; ; delay = min(2*delay, time.Minute) {
 				done, err := w.WatchMarks(s.ctx, p, func(u queue.MarkUpdate) {
 					if !strings.HasPrefix(u.Key, markSubmission) {
@@ -415,7 +419,7 @@ func (s *Server) watchMarks() {
 					<-done
 					return
 				}
-				failOnce.Do(func() { close(x.failed) })
+				x.fail()
 				s.log.Warn().Err(err).Str("profile", p).Msg("smtp retry records not watched (NATS permissions?); each submission looks its record up, and the records of other replicas' sessions are not found")
 				select {
 				case <-s.ctx.Done():

@@ -2,10 +2,13 @@ package smtpd
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailworker/mailworker/queue"
 )
@@ -196,5 +199,37 @@ func TestLocalRateCountBounded(t *testing.T) {
 		if want := map[int]int{1000: 1, -1: 0}[limit]; n != want {
 			t.Fatalf("limit %d: %d accepts kept after 4 messages over 2 minutes, want %d", limit, n, want)
 		}
+	}
+}
+
+// plainStore is a store that cannot watch the records (as a replica whose
+// NATS user lacks the rights): its server looks each submission up.
+type plainStore struct{ Store }
+
+// TestRetryWithoutWatch: a replica that cannot watch the records names its
+// records by submission, so that its own direct look-ups and every other
+// replica find them.
+func TestRetryWithoutWatch(t *testing.T) {
+	b := setup(t, Config{MessagesPerMinute: -1})
+	plain, addr := b.replicaWith(Config{MessagesPerMinute: -1}, plainStore{queue.NewAttachments(b.js)})
+	waitFor(t, "the records loaded", func() bool { return marksReady(b.srv) })
+	rcpts := []string{"ann@example.com", "cc@example.com"}
+	for i, retryAt := range []string{addr, b.addr} {
+		msg := strings.Replace(plainMsg, "Subject: invoice", fmt.Sprint("Subject: invoice ", i), 1)
+		c := b.dialAt(addr)
+		code, t1, err := send(c, testSender, rcpts, msg)
+		if code != 250 {
+			t.Fatal(code, err)
+		}
+		_ = c.Close() // no command after the 250
+		waitFor(t, "the submission's record", func() bool { return b.recorded(t1) })
+		id := t1[strings.Index(t1, "smtp-"):]
+		code, t2, err := send(b.dialAt(retryAt), testSender, rcpts, msg)
+		if code != 250 || !strings.Contains(t2, id) {
+			t.Fatalf("retry at %s: %d %q %v, want job %s", retryAt, code, t2, err, id)
+		}
+	}
+	if testutil.ToFloat64(plain.m.RetryLookups) == 0 {
+		t.Fatal("the replica without a watch did not look its submissions up")
 	}
 }
