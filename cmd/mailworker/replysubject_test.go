@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
+)
+
+// TestReplySubjectsStayInTheirAccount plays the attacker holding only
+// producer_billing, then only smtp, of the shipped deploy/nats/accounts.conf
+// (the closing attacker's pass of issue 17). nats-server checks a client's
+// permissions on the subject it publishes to, never on the reply subject it
+// names, and JetStream publishes its answer to that reply subject. So each
+// request the credential may make (a direct get of one of its own object
+// chunks, whose bytes are a valid ops job; a job publish and an object
+// publish answered by a PubAck; $JS.API.INFO; stream info; a job-state get)
+// is sent with a reply subject of the queue: ops' job subject, the worker's
+// admin requests, the JetStream API's stream and consumer deletes and purges,
+// ops' job state, status, dead-letter, audit and schedule subjects. A message
+// traced with Nats-Trace-Dest names one too. Each request is followed by the
+// same request answered to the attacker's own inbox, which proves the server
+// answered it. Then nothing reached the MAIL account: every stream and the
+// worker's consumers exist, ops' stream, MAIL_AUDIT, MAIL_STATUS, MAIL_DLQ
+// and MAIL_DEFER hold nothing, ops' job state has no key, and no admin
+// request reached the worker's subject.
+func TestReplySubjectsStayInTheirAccount(t *testing.T) {
+	e := startTrustEnv(t, "")
+	wnc, wjs, _ := e.connect("worker")
+	ctx := context.Background()
+
+	// Every admin request that reaches MAIL, whoever sent it.
+	var mu sync.Mutex
+	var admin []string
+	adminSub, err := wnc.Subscribe("mail.admin.>", func(m *nats.Msg) { mu.Lock(); admin = append(admin, m.Subject); mu.Unlock() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adminSub.Unsubscribe() //nolint:errcheck // test cleanup
+	if err := wnc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	opsJob, _ := json.Marshal(contract.Job{ID: "j1", From: "ops@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"})
+	targets := []string{
+		"mail.send.ops",
+		"mail.admin.support.purge",
+		"mail.admin.support.replay",
+		"$JS.API.STREAM.DELETE.MAIL_JOBS_ops",
+		"$JS.API.STREAM.DELETE.MAIL_DLQ",
+		"$JS.API.STREAM.DELETE.MAIL_AUDIT",
+		"$JS.API.STREAM.PURGE.MAIL_JOBS_ops",
+		"$JS.API.STREAM.PURGE.MAIL_DEFER",
+		"$JS.API.CONSUMER.DELETE.MAIL_JOBS_ops.mailworker",
+		"$JS.API.CONSUMER.DELETE.MAIL_DEFER.mailworker_ops",
+		"$KV.MAIL_JOB_STATE.ops.j1",
+		"mail.status.ops.j1",
+		"mail.dlq.ops",
+		"mail.audit.ops",
+		"mail.schedule.ops.j1",
+		"mail.due.ops",
+	}
+
+	attack := func(t *testing.T, user, profile string) {
+		nc, js, _ := e.connect(user)
+		obs, err := js.ObjectStore(ctx, queue.AttachmentsBucket(profile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := obs.PutBytes(ctx, "evil-"+user, opsJob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunk := "$O." + queue.AttachmentsBucket(profile) + ".C." + info.NUID
+		ownJob, _ := json.Marshal(contract.Job{ID: "mine-" + user, From: profile + "@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"})
+		requests := []struct{ subj, body string }{
+			{"$JS.API.DIRECT.GET.OBJ_" + queue.AttachmentsBucket(profile) + "." + chunk, ""},
+			{"$JS.API.DIRECT.GET.OBJ_" + queue.AttachmentsBucket(profile), `{"last_by_subj":"` + chunk + `"}`},
+			{"$JS.API.STREAM.MSG.GET.OBJ_" + queue.AttachmentsBucket(profile), `{"last_by_subj":"` + chunk + `"}`},
+			{"mail.send." + profile, string(ownJob)},
+			{chunk, string(opsJob)},
+			{"$JS.API.INFO", ""},
+			{"$JS.API.STREAM.INFO.OBJ_" + queue.AttachmentsBucket(profile), ""},
+			{"$JS.API.STREAM.INFO.MAIL_JOBS_" + profile, ""},
+		}
+		if user != "smtp" {
+			requests = append(requests,
+				struct{ subj, body string }{"$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE.$KV.MAIL_JOB_STATE." + profile + ".mine-" + user, ""},
+				struct{ subj, body string }{"$JS.API.CONSUMER.INFO.MAIL_JOBS_" + profile + ".mailworker", ""})
+		}
+		answered := 0
+		for _, r := range requests {
+			for _, target := range targets {
+				if err := nc.PublishMsg(&nats.Msg{Subject: r.subj, Reply: target, Data: []byte(r.body)}); err != nil {
+					t.Fatalf("%s %s reply %s: %v", user, r.subj, target, err)
+				}
+				// The same request to its own inbox: answered, so the server
+				// has handled the one before it.
+				if _, err := nc.Request(r.subj, []byte(r.body), 5*time.Second); err != nil {
+					t.Fatalf("%s may %s (answered to its inbox): %v", user, r.subj, err)
+				}
+				answered++
+			}
+		}
+		// A traced publish names a trace destination of the queue.
+		for _, target := range targets {
+			m := &nats.Msg{Subject: "mail.send." + profile, Data: ownJob, Header: nats.Header{"Nats-Trace-Dest": []string{target}}}
+			if err := nc.PublishMsg(m); err != nil {
+				t.Fatalf("%s traced publish to %s: %v", user, target, err)
+			}
+		}
+		if _, err := js.Publish(ctx, "mail.send."+profile, ownJob); err != nil {
+			t.Fatalf("%s publishes its own job: %v", user, err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d requests with a reply subject of the queue, each answered to its own inbox too", user, answered)
+	}
+
+	check := func(t *testing.T) {
+		t.Helper()
+		for _, name := range []string{"MAIL_JOBS_billing", "MAIL_JOBS_ops", contract.StreamDefer, "MAIL_STATUS", "MAIL_DLQ",
+			"MAIL_AUDIT", "KV_MAIL_JOB_STATE", "OBJ_MAIL_ATTACHMENTS_billing", "OBJ_MAIL_ATTACHMENTS_ops"} {
+			s, err := wjs.Stream(ctx, name)
+			if err != nil {
+				t.Errorf("stream %s: %v (deleted through a reply subject?)", name, err)
+				continue
+			}
+			info, err := s.Info(ctx)
+			if err != nil {
+				t.Errorf("stream %s info: %v", name, err)
+				continue
+			}
+			switch name {
+			case "MAIL_JOBS_ops", contract.StreamDefer, "MAIL_STATUS", "MAIL_DLQ", "MAIL_AUDIT":
+				if info.State.Msgs != 0 || info.State.FirstSeq > 1 {
+					t.Errorf("%s holds %d messages (last seq %d): an answer was published into it", name, info.State.Msgs, info.State.LastSeq)
+				}
+			}
+		}
+		for _, c := range [][2]string{{"MAIL_JOBS_ops", "mailworker"}, {"MAIL_JOBS_billing", "mailworker"}, {contract.StreamDefer, "mailworker_ops"}} {
+			if _, err := wjs.Consumer(ctx, c[0], c[1]); err != nil {
+				t.Errorf("consumer %s on %s: %v (deleted through a reply subject?)", c[1], c[0], err)
+			}
+		}
+		kv, err := wjs.KeyValue(ctx, contract.BucketState)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Get(ctx, "ops.j1"); err == nil || !strings.Contains(err.Error(), "not found") {
+			t.Errorf("ops' job state j1 was written through a reply subject (%v)", err)
+		}
+		if err := wnc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(admin) > 0 {
+			t.Errorf("admin requests reached the worker through a reply subject: %v", admin)
+		}
+	}
+
+	for _, c := range []struct{ user, profile string }{{"producer_billing", "billing"}, {"smtp", "billing"}} {
+		t.Run(c.user, func(t *testing.T) {
+			attack(t, c.user, c.profile)
+			check(t)
+		})
+	}
+
+	// The billing jobs it published are in billing's own stream: the
+	// requests above did reach the queue, their answers did not.
+	s, err := wjs.Stream(ctx, "MAIL_JOBS_billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs == 0 {
+		t.Fatal("no billing job stored: the attack did not run")
+	}
+}
