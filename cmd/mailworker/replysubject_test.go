@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,7 +26,8 @@ import (
 // is sent with a reply subject of the queue: ops' job subject, the worker's
 // admin requests, the JetStream API's stream and consumer deletes and purges,
 // ops' job state, status, dead-letter, audit and schedule subjects. A message
-// traced with Nats-Trace-Dest names one too. Each request is followed by the
+// traced with Nats-Trace-Dest names one too, and so does the deliver subject
+// of a push consumer it asks for on its own object store. Each request is followed by the
 // same request answered to the attacker's own inbox, which proves the server
 // answered it. Then nothing reached the MAIL account: every stream and the
 // worker's consumers exist, ops' stream, MAIL_AUDIT, MAIL_STATUS, MAIL_DLQ
@@ -119,8 +121,28 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 		if _, err := js.Publish(ctx, "mail.send."+profile, ownJob); err != nil {
 			t.Fatalf("%s publishes its own job: %v", user, err)
 		}
-		if err := nc.Flush(); err != nil {
+		// A push consumer on its own object store whose deliver subject is
+		// one of the queue's: the consumer would publish the store's
+		// metadata there from inside MAIL. No account outside MAIL may
+		// create a consumer there.
+		bucket := queue.AttachmentsBucket(profile)
+		for i, target := range targets {
+			name := "evil" + strconv.Itoa(i)
+			req, _ := json.Marshal(map[string]any{"stream_name": "OBJ_" + bucket, "config": map[string]any{
+				"name": name, "deliver_subject": target, "filter_subject": "$O." + bucket + ".M.>",
+				"ack_policy": "none", "deliver_policy": "all"}})
+			if err := nc.PublishRequest("$JS.API.CONSUMER.CREATE.OBJ_"+bucket+"."+name+".$O."+bucket+".M.>", nc.NewRespInbox(), req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// An API request answered after them: they have been handled.
+		if _, err := nc.Request("$JS.API.STREAM.INFO.OBJ_"+bucket, nil, 5*time.Second); err != nil {
 			t.Fatal(err)
+		}
+		for i := range targets {
+			if _, err := wjs.Consumer(ctx, "OBJ_"+bucket, "evil"+strconv.Itoa(i)); err == nil {
+				t.Errorf("%s created a push consumer in MAIL delivering to %s", user, targets[i])
+			}
 		}
 		t.Logf("%s: %d requests with a reply subject of the queue, each answered to its own inbox too", user, answered)
 	}

@@ -519,7 +519,7 @@ profiles:
 		t.Fatalf("billing, by objectRef: %d %s\n%s", code, text, p.stderr.String())
 	}
 	// The SMTP account may not create consumers in MAIL (a consumer's
-	// deliver subject, chosen in the request body, would land in MAIL: see
+	// deliver subject, chosen in the request body, is a subject of MAIL: see
 	// accounts.conf), so no replica watches the retry records and each
 	// submission looks its record up in the store, with its own account's
 	// imports.
