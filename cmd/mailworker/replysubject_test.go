@@ -145,6 +145,13 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 			}
 		}
 		t.Logf("%s: %d requests with a reply subject of the queue, each answered to its own inbox too", user, answered)
+		// Its jobs are in its profile's own stream: the requests reached
+		// the queue (their answers are what must not).
+		if s, err := wjs.Stream(ctx, "MAIL_JOBS_"+profile); err != nil {
+			t.Errorf("stream MAIL_JOBS_%s: %v", profile, err)
+		} else if info, err := s.Info(ctx); err != nil || info.State.Msgs == 0 {
+			t.Errorf("no %s job stored: the attack did not run (%v)", profile, err)
+		}
 	}
 
 	check := func(t *testing.T) {
@@ -162,9 +169,13 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 				continue
 			}
 			switch name {
-			case "MAIL_JOBS_ops", contract.StreamDefer, "MAIL_STATUS", "MAIL_DLQ", "MAIL_AUDIT":
-				if info.State.Msgs != 0 || info.State.FirstSeq > 1 {
+			case "MAIL_JOBS_ops", contract.StreamDefer, "MAIL_STATUS", "MAIL_AUDIT":
+				if info.State.LastSeq != 0 {
 					t.Errorf("%s holds %d messages (last seq %d): an answer was published into it", name, info.State.Msgs, info.State.LastSeq)
+				}
+			case "MAIL_DLQ": // the one dead letter planted below
+				if info.State.LastSeq != 1 || info.State.Msgs != 1 {
+					t.Errorf("%s holds %d messages (last seq %d), not the one dead letter: an answer was published into it", name, info.State.Msgs, info.State.LastSeq)
 				}
 			}
 		}
@@ -190,24 +201,69 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 		}
 	}
 
-	for _, c := range []struct{ user, profile string }{{"producer_billing", "billing"}, {"smtp", "billing"}} {
-		t.Run(c.user, func(t *testing.T) {
-			attack(t, c.user, c.profile)
-			check(t)
-		})
+	// support and the console read dead letters (whose bodies are jobs),
+	// status events, audit records and job states: each read, by direct
+	// get, message get, API info and a pull consumer's next message, is
+	// answered to a reply subject of the queue.
+	dead, _ := json.Marshal(contract.Job{ID: "dl1", From: "ops@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"})
+	if _, err := wjs.PublishMsg(ctx, &nats.Msg{Subject: "mail.dlq.ops", Data: dead,
+		Header: nats.Header{contract.HeaderJobID: []string{"dl1"}, contract.HeaderReason: []string{string(contract.ReasonGraphRejected)}}}); err != nil {
+		t.Fatal(err)
+	}
+	reader := func(t *testing.T, user string) {
+		nc, _, _ := e.connect(user)
+		requests := []struct{ subj, body string }{
+			{"$JS.API.STREAM.MSG.GET.MAIL_DLQ", `{"seq":1}`},
+			{"$JS.API.STREAM.MSG.GET.MAIL_DLQ", `{"last_by_subj":"mail.dlq.ops"}`},
+			{"$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE", `{"seq":1,"batch":5}`},
+			{"$JS.API.INFO", ""},
+			{"$JS.API.STREAM.NAMES", ""},
+			{"$JS.API.STREAM.INFO.MAIL_DLQ", ""},
+			{"$JS.API.DIRECT.GET.KV_MAIL_JOB_STATE.$KV.MAIL_JOB_STATE.ops.dl1", ""},
+		}
+		for _, r := range requests {
+			for _, target := range targets {
+				if err := nc.PublishMsg(&nats.Msg{Subject: r.subj, Reply: target, Data: []byte(r.body)}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := nc.Request(r.subj, []byte(r.body), 5*time.Second); err != nil {
+					t.Fatalf("%s may %s (answered to its inbox): %v", user, r.subj, err)
+				}
+			}
+		}
+		// A pull consumer's next message (the dead letter) to each target.
+		for i, target := range targets {
+			name := user + "-pull" + strconv.Itoa(i)
+			req, _ := json.Marshal(map[string]any{"stream_name": "MAIL_DLQ", "config": map[string]any{
+				"name": name, "ack_policy": "none", "deliver_policy": "all", "inactive_threshold": int64(time.Minute)}})
+			if _, err := nc.Request("$JS.API.CONSUMER.CREATE.MAIL_DLQ."+name, req, 5*time.Second); err != nil {
+				t.Fatalf("%s creates a pull consumer on MAIL_DLQ: %v", user, err)
+			}
+			next := "$JS.API.CONSUMER.MSG.NEXT.MAIL_DLQ." + name
+			if err := nc.PublishMsg(&nats.Msg{Subject: next, Reply: target, Data: []byte(`{"batch":1,"no_wait":true}`)}); err != nil {
+				t.Fatal(err)
+			}
+			// Answered to its own inbox (no message left: 404): the
+			// one before it was handled.
+			if _, err := nc.Request(next, []byte(`{"batch":1,"no_wait":true}`), 5*time.Second); err != nil {
+				t.Errorf("%s pulls from its consumer: %v (MAIL_DLQ deleted?)", user, err)
+				return
+			}
+			if ci, err := nc.Request("$JS.API.CONSUMER.INFO.MAIL_DLQ."+name, nil, 5*time.Second); err != nil || !strings.Contains(string(ci.Data), `"delivered":{"consumer_seq":1`) {
+				t.Errorf("%s's consumer did not hand out the dead letter (to %s): %v", user, target, err)
+				return
+			}
+		}
 	}
 
-	// The billing jobs it published are in billing's own stream: the
-	// requests above did reach the queue, their answers did not.
-	s, err := wjs.Stream(ctx, "MAIL_JOBS_billing")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Msgs == 0 {
-		t.Fatal("no billing job stored: the attack did not run")
+	for _, c := range []struct{ user, profile string }{{"producer_billing", "billing"}, {"smtp", "billing"}, {"support", ""}, {"console", ""}} {
+		t.Run(c.user, func(t *testing.T) {
+			if c.profile != "" {
+				attack(t, c.user, c.profile)
+			} else {
+				reader(t, c.user)
+			}
+			check(t)
+		})
 	}
 }
