@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
@@ -265,5 +266,61 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 			}
 			check(t)
 		})
+	}
+}
+
+// TestPushedDeadLetterNeverReachesTheWorker: support (and the console) may
+// create consumers on MAIL_DLQ, and a push consumer's deliver subject, named
+// in the create request, is a subject of MAIL that no import remaps. Pointed
+// at mail.send.ops (a stream's literal subject: the only kind of subject a
+// push consumer delivers to), it delivers a dead letter (a whole job) into
+// ops' job stream from inside MAIL. nats-server 2.15.2 stores it there under
+// its original subject, mail.dlq.ops, which the worker's consumer
+// (filter mail.send.ops) never hands out: the dead letter is not sent. This
+// test holds nats-server to that (a server that stored it as mail.send.ops
+// would let support send any dead letter unrecorded); the pushed messages do
+// take room in ops' stream (docs/reliability.md, "Trust model").
+func TestPushedDeadLetterNeverReachesTheWorker(t *testing.T) {
+	e := startTrustEnv(t, "")
+	_, wjs, _ := e.connect("worker")
+	ctx := context.Background()
+	dead, _ := json.Marshal(contract.Job{ID: "dl-push", From: "ops@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"})
+	if _, err := wjs.PublishMsg(ctx, &nats.Msg{Subject: "mail.dlq.ops", Data: dead, Header: nats.Header{
+		contract.HeaderJobID: []string{"dl-push"}, contract.HeaderReason: []string{string(contract.ReasonGraphRejected)},
+		contract.HeaderProfile: []string{"ops"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, user := range []string{"support", "console"} {
+		nc, _, _ := e.connect(user)
+		name := "push-" + user
+		req, _ := json.Marshal(map[string]any{"stream_name": "MAIL_DLQ", "config": map[string]any{
+			"name": name, "deliver_subject": "mail.send.ops", "filter_subject": "mail.dlq.ops",
+			"ack_policy": "none", "deliver_policy": "all"}})
+		if m, err := nc.Request("$JS.API.CONSUMER.CREATE.MAIL_DLQ."+name+".mail.dlq.ops", req, 5*time.Second); err != nil || strings.Contains(string(m.Data), `"error"`) {
+			t.Fatalf("%s creates a push consumer on MAIL_DLQ: %v", user, err)
+		}
+	}
+	ops, err := wjs.Stream(ctx, "MAIL_JOBS_ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var subjects map[string]uint64
+	eventually(t, 10*time.Second, "the pushed dead letters in ops' stream", func() bool {
+		info, err := ops.Info(ctx, jetstream.WithSubjectFilter(">"))
+		if err != nil {
+			return false
+		}
+		subjects = info.State.Subjects
+		return info.State.Msgs == 2
+	})
+	if subjects["mail.send.ops"] != 0 || subjects["mail.dlq.ops"] != 2 {
+		t.Fatalf("pushed dead letters stored in ops' stream under %v: a worker would take those on mail.send.ops as ops' jobs", subjects)
+	}
+	c, err := wjs.Consumer(ctx, "MAIL_JOBS_ops", "mailworker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := c.Info(ctx); err != nil || info.NumPending != 0 {
+		t.Fatalf("the worker's consumer on ops' stream has %d pending after the push (%v)", info.NumPending, err)
 	}
 }
