@@ -540,9 +540,19 @@ func shippedAccounts(t *testing.T) (accountOf map[string]string, imports map[str
 		ims, _ := val(am["imports"]).([]any)
 		for _, im := range ims {
 			imm, _ := val(im).(map[string]any)
+			if st, ok := val(imm["stream"]).(map[string]any); ok {
+				// Push consumers' deliveries to the account's one user's
+				// inbox: nothing else may be imported as a stream.
+				subj, _ := val(st["subject"]).(string)
+				from, _ := val(st["account"]).(string)
+				if from != "MAIL" || !strings.HasPrefix(subj, "_INBOX_") || !strings.HasSuffix(subj, ".>") {
+					t.Fatalf("account %s imports stream %s from %s: only its user's inbox prefix may be", name, subj, from)
+				}
+				continue
+			}
 			svc, ok := val(imm["service"]).(map[string]any)
 			if !ok {
-				t.Fatalf("account %s imports something other than a service: %v", name, imm)
+				t.Fatalf("account %s imports something other than a service or its inbox: %v", name, imm)
 			}
 			if from, _ := val(svc["account"]).(string); from != "MAIL" {
 				t.Fatalf("account %s imports from %s", name, from)
