@@ -24,6 +24,11 @@ type BrowseOptions struct {
 	// Since starts at the first message stored at or after it (when
 	// StartSeq is 0).
 	Since time.Time
+	// WorkQueue reads a work-queue stream, whose consumers must ack
+	// explicitly: the consumer acks nothing (so nothing is removed), with no
+	// limit of unacknowledged messages and an ack wait longer than the scan.
+	// Its filter must not overlap another consumer's.
+	WorkQueue bool
 	// HeadersOnly reads headers without bodies (the server adds
 	// Nats-Msg-Size): counting and filtering on headers stays cheap
 	// whatever the bodies weigh.
@@ -52,6 +57,9 @@ func Browse(ctx context.Context, s jetstream.Stream, o BrowseOptions, fn func(je
 		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, InactiveThreshold: 30 * time.Second,
 		HeadersOnly: o.HeadersOnly, FilterSubject: o.Filter, DeliverPolicy: jetstream.DeliverAllPolicy,
 		Replicas: 1,
+	}
+	if o.WorkQueue {
+		cfg.AckPolicy, cfg.MaxAckPending, cfg.AckWait = jetstream.AckExplicitPolicy, -1, 10*time.Minute
 	}
 	switch {
 	case o.StartSeq > 0:

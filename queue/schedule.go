@@ -31,6 +31,14 @@ import (
 // bytes again (Jobs loads them), and the object is deleted when that delivery
 // is acked or terminated. So any job that intake accepts can wait without
 // holding a delivery.
+//
+// Each profile's deferred jobs (their waiting schedules, fired ones not yet
+// taken, and bodies waiting by reference) are bounded by a byte budget: the
+// max_bytes of the profile's own job stream MAIL_JOBS_<profile>. A job that
+// would take the profile over it is not deferred (ErrDeferBudget): the
+// worker keeps it in its own stream instead (a nak with a delay), so that
+// deferring cannot move more of a profile's bytes into the shared MAIL_DEFER
+// than its own stream may hold.
 type Schedules struct {
 	js jetstream.JetStream
 
@@ -38,7 +46,31 @@ type Schedules struct {
 	maxAge   time.Duration // MAIL_DEFER max age, read once; 0 = unlimited
 	read     bool
 	deferred jetstream.ObjectStore
+	usage    map[string]*deferUsage // per profile
 }
+
+// ErrDeferBudget is returned (wrapped) by Schedule when the job would take
+// its profile's deferred bytes over the profile's budget (the max_bytes of
+// its job stream).
+var ErrDeferBudget = errors.New("queue: the profile's deferred jobs would exceed its budget (the max_bytes of its job stream)")
+
+// deferUsage is what one profile's deferred jobs take in MAIL_DEFER and
+// MAIL_DEFERRED as last counted (at), plus what this process deferred since.
+// Other replicas' deferrals since the count are not in it: the budget holds
+// within what the replicas defer in deferUsageRefresh.
+type deferUsage struct {
+	budget int64 // <= 0: unlimited
+	bytes  int64
+	at     time.Time
+}
+
+// deferUsageRefresh is how long a count of a profile's deferred bytes is
+// used before it is counted again (a headers-only scan of its schedules).
+const deferUsageRefresh = 10 * time.Second
+
+// headerDeferredSize carries the size of a body waiting by reference on its
+// schedule, for the budget count.
+const headerDeferredSize = "Mail-Deferred-Size"
 
 // scheduleHeadroom is what a schedule message's headers may take beside the
 // job's bytes: Nats-Schedule, Nats-Schedule-Target, Mail-Job-Id (128),
@@ -55,19 +87,139 @@ const scheduleHeadroom = 4 << 10
 // comes back early and is deferred again, rather than aged out of the stream.
 // Bytes too large for a schedule message wait in MAIL_DEFERRED (see
 // Schedules).
+// A job that would take its profile's deferred bytes over the profile's
+// budget is not stored: ErrDeferBudget (see Schedules).
 func (s *Schedules) Schedule(ctx context.Context, profile, jobID string, data []byte, replay string, origin uint64, at time.Time) error {
-	ref := ""
+	if err := s.reserve(ctx, profile, int64(len(data))); err != nil {
+		return fmt.Errorf("queue: schedule job %s: %w", jobID, err)
+	}
+	ref, size := "", len(data)
 	if len(data)+scheduleHeadroom > s.maxPayload() {
 		var err error
 		if ref, err = s.storeBody(ctx, profile, jobID, data); err != nil {
+			s.release(profile, int64(size))
 			return fmt.Errorf("queue: schedule job %s: %w", jobID, err)
 		}
 		data = nil
 	}
-	return s.schedule(ctx, profile, jobID, data, ref, replay, origin, at)
+	if err := s.schedule(ctx, profile, jobID, data, ref, size, replay, origin, at); err != nil {
+		s.release(profile, int64(size))
+		return err
+	}
+	return nil
 }
 
-func (s *Schedules) schedule(ctx context.Context, profile, jobID string, data []byte, ref, replay string, origin uint64, at time.Time) error {
+// reserve counts n more bytes against profile's budget, or returns
+// ErrDeferBudget when they do not fit. The count is renewed when older than
+// deferUsageRefresh; a count that fails is an error (nothing is deferred
+// blind).
+func (s *Schedules) reserve(ctx context.Context, profile string, n int64) error {
+	s.mu.Lock()
+	u := s.usage[profile]
+	s.mu.Unlock()
+	if u == nil {
+		st, err := s.js.Stream(ctx, contract.JobsStream(profile))
+		if err != nil {
+			return fmt.Errorf("budget of %s: %w", profile, err)
+		}
+		s.mu.Lock()
+		if s.usage == nil {
+			s.usage = map[string]*deferUsage{}
+		}
+		if u = s.usage[profile]; u == nil {
+			u = &deferUsage{budget: st.CachedInfo().Config.MaxBytes}
+			s.usage[profile] = u
+		}
+		s.mu.Unlock()
+	}
+	if u.budget <= 0 {
+		return nil
+	}
+	s.mu.Lock()
+	stale := time.Since(u.at) > deferUsageRefresh
+	s.mu.Unlock()
+	if stale {
+		used, err := s.countWithRetry(ctx, profile)
+		s.mu.Lock()
+		switch {
+		case err == nil:
+			u.bytes, u.at = used, time.Now()
+		case u.at.IsZero():
+			s.mu.Unlock()
+			return fmt.Errorf("budget of %s: %w", profile, err)
+		}
+		// A count that failed after an earlier one: the earlier one (with
+		// this process's deferrals since) stands until the next try.
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if u.bytes+n > u.budget {
+		return fmt.Errorf("%w: %s has %d bytes deferred, %d more would exceed %d", ErrDeferBudget, profile, u.bytes, n, u.budget)
+	}
+	u.bytes += n
+	return nil
+}
+
+// countWithRetry is DeferredBytes, tried again for a moment when another
+// replica's count of the same profile is under way (a work-queue stream
+// takes one consumer per filter at a time).
+func (s *Schedules) countWithRetry(ctx context.Context, profile string) (int64, error) {
+	var apiErr *jetstream.APIError
+	for wait := 20 * time.Millisecond; ; wait *= 2 {
+		n, err := s.DeferredBytes(ctx, profile)
+		if err == nil || !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeWorkQueueNotUnique || wait > time.Second {
+			return n, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// errCodeWorkQueueNotUnique is nats-server's "filtered consumer not unique on
+// workqueue stream" (server/errors.json, 10100).
+const errCodeWorkQueueNotUnique jetstream.ErrorCode = 10100
+
+// release gives back n bytes reserved for a deferral that was not stored.
+func (s *Schedules) release(profile string, n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if u := s.usage[profile]; u != nil && u.budget > 0 {
+		u.bytes = max(u.bytes-n, 0)
+	}
+}
+
+// DeferredBytes counts what profile's deferred jobs take: the bodies of its
+// waiting schedules (mail.schedule.<profile>.>) and the bodies waiting by
+// reference in MAIL_DEFERRED, read from their schedules' headers. It scans
+// headers only (Browse), one request per 2,000 schedules. Fired schedules
+// not yet taken (mail.due.<profile>, the profile's due consumer's filter,
+// which no other consumer of the work-queue stream may overlap) are not
+// counted: the worker takes them as they fire.
+func (s *Schedules) DeferredBytes(ctx context.Context, profile string) (int64, error) {
+	st, err := s.js.Stream(ctx, contract.StreamDefer)
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	err = Browse(ctx, st, BrowseOptions{Filter: contract.ScheduleSubjectPrefix + profile + ".>", HeadersOnly: true, WorkQueue: true},
+		func(m jetstream.Msg) (bool, error) {
+			h := m.Headers()
+			n, _ := strconv.ParseInt(h.Get("Nats-Msg-Size"), 10, 64)
+			r, _ := strconv.ParseInt(h.Get(headerDeferredSize), 10, 64)
+			total += n + r
+			return true, nil
+		})
+	if err != nil {
+		return 0, fmt.Errorf("count the deferred bytes of %s: %w", profile, err)
+	}
+	return total, nil
+}
+
+func (s *Schedules) schedule(ctx context.Context, profile, jobID string, data []byte, ref string, size int, replay string, origin uint64, at time.Time) error {
 	if r := at.Truncate(time.Second); r.Before(at) {
 		at = r.Add(time.Second)
 	}
@@ -86,6 +238,7 @@ func (s *Schedules) schedule(ctx context.Context, profile, jobID string, data []
 	}
 	if ref != "" {
 		h.Set(contract.HeaderDeferredRef, ref)
+		h.Set(headerDeferredSize, strconv.Itoa(size))
 	}
 	m := &nats.Msg{Subject: contract.ScheduleSubject(profile, jobID), Header: h, Data: data}
 	if _, err := s.js.PublishMsg(ctx, m, jetstream.WithScheduleAt(at), jetstream.WithScheduleTarget(contract.DueSubject(profile))); err != nil {
@@ -112,7 +265,8 @@ func (s *Schedules) Reschedule(ctx context.Context, profile, jobID string, at ti
 		return fmt.Errorf("queue: reschedule job %s: %w", jobID, err)
 	}
 	origin, _ := strconv.ParseUint(m.Header.Get(contract.HeaderOriginSeq), 10, 64)
-	return s.schedule(ctx, profile, jobID, m.Data, m.Header.Get(contract.HeaderDeferredRef), m.Header.Get(contract.HeaderReplay), origin, at)
+	size, _ := strconv.Atoi(m.Header.Get(headerDeferredSize))
+	return s.schedule(ctx, profile, jobID, m.Data, m.Header.Get(contract.HeaderDeferredRef), size, m.Header.Get(contract.HeaderReplay), origin, at)
 }
 
 // maxPayload is the connection's max_payload (the server's).

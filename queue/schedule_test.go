@@ -2,6 +2,9 @@ package queue
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -241,4 +244,77 @@ func TestScheduleByReferenceBodyGone(t *testing.T) {
 		t.Fatalf("due delivery of a job whose body is gone: %d bytes, id %q, subject %s", len(d.Data()), d.Header(contract.HeaderJobID), d.Subject())
 	}
 	_ = d.Term()
+}
+
+// TestDeferBudget: a profile's deferred jobs are bounded by its job stream's
+// max_bytes. billing (64 KiB) defers three jobs of 20,000 bytes and is refused
+// the fourth (ErrDeferBudget) while ops defers as before; a fresh Schedules
+// (another replica) counts what is deferred from the schedules themselves
+// and refuses it too, a smaller job still fits. Bodies waiting by reference
+// (over max_payload) count with their full size.
+func TestDeferBudget(t *testing.T) {
+	js, _ := startJS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := Provision(ctx, js, Config{Profiles: []string{"billing", "ops", "big"},
+		ProfileJobs: map[string]JobsLimits{"billing": {MaxBytes: 64 << 10}, "big": {MaxBytes: 3 << 20}}}); err != nil {
+		t.Fatal(err)
+	}
+	q, err := Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	far := time.Now().Add(time.Hour)
+	job := bytes.Repeat([]byte("x"), 20_000)
+	for i := range 3 {
+		if err := q.Schedules.Schedule(ctx, "billing", fmt.Sprintf("b%d", i), job, "", 0, far); err != nil {
+			t.Fatalf("billing's deferral %d within its budget: %v", i, err)
+		}
+	}
+	if err := q.Schedules.Schedule(ctx, "billing", "b3", job, "", 0, far); !errors.Is(err, ErrDeferBudget) {
+		t.Fatalf("billing's fourth deferral of 20,000 bytes over its 64 KiB: %v, want ErrDeferBudget", err)
+	}
+	for i := range 5 {
+		if err := q.Schedules.Schedule(ctx, "ops", fmt.Sprintf("o%d", i), job, "", 0, far); err != nil {
+			t.Fatalf("ops' deferral %d: %v", i, err)
+		}
+	}
+	other := &Schedules{js: js}
+	if n, err := other.DeferredBytes(ctx, "billing"); err != nil || n != 60_000 {
+		t.Fatalf("billing's deferred bytes counted %d (%v), want 60000", n, err)
+	}
+	if err := other.Schedule(ctx, "billing", "b4", job, "", 0, far); !errors.Is(err, ErrDeferBudget) {
+		t.Fatalf("another replica's deferral over billing's budget: %v, want ErrDeferBudget", err)
+	}
+	if err := other.Schedule(ctx, "billing", "b5", job[:4000], "", 0, far); err != nil {
+		t.Fatalf("a deferral that fits what is left: %v", err)
+	}
+
+	// Replicas counting the same profile at once (a work-queue stream takes
+	// one consumer per filter at a time): each waits for the other.
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() {
+			errs <- (&Schedules{js: js}).Schedule(ctx, "ops", fmt.Sprintf("c%d", i), job[:100], "", 0, far)
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a replica's deferral while others count: %v", err)
+		}
+	}
+
+	// By reference: 1,200,000 bytes do not fit a schedule message here.
+	large := bytes.Repeat([]byte("y"), 1_200_000)
+	for i := range 2 {
+		if err := q.Schedules.Schedule(ctx, "big", fmt.Sprintf("l%d", i), large, "", 0, far); err != nil {
+			t.Fatalf("big's deferral %d: %v", i, err)
+		}
+	}
+	if n, err := (&Schedules{js: js}).DeferredBytes(ctx, "big"); err != nil || n != 2_400_000 {
+		t.Fatalf("big's deferred bytes (by reference) counted %d (%v), want 2400000", n, err)
+	}
+	if err := (&Schedules{js: js}).Schedule(ctx, "big", "l2", large, "", 0, far); !errors.Is(err, ErrDeferBudget) {
+		t.Fatalf("big's third large deferral over its 3 MiB: %v, want ErrDeferBudget", err)
+	}
 }
