@@ -9,9 +9,14 @@
 // record (KV MAIL_TRACKING: sender, recipients, job) and the Tracker works
 // from those records and the job states, never from memory, so a tracker
 // that is down for an hour loses nothing: it finds every record still open
-// and catches up (message trace keeps 90 days). Events are published with a
-// dedupe id per job, recipient and event (queue.EventMsgID) and the record
-// is updated with compare-and-set after the publish.
+// and catches up (message trace keeps 90 days). Each recipient's event is
+// stored once (queue.Events.PublishOnce): its Nats-Msg-Id names the job, the
+// send and the recipient, the publish expects the job's status subject to
+// be where the record last saw it (Record.StatusSeq), and a refused publish
+// reads what came after and records an event of the recipient found there
+// instead of publishing it again — so a crash between the publish and the
+// record's compare-and-set update publishes nothing twice, however late the
+// tracker restarts.
 //
 // The tenant's message trace budget (100 requests per 5 minutes) is shared
 // by every replica through a KV-backed rolling window (Budget), as the pacer

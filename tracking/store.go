@@ -52,6 +52,10 @@ type Record struct {
 	Attempted time.Time `json:"attempted"`
 	// SentAt is when the job state said `sent` (the tracker fills it in).
 	SentAt time.Time `json:"sentAt,omitzero"`
+	// StatusSeq: every event on the job's status subject up to this
+	// MAIL_STATUS sequence is accounted for in Recipients (the tracker's
+	// last publish or read of the subject; 0: not read yet).
+	StatusSeq uint64 `json:"statusSeq,omitempty"`
 }
 
 // correlation is how its trace rows were found (contract.TraceInfo.Correlation).

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,9 @@ type Tracker struct {
 	log    zerolog.Logger
 	m      *metrics
 	spent  atomic.Int64 // trace requests granted by the budget
+	// afterPublish, when set (tests), runs after an event is stored and
+	// before the record says so: an error there is a crash in between.
+	afterPublish func(contract.Event) error
 }
 
 type metrics struct {
@@ -564,15 +568,18 @@ func (t *Tracker) bounces(ctx context.Context, failures []failure, now time.Time
 		if err != nil {
 			return err
 		}
-		if err := t.publishRow(ctx, f.o, f.i, contract.EventBounced, &f.row, detail); err != nil {
-			return err
-		}
+		// The suppression first: a pass that stops after the event is
+		// recorded never comes back to this recipient, one that stops
+		// before comes back and suppresses again (the same entry).
 		if hardBounce(detail) {
 			r := f.o.rec.Recipients[f.i]
 			if err := t.st.Suppress(ctx, Suppression{Address: r.Address, Profile: f.o.rec.Profile, Reason: detail,
 				JobID: f.o.rec.JobID, At: now, ExpiresAt: now.Add(t.cfg.SuppressFor)}); err != nil {
 				return err
 			}
+		}
+		if err := t.publishRow(ctx, f.o, f.i, contract.EventBounced, &f.row, detail); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -705,8 +712,21 @@ type traceRow struct {
 	detail string
 }
 
-// publish stores one delivery event (dedupe id per job, recipient and event)
-// and then marks the recipient in the record with compare-and-set.
+// deliveryKey is the Nats-Msg-Id of a recipient's delivery event: one per
+// job, tracked send (the record's Attempted: a replayed job is a new send
+// with events of its own) and recipient, whatever the event, so that a
+// recipient gets one event even when the tracker decides differently after
+// a crash (delivery_unknown, then the trace's final status).
+func deliveryKey(r *Record, addr string) string {
+	return r.Profile + "." + r.JobID + "-delivery-r" + queue.RecipientKey(addr) + "-a" + strconv.FormatInt(r.Attempted.UnixNano(), 36)
+}
+
+// publish stores one delivery event for recipient i of o, exactly once
+// (queue.Events.PublishOnce: the record's StatusSeq is how far the tracker
+// has read the job's status subject; an event a crashed pass published but
+// did not record is found there, not published again, whatever the stream's
+// duplicate window), and then marks the recipient in the record with
+// compare-and-set.
 func (t *Tracker) publish(ctx context.Context, o *open, i int, ev contract.EventType, src any, at time.Time) error {
 	r := &o.rec.Recipients[i]
 	e := contract.Event{JobID: o.rec.JobID, Profile: o.rec.Profile, Event: ev, At: at.UTC(), Recipient: r.Address,
@@ -730,15 +750,41 @@ func (t *Tracker) publish(ctx context.Context, o *open, i int, ev contract.Event
 	if ev == contract.EventSuppressed {
 		e.Error = &contract.ErrorInfo{Reason: contract.ReasonRecipientInvalid, Message: "on the profile's suppression list: not sent to"}
 	}
-	if err := t.events.Publish(ctx, e); err != nil {
+	keys := make(map[string]int, len(o.rec.Recipients))
+	for j, x := range o.rec.Recipients {
+		keys[deliveryKey(o.rec, x.Address)] = j
+	}
+	// Events of this send found on the subject (published by a pass that
+	// stopped before recording them) are recorded now, this recipient's
+	// included.
+	seen := func(id string, x contract.Event) {
+		if j, ok := keys[id]; ok && o.rec.Recipients[j].Outcome == "" && x.Event != "" {
+			o.rec.Recipients[j].Outcome = x.Event
+		}
+	}
+	seq, stored, err := t.events.PublishOnce(ctx, e, deliveryKey(o.rec, r.Address), o.rec.StatusSeq, seen)
+	if err != nil {
 		return err
 	}
-	r.Outcome = ev
+	o.rec.StatusSeq = seq
+	if stored {
+		r.Outcome = ev
+		if t.afterPublish != nil {
+			if err := t.afterPublish(e); err != nil {
+				return err
+			}
+		}
+	}
 	rev, err := t.st.put(ctx, o.rec, o.rev)
 	if err != nil {
 		return err
 	}
 	o.rev = rev
+	if !stored {
+		t.log.Info().Str("job_id", o.rec.JobID).Str("profile", o.rec.Profile).Str("event", string(r.Outcome)).
+			Msg("delivery event found on the status stream (published before a restart): recorded, not published again")
+		return nil
+	}
 	t.m.events.WithLabelValues(o.rec.Profile, string(ev)).Inc()
 	// No recipient in the log (personal data): the job id finds the event.
 	t.log.Info().Str("job_id", o.rec.JobID).Str("profile", o.rec.Profile).Str("event", string(ev)).Msg("delivery event")

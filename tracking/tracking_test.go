@@ -28,6 +28,7 @@ const (
 
 type bundle struct {
 	ctx    context.Context
+	js     jetstream.JetStream
 	q      *queue.Queue
 	st     *tracking.Store
 	fake   *graphtest.Server
@@ -93,7 +94,7 @@ func setup(t *testing.T, trace graphtest.TraceOptions) bundle {
 		_, err := q.States.Create(ctx, contract.JobState{JobID: jobID, Profile: profile, State: contract.StateSent, UpdatedAt: time.Now()})
 		return contract.SendResult{Status: 202}, err
 	}))
-	return bundle{ctx: ctx, q: q, st: st, fake: fake, client: c, send: tracking.Wrap(inner, st, nil), sends: &sends}
+	return bundle{ctx: ctx, js: js, q: q, st: st, fake: fake, client: c, send: tracking.Wrap(inner, st, nil), sends: &sends}
 }
 
 type senderFunc func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error)
