@@ -132,7 +132,7 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		sender.Add(name, c, cfg.Profiles[name].SaveToSentItems)
 		sender.SetMode(name, graphmail.Mode{Via: graphmail.SendMode(cfg.Profiles[name].DeliveryMode),
 			When: graphmail.DraftWhen(cfg.Profiles[name].DraftWhen)})
-		w := &credWatch{profile: name, cfg: cfg.Profiles[name].Credential, client: c, metrics: metrics, log: log}
+		w := &credWatch{profile: name, path: "profiles." + name, cfg: cfg.Profiles[name].Credential, client: c, metrics: metrics, log: log}
 		w.loaded(file)
 		w.logCredential("graph client ready")
 		if file != nil {
@@ -149,6 +149,10 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 		jobSender = tracking.Wrap(sender, a.tracking.store, nil).(worker.Sender)
 		if !a.tracking.shared {
 			a.clients = append(a.clients, a.tracking.client)
+			// The tracker's own registration rotates as a profile's does.
+			if w := a.tracking.watch; w != nil {
+				a.watches = append(a.watches, w)
+			}
 		}
 	}
 	broker := worker.Broker{Consumer: jobsConsumer{jobs}, States: a.q.States, DeadLetters: a.q.DLQ,
@@ -178,9 +182,10 @@ func registerBuildInfo(reg prometheus.Registerer) {
 	reg.MustRegister(buildInfo)
 }
 
-// readCredential reads a profile's credential, with the content of its
-// certificate or secret file (nil when it has none) for change detection.
-func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []byte, error) {
+// readCredential reads the credential configured at path (profiles.<name>,
+// or tracking.app), with the content of its certificate or secret file (nil
+// when it has none) for change detection.
+func readCredential(path string, cc CredentialConfig) (graphmail.Credential, []byte, error) {
 	cred := graphmail.Credential{
 		ClientSecret:        cc.ClientSecret,
 		CertificatePassword: cc.CertificatePassword,
@@ -190,7 +195,7 @@ func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []b
 	if f := cc.CertificateFile; f != "" {
 		pem, err := os.ReadFile(f)
 		if err != nil {
-			return cred, nil, fmt.Errorf("profiles.%s.credential.certificateFile: %w", name, err)
+			return cred, nil, fmt.Errorf("%s.credential.certificateFile: %w", path, err)
 		}
 		cred.CertificatePEM = pem
 		return cred, pem, nil
@@ -198,7 +203,7 @@ func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []b
 	if f := cc.ClientSecretFile; f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return cred, nil, fmt.Errorf("profiles.%s.credential.clientSecretFile: %w", name, err)
+			return cred, nil, fmt.Errorf("%s.credential.clientSecretFile: %w", path, err)
 		}
 		cred.ClientSecret = strings.TrimSpace(string(b))
 		return cred, b, nil
@@ -210,7 +215,7 @@ func readCredential(name string, cc CredentialConfig) (graphmail.Credential, []b
 // the content of its credential file, if any. onToken gets what each token
 // fetched from Entra grants.
 func newGraphClient(name string, p ProfileConfig, timeout time.Duration, chunk int, m *worker.Metrics, onToken func(graphmail.TokenInfo)) (c *graphmail.Client, file []byte, err error) {
-	cred, file, err := readCredential(name, p.Credential)
+	cred, file, err := readCredential("profiles."+name, p.Credential)
 	if err != nil {
 		return nil, nil, err
 	}

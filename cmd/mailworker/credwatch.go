@@ -21,7 +21,8 @@ import (
 // A file that cannot be read or does not parse is reported and the
 // credential in use kept.
 type credWatch struct {
-	profile string
+	profile string // the metrics' label: a profile, or "tracking" (tracking.app)
+	path    string // where the credential is configured: profiles.<name>, tracking.app
 	cfg     CredentialConfig
 	client  *graphmail.Client
 	metrics *worker.Metrics
@@ -59,7 +60,7 @@ func (w *credWatch) run(ctx context.Context) {
 
 // check reloads the credential if its file changed.
 func (w *credWatch) check() {
-	cred, file, err := readCredential(w.profile, w.cfg)
+	cred, file, err := readCredential(w.path, w.cfg)
 	if err == nil && sha256.Sum256(file) == w.sum {
 		if w.lastErr != "" { // back to the content in use
 			w.lastErr = ""
@@ -73,7 +74,7 @@ func (w *credWatch) check() {
 			if path == "" {
 				key, path = "clientSecretFile", w.cfg.ClientSecretFile
 			}
-			err = fmt.Errorf("profiles.%s.credential.%s %s: %w", w.profile, key, path, err)
+			err = fmt.Errorf("%s.credential.%s %s: %w", w.path, key, path, err)
 		}
 	}
 	if err != nil {

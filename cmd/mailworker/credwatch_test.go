@@ -210,3 +210,129 @@ func TestTenantWideConsentIsReported(t *testing.T) {
 	}
 	stop()
 }
+
+// TestTrackingCredentialRotation: the tracker's own app registration
+// (tracking.app) with a certificate mounted like a Kubernetes Secret is
+// rotated the runbook's way while the worker runs: the new certificate is
+// taken up without a restart (mailworker_credential_reloads_total and the
+// expiry metric with profile="tracking"), the tracker's next token comes
+// from it, and delivery events keep coming after the old certificate is
+// removed from the registration.
+func TestTrackingCredentialRotation(t *testing.T) {
+	t.Parallel()
+	ns := startTestNATS(t, nil)
+	oldCert, oldPEM := selfSignedRSA(t, time.Now().Add(10*24*time.Hour).Truncate(time.Second))
+	newCert, newPEM := selfSignedRSA(t, time.Now().Add(400*24*time.Hour).Truncate(time.Second))
+	fake, caFile := startFake(t, graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: "s1", Certificate: oldCert,
+		Roles: []string{graphtest.TraceRole}, Trace: graphtest.TraceOptions{Lag: 10 * time.Millisecond, Settle: 10 * time.Millisecond}})
+	vol := &secretVolume{t: t, dir: t.TempDir()}
+	vol.write(oldPEM)
+
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
+	cfg := fmt.Sprintf(`nats: {url: "%s"}
+http: {listen: "%s"}
+worker: {perMailboxPerMinute: 0}
+tracking:
+  enabled: true
+  interval: 100ms
+  budgetPer5Minutes: 100
+  app:
+    tenantId: t1
+    clientId: c1
+    authorityHost: %[3]s
+    graphURL: %[4]s
+    caFile: %[5]s
+    credential: {certificateFile: %[6]s, reloadInterval: 100ms}
+profiles:
+  billing:
+    tenantId: t1
+    clientId: c1
+    authorityHost: %[3]s
+    graphURL: %[4]s
+    caFile: %[5]s
+    credential: {clientSecret: s1}
+    allowedSenders: [billing@contoso.example]
+`, ns.ClientURL(), httpAddr, fake.URL(), fake.GraphURL(), caFile, filepath.Join(vol.dir, "billing.pem"))
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := startProc(t, nil, "run", "--config", cfgFile)
+	metricsURL := "http://" + httpAddr + "/metrics"
+	metric := func(line string) bool { _, body := httpGet(metricsURL); return strings.Contains(body, line+"\n") }
+	eventually(t, 60*time.Second, "/readyz", func() bool { c, _ := httpGet("http://" + httpAddr + "/readyz"); return c == 200 })
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	q, err := queue.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := queue.NewPublisher(js)
+	delivered := func(id string) {
+		t.Helper()
+		job := &contract.Job{ID: id, From: "billing@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"}
+		if _, err := pub.Publish(ctx, "billing", job); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 60*time.Second, "job "+id+"'s delivered event", func() bool {
+			h, _ := q.Events.History(ctx, "billing", id)
+			for _, e := range h {
+				if e.Recipient == "a@example.com" && e.Event == contract.EventDelivered {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	certTokens := func() []string {
+		var out []string
+		for _, c := range fake.IssuedWith() {
+			if strings.HasPrefix(c, "cert:") {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
+	expiry := func(c *x509.Certificate) string {
+		return fmt.Sprintf(`mailworker_credential_expiry_timestamp_seconds{profile="tracking"} %g`, float64(c.NotAfter.Unix()))
+	}
+
+	delivered("before")
+	if !metric(expiry(oldCert)) {
+		t.Fatalf("/metrics lacks %s", expiry(oldCert))
+	}
+	if got, want := certTokens(), []string{graphtest.CertificateThumbprint(oldCert)}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("tracker tokens issued with %v, want %v", got, want)
+	}
+
+	// Rotation: register the new certificate, update the Secret, remove the old.
+	fake.SetCredentials([]string{"s1"}, []*x509.Certificate{oldCert, newCert})
+	vol.write(newPEM)
+	eventually(t, 10*time.Second, "the tracker's reload in /metrics", func() bool {
+		return metric(`mailworker_credential_reloads_total{profile="tracking",result="ok"} 1`) && metric(expiry(newCert)) &&
+			metric(`mailworker_credential_reload_failing{profile="tracking"} 0`)
+	})
+	fake.SetCredentials([]string{"s1"}, []*x509.Certificate{newCert})
+	delivered("rotated")
+	if got, want := certTokens(), []string{graphtest.CertificateThumbprint(oldCert), graphtest.CertificateThumbprint(newCert)}; !reflect.DeepEqual(got, want) {
+		t.Errorf("tracker tokens issued with %v, want %v", got, want)
+	}
+	if code := w.stop(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	logs := w.stderr.String()
+	if !strings.Contains(logs, `"profile":"tracking"`) || !strings.Contains(logs, "credential reloaded") {
+		t.Errorf("no reload log line for the tracker's registration:\n%s", logs)
+	}
+	for _, secret := range []string{"PRIVATE KEY", "BEGIN CERTIFICATE", "MII"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("key material (%q) in the log:\n%s", secret, logs)
+		}
+	}
+}

@@ -65,7 +65,15 @@ type appTracking struct {
 	client  *graphmail.Client
 	// shared: client is a profile's own (tracking.profile), closed with it.
 	shared bool
+	// watch re-reads the credential file of the tracker's own client (nil
+	// when shared or without a file; a shared client is the profile's,
+	// watched by the profile's watch).
+	watch *credWatch
 }
+
+// trackingClientName names tracking.app's Graph client: its label in the
+// token and credential metrics.
+const trackingClientName = "tracking"
 
 // setupTracking opens the tracking store and builds the tracker when
 // tracking is on and the cloud offers message trace. It returns nil, nil
@@ -77,7 +85,7 @@ func setupTracking(ctx context.Context, cfg Config, js jetstream.JetStream, q *q
 		return nil, nil
 	}
 	app := tc.App.profile()
-	name, ofProfile := "tracking", false
+	name, ofProfile := trackingClientName, false
 	if app.ClientID == "" {
 		ofProfile = true
 		p, ok := cfg.Profiles[tc.Profile]
@@ -104,16 +112,33 @@ func setupTracking(ctx context.Context, cfg Config, js jetstream.JetStream, q *q
 	// cache: about one token request per token lifetime), shared with the
 	// tracker; an app-only token carries every role the app was granted.
 	c, shared := clients[name], true
+	var watch *credWatch
 	if !ofProfile || c == nil {
 		shared = false
-		if c, _, err = newGraphClient(name, app, cfg.Worker.SendTimeout, 0, m, nil); err != nil {
+		var file []byte
+		if c, file, err = newGraphClient(name, app, cfg.Worker.SendTimeout, 0, m, nil); err != nil {
 			return nil, fmt.Errorf("tracking.app: %w", err)
+		}
+		// Its certificate or secret file is re-read every reloadInterval
+		// as a profile's is (credWatch): a rotation needs no restart.
+		// Metrics label: "tracking" for tracking.app.
+		path := "tracking.app"
+		if ofProfile {
+			path = "profiles." + name
+		}
+		w := &credWatch{profile: name, path: path, cfg: app.Credential, client: c, metrics: m, log: log}
+		m.CredentialReloads.WithLabelValues(name, "ok")
+		m.CredentialReloads.WithLabelValues(name, "error")
+		w.loaded(file)
+		w.logCredential("graph client ready (delivery tracking)")
+		if file != nil {
+			watch = w
 		}
 	}
 	budget := tc.BudgetPer5Minutes
 	tr := tracking.New(tracking.Config{Interval: tc.Interval, Horizon: tc.Horizon, SuppressFor: tc.SuppressFor,
 		BudgetLimit: budget}, st, q.States, q.Events, c, log.With().Str("component", "tracking").Logger(), reg, names)
-	return &appTracking{store: st, tracker: tr, client: c, shared: shared}, nil
+	return &appTracking{store: st, tracker: tr, client: c, shared: shared, watch: watch}, nil
 }
 
 func (t TrackingConfig) check() error {
@@ -139,7 +164,7 @@ func checkTracking(ctx context.Context, cfg Config, m *worker.Metrics) (problems
 	if !tc.Enabled {
 		return nil, nil
 	}
-	app, name := tc.App.profile(), "tracking"
+	app, name := tc.App.profile(), trackingClientName
 	if tc.App.ClientID == "" {
 		app, name = cfg.Profiles[tc.Profile], tc.Profile
 	}
