@@ -26,6 +26,7 @@ import (
 	"github.com/mailworker/mailworker/internal/toolcheck"
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/tracking"
 )
 
 // The console's browser test: the real console over HTTP, the fake Entra
@@ -74,8 +75,9 @@ func spkiHash(t *testing.T, fake *graphtest.Server) string {
 type consoleRig struct {
 	t       *testing.T
 	url     string
-	q       *queue.Queue // as the console user
-	wq      *queue.Queue // as the worker user
+	q       *queue.Queue    // as the console user
+	wq      *queue.Queue    // as the worker user
+	wst     *tracking.Store // delivery tracking's buckets, as the worker user
 	js      jetstream.JetStream
 	fake    *graphtest.Server
 	shots   string
@@ -118,6 +120,10 @@ func startConsoleRig(t *testing.T) *consoleRig {
 	}
 	pjs, _ := jetstream.New(pnc)
 	if err := queue.Provision(context.Background(), pjs, cfg.queueConfig()); err != nil {
+		t.Fatal(err)
+	}
+	// As `mailworker provision` does: delivery tracking's buckets too.
+	if _, err := tracking.Open(context.Background(), pjs, 1); err != nil {
 		t.Fatal(err)
 	}
 	pnc.Close()
@@ -169,7 +175,11 @@ func startConsoleRig(t *testing.T) *consoleRig {
 		return q, js
 	}
 	q, js := openAs("console")
-	wq, _ := openAs("worker")
+	wq, wjs := openAs("worker")
+	wst, err := tracking.Bind(context.Background(), wjs)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
 		chromedp.ExecPath(chromium),
@@ -187,7 +197,7 @@ func startConsoleRig(t *testing.T) *consoleRig {
 		t.Fatalf("start chromium: %v", err)
 	}
 	t.Cleanup(func() { cancelBrowser(); cancelAlloc() })
-	return &consoleRig{t: t, url: public, q: q, wq: wq, js: js, fake: fake, browser: browser,
+	return &consoleRig{t: t, url: public, q: q, wq: wq, wst: wst, js: js, fake: fake, browser: browser,
 		shots: os.Getenv("MAILWORKER_CONSOLE_SCREENSHOTS")}
 }
 
@@ -557,6 +567,106 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		r.do(rd, "list", chromedp.Navigate(r.url+"/dlq?reason=sender_not_allowed"), chromedp.WaitVisible(chromedp.CSS(`a[href="/jobs/billing/xss-job"]`)))
 		r.notPwned(rd, "list page")
+	})
+
+	t.Run("support finds and removes a suppressed recipient, audited; a reader cannot", func(t *testing.T) {
+		r := r.with(t)
+		// Two hard bounces, as the tracker leaves them (the worker's user
+		// writes the list; the console's user only reads and removes).
+		for _, e := range []tracking.Suppression{
+			{Address: "Bounced.Person@Example.com", JobID: "ok-a", Reason: "550 5.1.1 <bounced.person@example.com>: Recipient address rejected: User unknown in virtual mailbox table"},
+			{Address: "gone@example.org", JobID: "ok-b", Reason: "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient gone@example.org not found by SMTP address lookup"},
+		} {
+			e.Profile, e.At, e.ExpiresAt = "billing", now, now.Add(90*24*time.Hour)
+			if err := r.wst.Suppress(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rowsShown := func(c context.Context) int {
+			return run(r, c, "rows", chromedp.Evaluate[int](`document.querySelectorAll("#suppressions tbody tr:not(:has(td.empty))").length`))
+		}
+		sup := r.person("support@contoso.example")
+		r.do(sup, "the suppression page",
+			chromedp.Navigate(r.url+"/suppressions"),
+			chromedp.WaitVisible(chromedp.ID("suppressions")))
+		if n := rowsShown(sup); n != 2 {
+			t.Fatalf("suppression page shows %d entries, want 2", n)
+		}
+		// Addresses masked, in the address column and in the reasons.
+		text := run(r, sup, "page text", chromedp.Evaluate[string](`document.querySelector("main").innerText`))
+		for _, a := range []string{"bounced.person", "Bounced.Person", "gone@example.org"} {
+			if strings.Contains(text, a) {
+				t.Fatalf("the page shows %q unmasked:\n%s", a, text)
+			}
+		}
+		if !strings.Contains(text, "b•••@example.com") || !strings.Contains(text, "5.1.1") {
+			t.Fatalf("the page lacks the masked address or the reason:\n%s", text)
+		}
+		r.shot(sup, "suppressions")
+		// Search by the full address (any case): POST, then a URL with its
+		// keyed hash only.
+		r.do(sup, "search by address",
+			chromedp.SetValue(chromedp.ID("q-sup"), "Bounced.Person@EXAMPLE.com"),
+			chromedp.Submit(chromedp.ID("q-sup")))
+		r.waitURL(sup, "rh=")
+		if loc := run(r, sup, "location", chromedp.Location()); strings.Contains(strings.ToLower(loc), "bounced") {
+			t.Fatalf("search URL %s names the address", loc)
+		}
+		if n := rowsShown(sup); n != 1 {
+			t.Fatalf("search shows %d entries, want 1", n)
+		}
+		if c := run(r, sup, "job link", chromedp.Evaluate[int](`document.querySelectorAll('#suppressions a[href="/jobs/billing/ok-a"]').length`)); c != 1 {
+			t.Fatal("the searched entry does not link its bounced job ok-a")
+		}
+		r.do(sup, "remove it",
+			chromedp.Click(chromedp.CSS(`#suppressions button.remove`)),
+			chromedp.WaitVisible(chromedp.ID("flash")))
+		r.waitURL(sup, "done=removed")
+		r.settle(sup)
+		if n := rowsShown(sup); n != 1 {
+			t.Fatalf("after the removal the page shows %d entries, want the other 1", n)
+		}
+		if e, err := r.wst.Suppressed(ctx, "billing", "bounced.person@example.com", time.Now()); err != nil || e != nil {
+			t.Fatalf("still suppressed after the removal: %+v %v", e, err)
+		}
+		// Recorded in MAIL_AUDIT under the person's name, via the console,
+		// naming the address by its key only.
+		recs, err := r.q.Audit.ForJob(ctx, "billing", "ok-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec *queue.AuditRecord
+		for i := range recs {
+			if recs[i].Action == queue.AuditUnsuppress {
+				rec = &recs[i]
+			}
+		}
+		if rec == nil || rec.Actor != "support@contoso.example" || rec.Via != "console" ||
+			!strings.Contains(rec.Detail, queue.RecipientKey("bounced.person@example.com")) || strings.Contains(strings.ToLower(rec.Detail), "bounced.person") {
+			t.Fatalf("audit of the removal: %+v (all: %+v)", rec, recs)
+		}
+
+		// A reader sees the list without a Remove button, and a forged
+		// removal with the reader's own CSRF token is refused.
+		rd := r.person("reader@contoso.example")
+		r.do(rd, "the suppression page as a reader",
+			chromedp.Navigate(r.url+"/suppressions"),
+			chromedp.WaitVisible(chromedp.ID("suppressions")))
+		if n := rowsShown(rd); n != 1 {
+			t.Fatalf("the reader sees %d entries, want 1", n)
+		}
+		if n := run(r, rd, "remove buttons", chromedp.Evaluate[int](`document.querySelectorAll("#suppressions button.remove").length`)); n != 0 {
+			t.Fatalf("a reader sees %d Remove buttons", n)
+		}
+		key := queue.RecipientKey("gone@example.org")
+		code := run(r, rd, "forged removal", chromedp.Evaluate[int](`fetch("/suppressions/remove", {method: "POST", body: new URLSearchParams({
+			csrf: document.querySelector('#sup-search input[name=csrf]').value, profile: "billing", key: "`+key+`"})}).then(r => r.status)`, chromedp.EvalAwaitPromise))
+		if code != 403 {
+			t.Fatalf("a reader's removal POST answered %d, want 403", code)
+		}
+		if e, err := r.wst.Suppressed(ctx, "billing", "gone@example.org", time.Now()); err != nil || e == nil {
+			t.Fatalf("the reader's POST removed the entry: %+v %v", e, err)
+		}
 	})
 
 	t.Run("a reader sees no action and a forged POST is refused", func(t *testing.T) {
