@@ -157,3 +157,22 @@ func TestDeliveryEventsOnceAcrossCrash(t *testing.T) {
 		t.Errorf("the settled record is still there past the horizon: %+v %v", r, err)
 	}
 }
+
+// TestBounceSuppressedAcrossCrash: a tracker that stops right after a hard
+// bounce's event is recorded has already put the address on the
+// suppression list (it is written before the event): the recipient's
+// record is settled, so no later pass would come back to suppress it.
+func TestBounceSuppressedAcrossCrash(t *testing.T) {
+	c := newClocked(t)
+	t0 := c.sendAt(t, 0, "jb", "bob@example.com")
+	c.rows.add(row("jb", "bob@example.com", t0.Add(time.Second), graphmail.TraceFailed))
+	tracking.SetAfterRecord(c.track, func(contract.Event) error { return errCrash })
+	c.now = c.now.Truncate(time.Hour).Add(5 * time.Minute)
+	if err := c.track.Pass(c.ctx); !errors.Is(err, errCrash) {
+		t.Fatalf("pass: %v, want the crash after the bounce was recorded", err)
+	}
+	c.want(t, "jb", "bob@example.com", contract.EventBounced, "jb")
+	if sup, err := c.st.Suppressed(c.ctx, "billing", "bob@example.com", c.now); err != nil || sup == nil {
+		t.Errorf("bob@ bounced but is not suppressed: %v %v", sup, err)
+	}
+}

@@ -92,9 +92,9 @@ type Tracker struct {
 	log    zerolog.Logger
 	m      *metrics
 	spent  atomic.Int64 // trace requests granted by the budget
-	// afterPublish, when set (tests), runs after an event is stored and
-	// before the record says so: an error there is a crash in between.
-	afterPublish func(contract.Event) error
+	// afterPublish and afterRecord, when set (tests), run after an event
+	// is stored, and after the record says so: an error there is a crash.
+	afterPublish, afterRecord func(contract.Event) error
 }
 
 type metrics struct {
@@ -780,6 +780,11 @@ func (t *Tracker) publish(ctx context.Context, o *open, i int, ev contract.Event
 		return err
 	}
 	o.rev = rev
+	if stored && t.afterRecord != nil {
+		if err := t.afterRecord(e); err != nil {
+			return err
+		}
+	}
 	if !stored {
 		t.log.Info().Str("job_id", o.rec.JobID).Str("profile", o.rec.Profile).Str("event", string(r.Outcome)).
 			Msg("delivery event found on the status stream (published before a restart): recorded, not published again")
