@@ -218,7 +218,7 @@ func (p *Pool) sent(ctx context.Context, j *job) {
 	if !p.finish(ctx, j) {
 		return
 	}
-	p.m.Jobs.WithLabelValues(j.profile, string(contract.EventSent), "").Inc()
+	j.prof.hot.sent.Inc()
 	p.observeLatency(j)
 	ev := p.outcomeLog(zerolog.InfoLevel, j, "sent").
 		Bool("possibleDuplicate", j.state.PossibleDuplicate()).Dur("latency", j.elapsed)
@@ -316,9 +316,15 @@ func (p *Pool) watchEvents() {
 }
 
 func (p *Pool) observeLatency(j *job) {
-	if !j.published.IsZero() {
-		p.m.JobLatency.WithLabelValues(j.metricProfile()).Observe(p.clock.Now().Sub(j.published).Seconds())
+	if j.published.IsZero() {
+		return
 	}
+	d := p.clock.Now().Sub(j.published).Seconds()
+	if j.prof != nil {
+		j.prof.hot.jobLatency.Observe(d)
+		return
+	}
+	p.m.JobLatency.WithLabelValues(unknownProfile).Observe(d)
 }
 
 func (p *Pool) outcomeLog(level zerolog.Level, j *job, outcome string) *zerolog.Event {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/mailworker/mailworker/queue/contract"
 )
 
@@ -187,10 +189,30 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// profileState is a profile with its allowlist lower-cased for lookups.
+// profileState is a profile with its allowlist lower-cased for lookups,
+// and the metric series every sent job touches, looked up once (hot).
 type profileState struct {
 	Profile
 	allowed map[string]struct{}
+	hot     hotMetrics
+}
+
+// hotMetrics are a profile's series of the happy path (a job sent with a
+// 202), resolved from their vectors once instead of by label values per job.
+type hotMetrics struct {
+	sendDuration prometheus.Observer
+	jobLatency   prometheus.Observer
+	sent         prometheus.Counter
+	accepted     prometheus.Counter // graph_requests_total{status="202"}
+}
+
+func newHotMetrics(m *Metrics, profile string) hotMetrics {
+	return hotMetrics{
+		sendDuration: m.SendDuration.WithLabelValues(profile),
+		jobLatency:   m.JobLatency.WithLabelValues(profile),
+		sent:         m.Jobs.WithLabelValues(profile, string(contract.EventSent), ""),
+		accepted:     m.GraphRequests.WithLabelValues(profile, "202"),
+	}
 }
 
 func newProfileState(p Profile) *profileState {

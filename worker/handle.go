@@ -524,7 +524,7 @@ func (p *Pool) send(sendCtx context.Context, j *job) Action {
 	}
 	p.m.InflightSends.Dec()
 	cancel()
-	p.m.SendDuration.WithLabelValues(j.profile).Observe(j.elapsed.Seconds())
+	j.prof.hot.sendDuration.Observe(j.elapsed.Seconds())
 
 	return p.decide(j, p.sendOutcome(sendCtx, j, res, err))
 }
@@ -533,7 +533,11 @@ func (p *Pool) send(sendCtx context.Context, j *job) Action {
 // Graph call in j and the metrics.
 func (p *Pool) sendOutcome(sendCtx context.Context, j *job, res contract.SendResult, err error) Outcome {
 	if err == nil {
-		p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
+		if res.Status == 202 {
+			j.prof.hot.accepted.Inc()
+		} else {
+			p.m.GraphRequests.WithLabelValues(j.profile, statusLabel(res.Status)).Inc()
+		}
 		j.graph = &contract.GraphInfo{Status: res.Status, RequestID: res.RequestID, ClientRequestID: res.ClientRequestID,
 			Date: contract.GraphDate(res.Date), EarlierCalls: res.EarlierCalls}
 		j.lookup = res.Lookup

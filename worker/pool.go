@@ -80,6 +80,9 @@ func New(cfg Config, broker Broker, sender Sender, opts Options) (*Pool, error) 
 	if p.m == nil {
 		p.m = NewMetrics(nil, names)
 	}
+	for name, ps := range p.profiles {
+		ps.hot = newHotMetrics(p.m, name)
+	}
 	if p.clock == nil {
 		p.clock = systemClock{}
 	}
