@@ -116,6 +116,39 @@ func (m *Messages) take(ctx context.Context, want int) int {
 	return n
 }
 
+// gatherWait bounds how long a consumer that still has messages waiting to
+// be handed out waits for more tokens before it fetches (gather).
+const gatherWait = 20 * time.Millisecond
+
+// gather lets a consumer that holds n tokens, and still has at least a
+// quarter of want fetched and waiting in out, wait up to gatherWait for
+// tokens until it holds that quarter. A busy worker gives tokens back one
+// per job it takes; fetching each as it comes settles into one pull request
+// per job (and in nats.go a subscription, a heartbeat timer and a goroutine
+// per request), which doubled the CPU per job of both the worker and
+// nats-server in loadtest max (docs/benchmarks.md, "Worker CPU per job").
+// A consumer whose out runs lower fetches at once, so no job waits for the
+// gathering. It returns how many tokens it holds.
+func (m *Messages) gather(ctx context.Context, n, want int, out chan<- *Delivery) int {
+	target := max(1, want/4)
+	if n >= target || len(out) < target {
+		return n
+	}
+	t := time.NewTimer(gatherWait)
+	defer t.Stop()
+	for n < target {
+		select {
+		case <-m.tokens:
+			n++
+		case <-t.C:
+			return n
+		case <-ctx.Done():
+			return n
+		}
+	}
+	return n
+}
+
 // give returns n tokens.
 func (m *Messages) give(n int) {
 	for range n {
@@ -128,6 +161,10 @@ func (j *Jobs) pull(ctx context.Context, m *Messages, src source, out chan<- *De
 	for ctx.Err() == nil {
 		n := m.take(ctx, per)
 		if n == 0 {
+			return
+		}
+		if n = m.gather(ctx, n, per, out); ctx.Err() != nil {
+			m.give(n)
 			return
 		}
 		fctx, cancel := context.WithTimeout(ctx, fetchWait)
