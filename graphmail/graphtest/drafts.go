@@ -145,6 +145,11 @@ type draftMsg struct {
 	immutable                      bool
 	msg                            graphMessage // as created, attachments moved to atts
 	atts                           []draftAttachment
+	// mime is the message of a draft created in MIME form (mimedraft.go),
+	// without its Bcc fields; mimeAtts of atts came from it.
+	mime     []byte
+	mimeAtts int
+	fromName string
 	created                        time.Time
 	sent                           bool
 	sentAt                         time.Time // the first accepted send
@@ -395,6 +400,10 @@ func (s *Server) handleCreateDraft(w http.ResponseWriter, r *http.Request) {
 	body, gerr := s.readBody(r)
 	if gerr != nil {
 		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
+		return
+	}
+	if isMIMERequest(r) {
+		s.createMIMEDraft(w, r, mailbox, key, body, after) // mimedraft.go
 		return
 	}
 	// The same checks as sendMail's message (README.md, "Draft flow"): the CSDL, then 1 to 5
@@ -912,6 +921,9 @@ func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
 	msg := buildMessage(crid, mailbox, w.Header().Get("request-id"), req, contents, now)
 	msg.InternetMessageID = m.internetMessageID
 	msg.Draft = true
+	if m.mime != nil {
+		msg.MIME, msg.Delivered, msg.FromName = true, m.mime, m.fromName
+	}
 	s.record(msg, req, contents)
 	if after != nil && (after.Status < 200 || after.Status > 299) {
 		s.failAfter(w, r, key, after)
