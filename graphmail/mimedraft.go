@@ -437,7 +437,7 @@ func planMIME(lay *mimeLayout, budget int64) (out []int, ok bool) {
 	}
 	// A multipart left without parts gets an empty text part (below): room
 	// for it.
-	rest += int64(len(emptyPart("")) + 70) * int64(len(lay.multiparts))
+	rest += int64(len(emptyPart(""))+70) * int64(len(lay.multiparts))
 	sort.Ints(out)
 	return out, rest <= budget || len(out) == 0 && lay.size <= budget
 }

@@ -147,15 +147,15 @@ type draftMsg struct {
 	atts                           []draftAttachment
 	// mime is the message of a draft created in MIME form (mimedraft.go),
 	// without its Bcc fields; mimeAtts of atts came from it.
-	mime     []byte
-	mimeAtts int
-	fromName string
-	created                        time.Time
-	sent                           bool
-	sentAt                         time.Time // the first accepted send
-	sendRequests                   int
-	deliveries                     int // accepted sends (more than 1: delivered twice)
-	deleted                        bool
+	mime         []byte
+	mimeAtts     int
+	fromName     string
+	created      time.Time
+	sent         bool
+	sentAt       time.Time // the first accepted send
+	sendRequests int
+	deliveries   int // accepted sends (more than 1: delivered twice)
+	deleted      bool
 }
 
 type uploadSession struct {
