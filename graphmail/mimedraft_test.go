@@ -246,3 +246,37 @@ func TestMIMEDraftCreateOver4MB(t *testing.T) {
 		t.Errorf("%d drafts", n)
 	}
 }
+
+// TestMIMEDraftExchangeMessageID: when Exchange gives the MIME draft its own
+// Message-ID (undocumented either way: graphtest's MIMENewMessageID), the
+// send is settled by the id Graph answered, not the MIME's.
+func TestMIMEDraftExchangeMessageID(t *testing.T) {
+	ctx := context.Background()
+	pdf := rnd(t, 5<<20)
+	raw := []byte("From: " + itSender + "\r\nTo: a@example.com\r\nSubject: scan\r\nMessage-ID: <own@scanner>\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nscan\r\n--b1\r\nContent-Type: application/pdf; name=scan.pdf\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString(pdf) + "\r\n--b1--\r\n")
+	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Drafts: graphtest.DraftOptions{MIMENewMessageID: true}})
+	j := graphmail.NewJobs(memStore{"eml": raw})
+	j.Add("p", draftClient(t, s), false)
+	j.SetMode("p", graphmail.Mode{Delivery: graphmail.ModeDraft})
+	job := &contract.Job{From: itSender, To: []string{"a@example.com"}, MIME: &contract.MIME{ObjectRef: "eml"}}
+	var d contract.Draft
+	res, err := j.SendResumable(ctx, "p", "newid", job, nil, func(_ context.Context, p *contract.Draft) error { d = *p; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	drafts := s.Drafts()
+	if len(drafts) != 1 || drafts[0].InternetMessageID == "<own@scanner>" || res.InternetMessageID != drafts[0].InternetMessageID ||
+		d.InternetMessageID != drafts[0].InternetMessageID {
+		t.Fatalf("drafts %+v, result %q, saved %q: want Exchange's id saved and reported", drafts, res.InternetMessageID, d.InternetMessageID)
+	}
+	// A resumed attempt (SendAt set) settles by that id in Sent Items.
+	res, err = j.SendResumable(ctx, "p", "newid", job, &d, nil)
+	if err != nil || res.Lookup != contract.LookupSent {
+		t.Fatalf("resume after the send: %+v %v, want found sent", res, err)
+	}
+	if n := len(s.Messages()); n != 1 {
+		t.Errorf("%d messages, want 1", n)
+	}
+}

@@ -89,6 +89,13 @@ type DraftOptions struct {
 	// a worker killed mid-flow is killed mid-call); the upload of chunks is
 	// not slowed. Default 0.
 	Latency time.Duration
+	// MIMENewMessageID gives a draft created from MIME a Message-ID of
+	// Exchange's making (internetMessageId, and the Message-ID field of what
+	// the recipients get) instead of the MIME's own. Microsoft does not say
+	// which happens: the MIME example of [create] answers an Exchange-made
+	// internetMessageId, but its request is cut short before any
+	// Message-ID; default false (the MIME's own is kept).
+	MIMENewMessageID bool
 	// ReadWriteScope lists the mailboxes where the app also holds the
 	// "Application Mail.ReadWrite" role (Exchange RBAC for Applications),
 	// which creating, reading and deleting messages needs; elsewhere those

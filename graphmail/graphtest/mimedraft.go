@@ -23,7 +23,8 @@ import (
 // session). internetMessageId is the MIME's Message-ID when it has one (the
 // message resource: "The message ID in the format specified by RFC2822",
 // https://learn.microsoft.com/graph/api/resources/message; that a MIME
-// draft keeps its Message-ID is the fake's reading), else a new one. On
+// draft keeps its Message-ID is the fake's reading, DraftOptions.
+// MIMENewMessageID the other), else a new one, written into the MIME. On
 // send, the recipients get the MIME as created, without its Bcc fields
 // (Message.Delivered); the attachments added to the draft are listed in
 // Message.Attachments, with their SHA-256.
@@ -59,11 +60,12 @@ func (s *Server) createMIMEDraft(w http.ResponseWriter, r *http.Request, mailbox
 			contentID: a.ContentID, inline: a.IsInline, content: ms.contents[i]})
 	}
 	m.id = newItemID(m.immutable)
-	m.internetMessageID = ms.messageID
-	if m.internetMessageID == "" {
-		m.internetMessageID = "<" + strings.ReplaceAll(newGUID(), "-", "") + "@" + strings.ReplaceAll(mailboxDomain(mailbox), ">", "") + ">"
-	}
 	d := s.draftState()
+	m.internetMessageID = ms.messageID
+	if m.internetMessageID == "" || d.opts.MIMENewMessageID {
+		m.internetMessageID = "<" + strings.ReplaceAll(newGUID(), "-", "") + "@" + strings.ReplaceAll(mailboxDomain(mailbox), ">", "") + ">"
+		m.mime = append([]byte("Message-ID: "+m.internetMessageID+"\r\n"), stripFields(m.mime, "Message-ID")...)
+	}
 	d.mu.Lock()
 	d.byID[m.id] = m
 	d.all = append(d.all, m)
