@@ -169,8 +169,14 @@ func scanMIME(r io.Reader) (*mimeLayout, error) {
 		}
 
 		// A delimiter line of any open multipart ends the current part.
-		if first && complete && state != inHeader && len(stack) > 0 && bytes.HasPrefix(frag, []byte("--")) {
+		// A part whose header section never ended (no empty line) is an
+		// empty part.
+		if first && complete && (state != inHeader || lay.headerEnd >= 0) && len(stack) > 0 && bytes.HasPrefix(frag, []byte("--")) {
 			if k, closing, ok := matchDelimiter(frag, stack); ok {
+				if state == inHeader {
+					describeLeaf(&cur, hdr)
+					cur.bodyStart, state = lineStart, inBody
+				}
 				if state == inBody {
 					closeLeaf(lineStart)
 				}
@@ -419,20 +425,28 @@ func planMIME(lay *mimeLayout, budget int64) (out []int, ok bool) {
 	rest := lay.size
 	var cands []int
 	for i, l := range lay.leaves {
-		if l.delim >= 0 && l.attachment {
+		switch {
+		case l.delim >= 0 && l.attachment:
+			cands = append(cands, i)
+		case l.delim < 0 && len(lay.multiparts) == 0 && (l.attachment || !strings.HasPrefix(l.contentType, "text/")):
+			// A message that is one file (Content-Type: application/pdf
+			// at the top): the file is taken out and the message becomes
+			// a multipart with an empty text part (singlePart).
 			cands = append(cands, i)
 		}
 	}
-	sort.SliceStable(cands, func(a, b int) bool {
-		la, lb := lay.leaves[cands[a]], lay.leaves[cands[b]]
-		return la.end-la.delim > lb.end-lb.delim
-	})
+	span := func(l mimeLeaf) int64 {
+		if l.delim < 0 {
+			return l.end - lay.headerEnd - singlePartRoom
+		}
+		return l.end - l.delim
+	}
+	sort.SliceStable(cands, func(a, b int) bool { return span(lay.leaves[cands[a]]) > span(lay.leaves[cands[b]]) })
 	for _, i := range cands {
 		if rest <= budget {
 			break
 		}
-		l := lay.leaves[i]
-		rest -= l.end - l.delim
+		rest -= span(lay.leaves[i])
 		out = append(out, i)
 	}
 	// A multipart left without parts gets an empty text part (below): room
@@ -457,6 +471,9 @@ func skeleton(r io.Reader, lay *mimeLayout, out []int, limit int64) ([]byte, err
 		left[lay.leaves[i].parent]++
 	}
 	var b bytes.Buffer
+	if len(out) == 1 && lay.leaves[out[0]].delim < 0 {
+		return singlePart(lay), nil
+	}
 	var pos int64
 	for _, i := range out {
 		l := lay.leaves[i]
@@ -482,6 +499,62 @@ func skeleton(r io.Reader, lay *mimeLayout, out []int, limit int64) ([]byte, err
 		return nil, errors.New("over the limit")
 	}
 	return b.Bytes(), nil
+}
+
+// singlePartRoom bounds what singlePart adds to the header section.
+const singlePartRoom = 256
+
+// singlePartBoundary separates the stand-in text part of a message that was
+// one file; it cannot occur in the header section it follows.
+const singlePartBoundary = "=_mailworker_part_taken_out"
+
+// singlePart is the draft's MIME of a message that was one file at the top
+// level: its header section without the fields that described the file
+// (Content-Type, Content-Transfer-Encoding, Content-Disposition,
+// Content-ID, Content-Description), a multipart/mixed Content-Type, and an
+// empty text part; the file goes as an attachment.
+func singlePart(lay *mimeLayout) []byte {
+	h := dropFields(lay.header, "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Content-Id", "Content-Description")
+	eol := "\r\n"
+	if !bytes.Contains(lay.header, []byte("\r\n")) && len(lay.header) > 0 {
+		eol = "\n"
+	}
+	if len(h) > 0 && !bytes.HasSuffix(h, []byte("\n")) {
+		h = append(h, eol...)
+	}
+	s := "Content-Type: multipart/mixed; boundary=\"" + singlePartBoundary + "\"\r\n\r\n" + emptyPart(singlePartBoundary) + "--" + singlePartBoundary + "--\r\n"
+	if eol == "\n" {
+		s = strings.ReplaceAll(s, "\r\n", "\n")
+	}
+	return append(h, s...)
+}
+
+// dropFields returns a header section without the fields named (and their
+// continuation lines).
+func dropFields(hdr []byte, names ...string) []byte {
+	out := make([]byte, 0, len(hdr))
+	skipping := false
+	for off := 0; off < len(hdr); {
+		next := len(hdr)
+		if i := bytes.IndexByte(hdr[off:], '\n'); i >= 0 {
+			next = off + i + 1
+		}
+		line := hdr[off:next]
+		if line[0] != ' ' && line[0] != '\t' {
+			k, _, _ := bytes.Cut(line, []byte(":"))
+			skipping = false
+			for _, n := range names {
+				if strings.EqualFold(strings.TrimSpace(string(k)), n) {
+					skipping = true
+				}
+			}
+		}
+		if !skipping {
+			out = append(out, line...)
+		}
+		off = next
+	}
+	return out
 }
 
 func countIn(lay *mimeLayout, out []int, mp int) int {

@@ -280,3 +280,30 @@ func TestMIMEDraftExchangeMessageID(t *testing.T) {
 		t.Errorf("%d messages, want 1", n)
 	}
 }
+
+// TestMIMEDraftSinglePart: a message that is one large file at the top
+// level (Content-Type: application/pdf, no multipart) goes as a draft whose
+// MIME keeps every other header field, with an empty text part, and the
+// file as its attachment.
+func TestMIMEDraftSinglePart(t *testing.T) {
+	pdf := rnd(t, 4<<20)
+	for _, eol := range []string{"\r\n", "\n"} {
+		raw := []byte(strings.ReplaceAll("From: "+itSender+"\r\nTo: a@example.com\r\nSubject: scan\r\nMessage-ID: <one@scanner>\r\nMIME-Version: 1.0\r\n"+
+			"Content-Type: application/pdf;\r\n name=\"doc.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n", "\r\n", eol) +
+			base64.StdEncoding.EncodeToString(pdf) + eol)
+		job := &contract.Job{From: itSender, To: []string{"a@example.com"}, MIME: &contract.MIME{ObjectRef: "eml"}}
+		j, s := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft}, memStore{"eml": raw})
+		if _, err := j.SendResumable(context.Background(), "p", "single", job, nil, nil); err != nil {
+			t.Fatalf("%q: %v", eol, err)
+		}
+		m := s.Messages()
+		if len(m) != 1 || len(m[0].Attachments) != 1 || m[0].Attachments[0].SHA256 != sum(pdf) || m[0].Attachments[0].Name != "doc.pdf" ||
+			m[0].Attachments[0].ContentType != "application/pdf" {
+			t.Fatalf("%q: delivered %+v", eol, m)
+		}
+		d := string(m[0].Delivered)
+		if !strings.Contains(d, "Message-ID: <one@scanner>") || !strings.Contains(d, "multipart/mixed") || strings.Contains(d, "application/pdf") {
+			t.Errorf("%q: delivered MIME:\n%s", eol, d)
+		}
+	}
+}
