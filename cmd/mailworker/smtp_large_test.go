@@ -54,20 +54,26 @@ func largeParts(scale int) []largePart {
 // last CRLF (swaks adds the end of data), and fills in each part's SHA-256.
 func writeLargeMail(t *testing.T, file, subject string, parts []largePart) int64 {
 	t.Helper()
+	return writeLargeMailTo(t, file, subject, "ann@example.com", parts)
+}
+
+// writeLargeMailTo is writeLargeMail with the To: field's value.
+func writeLargeMailTo(t *testing.T, file, subject, to string, parts []largePart) int64 {
+	t.Helper()
 	f, err := os.Create(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	w := bufio.NewWriterSize(f, 1<<20)
-	fmt.Fprintf(w, "From: Scanner <%s>\r\nTo: ann@example.com\r\nSubject: %s\r\nDate: Mon, 07 Dec 2026 06:00:00 +0000\r\n"+
+	fmt.Fprintf(w, "From: Scanner <%s>\r\nTo: %s\r\nSubject: %s\r\nDate: Mon, 07 Dec 2026 06:00:00 +0000\r\n"+
 		"Message-ID: <%s@scanner.rel.example>\r\nIn-Reply-To: <order-7@erp.example>\r\nReferences: <order-6@erp.example>\r\n <order-7@erp.example>\r\n"+
 		"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"=_outer\"\r\n\r\nThis is a multi-part message in MIME format.\r\n"+
 		"--=_outer\r\nContent-Type: multipart/related; boundary=\"=_rel\"\r\n\r\n"+
 		"--=_rel\r\nContent-Type: multipart/alternative; boundary=\"=_alt\"\r\n\r\n"+
 		"--=_alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nScan attached.\r\n"+
 		"--=_alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p><img src=\"cid:logo@scanner\"> Scan attached.</p>\r\n--=_alt--\r\n",
-		smtpE2ESender, subject, subject)
+		smtpE2ESender, to, subject, subject)
 	rng := rand.New(rand.NewChaCha8([32]byte{byte(len(subject))}))
 	inRelated := true
 	for i := range parts {
@@ -123,6 +129,16 @@ func checkLargeDelivered(t *testing.T, r *smtpRig, id, subject string, parts []l
 			t.Errorf("delivered header lacks %q", want)
 		}
 	}
+	checkParts(t, got, parts)
+	if d := r.fake.Drafts(); len(d) == 0 || d[len(d)-1].Deliveries != 1 {
+		t.Errorf("drafts %+v, want the job's draft delivered once", d)
+	}
+}
+
+// checkParts asserts that got has every part byte for byte under its name,
+// content type, isInline and contentId, and no other attachment.
+func checkParts(t *testing.T, got graphtest.Message, parts []largePart) {
+	t.Helper()
 	if len(got.Attachments) != len(parts) {
 		t.Errorf("%d attachments, want %d: %+v", len(got.Attachments), len(parts), got.Attachments)
 	}
@@ -140,9 +156,6 @@ func checkLargeDelivered(t *testing.T, r *smtpRig, id, subject string, parts []l
 		if !found {
 			t.Errorf("attachment %q (cid %q) not delivered", p.name, p.cid)
 		}
-	}
-	if d := r.fake.Drafts(); len(d) == 0 || d[len(d)-1].Deliveries != 1 {
-		t.Errorf("drafts %+v, want the job's draft delivered once", d)
 	}
 }
 
@@ -265,4 +278,49 @@ func TestSMTPLargeMailCrashDuringUpload(t *testing.T) {
 		t.Errorf("drafts %+v: want one draft, resumed after the crash, sent with one request", drafts)
 	}
 	t.Logf("killed after %d upload PUTs; %d in all", puts, r.fake.UploadPuts())
+}
+
+// TestSMTPPostfixLargeMail (issue 20 "Done when": the large-mail case
+// through a real Postfix): a 20 MB message to 60 recipients handed to a
+// stock Postfix null client (message_size_limit raised to the mailbox's
+// size: Postfix's default is 10,240,000 bytes) reaches the door in two
+// transactions (50 + 10, Postfix sending SIZE=); each is its own job sent
+// through a MIME draft, every recipient gets one copy, every attachment
+// byte for byte, and nothing bounces.
+func TestSMTPPostfixLargeMail(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	r, _ := largeRig(t, graphtest.Options{})
+	p := startPostfix(t, r.addr, r.certPE, smtpE2EUser, smtpE2EPassword, "message_size_limit = 62914560")
+	rcpts := make([]string, 60)
+	for i := range rcpts {
+		rcpts[i] = fmt.Sprintf("pflarge-%03d@example.com", i)
+	}
+	parts := largeParts(20)
+	file := filepath.Join(t.TempDir(), "pf.eml")
+	writeLargeMailTo(t, file, "pf-large-20mb", strings.Join(rcpts, ",\r\n "), parts)
+	msg, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.sendmail(smtpE2ESender, append(msg, "\r\n"...))
+	r.exactlyOnce(t, p, "pf-large-20mb", rcpts)
+	n := 0
+	for _, m := range r.fake.Messages() {
+		if m.Subject != "pf-large-20mb" {
+			continue
+		}
+		n++
+		if !m.Draft || !m.MIME {
+			t.Errorf("job %s: draft %v, MIME %v", m.JobID, m.Draft, m.MIME)
+		}
+		checkParts(t, m, parts)
+	}
+	if n != 2 {
+		t.Errorf("%d messages, want 2 (one per Postfix transaction)", n)
+	}
+	if log := p.maillog(); strings.Contains(log, "status=bounced") {
+		t.Fatalf("Postfix bounced mail:\n%s", tail(log, 4000))
+	}
 }
