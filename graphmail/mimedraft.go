@@ -470,10 +470,15 @@ func skeleton(r io.Reader, lay *mimeLayout, out []int, limit int64) ([]byte, err
 	for _, i := range out {
 		left[lay.leaves[i].parent]++
 	}
-	var b bytes.Buffer
 	if len(out) == 1 && lay.leaves[out[0]].delim < 0 {
 		return singlePart(lay), nil
 	}
+	var b bytes.Buffer
+	rest := lay.size + int64(len(emptyPart(""))+70)*int64(len(lay.multiparts))
+	for _, i := range out {
+		rest -= lay.leaves[i].end - lay.leaves[i].delim
+	}
+	b.Grow(int(max(0, min(rest, limit))) + 1) // one allocation, not doublings
 	var pos int64
 	for _, i := range out {
 		l := lay.leaves[i]
