@@ -257,9 +257,9 @@ func TestMIMEDraftExchangeMessageID(t *testing.T) {
 		"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nscan\r\n--b1\r\nContent-Type: application/pdf; name=scan.pdf\r\n" +
 		"Content-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString(pdf) + "\r\n--b1--\r\n")
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Drafts: graphtest.DraftOptions{MIMENewMessageID: true}})
-	j := graphmail.NewJobs(memStore{"eml": raw})
+	j := graphmail.NewSender(memStore{"eml": raw})
 	j.Add("p", draftClient(t, s), false)
-	j.SetMode("p", graphmail.Mode{Delivery: graphmail.ModeDraft})
+	j.SetMode("p", graphmail.Mode{Via: graphmail.ModeDraft})
 	job := &contract.Job{From: itSender, To: []string{"a@example.com"}, MIME: &contract.MIME{ObjectRef: "eml"}}
 	var d contract.Draft
 	res, err := j.SendResumable(ctx, "p", "newid", job, nil, func(_ context.Context, p *contract.Draft) error { d = *p; return nil })
@@ -292,7 +292,7 @@ func TestMIMEDraftSinglePart(t *testing.T) {
 			"Content-Type: application/pdf;\r\n name=\"doc.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n", "\r\n", eol) +
 			base64.StdEncoding.EncodeToString(pdf) + eol)
 		job := &contract.Job{From: itSender, To: []string{"a@example.com"}, MIME: &contract.MIME{ObjectRef: "eml"}}
-		j, s := draftJobs(t, graphmail.Mode{Delivery: graphmail.ModeDraft}, memStore{"eml": raw})
+		j, s := draftJobs(t, graphmail.Mode{Via: graphmail.ModeDraft}, memStore{"eml": raw})
 		if _, err := j.SendResumable(context.Background(), "p", "single", job, nil, nil); err != nil {
 			t.Fatalf("%q: %v", eol, err)
 		}
