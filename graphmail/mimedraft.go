@@ -651,7 +651,11 @@ type readCloser struct {
 // Errors are *contract.SendError: invalid_job for a message the worker's
 // check refuses or a corrupt part, message_too_large when the rest does not
 // fit one request, retryable internal when the store fails.
-func (s *Sender) mimeDraft(ctx context.Context, profile, from, jobID string, job *contract.Job) (DraftMail, error) {
+//
+// Without withBody (the draft exists already: only its attachments are
+// left to add) the rest of the message is not built, and Message.MIME is
+// empty.
+func (s *Sender) mimeDraft(ctx context.Context, profile, from, jobID string, job *contract.Job, withBody bool) (DraftMail, error) {
 	ref := job.MIME.ObjectRef
 	store := s.attachments
 	fail := func(err error) error {
@@ -737,6 +741,11 @@ func (s *Sender) mimeDraft(ctx context.Context, profile, from, jobID string, job
 				return readCloser{corruptOnError{d}, rc}, nil
 			}})
 	}
+	if !withBody {
+		mail.Message = &Message{From: from, MIME: []byte{}, To: addresses(job.To), Cc: addresses(job.Cc), Bcc: addresses(job.Bcc),
+			Headers: mimeXHeaders(lay.header)}
+		return mail, nil
+	}
 	rc, err = open(ctx, 0)
 	if err != nil {
 		return DraftMail{}, fail(err)
@@ -812,7 +821,19 @@ func (s *Sender) mimeNeedsDraft(ctx context.Context, profile string, job *contra
 func (s *Sender) sendMIMEDraft(ctx context.Context, c *Client, profile, jobID string, job *contract.Job,
 	draft *contract.Draft, save func(context.Context, *contract.Draft) error) (contract.SendResult, error) {
 	_, from, _ := contract.ParseAddress(job.From)
-	mail, err := s.mimeDraft(ctx, profile, from, jobID, job)
+	if draft != nil && draft.SendAt != nil {
+		// A send that may have gone out is only looked up (SendViaDraft,
+		// resumeSend): the message is not read again (during the transit
+		// window that is every draftLookupEvery), and a message the store
+		// no longer holds is still settled.
+		return c.SendViaDraft(ctx, DraftMail{Message: &Message{From: from, MIME: []byte{}}}, draft, func(ctx context.Context) error {
+			if save == nil {
+				return nil
+			}
+			return save(ctx, draft)
+		})
+	}
+	mail, err := s.mimeDraft(ctx, profile, from, jobID, job, draft == nil || draft.ID == "")
 	if err != nil {
 		return contract.SendResult{}, err
 	}

@@ -257,7 +257,8 @@ func TestMIMEDraftExchangeMessageID(t *testing.T) {
 		"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nscan\r\n--b1\r\nContent-Type: application/pdf; name=scan.pdf\r\n" +
 		"Content-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString(pdf) + "\r\n--b1--\r\n")
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret, Drafts: graphtest.DraftOptions{MIMENewMessageID: true}})
-	j := graphmail.NewSender(memStore{"eml": raw})
+	store := memStore{"eml": raw}
+	j := graphmail.NewSender(store)
 	j.Add("p", draftClient(t, s), false)
 	j.SetMode("p", graphmail.Mode{Via: graphmail.ModeDraft})
 	job := &contract.Job{From: itSender, To: []string{"a@example.com"}, MIME: &contract.MIME{ObjectRef: "eml"}}
@@ -271,7 +272,9 @@ func TestMIMEDraftExchangeMessageID(t *testing.T) {
 		d.InternetMessageID != drafts[0].InternetMessageID {
 		t.Fatalf("drafts %+v, result %q, saved %q: want Exchange's id saved and reported", drafts, res.InternetMessageID, d.InternetMessageID)
 	}
-	// A resumed attempt (SendAt set) settles by that id in Sent Items.
+	// A resumed attempt (SendAt set) settles by that id in Sent Items,
+	// without reading the message (gone from the store here).
+	delete(store, "eml")
 	res, err = j.SendResumable(ctx, "p", "newid", job, &d, nil)
 	if err != nil || res.Lookup != contract.LookupSent {
 		t.Fatalf("resume after the send: %+v %v, want found sent", res, err)
