@@ -135,6 +135,13 @@ func (a *DraftAttachment) postFits() bool {
 // the rest, added one by one afterwards in order. It depends on its input
 // alone, so a resumed attempt makes the same plan.
 func plan(m DraftMail) (inline []Attachment, rest []int) {
+	if m.Message.MIME != nil {
+		// A MIME draft carries its small parts in its MIME (mimedraft.go).
+		for i := range m.Attachments {
+			rest = append(rest, i)
+		}
+		return nil, rest
+	}
 	_, size := gmessage(m.Message)
 	budget := int64(maxRequest - requestMargin - size)
 	for i := range m.Attachments {
@@ -373,6 +380,9 @@ var ErrSessionGone = errors.New("upload session expired or unknown")
 // CreateDraft creates msg as a draft in msg.From's mailbox with an immutable
 // id. Errors are *contract.SendError (Op createDraft), never ambiguous.
 func (c *Client) CreateDraft(ctx context.Context, msg *Message) (MessageInfo, error) {
+	if msg.MIME != nil {
+		return c.createMIMEDraft(ctx, msg)
+	}
 	g, size := gmessage(msg)
 	buf := bytes.NewBuffer(make([]byte, 0, size))
 	enc := json.NewEncoder(buf)

@@ -96,9 +96,10 @@ func (s *Sender) usesDraft(ctx context.Context, profile string, job *contract.Jo
 	case mode.Via != ModeDraft:
 		return false, nil
 	case job.MIME != nil:
-		// A MIME job goes out as its message through sendMail's MIME form;
-		// the draft flow builds a message from the JSON fields only.
-		return false, nil
+		// A MIME job goes out as its message through sendMail's MIME form
+		// while it fits one request; a larger one through a draft created
+		// from its MIME, its large parts by upload session (mimedraft.go).
+		return s.mimeNeedsDraft(ctx, profile, job)
 	case mode.When == DraftAlways:
 		return true, nil
 	}
@@ -133,6 +134,9 @@ func (s *Sender) SendResumable(ctx context.Context, profile, jobID string, job *
 		if useDraft, err = s.usesDraft(ctx, profile, job); err != nil {
 			return contract.SendResult{}, err
 		}
+	}
+	if useDraft && job.MIME != nil {
+		return s.sendMIMEDraft(ctx, c, profile, jobID, job, draft, save)
 	}
 	if useDraft {
 		return s.sendDraft(ctx, c, profile, jobID, job, draft, save)
@@ -317,7 +321,8 @@ func (s *Sender) mimeMessage(ctx context.Context, profile, from, jobID string, j
 func mimeTooLarge(profile string, n int) error {
 	return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonMessageTooLarge, Profile: profile,
 		Message: fmt.Sprintf("MIME message of %d bytes (with the job id stamp), over the %d that one Graph sendMail request carries "+
-			"(4 MB in base64; MIME jobs have no draft path): it was not loaded", n, contract.MaxMIMEBytes)}
+			"(4 MB in base64): it was not loaded; set profiles.%s.deliveryMode: draft to send larger MIME through a draft "+
+			"(needs the Exchange role \"Application Mail.ReadWrite\")", n, contract.MaxMIMEBytes, profile)}
 }
 
 // mimeXHeaders lists the X- fields of a MIME message's header section

@@ -208,8 +208,14 @@ func (s *Sender) Check(ctx context.Context, profile string, job *contract.Job) e
 		case errors.Is(err, contract.ErrNoAttachment):
 			return &contract.SendError{Class: contract.ClassPermanent, Reason: contract.ReasonInvalidJob, Profile: profile,
 				Message: fmt.Sprintf("mime.objectRef: %s is not in profile %s's object store", contract.Quote(m.ObjectRef), profile), Err: err}
-		case err == nil && n > contract.MaxMIMEBytes:
+		case err == nil && n > contract.MaxMIMEBytes && s.modes[profile].Via != ModeDraft:
 			return mimeTooLarge(profile, n)
+		case err == nil && int64(n)+mimeStampRoom > contract.MaxMessageBytesLimit:
+			// In draft mode a larger message goes through a draft
+			// (mimedraft.go), held to the mailbox's maximum message size
+			// by the worker (profiles.<name>.maxMessageSize); no mailbox
+			// takes more than 150 MB.
+			return mimeOverAnyMailbox(profile, int64(n))
 		}
 		return nil
 	}

@@ -189,6 +189,8 @@ type relProfile struct {
 	senders     []string
 	// deliveryMode and draftWhen as in the config ("": the defaults).
 	deliveryMode, draftWhen string
+	// maxMessageSize as in the config ("": the default, 35 MB).
+	maxMessageSize string
 }
 
 // relWorker tunes the replicas; zero fields take quick test values.
@@ -275,6 +277,9 @@ func newHarness(t *testing.T, natsURL string, fake *graphtest.Server, w relWorke
 			p.name, relTenant, relClient, fake.URL(), fake.GraphURL(), caFile, strings.Join(p.senders, ", "), p.onAmbiguous)
 		if p.deliveryMode != "" {
 			fmt.Fprintf(&b, "    deliveryMode: %s\n    draftWhen: %q\n", p.deliveryMode, p.draftWhen)
+		}
+		if p.maxMessageSize != "" {
+			fmt.Fprintf(&b, "    maxMessageSize: %q\n", p.maxMessageSize)
 		}
 		// The secret comes from the environment, as in Kubernetes.
 		env = append(env, "MAILWORKER_PROFILES_"+upperSnake(p.name)+"_CREDENTIAL_CLIENT_SECRET="+sentinelClientSecret)

@@ -31,6 +31,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mailworker/mailworker/cmd/mailworker/internal/smtpd"
+	"github.com/mailworker/mailworker/graphmail"
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
 )
@@ -171,10 +172,16 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 	names := make([]string, 0, len(cfg.Profiles))
 	senders := map[string][]string{}
 	maxRcpt := map[string]int{}
+	maxSize := map[string]int64{}
 	for n, p := range cfg.Profiles {
 		names = append(names, n)
 		senders[n] = p.AllowedSenders
 		maxRcpt[n] = p.MaxRecipientsPerMessage // 0: Exchange's default 500
+		if p.DeliveryMode == string(graphmail.ModeDraft) {
+			// Large MIME goes out through a draft: the door takes what the
+			// mailbox takes (the worker holds the job to the same limit).
+			maxSize[n] = p.MaxMessageBytes()
+		}
 	}
 	sort.Strings(names)
 	m := smtpd.NewMetrics(in.reg, names)
@@ -220,7 +227,8 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 		MaxSessionsPerAddress: sc.MaxSessionsPerAddress, PreAuthTimeout: sc.PreAuthTimeout, RetryWindow: sc.RetryWindow,
 		AuthFailuresPerConnection: sc.AuthFailuresPerConnection, AuthFailuresPerAddress: sc.AuthFailuresPerAddress,
 		AuthLockout: sc.AuthLockout, AuthFailureDelay: sc.AuthFailureDelay, AuthCacheTTL: sc.AuthCacheTTL, AuthCacheSize: sc.AuthCacheSize, ProfileMaxRecipients: maxRcpt,
-		NoRecordBeforeAnswer: sc.RecordBeforeAnswer != nil && !*sc.RecordBeforeAnswer},
+		ProfileMaxMessageBytes: maxSize,
+		NoRecordBeforeAnswer:   sc.RecordBeforeAnswer != nil && !*sc.RecordBeforeAnswer},
 		creds, faultLosePublishAcks(queue.NewPublisher(js), log), store, smtpd.Options{Logger: log, Metrics: m, TLS: tlsCfg})
 	if err != nil {
 		return nil, err

@@ -78,10 +78,18 @@ func startSMTPRigEnv(t *testing.T, extra string, env ...string) *smtpRig {
 // (what is accepted stays in MAIL_JOBS).
 func startSMTPRigFull(t *testing.T, extra string, worker bool, env ...string) *smtpRig {
 	t.Helper()
+	return startSMTPRigProfile(t, extra, worker, relProfile{name: "rel", senders: []string{smtpE2ESender}}, relWorker{}, graphtest.Options{}, env...)
+}
+
+// startSMTPRigProfile starts the rig with profile "rel" as given, the
+// worker tuned by w, and the fake with fo (OutDir set here).
+func startSMTPRigProfile(t *testing.T, extra string, worker bool, prof relProfile, w relWorker, fo graphtest.Options, env ...string) *smtpRig {
+	t.Helper()
 	r := &smtpRig{t: t, outDir: t.TempDir()}
 	r.nats = startRelNATS(t)
-	r.fake = newFake(t, graphtest.Options{OutDir: r.outDir})
-	r.h = newHarness(t, r.nats.url(), r.fake, relWorker{}, relProfile{name: "rel", senders: []string{smtpE2ESender}})
+	fo.OutDir = r.outDir
+	r.fake = newFake(t, fo)
+	r.h = newHarness(t, r.nats.url(), r.fake, w, prof)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	r.certPE = certFile

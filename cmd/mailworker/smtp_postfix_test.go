@@ -27,8 +27,9 @@ type postfix struct {
 }
 
 // startPostfix starts a null client that relays everything to relay
-// (host:port) with STARTTLS (the rig's certificate as CA) and AUTH.
-func startPostfix(t *testing.T, relay, caFile, login, password string) *postfix {
+// (host:port) with STARTTLS (the rig's certificate as CA) and AUTH; extra
+// lines go to the end of main.cf.
+func startPostfix(t *testing.T, relay, caFile, login, password string, extra ...string) *postfix {
 	t.Helper()
 	bin := needTool(t, "postfix")
 	root, err := os.MkdirTemp("", "mailworker-postfix-")
@@ -94,7 +95,7 @@ queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 smtp_connect_timeout = 5s
-`, root, p.log, relayKey(relay), p.dir)
+`, root, p.log, relayKey(relay), p.dir) + strings.Join(extra, "\n")
 	if err := os.WriteFile(filepath.Join(p.dir, "main.cf"), []byte(mainCF), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -89,6 +89,13 @@ type DraftOptions struct {
 	// a worker killed mid-flow is killed mid-call); the upload of chunks is
 	// not slowed. Default 0.
 	Latency time.Duration
+	// MIMENewMessageID gives a draft created from MIME a Message-ID of
+	// Exchange's making (internetMessageId, and the Message-ID field of what
+	// the recipients get) instead of the MIME's own. Microsoft does not say
+	// which happens: the MIME example of [create] answers an Exchange-made
+	// internetMessageId, but its request is cut short before any
+	// Message-ID; default false (the MIME's own is kept).
+	MIMENewMessageID bool
 	// ReadWriteScope lists the mailboxes where the app also holds the
 	// "Application Mail.ReadWrite" role (Exchange RBAC for Applications),
 	// which creating, reading and deleting messages needs; elsewhere those
@@ -145,12 +152,17 @@ type draftMsg struct {
 	immutable                      bool
 	msg                            graphMessage // as created, attachments moved to atts
 	atts                           []draftAttachment
-	created                        time.Time
-	sent                           bool
-	sentAt                         time.Time // the first accepted send
-	sendRequests                   int
-	deliveries                     int // accepted sends (more than 1: delivered twice)
-	deleted                        bool
+	// mime is the message of a draft created in MIME form (mimedraft.go),
+	// without its Bcc fields; mimeAtts of atts came from it.
+	mime         []byte
+	mimeAtts     int
+	fromName     string
+	created      time.Time
+	sent         bool
+	sentAt       time.Time // the first accepted send
+	sendRequests int
+	deliveries   int // accepted sends (more than 1: delivered twice)
+	deleted      bool
 }
 
 type uploadSession struct {
@@ -395,6 +407,10 @@ func (s *Server) handleCreateDraft(w http.ResponseWriter, r *http.Request) {
 	body, gerr := s.readBody(r)
 	if gerr != nil {
 		s.graphError(w, r, key, gerr.status, gerr.code, gerr.msg, "")
+		return
+	}
+	if isMIMERequest(r) {
+		s.createMIMEDraft(w, r, mailbox, key, body, after) // mimedraft.go
 		return
 	}
 	// The same checks as sendMail's message (README.md, "Draft flow"): the CSDL, then 1 to 5
@@ -912,6 +928,9 @@ func (s *Server) handleSendDraft(w http.ResponseWriter, r *http.Request) {
 	msg := buildMessage(crid, mailbox, w.Header().Get("request-id"), req, contents, now)
 	msg.InternetMessageID = m.internetMessageID
 	msg.Draft = true
+	if m.mime != nil {
+		msg.MIME, msg.Delivered, msg.FromName = true, m.mime, m.fromName
+	}
 	s.record(msg, req, contents)
 	if after != nil && (after.Status < 200 || after.Status > 299) {
 		s.failAfter(w, r, key, after)

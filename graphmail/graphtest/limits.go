@@ -94,6 +94,14 @@ func messageSizeOf(m *graphMessage, contents [][]byte) int64 {
 
 // draftSizeLocked is the size of draft m with its attachments so far.
 func draftSizeLocked(m *draftMsg) int64 {
+	if m.mime != nil {
+		// A MIME draft: its MIME as written, and the attachments added since.
+		n := int64(len(m.mime))
+		for _, a := range m.atts[m.mimeAtts:] {
+			n += countedSize(int64(len(a.content)))
+		}
+		return n
+	}
 	contents := make([][]byte, len(m.atts))
 	for i, a := range m.atts {
 		contents[i] = a.content

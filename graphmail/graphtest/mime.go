@@ -2,10 +2,13 @@ package graphtest
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"io"
 	"mime"
 	"mime/multipart"
+	"mime/quotedprintable"
 	"net/http"
 	"net/mail"
 	"net/textproto"
@@ -53,7 +56,9 @@ type mimeSend struct {
 	to, cc, bcc, replyTo []string
 	headers              map[string]string // X- fields
 	attachments          []AttachmentInfo
+	contents             [][]byte // of attachments, decoded
 	importance           string
+	messageID            string // the Message-ID field, as written
 }
 
 // isMIMERequest reports whether a sendMail request is in MIME form.
@@ -68,6 +73,12 @@ func (s *Server) readSendMIME(r *http.Request) (*mimeSend, *graphErr) {
 	if gerr != nil {
 		return nil, gerr
 	}
+	return parseMIMEBody(body, true)
+}
+
+// parseMIMEBody decodes and checks a MIME request body (sendMail's, or a
+// draft's create: recipients are required by sendMail only).
+func parseMIMEBody(body []byte, needRecipients bool) (*mimeSend, *graphErr) {
 	invalid := &graphErr{http.StatusBadRequest, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."}
 	raw, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(body)))
 	if err != nil || len(raw) == 0 {
@@ -102,7 +113,7 @@ func (s *Server) readSendMIME(r *http.Request) (*mimeSend, *graphErr) {
 			}
 		}
 	}
-	if len(m.to)+len(m.cc)+len(m.bcc) == 0 {
+	if needRecipients && len(m.to)+len(m.cc)+len(m.bcc) == 0 {
 		return nil, &graphErr{http.StatusBadRequest, "ErrorInvalidRecipients",
 			"At least one recipient is required, but none were found."}
 	}
@@ -117,7 +128,8 @@ func (s *Server) readSendMIME(r *http.Request) (*mimeSend, *graphErr) {
 			m.headers[k] = v[0]
 		}
 	}
-	m.attachments = mimeAttachments(raw)
+	m.messageID = strings.TrimSpace(hdr.Get("Message-Id"))
+	m.attachments, m.contents = mimeParts(raw)
 	return m, nil
 }
 
@@ -132,14 +144,22 @@ func decodeWords(s string) string {
 	return s
 }
 
-// mimeAttachments lists the parts of a multipart message that carry a
-// filename (sizes decoded from base64 where they are base64).
-func mimeAttachments(raw []byte) []AttachmentInfo {
+// mimeParts lists the attachments of a multipart message, with their
+// content decoded from base64 or quoted-printable: the leaf parts that
+// carry a filename (Content-Disposition filename, RFC 2231; else
+// Content-Type name; RFC 2047 words decoded in any charset), are marked
+// attachment, or have a Content-ID (an inline image: isInline unless marked
+// attachment). Exchange turns such parts into the message's attachments
+// (https://learn.microsoft.com/graph/api/resources/fileattachment:
+// contentId, isInline); which parts exactly is not documented, and this is
+// the fake's reading.
+func mimeParts(raw []byte) ([]AttachmentInfo, [][]byte) {
 	msg, err := mail.ReadMessage(bytes.NewReader(raw))
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	var out []AttachmentInfo
+	var contents [][]byte
 	var walk func(ctype string, body io.Reader, depth int)
 	walk = func(ctype string, body io.Reader, depth int) {
 		mt, params, err := mime.ParseMediaType(ctype)
@@ -157,22 +177,36 @@ func mimeAttachments(raw []byte) []AttachmentInfo {
 				walk(ct, p, depth+1)
 				continue
 			}
-			if name := p.FileName(); name != "" {
-				data, _ := io.ReadAll(p)
-				if strings.EqualFold(p.Header.Get("Content-Transfer-Encoding"), "base64") {
-					if d, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(string(data)), "")); err == nil {
-						data = d
-					}
-				}
-				mt, _, _ := mime.ParseMediaType(ct)
-				disp, _, _ := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
-				out = append(out, AttachmentInfo{Name: name, ContentType: mt, Size: len(data), IsInline: disp == "inline",
-					ContentID: strings.Trim(p.Header.Get("Content-ID"), "<>")})
+			mt, params, _ := mime.ParseMediaType(ct)
+			disp, _, _ := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+			name := p.FileName()
+			if name == "" {
+				name = params["name"]
 			}
+			name = decodeWords(name)
+			cid := strings.TrimSpace(strings.Trim(strings.TrimSpace(p.Header.Get("Content-ID")), "<>"))
+			if name == "" && cid == "" && disp != "attachment" {
+				continue
+			}
+			data, _ := io.ReadAll(p)
+			switch strings.ToLower(strings.TrimSpace(p.Header.Get("Content-Transfer-Encoding"))) {
+			case "base64":
+				if d, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(string(data)), "")); err == nil {
+					data = d
+				}
+			case "quoted-printable":
+				if d, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(data))); err == nil {
+					data = d
+				}
+			}
+			sum := sha256.Sum256(data)
+			out = append(out, AttachmentInfo{Name: name, ContentType: mt, Size: len(data), IsInline: cid != "" && disp != "attachment",
+				ContentID: cid, SHA256: hex.EncodeToString(sum[:])})
+			contents = append(contents, data)
 		}
 	}
 	walk(msg.Header.Get("Content-Type"), msg.Body, 0)
-	return out
+	return out, contents
 }
 
 // message is the record of an accepted MIME send.

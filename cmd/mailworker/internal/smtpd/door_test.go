@@ -5,9 +5,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/smtp"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -383,3 +385,67 @@ func TestAuthCache(t *testing.T) {
 }
 
 var _ = errors.New
+
+// TestSizePerProfile: the door takes what the profile's mailbox takes
+// (issue 20 item 7): a draft-mode profile (ProfileMaxMessageBytes) up to its
+// mailbox's maximum message size less the stamp, streamed to the store; over
+// it, 552 5.3.4 with the reason, at MAIL FROM SIZE= or during DATA; a
+// sendMail-mode profile what one Graph MIME request carries.
+func TestSizePerProfile(t *testing.T) {
+	const mailbox = 8 << 20
+	rcpts := []string{"ann@example.com", "cc@example.com"}
+	body := func(n int) string {
+		line := strings.Repeat("0123456789abcdef", 4) + "\r\n"
+		return plainMsg + strings.Repeat(line, (n-len(plainMsg))/len(line))
+	}
+	t.Run("draft mode", func(t *testing.T) {
+		// SIZE (said before AUTH) is the largest profile's; this login's
+		// profile takes less.
+		b := setup(t, Config{ProfileMaxMessageBytes: map[string]int64{testProfile: mailbox, "other": 2 * mailbox}})
+		c, err := b.dial(testPassword)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok, size := c.Extension("SIZE")
+		if want := strconv.Itoa(2*mailbox - stampHeadroom); !ok || size != want {
+			t.Errorf("SIZE %q, want %s", size, want)
+		}
+		msg := body(6 << 20)
+		if code, text, err := send(c, testSender, rcpts, msg); code != 250 {
+			t.Fatalf("6 MB: %d %q %v", code, text, err)
+		}
+		j := b.lastJob(testProfile)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		rc, _, err := queue.NewAttachments(b.js).Open(ctx, testProfile, j.MIME.ObjectRef, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || string(got) != msg {
+			t.Fatalf("stored object differs (%v)", err)
+		}
+		_, _, err = send(c, testSender, rcpts, body(mailbox))
+		if smtpCode(err) != 552 || !strings.Contains(err.Error(), "profiles.billing.maxMessageSize") {
+			t.Fatalf("over the mailbox's size: %v, want 552 naming maxMessageSize", err)
+		}
+		if code, text := cmd(t, c, "MAIL FROM:<%s> SIZE=%d", testSender, mailbox); code != 552 || !strings.Contains(text, "maxMessageSize") {
+			t.Fatalf("MAIL SIZE= over the limit: %d %q", code, text)
+		}
+		if code, _ := cmd(t, c, "MAIL FROM:<%s> SIZE=%d", testSender, 6<<20); code != 250 {
+			t.Fatalf("MAIL SIZE= under the limit: %d", code)
+		}
+	})
+	t.Run("sendMail mode", func(t *testing.T) {
+		b := setup(t, Config{ProfileMaxMessageBytes: map[string]int64{"other": mailbox}})
+		c, err := b.dial(testPassword)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = send(c, testSender, rcpts, body(4<<20))
+		if smtpCode(err) != 552 || !strings.Contains(err.Error(), "one Graph MIME request") {
+			t.Fatalf("4 MB on a sendMail profile: %v, want 552 naming the request limit", err)
+		}
+	})
+}

@@ -21,7 +21,10 @@
 //   - the job id is a digest of the credential, envelope and message, so a
 //     client retrying after a 4xx whose publish did land is deduplicated
 //     (JetStream's Nats-Msg-Id window, then the worker's job state);
-//   - limits: SIZE (what one Graph request carries: 552 5.3.4), recipients
+//   - limits: SIZE per profile (552 5.3.4 at MAIL FROM SIZE= or during DATA):
+//     a draft-mode profile takes what its mailbox's maximum message size
+//     takes (larger MIME goes out through a draft), a sendMail-mode profile
+//     what one Graph MIME request carries; recipients
 //     per message (452 4.5.3), messages per connection (451 4.7.0), messages
 //     per minute per credential (450 4.7.0), concurrent sessions (421 4.3.2).
 //
@@ -92,14 +95,18 @@ type Counter interface {
 // adds to a message (ids made here are 43 characters).
 const stampHeadroom = len(contract.HeaderStampJobID) + 2 + 43 + 2
 
-// MaxSize is the largest message the server can take: what one Graph MIME
-// sendMail request carries, less the worker's stamp.
+// MaxSize is the largest message a sendMail-mode profile takes: what one
+// Graph MIME sendMail request carries, less the worker's stamp.
 const MaxSize = contract.MaxMIMEBytes - stampHeadroom
+
+// MaxDraftSize is the largest message any profile takes: Exchange Online's
+// largest maximum message size (150 MB), less the worker's stamp.
+const MaxDraftSize = int(contract.MaxMessageBytesLimit) - stampHeadroom
 
 // Config tunes the server; zero values take the defaults of WithDefaults.
 type Config struct {
 	Domain                string        // greeting name; default "localhost"
-	MaxMessageBytes       int           // advertised SIZE; default and most MaxSize
+	MaxMessageBytes       int           // advertised SIZE; default and most: the largest profile's limit (ProfileMaxMessageBytes)
 	MaxRecipients         int           // per transaction; default 500, at most contract.MaxRecipients
 	MaxSessions           int           // concurrent connections; default 100
 	MaxSessionsPerAddress int           // concurrent connections from one client address; default 10
@@ -137,6 +144,12 @@ type Config struct {
 	// negative = off (authCache).
 	AuthCacheTTL  time.Duration
 	AuthCacheSize int
+	// ProfileMaxMessageBytes is, for each profile whose large MIME goes out
+	// through a draft (deliveryMode draft), its mailbox's maximum message
+	// size as Exchange counts it (profiles.<name>.maxMessageSize, at most
+	// 150 MB): it takes messages up to that, less the worker's stamp. A
+	// profile not listed takes MaxSize (one Graph MIME request).
+	ProfileMaxMessageBytes map[string]int64
 	// ProfileMaxRecipients is each profile's recipient limit per message
 	// (profiles.<name>.maxRecipientsPerMessage); it caps MaxRecipients.
 	ProfileMaxRecipients map[string]int
@@ -149,8 +162,12 @@ func (c Config) WithDefaults() Config {
 	if c.Domain == "" {
 		c.Domain = "localhost"
 	}
-	if c.MaxMessageBytes <= 0 || c.MaxMessageBytes > MaxSize {
-		c.MaxMessageBytes = MaxSize
+	most := MaxSize
+	for p := range c.ProfileMaxMessageBytes {
+		most = max(most, c.profileLimit(p))
+	}
+	if c.MaxMessageBytes <= 0 || c.MaxMessageBytes > most {
+		c.MaxMessageBytes = most
 	}
 	if c.MaxRecipients <= 0 {
 		c.MaxRecipients = 500 // Exchange Online's default recipient limit
@@ -618,7 +635,22 @@ func (s *Server) verify(gen uint64, cred *credential, username, password string)
 	return ok
 }
 
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+// profileLimit is the largest message profile takes, before the
+// advertised SIZE caps it.
+func (c Config) profileLimit(profile string) int {
+	n := c.ProfileMaxMessageBytes[profile]
+	if n <= 0 {
+		return MaxSize
+	}
+	return max(MaxSize, min(int(n)-stampHeadroom, MaxDraftSize))
+}
+
+// maxMessage is the largest message profile takes here.
+func (s *Server) maxMessage(profile string) int {
+	return min(s.cfg.profileLimit(profile), s.cfg.MaxMessageBytes)
+}
+
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	s := ss.s
 	if ss.cred == nil {
 		return s.refuse(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required (STARTTLS, then AUTH)")
@@ -634,6 +666,10 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	if !ss.rateAllows() {
 		ss.log(zerolog.WarnLevel).Msg("smtp MAIL FROM deferred: rate limit")
 		return s.refuse(450, smtp.EnhancedCode{4, 7, 0}, fmt.Sprintf("Rate limit of %d messages per minute for this login reached; try again later", s.cfg.MessagesPerMinute))
+	}
+	if opts != nil && opts.Size > int64(s.maxMessage(ss.cred.Profile)) {
+		// RFC 1870: the declared size is over this profile's limit.
+		return ss.tooLarge(s.maxMessage(ss.cred.Profile))
 	}
 	ss.from = from
 	return nil
@@ -778,7 +814,7 @@ func (ss *session) Data(r io.Reader) error {
 	if serr != nil {
 		return serr
 	}
-	limit := contract.MaxMIMEBytes - stampHeadroom
+	limit := s.maxMessage(ss.cred.Profile)
 	ref, size := "", 0
 	var final []byte
 	if eof {
@@ -795,11 +831,19 @@ func (ss *session) Data(r io.Reader) error {
 	} else {
 		// Stream: the (rewritten) header and what was read, then the rest
 		// of DATA as the client sends it.
-		cr := &countReader{r: io.TeeReader(r, raw)}
+		// Past the limit the read fails: the store drops what it took and
+		// the client gets 552 at once, not after the whole message.
+		cr := &countReader{r: io.TeeReader(r, raw), limit: limit - (len(hdr) + len(head) - hdrEnd)}
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ReadTimeout+s.cfg.PublishTimeout)
 		ref, err = s.store.PutReader(ctx, ss.cred.Profile, "smtp.eml", io.MultiReader(bytes.NewReader(hdr), bytes.NewReader(head[hdrEnd:]), cr))
 		cancel()
 		size = len(hdr) + len(head) - hdrEnd + cr.n
+		if cr.over {
+			if ref != "" {
+				ss.deleteObject(ref)
+			}
+			return ss.tooLarge(limit)
+		}
 		if cr.err != nil {
 			if ref != "" {
 				ss.deleteObject(ref)
@@ -897,16 +941,25 @@ func readUpTo(r io.Reader, n int) (b []byte, eof bool, err error) {
 }
 
 // countReader counts what it reads and keeps the reader's error (the object
-// store's own error says little about the client's).
+// store's own error says little about the client's); past limit bytes it
+// fails (over).
 type countReader struct {
-	r   io.Reader
-	n   int
-	err error
+	r     io.Reader
+	n     int
+	limit int
+	over  bool
+	err   error
 }
+
+var errOverLimit = errors.New("message over the size limit")
 
 func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += n
+	if c.n > c.limit {
+		c.over = true
+		return n, errOverLimit
+	}
 	if err != nil && err != io.EOF {
 		c.err = err
 	}
@@ -921,8 +974,16 @@ func (ss *session) dataReadError(err error) error {
 	return err
 }
 
+// tooLarge is the 552 of a message over limit, saying why.
 func (ss *session) tooLarge(limit int) error {
-	return ss.s.refuse(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too large: at most %d bytes (what one Graph MIME request carries; larger MIME by draft is not supported yet)", limit))
+	why := "what one Graph MIME request carries; profile deliveryMode draft takes up to the mailbox's maximum message size"
+	if p := ss.cred.Profile; ss.s.cfg.ProfileMaxMessageBytes[p] > 0 {
+		why = "the sending mailbox's maximum message size, profiles." + p + ".maxMessageSize, less the worker's stamp"
+		if limit < ss.s.cfg.profileLimit(p) {
+			why = "smtp.maxMessageBytes"
+		}
+	}
+	return ss.s.refuse(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too large: at most %d bytes (%s)", limit, why))
 }
 
 func (ss *session) deleteObject(ref string) {
