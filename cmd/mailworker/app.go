@@ -75,10 +75,12 @@ func NewApp(ctx context.Context, cfg Config, log zerolog.Logger) (*App, error) {
 	for {
 		// A worker started while its NATS node restarts (a rollout, a node
 		// lost) waits for it, as it waits for JetStream below, instead of
-		// exiting: only "no server answers" is waited out; a refused login
-		// or a bad certificate fails at once.
+		// exiting: only "no server answers" (none listening, or one that
+		// accepted the connection and then said nothing in time: a frozen
+		// node) is waited out; a refused login or a bad certificate fails
+		// at once.
 		a.nc, err = connectNATS(cfg.NATS, "mailworker", log)
-		if err == nil || !errors.Is(err, nats.ErrNoServers) || ctx.Err() != nil {
+		if err == nil || !noServerAnswers(err) || ctx.Err() != nil {
 			break
 		}
 		log.Warn().Err(err).Msg("no NATS server answers yet; trying again in 1s")
@@ -366,4 +368,14 @@ func jetStreamNotReady(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		(errors.As(err, &apiErr) && apiErr.Code == 503)
+}
+
+// noServerAnswers tells a connection that failed because no NATS server
+// answered — none listening, or a connect or handshake that timed out (a
+// frozen node: the cluster fault suite started a replica on a node it had
+// just stopped with SIGSTOP) — from one a server refused.
+func noServerAnswers(err error) bool {
+	var ne net.Error
+	return errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrTimeout) ||
+		(errors.As(err, &ne) && ne.Timeout())
 }

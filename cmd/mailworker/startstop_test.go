@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -99,6 +100,69 @@ func TestRunWaitsForItsNATSServer(t *testing.T) {
 		}
 		return strings.Contains(p.stderr.String()+p.stdout.String(), "no NATS server answers yet")
 	})
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	waitHTTP200(t, p, "http://"+httpAddr+"/readyz")
+	if code := p.stop(30 * time.Second); code != 0 {
+		t.Fatalf("run exited %d:\n%s", code, p.stderr.String())
+	}
+}
+
+// TestRunWaitsForAFrozenNATSServer: a worker started while its NATS node is
+// frozen (SIGSTOP: the kernel still accepts the connection, nothing
+// answers) waits for it as for a node that is down, instead of exiting 1
+// on the handshake's timeout (the cluster fault suite started a replica on
+// a node it had just frozen).
+func TestRunWaitsForAFrozenNATSServer(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	var held []net.Conn // accepted and never answered
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "mailworker.yaml")
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	yaml := fmt.Sprintf("nats:\n  url: nats://127.0.0.1:%d\n  connectTimeout: 1s\nhttp:\n  listen: %s\nprofiles:\n  demo:\n    tenantId: t\n    clientId: c\n    credential:\n      clientSecret: s\n    allowedSenders: [noreply@demo.example]\n", port, httpAddr)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, []string{"MAILWORKER_CONFIG=" + cfg}, "run")
+	eventually(t, 60*time.Second, "the worker says it waits for a NATS server", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("run exited while its NATS server was frozen:\n%s", p.stderr.String())
+		default:
+		}
+		return strings.Contains(p.stderr.String()+p.stdout.String(), "no NATS server answers yet")
+	})
+	// The node thaws: a real server on the same port.
+	_ = ln.Close()
+	mu.Lock()
+	for _, c := range held {
+		_ = c.Close()
+	}
+	mu.Unlock()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
