@@ -504,13 +504,30 @@ func (w *writer) fastCommitTo(ctx context.Context, id string, stateSeq uint64, e
 // checkBatch: a batch (commit: atomic or fast) whose state compare-and-set
 // is stale is refused and stores no event; a fresh one stores both.
 func (w *writer) checkBatch(ctx context.Context, name string, commit func(context.Context, string, uint64) error) error {
+	// A broken rule is reported at once; a failure of the broker itself (a
+	// publish whose ack was lost and whose retry then finds its own write,
+	// an election on a loaded R3 cluster) is tried again with a fresh id.
+	var err error
+	for try := range 3 {
+		err = w.checkBatchOnce(ctx, fmt.Sprintf("check-%s-%d", name, try), commit)
+		var broken brokenRule
+		if err == nil || errors.As(err, &broken) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// brokenRule is a batch semantics check that failed (not the broker).
+type brokenRule struct{ error }
+
+func (w *writer) checkBatchOnce(ctx context.Context, id string, commit func(context.Context, string, uint64) error) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	s, err := w.js.Stream(ctx, "WRITES")
 	if err != nil {
 		return err
 	}
-	id := "check-" + name
 	seq, err := w.put(ctx, "state."+id, 0, "")
 	if err != nil {
 		return err
@@ -519,10 +536,10 @@ func (w *writer) checkBatch(ctx context.Context, name string, commit func(contex
 		return err
 	}
 	if err := commit(ctx, id, seq); err == nil {
-		return errors.New("a batch with a stale state compare-and-set was stored")
+		return brokenRule{errors.New("a batch with a stale state compare-and-set was stored")}
 	}
 	if _, err := s.GetLastMsgForSubject(ctx, "status."+id); !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("a refused batch stored its event (%v)", err)
+		return brokenRule{fmt.Errorf("a refused batch stored its event (%v)", err)}
 	}
 	last, err := s.GetLastMsgForSubject(ctx, "state."+id)
 	if err != nil {
@@ -533,10 +550,10 @@ func (w *writer) checkBatch(ctx context.Context, name string, commit func(contex
 	}
 	st, err := s.GetLastMsgForSubject(ctx, "state."+id)
 	if err != nil || st.Sequence == last.Sequence {
-		return fmt.Errorf("a committed batch did not store its state (%v)", err)
+		return brokenRule{fmt.Errorf("a committed batch did not store its state (%v)", err)}
 	}
 	if _, err := s.GetLastMsgForSubject(ctx, "status."+id); err != nil {
-		return fmt.Errorf("a committed batch did not store its event: %w", err)
+		return brokenRule{fmt.Errorf("a committed batch did not store its event: %w", err)}
 	}
 	return nil
 }
