@@ -86,30 +86,10 @@ func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Profiles == nil {
-		cfg.Profiles = map[string]Profile{"demo": {AllowedSenders: []string{"noreply@demo.example", "other@demo.example"}}}
-	}
-	if cfg.BackoffInitial == 0 {
-		cfg.BackoffInitial, cfg.BackoffMax = 20*time.Millisecond, 100*time.Millisecond
-	}
-	if cfg.AckWait == 0 {
-		cfg.AckWait = 5 * time.Second
-	}
-	if cfg.DrainTimeout == 0 {
-		cfg.DrainTimeout = 5 * time.Second
-	}
+	cfg = testConfig(cfg)
 	opts.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
 	if opts.MembershipEvery == 0 {
 		opts.MembershipEvery = time.Second
-	}
-	if cfg.PerMailboxPerMinute == 0 {
-		cfg.PerMailboxPerMinute = Unlimited
-	}
-	if cfg.PerMailboxRecipientsPerDay == 0 {
-		cfg.PerMailboxRecipientsPerDay = Unlimited
-	}
-	if cfg.PerMailboxUploadBytes == 0 {
-		cfg.PerMailboxUploadBytes = Unlimited
 	}
 	br := Broker{Consumer: jobsConsumer{jobs}, States: q.States, DeadLetters: q.DLQ, Events: q.Events,
 		Attachments: q.Attachments, Scheduler: q.Schedules, Ledger: q.Pacing, Membership: q.Workers}
@@ -134,6 +114,33 @@ func startPool(t *testing.T, js jetstream.JetStream, cfg Config, sender Sender, 
 	go func() { b.done <- pool.Run(runCtx) }()
 	t.Cleanup(b.stop)
 	return b
+}
+
+// testConfig gives cfg's zero fields test-friendly values: profile demo with
+// two allowed senders, quick backoff, no mailbox limits.
+func testConfig(cfg Config) Config {
+	if cfg.Profiles == nil {
+		cfg.Profiles = map[string]Profile{"demo": {AllowedSenders: []string{"noreply@demo.example", "other@demo.example"}}}
+	}
+	if cfg.BackoffInitial == 0 {
+		cfg.BackoffInitial, cfg.BackoffMax = 20*time.Millisecond, 100*time.Millisecond
+	}
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 5 * time.Second
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 5 * time.Second
+	}
+	if cfg.PerMailboxPerMinute == 0 {
+		cfg.PerMailboxPerMinute = Unlimited
+	}
+	if cfg.PerMailboxRecipientsPerDay == 0 {
+		cfg.PerMailboxRecipientsPerDay = Unlimited
+	}
+	if cfg.PerMailboxUploadBytes == 0 {
+		cfg.PerMailboxUploadBytes = Unlimited
+	}
+	return cfg
 }
 
 // jobsConsumer adapts queue.Jobs to Consumer, as cmd/mailworker does.
