@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,6 +64,51 @@ func waitLive(t *testing.T, n int, bs ...*bundle) {
 	})
 }
 
+// settle waits until every job of ids is sent or deferred to a time still
+// ahead (its last status event), no pool holds a job, and the jobs stream's consumer has nothing
+// pending or unacknowledged: from then on nothing can be sent before the
+// earliest of the deferred jobs' times, which it returns (zero when none is
+// deferred). This is the state that proves "nothing more goes out", where a
+// sleep would only hope for it.
+func settle(t *testing.T, bs []*bundle, ids []string) time.Time {
+	t.Helper()
+	var earliest time.Time
+	eventually(t, 30*time.Second, "every job sent or deferred, nothing in flight", func() bool {
+		earliest = time.Time{}
+		for _, b := range bs {
+			if testutil.ToFloat64(b.pool.m.InflightJobs) != 0 {
+				return false
+			}
+		}
+		a := bs[0]
+		for _, id := range ids {
+			// A job's last event says where it is: sent, or deferred to
+			// RetryAt (a deferral writes no job state).
+			evs := a.history(id)
+			if len(evs) == 0 {
+				return false
+			}
+			last := evs[len(evs)-1]
+			switch {
+			case last.Event == contract.EventSent:
+				continue
+			case last.Event != contract.EventDeferred || last.RetryAt == nil || !last.RetryAt.After(time.Now()):
+				return false // on its way, or due now: it may still go out
+			}
+			if earliest.IsZero() || last.RetryAt.Before(earliest) {
+				earliest = *last.RetryAt
+			}
+		}
+		c, err := a.js.Consumer(context.Background(), contract.JobsStream("demo"), contract.ConsumerName)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	return earliest
+}
+
 // Two replicas on one server share one mailbox's limits.
 func TestPoolsShareMailboxLimits(t *testing.T) {
 	t.Run("recipients per 24 h: two pools with a budget of 100 send 3 jobs of 30, defer the rest", func(t *testing.T) {
@@ -75,15 +121,20 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 		for i := range rcpts {
 			rcpts[i] = fmt.Sprintf("r%d@example.com", i)
 		}
+		var ids []string
 		for i := range 8 {
 			job := demoJob(fmt.Sprintf("job-r%d", i))
 			job.To = rcpts
-			a.publish(job)
+			ids = append(ids, a.publish(job))
 		}
 		eventually(t, 15*time.Second, "3 sent and 5 deferred for recipients", func() bool {
 			return sent.count() == 3 && deferrals([]*bundle{a, b}, CauseRecipients) >= 5
 		})
-		time.Sleep(500 * time.Millisecond) // nothing more may go out
+		// Nothing more may go out: the five wait for the budget's hours to
+		// age out, with no delivery held meanwhile.
+		if next := settle(t, []*bundle{a, b}, ids); time.Until(next) < 30*time.Minute {
+			t.Fatalf("a job deferred for recipients is due again at %s, before the budget's hours age out", next.Format(time.RFC3339))
+		}
 		if n := sent.count(); n != 3 {
 			t.Fatalf("%d jobs of 30 recipients sent with a shared budget of 100, want 3", n)
 		}
@@ -103,13 +154,14 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 		a := startPool(t, js, cfg, sent, testOptions{})
 		b := startPool(t, js, cfg, sent, testOptions{})
 		waitLive(t, 2, a, b)
+		var ids []string
 		for i := range 25 {
-			a.publish(demoJob(fmt.Sprintf("job-m%d", i)))
+			ids = append(ids, a.publish(demoJob(fmt.Sprintf("job-m%d", i))))
 		}
 		eventually(t, 15*time.Second, "every job sent or deferred", func() bool {
 			return sent.count()+deferrals([]*bundle{a, b}, CausePace) >= 25
 		})
-		time.Sleep(500 * time.Millisecond)
+		settle(t, []*bundle{a, b}, ids)
 		t.Logf("busiest rolling minute: %d sends", sent.busiestWindow(paceWindow))
 		if n := sent.busiestWindow(paceWindow); n > 10 || n < 5 {
 			t.Fatalf("%d sends in one rolling minute, want 5 to 10 (5 per replica)", n)
@@ -122,19 +174,20 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 		cfg := Config{PerMailboxPerMinute: 10}
 		a := startPool(t, js, cfg, sent, testOptions{})
 		waitLive(t, 1, a)
+		var ids []string
 		for i := range 12 {
-			a.publish(demoJob(fmt.Sprintf("job-j%d", i)))
+			ids = append(ids, a.publish(demoJob(fmt.Sprintf("job-j%d", i))))
 		}
 		eventually(t, 15*time.Second, "10 sent alone", func() bool { return sent.count() == 10 })
 		b := startPool(t, js, cfg, sent, testOptions{})
 		waitLive(t, 2, a, b)
 		for i := range 12 {
-			a.publish(demoJob(fmt.Sprintf("job-k%d", i)))
+			ids = append(ids, a.publish(demoJob(fmt.Sprintf("job-k%d", i))))
 		}
 		eventually(t, 15*time.Second, "every job sent or deferred", func() bool {
 			return sent.count()+deferrals([]*bundle{a, b}, CausePace) >= 24
 		})
-		time.Sleep(500 * time.Millisecond)
+		settle(t, []*bundle{a, b}, ids)
 		// The first replica's 10 starts stay in its window and hold it at 0
 		// (share 5); the newcomer cannot know them and takes its share, 5.
 		t.Logf("busiest rolling minute: %d sends (%d in all)", sent.busiestWindow(paceWindow), sent.count())
@@ -150,12 +203,19 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 	js := startServer(t)
 	ctx := context.Background()
 	sent := &startLog{}
-	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 100}, sent, testOptions{})
+	q, err := queue.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	led := &failCountingLedger{Ledger: q.Pacing}
+	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 100}, sent, testOptions{ledger: led})
 	if err := js.DeleteKeyValue(ctx, contract.BucketPacing); err != nil {
 		t.Fatal(err)
 	}
 	id := b.publish(demoJob("job-blind"))
-	time.Sleep(time.Second)
+	// Two refused leases: the job was taken, put back and taken again, and
+	// a send could only follow a granted lease.
+	eventually(t, 30*time.Second, "two failed leases", func() bool { return led.failed.Load() >= 2 })
 	if sent.count() != 0 {
 		t.Fatal("sent while the recipient ledger was unreachable")
 	}
@@ -166,6 +226,20 @@ func TestLedgerOutageSendsNothingBlind(t *testing.T) {
 	if st.Attempts != 1 {
 		t.Fatalf("attempts %d, want 1: an unreachable ledger spends none", st.Attempts)
 	}
+}
+
+// failCountingLedger counts the leases that failed.
+type failCountingLedger struct {
+	Ledger
+	failed atomic.Int32
+}
+
+func (l *failCountingLedger) Lease(ctx context.Context, le contract.Lease) (int, time.Time, error) {
+	n, at, err := l.Ledger.Lease(ctx, le)
+	if err != nil {
+		l.failed.Add(1)
+	}
+	return n, at, err
 }
 
 // A pool that stops gives its unspent recipients back to the ledger.
