@@ -38,11 +38,14 @@ type credential struct {
 }
 
 // dummyHash is compared against for an unknown username, so that a wrong
-// username costs the same time as a wrong password.
-var dummyHash = func() []byte {
+// username costs the same time as a wrong password. It is made on first use,
+// not at package initialisation: a bcrypt hash would cost every command of
+// the binary a tenth of a second (over a second under -race) before it
+// starts.
+var dummyHash = sync.OnceValue(func() []byte {
 	h, _ := bcrypt.GenerateFromPassword([]byte("mailworker-smtp-dummy"), bcrypt.DefaultCost)
 	return h
-}()
+})
 
 func digest(b []byte) string {
 	h := sha256.Sum256(b)

@@ -280,6 +280,7 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	dummyHash() // made now, so that the first unknown username costs what a wrong password does
 	s := &Server{cfg: cfg, creds: creds, pub: pub, store: store, log: o.Logger, m: o.Metrics, now: o.Now,
 		senders: map[string]map[string]bool{}, tls: o.TLS, rates: map[string][]time.Time{},
 		perAddr: map[netip.Addr]int{}, failures: map[netip.Addr][]time.Time{},
@@ -525,7 +526,7 @@ func (ss *session) login(username, password string) error {
 	}
 	cred, gen := s.creds.lookupGen(username)
 	if cred == nil {
-		_ = s.compare(dummyHash, []byte(password)) // same cost as a known user
+		_ = s.compare(dummyHash(), []byte(password)) // same cost as a known user
 		return ss.authFail(AuthUnknownUser, username)
 	}
 	if !s.verify(gen, cred, username, password) {
