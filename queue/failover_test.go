@@ -173,9 +173,12 @@ func TestFetchResumesAfterConsumerLeaderLoss(t *testing.T) {
 	receive("two", 3*PullHeartbeat+2*time.Second)
 }
 
-// waitFor polls cond until it holds or timeout passes.
+// waitFor polls cond until it holds or timeout passes (at least 30 s: a
+// deadline is an upper bound, and CI's two cores are shared by eight test
+// binaries under -race).
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	timeout = max(timeout, 30*time.Second)
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {

@@ -210,9 +210,17 @@ func (b *bundle) publishRaw(subject string, data []byte) {
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
+// minWait is the least time eventually gives a condition: the tests run
+// under -race on CI's two cores beside seven other test binaries, and a
+// deadline is an upper bound that costs nothing when the condition comes
+// true early. No test may use eventually's timeout to tell fast from slow.
+const minWait = 30 * time.Second
+
+// eventually polls cond until it holds or the deadline passes (timeout, at
+// least minWait).
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	timeout = max(timeout, minWait)
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {

@@ -37,6 +37,7 @@ type memBroker struct {
 	seq     map[string]uint64
 	msgs    []*memMsg // stored, not yet acked or terminated
 	closed  bool      // cleanup ran: no more schedules fire
+	answers []string  // "<stream>/<seq> ack|term|nak", "schedule <profile>/<job>", in order
 
 	stateRev  uint64
 	states    map[string]memState
@@ -144,6 +145,14 @@ func (m *memBroker) outstanding() int {
 	return len(m.msgs)
 }
 
+// answerLog returns the answers given to deliveries and the schedules
+// stored, in order: "jobs/1 ack", "due/1 nak", "schedule demo/job-1".
+func (m *memBroker) answerLog() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.answers...)
+}
+
 // scheduled reports whether a message schedule of jobID waits.
 func (m *memBroker) scheduled(profile, jobID string) bool {
 	m.mu.Lock()
@@ -228,9 +237,10 @@ func (d *memDelivery) Meta() (uint64, uint64, time.Time, bool) {
 }
 
 // remove drops the message from its stream (ack, term).
-func (d *memDelivery) remove() error {
+func (d *memDelivery) remove(verb string) error {
 	d.m.mu.Lock()
 	defer d.m.mu.Unlock()
+	d.m.answers = append(d.m.answers, fmt.Sprintf("%s/%d %s", d.msg.stream, d.msg.seq, verb))
 	for i, msg := range d.m.msgs {
 		if msg == d.msg {
 			d.m.msgs = append(d.m.msgs[:i], d.m.msgs[i+1:]...)
@@ -246,6 +256,7 @@ func (d *memDelivery) remove() error {
 func (d *memDelivery) putBack(delay time.Duration) error {
 	d.m.mu.Lock()
 	defer d.m.mu.Unlock()
+	d.m.answers = append(d.m.answers, fmt.Sprintf("%s/%d nak", d.msg.stream, d.msg.seq))
 	if d.msg.out && d.msg.delivered == d.delivered {
 		d.msg.out, d.msg.readyAt = false, time.Now().Add(delay)
 		d.m.notify()
@@ -253,8 +264,8 @@ func (d *memDelivery) putBack(delay time.Duration) error {
 	return nil
 }
 
-func (d *memDelivery) Ack() error                             { return d.remove() }
-func (d *memDelivery) Term() error                            { return d.remove() }
+func (d *memDelivery) Ack() error                             { return d.remove("ack") }
+func (d *memDelivery) Term() error                            { return d.remove("term") }
 func (d *memDelivery) Nak() error                             { return d.putBack(0) }
 func (d *memDelivery) NakWithDelay(delay time.Duration) error { return d.putBack(delay) }
 
@@ -456,6 +467,7 @@ func (s memScheduler) Reschedule(_ context.Context, profile, jobID string, at ti
 // (a newer schedule of a subject replaces the older). m.mu is held.
 func (m *memBroker) scheduleLocked(sc *memSchedule, at time.Time) {
 	key := sc.profile + "/" + sc.jobID
+	m.answers = append(m.answers, "schedule "+key)
 	if old, ok := m.schedules[key]; ok {
 		old.timer.Stop()
 	}

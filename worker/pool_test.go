@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -354,12 +355,15 @@ func TestPool(t *testing.T) {
 		b.publish(job)
 		b.waitEvent("job-scheduled", contract.EventDeferred)
 		// Waiting, it holds no delivery: the consumer has nothing pending.
-		eventually(t, 5*time.Second, "the delivery acked while the job waits on a schedule", func() bool {
-			return b.mem.outstanding() == 0 && b.mem.scheduled("demo", "job-scheduled") && rec.callsFor("job-scheduled") == 0
-		})
 		st := b.waitState("job-scheduled", contract.StateSent)
 		if time.Now().Before(at) || st.Attempts != 1 {
 			t.Fatalf("sent before notBefore or attempts=%d", st.Attempts)
+		}
+		// Waiting, it held no delivery: its delivery was acked once the
+		// schedule was stored, and it came back as the schedule's due
+		// message, which the send acked.
+		if got, want := b.mem.answerLog(), []string{"schedule demo/job-scheduled", "jobs/1 ack", "due/1 ack"}; !slices.Equal(got, want) {
+			t.Fatalf("answers %q, want %q", got, want)
 		}
 	})
 
@@ -576,18 +580,30 @@ func TestPoolJetStream(t *testing.T) {
 		job.NotBefore = &at
 		b.publish(job)
 		b.waitEvent("job-scheduled", contract.EventDeferred)
-		// Waiting, it holds no delivery: the consumer has nothing pending.
-		eventually(t, 5*time.Second, "the delivery acked while the job waits", func() bool {
-			c, err := b.js.Consumer(context.Background(), contract.JobsStream("demo"), contract.ConsumerName)
-			if err != nil {
-				return false
-			}
-			info, err := c.Info(context.Background())
-			return err == nil && info.NumAckPending == 0 && info.NumPending == 0 && rec.callsFor("job-scheduled") == 0
-		})
 		st := b.waitState("job-scheduled", contract.StateSent)
 		if time.Now().Before(at) || st.Attempts != 1 {
 			t.Fatalf("sent before notBefore or attempts=%d", st.Attempts)
+		}
+		// Waiting, it held no delivery: the jobs consumer delivered it once
+		// and has it acked, never redelivered; it came back through the
+		// profile's due consumer (the message schedule fired).
+		info := func(stream, consumer string) *jetstream.ConsumerInfo {
+			c, err := b.js.Consumer(context.Background(), stream, consumer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, err := c.Info(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return in
+		}
+		if in := info(contract.JobsStream("demo"), contract.ConsumerName); in.Delivered.Consumer != 1 || in.NumRedelivered != 0 || in.NumAckPending != 0 {
+			t.Fatalf("jobs consumer: delivered %d, redelivered %d, ack pending %d: want the one delivery acked while the job waited",
+				in.Delivered.Consumer, in.NumRedelivered, in.NumAckPending)
+		}
+		if in := info(contract.StreamDefer, contract.DueConsumer("demo")); in.Delivered.Consumer != 1 {
+			t.Fatalf("due consumer delivered %d, want the schedule's 1", in.Delivered.Consumer)
 		}
 	})
 }

@@ -164,9 +164,18 @@ func runCmdEnv(t *testing.T, env []string, stdin string, args ...string) (string
 	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
 }
 
-// eventually polls cond until it holds or the deadline passes.
+// minWait is the least time eventually gives a condition. The end-to-end
+// tests run -race binaries and embedded servers on CI's two cores beside
+// seven other test binaries: a step that takes a second here can take
+// twenty there. A deadline is an upper bound and costs nothing when the
+// condition comes true early, so none is shorter than this.
+const minWait = 60 * time.Second
+
+// eventually polls cond until it holds or the deadline passes (timeout, at
+// least minWait).
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	timeout = max(timeout, minWait)
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
