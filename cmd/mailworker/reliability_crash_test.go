@@ -29,14 +29,18 @@ func TestReliabilityWorkerCrashes(t *testing.T) {
 	h := newHarness(t, ns.url(), fake, relWorker{ackWait: 2 * time.Second, sendTimeout: time.Second, concurrency: 12, maxInFlight: 24})
 	ids := h.publish("rel", "crash", jobs)
 
+	// The kill schedule comes from a logged seed (MAILWORKER_FAULT_SEED
+	// replays it).
+	seed := faultSeed(t)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	live := make([]*proc, replicas)
 	for i := range live {
 		live[i] = h.startReplica()
 	}
 	killed := 0
 	for killed < kills {
-		time.Sleep(time.Duration(300+rand.IntN(500)) * time.Millisecond) // fault timing, not a wait for a condition
-		i := rand.IntN(len(live))
+		time.Sleep(time.Duration(300+rng.IntN(500)) * time.Millisecond) // fault timing, not a wait for a condition
+		i := rng.IntN(len(live))
 		kill(live[i])
 		killed++
 		live[i] = h.startReplica()

@@ -48,11 +48,13 @@ func TestReliabilityDraftMode(t *testing.T) {
 		h := newHarness(t, ns.url(), fake, relWorker{ackWait: 2 * time.Second, sendTimeout: time.Second, concurrency: 12, maxInFlight: 24,
 			draftTransitWait: 20 * time.Second, draftLookupEvery: time.Second}, profile)
 		ids := h.publish("rel", "dkill", jobs)
+		seed := faultSeed(t) // the kill schedule; MAILWORKER_FAULT_SEED replays it
+		rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 		live := []*proc{h.startReplica(), h.startReplica()}
 		killed := 0
 		for killed < kills {
-			time.Sleep(time.Duration(300+rand.IntN(500)) * time.Millisecond) // fault timing, not a wait for a condition
-			i := rand.IntN(len(live))
+			time.Sleep(time.Duration(300+rng.IntN(500)) * time.Millisecond) // fault timing, not a wait for a condition
+			i := rng.IntN(len(live))
 			kill(live[i])
 			killed++
 			live[i] = h.startReplica()
