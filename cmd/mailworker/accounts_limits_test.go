@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,14 +18,12 @@ import (
 // own store but never the servers' storage (issue 17, item 5): checked on a
 // server started from deploy/nats/accounts.conf, as producer_billing.
 func TestShippedAccountsLimitJetStream(t *testing.T) {
-	users := []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"}
-	for _, u := range users {
-		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", "pw-"+u)
+	t.Parallel()
+	pw := map[string]string{}
+	for _, u := range shippedAccountUsers {
+		pw[u] = "pw-" + u
 	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := loadShippedAccounts(t, pw)
 	ns := startTestNATS(t, func(o *server.Options) { o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys })
 	connect := func(user string) jetstream.JetStream {
 		nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(user, "pw-"+user), nats.CustomInboxPrefix("_INBOX_"+user),

@@ -29,16 +29,13 @@ import (
 // producer_billing's credential (issue 9): no job id, dedupe id, fallback id
 // or objectRef lets it prevent, suppress, misreport or read ops' mail.
 func TestNATSAccountsWithTheRealCommands(t *testing.T) {
-	users := []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"}
+	t.Parallel()
+	users := shippedAccountUsers
 	pw := map[string]string{}
 	for _, u := range users {
 		pw[u] = "pw-" + u + "-" + randomSecret()[:8]
-		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", pw[u])
 	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := loadShippedAccounts(t, pw)
 	ns := startTestNATS(t, func(o *server.Options) {
 		o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys
 	})
@@ -272,6 +269,7 @@ type cmdResult struct {
 // TestNkeyAuthentication: a worker config with nats.nkeySeedFile provisions
 // and reads the queue against a server that knows only the nkey's public key.
 func TestNkeyAuthentication(t *testing.T) {
+	t.Parallel()
 	kp, err := nkeys.CreateUser()
 	if err != nil {
 		t.Fatal(err)
@@ -308,6 +306,7 @@ func TestNkeyAuthentication(t *testing.T) {
 // nkey, decentralised auth) provisions and reads the queue against an
 // operator-mode server.
 func TestCredsFileAuthentication(t *testing.T) {
+	t.Parallel()
 	okp, _ := nkeys.CreateOperator()
 	opub, _ := okp.PublicKey()
 	oc := jwt.NewOperatorClaims(opub)
@@ -376,4 +375,37 @@ func TestCredsFileAuthentication(t *testing.T) {
 	if _, _, code := runCmd(t, "", "dlq", "list", "--nats-url", ns.ClientURL()); code == 0 {
 		t.Fatal("a client without credentials was let in")
 	}
+}
+
+// shippedAccountUsers are the NATS users of deploy/nats/accounts.conf.
+var shippedAccountUsers = []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"}
+
+// loadShippedAccounts parses deploy/nats/accounts.conf with the password
+// of each user of pw in place of its variable (password:
+// $MAIL_<USER>_PASSWORD, which nats-server reads from its environment), so
+// that tests that load it run in parallel, each with passwords of its own. A
+// variable the file no longer has fails the test: it must follow the file.
+func loadShippedAccounts(t *testing.T, pw map[string]string) *server.Options {
+	t.Helper()
+	shipped, err := os.ReadFile("../../deploy/nats/accounts.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := string(shipped)
+	for _, u := range shippedAccountUsers {
+		ref := "password: $MAIL_" + strings.ToUpper(u) + "_PASSWORD\n"
+		if !strings.Contains(conf, ref) {
+			t.Fatalf("deploy/nats/accounts.conf no longer has %q: update loadShippedAccounts", strings.TrimSpace(ref))
+		}
+		conf = strings.ReplaceAll(conf, ref, fmt.Sprintf("password: %q\n", pw[u]))
+	}
+	file := filepath.Join(t.TempDir(), "accounts.conf")
+	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opts
 }

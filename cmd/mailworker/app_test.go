@@ -134,6 +134,7 @@ func startApp(t *testing.T, cfg Config, log zerolog.Logger) (string, jetstream.J
 }
 
 func TestSandboxCommand(t *testing.T) {
+	t.Parallel()
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
 	sb := startProc(t, nil, "sandbox", "--listen", "127.0.0.1:0", "--ca-file", caFile)
 	url := sb.waitOutput(regexp.MustCompile(`url:\s+(https://\S+)`), 60*time.Second)

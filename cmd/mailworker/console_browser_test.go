@@ -90,14 +90,10 @@ func startConsoleRig(t *testing.T) *consoleRig {
 	// worker runs as user worker, the console as user console, so every
 	// page and action here also proves the console user's permissions.
 	pw := map[string]string{}
-	for _, u := range []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"} {
+	for _, u := range shippedAccountUsers {
 		pw[u] = "pw-" + u + "-" + randomSecret()[:8]
-		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", pw[u])
 	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := loadShippedAccounts(t, pw)
 	ns := startTestNATS(t, func(o *server.Options) { o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys })
 	natsAs := func(user string) NATSConfig {
 		return NATSConfig{URL: ns.ClientURL(), User: user, Password: pw[user], InboxPrefix: "_INBOX_" + user, ConnectTimeout: 5 * time.Second}
@@ -301,6 +297,7 @@ func (r *consoleRig) waitDead(id string) {
 }
 
 func TestConsoleInBrowser(t *testing.T) {
+	t.Parallel()
 	r := startConsoleRig(t)
 	ctx := context.Background()
 	pub := queue.NewPublisher(r.js)

@@ -37,6 +37,7 @@ var (
 // ours, bad jobs that must reach the DLQ with the right reasons, a replay of
 // a fixed job, and /metrics.
 func TestDevEndToEnd(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
 		"--console-listen", "127.0.0.1:0", "--smtp-listen", "127.0.0.1:0", "--data-dir", dataDir)

@@ -22,6 +22,7 @@ var sandboxURLLine = regexp.MustCompile(`url:\s+(https://\S+)`)
 // while running (429 with Retry-After), DELETE clears it, and a bad spec is
 // refused at start with what to write instead.
 func TestSandboxFaultTriggers(t *testing.T) {
+	t.Parallel()
 	if _, errOut, code := runCmd(t, "", "sandbox", "--listen", "127.0.0.1:0", "--fault", "sendMail=418"); code == 0 || !strings.Contains(errOut, "unknown kind \"418\"") {
 		t.Fatalf("a bad --fault: exit %d, stderr %q", code, errOut)
 	}
@@ -103,6 +104,7 @@ func TestSandboxFaultTriggers(t *testing.T) {
 // support practises on: a 403 from Graph for the demo sender dead-letters
 // the job access_denied, seen by `send --wait` and `dlq list`.
 func TestDevFaultDeadLetters(t *testing.T) {
+	t.Parallel()
 	// Graph's 403 is retried (an RBAC scope change takes 30 min to 2 h to
 	// apply); two quick attempts, as the runbook's practice recipe sets.
 	env := []string{"MAILWORKER_WORKER_MAX_ATTEMPTS=2", "MAILWORKER_WORKER_BACKOFF_INITIAL=100ms", "MAILWORKER_WORKER_BACKOFF_MAX=200ms"}

@@ -10,6 +10,7 @@ import (
 // TestDLQShowWithoutID: `dlq show` without a job id says how to call it and
 // what to run next, not a bare cobra error.
 func TestDLQShowWithoutID(t *testing.T) {
+	t.Parallel()
 	out, errOut, code := runCmd(t, "", "dlq", "show")
 	if code != 2 || !strings.Contains(errOut, "usage: mailworker dlq show <job-id>") || !strings.Contains(errOut, "mailworker dlq list") {
 		t.Fatalf("dlq show without an id: exit %d\nstdout %q\nstderr %q", code, out, errOut)
@@ -22,6 +23,7 @@ func TestDLQShowWithoutID(t *testing.T) {
 // TestDevPacingBanner: the dev banner's pacing line for --unpaced (the
 // worker's Unlimited) and for production's 30 a minute.
 func TestDevPacingBanner(t *testing.T) {
+	t.Parallel()
 	if got := devPacing(worker.Unlimited, 4); !strings.HasPrefix(got, "unpaced") || strings.Contains(got, "-1") {
 		t.Errorf("--unpaced: %q", got)
 	}

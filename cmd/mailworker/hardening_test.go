@@ -21,6 +21,7 @@ import (
 // to its own fake Graph; the "real" endpoints (another fake standing in for
 // Entra + Graph) get no token request and no mail.
 func TestDevNeverReachesConfiguredEndpoints(t *testing.T) {
+	t.Parallel()
 	real, caFile := startFake(t, graphtest.Options{TenantID: "prod-tenant", ClientID: "prod-client", ClientSecret: "prod-secret"})
 	dir := t.TempDir()
 	prod := filepath.Join(dir, "prod.yaml")
@@ -57,6 +58,7 @@ func TestDevNeverReachesConfiguredEndpoints(t *testing.T) {
 // terminated, not retried for ever; `dlq show` says so, and replaying it
 // without a fixed body is refused. Built binary, real nats-server.
 func TestJobNearMaxPayloadReachesAnOutcome(t *testing.T) {
+	t.Parallel()
 	const maxPayload = 64 << 10
 	ns := startTestNATS(t, func(o *server.Options) { o.MaxPayload = maxPayload })
 	fake, caFile := startFake(t, graphtest.Options{TenantID: "t1", ClientID: "c1", ClientSecret: "s1"})

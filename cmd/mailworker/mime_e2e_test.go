@@ -209,6 +209,7 @@ func (r *mimeRig) dial() *smtp.Client {
 
 // TestMIMEOneValidation runs both doors against one worker.
 func TestMIMEOneValidation(t *testing.T) {
+	t.Parallel()
 	corpus := loadCorpus(t)
 	refusals := loadRefusals(t)
 	senders := []string{smtpE2ESender}

@@ -26,6 +26,7 @@ import (
 // `send --wait` says where a job is when it times out; a clean stop logs no
 // disconnection warning and no colours off a terminal.
 func TestNewcomerCLI(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	// Every port of its own: tests run in parallel, so no default port.
 	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
@@ -254,7 +255,14 @@ func TestNewcomerCLI(t *testing.T) {
 	t.Run("version names module and commit", func(t *testing.T) {
 		// Built as the container image is: no VCS stamp, the commit passed in.
 		bin := filepath.Join(t.TempDir(), "mailworker")
-		build := exec.Command("go", "build", "-buildvcs=false", "-ldflags", "-X main.version=v1.2.3 -X main.commit=0123456789abcdef", "-o", bin, ".")
+		// With -race when the tests run with it, as mailworkerBinary builds:
+		// the packages compiled for the test binary are reused, only the
+		// link is new.
+		args := []string{"build", "-buildvcs=false", "-ldflags", "-X main.version=v1.2.3 -X main.commit=0123456789abcdef", "-o", bin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		build := exec.Command("go", append(args, ".")...)
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("go build: %v\n%s", err, out)
 		}

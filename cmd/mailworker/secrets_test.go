@@ -44,6 +44,7 @@ func startTestNATS(t *testing.T, mod func(*server.Options)) *server.Server {
 // no secret and no issued token appears in its logs, status events,
 // dead-letter records, job states or CLI output.
 func TestSecretsNeverLeak(t *testing.T) {
+	t.Parallel()
 	const (
 		natsPassword = "NATS-PASSWORD-SENTINEL-7f3a"
 		clientSecret = "CLIENT-SECRET-SENTINEL-91bc"

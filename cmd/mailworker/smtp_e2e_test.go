@@ -246,6 +246,7 @@ Content-Transfer-Encoding: base64
 }
 
 func TestSMTPEndToEnd(t *testing.T) {
+	t.Parallel()
 	r := startSMTPRig(t)
 
 	t.Run("swaks: STARTTLS + AUTH, attachment and Bcc delivered byte for byte", func(t *testing.T) {
@@ -449,15 +450,12 @@ func bigMail(t *testing.T) string {
 // ops's jobs. Its retry records are looked up per submission (the SMTP
 // account creates no consumer in MAIL).
 func TestSMTPNATSUser(t *testing.T) {
+	t.Parallel()
 	pw := map[string]string{}
-	for _, u := range []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"} {
+	for _, u := range shippedAccountUsers {
 		pw[u] = "pw-" + u + "-" + randomSecret()[:8]
-		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", pw[u])
 	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := loadShippedAccounts(t, pw)
 	ns := startTestNATS(t, func(o *server.Options) { o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys })
 	dir := t.TempDir()
 	provCfg := filepath.Join(dir, "provision.yaml")

@@ -24,6 +24,7 @@ import (
 // is logged; docs/benchmarks.md records it. Under -race (a race-built
 // binary) only the flow is checked, with 20 clients.
 func TestSMTPMemoryConcurrentLargeData(t *testing.T) {
+	t.Parallel()
 	const size = 3_000_000 // 3 MB: under the 3 MiB that one Graph MIME request carries
 	clients := 100
 	if raceEnabled {

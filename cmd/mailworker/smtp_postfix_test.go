@@ -193,6 +193,7 @@ func (r *smtpRig) exactlyOnce(t *testing.T, p *postfix, subject string, rcpts []
 }
 
 func TestSMTPPostfixRelay(t *testing.T) {
+	t.Parallel()
 	r := startSMTPRigWith(t, "")
 	p := startPostfix(t, r.addr, r.certPE, smtpE2EUser, smtpE2EPassword)
 

@@ -26,6 +26,7 @@ import (
 //   - the same message sent twice on purpose (same login, envelope and
 //     bytes, no Date or Message-ID), each answer read, is delivered twice.
 func TestSMTPRetriesWithSwaks(t *testing.T) {
+	t.Parallel()
 	needTool(t, "swaks")
 	r := startSMTPRigEnv(t, "  maxRecipients: 3\n  inlineMaxBytes: 1024\n", FaultLosePublishAcksEnv+"=1")
 	dir := t.TempDir()
@@ -105,6 +106,7 @@ func TestSMTPRetriesWithSwaks(t *testing.T) {
 // that did not get that answer sends the message again to the restarted
 // ingress and gets the same job: the mail is delivered once.
 func TestSMTPKilledAfterAnswer(t *testing.T) {
+	t.Parallel()
 	r := startSMTPRigEnv(t, "  maxRecipients: 3\n")
 	msg := []byte("From: " + smtpE2ESender + "\r\nTo: ann@example.com\r\nSubject: killed after 250\r\n\r\nbody\r\n")
 	submit := func() (int, string) {

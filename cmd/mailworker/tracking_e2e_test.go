@@ -27,6 +27,7 @@ import (
 // dead-lettered recipient_invalid without reaching Graph; `suppressions
 // remove` takes it off the list.
 func TestDeliveryTrackingDev(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	dev := startProc(t, nil, "dev", "--nats-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
 		"--console-listen", "127.0.0.1:0", "--smtp-listen", "127.0.0.1:0", "--data-dir", dataDir, "--unpaced")

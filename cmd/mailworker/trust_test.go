@@ -34,16 +34,12 @@ type trustEnv struct {
 
 func startTrustEnv(t *testing.T, streams string) *trustEnv {
 	t.Helper()
-	users := []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"}
+	users := shippedAccountUsers
 	e := &trustEnv{t: t, pw: map[string]string{}}
 	for _, u := range users {
 		e.pw[u] = "pw-" + u + "-" + randomSecret()[:8]
-		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", e.pw[u])
 	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := loadShippedAccounts(t, e.pw)
 	e.ns = startTestNATS(t, func(o *server.Options) {
 		o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys
 		o.MaxPayload = devMaxPayload
@@ -131,6 +127,7 @@ func (e *trustEnv) sentFrom(jobID, from string) int {
 // every ops job is sent once, from ops' mailbox, none before its notBefore,
 // and nothing billing published is ever sent as ops.
 func TestProducerHeadersCannotReachAnotherProfile(t *testing.T) {
+	t.Parallel()
 	e := startTrustEnv(t, "")
 	_, wjs, _ := e.connect("worker")
 	bnc, bjs, berrs := e.connect("producer_billing")
@@ -348,6 +345,7 @@ func TestProducerHeadersCannotReachAnotherProfile(t *testing.T) {
 // without holding it: by reference in MAIL_DEFERRED, their deliveries acked.
 // billing's next job and ops' job are sent at once.
 func TestLargeDeferredJobHoldsNoSlot(t *testing.T) {
+	t.Parallel()
 	e := startTrustEnv(t, ", maxAckPending: 2")
 	_, wjs, _ := e.connect("worker")
 	_, bjs, _ := e.connect("producer_billing")
@@ -400,13 +398,12 @@ func TestLargeDeferredJobHoldsNoSlot(t *testing.T) {
 // is allowed to that user's publish permissions, every one under Refused
 // denied.
 func TestTrustTableHoldsForTheShippedAccounts(t *testing.T) {
-	for _, u := range []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"} {
-		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", "x")
+	t.Parallel()
+	pw := map[string]string{}
+	for _, u := range shippedAccountUsers {
+		pw[u] = "x"
 	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := loadShippedAccounts(t, pw)
 	perms := map[string]*server.SubjectPermission{}
 	for _, u := range opts.Users {
 		if u.Permissions == nil || u.Permissions.Publish == nil {
