@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -83,9 +85,18 @@ func TestKeepAliveStopDuringBeat(t *testing.T) {
 	<-d.entered
 	hb.Stop()
 	close(d.release)
-	time.Sleep(50 * time.Millisecond) // 25 beat periods
-	if n := d.n(); n != 1 {
-		t.Fatalf("%d InProgress calls after Stop, want 1", n)
+	// The beat under way has finished when no goroutine runs a heartbeat
+	// callback; then the timer must not be armed again, and no other beat
+	// may have run.
+	eventually(t, 30*time.Second, "the beat under way to finish", func() bool {
+		buf := make([]byte, 1<<20)
+		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), ".keepAlive.func")
+	})
+	hb.mu.Lock()
+	armed := hb.t.Stop()
+	hb.mu.Unlock()
+	if n := d.n(); n != 1 || armed {
+		t.Fatalf("%d InProgress calls after Stop (want 1), timer armed again: %v", n, armed)
 	}
 }
 
