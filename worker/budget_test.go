@@ -61,6 +61,7 @@ func recipients(n int) []string {
 // before any Graph call (profile limit 500) charged about 10,000 to the
 // shared ledger, and the mailbox could send nothing more for 24 hours.
 func TestRefusedJobsSpendNoRecipients(t *testing.T) {
+	t.Parallel()
 	const budget, refused, over = 10_000, 17, 600
 	run := func(t *testing.T, sender Sender, ls *limitSender, wantUsed func(used int) bool, want string) {
 		js := startServer(t)

@@ -60,6 +60,7 @@ func (s *lookupSender) counts() (sends, lookups int) {
 // which the send itself used). Counting them as sends held each look-up a minute; the job now
 // settles in seconds, with one send.
 func TestDraftLookupsAreNotPaced(t *testing.T) {
+	t.Parallel()
 	s := &lookupSender{pending: 3}
 	b := setup(t, Config{PerMailboxPerMinute: 1, DraftLookupEvery: time.Second}, s)
 	id := b.publish(demoJob("draft-lookups"))

@@ -81,6 +81,7 @@ func (mutedDelivery) Ack() error        { return nil }
 // attempts do not go back, and the late writer settles on the recorded
 // outcome instead of publishing its own.
 func TestStalledTerminalWriteCannotWin(t *testing.T) {
+	t.Parallel()
 	var calls atomic.Int32
 	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 		n := calls.Add(1)
@@ -197,6 +198,7 @@ func (d redelivered) Meta() (uint64, uint64, time.Time, bool) {
 // no `retrying` over `sent`, no attempt going back, nothing sent again, no
 // second terminal event.
 func TestStaleReadCannotWin(t *testing.T) {
+	t.Parallel()
 	var calls atomic.Int32
 	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
 		calls.Add(1)

@@ -22,6 +22,7 @@ import (
 // status lies, and a later duplicate publish is sent again instead of
 // suppressed.
 func TestSentStateSurvivesStateStoreOutage(t *testing.T) {
+	t.Parallel()
 	var b *bundle
 	restored := make(chan struct{})
 	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {
@@ -103,6 +104,7 @@ func TestKeepAliveStopDuringBeat(t *testing.T) {
 // TestRetryScheduledWhenStateWriteFails: a retryable failure whose job-state
 // write fails is still put back with its retry delay, not left to the ack wait.
 func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
+	t.Parallel()
 	var b *bundle
 	var mu sync.Mutex
 	var calls []time.Time
@@ -141,6 +143,7 @@ func TestRetryScheduledWhenStateWriteFails(t *testing.T) {
 // rather than acking it, and the next replica publishes the event — the mail
 // is not sent again.
 func TestFinalEventNotLostAtShutdown(t *testing.T) {
+	t.Parallel()
 	js := startServer(t)
 	var calls atomic.Int32
 	sender := SenderFunc(func(ctx context.Context, profile, jobID string, job *contract.Job) (contract.SendResult, error) {

@@ -111,7 +111,9 @@ func settle(t *testing.T, bs []*bundle, ids []string) time.Time {
 
 // Two replicas on one server share one mailbox's limits.
 func TestPoolsShareMailboxLimits(t *testing.T) {
+	t.Parallel()
 	t.Run("recipients per 24 h: two pools with a budget of 100 send 3 jobs of 30, defer the rest", func(t *testing.T) {
+		t.Parallel()
 		js := startServer(t)
 		sent := &startLog{}
 		cfg := Config{PerMailboxRecipientsPerDay: 100}
@@ -148,6 +150,7 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 	})
 
 	t.Run("per minute: two pools with a pace of 10 start at most 10 in any rolling minute", func(t *testing.T) {
+		t.Parallel()
 		js := startServer(t)
 		sent := &startLog{}
 		cfg := Config{PerMailboxPerMinute: 10}
@@ -169,6 +172,7 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 	})
 
 	t.Run("a replica joining mid-minute adds at most its own share to that minute", func(t *testing.T) {
+		t.Parallel()
 		js := startServer(t)
 		sent := &startLog{}
 		cfg := Config{PerMailboxPerMinute: 10}
@@ -200,6 +204,7 @@ func TestPoolsShareMailboxLimits(t *testing.T) {
 // With the ledger out of reach nothing is sent blind: the job waits (no
 // attempt spent) and goes out once the ledger is back.
 func TestLedgerOutageSendsNothingBlind(t *testing.T) {
+	t.Parallel()
 	js := startServer(t)
 	ctx := context.Background()
 	sent := &startLog{}
@@ -244,6 +249,7 @@ func (l *failCountingLedger) Lease(ctx context.Context, le contract.Lease) (int,
 
 // A pool that stops gives its unspent recipients back to the ledger.
 func TestStopGivesUnspentRecipientsBack(t *testing.T) {
+	t.Parallel()
 	js := startServer(t)
 	b := startPool(t, js, Config{PerMailboxRecipientsPerDay: 1000}, &startLog{}, testOptions{})
 	b.waitState(b.publish(demoJob("job-one")), contract.StateSent)
