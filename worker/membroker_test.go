@@ -136,29 +136,12 @@ func (m *memBroker) pending() int {
 	return n
 }
 
-// outstanding is the number of deliveries handed out and not answered (the
-// consumer's ack pending) plus the messages waiting for their first
-// delivery (its num pending), over both streams.
-func (m *memBroker) outstanding() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.msgs)
-}
-
 // answerLog returns the answers given to deliveries and the schedules
 // stored, in order: "jobs/1 ack", "due/1 nak", "schedule demo/job-1".
 func (m *memBroker) answerLog() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return append([]string(nil), m.answers...)
-}
-
-// scheduled reports whether a message schedule of jobID waits.
-func (m *memBroker) scheduled(profile, jobID string) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	_, ok := m.schedules[profile+"/"+jobID]
-	return ok
 }
 
 // Messages implements Consumer. prefetch does not matter: Next takes the

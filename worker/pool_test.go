@@ -618,17 +618,3 @@ func memWaitDLQ(t *testing.T, b *memBundle, n int) []contract.DeadLetter {
 	})
 	return dls
 }
-
-func waitDLQ(t *testing.T, b *bundle, n int) []contract.DeadLetter {
-	t.Helper()
-	var dls []contract.DeadLetter
-	eventually(t, 15*time.Second, fmt.Sprintf("%d dead letters", n), func() bool {
-		var err error
-		dls, err = b.q.DLQ.List(context.Background(), queue.DLQQuery{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(dls) >= n
-	})
-	return dls
-}
