@@ -111,9 +111,11 @@ func startProc(t *testing.T, env []string, args ...string) *proc {
 	return p
 }
 
-// stop sends SIGTERM and waits for the exit code.
+// stop sends SIGINT and waits for the exit code (timeout, at least
+// minWait: an upper bound).
 func (p *proc) stop(timeout time.Duration) int {
 	p.t.Helper()
+	timeout = max(timeout, minWait)
 	_ = p.cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-p.done:
