@@ -387,6 +387,7 @@ func revString(revs []stateRev) string {
 // ids still open.
 func (h *clusterHarness) settle(ids []string, timeout time.Duration) []string {
 	h.t.Helper()
+	timeout = max(timeout, settleMin)
 	deadline := time.Now().Add(timeout)
 	for {
 		var open []string

@@ -45,6 +45,12 @@ const (
 	relClient            = "rel-client"
 )
 
+// settleMin is the least time a run is given to settle after its last
+// fault (every job terminal, nothing outstanding). It is an upper bound, not
+// a figure: on CI's two cores under -race, beside the other tests, a run
+// that settles in 20 s alone can take minutes; the figures are logged.
+const settleMin = 3 * time.Minute
+
 // longRun reports whether the long forms were asked for (MAILWORKER_LONG=1).
 func longRun() bool { b, _ := strconv.ParseBool(os.Getenv("MAILWORKER_LONG")); return b }
 
@@ -406,6 +412,7 @@ func terminal(s contract.State) bool {
 // Only an ack or a term ends a job, so only then may the replicas be stopped.
 func (h *harness) waitTerminal(ids []string, timeout time.Duration) {
 	h.t.Helper()
+	timeout = max(timeout, settleMin)
 	left := append([]string(nil), ids...)
 	deadline := time.Now().Add(timeout)
 	for len(left) > 0 {
