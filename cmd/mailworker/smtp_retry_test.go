@@ -45,7 +45,7 @@ func TestSMTPRetriesWithSwaks(t *testing.T) {
 	if code == 0 || !strings.Contains(out, "451 4.3.0") {
 		t.Fatalf("the first send with its ack lost: exit %d, want a 451:\n%s", code, tail(out, 2000))
 	}
-	out, code = r.swaks(smtpE2EPassword, "--from", smtpE2ESender, "--to", "ann@example.com", "--data", lost)
+	out, code = swaksAsMTA(t, r, "--from", smtpE2ESender, "--to", "ann@example.com", "--data", lost)
 	m := queuedAs.FindStringSubmatch(out)
 	if code != 0 || m == nil {
 		t.Fatalf("swaks's retry: exit %d:\n%s", code, tail(out, 2000))
@@ -56,7 +56,7 @@ func TestSMTPRetriesWithSwaks(t *testing.T) {
 	repeat := eml("repeat.eml", []byte("From: "+smtpE2ESender+"\r\nTo: ops@example.com\r\nSubject: disk full\r\n\r\n/var is 100% full\r\n"))
 	var repeats []string
 	for range 2 {
-		out, code := r.swaks(smtpE2EPassword, "--from", smtpE2ESender, "--to", "ops@example.com", "--data", repeat)
+		out, code := swaksAsMTA(t, r, "--from", smtpE2ESender, "--to", "ops@example.com", "--data", repeat)
 		m := queuedAs.FindStringSubmatch(out)
 		if code != 0 || m == nil {
 			t.Fatalf("repeat: exit %d:\n%s", code, tail(out, 2000))
@@ -98,6 +98,22 @@ func TestSMTPRetriesWithSwaks(t *testing.T) {
 	}
 	if !strings.Contains(r.smtp.stderr.String(), "FAULT INJECTION") {
 		t.Fatal("the fault injection was not announced in the ingress's log")
+	}
+}
+
+// swaksAsMTA sends with swaks and, as an MTA does, sends the same message
+// again while the answer is a 451 (the door could not confirm the message
+// stored in time: on a starved machine the broker can be seconds late); it
+// returns the last answer. A retry after a 451 is the door's to recognise:
+// the message is delivered once whether or not the 451's publish landed.
+func swaksAsMTA(t *testing.T, r *smtpRig, args ...string) (string, int) {
+	t.Helper()
+	for try := 1; ; try++ {
+		out, code := r.swaks(smtpE2EPassword, args...)
+		if code == 0 || !strings.Contains(out, "451 4.3.0") || try == 5 {
+			return out, code
+		}
+		t.Logf("swaks: 451, sending again (try %d)", try+1)
 	}
 }
 

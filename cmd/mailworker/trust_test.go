@@ -361,7 +361,7 @@ func TestLargeDeferredJobHoldsNoSlot(t *testing.T) {
 			t.Fatalf("publish a %d-byte job: %v", len(b), err)
 		}
 	}
-	eventually(t, 60*time.Second, "the large jobs deferred by reference, their deliveries acked", func() bool {
+	eventually(t, 3*time.Minute, "the large jobs deferred by reference, their deliveries acked", func() bool { // three 8 MB jobs through a -race worker: minutes on a starved machine
 		c, err := wjs.Consumer(ctx, contract.JobsStream("billing"), contract.ConsumerName)
 		if err != nil {
 			return false
