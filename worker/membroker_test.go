@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker/ledger"
 )
 
 // memBroker is an in-memory Broker for the pool's rule tests (STYLE.md 12):
@@ -470,7 +471,7 @@ func (m *memBroker) scheduleLocked(sc *memSchedule, at time.Time) {
 // matter to the rule tests), leases granted while they fit the limit.
 type memLedger struct{ m *memBroker }
 
-func (l memLedger) Lease(_ context.Context, le contract.Lease) (int, time.Time, error) {
+func (l memLedger) Lease(_ context.Context, le ledger.Lease) (int, time.Time, error) {
 	l.m.mu.Lock()
 	defer l.m.mu.Unlock()
 	key := strings.ToLower(le.Mailbox)

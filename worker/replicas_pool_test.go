@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailworker/mailworker/queue"
 	"github.com/mailworker/mailworker/queue/contract"
+	"github.com/mailworker/mailworker/worker/ledger"
 )
 
 // startLog is a Sender that records when each send started.
@@ -239,7 +240,7 @@ type failCountingLedger struct {
 	failed atomic.Int32
 }
 
-func (l *failCountingLedger) Lease(ctx context.Context, le contract.Lease) (int, time.Time, error) {
+func (l *failCountingLedger) Lease(ctx context.Context, le ledger.Lease) (int, time.Time, error) {
 	n, at, err := l.Ledger.Lease(ctx, le)
 	if err != nil {
 		l.failed.Add(1)
