@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -62,15 +63,68 @@ func pick[T any](short, long T) T {
 	return short
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
+// freePort returns a loopback TCP port that was free a moment ago, for a
+// server that a test starts (and restarts) on a port chosen beforehand.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return pickPort(t, "127.0.0.1")
+}
+
+var (
+	portsMu     sync.Mutex
+	portsPicked = map[int]bool{}
+)
+
+// pickPort returns a TCP port free on every ip a moment ago, never one it
+// returned before in this run. It picks below the kernel's ephemeral range
+// (/proc/sys/net/ipv4/ip_local_port_range) where it can: a port chosen
+// beforehand and bound later, or freed by a kill and bound again by a
+// restart, is then never taken meanwhile by one of the servers the tests in
+// parallel start on port 0, nor by an outgoing connection (a restarted SMTP
+// ingress's port was once taken by another test's nats-server).
+func pickPort(t *testing.T, ips ...string) int {
+	t.Helper()
+	lo, hi := 10000, 0
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if start, err := strconv.Atoi(f[0]); err == nil && start > lo+1000 {
+				hi = start
+			}
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		var port int
+		if hi > 0 {
+			port = lo + rand.IntN(hi-lo)
+		} else { // no room below the ephemeral range: the kernel's choice
+			ln, err := net.Listen("tcp", ips[0]+":0")
+			if err != nil {
+				t.Fatalf("listen on %s: %v", ips[0], err)
+			}
+			port = ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
+		}
+		if portsPicked[port] {
+			continue
+		}
+		free := true
+		for _, ip := range ips {
+			ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, port))
+			if err != nil {
+				free = false
+				break
+			}
+			ln.Close()
+		}
+		if free {
+			portsPicked[port] = true
+			return port
+		}
+	}
+	t.Fatalf("no free port on %v", ips)
+	return 0
 }
 
 // relNATS is one embedded nats-server that keeps its port and store across

@@ -115,37 +115,17 @@ type shippedCluster struct {
 	https  *http.Client
 }
 
-// freePortOn returns a TCP port that was free on ip a moment ago.
+// freePortOn returns a TCP port that was free on ip a moment ago (Linux
+// routes all of 127/8 to lo).
 func freePortOn(t *testing.T, ip string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatalf("listen on %s (Linux routes all of 127/8 to lo): %v", ip, err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return pickPort(t, ip)
 }
 
 // freePortOnAll returns a port that was free on every ip a moment ago.
 func freePortOnAll(t *testing.T, ips ...string) int {
 	t.Helper()
-	for range 50 {
-		p := freePortOn(t, ips[0])
-		ok := true
-		for _, ip := range ips[1:] {
-			ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, p))
-			if err != nil {
-				ok = false
-				break
-			}
-			ln.Close()
-		}
-		if ok {
-			return p
-		}
-	}
-	t.Fatal("no port free on every loopback address")
-	return 0
+	return pickPort(t, ips...)
 }
 
 // startShippedCluster renders the shipped config for three nodes, starts them

@@ -357,7 +357,12 @@ func TestLargeDeferredJobHoldsNoSlot(t *testing.T) {
 	for i := range 3 {
 		b, _ := json.Marshal(contract.Job{ID: fmt.Sprintf("big-%d", i), From: "billing@contoso.example", To: []string{"a@example.com"},
 			Subject: "s", Text: big, NotBefore: &later})
-		if _, err := bjs.Publish(ctx, "mail.send.billing", b); err != nil {
+		// The ack of an 8 MB message can take longer than the client's
+		// default 5 s on a starved machine: an upper bound of its own.
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		_, err := bjs.Publish(pctx, "mail.send.billing", b)
+		cancel()
+		if err != nil {
 			t.Fatalf("publish a %d-byte job: %v", len(b), err)
 		}
 	}
