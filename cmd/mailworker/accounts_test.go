@@ -387,6 +387,17 @@ var shippedAccountUsers = []string{"producer_billing", "producer_ops", "provisio
 // variable the file no longer has fails the test: it must follow the file.
 func loadShippedAccounts(t *testing.T, pw map[string]string) *server.Options {
 	t.Helper()
+	opts, err := server.ProcessConfigFile(shippedAccountsWith(t, pw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opts
+}
+
+// shippedAccountsWith writes deploy/nats/accounts.conf with pw's passwords
+// filled in (see loadShippedAccounts) and returns the file.
+func shippedAccountsWith(t *testing.T, pw map[string]string) string {
+	t.Helper()
 	shipped, err := os.ReadFile("../../deploy/nats/accounts.conf")
 	if err != nil {
 		t.Fatal(err)
@@ -403,9 +414,5 @@ func loadShippedAccounts(t *testing.T, pw map[string]string) *server.Options {
 	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	opts, err := server.ProcessConfigFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return opts
+	return file
 }

@@ -116,16 +116,13 @@ func TestDeliveryTrackingDev(t *testing.T) {
 // address off, recorded in MAIL_AUDIT under support's name, and the next
 // job to it is sent. The worker logs no permission violation on the way.
 func TestDeliveryTrackingShippedAccounts(t *testing.T) {
-	users := []string{"producer_billing", "producer_ops", "provisioner", "worker", "support", "console", "smtp"}
+	t.Parallel()
+	users := shippedAccountUsers
 	pw := map[string]string{}
 	for _, u := range users {
 		pw[u] = "pw-" + u + "-" + randomSecret()[:8]
-		t.Setenv("MAIL_"+strings.ToUpper(u)+"_PASSWORD", pw[u])
 	}
-	opts, err := server.ProcessConfigFile("../../deploy/nats/accounts.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := loadShippedAccounts(t, pw)
 	ns := startTestNATS(t, func(o *server.Options) {
 		o.Accounts, o.Users, o.Nkeys = opts.Accounts, opts.Users, opts.Nkeys
 	})

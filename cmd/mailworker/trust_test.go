@@ -408,7 +408,11 @@ func TestTrustTableHoldsForTheShippedAccounts(t *testing.T) {
 	for _, u := range shippedAccountUsers {
 		pw[u] = "x"
 	}
-	opts := loadShippedAccounts(t, pw)
+	file := shippedAccountsWith(t, pw)
+	opts, err := server.ProcessConfigFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
 	perms := map[string]*server.SubjectPermission{}
 	for _, u := range opts.Users {
 		if u.Permissions == nil || u.Permissions.Publish == nil {
@@ -416,7 +420,7 @@ func TestTrustTableHoldsForTheShippedAccounts(t *testing.T) {
 		}
 		perms[u.Username] = u.Permissions.Publish
 	}
-	accountOf, imports := shippedAccounts(t)
+	accountOf, imports := shippedAccounts(t, file)
 	doc, err := os.ReadFile("../../docs/reliability.md")
 	if err != nil {
 		t.Fatal(err)
@@ -513,12 +517,12 @@ func TestTrustTableHoldsForTheShippedAccounts(t *testing.T) {
 	}
 }
 
-// shippedAccounts reads deploy/nats/accounts.conf (the passwords' variables
-// set) and returns each user's account and each account's service imports
-// from MAIL.
-func shippedAccounts(t *testing.T) (accountOf map[string]string, imports map[string][]string) {
+// shippedAccounts reads file, deploy/nats/accounts.conf with its passwords
+// filled in (shippedAccountsWith), and returns each user's account and each
+// account's service imports from MAIL.
+func shippedAccounts(t *testing.T, file string) (accountOf map[string]string, imports map[string][]string) {
 	t.Helper()
-	m, err := conf.ParseFileWithChecks("../../deploy/nats/accounts.conf")
+	m, err := conf.ParseFileWithChecks(file)
 	if err != nil {
 		t.Fatal(err)
 	}
