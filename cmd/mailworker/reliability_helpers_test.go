@@ -360,16 +360,18 @@ func newHarness(t *testing.T, natsURL string, fake *graphtest.Server, w relWorke
 	if h.js, err = jetstream.New(nc); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	qc := queue.Config{Replicas: w.replicas, AckWait: w.ackWait}
 	for _, p := range profiles {
 		qc.Profiles = append(qc.Profiles, p.name)
 	}
-	// A new cluster elects its meta leader in a few seconds: retry.
-	deadline := time.Now().Add(60 * time.Second)
+	// A new cluster elects its meta leader in a few seconds: retry. Each
+	// try may take long on a starved machine (it looks up and creates a
+	// dozen streams): upper bounds, not figures.
+	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+		pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
 		err = queue.Provision(pctx, h.js, qc)
 		pcancel()
 		if err == nil {

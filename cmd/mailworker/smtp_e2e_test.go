@@ -116,7 +116,7 @@ func startSMTPRigProfile(t *testing.T, extra string, worker bool, prof relProfil
 	f.Close()
 	// The profile's object store first, as `mailworker provision` in a
 	// deployment (`run` also creates it, but may come later).
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // an upper bound: slow on a starved machine
 	err = queue.Provision(ctx, r.h.js, queue.Config{Replicas: 1, Profiles: []string{"rel"}})
 	cancel()
 	if err != nil {
