@@ -56,7 +56,7 @@ func TestReliabilityBadInput(t *testing.T) {
 	publish := func(id, profile string, body []byte) {
 		t.Helper()
 		m := &nats.Msg{Subject: contract.JobSubject(profile), Data: body, Header: nats.Header{contract.HeaderMsgID: []string{id}}}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // an upper bound
 		defer cancel()
 		if _, err := h.js.PublishMsg(ctx, m); err != nil {
 			t.Fatalf("publish %s: %v", id, err)

@@ -303,7 +303,7 @@ func tailStates(t *testing.T, js jetstream.JetStream) *stateTail {
 // close stops the tail once it has read up to the stream's last sequence.
 func (st *stateTail) close(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // an upper bound
 	defer cancel()
 	s, err := js.Stream(ctx, "KV_"+contract.BucketState)
 	if err == nil {
