@@ -327,7 +327,7 @@ func TestMIMEOneValidation(t *testing.T) {
 		var ids []string
 		for id, c := range cases {
 			m := &nats.Msg{Subject: contract.JobSubject("rel"), Data: c.body, Header: nats.Header{contract.HeaderMsgID: []string{id}}}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // an upper bound
 			if _, err := r.h.js.PublishMsg(ctx, m); err != nil {
 				t.Fatalf("publish %s: %v", id, err)
 			}
