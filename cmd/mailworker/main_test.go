@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,8 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -30,16 +27,6 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	// The end-to-end tests mostly wait — on the processes they start, on
-	// the brokers' timers, on paced sends — so more of them run at once than
-	// the default -test.parallel (GOMAXPROCS: 2 on CI) allows: at least
-	// four. A -test.parallel given on the command line wins.
-	flag.Parse()
-	given := false
-	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
-	if !given {
-		_ = flag.Set("test.parallel", strconv.Itoa(max(4, runtime.GOMAXPROCS(0))))
-	}
 	dir, err := os.MkdirTemp("", "mailworker-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
