@@ -82,7 +82,7 @@ func TestPublishFinalOnce(t *testing.T) {
 	if _, err := b.js.UpdateStream(b.ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second) // the server purges ids on a timer: slow under load
+	deadline := time.Now().Add(3 * time.Minute) // the server purges ids on a timer armed with the window in force then (2 minutes): an upper bound
 	for i := 0; ; i++ {
 		probe := nats.NewMsg("mail.status.billing.probe")
 		probe.Header.Set(contract.HeaderMsgID, "probe")

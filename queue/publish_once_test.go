@@ -21,6 +21,19 @@ func TestPublishOnce(t *testing.T) {
 	ev := func(typ contract.EventType, rcpt string) contract.Event {
 		return contract.Event{JobID: "o1", Profile: "billing", Event: typ, At: at, Recipient: rcpt}
 	}
+	// A short duplicate window from the start: the server arms its purge
+	// timer with the window in force at the first stored id, so a window
+	// shortened later is only honoured once the old timer (2 minutes) fired
+	// (CI: "the duplicate window never passed" within 60 s).
+	s, err := b.js.Stream(b.ctx, contract.StreamStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.Duplicates = 100 * time.Millisecond
+	if _, err := b.js.UpdateStream(b.ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.Publish(b.ctx, contract.Event{JobID: "o1", Profile: "billing", Event: contract.EventSent, At: at}); err != nil {
 		t.Fatal(err)
 	}
@@ -50,15 +63,6 @@ func TestPublishOnce(t *testing.T) {
 	// Past the duplicate window, a caller that knows only seqA publishes
 	// b@'s event again (another event type this time): found, not stored;
 	// and a third recipient's publish from seqA reports b@'s event to seen.
-	s, err := b.js.Stream(b.ctx, contract.StreamStatus)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	cfg.Duplicates = 100 * time.Millisecond
-	if _, err := b.js.UpdateStream(b.ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
 	waitDuplicateWindow(t, b)
 	var seen []string
 	last, stored, err := e.PublishOnce(b.ctx, ev(contract.EventDeliveryUnknown, "b@x.com"), "k-b", seqA,
@@ -120,7 +124,7 @@ func waitDuplicateWindow(t *testing.T, b bundle) {
 		return ack.Duplicate
 	}
 	probe()
-	deadline := time.Now().Add(60 * time.Second) // the server forgets ids on a timer
+	deadline := time.Now().Add(3 * time.Minute) // the server forgets ids on a timer (armed with the window of its day)
 	for probe() {
 		if time.Now().After(deadline) {
 			t.Fatal("the duplicate window never passed")
