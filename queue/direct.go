@@ -197,10 +197,12 @@ func directMsgOf(m *nats.Msg, stream string) (*directMsg, error) {
 	np, _ := strconv.ParseUint(h.Get("Nats-Num-Pending"), 10, 64)
 	dm := &directMsg{subject: h.Get(jetstream.SubjectHeader), data: m.Data,
 		md: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumPending: np, Timestamp: ts, Stream: stream}}
-	for _, k := range directHeaders {
-		delete(h, k) // the message is ours: no copy
+	dm.header = nats.Header{}
+	for k, v := range h {
+		if !slices.Contains(directHeaders, k) {
+			dm.header[k] = v
+		}
 	}
-	dm.header = h
 	return dm, nil
 }
 
