@@ -83,36 +83,7 @@ func TestRunStoppedWhileStarting(t *testing.T) {
 // a replica started on a node just killed -9).
 func TestRunWaitsForItsNATSServer(t *testing.T) {
 	t.Parallel()
-	port := freePort(t)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "mailworker.yaml")
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	yaml := fmt.Sprintf("nats:\n  url: nats://127.0.0.1:%d\nhttp:\n  listen: %s\nprofiles:\n  demo:\n    tenantId: t\n    clientId: c\n    credential:\n      clientSecret: s\n    allowedSenders: [noreply@demo.example]\n", port, httpAddr)
-	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := startProc(t, []string{"MAILWORKER_CONFIG=" + cfg}, "run")
-	eventually(t, 30*time.Second, "the worker says it waits for a NATS server", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("run exited while no NATS server answered:\n%s", p.stderr.String())
-		default:
-		}
-		return strings.Contains(p.stderr.String()+p.stdout.String(), "no NATS server answers yet")
-	})
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	waitHTTP200(t, p, "http://"+httpAddr+"/readyz")
-	if code := p.stop(30 * time.Second); code != 0 {
-		t.Fatalf("run exited %d:\n%s", code, p.stderr.String())
-	}
+	runWaitsForNATS(t, freePort(t), func() {})
 }
 
 // TestRunWaitsForAFrozenNATSServer: a worker started while its NATS node is
@@ -126,7 +97,6 @@ func TestRunWaitsForAFrozenNATSServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
 	var held []net.Conn // accepted and never answered
 	var mu sync.Mutex
 	go func() {
@@ -140,8 +110,23 @@ func TestRunWaitsForAFrozenNATSServer(t *testing.T) {
 			mu.Unlock()
 		}
 	}()
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "mailworker.yaml")
+	runWaitsForNATS(t, ln.Addr().(*net.TCPAddr).Port, func() { // the node thaws
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range held {
+			_ = c.Close()
+		}
+		mu.Unlock()
+	})
+}
+
+// runWaitsForNATS starts `mailworker run` against port, on which no NATS
+// server answers yet, waits until it says it waits for one (failing if it
+// exits), calls free to release the port, starts a nats-server there and
+// expects the worker to become ready and stop cleanly.
+func runWaitsForNATS(t *testing.T, port int, free func()) {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), "mailworker.yaml")
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	yaml := fmt.Sprintf("nats:\n  url: nats://127.0.0.1:%d\n  connectTimeout: 1s\nhttp:\n  listen: %s\nprofiles:\n  demo:\n    tenantId: t\n    clientId: c\n    credential:\n      clientSecret: s\n    allowedSenders: [noreply@demo.example]\n", port, httpAddr)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
@@ -151,18 +136,12 @@ func TestRunWaitsForAFrozenNATSServer(t *testing.T) {
 	eventually(t, 60*time.Second, "the worker says it waits for a NATS server", func() bool {
 		select {
 		case <-p.done:
-			t.Fatalf("run exited while its NATS server was frozen:\n%s", p.stderr.String())
+			t.Fatalf("run exited while no NATS server answered:\n%s", p.stderr.String())
 		default:
 		}
 		return strings.Contains(p.stderr.String()+p.stdout.String(), "no NATS server answers yet")
 	})
-	// The node thaws: a real server on the same port.
-	_ = ln.Close()
-	mu.Lock()
-	for _, c := range held {
-		_ = c.Close()
-	}
-	mu.Unlock()
+	free()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
