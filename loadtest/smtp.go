@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -138,7 +139,11 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 		if strings.Contains(strings.Join(extra, ""), "messagesPerMinute:") {
 			rate = ""
 		}
-		cfg := fmt.Sprintf("nats:\n  url: %q\nhttp:\n  listen: %q\nlog:\n  level: warn\n  format: json\n"+
+		pp := ""
+		if h.opts.Pprof {
+			pp = "  pprof: true\n"
+		}
+		cfg := fmt.Sprintf("nats:\n  url: %q\nhttp:\n  listen: %q\n"+pp+"log:\n  level: warn\n  format: json\n"+
 			"smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  maxSessions: %d\n  messagesPerConnection: %d\n%s"+
 			strings.Join(extra, "")+"  credentials:\n    - username: %s\n      passwordHash: %q\n      profile: %s\n"+
 			"profiles:\n  %s:\n    tenantId: %s\n    clientId: %s\n    credential:\n      clientSecret: unused\n    allowedSenders: [%s]\n",
@@ -148,6 +153,7 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 			return nil, err
 		}
 		p, err = startProc(h.workerBin, []string{"smtp", "--config", cfgPath}, filepath.Join(dir, "smtp.log"))
+		p.httpAddr = httpAddr
 	}
 	if err != nil {
 		return nil, err
@@ -167,6 +173,22 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 	errs := make([]error, conns)
 	accepted := make([]int, conns)
 	var wg sync.WaitGroup
+	// --pprof: a CPU profile of the server under test (the door's pprof
+	// endpoint; none for bare) and one of this process (the embedded
+	// nats-server and the clients) over the first seconds of the run.
+	var profDone chan struct{}
+	if h.opts.Pprof {
+		profDone = make(chan struct{})
+		if f, perr := os.Create(filepath.Join(dir, "loadtest-cpu.pprof")); perr == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+		go func() {
+			defer close(profDone)
+			if !bare {
+				_ = fetchTo("http://"+p.httpAddr+"/debug/pprof/profile?seconds=3", filepath.Join(dir, "cpu.pprof"))
+			}
+		}()
+	}
 	start := time.Now()
 	for c := range conns {
 		share := n / conns
@@ -177,6 +199,9 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	if profDone != nil {
+		<-profDone
+	}
 	p.stop(10 * time.Second)
 	cpu, rss := p.rusage()
 

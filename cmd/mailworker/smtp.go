@@ -259,6 +259,9 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 			}
 			_, _ = w.Write([]byte("ready\n"))
 		})
+		if cfg.HTTP.Pprof {
+			handlePprof(mux)
+		}
 		in.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	}
 	ok = true
