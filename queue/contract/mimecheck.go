@@ -123,11 +123,10 @@ func fieldName(s string) bool {
 // when it does (RFC 8601 section 5): a forged one is cosmetic, and resent
 // real-world mail carries them.
 func ReservedHeader(name string) string {
-	n := strings.ToLower(name)
 	switch {
-	case strings.HasPrefix(n, "x-ms-exchange-"):
+	case hasPrefixFold(name, "x-ms-exchange-"):
 		return "Exchange Online owns the X-MS-Exchange- headers (its header firewall removes them from client submissions)"
-	case strings.HasPrefix(n, "x-forefront-antispam-report"), strings.HasPrefix(n, "x-microsoft-antispam"):
+	case hasPrefixFold(name, "x-forefront-antispam-report"), hasPrefixFold(name, "x-microsoft-antispam"):
 		return "Exchange Online Protection stamps its own anti-spam verdict"
 	}
 	return ""
@@ -145,17 +144,51 @@ const (
 )
 
 func roleOf(name string) fieldRole {
-	switch strings.ToLower(name) {
-	case "from":
+	is := func(names ...string) bool {
+		for _, n := range names {
+			if equalLowerASCII(name, n) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case is("from"):
 		return roleFrom
-	case "sender", "resent-from", "resent-sender":
+	case is("sender", "resent-from", "resent-sender"):
 		return roleSender
-	case "to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc":
+	case is("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc"):
 		return roleRecipient
-	case "reply-to":
+	case is("reply-to"):
 		return roleReplyTo
 	}
 	return roleOther
+}
+
+// hasPrefixFold is strings.HasPrefix(strings.ToLower(s), prefix) for a
+// lower-case ASCII prefix, without the copy (it runs for every header field
+// of every MIME job).
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && equalLowerASCII(s[:len(prefix)], prefix)
+}
+
+// equalLowerASCII is strings.ToLower(s) == lower for a lower-case ASCII
+// lower: only A-Z fold (not strings.EqualFold's Unicode folds, such as
+// U+017F to s).
+func equalLowerASCII(s, lower string) bool {
+	if len(s) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // CheckMIMEHeader checks the header section of a MIME job's message (the
@@ -215,14 +248,14 @@ func (j *Job) CheckMIMEHeader(msg []byte) error {
 	got := map[string]bool{}
 	froms := 0 // From: fields
 	for _, f := range fields {
-		name := Quote(f.Name)
 		if why := ReservedHeader(f.Name); why != "" {
-			return invalid("mime", "header "+name+" is reserved: "+why)
+			return invalid("mime", "header "+Quote(f.Name)+" is reserved: "+why)
 		}
 		role := roleOf(f.Name)
 		if role == roleOther {
 			continue
 		}
+		name := Quote(f.Name) // for the errors below; quoted only for the few fields checked
 		mbs, err := ParseAddressList(f.Value)
 		if err != nil {
 			return invalid("mime", "the "+name+" header is not a list of RFC 5322 addresses")

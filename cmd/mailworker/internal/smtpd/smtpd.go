@@ -483,7 +483,11 @@ type session struct {
 }
 
 func (ss *session) log(level zerolog.Level) *zerolog.Event {
-	e := ss.s.log.WithLevel(level).Str("remote", ss.remote.String())
+	e := ss.s.log.WithLevel(level)
+	if e == nil {
+		return nil // level off: no fields built (a nil event takes every call)
+	}
+	e = e.Str("remote", ss.remote.String())
 	if ss.cred != nil {
 		e = e.Str("login", ss.cred.Username).Str("profile", ss.cred.Profile)
 	}
