@@ -47,15 +47,78 @@ func (a *Attachments) Mark(ctx context.Context, profile, key, value string) (uin
 }
 
 func (a *Attachments) putMark(ctx context.Context, profile, key string, md map[string]string, deleted bool, expect uint64) (uint64, error) {
-	if _, err := a.store(ctx, profile); err != nil {
+	msg, opts, err := a.markMsg(ctx, profile, key, md, deleted, expect)
+	if err != nil {
 		return 0, err
+	}
+	ack, err := a.js.PublishMsg(ctx, msg, opts...)
+	if err != nil {
+		return 0, fmt.Errorf("queue: mark: %w", err)
+	}
+	return ack.Sequence, nil
+}
+
+// MarkAsync is Mark without waiting for the broker's answer: the write is
+// sent at once (it leaves with the connection's next flush, in one write
+// with whatever else is sent at the same moment, such as a job: Publisher.
+// PublishJobAsync) and wait returns Mark's result, or ctx's error if the
+// answer does not come before ctx is done. On a JetStream context without
+// jetstream.WithPublishAsyncTimeout, a write whose answer never comes is
+// forgotten only when the connection reconnects.
+func (a *Attachments) MarkAsync(ctx context.Context, profile, key, value string) (wait func(context.Context) (uint64, error), err error) {
+	return a.putMarkAsync(ctx, profile, key, map[string]string{"value": value}, false, 0)
+}
+
+// UnmarkAsync is Unmark without waiting for the broker's answer (MarkAsync).
+func (a *Attachments) UnmarkAsync(ctx context.Context, profile, key, value string, rev uint64) (wait func(context.Context) error, err error) {
+	w, err := a.putMarkAsync(ctx, profile, key, map[string]string{"value": value}, true, rev)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) error { _, err := w(ctx); return unmarkErr(err) }, nil
+}
+
+func (a *Attachments) putMarkAsync(ctx context.Context, profile, key string, md map[string]string, deleted bool, expect uint64) (func(context.Context) (uint64, error), error) {
+	msg, opts, err := a.markMsg(ctx, profile, key, md, deleted, expect)
+	if err != nil {
+		return nil, err
+	}
+	f, err := a.js.PublishMsgAsync(msg, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("queue: mark: %w", err)
+	}
+	return func(ctx context.Context) (uint64, error) {
+		ack, err := awaitAck(ctx, f)
+		if err != nil {
+			return 0, fmt.Errorf("queue: mark: %w", err)
+		}
+		return ack.Sequence, nil
+	}, nil
+}
+
+// awaitAck waits for an asynchronous publish's answer until ctx is done.
+func awaitAck(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
+	select {
+	case ack := <-f.Ok():
+		return ack, nil
+	case err := <-f.Err():
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// markMsg is the metadata message of a mark, with its publish options.
+func (a *Attachments) markMsg(ctx context.Context, profile, key string, md map[string]string, deleted bool, expect uint64) (*nats.Msg, []jetstream.PublishOpt, error) {
+	if _, err := a.store(ctx, profile); err != nil {
+		return nil, nil, err
 	}
 	bucket := AttachmentsBucket(profile)
 	name := markPrefix + key
 	data, err := json.Marshal(jetstream.ObjectInfo{Bucket: bucket, NUID: contract.NewJobID(), Deleted: deleted,
 		ModTime: time.Now().UTC(), ObjectMeta: jetstream.ObjectMeta{Name: name, Metadata: md}})
 	if err != nil {
-		return 0, err
+		return nil, nil, err
 	}
 	msg := &nats.Msg{Subject: metaSubject(bucket, name), Data: data, Header: nats.Header{"Nats-Rollup": []string{"sub"},
 		markValueHeader: []string{md["value"]}}}
@@ -66,11 +129,7 @@ func (a *Attachments) putMark(ctx context.Context, profile, key string, md map[s
 	if expect > 0 {
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(expect))
 	}
-	ack, err := a.js.PublishMsg(ctx, msg, opts...)
-	if err != nil {
-		return 0, fmt.Errorf("queue: mark: %w", err)
-	}
-	return ack.Sequence, nil
+	return msg, opts, nil
 }
 
 // Marked returns the value of key's mark and when it was written; found is
@@ -96,6 +155,12 @@ func (a *Attachments) Marked(ctx context.Context, profile, key string) (value st
 // revision: a mark written since under the same key stays.
 func (a *Attachments) Unmark(ctx context.Context, profile, key, value string, rev uint64) error {
 	_, err := a.putMark(ctx, profile, key, map[string]string{"value": value}, true, rev)
+	return unmarkErr(err)
+}
+
+// unmarkErr is nil for a removal refused because the mark was rewritten
+// since (not this revision's to remove).
+func unmarkErr(err error) error {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {

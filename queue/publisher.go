@@ -100,6 +100,32 @@ func (p *Publisher) PublishJob(ctx context.Context, profile string, job *contrac
 	return Published{ID: job.ID, Seq: ack.Sequence}, nil
 }
 
+// PublishJobAsync is PublishJob without waiting for the ack: the job is
+// validated and sent at once (it leaves with the connection's next flush, in
+// one write with whatever else is sent at the same moment: Attachments.
+// MarkAsync), and wait returns PublishJob's result, or ctx's error if the
+// ack does not come before ctx is done (the job may then be stored).
+func (p *Publisher) PublishJobAsync(profile string, job *contract.Job) (wait func(context.Context) (Published, error), err error) {
+	m, err := p.jobMsg(profile, job)
+	if err != nil {
+		return nil, err
+	}
+	f, err := p.js.PublishMsgAsync(m)
+	if err != nil {
+		return nil, fmt.Errorf("queue: publish job %s: %w", job.ID, err)
+	}
+	return func(ctx context.Context) (Published, error) {
+		ack, err := awaitAck(ctx, f)
+		if err != nil {
+			return Published{}, fmt.Errorf("queue: publish job %s: %w", job.ID, err)
+		}
+		if ack.Duplicate {
+			return Published{}, fmt.Errorf("%w: job %s (stream sequence %d holds the message with Nats-Msg-Id %s)", ErrDuplicatePublish, job.ID, ack.Sequence, m.Header.Get(contract.HeaderMsgID))
+		}
+		return Published{ID: job.ID, Seq: ack.Sequence}, nil
+	}, nil
+}
+
 // PublishAsync is Publish without waiting for the ack (bulk path): the
 // caller checks the future or waits on js.PublishAsyncComplete().
 func (p *Publisher) PublishAsync(profile string, job *contract.Job) (jetstream.PubAckFuture, string, error) {

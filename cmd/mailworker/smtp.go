@@ -216,7 +216,10 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 	if in.nc, err = connectNATS(cfg.NATS, "mailworker-smtp", log, nats.ReconnectBufSize(-1)); err != nil {
 		return nil, err
 	}
-	js, err := jetstream.New(in.nc)
+	// A job and its retry record are published without waiting (one write,
+	// both answers awaited together, within smtp.publishTimeout); an answer
+	// that never comes is forgotten after the async timeout.
+	js, err := jetstream.New(in.nc, jetstream.WithPublishAsyncTimeout(time.Minute+sc.PublishTimeout))
 	if err != nil {
 		return nil, err
 	}
@@ -297,6 +300,26 @@ func (f *lostAcks) Publish(ctx context.Context, profile string, job *contract.Jo
 		return "", fmt.Errorf("queue: publish job %s: fault injection (%s): ack dropped: %w", job.ID, FaultLosePublishAcksEnv, context.DeadlineExceeded)
 	}
 	return id, err
+}
+
+// PublishJobAsync keeps the ingress on its asynchronous path (the one
+// deployed) with the fault on.
+func (f *lostAcks) PublishJobAsync(profile string, job *contract.Job) (func(context.Context) (queue.Published, error), error) {
+	ap, ok := f.p.(smtpd.AsyncPublisher)
+	if !ok {
+		return nil, errors.New("fault injection: the publisher has no asynchronous path")
+	}
+	wait, err := ap.PublishJobAsync(profile, job)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) (queue.Published, error) {
+		p, err := wait(ctx)
+		if err == nil && f.left.Add(-1) >= 0 {
+			return queue.Published{}, fmt.Errorf("queue: publish job %s: fault injection (%s): ack dropped: %w", job.ID, FaultLosePublishAcksEnv, context.DeadlineExceeded)
+		}
+		return p, err
+	}, nil
 }
 
 // Addr is the submission listener's address; TLSAddr the implicit-TLS one ("" when off).

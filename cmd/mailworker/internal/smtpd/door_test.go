@@ -190,13 +190,41 @@ func (a *ackLost) Publish(ctx context.Context, profile string, job *contract.Job
 	return id, err
 }
 
+// ackLostAsync is ackLost on the door's asynchronous path (AsyncPublisher).
+type ackLostAsync struct{ ackLost }
+
+func (a *ackLostAsync) PublishJobAsync(profile string, job *contract.Job) (func(context.Context) (queue.Published, error), error) {
+	wait, err := a.p.(AsyncPublisher).PublishJobAsync(profile, job)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) (queue.Published, error) {
+		p, err := wait(ctx)
+		if err == nil && a.lost {
+			a.lost = false
+			return queue.Published{}, fmt.Errorf("queue: publish job %s: %w", job.ID, context.DeadlineExceeded)
+		}
+		return p, err
+	}, nil
+}
+
 // TestPublishAckLost (issue 19 item 4): after a 451 for a publish that did
 // land, the stored object is still there for the job, and the client's
 // retry is the same job (which the worker then sends once).
+// Both ways of publishing: the job and its record awaited together
+// (AsyncPublisher, as deployed) and one after the other.
 func TestPublishAckLost(t *testing.T) {
+	for _, async := range []bool{true, false} {
+		t.Run(fmt.Sprint("async=", async), func(t *testing.T) { testPublishAckLost(t, async) })
+	}
+}
+
+func testPublishAckLost(t *testing.T, async bool) {
 	b := setup(t, Config{InlineMaxBytes: 1024})
-	al := &ackLost{p: b.srv.pub, lost: true}
-	b.srv.pub = al
+	b.srv.pub = &ackLost{p: b.srv.pub, lost: true}
+	if async {
+		b.srv.pub = &ackLostAsync{ackLost{p: b.srv.pub.(*ackLost).p, lost: true}}
+	}
 	c, _ := b.dial(testPassword)
 	rcpts := []string{"ann@example.com", "cc@example.com"}
 	msg := plainMsg + strings.Repeat("0123456789abcdef\r\n", 200) // stored by reference

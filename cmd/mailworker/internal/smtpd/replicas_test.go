@@ -92,8 +92,7 @@ func TestRetryOnAnotherReplica(t *testing.T) {
 	}
 	_ = c.Quit()
 
-	al := &ackLost{p: b.srv.pub, lost: true}
-	b.srv.pub = al
+	b.srv.pub = &ackLostAsync{ackLost{p: b.srv.pub, lost: true}}
 	c1 := b.dialAt(b.addr)
 	if _, _, err := send(c1, testSender, rcpts, plainMsg); smtpCode(err) != 451 {
 		t.Fatalf("lost ack: %v, want 451", err)

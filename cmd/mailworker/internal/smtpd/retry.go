@@ -94,55 +94,95 @@ func (ss *session) sessionRecord() string {
 // record and the removal of the record of the submission answered before.
 type answerRecord struct {
 	ss       *session
+	ctx      context.Context
 	key, id  string
-	matched  bool   // the retry of a recorded submission: its record is kept
-	rec      string // the record's name
+	matched  bool           // the retry of a recorded submission: its record is kept
+	write    bool           // a record is to be written before the answer
+	due      *pendingAnswer // the previous submission's record, to be removed
+	rec      string         // the record's name
 	rev      uint64
 	err      error // of the record's write
 	written  bool  // a record was written (err nil)
 	replaced *pendingAnswer
 	wg       sync.WaitGroup
+	waits    []func() // of the asynchronous writes (AsyncMarker)
 }
 
-// startRecord looks submission key up and starts, in parallel with the
-// caller's publish, the writing of its record before the answer (unless
-// smtp.recordBeforeAnswer is false or it is the retry of a recorded
-// submission) and the removal of the previous submission's record (a
-// session's record is replaced by the write instead: one broker write).
-// ctx bounds the writes (the publish's).
-func (ss *session) startRecord(ctx context.Context, key string) *answerRecord {
+// prepareRecord looks submission key up (its job id) and decides which
+// writes go with the submission's publish (start): the writing of its record
+// before the answer (unless smtp.recordBeforeAnswer is false or it is the
+// retry of a recorded submission) and the removal of the previous
+// submission's record (a session's record is replaced by the write instead:
+// one broker write). ctx bounds the writes (the publish's).
+func (ss *session) prepareRecord(ctx context.Context, key string) *answerRecord {
 	s := ss.s
-	r := &answerRecord{ss: ss, key: key}
+	r := &answerRecord{ss: ss, ctx: ctx, key: key}
 	var rev uint64
 	r.id, r.rec, rev, r.matched = ss.jobID(key)
 	if r.matched {
 		r.rev = rev
 	}
-	due := ss.unmarkDue
+	r.due = ss.unmarkDue
 	ss.unmarkDue = nil
 	if !r.matched && !s.cfg.NoRecordBeforeAnswer {
+		r.write = true
 		r.rec = retryMark(key)
 		if s.marks[ss.cred.Profile].isReady() {
 			r.rec = ss.sessionRecord()
 		}
-		if due != nil && due.rec == r.rec {
-			r.replaced, due = due, nil // the write replaces it
+		if r.due != nil && r.due.rec == r.rec {
+			r.replaced, r.due = r.due, nil // the write replaces it
 		}
-		r.wg.Go(func() {
-			r.rev, r.err = ss.record(ctx, r.rec, key, r.id)
-			r.written = r.err == nil
-		})
-	}
-	if due != nil {
-		r.wg.Go(func() { ss.unmark(due.rec, due.rev) })
 	}
 	return r
 }
 
-// wait waits for the writes of startRecord and reports whether the
-// submission has a record (its own or, for a retry, the earlier one's).
+// start sends the writes prepareRecord decided on, in parallel with the
+// caller's publish: without waiting when the store can (AsyncMarker; they
+// then leave in one write with a job sent just before), else each on its
+// own goroutine.
+func (r *answerRecord) start() {
+	ss := r.ss
+	am, async := ss.s.store.(AsyncMarker)
+	if r.write {
+		if async {
+			w, err := am.MarkAsync(r.ctx, ss.cred.Profile, r.rec, ss.recordValue(r.rec, r.key, r.id))
+			r.err = err
+			if err == nil {
+				r.waits = append(r.waits, func() {
+					r.rev, r.err = w(r.ctx)
+					ss.recorded(r.rec, r.key, r.id, r.rev, r.err)
+					r.written = r.err == nil
+				})
+			}
+		} else {
+			r.wg.Go(func() {
+				r.rev, r.err = ss.record(r.ctx, r.rec, r.key, r.id)
+				r.written = r.err == nil
+			})
+		}
+	}
+	if due := r.due; due != nil {
+		if async {
+			w, err := am.UnmarkAsync(r.ctx, ss.cred.Profile, due.rec, ss.s.self+"/", due.rev)
+			if err != nil {
+				ss.unmarked(due.rec, due.rev, err)
+			} else {
+				r.waits = append(r.waits, func() { ss.unmarked(due.rec, due.rev, w(r.ctx)) })
+			}
+		} else {
+			r.wg.Go(func() { ss.unmark(due.rec, due.rev) })
+		}
+	}
+}
+
+// wait waits for the writes of start and reports whether the submission
+// has a record (its own or, for a retry, the earlier one's).
 func (r *answerRecord) wait() (marked bool) {
 	r.wg.Wait()
+	for _, w := range r.waits {
+		w()
+	}
 	ss := r.ss
 	if r.err != nil {
 		ss.s.m.RetryRecordFailures.Inc()
@@ -213,7 +253,12 @@ func (ss *session) jobID(key string) (id, rec string, rev uint64, matched bool) 
 func (ss *session) unmark(rec string, rev uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.PublishTimeout)
 	defer cancel()
-	if err := ss.s.store.Unmark(ctx, ss.cred.Profile, rec, ss.s.self+"/", rev); err != nil {
+	ss.unmarked(rec, rev, ss.s.store.Unmark(ctx, ss.cred.Profile, rec, ss.s.self+"/", rev))
+}
+
+// unmarked is what follows the removal of record rec at revision rev.
+func (ss *session) unmarked(rec string, rev uint64, err error) {
+	if err != nil {
 		ss.log(zerolog.WarnLevel).Err(err).Msg("smtp retry record not removed: a repeat of that submission within the retry window is taken for its retry")
 	}
 	ss.s.marks[ss.cred.Profile].delRev(rec, rev)
@@ -222,17 +267,25 @@ func (ss *session) unmark(rec string, rev uint64) {
 // record writes record rec of submission key and job id and returns its
 // revision.
 func (ss *session) record(ctx context.Context, rec, key, id string) (uint64, error) {
-	s := ss.s
-	v := s.self + "/" + id
+	rev, err := ss.s.store.Mark(ctx, ss.cred.Profile, rec, ss.recordValue(rec, key, id))
+	ss.recorded(rec, key, id, rev, err)
+	return rev, err
+}
+
+// recordValue is the value of record rec of submission key and job id.
+func (ss *session) recordValue(rec, key, id string) string {
+	v := ss.s.self + "/" + id
 	if rec != retryMark(key) {
 		v += "/" + key
 	}
-	rev, err := s.store.Mark(ctx, ss.cred.Profile, rec, v)
-	if err != nil {
-		return 0, err
+	return v
+}
+
+// recorded keeps this replica's copy of a record written (err nil).
+func (ss *session) recorded(rec, key, id string, rev uint64, err error) {
+	if err == nil {
+		ss.s.marks[ss.cred.Profile].put(rec, markEntry{key: key, id: id, at: ss.s.now(), rev: rev}, false)
 	}
-	s.marks[ss.cred.Profile].put(rec, markEntry{key: key, id: id, at: s.now(), rev: rev}, false)
-	return rev, nil
 }
 
 // remember records key's job id (a submission's record) so that the

@@ -35,6 +35,20 @@ func (c *countingStore) Unmark(ctx context.Context, profile, key, value string, 
 	return c.Attachments.Unmark(ctx, profile, key, value, rev)
 }
 
+func (c *countingStore) MarkAsync(ctx context.Context, profile, key, value string) (func(context.Context) (uint64, error), error) {
+	c.mu.Lock()
+	c.marks++
+	c.mu.Unlock()
+	return c.Attachments.MarkAsync(ctx, profile, key, value)
+}
+
+func (c *countingStore) UnmarkAsync(ctx context.Context, profile, key, value string, rev uint64) (func(context.Context) error, error) {
+	c.mu.Lock()
+	c.unmark++
+	c.mu.Unlock()
+	return c.Attachments.UnmarkAsync(ctx, profile, key, value, rev)
+}
+
 func (c *countingStore) counts() (int, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -98,7 +112,7 @@ func TestRecordKeptAfter451(t *testing.T) {
 	b := setup(t, Config{MessagesPerMinute: -1})
 	other, addr := b.replica(Config{MessagesPerMinute: -1})
 	waitFor(t, "the records loaded", func() bool { return marksReady(b.srv) && marksReady(other) })
-	b.srv.pub = &ackLost{p: b.srv.pub, lost: true}
+	b.srv.pub = &ackLostAsync{ackLost{p: b.srv.pub, lost: true}}
 	rcpts := []string{"ann@example.com", "cc@example.com"}
 	c := b.dialAt(b.addr)
 	if _, _, err := send(c, testSender, rcpts, plainMsg); smtpCode(err) != 451 {

@@ -84,6 +84,20 @@ type MarkWatcher interface {
 	WatchMarks(ctx context.Context, profile string, fn func(queue.MarkUpdate), ready func()) (<-chan struct{}, error)
 }
 
+// AsyncPublisher is what a Publisher may also do (queue.Publisher): send a
+// job without waiting for its ack, so that the job and its retry record
+// leave in one write to the broker and their answers are awaited together.
+type AsyncPublisher interface {
+	PublishJobAsync(profile string, job *contract.Job) (wait func(context.Context) (queue.Published, error), err error)
+}
+
+// AsyncMarker is what a Store may also do (queue.Attachments): write and
+// remove retry records without waiting (AsyncPublisher).
+type AsyncMarker interface {
+	MarkAsync(ctx context.Context, profile, key, value string) (wait func(context.Context) (uint64, error), err error)
+	UnmarkAsync(ctx context.Context, profile, key, value string, rev uint64) (wait func(context.Context) error, err error)
+}
+
 // Counter is what a Store may also do (queue.Attachments): count a login's
 // messages in a window shared by every replica (compare-and-set), so that
 // MessagesPerMinute holds for the login however many replicas it reaches.
@@ -873,7 +887,7 @@ func (ss *session) Data(r io.Reader) error {
 	// into the same job (retry.go).
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
-	rr := ss.startRecord(ctx, key)
+	rr := ss.prepareRecord(ctx, key)
 	job := &contract.Job{ID: rr.id, From: ss.from, To: lists[0], Cc: lists[1], Bcc: lists[2],
 		Metadata: map[string]string{"source": "smtp", "smtpLogin": ss.cred.Username}}
 	if ref != "" {
@@ -881,7 +895,19 @@ func (ss *session) Data(r io.Reader) error {
 	} else {
 		job.MIME = &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString(final)}
 	}
-	_, err = s.pub.Publish(ctx, ss.cred.Profile, job)
+	if ap, ok := s.pub.(AsyncPublisher); ok {
+		// The job, then at once its record: both leave in one write and
+		// both answers are awaited before ours.
+		var wait func(context.Context) (queue.Published, error)
+		wait, err = ap.PublishJobAsync(ss.cred.Profile, job)
+		rr.start()
+		if err == nil {
+			_, err = wait(ctx)
+		}
+	} else {
+		rr.start()
+		_, err = s.pub.Publish(ctx, ss.cred.Profile, job)
+	}
 	if errors.Is(err, queue.ErrDuplicatePublish) {
 		err = nil // the same job, byte for byte, is in the stream already (a retry within its duplicate window)
 	}
