@@ -1,6 +1,9 @@
 package contract
 
-import "time"
+import (
+	"encoding/base64"
+	"time"
+)
 
 // Job is one mail to send, as producers publish it on mail.send.<profile>.
 // Field names are lowerCamel JSON; see schema/job.schema.json.
@@ -44,6 +47,21 @@ type Job struct {
 type MIME struct {
 	ContentBase64 string `json:"contentBase64,omitempty"`
 	ObjectRef     string `json:"objectRef,omitempty"`
+
+	// raw is the message ContentBase64 was made of (InlineMIME), which
+	// the validation reads instead of decoding ContentBase64 again while
+	// ContentBase64 is still encoded (its base64).
+	raw     []byte
+	encoded string
+}
+
+// InlineMIME is the MIME of a job that carries message msg inline:
+// ContentBase64 is msg's standard base64. Validate then checks msg's header
+// section as it is instead of decoding ContentBase64 back (the SMTP door
+// builds its jobs so); a ContentBase64 changed afterwards is decoded as any.
+func InlineMIME(msg []byte) *MIME {
+	enc := base64.StdEncoding.EncodeToString(msg)
+	return &MIME{ContentBase64: enc, raw: msg, encoded: enc}
 }
 
 // Attachment is a file attached to a job, given inline (ContentBase64) or by

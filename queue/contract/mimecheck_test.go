@@ -135,6 +135,13 @@ func TestMIMEHeaderRules(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := DecodeJob(mimeJob(t, tc.to, tc.msg))
+			// The same job built from the message's bytes (InlineMIME, as
+			// the SMTP door does), whose header is not decoded back: the
+			// same verdict.
+			j := &Job{ID: "x", From: "billing@contoso.com", To: tc.to, MIME: InlineMIME([]byte(strings.ReplaceAll(tc.msg, "\n", "\r\n")))}
+			if ierr := j.Validate(); fmt.Sprint(ierr) != fmt.Sprint(err) {
+				t.Fatalf("InlineMIME: %v, decoded: %v", ierr, err)
+			}
 			if tc.reason == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -151,6 +158,25 @@ func TestMIMEHeaderRules(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestInlineMIMEChanged: a ContentBase64 changed after InlineMIME is
+// validated as it is, not as the message InlineMIME was given.
+func TestInlineMIMEChanged(t *testing.T) {
+	j := &Job{ID: "x", From: "billing@contoso.com", To: []string{"a@x.com"},
+		MIME: InlineMIME([]byte("From: billing@contoso.com\r\nTo: a@x.com\r\n\r\nx\r\n"))}
+	if err := j.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	j.MIME.ContentBase64 = base64.StdEncoding.EncodeToString([]byte("From: ops@contoso.com\r\nTo: a@x.com\r\n\r\nx\r\n"))
+	var ie *InvalidError
+	if err := j.Validate(); !errors.As(err, &ie) || ie.Reason != ReasonSenderNotAllowed {
+		t.Fatalf("changed ContentBase64: %v, want the other From refused", err)
+	}
+	j.MIME.ContentBase64 = "not base64!"
+	if err := j.Validate(); err == nil {
+		t.Fatal("changed ContentBase64 that is not base64: accepted")
 	}
 }
 

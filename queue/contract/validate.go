@@ -448,6 +448,15 @@ func (j *Job) validateMIME() error {
 	case m.ObjectRef != "":
 		return nil
 	}
+	if m.raw != nil && m.ContentBase64 == m.encoded {
+		// Made by InlineMIME and unchanged: valid base64 of raw.
+		if n := len(m.raw); n > MaxMIMEBytes {
+			return &InvalidError{Field: "mime.contentBase64",
+				Rule:   fmt.Sprintf("%d bytes decoded, over the %d that one Graph sendMail request carries in MIME form", n, MaxMIMEBytes),
+				Reason: ReasonMessageTooLarge}
+		}
+		return j.CheckMIMEHeader(m.raw)
+	}
 	n, ok := base64Size(m.ContentBase64)
 	if !ok || !validBase64(m.ContentBase64) {
 		return invalid("mime.contentBase64", "is not valid standard base64 (RFC 4648, padded, no line breaks)")

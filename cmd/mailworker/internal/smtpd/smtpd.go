@@ -893,7 +893,7 @@ func (ss *session) Data(r io.Reader) error {
 	if ref != "" {
 		job.MIME = &contract.MIME{ObjectRef: ref}
 	} else {
-		job.MIME = &contract.MIME{ContentBase64: base64.StdEncoding.EncodeToString(final)}
+		job.MIME = contract.InlineMIME(final) // validated from final, not decoded back
 	}
 	if ap, ok := s.pub.(AsyncPublisher); ok {
 		// The job, then at once its record: both leave in one write and
