@@ -137,3 +137,41 @@ func TestCountUnder(t *testing.T) {
 		t.Fatal("a stale state counted a fifth under a limit of 4")
 	}
 }
+
+// TestMarkAsync: MarkAsync and UnmarkAsync are Mark and Unmark sent without
+// waiting: a mark's revision, and a removal at an older revision leaves the
+// mark written since (the retry record of a later submission) in place.
+func TestMarkAsync(t *testing.T) {
+	b := setup(t)
+	a := NewAttachments(b.js)
+	w1, err := a.MarkAsync(b.ctx, "billing", "k", "w1/job-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2, err := a.MarkAsync(b.ctx, "billing", "k", "w1/job-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev1, err1 := w1(b.ctx)
+	rev2, err2 := w2(b.ctx)
+	if err1 != nil || err2 != nil || rev1 == 0 || rev2 <= rev1 {
+		t.Fatalf("revisions %d %v, %d %v", rev1, err1, rev2, err2)
+	}
+	u, err := a.UnmarkAsync(b.ctx, "billing", "k", "w1/", rev1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u(b.ctx); err != nil {
+		t.Fatalf("removal at an older revision: %v, want nil (not its to remove)", err)
+	}
+	if v, _, found, err := a.Marked(b.ctx, "billing", "k"); err != nil || !found || v != "w1/job-2" {
+		t.Fatalf("after the stale removal: %q %v %v, want the later mark", v, found, err)
+	}
+	u, _ = a.UnmarkAsync(b.ctx, "billing", "k", "w1/", rev2)
+	if err := u(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, found, err := a.Marked(b.ctx, "billing", "k"); err != nil || found {
+		t.Fatalf("after the removal: found %v %v", found, err)
+	}
+}
