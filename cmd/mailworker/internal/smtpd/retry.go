@@ -137,6 +137,9 @@ func (ss *session) prepareRecord(ctx context.Context, key string) *answerRecord 
 	return r
 }
 
+// writes reports whether start has any write to send.
+func (r *answerRecord) writes() bool { return r.write || r.due != nil }
+
 // start sends the writes prepareRecord decided on, in parallel with the
 // caller's publish: without waiting when the store can (AsyncMarker; they
 // then leave in one write with a job sent just before), else each on its

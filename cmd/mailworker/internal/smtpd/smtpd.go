@@ -895,9 +895,10 @@ func (ss *session) Data(r io.Reader) error {
 	} else {
 		job.MIME = contract.InlineMIME(final) // validated from final, not decoded back
 	}
-	if ap, ok := s.pub.(AsyncPublisher); ok {
+	if ap, ok := s.pub.(AsyncPublisher); ok && rr.writes() {
 		// The job, then at once its record: both leave in one write and
-		// both answers are awaited before ours.
+		// both answers are awaited before ours. (A job alone is published
+		// with a plain request: its ack then takes one hop less.)
 		var wait func(context.Context) (queue.Published, error)
 		wait, err = ap.PublishJobAsync(ss.cred.Profile, job)
 		rr.start()
