@@ -183,7 +183,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.NATSURL, "nats-url", "", "use this JetStream server instead of an embedded one (its MAIL_* streams are purged)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temp dir (configs, worker logs, JetStream store) and print its path")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "deadline for one run's outcomes")
-	fs.BoolVar(&o.Pprof, "pprof", false, "enable http.pprof on the workers and write a 10s CPU profile of replica 0 per worker run into the temp dir (implies --keep)")
+	fs.BoolVar(&o.Pprof, "pprof", false, "enable http.pprof on the workers and write a 10s CPU profile of replica 0 per worker run into the temp dir; in smtp, a 3s profile of the door and one of this process (nats-server, clients) per row (implies --keep)")
 	fs.StringVar(&o.WorkerBin, "worker-bin", "", "use this mailworker binary instead of building ./cmd/mailworker")
 	fs.BoolVar(&o.Quiet, "quiet", false, "no progress line")
 	fs.Usage = func() {
