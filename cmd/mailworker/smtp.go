@@ -252,23 +252,28 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 		if in.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 			return nil, fmt.Errorf("http.listen: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if !in.nc.IsConnected() {
-				http.Error(w, "not ready: NATS not connected", http.StatusServiceUnavailable)
-				return
-			}
-			_, _ = w.Write([]byte("ready\n"))
-		})
-		if cfg.HTTP.Pprof {
-			handlePprof(mux)
-		}
-		in.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		in.httpSrv = &http.Server{Handler: in.handler(cfg.HTTP), ReadHeaderTimeout: 5 * time.Second}
 	}
 	ok = true
 	return in, nil
+}
+
+// handler serves the ingress's metrics, health and (http.pprof) profiles.
+func (in *smtpIngress) handler(hc HTTPConfig) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(in.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !in.nc.IsConnected() {
+			http.Error(w, "not ready: NATS not connected", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	if hc.Pprof {
+		handlePprof(mux)
+	}
+	return mux
 }
 
 // FaultLosePublishAcksEnv is a FAULT INJECTION for tests, never for

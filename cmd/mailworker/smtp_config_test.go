@@ -1,10 +1,14 @@
 package main
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestSMTPOnlyConfig: `mailworker smtp` needs no Entra settings in its
@@ -23,5 +27,18 @@ func TestSMTPOnlyConfig(t *testing.T) {
 	}
 	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "profiles.billing.tenantId: required") {
 		t.Fatalf("worker validation: %v, want tenantId required", err)
+	}
+}
+
+// TestSMTPHTTPPprof: `mailworker smtp` serves net/http/pprof when
+// http.pprof is set (it ignored the option before), and not otherwise.
+func TestSMTPHTTPPprof(t *testing.T) {
+	in := &smtpIngress{reg: prometheus.NewRegistry()}
+	for _, on := range []bool{true, false} {
+		rec := httptest.NewRecorder()
+		in.handler(HTTPConfig{Pprof: on}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/pprof/cmdline", nil))
+		if got, want := rec.Code == http.StatusOK, on; got != want {
+			t.Fatalf("http.pprof %v: /debug/pprof/cmdline answered %d", on, rec.Code)
+		}
 	}
 }
