@@ -99,6 +99,10 @@ func TestRetryOnAnotherReplica(t *testing.T) {
 	}
 	first := b.lastJob(testProfile)
 	_ = c1.Quit()
+	// The other replica learns the record from the broker, as a client's
+	// retry seconds later finds it; this test retries at once, so it waits
+	// for that first.
+	waitFor(t, "the record on the other replica", func() bool { return submissionKeyOf(other, first.ID) != "" })
 	c2 := b.dialAt(addr)
 	code, text, err := send(c2, testSender, rcpts, plainMsg)
 	if code != 250 || !strings.Contains(text, first.ID) {

@@ -126,6 +126,9 @@ func TestRecordKeptAfter451(t *testing.T) {
 		}
 	}
 	_ = c.Quit()
+	// The other replica learns the record from the broker (a client retries
+	// seconds later; this test at once).
+	waitFor(t, "the record on the other replica", func() bool { return submissionKeyOf(other, first.ID) != "" })
 	c2 := b.dialAt(addr)
 	code, text, err := send(c2, testSender, rcpts, plainMsg)
 	if code != 250 || !strings.Contains(text, first.ID) {
