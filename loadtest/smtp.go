@@ -144,10 +144,10 @@ func (h *harness) smtpRun(ctx context.Context, name string, n, conns int, bare b
 			pp = "  pprof: true\n"
 		}
 		cfg := fmt.Sprintf("nats:\n  url: %q\nhttp:\n  listen: %q\n"+pp+"log:\n  level: warn\n  format: json\n"+
-			"smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  maxSessions: %d\n  messagesPerConnection: %d\n%s"+
+			"smtp:\n  listen: %q\n  certFile: %q\n  keyFile: %q\n  maxSessions: %d\n  maxSessionsPerLogin: %d\n  messagesPerConnection: %d\n%s"+
 			strings.Join(extra, "")+"  credentials:\n    - username: %s\n      passwordHash: %q\n      profile: %s\n"+
 			"profiles:\n  %s:\n    tenantId: %s\n    clientId: %s\n    credential:\n      clientSecret: unused\n    allowedSenders: [%s]\n",
-			ns.ClientURL(), httpAddr, addr, certFile, keyFile, conns+8, n, rate, smtpUser, hash, profile, profile, tenantID, clientID, smtpSender)
+			ns.ClientURL(), httpAddr, addr, certFile, keyFile, conns+8, conns+8, n, rate, smtpUser, hash, profile, profile, tenantID, clientID, smtpSender)
 		cfgPath := filepath.Join(dir, "smtp.yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			return nil, err

@@ -66,6 +66,9 @@ type SMTPConfig struct {
 	// from taking every session (defaults 10 and 30s).
 	MaxSessionsPerAddress int           `yaml:"maxSessionsPerAddress"`
 	PreAuthTimeout        time.Duration `yaml:"preAuthTimeout"`
+	// MaxSessionsPerLogin bounds one login's concurrent sessions, from any
+	// addresses (default a fifth of maxSessions).
+	MaxSessionsPerLogin int `yaml:"maxSessionsPerLogin"`
 	// RetryWindow: how long a submission whose answer the client may not
 	// have seen is recognised in its retry (default 24h).
 	RetryWindow time.Duration `yaml:"retryWindow"`
@@ -227,7 +230,7 @@ func newSMTPIngress(ctx context.Context, cfg Config, log zerolog.Logger, tlsCfg 
 	in.srv, err = smtpd.New(smtpd.Config{Domain: sc.Domain, MaxMessageBytes: sc.MaxMessageBytes, MaxRecipients: sc.MaxRecipients,
 		MaxSessions: sc.MaxSessions, MessagesPerConnection: sc.MessagesPerConnection, MessagesPerMinute: sc.MessagesPerMinute,
 		InlineMaxBytes: sc.InlineMaxBytes, ReadTimeout: sc.ReadTimeout, PublishTimeout: sc.PublishTimeout, Senders: senders,
-		MaxSessionsPerAddress: sc.MaxSessionsPerAddress, PreAuthTimeout: sc.PreAuthTimeout, RetryWindow: sc.RetryWindow,
+		MaxSessionsPerAddress: sc.MaxSessionsPerAddress, MaxSessionsPerLogin: sc.MaxSessionsPerLogin, PreAuthTimeout: sc.PreAuthTimeout, RetryWindow: sc.RetryWindow,
 		AuthFailuresPerConnection: sc.AuthFailuresPerConnection, AuthFailuresPerAddress: sc.AuthFailuresPerAddress,
 		AuthLockout: sc.AuthLockout, AuthFailureDelay: sc.AuthFailureDelay, AuthCacheTTL: sc.AuthCacheTTL, AuthCacheSize: sc.AuthCacheSize, ProfileMaxRecipients: maxRcpt,
 		ProfileMaxMessageBytes: maxSize,

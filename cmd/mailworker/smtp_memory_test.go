@@ -32,7 +32,7 @@ func TestSMTPMemoryConcurrentLargeData(t *testing.T) {
 		// the program's), and its broker is slow: the flow only, no figure.
 		clients = 20
 	}
-	r := startSMTPRigFull(t, "  maxSessions: 200\n  maxSessionsPerAddress: 200\n  messagesPerMinute: -1\n  publishTimeout: 60s\n", false)
+	r := startSMTPRigFull(t, "  maxSessions: 200\n  maxSessionsPerAddress: 200\n  maxSessionsPerLogin: 200\n  messagesPerMinute: -1\n  publishTimeout: 60s\n", false)
 	base := hwmKiB(t, r.smtp.cmd.Process.Pid)
 	var wg sync.WaitGroup
 	start := make(chan struct{})

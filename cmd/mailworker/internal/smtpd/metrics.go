@@ -30,6 +30,7 @@ type Metrics struct {
 	CredReloads     *prometheus.CounterVec // result
 
 	SessionsRefusedPerAddress prometheus.Counter
+	SessionsRefusedPerLogin   prometheus.Counter
 	PreAuthTimeouts           prometheus.Counter
 	AuthLockouts              *prometheus.CounterVec // scope: connection, address
 	AuthCacheHits             prometheus.Counter
@@ -67,6 +68,8 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 	}
 	m.SessionsRefusedPerAddress = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "sessions_refused_per_address_total",
 		Help: "SMTP connections refused with 421 because smtp.maxSessionsPerAddress were open from that address (also in sessions_refused_total)."})
+	m.SessionsRefusedPerLogin = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "sessions_refused_per_login_total",
+		Help: "SMTP logins refused with 421 because smtp.maxSessionsPerLogin sessions of that login were open."})
 	m.PreAuthTimeouts = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "preauth_timeouts_total",
 		Help: "SMTP connections closed because they had not logged in within smtp.preAuthTimeout."})
 	m.AuthLockouts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "auth_lockouts_total",
@@ -86,7 +89,7 @@ func NewMetrics(reg prometheus.Registerer, profiles []string) *Metrics {
 	}
 	m.RateCountFailures = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "mailworker", Subsystem: "smtp", Name: "rate_count_failures_total",
 		Help: "MAIL FROM whose shared per-login count (smtp.messagesPerMinute) could not be updated in the broker: counted on this replica alone."})
-	reg.MustRegister(m.SessionsRefusedPerAddress, m.PreAuthTimeouts, m.AuthLockouts, m.AuthCacheHits, m.RetriesMatched, m.RetryRecordFailures, m.RetryLookups,
+	reg.MustRegister(m.SessionsRefusedPerAddress, m.SessionsRefusedPerLogin, m.PreAuthTimeouts, m.AuthLockouts, m.AuthCacheHits, m.RetriesMatched, m.RetryRecordFailures, m.RetryLookups,
 		m.RetryRecordsWatched, m.RateCountFailures)
 	m.AuthLockouts.WithLabelValues("connection")
 	m.AuthLockouts.WithLabelValues("address")

@@ -119,11 +119,17 @@ const MaxDraftSize = int(contract.MaxMessageBytesLimit) - stampHeadroom
 
 // Config tunes the server; zero values take the defaults of WithDefaults.
 type Config struct {
-	Domain                string        // greeting name; default "localhost"
-	MaxMessageBytes       int           // advertised SIZE; default and most: the largest profile's limit (ProfileMaxMessageBytes)
-	MaxRecipients         int           // per transaction; default 500, at most contract.MaxRecipients
-	MaxSessions           int           // concurrent connections; default 100
-	MaxSessionsPerAddress int           // concurrent connections from one client address; default 10
+	Domain                string // greeting name; default "localhost"
+	MaxMessageBytes       int    // advertised SIZE; default and most: the largest profile's limit (ProfileMaxMessageBytes)
+	MaxRecipients         int    // per transaction; default 500, at most contract.MaxRecipients
+	MaxSessions           int    // concurrent connections; default 100
+	MaxSessionsPerAddress int    // concurrent connections from one client (an IPv4 address, an IPv6 /64); default 10
+	// MaxSessionsPerLogin: concurrent logged-in sessions of one login,
+	// from whatever addresses; past it AUTH is answered 421 and the
+	// connection closed, so that one login (a stolen password, a runaway
+	// client) cannot hold every session against the other logins. Default
+	// a fifth of MaxSessions (at least 1).
+	MaxSessionsPerLogin   int
 	PreAuthTimeout        time.Duration // from accept to a successful AUTH; default 30s
 	MessagesPerConnection int           // default 100
 	MessagesPerMinute     int           // per credential; default 60, negative = unlimited
@@ -217,6 +223,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 100
 	}
+	if c.MaxSessionsPerLogin <= 0 {
+		c.MaxSessionsPerLogin = max(1, c.MaxSessions/5)
+	}
 	if c.MessagesPerConnection <= 0 {
 		c.MessagesPerConnection = 100
 	}
@@ -264,11 +273,12 @@ type Server struct {
 	rateMu sync.Mutex
 	rates  map[string][]time.Time // username -> accepts in the last minute
 
-	addrMu  sync.Mutex
-	perAddr map[netip.Addr]int // open sessions per client address
+	addrMu   sync.Mutex
+	perAddr  map[netip.Addr]int // open sessions per client (clientKey)
+	perLogin map[string]int     // logged-in sessions per login
 
 	failMu   sync.Mutex
-	failures map[netip.Addr][]time.Time // failed AUTH per client address, last AuthLockout
+	failures map[netip.Addr][]time.Time // failed AUTH per client (clientKey), last AuthLockout
 
 	auth *authCache // verified logins
 	// compare is bcrypt.CompareHashAndPassword (tests count the calls).
@@ -297,7 +307,7 @@ func New(cfg Config, creds *Credentials, pub Publisher, store Store, o Options) 
 	dummyHash() // made now, so that the first unknown username costs what a wrong password does
 	s := &Server{cfg: cfg, creds: creds, pub: pub, store: store, log: o.Logger, m: o.Metrics, now: o.Now,
 		senders: map[string]map[string]bool{}, tls: o.TLS, rates: map[string][]time.Time{},
-		perAddr: map[netip.Addr]int{}, failures: map[netip.Addr][]time.Time{},
+		perAddr: map[netip.Addr]int{}, perLogin: map[string]int{}, failures: map[netip.Addr][]time.Time{},
 		compare: bcrypt.CompareHashAndPassword, marks: map[string]*markIndex{}}
 	s.auth = newAuthCache(cfg.AuthCacheTTL, cfg.AuthCacheSize, func() time.Time { return s.now() })
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -375,7 +385,7 @@ func (l *capListener) Accept() (net.Conn, error) {
 		s := l.s
 		var addr netip.Addr
 		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-			addr = ap.Addr().Unmap()
+			addr = clientKey(ap.Addr())
 		}
 		reason := ""
 		if n := s.active.Add(1); n > int64(s.cfg.MaxSessions) {
@@ -410,8 +420,43 @@ func (l *capListener) Accept() (net.Conn, error) {
 	}
 }
 
-// addrAcquire counts a session of addr; false when addr has
-// MaxSessionsPerAddress open already.
+// clientKey is what the per-client caps count by: an IPv4 address, or the
+// /64 of an IPv6 address (a single host is usually given a whole /64 and
+// may use any address in it: counted one by one, one host could open
+// MaxSessionsPerAddress sessions, or try AuthFailuresPerAddress passwords,
+// from each of 2^64 addresses).
+func clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		if p, err := a.WithZone("").Prefix(64); err == nil {
+			return p.Addr()
+		}
+	}
+	return a
+}
+
+// loginAcquire counts a logged-in session of username; false when it has
+// MaxSessionsPerLogin open already.
+func (s *Server) loginAcquire(username string) bool {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	if s.perLogin[username] >= s.cfg.MaxSessionsPerLogin {
+		return false
+	}
+	s.perLogin[username]++
+	return true
+}
+
+func (s *Server) loginRelease(username string) {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	if s.perLogin[username]--; s.perLogin[username] <= 0 {
+		delete(s.perLogin, username)
+	}
+}
+
+// addrAcquire counts a session of client addr (clientKey); false when it
+// has MaxSessionsPerAddress open already.
 func (s *Server) addrAcquire(addr netip.Addr) bool {
 	s.addrMu.Lock()
 	defer s.addrMu.Unlock()
@@ -433,10 +478,12 @@ func (s *Server) addrRelease(addr netip.Addr) {
 type countedConn struct {
 	net.Conn
 	s       *Server
-	addr    netip.Addr
+	addr    netip.Addr // clientKey
 	authed  atomic.Bool
 	mu      sync.Mutex
 	preAuth *time.Timer // set under mu
+	login   string      // the login whose session this is (loginAcquire), set under mu
+	closed  bool        // under mu
 	once    sync.Once
 }
 
@@ -444,12 +491,36 @@ func (c *countedConn) Close() error {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.preAuth.Stop()
+		login := c.login
+		c.closed = true
 		c.mu.Unlock()
+		if login != "" {
+			c.s.loginRelease(login)
+		}
 		c.s.active.Add(-1)
 		c.s.addrRelease(c.addr)
 		c.s.m.SessionsActive.Dec()
 	})
 	return c.Conn.Close()
+}
+
+// holdLogin counts this connection as a session of login until it closes;
+// false when login has MaxSessionsPerLogin sessions already (or the
+// connection is closed).
+func (c *countedConn) holdLogin(login string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	if c.login != "" {
+		return c.login == login
+	}
+	if !c.s.loginAcquire(login) {
+		return false
+	}
+	c.login = login
+	return true
 }
 
 // rawConn is the accepted connection under c (under TLS, if any).
@@ -539,7 +610,7 @@ func (ss *session) login(username, password string) error {
 	if ss.fails >= s.cfg.AuthFailuresPerConnection {
 		return ss.lockedOut("connection")
 	}
-	if !s.authAllowedFrom(ss.remote) {
+	if !s.authAllowedFrom(clientKey(ss.remote)) {
 		return ss.lockedOut("address")
 	}
 	cred, gen := s.creds.lookupGen(username)
@@ -552,6 +623,13 @@ func (ss *session) login(username, password string) error {
 	}
 	if !cred.allows(ss.remote) {
 		return ss.authFail(AuthSourceNotAllowed, username) // same answer: the password is not confirmed
+	}
+	if ss.raw != nil && !ss.raw.holdLogin(cred.Username) {
+		s.m.SessionsRefusedPerLogin.Inc()
+		ss.log(zerolog.WarnLevel).Str("login", cred.Username).Str("profile", cred.Profile).Int("maxSessionsPerLogin", s.cfg.MaxSessionsPerLogin).
+			Msg("smtp login refused: too many concurrent sessions of this login")
+		ss.closeRaw()
+		return s.refuse(421, smtp.EnhancedCode{4, 7, 0}, "Too many concurrent sessions for this login; try again later")
 	}
 	ss.cred = cred
 	if ss.raw != nil {
@@ -569,7 +647,7 @@ func (ss *session) authFail(reason, username string) error {
 	}
 	ss.log(zerolog.WarnLevel).Str("reason", reason).Str("username", fmt.Sprintf("%q", username)).Msg("smtp auth failed")
 	ss.fails++
-	s.authFailedFrom(ss.remote)
+	s.authFailedFrom(clientKey(ss.remote))
 	// Tarpit: the n-th failure on a connection is answered after n times
 	// AuthFailureDelay.
 	if d := time.Duration(ss.fails) * s.cfg.AuthFailureDelay; d > 0 {

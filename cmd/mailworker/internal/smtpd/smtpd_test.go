@@ -172,6 +172,12 @@ func testCert(t testing.TB) (tls.Certificate, *x509.CertPool) {
 // empty, AUTH PLAIN.
 func (b *bundle) dial(password string) (*smtp.Client, error) {
 	b.t.Helper()
+	return b.dialAs(testUser, password)
+}
+
+// dialAs is dial with another username.
+func (b *bundle) dialAs(user, password string) (*smtp.Client, error) {
+	b.t.Helper()
 	c, err := smtp.Dial(b.addr)
 	if err != nil {
 		b.t.Fatal(err)
@@ -183,7 +189,7 @@ func (b *bundle) dial(password string) (*smtp.Client, error) {
 	if password == "" {
 		return c, nil
 	}
-	return c, c.Auth(smtp.PlainAuth("", testUser, password, "127.0.0.1"))
+	return c, c.Auth(smtp.PlainAuth("", user, password, "127.0.0.1"))
 }
 
 // send runs MAIL, RCPT and DATA, returning the final reply (code 0 and the
