@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -208,8 +209,8 @@ func (j *Jobs) pull(ctx context.Context, m *Messages, src source, out chan<- *De
 // delivery wraps msg, loading a body deferred by reference; nil when it
 // could not be loaded for now (the message comes back later).
 func (j *Jobs) delivery(ctx context.Context, msg jetstream.Msg) *Delivery {
-	d := &Delivery{msg: msg, data: msg.Data()}
-	ref := msg.Headers().Get(contract.HeaderDeferredRef)
+	d := &Delivery{msg: msg, data: msg.Data(), due: strings.HasPrefix(msg.Subject(), contract.DueSubjectPrefix)}
+	ref := d.Header(contract.HeaderDeferredRef)
 	if ref == "" || j.schedules == nil {
 		return d
 	}
@@ -303,6 +304,10 @@ func (m *Messages) Drain() { m.cancel() }
 type Delivery struct {
 	msg  jetstream.Msg
 	data []byte
+	// due: the message came from MAIL_DEFER (mail.due.<profile>), which
+	// only the worker writes; otherwise from a producer's stream, where
+	// the worker's own headers (workerOnlyHeaders) are not honoured.
+	due  bool
 	done func() // after Ack or Term: delete a body deferred by reference
 }
 
@@ -312,8 +317,23 @@ func (d *Delivery) Data() []byte { return d.data }
 // Subject is the message subject.
 func (d *Delivery) Subject() string { return d.msg.Subject() }
 
-// Header returns a header's value, "" when absent.
-func (d *Delivery) Header(name string) string { return d.msg.Headers().Get(name) }
+// workerOnlyHeaders are written only by the worker on its schedules in
+// MAIL_DEFER. A producer may send them on its own publish, and no NATS
+// permission can stop a header: on a delivery from a producer's stream they
+// read as absent (a producer's Mail-Deferred-Ref would have the worker hand
+// it, and then delete, another profile's deferred job).
+var workerOnlyHeaders = map[string]bool{
+	contract.HeaderDeferredRef: true, contract.HeaderOriginSeq: true, headerDeferredSize: true,
+}
+
+// Header returns a header's value, "" when absent (and for the worker's own
+// headers on a delivery from a producer's stream).
+func (d *Delivery) Header(name string) string {
+	if !d.due && workerOnlyHeaders[name] {
+		return ""
+	}
+	return d.msg.Headers().Get(name)
+}
 
 // Meta returns the stream sequence, the delivery count and the publish time.
 func (d *Delivery) Meta() (seq, delivered uint64, published time.Time, ok bool) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailworker/mailworker/queue/contract"
@@ -319,4 +320,61 @@ func TestDeferBudget(t *testing.T) {
 	if err := (&Schedules{js: js}).Schedule(ctx, "big", "l2", large, "", 0, far); !errors.Is(err, ErrDeferBudget) {
 		t.Fatalf("big's third large deferral over its 3 MiB: %v, want ErrDeferBudget", err)
 	}
+}
+
+// TestProducerCannotSendWorkerHeaders: Mail-Deferred-Ref and Mail-Origin-Seq
+// are the worker's own, written only on its schedules in MAIL_DEFER. On a
+// producer's publish (mail.send.<profile>) they are not honoured: billing
+// naming ops' deferred body (a name it should never learn, but the class is
+// closed whatever it knows) gets its own bytes, ops' body is neither handed
+// to billing nor deleted by billing's ack, and ops' job still arrives whole.
+func TestProducerCannotSendWorkerHeaders(t *testing.T) {
+	b := setup(t)
+	limit := int(b.nc.MaxPayload())
+	opsBody := bytes.Repeat([]byte("o"), limit-100)
+	if err := b.q.Schedules.Schedule(b.ctx, "ops", "ops-big", opsBody, "", 3, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := b.js.Stream(b.ctx, contract.StreamDefer)
+	sm, err := s.GetLastMsgForSubject(b.ctx, contract.ScheduleSubject("ops", "ops-big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := sm.Header.Get(contract.HeaderDeferredRef)
+	if ref == "" {
+		t.Fatal("ops' job is not deferred by reference")
+	}
+	mine := []byte(`{"id":"b1","from":"billing@contoso.com","to":["a@x.com"],"subject":"s","text":"t"}`)
+	pm := nats.NewMsg(contract.JobSubject("billing"))
+	pm.Data = mine
+	pm.Header.Set(contract.HeaderDeferredRef, ref)
+	pm.Header.Set(contract.HeaderOriginSeq, "1")
+	if _, err := b.js.PublishMsg(b.ctx, pm); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := b.q.Jobs(b.ctx, []string{"billing", "ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := jobs.Messages(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Drain()
+	d := next(t, m)
+	if d.Subject() != contract.JobSubject("billing") {
+		t.Fatalf("first delivery on %s, want billing's publish", d.Subject())
+	}
+	if !bytes.Equal(d.Data(), mine) || d.Header(contract.HeaderDeferredRef) != "" || d.Header(contract.HeaderOriginSeq) != "" {
+		t.Fatalf("billing's delivery: %d bytes (its own are %d), ref %q, origin %q: a producer's worker-only headers were honoured",
+			len(d.Data()), len(mine), d.Header(contract.HeaderDeferredRef), d.Header(contract.HeaderOriginSeq))
+	}
+	if err := d.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	d = next(t, m)
+	if d.Subject() != contract.DueSubject("ops") || !bytes.Equal(d.Data(), opsBody) || d.Header(contract.HeaderOriginSeq) != "3" {
+		t.Fatalf("ops' due delivery on %s: %d bytes (want %d), origin %q", d.Subject(), len(d.Data()), len(opsBody), d.Header(contract.HeaderOriginSeq))
+	}
+	_ = d.Ack()
 }
