@@ -324,6 +324,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		if err := ensureKV(ctx, js, kc); err != nil {
 			return err
 		}
+		if err := ensureNoRollup(ctx, js, "KV_"+kc.Bucket); err != nil {
+			return err
+		}
 	}
 	for _, p := range cfg.Profiles {
 		if err := ensureObjectStore(ctx, js, cfg, AttachmentsBucket(p)); err != nil {
@@ -513,6 +516,29 @@ func ensureKV(ctx context.Context, js jetstream.JetStream, want jetstream.KeyVal
 	}
 	if _, err := js.UpdateKeyValue(ctx, want); err != nil {
 		return fmt.Errorf("queue: update KV bucket %s: %w", want.Bucket, err)
+	}
+	return nil
+}
+
+// ensureNoRollup turns rollups off in stream name (a KV bucket's: nats.go
+// creates and updates buckets with them on). The console writes job states
+// on $KV.MAIL_JOB_STATE.>, and no NATS permission can refuse a header: in a
+// stream that honours Nats-Rollup, one publish of `Nats-Rollup: all` would
+// delete every profile's job state. The queue never needs a rollup there:
+// it deletes a state with a delete marker (States.Delete), which History 1
+// keeps as the key's only message.
+func ensureNoRollup(ctx context.Context, js jetstream.JetStream, name string) error {
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("queue: look up stream %s: %w", name, err)
+	}
+	cfg := st.CachedInfo().Config
+	if !cfg.AllowRollup {
+		return nil
+	}
+	cfg.AllowRollup = false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("queue: turn rollups off in stream %s: %w", name, err)
 	}
 	return nil
 }
