@@ -324,7 +324,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		if err := ensureKV(ctx, js, kc); err != nil {
 			return err
 		}
-		if err := ensureNoRollup(ctx, js, "KV_"+kc.Bucket); err != nil {
+		if err := EnsureNoRollup(ctx, js, "KV_"+kc.Bucket); err != nil {
 			return err
 		}
 	}
@@ -520,14 +520,15 @@ func ensureKV(ctx context.Context, js jetstream.JetStream, want jetstream.KeyVal
 	return nil
 }
 
-// ensureNoRollup turns rollups off in stream name (a KV bucket's: nats.go
+// EnsureNoRollup turns rollups off in stream name (a KV bucket's: nats.go
 // creates and updates buckets with them on). The console writes job states
-// on $KV.MAIL_JOB_STATE.>, and no NATS permission can refuse a header: in a
-// stream that honours Nats-Rollup, one publish of `Nats-Rollup: all` would
-// delete every profile's job state. The queue never needs a rollup there:
-// it deletes a state with a delete marker (States.Delete), which History 1
-// keeps as the key's only message.
-func ensureNoRollup(ctx context.Context, js jetstream.JetStream, name string) error {
+// on $KV.MAIL_JOB_STATE.> (and suppressions on $KV.MAIL_SUPPRESSION.>), and
+// no NATS permission can refuse a header: in a stream that honours
+// Nats-Rollup, one publish of `Nats-Rollup: all` would delete every
+// profile's entries. Nothing needs a rollup there: an entry is deleted with
+// a delete marker (States.Delete), which History 1 keeps as the key's only
+// message.
+func EnsureNoRollup(ctx context.Context, js jetstream.JetStream, name string) error {
 	st, err := js.Stream(ctx, name)
 	if err != nil {
 		return fmt.Errorf("queue: look up stream %s: %w", name, err)

@@ -148,7 +148,7 @@ func (s *States) Delete(ctx context.Context, profile, jobID string, rev uint64) 
 		return err
 	}
 	// A delete marker, not a purge: the bucket honours no rollup
-	// (ensureNoRollup), and with History 1 the marker is the key's only
+	// (EnsureNoRollup), and with History 1 the marker is the key's only
 	// message, as a purge's would be.
 	err = s.kv.Delete(ctx, key, jetstream.LastRevision(rev))
 	var apiErr *jetstream.APIError

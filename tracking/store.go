@@ -94,6 +94,12 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 		if err != nil {
 			return nil, fmt.Errorf("tracking: bucket %s: %w", name, err)
 		}
+		// CreateOrUpdateKeyValue turns rollups on: off again, so that no
+		// publish of the console's on $KV.MAIL_SUPPRESSION.> can wipe the
+		// list with a Nats-Rollup header (removals are delete markers).
+		if err := queue.EnsureNoRollup(ctx, js, "KV_"+name); err != nil {
+			return nil, fmt.Errorf("tracking: bucket %s: %w", name, err)
+		}
 		return kv, nil
 	}
 	var s Store
@@ -277,7 +283,7 @@ func (s *Store) UnsuppressKey(ctx context.Context, profile, key string) (bool, e
 	} else if err != nil {
 		return false, fmt.Errorf("tracking: read suppression list of %s: %w", profile, err)
 	}
-	if err := s.suppression.Purge(ctx, k); err != nil {
+	if err := s.suppression.Delete(ctx, k); err != nil { // a marker: the bucket honours no rollup (Open)
 		return false, fmt.Errorf("tracking: remove suppression: %w", err)
 	}
 	return true, nil

@@ -14,11 +14,13 @@ import (
 
 // TestConsoleCannotWipeEveryJobState: the console writes job states (the
 // reset of a replay) and deletes one (a purge) on $KV.MAIL_JOB_STATE.>, and
-// no permission can refuse a header: one publish with Nats-Rollup: all
-// deleted every profile's job states (the duplicate suppression and the
-// records of sends that may have reached Graph). The bucket provisioned by
-// the built binary honours no rollup: every rollup form is refused, every
-// state stays, and deleting one state (what a purge does) still works.
+// removes suppressed addresses on $KV.MAIL_SUPPRESSION.>; no permission can
+// refuse a header: one publish with Nats-Rollup: all deleted every
+// profile's job states (the duplicate suppression and the records of sends
+// that may have reached Graph), or its whole suppression list. The buckets
+// provisioned by the built binary honour no rollup: every rollup form is
+// refused, every entry stays, and deleting one state (what a purge does)
+// still works.
 func TestConsoleCannotWipeEveryJobState(t *testing.T) {
 	t.Parallel()
 	e := startTrustEnv(t, "")
@@ -34,15 +36,27 @@ func TestConsoleCannotWipeEveryJobState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, roll := range []string{"all", "sub", "ALL"} {
-		m := &nats.Msg{Subject: "$KV.MAIL_JOB_STATE.billing.x", Data: []byte(`{}`), Header: nats.Header{"Nats-Rollup": []string{roll}}}
-		r, err := cnc.RequestMsg(m, 5*time.Second)
-		if err != nil {
-			t.Fatalf("rollup %s: %v", roll, err)
+	sup, err := wjs.KeyValue(ctx, "MAIL_SUPPRESSION")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sup.Put(ctx, "ops.k1", []byte(`{"address":"a@example.com","suppressed":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, subj := range []string{"$KV.MAIL_JOB_STATE.billing.x", "$KV.MAIL_SUPPRESSION.billing.x"} {
+		for _, roll := range []string{"all", "sub", "ALL"} {
+			m := &nats.Msg{Subject: subj, Data: []byte(`{}`), Header: nats.Header{"Nats-Rollup": []string{roll}}}
+			r, err := cnc.RequestMsg(m, 5*time.Second)
+			if err != nil {
+				t.Fatalf("%s rollup %s: %v", subj, roll, err)
+			}
+			if !strings.Contains(string(r.Data), "10111") {
+				t.Errorf("the console's publish on %s with Nats-Rollup: %s answered %s, want refused (10111)", subj, roll, r.Data)
+			}
 		}
-		if !strings.Contains(string(r.Data), "10111") {
-			t.Errorf("the console's publish with Nats-Rollup: %s answered %s, want refused (10111)", roll, r.Data)
-		}
+	}
+	if _, err := sup.Get(ctx, "ops.k1"); err != nil {
+		t.Errorf("ops' suppressed address after the console's rollups: %v", err)
 	}
 	for _, k := range []string{"ops.o1", "ops.o2", "billing.b1"} {
 		if _, err := kv.Get(ctx, k); err != nil {
