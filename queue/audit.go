@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -122,42 +121,29 @@ func (a *Audit) ForJob(ctx context.Context, profile, jobID string) ([]AuditRecor
 
 // ForJobSince returns the audit records of jobID in any profile stored since
 // since (all when zero; a job's records are never older than the job),
-// oldest first. It reads headers to find the job's records (their
-// Mail-Job-Id), then only those: a job page costs the audit stream's
-// headers since the job's first moment, not its bodies.
+// oldest first. It reads the audit stream from since on by batch direct
+// gets (BrowseDirect: no consumer) and keeps the job's records (their
+// Mail-Job-Id header).
 func (a *Audit) ForJobSince(ctx context.Context, jobID string, since time.Time) ([]AuditRecord, error) {
 	if !contract.ValidJobID(jobID) {
 		return nil, fmt.Errorf("queue: audit: invalid job id %s", contract.Quote(jobID))
 	}
-	s, err := a.js.Stream(ctx, contract.StreamAudit)
-	if err != nil {
+	if _, err := a.js.Stream(ctx, contract.StreamAudit); err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", contract.StreamAudit, err)
 	}
-	var seqs []uint64
-	err = Browse(ctx, s, BrowseOptions{Filter: contract.AuditSubjectPrefix + ">", Since: since, HeadersOnly: true}, func(m jetstream.Msg) (bool, error) {
-		if m.Headers().Get(contract.HeaderJobID) == jobID {
-			if md, err := m.Metadata(); err == nil {
-				seqs = append(seqs, md.Sequence.Stream)
-			}
+	var out []AuditRecord
+	err := BrowseDirect(ctx, a.js, contract.StreamAudit, BrowseOptions{Filter: contract.AuditSubjectPrefix + ">", Since: since}, func(m jetstream.Msg) (bool, error) {
+		if m.Headers().Get(contract.HeaderJobID) != jobID {
+			return true, nil
+		}
+		var r AuditRecord
+		if json.Unmarshal(m.Data(), &r) == nil && r.JobID == jobID {
+			out = append(out, r)
 		}
 		return true, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: read %s: %w", contract.StreamAudit, err)
-	}
-	out := make([]AuditRecord, 0, len(seqs))
-	for _, seq := range seqs {
-		raw, err := s.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue // aged out meanwhile
-		}
-		if err != nil {
-			return nil, fmt.Errorf("queue: read %s record %d: %w", contract.StreamAudit, seq, err)
-		}
-		var r AuditRecord
-		if json.Unmarshal(raw.Data, &r) == nil && r.JobID == jobID {
-			out = append(out, r)
-		}
 	}
 	return out, nil
 }

@@ -196,18 +196,17 @@ func (d *DLQ) Page(ctx context.Context, q DLQQuery) (DLQPage, error) {
 	if err != nil {
 		return DLQPage{}, err
 	}
-	s, err := d.stream(ctx)
-	if err != nil {
+	if _, err := d.stream(ctx); err != nil {
 		return DLQPage{}, err
 	}
-	from := strings.ToLower(strings.TrimSpace(q.From))
-	headersOnly := from == ""
-	o := BrowseOptions{Filter: subj, StartSeq: q.After + 1, HeadersOnly: headersOnly}
+	// A direct get carries bodies: the page is filled from what the scan read.
+	const headersOnly = false
+	o := BrowseOptions{Filter: subj, StartSeq: q.After + 1}
 	if q.After == 0 {
 		o.StartSeq, o.Since = 0, q.Since
 	}
 	var page DLQPage
-	err = Browse(ctx, s, o, func(m jetstream.Msg) (bool, error) {
+	err = BrowseDirect(ctx, d.js, contract.StreamDLQ, o, func(m jetstream.Msg) (bool, error) {
 		page.Scanned++
 		md, err := m.Metadata()
 		if err != nil {
@@ -232,18 +231,6 @@ func (d *DLQ) Page(ctx context.Context, q DLQQuery) (DLQPage, error) {
 	})
 	if err != nil {
 		return DLQPage{}, fmt.Errorf("queue: page %s: %w", contract.StreamDLQ, err)
-	}
-	if headersOnly {
-		for i := range page.Items {
-			raw, err := s.GetMsg(ctx, page.Items[i].Seq)
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				continue // replayed or purged meanwhile
-			}
-			if err != nil {
-				return DLQPage{}, fmt.Errorf("queue: read dead letter %d: %w", page.Items[i].Seq, err)
-			}
-			page.Items[i] = deadLetterOf(raw)
-		}
 	}
 	return page, nil
 }
@@ -301,7 +288,7 @@ func (d *DLQ) Recount(ctx context.Context, prev *DLQCounts) (DLQCounts, error) {
 			o.StartSeq = prev.LastSeq + 1
 		}
 	}
-	err = Browse(ctx, s, o, func(m jetstream.Msg) (bool, error) {
+	err = BrowseDirect(ctx, d.js, contract.StreamDLQ, o, func(m jetstream.Msg) (bool, error) {
 		profile := strings.TrimPrefix(m.Subject(), contract.DLQSubjectPrefix)
 		r := contract.Reason(m.Headers().Get(contract.HeaderReason))
 		if c.ByProfile[profile] == nil {
@@ -336,7 +323,7 @@ func (d *DLQ) Find(ctx context.Context, profile, jobID string) (contract.DeadLet
 		return contract.DeadLetter{}, err
 	}
 	var seq uint64
-	err = Browse(ctx, s, BrowseOptions{Filter: subj, HeadersOnly: true}, func(m jetstream.Msg) (bool, error) {
+	err = BrowseDirect(ctx, d.js, contract.StreamDLQ, BrowseOptions{Filter: subj}, func(m jetstream.Msg) (bool, error) {
 		if m.Headers().Get(contract.HeaderJobID) == jobID {
 			if md, err := m.Metadata(); err == nil {
 				seq = md.Sequence.Stream
@@ -382,11 +369,10 @@ func (d *DLQ) PurgeRecord(ctx context.Context, seq uint64) error {
 // EventsSince calls fn with every status event stored since since, oldest
 // first, until fn returns false (the console's overview).
 func (e *Events) EventsSince(ctx context.Context, since time.Time, fn func(contract.Event) bool) error {
-	s, err := e.js.Stream(ctx, contract.StreamStatus)
-	if err != nil {
+	if _, err := e.js.Stream(ctx, contract.StreamStatus); err != nil {
 		return fmt.Errorf("queue: stream %s: %w", contract.StreamStatus, err)
 	}
-	err = Browse(ctx, s, BrowseOptions{Filter: contract.StatusSubjectPrefix + ">", Since: since}, func(m jetstream.Msg) (bool, error) {
+	err := BrowseDirect(ctx, e.js, contract.StreamStatus, BrowseOptions{Filter: contract.StatusSubjectPrefix + ">", Since: since}, func(m jetstream.Msg) (bool, error) {
 		var ev contract.Event
 		if err := json.Unmarshal(m.Data(), &ev); err != nil {
 			return true, nil
@@ -408,13 +394,13 @@ type MailboxUsage struct {
 
 // Mailboxes returns the recipients counted for every mailbox in the ledger.
 func (p *Pacing) Mailboxes(ctx context.Context, now time.Time) ([]MailboxUsage, error) {
-	lister, err := p.kv.ListKeys(ctx)
+	entries, err := KVScan(ctx, p.js, contract.BucketPacing, "")
 	if err != nil {
 		return nil, fmt.Errorf("queue: list recipient ledger: %w", err)
 	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
+	keys := make([]string, 0, len(entries))
+	for _, e := range entries {
+		keys = append(keys, e.Key)
 	}
 	var out []MailboxUsage
 	for _, k := range keys {
@@ -481,12 +467,11 @@ func (d *DLQ) FindNear(ctx context.Context, profile, jobID string, near time.Tim
 	if err != nil {
 		return contract.DeadLetter{}, err
 	}
-	s, err := d.stream(ctx)
-	if err != nil {
+	if _, err := d.stream(ctx); err != nil {
 		return contract.DeadLetter{}, err
 	}
 	var seq uint64
-	err = Browse(ctx, s, BrowseOptions{Filter: subj, Since: near.Add(-findMargin), HeadersOnly: true}, func(m jetstream.Msg) (bool, error) {
+	err = BrowseDirect(ctx, d.js, contract.StreamDLQ, BrowseOptions{Filter: subj, Since: near.Add(-findMargin)}, func(m jetstream.Msg) (bool, error) {
 		if m.Headers().Get(contract.HeaderJobID) != jobID {
 			return true, nil
 		}

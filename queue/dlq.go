@@ -208,7 +208,7 @@ func (d *DLQ) stream(ctx context.Context) (jetstream.Stream, error) {
 }
 
 // each calls fn with every dead letter matching q (q.After and q.Limit
-// ignored), oldest first, read through Browse (a batch per request, not a
+// ignored), oldest first, read through BrowseDirect (a batch per request, not a
 // request per record); with headersOnly their Body (and the fields parsed
 // from it) are empty, unless q.From needs the body to match.
 func (d *DLQ) each(ctx context.Context, q DLQQuery, headersOnly bool, fn func(contract.DeadLetter) error) error {
@@ -216,12 +216,11 @@ func (d *DLQ) each(ctx context.Context, q DLQQuery, headersOnly bool, fn func(co
 	if err != nil {
 		return err
 	}
-	s, err := d.stream(ctx)
-	if err != nil {
+	if _, err := d.stream(ctx); err != nil {
 		return err
 	}
 	headersOnly = headersOnly && strings.TrimSpace(q.From) == ""
-	err = Browse(ctx, s, BrowseOptions{Filter: subj, HeadersOnly: headersOnly, Since: q.Since}, func(m jetstream.Msg) (bool, error) {
+	err = BrowseDirect(ctx, d.js, contract.StreamDLQ, BrowseOptions{Filter: subj, HeadersOnly: headersOnly, Since: q.Since}, func(m jetstream.Msg) (bool, error) {
 		dl := deadLetterOfMsg(m, headersOnly)
 		var stored time.Time
 		if md, err := m.Metadata(); err == nil {

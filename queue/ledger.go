@@ -101,6 +101,8 @@ func (rec pacingRecord) lease(l ledger.Lease) (next pacingRecord, granted int, f
 // last LedgerSpan hours.
 type Pacing struct {
 	kv jetstream.KeyValue
+	// js lists the ledger (Mailboxes) by direct gets: no consumer.
+	js jetstream.JetStream
 }
 
 // PacingKey is the MAIL_PACING key of mailbox: its lower-cased address in

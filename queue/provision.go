@@ -245,17 +245,17 @@ func streamConfigs(c Config) []jetstream.StreamConfig {
 	return append(scs, deferStreamConfig(c),
 		jetstream.StreamConfig{
 			Name: contract.StreamStatus, Subjects: []string{contract.StatusSubjectPrefix + ">"}, Retention: jetstream.LimitsPolicy,
-			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.StatusMaxAge, Duplicates: DuplicateWindow,
+			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.StatusMaxAge, Duplicates: DuplicateWindow, AllowDirect: true,
 			Description: "mailworker: status events, mail.status.<profile>.<job id>",
 		},
 		jetstream.StreamConfig{
 			Name: contract.StreamDLQ, Subjects: []string{contract.DLQSubjectPrefix + ">"}, Retention: jetstream.LimitsPolicy,
-			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.DLQMaxAge, Duplicates: DuplicateWindow,
+			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.DLQMaxAge, Duplicates: DuplicateWindow, AllowDirect: true,
 			Description: "mailworker: dead letters, mail.dlq.<profile>",
 		},
 		jetstream.StreamConfig{
 			Name: contract.StreamAudit, Subjects: []string{contract.AuditSubjectPrefix + ">"}, Retention: jetstream.LimitsPolicy,
-			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.AuditMaxAge, Duplicates: DuplicateWindow,
+			Storage: jetstream.FileStorage, Replicas: c.Replicas, MaxAge: c.AuditMaxAge, Duplicates: DuplicateWindow, AllowDirect: true,
 			Description: "mailworker: support actions (who, what, when), mail.audit.<profile>",
 		},
 	)
@@ -393,6 +393,10 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	upd.Subjects = want.Subjects
 	upd.AllowMsgSchedules = have.AllowMsgSchedules || want.AllowMsgSchedules
 	upd.AllowRollup = have.AllowRollup || want.AllowRollup
+	// Support and the console read MAIL_STATUS, MAIL_DLQ and MAIL_AUDIT by
+	// batch direct gets (BrowseDirect): switched on in place in a stream of
+	// an older release.
+	upd.AllowDirect = have.AllowDirect || want.AllowDirect
 	if ingress {
 		upd.MaxMsgs, upd.MaxBytes, upd.MaxMsgSize, upd.Discard = want.MaxMsgs, want.MaxBytes, want.MaxMsgSize, want.Discard
 		upd.DenyDelete, upd.DenyPurge, upd.AllowRollup = true, true, false
@@ -418,7 +422,7 @@ func sameStreamSettings(a, b jetstream.StreamConfig) bool {
 	return a.MaxAge == b.MaxAge && a.Replicas == b.Replicas && a.Duplicates == b.Duplicates &&
 		slices.Equal(a.Subjects, b.Subjects) && a.AllowMsgSchedules == b.AllowMsgSchedules && a.AllowRollup == b.AllowRollup &&
 		a.MaxMsgs == b.MaxMsgs && a.MaxBytes == b.MaxBytes && a.MaxMsgSize == b.MaxMsgSize && a.Discard == b.Discard &&
-		a.DenyDelete == b.DenyDelete && a.DenyPurge == b.DenyPurge &&
+		a.DenyDelete == b.DenyDelete && a.DenyPurge == b.DenyPurge && a.AllowDirect == b.AllowDirect &&
 		a.AllowAtomicPublish == b.AllowAtomicPublish && a.AllowBatchPublish == b.AllowBatchPublish
 }
 
@@ -640,7 +644,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 	}
 	q := &Queue{js: js, States: &States{kv: kv, stream: stateStream, js: js}, Events: &Events{js: js}, Attachments: &Attachments{js: js},
 		Audit:   &Audit{js: js},
-		Workers: &Workers{kv: workersKV, stream: workersStream}, Pacing: &Pacing{kv: pacingKV}}
+		Workers: &Workers{kv: workersKV, stream: workersStream}, Pacing: &Pacing{kv: pacingKV, js: js}}
 	q.DLQ = &DLQ{js: js, states: q.States, events: q.Events}
 	q.Schedules = &Schedules{js: js}
 	return q, nil

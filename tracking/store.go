@@ -221,25 +221,20 @@ func (s *Store) Suppressed(ctx context.Context, profile, addr string, now time.T
 // Suppressions lists profile's entries (all profiles when profile is ""),
 // expired ones included (ExpiresAt says so).
 func (s *Store) Suppressions(ctx context.Context, profile string) ([]Suppression, error) {
-	var filter []string
+	filter := ""
 	if profile != "" {
-		filter = []string{profile + ".>"}
+		filter = profile + ".>"
 	}
-	lister, err := s.suppression.ListKeysFiltered(ctx, filter...)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
+	// Batch direct gets, not ListKeys: support and the console, which list
+	// suppressions, may create no consumer (deploy/nats/accounts.conf).
+	entries, err := queue.KVScan(ctx, s.js, BucketSuppression, filter)
 	if err != nil {
 		return nil, fmt.Errorf("tracking: list suppressions: %w", err)
 	}
 	var out []Suppression
-	for k := range lister.Keys() {
-		e, err := s.suppression.Get(ctx, k)
-		if err != nil {
-			continue // removed meanwhile
-		}
+	for _, e := range entries {
 		var sup Suppression
-		if json.Unmarshal(e.Value(), &sup) == nil {
+		if json.Unmarshal(e.Value, &sup) == nil {
 			out = append(out, sup)
 		}
 	}

@@ -374,34 +374,15 @@ func eachEventSince(ctx context.Context, js jetstream.JetStream, filter string, 
 	if info.State.Msgs == 0 || info.State.LastTime.Before(t) {
 		return nil
 	}
-	oc, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
-		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &t})
-	if err != nil {
-		return err
-	}
-	for {
-		batch, err := oc.Fetch(500, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			return err
+	// Batch direct gets, not a consumer: support may create none.
+	return queue.BrowseDirect(ctx, js, contract.StreamStatus, queue.BrowseOptions{Filter: filter, Since: t}, func(m jetstream.Msg) (bool, error) {
+		var ev contract.Event
+		if json.Unmarshal(m.Data(), &ev) == nil {
+			fn(ev)
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			var ev contract.Event
-			if json.Unmarshal(m.Data(), &ev) == nil {
-				fn(ev)
-			}
-			if md, err := m.Metadata(); err == nil && (md.Sequence.Stream >= lastSeq || md.NumPending == 0) {
-				return nil
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return err
-		}
-		if got == 0 {
-			return nil // nothing more on this filter
-		}
-	}
+		md, _ := m.Metadata()
+		return md.Sequence.Stream < lastSeq, nil
+	})
 }
 
 // countWaiting adds to each profile's Waiting the jobs in its ingress stream
