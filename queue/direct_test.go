@@ -96,7 +96,9 @@ func TestBrowseDirect(t *testing.T) {
 	t.Run("since", func(t *testing.T) {
 		check(t, read(t, BrowseOptions{Since: mid, Filter: "t.a"}, 0), want(n/2, func(s uint64) bool { return s%2 == 0 }))
 	})
-	t.Run("stops when fn says so", func(t *testing.T) { check(t, read(t, BrowseOptions{}, 900), want(1, func(s uint64) bool { return s <= 900 })) })
+	t.Run("stops when fn says so", func(t *testing.T) {
+		check(t, read(t, BrowseOptions{}, 900), want(1, func(s uint64) bool { return s <= 900 }))
+	})
 	t.Run("nothing matches", func(t *testing.T) {
 		check(t, read(t, BrowseOptions{Filter: "t.none"}, 0), nil)
 		check(t, read(t, BrowseOptions{StartSeq: n + 1}, 0), nil)
