@@ -204,15 +204,15 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 
 	// support and the console read dead letters (whose bodies are jobs),
 	// status events, audit records and job states: each read, by direct
-	// get, message get, API info and a pull consumer's next message, is
-	// answered to a reply subject of the queue.
+	// get (single and batch), message get and API info, is answered to a
+	// reply subject of the queue.
 	dead, _ := json.Marshal(contract.Job{ID: "dl1", From: "ops@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"})
 	if _, err := wjs.PublishMsg(ctx, &nats.Msg{Subject: "mail.dlq.ops", Data: dead,
 		Header: nats.Header{contract.HeaderJobID: []string{"dl1"}, contract.HeaderReason: []string{string(contract.ReasonGraphRejected)}}}); err != nil {
 		t.Fatal(err)
 	}
 	reader := func(t *testing.T, user string) {
-		nc, _, _ := e.connect(user)
+		nc, js, _ := e.connect(user)
 		requests := []struct{ subj, body string }{
 			{"$JS.API.STREAM.MSG.GET.MAIL_DLQ", `{"seq":1}`},
 			{"$JS.API.STREAM.MSG.GET.MAIL_DLQ", `{"last_by_subj":"mail.dlq.ops"}`},
@@ -232,28 +232,17 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 				}
 			}
 		}
-		// A pull consumer's next message (the dead letter) to each target.
-		for i, target := range targets {
-			name := user + "-pull" + strconv.Itoa(i)
-			req, _ := json.Marshal(map[string]any{"stream_name": "MAIL_DLQ", "config": map[string]any{
-				"name": name, "ack_policy": "none", "deliver_policy": "all", "inactive_threshold": int64(time.Minute)}})
-			if _, err := nc.Request("$JS.API.CONSUMER.CREATE.MAIL_DLQ."+name, req, 5*time.Second); err != nil {
-				t.Fatalf("%s creates a pull consumer on MAIL_DLQ: %v", user, err)
-			}
-			next := "$JS.API.CONSUMER.MSG.NEXT.MAIL_DLQ." + name
-			if err := nc.PublishMsg(&nats.Msg{Subject: next, Reply: target, Data: []byte(`{"batch":1,"no_wait":true}`)}); err != nil {
+		// A batch direct get of MAIL_DLQ (how support and the console list
+		// it), whose answers are several messages, to each target.
+		for _, target := range targets {
+			if err := nc.PublishMsg(&nats.Msg{Subject: "$JS.API.DIRECT.GET.MAIL_DLQ", Reply: target, Data: []byte(`{"seq":1,"batch":10,"next_by_subj":">"}`)}); err != nil {
 				t.Fatal(err)
 			}
-			// Answered to its own inbox (no message left: 404): the
-			// one before it was handled.
-			if _, err := nc.Request(next, []byte(`{"batch":1,"no_wait":true}`), 5*time.Second); err != nil {
-				t.Errorf("%s pulls from its consumer: %v (MAIL_DLQ deleted?)", user, err)
-				return
-			}
-			if ci, err := nc.Request("$JS.API.CONSUMER.INFO.MAIL_DLQ."+name, nil, 5*time.Second); err != nil || !strings.Contains(string(ci.Data), `"delivered":{"consumer_seq":1`) {
-				t.Errorf("%s's consumer did not hand out the dead letter (to %s): %v", user, target, err)
-				return
-			}
+		}
+		n := 0
+		err := queue.BrowseDirect(ctx, js, "MAIL_DLQ", queue.BrowseOptions{}, func(jetstream.Msg) (bool, error) { n++; return true, nil })
+		if err != nil || n != 1 {
+			t.Fatalf("%s lists MAIL_DLQ by batch direct get: %d records, %v", user, n, err)
 		}
 	}
 
@@ -269,18 +258,17 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 	}
 }
 
-// TestPushedDeadLetterNeverReachesTheWorker: support (and the console) may
-// create consumers on MAIL_DLQ, and a push consumer's deliver subject, named
-// in the create request, is a subject of MAIL that no import remaps. Pointed
-// at mail.send.ops (a stream's literal subject: the only kind of subject a
-// push consumer delivers to), it delivers a dead letter (a whole job) into
-// ops' job stream from inside MAIL. nats-server 2.15.2 stores it there under
-// its original subject, mail.dlq.ops, which the worker's consumer
-// (filter mail.send.ops) never hands out: the dead letter is not sent. This
-// test holds nats-server to that (a server that stored it as mail.send.ops
-// would let support send any dead letter unrecorded); the pushed messages do
-// take room in ops' stream (docs/reliability.md, "Trust model").
-func TestPushedDeadLetterNeverReachesTheWorker(t *testing.T) {
+// TestSupportAndConsoleCreateNoConsumer: a push consumer's deliver subject,
+// named in the body of its create request, is a subject of MAIL that no
+// service import remaps, so whoever may create a consumer in MAIL may have
+// MAIL publish its messages to any subject there (a dead letter pushed into
+// ops' job stream fills it up to its max_bytes, and its producers are then
+// refused). Support and the console read through direct gets only, so they
+// may create no consumer at all: holding each credential, the attacker asks
+// for push consumers delivering to mail.send.ops (and pull consumers, named,
+// durable and ephemeral, through every create subject) on every stream of
+// the queue; none is created and ops' stream holds nothing.
+func TestSupportAndConsoleCreateNoConsumer(t *testing.T) {
 	e := startTrustEnv(t, "")
 	_, wjs, _ := e.connect("worker")
 	ctx := context.Background()
@@ -290,37 +278,76 @@ func TestPushedDeadLetterNeverReachesTheWorker(t *testing.T) {
 		contract.HeaderProfile: []string{"ops"}}}); err != nil {
 		t.Fatal(err)
 	}
+	streams := []string{"MAIL_DLQ", "MAIL_STATUS", "MAIL_AUDIT", "KV_MAIL_JOB_STATE", "KV_MAIL_PACING", "KV_MAIL_SUPPRESSION",
+		"KV_MAIL_TRACKING", "KV_MAIL_WORKERS", "MAIL_JOBS_ops", "MAIL_JOBS_billing", contract.StreamDefer,
+		"OBJ_MAIL_ATTACHMENTS_ops", "OBJ_MAIL_DEFERRED"}
+	// Some streams exist only with tracking or a deferral: the ones that
+	// exist are checked.
+	var present []string
+	before := map[string]int{} // consumers on each stream (the worker's)
+	for _, st := range streams {
+		if s, err := wjs.Stream(ctx, st); err == nil {
+			present = append(present, st)
+			before[st] = s.CachedInfo().State.Consumers
+		}
+	}
+	if len(present) < 8 {
+		t.Fatalf("only %v of the queue's streams exist", present)
+	}
 	for _, user := range []string{"support", "console"} {
 		nc, _, _ := e.connect(user)
-		name := "push-" + user
-		req, _ := json.Marshal(map[string]any{"stream_name": "MAIL_DLQ", "config": map[string]any{
-			"name": name, "deliver_subject": "mail.send.ops", "filter_subject": "mail.dlq.ops",
-			"ack_policy": "none", "deliver_policy": "all"}})
-		if m, err := nc.Request("$JS.API.CONSUMER.CREATE.MAIL_DLQ."+name+".mail.dlq.ops", req, 5*time.Second); err != nil || strings.Contains(string(m.Data), `"error"`) {
-			t.Fatalf("%s creates a push consumer on MAIL_DLQ: %v", user, err)
+		for _, st := range present {
+			for i, kind := range []string{"push", "pull"} {
+				name := user + "-" + kind
+				cfg := map[string]any{"name": name, "ack_policy": "none", "deliver_policy": "all"}
+				if kind == "push" {
+					cfg["deliver_subject"] = "mail.send.ops"
+				}
+				ecfg := map[string]any{"ack_policy": "none", "deliver_policy": "all"}
+				if i == 0 {
+					ecfg["deliver_subject"] = "mail.send.ops"
+				}
+				named, _ := json.Marshal(map[string]any{"stream_name": st, "config": cfg})
+				durable := map[string]any{"durable_name": name + "-d", "ack_policy": "none", "deliver_policy": "all"}
+				if i == 0 {
+					durable["deliver_subject"] = "mail.send.ops"
+				}
+				dur, _ := json.Marshal(map[string]any{"stream_name": st, "config": durable})
+				eph, _ := json.Marshal(map[string]any{"stream_name": st, "config": ecfg})
+				for _, r := range []struct {
+					subj string
+					body []byte
+				}{
+					{"$JS.API.CONSUMER.CREATE." + st + "." + name, named},
+					{"$JS.API.CONSUMER.CREATE." + st + "." + name + ".>", named},
+					{"$JS.API.CONSUMER.DURABLE.CREATE." + st + "." + name + "-d", dur},
+					{"$JS.API.CONSUMER.CREATE." + st, eph},
+				} {
+					if err := nc.PublishRequest(r.subj, nc.NewRespInbox(), r.body); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		// An allowed request answered after them: they have been handled.
+		if _, err := nc.Request("$JS.API.STREAM.INFO.MAIL_DLQ", nil, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, st := range present {
+		s, err := wjs.Stream(ctx, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := s.CachedInfo().State.Consumers; n != before[st] {
+			t.Errorf("%s has %d consumers, %d before: support or the console created one", st, n, before[st])
 		}
 	}
 	ops, err := wjs.Stream(ctx, "MAIL_JOBS_ops")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var subjects map[string]uint64
-	eventually(t, 10*time.Second, "the pushed dead letters in ops' stream", func() bool {
-		info, err := ops.Info(ctx, jetstream.WithSubjectFilter(">"))
-		if err != nil {
-			return false
-		}
-		subjects = info.State.Subjects
-		return info.State.Msgs == 2
-	})
-	if subjects["mail.send.ops"] != 0 || subjects["mail.dlq.ops"] != 2 {
-		t.Fatalf("pushed dead letters stored in ops' stream under %v: a worker would take those on mail.send.ops as ops' jobs", subjects)
-	}
-	c, err := wjs.Consumer(ctx, "MAIL_JOBS_ops", "mailworker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info, err := c.Info(ctx); err != nil || info.NumPending != 0 {
-		t.Fatalf("the worker's consumer on ops' stream has %d pending after the push (%v)", info.NumPending, err)
+	if info, err := ops.Info(ctx); err != nil || info.State.LastSeq != 0 {
+		t.Errorf("ops' job stream holds %d messages (%v): pushed into it", info.State.Msgs, err)
 	}
 }
