@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailworker/mailworker/queue/contract"
 )
 
 // Reading a stream without a consumer: batch direct gets.
@@ -42,6 +44,14 @@ const directBatch = browseBatch
 // directIdle is how long BrowseDirect waits for the next message of a batch
 // when ctx has no earlier deadline.
 const directIdle = 5 * time.Second
+
+// wholeStream is the filter that matches every subject of a stream read by
+// BrowseDirect.
+var wholeStream = map[string]string{
+	contract.StreamDLQ:    contract.DLQSubjectPrefix + ">",
+	contract.StreamStatus: contract.StatusSubjectPrefix + ">",
+	contract.StreamAudit:  contract.AuditSubjectPrefix + ">",
+}
 
 // directGetRequest is JSApiMsgGetRequest (nats-server jetstream_api.go).
 type directGetRequest struct {
@@ -105,7 +115,11 @@ func BrowseDirect(ctx context.Context, js jetstream.JetStream, stream string, o 
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	filter := o.Filter
-	if filter == "" {
+	if filter == "" || filter == wholeStream[stream] || filter == "$KV."+strings.TrimPrefix(stream, "KV_")+".>" {
+		// The whole stream: nats-server counts what is pending for ">"
+		// from its stream state, for any other filter by walking the
+		// message blocks after the batch's start (filestore.go
+		// NumPending), which every batch does once.
 		filter = ">"
 	}
 	seq := o.StartSeq
