@@ -197,12 +197,10 @@ func directMsgOf(m *nats.Msg, stream string) (*directMsg, error) {
 	np, _ := strconv.ParseUint(h.Get("Nats-Num-Pending"), 10, 64)
 	dm := &directMsg{subject: h.Get(jetstream.SubjectHeader), data: m.Data,
 		md: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumPending: np, Timestamp: ts, Stream: stream}}
-	dm.header = nats.Header{}
-	for k, v := range h {
-		if !slices.Contains(directHeaders, k) {
-			dm.header[k] = v
-		}
+	for _, k := range directHeaders {
+		delete(h, k) // the message is ours: no copy
 	}
+	dm.header = h
 	return dm, nil
 }
 
