@@ -318,8 +318,7 @@ func (d *DLQ) Find(ctx context.Context, profile, jobID string) (contract.DeadLet
 	if err != nil {
 		return contract.DeadLetter{}, err
 	}
-	s, err := d.stream(ctx)
-	if err != nil {
+	if _, err := d.stream(ctx); err != nil {
 		return contract.DeadLetter{}, err
 	}
 	var seq uint64
@@ -337,7 +336,9 @@ func (d *DLQ) Find(ctx context.Context, profile, jobID string) (contract.DeadLet
 	if seq == 0 {
 		return contract.DeadLetter{}, fmt.Errorf("%w: %s", ErrNotInDLQ, jobID)
 	}
-	raw, err := s.GetMsg(ctx, seq)
+	// From the leader: the scan may have been answered by a follower that
+	// has not applied the record's delete (a replay) yet.
+	raw, err := LeaderGet(ctx, d.js, contract.StreamDLQ, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return contract.DeadLetter{}, fmt.Errorf("%w: %s", ErrNotInDLQ, jobID)
 	}
@@ -427,13 +428,13 @@ func pacingKeyDecode(k string) (string, error) {
 
 var pacingEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
-// At returns the dead letter stored at seq, or ErrNotInDLQ.
+// At returns the dead letter stored at seq, as the stream leader holds it
+// (not a follower that may lag behind a replay's delete), or ErrNotInDLQ.
 func (d *DLQ) At(ctx context.Context, seq uint64) (contract.DeadLetter, error) {
-	s, err := d.stream(ctx)
-	if err != nil {
+	if _, err := d.stream(ctx); err != nil {
 		return contract.DeadLetter{}, err
 	}
-	raw, err := s.GetMsg(ctx, seq)
+	raw, err := LeaderGet(ctx, d.js, contract.StreamDLQ, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return contract.DeadLetter{}, fmt.Errorf("%w: record %d", ErrNotInDLQ, seq)
 	}
@@ -516,6 +517,15 @@ func (d *DLQ) ReplayMatching(ctx context.Context, q DLQQuery, before func(contra
 		for _, dl := range page.Items {
 			if len(dl.Body) == 0 {
 				continue // replayed or purged meanwhile
+			}
+			// The page may come from a follower behind a delete: act
+			// only on what the leader still holds.
+			if cur, err := d.At(ctx, dl.Seq); errors.Is(err, ErrNotInDLQ) {
+				continue
+			} else if err != nil {
+				return n, err
+			} else {
+				dl = cur
 			}
 			if err := before(dl); err != nil {
 				return n, err

@@ -42,8 +42,13 @@ const directBatchBytes = browseBatchBytes
 const directBatch = browseBatch
 
 // directIdle is how long BrowseDirect waits for the next message of a batch
-// when ctx has no earlier deadline.
+// (or ctx's deadline when earlier) before it asks again from where it
+// stopped.
 const directIdle = 5 * time.Second
+
+// directTries is how many requests in a row BrowseDirect makes without
+// reading anything new before it gives up.
+const directTries = 4
 
 // wholeStream is the filter that matches every subject of a stream read by
 // BrowseDirect.
@@ -92,12 +97,12 @@ var directHeaders = []string{jetstream.StreamHeader, jetstream.SubjectHeader, je
 
 // directGetSubject is $JS.API.DIRECT.GET.<stream> under js's API prefix.
 func directGetSubject(js jetstream.JetStream, stream string) string {
-	prefix := js.Options().APIPrefix
-	if prefix == "" {
-		prefix = jetstream.DefaultAPIPrefix
-	}
-	return strings.TrimSuffix(prefix, ".") + ".DIRECT.GET." + stream
+	return apiPrefix(js) + "DIRECT.GET." + stream
 }
+
+// errDirectIdle is a batch whose next message did not come within
+// directIdle: its responder stopped (a node frozen or killed mid-batch).
+var errDirectIdle = errors.New("no answer")
 
 // BrowseDirect is Browse through batch direct gets: it calls fn with the
 // messages of stream matching o (o.WorkQueue and o.HeadersOnly are ignored:
@@ -105,15 +110,33 @@ func directGetSubject(js jetstream.JetStream, stream string) string {
 // order, until fn returns false or an error, or no message matching o is
 // left. It creates no consumer, so a user whose permissions allow no
 // consumer create can read: support's and the console's accounts.
+//
+// In a replicated stream a direct get is answered by any replica that
+// nats-server has let into the direct-get queue group: the leader, and every
+// follower once it was current (or 90 % caught up) after it started
+// (jetstream_cluster.go monitorStream, "enabling direct gets at %.0f%%
+// synchronized"); a follower is never taken out again when it falls behind,
+// and a frozen one keeps its subscription until its routes close. So:
+//   - a batch whose answer stops (nothing within directIdle) is asked again
+//     from the message after the last one received, on a new inbox, up to
+//     directTries times in a row without progress;
+//   - a follower holds a prefix of the leader's messages, so an answer can
+//     miss only what comes after its end. When an answer says nothing more
+//     matches, BrowseDirect asks the stream leader ($JS.API.STREAM.MSG.GET,
+//     answered by the leader only: jetstream_api.go jsMsgGetRequest) for the
+//     next matching message; only the leader's "none" ends the scan. What
+//     was stored before BrowseDirect began is therefore always read, during
+//     and after node faults.
+//
+// A record deleted just before the scan may still be read from a follower
+// that has not applied the delete yet; callers that act on a record (replay,
+// purge) read it again from the leader first (LeaderGet).
+//
+// It returns fn's error, ctx's error, or an error naming the stream when the
+// stream cannot be read.
 func BrowseDirect(ctx context.Context, js jetstream.JetStream, stream string, o BrowseOptions, fn func(jetstream.Msg) (bool, error)) error {
 	nc := js.Conn()
 	subj := directGetSubject(js, stream)
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return fmt.Errorf("browse %s: subscribe: %w", stream, err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
 	filter := o.Filter
 	if filter == "" || filter == wholeStream[stream] || filter == "$KV."+strings.TrimPrefix(stream, "KV_")+".>" {
 		// The whole stream: nats-server counts what is pending for ">"
@@ -122,66 +145,173 @@ func BrowseDirect(ctx context.Context, js jetstream.JetStream, stream string, o 
 		// NumPending), which every batch does once.
 		filter = ">"
 	}
-	seq := o.StartSeq
-	var since *time.Time
-	if seq == 0 && !o.Since.IsZero() {
+	cur := directCursor{seq: o.StartSeq}
+	if cur.seq == 0 && !o.Since.IsZero() {
 		t := o.Since.UTC()
-		since = &t
+		cur.since = &t
 	}
-next:
+	idle := 0
 	for {
-		req := directGetRequest{NextFor: filter, Batch: directBatch, MaxBytes: directBatchBytes}
-		if since != nil {
-			req.StartTime, since = since, nil
-		} else {
-			req.Seq = seq
+		got, more, err := directBatchRead(ctx, nc, subj, stream, filter, &cur, fn)
+		switch {
+		case errors.Is(err, errDirectIdle):
+			if got > 0 {
+				idle = 0
+			}
+			if idle++; idle >= directTries {
+				return fmt.Errorf("browse %s: direct get: %w %d times in a row (allow_direct on, and the direct get allowed?)", stream, err, idle)
+			}
+			continue
+		case err != nil:
+			return err
+		case !more:
+			return nil
+		case got > 0:
+			idle = 0
+			continue
 		}
-		body, err := json.Marshal(req)
+		// The answer says nothing more matches: only the leader may say so.
+		m, err := leaderNextAt(ctx, js, stream, filter, cur)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
 		if err != nil {
+			return fmt.Errorf("browse %s: the leader's next message: %w", stream, err)
+		}
+		cur.seq, cur.since = m.md.Sequence.Stream+1, nil
+		if more, err := fn(m); err != nil || !more {
 			return err
 		}
-		if err := nc.PublishRequest(subj, inbox, body); err != nil {
-			return fmt.Errorf("browse %s: direct get: %w", stream, err)
+		idle = 0
+	}
+}
+
+// directCursor is where BrowseDirect reads next: seq, or the first message
+// stored at or after since while seq is 0.
+type directCursor struct {
+	seq   uint64
+	since *time.Time
+}
+
+// directBatchRead makes one batch direct get from cur, calls fn with each
+// message and moves cur past it. It returns how many messages it read,
+// whether the scan goes on (false once fn says stop or returns an error),
+// and errDirectIdle when the answer stopped before its end. A batch that
+// ends where the responder says nothing more matches returns more true and
+// got 0 when it read nothing, or when its end-of-batch says nothing is
+// pending: the caller asks the leader then. (A batch that read messages and
+// says more are pending returns got > 0.)
+func directBatchRead(ctx context.Context, nc *nats.Conn, subj, stream, filter string, cur *directCursor, fn func(jetstream.Msg) (bool, error)) (got int, more bool, err error) {
+	// A new inbox per request: a late answer to an abandoned one cannot
+	// mix into this one.
+	sub, err := nc.SubscribeSync(nc.NewInbox())
+	if err != nil {
+		return 0, false, fmt.Errorf("browse: subscribe: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req := directGetRequest{NextFor: filter, Batch: directBatch, MaxBytes: directBatchBytes, Seq: cur.seq, StartTime: cur.since}
+	if req.StartTime != nil {
+		req.Seq = 0
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return 0, false, err
+	}
+	if err := nc.PublishRequest(subj, sub.Subject, body); err != nil {
+		return 0, false, fmt.Errorf("browse: direct get: %w", err)
+	}
+	for {
+		wait := directIdle
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			wait = max(time.Until(dl), time.Millisecond)
 		}
-		got := 0
-		for {
-			wait := directIdle
-			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-				wait = max(time.Until(dl), time.Millisecond)
+		m, err := sub.NextMsg(wait)
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return got, false, cerr
 			}
-			m, err := sub.NextMsg(wait)
-			if err != nil {
-				if cerr := ctx.Err(); cerr != nil {
-					return cerr
+			if errors.Is(err, nats.ErrTimeout) {
+				return got, true, errDirectIdle
+			}
+			return got, false, fmt.Errorf("browse %s: direct get: %w", stream, err)
+		}
+		if status := m.Header.Get("Status"); status != "" {
+			switch status {
+			case "204": // end of batch
+				np, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+				if np == 0 {
+					return 0, true, nil // the responder has no more: ask the leader
 				}
-				return fmt.Errorf("browse %s: direct get (allow_direct on, and the direct get allowed?): %w", stream, err)
+				return got, true, nil
+			case "404": // nothing (more) matches on the responder
+				return 0, true, nil
+			case "503": // no responder (the stream's replicas are all away)
+				return got, true, errDirectIdle
+			default:
+				return got, false, fmt.Errorf("browse %s: direct get: %s %s", stream, status, m.Header.Get("Description"))
 			}
-			if status := m.Header.Get("Status"); status != "" {
-				switch status {
-				case "204": // end of batch
-					np, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
-					if np == 0 || got == 0 {
-						return nil
-					}
-					continue next
-				case "404": // nothing (more) matches
-					return nil
-				default:
-					return fmt.Errorf("browse %s: direct get: %s %s", stream, status, m.Header.Get("Description"))
-				}
-			}
-			dm, err := directMsgOf(m, stream)
-			if err != nil {
-				return fmt.Errorf("browse %s: %w", stream, err)
-			}
-			got++
-			seq = dm.md.Sequence.Stream + 1
-			more, err := fn(dm)
-			if err != nil || !more {
-				return err
-			}
+		}
+		dm, err := directMsgOf(m, stream)
+		if err != nil {
+			return got, false, fmt.Errorf("browse %s: %w", stream, err)
+		}
+		if dm.md.Sequence.Stream < cur.seq {
+			continue // not ours (cannot happen on a fresh inbox; cheap to check)
+		}
+		got++
+		cur.seq, cur.since = dm.md.Sequence.Stream+1, nil
+		more, err := fn(dm)
+		if err != nil || !more {
+			return got, false, err
 		}
 	}
+}
+
+// leaderTimeout bounds one request to a stream leader.
+const leaderTimeout = 10 * time.Second
+
+// leaderRetry is leaderGet, asked again when no answer came within
+// leaderTimeout (a leader election, a node frozen or killed), up to
+// directTries times, while ctx lasts.
+func leaderRetry(ctx context.Context, js jetstream.JetStream, stream string, req map[string]any) (*jetstream.RawStreamMsg, error) {
+	for try := 1; ; try++ {
+		rctx, cancel := context.WithTimeout(ctx, leaderTimeout)
+		m, err := leaderGet(rctx, js, stream, req)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || ctx.Err() != nil || try >= directTries ||
+			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout)) {
+			return m, err
+		}
+	}
+}
+
+// leaderNextAt is the first message of stream matching filter at or after
+// cur, read through the stream's leader.
+func leaderNextAt(ctx context.Context, js jetstream.JetStream, stream, filter string, cur directCursor) (*directMsg, error) {
+	req := map[string]any{"next_by_subj": filter}
+	if cur.since != nil {
+		req["start_time"] = cur.since
+	} else {
+		req["seq"] = max(cur.seq, 1)
+	}
+	raw, err := leaderRetry(ctx, js, stream, req)
+	if err != nil {
+		return nil, err
+	}
+	h := raw.Header
+	if h == nil {
+		h = nats.Header{}
+	}
+	return &directMsg{subject: raw.Subject, header: h, data: raw.Data,
+		md: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: raw.Sequence}, Timestamp: raw.Time, Stream: stream}}, nil
+}
+
+// LeaderGet returns the message at seq of stream as the stream's leader
+// holds it, jetstream.ErrMsgNotFound when it is gone: for a record read by
+// BrowseDirect (perhaps from a follower that has not applied its delete
+// yet) that the caller is about to act on or show alone.
+func LeaderGet(ctx context.Context, js jetstream.JetStream, stream string, seq uint64) (*jetstream.RawStreamMsg, error) {
+	return leaderRetry(ctx, js, stream, map[string]any{"seq": seq})
 }
 
 func directMsgOf(m *nats.Msg, stream string) (*directMsg, error) {

@@ -279,7 +279,14 @@ func (d *DLQ) Get(ctx context.Context, profile, jobID string) (contract.DeadLett
 	if len(profiles) > 1 {
 		return contract.DeadLetter{}, fmt.Errorf("%w: job %s is dead-lettered in profiles %s: give the profile", ErrAmbiguousJob, jobID, strings.Join(profiles, ", "))
 	}
-	return all[len(all)-1], nil
+	// The newest record as the leader holds it: the listing may come from
+	// a follower that has not applied a replay's delete yet (a replay
+	// deletes the job's older records too, so none is left then).
+	dl, err := d.At(ctx, all[len(all)-1].Seq)
+	if errors.Is(err, ErrNotInDLQ) {
+		return contract.DeadLetter{}, fmt.Errorf("%w: %s", ErrNotInDLQ, jobID)
+	}
+	return dl, err
 }
 
 // Replay puts the newest dead letter of profile's job jobID (profile "" as in
