@@ -2,8 +2,13 @@ package queue
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -241,4 +246,137 @@ func TestProvisionSwitchesOnAllowDirect(t *testing.T) {
 			t.Errorf("%s: allow_direct still off after Provision", n)
 		}
 	}
+}
+
+// staleReplica answers $JS.API.DIRECT.GET.<stream> in place of the server's
+// replicas (the stream has no allow_direct, so nothing else does), from the
+// messages the leader holds (read by STREAM.MSG.GET), as answer says: for
+// the n-th request (from 1) it returns the last sequence it holds (a
+// follower that has applied only that far) and whether it stops answering
+// after its first message (a node frozen or killed mid-batch).
+func staleReplica(t *testing.T, nc *nats.Conn, js jetstream.JetStream, stream string, answer func(n int) (last uint64, freeze bool)) {
+	t.Helper()
+	s, err := js.Stream(t.Context(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	n := 0
+	sub, err := nc.Subscribe("$JS.API.DIRECT.GET."+stream, func(req *nats.Msg) {
+		var r directGetRequest
+		if err := json.Unmarshal(req.Data, &r); err != nil {
+			t.Errorf("stale replica: %v", err)
+			return
+		}
+		mu.Lock()
+		n++
+		last, freeze := answer(n)
+		mu.Unlock()
+		sent := 0
+		seq := max(r.Seq, 1)
+		for ; seq <= last && sent < r.Batch; seq++ {
+			m, err := s.GetMsg(context.Background(), seq)
+			if err != nil || r.NextFor != ">" && r.NextFor != m.Subject {
+				continue // deleted, or another subject
+			}
+			h := nats.Header{}
+			maps.Copy(h, m.Header)
+			h.Set(jetstream.StreamHeader, stream)
+			h.Set(jetstream.SubjectHeader, m.Subject)
+			h.Set(jetstream.SequenceHeader, fmt.Sprint(m.Sequence))
+			h.Set(jetstream.TimeStampHeaer, m.Time.UTC().Format(time.RFC3339Nano))
+			h.Set("Nats-Num-Pending", fmt.Sprint(last-seq))
+			if err := nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: h, Data: m.Data}); err != nil {
+				t.Errorf("stale replica: %v", err)
+			}
+			sent++
+			if freeze {
+				return // no more, no end of batch
+			}
+		}
+		h := nats.Header{"Status": {"204"}, "Description": {"EOB"}, "Nats-Num-Pending": {fmt.Sprint(last - min(seq-1, last))}}
+		if sent == 0 {
+			h = nats.Header{"Status": {"404"}, "Description": {"No Results"}}
+		}
+		if err := nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: h}); err != nil {
+			t.Errorf("stale replica: %v", err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+}
+
+// TestBrowseDirectAcrossLaggingReplicas: in a replicated stream a direct get
+// may be answered by a follower that lags behind the last acked write, or by
+// a node that is frozen or killed mid-batch (the cluster fault suite does
+// both). BrowseDirect still reads every message stored before it began, each
+// once and in order: it asks again from the message after the last one
+// received when an answer stops, and ends only when the stream leader
+// (STREAM.MSG.GET, leader only) has nothing more.
+func TestBrowseDirectAcrossLaggingReplicas(t *testing.T) {
+	js, nc := startJS(t)
+	ctx := t.Context()
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "L", Subjects: []string{"l.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1200 // three batches
+	for i := 1; i <= n; i++ {
+		if _, err := js.Publish(ctx, []string{"l.a", "l.b"}[i%2], []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.DeleteMsg(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	read := func(t *testing.T, o BrowseOptions) []uint64 {
+		t.Helper()
+		var seqs []uint64
+		err := BrowseDirect(ctx, js, "L", o, func(m jetstream.Msg) (bool, error) {
+			md, _ := m.Metadata()
+			if string(m.Data()) != fmt.Sprint(md.Sequence.Stream) || m.Subject() != []string{"l.a", "l.b"}[md.Sequence.Stream%2] {
+				t.Errorf("message %d: subject %q body %q", md.Sequence.Stream, m.Subject(), m.Data())
+			}
+			seqs = append(seqs, md.Sequence.Stream)
+			return true, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seqs
+	}
+	check := func(t *testing.T, got []uint64, from uint64, step uint64) {
+		t.Helper()
+		var want []uint64
+		for seq := from; seq <= n; seq += step {
+			if seq != 7 {
+				want = append(want, seq)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("read %d messages (%v…), want %d", len(got), got[:min(len(got), 5)], len(want))
+		}
+	}
+	t.Run("a follower behind the leader", func(t *testing.T) {
+		// Every answer comes from a follower that holds the first 1,000
+		// messages: without the leader's word the scan ends at 1,000.
+		staleReplica(t, nc, js, "L", func(int) (uint64, bool) { return 1000, false })
+		check(t, read(t, BrowseOptions{}), 1, 1)
+		check(t, read(t, BrowseOptions{Filter: "l.b"}), 1, 2)
+		check(t, read(t, BrowseOptions{StartSeq: 990}), 990, 1)
+		check(t, read(t, BrowseOptions{Since: time.Now().Add(-time.Hour)}), 1, 1)
+	})
+	t.Run("a follower far behind", func(t *testing.T) {
+		// A follower that restarted with an empty store answers 404.
+		staleReplica(t, nc, js, "L", func(int) (uint64, bool) { return 0, false })
+		check(t, read(t, BrowseOptions{StartSeq: 1195}), 1195, 1)
+	})
+	t.Run("a node frozen mid-batch", func(t *testing.T) {
+		// The second request's answer stops after one message (SIGSTOP,
+		// kill -9): the scan asks again from the next one.
+		staleReplica(t, nc, js, "L", func(i int) (uint64, bool) { return n, i == 2 })
+		check(t, read(t, BrowseOptions{}), 1, 1)
+	})
 }
