@@ -264,18 +264,27 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 // MAIL publish its messages to any subject there (a dead letter pushed into
 // ops' job stream fills it up to its max_bytes, and its producers are then
 // refused). Support and the console read through direct gets only, so they
-// may create no consumer at all: holding each credential, the attacker asks
-// for push consumers delivering to mail.send.ops (and pull consumers, named,
-// durable and ephemeral, through every create subject) on every stream of
-// the queue; none is created and ops' stream holds nothing.
+// may create no consumer at all, nor pull from, delete or flow-control one:
+// holding each credential, the attacker asks for push consumers delivering
+// to mail.send.ops (and pull consumers, named, durable and ephemeral,
+// through every create subject) on every stream of the queue, pulls from
+// and deletes the worker's consumers and answers their flow control. Every
+// request is refused (the server's permission violations prove it), no
+// consumer is created or deleted, ops' stream holds only its own job and
+// nobody took it.
 func TestSupportAndConsoleCreateNoConsumer(t *testing.T) {
 	e := startTrustEnv(t, "")
 	_, wjs, _ := e.connect("worker")
+	_, ojs, _ := e.connect("producer_ops")
 	ctx := context.Background()
 	dead, _ := json.Marshal(contract.Job{ID: "dl-push", From: "ops@contoso.example", To: []string{"a@example.com"}, Subject: "s", Text: "t"})
 	if _, err := wjs.PublishMsg(ctx, &nats.Msg{Subject: "mail.dlq.ops", Data: dead, Header: nats.Header{
 		contract.HeaderJobID: []string{"dl-push"}, contract.HeaderReason: []string{string(contract.ReasonGraphRejected)},
 		contract.HeaderProfile: []string{"ops"}}}); err != nil {
+		t.Fatal(err)
+	}
+	job, _ := json.Marshal(contract.Job{ID: "ops-own", From: "ops@contoso.example", To: []string{"b@example.com"}, Subject: "s", Text: "t"})
+	if _, err := ojs.Publish(ctx, "mail.send.ops", job); err != nil {
 		t.Fatal(err)
 	}
 	streams := []string{"MAIL_DLQ", "MAIL_STATUS", "MAIL_AUDIT", "KV_MAIL_JOB_STATE", "KV_MAIL_PACING", "KV_MAIL_SUPPRESSION",
@@ -294,8 +303,23 @@ func TestSupportAndConsoleCreateNoConsumer(t *testing.T) {
 	if len(present) < 8 {
 		t.Fatalf("only %v of the queue's streams exist", present)
 	}
+	// The worker's consumers: pulled from, deleted, flow-controlled.
+	workerConsumers := [][2]string{{"MAIL_JOBS_ops", contract.ConsumerName}, {"MAIL_JOBS_billing", contract.ConsumerName},
+		{contract.StreamDefer, contract.DueConsumer("ops")}}
 	for _, user := range []string{"support", "console"} {
-		nc, _, _ := e.connect(user)
+		nc, _, errs := e.connect(user)
+		got, err := nc.SubscribeSync(nc.NewRespInbox())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent := 0
+		send := func(subj string, body []byte) {
+			t.Helper()
+			if err := nc.PublishRequest(subj, got.Subject, body); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
 		for _, st := range present {
 			for i, kind := range []string{"push", "pull"} {
 				name := user + "-" + kind
@@ -314,24 +338,27 @@ func TestSupportAndConsoleCreateNoConsumer(t *testing.T) {
 				}
 				dur, _ := json.Marshal(map[string]any{"stream_name": st, "config": durable})
 				eph, _ := json.Marshal(map[string]any{"stream_name": st, "config": ecfg})
-				for _, r := range []struct {
-					subj string
-					body []byte
-				}{
-					{"$JS.API.CONSUMER.CREATE." + st + "." + name, named},
-					{"$JS.API.CONSUMER.CREATE." + st + "." + name + ".>", named},
-					{"$JS.API.CONSUMER.DURABLE.CREATE." + st + "." + name + "-d", dur},
-					{"$JS.API.CONSUMER.CREATE." + st, eph},
-				} {
-					if err := nc.PublishRequest(r.subj, nc.NewRespInbox(), r.body); err != nil {
-						t.Fatal(err)
-					}
-				}
+				send("$JS.API.CONSUMER.CREATE."+st+"."+name, named)
+				send("$JS.API.CONSUMER.CREATE."+st+"."+name+".>", named)
+				send("$JS.API.CONSUMER.DURABLE.CREATE."+st+"."+name+"-d", dur)
+				send("$JS.API.CONSUMER.CREATE."+st, eph)
 			}
 		}
-		// An allowed request answered after them: they have been handled.
-		if _, err := nc.Request("$JS.API.STREAM.INFO.MAIL_DLQ", nil, 5*time.Second); err != nil {
-			t.Fatal(err)
+		for _, c := range workerConsumers {
+			send("$JS.API.CONSUMER.MSG.NEXT."+c[0]+"."+c[1], []byte(`{"batch":10,"expires":2000000000}`))
+			send("$JS.API.CONSUMER.DELETE."+c[0]+"."+c[1], nil)
+			send("$JS.FC."+c[0]+"."+c[1]+".1.1.1", nil)
+		}
+		// Each request is refused: the server says so for each one.
+		deadline := time.Now().Add(30 * time.Second)
+		for errs.count("Publish to") < sent && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := errs.count("Publish to"); n < sent {
+			t.Errorf("%s: %d of %d consumer requests refused", user, n, sent)
+		}
+		if m, err := got.NextMsg(time.Millisecond); err == nil {
+			t.Errorf("%s: an answer to a consumer request reached the attacker: %q %s", user, m.Header, m.Data)
 		}
 	}
 	for _, st := range present {
@@ -340,14 +367,19 @@ func TestSupportAndConsoleCreateNoConsumer(t *testing.T) {
 			t.Fatal(err)
 		}
 		if n := s.CachedInfo().State.Consumers; n != before[st] {
-			t.Errorf("%s has %d consumers, %d before: support or the console created one", st, n, before[st])
+			t.Errorf("%s has %d consumers, %d before: support or the console created or deleted one", st, n, before[st])
 		}
 	}
 	ops, err := wjs.Stream(ctx, "MAIL_JOBS_ops")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info, err := ops.Info(ctx); err != nil || info.State.LastSeq != 0 {
-		t.Errorf("ops' job stream holds %d messages (%v): pushed into it", info.State.Msgs, err)
+	if info, err := ops.Info(ctx); err != nil || info.State.LastSeq != 1 {
+		t.Errorf("ops' job stream holds %d messages, its last is %d (%v): pushed into it", info.State.Msgs, info.State.LastSeq, err)
+	}
+	if c, err := ops.Consumer(ctx, contract.ConsumerName); err != nil {
+		t.Errorf("the worker's consumer on MAIL_JOBS_ops: %v", err)
+	} else if d := c.CachedInfo().Delivered.Consumer; d != 0 {
+		t.Errorf("ops' job was delivered %d times with no worker running: pulled by support or the console", d)
 	}
 }

@@ -93,6 +93,17 @@ type asyncErrs struct {
 }
 
 func (a *asyncErrs) add(err error) { a.mu.Lock(); a.errs = append(a.errs, err.Error()); a.mu.Unlock() }
+func (a *asyncErrs) count(s string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, e := range a.errs {
+		if strings.Contains(e, s) {
+			n++
+		}
+	}
+	return n
+}
 func (a *asyncErrs) has(s string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
