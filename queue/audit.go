@@ -128,7 +128,7 @@ func (a *Audit) ForJobSince(ctx context.Context, jobID string, since time.Time) 
 	if !contract.ValidJobID(jobID) {
 		return nil, fmt.Errorf("queue: audit: invalid job id %s", contract.Quote(jobID))
 	}
-	if _, err := a.js.Stream(ctx, contract.StreamAudit); err != nil {
+	if _, err := lookupStream(ctx, a.js, contract.StreamAudit); err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", contract.StreamAudit, err)
 	}
 	var out []AuditRecord

@@ -370,7 +370,7 @@ func (d *DLQ) PurgeRecord(ctx context.Context, seq uint64) error {
 // EventsSince calls fn with every status event stored since since, oldest
 // first, until fn returns false (the console's overview).
 func (e *Events) EventsSince(ctx context.Context, since time.Time, fn func(contract.Event) bool) error {
-	if _, err := e.js.Stream(ctx, contract.StreamStatus); err != nil {
+	if _, err := lookupStream(ctx, e.js, contract.StreamStatus); err != nil {
 		return fmt.Errorf("queue: stream %s: %w", contract.StreamStatus, err)
 	}
 	err := BrowseDirect(ctx, e.js, contract.StreamStatus, BrowseOptions{Filter: contract.StatusSubjectPrefix + ">", Since: since}, func(m jetstream.Msg) (bool, error) {

@@ -200,11 +200,27 @@ func deadLetterOf(m *jetstream.RawStreamMsg) contract.DeadLetter {
 }
 
 func (d *DLQ) stream(ctx context.Context) (jetstream.Stream, error) {
-	s, err := d.js.Stream(ctx, contract.StreamDLQ)
+	s, err := lookupStream(ctx, d.js, contract.StreamDLQ)
 	if err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", contract.StreamDLQ, err)
 	}
 	return s, nil
+}
+
+// lookupStream is js.Stream, asked again when no answer came within
+// leaderTimeout, up to directTries times while ctx lasts: a request sent on
+// a connection to a node that then froze is never answered, and the
+// connection fails over to another node meanwhile.
+func lookupStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	for try := 1; ; try++ {
+		rctx, cancel := context.WithTimeout(ctx, leaderTimeout)
+		s, err := js.Stream(rctx, name)
+		cancel()
+		if err == nil || ctx.Err() != nil || try >= directTries ||
+			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)) {
+			return s, err
+		}
+	}
 }
 
 // each calls fn with every dead letter matching q (q.After and q.Limit
