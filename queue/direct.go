@@ -270,18 +270,40 @@ func directBatchRead(ctx context.Context, nc *nats.Conn, subj, stream, filter st
 // leaderTimeout bounds one request to a stream leader.
 const leaderTimeout = 10 * time.Second
 
-// leaderRetry is leaderGet, asked again when no answer came within
-// leaderTimeout (a leader election, a node frozen or killed), up to
-// directTries times, while ctx lasts.
+// leaderRetry is leaderGet, asked again (up to directTries times, while ctx
+// lasts) when no answer came within leaderTimeout or the answer was "503
+// JetStream system temporarily unavailable" (err 10008, from a node that
+// has just come back): transient in a cluster with a node frozen, killed or
+// restarting.
 func leaderRetry(ctx context.Context, js jetstream.JetStream, stream string, req map[string]any) (*jetstream.RawStreamMsg, error) {
 	for try := 1; ; try++ {
 		rctx, cancel := context.WithTimeout(ctx, leaderTimeout)
 		m, err := leaderGet(rctx, js, stream, req)
 		cancel()
-		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || ctx.Err() != nil || try >= directTries ||
-			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout)) {
+		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || try >= directTries || !transient(err) || !retryPause(ctx, try) {
 			return m, err
 		}
+	}
+}
+
+// transient reports whether err is a request that may succeed when made
+// again: no answer in time, no responder, or JetStream's 503 (err 10008).
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.As(err, &apiErr) && apiErr.Code == 503
+}
+
+// retryPause waits 250 ms times try before a request is made again; false when
+// ctx ended first.
+func retryPause(ctx context.Context, try int) bool {
+	t := time.NewTimer(time.Duration(try) * 250 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -207,17 +207,16 @@ func (d *DLQ) stream(ctx context.Context) (jetstream.Stream, error) {
 	return s, nil
 }
 
-// lookupStream is js.Stream, asked again when no answer came within
-// leaderTimeout, up to directTries times while ctx lasts: a request sent on
-// a connection to a node that then froze is never answered, and the
-// connection fails over to another node meanwhile.
+// lookupStream is js.Stream, asked again as leaderRetry asks: a request
+// sent on a connection to a node that then froze is never answered (the
+// connection fails over to another node meanwhile), and a node that has
+// just come back answers 503.
 func lookupStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
 	for try := 1; ; try++ {
 		rctx, cancel := context.WithTimeout(ctx, leaderTimeout)
 		s, err := js.Stream(rctx, name)
 		cancel()
-		if err == nil || ctx.Err() != nil || try >= directTries ||
-			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)) {
+		if err == nil || try >= directTries || !transient(err) || !retryPause(ctx, try) {
 			return s, err
 		}
 	}
