@@ -81,9 +81,20 @@ func TestClusterDeadLettersThroughNodeFaults(t *testing.T) {
 		for i := from; i < to; i++ {
 			id := fmt.Sprintf("dl-%04d", i)
 			body, _ := json.Marshal(contract.Job{ID: id, From: "billing@contoso.com", To: []string{"a@example.com"}, Subject: "s", Text: "t"})
-			if err := wq.DLQ.Put(ctx, contract.DeadLetter{JobID: id, Profile: profile.name, Reason: contract.ReasonGraphRejected,
-				Error: "test", Attempts: 1, Body: body}); err != nil {
-				t.Fatal(err)
+			// As the worker does: a write whose ack did not come (its
+			// connection was on the frozen node) is made again; the
+			// record's Nats-Msg-Id stores it once.
+			for {
+				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+				err := wq.DLQ.Put(pctx, contract.DeadLetter{JobID: id, Profile: profile.name, Reason: contract.ReasonGraphRejected,
+					Error: "test", Attempts: 1, Body: body})
+				pcancel()
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatal(err)
+				}
 			}
 			stored[id] = true
 		}
