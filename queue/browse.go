@@ -520,13 +520,14 @@ func (d *DLQ) ReplayMatching(ctx context.Context, q DLQQuery, before func(contra
 			}
 			// The page may come from a follower behind a delete: act
 			// only on what the leader still holds.
-			if cur, err := d.At(ctx, dl.Seq); errors.Is(err, ErrNotInDLQ) {
+			raw, err := LeaderGet(ctx, d.js, contract.StreamDLQ, dl.Seq)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue
-			} else if err != nil {
-				return n, err
-			} else {
-				dl = cur
 			}
+			if err != nil {
+				return n, fmt.Errorf("queue: replay: read dead letter %d: %w", dl.Seq, err)
+			}
+			dl = deadLetterOf(raw)
 			if err := before(dl); err != nil {
 				return n, err
 			}
