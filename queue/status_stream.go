@@ -177,7 +177,14 @@ func (e *Events) PublishAsync(ev contract.Event) (wait func(timeout time.Duratio
 		case err := <-f.Err():
 			return err
 		case <-t.C:
-			return errors.New("no ack from the server")
+			select { // an ack already here wins over a timer that fired with it
+			case <-f.Ok():
+				return nil
+			case err := <-f.Err():
+				return err
+			default:
+				return errors.New("no ack from the server")
+			}
 		}
 	}, nil
 }

@@ -288,7 +288,7 @@ func (p *Pool) emit(ctx context.Context, j *job, ev contract.Event) {
 	// checked by watchEvents, so the handler does not wait a round trip.
 	wait, err := p.broker.Events.PublishAsync(ev)
 	if err == nil {
-		p.events <- pendingEvent{wait: wait, jobID: j.id, event: ev.Event}
+		p.events <- pendingEvent{wait: wait, jobID: j.id, event: ev.Event, deadline: time.Now().Add(opTimeout)}
 		return
 	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
@@ -300,16 +300,22 @@ func (p *Pool) emit(ctx context.Context, j *job, ev contract.Event) {
 
 // pendingEvent is a status event published without waiting for its ack.
 type pendingEvent struct {
-	wait  func(time.Duration) error
-	jobID string
-	event contract.EventType
+	wait     func(time.Duration) error
+	jobID    string
+	event    contract.EventType
+	deadline time.Time // opTimeout after the publish
 }
 
 // watchEvents logs status events the server did not store, until events is
-// closed and every pending ack has been seen (or timed out).
+// closed and every pending ack has been seen (or timed out). Each ack is
+// waited for until opTimeout after its own publish, not opTimeout from when
+// its turn comes: with the broker stalled, the acks of a full channel
+// (MaxInFlight events) time out together in opTimeout, not one after the
+// other in MaxInFlight × opTimeout — which held a stopping worker for
+// minutes after a node freeze, and the handlers behind a full channel.
 func (p *Pool) watchEvents() {
 	for pe := range p.events {
-		if err := pe.wait(opTimeout); err != nil {
+		if err := pe.wait(max(0, time.Until(pe.deadline))); err != nil {
 			p.log.Error().Str("jobId", pe.jobID).Str("event", string(pe.event)).Err(err).Msg("publish status event failed")
 		}
 	}
