@@ -22,7 +22,8 @@ import (
 // cannot hold another's capacity.
 type Jobs struct {
 	sources   []source
-	schedules *Schedules // loads bodies deferred by reference; nil: none
+	schedules *Schedules    // loads bodies deferred by reference; nil: none
+	wait      time.Duration // one pull request's expiry; 0: fetchWait (tests lengthen it)
 }
 
 type source struct {
@@ -174,7 +175,11 @@ func (j *Jobs) pull(ctx context.Context, m *Messages, src source, out chan<- *De
 			m.give(n)
 			return
 		}
-		fctx, cancel := context.WithTimeout(ctx, fetchWait)
+		wait := j.wait
+		if wait <= 0 {
+			wait = fetchWait
+		}
+		fctx, cancel := context.WithTimeout(ctx, wait)
 		batch, err := src.c.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(PullHeartbeat))
 		if err != nil {
 			cancel()
