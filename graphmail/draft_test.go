@@ -24,7 +24,7 @@ func draftClient(t *testing.T, s *graphtest.Server) *graphmail.Client {
 	t.Helper()
 	c, err := graphmail.New(graphmail.Config{Name: "billing", TenantID: s.TenantID(), ClientID: s.ClientID(),
 		AuthorityHost: s.URL(), GraphURL: s.GraphURL(), Credential: graphmail.Credential{ClientSecret: itSecret},
-		HTTPClient: s.Client(), Timeout: 10 * time.Second, UploadChunkBytes: chunk})
+		HTTPClient: s.Client(), Timeout: 2 * time.Minute, UploadChunkBytes: chunk}) // an upper bound: a 4 MB request under -race on two shared cores took more than 10 s
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -115,7 +115,7 @@ func (f *fake) config() Config {
 		GraphURL:      f.srv.URL,
 		Credential:    Credential{ClientSecret: "s3cret-value"},
 		HTTPClient:    f.srv.Client(),
-		Timeout:       5 * time.Second,
+		Timeout:       2 * time.Minute, // an upper bound: a 4 MB request under -race on two shared cores took more than 10 s
 	}
 }
 

@@ -107,7 +107,7 @@ func TestSendMIMEAllowedHeaders(t *testing.T) {
 	s := newGraphtest(t, graphtest.Options{ClientSecret: itSecret})
 	c, err := graphmail.New(graphmail.Config{Name: "billing", TenantID: s.TenantID(), ClientID: s.ClientID(),
 		AuthorityHost: s.URL(), GraphURL: s.GraphURL(), Credential: graphmail.Credential{ClientSecret: itSecret},
-		HTTPClient: s.Client(), Timeout: 10 * time.Second, AllowedHeaders: []string{"X-Mailer"}})
+		HTTPClient: s.Client(), Timeout: 2 * time.Minute, AllowedHeaders: []string{"X-Mailer"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -315,40 +315,85 @@ func TestLongLinesAndExactSize(t *testing.T) {
 // after PreAuthTimeout, and one address cannot take every session
 // (issue 20 item 9).
 func TestIdleAndGreedyClients(t *testing.T) {
-	b := setup(t, Config{MaxSessions: 20, MaxSessionsPerAddress: 5, PreAuthTimeout: 500 * time.Millisecond})
-	var idle []net.Conn
-	for range 8 {
-		conn, err := net.Dial("tcp", b.addr)
-		if err != nil {
-			t.Fatal(err)
+	t.Run("one address cannot take every session", func(t *testing.T) {
+		// The default PreAuthTimeout (30 s): no session times out and frees
+		// its slot while the eight connect, however slow the machine.
+		b := setup(t, Config{MaxSessions: 20, MaxSessionsPerAddress: 5})
+		var conns []net.Conn
+		for range 8 {
+			conn, err := net.Dial("tcp", b.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conns = append(conns, conn)
 		}
-		defer conn.Close()
-		idle = append(idle, conn)
-	}
-	refused := 0
-	for _, conn := range idle {
-		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		line, _ := textproto.NewReader(bufioReader(conn)).ReadLine()
-		if strings.HasPrefix(line, "421 4.3.2") {
-			refused++
+		refused := 0
+		for _, conn := range conns {
+			_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second)) // an upper bound
+			line, _ := textproto.NewReader(bufioReader(conn)).ReadLine()
+			if strings.HasPrefix(line, "421 4.3.2") {
+				refused++
+			}
 		}
-	}
-	if refused != 3 || testutil.ToFloat64(b.m.SessionsRefusedPerAddress) != 3 {
-		t.Fatalf("%d of 8 refused, want 3 over the per-address cap of 5", refused)
-	}
-	waitFor(t, "idle connections closed", func() bool { return testutil.ToFloat64(b.m.PreAuthTimeouts) == 5 })
-	// A logged-in client is not cut by the pre-auth timeout.
-	c, err := b.dial(testPassword)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(time.Second) // two pre-auth timeouts
-	for time.Now().Before(deadline) {
+		if refused != 3 || testutil.ToFloat64(b.m.SessionsRefusedPerAddress) != 3 {
+			t.Fatalf("%d of 8 refused, want 3 over the per-address cap of 5", refused)
+		}
+	})
+
+	t.Run("idle connections are closed, a logged-in one is not", func(t *testing.T) {
+		b := setup(t, Config{MaxSessions: 20, MaxSessionsPerAddress: 5, PreAuthTimeout: 500 * time.Millisecond})
+		timeouts := func() int { return int(testutil.ToFloat64(b.m.PreAuthTimeouts)) }
+		// Log in; a login that a starved run did not finish within
+		// PreAuthTimeout is cut (that is the rule), and tried again.
+		var c *smtp.Client
+		waitFor(t, "a login within PreAuthTimeout", func() bool {
+			before := timeouts()
+			conn, err := smtp.Dial(b.addr)
+			if err == nil {
+				if err = conn.StartTLS(b.client); err == nil {
+					err = conn.Auth(smtp.PlainAuth("", testUser, testPassword, "127.0.0.1"))
+				}
+			}
+			if err == nil {
+				c = conn
+				return true
+			}
+			if conn != nil {
+				_ = conn.Close()
+			}
+			if timeouts() == before {
+				t.Fatalf("login: %v", err)
+			}
+			return false
+		})
+		defer c.Close()
+		base := timeouts()
+		// Idle connections accepted after the login: their pre-auth timers
+		// fire after the login's would have.
+		var idle []net.Conn
+		for range 3 {
+			conn, err := net.Dial("tcp", b.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			idle = append(idle, conn)
+		}
+		for i, conn := range idle {
+			_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second)) // an upper bound: the close comes after 500 ms
+			if _, err := io.Copy(io.Discard, conn); err != nil {
+				t.Fatalf("idle connection %d not closed: %v", i, err)
+			}
+		}
+		waitFor(t, "the idle connections counted", func() bool { return timeouts() >= base+len(idle) })
 		if err := c.Noop(); err != nil {
 			t.Fatalf("logged-in session cut: %v", err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		if n := timeouts(); n != base+len(idle) {
+			t.Fatalf("%d pre-auth timeouts, want %d (the idle connections only)", n, base+len(idle))
+		}
+	})
 }
 
 // TestPasswordGuessing: a connection is closed after 3 failures, an address
