@@ -157,14 +157,20 @@ func (m *Messages) give(n int) {
 	}
 }
 
-// pull fetches src's messages into out until ctx ends.
+// pull fetches src's messages into out until ctx ends. It asks for one
+// message until a fetch comes back full: a fetch holds its tokens until it
+// is served in full or expires (fetchWait), so a consumer whose stream is
+// empty or ran dry (an idle profile, a deferral consumer with nothing due)
+// holds one token while it waits, not up to prefetch of them, which left a
+// busy profile one token and one pull request per job.
 func (j *Jobs) pull(ctx context.Context, m *Messages, src source, out chan<- *Delivery, per int) {
+	want := 1
 	for ctx.Err() == nil {
-		n := m.take(ctx, per)
+		n := m.take(ctx, want)
 		if n == 0 {
 			return
 		}
-		if n = m.gather(ctx, n, per, out); ctx.Err() != nil {
+		if n = m.gather(ctx, n, want, out); ctx.Err() != nil {
 			m.give(n)
 			return
 		}
@@ -198,6 +204,9 @@ func (j *Jobs) pull(ctx context.Context, m *Messages, src source, out chan<- *De
 		}
 		cancel()
 		m.give(n - got)
+		if want = 1; got == n {
+			want = per
+		}
 		if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) &&
 			!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
 			m.report(fmt.Errorf("fetch %s: %w", src.name, err))

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"encoding/json"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,4 +60,58 @@ func TestJobsFetchInBatches(t *testing.T) {
 		t.Fatalf("%d pull requests for %d jobs taken one at a time (prefetch %d), want at most %d", got, jobs, prefetch, most)
 	}
 	t.Logf("%d pull requests for %d jobs", pulls.Load(), jobs)
+}
+
+// TestIdleConsumerWaitsWithOneToken: a consumer with nothing to fetch (an
+// idle profile, a deferral consumer with nothing due) asks for one message
+// while it waits out its pull request, so it holds one token of the
+// prefetch, not all of it: a waiting request holds its tokens until it
+// expires (fetchWait), and an idle consumer that asked for the whole
+// prefetch left a busy profile one token, one pull request per job.
+func TestIdleConsumerWaitsWithOneToken(t *testing.T) {
+	b := setup(t)
+	batches := make(chan int, 16)
+	sub, err := b.nc.Subscribe("$JS.API.CONSUMER.MSG.NEXT.>", func(msg *nats.Msg) {
+		var req struct {
+			Batch int `json:"batch"`
+		}
+		if err := json.Unmarshal(msg.Data, &req); err != nil {
+			req.Batch = -1 // unreadable: fails below
+		}
+		select {
+		case batches <- req.Batch:
+		default: // more than the test reads
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	js, err := b.q.Jobs(b.ctx, []string{"billing"}) // its jobs and its due deferrals: both empty
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := js.Messages(32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Drain()
+	for range len(js.sources) {
+		select {
+		case n := <-batches:
+			if n != 1 {
+				t.Fatalf("an idle consumer asked for %d messages (prefetch 32), want 1", n)
+			}
+		case <-time.After(60 * time.Second): // an upper bound (CI shares two cores under -race)
+			t.Fatal("no pull request within 60s")
+		}
+	}
+	// The waiting request still serves a job that comes.
+	if _, err := NewPublisher(b.js).Publish(b.ctx, "billing", &contract.Job{From: "billing@contoso.com", To: []string{"a@x.com"}, Text: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = next(t, m).Ack()
 }
