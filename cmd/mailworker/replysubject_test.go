@@ -35,6 +35,7 @@ import (
 // and MAIL_DEFER hold nothing, ops' job state has no key, and no admin
 // request reached the worker's subject.
 func TestReplySubjectsStayInTheirAccount(t *testing.T) {
+	t.Parallel()
 	e := startTrustEnv(t, "")
 	wnc, wjs, _ := e.connect("worker")
 	ctx := context.Background()
@@ -273,6 +274,7 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 // consumer is created or deleted, ops' stream holds only its own job and
 // nobody took it.
 func TestSupportAndConsoleCreateNoConsumer(t *testing.T) {
+	t.Parallel()
 	e := startTrustEnv(t, "")
 	_, wjs, _ := e.connect("worker")
 	_, ojs, _ := e.connect("producer_ops")
