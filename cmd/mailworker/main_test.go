@@ -75,6 +75,27 @@ func mailworkerBinary(t *testing.T) string {
 	return bin
 }
 
+// procEnv is the environment of every mailworker process a test starts,
+// before the test's own variables. A race-built program sleeps a second
+// before it exits (the race detector's atexit_sleep_ms, 1000 by default,
+// time for goroutines still running after main returned to report races):
+// the suite runs hundreds of commands and stops, each a second longer for
+// it. A race found while the process ran is still reported, and fails the
+// test (raceReport).
+func procEnv(t *testing.T) []string {
+	return []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "GORACE=atexit_sleep_ms=0"}
+}
+
+// raceReport fails the test when a race-built mailworker process reported
+// a data race on stderr (its exit code says so only when it exits by
+// itself; a process the test kills says nothing else).
+func raceReport(t *testing.T, what, stderr string) {
+	t.Helper()
+	if i := strings.Index(stderr, "WARNING: DATA RACE"); i >= 0 {
+		t.Errorf("%s reported a data race:\n%s", what, stderr[i:min(len(stderr), i+8000)])
+	}
+}
+
 // proc is a mailworker process started by a test.
 type proc struct {
 	t      *testing.T
@@ -89,7 +110,7 @@ type proc struct {
 func startProc(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(mailworkerBinary(t), args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	cmd.Env = append(procEnv(t), env...)
 	cmd.Dir = t.TempDir()
 	p := &proc{t: t, cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
@@ -104,6 +125,7 @@ func startProc(t *testing.T, env []string, args ...string) *proc {
 			_ = cmd.Process.Kill()
 			<-p.done
 		}
+		raceReport(t, "mailworker "+args[0], p.stderr.String())
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", args[0], p.stderr.String())
 		}
@@ -153,7 +175,7 @@ func runCmd(t *testing.T, stdin string, args ...string) (string, string, int) {
 func runCmdEnv(t *testing.T, env []string, stdin string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(mailworkerBinary(t), args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	cmd.Env = append(procEnv(t), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -163,6 +185,7 @@ func runCmdEnv(t *testing.T, env []string, stdin string, args ...string) (string
 			t.Fatal(err)
 		}
 	}
+	raceReport(t, "mailworker "+args[0], errb.String())
 	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
 }
 
