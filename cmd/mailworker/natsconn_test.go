@@ -120,7 +120,7 @@ func TestConnectNATSLeavesAFrozenServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		go srv.Start()
-		if !srv.ReadyForConnections(10 * time.Second) {
+		if !srv.ReadyForConnections(minWait) {
 			t.Fatal("nats server not ready")
 		}
 		t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })

@@ -55,7 +55,7 @@ func TestReliabilityNATSAuthTLS(t *testing.T) {
 	}
 	go srv.Start()
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
+	if !srv.ReadyForConnections(minWait) {
 		t.Fatal("nats-server not ready")
 	}
 	url := "tls://" + srv.Addr().String()

@@ -160,7 +160,7 @@ func (n *relNATS) start() {
 		n.t.Fatal(err)
 	}
 	go srv.Start()
-	if !srv.ReadyForConnections(20 * time.Second) {
+	if !srv.ReadyForConnections(minWait) {
 		n.t.Fatal("nats-server not ready")
 	}
 	n.mu.Lock()

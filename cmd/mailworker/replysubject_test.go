@@ -107,7 +107,7 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 				}
 				// The same request to its own inbox: answered, so the server
 				// has handled the one before it.
-				if _, err := nc.Request(r.subj, []byte(r.body), 5*time.Second); err != nil {
+				if _, err := nc.Request(r.subj, []byte(r.body), minWait); err != nil {
 					t.Fatalf("%s may %s (answered to its inbox): %v", user, r.subj, err)
 				}
 				answered++
@@ -138,7 +138,7 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 			}
 		}
 		// An API request answered after them: they have been handled.
-		if _, err := nc.Request("$JS.API.STREAM.INFO.OBJ_"+bucket, nil, 5*time.Second); err != nil {
+		if _, err := nc.Request("$JS.API.STREAM.INFO.OBJ_"+bucket, nil, minWait); err != nil {
 			t.Fatal(err)
 		}
 		for i := range targets {
@@ -228,7 +228,7 @@ func TestReplySubjectsStayInTheirAccount(t *testing.T) {
 				if err := nc.PublishMsg(&nats.Msg{Subject: r.subj, Reply: target, Data: []byte(r.body)}); err != nil {
 					t.Fatal(err)
 				}
-				if _, err := nc.Request(r.subj, []byte(r.body), 5*time.Second); err != nil {
+				if _, err := nc.Request(r.subj, []byte(r.body), minWait); err != nil {
 					t.Fatalf("%s may %s (answered to its inbox): %v", user, r.subj, err)
 				}
 			}

@@ -517,7 +517,7 @@ func (c *shippedCluster) streamsR3(t *testing.T, streams []string) map[string]st
 	nc := c.connect(t, "provisioner")
 	out := map[string]streamReplicas{}
 	for _, s := range streams {
-		msg, err := nc.Request("$JS.API.STREAM.INFO."+s, nil, 5*time.Second)
+		msg, err := nc.Request("$JS.API.STREAM.INFO."+s, nil, minWait)
 		if err != nil {
 			t.Fatalf("stream info %s: %v", s, err)
 		}

@@ -181,7 +181,7 @@ func jobsInStreams(t *testing.T, c *shippedCluster, streams []string) int {
 		if !strings.HasPrefix(s, "MAIL_JOBS") {
 			continue
 		}
-		msg, err := nc.Request("$JS.API.STREAM.INFO."+s, nil, 5*time.Second)
+		msg, err := nc.Request("$JS.API.STREAM.INFO."+s, nil, minWait)
 		if err != nil {
 			t.Fatal(err)
 		}

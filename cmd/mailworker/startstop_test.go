@@ -148,7 +148,7 @@ func runWaitsForNATS(t *testing.T, port int, free func()) {
 	}
 	go srv.Start()
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
+	if !srv.ReadyForConnections(minWait) {
 		t.Fatal("nats-server not ready")
 	}
 	waitHTTP200(t, p, "http://"+httpAddr+"/readyz")

@@ -327,7 +327,7 @@ func TestProducerHeadersCannotReachAnotherProfile(t *testing.T) {
 		}
 	}
 	// What it may read shows its own profile only.
-	if m, err := bnc.Request("$JS.API.STREAM.INFO.MAIL_JOBS_billing", []byte(`{"subjects_filter":">"}`), 2*time.Second); err != nil {
+	if m, err := bnc.Request("$JS.API.STREAM.INFO.MAIL_JOBS_billing", []byte(`{"subjects_filter":">"}`), minWait); err != nil {
 		t.Errorf("billing's own stream info: %v", err)
 	} else if strings.Contains(string(m.Data), "ops") || !strings.Contains(string(m.Data), `"mail.send.billing"`) {
 		t.Errorf("billing's own stream info: %.300q", m.Data)
