@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,14 +44,20 @@ func TestAmbiguitySurvivesReplay(t *testing.T) {
 	if out, errOut, code := cli("dlq", "replay", id); code != 0 {
 		t.Fatalf("replay exit %d: %s%s", code, out, errOut)
 	}
-	eventually(t, 30*time.Second, "the replay sent", func() bool {
+	// The worker stores the state before it publishes the sent event: wait
+	// for the event too (read as soon as the state is sent, it may not be
+	// there yet).
+	var evs []contract.Event
+	eventually(t, 30*time.Second, "the replay sent, and its sent event", func() bool {
 		st, _, err := h.stateOf(context.Background(), id)
-		return err == nil && st.State == contract.StateSent
+		if err != nil || st.State != contract.StateSent {
+			return false
+		}
+		if evs, err = h.q.Events.History(context.Background(), "", id); err != nil {
+			return false
+		}
+		return slices.ContainsFunc(evs, func(e contract.Event) bool { return e.Event == contract.EventSent })
 	})
-	evs, err := h.q.Events.History(context.Background(), "", id)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var sent *contract.Event
 	for i := range evs {
 		if evs[i].Event == contract.EventSent {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/mailworker/mailworker/queue"
+	"github.com/mailworker/mailworker/queue/contract"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -265,7 +266,10 @@ func shellFields(s string) []string {
 	return out
 }
 
-// waitStatus polls `status --json` until the job reaches state.
+// waitStatus polls `status --json` until the job reaches state and, for a
+// final state, its event of that name is in the history too: the worker
+// stores the state before it publishes the event, so a `status` read as
+// soon as the state is there may not show the event yet.
 func waitStatus(t *testing.T, cli func(...string) (string, string, int), id, state string) {
 	t.Helper()
 	eventually(t, 20*time.Second, "job "+id+" "+state, func() bool {
@@ -277,8 +281,22 @@ func waitStatus(t *testing.T, cli func(...string) (string, string, int), id, sta
 			State *struct {
 				State string `json:"state"`
 			} `json:"state"`
+			Events []struct {
+				Event string `json:"event"`
+			} `json:"events"`
 		}
-		return json.Unmarshal([]byte(out), &st) == nil && st.State != nil && st.State.State == state
+		if json.Unmarshal([]byte(out), &st) != nil || st.State == nil || st.State.State != state {
+			return false
+		}
+		if !terminal(contract.State(state)) {
+			return true
+		}
+		for _, ev := range st.Events {
+			if ev.Event == state {
+				return true
+			}
+		}
+		return false
 	})
 }
 
