@@ -21,8 +21,8 @@ import (
 // the send (a message no longer a draft, or the internetMessageId in Sent
 // Items); still a draft inside the transit window means "not known yet".
 // Every job ends sent exactly once: 0 lost, 0 duplicates, no `sent` flagged
-// possibleDuplicate, and every client-request-id recorded is a GUID the
-// fake received. Before the look-up settled by proof, the storm run sent
+// possibleDuplicate (in the kill run: none after a send that reached
+// Graph), and every client-request-id recorded is a GUID the fake received. Before the look-up settled by proof, the storm run sent
 // drafts in transit again (the fake's record showed the duplicates).
 func TestReliabilityDraftMode(t *testing.T) {
 	if testing.Short() {
@@ -66,7 +66,19 @@ func TestReliabilityDraftMode(t *testing.T) {
 		h.stopAll(live)
 		r := h.check(ids)
 		h.checkNoSecrets()
-		exact(t, r, jobs)
+		// A replica killed after it marked a send and before the request
+		// reached Graph leaves a draft that never leaves Drafts: past
+		// draftTransitWait it is sent and flagged, by design (the worker
+		// cannot know). On a starved machine that window is wide enough for
+		// a kill to land in it. Such a flag is allowed only where the fake
+		// proves it: that job's drafts got one send request in all.
+		flagged, unproven := flagsWithoutEarlierSend(h, fake, ids)
+		if r.Lost != 0 || r.Duplicated != 0 || len(unproven) != 0 || r.Sent != jobs {
+			t.Errorf("draft mode: %s; want every job sent once, none flagged after a send that reached Graph (flagged so: %v)", r, unproven)
+		}
+		if len(flagged) > 0 {
+			t.Logf("flagged possibleDuplicate after a send that never reached Graph (killed in between): %v", flagged)
+		}
 		crids := h.checkClientRequestIDs(ids)
 		once(t, fake)
 		logFigures(t, "draft-worker-crash", r, fmt.Sprintf("replicas=2 kills=%d transit=3s idChangesOnSend client-request-ids=%d", killed, crids))
@@ -194,6 +206,34 @@ func TestReliabilityDraftMode(t *testing.T) {
 }
 
 // once fails the test for any draft the fake delivered more than once.
+// flagsWithoutEarlierSend returns the jobs of ids whose sent event says
+// possibleDuplicate: flagged, those of them whose drafts the fake got one
+// send request for in all (the flagged send: no earlier one reached Graph),
+// and unproven, the others.
+func flagsWithoutEarlierSend(h *harness, fake *graphtest.Server, ids []string) (flagged, unproven []string) {
+	events, _ := h.statusEvents()
+	sends := map[string]int{}
+	for _, d := range fake.Drafts() {
+		sends[d.JobID] += d.SendRequests
+	}
+	for _, id := range ids {
+		pd := false
+		for _, ev := range events[id] {
+			if ev.Event == contract.EventSent && ev.PossibleDuplicate {
+				pd = true
+			}
+		}
+		switch {
+		case !pd:
+		case sends[id] == 1:
+			flagged = append(flagged, id)
+		default:
+			unproven = append(unproven, fmt.Sprintf("%s (%d send requests)", id, sends[id]))
+		}
+	}
+	return flagged, unproven
+}
+
 func once(t *testing.T, fake *graphtest.Server) {
 	t.Helper()
 	for _, d := range fake.Drafts() {
