@@ -314,6 +314,10 @@ func TestSMTPLargeMailCrashDuringUpload(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
 	}
+	// In parallel with the others: no memory figure here, and most of the
+	// test is the wait for the killed replica's claim to lapse
+	// (sendTimeout + 5 s) before the next one resumes the draft.
+	t.Parallel()
 	r, worker := largeRig(t, graphtest.Options{})
 	r.fake.SetDraftFault(graphtest.OpUpload, &graphtest.Fault{Delay: 150 * time.Millisecond}) // slow uploads: room to kill
 	parts := largeParts(largeScale)
