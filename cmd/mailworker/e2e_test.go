@@ -300,9 +300,16 @@ func waitStatus(t *testing.T, cli func(...string) (string, string, int), id, sta
 	})
 }
 
+// devLargePDF is the size of devLargeMail's PDF: 25 MB, and 6 MB under
+// -race (a race-built dev uploads many times slower): still over 3 MB (an
+// upload session of several chunks) and over the 4 MB one sendMail request
+// carries (a draft).
+var devLargePDF = raceOr(25<<20, 6<<20)
+
 // devLargeMail sends, through `dev` (draft mode, draftWhen large), a job with
-// a 25 MB objectRef PDF and one with three inline images over 3 MB each, and
-// checks the delivered .eml carries every attachment byte for byte.
+// a 25 MB objectRef PDF (devLargePDF) and one with three inline images over
+// 3 MB each, and checks the delivered .eml carries every attachment byte for
+// byte.
 func devLargeMail(t *testing.T, nc *nats.Conn, cli func(...string) (string, string, int), mailDir string) {
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -329,7 +336,7 @@ func devLargeMail(t *testing.T, nc *nats.Conn, cli func(...string) (string, stri
 		return append([]byte(header), b[len(header):]...)
 	}
 	want := map[string]map[string][]byte{
-		"e2e-pdf": {"scan.pdf": content("%PDF-1.7\n", 25<<20)},
+		"e2e-pdf": {"scan.pdf": content("%PDF-1.7\n", devLargePDF)},
 		"e2e-images": {"a.png": content("\x89PNG\r\n", 3<<20+1), "b.png": content("\x89PNG\r\n", 3<<20+4096),
 			"c.png": content("\x89PNG\r\n", 3<<20+333_333)},
 	}
