@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,7 +45,7 @@ func TestConsoleCannotWipeEveryJobState(t *testing.T) {
 	for _, subj := range []string{"$KV.MAIL_JOB_STATE.billing.x", "$KV.MAIL_SUPPRESSION.billing.x"} {
 		for _, roll := range []string{"all", "sub", "ALL"} {
 			m := &nats.Msg{Subject: subj, Data: []byte(`{}`), Header: nats.Header{"Nats-Rollup": []string{roll}}}
-			r, err := cnc.RequestMsg(m, 5*time.Second)
+			r, err := cnc.RequestMsg(m, minWait)
 			if err != nil {
 				t.Fatalf("%s rollup %s: %v", subj, roll, err)
 			}
