@@ -397,23 +397,30 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	_, err = worker.PublishMsg(ctx, &nats.Msg{Subject: "mail.send.billing", Data: wm.Data})
 	must("worker replay publish", err)
 
-	// support reads the DLQ, status and state; it changes nothing itself.
+	// support reads the DLQ, status and state by direct gets (it may create
+	// no consumer: a push consumer's deliver subject could name a job
+	// stream's subject); it changes nothing itself.
 	support := connect("support")
 	dlq, err := support.Stream(ctx, "MAIL_DLQ")
 	must("support dlq info", err)
-	oc, err := dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"mail.dlq.billing"}})
-	must("support ordered consumer", err)
-	msg, err := oc.Next(jetstream.FetchMaxWait(time.Minute)) // an upper bound: returns with the record
-	must("support read dlq", err)
-	if msg.Headers().Get("Mail-Reason") != "recipient_invalid" {
-		t.Errorf("dlq headers lost: %v", msg.Headers())
-	}
-	meta, err := msg.Metadata()
-	must("support metadata", err)
-	_, err = dlq.GetMsg(ctx, meta.Sequence.Stream)
-	must("support dlq get", err)
-	_, err = dlq.GetLastMsgForSubject(ctx, "mail.dlq.billing")
+	rec, err := dlq.GetLastMsgForSubject(ctx, "mail.dlq.billing")
 	must("support dlq direct get", err)
+	if rec.Header.Get("Mail-Reason") != "recipient_invalid" {
+		t.Errorf("dlq headers lost: %v", rec.Header)
+	}
+	_, err = dlq.GetMsg(ctx, rec.Sequence)
+	must("support dlq get", err)
+	// A batch direct get, as support's and the console's listings read.
+	inbox := support.Conn().NewRespInbox()
+	sub, err := support.Conn().SubscribeSync(inbox)
+	must("support inbox", err)
+	must("support batch direct get", support.Conn().PublishRequest("$JS.API.DIRECT.GET.MAIL_DLQ", inbox, []byte(`{"seq":1,"batch":10,"next_by_subj":"mail.dlq.>"}`)))
+	first, err := sub.NextMsg(time.Minute) // an upper bound: the first record comes at once
+	must("support batch direct get answer", err)
+	if first.Header.Get("Nats-Subject") != "mail.dlq.billing" || first.Header.Get("Mail-Reason") != "recipient_invalid" {
+		t.Errorf("batch direct get answered %q %v", first.Data, first.Header)
+	}
+	_ = sub.Unsubscribe()
 	st, err := support.Stream(ctx, "MAIL_STATUS")
 	must("support status info", err)
 	_, err = st.GetLastMsgForSubject(ctx, "mail.status.billing.j1")
@@ -435,7 +442,7 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 	// Everything a replay or purge changes is the worker's to do (recorded in MAIL_AUDIT).
 	for what, f := range map[string]func(context.Context) error{
 		"send mail": func(c context.Context) error {
-			_, err := support.Publish(c, "mail.send.billing", msg.Data())
+			_, err := support.Publish(c, "mail.send.billing", rec.Data)
 			return err
 		},
 		"publish a status event": func(c context.Context) error {
@@ -447,12 +454,16 @@ func TestAccountsLeastPrivilege(t *testing.T) {
 			return err
 		},
 		"purge the DLQ by raw API": func(c context.Context) error { return dlq.Purge(c) },
-		"delete a dead letter":     func(c context.Context) error { return dlq.DeleteMsg(c, meta.Sequence.Stream) },
+		"delete a dead letter":     func(c context.Context) error { return dlq.DeleteMsg(c, rec.Sequence) },
 		"forge an audit record": func(c context.Context) error {
 			_, err := support.Publish(c, "mail.audit.billing", []byte(`{}`))
 			return err
 		},
 		"delete a stream": func(c context.Context) error { return support.DeleteStream(c, "MAIL_JOBS_billing") },
+		"create a consumer": func(c context.Context) error {
+			_, err := dlq.OrderedConsumer(c, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"mail.dlq.billing"}})
+			return err
+		},
 	} {
 		c, cc := short()
 		mustDeny("support "+what, f(c))
